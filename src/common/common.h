@@ -1,0 +1,111 @@
+/*
+ * Small things every module uses: error codes and their text, request
+ * outcome codes, a growable byte buffer, allocation that aborts on
+ * out-of-memory, monotonic time and the logfmt logger.
+ * Nothing here touches libuv, so pure modules can link it in unit tests.
+ */
+#ifndef BT_COMMON_H
+#define BT_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#define BT_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define BT_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define BT_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* A broken invariant is a bug in baton: log where and abort. */
+#define BT_ASSERT(cond)                                                        \
+	do {                                                                   \
+		if (!(cond))                                                   \
+			bt_assert_fail(#cond, __FILE__, __LINE__);             \
+	} while (0)
+void bt_assert_fail(const char *cond, const char *file, int line)
+	__attribute__((noreturn));
+
+/*
+ * Errors are negative ints: -errno, or one of these, which sit far below
+ * any errno value.  bt_strerror() maps both to text.
+ */
+enum {
+	BT_EPROTO = -10001, /* a peer broke the worker protocol */
+	BT_ETOOBIG = -10002, /* a size limit was exceeded */
+	BT_EFULL = -10003, /* a bounded queue is full */
+	BT_ECONFIG = -10004, /* the configuration is invalid */
+	BT_ESTATE = -10005, /* the object is in the wrong state for this */
+};
+const char *bt_strerror(int err);
+
+/* Outcomes of a request (DESIGN §4, contract). */
+enum bt_code {
+	BT_OK = 0,
+	BT_BAD_REQUEST,
+	BT_NOT_FOUND, /* "bad_request" on the wire, HTTP 404 */
+	BT_REJECTED,
+	BT_WORKER_ERROR,
+	BT_WORKER_CRASHED,
+	BT_TIMEOUT,
+	BT_OVERLOADED,
+	BT_STAGE_FAILED,
+	BT_SHUTTING_DOWN,
+	BT_CODE_COUNT
+};
+const char *bt_code_name(enum bt_code code);
+int bt_code_http_status(enum bt_code code);
+
+/* Allocation that aborts on out-of-memory (the daemon only; never the SDK). */
+void *bt_malloc(size_t n);
+void *bt_calloc(size_t n, size_t size);
+void *bt_realloc(void *p, size_t n);
+char *bt_strdup(const char *s);
+char *bt_strndup(const char *s, size_t n);
+char *bt_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A growable byte buffer; data[len] is always a NUL so text can be read. */
+struct bt_buf {
+	char *data;
+	size_t len;
+	size_t cap;
+};
+#define BT_BUF_INIT {NULL, 0, 0}
+void bt_buf_reserve(struct bt_buf *b, size_t extra);
+void bt_buf_append(struct bt_buf *b, const void *data, size_t n);
+void bt_buf_puts(struct bt_buf *b, const char *s);
+void bt_buf_printf(struct bt_buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Drops the first n bytes. */
+void bt_buf_consume(struct bt_buf *b, size_t n);
+/* Hands the bytes to the caller, who frees them; the buffer is empty after. */
+char *bt_buf_detach(struct bt_buf *b, size_t *len);
+void bt_buf_release(struct bt_buf *b);
+
+/* Milliseconds and microseconds of CLOCK_MONOTONIC. */
+uint64_t bt_now_ms(void);
+uint64_t bt_now_us(void);
+
+/* Logging: one logfmt line per event on stderr. */
+enum bt_log_level { BT_LOG_DEBUG, BT_LOG_INFO, BT_LOG_WARN, BT_LOG_ERROR };
+extern enum bt_log_level bt_log_threshold;
+int bt_log_level_parse(const char *s, enum bt_log_level *out);
+/*
+ * Writes `ts=... level=... msg="MSG" FIELDS`, where FIELDS is the printf of
+ * fmt (already `key=value` pairs; quote free text with bt_logfmt_quote).
+ */
+void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Writes s as a logfmt value into out (quoted and escaped when needed). */
+const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len);
+
+#define bt_debug(msg, ...)                                                     \
+	do {                                                                   \
+		if (bt_log_threshold <= BT_LOG_DEBUG)                          \
+			bt_log(BT_LOG_DEBUG, msg, __VA_ARGS__);                \
+	} while (0)
+#define bt_info(msg, ...) bt_log(BT_LOG_INFO, msg, __VA_ARGS__)
+#define bt_warn(msg, ...) bt_log(BT_LOG_WARN, msg, __VA_ARGS__)
+#define bt_error(msg, ...) bt_log(BT_LOG_ERROR, msg, __VA_ARGS__)
+
+#endif
