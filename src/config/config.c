@@ -1,0 +1,978 @@
+/*
+ * YAML → struct bt_config.  libyaml builds a node tree that keeps each
+ * node's line and column; the walk below checks every key against the
+ * section's list of known keys, so that an error can always say where and
+ * what was expected.  The first error stops the load.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+struct ctx {
+	const char *path;
+	yaml_document_t *doc;
+	char *err;
+	size_t errlen;
+	struct bt_config *cfg;
+};
+
+static int fail(struct ctx *c, const yaml_node_t *n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int fail(struct ctx *c, const yaml_node_t *n, const char *fmt, ...)
+{
+	char msg[768];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n)
+		snprintf(c->err, c->errlen, "%s:%zu:%zu: %s", c->path,
+			 n->start_mark.line + 1, n->start_mark.column + 1, msg);
+	else
+		snprintf(c->err, c->errlen, "%s: %s", c->path, msg);
+	return BT_ECONFIG;
+}
+
+static yaml_node_t *node(struct ctx *c, int id)
+{
+	return yaml_document_get_node(c->doc, id);
+}
+
+static const char *type_name(const yaml_node_t *n)
+{
+	switch (n->type) {
+	case YAML_SCALAR_NODE:
+		return "a scalar";
+	case YAML_SEQUENCE_NODE:
+		return "a list";
+	case YAML_MAPPING_NODE:
+		return "a mapping";
+	default:
+		return "nothing";
+	}
+}
+
+static const char *scalar(const yaml_node_t *n)
+{
+	return (const char *)n->data.scalar.value;
+}
+
+static int is_null(const yaml_node_t *n)
+{
+	if (n->type != YAML_SCALAR_NODE ||
+	    n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+		return 0;
+	const char *s = scalar(n);
+	return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") ||
+	       !strcmp(s, "NULL");
+}
+
+static int has_nul(const yaml_node_t *n)
+{
+	return n->type == YAML_SCALAR_NODE && strlen(scalar(n)) != n->data.scalar.length;
+}
+
+static int get_string(struct ctx *c, const yaml_node_t *n, const char *key,
+		      char **out)
+{
+	if (n->type != YAML_SCALAR_NODE || is_null(n))
+		return fail(c, n, "'%s' must be a string, not %s", key,
+			    is_null(n) ? "empty" : type_name(n));
+	if (has_nul(n))
+		return fail(c, n, "'%s' contains a NUL byte", key);
+	free(*out);
+	*out = bt_strdup(scalar(n));
+	return 0;
+}
+
+static int get_int(struct ctx *c, const yaml_node_t *n, const char *key,
+		   long long min, long long max, long long *out)
+{
+	if (n->type != YAML_SCALAR_NODE ||
+	    n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE || is_null(n))
+		return fail(c, n, "'%s' must be an integer", key);
+	const char *s = scalar(n);
+	char *end;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (errno || end == s || *end)
+		return fail(c, n, "'%s' must be an integer, not '%s'", key, s);
+	if (v < min || v > max)
+		return fail(c, n, "'%s' must be between %lld and %lld, not %lld", key,
+			    min, max, v);
+	*out = v;
+	return 0;
+}
+
+static int get_u64(struct ctx *c, const yaml_node_t *n, const char *key,
+		   long long min, long long max, uint64_t *out)
+{
+	long long v;
+	int r = get_int(c, n, key, min, max, &v);
+	if (!r)
+		*out = (uint64_t)v;
+	return r;
+}
+
+static int get_i(struct ctx *c, const yaml_node_t *n, const char *key,
+		 long long min, long long max, int *out)
+{
+	long long v;
+	int r = get_int(c, n, key, min, max, &v);
+	if (!r)
+		*out = (int)v;
+	return r;
+}
+
+static int get_size(struct ctx *c, const yaml_node_t *n, const char *key,
+		    long long min, long long max, size_t *out)
+{
+	long long v;
+	int r = get_int(c, n, key, min, max, &v);
+	if (!r)
+		*out = (size_t)v;
+	return r;
+}
+
+static int get_bool(struct ctx *c, const yaml_node_t *n, const char *key,
+		    int *out)
+{
+	if (n->type == YAML_SCALAR_NODE &&
+	    n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+		const char *s = scalar(n);
+		if (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")) {
+			*out = 1;
+			return 0;
+		}
+		if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")) {
+			*out = 0;
+			return 0;
+		}
+	}
+	return fail(c, n, "'%s' must be true or false", key);
+}
+
+/*
+ * Checks that n is a mapping with scalar, unique keys that all appear in
+ * known (NULL-terminated).  what names the section in messages.
+ */
+static int check_mapping(struct ctx *c, const yaml_node_t *n, const char *what,
+			 const char *const *known)
+{
+	if (n->type != YAML_MAPPING_NODE)
+		return fail(c, n, "%s must be a mapping, not %s", what, type_name(n));
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node(c, p->key);
+		if (k->type != YAML_SCALAR_NODE || has_nul(k))
+			return fail(c, k, "keys of %s must be strings without NUL bytes", what);
+		for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++) {
+			if (!strcmp(scalar(node(c, q->key)), scalar(k)))
+				return fail(c, k, "duplicate key '%s' in %s",
+					    scalar(k), what);
+		}
+		if (!known)
+			continue;
+		int found = 0;
+		for (const char *const *kk = known; *kk; kk++)
+			found |= !strcmp(*kk, scalar(k));
+		if (!found) {
+			char list[512] = "";
+			size_t o = 0;
+			for (const char *const *kk = known; *kk && o < sizeof(list); kk++)
+				o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
+						      kk == known ? "" : ", ", *kk);
+			return fail(c, k, "unknown key '%s' in %s (expected one of: %s)",
+				    scalar(k), what, list);
+		}
+	}
+	return 0;
+}
+
+static int valid_name(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 64)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+			 (ch >= '0' && ch <= '9') ||
+			 (i > 0 && (ch == '_' || ch == '-' || ch == '.'));
+		if (!ok)
+			return 0;
+	}
+	return 1;
+}
+
+static char *join_path(const char *dir, const char *p)
+{
+	if (p[0] == '/')
+		return bt_strdup(p);
+	return bt_asprintf("%s/%s", dir, p);
+}
+
+static int is_executable_file(const char *p)
+{
+	struct stat st;
+	return stat(p, &st) == 0 && S_ISREG(st.st_mode) && access(p, X_OK) == 0;
+}
+
+static const char *stage_env_get(const struct bt_stage_config *st,
+				 const char *name)
+{
+	for (int i = 0; i < st->nenv; i++)
+		if (!strcmp(st->env[i].name, name))
+			return st->env[i].value;
+	return NULL;
+}
+
+/* Resolves argv[0] the way execvp would in the replica's environment. */
+static int resolve_command(struct ctx *c, const yaml_node_t *n,
+			   struct bt_stage_config *st)
+{
+	const char *cmd = st->argv[0];
+	char *found = NULL;
+	if (strchr(cmd, '/')) {
+		char *p = join_path(st->workdir, cmd);
+		struct stat sb;
+		if (stat(p, &sb) != 0) {
+			int r = fail(c, n, "command '%s' of stage '%s' does not exist (%s)",
+				     cmd, st->name, p);
+			free(p);
+			return r;
+		}
+		if (!is_executable_file(p)) {
+			int r = fail(c, n, "command '%s' of stage '%s' is not an executable file (%s)",
+				     cmd, st->name, p);
+			free(p);
+			return r;
+		}
+		found = p;
+	} else {
+		const char *path = stage_env_get(st, "PATH");
+		if (!path)
+			path = getenv("PATH");
+		if (!path)
+			path = "/usr/local/bin:/usr/bin:/bin";
+		if (st->venv) {
+			char *p = bt_asprintf("%s/bin/%s", st->venv, cmd);
+			if (is_executable_file(p))
+				found = p;
+			else
+				free(p);
+		}
+		const char *s = path;
+		while (!found && *s) {
+			const char *e = strchr(s, ':');
+			size_t len = e ? (size_t)(e - s) : strlen(s);
+			if (len) {
+				char *p = bt_asprintf("%.*s/%s", (int)len, s, cmd);
+				if (is_executable_file(p))
+					found = p;
+				else
+					free(p);
+			}
+			s += len + (e ? 1 : 0);
+		}
+		if (!found)
+			return fail(c, n, "command '%s' of stage '%s' not found in %sPATH",
+				    cmd, st->name, st->venv ? "the venv's bin/ or " : "");
+	}
+	free(st->argv[0]);
+	st->argv[0] = found;
+	return 0;
+}
+
+static int parse_command(struct ctx *c, const yaml_node_t *n,
+			 struct bt_stage_config *st)
+{
+	if (n->type != YAML_SEQUENCE_NODE)
+		return fail(c, n,
+			    "'command' of stage '%s' must be a list of strings (an argv; it never goes through a shell)",
+			    st->name);
+	int argc = (int)(n->data.sequence.items.top - n->data.sequence.items.start);
+	if (argc == 0)
+		return fail(c, n, "'command' of stage '%s' is empty", st->name);
+	st->argv = bt_calloc((size_t)argc + 1, sizeof(char *));
+	st->argc = argc;
+	for (int i = 0; i < argc; i++) {
+		yaml_node_t *a = node(c, n->data.sequence.items.start[i]);
+		if (a->type != YAML_SCALAR_NODE)
+			return fail(c, a, "'command' items must be strings, not %s",
+				    type_name(a));
+		if (has_nul(a))
+			return fail(c, a, "'command' item contains a NUL byte");
+		st->argv[i] = bt_strdup(scalar(a));
+	}
+	return 0;
+}
+
+static int parse_env(struct ctx *c, const yaml_node_t *n,
+		     struct bt_stage_config *st)
+{
+	int r = check_mapping(c, n, "'env'", NULL);
+	if (r)
+		return r;
+	size_t count = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+	st->env = bt_calloc(count, sizeof(*st->env));
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node(c, p->key), *v = node(c, p->value);
+		const char *name = scalar(k);
+		if (has_nul(k) || has_nul(v))
+			return fail(c, has_nul(k) ? k : v, "env contains a NUL byte");
+		if (!*name || strchr(name, '='))
+			return fail(c, k, "environment variable name '%s' is not valid",
+				    name);
+		if (v->type != YAML_SCALAR_NODE)
+			return fail(c, v, "value of env '%s' must be a string, not %s",
+				    name, type_name(v));
+		st->env[st->nenv].name = bt_strdup(name);
+		st->env[st->nenv].value = bt_strdup(scalar(v));
+		st->nenv++;
+	}
+	return 0;
+}
+
+static int read_file(const char *path, char **data, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return -errno;
+	struct bt_buf b = BT_BUF_INIT;
+	char chunk[65536];
+	size_t n;
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		bt_buf_append(&b, chunk, n);
+	int err = ferror(f) ? -EIO : 0;
+	fclose(f);
+	if (err) {
+		bt_buf_release(&b);
+		return err;
+	}
+	if (!b.data)
+		bt_buf_reserve(&b, 0);
+	*data = bt_buf_detach(&b, len);
+	return 0;
+}
+
+static const char *const stage_keys[] = {
+	"command", "workdir", "venv", "env", "mode", "replicas", "max_ongoing",
+	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
+	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", NULL};
+static const char *const replicas_keys[] = {"initial", NULL};
+static const char *const warmup_keys[] = {"payload_file", "required", NULL};
+static const char *const restart_keys[] = {"backoff_ms", "backoff_max_ms",
+					   "max_failures", "reset_after_ms",
+					   "retry_failed_after_ms", NULL};
+static const char *const stop_keys[] = {"grace_ms", NULL};
+
+#define DAY_MS (24LL * 3600 * 1000)
+
+static void stage_defaults(struct bt_stage_config *st)
+{
+	st->replicas_initial = 1;
+	st->max_ongoing = 1;
+	st->queue_max = 1024;
+	st->timeout_ms = 60000;
+	st->retries = 1;
+	st->start_timeout_ms = 120000;
+	st->backoff_ms = 2000;
+	st->backoff_max_ms = 60000;
+	st->max_failures = 5;
+	st->reset_after_ms = 60000;
+	st->retry_failed_after_ms = 0;
+	st->grace_ms = 5000;
+	st->ping_interval_ms = 5000;
+	st->ping_timeout_ms = 10000;
+}
+
+static int parse_stage(struct ctx *c, const yaml_node_t *key,
+		       const yaml_node_t *n, struct bt_stage_config *st)
+{
+	const yaml_node_t *command = NULL, *warmup_file = NULL;
+	char *workdir = NULL, *venv = NULL;
+	char what[128];
+	int r;
+
+	st->name = bt_strdup(scalar(key));
+	st->line = (int)key->start_mark.line + 1;
+	st->col = (int)key->start_mark.column + 1;
+	stage_defaults(st);
+	if (!valid_name(st->name))
+		return fail(c, key,
+			    "stage name '%s' is not valid (letters, digits, '_', '-', '.'; at most 64)",
+			    st->name);
+	snprintf(what, sizeof(what), "stage '%s'", st->name);
+	if ((r = check_mapping(c, n, what, stage_keys)))
+		return r;
+
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     p < n->data.mapping.pairs.top && !r; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "command")) {
+			command = v;
+			r = parse_command(c, v, st);
+		} else if (!strcmp(k, "workdir")) {
+			r = get_string(c, v, k, &workdir);
+		} else if (!strcmp(k, "venv")) {
+			r = get_string(c, v, k, &venv);
+		} else if (!strcmp(k, "env")) {
+			r = parse_env(c, v, st);
+		} else if (!strcmp(k, "mode")) {
+			char *mode = NULL;
+			r = get_string(c, v, k, &mode);
+			if (!r && strcmp(mode, "persistent"))
+				r = fail(c, v, "'mode' must be 'persistent', not '%s'", mode);
+			free(mode);
+		} else if (!strcmp(k, "replicas")) {
+			if (v->type == YAML_SCALAR_NODE) {
+				r = get_i(c, v, k, 1, 256, &st->replicas_initial);
+				continue;
+			}
+			if ((r = check_mapping(c, v, "'replicas'", replicas_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++)
+				r = get_i(c, node(c, q->value), "replicas.initial", 1,
+					  256, &st->replicas_initial);
+		} else if (!strcmp(k, "max_ongoing")) {
+			r = get_i(c, v, k, 1, 1024, &st->max_ongoing);
+		} else if (!strcmp(k, "queue_max")) {
+			r = get_size(c, v, k, 1, 10000000, &st->queue_max);
+		} else if (!strcmp(k, "timeout_ms")) {
+			r = get_u64(c, v, k, 1, DAY_MS, &st->timeout_ms);
+		} else if (!strcmp(k, "retries")) {
+			r = get_i(c, v, k, 0, 100, &st->retries);
+		} else if (!strcmp(k, "start_timeout_ms")) {
+			r = get_u64(c, v, k, 1, DAY_MS, &st->start_timeout_ms);
+		} else if (!strcmp(k, "ping_interval_ms")) {
+			r = get_u64(c, v, k, 0, DAY_MS, &st->ping_interval_ms);
+		} else if (!strcmp(k, "ping_timeout_ms")) {
+			r = get_u64(c, v, k, 1, DAY_MS, &st->ping_timeout_ms);
+		} else if (!strcmp(k, "warmup")) {
+			if ((r = check_mapping(c, v, "'warmup'", warmup_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *wk = scalar(node(c, q->key));
+				yaml_node_t *wv = node(c, q->value);
+				if (!strcmp(wk, "payload_file")) {
+					warmup_file = wv;
+					r = get_string(c, wv, "warmup.payload_file",
+						       &st->warmup_file);
+				} else {
+					r = get_bool(c, wv, "warmup.required",
+						     &st->warmup_required);
+				}
+			}
+			if (!r && !warmup_file)
+				r = fail(c, v, "'warmup' of stage '%s' needs 'payload_file'",
+					 st->name);
+		} else if (!strcmp(k, "restart")) {
+			if ((r = check_mapping(c, v, "'restart'", restart_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *rk = scalar(node(c, q->key));
+				yaml_node_t *rv = node(c, q->value);
+				if (!strcmp(rk, "backoff_ms"))
+					r = get_u64(c, rv, rk, 0, DAY_MS, &st->backoff_ms);
+				else if (!strcmp(rk, "backoff_max_ms"))
+					r = get_u64(c, rv, rk, 0, DAY_MS, &st->backoff_max_ms);
+				else if (!strcmp(rk, "max_failures"))
+					r = get_i(c, rv, rk, 1, 1000000, &st->max_failures);
+				else if (!strcmp(rk, "reset_after_ms"))
+					r = get_u64(c, rv, rk, 0, DAY_MS, &st->reset_after_ms);
+				else
+					r = get_u64(c, rv, rk, 0, DAY_MS,
+						    &st->retry_failed_after_ms);
+			}
+		} else if (!strcmp(k, "stop")) {
+			if ((r = check_mapping(c, v, "'stop'", stop_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++)
+				r = get_u64(c, node(c, q->value), "stop.grace_ms", 0,
+					    DAY_MS, &st->grace_ms);
+		}
+	}
+	if (r)
+		goto out;
+	if (!command) {
+		r = fail(c, key, "stage '%s' has no 'command'", st->name);
+		goto out;
+	}
+	if (st->backoff_max_ms < st->backoff_ms)
+		st->backoff_max_ms = st->backoff_ms;
+
+	/* Paths baton opens are relative to the config file's directory. */
+	char *wd = join_path(c->cfg->dir, workdir ? workdir : ".");
+	char real[PATH_MAX];
+	struct stat sb;
+	if (!realpath(wd, real) || stat(real, &sb) || !S_ISDIR(sb.st_mode)) {
+		r = fail(c, key, "workdir '%s' of stage '%s' is not a directory", wd,
+			 st->name);
+		free(wd);
+		goto out;
+	}
+	free(wd);
+	st->workdir = bt_strdup(real);
+	if (venv) {
+		st->venv = join_path(c->cfg->dir, venv);
+		char *bin = bt_asprintf("%s/bin", st->venv);
+		st->venv_missing = stat(bin, &sb) != 0 || !S_ISDIR(sb.st_mode);
+		free(bin);
+	}
+	if ((r = resolve_command(c, command, st)))
+		goto out;
+	if (st->warmup_file) {
+		char *p = join_path(c->cfg->dir, st->warmup_file);
+		free(st->warmup_file);
+		st->warmup_file = p;
+		int e = read_file(p, &st->warmup_payload, &st->warmup_len);
+		if (e)
+			r = fail(c, warmup_file, "cannot read warm-up payload '%s': %s",
+				 p, bt_strerror(e));
+	}
+out:
+	free(workdir);
+	free(venv);
+	return r;
+}
+
+static const char *const pipeline_keys[] = {"stages", "max_inflight", NULL};
+
+static int parse_stage_list(struct ctx *c, const yaml_node_t *n,
+			    struct bt_pipeline_config *pl)
+{
+	if (n->type != YAML_SEQUENCE_NODE)
+		return fail(c, n, "pipeline '%s' must be a list of stage names, not %s",
+			    pl->name, type_name(n));
+	int count = (int)(n->data.sequence.items.top - n->data.sequence.items.start);
+	if (count == 0)
+		return fail(c, n, "pipeline '%s' has no stages", pl->name);
+	pl->stages = bt_calloc((size_t)count, sizeof(int));
+	for (int i = 0; i < count; i++) {
+		yaml_node_t *s = node(c, n->data.sequence.items.start[i]);
+		if (s->type != YAML_SCALAR_NODE || has_nul(s))
+			return fail(c, s, "stages of pipeline '%s' must be names",
+				    pl->name);
+		int idx = bt_config_stage_index(c->cfg, scalar(s));
+		if (idx < 0)
+			return fail(c, s, "pipeline '%s' names unknown stage '%s'",
+				    pl->name, scalar(s));
+		pl->stages[pl->nstages++] = idx;
+	}
+	return 0;
+}
+
+static int parse_pipeline(struct ctx *c, const yaml_node_t *key,
+			  const yaml_node_t *n, struct bt_pipeline_config *pl)
+{
+	char what[128];
+	int r;
+	pl->name = bt_strdup(scalar(key));
+	if (!valid_name(pl->name))
+		return fail(c, key,
+			    "pipeline name '%s' is not valid (letters, digits, '_', '-', '.'; at most 64)",
+			    pl->name);
+	if (n->type == YAML_SEQUENCE_NODE)
+		return parse_stage_list(c, n, pl);
+	snprintf(what, sizeof(what), "pipeline '%s'", pl->name);
+	if ((r = check_mapping(c, n, what, pipeline_keys)))
+		return r;
+	const yaml_node_t *stages = NULL;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     p < n->data.mapping.pairs.top && !r; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "stages")) {
+			stages = v;
+			r = parse_stage_list(c, v, pl);
+		} else {
+			r = get_size(c, v, k, 0, 100000000, &pl->max_inflight);
+		}
+	}
+	if (!r && !stages)
+		r = fail(c, key, "pipeline '%s' has no 'stages'", pl->name);
+	return r;
+}
+
+static int parse_listen(struct ctx *c, const yaml_node_t *n)
+{
+	char *s = NULL;
+	int r = get_string(c, n, "listen", &s);
+	if (r)
+		return r;
+	char *colon = strrchr(s, ':');
+	char *host = s;
+	if (!colon || colon == s) {
+		r = fail(c, n, "'listen' must be HOST:PORT, not '%s'", s);
+		goto out;
+	}
+	*colon = '\0';
+	if (host[0] == '[') {
+		size_t hl = strlen(host);
+		if (host[hl - 1] != ']') {
+			r = fail(c, n, "'listen' has a bad IPv6 address");
+			goto out;
+		}
+		host[hl - 1] = '\0';
+		host++;
+	}
+	if (!strcmp(host, "localhost"))
+		host = "127.0.0.1";
+	unsigned char addr[16];
+	if (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1) {
+		r = fail(c, n, "'listen' host '%s' is not an IP address", host);
+		goto out;
+	}
+	char *end;
+	long port = strtol(colon + 1, &end, 10);
+	if (colon[1] < '0' || colon[1] > '9' || *end || port > 65535) {
+		r = fail(c, n, "'listen' port '%s' is not a port number", colon + 1);
+		goto out;
+	}
+	free(c->cfg->listen_host);
+	c->cfg->listen_host = bt_strdup(host);
+	c->cfg->listen_port = (int)port;
+out:
+	free(s);
+	return r;
+}
+
+static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
+				       "max_payload_bytes", "stages", "pipelines",
+				       NULL};
+
+static int parse_root(struct ctx *c, yaml_node_t *root)
+{
+	struct bt_config *cfg = c->cfg;
+	const yaml_node_t *stages = NULL, *pipelines = NULL;
+	int r;
+	if (!root)
+		return fail(c, NULL, "the file is empty");
+	if ((r = check_mapping(c, root, "the top level", top_keys)))
+		return r;
+	for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
+	     p < root->data.mapping.pairs.top && !r; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "listen")) {
+			r = parse_listen(c, v);
+		} else if (!strcmp(k, "log_level")) {
+			char *s = NULL;
+			r = get_string(c, v, k, &s);
+			if (!r && bt_log_level_parse(s, &cfg->log_level))
+				r = fail(c, v, "'log_level' must be debug, info, warn or error, not '%s'",
+					 s);
+			free(s);
+		} else if (!strcmp(k, "max_request_bytes")) {
+			r = get_size(c, v, k, 1, 1LL << 40, &cfg->max_request_bytes);
+		} else if (!strcmp(k, "max_payload_bytes")) {
+			r = get_size(c, v, k, 1, 1LL << 40, &cfg->max_payload_bytes);
+		} else if (!strcmp(k, "stages")) {
+			stages = v;
+		} else {
+			pipelines = v;
+		}
+	}
+	if (r)
+		return r;
+	if (!stages)
+		return fail(c, root, "missing required key 'stages'");
+	if (!pipelines)
+		return fail(c, root, "missing required key 'pipelines'");
+	if ((r = check_mapping(c, stages, "'stages'", NULL)))
+		return r;
+	size_t n = (size_t)(stages->data.mapping.pairs.top - stages->data.mapping.pairs.start);
+	if (n == 0)
+		return fail(c, stages, "'stages' is empty");
+	cfg->stages = bt_calloc(n, sizeof(*cfg->stages));
+	for (yaml_node_pair_t *p = stages->data.mapping.pairs.start;
+	     p < stages->data.mapping.pairs.top; p++) {
+		r = parse_stage(c, node(c, p->key), node(c, p->value),
+				&cfg->stages[cfg->nstages++]);
+		if (r)
+			return r;
+	}
+	if ((r = check_mapping(c, pipelines, "'pipelines'", NULL)))
+		return r;
+	n = (size_t)(pipelines->data.mapping.pairs.top -
+		     pipelines->data.mapping.pairs.start);
+	if (n == 0)
+		return fail(c, pipelines, "'pipelines' is empty");
+	cfg->pipelines = bt_calloc(n, sizeof(*cfg->pipelines));
+	for (yaml_node_pair_t *p = pipelines->data.mapping.pairs.start;
+	     p < pipelines->data.mapping.pairs.top; p++) {
+		r = parse_pipeline(c, node(c, p->key), node(c, p->value),
+				   &cfg->pipelines[cfg->npipelines++]);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+int bt_config_parse(const char *path, const char *text, size_t len,
+		    struct bt_config *cfg, char *err, size_t errlen)
+{
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	struct ctx c = {path, &doc, err, errlen, cfg};
+	int r;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->path = bt_strdup(path);
+	cfg->listen_host = bt_strdup("127.0.0.1");
+	cfg->listen_port = 8080;
+	cfg->log_level = BT_LOG_INFO;
+	cfg->max_request_bytes = 64u << 20;
+	cfg->max_payload_bytes = 256u << 20;
+	{
+		char *copy = bt_strdup(path);
+		char *slash = strrchr(copy, '/');
+		const char *d = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
+		char real[PATH_MAX];
+		cfg->dir = bt_strdup(realpath(d, real) ? real : d);
+		free(copy);
+	}
+
+	if (!yaml_parser_initialize(&parser)) {
+		snprintf(err, errlen, "%s: cannot initialise the YAML parser", path);
+		bt_config_release(cfg);
+		return BT_ECONFIG;
+	}
+	yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+	if (!yaml_parser_load(&parser, &doc)) {
+		snprintf(err, errlen, "%s:%zu:%zu: YAML: %s%s%s", path,
+			 parser.problem_mark.line + 1, parser.problem_mark.column + 1,
+			 parser.problem ? parser.problem : "syntax error",
+			 parser.context ? " " : "", parser.context ? parser.context : "");
+		yaml_parser_delete(&parser);
+		bt_config_release(cfg);
+		return BT_ECONFIG;
+	}
+	r = parse_root(&c, yaml_document_get_root_node(&doc));
+	yaml_document_delete(&doc);
+	if (!r) {
+		/* A second document would be silently ignored: refuse it. */
+		yaml_document_t more;
+		if (!yaml_parser_load(&parser, &more)) {
+			r = fail(&c, NULL, "YAML: %s", parser.problem ? parser.problem : "syntax error");
+		} else {
+			yaml_node_t *root = yaml_document_get_root_node(&more);
+			if (root)
+				r = fail(&c, root, "a second YAML document; the configuration is one document");
+			yaml_document_delete(&more);
+		}
+	}
+	yaml_parser_delete(&parser);
+	if (r)
+		bt_config_release(cfg);
+	return r;
+}
+
+int bt_config_load(const char *path, struct bt_config *cfg, char *err,
+		   size_t errlen)
+{
+	char *text;
+	size_t len;
+	int e = read_file(path, &text, &len);
+	if (e) {
+		memset(cfg, 0, sizeof(*cfg));
+		snprintf(err, errlen, "%s: cannot read: %s", path, bt_strerror(e));
+		return BT_ECONFIG;
+	}
+	int r = bt_config_parse(path, text, len, cfg, err, errlen);
+	free(text);
+	return r;
+}
+
+void bt_config_release(struct bt_config *cfg)
+{
+	for (int i = 0; i < cfg->nstages; i++) {
+		struct bt_stage_config *st = &cfg->stages[i];
+		free(st->name);
+		for (int a = 0; st->argv && a < st->argc; a++)
+			free(st->argv[a]);
+		free(st->argv);
+		free(st->workdir);
+		free(st->venv);
+		for (int e = 0; e < st->nenv; e++) {
+			free(st->env[e].name);
+			free(st->env[e].value);
+		}
+		free(st->env);
+		free(st->warmup_file);
+		free(st->warmup_payload);
+	}
+	free(cfg->stages);
+	for (int i = 0; i < cfg->npipelines; i++) {
+		free(cfg->pipelines[i].name);
+		free(cfg->pipelines[i].stages);
+	}
+	free(cfg->pipelines);
+	free(cfg->path);
+	free(cfg->dir);
+	free(cfg->listen_host);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+int bt_config_stage_index(const struct bt_config *cfg, const char *name)
+{
+	for (int i = 0; i < cfg->nstages; i++)
+		if (cfg->stages[i].name && !strcmp(cfg->stages[i].name, name))
+			return i;
+	return -1;
+}
+
+int bt_config_pipeline_index(const struct bt_config *cfg, const char *name)
+{
+	for (int i = 0; i < cfg->npipelines; i++)
+		if (!strcmp(cfg->pipelines[i].name, name))
+			return i;
+	return -1;
+}
+
+static void print_quoted_argv(FILE *out, char *const *argv)
+{
+	for (int i = 0; argv[i]; i++) {
+		const char *a = argv[i];
+		int plain = *a != '\0';
+		for (const char *p = a; *p && plain; p++)
+			plain = !strchr(" \t\n'\"\\$`*?[]{}()<>|&;#~", *p);
+		if (plain) {
+			fprintf(out, "%s%s", i ? " " : "", a);
+			continue;
+		}
+		fprintf(out, "%s'", i ? " " : "");
+		for (const char *p = a; *p; p++) {
+			if (*p == '\'')
+				fputs("'\\''", out);
+			else
+				fputc(*p, out);
+		}
+		fputc('\'', out);
+	}
+}
+
+void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
+{
+	fprintf(out, "config:  %s/%s\n", cfg->dir,
+		strrchr(cfg->path, '/') ? strrchr(cfg->path, '/') + 1 : cfg->path);
+	fprintf(out, "listen:  %s:%d\n", cfg->listen_host, cfg->listen_port);
+	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu\n",
+		cfg->max_request_bytes, cfg->max_payload_bytes);
+	for (int i = 0; i < cfg->nstages; i++) {
+		const struct bt_stage_config *st = &cfg->stages[i];
+		fprintf(out, "\nstage %s\n  argv:      ", st->name);
+		print_quoted_argv(out, st->argv);
+		fprintf(out, "\n  workdir:   %s\n", st->workdir);
+		if (st->venv)
+			fprintf(out, "  venv:      %s%s\n  env:       PATH=%s/bin:$PATH VIRTUAL_ENV=%s (PYTHONHOME unset)\n",
+				st->venv, st->venv_missing ? "  (does not exist yet)" : "",
+				st->venv, st->venv);
+		for (int e = 0; e < st->nenv; e++)
+			fprintf(out, "  env:       %s=%s\n", st->env[e].name, st->env[e].value);
+		fprintf(out, "  replicas:  %d, max_ongoing %d, queue_max %zu\n",
+			st->replicas_initial, st->max_ongoing, st->queue_max);
+		fprintf(out, "  timeouts:  attempt %llums, start %llums, stop grace %llums; retries %d\n",
+			(unsigned long long)st->timeout_ms,
+			(unsigned long long)st->start_timeout_ms,
+			(unsigned long long)st->grace_ms, st->retries);
+		fprintf(out, "  restart:   backoff %llu..%llums, failed after %d failures, reset after %llums, %s\n",
+			(unsigned long long)st->backoff_ms,
+			(unsigned long long)st->backoff_max_ms, st->max_failures,
+			(unsigned long long)st->reset_after_ms,
+			st->retry_failed_after_ms ? "automatic retry of a failed stage"
+						  : "failed stage waits for POST /v1/stages/{s}/restart");
+		if (st->warmup_file)
+			fprintf(out, "  warmup:    %s (%zu bytes, %s)\n", st->warmup_file,
+				st->warmup_len, st->warmup_required ? "required" : "optional");
+	}
+	fprintf(out, "\n");
+	for (int i = 0; i < cfg->npipelines; i++) {
+		const struct bt_pipeline_config *pl = &cfg->pipelines[i];
+		fprintf(out, "pipeline %s: ", pl->name);
+		for (int s = 0; s < pl->nstages; s++)
+			fprintf(out, "%s%s", s ? " -> " : "", cfg->stages[pl->stages[s]].name);
+		if (pl->max_inflight)
+			fprintf(out, " (max_inflight %zu)", pl->max_inflight);
+		fprintf(out, "\n");
+	}
+}
+
+/* Sets "K=V" in a NULL-terminated list, replacing an earlier K. */
+static void env_put(char **env, size_t *n, char *kv)
+{
+	size_t klen = strcspn(kv, "=") + 1;
+	for (size_t i = 0; i < *n; i++) {
+		if (!strncmp(env[i], kv, klen)) {
+			free(env[i]);
+			env[i] = kv;
+			return;
+		}
+	}
+	env[(*n)++] = kv;
+	env[*n] = NULL;
+}
+
+static const char *env_lookup(char *const *env, const char *name)
+{
+	size_t nl = strlen(name);
+	for (size_t i = 0; env && env[i]; i++)
+		if (!strncmp(env[i], name, nl) && env[i][nl] == '=')
+			return env[i] + nl + 1;
+	return NULL;
+}
+
+char **bt_config_stage_environ(const struct bt_stage_config *st,
+			       char *const *parent, char *const *extra)
+{
+	size_t np = 0, nextra = 0, n = 0;
+	while (parent && parent[np])
+		np++;
+	while (extra && extra[nextra])
+		nextra++;
+	char **env = bt_calloc(np + (size_t)st->nenv + nextra + 3, sizeof(char *));
+	/* Layers, each overriding the ones before: parent, venv, env:, extra. */
+	for (size_t i = 0; i < np; i++)
+		if (!(st->venv && !strncmp(parent[i], "PYTHONHOME=", 11)))
+			env_put(env, &n, bt_strdup(parent[i]));
+	if (st->venv) {
+		const char *base = stage_env_get(st, "PATH");
+		if (!base)
+			base = env_lookup(parent, "PATH");
+		env_put(env, &n, bt_asprintf("PATH=%s/bin:%s", st->venv,
+					     base ? base : "/usr/local/bin:/usr/bin:/bin"));
+		env_put(env, &n, bt_asprintf("VIRTUAL_ENV=%s", st->venv));
+	}
+	for (int i = 0; i < st->nenv; i++) {
+		/* With a venv, the stage's PATH is already under the venv's bin/. */
+		if (st->venv && !strcmp(st->env[i].name, "PATH"))
+			continue;
+		env_put(env, &n, bt_asprintf("%s=%s", st->env[i].name, st->env[i].value));
+	}
+	for (size_t i = 0; i < nextra; i++)
+		env_put(env, &n, bt_strdup(extra[i]));
+	return env;
+}
+
+void bt_config_free_environ(char **env)
+{
+	for (size_t i = 0; env && env[i]; i++)
+		free(env[i]);
+	free(env);
+}

@@ -1,0 +1,99 @@
+/*
+ * The configuration file (DESIGN §2, contract): YAML in, a validated and
+ * resolved struct bt_config out, or one error naming FILE:LINE:COL and the
+ * key.  Paths that baton opens are resolved against the config file's
+ * directory; commands are resolved to absolute paths here, so that
+ * `baton check` shows exactly what will run.  No libuv, no processes.
+ */
+#ifndef BT_CONFIG_H
+#define BT_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../common/common.h"
+
+struct bt_env_var {
+	char *name;
+	char *value;
+};
+
+struct bt_stage_config {
+	char *name;
+	int line, col; /* where the stage's key is */
+	char **argv; /* NULL-terminated; argv[0] absolute */
+	int argc;
+	char *workdir; /* absolute */
+	char *venv; /* absolute, or NULL */
+	int venv_missing; /* venv is set but has no bin/ yet */
+	struct bt_env_var *env; /* from `env:`, applied after venv */
+	int nenv;
+	int replicas_initial;
+	int max_ongoing; /* requests in flight per replica */
+	size_t queue_max;
+	uint64_t timeout_ms; /* per attempt */
+	int retries;
+	uint64_t start_timeout_ms;
+	char *warmup_file; /* absolute, or NULL */
+	char *warmup_payload; /* its bytes, read at load time */
+	size_t warmup_len;
+	int warmup_required;
+	uint64_t backoff_ms, backoff_max_ms;
+	int max_failures;
+	uint64_t reset_after_ms;
+	uint64_t retry_failed_after_ms; /* 0: wait for an explicit restart */
+	uint64_t grace_ms;
+	uint64_t ping_interval_ms; /* 0: no pings */
+	uint64_t ping_timeout_ms;
+};
+
+struct bt_pipeline_config {
+	char *name;
+	int *stages; /* indexes into bt_config.stages */
+	int nstages;
+	size_t max_inflight; /* 0: no limit but the stages' queues */
+};
+
+struct bt_config {
+	char *path; /* as given */
+	char *dir; /* absolute directory of the file */
+	char *listen_host;
+	int listen_port;
+	enum bt_log_level log_level;
+	size_t max_request_bytes;
+	size_t max_payload_bytes; /* largest payload a worker may send */
+	struct bt_stage_config *stages;
+	int nstages;
+	struct bt_pipeline_config *pipelines;
+	int npipelines;
+};
+
+/*
+ * Loads and validates path.  Returns 0 and fills *cfg, or BT_ECONFIG with a
+ * one-line "FILE:LINE:COL: message" in err.  On failure *cfg holds nothing.
+ */
+int bt_config_load(const char *path, struct bt_config *cfg, char *err,
+		   size_t errlen);
+void bt_config_release(struct bt_config *cfg);
+
+/* Same, from text in memory (path is used in messages and for resolving). */
+int bt_config_parse(const char *path, const char *text, size_t len,
+		    struct bt_config *cfg, char *err, size_t errlen);
+
+int bt_config_stage_index(const struct bt_config *cfg, const char *name);
+int bt_config_pipeline_index(const struct bt_config *cfg, const char *name);
+
+/* Prints the resolved plan (what `baton check` shows). */
+void bt_config_print_plan(const struct bt_config *cfg, FILE *out);
+
+/*
+ * The environment a stage's replicas get: parent's environ, then the venv's
+ * PATH and VIRTUAL_ENV, then the stage's env, then extra ("K=V" strings,
+ * NULL-terminated, may be NULL), each overriding what came before.
+ */
+char **bt_config_stage_environ(const struct bt_stage_config *st,
+			       char *const *parent, char *const *extra);
+void bt_config_free_environ(char **env);
+
+#endif

@@ -1,0 +1,467 @@
+/*
+ * Unit tests of the protocol v1 frame codec (src/proto): how the decoder
+ * cuts arbitrary reads into frames, which inputs it refuses as protocol
+ * violations, and that the encoder writes what the decoder reads back.
+ */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "proto/proto.h"
+
+#define MAX_PAYLOAD (1u << 20)
+
+TestSuite(frame, .timeout = 20);
+
+/* A decoder that every test releases, so that ASan sees no leak. */
+static struct bt_frame_decoder dec;
+
+static void dec_setup(void)
+{
+	bt_frame_decoder_init(&dec, MAX_PAYLOAD);
+}
+
+static void dec_teardown(void)
+{
+	bt_frame_decoder_release(&dec);
+}
+
+/* Feeds all of buf in one call, which must consume it all and end one frame. */
+static void decode_one(const char *buf, size_t len, struct bt_frame *f)
+{
+	ssize_t r = bt_frame_decode(&dec, buf, len, f);
+	cr_assert_eq(r, (ssize_t)len, "decode returned %zd of %zu bytes (%s)", r,
+		     len, dec.err);
+	cr_assert_not_null(f->hdr, "no frame after %zu bytes", len);
+}
+
+/* Feeds buf in one call and expects a protocol violation. */
+static void decode_bad(const char *buf, size_t len, const char *what)
+{
+	struct bt_frame f;
+	ssize_t r = bt_frame_decode(&dec, buf, len, &f);
+	cr_assert_eq(r, BT_EPROTO, "expected BT_EPROTO, got %zd", r);
+	cr_assert_null(f.hdr);
+	cr_assert_not_null(strstr(dec.err, what), "err is '%s', expected '%s' in it",
+			   dec.err, what);
+}
+
+#define S(lit) lit, sizeof(lit) - 1
+
+Test(frame, single_frame_in_one_buffer_is_decoded, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	struct bt_frame f;
+	decode_one(S("{\"t\":\"req\",\"id\":\"r1\",\"len\":5}\nhello"), &f);
+	cr_assert_str_eq(f.type, "req");
+	cr_assert_str_eq(json_string_value(json_object_get(f.hdr, "id")), "r1");
+	cr_assert_eq(f.len, 5);
+	cr_assert_arr_eq(f.payload, "hello", 5);
+	bt_frame_release(&f);
+	cr_assert_null(f.hdr);
+	cr_assert_null(f.payload);
+}
+
+Test(frame, payload_is_nul_terminated, .init = dec_setup, .fini = dec_teardown)
+{
+	struct bt_frame f;
+	decode_one(S("{\"t\":\"res\",\"len\":3}\nabc"), &f);
+	cr_assert_eq(f.payload[3], '\0');
+	cr_assert_str_eq(f.payload, "abc");
+	bt_frame_release(&f);
+}
+
+Test(frame, frame_fed_one_byte_at_a_time_is_reassembled, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	static const char msg[] = "{\"t\":\"res\",\"id\":\"r7\",\"len\":5}\nab\ncd";
+	size_t len = sizeof(msg) - 1;
+	struct bt_frame f;
+	for (size_t i = 0; i < len; i++) {
+		ssize_t r = bt_frame_decode(&dec, msg + i, 1, &f);
+		cr_assert_eq(r, 1, "byte %zu: decode returned %zd (%s)", i, r, dec.err);
+		if (i + 1 < len)
+			cr_assert_null(f.hdr, "frame completed early, at byte %zu", i);
+	}
+	cr_assert_not_null(f.hdr);
+	cr_assert_str_eq(f.type, "res");
+	cr_assert_eq(f.len, 5);
+	cr_assert_arr_eq(f.payload, "ab\ncd", 5);
+	bt_frame_release(&f);
+}
+
+Test(frame, header_split_across_reads_is_reassembled, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	static const char msg[] = "{\"t\":\"req\",\"id\":\"x\",\"len\":3}\nxyz";
+	size_t len = sizeof(msg) - 1;
+	/* Every cut point, including inside the header and just after '\n'. */
+	for (size_t cut = 1; cut < len; cut++) {
+		struct bt_frame f;
+		struct bt_frame_decoder d;
+		bt_frame_decoder_init(&d, MAX_PAYLOAD);
+		ssize_t r = bt_frame_decode(&d, msg, cut, &f);
+		cr_assert_eq(r, (ssize_t)cut, "cut %zu: first part gave %zd", cut, r);
+		cr_assert_null(f.hdr, "cut %zu: frame before all bytes", cut);
+		r = bt_frame_decode(&d, msg + cut, len - cut, &f);
+		cr_assert_eq(r, (ssize_t)(len - cut), "cut %zu: second part gave %zd",
+			     cut, r);
+		cr_assert_not_null(f.hdr, "cut %zu: no frame", cut);
+		cr_assert_str_eq(json_string_value(json_object_get(f.hdr, "id")), "x");
+		cr_assert_arr_eq(f.payload, "xyz", 3);
+		bt_frame_release(&f);
+		bt_frame_decoder_release(&d);
+	}
+}
+
+Test(frame, two_frames_in_one_buffer_are_returned_one_per_call, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	static const char msg[] = "{\"t\":\"res\",\"id\":\"a\",\"len\":2}\nAA"
+				  "{\"t\":\"pong\",\"seq\":7}\n"
+				  "{\"t\":\"res\",\"id\":\"b\",\"len\":1}\nB";
+	size_t len = sizeof(msg) - 1, used = 0;
+	const char *types[] = {"res", "pong", "res"};
+	const char *payloads[] = {"AA", NULL, "B"};
+	for (int i = 0; i < 3; i++) {
+		struct bt_frame f;
+		ssize_t r = bt_frame_decode(&dec, msg + used, len - used, &f);
+		cr_assert_gt(r, 0, "frame %d: decode returned %zd (%s)", i, r, dec.err);
+		used += (size_t)r;
+		cr_assert_not_null(f.hdr, "frame %d missing", i);
+		cr_assert_str_eq(f.type, types[i]);
+		if (payloads[i]) {
+			cr_assert_eq(f.len, strlen(payloads[i]));
+			cr_assert_str_eq(f.payload, payloads[i]);
+		} else {
+			cr_assert_eq(f.len, 0);
+			cr_assert_null(f.payload);
+		}
+		if (i < 2)
+			cr_assert_lt(used, len, "frame %d consumed the next frame", i);
+		bt_frame_release(&f);
+	}
+	cr_assert_eq(used, len);
+}
+
+Test(frame, payload_with_newlines_and_nul_bytes_is_binary_safe, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	static const char payload[] = "\n\0{\"t\":\"x\"}\n\0\r\n\xff";
+	size_t plen = sizeof(payload) - 1;
+	char msg[128];
+	int h = snprintf(msg, sizeof(msg), "{\"t\":\"req\",\"len\":%zu}\n", plen);
+	memcpy(msg + h, payload, plen);
+	struct bt_frame f;
+	decode_one(msg, (size_t)h + plen, &f);
+	cr_assert_eq(f.len, plen);
+	cr_assert_arr_eq(f.payload, payload, plen);
+	bt_frame_release(&f);
+}
+
+Test(frame, len_zero_frame_completes_at_the_newline, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	static const char msg[] = "{\"t\":\"stop\",\"len\":0}\n{\"t\":\"ping\"}\n";
+	struct bt_frame f;
+	ssize_t r = bt_frame_decode(&dec, msg, sizeof(msg) - 1, &f);
+	cr_assert_eq(r, (ssize_t)strlen("{\"t\":\"stop\",\"len\":0}\n"));
+	cr_assert_not_null(f.hdr);
+	cr_assert_str_eq(f.type, "stop");
+	cr_assert_eq(f.len, 0);
+	cr_assert_null(f.payload);
+	bt_frame_release(&f);
+}
+
+Test(frame, header_without_len_is_a_frame_without_payload, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	struct bt_frame f;
+	decode_one(S("{\"t\":\"ready\",\"proto\":1}\n"), &f);
+	cr_assert_str_eq(f.type, "ready");
+	cr_assert_eq(json_integer_value(json_object_get(f.hdr, "proto")), 1);
+	cr_assert_eq(f.len, 0);
+	cr_assert_null(f.payload);
+	bt_frame_release(&f);
+}
+
+Test(frame, empty_input_consumes_nothing, .init = dec_setup, .fini = dec_teardown)
+{
+	struct bt_frame f;
+	cr_assert_eq(bt_frame_decode(&dec, "", 0, &f), 0);
+	cr_assert_null(f.hdr);
+}
+
+Test(frame, partial_frame_is_freed_by_decoder_release, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	/* Header parsed, payload half there: release must free both (ASan). */
+	struct bt_frame f;
+	ssize_t r = bt_frame_decode(&dec, S("{\"t\":\"res\",\"len\":10}\n12345"), &f);
+	cr_assert_eq(r, (ssize_t)strlen("{\"t\":\"res\",\"len\":10}\n12345"));
+	cr_assert_null(f.hdr);
+	cr_assert_not_null(dec.hdr);
+	cr_assert_not_null(dec.payload);
+	bt_frame_decoder_release(&dec);
+	cr_assert_null(dec.hdr);
+	cr_assert_null(dec.payload);
+}
+
+/* A header line of exactly total bytes, '\n' included, with "len":0. */
+static char *header_of_size(size_t total)
+{
+	static const char pre[] = "{\"t\":\"req\",\"pad\":\"";
+	static const char post[] = "\"}\n";
+	size_t fixed = sizeof(pre) - 1 + sizeof(post) - 1;
+	cr_assert_geq(total, fixed);
+	char *s = malloc(total + 1);
+	cr_assert_not_null(s);
+	memcpy(s, pre, sizeof(pre) - 1);
+	memset(s + sizeof(pre) - 1, 'p', total - fixed);
+	memcpy(s + total - (sizeof(post) - 1), post, sizeof(post) - 1);
+	s[total] = '\0';
+	return s;
+}
+
+Test(frame, header_line_of_exactly_64k_is_accepted, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	char *s = header_of_size(BT_PROTO_MAX_HEADER);
+	struct bt_frame f;
+	decode_one(s, BT_PROTO_MAX_HEADER, &f);
+	cr_assert_str_eq(f.type, "req");
+	bt_frame_release(&f);
+	free(s);
+}
+
+Test(frame, header_line_over_64k_is_rejected, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	char *s = header_of_size(BT_PROTO_MAX_HEADER + 1);
+	decode_bad(s, BT_PROTO_MAX_HEADER + 1, "header line over 65536 bytes");
+	free(s);
+}
+
+Test(frame, header_line_over_64k_is_rejected_before_its_newline_arrives,
+     .init = dec_setup, .fini = dec_teardown)
+{
+	/* A peer that never sends '\n' must not make the decoder grow forever. */
+	char chunk[4096];
+	memset(chunk, 'x', sizeof(chunk));
+	struct bt_frame f;
+	size_t fed = 0;
+	ssize_t r = 0;
+	while (fed <= BT_PROTO_MAX_HEADER + sizeof(chunk)) {
+		r = bt_frame_decode(&dec, chunk, sizeof(chunk), &f);
+		if (r < 0)
+			break;
+		cr_assert_eq(r, (ssize_t)sizeof(chunk));
+		fed += sizeof(chunk);
+	}
+	cr_assert_eq(r, BT_EPROTO, "no error after %zu bytes without a newline", fed);
+	cr_assert_leq(fed, BT_PROTO_MAX_HEADER);
+	cr_assert_not_null(strstr(dec.err, "header line over"), "err: %s", dec.err);
+}
+
+Test(frame, len_above_max_payload_is_rejected_without_allocating,
+     .init = dec_setup, .fini = dec_teardown)
+{
+	/* 4 GiB: allocating it first would be the bug this guards against. */
+	decode_bad(S("{\"t\":\"res\",\"len\":4294967296}\n"), "payload over the limit");
+	cr_assert_null(dec.payload);
+	cr_assert_null(dec.hdr);
+	cr_assert_not_null(strstr(dec.err, "4294967296"), "err: %s", dec.err);
+}
+
+Test(frame, len_of_exactly_max_payload_is_accepted)
+{
+	struct bt_frame_decoder d;
+	bt_frame_decoder_init(&d, 4);
+	struct bt_frame f;
+	ssize_t r = bt_frame_decode(&d, S("{\"t\":\"res\",\"len\":4}\nabcd"), &f);
+	cr_assert_eq(r, (ssize_t)strlen("{\"t\":\"res\",\"len\":4}\nabcd"), "%s", d.err);
+	cr_assert_not_null(f.hdr);
+	bt_frame_release(&f);
+	bt_frame_decoder_release(&d);
+
+	bt_frame_decoder_init(&d, 4);
+	r = bt_frame_decode(&d, S("{\"t\":\"res\",\"len\":5}\nabcde"), &f);
+	cr_assert_eq(r, BT_EPROTO);
+	bt_frame_decoder_release(&d);
+}
+
+Test(frame, non_json_header_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("hello there\n"), "header is not JSON");
+}
+
+Test(frame, truncated_json_header_is_rejected, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":\"res\"\n"), "header is not JSON");
+}
+
+Test(frame, trailing_bytes_after_the_json_object_are_rejected, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":\"res\"} {}\n"), "header is not JSON");
+}
+
+Test(frame, duplicate_keys_in_header_are_rejected, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":\"res\",\"t\":\"req\"}\n"), "header is not JSON");
+}
+
+Test(frame, json_array_header_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("[\"t\",\"res\"]\n"), "header is not a JSON object");
+}
+
+Test(frame, json_scalar_header_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	/* jansson refuses a top-level scalar itself; either text will do. */
+	decode_bad(S("42\n"), "header is not");
+}
+
+Test(frame, header_without_t_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("{\"id\":\"r1\",\"len\":0}\n"), "no string \"t\"");
+}
+
+Test(frame, header_with_non_string_t_is_rejected, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":1}\n"), "no string \"t\"");
+}
+
+Test(frame, negative_len_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":\"res\",\"len\":-1}\n"), "\"len\" is not a non-negative integer");
+}
+
+Test(frame, fractional_len_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":\"res\",\"len\":1.5}\nx"), "\"len\" is not a non-negative integer");
+}
+
+Test(frame, string_len_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":\"res\",\"len\":\"3\"}\nabc"),
+		   "\"len\" is not a non-negative integer");
+}
+
+Test(frame, empty_line_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("\n"), "empty header line");
+}
+
+Test(frame, empty_line_after_a_frame_is_rejected_on_the_next_call,
+     .init = dec_setup, .fini = dec_teardown)
+{
+	static const char msg[] = "{\"t\":\"pong\"}\n\n";
+	struct bt_frame f;
+	ssize_t r = bt_frame_decode(&dec, msg, sizeof(msg) - 1, &f);
+	cr_assert_eq(r, (ssize_t)sizeof(msg) - 2);
+	bt_frame_release(&f);
+	r = bt_frame_decode(&dec, msg + r, 1, &f);
+	cr_assert_eq(r, BT_EPROTO);
+	cr_assert_str_eq(dec.err, "empty header line");
+}
+
+Test(frame, encode_then_decode_round_trips, .init = dec_setup, .fini = dec_teardown)
+{
+	static const char payload[] = "bin\0ary\npay\nload";
+	size_t plen = sizeof(payload) - 1;
+	json_t *hdr = json_pack("{s:s, s:s, s:{s:s, s:i}}", "t", "req", "id", "r42",
+				"meta", "pipeline", "docs", "attempt", 1);
+	struct bt_buf out = BT_BUF_INIT;
+	cr_assert_eq(bt_frame_encode(&out, hdr, payload, plen), 0);
+	json_t *empty = json_pack("{s:s}", "t", "stop");
+	cr_assert_eq(bt_frame_encode(&out, empty, NULL, 0), 0);
+
+	struct bt_frame f;
+	ssize_t r = bt_frame_decode(&dec, out.data, out.len, &f);
+	cr_assert_gt(r, 0, "%s", dec.err);
+	cr_assert_not_null(f.hdr);
+	cr_assert(json_equal(f.hdr, hdr), "decoded header differs from the encoded one");
+	cr_assert_eq(json_integer_value(json_object_get(f.hdr, "len")), (json_int_t)plen);
+	cr_assert_eq(f.len, plen);
+	cr_assert_arr_eq(f.payload, payload, plen);
+	bt_frame_release(&f);
+
+	size_t used = (size_t)r;
+	r = bt_frame_decode(&dec, out.data + used, out.len - used, &f);
+	cr_assert_eq(r, (ssize_t)(out.len - used), "%s", dec.err);
+	cr_assert_str_eq(f.type, "stop");
+	cr_assert_eq(f.len, 0);
+	bt_frame_release(&f);
+
+	json_decref(hdr);
+	json_decref(empty);
+	bt_buf_release(&out);
+}
+
+Test(frame, encode_writes_one_compact_line_with_len_then_payload)
+{
+	json_t *hdr = json_pack("{s:s}", "t", "res");
+	struct bt_buf out = BT_BUF_INIT;
+	bt_buf_puts(&out, "old");
+	cr_assert_eq(bt_frame_encode(&out, hdr, "xyz", 3), 0);
+	cr_assert_eq(out.len, strlen("old{\"t\":\"res\",\"len\":3}\nxyz"));
+	cr_assert_str_eq(out.data, "old{\"t\":\"res\",\"len\":3}\nxyz");
+	json_decref(hdr);
+	bt_buf_release(&out);
+}
+
+Test(frame, encode_overrides_a_wrong_len_in_the_header)
+{
+	json_t *hdr = json_pack("{s:s, s:i}", "t", "res", "len", 99);
+	struct bt_buf out = BT_BUF_INIT;
+	cr_assert_eq(bt_frame_encode(&out, hdr, "ab", 2), 0);
+	cr_assert_str_eq(out.data, "{\"t\":\"res\",\"len\":2}\nab");
+	json_decref(hdr);
+	bt_buf_release(&out);
+}
+
+/* A header object whose compact line, '\n' included, is exactly total bytes. */
+static json_t *hdr_of_line_size(size_t total)
+{
+	/* {"t":"req","pad":"PPP","len":0}\n */
+	size_t fixed = strlen("{\"t\":\"req\",\"pad\":\"\",\"len\":0}\n");
+	cr_assert_geq(total, fixed);
+	char *pad = malloc(total - fixed + 1);
+	cr_assert_not_null(pad);
+	memset(pad, 'p', total - fixed);
+	pad[total - fixed] = '\0';
+	json_t *hdr = json_pack("{s:s, s:s}", "t", "req", "pad", pad);
+	free(pad);
+	return hdr;
+}
+
+Test(frame, encode_of_a_header_over_64k_is_too_big_and_appends_nothing)
+{
+	json_t *hdr = hdr_of_line_size(BT_PROTO_MAX_HEADER + 1);
+	struct bt_buf out = BT_BUF_INIT;
+	bt_buf_puts(&out, "keep");
+	cr_assert_eq(bt_frame_encode(&out, hdr, "abc", 3), BT_ETOOBIG);
+	cr_assert_eq(out.len, 4);
+	cr_assert_str_eq(out.data, "keep");
+	json_decref(hdr);
+	bt_buf_release(&out);
+}
+
+Test(frame, encode_of_a_header_of_exactly_64k_is_decodable, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	/* The encoder and the decoder must agree on where the limit is. */
+	json_t *hdr = hdr_of_line_size(BT_PROTO_MAX_HEADER);
+	struct bt_buf out = BT_BUF_INIT;
+	cr_assert_eq(bt_frame_encode(&out, hdr, NULL, 0), 0);
+	cr_assert_eq(out.len, BT_PROTO_MAX_HEADER);
+	struct bt_frame f;
+	decode_one(out.data, out.len, &f);
+	cr_assert(json_equal(f.hdr, hdr));
+	bt_frame_release(&f);
+	json_decref(hdr);
+	bt_buf_release(&out);
+}
