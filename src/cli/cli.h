@@ -1,0 +1,32 @@
+/*
+ * The command line (DESIGN §8, contract): one file per command, each
+ * described by a table entry.  Exit codes: 0 success, 1 the work failed,
+ * 2 usage or configuration error.
+ */
+#ifndef BT_CLI_H
+#define BT_CLI_H
+
+#include <stdio.h>
+
+enum { BT_EXIT_OK = 0, BT_EXIT_FAIL = 1, BT_EXIT_USAGE = 2 };
+
+struct bt_cmd {
+	const char *name;
+	const char *usage; /* arguments after the command name */
+	const char *summary; /* one line for `baton help` */
+	int (*run)(int argc, char **argv); /* argv[0] is the command name */
+};
+
+extern const struct bt_cmd bt_cmd_serve;
+extern const struct bt_cmd bt_cmd_check;
+extern const struct bt_cmd bt_cmd_status;
+extern const struct bt_cmd bt_cmd_version;
+extern const struct bt_cmd bt_cmd_help;
+
+/* Every command, NULL-terminated, in the order `baton help` shows them. */
+extern const struct bt_cmd *const bt_commands[];
+
+/* Prints "usage: baton NAME USAGE" to f. */
+void bt_cli_usage(const struct bt_cmd *cmd, FILE *f);
+
+#endif

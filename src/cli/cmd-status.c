@@ -1,0 +1,100 @@
+/* `baton status [--url URL]`: the daemon's /v1/status as a terminal table. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/common.h"
+#include "cli.h"
+#include "client.h"
+
+static void print_status(json_t *doc)
+{
+	json_t *req = json_object_get(doc, "requests");
+	printf("baton %s  %s%s  pid %lld  uptime %.0fs\n",
+	       json_string_value(json_object_get(doc, "version")),
+	       json_string_value(json_object_get(doc, "state")),
+	       json_is_true(json_object_get(doc, "ready")) ? " (ready)" : " (not ready)",
+	       json_integer_value(json_object_get(doc, "pid")),
+	       json_real_value(json_object_get(doc, "uptime_s")));
+	printf("requests: %lld accepted, %lld succeeded, %lld failed, %lld in flight\n\n",
+	       json_integer_value(json_object_get(req, "accepted")),
+	       json_integer_value(json_object_get(req, "succeeded")),
+	       json_integer_value(json_object_get(req, "failed")),
+	       json_integer_value(json_object_get(req, "in_flight")));
+	printf("%-16s %-7s %7s %7s  %s\n", "STAGE", "STATE", "QUEUED", "RUNNING", "REPLICAS");
+	const char *name;
+	json_t *st;
+	json_object_foreach(json_object_get(doc, "stages"), name, st) {
+		printf("%-16s %-7s %7lld %7lld ", name,
+		       json_string_value(json_object_get(st, "state")),
+		       json_integer_value(json_object_get(st, "queued")),
+		       json_integer_value(json_object_get(st, "running")));
+		size_t i;
+		json_t *r;
+		json_array_foreach(json_object_get(st, "replicas"), i, r) {
+			printf(" %lld:%s(pid %lld, up %.0fs, restarts %lld)",
+			       json_integer_value(json_object_get(r, "id")),
+			       json_string_value(json_object_get(r, "state")),
+			       json_integer_value(json_object_get(r, "pid")),
+			       json_real_value(json_object_get(r, "uptime_s")),
+			       json_integer_value(json_object_get(r, "restarts")));
+		}
+		printf("\n");
+	}
+	printf("\n%-16s %9s %9s %9s %9s  %s\n", "PIPELINE", "IN FLIGHT", "ACCEPTED",
+	       "SUCCEEDED", "FAILED", "STAGES");
+	json_t *pl;
+	json_object_foreach(json_object_get(doc, "pipelines"), name, pl) {
+		printf("%-16s %9lld %9lld %9lld %9lld  ", name,
+		       json_integer_value(json_object_get(pl, "in_flight")),
+		       json_integer_value(json_object_get(pl, "accepted")),
+		       json_integer_value(json_object_get(pl, "succeeded")),
+		       json_integer_value(json_object_get(pl, "failed")));
+		size_t i;
+		json_t *s;
+		json_array_foreach(json_object_get(pl, "stages"), i, s)
+			printf("%s%s", i ? " -> " : "", json_string_value(s));
+		printf("\n");
+	}
+}
+
+static int run(int argc, char **argv)
+{
+	const char *url = getenv("BATON_URL");
+	int as_json = 0;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--url") && i + 1 < argc) {
+			url = argv[++i];
+		} else if (!strcmp(argv[i], "--json")) {
+			as_json = 1;
+		} else {
+			bt_cli_usage(&bt_cmd_status, stderr);
+			return BT_EXIT_USAGE;
+		}
+	}
+	if (!url)
+		url = "http://127.0.0.1:8080";
+	struct bt_http_reply rep;
+	char err[256];
+	if (bt_client_request(url, "GET", "/v1/status", NULL, 0, &rep, err, sizeof(err))) {
+		fprintf(stderr, "baton: cannot get status from %s: %s\n", url, err);
+		return BT_EXIT_FAIL;
+	}
+	json_error_t jerr;
+	json_t *doc = rep.status == 200 ? json_loadb(rep.body, rep.len, 0, &jerr) : NULL;
+	if (!doc) {
+		fprintf(stderr, "baton: %s answered %d, not a status document\n", url, rep.status);
+		bt_client_reply_release(&rep);
+		return BT_EXIT_FAIL;
+	}
+	if (as_json)
+		json_dumpf(doc, stdout, JSON_INDENT(2)), printf("\n");
+	else
+		print_status(doc);
+	json_decref(doc);
+	bt_client_reply_release(&rep);
+	return BT_EXIT_OK;
+}
+
+const struct bt_cmd bt_cmd_status = {"status", "[--url URL] [--json]",
+				     "show a running daemon's stages, replicas and pipelines", run};

@@ -1,0 +1,37 @@
+/*
+ * Entry point: the hidden exec-shim mode first (it must do nothing else
+ * before exec), then the command table.
+ */
+#include <string.h>
+
+#include "../proc/proc.h"
+#include "cli.h"
+
+const struct bt_cmd *const bt_commands[] = {
+	&bt_cmd_serve, &bt_cmd_check, &bt_cmd_status, &bt_cmd_version, &bt_cmd_help, NULL,
+};
+
+void bt_cli_usage(const struct bt_cmd *cmd, FILE *f)
+{
+	fprintf(f, "usage: baton %s%s%s\n", cmd->name, cmd->usage[0] ? " " : "", cmd->usage);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && !strcmp(argv[1], "__shim"))
+		bt_proc_shim_main(argc, argv);
+	if (argc < 2) {
+		bt_cmd_help.run(1, (char *[]){"help", NULL});
+		return BT_EXIT_USAGE;
+	}
+	const char *name = argv[1];
+	if (!strcmp(name, "--help") || !strcmp(name, "-h"))
+		name = "help";
+	if (!strcmp(name, "--version"))
+		name = "version";
+	for (int i = 0; bt_commands[i]; i++)
+		if (!strcmp(bt_commands[i]->name, name))
+			return bt_commands[i]->run(argc - 1, argv + 1);
+	fprintf(stderr, "baton: unknown command '%s' (see 'baton help')\n", argv[1]);
+	return BT_EXIT_USAGE;
+}

@@ -1,0 +1,332 @@
+/*
+ * The daemon's wiring and its lifecycle: build stages and pipelines from
+ * the config, start the ingress and replicas, run the once-per-loop-turn
+ * flush, and walk the shutdown sequence (drain → stop replicas → close)
+ * one step at a time from the flush, never from inside a callback that
+ * may still be using what a step would free.
+ */
+#include "daemon.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../http/http.h"
+#include "../proc/proc.h"
+
+#ifndef BATON_VERSION
+#define BATON_VERSION "0.0.0"
+#endif
+
+static void flush_cb(uv_handle_t *h);
+
+static void prepare_cb(uv_prepare_t *p)
+{
+	flush_cb((uv_handle_t *)p);
+}
+
+static void check_cb(uv_check_t *c)
+{
+	flush_cb((uv_handle_t *)c);
+}
+
+static void idle_cb(uv_idle_t *i)
+{
+	(void)i; /* its only job is to keep the next poll from blocking */
+}
+
+static void signal_cb(uv_signal_t *s, int signum)
+{
+	struct bt_daemon *d = s->data;
+	if (d->state == BT_DAEMON_RUNNING) {
+		bt_info("shutting down", "signal=%s in_flight=%llu", strsignal(signum),
+			(unsigned long long)d->in_flight);
+		bt_daemon_shutdown(d);
+		return;
+	}
+	if (!d->hard_stop) {
+		bt_warn("second signal: stopping now", "signal=%s in_flight=%llu",
+			strsignal(signum), (unsigned long long)d->in_flight);
+		d->hard_stop = 1;
+		bt_daemon_progress(d);
+	}
+}
+
+int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
+		   char *err, size_t errlen)
+{
+	char exe[4096];
+	memset(d, 0, sizeof(*d));
+	d->loop = loop;
+	d->cfg = cfg;
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0) {
+		snprintf(err, errlen, "cannot find baton's own executable in /proc/self/exe");
+		return BT_ESTATE;
+	}
+	exe[n] = '\0';
+	d->self_exe = bt_strdup(exe);
+	d->started_ms = bt_now_ms();
+	bt_heap_init(&d->deadlines);
+	uv_timer_init(loop, &d->deadline_timer);
+	d->deadline_timer.data = d;
+	uv_prepare_init(loop, &d->prepare);
+	uv_check_init(loop, &d->check);
+	uv_idle_init(loop, &d->idle);
+	uv_signal_init(loop, &d->sigterm);
+	uv_signal_init(loop, &d->sigint);
+	d->prepare.data = d->check.data = d->idle.data = d;
+	d->sigterm.data = d->sigint.data = d;
+
+	d->nstages = cfg->nstages;
+	d->stages = bt_calloc((size_t)d->nstages, sizeof(*d->stages));
+	for (int i = 0; i < d->nstages; i++)
+		bt_stage_init(&d->stages[i], d, i);
+	d->npipelines = cfg->npipelines;
+	d->pipelines = bt_calloc((size_t)d->npipelines, sizeof(*d->pipelines));
+	for (int i = 0; i < d->npipelines; i++) {
+		struct bt_pipeline *pl = &d->pipelines[i];
+		pl->d = d;
+		pl->index = i;
+		pl->cfg = &cfg->pipelines[i];
+		pl->nstages = pl->cfg->nstages;
+		pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
+		for (int s = 0; s < pl->nstages; s++)
+			pl->stages[s] = &d->stages[pl->cfg->stages[s]];
+	}
+	return 0;
+}
+
+int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
+{
+	/* The flush runs the shutdown sequence too, so it starts first. */
+	uv_prepare_start(&d->prepare, prepare_cb);
+	uv_check_start(&d->check, check_cb);
+	int e = bt_http_start(d, &d->http, err, errlen);
+	if (e)
+		return e;
+	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
+	uv_signal_start(&d->sigint, signal_cb, SIGINT);
+	bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
+		d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
+		d->npipelines);
+	for (int i = 0; i < d->nstages; i++)
+		for (int r = 0; r < d->stages[i].nreplicas; r++)
+			bt_replica_start(d->stages[i].replicas[r]);
+	return 0;
+}
+
+void bt_daemon_wake(struct bt_daemon *d)
+{
+	if (!d->flush_pending) {
+		d->flush_pending = 1;
+		if (d->state != BT_DAEMON_CLOSING)
+			uv_idle_start(&d->idle, idle_cb);
+	}
+}
+
+void bt_daemon_shutdown(struct bt_daemon *d)
+{
+	if (d->state == BT_DAEMON_RUNNING) {
+		d->state = BT_DAEMON_DRAINING;
+		bt_daemon_progress(d);
+	}
+}
+
+void bt_daemon_progress(struct bt_daemon *d)
+{
+	if (d->state != BT_DAEMON_RUNNING)
+		bt_daemon_wake(d);
+}
+
+static void close_all(struct bt_daemon *d)
+{
+	d->state = BT_DAEMON_CLOSING;
+	if (d->http)
+		bt_http_close(d->http);
+	d->http = NULL;
+	for (int i = 0; i < d->nstages; i++)
+		bt_stage_close(&d->stages[i]);
+	uv_close((uv_handle_t *)&d->deadline_timer, NULL);
+	uv_close((uv_handle_t *)&d->prepare, NULL);
+	uv_close((uv_handle_t *)&d->check, NULL);
+	uv_close((uv_handle_t *)&d->idle, NULL);
+	uv_close((uv_handle_t *)&d->sigterm, NULL);
+	uv_close((uv_handle_t *)&d->sigint, NULL);
+	/*
+	 * libuv restored the default actions: a late signal would now kill a
+	 * daemon that is already on its way out with status 0.
+	 */
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+}
+
+/* One step of the shutdown sequence, taken from the flush. */
+static void advance_shutdown(struct bt_daemon *d)
+{
+	if (d->state == BT_DAEMON_DRAINING && d->hard_stop) {
+		for (int i = 0; i < d->nstages; i++)
+			bt_stage_fail_queued(&d->stages[i], BT_SHUTTING_DOWN,
+					     "baton stopped before the request ran");
+		for (int i = 0; i < d->nstages; i++)
+			for (int r = 0; r < d->stages[i].nreplicas; r++)
+				bt_replica_stop(d->stages[i].replicas[r], 1);
+	}
+	if (d->state == BT_DAEMON_DRAINING && d->in_flight == 0) {
+		d->state = BT_DAEMON_STOPPING;
+		bt_info("stopping replicas", "live=%u", d->live_children);
+		for (int i = 0; i < d->nstages; i++)
+			for (int r = 0; r < d->stages[i].nreplicas; r++)
+				bt_replica_stop(d->stages[i].replicas[r], d->hard_stop);
+	}
+	if (d->state == BT_DAEMON_STOPPING && d->hard_stop) {
+		for (int i = 0; i < d->nstages; i++)
+			for (int r = 0; r < d->stages[i].nreplicas; r++)
+				if (d->stages[i].replicas[r]->state == BT_REPLICA_STOPPING)
+					bt_replica_stop(d->stages[i].replicas[r], 1);
+	}
+	if (d->state == BT_DAEMON_STOPPING && d->live_children == 0 &&
+	    bt_http_pending(d->http) == 0) {
+		bt_info("stopped", "uptime_s=%llu",
+			(unsigned long long)((bt_now_ms() - d->started_ms) / 1000));
+		close_all(d);
+	}
+}
+
+static void flush_cb(uv_handle_t *h)
+{
+	struct bt_daemon *d = h->data;
+	int rounds = 0;
+	while (d->flush_pending && d->state != BT_DAEMON_CLOSING && rounds++ < 16) {
+		d->flush_pending = 0;
+		bt_sched_flush(d);
+		bt_proc_flush(d);
+		bt_http_flush(d->http);
+		if (d->state != BT_DAEMON_RUNNING)
+			advance_shutdown(d);
+	}
+	if (!d->flush_pending && d->state != BT_DAEMON_CLOSING)
+		uv_idle_stop(&d->idle);
+}
+
+void bt_daemon_release(struct bt_daemon *d)
+{
+	for (int i = 0; i < d->npipelines; i++)
+		free(d->pipelines[i].stages);
+	free(d->pipelines);
+	for (int i = 0; i < d->nstages; i++)
+		free(d->stages[i].replicas);
+	free(d->stages);
+	bt_heap_release(&d->deadlines);
+	free(d->self_exe);
+	memset(d, 0, sizeof(*d));
+}
+
+struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name)
+{
+	for (int i = 0; i < d->npipelines; i++)
+		if (!strcmp(d->pipelines[i].cfg->name, name))
+			return &d->pipelines[i];
+	return NULL;
+}
+
+struct bt_stage *bt_daemon_stage(struct bt_daemon *d, const char *name)
+{
+	for (int i = 0; i < d->nstages; i++)
+		if (!strcmp(d->stages[i].cfg->name, name))
+			return &d->stages[i];
+	return NULL;
+}
+
+int bt_daemon_ready(const struct bt_daemon *d)
+{
+	if (d->state != BT_DAEMON_RUNNING)
+		return 0;
+	/* Like a model's readiness: loaded once, and not failed since. */
+	for (int i = 0; i < d->nstages; i++)
+		if (d->stages[i].failed || !d->stages[i].up)
+			return 0;
+	return 1;
+}
+
+static const char *daemon_state_name(enum bt_daemon_state s)
+{
+	static const char *names[] = {"running", "draining", "stopping", "closing"};
+	return names[s];
+}
+
+static json_t *replica_status(const struct bt_replica *r, uint64_t now)
+{
+	const char *state = bt_replica_state_name(r->state);
+	if (r->state == BT_REPLICA_READY && r->ninflight > 0)
+		state = "busy";
+	json_t *o = json_pack("{s:i, s:s, s:i, s:i, s:i, s:i}", "id", r->id, "state",
+			      state, "pid", bt_replica_pid(r), "in_flight", r->ninflight,
+			      "restarts", (int)r->restarts, "failures", r->failures);
+	json_object_set_new(o, "uptime_s",
+			    json_real(r->ready_ms ? (double)(now - r->ready_ms) / 1000.0 : 0.0));
+	json_object_set_new(o, "last_exit", r->last_exit[0] ? json_string(r->last_exit)
+							   : json_null());
+	return o;
+}
+
+json_t *bt_daemon_status(struct bt_daemon *d)
+{
+	uint64_t now = bt_now_ms();
+	uint64_t accepted = 0, succeeded = 0, failed = 0;
+	json_t *stages = json_object();
+	for (int i = 0; i < d->nstages; i++) {
+		struct bt_stage *st = &d->stages[i];
+		json_t *reps = json_array();
+		for (int r = 0; r < st->nreplicas; r++)
+			json_array_append_new(reps, replica_status(st->replicas[r], now));
+		json_object_set_new(
+			stages, st->cfg->name,
+			json_pack("{s:s, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:o}", "state",
+				  st->failed ? "failed" : "ok", "queued", (json_int_t)st->queue.len,
+				  "queue_max", (json_int_t)st->cfg->queue_max, "running",
+				  (json_int_t)st->running, "max_ongoing", st->cfg->max_ongoing,
+				  "completed", (json_int_t)st->completed, "errors",
+				  (json_int_t)st->errors, "retried", (json_int_t)st->retried,
+				  "replicas", reps));
+	}
+	json_t *pipelines = json_object();
+	for (int i = 0; i < d->npipelines; i++) {
+		struct bt_pipeline *pl = &d->pipelines[i];
+		json_t *names = json_array();
+		for (int s = 0; s < pl->nstages; s++)
+			json_array_append_new(names, json_string(pl->stages[s]->cfg->name));
+		json_t *fails = json_object();
+		uint64_t nfailed = 0;
+		for (int c = 1; c < BT_CODE_COUNT; c++) {
+			if (!pl->failed[c])
+				continue;
+			json_t *prev = json_object_get(fails, bt_code_name((enum bt_code)c));
+			json_int_t v = (prev ? json_integer_value(prev) : 0) + (json_int_t)pl->failed[c];
+			json_object_set_new(fails, bt_code_name((enum bt_code)c), json_integer(v));
+			nfailed += pl->failed[c];
+		}
+		json_object_set_new(
+			pipelines, pl->cfg->name,
+			json_pack("{s:o, s:I, s:I, s:I, s:I, s:I, s:o}", "stages", names,
+				  "in_flight", (json_int_t)pl->in_flight, "max_inflight",
+				  (json_int_t)pl->cfg->max_inflight, "accepted",
+				  (json_int_t)pl->accepted, "succeeded", (json_int_t)pl->succeeded,
+				  "failed", (json_int_t)nfailed, "failures", fails));
+		accepted += pl->accepted;
+		succeeded += pl->succeeded;
+		failed += nfailed;
+	}
+	json_t *doc = json_pack("{s:s, s:s, s:i, s:s, s:b}", "version", BATON_VERSION, "state",
+				daemon_state_name(d->state), "pid", (int)getpid(), "config",
+				d->cfg->path, "ready", bt_daemon_ready(d));
+	json_object_set_new(doc, "uptime_s", json_real((double)(now - d->started_ms) / 1000.0));
+	json_object_set_new(doc, "requests",
+			    json_pack("{s:I, s:I, s:I, s:I}", "accepted", (json_int_t)accepted,
+				      "succeeded", (json_int_t)succeeded, "failed",
+				      (json_int_t)failed, "in_flight", (json_int_t)d->in_flight));
+	json_object_set_new(doc, "stages", stages);
+	json_object_set_new(doc, "pipelines", pipelines);
+	return doc;
+}

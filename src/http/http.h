@@ -1,0 +1,29 @@
+/*
+ * HTTP ingress: libmicrohttpd in external-epoll mode inside the libuv loop
+ * (one thread, no locks).  Routes requests to pipelines, suspends the
+ * connection while a request runs and resumes it with the outcome.  It
+ * knows the daemon's public functions, not how requests are scheduled.
+ */
+#ifndef BT_HTTP_H
+#define BT_HTTP_H
+
+#include <stddef.h>
+
+struct bt_daemon;
+struct bt_http;
+
+/*
+ * Binds cfg->listen and starts serving on d's loop.  Returns 0 and sets
+ * *out, or a negative code with a sentence in err.
+ */
+int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
+		  size_t errlen);
+/* Lets libmicrohttpd work on resumed connections; re-arms its timer. */
+void bt_http_flush(struct bt_http *h);
+/* Answers accepted but not yet completely sent. */
+unsigned bt_http_pending(const struct bt_http *h);
+/* Stops listening, closes every connection; frees itself asynchronously. */
+void bt_http_close(struct bt_http *h);
+int bt_http_port(const struct bt_http *h);
+
+#endif

@@ -1,0 +1,97 @@
+/*
+ * Replicas: the worker processes of a stage and their supervision (DESIGN
+ * §3 and §5).  A replica is a slot that outlives its processes; each
+ * incarnation is a bt_child (process + channel + output pipes) freed when
+ * its last handle closes.  This module speaks the worker protocol, starts,
+ * restarts, pings and stops processes; sched/ decides what they run.
+ */
+#ifndef BT_PROC_H
+#define BT_PROC_H
+
+#include <uv.h>
+
+#include "../common/common.h"
+#include "../proto/proto.h"
+
+struct bt_stage;
+struct bt_request;
+struct bt_daemon;
+
+enum bt_replica_state {
+	BT_REPLICA_PENDING, /* not started yet */
+	BT_REPLICA_STARTING, /* spawned, waiting for "ready" */
+	BT_REPLICA_WARMING, /* warm-up request in flight */
+	BT_REPLICA_READY, /* serving ("busy" when it holds requests) */
+	BT_REPLICA_DRAINING, /* finishing its requests, gets no new ones */
+	BT_REPLICA_STOPPING, /* asked to stop; escalating to signals */
+	BT_REPLICA_EXITED, /* stopped on purpose; not restarted */
+	BT_REPLICA_BACKOFF, /* died; waits before the next start */
+	BT_REPLICA_FAILED, /* max_failures consecutive failures */
+};
+const char *bt_replica_state_name(enum bt_replica_state s);
+
+struct bt_child; /* one process incarnation, private to proc/ */
+
+struct bt_replica {
+	struct bt_stage *stage;
+	int id; /* 1-based within its stage */
+	enum bt_replica_state state;
+	struct bt_child *child; /* current process, or NULL */
+	uv_timer_t timer; /* start timeout, backoff, stop escalation */
+	uv_timer_t ping_timer;
+	struct bt_request **inflight; /* requests sent and not answered */
+	int ninflight;
+	int cap; /* slots in inflight */
+	int failures; /* consecutive failures */
+	unsigned restarts; /* processes started after the first */
+	unsigned starts;
+	uint64_t spawned_ms, ready_ms;
+	uint64_t ping_seq, ping_sent_ms;
+	int ping_outstanding;
+	int stop_phase; /* 0 stop message, 1 SIGTERM, 2 SIGKILL */
+	int closing; /* handles being closed for good */
+	char last_exit[160]; /* how the previous process ended */
+};
+
+/* Allocates a replica slot (not started). */
+struct bt_replica *bt_replica_new(struct bt_stage *st, int id);
+/* Starts a process now (PENDING, BACKOFF or FAILED → STARTING). */
+void bt_replica_start(struct bt_replica *r);
+/*
+ * Hands req to the replica (it must be READY with a free slot).  The
+ * frame is written at the next bt_proc_flush.
+ */
+void bt_replica_send(struct bt_replica *r, struct bt_request *req);
+/* Takes req back (it timed out) and kills the process; others are retried. */
+void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
+			const char *why);
+/* Stops for good: stop message, grace, SIGTERM, grace, SIGKILL (grace 0: at once). */
+void bt_replica_stop(struct bt_replica *r, int now);
+/* Closes the replica's own handles; it frees itself when they are closed. */
+void bt_replica_close(struct bt_replica *r);
+/* Resets the failure count and starts a failed replica again. */
+void bt_replica_revive(struct bt_replica *r);
+static inline int bt_replica_can_take(const struct bt_replica *r, int max_ongoing)
+{
+	return r->state == BT_REPLICA_READY && r->ninflight < max_ongoing;
+}
+/* True while a process of this replica may still be alive. */
+int bt_replica_has_process(const struct bt_replica *r);
+int bt_replica_pid(const struct bt_replica *r);
+
+/* Writes what replicas were sent this loop turn (called once per turn). */
+void bt_proc_flush(struct bt_daemon *d);
+
+/*
+ * The exec shim: `baton __shim PPID ARGV...` sets PR_SET_PDEATHSIG, checks
+ * that PPID is still its parent, and execs ARGV.  Never returns.
+ */
+int bt_proc_shim_main(int argc, char **argv) __attribute__((noreturn));
+
+/*
+ * Restart policy, pure: the delay before the next start after the
+ * failures-th consecutive failure (1-based), doubling from base to max.
+ */
+uint64_t bt_backoff_delay_ms(uint64_t base, uint64_t max, int failures);
+
+#endif

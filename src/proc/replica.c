@@ -1,0 +1,869 @@
+/*
+ * Replica supervision: spawning through the exec shim, the worker
+ * protocol on the channel, worker output into the log, start timeouts,
+ * pings, backoff, failure, and the stop escalation.
+ *
+ * A process ends in several ways that arrive in any order: its exit
+ * (SIGCHLD), EOF on its channel, a protocol violation, a kill we decided.
+ * The first one detaches the child from its replica (child_lost) and the
+ * replica moves on at once; the child itself lives until its process has
+ * exited and its handles are closed, then frees itself.
+ */
+#include "proc.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../daemon/daemon.h"
+#include "../sched/sched.h"
+
+extern char **environ;
+
+struct bt_child {
+	struct bt_replica *replica; /* NULL once detached */
+	struct bt_daemon *d;
+	const char *stage; /* names kept for logging after detach */
+	int replica_id;
+	uv_process_t proc;
+	uv_pipe_t chan, out, err;
+	uv_timer_t eof_timer; /* bounds the wait for exit after EOF on chan */
+	int handles; /* open handles; the child is freed at 0 */
+	int pid;
+	int exited;
+	int charge; /* whether in-flight requests pay an attempt for this death */
+	struct bt_frame_decoder dec;
+	struct bt_buf wbuf; /* frames for the next flush */
+	struct bt_buf wbusy; /* frames being written */
+	uv_write_t wreq;
+	int writing;
+	int dirty;
+	struct bt_child *next_dirty;
+	struct bt_buf lines[2]; /* partial stdout and stderr lines */
+	char warmup_id[32]; /* id of the warm-up request, while WARMING */
+	char rbuf[65536];
+};
+
+#define MAX_LOG_LINE 4096
+
+static const char *state_names[] = {
+	[BT_REPLICA_PENDING] = "pending",   [BT_REPLICA_STARTING] = "starting",
+	[BT_REPLICA_WARMING] = "warming",   [BT_REPLICA_READY] = "ready",
+	[BT_REPLICA_DRAINING] = "draining", [BT_REPLICA_STOPPING] = "stopping",
+	[BT_REPLICA_EXITED] = "exited",     [BT_REPLICA_BACKOFF] = "backoff",
+	[BT_REPLICA_FAILED] = "failed",
+};
+
+const char *bt_replica_state_name(enum bt_replica_state s)
+{
+	return state_names[s];
+}
+
+static struct bt_daemon *daemon_of(const struct bt_replica *r)
+{
+	return r->stage->d;
+}
+
+static const struct bt_stage_config *cfg_of(const struct bt_replica *r)
+{
+	return r->stage->cfg;
+}
+
+struct bt_replica *bt_replica_new(struct bt_stage *st, int id)
+{
+	struct bt_replica *r = bt_calloc(1, sizeof(*r));
+	r->stage = st;
+	r->id = id;
+	r->state = BT_REPLICA_PENDING;
+	r->cap = st->cfg->max_ongoing;
+	r->inflight = bt_calloc((size_t)r->cap, sizeof(*r->inflight));
+	uv_timer_init(st->d->loop, &r->timer);
+	uv_timer_init(st->d->loop, &r->ping_timer);
+	r->timer.data = r;
+	r->ping_timer.data = r;
+	return r;
+}
+
+int bt_replica_has_process(const struct bt_replica *r)
+{
+	return r->child != NULL;
+}
+
+int bt_replica_pid(const struct bt_replica *r)
+{
+	return r->child ? r->child->pid : 0;
+}
+
+static void mark_dirty(struct bt_child *c)
+{
+	if (!c->dirty) {
+		c->dirty = 1;
+		c->next_dirty = c->d->dirty;
+		c->d->dirty = c;
+		bt_daemon_wake(c->d);
+	}
+}
+
+static void child_free_if_done(struct bt_child *c)
+{
+	if (c->handles > 0)
+		return;
+	struct bt_daemon *d = c->d;
+	/* A child still on the dirty list would dangle: unlink it first. */
+	for (struct bt_child **p = &d->dirty; *p; p = &(*p)->next_dirty) {
+		if (*p == c) {
+			*p = c->next_dirty;
+			break;
+		}
+	}
+	bt_frame_decoder_release(&c->dec);
+	bt_buf_release(&c->wbuf);
+	bt_buf_release(&c->wbusy);
+	bt_buf_release(&c->lines[0]);
+	bt_buf_release(&c->lines[1]);
+	free(c);
+	d->live_children--;
+	bt_daemon_progress(d);
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+	struct bt_child *c = h->data;
+	c->handles--;
+	child_free_if_done(c);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, handle_closed_cb);
+}
+
+/* ---- death ---------------------------------------------------------- */
+
+static void ping_stop(struct bt_replica *r)
+{
+	uv_timer_stop(&r->ping_timer);
+	r->ping_outstanding = 0;
+}
+
+static void backoff_cb(uv_timer_t *t);
+
+/* The replica lost its process: requeue its requests, then decide what next. */
+static void replica_died(struct bt_replica *r, int pid, int charge,
+			 const char *why)
+{
+	struct bt_daemon *d = daemon_of(r);
+	const struct bt_stage_config *cfg = cfg_of(r);
+	uint64_t now = bt_now_ms();
+	int was_ready = r->ready_ms != 0;
+	uint64_t up_ms = was_ready ? now - r->ready_ms : 0;
+
+	uv_timer_stop(&r->timer);
+	ping_stop(r);
+	snprintf(r->last_exit, sizeof(r->last_exit), "%s", why);
+
+	/* Collect first, call back second: bt_stage_lost may re-dispatch. */
+	int n = r->ninflight;
+	struct bt_request **lost = NULL;
+	if (n) {
+		lost = bt_malloc((size_t)n * sizeof(*lost));
+		memcpy(lost, r->inflight, (size_t)n * sizeof(*lost));
+		r->ninflight = 0;
+	}
+
+	if (r->state == BT_REPLICA_STOPPING || d->state >= BT_DAEMON_STOPPING) {
+		r->state = BT_REPLICA_EXITED;
+		bt_info("replica stopped", "stage=%s replica=%d pid=%d how=\"%s\"",
+			cfg->name, r->id, pid, why);
+	} else {
+		if (was_ready && up_ms >= cfg->reset_after_ms)
+			r->failures = 0;
+		r->failures++;
+		r->ready_ms = 0;
+		if (r->failures >= cfg->max_failures) {
+			r->state = BT_REPLICA_FAILED;
+			bt_error("replica failed",
+				 "stage=%s replica=%d pid=%d failures=%d reason=\"%s\"",
+				 cfg->name, r->id, pid, r->failures, why);
+		} else {
+			uint64_t delay = bt_backoff_delay_ms(cfg->backoff_ms,
+							     cfg->backoff_max_ms, r->failures);
+			r->state = BT_REPLICA_BACKOFF;
+			bt_warn("replica died",
+				"stage=%s replica=%d pid=%d failures=%d restart_in_ms=%llu in_flight=%d reason=\"%s\"",
+				cfg->name, r->id, pid, r->failures,
+				(unsigned long long)delay, n, why);
+			uv_timer_start(&r->timer, backoff_cb, delay, 0);
+		}
+	}
+	for (int i = 0; i < n; i++)
+		bt_stage_lost(lost[i], charge, why);
+	free(lost);
+	bt_stage_replicas_changed(r->stage);
+}
+
+/* First ending of a process: detach it from its replica. */
+static void child_lost(struct bt_child *c, const char *why)
+{
+	struct bt_replica *r = c->replica;
+	if (!r)
+		return;
+	c->replica = NULL;
+	r->child = NULL;
+	c->warmup_id[0] = '\0';
+	if (!c->exited) {
+		/* Whatever it is doing, it is no longer ours: make sure it ends. */
+		kill(-c->pid, SIGKILL);
+		uv_read_stop((uv_stream_t *)&c->chan);
+	}
+	replica_died(r, c->pid, c->charge, why);
+}
+
+static void child_kill(struct bt_child *c, const char *why)
+{
+	if (c->replica)
+		bt_warn("killing replica", "stage=%s replica=%d pid=%d reason=\"%s\"",
+			c->stage, c->replica_id, c->pid, why);
+	child_lost(c, why);
+}
+
+static void violation(struct bt_child *c, const char *what, const char *sent,
+		      size_t sentlen)
+{
+	char q[256];
+	bt_error("protocol violation", "stage=%s replica=%d pid=%d error=\"%s\" sent=%s",
+		 c->stage, c->replica_id, c->pid, what,
+		 bt_logfmt_quote(q, sizeof(q), sent ? sent : "", sent ? BT_MIN(sentlen, 160) : 0));
+	char why[320];
+	snprintf(why, sizeof(why), "protocol violation: %s", what);
+	child_lost(c, why);
+}
+
+/* ---- the channel ----------------------------------------------------- */
+
+static void send_frame(struct bt_child *c, json_t *hdr, const void *payload,
+		       size_t len)
+{
+	int e = bt_frame_encode(&c->wbuf, hdr, payload, len);
+	BT_ASSERT(e == 0); /* only our own small headers come here */
+	json_decref(hdr);
+	mark_dirty(c);
+}
+
+static void timer_warmup_cb(uv_timer_t *t)
+{
+	struct bt_replica *r = t->data;
+	if (r->child)
+		child_kill(r->child, "warm-up did not finish within timeout_ms");
+}
+
+static void ping_cb(uv_timer_t *t);
+
+static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
+{
+	const struct bt_stage_config *cfg = cfg_of(r);
+	json_t *proto = json_object_get(hdr, "proto");
+	if (r->state != BT_REPLICA_STARTING) {
+		violation(c, "a second \"ready\"", NULL, 0);
+		return;
+	}
+	if (proto && (!json_is_integer(proto) ||
+		      json_integer_value(proto) != BT_PROTO_VERSION)) {
+		violation(c, "unsupported protocol version (baton speaks 1)", NULL, 0);
+		return;
+	}
+	uv_timer_stop(&r->timer);
+	r->ready_ms = bt_now_ms();
+	bt_info("replica ready", "stage=%s replica=%d pid=%d startup_ms=%llu",
+		cfg->name, r->id, c->pid,
+		(unsigned long long)(r->ready_ms - r->spawned_ms));
+	if (cfg->ping_interval_ms)
+		uv_timer_start(&r->ping_timer, ping_cb, cfg->ping_interval_ms,
+			       cfg->ping_interval_ms);
+	if (cfg->warmup_payload) {
+		r->state = BT_REPLICA_WARMING;
+		snprintf(c->warmup_id, sizeof(c->warmup_id), "warmup-%d-%u", r->id,
+			 r->starts);
+		json_t *meta = json_pack("{s:b, s:s, s:i, s:I}", "warmup", 1, "stage",
+					 cfg->name, "attempt", 1, "deadline_ms",
+					 (json_int_t)cfg->timeout_ms);
+		send_frame(c, json_pack("{s:s, s:s, s:o}", "t", "req", "id", c->warmup_id,
+					"meta", meta),
+			   cfg->warmup_payload, cfg->warmup_len);
+		uv_timer_start(&r->timer, timer_warmup_cb, cfg->timeout_ms, 0);
+		return;
+	}
+	r->state = BT_REPLICA_READY;
+	bt_stage_replicas_changed(r->stage);
+}
+
+static void on_warmup_result(struct bt_child *c, struct bt_replica *r,
+			     const char *error)
+{
+	const struct bt_stage_config *cfg = cfg_of(r);
+	uv_timer_stop(&r->timer);
+	c->warmup_id[0] = '\0';
+	if (error) {
+		char q[512];
+		bt_warn("warm-up failed", "stage=%s replica=%d pid=%d required=%s error=%s",
+			cfg->name, r->id, c->pid, cfg->warmup_required ? "true" : "false",
+			bt_logfmt_quote(q, sizeof(q), error, strlen(error)));
+		if (cfg->warmup_required) {
+			child_kill(c, "required warm-up failed");
+			return;
+		}
+	} else {
+		bt_info("replica warmed up", "stage=%s replica=%d pid=%d warmup_ms=%llu",
+			cfg->name, r->id, c->pid,
+			(unsigned long long)(bt_now_ms() - r->ready_ms));
+	}
+	r->state = BT_REPLICA_READY;
+	bt_stage_replicas_changed(r->stage);
+}
+
+static void on_result(struct bt_child *c, struct bt_replica *r,
+		      struct bt_frame *f)
+{
+	json_t *hdr = f->hdr;
+	const char *id = json_string_value(json_object_get(hdr, "id"));
+	json_t *jerr = json_object_get(hdr, "error");
+	json_t *meta = json_object_get(hdr, "meta");
+	if (!id) {
+		violation(c, "\"res\" without a string \"id\"", NULL, 0);
+		return;
+	}
+	if (jerr && !json_is_string(jerr)) {
+		violation(c, "\"error\" is not a string", id, strlen(id));
+		return;
+	}
+	if (meta && !json_is_object(meta)) {
+		violation(c, "\"meta\" is not an object", id, strlen(id));
+		return;
+	}
+	if (c->warmup_id[0] && !strcmp(id, c->warmup_id)) {
+		on_warmup_result(c, r, json_string_value(jerr));
+		return;
+	}
+	int slot = -1;
+	for (int i = 0; i < r->ninflight; i++) {
+		if (!strcmp(r->inflight[i]->idstr, id)) {
+			slot = i;
+			break;
+		}
+	}
+	if (slot < 0) {
+		violation(c, "answer for a request it does not hold", id, strlen(id));
+		return;
+	}
+	struct bt_request *req = r->inflight[slot];
+	r->inflight[slot] = r->inflight[--r->ninflight];
+	char *payload = f->payload;
+	f->payload = NULL;
+	bt_stage_result(req, payload, f->len, meta, json_string_value(jerr),
+			json_is_true(json_object_get(hdr, "retry")));
+}
+
+static void on_message(struct bt_child *c, struct bt_frame *f)
+{
+	struct bt_replica *r = c->replica;
+	const char *t = f->type;
+	if (!strcmp(t, "ready")) {
+		on_ready(c, r, f->hdr);
+	} else if (r->state == BT_REPLICA_STARTING) {
+		violation(c, "a message before \"ready\"", t, strlen(t));
+	} else if (!strcmp(t, "res")) {
+		on_result(c, r, f);
+	} else if (!strcmp(t, "pong")) {
+		json_t *seq = json_object_get(f->hdr, "seq");
+		if (json_is_integer(seq) &&
+		    (uint64_t)json_integer_value(seq) == r->ping_seq)
+			r->ping_outstanding = 0;
+	} else {
+		violation(c, "unknown message type", t, strlen(t));
+	}
+}
+
+static void feed_channel(struct bt_child *c, const char *p, size_t n)
+{
+	while (n > 0 && c->replica) {
+		struct bt_frame f;
+		ssize_t used = bt_frame_decode(&c->dec, p, n, &f);
+		if (used < 0) {
+			violation(c, c->dec.err, c->dec.line.data, c->dec.line.len);
+			return;
+		}
+		p += used;
+		n -= (size_t)used;
+		if (f.hdr) {
+			on_message(c, &f);
+			bt_frame_release(&f);
+		}
+	}
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct bt_child *c = h->data;
+	(void)suggested;
+	buf->base = c->rbuf;
+	buf->len = sizeof(c->rbuf);
+}
+
+static void eof_timeout_cb(uv_timer_t *t)
+{
+	child_lost(t->data, "closed its channel (fd 3) without exiting");
+}
+
+static void chan_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct bt_child *c = s->data;
+	if (n > 0) {
+		feed_channel(c, buf->base, (size_t)n);
+	} else if (n < 0) {
+		uv_read_stop(s);
+		if (n != UV_EOF) {
+			child_lost(c, "error reading its channel");
+			return;
+		}
+		/*
+		 * EOF usually means the process is exiting: wait a little for its
+		 * exit status, which says more than "closed its channel".  A
+		 * worker told to stop is waited for by the stop escalation.
+		 */
+		if (c->replica && c->replica->state != BT_REPLICA_STOPPING)
+			uv_timer_start(&c->eof_timer, eof_timeout_cb, 1000, 0);
+	}
+}
+
+/* ---- worker output ----------------------------------------------------- */
+
+/* A worker's output line becomes the msg of a log line tagged like ours. */
+static void log_line(struct bt_child *c, int which, const char *s, size_t n)
+{
+	char line[MAX_LOG_LINE + 1];
+	if (n && s[n - 1] == '\r')
+		n--;
+	n = BT_MIN(n, MAX_LOG_LINE);
+	memcpy(line, s, n);
+	line[n] = '\0';
+	bt_log(BT_LOG_INFO, line, "stage=%s replica=%d pid=%d stream=%s", c->stage,
+	       c->replica_id, c->pid, which ? "stderr" : "stdout");
+}
+
+static void consume_output(struct bt_child *c, int which, const char *p,
+			   size_t n)
+{
+	struct bt_buf *b = &c->lines[which];
+	while (n > 0) {
+		const char *nl = memchr(p, '\n', n);
+		size_t take = nl ? (size_t)(nl - p) : n;
+		if (b->len + take > MAX_LOG_LINE)
+			take = MAX_LOG_LINE - b->len;
+		bt_buf_append(b, p, take);
+		p += take;
+		n -= take;
+		if (nl && p == nl) {
+			p++;
+			n--;
+		} else if (b->len < MAX_LOG_LINE) {
+			break; /* partial line: wait for more */
+		}
+		log_line(c, which, b->data, b->len);
+		b->len = 0;
+	}
+}
+
+static void flush_output(struct bt_child *c)
+{
+	for (int which = 0; which < 2; which++) {
+		if (c->lines[which].len)
+			log_line(c, which, c->lines[which].data, c->lines[which].len);
+		c->lines[which].len = 0;
+	}
+}
+
+static void out_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct bt_child *c = s->data;
+	if (n > 0)
+		consume_output(c, s == (uv_stream_t *)&c->err, buf->base, (size_t)n);
+	else if (n < 0)
+		uv_read_stop(s);
+}
+
+/* Reads what a dead process left in a pipe, without blocking. */
+static void drain(struct bt_child *c, uv_pipe_t *p, int which)
+{
+	int fd;
+	if (uv_is_closing((uv_handle_t *)p) || uv_fileno((uv_handle_t *)p, &fd))
+		return;
+	for (int i = 0; i < 64; i++) {
+		ssize_t n = read(fd, c->rbuf, sizeof(c->rbuf));
+		if (n <= 0)
+			break;
+		if (which < 0) {
+			if (!c->replica)
+				break;
+			feed_channel(c, c->rbuf, (size_t)n);
+		} else {
+			consume_output(c, which, c->rbuf, (size_t)n);
+		}
+	}
+}
+
+static void exit_cb(uv_process_t *p, int64_t status, int sig)
+{
+	struct bt_child *c = p->data;
+	char why[96];
+	c->exited = 1;
+	/* The leader is gone; anything left in its group goes with it. */
+	kill(-c->pid, SIGKILL);
+	if (sig)
+		snprintf(why, sizeof(why), "killed by signal %d (%s)", sig, strsignal(sig));
+	else
+		snprintf(why, sizeof(why), "exited with status %lld", (long long)status);
+	/* Results written just before exiting are still in the socket. */
+	drain(c, &c->chan, -1);
+	drain(c, &c->out, 0);
+	drain(c, &c->err, 1);
+	flush_output(c);
+	child_lost(c, why);
+	close_handle((uv_handle_t *)&c->eof_timer);
+	close_handle((uv_handle_t *)&c->proc);
+	close_handle((uv_handle_t *)&c->chan);
+	close_handle((uv_handle_t *)&c->out);
+	close_handle((uv_handle_t *)&c->err);
+}
+
+/* ---- writing --------------------------------------------------------------- */
+
+static void child_write(struct bt_child *c);
+
+static void write_cb(uv_write_t *w, int status)
+{
+	struct bt_child *c = w->data;
+	c->writing = 0;
+	c->wbusy.len = 0;
+	if (status < 0) {
+		if (status != UV_ECANCELED)
+			child_kill(c, "cannot write to its channel");
+		return;
+	}
+	if (c->wbuf.len)
+		child_write(c);
+}
+
+static void child_write(struct bt_child *c)
+{
+	if (c->writing || !c->wbuf.len || !c->replica ||
+	    uv_is_closing((uv_handle_t *)&c->chan))
+		return;
+	uv_buf_t b = uv_buf_init(c->wbuf.data, (unsigned)c->wbuf.len);
+	int n = uv_try_write((uv_stream_t *)&c->chan, &b, 1);
+	if (n == (int)c->wbuf.len) {
+		c->wbuf.len = 0;
+		return;
+	}
+	if (n < 0 && n != UV_EAGAIN) {
+		child_kill(c, "cannot write to its channel");
+		return;
+	}
+	if (n > 0)
+		bt_buf_consume(&c->wbuf, (size_t)n);
+	struct bt_buf tmp = c->wbusy;
+	c->wbusy = c->wbuf;
+	c->wbuf = tmp;
+	c->wbuf.len = 0;
+	b = uv_buf_init(c->wbusy.data, (unsigned)c->wbusy.len);
+	c->wreq.data = c;
+	if (uv_write(&c->wreq, (uv_stream_t *)&c->chan, &b, 1, write_cb) == 0)
+		c->writing = 1;
+	else
+		child_kill(c, "cannot write to its channel");
+}
+
+void bt_proc_flush(struct bt_daemon *d)
+{
+	struct bt_child *c;
+	while ((c = d->dirty)) {
+		d->dirty = c->next_dirty;
+		c->dirty = 0;
+		c->next_dirty = NULL;
+		child_write(c);
+	}
+}
+
+/* ---- starting ---------------------------------------------------------- */
+
+static void start_timeout_cb(uv_timer_t *t)
+{
+	struct bt_replica *r = t->data;
+	char why[96];
+	snprintf(why, sizeof(why), "did not say ready within %llums (start_timeout_ms)",
+		 (unsigned long long)cfg_of(r)->start_timeout_ms);
+	if (r->child)
+		child_kill(r->child, why);
+}
+
+static void ping_cb(uv_timer_t *t)
+{
+	struct bt_replica *r = t->data;
+	const struct bt_stage_config *cfg = cfg_of(r);
+	struct bt_child *c = r->child;
+	if (!c || r->state != BT_REPLICA_READY)
+		return;
+	uint64_t now = bt_now_ms();
+	if (r->ping_outstanding) {
+		if (now - r->ping_sent_ms >= cfg->ping_timeout_ms) {
+			char why[96];
+			snprintf(why, sizeof(why), "no pong within %llums (ping_timeout_ms)",
+				 (unsigned long long)(now - r->ping_sent_ms));
+			child_kill(c, why);
+		}
+		return;
+	}
+	if (r->ninflight)
+		return;
+	r->ping_outstanding = 1;
+	r->ping_sent_ms = now;
+	send_frame(c, json_pack("{s:s, s:I}", "t", "ping", "seq", (json_int_t)++r->ping_seq),
+		   NULL, 0);
+}
+
+/*
+ * Adds var ("K=V") unless K is set.  Python buffers stdout in blocks when it
+ * is a pipe, which would delay worker output lines in the log by minutes;
+ * PYTHONUNBUFFERED is the default here unless the stage sets it.
+ */
+static char **with_default(char **env, const char *var)
+{
+	size_t klen = strcspn(var, "=") + 1, n = 0;
+	for (; env[n]; n++)
+		if (!strncmp(env[n], var, klen))
+			return env;
+	env = bt_realloc(env, (n + 2) * sizeof(*env));
+	env[n] = bt_strdup(var);
+	env[n + 1] = NULL;
+	return env;
+}
+
+static int spawn(struct bt_replica *r)
+{
+	struct bt_daemon *d = daemon_of(r);
+	const struct bt_stage_config *cfg = cfg_of(r);
+	struct bt_child *c = bt_calloc(1, sizeof(*c));
+	c->d = d;
+	c->stage = cfg->name;
+	c->replica_id = r->id;
+	c->charge = 1;
+	uv_pipe_init(d->loop, &c->chan, 0);
+	uv_pipe_init(d->loop, &c->out, 0);
+	uv_pipe_init(d->loop, &c->err, 0);
+	uv_timer_init(d->loop, &c->eof_timer);
+	c->proc.data = c->chan.data = c->out.data = c->err.data = c->eof_timer.data = c;
+
+	char ppid[24], stage[160], replica[32];
+	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
+	snprintf(stage, sizeof(stage), "BATON_STAGE=%s", cfg->name);
+	snprintf(replica, sizeof(replica), "BATON_REPLICA=%d", r->id);
+	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", stage, replica, NULL};
+	char **env = bt_config_stage_environ(cfg, environ, extra);
+	env = with_default(env, "PYTHONUNBUFFERED=1");
+	char **args = bt_calloc((size_t)cfg->argc + 4, sizeof(char *));
+	args[0] = d->self_exe;
+	args[1] = "__shim";
+	args[2] = ppid;
+	for (int i = 0; i < cfg->argc; i++)
+		args[3 + i] = cfg->argv[i];
+
+	uv_stdio_container_t stdio[4];
+	stdio[0].flags = UV_IGNORE;
+	stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[1].data.stream = (uv_stream_t *)&c->out;
+	stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[2].data.stream = (uv_stream_t *)&c->err;
+	stdio[3].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
+	stdio[3].data.stream = (uv_stream_t *)&c->chan;
+
+	uv_process_options_t o;
+	memset(&o, 0, sizeof(o));
+	o.exit_cb = exit_cb;
+	o.file = d->self_exe;
+	o.args = args;
+	o.env = env;
+	o.cwd = cfg->workdir;
+	o.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
+	o.stdio_count = 4;
+	o.stdio = stdio;
+
+	c->handles = 5;
+	d->live_children++;
+	int e = uv_spawn(d->loop, &c->proc, &o);
+	free(args);
+	bt_config_free_environ(env);
+	if (e) {
+		/* The handles were initialised: close them; the child frees itself. */
+		c->exited = 1;
+		close_handle((uv_handle_t *)&c->eof_timer);
+		close_handle((uv_handle_t *)&c->proc);
+		close_handle((uv_handle_t *)&c->chan);
+		close_handle((uv_handle_t *)&c->out);
+		close_handle((uv_handle_t *)&c->err);
+		return e;
+	}
+	c->pid = c->proc.pid;
+	c->proc.data = c;
+	bt_frame_decoder_init(&c->dec, d->cfg->max_payload_bytes);
+	uv_read_start((uv_stream_t *)&c->chan, alloc_cb, chan_read_cb);
+	uv_read_start((uv_stream_t *)&c->out, alloc_cb, out_read_cb);
+	uv_read_start((uv_stream_t *)&c->err, alloc_cb, out_read_cb);
+	c->replica = r;
+	r->child = c;
+	return 0;
+}
+
+void bt_replica_start(struct bt_replica *r)
+{
+	const struct bt_stage_config *cfg = cfg_of(r);
+	BT_ASSERT(!r->child);
+	if (daemon_of(r)->state >= BT_DAEMON_STOPPING)
+		return;
+	uv_timer_stop(&r->timer);
+	r->state = BT_REPLICA_STARTING;
+	r->spawned_ms = bt_now_ms();
+	r->ready_ms = 0;
+	r->ping_outstanding = 0;
+	if (r->starts++)
+		r->restarts++;
+	int e = spawn(r);
+	if (e) {
+		char why[160];
+		snprintf(why, sizeof(why), "cannot spawn: %s", uv_strerror(e));
+		bt_error("cannot spawn replica", "stage=%s replica=%d error=\"%s\"",
+			 cfg->name, r->id, uv_strerror(e));
+		replica_died(r, 0, 1, why);
+		return;
+	}
+	bt_info("replica starting", "stage=%s replica=%d pid=%d", cfg->name, r->id,
+		r->child->pid);
+	uv_timer_start(&r->timer, start_timeout_cb, cfg->start_timeout_ms, 0);
+	bt_stage_replicas_changed(r->stage);
+}
+
+static void backoff_cb(uv_timer_t *t)
+{
+	struct bt_replica *r = t->data;
+	if (r->state == BT_REPLICA_BACKOFF)
+		bt_replica_start(r);
+}
+
+void bt_replica_revive(struct bt_replica *r)
+{
+	if (r->state != BT_REPLICA_FAILED && r->state != BT_REPLICA_BACKOFF)
+		return;
+	r->failures = 0;
+	bt_replica_start(r);
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+void bt_replica_send(struct bt_replica *r, struct bt_request *req)
+{
+	struct bt_child *c = r->child;
+	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->ninflight < r->cap);
+	r->inflight[r->ninflight++] = req;
+	json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
+				"meta", req->meta);
+	if (bt_frame_encode(&c->wbuf, hdr, req->payload, req->len)) {
+		json_decref(hdr);
+		r->ninflight--;
+		bt_stage_result(req, NULL, 0, NULL,
+				"request metadata does not fit in a 64 KiB header", 0);
+		return;
+	}
+	json_decref(hdr);
+	mark_dirty(c);
+}
+
+void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
+			const char *why)
+{
+	for (int i = 0; i < r->ninflight; i++) {
+		if (r->inflight[i] == req) {
+			r->inflight[i] = r->inflight[--r->ninflight];
+			break;
+		}
+	}
+	if (!r->child)
+		return;
+	/* The others on this replica did nothing wrong: they keep their attempt. */
+	r->child->charge = 0;
+	child_kill(r->child, why);
+}
+
+/* ---- stopping ------------------------------------------------------------ */
+
+static void stop_escalate_cb(uv_timer_t *t)
+{
+	struct bt_replica *r = t->data;
+	struct bt_child *c = r->child;
+	if (!c || r->state != BT_REPLICA_STOPPING)
+		return;
+	if (r->stop_phase == 0) {
+		r->stop_phase = 1;
+		bt_warn("replica did not stop in time, sending SIGTERM",
+			"stage=%s replica=%d pid=%d grace_ms=%llu", c->stage, r->id, c->pid,
+			(unsigned long long)cfg_of(r)->grace_ms);
+		kill(-c->pid, SIGTERM);
+		uv_timer_start(&r->timer, stop_escalate_cb, cfg_of(r)->grace_ms, 0);
+	} else {
+		r->stop_phase = 2;
+		bt_warn("replica ignored SIGTERM, sending SIGKILL",
+			"stage=%s replica=%d pid=%d", c->stage, r->id, c->pid);
+		kill(-c->pid, SIGKILL);
+	}
+}
+
+void bt_replica_stop(struct bt_replica *r, int now)
+{
+	struct bt_child *c = r->child;
+	ping_stop(r);
+	if (!c) {
+		uv_timer_stop(&r->timer);
+		if (r->state != BT_REPLICA_FAILED)
+			r->state = BT_REPLICA_EXITED;
+		return;
+	}
+	if (r->state == BT_REPLICA_STOPPING && !now)
+		return;
+	r->state = BT_REPLICA_STOPPING;
+	uv_timer_stop(&r->timer);
+	if (now || cfg_of(r)->grace_ms == 0) {
+		r->stop_phase = 2;
+		kill(-c->pid, SIGKILL);
+		return;
+	}
+	r->stop_phase = 0;
+	send_frame(c, json_pack("{s:s}", "t", "stop"), NULL, 0);
+	uv_timer_start(&r->timer, stop_escalate_cb, cfg_of(r)->grace_ms, 0);
+}
+
+static void replica_handle_closed_cb(uv_handle_t *h)
+{
+	struct bt_replica *r = h->data;
+	if (--r->closing == 0) {
+		free(r->inflight);
+		free(r);
+	}
+}
+
+void bt_replica_close(struct bt_replica *r)
+{
+	BT_ASSERT(!r->child && r->ninflight == 0);
+	r->closing = 2;
+	uv_close((uv_handle_t *)&r->timer, replica_handle_closed_cb);
+	uv_close((uv_handle_t *)&r->ping_timer, replica_handle_closed_cb);
+}

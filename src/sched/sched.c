@@ -1,0 +1,412 @@
+/*
+ * The life of a request: admission, a queue per stage, dispatch, the
+ * result or the loss of its replica, the next stage, and finally exactly
+ * one call of its done callback.  Every path that ends a request goes
+ * through finish(), which keeps accepted = succeeded + failed + in flight.
+ */
+#include "sched.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../daemon/daemon.h"
+#include "../proc/proc.h"
+
+static struct bt_request *from_qlink(struct bt_qlink *l)
+{
+	return bt_container_of(l, struct bt_request, qlink);
+}
+
+static struct bt_stage *stage_of(const struct bt_request *req)
+{
+	return req->pipeline->stages[req->step];
+}
+
+struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
+				  size_t len, json_t *meta)
+{
+	struct bt_request *req = bt_calloc(1, sizeof(*req));
+	req->id = ++pl->d->next_request_id;
+	snprintf(req->idstr, sizeof(req->idstr), "r%llu", (unsigned long long)req->id);
+	req->pipeline = pl;
+	req->payload = payload;
+	req->len = len;
+	req->meta = meta ? meta : json_object();
+	json_object_set_new(req->meta, "pipeline", json_string(pl->cfg->name));
+	req->state = BT_REQ_NEW;
+	bt_qlink_init(&req->qlink);
+	bt_heap_node_init(&req->deadline);
+	req->timings = bt_calloc((size_t)pl->nstages, sizeof(*req->timings));
+	return req;
+}
+
+void bt_request_free(struct bt_request *req)
+{
+	if (!req)
+		return;
+	BT_ASSERT(!bt_qlink_queued(&req->qlink) && !bt_heap_contains(&req->deadline));
+	json_decref(req->meta);
+	free(req->payload);
+	free(req->error);
+	free(req->timings);
+	free(req);
+}
+
+static void finish(struct bt_request *req, enum bt_code code,
+		   const char *stage, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void finish(struct bt_request *req, enum bt_code code,
+		   const char *stage, const char *fmt, ...)
+{
+	struct bt_pipeline *pl = req->pipeline;
+	struct bt_daemon *d = pl->d;
+	BT_ASSERT(req->state != BT_REQ_DONE);
+	if (bt_qlink_queued(&req->qlink))
+		bt_queue_remove(&stage_of(req)->queue, &req->qlink);
+	if (bt_heap_contains(&req->deadline))
+		bt_heap_remove(&d->deadlines, &req->deadline);
+	req->state = BT_REQ_DONE;
+	req->code = code;
+	req->error_stage = stage;
+	if (code != BT_OK) {
+		va_list ap;
+		char msg[1024];
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+		free(req->error);
+		req->error = bt_strdup(msg);
+		pl->failed[code]++;
+	} else {
+		pl->succeeded++;
+	}
+	pl->in_flight--;
+	d->in_flight--;
+	req->done(req, req->done_arg);
+	bt_daemon_progress(d);
+}
+
+static uint64_t cap_deadline(const struct bt_request *req, uint64_t deadline)
+{
+	if (req->client_deadline_ms && req->client_deadline_ms < deadline)
+		return req->client_deadline_ms;
+	return deadline;
+}
+
+/* Puts req in its current stage's queue; retries go first, never refused. */
+static void enqueue(struct bt_request *req, int retry)
+{
+	struct bt_stage *st = stage_of(req);
+	struct bt_daemon *d = st->d;
+	if (retry) {
+		bt_queue_push_front(&st->queue, &req->qlink, req->priority);
+	} else if (bt_queue_push(&st->queue, &req->qlink, req->priority)) {
+		finish(req, BT_OVERLOADED, st->cfg->name,
+		       "stage '%s' has %zu requests waiting (queue_max %zu)",
+		       st->cfg->name, st->queue.len, st->cfg->queue_max);
+		return;
+	}
+	req->state = BT_REQ_QUEUED;
+	req->enqueued_us = bt_now_us();
+	bt_heap_update(&d->deadlines, &req->deadline,
+		       cap_deadline(req, req->enqueued_us / 1000 + st->cfg->timeout_ms));
+	bt_stage_kick(st);
+}
+
+static void enter_stage(struct bt_request *req, int step)
+{
+	req->step = step;
+	req->attempts = 0;
+	struct bt_stage *st = stage_of(req);
+	if (st->failed) {
+		finish(req, BT_STAGE_FAILED, st->cfg->name,
+		       "stage '%s' has failed: every replica exhausted its restarts",
+		       st->cfg->name);
+		return;
+	}
+	enqueue(req, 0);
+}
+
+void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
+			void *arg)
+{
+	struct bt_pipeline *pl = req->pipeline;
+	struct bt_daemon *d = pl->d;
+	req->done = done;
+	req->done_arg = arg;
+	req->accepted_us = bt_now_us();
+	pl->accepted++;
+	pl->in_flight++;
+	d->in_flight++;
+	if (d->state != BT_DAEMON_RUNNING) {
+		finish(req, BT_SHUTTING_DOWN, NULL, "baton is shutting down");
+		return;
+	}
+	if (pl->cfg->max_inflight && pl->in_flight > pl->cfg->max_inflight) {
+		finish(req, BT_OVERLOADED, NULL,
+		       "pipeline '%s' has %zu requests in flight (max_inflight)",
+		       pl->cfg->name, pl->cfg->max_inflight);
+		return;
+	}
+	/* Fail fast when any stage on the way is down, not after the others ran. */
+	for (int i = 0; i < pl->nstages; i++) {
+		if (pl->stages[i]->failed) {
+			finish(req, BT_STAGE_FAILED, pl->stages[i]->cfg->name,
+			       "stage '%s' has failed: every replica exhausted its restarts",
+			       pl->stages[i]->cfg->name);
+			return;
+		}
+	}
+	enter_stage(req, 0);
+}
+
+void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index)
+{
+	memset(st, 0, sizeof(*st));
+	st->d = d;
+	st->index = index;
+	st->cfg = &d->cfg->stages[index];
+	bt_queue_init(&st->queue, 1, st->cfg->queue_max);
+	uv_timer_init(d->loop, &st->retry_timer);
+	st->retry_timer.data = st;
+	st->nreplicas = st->cfg->replicas_initial;
+	st->replicas = bt_calloc((size_t)st->nreplicas, sizeof(*st->replicas));
+	for (int i = 0; i < st->nreplicas; i++)
+		st->replicas[i] = bt_replica_new(st, i + 1);
+	st->rr = st->nreplicas - 1;
+}
+
+void bt_stage_close(struct bt_stage *st)
+{
+	for (int i = 0; i < st->nreplicas; i++)
+		bt_replica_close(st->replicas[i]);
+	uv_close((uv_handle_t *)&st->retry_timer, NULL);
+}
+
+void bt_stage_kick(struct bt_stage *st)
+{
+	if (!st->dirty) {
+		st->dirty = 1;
+		bt_daemon_wake(st->d);
+	}
+}
+
+/* The least-loaded eligible replica, ties broken round-robin. */
+static struct bt_replica *pick(struct bt_stage *st)
+{
+	struct bt_replica *best = NULL;
+	int besti = -1;
+	for (int i = 1; i <= st->nreplicas; i++) {
+		int idx = (st->rr + i) % st->nreplicas;
+		struct bt_replica *r = st->replicas[idx];
+		if (!bt_replica_can_take(r, st->cfg->max_ongoing))
+			continue;
+		if (!best || r->ninflight < best->ninflight) {
+			best = r;
+			besti = idx;
+		}
+	}
+	if (best)
+		st->rr = besti;
+	return best;
+}
+
+static void dispatch(struct bt_stage *st)
+{
+	struct bt_daemon *d = st->d;
+	while (st->queue.len) {
+		struct bt_replica *r = pick(st);
+		if (!r)
+			break;
+		struct bt_request *req = from_qlink(bt_queue_pop(&st->queue));
+		uint64_t now = bt_now_us();
+		req->timings[req->step].queue_us += now - req->enqueued_us;
+		if (++req->attempts > 1)
+			st->retried++;
+		req->state = BT_REQ_RUNNING;
+		req->dispatched_us = now;
+		req->replica = r;
+		uint64_t deadline = cap_deadline(req, now / 1000 + st->cfg->timeout_ms);
+		bt_heap_update(&d->deadlines, &req->deadline, deadline);
+		json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
+		json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
+		json_object_set_new(req->meta, "deadline_ms",
+				    json_integer((json_int_t)(deadline - now / 1000)));
+		st->running++;
+		bt_replica_send(r, req);
+	}
+}
+
+void bt_sched_flush(struct bt_daemon *d)
+{
+	for (int i = 0; i < d->nstages; i++) {
+		struct bt_stage *st = &d->stages[i];
+		if (st->dirty) {
+			st->dirty = 0;
+			dispatch(st);
+		}
+	}
+	bt_sched_arm_deadline(d);
+}
+
+/* The request left its replica (answer, loss or abandon). */
+static void left_replica(struct bt_request *req)
+{
+	struct bt_stage *st = stage_of(req);
+	BT_ASSERT(req->state == BT_REQ_RUNNING && st->running > 0);
+	st->running--;
+	req->replica = NULL;
+	req->timings[req->step].run_us += bt_now_us() - req->dispatched_us;
+	bt_stage_kick(st);
+}
+
+void bt_stage_result(struct bt_request *req, char *payload, size_t len,
+		     json_t *result_meta, const char *error, int retry)
+{
+	struct bt_stage *st = stage_of(req);
+	left_replica(req);
+	if (error) {
+		free(payload);
+		st->errors++;
+		if (retry && req->attempts <= st->cfg->retries) {
+			enqueue(req, 1);
+			return;
+		}
+		finish(req, retry ? BT_WORKER_ERROR : BT_REJECTED, st->cfg->name, "%s",
+		       error);
+		return;
+	}
+	st->completed++;
+	free(req->payload);
+	req->payload = payload;
+	req->len = len;
+	if (json_is_object(result_meta))
+		json_object_update(req->meta, result_meta);
+	if (req->step + 1 < req->pipeline->nstages)
+		enter_stage(req, req->step + 1);
+	else
+		finish(req, BT_OK, NULL, NULL);
+}
+
+void bt_stage_lost(struct bt_request *req, int charge, const char *why)
+{
+	struct bt_stage *st = stage_of(req);
+	left_replica(req);
+	if (!charge)
+		req->attempts--;
+	if (st->d->hard_stop) {
+		finish(req, BT_SHUTTING_DOWN, st->cfg->name,
+		       "baton stopped before the request finished");
+		return;
+	}
+	if (req->attempts > st->cfg->retries) {
+		bt_warn("request exhausted its attempts",
+			"stage=%s request=%s bytes=%zu attempts=%d", st->cfg->name,
+			req->idstr, req->len, req->attempts);
+		finish(req, BT_WORKER_CRASHED, st->cfg->name,
+		       "the replica running this request died %d time%s (last: %s)",
+		       req->attempts, req->attempts == 1 ? "" : "s", why);
+		return;
+	}
+	enqueue(req, 1);
+}
+
+void bt_stage_fail_queued(struct bt_stage *st, enum bt_code code,
+			  const char *why)
+{
+	struct bt_qlink *l;
+	while ((l = bt_queue_peek(&st->queue)))
+		finish(from_qlink(l), code, st->cfg->name, "%s", why);
+}
+
+static void retry_failed_cb(uv_timer_t *t)
+{
+	struct bt_stage *st = t->data;
+	if (!st->failed || st->d->state >= BT_DAEMON_STOPPING)
+		return;
+	bt_info("retrying failed stage", "stage=%s", st->cfg->name);
+	for (int i = 0; i < st->nreplicas; i++)
+		bt_replica_revive(st->replicas[i]);
+}
+
+void bt_stage_replicas_changed(struct bt_stage *st)
+{
+	int all_failed = st->nreplicas > 0;
+	for (int i = 0; i < st->nreplicas; i++) {
+		all_failed &= st->replicas[i]->state == BT_REPLICA_FAILED;
+		if (st->replicas[i]->state == BT_REPLICA_READY)
+			st->up = 1;
+	}
+	if (all_failed && !st->failed) {
+		st->failed = 1;
+		bt_error("stage failed",
+			 "stage=%s replicas=%d queued=%zu retry_after_ms=%llu", st->cfg->name,
+			 st->nreplicas, st->queue.len,
+			 (unsigned long long)st->cfg->retry_failed_after_ms);
+		bt_stage_fail_queued(st, BT_STAGE_FAILED,
+				     "stage has failed: every replica exhausted its restarts");
+		if (st->cfg->retry_failed_after_ms)
+			uv_timer_start(&st->retry_timer, retry_failed_cb,
+				       st->cfg->retry_failed_after_ms, 0);
+	} else if (!all_failed && st->failed) {
+		st->failed = 0;
+		st->up = 0;
+		uv_timer_stop(&st->retry_timer);
+		bt_info("stage recovering", "stage=%s", st->cfg->name);
+	}
+	bt_stage_kick(st);
+}
+
+void bt_sched_arm_deadline(struct bt_daemon *d)
+{
+	struct bt_heap_node *n = bt_heap_min(&d->deadlines);
+	if (!n) {
+		if (d->armed_deadline) {
+			uv_timer_stop(&d->deadline_timer);
+			d->armed_deadline = 0;
+		}
+		return;
+	}
+	if (d->armed_deadline == n->key)
+		return;
+	uint64_t now = bt_now_ms();
+	uv_timer_start(&d->deadline_timer, bt_sched_deadline_cb,
+		       n->key > now ? n->key - now : 0, 0);
+	d->armed_deadline = n->key;
+}
+
+void bt_sched_deadline_cb(uv_timer_t *t)
+{
+	struct bt_daemon *d = t->data;
+	uint64_t now = bt_now_ms();
+	struct bt_heap_node *n;
+	d->armed_deadline = 0;
+	while ((n = bt_heap_min(&d->deadlines)) && n->key <= now) {
+		struct bt_request *req = bt_container_of(n, struct bt_request, deadline);
+		struct bt_stage *st = stage_of(req);
+		bt_heap_remove(&d->deadlines, n);
+		if (req->state == BT_REQ_QUEUED) {
+			uint64_t waited = (bt_now_us() - req->enqueued_us) / 1000;
+			req->timings[req->step].queue_us += waited * 1000;
+			finish(req, BT_TIMEOUT, st->cfg->name,
+			       "waited %llums in the queue of stage '%s' without a free replica",
+			       (unsigned long long)waited, st->cfg->name);
+		} else {
+			BT_ASSERT(req->state == BT_REQ_RUNNING);
+			struct bt_replica *r = req->replica;
+			uint64_t ran = (bt_now_us() - req->dispatched_us) / 1000;
+			char why[160];
+			snprintf(why, sizeof(why), "request %s ran %llums (timeout_ms %llu)",
+				 req->idstr, (unsigned long long)ran,
+				 (unsigned long long)st->cfg->timeout_ms);
+			left_replica(req);
+			bt_replica_abandon(r, req, why);
+			finish(req, BT_TIMEOUT, st->cfg->name,
+			       "no answer from stage '%s' after %llums; the replica was restarted",
+			       st->cfg->name, (unsigned long long)ran);
+		}
+	}
+	bt_sched_arm_deadline(d);
+}

@@ -1,0 +1,136 @@
+/*
+ * Requests, stages and pipelines: admission at a pipeline's entry, one
+ * bounded queue per stage, dispatch to the least-loaded eligible replica,
+ * deadlines by one timer over a heap, retries, and each request's single
+ * outcome.  Replica processes themselves belong to proc/; this module only
+ * decides who runs what and what happens to a request next.
+ */
+#ifndef BT_SCHED_H
+#define BT_SCHED_H
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "../common/common.h"
+#include "../config/config.h"
+#include "queue.h"
+
+struct bt_daemon;
+struct bt_replica;
+struct bt_pipeline;
+
+enum bt_request_state {
+	BT_REQ_NEW,
+	BT_REQ_QUEUED,
+	BT_REQ_RUNNING,
+	BT_REQ_DONE,
+};
+
+struct bt_stage_timing {
+	uint64_t queue_us; /* time spent waiting in the stage's queue(s) */
+	uint64_t run_us; /* time between dispatch and result, all attempts */
+};
+
+struct bt_request;
+typedef void (*bt_request_done_cb)(struct bt_request *req, void *arg);
+
+struct bt_request {
+	uint64_t id;
+	char idstr[24]; /* "r42": the id workers and clients see */
+	struct bt_pipeline *pipeline;
+	int step; /* index of the current stage in the pipeline */
+	enum bt_request_state state;
+	json_t *meta; /* metadata; result metas are merged in */
+	char *payload; /* current payload (owned) */
+	size_t len;
+	int attempts; /* dispatches in the current stage */
+	int priority; /* queue level, 0 = served first */
+	uint64_t client_deadline_ms; /* absolute, 0 = none */
+	uint64_t accepted_us;
+	uint64_t enqueued_us; /* when it entered the current queue */
+	uint64_t dispatched_us;
+	struct bt_qlink qlink; /* in its stage's queue */
+	struct bt_heap_node deadline; /* in the daemon's deadline heap */
+	struct bt_replica *replica; /* running on, while RUNNING */
+	struct bt_stage_timing *timings; /* one per pipeline step */
+	enum bt_code code; /* the outcome, once DONE */
+	char *error; /* its sentence, when code != BT_OK */
+	const char *error_stage; /* stage that produced the error, or NULL */
+	bt_request_done_cb done;
+	void *done_arg;
+};
+
+struct bt_stage {
+	struct bt_daemon *d;
+	const struct bt_stage_config *cfg;
+	int index;
+	struct bt_queue queue;
+	struct bt_replica **replicas;
+	int nreplicas;
+	int rr; /* last replica chosen, for round-robin among equals */
+	int failed; /* every replica exhausted its restarts */
+	int up; /* a replica became ready since start or the last revival */
+	int dirty; /* dispatch pending this loop turn */
+	uv_timer_t retry_timer; /* retry_failed_after_ms */
+	uint64_t running; /* requests on replicas */
+	uint64_t completed, errors; /* results received from workers */
+	uint64_t retried; /* re-dispatches after a crash or retry:true */
+};
+
+struct bt_pipeline {
+	struct bt_daemon *d;
+	const struct bt_pipeline_config *cfg;
+	int index;
+	struct bt_stage **stages;
+	int nstages;
+	uint64_t in_flight;
+	uint64_t accepted, succeeded;
+	uint64_t failed[BT_CODE_COUNT];
+};
+
+/*
+ * A new request for pl, owning payload (malloc'd, may be NULL when len is 0)
+ * and meta (may be NULL).  It is not yet submitted.
+ */
+struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
+				  size_t len, json_t *meta);
+void bt_request_free(struct bt_request *req);
+
+/*
+ * Submits req.  done is called exactly once with the outcome in req->code
+ * (and the result in req->payload / req->meta), possibly before this
+ * returns (when admission refuses it).  done's owner frees req.
+ */
+void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
+			void *arg);
+
+void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index);
+void bt_stage_close(struct bt_stage *st);
+/* Something changed that may allow dispatch: decided once per loop turn. */
+void bt_stage_kick(struct bt_stage *st);
+/* Runs pending dispatches of every stage (called once per loop turn). */
+void bt_sched_flush(struct bt_daemon *d);
+
+/*
+ * From proc/: the worker answered req.  Takes ownership of payload (may be
+ * NULL).  result_meta is borrowed.  error is NULL on success.
+ */
+void bt_stage_result(struct bt_request *req, char *payload, size_t len,
+		     json_t *result_meta, const char *error, int retry);
+/*
+ * From proc/: the replica holding req died.  charge says whether this
+ * counts against the request's attempts (not when another request's
+ * timeout caused the kill).
+ */
+void bt_stage_lost(struct bt_request *req, int charge, const char *why);
+/* From proc/: a replica changed state; re-evaluates whether the stage failed. */
+void bt_stage_replicas_changed(struct bt_stage *st);
+/* Fails every queued request of the stage with code. */
+void bt_stage_fail_queued(struct bt_stage *st, enum bt_code code,
+			  const char *why);
+
+/* Deadline handling: re-arms the daemon's timer after heap changes. */
+void bt_sched_arm_deadline(struct bt_daemon *d);
+void bt_sched_deadline_cb(uv_timer_t *t);
+
+#endif
