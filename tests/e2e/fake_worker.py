@@ -1,0 +1,123 @@
+#!/usr/bin/python3
+"""The one fake worker of the end-to-end tests: the payload chooses what it
+does, so every supervisor path is reachable from a test.
+
+Payload commands (text; anything else is echoed back):
+  crash             SIGKILL itself while holding the request
+  crash-once:TOKEN  crash the first time TOKEN is seen, echo afterwards
+  hang              sleep for an hour (a stuck model)
+  garbage           write a non-protocol line on fd 3
+  garbage-once:TOKEN
+  hugeframe         answer with a header claiming a 4 GiB payload
+  slow:MS           sleep MS milliseconds, then echo
+  exit:N            exit with status N
+  print:N           print N lines on stdout, then echo
+  reject:TEXT       fail with retry:false
+  retry:TEXT        fail with retry:true
+  retry-once:TOKEN  fail with retry:true the first time, echo afterwards
+  pid               answer with its pid
+  env               answer with a JSON object of its environment and cwd
+  meta              answer with the request's metadata as JSON
+  setmeta:JSON      answer "meta" with JSON merged into the metadata (so a
+                    second fake stage answers with the metadata it got)
+
+Environment switches:
+  FAKE_STATE_DIR        where the *-once tokens are remembered
+  FAKE_READY_DELAY_MS   sleep before saying ready
+  FAKE_NEVER_READY_FILE never say ready while this file exists
+  FAKE_WARMUP_FAIL=1    fail the warm-up request
+  FAKE_IGNORE_STOP=1    ignore "stop" and SIGTERM (tests the SIGKILL step)
+  FAKE_GRANDCHILD=1     start a `sleep` grandchild in its process group
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import baton_worker as bw
+
+STATE_DIR = os.environ.get("FAKE_STATE_DIR", "/tmp")
+
+
+def first_time(token):
+    """True the first time a token is seen by any replica of this test."""
+    path = os.path.join(STATE_DIR, "once-" + token)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def init():
+    delay = int(os.environ.get("FAKE_READY_DELAY_MS", "0"))
+    if delay:
+        time.sleep(delay / 1000)
+    never = os.environ.get("FAKE_NEVER_READY_FILE")
+    while never and os.path.exists(never):
+        time.sleep(0.05)
+    if os.environ.get("FAKE_GRANDCHILD"):
+        subprocess.Popen(["sleep", "1000"])
+    if os.environ.get("FAKE_IGNORE_STOP"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def raw_write(data):
+    os.write(int(os.environ["BATON_FD"]), data)
+
+
+def handle(payload, meta):
+    if meta.get("warmup"):
+        if os.environ.get("FAKE_WARMUP_FAIL"):
+            raise bw.Reject("warm-up refused on purpose")
+        return b"warm"
+    text = payload.decode("utf-8", "replace")
+    cmd, _, arg = text.partition(":")
+    if cmd == "crash" or (cmd == "crash-once" and first_time(arg)):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if cmd == "hang":
+        time.sleep(3600)
+    if cmd == "garbage" or (cmd == "garbage-once" and first_time(arg)):
+        raw_write(b"this is not a protocol message\n")
+        time.sleep(3600)
+    if cmd == "hugeframe":
+        # The length is checked before the id: baton must refuse it unread.
+        raw_write(b'{"t":"res","id":"x","len":4294967296}\n')
+        time.sleep(3600)
+    if cmd == "slow":
+        time.sleep(int(arg) / 1000)
+    if cmd == "exit":
+        os._exit(int(arg))
+    if cmd == "print":
+        out = sys.stdout
+        for i in range(int(arg)):
+            out.write("line %d of a chatty worker\n" % i)
+        out.flush()
+    if cmd == "reject":
+        raise bw.Reject(arg or "rejected")
+    if cmd == "retry" or (cmd == "retry-once" and first_time(arg)):
+        raise bw.Retry(arg or "transient")
+    if cmd == "pid":
+        return str(os.getpid()).encode()
+    if cmd == "env":
+        env = {k: v for k, v in os.environ.items()}
+        env["cwd"] = os.getcwd()
+        return json.dumps(env).encode(), {"content_type": "application/json"}
+    if cmd == "meta":
+        return json.dumps(meta).encode(), {"content_type": "application/json"}
+    if cmd == "setmeta":
+        return b"meta", json.loads(arg)
+    return payload
+
+
+if os.environ.get("FAKE_IGNORE_STOP"):
+    # A worker that ignores "stop": answers nothing after ready, never exits.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raw_write(b'{"t":"ready","proto":1}\n')
+    while True:
+        time.sleep(3600)
+
+bw.run(handle, init=init)
