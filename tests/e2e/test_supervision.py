@@ -267,3 +267,28 @@ def test_reject_is_not_retried(baton):
         "request_id": r.json()["request_id"]}
     assert b.status()["stages"]["work"]["retried"] == 0
     assert b.stop() == 0
+
+
+def test_failure_count_resets_after_the_replica_stayed_up(baton):
+    # Two failures would fail the replica, but each crash comes after it
+    # stayed up longer than reset_after_ms, so it restarts every time.
+    b = baton(one_stage(restart="{backoff_ms: 50, max_failures: 2, reset_after_ms: 300}"))
+    for n in range(1, 4):
+        time.sleep(0.5)
+        os.kill(b.pids("work")[0], signal.SIGKILL)
+        wait_for(lambda: b.replicas("work")[0]["restarts"] == n and
+                 b.replicas("work")[0]["state"] == "ready", 20)
+        assert b.replicas("work")[0]["failures"] == 1
+    assert b.status()["stages"]["work"]["state"] == "ok"
+    assert b.stop() == 0
+
+
+def test_replica_that_stops_answering_pings_is_replaced(baton):
+    # FAKE_IGNORE_STOP makes a worker that says ready and then reads nothing.
+    b = baton(one_stage(ping_interval_ms=100, ping_timeout_ms=300, stop="{grace_ms: 100}",
+                        env={"FAKE_IGNORE_STOP": "1"}))
+    first = b.pids("work")[0]
+    wait_for(lambda: "no pong within" in b.log(), 10, what="the missed pong")
+    wait_for(lambda: not pid_alive(first), 5)
+    wait_for(lambda: b.replicas("work")[0]["restarts"] >= 1, 10)
+    assert b.stop() == 0

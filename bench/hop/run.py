@@ -1,0 +1,234 @@
+#!/usr/bin/python3
+"""bench/hop: what one hop through baton costs.
+
+1 KiB requests through a one-stage pipeline over HTTP (wrk), with a C and a
+Python echo worker, at concurrency 1 and 32; in the same run the floor (the
+bare socketpair round trip between two processes) and the seed-000 approach
+(a new Python process per request with JSON files). Prints figures, never
+pass/fail: compare the ratios, which travel between machines better than
+the absolute numbers.
+
+    /usr/bin/python3 bench/hop/run.py --build build [--duration 5] [--json out.json]
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+PY = "/usr/bin/python3"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def http_status(url):
+    try:
+        return urllib.request.urlopen(url, timeout=2).status
+    except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+        return getattr(e, "code", 0)
+
+
+class Daemon:
+    def __init__(self, build, cfg_text, tmp):
+        self.port = free_port()
+        self.cfg = os.path.join(tmp, "hop-%d.yaml" % self.port)
+        with open(self.cfg, "w") as f:
+            f.write("log_level: warn\n" + cfg_text)
+        self.log = open(os.path.join(tmp, "hop-%d.log" % self.port), "wb")
+        self.proc = subprocess.Popen(
+            [os.path.join(build, "baton"), "serve", self.cfg, "--listen",
+             "127.0.0.1:%d" % self.port], stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = "http://127.0.0.1:%d" % self.port
+        end = time.monotonic() + 60
+        while http_status(self.url + "/v2/health/ready") != 200:
+            if time.monotonic() > end or self.proc.poll() is not None:
+                sys.exit("baton did not become ready; see " + self.log.name)
+            time.sleep(0.05)
+        self.wait_all_ready()
+
+    def status(self):
+        with urllib.request.urlopen(self.url + "/v1/status", timeout=5) as r:
+            return json.load(r)
+
+    def wait_all_ready(self):
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            st = self.status()
+            if all(r["state"] == "ready" for s in st["stages"].values() for r in s["replicas"]):
+                return
+            time.sleep(0.05)
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log.close()
+
+
+UNITS = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+
+
+def parse_wrk(out):
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+
+    def us(v):
+        m = re.match(r"([\d.]+)(\w+)", v)
+        return float(m.group(1)) * UNITS[m.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {"p50_us": us(lat["50"]), "p99_us": us(lat["99"]), "per_s": rps,
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sock.group(1) if sock else ""}
+
+
+def wrk_once(url, conns, threads, duration):
+    out = subprocess.run(
+        ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency",
+         "-s", os.path.join(HERE, "post1k.lua"), url],
+        capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def wrk(url, conns, threads, duration, runs=3):
+    """The median of several runs: on a 2-core VM where the scheduler puts
+    the three processes decides much, single runs vary by 2-3x."""
+    rs = [wrk_once(url, conns, threads, duration) for _ in range(runs)]
+    out = {k: statistics.median(r[k] for r in rs) for k in ("p50_us", "p99_us", "per_s")}
+    out["p50_range_us"] = [min(r["p50_us"] for r in rs), max(r["p50_us"] for r in rs)]
+    out["non_2xx"] = sum(r["non_2xx"] for r in rs)
+    return out
+
+
+def floor(build):
+    runs = [json.loads(subprocess.run([os.path.join(build, "bench", "rtt"), "20000", "1024"],
+                                      capture_output=True, text=True, check=True).stdout)
+            for _ in range(3)]
+    return {"p50_us": statistics.median(r["p50_us"] for r in runs),
+            "p99_us": statistics.median(r["p99_us"] for r in runs),
+            "per_s": statistics.median(r["per_s"] for r in runs)}
+
+
+def stage(name, worker, replicas, max_ongoing):
+    if worker == "c":
+        cmd = "[%s]" % os.path.join(BUILD, "bench", "echo-c")
+        env = "{}"
+    else:
+        cmd = "[%s, %s]" % (PY, os.path.join(HERE, "echo.py"))
+        env = "{PYTHONPATH: %s}" % os.path.join(ROOT, "sdk", "python")
+    return ("  %s:\n    command: %s\n    env: %s\n    replicas: %d\n    max_ongoing: %d\n"
+            % (name, cmd, env, replicas, max_ongoing))
+
+
+def seed000(n, numpy, tmp):
+    lat = []
+    data = "x" * 1024
+    t0 = time.monotonic()
+    for i in range(n):
+        inp = os.path.join(tmp, "in-%d.json" % i)
+        out = os.path.join(tmp, "out-%d.json" % i)
+        t = time.monotonic()
+        with open(inp, "w") as f:
+            json.dump({"data": data}, f)
+        argv = [PY, os.path.join(HERE, "seed000_worker.py"), "--input", inp, "--output", out]
+        subprocess.run(argv + (["--numpy"] if numpy else []), check=True)
+        with open(out) as f:
+            assert json.load(f)["data"] == data
+        lat.append((time.monotonic() - t) * 1e6)
+        os.unlink(inp)
+        os.unlink(out)
+    return {"p50_us": statistics.median(lat), "per_s": n / (time.monotonic() - t0)}
+
+
+def main():
+    global BUILD
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--json", help="also write the figures to this file")
+    a = ap.parse_args()
+    BUILD = os.path.abspath(a.build)
+    if not shutil.which("wrk"):
+        sys.exit("bench/hop needs wrk (apt-get install wrk)")
+    tmp = tempfile.mkdtemp(prefix="baton-hop-")
+    res = {"machine": "%s, %d cores, %s" % (platform.node(), os.cpu_count(), platform.release()),
+           "date": time.strftime("%Y-%m-%d")}
+
+    res["floor"] = floor(BUILD)
+    for worker in ("c", "python"):
+        # c=1: one replica, one request at a time — pure latency.
+        d = Daemon(BUILD, "stages:\n" + stage("echo", worker, 1, 1) +
+                   "pipelines:\n  echo: [echo]\n", tmp)
+        wrk_once(d.url + "/v1/pipelines/echo", 1, 1, 1)  # warm the connection path
+        res["%s_c1" % worker] = wrk(d.url + "/v1/pipelines/echo", 1, 1, a.duration)
+        d.stop()
+        # c=32: two replicas (one per core), several requests in flight each,
+        # so a replica never idles waiting for the next one.
+        d = Daemon(BUILD, "stages:\n" + stage("echo", worker, 2, 16) +
+                   "pipelines:\n  echo: [echo]\n", tmp)
+        res["%s_c32" % worker] = wrk(d.url + "/v1/pipelines/echo", 32, 2, a.duration)
+        d.stop()
+
+    d = Daemon(BUILD, "stages:\n" + stage("echo", "c", 8, 1) + "pipelines:\n  echo: [echo]\n", tmp)
+    time.sleep(1)
+    res["rss_kb_8_idle_replicas"] = d.rss_kb()
+    d.stop()
+
+    res["seed000"] = seed000(30, False, tmp)
+    res["seed000_numpy"] = seed000(15, True, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    f = res["floor"]
+    print("bench/hop — %s — %s" % (res["machine"], res["date"]))
+    print("medians of 3 runs of %ds each; p50 range in brackets" % a.duration)
+    print("%-34s %10s %10s %12s %9s" % ("", "p50 µs", "p99 µs", "requests/s", "p50/floor"))
+    print("%-34s %10.1f %10.1f %12.0f %9s" % ("floor: socketpair round trip", f["p50_us"],
+                                               f["p99_us"], f["per_s"], "1.0"))
+    for key, label in (("c_c1", "HTTP, C echo, concurrency 1"),
+                       ("python_c1", "HTTP, Python echo, concurrency 1"),
+                       ("c_c32", "HTTP, C echo, concurrency 32"),
+                       ("python_c32", "HTTP, Python echo, concurrency 32")):
+        r = res[key]
+        print("%-34s %10.1f %10.1f %12.0f %9.1f  [%.0f..%.0f]%s" % (
+            label, r["p50_us"], r["p99_us"], r["per_s"], r["p50_us"] / f["p50_us"],
+            r["p50_range_us"][0], r["p50_range_us"][1],
+            "  (non-2xx: %d)" % r["non_2xx"] if r["non_2xx"] else ""))
+    for key, label in (("seed000", "seed 000: process per request"),
+                       ("seed000_numpy", "seed 000, worker imports numpy")):
+        r = res[key]
+        print("%-34s %10.0f %10s %12.1f %9.0f" % (label, r["p50_us"], "", r["per_s"],
+                                                  r["p50_us"] / f["p50_us"]))
+    print("baton RSS with 8 idle replicas: %.1f MB" % (res["rss_kb_8_idle_replicas"] / 1024))
+    print("persistent Python vs process per request (concurrency 1): %.0fx throughput" %
+          (res["python_c1"]["per_s"] / res["seed000"]["per_s"]))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
