@@ -199,8 +199,10 @@ static void request_free(struct baton_request *req)
  */
 static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *len)
 {
-	char *start = w->in.data + w->pos;
 	size_t avail = w->in.len - w->pos;
+	if (avail == 0)
+		return 0; /* also: nothing was ever read, and data is NULL */
+	char *start = w->in.data + w->pos;
 	char *nl = memchr(start, '\n', avail);
 	if (!nl)
 		return avail >= MAX_HEADER ? -EPROTO : 0;
