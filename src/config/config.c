@@ -369,7 +369,9 @@ static int read_file(const char *path, char **data, size_t *len)
 static const char *const stage_keys[] = {
 	"command", "workdir", "venv", "env", "mode", "replicas", "max_ongoing",
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
-	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", NULL};
+	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
+	"priority_levels", NULL};
+static const char *const batch_keys[] = {"max_size", "window_ms", NULL};
 static const char *const replicas_keys[] = {"initial", NULL};
 static const char *const warmup_keys[] = {"payload_file", "required", NULL};
 static const char *const restart_keys[] = {"backoff_ms", "backoff_max_ms",
@@ -395,6 +397,9 @@ static void stage_defaults(struct bt_stage_config *st)
 	st->grace_ms = 5000;
 	st->ping_interval_ms = 5000;
 	st->ping_timeout_ms = 10000;
+	st->batch_max_size = 1;
+	st->batch_window_ms = 0;
+	st->priority_levels = 1;
 }
 
 static int parse_stage(struct ctx *c, const yaml_node_t *key,
@@ -461,6 +466,27 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			r = get_u64(c, v, k, 0, DAY_MS, &st->ping_interval_ms);
 		} else if (!strcmp(k, "ping_timeout_ms")) {
 			r = get_u64(c, v, k, 1, DAY_MS, &st->ping_timeout_ms);
+		} else if (!strcmp(k, "priority_levels")) {
+			r = get_i(c, v, k, 1, BT_MAX_PRIORITY_LEVELS, &st->priority_levels);
+		} else if (!strcmp(k, "batch")) {
+			if ((r = check_mapping(c, v, "'batch'", batch_keys)))
+				break;
+			int have_size = 0;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *bk = scalar(node(c, q->key));
+				yaml_node_t *bv = node(c, q->value);
+				if (!strcmp(bk, "max_size")) {
+					have_size = 1;
+					r = get_i(c, bv, "batch.max_size", 1, 4096,
+						  &st->batch_max_size);
+				} else {
+					r = get_u64(c, bv, "batch.window_ms", 0, 60000,
+						    &st->batch_window_ms);
+				}
+			}
+			if (!r && !have_size)
+				r = fail(c, v, "'batch' of stage '%s' needs 'max_size'", st->name);
 		} else if (!strcmp(k, "warmup")) {
 			if ((r = check_mapping(c, v, "'warmup'", warmup_keys)))
 				break;
@@ -552,7 +578,113 @@ out:
 	return r;
 }
 
-static const char *const pipeline_keys[] = {"stages", "max_inflight", NULL};
+static const char *const pipeline_keys[] = {"stages", "max_inflight", "io", NULL};
+static const char *const io_keys[] = {"inputs", "outputs", NULL};
+static const char *const tensor_keys[] = {"name", "datatype", "shape", "parameters", NULL};
+
+/* YAML → JSON with YAML 1.1 plain-scalar typing (ints, floats, booleans, null). */
+static json_t *to_json(struct ctx *c, const yaml_node_t *n)
+{
+	if (n->type == YAML_SEQUENCE_NODE) {
+		json_t *a = json_array();
+		for (yaml_node_item_t *i = n->data.sequence.items.start;
+		     i < n->data.sequence.items.top; i++)
+			json_array_append_new(a, to_json(c, node(c, *i)));
+		return a;
+	}
+	if (n->type == YAML_MAPPING_NODE) {
+		json_t *o = json_object();
+		for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+		     p < n->data.mapping.pairs.top; p++)
+			json_object_set_new(o, scalar(node(c, p->key)), to_json(c, node(c, p->value)));
+		return o;
+	}
+	const char *s = scalar(n);
+	if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+		return json_string(s);
+	if (is_null(n))
+		return json_null();
+	if (!strcmp(s, "true"))
+		return json_true();
+	if (!strcmp(s, "false"))
+		return json_false();
+	char *end;
+	errno = 0;
+	long long i = strtoll(s, &end, 10);
+	if (!errno && end != s && !*end)
+		return json_integer(i);
+	double d = strtod(s, &end);
+	if (end != s && !*end)
+		return json_real(d);
+	return json_string(s);
+}
+
+static const char *const v2_datatypes[] = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
+					   "INT8", "INT16", "INT32", "INT64", "FP16",
+					   "FP32", "FP64", "BYTES", "BF16", NULL};
+
+/* `io:` declares the v2 model metadata: lists of {name, datatype, shape}. */
+static int parse_io(struct ctx *c, const yaml_node_t *n, struct bt_pipeline_config *pl)
+{
+	int r = check_mapping(c, n, "'io'", io_keys);
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (v->type != YAML_SEQUENCE_NODE)
+			return fail(c, v, "'io.%s' must be a list of tensors", k);
+		for (yaml_node_item_t *i = v->data.sequence.items.start;
+		     !r && i < v->data.sequence.items.top; i++) {
+			yaml_node_t *t = node(c, *i);
+			if ((r = check_mapping(c, t, "a tensor of 'io'", tensor_keys)))
+				break;
+			int have_name = 0, have_type = 0, have_shape = 0;
+			for (yaml_node_pair_t *q = t->data.mapping.pairs.start;
+			     !r && q < t->data.mapping.pairs.top; q++) {
+				const char *tk = scalar(node(c, q->key));
+				yaml_node_t *tv = node(c, q->value);
+				if (!strcmp(tk, "name")) {
+					char *s = NULL;
+					have_name = 1;
+					r = get_string(c, tv, "name", &s);
+					free(s);
+				} else if (!strcmp(tk, "datatype")) {
+					char *s = NULL;
+					have_type = 1;
+					r = get_string(c, tv, "datatype", &s);
+					int known = 0;
+					for (int d = 0; !r && v2_datatypes[d]; d++)
+						known |= !strcmp(s, v2_datatypes[d]);
+					if (!r && !known)
+						r = fail(c, tv, "unknown datatype '%s' (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BF16 or BYTES)", s);
+					free(s);
+				} else if (!strcmp(tk, "shape")) {
+					have_shape = 1;
+					if (tv->type != YAML_SEQUENCE_NODE)
+						r = fail(c, tv, "'shape' must be a list of integers (-1 for any size)");
+					for (yaml_node_item_t *d = tv->data.sequence.items.start;
+					     !r && tv->type == YAML_SEQUENCE_NODE &&
+					     d < tv->data.sequence.items.top; d++) {
+						long long dim;
+						r = get_int(c, node(c, *d), "shape", -1, 1LL << 40, &dim);
+					}
+				} else if (tv->type != YAML_MAPPING_NODE) {
+					r = fail(c, tv, "'parameters' must be a mapping");
+				}
+			}
+			if (!r && !(have_name && have_type && have_shape))
+				r = fail(c, t, "a tensor of 'io' needs 'name', 'datatype' and 'shape'");
+		}
+		if (r)
+			break;
+		json_t *list = to_json(c, v);
+		if (!strcmp(k, "inputs"))
+			json_decref(pl->io_inputs), pl->io_inputs = list;
+		else
+			json_decref(pl->io_outputs), pl->io_outputs = list;
+	}
+	return r;
+}
 
 static int parse_stage_list(struct ctx *c, const yaml_node_t *n,
 			    struct bt_pipeline_config *pl)
@@ -601,6 +733,8 @@ static int parse_pipeline(struct ctx *c, const yaml_node_t *key,
 		if (!strcmp(k, "stages")) {
 			stages = v;
 			r = parse_stage_list(c, v, pl);
+		} else if (!strcmp(k, "io")) {
+			r = parse_io(c, v, pl);
 		} else {
 			r = get_size(c, v, k, 0, 100000000, &pl->max_inflight);
 		}
@@ -822,6 +956,8 @@ void bt_config_release(struct bt_config *cfg)
 	for (int i = 0; i < cfg->npipelines; i++) {
 		free(cfg->pipelines[i].name);
 		free(cfg->pipelines[i].stages);
+		json_decref(cfg->pipelines[i].io_inputs);
+		json_decref(cfg->pipelines[i].io_outputs);
 	}
 	free(cfg->pipelines);
 	free(cfg->path);
@@ -898,6 +1034,11 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 			(unsigned long long)st->reset_after_ms,
 			st->retry_failed_after_ms ? "automatic retry of a failed stage"
 						  : "failed stage waits for POST /v1/stages/{s}/restart");
+		if (st->batch_max_size > 1)
+			fprintf(out, "  batch:     up to %d requests, window %llums\n",
+				st->batch_max_size, (unsigned long long)st->batch_window_ms);
+		if (st->priority_levels > 1)
+			fprintf(out, "  priority:  %d levels\n", st->priority_levels);
 		if (st->warmup_file)
 			fprintf(out, "  warmup:    %s (%zu bytes, %s)\n", st->warmup_file,
 				st->warmup_len, st->warmup_required ? "required" : "optional");

@@ -10,9 +10,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
 #include <stdio.h>
 
 #include "../common/common.h"
+
+#define BT_MAX_PRIORITY_LEVELS 16
 
 struct bt_env_var {
 	char *name;
@@ -46,6 +49,9 @@ struct bt_stage_config {
 	uint64_t grace_ms;
 	uint64_t ping_interval_ms; /* 0: no pings */
 	uint64_t ping_timeout_ms;
+	int batch_max_size; /* 1: no batching */
+	uint64_t batch_window_ms;
+	int priority_levels; /* FIFOs, level 0 served first */
 };
 
 struct bt_pipeline_config {
@@ -53,6 +59,8 @@ struct bt_pipeline_config {
 	int *stages; /* indexes into bt_config.stages */
 	int nstages;
 	size_t max_inflight; /* 0: no limit but the stages' queues */
+	json_t *io_inputs; /* `io.inputs` as JSON (v2 model metadata), or NULL */
+	json_t *io_outputs;
 };
 
 struct bt_config {

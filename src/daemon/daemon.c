@@ -91,6 +91,7 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 		pl->index = i;
 		pl->cfg = &cfg->pipelines[i];
 		pl->nstages = pl->cfg->nstages;
+		bt_hist_init(&pl->duration_hist, bt_hist_seconds, bt_hist_seconds_n);
 		pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
 		for (int s = 0; s < pl->nstages; s++)
 			pl->stages[s] = &d->stages[pl->cfg->stages[s]];
@@ -215,8 +216,10 @@ void bt_daemon_release(struct bt_daemon *d)
 	for (int i = 0; i < d->npipelines; i++)
 		free(d->pipelines[i].stages);
 	free(d->pipelines);
-	for (int i = 0; i < d->nstages; i++)
+	for (int i = 0; i < d->nstages; i++) {
 		free(d->stages[i].replicas);
+		free(d->stages[i].scratch);
+	}
 	free(d->stages);
 	bt_heap_release(&d->deadlines);
 	free(d->self_exe);

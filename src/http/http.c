@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -17,7 +18,13 @@
 #include <sys/socket.h>
 
 #include "../daemon/daemon.h"
+#include "../metrics/metrics.h"
 #include "../proc/proc.h"
+#include "v2.h"
+
+#ifndef BATON_VERSION
+#define BATON_VERSION "0.0.0"
+#endif
 
 struct bt_http {
 	struct bt_daemon *d;
@@ -31,8 +38,9 @@ struct bt_http {
 };
 
 enum route {
-	R_NONE,
-	R_PIPELINE,
+	R_NONE, /* answered already */
+	R_PIPELINE, /* POST /v1/pipelines/{p} */
+	R_INFER, /* POST /v2/models/{m}/infer */
 	R_STAGE_RESTART,
 };
 
@@ -41,60 +49,84 @@ struct conn {
 	struct MHD_Connection *mc;
 	enum route route;
 	struct bt_pipeline *pl;
+	char stage[72]; /* for R_STAGE_RESTART */
 	struct bt_buf body;
 	int too_big; /* body went over max_request_bytes: dropped */
 	int waiting; /* suspended while the request runs */
 	int counted; /* included in h->pending */
 	struct bt_request *req; /* in flight, or finished and not yet answered */
 	int finished;
+	char *v2_id; /* the v2 request's "id", echoed in the answer */
 };
 
 /* ---- answers -------------------------------------------------------------- */
 
+static struct MHD_Response *make_response(char *body, size_t len)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(
+		len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+	if (!resp)
+		free(body);
+	return resp;
+}
+
+/* Queues an answer; headers are name/value pairs, NULL-terminated. */
 static enum MHD_Result send_answer(struct MHD_Connection *mc, int status,
 				   const char *ctype, char *body, size_t len,
 				   const char *const *headers)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(
-		len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-	if (!resp) {
-		free(body);
+	struct MHD_Response *resp = make_response(body, len);
+	if (!resp)
 		return MHD_NO;
-	}
 	if (ctype)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
 	for (int i = 0; headers && headers[i]; i += 2)
-		MHD_add_response_header(resp, headers[i], headers[i + 1]);
+		if (headers[i + 1])
+			MHD_add_response_header(resp, headers[i], headers[i + 1]);
 	enum MHD_Result r = MHD_queue_response(mc, (unsigned)status, resp);
 	MHD_destroy_response(resp);
 	return r;
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *mc, int status,
-				 json_t *doc, const char *const *headers)
+static char *dump_line(json_t *doc, size_t *len)
 {
 	char *text = json_dumps(doc, JSON_COMPACT);
 	json_decref(doc);
-	size_t len = strlen(text);
-	char *body = bt_malloc(len + 2);
-	memcpy(body, text, len);
-	body[len++] = '\n';
-	free(text);
+	*len = strlen(text);
+	char *body = bt_realloc(text, *len + 2);
+	body[(*len)++] = '\n';
+	return body;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *mc, int status,
+				 json_t *doc, const char *const *headers)
+{
+	size_t len;
+	char *body = dump_line(doc, &len);
 	return send_answer(mc, status, "application/json", body, len, headers);
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *mc, enum bt_code code,
-				  const char *stage, const char *request_id,
-				  const char *msg)
+static json_t *error_doc(enum bt_code code, const char *stage, const char *request_id,
+			 const char *msg)
 {
 	json_t *doc = json_pack("{s:s, s:s}", "error", msg, "code", bt_code_name(code));
 	if (stage)
 		json_object_set_new(doc, "stage", json_string(stage));
 	if (request_id)
 		json_object_set_new(doc, "request_id", json_string(request_id));
-	const char *hdrs[] = {"Retry-After", "1", NULL};
-	return send_json(mc, bt_code_http_status(code), doc,
-			 code == BT_OVERLOADED ? hdrs : NULL);
+	return doc;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *mc, enum bt_code code,
+				  const char *msg)
+{
+	return send_json(mc, bt_code_http_status(code), error_doc(code, NULL, NULL, msg), NULL);
+}
+
+/* The v2 protocol's error body is {"error": "..."} alone. */
+static enum MHD_Result send_v2_error(struct MHD_Connection *mc, int status, const char *msg)
+{
+	return send_json(mc, status, json_pack("{s:s}", "error", msg), NULL);
 }
 
 static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
@@ -102,28 +134,87 @@ static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
 	return send_answer(mc, status, NULL, NULL, 0, NULL);
 }
 
+/*
+ * Server-Timing: each stage's queue and run time, so that clients see
+ * where the time went without any code (seed 000 printed these by hand).
+ */
+static void server_timing(const struct bt_request *req, char *out, size_t size)
+{
+	size_t o = 0;
+	const struct bt_pipeline *pl = req->pipeline;
+	int last = req->step;
+	for (int i = 0; i <= last && i < pl->nstages && o < size; i++) {
+		const char *name = pl->stages[i]->cfg->name;
+		o += (size_t)snprintf(out + o, size - o, "%s%s-queue;dur=%.3f, %s-run;dur=%.3f",
+				      i ? ", " : "", name,
+				      (double)req->timings[i].queue_us / 1000.0, name,
+				      (double)req->timings[i].run_us / 1000.0);
+	}
+	if (o < size)
+		snprintf(out + o, size - o, "%stotal;dur=%.3f", o ? ", " : "",
+			 (double)(bt_now_us() - req->accepted_us) / 1000.0);
+}
+
+static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
+				 const char *timing)
+{
+	json_t *jhl = json_object_get(req->meta, "v2_header_length");
+	long long hl = json_is_integer(jhl) ? json_integer_value(jhl) : -1;
+	char *body, err[256], hlen[32];
+	size_t len;
+	long long out_hl;
+	if (bt_v2_finish_response(req->payload, req->len, hl, req->pipeline->cfg->name,
+				  cn->v2_id, &body, &len, &out_hl, err, sizeof(err))) {
+		char msg[400];
+		snprintf(msg, sizeof(msg), "the pipeline's last stage did not answer a v2 response: %s",
+			 err);
+		json_t *doc = error_doc(BT_WORKER_ERROR, req->pipeline->stages[req->step]->cfg->name,
+					req->idstr, msg);
+		size_t dlen;
+		char *dbody = dump_line(doc, &dlen);
+		const char *hdrs[] = {"Server-Timing", timing, NULL};
+		return send_answer(cn->mc, 500, "application/json", dbody, dlen, hdrs);
+	}
+	snprintf(hlen, sizeof(hlen), "%lld", out_hl);
+	const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing,
+			      "Inference-Header-Content-Length", out_hl >= 0 ? hlen : NULL, NULL};
+	return send_answer(cn->mc, 200, out_hl >= 0 ? "application/octet-stream" : "application/json",
+			   body, len, hdrs);
+}
+
 static enum MHD_Result answer_request(struct conn *cn)
 {
 	struct bt_request *req = cn->req;
 	enum MHD_Result r;
+	char timing[1024];
 	cn->req = NULL;
-	if (req->code == BT_OK) {
-		const char *ctype = json_string_value(json_object_get(req->meta, "content_type"));
-		const char *hdrs[] = {"Baton-Request-Id", req->idstr, NULL};
+	server_timing(req, timing, sizeof(timing));
+	if (req->code != BT_OK) {
+		char retry[24];
+		snprintf(retry, sizeof(retry), "1");
+		const char *hdrs[] = {"Server-Timing", timing, "Retry-After",
+				      req->code == BT_OVERLOADED ? retry : NULL, NULL};
 		size_t len;
-		char *body = req->payload;
-		len = req->len;
-		req->payload = NULL;
-		r = send_answer(cn->mc, 200, ctype ? ctype : "application/octet-stream",
-				body, len, hdrs);
+		char *body = dump_line(error_doc(req->code, req->error_stage, req->idstr, req->error),
+				       &len);
+		r = send_answer(cn->mc, bt_code_http_status(req->code), "application/json", body,
+				len, hdrs);
+	} else if (cn->route == R_INFER) {
+		r = answer_v2(cn, req, timing);
 	} else {
-		r = send_error(cn->mc, req->code, req->error_stage, req->idstr, req->error);
+		const char *ctype = json_string_value(json_object_get(req->meta, "content_type"));
+		const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing, NULL};
+		char *body = req->payload;
+		size_t len = req->len;
+		req->payload = NULL;
+		r = send_answer(cn->mc, 200, ctype ? ctype : "application/octet-stream", body, len,
+				hdrs);
 	}
 	bt_request_free(req);
 	return r;
 }
 
-/* ---- routes ---------------------------------------------------------------- */
+/* ---- pipeline requests ----------------------------------------------------- */
 
 static void request_done_cb(struct bt_request *req, void *arg)
 {
@@ -142,19 +233,59 @@ static void request_done_cb(struct bt_request *req, void *arg)
 	}
 }
 
+/*
+ * Priority 1 is the highest, as in Triton; 0 or none is the lowest level
+ * of each stage.  Levels are clamped to each stage's priority_levels.
+ */
+static int priority_level(long long p)
+{
+	return p >= 1 ? (int)BT_MIN(p - 1, (long long)INT_MAX) : INT_MAX;
+}
+
+static void submit(struct conn *cn, json_t *meta, int priority, long long timeout_us)
+{
+	size_t len;
+	char *payload = bt_buf_detach(&cn->body, &len);
+	cn->req = bt_request_new(cn->pl, payload, len, meta);
+	cn->req->priority = priority;
+	if (timeout_us > 0)
+		cn->req->client_deadline_ms = bt_now_ms() + (uint64_t)((timeout_us + 999) / 1000);
+	cn->counted = 1;
+	cn->h->pending++;
+	bt_pipeline_submit(cn->req, request_done_cb, cn);
+}
+
+static enum MHD_Result wait_or_answer(struct conn *cn)
+{
+	if (cn->finished)
+		return answer_request(cn);
+	cn->waiting = 1;
+	MHD_suspend_connection(cn->mc);
+	return MHD_YES;
+}
+
+static const char *header(struct conn *cn, const char *name)
+{
+	return MHD_lookup_connection_value(cn->mc, MHD_HEADER_KIND, name);
+}
+
+/* Parses an optional integer header; -1 when it is there but not a number. */
+static int int_header(struct conn *cn, const char *name, long long *out)
+{
+	const char *v = header(cn, name);
+	char *end;
+	if (!v)
+		return 0;
+	errno = 0;
+	*out = strtoll(v, &end, 10);
+	return (errno || end == v || *end || *out < 0) ? -1 : 1;
+}
+
 static enum MHD_Result start_pipeline_request(struct conn *cn)
 {
-	struct bt_http *h = cn->h;
-	struct MHD_Connection *mc = cn->mc;
 	char msg[256];
-	if (cn->too_big) {
-		snprintf(msg, sizeof(msg), "request body is over max_request_bytes (%zu)",
-			 h->d->cfg->max_request_bytes);
-		return send_error(mc, BT_BAD_REQUEST, NULL, NULL, msg) == MHD_YES
-			       ? MHD_YES : MHD_NO;
-	}
 	json_t *meta = NULL;
-	const char *hmeta = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Baton-Meta");
+	const char *hmeta = header(cn, "Baton-Meta");
 	if (hmeta) {
 		json_error_t jerr;
 		meta = json_loads(hmeta, 0, &jerr);
@@ -162,35 +293,62 @@ static enum MHD_Result start_pipeline_request(struct conn *cn)
 			json_decref(meta);
 			snprintf(msg, sizeof(msg), "the Baton-Meta header must be a JSON object%s%s",
 				 meta ? "" : ": ", meta ? "" : jerr.text);
-			return send_error(mc, BT_BAD_REQUEST, NULL, NULL, msg);
+			return send_error(cn->mc, BT_BAD_REQUEST, msg);
 		}
+	}
+	long long priority = 0, timeout_ms = 0;
+	if (int_header(cn, "Baton-Priority", &priority) < 0 ||
+	    int_header(cn, "Baton-Timeout-Ms", &timeout_ms) < 0) {
+		json_decref(meta);
+		return send_error(cn->mc, BT_BAD_REQUEST,
+				  "Baton-Priority and Baton-Timeout-Ms must be non-negative integers");
 	}
 	if (!meta)
 		meta = json_object();
-	const char *ctype = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
-							MHD_HTTP_HEADER_CONTENT_TYPE);
+	const char *ctype = header(cn, MHD_HTTP_HEADER_CONTENT_TYPE);
 	if (ctype && !json_object_get(meta, "content_type"))
 		json_object_set_new(meta, "content_type", json_string(ctype));
-	size_t len;
-	char *payload = bt_buf_detach(&cn->body, &len);
-	cn->req = bt_request_new(cn->pl, payload, len, meta);
-	cn->counted = 1;
-	h->pending++;
-	bt_pipeline_submit(cn->req, request_done_cb, cn);
-	if (cn->finished)
-		return answer_request(cn);
-	cn->waiting = 1;
-	MHD_suspend_connection(mc);
-	return MHD_YES;
+	submit(cn, meta, priority_level(priority), timeout_ms * 1000);
+	return wait_or_answer(cn);
 }
 
-static enum MHD_Result restart_stage(struct conn *cn, const char *name)
+static enum MHD_Result start_infer(struct conn *cn)
 {
-	struct bt_stage *st = bt_daemon_stage(cn->h->d, name);
+	struct bt_v2_request v2;
+	char err[512];
+	long long hl = -1;
+	int r = int_header(cn, "Inference-Header-Content-Length", &hl);
+	if (r < 0)
+		return send_v2_error(cn->mc, 400,
+				     "Inference-Header-Content-Length must be a non-negative integer");
+	if (r == 0)
+		hl = -1;
+	if (bt_v2_parse_infer(cn->body.data ? cn->body.data : "", cn->body.len, hl, &v2, err,
+			      sizeof(err)))
+		return send_v2_error(cn->mc, 400, err);
+	json_t *meta = json_pack("{s:s, s:s, s:s}", "content_type", "application/json",
+				 "protocol", "v2", "model_name", cn->pl->cfg->name);
+	if (v2.binary)
+		json_object_set_new(meta, "v2_header_length", json_integer((json_int_t)v2.header_len));
+	if (v2.binary_output)
+		json_object_set_new(meta, "v2_binary_output", json_true());
+	cn->v2_id = v2.id;
+	v2.id = NULL;
+	submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
+	       v2.has_timeout ? v2.timeout_us : 0);
+	bt_v2_request_release(&v2);
+	return wait_or_answer(cn);
+}
+
+/* ---- other routes ---------------------------------------------------------- */
+
+static enum MHD_Result restart_stage(struct conn *cn)
+{
+	struct bt_stage *st = bt_daemon_stage(cn->h->d, cn->stage);
 	char msg[200];
 	if (!st) {
-		snprintf(msg, sizeof(msg), "no stage named '%s'", name);
-		return send_error(cn->mc, BT_NOT_FOUND, NULL, NULL, msg);
+		snprintf(msg, sizeof(msg), "no stage named '%s'", cn->stage);
+		return send_error(cn->mc, BT_NOT_FOUND, msg);
 	}
 	int revived = 0;
 	for (int i = 0; i < st->nreplicas; i++) {
@@ -205,6 +363,34 @@ static enum MHD_Result restart_stage(struct conn *cn, const char *name)
 	return send_json(cn->mc, 200,
 			 json_pack("{s:s, s:i}", "stage", st->cfg->name, "restarted", revived),
 			 NULL);
+}
+
+static enum MHD_Result send_metrics(struct MHD_Connection *mc, struct bt_daemon *d)
+{
+	struct bt_buf out = BT_BUF_INIT;
+	bt_metrics_write(d, &out);
+	size_t len;
+	char *body = bt_buf_detach(&out, &len);
+	return send_answer(mc, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, NULL);
+}
+
+static int pipeline_ready(const struct bt_pipeline *pl)
+{
+	if (pl->d->state != BT_DAEMON_RUNNING)
+		return 0;
+	for (int i = 0; i < pl->nstages; i++)
+		if (pl->stages[i]->failed || !pl->stages[i]->up)
+			return 0;
+	return 1;
+}
+
+static json_t *model_metadata(const struct bt_pipeline *pl)
+{
+	const struct bt_pipeline_config *c = pl->cfg;
+	json_t *in = c->io_inputs ? json_incref(c->io_inputs) : json_array();
+	json_t *out = c->io_outputs ? json_incref(c->io_outputs) : json_array();
+	return json_pack("{s:s, s:[s], s:s, s:o, s:o}", "name", c->name, "versions", "1",
+			 "platform", "baton", "inputs", in, "outputs", out);
 }
 
 static int has_prefix(const char *s, const char *prefix, const char **rest)
@@ -225,6 +411,72 @@ static enum MHD_Result method_not_allowed(struct MHD_Connection *mc,
 	return send_json(mc, 405, doc, hdrs);
 }
 
+/* Splits "NAME[/versions/V][/ACTION]"; returns 0 when it is not of that form. */
+static int split_model_url(const char *rest, char *name, size_t nlen,
+			   const char **version, const char **action)
+{
+	const char *p = strchr(rest, '/');
+	size_t n = p ? (size_t)(p - rest) : strlen(rest);
+	if (n == 0 || n >= nlen)
+		return 0;
+	memcpy(name, rest, n);
+	name[n] = '\0';
+	*version = NULL;
+	*action = "";
+	if (!p)
+		return 1;
+	p++;
+	if (!strncmp(p, "versions/", 9)) {
+		*version = p + 9;
+		p = strchr(*version, '/');
+		if (!p)
+			return **version != '\0';
+		p++;
+	}
+	if (strchr(p, '/'))
+		return 0;
+	*action = p;
+	return 1;
+}
+
+/* GET and POST under /v2/models/; sets *answered = 0 for an infer to run. */
+static enum MHD_Result route_v2_model(struct conn *cn, const char *rest, int get, int post,
+				      int *answered)
+{
+	char name[128], msg[300];
+	const char *version, *action;
+	struct MHD_Connection *mc = cn->mc;
+	if (!split_model_url(rest, name, sizeof(name), &version, &action))
+		return send_v2_error(mc, 404, "no such route");
+	cn->pl = bt_daemon_pipeline(cn->h->d, name);
+	if (!cn->pl) {
+		snprintf(msg, sizeof(msg), "unknown model '%.100s' (models are baton's pipelines)", name);
+		return send_v2_error(mc, 404, msg);
+	}
+	size_t vlen = version ? strcspn(version, "/") : 0;
+	if (version && (vlen != 1 || version[0] != '1')) {
+		snprintf(msg, sizeof(msg), "model '%s' has no version '%.*s' (only '1')", name,
+			 (int)BT_MIN(vlen, 64), version);
+		return send_v2_error(mc, 404, msg);
+	}
+	if (!strcmp(action, "")) {
+		return get ? send_json(mc, 200, model_metadata(cn->pl), NULL)
+			   : method_not_allowed(mc, "GET");
+	}
+	if (!strcmp(action, "ready")) {
+		return get ? send_empty(mc, pipeline_ready(cn->pl) ? 200 : 400)
+			   : method_not_allowed(mc, "GET");
+	}
+	if (!strcmp(action, "infer")) {
+		if (!post)
+			return method_not_allowed(mc, "POST");
+		cn->route = R_INFER;
+		*answered = 0;
+		return MHD_YES;
+	}
+	return send_v2_error(mc, 404, "no such route");
+}
+
 /* First call for a request: route it; answers right away when it can. */
 static enum MHD_Result route(struct conn *cn, const char *url, const char *method,
 			     int *answered)
@@ -237,35 +489,33 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 	char msg[300];
 
 	*answered = 1;
-	if (!strcmp(url, "/v2/health/live")) {
+	if (!strcmp(url, "/v2/health/live"))
 		return get ? send_empty(mc, 200) : method_not_allowed(mc, "GET");
-	}
-	if (!strcmp(url, "/v2/health/ready")) {
+	if (!strcmp(url, "/v2/health/ready"))
 		return get ? send_empty(mc, bt_daemon_ready(d) ? 200 : 400)
 			   : method_not_allowed(mc, "GET");
-	}
-	if (!strcmp(url, "/v1/status")) {
-		return get ? send_json(mc, 200, bt_daemon_status(d), NULL)
+	if (!strcmp(url, "/v2") || !strcmp(url, "/v2/")) {
+		return get ? send_json(mc, 200,
+				       json_pack("{s:s, s:s, s:[s]}", "name", "baton", "version",
+						 BATON_VERSION, "extensions", "binary_tensor_data"),
+				       NULL)
 			   : method_not_allowed(mc, "GET");
 	}
+	if (has_prefix(url, "/v2/models/", &rest))
+		return route_v2_model(cn, rest, get, post, answered);
+	if (!strcmp(url, "/v1/status"))
+		return get ? send_json(mc, 200, bt_daemon_status(d), NULL)
+			   : method_not_allowed(mc, "GET");
+	if (!strcmp(url, "/metrics"))
+		return get ? send_metrics(mc, d) : method_not_allowed(mc, "GET");
 	if (has_prefix(url, "/v1/pipelines/", &rest)) {
 		cn->pl = bt_daemon_pipeline(d, rest);
 		if (!cn->pl) {
 			snprintf(msg, sizeof(msg), "no pipeline named '%.200s'", rest);
-			return send_error(mc, BT_NOT_FOUND, NULL, NULL, msg);
+			return send_error(mc, BT_NOT_FOUND, msg);
 		}
 		if (!post)
 			return method_not_allowed(mc, "POST");
-		const char *clen = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
-							       MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (clen && strtoull(clen, NULL, 10) > d->cfg->max_request_bytes) {
-			/* Refused before reading: MHD closes the connection after. */
-			snprintf(msg, sizeof(msg),
-				 "request body of %s bytes is over max_request_bytes (%zu)",
-				 clen, d->cfg->max_request_bytes);
-			json_t *doc = json_pack("{s:s, s:s}", "error", msg, "code", "bad_request");
-			return send_json(mc, 413, doc, NULL);
-		}
 		cn->route = R_PIPELINE;
 		*answered = 0;
 		return MHD_YES;
@@ -275,13 +525,28 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 		if (slash && !strcmp(slash, "/restart")) {
 			if (!post)
 				return method_not_allowed(mc, "POST");
+			snprintf(cn->stage, sizeof(cn->stage), "%.*s",
+				 (int)BT_MIN((size_t)(slash - rest), sizeof(cn->stage) - 1), rest);
 			cn->route = R_STAGE_RESTART;
 			*answered = 0;
 			return MHD_YES;
 		}
 	}
 	snprintf(msg, sizeof(msg), "no route for %.16s %.200s", method, url);
-	return send_error(mc, BT_NOT_FOUND, NULL, NULL, msg);
+	return send_error(mc, BT_NOT_FOUND, msg);
+}
+
+static enum MHD_Result too_big(struct conn *cn, const char *announced)
+{
+	char msg[200];
+	size_t max = cn->h->d->cfg->max_request_bytes;
+	cn->route = R_NONE;
+	if (announced)
+		snprintf(msg, sizeof(msg), "request body of %.24s bytes is over max_request_bytes (%zu)",
+			 announced, max);
+	else
+		snprintf(msg, sizeof(msg), "request body is over max_request_bytes (%zu)", max);
+	return send_json(cn->mc, 413, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
 }
 
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
@@ -299,9 +564,17 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		*con_cls = cn;
 		int answered;
 		enum MHD_Result r = route(cn, url, method, &answered);
-		if (answered)
+		if (answered) {
 			cn->route = R_NONE;
-		return r;
+			return r;
+		}
+		const char *clen = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
+							       MHD_HTTP_HEADER_CONTENT_LENGTH);
+		/* Refused before reading: MHD closes the connection afterwards. */
+		if (cn->route != R_STAGE_RESTART && clen &&
+		    strtoull(clen, NULL, 10) > h->d->cfg->max_request_bytes)
+			return too_big(cn, clen);
+		return MHD_YES;
 	}
 	if (cn->route == R_NONE) {
 		/* Already answered: drop whatever body follows. */
@@ -309,7 +582,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		return MHD_YES;
 	}
 	if (*upload_data_size) {
-		if (cn->route == R_PIPELINE && !cn->too_big) {
+		if (cn->route != R_STAGE_RESTART && !cn->too_big) {
 			if (cn->body.len + *upload_data_size > h->d->cfg->max_request_bytes) {
 				cn->too_big = 1;
 				bt_buf_release(&cn->body);
@@ -322,29 +595,13 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	}
 	if (cn->route == R_STAGE_RESTART) {
 		cn->route = R_NONE;
-		const char *name = url + strlen("/v1/stages/");
-		char stage[128];
-		size_t n = strcspn(name, "/");
-		snprintf(stage, sizeof(stage), "%.*s", (int)BT_MIN(n, sizeof(stage) - 1), name);
-		return restart_stage(cn, stage);
+		return restart_stage(cn);
 	}
-	if (!cn->req) {
-		if (cn->too_big) {
-			cn->route = R_NONE;
-			char msg[128];
-			snprintf(msg, sizeof(msg), "request body is over max_request_bytes (%zu)",
-				 h->d->cfg->max_request_bytes);
-			json_t *doc = json_pack("{s:s, s:s}", "error", msg, "code", "bad_request");
-			return send_json(mc, 413, doc, NULL);
-		}
-		return start_pipeline_request(cn);
-	}
-	if (cn->finished)
-		return answer_request(cn);
-	/* Resumed without an outcome cannot happen; keep waiting if it does. */
-	cn->waiting = 1;
-	MHD_suspend_connection(mc);
-	return MHD_YES;
+	if (cn->req)
+		return wait_or_answer(cn); /* resumed with its outcome */
+	if (cn->too_big)
+		return too_big(cn, NULL);
+	return cn->route == R_INFER ? start_infer(cn) : start_pipeline_request(cn);
 }
 
 static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
@@ -368,6 +625,7 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 		bt_daemon_progress(h->d);
 	}
 	bt_buf_release(&cn->body);
+	free(cn->v2_id);
 	free(cn);
 }
 

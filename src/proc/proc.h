@@ -30,6 +30,19 @@ enum bt_replica_state {
 };
 const char *bt_replica_state_name(enum bt_replica_state s);
 
+/* Why a replica's process was lost against our will (counted in /metrics). */
+enum bt_fail_reason {
+	BT_FAIL_CRASH, /* exited, killed by a signal, closed its channel */
+	BT_FAIL_START_TIMEOUT,
+	BT_FAIL_PROTOCOL,
+	BT_FAIL_PING,
+	BT_FAIL_TIMEOUT, /* a request timed out and the replica was killed */
+	BT_FAIL_WARMUP,
+	BT_FAIL_SPAWN,
+	BT_FAIL_COUNT
+};
+const char *bt_fail_reason_name(enum bt_fail_reason r);
+
 struct bt_child; /* one process incarnation, private to proc/ */
 
 struct bt_replica {
@@ -41,7 +54,9 @@ struct bt_replica {
 	uv_timer_t ping_timer;
 	struct bt_request **inflight; /* requests sent and not answered */
 	int ninflight;
-	int cap; /* slots in inflight */
+	int cap; /* slots in inflight: max_ongoing × batch max_size */
+	int *batch_left; /* per batch slot, its requests not yet answered */
+	int nbatches; /* batches (or lone requests) in flight */
 	int failures; /* consecutive failures */
 	unsigned restarts; /* processes started after the first */
 	unsigned starts;
@@ -58,10 +73,11 @@ struct bt_replica *bt_replica_new(struct bt_stage *st, int id);
 /* Starts a process now (PENDING, BACKOFF or FAILED → STARTING). */
 void bt_replica_start(struct bt_replica *r);
 /*
- * Hands req to the replica (it must be READY with a free slot).  The
- * frame is written at the next bt_proc_flush.
+ * Hands n requests to the replica as one batch (one request when n is 1);
+ * it must be READY with fewer than max_ongoing batches in flight.  The
+ * frames are written at the next bt_proc_flush.
  */
-void bt_replica_send(struct bt_replica *r, struct bt_request *req);
+void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n);
 /* Takes req back (it timed out) and kills the process; others are retried. */
 void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
 			const char *why);
@@ -73,7 +89,7 @@ void bt_replica_close(struct bt_replica *r);
 void bt_replica_revive(struct bt_replica *r);
 static inline int bt_replica_can_take(const struct bt_replica *r, int max_ongoing)
 {
-	return r->state == BT_REPLICA_READY && r->ninflight < max_ongoing;
+	return r->state == BT_REPLICA_READY && r->nbatches < max_ongoing;
 }
 /* True while a process of this replica may still be alive. */
 int bt_replica_has_process(const struct bt_replica *r);

@@ -34,6 +34,7 @@ struct bt_child {
 	int pid;
 	int exited;
 	int charge; /* whether in-flight requests pay an attempt for this death */
+	enum bt_fail_reason reason; /* counted when the death is a failure */
 	struct bt_frame_decoder dec;
 	struct bt_buf wbuf; /* frames for the next flush */
 	struct bt_buf wbusy; /* frames being written */
@@ -61,6 +62,27 @@ const char *bt_replica_state_name(enum bt_replica_state s)
 	return state_names[s];
 }
 
+const char *bt_fail_reason_name(enum bt_fail_reason r)
+{
+	static const char *names[BT_FAIL_COUNT] = {
+		[BT_FAIL_CRASH] = "crash",	 [BT_FAIL_START_TIMEOUT] = "start_timeout",
+		[BT_FAIL_PROTOCOL] = "protocol", [BT_FAIL_PING] = "ping",
+		[BT_FAIL_TIMEOUT] = "timeout",	 [BT_FAIL_WARMUP] = "warmup",
+		[BT_FAIL_SPAWN] = "spawn",
+	};
+	return names[r];
+}
+
+/* Takes the request in slot i out of the replica, closing its batch when last. */
+static struct bt_request *release_slot(struct bt_replica *r, int i)
+{
+	struct bt_request *req = r->inflight[i];
+	r->inflight[i] = r->inflight[--r->ninflight];
+	if (--r->batch_left[req->batch_slot] == 0)
+		r->nbatches--;
+	return req;
+}
+
 static struct bt_daemon *daemon_of(const struct bt_replica *r)
 {
 	return r->stage->d;
@@ -77,8 +99,9 @@ struct bt_replica *bt_replica_new(struct bt_stage *st, int id)
 	r->stage = st;
 	r->id = id;
 	r->state = BT_REPLICA_PENDING;
-	r->cap = st->cfg->max_ongoing;
+	r->cap = st->cfg->max_ongoing * st->cfg->batch_max_size;
 	r->inflight = bt_calloc((size_t)r->cap, sizeof(*r->inflight));
+	r->batch_left = bt_calloc((size_t)st->cfg->max_ongoing, sizeof(*r->batch_left));
 	uv_timer_init(st->d->loop, &r->timer);
 	uv_timer_init(st->d->loop, &r->ping_timer);
 	r->timer.data = r;
@@ -153,7 +176,7 @@ static void backoff_cb(uv_timer_t *t);
 
 /* The replica lost its process: requeue its requests, then decide what next. */
 static void replica_died(struct bt_replica *r, int pid, int charge,
-			 const char *why)
+			 enum bt_fail_reason reason, const char *why)
 {
 	struct bt_daemon *d = daemon_of(r);
 	const struct bt_stage_config *cfg = cfg_of(r);
@@ -173,6 +196,8 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 		memcpy(lost, r->inflight, (size_t)n * sizeof(*lost));
 		r->ninflight = 0;
 	}
+	r->nbatches = 0;
+	memset(r->batch_left, 0, (size_t)cfg->max_ongoing * sizeof(*r->batch_left));
 
 	if (r->state == BT_REPLICA_STOPPING || d->state >= BT_DAEMON_STOPPING) {
 		r->state = BT_REPLICA_EXITED;
@@ -182,6 +207,7 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 		if (was_ready && up_ms >= cfg->reset_after_ms)
 			r->failures = 0;
 		r->failures++;
+		r->stage->failures[reason]++;
 		r->ready_ms = 0;
 		if (r->failures >= cfg->max_failures) {
 			r->state = BT_REPLICA_FAILED;
@@ -219,11 +245,12 @@ static void child_lost(struct bt_child *c, const char *why)
 		kill(-c->pid, SIGKILL);
 		uv_read_stop((uv_stream_t *)&c->chan);
 	}
-	replica_died(r, c->pid, c->charge, why);
+	replica_died(r, c->pid, c->charge, c->reason, why);
 }
 
-static void child_kill(struct bt_child *c, const char *why)
+static void child_kill(struct bt_child *c, enum bt_fail_reason reason, const char *why)
 {
+	c->reason = reason;
 	if (c->replica)
 		bt_warn("killing replica", "stage=%s replica=%d pid=%d reason=\"%s\"",
 			c->stage, c->replica_id, c->pid, why);
@@ -239,6 +266,7 @@ static void violation(struct bt_child *c, const char *what, const char *sent,
 		 bt_logfmt_quote(q, sizeof(q), sent ? sent : "", sent ? BT_MIN(sentlen, 160) : 0));
 	char why[320];
 	snprintf(why, sizeof(why), "protocol violation: %s", what);
+	c->reason = BT_FAIL_PROTOCOL;
 	child_lost(c, why);
 }
 
@@ -257,7 +285,7 @@ static void timer_warmup_cb(uv_timer_t *t)
 {
 	struct bt_replica *r = t->data;
 	if (r->child)
-		child_kill(r->child, "warm-up did not finish within timeout_ms");
+		child_kill(r->child, BT_FAIL_WARMUP, "warm-up did not finish within timeout_ms");
 }
 
 static void ping_cb(uv_timer_t *t);
@@ -312,7 +340,7 @@ static void on_warmup_result(struct bt_child *c, struct bt_replica *r,
 			cfg->name, r->id, c->pid, cfg->warmup_required ? "true" : "false",
 			bt_logfmt_quote(q, sizeof(q), error, strlen(error)));
 		if (cfg->warmup_required) {
-			child_kill(c, "required warm-up failed");
+			child_kill(c, BT_FAIL_WARMUP, "required warm-up failed");
 			return;
 		}
 	} else {
@@ -358,8 +386,7 @@ static void on_result(struct bt_child *c, struct bt_replica *r,
 		violation(c, "answer for a request it does not hold", id, strlen(id));
 		return;
 	}
-	struct bt_request *req = r->inflight[slot];
-	r->inflight[slot] = r->inflight[--r->ninflight];
+	struct bt_request *req = release_slot(r, slot);
 	char *payload = f->payload;
 	f->payload = NULL;
 	bt_stage_result(req, payload, f->len, meta, json_string_value(jerr),
@@ -549,7 +576,7 @@ static void write_cb(uv_write_t *w, int status)
 	c->wbusy.len = 0;
 	if (status < 0) {
 		if (status != UV_ECANCELED)
-			child_kill(c, "cannot write to its channel");
+			child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
 		return;
 	}
 	if (c->wbuf.len)
@@ -568,7 +595,7 @@ static void child_write(struct bt_child *c)
 		return;
 	}
 	if (n < 0 && n != UV_EAGAIN) {
-		child_kill(c, "cannot write to its channel");
+		child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
 		return;
 	}
 	if (n > 0)
@@ -582,7 +609,7 @@ static void child_write(struct bt_child *c)
 	if (uv_write(&c->wreq, (uv_stream_t *)&c->chan, &b, 1, write_cb) == 0)
 		c->writing = 1;
 	else
-		child_kill(c, "cannot write to its channel");
+		child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
 }
 
 void bt_proc_flush(struct bt_daemon *d)
@@ -605,7 +632,7 @@ static void start_timeout_cb(uv_timer_t *t)
 	snprintf(why, sizeof(why), "did not say ready within %llums (start_timeout_ms)",
 		 (unsigned long long)cfg_of(r)->start_timeout_ms);
 	if (r->child)
-		child_kill(r->child, why);
+		child_kill(r->child, BT_FAIL_START_TIMEOUT, why);
 }
 
 static void ping_cb(uv_timer_t *t)
@@ -621,7 +648,7 @@ static void ping_cb(uv_timer_t *t)
 			char why[96];
 			snprintf(why, sizeof(why), "no pong within %llums (ping_timeout_ms)",
 				 (unsigned long long)(now - r->ping_sent_ms));
-			child_kill(c, why);
+			child_kill(c, BT_FAIL_PING, why);
 		}
 		return;
 	}
@@ -744,7 +771,7 @@ void bt_replica_start(struct bt_replica *r)
 		snprintf(why, sizeof(why), "cannot spawn: %s", uv_strerror(e));
 		bt_error("cannot spawn replica", "stage=%s replica=%d error=\"%s\"",
 			 cfg->name, r->id, uv_strerror(e));
-		replica_died(r, 0, 1, why);
+		replica_died(r, 0, 1, BT_FAIL_SPAWN, why);
 		return;
 	}
 	bt_info("replica starting", "stage=%s replica=%d pid=%d", cfg->name, r->id,
@@ -770,22 +797,50 @@ void bt_replica_revive(struct bt_replica *r)
 
 /* ---- requests ------------------------------------------------------------ */
 
-void bt_replica_send(struct bt_replica *r, struct bt_request *req)
+void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 {
 	struct bt_child *c = r->child;
-	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->ninflight < r->cap);
-	r->inflight[r->ninflight++] = req;
-	json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
-				"meta", req->meta);
-	if (bt_frame_encode(&c->wbuf, hdr, req->payload, req->len)) {
+	const struct bt_stage_config *cfg = cfg_of(r);
+	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->nbatches < cfg->max_ongoing);
+	int b = 0;
+	while (r->batch_left[b])
+		b++;
+	struct bt_buf frames = BT_BUF_INIT;
+	struct bt_request **unsendable = NULL;
+	int sent = 0, nunsendable = 0;
+	for (int i = 0; i < n; i++) {
+		struct bt_request *req = reqs[i];
+		json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
+					"meta", req->meta);
+		int e = bt_frame_encode(&frames, hdr, req->payload, req->len);
 		json_decref(hdr);
-		r->ninflight--;
-		bt_stage_result(req, NULL, 0, NULL,
-				"request metadata does not fit in a 64 KiB header", 0);
-		return;
+		if (e) {
+			/* Failed alone, once the rest of the batch is on its way. */
+			if (!unsendable)
+				unsendable = bt_malloc((size_t)n * sizeof(*unsendable));
+			unsendable[nunsendable++] = req;
+			continue;
+		}
+		req->batch_slot = b;
+		r->inflight[r->ninflight++] = req;
+		sent++;
 	}
-	json_decref(hdr);
-	mark_dirty(c);
+	if (sent) {
+		r->batch_left[b] = sent;
+		r->nbatches++;
+		if (sent > 1) {
+			char hdr[64];
+			int hl = snprintf(hdr, sizeof(hdr), "{\"t\":\"batch\",\"n\":%d}\n", sent);
+			bt_buf_append(&c->wbuf, hdr, (size_t)hl);
+		}
+		bt_buf_append(&c->wbuf, frames.data, frames.len);
+		mark_dirty(c);
+	}
+	bt_buf_release(&frames);
+	for (int i = 0; i < nunsendable; i++)
+		bt_stage_result(unsendable[i], NULL, 0, NULL,
+				"request metadata does not fit in a 64 KiB header", 0);
+	free(unsendable);
 }
 
 void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
@@ -793,7 +848,7 @@ void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
 {
 	for (int i = 0; i < r->ninflight; i++) {
 		if (r->inflight[i] == req) {
-			r->inflight[i] = r->inflight[--r->ninflight];
+			release_slot(r, i);
 			break;
 		}
 	}
@@ -801,7 +856,7 @@ void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
 		return;
 	/* The others on this replica did nothing wrong: they keep their attempt. */
 	r->child->charge = 0;
-	child_kill(r->child, why);
+	child_kill(r->child, BT_FAIL_TIMEOUT, why);
 }
 
 /* ---- stopping ------------------------------------------------------------ */
@@ -856,6 +911,7 @@ static void replica_handle_closed_cb(uv_handle_t *h)
 	struct bt_replica *r = h->data;
 	if (--r->closing == 0) {
 		free(r->inflight);
+		free(r->batch_left);
 		free(r);
 	}
 }

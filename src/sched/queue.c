@@ -64,6 +64,12 @@ void bt_queue_push_front(struct bt_queue *q, struct bt_qlink *l, int level)
 	q->len++;
 }
 
+struct bt_qlink *bt_queue_level_head(const struct bt_queue *q, int level)
+{
+	const struct bt_qlink *h = &q->heads[level];
+	return h->next != h ? h->next : NULL;
+}
+
 struct bt_qlink *bt_queue_peek(const struct bt_queue *q)
 {
 	if (q->len == 0)

@@ -33,6 +33,8 @@ int bt_queue_push(struct bt_queue *q, struct bt_qlink *l, int level);
  * already accepted and come back (a retry), which must never be refused.
  */
 void bt_queue_push_front(struct bt_queue *q, struct bt_qlink *l, int level);
+/* The oldest element of one level, or NULL. */
+struct bt_qlink *bt_queue_level_head(const struct bt_queue *q, int level);
 /* The oldest element of the best non-empty level, or NULL. */
 struct bt_qlink *bt_queue_peek(const struct bt_queue *q);
 struct bt_qlink *bt_queue_pop(struct bt_queue *q);

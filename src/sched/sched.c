@@ -57,12 +57,28 @@ static void finish(struct bt_request *req, enum bt_code code,
 		   const char *stage, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/* The request leaves its current stage: its timings go to the histograms. */
+static void leave_stage(struct bt_request *req, enum bt_code code)
+{
+	struct bt_stage *st = stage_of(req);
+	if (!req->in_stage)
+		return;
+	req->in_stage = 0;
+	bt_hist_observe(&st->queue_hist, (double)req->timings[req->step].queue_us / 1e6);
+	if (req->attempts)
+		bt_hist_observe(&st->run_hist, (double)req->timings[req->step].run_us / 1e6);
+	if (code != BT_OK)
+		st->failed_codes[code]++;
+}
+
 static void finish(struct bt_request *req, enum bt_code code,
 		   const char *stage, const char *fmt, ...)
 {
 	struct bt_pipeline *pl = req->pipeline;
 	struct bt_daemon *d = pl->d;
 	BT_ASSERT(req->state != BT_REQ_DONE);
+	leave_stage(req, code);
+	bt_hist_observe(&pl->duration_hist, (double)(bt_now_us() - req->accepted_us) / 1e6);
 	if (bt_qlink_queued(&req->qlink))
 		bt_queue_remove(&stage_of(req)->queue, &req->qlink);
 	if (bt_heap_contains(&req->deadline))
@@ -120,6 +136,8 @@ static void enter_stage(struct bt_request *req, int step)
 	req->step = step;
 	req->attempts = 0;
 	struct bt_stage *st = stage_of(req);
+	st->entered++;
+	req->in_stage = 1;
 	if (st->failed) {
 		finish(req, BT_STAGE_FAILED, st->cfg->name,
 		       "stage '%s' has failed: every replica exhausted its restarts",
@@ -168,9 +186,14 @@ void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index)
 	st->d = d;
 	st->index = index;
 	st->cfg = &d->cfg->stages[index];
-	bt_queue_init(&st->queue, 1, st->cfg->queue_max);
+	bt_queue_init(&st->queue, st->cfg->priority_levels, st->cfg->queue_max);
 	uv_timer_init(d->loop, &st->retry_timer);
-	st->retry_timer.data = st;
+	uv_timer_init(d->loop, &st->batch_timer);
+	st->retry_timer.data = st->batch_timer.data = st;
+	st->scratch = bt_calloc((size_t)st->cfg->batch_max_size, sizeof(*st->scratch));
+	bt_hist_init(&st->queue_hist, bt_hist_seconds, bt_hist_seconds_n);
+	bt_hist_init(&st->run_hist, bt_hist_seconds, bt_hist_seconds_n);
+	bt_hist_init(&st->batch_hist, bt_hist_sizes, bt_hist_sizes_n);
 	st->nreplicas = st->cfg->replicas_initial;
 	st->replicas = bt_calloc((size_t)st->nreplicas, sizeof(*st->replicas));
 	for (int i = 0; i < st->nreplicas; i++)
@@ -183,6 +206,7 @@ void bt_stage_close(struct bt_stage *st)
 	for (int i = 0; i < st->nreplicas; i++)
 		bt_replica_close(st->replicas[i]);
 	uv_close((uv_handle_t *)&st->retry_timer, NULL);
+	uv_close((uv_handle_t *)&st->batch_timer, NULL);
 }
 
 void bt_stage_kick(struct bt_stage *st)
@@ -203,7 +227,7 @@ static struct bt_replica *pick(struct bt_stage *st)
 		struct bt_replica *r = st->replicas[idx];
 		if (!bt_replica_can_take(r, st->cfg->max_ongoing))
 			continue;
-		if (!best || r->ninflight < best->ninflight) {
+		if (!best || r->nbatches < best->nbatches) {
 			best = r;
 			besti = idx;
 		}
@@ -213,6 +237,52 @@ static struct bt_replica *pick(struct bt_stage *st)
 	return best;
 }
 
+static void batch_timer_cb(uv_timer_t *t)
+{
+	struct bt_stage *st = t->data;
+	st->batch_due_us = 0;
+	bt_stage_kick(st);
+}
+
+/* When the oldest waiting request entered the queue, over all levels. */
+static uint64_t oldest_enqueued(const struct bt_stage *st)
+{
+	uint64_t oldest = UINT64_MAX;
+	for (int l = 0; l < st->queue.levels; l++) {
+		struct bt_qlink *h = bt_queue_level_head(&st->queue, l);
+		if (h && from_qlink(h)->enqueued_us < oldest)
+			oldest = from_qlink(h)->enqueued_us;
+	}
+	return oldest;
+}
+
+/*
+ * Triton's dynamic batcher: when a replica can take work, take up to
+ * max_size waiting requests; with fewer waiting, wait until the batch is
+ * full or the oldest request's window closes, whichever comes first.
+ * Returns 0 when the stage should wait (the timer is armed).
+ */
+static int batch_ready(struct bt_stage *st, uint64_t now)
+{
+	const struct bt_stage_config *cfg = st->cfg;
+	if (cfg->batch_max_size <= 1 || cfg->batch_window_ms == 0 ||
+	    st->queue.len >= (size_t)cfg->batch_max_size)
+		return 1;
+	uint64_t due = oldest_enqueued(st) + cfg->batch_window_ms * 1000;
+	if (now >= due)
+		return 1;
+	if (st->batch_due_us != due) {
+		/*
+		 * Rounded down: a timer that fires a little early finds the window
+		 * still open and re-arms for the rest, rather than keeping a
+		 * request up to a millisecond past its window.
+		 */
+		st->batch_due_us = due;
+		uv_timer_start(&st->batch_timer, batch_timer_cb, (due - now) / 1000, 0);
+	}
+	return 0;
+}
+
 static void dispatch(struct bt_stage *st)
 {
 	struct bt_daemon *d = st->d;
@@ -220,22 +290,29 @@ static void dispatch(struct bt_stage *st)
 		struct bt_replica *r = pick(st);
 		if (!r)
 			break;
-		struct bt_request *req = from_qlink(bt_queue_pop(&st->queue));
 		uint64_t now = bt_now_us();
-		req->timings[req->step].queue_us += now - req->enqueued_us;
-		if (++req->attempts > 1)
-			st->retried++;
-		req->state = BT_REQ_RUNNING;
-		req->dispatched_us = now;
-		req->replica = r;
-		uint64_t deadline = cap_deadline(req, now / 1000 + st->cfg->timeout_ms);
-		bt_heap_update(&d->deadlines, &req->deadline, deadline);
-		json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
-		json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
-		json_object_set_new(req->meta, "deadline_ms",
-				    json_integer((json_int_t)(deadline - now / 1000)));
-		st->running++;
-		bt_replica_send(r, req);
+		if (!batch_ready(st, now))
+			break;
+		int n = 0;
+		while (n < st->cfg->batch_max_size && st->queue.len) {
+			struct bt_request *req = from_qlink(bt_queue_pop(&st->queue));
+			req->timings[req->step].queue_us += now - req->enqueued_us;
+			if (++req->attempts > 1)
+				st->retried++;
+			req->state = BT_REQ_RUNNING;
+			req->dispatched_us = now;
+			req->replica = r;
+			uint64_t deadline = cap_deadline(req, now / 1000 + st->cfg->timeout_ms);
+			bt_heap_update(&d->deadlines, &req->deadline, deadline);
+			json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
+			json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
+			json_object_set_new(req->meta, "deadline_ms",
+					    json_integer((json_int_t)(deadline - now / 1000)));
+			st->scratch[n++] = req;
+		}
+		st->running += (uint64_t)n;
+		bt_hist_observe(&st->batch_hist, n);
+		bt_replica_send(r, st->scratch, n);
 	}
 }
 
@@ -279,9 +356,16 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		return;
 	}
 	st->completed++;
+	leave_stage(req, BT_OK);
 	free(req->payload);
 	req->payload = payload;
 	req->len = len;
+	/*
+	 * These keys describe the payload, which was just replaced: only the
+	 * answer that produced it may say what it is.
+	 */
+	json_object_del(req->meta, "content_type");
+	json_object_del(req->meta, "v2_header_length");
 	if (json_is_object(result_meta))
 		json_object_update(req->meta, result_meta);
 	if (req->step + 1 < req->pipeline->nstages)

@@ -13,6 +13,7 @@
 
 #include "../common/common.h"
 #include "../config/config.h"
+#include "../metrics/metrics.h"
 #include "queue.h"
 
 struct bt_daemon;
@@ -52,6 +53,8 @@ struct bt_request {
 	struct bt_qlink qlink; /* in its stage's queue */
 	struct bt_heap_node deadline; /* in the daemon's deadline heap */
 	struct bt_replica *replica; /* running on, while RUNNING */
+	int batch_slot; /* which of its replica's batches it belongs to */
+	int in_stage; /* entered its current stage and not yet left it */
 	struct bt_stage_timing *timings; /* one per pipeline step */
 	enum bt_code code; /* the outcome, once DONE */
 	char *error; /* its sentence, when code != BT_OK */
@@ -75,6 +78,13 @@ struct bt_stage {
 	uint64_t running; /* requests on replicas */
 	uint64_t completed, errors; /* results received from workers */
 	uint64_t retried; /* re-dispatches after a crash or retry:true */
+	uv_timer_t batch_timer; /* the batch window of the oldest request */
+	uint64_t batch_due_us; /* what batch_timer is set for, 0 = idle */
+	struct bt_request **scratch; /* batch_max_size slots for dispatch */
+	uint64_t entered; /* requests that entered this stage */
+	uint64_t failed_codes[BT_CODE_COUNT]; /* requests that ended here, by error */
+	uint64_t failures[8]; /* replica failures by enum bt_fail_reason */
+	struct bt_hist queue_hist, run_hist, batch_hist;
 };
 
 struct bt_pipeline {
@@ -86,6 +96,7 @@ struct bt_pipeline {
 	uint64_t in_flight;
 	uint64_t accepted, succeeded;
 	uint64_t failed[BT_CODE_COUNT];
+	struct bt_hist duration_hist; /* accepted to answered, every outcome */
 };
 
 /*

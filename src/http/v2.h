@@ -1,0 +1,42 @@
+/*
+ * The Open Inference Protocol (KServe v2) request checks and response
+ * completion, pure: no sockets, no libuv (DESIGN §8, docs/protocol-v2.md).
+ */
+#ifndef BT_HTTP_V2_H
+#define BT_HTTP_V2_H
+
+#include <stddef.h>
+
+struct bt_v2_request {
+	char *id; /* the request's "id", or NULL */
+	int has_priority;
+	long long priority; /* parameters.priority */
+	int has_timeout;
+	long long timeout_us; /* parameters.timeout, microseconds */
+	size_t header_len; /* bytes of JSON at the start of the body */
+	int binary; /* binary tensors follow the JSON */
+	int binary_output; /* parameters.binary_data_output is true */
+};
+
+/*
+ * Validates an infer request body.  header_len is the value of the
+ * Inference-Header-Content-Length header, or -1 when absent.  Returns 0
+ * and fills *out, or -1 with one sentence in err (for a 400 answer).
+ */
+int bt_v2_parse_infer(const char *body, size_t len, long long header_len,
+		      struct bt_v2_request *out, char *err, size_t errlen);
+void bt_v2_request_release(struct bt_v2_request *r);
+
+/*
+ * Completes a worker's v2 answer (JSON, followed by binary tensors when
+ * header_len >= 0): sets "model_name" and "id" when the worker left them
+ * out.  Returns 0 with a new malloc'd body in *out (and the new JSON
+ * length in *out_header_len when header_len >= 0), or -1 with a sentence
+ * in err when the answer is not a v2 response object.
+ */
+int bt_v2_finish_response(const char *body, size_t len, long long header_len,
+			  const char *model, const char *id, char **out,
+			  size_t *outlen, long long *out_header_len, char *err,
+			  size_t errlen);
+
+#endif

@@ -1,0 +1,185 @@
+/*
+ * GET /metrics: Prometheus text format 0.0.4.  Every family has HELP and
+ * TYPE lines, counters end in _total and units are in the names, so that
+ * `promtool check metrics` has nothing to say.  The document is built in
+ * one loop turn, so accepted = succeeded + failed + in_flight holds in it.
+ */
+#include "metrics.h"
+
+#include <string.h>
+#include <unistd.h>
+
+#include "../daemon/daemon.h"
+#include "../proc/proc.h"
+
+#ifndef BATON_VERSION
+#define BATON_VERSION "0.0.0"
+#endif
+
+static void family(struct bt_buf *out, const char *name, const char *type,
+		   const char *help)
+{
+	bt_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* The outcome codes an accepted request can end with. */
+static const enum bt_code failure_codes[] = {
+	BT_REJECTED, BT_WORKER_ERROR, BT_WORKER_CRASHED, BT_TIMEOUT,
+	BT_OVERLOADED, BT_STAGE_FAILED, BT_SHUTTING_DOWN,
+};
+
+static void pipelines(struct bt_daemon *d, struct bt_buf *out)
+{
+	family(out, "baton_requests_accepted_total", "counter",
+	       "Requests accepted by a pipeline (each ends succeeded or failed).");
+	for (int i = 0; i < d->npipelines; i++)
+		bt_buf_printf(out, "baton_requests_accepted_total{pipeline=\"%s\"} %llu\n",
+			      d->pipelines[i].cfg->name,
+			      (unsigned long long)d->pipelines[i].accepted);
+	family(out, "baton_requests_succeeded_total", "counter",
+	       "Requests answered with the last stage's result.");
+	for (int i = 0; i < d->npipelines; i++)
+		bt_buf_printf(out, "baton_requests_succeeded_total{pipeline=\"%s\"} %llu\n",
+			      d->pipelines[i].cfg->name,
+			      (unsigned long long)d->pipelines[i].succeeded);
+	family(out, "baton_requests_failed_total", "counter",
+	       "Requests answered with an error, by error code.");
+	for (int i = 0; i < d->npipelines; i++)
+		for (size_t c = 0; c < BT_ARRAY_SIZE(failure_codes); c++)
+			bt_buf_printf(out,
+				      "baton_requests_failed_total{pipeline=\"%s\",code=\"%s\"} %llu\n",
+				      d->pipelines[i].cfg->name, bt_code_name(failure_codes[c]),
+				      (unsigned long long)d->pipelines[i].failed[failure_codes[c]]);
+	family(out, "baton_requests_in_flight", "gauge",
+	       "Requests accepted and not yet answered.");
+	for (int i = 0; i < d->npipelines; i++)
+		bt_buf_printf(out, "baton_requests_in_flight{pipeline=\"%s\"} %llu\n",
+			      d->pipelines[i].cfg->name,
+			      (unsigned long long)d->pipelines[i].in_flight);
+	family(out, "baton_request_duration_seconds", "histogram",
+	       "Time from acceptance to answer, every outcome.");
+	for (int i = 0; i < d->npipelines; i++) {
+		char labels[128];
+		snprintf(labels, sizeof(labels), "pipeline=\"%s\"", d->pipelines[i].cfg->name);
+		bt_hist_write(out, "baton_request_duration_seconds", labels,
+			      &d->pipelines[i].duration_hist);
+	}
+}
+
+static void stage_counter(struct bt_daemon *d, struct bt_buf *out, const char *name,
+			  const char *type, const char *help, size_t offset)
+{
+	family(out, name, type, help);
+	for (int i = 0; i < d->nstages; i++) {
+		const struct bt_stage *st = &d->stages[i];
+		uint64_t v = *(const uint64_t *)((const char *)st + offset);
+		bt_buf_printf(out, "%s{stage=\"%s\"} %llu\n", name, st->cfg->name,
+			      (unsigned long long)v);
+	}
+}
+
+static void stages(struct bt_daemon *d, struct bt_buf *out)
+{
+	stage_counter(d, out, "baton_stage_requests_entered_total", "counter",
+		      "Requests that entered the stage's queue.",
+		      offsetof(struct bt_stage, entered));
+	stage_counter(d, out, "baton_stage_requests_succeeded_total", "counter",
+		      "Successful results from the stage's workers.",
+		      offsetof(struct bt_stage, completed));
+	family(out, "baton_stage_requests_failed_total", "counter",
+	       "Requests that ended with an error in this stage, by error code.");
+	for (int i = 0; i < d->nstages; i++)
+		for (size_t c = 0; c < BT_ARRAY_SIZE(failure_codes); c++)
+			bt_buf_printf(out,
+				      "baton_stage_requests_failed_total{stage=\"%s\",code=\"%s\"} %llu\n",
+				      d->stages[i].cfg->name, bt_code_name(failure_codes[c]),
+				      (unsigned long long)d->stages[i].failed_codes[failure_codes[c]]);
+	stage_counter(d, out, "baton_stage_retries_total", "counter",
+		      "Re-dispatches after a replica died or a worker asked for a retry.",
+		      offsetof(struct bt_stage, retried));
+	family(out, "baton_stage_queue_depth", "gauge", "Requests waiting for a replica.");
+	for (int i = 0; i < d->nstages; i++)
+		bt_buf_printf(out, "baton_stage_queue_depth{stage=\"%s\"} %zu\n",
+			      d->stages[i].cfg->name, d->stages[i].queue.len);
+	stage_counter(d, out, "baton_stage_in_flight", "gauge",
+		      "Requests sent to the stage's replicas and not yet answered.",
+		      offsetof(struct bt_stage, running));
+	family(out, "baton_stage_failed", "gauge",
+	       "1 when every replica of the stage exhausted its restarts.");
+	for (int i = 0; i < d->nstages; i++)
+		bt_buf_printf(out, "baton_stage_failed{stage=\"%s\"} %d\n",
+			      d->stages[i].cfg->name, d->stages[i].failed);
+	static const struct {
+		const char *name, *help;
+		size_t offset;
+	} hists[] = {
+		{"baton_stage_queue_duration_seconds",
+		 "Time a request waited in the stage's queue (all attempts).",
+		 offsetof(struct bt_stage, queue_hist)},
+		{"baton_stage_run_duration_seconds",
+		 "Time from dispatch to result in the stage (all attempts).",
+		 offsetof(struct bt_stage, run_hist)},
+		{"baton_stage_batch_size", "Requests per batch sent to a replica.",
+		 offsetof(struct bt_stage, batch_hist)},
+	};
+	for (size_t h = 0; h < BT_ARRAY_SIZE(hists); h++) {
+		family(out, hists[h].name, "histogram", hists[h].help);
+		for (int i = 0; i < d->nstages; i++) {
+			char labels[128];
+			snprintf(labels, sizeof(labels), "stage=\"%s\"", d->stages[i].cfg->name);
+			bt_hist_write(out, hists[h].name, labels,
+				      (const struct bt_hist *)((const char *)&d->stages[i] +
+							       hists[h].offset));
+		}
+	}
+}
+
+static void replicas(struct bt_daemon *d, struct bt_buf *out)
+{
+	family(out, "baton_replicas", "gauge", "Replicas by state.");
+	for (int i = 0; i < d->nstages; i++) {
+		const struct bt_stage *st = &d->stages[i];
+		int count[BT_REPLICA_FAILED + 2] = {0}; /* the last one is "busy" */
+		for (int r = 0; r < st->nreplicas; r++) {
+			const struct bt_replica *rep = st->replicas[r];
+			if (rep->state == BT_REPLICA_READY && rep->ninflight)
+				count[BT_REPLICA_FAILED + 1]++;
+			else
+				count[rep->state]++;
+		}
+		for (int s = 0; s <= BT_REPLICA_FAILED + 1; s++)
+			bt_buf_printf(out, "baton_replicas{stage=\"%s\",state=\"%s\"} %d\n",
+				      st->cfg->name,
+				      s <= BT_REPLICA_FAILED ? bt_replica_state_name(s) : "busy",
+				      count[s]);
+	}
+	family(out, "baton_replica_restarts_total", "counter",
+	       "Processes started to replace one that ended.");
+	for (int i = 0; i < d->nstages; i++) {
+		unsigned long long n = 0;
+		for (int r = 0; r < d->stages[i].nreplicas; r++)
+			n += d->stages[i].replicas[r]->restarts;
+		bt_buf_printf(out, "baton_replica_restarts_total{stage=\"%s\"} %llu\n",
+			      d->stages[i].cfg->name, n);
+	}
+	family(out, "baton_replica_failures_total", "counter",
+	       "Replica processes lost against baton's will, by reason.");
+	for (int i = 0; i < d->nstages; i++)
+		for (int f = 0; f < BT_FAIL_COUNT; f++)
+			bt_buf_printf(out,
+				      "baton_replica_failures_total{stage=\"%s\",reason=\"%s\"} %llu\n",
+				      d->stages[i].cfg->name, bt_fail_reason_name(f),
+				      (unsigned long long)d->stages[i].failures[f]);
+}
+
+void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
+{
+	family(out, "baton_build_info", "gauge", "Version of the running baton.");
+	bt_buf_printf(out, "baton_build_info{version=\"%s\"} 1\n", BATON_VERSION);
+	family(out, "baton_uptime_seconds", "gauge", "Seconds since baton started.");
+	bt_buf_printf(out, "baton_uptime_seconds %.3f\n",
+		      (double)(bt_now_ms() - d->started_ms) / 1000.0);
+	pipelines(d, out);
+	stages(d, out);
+	replicas(d, out);
+}
