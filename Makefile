@@ -8,7 +8,7 @@ PY         := /usr/bin/python3
 
 BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
               libjansson-dev libyaml-dev libcriterion-dev python3 python3-venv
-TEST_PKGS  := python3-pytest wrk
+TEST_PKGS  := python3-pytest wrk prometheus
 DEMO_PKGS  :=
 
 .PHONY: all deps test-deps build asan unit e2e test test-asan demo bench clean

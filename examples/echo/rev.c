@@ -7,6 +7,9 @@
 
 #include "baton_worker.h"
 
+/* Each answer says what its payload is; the input's type does not carry over. */
+#define TEXT_META "{\"content_type\":\"text/plain; charset=utf-8\"}"
+
 static int handle(void *user, struct baton_request *req)
 {
 	size_t len;
@@ -27,11 +30,11 @@ static int handle(void *user, struct baton_request *req)
 			return baton_fail(req, "out of memory", 1);
 		}
 		memcpy(both + len, greeting, gl);
-		r = baton_respond(req, both, len + gl, NULL);
+		r = baton_respond(req, both, len + gl, TEXT_META);
 		free(both);
 		return r;
 	}
-	r = baton_respond(req, out, len, NULL);
+	r = baton_respond(req, out, len, TEXT_META);
 	free(out);
 	return r;
 }

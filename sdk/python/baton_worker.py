@@ -57,21 +57,59 @@ Helpers: bw.log(*args) prints to stderr and flushes; bw.stage() and
 bw.replica() tell where this process runs (None outside baton). Python buffers
 stdout when it is a pipe, as under baton: print(..., flush=True) or bw.log()
 for lines that should reach baton's log at once.
+
+Open Inference Protocol (KServe v2), for pipelines served at
+POST /v2/models/{name}/infer: the payload is the request body as received,
+with meta["protocol"] == "v2" and, when the client sent binary tensors,
+meta["v2_header_length"]. bw.v2 reads it and builds the answer, JSON or
+binary (Triton's binary tensor extension), without numpy:
+
+    def handle(payload, meta):
+        req = bw.v2.parse(payload, meta)          # bad body: bw.Reject (422)
+        x = req.input("x")                        # v2.Tensor; KeyError if absent
+        y = [v * 2 for v in x.data]               # flat list, row-major
+        return bw.v2.response([bw.v2.Tensor("y", "FP32", x.shape, y)], request=req)
+
+    bw.v2.parse(payload, meta) -> v2.InferRequest: .id, .parameters (dict),
+        .inputs (list of v2.Tensor), .outputs (list of dicts as sent),
+        .input(name), .wants_binary(output_name) (the output's
+        parameters.binary_data, else the request's binary_data_output)
+    bw.v2.Tensor(name, datatype, shape, data) with data a flat (or nested)
+        list of bool/int/float, or bytes (str is encoded UTF-8) for BYTES; or
+        raw=bytes in binary form; or a numpy ndarray (shape None: the
+        array's). A tensor has .name .datatype .shape .data (flat list),
+        .raw (its bytes when it arrived binary, else None), .binary,
+        .parameters, and .numpy() (imports numpy). Binary inputs are decoded
+        to .data only when .data is first read.
+    bw.v2.response(outputs, request=None, parameters=None, model_version=None)
+        -> (payload, meta) to return as is. With request: its id is echoed,
+        only the outputs it asks for are sent (all if it names none), and an
+        output is binary when request.wants_binary(name). meta has
+        content_type and, with binary outputs, v2_header_length (None for an
+        all-JSON answer to a binary request: it overrides the request's
+        value, which baton's meta merge would otherwise keep). ValueError
+        if values do not match shape or datatype, or are not JSON-able
+        (NaN, non-UTF-8 BYTES: those must be requested binary).
 """
 
 import json
+import math as _math
+import operator as _operator
 import os
 import socket
+import struct as _struct
 import sys
 import time
 import traceback
+from array import array as _array
+from itertools import repeat as _repeat
 from json.encoder import encode_basestring_ascii as _quote_ascii
 
 __all__ = ["run", "batch_handler", "Request", "Reject", "Retry",
-           "log", "stage", "replica", "PROTO"]
+           "log", "stage", "replica", "v2", "PROTO"]
 
 PROTO = 1
-__version__ = "1.0"
+__version__ = "1.1"
 
 _MAX_HEADER = 64 * 1024        # protocol limit on a header line, "\n" included
 _BUF_SIZE = 1024 * 1024        # receive buffer; larger messages get their own
@@ -554,3 +592,617 @@ class _Worker:
         sys.stderr.write("baton_worker: protocol error from baton: %s\n" % what)
         sys.stderr.flush()
         raise SystemExit(2)
+
+
+# --- Open Inference Protocol (KServe v2) ------------------------------------
+#
+# Triton's binary tensor extension: a body is a JSON header followed by the
+# tensors' bytes, little-endian, row-major, without padding, in the order of
+# the inputs (or outputs) whose parameters carry binary_data_size.  BOOL is one
+# byte 0 or 1; a BYTES element is a 4-byte little-endian length and its bytes.
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _typecode(codes, size):
+    for code in codes:
+        if _array(code).itemsize == size:
+            return code
+    raise ImportError("baton_worker: no array type of %d bytes" % size)
+
+
+# datatype -> bytes per element (BYTES has none: its elements vary)
+_V2_SIZE = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8,
+            "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8,
+            "FP16": 2, "BF16": 2, "FP32": 4, "FP64": 8}
+_V2_DATATYPES = frozenset(list(_V2_SIZE) + ["BYTES"])
+# datatypes that the array module reads and writes as they are
+_V2_ARRAY = {dt: _typecode("BHILQ" if dt[0] == "U" else "bhilq", _V2_SIZE[dt])
+             for dt in ("UINT8", "UINT16", "UINT32", "UINT64",
+                        "INT8", "INT16", "INT32", "INT64")}
+_V2_ARRAY["FP32"] = "f"
+_V2_ARRAY["FP64"] = "d"
+_V2_U16 = _typecode("H", 2)
+_V2_U32 = _typecode("IL", 4)
+_V2_INT_RANGE = {dt: ((0, (1 << (8 * _V2_SIZE[dt])) - 1) if dt[0] == "U" else
+                      (-(1 << (8 * _V2_SIZE[dt] - 1)), (1 << (8 * _V2_SIZE[dt] - 1)) - 1))
+                 for dt in _V2_SIZE if "INT" in dt}
+_V2_FLOATS = frozenset(("FP16", "BF16", "FP32", "FP64"))
+# numpy dtypes, for Tensor.numpy() and tensors made from an ndarray
+_V2_NUMPY = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4",
+             "UINT64": "<u8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4",
+             "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+_V2_LEN = _struct.Struct("<I")
+
+
+class _V2BadRequest(Reject, ValueError):
+    """A v2 request that cannot be read: the client's fault (HTTP 422)."""
+
+
+class _V2NoInput(Reject, KeyError):
+    """The request has no input of that name (HTTP 422 if not caught)."""
+
+    def __str__(self):   # KeyError would show the message quoted
+        return Exception.__str__(self)
+
+
+def _v2_count(shape):
+    return _math.prod(shape)
+
+
+def _v2_flatten(data):
+    """Nested lists (or tuples) in row-major order -> one flat list."""
+    if type(data) is not list:
+        data = list(data)
+    while any(map(isinstance, data, _repeat((list, tuple)))):   # map: a C loop
+        flat = []
+        for x in data:
+            if isinstance(x, (list, tuple)):
+                flat.extend(x)
+            else:
+                flat.append(x)
+        data = flat
+    return data
+
+
+def _v2_values(name, data):
+    """User-given tensor values -> a flat list; TypeError if not a list of values."""
+    if isinstance(data, (str, bytes, bytearray, memoryview)) or not hasattr(data, "__iter__"):
+        raise TypeError("v2.Tensor %s: data must be a list of values, not %s "
+                        "(a list of one, or raw= for binary data)"
+                        % (name, type(data).__name__))
+    return _v2_flatten(data)
+
+
+def _v2_split_bytes(raw, count, name, error):
+    """The elements of a binary BYTES tensor, as a list of bytes."""
+    out = []
+    pos, end = 0, len(raw)
+    unpack = _V2_LEN.unpack_from
+    while pos < end:
+        if end - pos < 4:
+            raise error("tensor %s: BYTES data ends inside an element length" % name)
+        n = unpack(raw, pos)[0]
+        pos += 4
+        if n > end - pos:
+            raise error("tensor %s: BYTES element %d claims %d bytes, %d are left"
+                        % (name, len(out), n, end - pos))
+        out.append(bytes(raw[pos:pos + n]))
+        pos += n
+    if len(out) != count:
+        raise error("tensor %s: BYTES data holds %d elements, shape says %d"
+                    % (name, len(out), count))
+    return out
+
+
+def _v2_decode(datatype, raw, count):
+    """Binary tensor bytes (length already checked) -> flat list of values."""
+    if datatype == "BOOL":
+        return [b != 0 for b in raw]
+    if datatype == "FP16":
+        return list(_struct.unpack("<%de" % count, raw))
+    if datatype == "BF16":
+        # A bfloat16 is the upper half of a float32: in little-endian order,
+        # two zero bytes and then its own two.
+        wide = bytearray(4 * count)
+        wide[2::4] = raw[0::2]
+        wide[3::4] = raw[1::2]
+        a = _array("f")
+        a.frombytes(wide)
+    else:
+        a = _array(_V2_ARRAY[datatype])
+        a.frombytes(raw)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a.tolist()
+
+
+def _v2_encode(t, data):
+    """A tensor's flat list of values -> binary tensor bytes; ValueError if bad."""
+    dt = t.datatype
+    try:
+        if dt == "BYTES":
+            parts = []
+            for v in data:
+                if isinstance(v, str):
+                    v = v.encode()
+                elif isinstance(v, (bytes, bytearray, memoryview)):
+                    v = bytes(v)
+                else:
+                    raise TypeError("a BYTES element must be bytes or str, not %s"
+                                    % type(v).__name__)
+                parts.append(_V2_LEN.pack(len(v)))
+                parts.append(v)
+            return b"".join(parts)
+        if dt == "BOOL":
+            return bytes([1 if v else 0 for v in data])
+        if dt == "FP16":
+            try:
+                return _struct.pack("<%de" % len(data), *data)
+            except OverflowError:   # beyond FP16's range: infinity, as IEEE rounds
+                return b"".join(_v2_pack_fp16(v) for v in data)
+        if dt == "BF16":
+            a = _array(_V2_U32)
+            a.frombytes(_array("f", data).tobytes())
+            if _BIG_ENDIAN:
+                a.byteswap()
+            # Round the float32 bits to nearest, ties to even; NaN stays a
+            # (quiet) NaN instead of rounding into infinity.
+            a = _array(_V2_U16, [
+                (b >> 16) | 0x40 if b & 0x7fffffff > 0x7f800000
+                else (b + 0x7fff + ((b >> 16) & 1)) >> 16
+                for b in a])
+        else:
+            a = _array(_V2_ARRAY[dt], data)
+    except (TypeError, OverflowError, _struct.error) as e:
+        raise ValueError("output %s (%s): %s" % (t.name, dt, e)) from None
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _v2_pack_fp16(v):
+    try:
+        return _struct.pack("<e", v)
+    except OverflowError:
+        return _struct.pack("<e", _math.copysign(_math.inf, v))
+
+
+def _v2_json_in(datatype, data, name):
+    """Values of a JSON input -> the Python values of its datatype."""
+    def bad(i, v):
+        return _V2BadRequest("input %s: element %d (%s) is not %s"
+                             % (name, i, _encode(v)[:40], datatype))
+    if datatype == "BYTES":   # strings in JSON, as Triton sends them
+        out = []
+        for i, v in enumerate(data):
+            if type(v) is not str:
+                raise bad(i, v)
+            out.append(v.encode())
+        return out
+    if datatype == "BOOL":
+        for i, v in enumerate(data):
+            if type(v) is not bool:
+                raise bad(i, v)
+        return data
+    if datatype in _V2_FLOATS:
+        for i, v in enumerate(data):
+            if type(v) is not float and type(v) is not int:
+                raise bad(i, v)
+        return [float(v) for v in data]
+    lo, hi = _V2_INT_RANGE[datatype]
+    for i, v in enumerate(data):
+        if type(v) is not int or not lo <= v <= hi:
+            raise bad(i, v)
+    return data
+
+
+def _v2_json_out(t, data):
+    """A tensor's flat list of values -> JSON-ready values; ValueError if bad."""
+    dt = t.datatype
+    i = 0
+    try:
+        if dt == "BYTES":
+            out = []
+            for i, v in enumerate(data):
+                if isinstance(v, (bytes, bytearray, memoryview)):
+                    try:
+                        v = str(v, "utf-8")
+                    except UnicodeDecodeError:
+                        raise ValueError(
+                            "output %s: BYTES element %d is not UTF-8, which JSON "
+                            "cannot carry; send it binary (the client asks with "
+                            "parameters binary_data)" % (t.name, i)) from None
+                elif not isinstance(v, str):
+                    raise TypeError("a BYTES element must be bytes or str, not %s"
+                                    % type(v).__name__)
+                out.append(v)
+            return out
+        if dt == "BOOL":
+            return [bool(v) for v in data]
+        if dt in _V2_FLOATS:
+            out = [float(v) for v in data]
+            for i, v in enumerate(out):
+                if not _math.isfinite(v):
+                    raise ValueError(
+                        "output %s: element %d is %r, which JSON cannot carry; send "
+                        "it binary (the client asks with parameters binary_data)"
+                        % (t.name, i, v))
+            return out
+        lo, hi = _V2_INT_RANGE[dt]
+        out = [int(_operator.index(v)) for v in data]
+        for i, v in enumerate(out):
+            if not lo <= v <= hi:
+                raise ValueError("output %s: element %d (%d) is out of range for %s"
+                                 % (t.name, i, v, dt))
+        return out
+    except (TypeError, OverflowError) as e:
+        raise ValueError("output %s (%s): element %d: %s" % (t.name, dt, i, e)) from None
+
+
+def _v2_check_raw(t, raw, count, error):
+    """Raise error unless raw holds exactly count elements of t's datatype."""
+    size = _V2_SIZE.get(t.datatype)
+    if size is None:
+        _v2_split_bytes(raw, count, t.name, error)
+    elif len(raw) != size * count:
+        raise error("tensor %s: %d bytes of %s data, shape %s needs %d"
+                    % (t.name, len(raw), t.datatype, t.shape, size * count))
+
+
+def _v2_shape(shape, what):
+    try:
+        shape = [_operator.index(d) for d in shape]
+    except TypeError:
+        raise TypeError("%s: shape must be a list of integers, not %r"
+                        % (what, shape)) from None
+    if any(d < 0 for d in shape):
+        raise ValueError("%s: shape %s has a negative dimension" % (what, shape))
+    return shape
+
+
+class _V2Tensor:
+    """One named tensor: name, datatype, shape and its values.
+
+    Tensor(name, datatype, shape, data) with data a flat (or nested, row-major)
+    list of Python values: bool, int, float, or bytes for BYTES (str is taken
+    as UTF-8). Or Tensor(name, datatype, shape, raw=bytes) with the tensor
+    already in binary form. Or, when numpy is in use, data may be an ndarray
+    (shape may then be None: the array's shape).
+
+    .data     flat list of values, row-major (decoded from .raw on first use)
+    .raw      the tensor's bytes in binary form when it arrived binary (or was
+              made from raw or an ndarray), else None
+    .binary   True for an input that arrived as binary data
+    .parameters  dict, the tensor's "parameters" (binary_data_size removed)
+    .numpy()  an ndarray of the shape (imports numpy; read-only when it
+              shares .raw; BF16 comes out as float32, BYTES as objects)
+    """
+
+    __slots__ = ("name", "datatype", "shape", "parameters", "binary", "_data", "_raw")
+
+    def __init__(self, name, datatype, shape=None, data=None, raw=None, parameters=None):
+        if not isinstance(name, str):
+            raise TypeError("v2.Tensor: name must be a str, not %s" % type(name).__name__)
+        if not isinstance(datatype, str) or datatype.upper() not in _V2_DATATYPES:
+            raise ValueError("v2.Tensor %s: unknown datatype %r (one of %s)"
+                             % (name, datatype, ", ".join(sorted(_V2_DATATYPES))))
+        datatype = datatype.upper()
+        if (data is None) == (raw is None):
+            raise TypeError("v2.Tensor %s: give data or raw, not %s"
+                            % (name, "both" if raw is not None else "neither"))
+        np = sys.modules.get("numpy")   # an ndarray means numpy is loaded already
+        if np is not None and isinstance(data, np.ndarray):
+            if shape is None:
+                shape = data.shape
+            if datatype == "BYTES":
+                data = data.ravel().tolist()
+            elif datatype == "BF16":   # rounded as _v2_encode does, NaN kept
+                f = np.ascontiguousarray(data.astype(np.float32, casting="same_kind"))
+                bits = f.view(np.uint32)
+                raw = np.where(np.isnan(f), (bits >> 16) | 0x40,
+                               (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
+                               ).astype("<u2").tobytes()
+                data = None
+            else:
+                raw = data.astype(_V2_NUMPY[datatype], casting="same_kind",
+                                  copy=False).tobytes()
+                data = None
+        if shape is None:
+            raise TypeError("v2.Tensor %s: shape is needed" % name)
+        if data is not None:
+            data = _v2_values(name, data)
+        elif not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError("v2.Tensor %s: raw must be bytes, not %s"
+                            % (name, type(raw).__name__))
+        else:
+            raw = bytes(raw)
+        if parameters is not None and not isinstance(parameters, dict):
+            raise TypeError("v2.Tensor %s: parameters must be a dict" % name)
+        self.name = name
+        self.datatype = datatype
+        self.shape = _v2_shape(shape, "v2.Tensor " + name)
+        self.parameters = dict(parameters) if parameters else {}
+        self.binary = False
+        self._data = data
+        self._raw = raw
+
+    @classmethod
+    def _make(cls, name, datatype, shape, data, raw, parameters, binary):
+        t = cls.__new__(cls)
+        t.name, t.datatype, t.shape, t.parameters = name, datatype, shape, parameters
+        t.binary, t._data, t._raw = binary, data, raw
+        return t
+
+    @property
+    def data(self):
+        if self._data is None:   # decoded on first use: a worker may want .raw only
+            count = _v2_count(self.shape)
+            if self.datatype == "BYTES":
+                self._data = _v2_split_bytes(self._raw, count, self.name, ValueError)
+            else:
+                _v2_check_raw(self, self._raw, count, ValueError)
+                self._data = _v2_decode(self.datatype, self._raw, count)
+        return self._data
+
+    @data.setter
+    def data(self, values):   # new values: the old bytes no longer match
+        self._data = _v2_values(self.name, values)
+        self._raw = None
+
+    @property
+    def raw(self):
+        return self._raw
+
+    def numpy(self):
+        import numpy as np
+        if self.datatype == "BYTES":
+            a = np.empty(len(self.data), dtype=object)
+            a[:] = self.data
+        elif self.datatype == "BF16":
+            if self._raw is not None:
+                a = (np.frombuffer(self._raw, dtype="<u2").astype("<u4") << 16).view("<f4")
+            else:
+                a = np.array(self._data, dtype=np.float32)
+        elif self._raw is not None:
+            a = np.frombuffer(self._raw, dtype=_V2_NUMPY[self.datatype])
+        else:
+            a = np.array(self._data, dtype=_V2_NUMPY[self.datatype])
+        return a.reshape(self.shape)
+
+    def __repr__(self):
+        if self._data is not None and len(self._data) <= 8:
+            what = repr(self._data)
+        elif self._data is not None:
+            what = "<%d values>" % len(self._data)
+        else:
+            what = "<%d bytes>" % len(self._raw)
+        return "v2.Tensor(%r, %r, %r, %s%s)" % (self.name, self.datatype, self.shape,
+                                               what, ", binary" if self.binary else "")
+
+
+class _V2Request:
+    """A parsed v2 infer request.
+
+    .id          the request's "id", or None
+    .parameters  dict, the request's "parameters" ({} if none)
+    .inputs      list of v2.Tensor, in request order
+    .outputs     the request's "outputs", a list of dicts as sent ([] if none)
+    .model_name  meta["model_name"] (the pipeline), or None
+    .input(name) the input of that name; KeyError (also a bw.Reject) if none
+    .wants_binary(output_name)  whether that output should be sent binary
+    """
+
+    __slots__ = ("id", "parameters", "inputs", "outputs", "model_name", "_header_length")
+
+    def __init__(self, id=None, parameters=None, inputs=(), outputs=(), model_name=None):
+        self.id = id
+        self.parameters = parameters if parameters is not None else {}
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.model_name = model_name
+        self._header_length = None   # the request's meta v2_header_length
+
+    def input(self, name):
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise _V2NoInput("the request has no input %s (it has %s)"
+                         % (_encode(name), ", ".join(t.name for t in self.inputs)
+                            or "none"))
+
+    def wants_binary(self, output_name):
+        """True if the client asked for this output as binary data: the output's
+        parameters.binary_data, else the request's parameters.binary_data_output."""
+        for o in self.outputs:
+            if isinstance(o, dict) and o.get("name") == output_name:
+                p = o.get("parameters")
+                if isinstance(p, dict) and "binary_data" in p:
+                    return p["binary_data"] is True
+                break
+        return self.parameters.get("binary_data_output") is True
+
+    def __repr__(self):
+        return "v2.InferRequest(id=%r, inputs=%r, outputs=%r)" % (
+            self.id, self.inputs, self.outputs)
+
+
+def _v2_parse(payload, meta=None):
+    """Parse a v2 infer request body -> v2.InferRequest.
+
+    meta["v2_header_length"], when present, is the length of the JSON at the
+    start of payload; binary tensors follow it. A body that cannot be read
+    raises bw.Reject (which is also a ValueError): not retried, HTTP 422.
+    """
+    bad = _V2BadRequest
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError("v2.parse: payload must be bytes, not %s" % type(payload).__name__)
+    meta = meta or {}
+    view = memoryview(payload).cast("B")
+    hlen = meta.get("v2_header_length")
+    if hlen is None:
+        head, rest = view, view[len(view):]
+    else:
+        if type(hlen) is not int or not 0 <= hlen <= len(view):
+            raise bad("v2_header_length %s does not fit a body of %d bytes"
+                      % (_encode(hlen), len(view)))
+        head, rest = view[:hlen], view[hlen:]
+    try:
+        body = _decode(str(head, "utf-8"))
+    except ValueError as e:
+        raise bad("the v2 request is not JSON: %s" % e) from None
+    if type(body) is not dict:
+        raise bad("the v2 request is not a JSON object")
+    rid = body.get("id")
+    parameters = body.get("parameters", {})
+    inputs = body.get("inputs")
+    outputs = body.get("outputs", [])
+    if type(parameters) is not dict:
+        raise bad("the request's parameters is not an object")
+    if type(inputs) is not list:
+        raise bad("the request has no inputs list")
+    if type(outputs) is not list or any(type(o) is not dict for o in outputs):
+        raise bad("the request's outputs is not a list of objects")
+    tensors, names, pos = [], set(), 0
+    for i, inp in enumerate(inputs):
+        if type(inp) is not dict or type(inp.get("name")) is not str:
+            raise bad("input %d is not an object with a name" % i)
+        name = inp["name"]
+        dt = inp.get("datatype")
+        shape = inp.get("shape")
+        params = inp.get("parameters", {})
+        if name in names:
+            raise bad("input %s appears twice" % name)
+        names.add(name)
+        if dt not in _V2_DATATYPES:
+            raise bad("input %s: unknown datatype %s" % (name, _encode(dt)))
+        if (type(shape) is not list
+                or any(type(d) is not int or d < 0 for d in shape)):
+            raise bad("input %s: shape is not a list of non-negative integers" % name)
+        if type(params) is not dict:
+            raise bad("input %s: parameters is not an object" % name)
+        count = _v2_count(shape)
+        size = params.get("binary_data_size")
+        if size is not None:
+            if hlen is None:
+                raise bad("input %s has binary_data_size but the request has no "
+                          "Inference-Header-Content-Length" % name)
+            if type(size) is not int or size < 0 or size > len(rest) - pos:
+                raise bad("input %s: binary_data_size %s, %d bytes of binary data left"
+                          % (name, _encode(size), len(rest) - pos))
+            raw = bytes(rest[pos:pos + size])
+            pos += size
+            params = {k: v for k, v in params.items() if k != "binary_data_size"}
+            t = _V2Tensor._make(name, dt, shape, None, raw, params, True)
+            if dt == "BYTES":   # split now: that is the check of its elements
+                t._data = _v2_split_bytes(raw, count, name, bad)
+            else:                # decoded when .data is first read
+                _v2_check_raw(t, raw, count, bad)
+        else:
+            if "data" not in inp:
+                raise bad("input %s has neither data nor binary_data_size" % name)
+            data = inp["data"]
+            data = _v2_flatten(data) if type(data) is list else [data]
+            if len(data) != count:
+                raise bad("input %s: %d values for shape %s (%d elements)"
+                          % (name, len(data), shape, count))
+            data = _v2_json_in(dt, data, name)
+            t = _V2Tensor._make(name, dt, shape, data, None, params, False)
+        tensors.append(t)
+    if pos != len(rest):
+        raise bad("%d bytes of binary data follow the inputs' binary_data_size total"
+                  % (len(rest) - pos))
+    req = _V2Request(rid, parameters, tensors, outputs, meta.get("model_name"))
+    req._header_length = hlen
+    return req
+
+
+def _v2_response(outputs, request=None, parameters=None, model_version=None):
+    """Build a v2 infer response -> (payload bytes, meta dict).
+
+    outputs is a list of v2.Tensor. With request given, its "id" is echoed,
+    only the outputs it names are sent (all when it names none), and each
+    output is binary if request.wants_binary(name), else JSON. meta has
+    content_type application/json and, when an output is binary,
+    v2_header_length (None when all are JSON but the request was binary, to
+    override the request's value). ValueError when an output's values do not
+    match its shape or datatype, or cannot be written as JSON.
+    """
+    if isinstance(outputs, _V2Tensor):
+        outputs = [outputs]
+    wanted = None
+    if request is not None and request.outputs:
+        wanted = {o.get("name") for o in request.outputs if isinstance(o, dict)}
+    body = {}
+    if model_version is not None:
+        body["model_version"] = str(model_version)
+    if request is not None and request.id is not None:
+        body["id"] = request.id
+    if parameters:
+        body["parameters"] = dict(parameters)
+    outs, blobs, seen = [], [], set()
+    for t in outputs:
+        if not isinstance(t, _V2Tensor):
+            raise TypeError("v2.response: outputs must be v2.Tensor, not %s"
+                            % type(t).__name__)
+        if t.name in seen:
+            raise ValueError("v2.response: output %s appears twice" % t.name)
+        seen.add(t.name)
+        if wanted is not None and t.name not in wanted:
+            continue
+        count = _v2_count(t.shape)
+        out = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        params = dict(t.parameters)
+        if request is not None and request.wants_binary(t.name):
+            raw = t._raw
+            if raw is None:
+                if len(t._data) != count:
+                    raise ValueError("output %s: %d values for shape %s (%d elements)"
+                                     % (t.name, len(t._data), t.shape, count))
+                raw = _v2_encode(t, t._data)
+            else:
+                _v2_check_raw(t, raw, count, ValueError)
+            params["binary_data_size"] = len(raw)
+            blobs.append(raw)
+        else:
+            params.pop("binary_data_size", None)
+            if t._data is None:
+                _v2_check_raw(t, t._raw, count, ValueError)
+            data = t.data
+            if len(data) != count:
+                raise ValueError("output %s: %d values for shape %s (%d elements)"
+                                 % (t.name, len(data), t.shape, count))
+            out["data"] = _v2_json_out(t, data)
+        if params:
+            out["parameters"] = params
+        outs.append(out)
+    body["outputs"] = outs
+    head = _encode_body(body).encode()
+    meta = {"content_type": "application/json"}
+    if not blobs:
+        # baton merges a result's meta into the request's, which kept the
+        # request's own v2_header_length: null overrides it, so that this
+        # all-JSON answer is not cut where the request's JSON ended.
+        if request is not None and getattr(request, "_header_length", None) is not None:
+            meta["v2_header_length"] = None
+        return head, meta
+    meta["v2_header_length"] = len(head)
+    blobs.insert(0, head)
+    return b"".join(blobs), meta
+
+
+class v2:
+    """Open Inference Protocol (KServe v2) helpers: see the module docstring."""
+
+    Tensor = _V2Tensor
+    InferRequest = _V2Request
+    parse = staticmethod(_v2_parse)
+    response = staticmethod(_v2_response)
+
+    def __new__(cls, *args, **kwargs):
+        raise TypeError("baton_worker.v2 is a namespace, not a class to instantiate")
+
+
+# Shown and pickled under the names users write.
+_V2Tensor.__name__, _V2Tensor.__qualname__ = "Tensor", "v2.Tensor"
+_V2Request.__name__, _V2Request.__qualname__ = "InferRequest", "v2.InferRequest"

@@ -20,6 +20,13 @@ Payload commands (text; anything else is echoed back):
   meta              answer with the request's metadata as JSON
   setmeta:JSON      answer "meta" with JSON merged into the metadata (so a
                     second fake stage answers with the metadata it got)
+  order:TAG         answer with how many order: requests this replica saw before
+  v2 requests       (meta protocol "v2") answer a v2 response whose outputs are
+                    the inputs renamed "out_<name>", binary when asked for
+
+With FAKE_BATCH=1 the worker uses a batch handler, and each answer is the
+JSON {"echo": answer, "batch_size": n, "batch_pipelines": [...], "batch": id}
+describing the batch it came in (v2 answers excepted).
 
 Environment switches:
   FAKE_STATE_DIR        where the *-once tokens are remembered
@@ -28,6 +35,7 @@ Environment switches:
   FAKE_WARMUP_FAIL=1    fail the warm-up request
   FAKE_IGNORE_STOP=1    ignore "stop" and SIGTERM (tests the SIGKILL step)
   FAKE_GRANDCHILD=1     start a `sleep` grandchild in its process group
+  FAKE_BATCH=1          handle batches with a batch handler
 """
 import json
 import os
@@ -69,7 +77,18 @@ def raw_write(data):
     os.write(int(os.environ["BATON_FD"]), data)
 
 
+ORDER = []
+
+
+def v2_echo(payload, meta):
+    req = bw.v2.parse(payload, meta)
+    outs = [bw.v2.Tensor("out_" + t.name, t.datatype, t.shape, t.data) for t in req.inputs]
+    return bw.v2.response(outs, request=req)
+
+
 def handle(payload, meta):
+    if meta.get("protocol") == "v2":
+        return v2_echo(payload, meta)
     if meta.get("warmup"):
         if os.environ.get("FAKE_WARMUP_FAIL"):
             raise bw.Reject("warm-up refused on purpose")
@@ -110,7 +129,34 @@ def handle(payload, meta):
         return json.dumps(meta).encode(), {"content_type": "application/json"}
     if cmd == "setmeta":
         return b"meta", json.loads(arg)
+    if cmd == "order":
+        ORDER.append(arg)
+        return str(len(ORDER) - 1).encode()
     return payload
+
+
+BATCHES = [0]
+
+
+@bw.batch_handler
+def handle_batch(reqs):
+    BATCHES[0] += 1
+    pipelines = sorted({r.meta.get("pipeline", "") for r in reqs})
+    out = []
+    for r in reqs:
+        try:
+            res = handle(r.payload, r.meta)
+        except Exception as e:  # one item failing fails alone
+            out.append(e)
+            continue
+        if r.meta.get("protocol") == "v2":
+            out.append(res)
+            continue
+        body, meta = res if isinstance(res, tuple) else (res, {})
+        doc = {"echo": body.decode("utf-8", "replace"), "batch_size": len(reqs),
+               "batch_pipelines": pipelines, "batch": "%d-%d" % (os.getpid(), BATCHES[0])}
+        out.append((json.dumps(doc).encode(), dict(meta, content_type="application/json")))
+    return out
 
 
 if os.environ.get("FAKE_IGNORE_STOP"):
@@ -120,4 +166,4 @@ if os.environ.get("FAKE_IGNORE_STOP"):
     while True:
         time.sleep(3600)
 
-bw.run(handle, init=init)
+bw.run(handle_batch if os.environ.get("FAKE_BATCH") else handle, init=init)

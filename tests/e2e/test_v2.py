@@ -1,0 +1,232 @@
+"""The KServe v2 / Open Inference Protocol, as Triton clients use it: health,
+metadata, JSON and binary infer, malformed requests, versions, request
+timeout and priority parameters."""
+import json
+import struct
+import threading
+import time
+
+import pytest
+
+from conftest import SLOW, fake_stage, wait_for
+
+IO = ("    io:\n"
+      "      inputs: [{name: x, datatype: FP32, shape: [-1, 3]}]\n"
+      "      outputs: [{name: out_x, datatype: FP32, shape: [-1, 3]}]\n")
+
+
+def v2_config(**stage):
+    return ("stages:\n" + fake_stage("w", **stage) +
+            "pipelines:\n  m:\n    stages: [w]\n" + IO)
+
+
+def infer(b, body, headers=None, model="m", path=None):
+    return b.request("POST", path or "/v2/models/%s/infer" % model, body,
+                     dict({"Content-Type": "application/json"}, **(headers or {})))
+
+
+def test_health_and_metadata(baton):
+    b = baton(v2_config())
+    live, ready = b.get("/v2/health/live"), b.get("/v2/health/ready")
+    assert (live.status, live.body, ready.status, ready.body) == (200, b"", 200, b"")
+    server = b.get("/v2").json()
+    assert server["name"] == "baton" and "binary_tensor_data" in server["extensions"]
+    meta = b.get("/v2/models/m").json()
+    assert meta["name"] == "m" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
+    assert meta["outputs"][0]["name"] == "out_x"
+    assert b.get("/v2/models/m/ready").status == 200
+    assert b.get("/v2/models/m/versions/1/ready").status == 200
+    assert b.get("/v2/models/m/versions/1").json()["name"] == "m"
+    assert b.get("/v2/models/nope").status == 404
+    assert b.get("/v2/models/nope/ready").status == 404
+    assert b.get("/v2/models/m/versions/2/ready").status == 404
+    assert b.stop() == 0
+
+
+def test_model_without_io_has_empty_lists(baton):
+    b = baton("stages:\n" + fake_stage("w") + "pipelines:\n  plain: [w]\n")
+    meta = b.get("/v2/models/plain").json()
+    assert meta["inputs"] == [] and meta["outputs"] == []
+    assert b.stop() == 0
+
+
+def test_json_infer(baton):
+    b = baton(v2_config())
+    req = {"id": "req-7", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3],
+                                      "data": [[1, 2, 3], [4, 5, 6]]}]}
+    r = infer(b, json.dumps(req))
+    assert r.status == 200, r
+    assert r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["model_name"] == "m" and doc["id"] == "req-7"
+    out = doc["outputs"][0]
+    assert out["name"] == "out_x" and out["shape"] == [2, 3]
+    assert out["data"] == [1, 2, 3, 4, 5, 6]
+    assert "w-run;dur=" in r.headers["server-timing"]
+    # The versioned path is the same model.
+    r = infer(b, json.dumps(req), path="/v2/models/m/versions/1/infer")
+    assert r.status == 200 and r.json()["outputs"][0]["data"] == [1, 2, 3, 4, 5, 6]
+    assert b.stop() == 0
+
+
+def test_binary_infer_both_ways(baton):
+    b = baton(v2_config())
+    values = [1.5, -2.0, 3.25]
+    blob = struct.pack("<3f", *values)
+    header = json.dumps({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3],
+                    "parameters": {"binary_data_size": len(blob)}}],
+        "outputs": [{"name": "out_x", "parameters": {"binary_data": True}}],
+    }).encode()
+    r = infer(b, header + blob, {"Inference-Header-Content-Length": str(len(header)),
+                                 "Content-Type": "application/octet-stream"})
+    assert r.status == 200, r
+    hl = int(r.headers["inference-header-content-length"])
+    doc = json.loads(r.body[:hl])
+    assert doc["model_name"] == "m"
+    out = doc["outputs"][0]
+    assert out["parameters"]["binary_data_size"] == 12 and "data" not in out
+    assert list(struct.unpack("<3f", r.body[hl:])) == values
+    assert b.stop() == 0
+
+
+def test_bytes_input_json_and_binary(baton):
+    b = baton(v2_config())
+    req = {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2], "data": ["ab", "cde"]}]}
+    r = infer(b, json.dumps(req))
+    assert r.status == 200 and r.json()["outputs"][0]["data"] == ["ab", "cde"]
+    blob = struct.pack("<I", 2) + b"ab" + struct.pack("<I", 3) + b"cde"
+    header = json.dumps({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2],
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    r = infer(b, header + blob, {"Inference-Header-Content-Length": str(len(header))})
+    assert r.status == 200 and r.json()["outputs"][0]["data"] == ["ab", "cde"]
+    assert b.stop() == 0
+
+
+MALFORMED = [
+    ("not_json", b"{not json", "not JSON"),
+    ("not_object", b"[1, 2]", "object"),
+    ("no_inputs", b'{"id": "x"}', "inputs"),
+    ("empty_inputs", b'{"inputs": []}', "inputs"),
+    ("missing_datatype", b'{"inputs": [{"name": "x", "shape": [1], "data": [1]}]}', "datatype"),
+    ("unknown_datatype", b'{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}]}',
+     "FLOAT"),
+    ("shape_mismatch", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2]}]}',
+     "6 elements"),
+    ("negative_dim", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}',
+     "shape"),
+    ("wrong_element", b'{"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]}',
+     "INT8"),
+    ("missing_data", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}', "data"),
+    ("duplicate_names", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]},'
+     b' {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}', "x"),
+    ("bad_timeout", b'{"parameters": {"timeout": "soon"}, "inputs": [{"name": "x", '
+     b'"datatype": "FP32", "shape": [1], "data": [1]}]}', "timeout"),
+]
+
+
+@pytest.mark.parametrize("name,body,needle", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_infer_is_400_with_error_body(baton, name, body, needle):
+    b = baton(v2_config())
+    r = infer(b, body)
+    assert r.status == 400, r
+    doc = r.json()
+    assert list(doc) == ["error"] and needle in doc["error"], doc
+    # Nothing reached a worker, and baton still serves.
+    assert b.status()["requests"]["accepted"] == 0
+    assert b.get("/v2/health/ready").status == 200
+    assert b.stop() == 0
+
+
+def test_binary_size_mismatch_is_400(baton):
+    b = baton(v2_config())
+    blob = struct.pack("<2f", 1, 2)
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3],
+                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    r = infer(b, header + blob, {"Inference-Header-Content-Length": str(len(header))})
+    assert r.status == 400 and "error" in r.json()
+    r = infer(b, header + blob, {"Inference-Header-Content-Length": "99999"})
+    assert r.status == 400
+    assert b.stop() == 0
+
+
+def test_unknown_model_is_404(baton):
+    b = baton(v2_config())
+    r = infer(b, b'{"inputs": []}', model="nope")
+    assert r.status == 404 and "nope" in r.json()["error"]
+    assert b.stop() == 0
+
+
+def test_request_timeout_expires_in_the_queue(baton):
+    b = baton(v2_config(max_ongoing=1))
+    busy = threading.Thread(target=lambda: b.post("m", "slow:3000"))
+    busy.start()
+    wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10)
+    req = {"parameters": {"timeout": 200000},  # µs, as Triton's
+           "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}
+    t0 = time.monotonic()
+    r = infer(b, json.dumps(req))
+    elapsed = time.monotonic() - t0
+    assert r.status == 504 and r.json()["code"] == "timeout", r
+    assert elapsed < 2.5, elapsed  # at its deadline, not when the replica frees up
+    busy.join(30 * SLOW)
+    assert b.stop() == 0
+
+
+def test_request_timeout_cannot_lengthen_the_stage_timeout(baton):
+    b = baton(v2_config(timeout_ms=300))
+    t0 = time.monotonic()
+    r = b.post("m", "hang", headers={"Baton-Timeout-Ms": "60000"})
+    assert r.status == 504 and r.json()["code"] == "timeout", r
+    assert "300" in r.json()["error"] or time.monotonic() - t0 < 30
+    assert b.stop() == 0
+
+
+def test_priorities_are_served_in_order_under_contention(baton):
+    b = baton("stages:\n" + fake_stage("w", max_ongoing=1, priority_levels=3) +
+              "pipelines:\n  p: [w]\n")
+    busy = threading.Thread(target=lambda: b.post("p", "slow:1500"))
+    busy.start()
+    wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10)
+    results = {}
+    threads = []
+    # Low priority first, then high: the high ones must still run first.
+    for tag, prio in [("low1", 3), ("low2", 3), ("mid", 2), ("high1", 1), ("high2", 1)]:
+        t = threading.Thread(target=lambda tag=tag, prio=prio: results.setdefault(
+            tag, b.post("p", "order:" + tag, headers={"Baton-Priority": str(prio)})))
+        t.start()
+        threads.append(t)
+        wait_for(lambda n=len(threads): b.status()["stages"]["w"]["queued"] == n, 10)
+    for t in threads + [busy]:
+        t.join(30 * SLOW)
+    order = sorted(results, key=lambda k: int(results[k].body))
+    assert order == ["high1", "high2", "mid", "low1", "low2"], order
+    assert b.stop() == 0
+
+
+def test_v2_priority_parameter_is_used(baton):
+    b = baton("stages:\n" + fake_stage("w", max_ongoing=1, priority_levels=2) +
+              "pipelines:\n  m: [w]\n")
+    busy = threading.Thread(target=lambda: b.post("m", "slow:1500"))
+    busy.start()
+    wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10)
+    done = []
+
+    def send(tag, prio):
+        req = {"id": tag, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}
+        if prio:
+            req["parameters"] = {"priority": prio}
+        infer(b, json.dumps(req))
+        done.append(tag)
+
+    t1 = threading.Thread(target=send, args=("default", 0))
+    t1.start()
+    wait_for(lambda: b.status()["stages"]["w"]["queued"] == 1, 10)
+    t2 = threading.Thread(target=send, args=("urgent", 1))
+    t2.start()
+    wait_for(lambda: b.status()["stages"]["w"]["queued"] == 2, 10)
+    for t in (t1, t2, busy):
+        t.join(30 * SLOW)
+    assert done == ["urgent", "default"]
+    assert b.stop() == 0
