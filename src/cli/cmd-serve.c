@@ -42,14 +42,10 @@ static int run(int argc, char **argv)
 		cfg.listen_host = bt_strndup(listen, (size_t)(colon - listen));
 		cfg.listen_port = (int)port;
 	}
-	for (int i = 0; i < cfg.nstages; i++) {
-		if (cfg.stages[i].venv_missing) {
-			fprintf(stderr, "%s:%d:%d: venv '%s' of stage '%s' does not exist\n", path,
-				cfg.stages[i].line, cfg.stages[i].col, cfg.stages[i].venv,
-				cfg.stages[i].name);
-			bt_config_release(&cfg);
-			return BT_EXIT_USAGE;
-		}
+	if (bt_config_require_venvs(&cfg, err, sizeof(err))) {
+		fprintf(stderr, "%s\n", err);
+		bt_config_release(&cfg);
+		return BT_EXIT_USAGE;
 	}
 	bt_log_threshold = cfg.log_level;
 	/* A worker that dies mid-write must not take baton down with SIGPIPE. */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 enum bt_log_level bt_log_threshold = BT_LOG_INFO;
+int bt_log_fd = 2;
 
 void bt_assert_fail(const char *cond, const char *file, int line)
 {
@@ -294,6 +295,6 @@ void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 	}
 	line[len++] = '\n';
 	/* One write per line so that concurrent writers never interleave. */
-	ssize_t w = write(2, line, len);
+	ssize_t w = write(bt_log_fd, line, len);
 	(void)w;
 }

@@ -966,6 +966,20 @@ void bt_config_release(struct bt_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 }
 
+int bt_config_require_venvs(const struct bt_config *cfg, char *err, size_t errlen)
+{
+	for (int i = 0; i < cfg->nstages; i++) {
+		const struct bt_stage_config *st = &cfg->stages[i];
+		if (st->venv_missing) {
+			snprintf(err, errlen,
+				 "%s:%d:%d: venv '%s' of stage '%s' does not exist (create it with `baton env setup`)",
+				 cfg->path, st->line, st->col, st->venv, st->name);
+			return BT_ECONFIG;
+		}
+	}
+	return 0;
+}
+
 int bt_config_stage_index(const struct bt_config *cfg, const char *name)
 {
 	for (int i = 0; i < cfg->nstages; i++)

@@ -89,6 +89,9 @@ void bt_config_release(struct bt_config *cfg);
 int bt_config_parse(const char *path, const char *text, size_t len,
 		    struct bt_config *cfg, char *err, size_t errlen);
 
+/* BT_ECONFIG with a FILE:LINE:COL message when a stage's venv is missing. */
+int bt_config_require_venvs(const struct bt_config *cfg, char *err, size_t errlen);
+
 int bt_config_stage_index(const struct bt_config *cfg, const char *name);
 int bt_config_pipeline_index(const struct bt_config *cfg, const char *name);
 

@@ -104,14 +104,17 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	/* The flush runs the shutdown sequence too, so it starts first. */
 	uv_prepare_start(&d->prepare, prepare_cb);
 	uv_check_start(&d->check, check_cb);
-	int e = bt_http_start(d, &d->http, err, errlen);
-	if (e)
-		return e;
+	if (!d->no_http) {
+		int e = bt_http_start(d, &d->http, err, errlen);
+		if (e)
+			return e;
+	}
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&d->sigint, signal_cb, SIGINT);
-	bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
-		d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
-		d->npipelines);
+	if (d->http)
+		bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
+			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
+			d->npipelines);
 	for (int i = 0; i < d->nstages; i++)
 		for (int r = 0; r < d->stages[i].nreplicas; r++)
 			bt_replica_start(d->stages[i].replicas[r]);
@@ -204,6 +207,8 @@ static void flush_cb(uv_handle_t *h)
 		bt_sched_flush(d);
 		bt_proc_flush(d);
 		bt_http_flush(d->http);
+		if (d->on_idle && d->state < BT_DAEMON_CLOSING)
+			d->on_idle(d, d->on_idle_arg);
 		if (d->state != BT_DAEMON_RUNNING)
 			advance_shutdown(d);
 	}

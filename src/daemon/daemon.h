@@ -48,6 +48,9 @@ struct bt_daemon {
 	uv_signal_t sigterm, sigint;
 	struct bt_child *dirty; /* children with frames to write */
 	int exit_code;
+	int no_http; /* set before start: no ingress (`baton run`) */
+	void (*on_idle)(struct bt_daemon *d, void *arg); /* run after each flush */
+	void *on_idle_arg;
 };
 
 /* Builds the daemon over cfg (not started).  Returns 0 or a negative code. */

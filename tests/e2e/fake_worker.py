@@ -36,6 +36,7 @@ Environment switches:
   FAKE_IGNORE_STOP=1    ignore "stop" and SIGTERM (tests the SIGKILL step)
   FAKE_GRANDCHILD=1     start a `sleep` grandchild in its process group
   FAKE_BATCH=1          handle batches with a batch handler
+  FAKE_RECORD_FILE      append each request's meta.path to this file
 """
 import json
 import os
@@ -87,6 +88,10 @@ def v2_echo(payload, meta):
 
 
 def handle(payload, meta):
+    record = os.environ.get("FAKE_RECORD_FILE")
+    if record and "path" in meta:
+        with open(record, "a") as f:
+            f.write(meta["path"] + "\n")
     if meta.get("protocol") == "v2":
         return v2_echo(payload, meta)
     if meta.get("warmup"):

@@ -25,8 +25,10 @@ def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton):
     wait_for(lambda: b.status()["requests"]["in_flight"] == 8, 10, what="8 in flight")
     pids = b.pids("w")
     b.send_signal(signal.SIGTERM)
-    # New work is refused while the accepted work finishes.
-    late = wait_for(lambda: b.post("p", "late"), 5)
+    # The signal arrives asynchronously: once baton says it drains, new
+    # work is refused while the accepted work finishes.
+    wait_for(lambda: b.status()["state"] == "draining", 10, what="draining")
+    late = b.post("p", "late")
     assert late.status == 503 and late.json()["code"] == "shutting_down", late
     assert b.get("/v2/health/ready").status == 400
     for t in threads:

@@ -1,0 +1,554 @@
+/*
+ * `baton run`: the daemon's scheduler over files.  Feeding happens once
+ * per loop turn (the daemon's on_idle hook), never from inside a request's
+ * callback; results are written with write-fsync-rename, so a run killed
+ * at any point leaves only whole outputs, and a re-run skips them.
+ */
+#include "jobs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../daemon/daemon.h"
+#include "../proc/proc.h"
+
+#define FAILED_LOG "_failed.jsonl"
+#define RUN_LOG "_baton.log"
+#define TMP_MARK ".baton-tmp."
+
+struct item {
+	char *abspath;
+	char *relpath; /* relative to its input root; never has ".." */
+};
+
+struct job {
+	struct bt_daemon *d;
+	struct bt_pipeline *pl;
+	const struct bt_job_options *opt;
+	char *outdir; /* absolute */
+	struct item *items; /* to do, in a stable order */
+	size_t nitems, next;
+	size_t inflight, ok, failed, skipped;
+	int jobs;
+	int finished; /* every item has an outcome */
+	FILE *failed_log;
+	int tty;
+	uv_timer_t progress_timer;
+	uint64_t start_ms, last_line_ms;
+	double **run_ms; /* per pipeline step, successful requests' run times */
+	size_t *nrun, *caprun;
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* ---- walking the inputs --------------------------------------------------- */
+
+struct list {
+	char **v;
+	size_t n, cap;
+};
+
+static void list_add(struct list *l, char *s)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 64;
+		l->v = bt_realloc(l->v, l->cap * sizeof(char *));
+	}
+	l->v[l->n++] = s;
+}
+
+static void list_release(struct list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
+/*
+ * Collects regular files under dir (relative names in rel, "" at the top)
+ * in sorted order, skipping dot files and the output directory itself.
+ */
+static void walk(const char *dir, const char *rel, const char *skip, struct list *abs,
+		 struct list *rels)
+{
+	DIR *dh = opendir(dir);
+	if (!dh)
+		return;
+	struct list names = {0};
+	struct dirent *e;
+	while ((e = readdir(dh)))
+		if (e->d_name[0] != '.')
+			list_add(&names, bt_strdup(e->d_name));
+	closedir(dh);
+	qsort(names.v, names.n, sizeof(char *), cmp_str);
+	for (size_t i = 0; i < names.n; i++) {
+		char *path = bt_asprintf("%s/%s", dir, names.v[i]);
+		char *r = rel[0] ? bt_asprintf("%s/%s", rel, names.v[i]) : bt_strdup(names.v[i]);
+		struct stat st;
+		char real[PATH_MAX];
+		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+			if (!(realpath(path, real) && !strcmp(real, skip)))
+				walk(path, r, skip, abs, rels);
+			free(path);
+			free(r);
+		} else if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+			list_add(abs, path);
+			list_add(rels, r);
+		} else {
+			free(path);
+			free(r);
+		}
+	}
+	list_release(&names);
+}
+
+/*
+ * The outputs that exist: relative input paths whose "<path><ext>" is in
+ * outdir with a safe extension.  Sorted, for bsearch.
+ */
+static void existing_outputs(const char *outdir, struct list *done)
+{
+	struct list abs = {0}, rels = {0};
+	walk(outdir, "", "", &abs, &rels);
+	for (size_t i = 0; i < rels.n; i++) {
+		char *dot = strrchr(rels.v[i], '.');
+		char *slash = strrchr(rels.v[i], '/');
+		if (dot && (!slash || dot > slash) && bt_jobs_ext_is_safe(dot) &&
+		    dot != rels.v[i] && !(slash && dot == slash + 1))
+			list_add(done, bt_strndup(rels.v[i], (size_t)(dot - rels.v[i])));
+	}
+	list_release(&abs);
+	list_release(&rels);
+	qsort(done->v, done->n, sizeof(char *), cmp_str);
+}
+
+/* Removes temporary files a killed run left behind (ours only, by name). */
+static void remove_stale_temps(const char *dir)
+{
+	DIR *dh = opendir(dir);
+	if (!dh)
+		return;
+	struct dirent *e;
+	while ((e = readdir(dh))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char *path = bt_asprintf("%s/%s", dir, e->d_name);
+		struct stat st;
+		if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+			remove_stale_temps(path);
+		else if (e->d_name[0] == '.' && strstr(e->d_name, TMP_MARK))
+			unlink(path);
+		free(path);
+	}
+	closedir(dh);
+}
+
+static int mkdir_p(const char *path)
+{
+	char *p = bt_strdup(path);
+	int r = 0;
+	for (char *s = p + 1; *s && !r; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0755) && errno != EEXIST)
+			r = -errno;
+		*s = '/';
+	}
+	if (!r && mkdir(p, 0755) && errno != EEXIST)
+		r = -errno;
+	free(p);
+	return r;
+}
+
+/* ---- results ----------------------------------------------------------------- */
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Writes data to path through a temporary file: never a partial output. */
+static int write_atomically(const char *path, const char *data, size_t len)
+{
+	char *dir = bt_strdup(path);
+	char *slash = strrchr(dir, '/');
+	*slash = '\0';
+	int r = mkdir_p(dir);
+	char *tmp = bt_asprintf("%s/.%s" TMP_MARK "XXXXXX", dir, slash + 1);
+	int fd = r ? -1 : mkstemp(tmp);
+	if (!r && fd < 0)
+		r = -errno;
+	if (!r)
+		r = write_all(fd, data, len);
+	if (!r && fsync(fd))
+		r = -errno;
+	if (fd >= 0 && close(fd) && !r)
+		r = -errno;
+	if (!r && rename(tmp, path))
+		r = -errno;
+	if (r && fd >= 0)
+		unlink(tmp);
+	if (!r) {
+		/* The rename itself must survive a crash too. */
+		int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+		if (dfd >= 0) {
+			fsync(dfd);
+			close(dfd);
+		}
+	}
+	free(tmp);
+	free(dir);
+	return r;
+}
+
+static void record_failure(struct job *job, const char *relpath, const char *code,
+			   const char *error, int attempts, const char *stage)
+{
+	json_t *line = json_pack("{s:s, s:s, s:s, s:i}", "path", relpath, "code", code,
+				 "error", error ? error : "", "attempts", attempts);
+	if (stage)
+		json_object_set_new(line, "stage", json_string(stage));
+	char *text = json_dumps(line, JSON_COMPACT);
+	fprintf(job->failed_log, "%s\n", text);
+	fflush(job->failed_log);
+	free(text);
+	json_decref(line);
+	job->failed++;
+}
+
+static void add_sample(struct job *job, int step, double ms)
+{
+	if (job->nrun[step] == job->caprun[step]) {
+		job->caprun[step] = job->caprun[step] ? job->caprun[step] * 2 : 256;
+		job->run_ms[step] = bt_realloc(job->run_ms[step], job->caprun[step] * sizeof(double));
+	}
+	job->run_ms[step][job->nrun[step]++] = ms;
+}
+
+static void request_done(struct bt_request *req, void *arg)
+{
+	struct job *job = arg;
+	const char *relpath = json_string_value(json_object_get(req->meta, "path"));
+	job->inflight--;
+	if (req->code != BT_OK) {
+		record_failure(job, relpath, bt_code_name(req->code), req->error, req->attempts,
+			       req->error_stage);
+	} else {
+		const char *ext = json_string_value(json_object_get(req->meta, "ext"));
+		if (!ext)
+			ext = ".out";
+		if (!bt_jobs_ext_is_safe(ext)) {
+			char msg[160];
+			snprintf(msg, sizeof(msg),
+				 "meta.ext '%.40s' is not a safe extension ('.' and 1-16 of A-Za-z0-9_-)",
+				 ext);
+			record_failure(job, relpath, "invalid_output", msg, req->attempts, NULL);
+		} else {
+			char *path = bt_jobs_output_path(job->outdir, relpath, ext);
+			int e = write_atomically(path, req->payload ? req->payload : "", req->len);
+			if (e) {
+				char msg[PATH_MAX + 64];
+				snprintf(msg, sizeof(msg), "cannot write '%s': %s", path, bt_strerror(e));
+				record_failure(job, relpath, "write_failed", msg, req->attempts, NULL);
+			} else {
+				job->ok++;
+				for (int s = 0; s < job->pl->nstages; s++)
+					add_sample(job, s, (double)req->timings[s].run_us / 1000.0);
+			}
+			free(path);
+		}
+	}
+	bt_request_free(req);
+	bt_daemon_wake(job->d);
+}
+
+/* ---- feeding ------------------------------------------------------------------- */
+
+static int read_file(const char *path, char **data, size_t *len)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	struct bt_buf b = BT_BUF_INIT;
+	char chunk[65536];
+	ssize_t n;
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+		bt_buf_append(&b, chunk, (size_t)n);
+	int e = n < 0 ? -errno : 0;
+	close(fd);
+	if (e) {
+		bt_buf_release(&b);
+		return e;
+	}
+	*data = bt_buf_detach(&b, len);
+	return 0;
+}
+
+/* Ready to feed: each stage has had a replica up, or failed (then fail fast). */
+static int pipeline_startable(const struct bt_pipeline *pl)
+{
+	for (int i = 0; i < pl->nstages; i++)
+		if (!pl->stages[i]->up && !pl->stages[i]->failed)
+			return 0;
+	return 1;
+}
+
+static void feed(struct bt_daemon *d, void *arg)
+{
+	struct job *job = arg;
+	if (d->state != BT_DAEMON_RUNNING || job->finished)
+		return;
+	if (!pipeline_startable(job->pl))
+		return;
+	while (job->inflight < (size_t)job->jobs && job->next < job->nitems) {
+		struct item *it = &job->items[job->next++];
+		char *data;
+		size_t len;
+		int e = read_file(it->abspath, &data, &len);
+		if (e) {
+			record_failure(job, it->relpath, "unreadable", bt_strerror(e), 0, NULL);
+			continue;
+		}
+		const char *base = strrchr(it->relpath, '/');
+		json_t *meta = json_pack("{s:s, s:s}", "path", it->relpath, "name",
+					 base ? base + 1 : it->relpath);
+		struct bt_request *req = bt_request_new(job->pl, data, len, meta);
+		job->inflight++;
+		bt_pipeline_submit(req, request_done, job);
+	}
+	if (job->next == job->nitems && job->inflight == 0) {
+		job->finished = 1;
+		bt_daemon_shutdown(d);
+	}
+}
+
+/* ---- progress and summary -------------------------------------------------------- */
+
+static void format_eta(char *out, size_t size, double secs)
+{
+	if (!isfinite(secs) || secs < 0)
+		snprintf(out, size, "--:--");
+	else if (secs >= 3600)
+		snprintf(out, size, "%d:%02d:%02d", (int)secs / 3600, ((int)secs / 60) % 60,
+			 (int)secs % 60);
+	else
+		snprintf(out, size, "%d:%02d", (int)secs / 60, (int)secs % 60);
+}
+
+static void progress(struct job *job, int final)
+{
+	size_t done = job->ok + job->failed;
+	double elapsed = (double)(bt_now_ms() - job->start_ms) / 1000.0;
+	double rate = elapsed > 0 ? (double)done / elapsed : 0;
+	double eta = rate > 0 ? (double)(job->nitems - done) / rate : NAN;
+	char etas[32];
+	format_eta(etas, sizeof(etas), eta);
+	if (job->tty) {
+		int width = 24, fill = job->nitems ? (int)(width * done / job->nitems) : width;
+		char bar[32];
+		for (int i = 0; i < width; i++)
+			bar[i] = i < fill ? '#' : '.';
+		bar[width] = '\0';
+		fprintf(stderr, "\r\033[K[%s] %zu/%zu  ok %zu  failed %zu  skipped %zu  %.1f/s  ETA %s%s",
+			bar, done, job->nitems, job->ok, job->failed, job->skipped, rate, etas,
+			final ? "\n" : "");
+	} else if (final || bt_now_ms() - job->last_line_ms >= 5000) {
+		job->last_line_ms = bt_now_ms();
+		fprintf(stderr, "progress: %zu/%zu done, %zu ok, %zu failed, %zu skipped, %.1f/s, ETA %s\n",
+			done, job->nitems, job->ok, job->failed, job->skipped, rate, etas);
+	}
+	fflush(stderr);
+}
+
+static void progress_cb(uv_timer_t *t)
+{
+	progress(t->data, 0);
+}
+
+static void summary(struct job *job, int interrupted)
+{
+	double wall = (double)(bt_now_ms() - job->start_ms) / 1000.0;
+	printf("baton run: pipeline '%s', %zu input%s, output in %s\n", job->pl->cfg->name,
+	       job->nitems + job->skipped, job->nitems + job->skipped == 1 ? "" : "s", job->outdir);
+	printf("  succeeded %zu   failed %zu   skipped %zu%s   wall %.1fs   %.2f files/s\n",
+	       job->ok, job->failed, job->skipped,
+	       interrupted ? "   (interrupted: the rest was not started)" : "", wall,
+	       wall > 0 ? (double)(job->ok + job->failed) / wall : 0.0);
+	if (job->ok) {
+		printf("  %-16s %10s %10s\n", "stage", "p50 run", "p95 run");
+		for (int s = 0; s < job->pl->nstages; s++) {
+			qsort(job->run_ms[s], job->nrun[s], sizeof(double), cmp_double);
+			printf("  %-16s %8.1fms %8.1fms\n", job->pl->stages[s]->cfg->name,
+			       bt_jobs_percentile(job->run_ms[s], job->nrun[s], 0.50),
+			       bt_jobs_percentile(job->run_ms[s], job->nrun[s], 0.95));
+		}
+	}
+	if (job->failed)
+		printf("  failures: %s/%s\n", job->outdir, FAILED_LOG);
+	printf("  log: %s/%s\n", job->outdir, RUN_LOG);
+}
+
+/* ---- the run ------------------------------------------------------------------------ */
+
+static int usage_error(const char *fmt, const char *a)
+{
+	fprintf(stderr, "baton run: ");
+	fprintf(stderr, fmt, a);
+	fprintf(stderr, "\n");
+	return 2;
+}
+
+int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
+{
+	struct job job;
+	char real[PATH_MAX], err[512];
+	int code = 0, logfd = -1;
+	memset(&job, 0, sizeof(job));
+	job.opt = opt;
+
+	int pi = bt_config_pipeline_index(cfg, opt->pipeline);
+	if (pi < 0)
+		return usage_error("no pipeline named '%s' in the config", opt->pipeline);
+	if (mkdir_p(opt->outdir) || !realpath(opt->outdir, real))
+		return usage_error("cannot create the output directory '%s'", opt->outdir);
+	job.outdir = bt_strdup(real);
+
+	struct list abs = {0}, rels = {0}, done = {0};
+	for (int i = 0; i < opt->ninputs; i++) {
+		struct stat st;
+		if (stat(opt->inputs[i], &st)) {
+			code = usage_error("input '%s' does not exist", opt->inputs[i]);
+			goto out;
+		}
+		if (S_ISDIR(st.st_mode)) {
+			walk(opt->inputs[i], "", job.outdir, &abs, &rels);
+		} else {
+			const char *base = strrchr(opt->inputs[i], '/');
+			list_add(&abs, bt_strdup(opt->inputs[i]));
+			list_add(&rels, bt_strdup(base ? base + 1 : opt->inputs[i]));
+		}
+	}
+	remove_stale_temps(job.outdir);
+	if (!opt->force)
+		existing_outputs(job.outdir, &done);
+	job.items = bt_calloc(abs.n ? abs.n : 1, sizeof(*job.items));
+	for (size_t i = 0; i < abs.n; i++) {
+		if (done.n && bsearch(&rels.v[i], done.v, done.n, sizeof(char *), cmp_str)) {
+			job.skipped++;
+			continue;
+		}
+		job.items[job.nitems].abspath = abs.v[i];
+		job.items[job.nitems].relpath = rels.v[i];
+		abs.v[i] = rels.v[i] = NULL;
+		job.nitems++;
+	}
+
+	char *failed_path = bt_asprintf("%s/%s", job.outdir, FAILED_LOG);
+	job.failed_log = fopen(failed_path, "w");
+	free(failed_path);
+	char *log_path = bt_asprintf("%s/%s", job.outdir, RUN_LOG);
+	logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	free(log_path);
+	if (!job.failed_log || logfd < 0) {
+		code = usage_error("cannot write in '%s'", job.outdir);
+		goto out;
+	}
+	bt_log_fd = logfd;
+	bt_log_threshold = cfg->log_level;
+
+	uv_loop_t loop;
+	struct bt_daemon d;
+	uv_loop_init(&loop);
+	if (bt_daemon_init(&d, &loop, cfg, err, sizeof(err))) {
+		code = usage_error("%s", err);
+		uv_loop_close(&loop);
+		goto out;
+	}
+	job.d = &d;
+	job.pl = &d.pipelines[pi];
+	int cap = job.pl->stages[0]->nreplicas * job.pl->stages[0]->cfg->max_ongoing *
+		  job.pl->stages[0]->cfg->batch_max_size;
+	job.jobs = opt->jobs > 0 ? opt->jobs : BT_MAX(2, 2 * cap);
+	job.run_ms = bt_calloc((size_t)job.pl->nstages, sizeof(double *));
+	job.nrun = bt_calloc((size_t)job.pl->nstages, sizeof(size_t));
+	job.caprun = bt_calloc((size_t)job.pl->nstages, sizeof(size_t));
+	job.tty = opt->progress < 0 ? isatty(2) : opt->progress;
+	job.start_ms = job.last_line_ms = bt_now_ms();
+	d.no_http = 1;
+	d.on_idle = feed;
+	d.on_idle_arg = &job;
+	bt_info("run starting", "pipeline=%s inputs=%zu skipped=%zu jobs=%d", opt->pipeline,
+		job.nitems, job.skipped, job.jobs);
+	uv_timer_init(&loop, &job.progress_timer);
+	job.progress_timer.data = &job;
+	if (bt_daemon_start(&d, err, sizeof(err))) {
+		fprintf(stderr, "baton run: %s\n", err);
+		bt_daemon_shutdown(&d);
+		d.hard_stop = 1;
+	}
+	uv_timer_start(&job.progress_timer, progress_cb, job.tty ? 200 : 1000,
+		       job.tty ? 200 : 1000);
+	bt_daemon_wake(&d);
+	/* The daemon closes its handles when it stops; ours goes with the loop. */
+	while (uv_run(&loop, UV_RUN_ONCE)) {
+		if (d.state == BT_DAEMON_CLOSING && uv_is_active((uv_handle_t *)&job.progress_timer))
+			uv_close((uv_handle_t *)&job.progress_timer, NULL);
+	}
+	progress(&job, 1);
+	int interrupted = job.ok + job.failed < job.nitems;
+	summary(&job, interrupted);
+	bt_info("run finished", "succeeded=%zu failed=%zu skipped=%zu", job.ok, job.failed,
+		job.skipped);
+	bt_daemon_release(&d);
+	if (uv_loop_close(&loop))
+		bt_error("loop closed with handles still open", "%s", "");
+	code = (job.failed || interrupted) ? 1 : 0;
+out:
+	bt_log_fd = 2;
+	if (logfd >= 0)
+		close(logfd);
+	if (job.failed_log)
+		fclose(job.failed_log);
+	for (size_t i = 0; i < job.nitems; i++) {
+		free(job.items[i].abspath);
+		free(job.items[i].relpath);
+	}
+	free(job.items);
+	for (int s = 0; job.run_ms && s < job.pl->nstages; s++)
+		free(job.run_ms[s]);
+	free(job.run_ms);
+	free(job.nrun);
+	free(job.caprun);
+	list_release(&abs);
+	list_release(&rels);
+	list_release(&done);
+	free(job.outdir);
+	return code;
+}

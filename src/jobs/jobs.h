@@ -1,0 +1,39 @@
+/*
+ * Batch jobs (`baton run`): run a pipeline over files with the daemon's
+ * scheduler and supervision but no HTTP.  This module walks the inputs,
+ * feeds requests within a bound, writes each result atomically, records
+ * failures, draws progress and prints the summary.  Resuming is by
+ * existence: an input whose output exists is skipped.
+ */
+#ifndef BT_JOBS_H
+#define BT_JOBS_H
+
+#include <stddef.h>
+
+#include "../config/config.h"
+
+struct bt_job_options {
+	const char *pipeline;
+	char **inputs; /* files or directories */
+	int ninputs;
+	const char *outdir;
+	int jobs; /* requests in flight; 0 picks from the first stage's capacity */
+	int force; /* redo inputs whose output exists */
+	int progress; /* 1 bar, 0 plain lines, -1 decide from isatty(stderr) */
+};
+
+/* Runs the job; returns the exit status (0 all succeeded, 1 not, 2 usage). */
+int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt);
+
+/*
+ * Pure helpers, exposed for unit tests.  An extension is safe when it is
+ * "." and 1 to 16 of [A-Za-z0-9_-]: it can neither climb out of the output
+ * directory nor hide a second extension.
+ */
+int bt_jobs_ext_is_safe(const char *ext);
+/* Output path of an input: outdir/relpath + ext (malloc'd). */
+char *bt_jobs_output_path(const char *outdir, const char *relpath, const char *ext);
+/* Nearest-rank percentile of sorted values (n > 0). */
+double bt_jobs_percentile(const double *sorted, size_t n, double q);
+
+#endif

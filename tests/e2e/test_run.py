@@ -1,0 +1,162 @@
+"""`baton run`: files through a pipeline without HTTP — failures recorded,
+atomic outputs, resume after kill -9, Ctrl-C finishing what is in flight,
+and outputs that cannot escape the output directory."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+from conftest import BATON, SLOW, fake_stage, pid_alive, wait_for
+
+
+def write_config(tmp_path, **stage):
+    path = tmp_path / "run.yaml"
+    path.write_text("stages:\n" + fake_stage("w", **stage) + "pipelines:\n  p: [w]\n")
+    return str(path)
+
+
+def make_inputs(root, files):
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content)
+
+
+def run(cfg, inputs, out, *extra, timeout=120):
+    return subprocess.run([BATON, "run", cfg, "--pipeline", "p", "--input", *inputs,
+                           "--output", str(out), *extra],
+                          capture_output=True, text=True, timeout=timeout * SLOW)
+
+
+def outputs(out):
+    found = {}
+    for dirpath, _, names in os.walk(out):
+        for n in names:
+            if n.startswith("_"):
+                continue
+            p = os.path.join(dirpath, n)
+            found[os.path.relpath(p, out)] = open(p).read()
+    return found
+
+
+def test_failing_files_are_recorded_and_the_others_written(tmp_path):
+    cfg = write_config(tmp_path, retries="0")
+    make_inputs(tmp_path / "in", {"a.txt": "alpha", "b.txt": "reject:bad page",
+                                  "sub/c.txt": "gamma", "sub/d.txt": "exit:3",
+                                  ".hidden": "not an input"})
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    assert outputs(tmp_path / "out") == {"a.txt.out": "alpha", "sub/c.txt.out": "gamma"}
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert sorted(f["path"] for f in failed) == ["b.txt", "sub/d.txt"]
+    by_path = {f["path"]: f for f in failed}
+    assert by_path["b.txt"]["code"] == "rejected" and by_path["b.txt"]["error"] == "bad page"
+    assert by_path["sub/d.txt"]["code"] == "worker_crashed"
+    assert by_path["sub/d.txt"]["attempts"] == 1 and by_path["sub/d.txt"]["stage"] == "w"
+    assert "succeeded 2   failed 2   skipped 0" in r.stdout
+    assert "p50 run" in r.stdout
+    # The log went to the output directory, not the terminal.
+    assert "replica ready" in open(tmp_path / "out" / "_baton.log").read()
+    assert "replica ready" not in r.stderr
+
+
+def test_everything_succeeding_exits_0_and_rerun_skips(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"%02d.txt" % i: "doc %d" % i for i in range(12)})
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", "--jobs", "3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(outputs(tmp_path / "out")) == 12
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out")
+    assert r.returncode == 0 and "succeeded 0   failed 0   skipped 12" in r.stdout
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", "--force")
+    assert r.returncode == 0 and "succeeded 12" in r.stdout
+
+
+def test_output_extension_comes_from_meta_ext(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"page.png": 'setmeta:{"ext": ".json"}'})
+    r = run(cfg, [str(tmp_path / "in" / "page.png")], tmp_path / "out")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(tmp_path / "out") == {"page.png.json": "meta"}
+
+
+def test_path_escaping_ext_is_refused(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"x.txt": 'setmeta:{"ext": "/../../escaped"}',
+                                  "y.txt": 'setmeta:{"ext": ".a.b"}', "z.txt": "fine"})
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out")
+    assert r.returncode == 1
+    assert outputs(tmp_path / "out") == {"z.txt.out": "fine"}
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert sorted(f["path"] for f in failed) == ["x.txt", "y.txt"]
+    assert all(f["code"] == "invalid_output" for f in failed)
+    assert not list(tmp_path.glob("escaped*")) and not list(tmp_path.glob("**/*escaped*"))
+
+
+def test_kill_9_then_rerun_completes_without_redoing_finished_items(tmp_path):
+    record = tmp_path / "processed.txt"
+    cfg = write_config(tmp_path, env={"FAKE_RECORD_FILE": str(record)}, replicas=2)
+    files = {"doc%02d.txt" % i: "slow:150" for i in range(40)}
+    make_inputs(tmp_path / "in", files)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([BATON, "run", cfg, "--pipeline", "p", "--input",
+                             str(tmp_path / "in"), "--output", str(out), "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(outputs(out)) >= 6, 30, what="some outputs")
+    proc.kill()
+    proc.wait(10)
+    done_before = set(outputs(out))
+    assert 6 <= len(done_before) < 40
+    first_run = record.read_text().split()
+    record.write_text("")
+    r = run(cfg, [str(tmp_path / "in")], out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    final = outputs(out)
+    assert set(final) == {n + ".out" for n in files}
+    assert all(v == "slow:150" for v in final.values())
+    redone = {p + ".out" for p in record.read_text().split()} & done_before
+    assert redone == set(), redone
+    assert "skipped %d" % len(done_before) in r.stdout
+    # No temporary file survives the two runs.
+    assert [n for n in os.listdir(out) if ".baton-tmp." in n] == []
+    assert len(first_run) >= len(done_before)
+
+
+def test_sigint_finishes_in_flight_items_then_stops(tmp_path):
+    cfg = write_config(tmp_path, replicas=2)
+    make_inputs(tmp_path / "in", {"f%02d.txt" % i: "slow:1500" for i in range(10)})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([BATON, "run", cfg, "--pipeline", "p", "--input",
+                             str(tmp_path / "in"), "--output", str(out), "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: "starting" in open(out / "_baton.log").read()
+             if (out / "_baton.log").exists() else False, 20)
+    wait_for(lambda: open(out / "_baton.log").read().count("replica ready") == 2, 20)
+    time.sleep(0.5)  # both slots are now busy with 1.5 s requests
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=30 * SLOW)
+    assert proc.returncode == 1
+    done = outputs(out)
+    assert len(done) == 2, done  # the two in flight finished and were written
+    assert "interrupted" in stdout and "succeeded 2" in stdout
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    cfg = write_config(tmp_path)
+    assert run(cfg, [str(tmp_path / "missing")], tmp_path / "out").returncode == 2
+    r = subprocess.run([BATON, "run", cfg, "--pipeline", "nope", "--input", cfg,
+                        "--output", str(tmp_path / "o")], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "nope" in r.stderr
+    r = subprocess.run([BATON, "run", cfg, "--input", cfg], capture_output=True, timeout=30)
+    assert r.returncode == 2
+
+
+def test_workers_are_gone_after_the_run(tmp_path):
+    cfg = write_config(tmp_path, replicas=2, env={"FAKE_RECORD_FILE": str(tmp_path / "rec")})
+    make_inputs(tmp_path / "in", {"a.txt": "pid", "b.txt": "pid", "c.txt": "pid"})
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out")
+    assert r.returncode == 0
+    pids = {int(v) for v in outputs(tmp_path / "out").values()}
+    assert pids and not any(pid_alive(p) for p in pids)
