@@ -298,3 +298,17 @@ void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 	ssize_t w = write(bt_log_fd, line, len);
 	(void)w;
 }
+
+int bt_ext_is_safe(const char *ext)
+{
+	size_t n = strlen(ext);
+	if (n < 2 || n > 17 || ext[0] != '.')
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		char c = ext[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-'))
+			return 0;
+	}
+	return 1;
+}

@@ -82,6 +82,13 @@ void bt_buf_consume(struct bt_buf *b, size_t n);
 char *bt_buf_detach(struct bt_buf *b, size_t *len);
 void bt_buf_release(struct bt_buf *b);
 
+/*
+ * A file extension that is safe to append to a path: "." and 1 to 16 of
+ * [A-Za-z0-9_-].  It can neither climb out of a directory nor hide a
+ * second extension.
+ */
+int bt_ext_is_safe(const char *ext);
+
 /* Milliseconds and microseconds of CLOCK_MONOTONIC. */
 uint64_t bt_now_ms(void);
 uint64_t bt_now_us(void);

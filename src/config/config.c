@@ -370,7 +370,8 @@ static const char *const stage_keys[] = {
 	"command", "workdir", "venv", "env", "mode", "replicas", "max_ongoing",
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
-	"priority_levels", NULL};
+	"priority_levels", "spawn", NULL};
+static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
 static const char *const batch_keys[] = {"max_size", "window_ms", NULL};
 static const char *const replicas_keys[] = {"initial", NULL};
 static const char *const warmup_keys[] = {"payload_file", "required", NULL};
@@ -405,7 +406,8 @@ static void stage_defaults(struct bt_stage_config *st)
 static int parse_stage(struct ctx *c, const yaml_node_t *key,
 		       const yaml_node_t *n, struct bt_stage_config *st)
 {
-	const yaml_node_t *command = NULL, *warmup_file = NULL;
+	const yaml_node_t *command = NULL, *warmup_file = NULL, *mode_node = NULL;
+	const yaml_node_t *spawn_node = NULL, *batch_node = NULL, *ongoing_node = NULL;
 	char *workdir = NULL, *venv = NULL;
 	char what[128];
 	int r;
@@ -438,9 +440,28 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 		} else if (!strcmp(k, "mode")) {
 			char *mode = NULL;
 			r = get_string(c, v, k, &mode);
-			if (!r && strcmp(mode, "persistent"))
-				r = fail(c, v, "'mode' must be 'persistent', not '%s'", mode);
+			mode_node = v;
+			if (!r && !strcmp(mode, "spawn"))
+				st->mode = BT_MODE_SPAWN;
+			else if (!r && strcmp(mode, "persistent"))
+				r = fail(c, v, "'mode' must be 'persistent' or 'spawn', not '%s'", mode);
 			free(mode);
+		} else if (!strcmp(k, "spawn")) {
+			spawn_node = v;
+			if ((r = check_mapping(c, v, "'spawn'", spawn_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *sk = scalar(node(c, q->key));
+				yaml_node_t *sv = node(c, q->value);
+				if (!strcmp(sk, "status_key")) {
+					r = get_string(c, sv, "spawn.status_key", &st->spawn_status_key);
+				} else {
+					r = get_string(c, sv, "spawn.output_ext", &st->spawn_output_ext);
+					if (!r && !bt_ext_is_safe(st->spawn_output_ext))
+						r = fail(c, sv, "'spawn.output_ext' must be '.' and 1-16 of A-Za-z0-9_-");
+				}
+			}
 		} else if (!strcmp(k, "replicas")) {
 			if (v->type == YAML_SCALAR_NODE) {
 				r = get_i(c, v, k, 1, 256, &st->replicas_initial);
@@ -453,6 +474,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 				r = get_i(c, node(c, q->value), "replicas.initial", 1,
 					  256, &st->replicas_initial);
 		} else if (!strcmp(k, "max_ongoing")) {
+			ongoing_node = v;
 			r = get_i(c, v, k, 1, 1024, &st->max_ongoing);
 		} else if (!strcmp(k, "queue_max")) {
 			r = get_size(c, v, k, 1, 10000000, &st->queue_max);
@@ -469,6 +491,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 		} else if (!strcmp(k, "priority_levels")) {
 			r = get_i(c, v, k, 1, BT_MAX_PRIORITY_LEVELS, &st->priority_levels);
 		} else if (!strcmp(k, "batch")) {
+			batch_node = v;
 			if ((r = check_mapping(c, v, "'batch'", batch_keys)))
 				break;
 			int have_size = 0;
@@ -542,6 +565,23 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	}
 	if (st->backoff_max_ms < st->backoff_ms)
 		st->backoff_max_ms = st->backoff_ms;
+	if (st->mode == BT_MODE_SPAWN) {
+		/* One process per request: the pool is the replicas, one request each. */
+		const yaml_node_t *bad = batch_node ? batch_node : ongoing_node ? ongoing_node
+						 : warmup_file;
+		if (bad) {
+			r = fail(c, bad,
+				 "stage '%s' is in spawn mode: it runs one process per request, so 'batch', 'max_ongoing' and 'warmup' do not apply (replicas is the number of processes at once)",
+				 st->name);
+			goto out;
+		}
+		if (!st->spawn_output_ext)
+			st->spawn_output_ext = bt_strdup(".json");
+	} else if (spawn_node) {
+		r = fail(c, spawn_node, "'spawn' needs 'mode: spawn' in stage '%s'", st->name);
+		goto out;
+	}
+	(void)mode_node;
 
 	/* Paths baton opens are relative to the config file's directory. */
 	char *wd = join_path(c->cfg->dir, workdir ? workdir : ".");
@@ -563,6 +603,14 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	}
 	if ((r = resolve_command(c, command, st)))
 		goto out;
+	for (int i = 1; i < st->argc; i++)
+		if (strstr(st->argv[i], "{input}") || strstr(st->argv[i], "{output}"))
+			st->spawn_files = 1;
+	if (st->spawn_files && st->mode != BT_MODE_SPAWN) {
+		r = fail(c, command, "'{input}'/'{output}' in the command of stage '%s' need 'mode: spawn'",
+			 st->name);
+		goto out;
+	}
 	if (st->warmup_file) {
 		char *p = join_path(c->cfg->dir, st->warmup_file);
 		free(st->warmup_file);
@@ -951,6 +999,8 @@ void bt_config_release(struct bt_config *cfg)
 		free(st->env);
 		free(st->warmup_file);
 		free(st->warmup_payload);
+		free(st->spawn_status_key);
+		free(st->spawn_output_ext);
 	}
 	free(cfg->stages);
 	for (int i = 0; i < cfg->npipelines; i++) {
@@ -1036,6 +1086,11 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 				st->venv, st->venv);
 		for (int e = 0; e < st->nenv; e++)
 			fprintf(out, "  env:       %s=%s\n", st->env[e].name, st->env[e].value);
+		if (st->mode == BT_MODE_SPAWN)
+			fprintf(out, "  mode:      spawn: a new process per request, %s%s%s\n",
+				st->spawn_files ? "{input}/{output} files" : "JSON on stdin, answer on stdout",
+				st->spawn_status_key ? ", status key " : "",
+				st->spawn_status_key ? st->spawn_status_key : "");
 		fprintf(out, "  replicas:  %d, max_ongoing %d, queue_max %zu\n",
 			st->replicas_initial, st->max_ongoing, st->queue_max);
 		fprintf(out, "  timeouts:  attempt %llums, start %llums, stop grace %llums; retries %d\n",

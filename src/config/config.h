@@ -22,8 +22,17 @@ struct bt_env_var {
 	char *value;
 };
 
+enum bt_stage_mode {
+	BT_MODE_PERSISTENT, /* long-lived workers speaking the protocol */
+	BT_MODE_SPAWN, /* one process per request: files or stdin/stdout */
+};
+
 struct bt_stage_config {
 	char *name;
+	enum bt_stage_mode mode;
+	char *spawn_status_key; /* spawn: JSON key whose "error" value rejects */
+	char *spawn_output_ext; /* spawn: extension of the {output} file */
+	int spawn_files; /* spawn: the argv has {input}/{output} placeholders */
 	int line, col; /* where the stage's key is */
 	char **argv; /* NULL-terminated; argv[0] absolute */
 	int argc;

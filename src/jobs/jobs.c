@@ -43,6 +43,7 @@ struct job {
 	uv_timer_t progress_timer;
 	uint64_t start_ms, last_line_ms;
 	double **run_ms; /* per pipeline step, successful requests' run times */
+	int nsteps; /* steps of the pipeline (it is freed before run_ms) */
 	size_t *nrun, *caprun;
 };
 
@@ -97,7 +98,8 @@ static void walk(const char *dir, const char *rel, const char *skip, struct list
 		if (e->d_name[0] != '.')
 			list_add(&names, bt_strdup(e->d_name));
 	closedir(dh);
-	qsort(names.v, names.n, sizeof(char *), cmp_str);
+	if (names.n)
+		qsort(names.v, names.n, sizeof(char *), cmp_str);
 	for (size_t i = 0; i < names.n; i++) {
 		char *path = bt_asprintf("%s/%s", dir, names.v[i]);
 		char *r = rel[0] ? bt_asprintf("%s/%s", rel, names.v[i]) : bt_strdup(names.v[i]);
@@ -130,13 +132,14 @@ static void existing_outputs(const char *outdir, struct list *done)
 	for (size_t i = 0; i < rels.n; i++) {
 		char *dot = strrchr(rels.v[i], '.');
 		char *slash = strrchr(rels.v[i], '/');
-		if (dot && (!slash || dot > slash) && bt_jobs_ext_is_safe(dot) &&
+		if (dot && (!slash || dot > slash) && bt_ext_is_safe(dot) &&
 		    dot != rels.v[i] && !(slash && dot == slash + 1))
 			list_add(done, bt_strndup(rels.v[i], (size_t)(dot - rels.v[i])));
 	}
 	list_release(&abs);
 	list_release(&rels);
-	qsort(done->v, done->n, sizeof(char *), cmp_str);
+	if (done->n)
+		qsort(done->v, done->n, sizeof(char *), cmp_str);
 }
 
 /* Removes temporary files a killed run left behind (ours only, by name). */
@@ -264,7 +267,7 @@ static void request_done(struct bt_request *req, void *arg)
 		const char *ext = json_string_value(json_object_get(req->meta, "ext"));
 		if (!ext)
 			ext = ".out";
-		if (!bt_jobs_ext_is_safe(ext)) {
+		if (!bt_ext_is_safe(ext)) {
 			char msg[160];
 			snprintf(msg, sizeof(msg),
 				 "meta.ext '%.40s' is not a safe extension ('.' and 1-16 of A-Za-z0-9_-)",
@@ -404,7 +407,8 @@ static void summary(struct job *job, int interrupted)
 	if (job->ok) {
 		printf("  %-16s %10s %10s\n", "stage", "p50 run", "p95 run");
 		for (int s = 0; s < job->pl->nstages; s++) {
-			qsort(job->run_ms[s], job->nrun[s], sizeof(double), cmp_double);
+			if (job->nrun[s])
+				qsort(job->run_ms[s], job->nrun[s], sizeof(double), cmp_double);
 			printf("  %-16s %8.1fms %8.1fms\n", job->pl->stages[s]->cfg->name,
 			       bt_jobs_percentile(job->run_ms[s], job->nrun[s], 0.50),
 			       bt_jobs_percentile(job->run_ms[s], job->nrun[s], 0.95));
@@ -496,6 +500,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	int cap = job.pl->stages[0]->nreplicas * job.pl->stages[0]->cfg->max_ongoing *
 		  job.pl->stages[0]->cfg->batch_max_size;
 	job.jobs = opt->jobs > 0 ? opt->jobs : BT_MAX(2, 2 * cap);
+	job.nsteps = job.pl->nstages;
 	job.run_ms = bt_calloc((size_t)job.pl->nstages, sizeof(double *));
 	job.nrun = bt_calloc((size_t)job.pl->nstages, sizeof(size_t));
 	job.caprun = bt_calloc((size_t)job.pl->nstages, sizeof(size_t));
@@ -541,7 +546,7 @@ out:
 		free(job.items[i].relpath);
 	}
 	free(job.items);
-	for (int s = 0; job.run_ms && s < job.pl->nstages; s++)
+	for (int s = 0; job.run_ms && s < job.nsteps; s++)
 		free(job.run_ms[s]);
 	free(job.run_ms);
 	free(job.nrun);

@@ -25,12 +25,7 @@ struct bt_job_options {
 /* Runs the job; returns the exit status (0 all succeeded, 1 not, 2 usage). */
 int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt);
 
-/*
- * Pure helpers, exposed for unit tests.  An extension is safe when it is
- * "." and 1 to 16 of [A-Za-z0-9_-]: it can neither climb out of the output
- * directory nor hide a second extension.
- */
-int bt_jobs_ext_is_safe(const char *ext);
+/* Pure helpers, exposed for unit tests (safe extensions: bt_ext_is_safe). */
 /* Output path of an input: outdir/relpath + ext (malloc'd). */
 char *bt_jobs_output_path(const char *outdir, const char *relpath, const char *ext);
 /* Nearest-rank percentile of sorted values (n > 0). */

@@ -44,12 +44,33 @@ enum bt_fail_reason {
 const char *bt_fail_reason_name(enum bt_fail_reason r);
 
 struct bt_child; /* one process incarnation, private to proc/ */
+struct bt_spawn_job; /* one process of a spawn-mode request, private to proc/ */
+
+/*
+ * A worker's stdout or stderr cut into lines, each logged with the line as
+ * msg and tagged with stage, replica, pid and stream.  Lines longer than
+ * BT_LINES_MAX are split.
+ */
+#define BT_LINES_MAX 4096
+struct bt_lines {
+	struct bt_buf partial;
+	const char *stage; /* borrowed: the stage name outlives every process */
+	int replica, pid;
+	const char *stream;
+};
+void bt_lines_init(struct bt_lines *l, const char *stage, int replica, int pid,
+		   const char *stream);
+void bt_lines_feed(struct bt_lines *l, const char *p, size_t n);
+/* Logs what is left of an unfinished line. */
+void bt_lines_flush(struct bt_lines *l);
+void bt_lines_release(struct bt_lines *l);
 
 struct bt_replica {
 	struct bt_stage *stage;
 	int id; /* 1-based within its stage */
 	enum bt_replica_state state;
 	struct bt_child *child; /* current process, or NULL */
+	struct bt_spawn_job *job; /* spawn mode: the process of its request */
 	uv_timer_t timer; /* start timeout, backoff, stop escalation */
 	uv_timer_t ping_timer;
 	struct bt_request **inflight; /* requests sent and not answered */
@@ -89,8 +110,18 @@ void bt_replica_close(struct bt_replica *r);
 void bt_replica_revive(struct bt_replica *r);
 static inline int bt_replica_can_take(const struct bt_replica *r, int max_ongoing)
 {
-	return r->state == BT_REPLICA_READY && r->nbatches < max_ongoing;
+	/* A spawn slot is busy until its process has really ended. */
+	return r->state == BT_REPLICA_READY && r->nbatches < max_ongoing && !r->job;
 }
+/* Takes a request out of the replica's in-flight set (it was answered). */
+void bt_replica_release(struct bt_replica *r, struct bt_request *req);
+
+/* Spawn mode (spawn.c): starts req's process on slot r; 0 or -errno. */
+int bt_spawn_start(struct bt_replica *r, struct bt_request *req);
+/* Kills the slot's process; its request is no longer its concern. */
+void bt_spawn_abandon(struct bt_replica *r);
+void bt_spawn_signal(struct bt_replica *r, int sig);
+int bt_spawn_pid(const struct bt_replica *r);
 /* True while a process of this replica may still be alive. */
 int bt_replica_has_process(const struct bt_replica *r);
 int bt_replica_pid(const struct bt_replica *r);

@@ -42,12 +42,10 @@ struct bt_child {
 	int writing;
 	int dirty;
 	struct bt_child *next_dirty;
-	struct bt_buf lines[2]; /* partial stdout and stderr lines */
+	struct bt_lines lines[2]; /* stdout and stderr, into the log */
 	char warmup_id[32]; /* id of the warm-up request, while WARMING */
 	char rbuf[65536];
 };
-
-#define MAX_LOG_LINE 4096
 
 static const char *state_names[] = {
 	[BT_REPLICA_PENDING] = "pending",   [BT_REPLICA_STARTING] = "starting",
@@ -71,6 +69,18 @@ const char *bt_fail_reason_name(enum bt_fail_reason r)
 		[BT_FAIL_SPAWN] = "spawn",
 	};
 	return names[r];
+}
+
+static struct bt_request *release_slot(struct bt_replica *r, int i);
+
+void bt_replica_release(struct bt_replica *r, struct bt_request *req)
+{
+	for (int i = 0; i < r->ninflight; i++) {
+		if (r->inflight[i] == req) {
+			release_slot(r, i);
+			return;
+		}
+	}
 }
 
 /* Takes the request in slot i out of the replica, closing its batch when last. */
@@ -111,12 +121,12 @@ struct bt_replica *bt_replica_new(struct bt_stage *st, int id)
 
 int bt_replica_has_process(const struct bt_replica *r)
 {
-	return r->child != NULL;
+	return r->child != NULL || r->job != NULL;
 }
 
 int bt_replica_pid(const struct bt_replica *r)
 {
-	return r->child ? r->child->pid : 0;
+	return r->child ? r->child->pid : bt_spawn_pid(r);
 }
 
 static void mark_dirty(struct bt_child *c)
@@ -144,8 +154,8 @@ static void child_free_if_done(struct bt_child *c)
 	bt_frame_decoder_release(&c->dec);
 	bt_buf_release(&c->wbuf);
 	bt_buf_release(&c->wbusy);
-	bt_buf_release(&c->lines[0]);
-	bt_buf_release(&c->lines[1]);
+	bt_lines_release(&c->lines[0]);
+	bt_lines_release(&c->lines[1]);
 	free(c);
 	d->live_children--;
 	bt_daemon_progress(d);
@@ -467,49 +477,15 @@ static void chan_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 
 /* ---- worker output ----------------------------------------------------- */
 
-/* A worker's output line becomes the msg of a log line tagged like ours. */
-static void log_line(struct bt_child *c, int which, const char *s, size_t n)
+static void consume_output(struct bt_child *c, int which, const char *p, size_t n)
 {
-	char line[MAX_LOG_LINE + 1];
-	if (n && s[n - 1] == '\r')
-		n--;
-	n = BT_MIN(n, MAX_LOG_LINE);
-	memcpy(line, s, n);
-	line[n] = '\0';
-	bt_log(BT_LOG_INFO, line, "stage=%s replica=%d pid=%d stream=%s", c->stage,
-	       c->replica_id, c->pid, which ? "stderr" : "stdout");
-}
-
-static void consume_output(struct bt_child *c, int which, const char *p,
-			   size_t n)
-{
-	struct bt_buf *b = &c->lines[which];
-	while (n > 0) {
-		const char *nl = memchr(p, '\n', n);
-		size_t take = nl ? (size_t)(nl - p) : n;
-		if (b->len + take > MAX_LOG_LINE)
-			take = MAX_LOG_LINE - b->len;
-		bt_buf_append(b, p, take);
-		p += take;
-		n -= take;
-		if (nl && p == nl) {
-			p++;
-			n--;
-		} else if (b->len < MAX_LOG_LINE) {
-			break; /* partial line: wait for more */
-		}
-		log_line(c, which, b->data, b->len);
-		b->len = 0;
-	}
+	bt_lines_feed(&c->lines[which], p, n);
 }
 
 static void flush_output(struct bt_child *c)
 {
-	for (int which = 0; which < 2; which++) {
-		if (c->lines[which].len)
-			log_line(c, which, c->lines[which].data, c->lines[which].len);
-		c->lines[which].len = 0;
-	}
+	bt_lines_flush(&c->lines[0]);
+	bt_lines_flush(&c->lines[1]);
 }
 
 static void out_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -743,6 +719,8 @@ static int spawn(struct bt_replica *r)
 	}
 	c->pid = c->proc.pid;
 	c->proc.data = c;
+	bt_lines_init(&c->lines[0], cfg->name, r->id, c->pid, "stdout");
+	bt_lines_init(&c->lines[1], cfg->name, r->id, c->pid, "stderr");
 	bt_frame_decoder_init(&c->dec, d->cfg->max_payload_bytes);
 	uv_read_start((uv_stream_t *)&c->chan, alloc_cb, chan_read_cb);
 	uv_read_start((uv_stream_t *)&c->out, alloc_cb, out_read_cb);
@@ -759,6 +737,13 @@ void bt_replica_start(struct bt_replica *r)
 	if (daemon_of(r)->state >= BT_DAEMON_STOPPING)
 		return;
 	uv_timer_stop(&r->timer);
+	if (cfg->mode == BT_MODE_SPAWN) {
+		/* A slot: its processes start with their requests. */
+		r->state = BT_REPLICA_READY;
+		r->ready_ms = bt_now_ms();
+		bt_stage_replicas_changed(r->stage);
+		return;
+	}
 	r->state = BT_REPLICA_STARTING;
 	r->spawned_ms = bt_now_ms();
 	r->ready_ms = 0;
@@ -801,6 +786,24 @@ void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 {
 	struct bt_child *c = r->child;
 	const struct bt_stage_config *cfg = cfg_of(r);
+	if (cfg->mode == BT_MODE_SPAWN) {
+		BT_ASSERT(n == 1 && !r->job && r->nbatches == 0);
+		reqs[0]->batch_slot = 0;
+		r->batch_left[0] = 1;
+		r->nbatches = 1;
+		r->inflight[r->ninflight++] = reqs[0];
+		int e = bt_spawn_start(r, reqs[0]);
+		if (e) {
+			char why[160];
+			snprintf(why, sizeof(why), "cannot spawn: %s", bt_strerror(e));
+			bt_error("cannot spawn", "stage=%s replica=%d error=\"%s\"", cfg->name, r->id,
+				 bt_strerror(e));
+			bt_replica_release(r, reqs[0]);
+			r->stage->failures[BT_FAIL_SPAWN]++;
+			bt_stage_lost(reqs[0], 1, why);
+		}
+		return;
+	}
 	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->nbatches < cfg->max_ongoing);
 	int b = 0;
 	while (r->batch_left[b])
@@ -852,6 +855,10 @@ void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
 			break;
 		}
 	}
+	if (r->job) {
+		bt_spawn_abandon(r);
+		return;
+	}
 	if (!r->child)
 		return;
 	/* The others on this replica did nothing wrong: they keep their attempt. */
@@ -865,6 +872,12 @@ static void stop_escalate_cb(uv_timer_t *t)
 {
 	struct bt_replica *r = t->data;
 	struct bt_child *c = r->child;
+	if (r->job && r->state == BT_REPLICA_STOPPING) {
+		bt_spawn_signal(r, r->stop_phase++ == 0 ? SIGTERM : SIGKILL);
+		if (r->stop_phase < 2)
+			uv_timer_start(&r->timer, stop_escalate_cb, cfg_of(r)->grace_ms, 0);
+		return;
+	}
 	if (!c || r->state != BT_REPLICA_STOPPING)
 		return;
 	if (r->stop_phase == 0) {
@@ -886,6 +899,16 @@ void bt_replica_stop(struct bt_replica *r, int now)
 {
 	struct bt_child *c = r->child;
 	ping_stop(r);
+	if (r->job) {
+		/* A script cannot be asked to stop: give it grace_ms, then signals. */
+		r->state = BT_REPLICA_STOPPING;
+		r->stop_phase = 0;
+		if (now)
+			bt_spawn_signal(r, SIGKILL);
+		else
+			uv_timer_start(&r->timer, stop_escalate_cb, cfg_of(r)->grace_ms, 0);
+		return;
+	}
 	if (!c) {
 		uv_timer_stop(&r->timer);
 		if (r->state != BT_REPLICA_FAILED)

@@ -1,0 +1,448 @@
+/*
+ * Spawn mode: one process per request, for existing one-shot scripts.
+ * Two conventions (seed 000 and seed 003): an argv with {input}/{output}
+ * placeholders gets the payload in a temporary input file and leaves its
+ * answer in the output file; without placeholders the payload goes to
+ * stdin and the answer is read from stdout.  A replica is a slot that runs
+ * at most one such process at a time; the process is started through the
+ * exec shim, in its own process group, like a persistent worker.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../daemon/daemon.h"
+#include "../sched/sched.h"
+#include "proc.h"
+
+extern char **environ;
+
+#define ERR_TAIL 1024 /* bytes of stderr kept for the error message */
+
+struct bt_spawn_job {
+	struct bt_replica *r; /* NULL once the replica let go of it */
+	struct bt_request *req; /* NULL once abandoned (timeout) */
+	struct bt_daemon *d;
+	uv_process_t proc;
+	uv_pipe_t in, out, err;
+	uv_write_t wreq;
+	int handles; /* open handles; freed at 0 */
+	int pid;
+	char *dir; /* temporary directory, removed at the end */
+	char *in_path, *out_path; /* file convention only */
+	int files;
+	struct bt_buf stdout_buf; /* the answer, stdin/stdout convention */
+	char *stdin_copy; /* the payload being written: a timed-out request is freed */
+	char tail[ERR_TAIL]; /* the last stderr bytes, a ring */
+	size_t tail_len, tail_pos;
+	struct bt_lines lines[2];
+	char rbuf[65536];
+};
+
+static void remove_tree(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st))
+		return;
+	if (S_ISDIR(st.st_mode)) {
+		DIR *dh = opendir(path);
+		struct dirent *e;
+		while (dh && (e = readdir(dh))) {
+			if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+				continue;
+			char *child = bt_asprintf("%s/%s", path, e->d_name);
+			remove_tree(child);
+			free(child);
+		}
+		if (dh)
+			closedir(dh);
+		rmdir(path);
+	} else {
+		unlink(path);
+	}
+}
+
+static void job_closed_cb(uv_handle_t *h)
+{
+	struct bt_spawn_job *j = h->data;
+	if (--j->handles > 0)
+		return;
+	struct bt_daemon *d = j->d;
+	if (j->dir)
+		remove_tree(j->dir);
+	free(j->dir);
+	free(j->in_path);
+	free(j->out_path);
+	free(j->stdin_copy);
+	bt_buf_release(&j->stdout_buf);
+	bt_lines_release(&j->lines[0]);
+	bt_lines_release(&j->lines[1]);
+	free(j);
+	d->live_children--;
+	bt_daemon_progress(d);
+}
+
+static void close_all(struct bt_spawn_job *j)
+{
+	uv_handle_t *hs[] = {(uv_handle_t *)&j->proc, (uv_handle_t *)&j->in,
+			     (uv_handle_t *)&j->out, (uv_handle_t *)&j->err};
+	for (size_t i = 0; i < BT_ARRAY_SIZE(hs); i++)
+		if (!uv_is_closing(hs[i]))
+			uv_close(hs[i], job_closed_cb);
+}
+
+static void keep_tail(struct bt_spawn_job *j, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		j->tail[j->tail_pos] = p[i];
+		j->tail_pos = (j->tail_pos + 1) % ERR_TAIL;
+		if (j->tail_len < ERR_TAIL)
+			j->tail_len++;
+	}
+}
+
+/* The last lines of stderr, newlines turned into " | ", for an error text. */
+static void tail_text(const struct bt_spawn_job *j, char *out, size_t size)
+{
+	size_t start = (j->tail_pos + ERR_TAIL - j->tail_len) % ERR_TAIL, o = 0;
+	for (size_t i = 0; i < j->tail_len && o + 4 < size; i++) {
+		char ch = j->tail[(start + i) % ERR_TAIL];
+		if (ch == '\n') {
+			if (i + 1 < j->tail_len && o)
+				o += (size_t)snprintf(out + o, size - o, " | ");
+		} else if ((unsigned char)ch >= ' ') {
+			out[o++] = ch;
+		}
+	}
+	out[o] = '\0';
+}
+
+static void consume(struct bt_spawn_job *j, uv_stream_t *s, const char *p, size_t n)
+{
+	if (s == (uv_stream_t *)&j->err) {
+		keep_tail(j, p, n);
+		bt_lines_feed(&j->lines[1], p, n);
+	} else if (j->files) {
+		bt_lines_feed(&j->lines[0], p, n); /* stdout is only a log there */
+	} else if (j->stdout_buf.len + n <= j->d->cfg->max_payload_bytes) {
+		bt_buf_append(&j->stdout_buf, p, n);
+	}
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct bt_spawn_job *j = h->data;
+	(void)suggested;
+	buf->base = j->rbuf;
+	buf->len = sizeof(j->rbuf);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct bt_spawn_job *j = s->data;
+	if (n > 0)
+		consume(j, s, buf->base, (size_t)n);
+	else if (n < 0)
+		uv_read_stop(s);
+}
+
+static void drain(struct bt_spawn_job *j, uv_pipe_t *p)
+{
+	int fd;
+	if (uv_is_closing((uv_handle_t *)p) || uv_fileno((uv_handle_t *)p, &fd))
+		return;
+	for (;;) {
+		ssize_t n = read(fd, j->rbuf, sizeof(j->rbuf));
+		if (n <= 0)
+			break;
+		consume(j, (uv_stream_t *)p, j->rbuf, (size_t)n);
+	}
+}
+
+static int read_whole(const char *path, size_t max, char **data, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct bt_buf b = BT_BUF_INIT;
+	char chunk[65536];
+	ssize_t n;
+	int e = 0;
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0) {
+		if (b.len + (size_t)n > max) {
+			e = BT_ETOOBIG;
+			break;
+		}
+		bt_buf_append(&b, chunk, (size_t)n);
+	}
+	if (n < 0)
+		e = -errno;
+	close(fd);
+	if (e) {
+		bt_buf_release(&b);
+		return e;
+	}
+	bt_buf_reserve(&b, 0);
+	*data = bt_buf_detach(&b, len);
+	return 0;
+}
+
+/*
+ * The answer of a process that exited 0.  With status_key, a JSON object
+ * whose status_key is "error" (seed 000's scripts exit 0 on failure) is a
+ * rejection carrying the script's own words.
+ */
+static void deliver(struct bt_spawn_job *j, struct bt_request *req)
+{
+	const struct bt_stage_config *cfg = j->r->stage->cfg;
+	char *data = NULL;
+	size_t len = 0;
+	if (j->files) {
+		int e = read_whole(j->out_path, j->d->cfg->max_payload_bytes, &data, &len);
+		if (e) {
+			char msg[300];
+			snprintf(msg, sizeof(msg), "the script exited 0 but left no output file (%s)",
+				 bt_strerror(e));
+			bt_stage_result(req, NULL, 0, NULL, msg, 1);
+			return;
+		}
+	} else {
+		bt_buf_reserve(&j->stdout_buf, 0);
+		data = bt_buf_detach(&j->stdout_buf, &len);
+	}
+	json_error_t jerr;
+	json_t *doc = json_loadb(data, len, 0, &jerr);
+	if (cfg->spawn_status_key && json_is_object(doc)) {
+		const char *status = json_string_value(json_object_get(doc, cfg->spawn_status_key));
+		if (status && !strcmp(status, "error")) {
+			const char *why = json_string_value(json_object_get(doc, "error"));
+			if (!why)
+				why = json_string_value(json_object_get(doc, "message"));
+			char msg[1024];
+			snprintf(msg, sizeof(msg), "%s", why ? why : "the script reported an error");
+			json_decref(doc);
+			free(data);
+			bt_stage_result(req, NULL, 0, NULL, msg, 0);
+			return;
+		}
+	}
+	json_t *meta = doc ? json_pack("{s:s, s:s}", "content_type", "application/json", "ext",
+				       ".json")
+			   : json_object();
+	json_decref(doc);
+	bt_stage_result(req, data, len, meta, NULL, 0);
+	json_decref(meta);
+}
+
+static void exit_cb(uv_process_t *p, int64_t status, int sig)
+{
+	struct bt_spawn_job *j = p->data;
+	struct bt_replica *r = j->r;
+	struct bt_request *req = j->req;
+	kill(-j->pid, SIGKILL); /* whatever the script left running */
+	drain(j, &j->out);
+	drain(j, &j->err);
+	bt_lines_flush(&j->lines[0]);
+	bt_lines_flush(&j->lines[1]);
+	if (r) {
+		r->job = NULL;
+		if (req)
+			bt_replica_release(r, req);
+		if (r->state == BT_REPLICA_STOPPING) {
+			uv_timer_stop(&r->timer);
+			r->state = BT_REPLICA_EXITED;
+		}
+	}
+	if (req) {
+		if (sig || status) {
+			char why[ERR_TAIL + 96], tail[ERR_TAIL + 64];
+			tail_text(j, tail, sizeof(tail));
+			if (sig)
+				snprintf(why, sizeof(why), "killed by signal %d (%s)%s%s", sig,
+					 strsignal(sig), tail[0] ? ": " : "", tail);
+			else
+				snprintf(why, sizeof(why), "exited with status %lld%s%s",
+					 (long long)status, tail[0] ? ": " : "", tail);
+			bt_stage_lost(req, 1, why);
+		} else {
+			deliver(j, req);
+		}
+	}
+	close_all(j);
+}
+
+static void stdin_written_cb(uv_write_t *w, int status)
+{
+	struct bt_spawn_job *j = w->data;
+	(void)status; /* a script may exit without reading: EPIPE is not an error here */
+	if (!uv_is_closing((uv_handle_t *)&j->in))
+		uv_close((uv_handle_t *)&j->in, job_closed_cb);
+}
+
+/* Replaces every {input} and {output} in arg. */
+static char *substitute(const char *arg, const char *in, const char *out)
+{
+	struct bt_buf b = BT_BUF_INIT;
+	while (*arg) {
+		if (!strncmp(arg, "{input}", 7)) {
+			bt_buf_puts(&b, in);
+			arg += 7;
+		} else if (!strncmp(arg, "{output}", 8)) {
+			bt_buf_puts(&b, out);
+			arg += 8;
+		} else {
+			bt_buf_append(&b, arg++, 1);
+		}
+	}
+	bt_buf_reserve(&b, 0);
+	return bt_buf_detach(&b, NULL);
+}
+
+/* The input file keeps the input's extension, so scripts can tell PNG from PDF. */
+static const char *input_ext(const struct bt_request *req)
+{
+	const char *name = json_string_value(json_object_get(req->meta, "name"));
+	const char *dot = name ? strrchr(name, '.') : NULL;
+	if (dot && bt_ext_is_safe(dot))
+		return dot;
+	const char *ct = json_string_value(json_object_get(req->meta, "content_type"));
+	return ct && strstr(ct, "json") ? ".json" : ".bin";
+}
+
+int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
+{
+	struct bt_daemon *d = r->stage->d;
+	const struct bt_stage_config *cfg = r->stage->cfg;
+	struct bt_spawn_job *j = bt_calloc(1, sizeof(*j));
+	char **args = NULL, **env = NULL;
+	int e = 0;
+	j->r = r;
+	j->req = req;
+	j->d = d;
+	j->files = cfg->spawn_files;
+
+	const char *tmp = getenv("TMPDIR");
+	char *templ = bt_asprintf("%s/baton-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", cfg->name);
+	if (!mkdtemp(templ)) {
+		e = -errno;
+		free(templ);
+		free(j);
+		return e;
+	}
+	j->dir = templ;
+	if (j->files) {
+		j->in_path = bt_asprintf("%s/input%s", j->dir, input_ext(req));
+		j->out_path = bt_asprintf("%s/output%s", j->dir, cfg->spawn_output_ext);
+		int fd = open(j->in_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		ssize_t w = 0;
+		size_t off = 0;
+		while (fd >= 0 && off < req->len && (w = write(fd, req->payload + off, req->len - off)) > 0)
+			off += (size_t)w;
+		if (fd < 0 || off < req->len)
+			e = fd < 0 || w < 0 ? -errno : -EIO;
+		if (fd >= 0)
+			close(fd);
+		if (e) {
+			remove_tree(j->dir);
+			free(j->dir);
+			free(j->in_path);
+			free(j->out_path);
+			free(j);
+			return e;
+		}
+	}
+
+	uv_pipe_init(d->loop, &j->in, 0);
+	uv_pipe_init(d->loop, &j->out, 0);
+	uv_pipe_init(d->loop, &j->err, 0);
+	j->proc.data = j->in.data = j->out.data = j->err.data = j->wreq.data = j;
+
+	char ppid[24], stage[160], replica[32];
+	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
+	snprintf(stage, sizeof(stage), "BATON_STAGE=%s", cfg->name);
+	snprintf(replica, sizeof(replica), "BATON_REPLICA=%d", r->id);
+	char *extra[] = {"BATON_MODE=spawn", stage, replica, NULL};
+	env = bt_config_stage_environ(cfg, environ, extra);
+	args = bt_calloc((size_t)cfg->argc + 4, sizeof(char *));
+	args[0] = d->self_exe;
+	args[1] = "__shim";
+	args[2] = ppid;
+	for (int i = 0; i < cfg->argc; i++)
+		args[3 + i] = j->files && i > 0 ? substitute(cfg->argv[i], j->in_path, j->out_path)
+						: cfg->argv[i];
+
+	uv_stdio_container_t stdio[3];
+	stdio[0].flags = j->files ? UV_IGNORE : UV_CREATE_PIPE | UV_READABLE_PIPE;
+	stdio[0].data.stream = (uv_stream_t *)&j->in;
+	stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[1].data.stream = (uv_stream_t *)&j->out;
+	stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[2].data.stream = (uv_stream_t *)&j->err;
+	uv_process_options_t o;
+	memset(&o, 0, sizeof(o));
+	o.exit_cb = exit_cb;
+	o.file = d->self_exe;
+	o.args = args;
+	o.env = env;
+	o.cwd = cfg->workdir;
+	o.flags = UV_PROCESS_DETACHED;
+	o.stdio_count = 3;
+	o.stdio = stdio;
+
+	j->handles = 4;
+	d->live_children++;
+	e = uv_spawn(d->loop, &j->proc, &o);
+	for (int i = 1; j->files && i < cfg->argc; i++)
+		free(args[3 + i]);
+	free(args);
+	bt_config_free_environ(env);
+	if (e) {
+		j->r = NULL;
+		j->req = NULL;
+		close_all(j);
+		return e;
+	}
+	j->pid = j->proc.pid;
+	bt_lines_init(&j->lines[0], cfg->name, r->id, j->pid, "stdout");
+	bt_lines_init(&j->lines[1], cfg->name, r->id, j->pid, "stderr");
+	uv_read_start((uv_stream_t *)&j->out, alloc_cb, read_cb);
+	uv_read_start((uv_stream_t *)&j->err, alloc_cb, read_cb);
+	if (j->files) {
+		uv_close((uv_handle_t *)&j->in, job_closed_cb);
+	} else {
+		j->stdin_copy = bt_malloc(req->len ? req->len : 1);
+		if (req->len)
+			memcpy(j->stdin_copy, req->payload, req->len);
+		uv_buf_t b = uv_buf_init(j->stdin_copy, (unsigned)req->len);
+		if (uv_write(&j->wreq, (uv_stream_t *)&j->in, &b, 1, stdin_written_cb))
+			uv_close((uv_handle_t *)&j->in, job_closed_cb);
+	}
+	r->job = j;
+	bt_debug("spawned", "stage=%s replica=%d pid=%d request=%s", cfg->name, r->id, j->pid,
+		 req->idstr);
+	return 0;
+}
+
+int bt_spawn_pid(const struct bt_replica *r)
+{
+	return r->job ? r->job->pid : 0;
+}
+
+void bt_spawn_abandon(struct bt_replica *r)
+{
+	if (!r->job)
+		return;
+	r->job->req = NULL;
+	kill(-r->job->pid, SIGKILL);
+}
+
+void bt_spawn_signal(struct bt_replica *r, int sig)
+{
+	if (r->job)
+		kill(-r->job->pid, sig);
+}

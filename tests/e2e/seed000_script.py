@@ -1,0 +1,39 @@
+#!/usr/bin/python3
+"""A one-shot script in seed 000's convention: --input in.json --output
+out.json, exit 0 even on failure with {"status": "error", "error": ...}.
+The input's "action" chooses: ok, fail (status error), crash (exit 3 with a
+traceback on stderr), hang, slow (sleep "ms"), noout (write nothing), leak
+(start a sleeping grandchild and leave)."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--input", required=True)
+ap.add_argument("--output", required=True)
+a = ap.parse_args()
+with open(a.input) as f:
+    req = json.load(f)
+action = req.get("action", "ok")
+print("processing", os.path.basename(a.input), "in", os.getcwd())
+if action == "crash":
+    print("Traceback (most recent call last):", file=sys.stderr)
+    print("RuntimeError: CUDA out of memory", file=sys.stderr)
+    sys.exit(3)
+if action == "hang":
+    time.sleep(3600)
+if action == "slow":
+    time.sleep(req.get("ms", 100) / 1000)
+if action == "noout":
+    sys.exit(0)
+if action == "leak":
+    subprocess.Popen(["sleep", "1000"])
+result = {"status": "ok", "echo": req, "input_name": os.path.basename(a.input),
+          "pid": os.getpid()}
+if action == "fail":
+    result = {"status": "error", "error": "no diagram found on this page"}
+with open(a.output, "w") as f:
+    json.dump(result, f)

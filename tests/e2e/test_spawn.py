@@ -1,0 +1,126 @@
+"""Spawn mode: existing one-shot scripts run unchanged, one process per
+request, with the same timeouts, retries and error codes as workers."""
+import glob
+import json
+import os
+import subprocess
+import time
+
+from conftest import BATON, PYTHON, ROOT, SLOW, group_alive, wait_for
+
+SEED000 = os.path.join(ROOT, "tests", "e2e", "seed000_script.py")
+SEED003 = os.path.join(ROOT, "tests", "e2e", "seed003_script.py")
+
+
+def files_stage(tmp, extra=""):
+    return ("stages:\n  legacy:\n    mode: spawn\n"
+            "    command: [%s, %s, --input, '{input}', --output, '{output}']\n"
+            "    spawn: {status_key: status}\n    replicas: 2\n    retries: 1\n%s"
+            "pipelines:\n  p: [legacy]\n" % (PYTHON, SEED000, extra))
+
+
+def test_seed000_files_convention(baton, tmp_path):
+    b = baton(files_stage(tmp_path))
+    r = b.post("p", json.dumps({"action": "ok", "page": 3}),
+               headers={"Content-Type": "application/json"})
+    assert r.status == 200, r
+    doc = r.json()
+    assert doc["status"] == "ok" and doc["echo"]["page"] == 3
+    assert doc["input_name"] == "input.json"
+    assert r.headers["content-type"] == "application/json"
+    # Each request is a new process.
+    pids = {b.post("p", '{"action": "ok"}').json()["pid"] for _ in range(3)}
+    assert len(pids) == 3
+    assert "processing input.json" in b.log()  # stdout went to the log
+    assert b.stop() == 0
+
+
+def test_status_error_becomes_rejected_with_the_script_text(baton, tmp_path):
+    b = baton(files_stage(tmp_path))
+    r = b.post("p", '{"action": "fail"}')
+    assert r.status == 422, r
+    assert r.json()["error"] == "no diagram found on this page"
+    assert b.status()["stages"]["legacy"]["retried"] == 0
+    assert b.stop() == 0
+
+
+def test_nonzero_exit_is_retried_then_fails_with_stderr(baton, tmp_path):
+    b = baton(files_stage(tmp_path))
+    r = b.post("p", '{"action": "crash"}')
+    assert r.status == 502 and r.json()["code"] == "worker_crashed", r
+    err = r.json()["error"]
+    assert "exited with status 3" in err and "CUDA out of memory" in err
+    assert "2 times" in err
+    assert b.stop() == 0
+
+
+def test_missing_output_file_is_an_error(baton, tmp_path):
+    b = baton(files_stage(tmp_path))
+    r = b.post("p", '{"action": "noout"}')
+    assert r.status == 500 and "no output file" in r.json()["error"], r
+    assert b.stop() == 0
+
+
+def test_timeout_kills_the_process_group(baton, tmp_path):
+    b = baton(files_stage(tmp_path, "    timeout_ms: 500\n"))
+    r = b.post("p", '{"action": "hang"}')
+    assert r.status == 504, r
+    wait_for(lambda: b.status()["stages"]["legacy"]["running"] == 0, 10)
+    assert b.post("p", '{"action": "ok"}').status == 200
+    assert b.stop() == 0
+
+
+def test_temporary_files_are_always_removed(baton, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    cfg = files_stage(tmp_path, "    timeout_ms: 800\n    env: {TMPDIR: %s}\n" % tmpdir)
+    b = baton(cfg)
+    for action in ("ok", "fail", "crash", "noout", "hang"):
+        b.post("p", json.dumps({"action": action}))
+    wait_for(lambda: os.listdir(tmpdir) == [], 10, what="no temporary files left")
+    assert b.stop() == 0
+
+
+def test_leftover_grandchild_is_killed(baton, tmp_path):
+    b = baton(files_stage(tmp_path))
+    r = b.post("p", '{"action": "leak"}')
+    assert r.status == 200
+    pgid = r.json()["pid"]
+    wait_for(lambda: not group_alive(pgid), 5, what="the script's group to be gone")
+    assert b.stop() == 0
+
+
+def test_seed003_stdin_stdout_convention(baton):
+    b = baton("stages:\n  gpu:\n    mode: spawn\n    command: [%s, %s]\n"
+              "pipelines:\n  p: [gpu]\n" % (PYTHON, SEED003))
+    r = b.post("p", json.dumps({"values": [1, 2, 3]}))
+    assert r.status == 200 and r.json() == {"doubled": [2, 4, 6]}, r
+    assert "got 1 keys" in b.log()
+    r = b.post("p", json.dumps({"action": "crash"}))
+    assert r.status == 502 and "exited with status 1" in r.json()["error"]
+    assert b.stop() == 0
+
+
+def test_spawn_with_batch_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("stages:\n  s:\n    mode: spawn\n    command: [%s, %s]\n"
+                    "    batch: {max_size: 4}\npipelines:\n  p: [s]\n" % (PYTHON, SEED003))
+    r = subprocess.run([BATON, "check", str(path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "spawn mode" in r.stderr and ":5:" in r.stderr
+
+
+def test_baton_run_over_files_in_spawn_mode(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(files_stage(tmp_path).replace("retries: 1", "retries: 0"))
+    (tmp_path / "in").mkdir()
+    for i, action in enumerate(["ok", "ok", "fail", "ok"]):
+        (tmp_path / "in" / ("page%d.json" % i)).write_text(json.dumps({"action": action}))
+    r = subprocess.run([BATON, "run", str(cfg), "--pipeline", "p", "--input",
+                        str(tmp_path / "in"), "--output", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120 * SLOW)
+    assert r.returncode == 1
+    outs = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "out" / "*.json")))
+    assert outs == ["page0.json.json", "page1.json.json", "page3.json.json"]
+    assert json.load(open(tmp_path / "out" / "page0.json.json"))["input_name"] == "input.json"
+    failed = [json.loads(l) for l in open(tmp_path / "out" / "_failed.jsonl")]
+    assert [(f["path"], f["code"]) for f in failed] == [("page2.json", "rejected")]
