@@ -236,58 +236,60 @@ static const char *stage_env_get(const struct bt_stage_config *st,
 	return NULL;
 }
 
+char *bt_config_find_program(const struct bt_stage_config *st, const char *cmd)
+{
+	if (strchr(cmd, '/')) {
+		char *p = join_path(st->workdir, cmd);
+		if (is_executable_file(p))
+			return p;
+		free(p);
+		return NULL;
+	}
+	const char *path = stage_env_get(st, "PATH");
+	if (!path)
+		path = getenv("PATH");
+	if (!path)
+		path = "/usr/local/bin:/usr/bin:/bin";
+	if (st->venv) {
+		char *p = bt_asprintf("%s/bin/%s", st->venv, cmd);
+		if (is_executable_file(p))
+			return p;
+		free(p);
+	}
+	for (const char *s = path; *s;) {
+		const char *e = strchr(s, ':');
+		size_t len = e ? (size_t)(e - s) : strlen(s);
+		if (len) {
+			char *p = bt_asprintf("%.*s/%s", (int)len, s, cmd);
+			if (is_executable_file(p))
+				return p;
+			free(p);
+		}
+		s += len + (e ? 1 : 0);
+	}
+	return NULL;
+}
+
 /* Resolves argv[0] the way execvp would in the replica's environment. */
 static int resolve_command(struct ctx *c, const yaml_node_t *n,
 			   struct bt_stage_config *st)
 {
 	const char *cmd = st->argv[0];
-	char *found = NULL;
-	if (strchr(cmd, '/')) {
+	char *found = bt_config_find_program(st, cmd);
+	if (!found && strchr(cmd, '/')) {
 		char *p = join_path(st->workdir, cmd);
 		struct stat sb;
-		if (stat(p, &sb) != 0) {
-			int r = fail(c, n, "command '%s' of stage '%s' does not exist (%s)",
-				     cmd, st->name, p);
-			free(p);
-			return r;
-		}
-		if (!is_executable_file(p)) {
-			int r = fail(c, n, "command '%s' of stage '%s' is not an executable file (%s)",
-				     cmd, st->name, p);
-			free(p);
-			return r;
-		}
-		found = p;
-	} else {
-		const char *path = stage_env_get(st, "PATH");
-		if (!path)
-			path = getenv("PATH");
-		if (!path)
-			path = "/usr/local/bin:/usr/bin:/bin";
-		if (st->venv) {
-			char *p = bt_asprintf("%s/bin/%s", st->venv, cmd);
-			if (is_executable_file(p))
-				found = p;
-			else
-				free(p);
-		}
-		const char *s = path;
-		while (!found && *s) {
-			const char *e = strchr(s, ':');
-			size_t len = e ? (size_t)(e - s) : strlen(s);
-			if (len) {
-				char *p = bt_asprintf("%.*s/%s", (int)len, s, cmd);
-				if (is_executable_file(p))
-					found = p;
-				else
-					free(p);
-			}
-			s += len + (e ? 1 : 0);
-		}
-		if (!found)
-			return fail(c, n, "command '%s' of stage '%s' not found in %sPATH",
-				    cmd, st->name, st->venv ? "the venv's bin/ or " : "");
+		int r = stat(p, &sb) != 0
+				? fail(c, n, "command '%s' of stage '%s' does not exist (%s)", cmd,
+				       st->name, p)
+				: fail(c, n, "command '%s' of stage '%s' is not an executable file (%s)",
+				       cmd, st->name, p);
+		free(p);
+		return r;
 	}
+	if (!found)
+		return fail(c, n, "command '%s' of stage '%s' not found in %sPATH", cmd, st->name,
+			    st->venv ? "the venv's bin/ or " : "");
 	free(st->argv[0]);
 	st->argv[0] = found;
 	return 0;
@@ -370,7 +372,9 @@ static const char *const stage_keys[] = {
 	"command", "workdir", "venv", "env", "mode", "replicas", "max_ongoing",
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
-	"priority_levels", "spawn", NULL};
+	"priority_levels", "spawn", "health_check", "setup", NULL};
+static const char *const setup_keys[] = {"python", "requirements", "wheels",
+					 "system_site_packages", NULL};
 static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
 static const char *const batch_keys[] = {"max_size", "window_ms", NULL};
 static const char *const replicas_keys[] = {"initial", NULL};
@@ -408,6 +412,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 {
 	const yaml_node_t *command = NULL, *warmup_file = NULL, *mode_node = NULL;
 	const yaml_node_t *spawn_node = NULL, *batch_node = NULL, *ongoing_node = NULL;
+	const yaml_node_t *setup_node = NULL;
 	char *workdir = NULL, *venv = NULL;
 	char what[128];
 	int r;
@@ -446,6 +451,41 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			else if (!r && strcmp(mode, "persistent"))
 				r = fail(c, v, "'mode' must be 'persistent' or 'spawn', not '%s'", mode);
 			free(mode);
+		} else if (!strcmp(k, "health_check")) {
+			if (v->type != YAML_SEQUENCE_NODE ||
+			    v->data.sequence.items.top == v->data.sequence.items.start) {
+				r = fail(c, v, "'health_check' of stage '%s' must be a non-empty list of strings (an argv)",
+					 st->name);
+				break;
+			}
+			size_t hn = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+			st->health_check = bt_calloc(hn + 1, sizeof(char *));
+			for (size_t h = 0; h < hn && !r; h++) {
+				yaml_node_t *a = node(c, v->data.sequence.items.start[h]);
+				if (a->type != YAML_SCALAR_NODE || has_nul(a))
+					r = fail(c, a, "'health_check' items must be strings");
+				else
+					st->health_check[h] = bt_strdup(scalar(a));
+			}
+		} else if (!strcmp(k, "setup")) {
+			setup_node = v;
+			st->has_setup = 1;
+			if ((r = check_mapping(c, v, "'setup'", setup_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *sk = scalar(node(c, q->key));
+				yaml_node_t *sv = node(c, q->value);
+				if (!strcmp(sk, "python"))
+					r = get_string(c, sv, "setup.python", &st->setup_python);
+				else if (!strcmp(sk, "requirements"))
+					r = get_string(c, sv, "setup.requirements", &st->setup_requirements);
+				else if (!strcmp(sk, "wheels"))
+					r = get_string(c, sv, "setup.wheels", &st->setup_wheels);
+				else
+					r = get_bool(c, sv, "setup.system_site_packages",
+						     &st->setup_system_site_packages);
+			}
 		} else if (!strcmp(k, "spawn")) {
 			spawn_node = v;
 			if ((r = check_mapping(c, v, "'spawn'", spawn_keys)))
@@ -600,6 +640,34 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 		char *bin = bt_asprintf("%s/bin", st->venv);
 		st->venv_missing = stat(bin, &sb) != 0 || !S_ISDIR(sb.st_mode);
 		free(bin);
+	}
+	if (setup_node) {
+		if (!st->venv) {
+			r = fail(c, setup_node, "'setup' of stage '%s' needs 'venv' (the environment it builds)",
+				 st->name);
+			goto out;
+		}
+		if (st->setup_requirements && !st->setup_wheels) {
+			r = fail(c, setup_node,
+				 "'setup.requirements' of stage '%s' needs 'setup.wheels': baton installs from a local wheel directory, never from the network",
+				 st->name);
+			goto out;
+		}
+		char *p;
+		if (st->setup_requirements) {
+			p = join_path(c->cfg->dir, st->setup_requirements);
+			free(st->setup_requirements);
+			st->setup_requirements = p;
+		}
+		if (st->setup_wheels) {
+			p = join_path(c->cfg->dir, st->setup_wheels);
+			free(st->setup_wheels);
+			st->setup_wheels = p;
+		}
+		if (!st->setup_python)
+			st->setup_python = bt_strdup(access("/usr/bin/python3", X_OK) == 0
+							     ? "/usr/bin/python3"
+							     : "python3");
 	}
 	if ((r = resolve_command(c, command, st)))
 		goto out;
@@ -1001,6 +1069,12 @@ void bt_config_release(struct bt_config *cfg)
 		free(st->warmup_payload);
 		free(st->spawn_status_key);
 		free(st->spawn_output_ext);
+		for (int h = 0; st->health_check && st->health_check[h]; h++)
+			free(st->health_check[h]);
+		free(st->health_check);
+		free(st->setup_python);
+		free(st->setup_requirements);
+		free(st->setup_wheels);
 	}
 	free(cfg->stages);
 	for (int i = 0; i < cfg->npipelines; i++) {

@@ -33,6 +33,12 @@ struct bt_stage_config {
 	char *spawn_status_key; /* spawn: JSON key whose "error" value rejects */
 	char *spawn_output_ext; /* spawn: extension of the {output} file */
 	int spawn_files; /* spawn: the argv has {input}/{output} placeholders */
+	char **health_check; /* argv for `baton env check`, NULL-terminated, or NULL */
+	int has_setup; /* `setup:` present: `baton env setup` builds the venv */
+	char *setup_python; /* interpreter that creates the venv */
+	char *setup_requirements; /* absolute, or NULL */
+	char *setup_wheels; /* absolute wheel directory, or NULL */
+	int setup_system_site_packages;
 	int line, col; /* where the stage's key is */
 	char **argv; /* NULL-terminated; argv[0] absolute */
 	int argc;
@@ -97,6 +103,13 @@ void bt_config_release(struct bt_config *cfg);
 /* Same, from text in memory (path is used in messages and for resolving). */
 int bt_config_parse(const char *path, const char *text, size_t len,
 		    struct bt_config *cfg, char *err, size_t errlen);
+
+/*
+ * Where cmd is for a stage, as execvp would find it in the stage's
+ * environment (venv/bin first; with a '/', relative to the workdir), or
+ * NULL.  Malloc'd.
+ */
+char *bt_config_find_program(const struct bt_stage_config *st, const char *cmd);
 
 /* BT_ECONFIG with a FILE:LINE:COL message when a stage's venv is missing. */
 int bt_config_require_venvs(const struct bt_config *cfg, char *err, size_t errlen);
