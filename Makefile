@@ -7,9 +7,14 @@ ASAN_BUILD ?= build-asan
 PY         := /usr/bin/python3
 
 BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
-              libjansson-dev libyaml-dev libcriterion-dev python3 python3-venv
-TEST_PKGS  := python3-pytest wrk prometheus
-DEMO_PKGS  :=
+              libjansson-dev libyaml-dev libcriterion-dev python3 python3-venv \
+              libtesseract-dev libleptonica-dev
+# What the documents example runs with: OpenCV, tesseract's English model,
+# poppler for PDFs, Pillow and DejaVu to draw the sample pages.
+DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
+              tesseract-ocr-eng poppler-utils
+TEST_PKGS  := python3-pytest wrk prometheus $(DEMO_PKGS)
+BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 
 .PHONY: all deps test-deps build asan unit e2e test test-asan demo bench clean
 
@@ -67,7 +72,10 @@ demo: build
 	$(PY) examples/echo/demo.py --build $(abspath $(BUILD))
 
 bench: build test-deps
+	$(call apt_install,$(BENCH_PKGS))
 	$(PY) bench/hop/run.py --build $(abspath $(BUILD))
+	$(PY) bench/batching/run.py --build $(abspath $(BUILD))
+	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -2,6 +2,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/common.h"
 #include "cli.h"
@@ -21,23 +22,55 @@ static void print_status(json_t *doc)
 	       json_integer_value(json_object_get(req, "succeeded")),
 	       json_integer_value(json_object_get(req, "failed")),
 	       json_integer_value(json_object_get(req, "in_flight")));
-	printf("%-16s %-7s %7s %7s  %s\n", "STAGE", "STATE", "QUEUED", "RUNNING", "REPLICAS");
+	printf("cpu %.0f%%", json_real_value(json_object_get(doc, "cpu_percent")));
+	size_t gi;
+	json_t *g;
+	json_array_foreach(json_object_get(doc, "gpus"), gi, g) {
+		printf("   gpu%lld: %lld MB, placed %.2g / %lld MB", json_integer_value(json_object_get(g, "id")),
+		       json_integer_value(json_object_get(g, "memory_mb")),
+		       json_real_value(json_object_get(g, "placed_fraction")),
+		       json_integer_value(json_object_get(g, "placed_memory_mb")));
+		if (json_object_get(g, "util_percent"))
+			printf(", busy %lld%%, %lld MB used",
+			       json_integer_value(json_object_get(g, "util_percent")),
+			       json_integer_value(json_object_get(g, "memory_used_mb")));
+	}
+	printf("\n\n%-16s %-7s %7s %7s %8s %9s %8s  %s\n", "STAGE", "STATE", "QUEUED", "RUNNING",
+	       "REQ/S", "P95", "SCALING", "REPLICAS");
 	const char *name;
 	json_t *st;
 	json_object_foreach(json_object_get(doc, "stages"), name, st) {
-		printf("%-16s %-7s %7lld %7lld ", name,
+		json_t *sc = json_object_get(st, "scaling"), *sig = json_object_get(st, "signals");
+		char scaling[48], p95[16] = "-";
+		snprintf(scaling, sizeof(scaling), "%lld/%lld %s%s",
+			 json_integer_value(json_object_get(sc, "active")),
+			 json_integer_value(json_object_get(sc, "target")),
+			 json_string_value(json_object_get(sc, "policy")),
+			 json_is_true(json_object_get(sc, "manual")) ? "(manual)" : "");
+		if (json_is_number(json_object_get(sig, "latency_p95_s")))
+			snprintf(p95, sizeof(p95), "%.3fs",
+				 json_number_value(json_object_get(sig, "latency_p95_s")));
+		printf("%-16s %-7s %7lld %7lld %8.1f %9s %8s ", name,
 		       json_string_value(json_object_get(st, "state")),
 		       json_integer_value(json_object_get(st, "queued")),
-		       json_integer_value(json_object_get(st, "running")));
+		       json_integer_value(json_object_get(st, "running")),
+		       json_number_value(json_object_get(sig, "arrival_rate")), p95, scaling);
 		size_t i;
 		json_t *r;
 		json_array_foreach(json_object_get(st, "replicas"), i, r) {
-			printf(" %lld:%s(pid %lld, up %.0fs, restarts %lld)",
+			printf(" %lld:%s(pid %lld, up %.0fs, restarts %lld, cpu %.0f%%, %.0f MB",
 			       json_integer_value(json_object_get(r, "id")),
 			       json_string_value(json_object_get(r, "state")),
 			       json_integer_value(json_object_get(r, "pid")),
 			       json_real_value(json_object_get(r, "uptime_s")),
-			       json_integer_value(json_object_get(r, "restarts")));
+			       json_integer_value(json_object_get(r, "restarts")),
+			       json_real_value(json_object_get(r, "cpu_percent")),
+			       (double)json_integer_value(json_object_get(r, "rss_bytes")) / (1 << 20));
+			if (json_is_integer(json_object_get(r, "gpu")))
+				printf(", gpu %lld", json_integer_value(json_object_get(r, "gpu")));
+			if (json_object_get(r, "pending_reason"))
+				printf(", %s", json_string_value(json_object_get(r, "pending_reason")));
+			printf(")");
 		}
 		printf("\n");
 	}
@@ -55,6 +88,25 @@ static void print_status(json_t *doc)
 		json_array_foreach(json_object_get(pl, "stages"), i, s)
 			printf("%s%s", i ? " -> " : "", json_string_value(s));
 		printf("\n");
+	}
+	json_t *hist = json_object_get(doc, "scaling_history");
+	if (json_array_size(hist)) {
+		printf("\nSCALING (latest last)\n");
+		size_t n = json_array_size(hist), first = n > 10 ? n - 10 : 0;
+		for (size_t i = first; i < n; i++) {
+			json_t *e = json_array_get(hist, i);
+			time_t t = (time_t)json_number_value(json_object_get(e, "time"));
+			struct tm tm;
+			char when[32];
+			localtime_r(&t, &tm);
+			strftime(when, sizeof(when), "%H:%M:%S", &tm);
+			printf("%s  %-12s %lld -> %lld  %s%s\n", when,
+			       json_string_value(json_object_get(e, "stage")),
+			       json_integer_value(json_object_get(e, "from")),
+			       json_integer_value(json_object_get(e, "to")),
+			       json_is_true(json_object_get(e, "applied")) ? "" : "refused: ",
+			       json_string_value(json_object_get(e, "reason")));
+		}
 	}
 }
 

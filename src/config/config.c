@@ -143,6 +143,23 @@ static int get_size(struct ctx *c, const yaml_node_t *n, const char *key,
 	return r;
 }
 
+static int get_double(struct ctx *c, const yaml_node_t *n, const char *key, double min,
+		      double max, double *out)
+{
+	if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE ||
+	    is_null(n))
+		return fail(c, n, "'%s' must be a number", key);
+	char *end;
+	errno = 0;
+	double v = strtod(scalar(n), &end);
+	if (errno || end == scalar(n) || *end)
+		return fail(c, n, "'%s' must be a number, not '%s'", key, scalar(n));
+	if (!(v >= min && v <= max))
+		return fail(c, n, "'%s' must be between %g and %g, not %g", key, min, max, v);
+	*out = v;
+	return 0;
+}
+
 static int get_bool(struct ctx *c, const yaml_node_t *n, const char *key,
 		    int *out)
 {
@@ -372,12 +389,17 @@ static const char *const stage_keys[] = {
 	"command", "workdir", "venv", "env", "mode", "replicas", "max_ongoing",
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
-	"priority_levels", "spawn", "health_check", "setup", NULL};
+	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", NULL};
 static const char *const setup_keys[] = {"python", "requirements", "wheels",
 					 "system_site_packages", NULL};
 static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
 static const char *const batch_keys[] = {"max_size", "window_ms", NULL};
-static const char *const replicas_keys[] = {"initial", NULL};
+static const char *const replicas_keys[] = {"initial", "min", "max", NULL};
+static const char *const resources_keys[] = {"gpu", "gpu_memory_mb", "memory_mb", NULL};
+static const char *const autoscale_keys[] = {
+	"policy", "target_ongoing", "upscale_delay_s", "downscale_delay_s", "max_cpu", "max_gpu",
+	"up_gpu", "up_cpu", "up_latency_s", "down_gpu", "down_cpu", "down_latency_s",
+	"hysteresis_s", NULL};
 static const char *const warmup_keys[] = {"payload_file", "required", NULL};
 static const char *const restart_keys[] = {"backoff_ms", "backoff_max_ms",
 					   "max_failures", "reset_after_ms",
@@ -386,8 +408,65 @@ static const char *const stop_keys[] = {"grace_ms", NULL};
 
 #define DAY_MS (24LL * 3600 * 1000)
 
+static int parse_autoscale(struct ctx *c, const yaml_node_t *n, struct bt_stage_config *st)
+{
+	struct bt_autoscale_config *a = &st->autoscale;
+	int r = check_mapping(c, n, "'autoscale'", autoscale_keys);
+	a->policy = BT_POLICY_DEMAND;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		char key[48];
+		snprintf(key, sizeof(key), "autoscale.%s", k);
+		uint64_t secs = 0;
+		if (!strcmp(k, "policy")) {
+			char *pol = NULL;
+			r = get_string(c, v, key, &pol);
+			if (!r && !strcmp(pol, "headroom"))
+				a->policy = BT_POLICY_HEADROOM;
+			else if (!r && strcmp(pol, "demand"))
+				r = fail(c, v, "'autoscale.policy' must be 'demand' or 'headroom', not '%s'", pol);
+			free(pol);
+		} else if (!strcmp(k, "target_ongoing")) {
+			r = get_double(c, v, key, 0.001, 1e6, &a->target_ongoing);
+		} else if (!strcmp(k, "upscale_delay_s") || !strcmp(k, "downscale_delay_s") ||
+			   !strcmp(k, "hysteresis_s")) {
+			r = get_u64(c, v, key, 0, 86400, &secs);
+			uint64_t *dst = k[0] == 'u' ? &a->upscale_delay_ms
+					: k[0] == 'd' ? &a->downscale_delay_ms : &a->hysteresis_ms;
+			*dst = secs * 1000;
+		} else if (!strcmp(k, "up_latency_s") || !strcmp(k, "down_latency_s")) {
+			r = get_double(c, v, key, 0, 86400, k[0] == 'u' ? &a->up_latency_s
+								       : &a->down_latency_s);
+		} else {
+			double *dst = !strcmp(k, "max_cpu") ? &a->max_cpu
+				      : !strcmp(k, "max_gpu") ? &a->max_gpu
+				      : !strcmp(k, "up_gpu") ? &a->up_gpu
+				      : !strcmp(k, "up_cpu") ? &a->up_cpu
+				      : !strcmp(k, "down_gpu") ? &a->down_gpu : &a->down_cpu;
+			r = get_double(c, v, key, 0, 100, dst);
+		}
+	}
+	return r;
+}
+
 static void stage_defaults(struct bt_stage_config *st)
 {
+	/* Autoscaling defaults: DESIGN §7 and seed 002's station policy. */
+	st->autoscale.policy = BT_POLICY_NONE;
+	st->autoscale.target_ongoing = 2;
+	st->autoscale.upscale_delay_ms = 5000;
+	st->autoscale.downscale_delay_ms = 30000;
+	st->autoscale.max_cpu = 90;
+	st->autoscale.max_gpu = 95;
+	st->autoscale.up_gpu = 85;
+	st->autoscale.up_cpu = 80;
+	st->autoscale.up_latency_s = 5;
+	st->autoscale.down_gpu = 95;
+	st->autoscale.down_cpu = 90;
+	st->autoscale.down_latency_s = 5;
+	st->autoscale.hysteresis_ms = 30000;
 	st->replicas_initial = 1;
 	st->max_ongoing = 1;
 	st->queue_max = 1024;
@@ -412,7 +491,8 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 {
 	const yaml_node_t *command = NULL, *warmup_file = NULL, *mode_node = NULL;
 	const yaml_node_t *spawn_node = NULL, *batch_node = NULL, *ongoing_node = NULL;
-	const yaml_node_t *setup_node = NULL;
+	const yaml_node_t *setup_node = NULL, *replicas_node = NULL;
+	int rep_initial = 0, rep_min = -1, rep_max = 0;
 	char *workdir = NULL, *venv = NULL;
 	char what[128];
 	int r;
@@ -503,16 +583,40 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 				}
 			}
 		} else if (!strcmp(k, "replicas")) {
+			replicas_node = v;
 			if (v->type == YAML_SCALAR_NODE) {
-				r = get_i(c, v, k, 1, 256, &st->replicas_initial);
+				r = get_i(c, v, k, 1, 256, &rep_initial);
 				continue;
 			}
 			if ((r = check_mapping(c, v, "'replicas'", replicas_keys)))
 				break;
 			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
-			     q < v->data.mapping.pairs.top && !r; q++)
-				r = get_i(c, node(c, q->value), "replicas.initial", 1,
-					  256, &st->replicas_initial);
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *rk = scalar(node(c, q->key));
+				int *dst = !strcmp(rk, "min") ? &rep_min
+					   : !strcmp(rk, "max") ? &rep_max : &rep_initial;
+				char key[32];
+				snprintf(key, sizeof(key), "replicas.%s", rk);
+				r = get_i(c, node(c, q->value), key, 1, 256, dst);
+			}
+		} else if (!strcmp(k, "resources")) {
+			if ((r = check_mapping(c, v, "'resources'", resources_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *rk = scalar(node(c, q->key));
+				yaml_node_t *rv = node(c, q->value);
+				if (!strcmp(rk, "gpu"))
+					r = get_double(c, rv, "resources.gpu", 0, 1, &st->gpu_fraction);
+				else if (!strcmp(rk, "gpu_memory_mb"))
+					r = get_u64(c, rv, "resources.gpu_memory_mb", 0, 1LL << 30,
+						    &st->gpu_memory_mb);
+				else
+					r = get_u64(c, rv, "resources.memory_mb", 1, 1LL << 30,
+						    &st->memory_mb);
+			}
+		} else if (!strcmp(k, "autoscale")) {
+			r = parse_autoscale(c, v, st);
 		} else if (!strcmp(k, "max_ongoing")) {
 			ongoing_node = v;
 			r = get_i(c, v, k, 1, 1024, &st->max_ongoing);
@@ -605,6 +709,24 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	}
 	if (st->backoff_max_ms < st->backoff_ms)
 		st->backoff_max_ms = st->backoff_ms;
+	/* replicas: min defaults to 1, initial to min (at least 1), max to both. */
+	if (rep_min < 0)
+		rep_min = 1;
+	if (!rep_initial)
+		rep_initial = BT_MAX(rep_min, 1);
+	if (!rep_max)
+		rep_max = BT_MAX(rep_initial, rep_min);
+	if (rep_min > rep_initial || rep_initial > rep_max) {
+		r = fail(c, replicas_node, "replicas of stage '%s' must have min <= initial <= max (%d, %d, %d)",
+			 st->name, rep_min, rep_initial, rep_max);
+		goto out;
+	}
+	st->replicas_initial = rep_initial;
+	st->replicas_min = rep_min;
+	st->replicas_max = rep_max;
+	st->autoscale.min = rep_min;
+	st->autoscale.max = rep_max;
+
 	if (st->mode == BT_MODE_SPAWN) {
 		/* One process per request: the pool is the replicas, one request each. */
 		const yaml_node_t *bad = batch_node ? batch_node : ongoing_node ? ongoing_node
@@ -905,7 +1027,55 @@ out:
 
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "stages", "pipelines",
-				       NULL};
+				       "gpus", "interval_ms", NULL};
+static const char *const gpu_keys[] = {"id", "memory_mb", NULL};
+
+/* gpus: auto | none | [{id, memory_mb}, ...] */
+static int parse_gpus(struct ctx *c, const yaml_node_t *n)
+{
+	struct bt_config *cfg = c->cfg;
+	if (n->type == YAML_SCALAR_NODE) {
+		if (!strcmp(scalar(n), "auto"))
+			cfg->gpus_mode = BT_GPUS_AUTO;
+		else if (!strcmp(scalar(n), "none"))
+			cfg->gpus_mode = BT_GPUS_NONE;
+		else
+			return fail(c, n, "'gpus' must be auto, none or a list of {id, memory_mb}, not '%s'",
+				    scalar(n));
+		return 0;
+	}
+	if (n->type != YAML_SEQUENCE_NODE)
+		return fail(c, n, "'gpus' must be auto, none or a list of {id, memory_mb}");
+	size_t count = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	cfg->gpus_mode = BT_GPUS_LIST;
+	cfg->gpus = bt_calloc(count, sizeof(*cfg->gpus));
+	for (size_t i = 0; i < count; i++) {
+		yaml_node_t *g = node(c, n->data.sequence.items.start[i]);
+		int r = check_mapping(c, g, "a GPU of 'gpus'", gpu_keys);
+		int have_id = 0, have_mem = 0;
+		for (yaml_node_pair_t *p = g->data.mapping.pairs.start;
+		     !r && p < g->data.mapping.pairs.top; p++) {
+			const char *k = scalar(node(c, p->key));
+			yaml_node_t *v = node(c, p->value);
+			if (!strcmp(k, "id")) {
+				have_id = 1;
+				r = get_i(c, v, "gpus.id", 0, 1024, &cfg->gpus[i].id);
+			} else {
+				have_mem = 1;
+				r = get_u64(c, v, "gpus.memory_mb", 1, 1LL << 30, &cfg->gpus[i].memory_mb);
+			}
+		}
+		if (!r && !(have_id && have_mem))
+			r = fail(c, g, "a GPU of 'gpus' needs 'id' and 'memory_mb'");
+		for (size_t j = 0; !r && j < i; j++)
+			if (cfg->gpus[j].id == cfg->gpus[i].id)
+				r = fail(c, g, "GPU id %d is listed twice", cfg->gpus[i].id);
+		if (r)
+			return r;
+		cfg->ngpus++;
+	}
+	return 0;
+}
 
 static int parse_root(struct ctx *c, yaml_node_t *root)
 {
@@ -933,6 +1103,10 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			r = get_size(c, v, k, 1, 1LL << 40, &cfg->max_request_bytes);
 		} else if (!strcmp(k, "max_payload_bytes")) {
 			r = get_size(c, v, k, 1, 1LL << 40, &cfg->max_payload_bytes);
+		} else if (!strcmp(k, "gpus")) {
+			r = parse_gpus(c, v);
+		} else if (!strcmp(k, "interval_ms")) {
+			r = get_u64(c, v, k, 50, 60000, &cfg->interval_ms);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else {
@@ -990,6 +1164,8 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->log_level = BT_LOG_INFO;
 	cfg->max_request_bytes = 64u << 20;
 	cfg->max_payload_bytes = 256u << 20;
+	cfg->gpus_mode = BT_GPUS_AUTO;
+	cfg->interval_ms = 1000;
 	{
 		char *copy = bt_strdup(path);
 		char *slash = strrchr(copy, '/');
@@ -1084,6 +1260,7 @@ void bt_config_release(struct bt_config *cfg)
 		json_decref(cfg->pipelines[i].io_outputs);
 	}
 	free(cfg->pipelines);
+	free(cfg->gpus);
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg->listen_host);
@@ -1165,8 +1342,25 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 				st->spawn_files ? "{input}/{output} files" : "JSON on stdin, answer on stdout",
 				st->spawn_status_key ? ", status key " : "",
 				st->spawn_status_key ? st->spawn_status_key : "");
-		fprintf(out, "  replicas:  %d, max_ongoing %d, queue_max %zu\n",
-			st->replicas_initial, st->max_ongoing, st->queue_max);
+		fprintf(out, "  replicas:  %d (min %d, max %d), max_ongoing %d, queue_max %zu\n",
+			st->replicas_initial, st->replicas_min, st->replicas_max, st->max_ongoing,
+			st->queue_max);
+		if (st->autoscale.policy == BT_POLICY_DEMAND)
+			fprintf(out, "  autoscale: demand, target_ongoing %g, up after %llus, down after %llus, max_cpu %g%%, max_gpu %g%%\n",
+				st->autoscale.target_ongoing,
+				(unsigned long long)st->autoscale.upscale_delay_ms / 1000,
+				(unsigned long long)st->autoscale.downscale_delay_ms / 1000,
+				st->autoscale.max_cpu, st->autoscale.max_gpu);
+		else if (st->autoscale.policy == BT_POLICY_HEADROOM)
+			fprintf(out, "  autoscale: headroom, up when gpu<%g%% cpu<%g%% p95<%gs, down when gpu>%g%% or cpu>%g%% or p95>%gs, hysteresis %llus\n",
+				st->autoscale.up_gpu, st->autoscale.up_cpu, st->autoscale.up_latency_s,
+				st->autoscale.down_gpu, st->autoscale.down_cpu,
+				st->autoscale.down_latency_s,
+				(unsigned long long)st->autoscale.hysteresis_ms / 1000);
+		if (st->gpu_fraction > 0 || st->gpu_memory_mb || st->memory_mb)
+			fprintf(out, "  resources: gpu %g, gpu_memory_mb %llu, memory_mb %llu\n",
+				st->gpu_fraction, (unsigned long long)st->gpu_memory_mb,
+				(unsigned long long)st->memory_mb);
 		fprintf(out, "  timeouts:  attempt %llums, start %llums, stop grace %llums; retries %d\n",
 			(unsigned long long)st->timeout_ms,
 			(unsigned long long)st->start_timeout_ms,

@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "../common/common.h"
+#include "../scale/scale.h"
 
 #define BT_MAX_PRIORITY_LEVELS 16
 
@@ -48,6 +49,11 @@ struct bt_stage_config {
 	struct bt_env_var *env; /* from `env:`, applied after venv */
 	int nenv;
 	int replicas_initial;
+	int replicas_min, replicas_max; /* bounds of autoscaling and manual scaling */
+	struct bt_autoscale_config autoscale; /* policy NONE without `autoscale:` */
+	double gpu_fraction; /* resources.gpu: share of one GPU, 0 = none */
+	uint64_t gpu_memory_mb; /* resources.gpu_memory_mb */
+	uint64_t memory_mb; /* resources.memory_mb: RSS limit of the group, 0 = none */
 	int max_ongoing; /* requests in flight per replica */
 	size_t queue_max;
 	uint64_t timeout_ms; /* per attempt */
@@ -78,8 +84,19 @@ struct bt_pipeline_config {
 	json_t *io_outputs;
 };
 
+enum bt_gpus_mode { BT_GPUS_AUTO, BT_GPUS_NONE, BT_GPUS_LIST };
+
+struct bt_gpu_config {
+	int id;
+	uint64_t memory_mb;
+};
+
 struct bt_config {
 	char *path; /* as given */
+	enum bt_gpus_mode gpus_mode;
+	struct bt_gpu_config *gpus; /* BT_GPUS_LIST */
+	int ngpus;
+	uint64_t interval_ms; /* signal sampling and autoscaling tick */
 	char *dir; /* absolute directory of the file */
 	char *listen_host;
 	int listen_port;

@@ -71,6 +71,8 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 	bt_heap_init(&d->deadlines);
 	uv_timer_init(loop, &d->deadline_timer);
 	d->deadline_timer.data = d;
+	uv_timer_init(loop, &d->tick);
+	d->tick.data = d;
 	uv_prepare_init(loop, &d->prepare);
 	uv_check_init(loop, &d->check);
 	uv_idle_init(loop, &d->idle);
@@ -115,9 +117,11 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 		bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
 			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
 			d->npipelines);
+	bt_tick_start(d);
 	for (int i = 0; i < d->nstages; i++)
 		for (int r = 0; r < d->stages[i].nreplicas; r++)
-			bt_replica_start(d->stages[i].replicas[r]);
+			if (d->stages[i].replicas[r]->active)
+				bt_replica_start(d->stages[i].replicas[r]);
 	return 0;
 }
 
@@ -153,6 +157,7 @@ static void close_all(struct bt_daemon *d)
 	for (int i = 0; i < d->nstages; i++)
 		bt_stage_close(&d->stages[i]);
 	uv_close((uv_handle_t *)&d->deadline_timer, NULL);
+	bt_tick_close(d);
 	uv_close((uv_handle_t *)&d->prepare, NULL);
 	uv_close((uv_handle_t *)&d->check, NULL);
 	uv_close((uv_handle_t *)&d->idle, NULL);
@@ -227,6 +232,8 @@ void bt_daemon_release(struct bt_daemon *d)
 	}
 	free(d->stages);
 	bt_heap_release(&d->deadlines);
+	free(d->gpus);
+	free(d->gpu_samples);
 	free(d->self_exe);
 	memset(d, 0, sizeof(*d));
 }
@@ -276,6 +283,12 @@ static json_t *replica_status(const struct bt_replica *r, uint64_t now)
 			    json_real(r->ready_ms ? (double)(now - r->ready_ms) / 1000.0 : 0.0));
 	json_object_set_new(o, "last_exit", r->last_exit[0] ? json_string(r->last_exit)
 							   : json_null());
+	json_object_set_new(o, "cpu_percent", json_real(r->cpu_percent));
+	json_object_set_new(o, "rss_bytes", json_integer((json_int_t)r->rss_bytes));
+	json_object_set_new(o, "gpu", r->gpu >= 0 ? json_integer(r->stage->d->gpus[r->gpu].id)
+						  : json_null());
+	if (r->state == BT_REPLICA_PENDING && r->pending_reason[0])
+		json_object_set_new(o, "pending_reason", json_string(r->pending_reason));
 	return o;
 }
 
@@ -287,8 +300,10 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	for (int i = 0; i < d->nstages; i++) {
 		struct bt_stage *st = &d->stages[i];
 		json_t *reps = json_array();
+		/* Slots never used, or scaled away and stopped, are not shown. */
 		for (int r = 0; r < st->nreplicas; r++)
-			json_array_append_new(reps, replica_status(st->replicas[r], now));
+			if (st->replicas[r]->active || st->replicas[r]->state != BT_REPLICA_EXITED)
+				json_array_append_new(reps, replica_status(st->replicas[r], now));
 		json_object_set_new(
 			stages, st->cfg->name,
 			json_pack("{s:s, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:o}", "state",
@@ -298,6 +313,22 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				  "completed", (json_int_t)st->completed, "errors",
 				  (json_int_t)st->errors, "retried", (json_int_t)st->retried,
 				  "replicas", reps));
+		json_t *sj = json_object_get(stages, st->cfg->name);
+		static const char *policies[] = {"none", "demand", "headroom"};
+		json_object_set_new(sj, "scaling",
+				    json_pack("{s:i, s:i, s:i, s:i, s:s, s:b}", "active",
+					      bt_stage_active(st), "target", st->target, "min",
+					      st->cfg->replicas_min, "max", st->cfg->replicas_max,
+					      "policy", policies[st->cfg->autoscale.policy], "manual",
+					      st->manual));
+		json_object_set_new(sj, "signals",
+				    json_pack("{s:f, s:o, s:o}", "arrival_rate", st->arrival_rate,
+					      "latency_p50_s",
+					      st->latency_p50_s >= 0 ? json_real(st->latency_p50_s)
+								     : json_null(),
+					      "latency_p95_s",
+					      st->latency_p95_s >= 0 ? json_real(st->latency_p95_s)
+								     : json_null()));
 	}
 	json_t *pipelines = json_object();
 	for (int i = 0; i < d->npipelines; i++) {
@@ -336,5 +367,31 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				      (json_int_t)failed, "in_flight", (json_int_t)d->in_flight));
 	json_object_set_new(doc, "stages", stages);
 	json_object_set_new(doc, "pipelines", pipelines);
+	json_object_set_new(doc, "cpu_percent", json_real(d->cpu_percent));
+	json_t *gpus = json_array();
+	for (int i = 0; i < d->ngpus; i++) {
+		json_t *g = json_pack("{s:i, s:I, s:f, s:I}", "id", d->gpus[i].id, "memory_mb",
+				      (json_int_t)d->gpus[i].memory_mb, "placed_fraction",
+				      d->gpus[i].used_fraction, "placed_memory_mb",
+				      (json_int_t)d->gpus[i].used_mb);
+		if (d->nvml) {
+			json_object_set_new(g, "util_percent",
+					    json_integer(d->gpu_samples[i].util_percent));
+			json_object_set_new(g, "memory_used_mb",
+					    json_integer((json_int_t)d->gpu_samples[i].mem_used_mb));
+		}
+		json_array_append_new(gpus, g);
+	}
+	json_object_set_new(doc, "gpus", gpus);
+	json_t *hist = json_array();
+	for (int i = 0; i < d->history_len; i++) {
+		int idx = (d->history_next - d->history_len + i + BT_SCALE_HISTORY) % BT_SCALE_HISTORY;
+		const struct bt_scale_event *e = &d->history[idx];
+		json_array_append_new(hist, json_pack("{s:f, s:s, s:i, s:i, s:b, s:s}", "time",
+						      (double)e->unix_ms / 1000.0, "stage", e->stage,
+						      "from", e->from, "to", e->to, "applied",
+						      e->applied, "reason", e->reason));
+	}
+	json_object_set_new(doc, "scaling_history", hist);
 	return doc;
 }

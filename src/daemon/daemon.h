@@ -12,9 +12,21 @@
 
 #include "../config/config.h"
 #include "../sched/sched.h"
+#include "../scale/scale.h"
 
 struct bt_http;
 struct bt_child;
+struct bt_replica;
+
+/* One scaling decision or refusal, for /v1/status (DESIGN §7). */
+struct bt_scale_event {
+	uint64_t unix_ms;
+	const char *stage; /* borrowed from the config */
+	int from, to;
+	int applied; /* 0: a refusal */
+	char reason[256];
+};
+#define BT_SCALE_HISTORY 128
 
 enum bt_daemon_state {
 	BT_DAEMON_RUNNING,
@@ -49,6 +61,18 @@ struct bt_daemon {
 	struct bt_child *dirty; /* children with frames to write */
 	int exit_code;
 	int no_http; /* set before start: no ingress (`baton run`) */
+	/* resources and autoscaling */
+	uv_timer_t tick; /* every cfg->interval_ms */
+	struct bt_gpu_slot *gpus; /* placement view of each GPU */
+	struct bt_gpu_sample *gpu_samples; /* NVML's view, when loaded */
+	int ngpus;
+	struct bt_nvml *nvml;
+	struct bt_cpu_counters cpu_prev;
+	double cpu_percent; /* system, last tick */
+	uint64_t last_tick_ms;
+	struct bt_scale_event history[BT_SCALE_HISTORY]; /* a ring */
+	int history_len, history_next;
+	uint64_t scale_counts[3]; /* up, down, refused */
 	void (*on_idle)(struct bt_daemon *d, void *arg); /* run after each flush */
 	void *on_idle_arg;
 };
@@ -72,6 +96,24 @@ struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name);
 struct bt_stage *bt_daemon_stage(struct bt_daemon *d, const char *name);
 /* True when every stage has a way to serve and the daemon is not stopping. */
 int bt_daemon_ready(const struct bt_daemon *d);
+/*
+ * GPU placement of a replica (a no-op for stages without GPU resources):
+ * 0 when it holds a place, -1 with the reason when nothing fits.
+ */
+int bt_daemon_place(struct bt_daemon *d, struct bt_replica *r, char *reason, size_t len);
+/* Gives a replica's GPU place back. */
+void bt_daemon_unplace(struct bt_daemon *d, struct bt_replica *r);
+/* Scales a stage to `to` replicas now, recording why. */
+void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const char *reason);
+/* Records a decision or refusal in the history. */
+void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from, int to,
+			      int applied, const char *reason);
+/* Active replicas of a stage (what scaling counts). */
+int bt_stage_active(const struct bt_stage *st);
+/* tick.c: signals, memory watchdog, pending placements, policies. */
+void bt_tick_start(struct bt_daemon *d);
+void bt_tick_close(struct bt_daemon *d);
+
 /* The /v1/status document (new reference). */
 json_t *bt_daemon_status(struct bt_daemon *d);
 

@@ -42,6 +42,7 @@ enum route {
 	R_PIPELINE, /* POST /v1/pipelines/{p} */
 	R_INFER, /* POST /v2/models/{m}/infer */
 	R_STAGE_RESTART,
+	R_STAGE_SCALE, /* POST /v1/stages/{s}/scale {"replicas": n | "auto"} */
 };
 
 struct conn {
@@ -49,7 +50,7 @@ struct conn {
 	struct MHD_Connection *mc;
 	enum route route;
 	struct bt_pipeline *pl;
-	char stage[72]; /* for R_STAGE_RESTART */
+	char stage[72]; /* for R_STAGE_RESTART and R_STAGE_SCALE */
 	struct bt_buf body;
 	int too_big; /* body went over max_request_bytes: dropped */
 	int waiting; /* suspended while the request runs */
@@ -365,6 +366,47 @@ static enum MHD_Result restart_stage(struct conn *cn)
 			 NULL);
 }
 
+static enum MHD_Result scale_stage(struct conn *cn)
+{
+	struct bt_daemon *d = cn->h->d;
+	struct bt_stage *st = bt_daemon_stage(d, cn->stage);
+	char msg[256];
+	if (!st) {
+		snprintf(msg, sizeof(msg), "no stage named '%s'", cn->stage);
+		return send_error(cn->mc, BT_NOT_FOUND, msg);
+	}
+	json_error_t jerr;
+	json_t *doc = json_loadb(cn->body.data ? cn->body.data : "", cn->body.len, 0, &jerr);
+	json_t *n = json_object_get(doc, "replicas");
+	int max = st->cfg->replicas_max, from = bt_stage_active(st);
+	enum MHD_Result r;
+	if (json_is_string(n) && !strcmp(json_string_value(n), "auto")) {
+		st->manual = 0;
+		memset(&st->scale_state, 0, sizeof(st->scale_state));
+		bt_daemon_record_scaling(d, st, from, from, 1, "manual: policy back on");
+		r = send_json(cn->mc, 200, json_pack("{s:s, s:s}", "stage", st->cfg->name,
+						     "replicas", "auto"), NULL);
+	} else if (json_is_integer(n) && json_integer_value(n) >= 1 && json_integer_value(n) <= max) {
+		int to = (int)json_integer_value(n);
+		st->manual = 1;
+		char why[64];
+		snprintf(why, sizeof(why), "manual: %d replicas, policy off", to);
+		if (to == from)
+			bt_daemon_record_scaling(d, st, from, to, 1, why);
+		else
+			bt_daemon_scale(d, st, to, why);
+		r = send_json(cn->mc, 200, json_pack("{s:s, s:i}", "stage", st->cfg->name,
+						     "replicas", to), NULL);
+	} else {
+		snprintf(msg, sizeof(msg),
+			 "the body must be {\"replicas\": N} with N from 1 to %d (replicas.max), or {\"replicas\": \"auto\"}",
+			 max);
+		r = send_error(cn->mc, BT_BAD_REQUEST, msg);
+	}
+	json_decref(doc);
+	return r;
+}
+
 static enum MHD_Result send_metrics(struct MHD_Connection *mc, struct bt_daemon *d)
 {
 	struct bt_buf out = BT_BUF_INIT;
@@ -522,12 +564,12 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 	}
 	if (has_prefix(url, "/v1/stages/", &rest)) {
 		const char *slash = strchr(rest, '/');
-		if (slash && !strcmp(slash, "/restart")) {
+		if (slash && (!strcmp(slash, "/restart") || !strcmp(slash, "/scale"))) {
 			if (!post)
 				return method_not_allowed(mc, "POST");
 			snprintf(cn->stage, sizeof(cn->stage), "%.*s",
 				 (int)BT_MIN((size_t)(slash - rest), sizeof(cn->stage) - 1), rest);
-			cn->route = R_STAGE_RESTART;
+			cn->route = !strcmp(slash, "/restart") ? R_STAGE_RESTART : R_STAGE_SCALE;
 			*answered = 0;
 			return MHD_YES;
 		}
@@ -596,6 +638,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	if (cn->route == R_STAGE_RESTART) {
 		cn->route = R_NONE;
 		return restart_stage(cn);
+	}
+	if (cn->route == R_STAGE_SCALE) {
+		cn->route = R_NONE;
+		return cn->too_big ? too_big(cn, NULL) : scale_stage(cn);
 	}
 	if (cn->req)
 		return wait_or_answer(cn); /* resumed with its outcome */

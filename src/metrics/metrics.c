@@ -172,6 +172,78 @@ static void replicas(struct bt_daemon *d, struct bt_buf *out)
 				      (unsigned long long)d->stages[i].failures[f]);
 }
 
+static void resources(struct bt_daemon *d, struct bt_buf *out)
+{
+	family(out, "baton_system_cpu_ratio", "gauge", "Busy share of all CPUs, 0-1.");
+	bt_buf_printf(out, "baton_system_cpu_ratio %.4f\n", d->cpu_percent / 100.0);
+	family(out, "baton_replica_cpu_ratio", "gauge",
+	       "CPU used by a replica's process group, in cores.");
+	for (int i = 0; i < d->nstages; i++)
+		for (int r = 0; r < d->stages[i].nreplicas; r++)
+			if (bt_replica_pid(d->stages[i].replicas[r]))
+				bt_buf_printf(out, "baton_replica_cpu_ratio{stage=\"%s\",replica=\"%d\"} %.4f\n",
+					      d->stages[i].cfg->name, d->stages[i].replicas[r]->id,
+					      d->stages[i].replicas[r]->cpu_percent / 100.0);
+	family(out, "baton_replica_resident_memory_bytes", "gauge",
+	       "RSS of a replica's whole process group.");
+	for (int i = 0; i < d->nstages; i++)
+		for (int r = 0; r < d->stages[i].nreplicas; r++)
+			if (bt_replica_pid(d->stages[i].replicas[r]))
+				bt_buf_printf(out,
+					      "baton_replica_resident_memory_bytes{stage=\"%s\",replica=\"%d\"} %llu\n",
+					      d->stages[i].cfg->name, d->stages[i].replicas[r]->id,
+					      (unsigned long long)d->stages[i].replicas[r]->rss_bytes);
+	family(out, "baton_stage_arrival_rate", "gauge",
+	       "Requests entering the stage per second, last tick.");
+	for (int i = 0; i < d->nstages; i++)
+		bt_buf_printf(out, "baton_stage_arrival_rate{stage=\"%s\"} %.3f\n",
+			      d->stages[i].cfg->name, d->stages[i].arrival_rate);
+	family(out, "baton_stage_latency_seconds", "gauge",
+	       "Queue + run time in the stage over the last 30 ticks, by quantile.");
+	for (int i = 0; i < d->nstages; i++) {
+		const struct bt_stage *st = &d->stages[i];
+		if (st->latency_p50_s >= 0)
+			bt_buf_printf(out,
+				      "baton_stage_latency_seconds{stage=\"%s\",quantile=\"0.5\"} %.6f\n"
+				      "baton_stage_latency_seconds{stage=\"%s\",quantile=\"0.95\"} %.6f\n",
+				      st->cfg->name, st->latency_p50_s, st->cfg->name, st->latency_p95_s);
+	}
+	family(out, "baton_stage_replicas_target", "gauge",
+	       "Replicas the stage should have (policy or manual).");
+	for (int i = 0; i < d->nstages; i++)
+		bt_buf_printf(out, "baton_stage_replicas_target{stage=\"%s\"} %d\n",
+			      d->stages[i].cfg->name, d->stages[i].target);
+	family(out, "baton_scaling_decisions_total", "counter",
+	       "Scaling decisions taken (up, down) and refused.");
+	static const char *kinds[] = {"up", "down", "refused"};
+	for (int k = 0; k < 3; k++)
+		bt_buf_printf(out, "baton_scaling_decisions_total{decision=\"%s\"} %llu\n", kinds[k],
+			      (unsigned long long)d->scale_counts[k]);
+	if (d->ngpus) {
+		family(out, "baton_gpu_placed_ratio", "gauge",
+		       "Share of each GPU reserved by placed replicas.");
+		for (int g = 0; g < d->ngpus; g++)
+			bt_buf_printf(out, "baton_gpu_placed_ratio{gpu=\"%d\"} %.4f\n", d->gpus[g].id,
+				      d->gpus[g].used_fraction);
+	}
+	if (d->nvml && d->ngpus) {
+		family(out, "baton_gpu_utilization_ratio", "gauge", "GPU busy share from NVML, 0-1.");
+		for (int g = 0; g < d->ngpus; g++)
+			bt_buf_printf(out, "baton_gpu_utilization_ratio{gpu=\"%d\"} %.2f\n",
+				      d->gpus[g].id, d->gpu_samples[g].util_percent / 100.0);
+		family(out, "baton_gpu_memory_used_bytes", "gauge", "GPU memory in use, from NVML.");
+		for (int g = 0; g < d->ngpus; g++)
+			bt_buf_printf(out, "baton_gpu_memory_used_bytes{gpu=\"%d\"} %llu\n",
+				      d->gpus[g].id,
+				      (unsigned long long)d->gpu_samples[g].mem_used_mb << 20);
+		family(out, "baton_gpu_memory_total_bytes", "gauge", "GPU memory, from NVML.");
+		for (int g = 0; g < d->ngpus; g++)
+			bt_buf_printf(out, "baton_gpu_memory_total_bytes{gpu=\"%d\"} %llu\n",
+				      d->gpus[g].id,
+				      (unsigned long long)d->gpu_samples[g].mem_total_mb << 20);
+	}
+}
+
 void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
 {
 	family(out, "baton_build_info", "gauge", "Version of the running baton.");
@@ -182,4 +254,5 @@ void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
 	pipelines(d, out);
 	stages(d, out);
 	replicas(d, out);
+	resources(d, out);
 }

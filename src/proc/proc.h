@@ -39,6 +39,7 @@ enum bt_fail_reason {
 	BT_FAIL_TIMEOUT, /* a request timed out and the replica was killed */
 	BT_FAIL_WARMUP,
 	BT_FAIL_SPAWN,
+	BT_FAIL_MEMORY, /* its process group went over resources.memory_mb */
 	BT_FAIL_COUNT
 };
 const char *bt_fail_reason_name(enum bt_fail_reason r);
@@ -87,6 +88,13 @@ struct bt_replica {
 	int stop_phase; /* 0 stop message, 1 SIGTERM, 2 SIGKILL */
 	int closing; /* handles being closed for good */
 	char last_exit[160]; /* how the previous process ended */
+	int active; /* counts toward the stage's replicas (not scaled away) */
+	int gpu; /* index in the daemon's GPU list, -1 when none is held */
+	char pending_reason[256]; /* why it waits, while PENDING */
+	/* signals, refreshed every tick */
+	double cpu_percent; /* of one core, whole process group */
+	uint64_t rss_bytes; /* whole process group */
+	uint64_t cpu_jiffies; /* at the last tick */
 };
 
 /* Allocates a replica slot (not started). */
@@ -108,6 +116,13 @@ void bt_replica_stop(struct bt_replica *r, int now);
 void bt_replica_close(struct bt_replica *r);
 /* Resets the failure count and starts a failed replica again. */
 void bt_replica_revive(struct bt_replica *r);
+/*
+ * Scale-down: the replica takes no new work, finishes what it holds, then
+ * stops (at once when it holds nothing or is not serving).
+ */
+void bt_replica_drain(struct bt_replica *r);
+/* The replica's process group went over memory_mb: kill it, retry its work. */
+void bt_replica_kill(struct bt_replica *r, enum bt_fail_reason reason, const char *why);
 static inline int bt_replica_can_take(const struct bt_replica *r, int max_ongoing)
 {
 	/* A spawn slot is busy until its process has really ended. */

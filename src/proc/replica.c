@@ -66,7 +66,7 @@ const char *bt_fail_reason_name(enum bt_fail_reason r)
 		[BT_FAIL_CRASH] = "crash",	 [BT_FAIL_START_TIMEOUT] = "start_timeout",
 		[BT_FAIL_PROTOCOL] = "protocol", [BT_FAIL_PING] = "ping",
 		[BT_FAIL_TIMEOUT] = "timeout",	 [BT_FAIL_WARMUP] = "warmup",
-		[BT_FAIL_SPAWN] = "spawn",
+		[BT_FAIL_SPAWN] = "spawn",	 [BT_FAIL_MEMORY] = "memory",
 	};
 	return names[r];
 }
@@ -90,7 +90,7 @@ static struct bt_request *release_slot(struct bt_replica *r, int i)
 	r->inflight[i] = r->inflight[--r->ninflight];
 	if (--r->batch_left[req->batch_slot] == 0)
 		r->nbatches--;
-	return req;
+	return req; /* a draining replica left empty is stopped by the tick */
 }
 
 static struct bt_daemon *daemon_of(const struct bt_replica *r)
@@ -109,6 +109,7 @@ struct bt_replica *bt_replica_new(struct bt_stage *st, int id)
 	r->stage = st;
 	r->id = id;
 	r->state = BT_REPLICA_PENDING;
+	r->gpu = -1;
 	r->cap = st->cfg->max_ongoing * st->cfg->batch_max_size;
 	r->inflight = bt_calloc((size_t)r->cap, sizeof(*r->inflight));
 	r->batch_left = bt_calloc((size_t)st->cfg->max_ongoing, sizeof(*r->batch_left));
@@ -209,8 +210,10 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 	r->nbatches = 0;
 	memset(r->batch_left, 0, (size_t)cfg->max_ongoing * sizeof(*r->batch_left));
 
-	if (r->state == BT_REPLICA_STOPPING || d->state >= BT_DAEMON_STOPPING) {
+	if (r->state == BT_REPLICA_STOPPING || r->state == BT_REPLICA_DRAINING ||
+	    d->state >= BT_DAEMON_STOPPING) {
 		r->state = BT_REPLICA_EXITED;
+		bt_daemon_unplace(d, r);
 		bt_info("replica stopped", "stage=%s replica=%d pid=%d how=\"%s\"",
 			cfg->name, r->id, pid, why);
 	} else {
@@ -221,6 +224,7 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 		r->ready_ms = 0;
 		if (r->failures >= cfg->max_failures) {
 			r->state = BT_REPLICA_FAILED;
+			bt_daemon_unplace(d, r);
 			bt_error("replica failed",
 				 "stage=%s replica=%d pid=%d failures=%d reason=\"%s\"",
 				 cfg->name, r->id, pid, r->failures, why);
@@ -672,7 +676,16 @@ static int spawn(struct bt_replica *r)
 	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
 	snprintf(stage, sizeof(stage), "BATON_STAGE=%s", cfg->name);
 	snprintf(replica, sizeof(replica), "BATON_REPLICA=%d", r->id);
-	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", stage, replica, NULL};
+	char cuda[64], fraction[64];
+	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", stage, replica, NULL, NULL, NULL, NULL};
+	if (r->gpu >= 0) {
+		snprintf(cuda, sizeof(cuda), "CUDA_VISIBLE_DEVICES=%d", d->gpus[r->gpu].id);
+		snprintf(fraction, sizeof(fraction), "BATON_GPU_FRACTION=%g", cfg->gpu_fraction);
+		extra[4] = cuda;
+		extra[5] = fraction;
+		/* NVML numbers GPUs in PCI order; make CUDA's numbering the same. */
+		extra[6] = "CUDA_DEVICE_ORDER=PCI_BUS_ID";
+	}
 	char **env = bt_config_stage_environ(cfg, environ, extra);
 	env = with_default(env, "PYTHONUNBUFFERED=1");
 	char **args = bt_calloc((size_t)cfg->argc + 4, sizeof(char *));
@@ -737,6 +750,18 @@ void bt_replica_start(struct bt_replica *r)
 	if (daemon_of(r)->state >= BT_DAEMON_STOPPING)
 		return;
 	uv_timer_stop(&r->timer);
+	char reason[sizeof(r->pending_reason)];
+	if (r->gpu < 0 && bt_daemon_place(daemon_of(r), r, reason, sizeof(reason))) {
+		/* Waiting for room is not a failure: the tick tries again. */
+		if (r->state != BT_REPLICA_PENDING || strcmp(reason, r->pending_reason))
+			bt_warn("replica pending", "stage=%s replica=%d reason=\"%s\"", cfg->name,
+				r->id, reason);
+		memcpy(r->pending_reason, reason, sizeof(reason));
+		r->state = BT_REPLICA_PENDING;
+		bt_stage_replicas_changed(r->stage);
+		return;
+	}
+	r->pending_reason[0] = '\0';
 	if (cfg->mode == BT_MODE_SPAWN) {
 		/* A slot: its processes start with their requests. */
 		r->state = BT_REPLICA_READY;
@@ -866,6 +891,24 @@ void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
 	child_kill(r->child, BT_FAIL_TIMEOUT, why);
 }
 
+void bt_replica_kill(struct bt_replica *r, enum bt_fail_reason reason, const char *why)
+{
+	if (r->child)
+		child_kill(r->child, reason, why);
+}
+
+void bt_replica_drain(struct bt_replica *r)
+{
+	r->active = 0;
+	if (r->state == BT_REPLICA_READY && (r->ninflight || r->job)) {
+		r->state = BT_REPLICA_DRAINING;
+		bt_info("replica draining", "stage=%s replica=%d in_flight=%d", cfg_of(r)->name,
+			r->id, r->ninflight);
+		return;
+	}
+	bt_replica_stop(r, 0);
+}
+
 /* ---- stopping ------------------------------------------------------------ */
 
 static void stop_escalate_cb(uv_timer_t *t)
@@ -913,6 +956,8 @@ void bt_replica_stop(struct bt_replica *r, int now)
 		uv_timer_stop(&r->timer);
 		if (r->state != BT_REPLICA_FAILED)
 			r->state = BT_REPLICA_EXITED;
+		bt_daemon_unplace(daemon_of(r), r);
+		bt_stage_replicas_changed(r->stage);
 		return;
 	}
 	if (r->state == BT_REPLICA_STOPPING && !now)

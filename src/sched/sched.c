@@ -69,6 +69,8 @@ static void leave_stage(struct bt_request *req, enum bt_code code)
 		bt_hist_observe(&st->run_hist, (double)req->timings[req->step].run_us / 1e6);
 	if (code != BT_OK)
 		st->failed_codes[code]++;
+	bt_hist_observe(&st->latency_window[st->window_pos],
+			(double)(req->timings[req->step].queue_us + req->timings[req->step].run_us) / 1e6);
 }
 
 static void finish(struct bt_request *req, enum bt_code code,
@@ -194,10 +196,18 @@ void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index)
 	bt_hist_init(&st->queue_hist, bt_hist_seconds, bt_hist_seconds_n);
 	bt_hist_init(&st->run_hist, bt_hist_seconds, bt_hist_seconds_n);
 	bt_hist_init(&st->batch_hist, bt_hist_sizes, bt_hist_sizes_n);
-	st->nreplicas = st->cfg->replicas_initial;
+	/* A slot per possible replica; the first `initial` are active. */
+	st->nreplicas = st->cfg->replicas_max;
 	st->replicas = bt_calloc((size_t)st->nreplicas, sizeof(*st->replicas));
-	for (int i = 0; i < st->nreplicas; i++)
+	for (int i = 0; i < st->nreplicas; i++) {
 		st->replicas[i] = bt_replica_new(st, i + 1);
+		st->replicas[i]->active = i < st->cfg->replicas_initial;
+		if (!st->replicas[i]->active)
+			st->replicas[i]->state = BT_REPLICA_EXITED;
+	}
+	st->target = st->cfg->replicas_initial;
+	for (int i = 0; i < BT_LATENCY_WINDOW; i++)
+		bt_hist_init(&st->latency_window[i], bt_hist_seconds, bt_hist_seconds_n);
 	st->rr = st->nreplicas - 1;
 }
 
@@ -417,11 +427,16 @@ static void retry_failed_cb(uv_timer_t *t)
 
 void bt_stage_replicas_changed(struct bt_stage *st)
 {
-	int all_failed = st->nreplicas > 0;
+	int all_failed = 0, active = 0;
 	for (int i = 0; i < st->nreplicas; i++) {
-		all_failed &= st->replicas[i]->state == BT_REPLICA_FAILED;
-		if (st->replicas[i]->state == BT_REPLICA_READY)
+		const struct bt_replica *r = st->replicas[i];
+		if (r->state == BT_REPLICA_READY)
 			st->up = 1;
+		if (!r->active)
+			continue;
+		if (!active++)
+			all_failed = 1;
+		all_failed &= r->state == BT_REPLICA_FAILED;
 	}
 	if (all_failed && !st->failed) {
 		st->failed = 1;

@@ -85,6 +85,16 @@ struct bt_stage {
 	uint64_t failed_codes[BT_CODE_COUNT]; /* requests that ended here, by error */
 	uint64_t failures[8]; /* replica failures by enum bt_fail_reason */
 	struct bt_hist queue_hist, run_hist, batch_hist;
+	/* autoscaling */
+	int target; /* replicas it should have */
+	int manual; /* set by POST /v1/stages/{s}/scale: the policy is off */
+	struct bt_scale_state scale_state;
+#define BT_LATENCY_WINDOW 30 /* ticks of queue + run time kept for p50/p95 */
+	struct bt_hist latency_window[BT_LATENCY_WINDOW];
+	int window_pos;
+	uint64_t entered_at_tick; /* entered, at the previous tick */
+	double arrival_rate; /* requests entering per second */
+	double latency_p50_s, latency_p95_s; /* over the window, -1 when empty */
 };
 
 struct bt_pipeline {

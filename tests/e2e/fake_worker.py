@@ -21,6 +21,8 @@ Payload commands (text; anything else is echoed back):
   setmeta:JSON      answer "meta" with JSON merged into the metadata (so a
                     second fake stage answers with the metadata it got)
   order:TAG         answer with how many order: requests this replica saw before
+  alloc:MB          allocate and touch MB megabytes, hold them 3 s, then echo
+  alloc-once:TOKEN:MB  the same, the first time TOKEN is seen only
   v2 requests       (meta protocol "v2") answer a v2 response whose outputs are
                     the inputs renamed "out_<name>", binary when asked for
 
@@ -113,6 +115,13 @@ def handle(payload, meta):
         time.sleep(3600)
     if cmd == "slow":
         time.sleep(int(arg) / 1000)
+    if cmd == "alloc" or (cmd == "alloc-once" and first_time(arg.split(":")[0])):
+        mb = int(arg.split(":")[-1])
+        hog = bytearray(mb << 20)
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1  # touch every page: RSS, not just address space
+        time.sleep(3)
+        del hog
     if cmd == "exit":
         os._exit(int(arg))
     if cmd == "print":

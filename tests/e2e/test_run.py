@@ -33,10 +33,14 @@ def outputs(out):
     found = {}
     for dirpath, _, names in os.walk(out):
         for n in names:
-            if n.startswith("_"):
+            # _baton.log, _failed.jsonl; and temporary files, which come and go.
+            if n.startswith("_") or n.startswith("."):
                 continue
             p = os.path.join(dirpath, n)
-            found[os.path.relpath(p, out)] = open(p).read()
+            try:
+                found[os.path.relpath(p, out)] = open(p).read()
+            except FileNotFoundError:
+                pass
     return found
 
 

@@ -6,10 +6,10 @@
 
 Test(jobs, ordinary_extensions_are_safe)
 {
-	cr_assert(bt_jobs_ext_is_safe(".json"));
-	cr_assert(bt_jobs_ext_is_safe(".out"));
-	cr_assert(bt_jobs_ext_is_safe(".tar-gz_2"));
-	cr_assert(bt_jobs_ext_is_safe(".abcdefghijklmnop")); /* 16 characters */
+	cr_assert(bt_ext_is_safe(".json"));
+	cr_assert(bt_ext_is_safe(".out"));
+	cr_assert(bt_ext_is_safe(".tar-gz_2"));
+	cr_assert(bt_ext_is_safe(".abcdefghijklmnop")); /* 16 characters */
 }
 
 Test(jobs, extensions_that_could_escape_or_hide_are_refused)
@@ -17,7 +17,7 @@ Test(jobs, extensions_that_could_escape_or_hide_are_refused)
 	const char *bad[] = {"", ".", "json", "../x", ".a/b", "/etc/passwd", ".a.b", "..",
 			     ".a b", ".a\\b", ".abcdefghijklmnopq", ".\n", ".é"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		cr_assert(!bt_jobs_ext_is_safe(bad[i]), "accepted '%s'", bad[i]);
+		cr_assert(!bt_ext_is_safe(bad[i]), "accepted '%s'", bad[i]);
 }
 
 Test(jobs, output_path_keeps_the_relative_path_and_appends_the_extension)

@@ -1,0 +1,358 @@
+/*
+ * The daemon's periodic work, one tick every interval_ms: read the
+ * signals (system CPU, NVML, each replica's process group), enforce
+ * memory_mb, retry pending placements, stop drained replicas, and run
+ * each stage's scaling policy.  Decisions are recorded in a history.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "../proc/proc.h"
+#include "daemon.h"
+
+/* ---- GPUs and placement --------------------------------------------------- */
+
+static void gpus_init(struct bt_daemon *d)
+{
+	const struct bt_config *cfg = d->cfg;
+	char err[256];
+	if (cfg->gpus_mode != BT_GPUS_NONE) {
+		d->nvml = bt_nvml_open(getenv("BATON_NVML_LIBRARY"), err, sizeof(err));
+		if (!d->nvml)
+			bt_info("no GPU signals", "reason=\"%s\"", err);
+	}
+	if (cfg->gpus_mode == BT_GPUS_LIST) {
+		d->ngpus = cfg->ngpus;
+		d->gpus = bt_calloc((size_t)d->ngpus, sizeof(*d->gpus));
+		for (int i = 0; i < d->ngpus; i++) {
+			d->gpus[i].id = cfg->gpus[i].id;
+			d->gpus[i].memory_mb = cfg->gpus[i].memory_mb;
+		}
+	} else if (d->nvml) {
+		d->ngpus = bt_nvml_count(d->nvml);
+		d->gpus = bt_calloc((size_t)(d->ngpus ? d->ngpus : 1), sizeof(*d->gpus));
+		for (int i = 0; i < d->ngpus; i++) {
+			struct bt_gpu_sample g;
+			d->gpus[i].id = i;
+			if (bt_nvml_sample(d->nvml, i, &g) == 0)
+				d->gpus[i].memory_mb = g.mem_total_mb;
+		}
+	}
+	d->gpu_samples = bt_calloc((size_t)(d->ngpus ? d->ngpus : 1), sizeof(*d->gpu_samples));
+	for (int i = 0; i < d->ngpus; i++)
+		bt_info("gpu", "id=%d memory_mb=%llu source=%s", d->gpus[i].id,
+			(unsigned long long)d->gpus[i].memory_mb,
+			cfg->gpus_mode == BT_GPUS_LIST ? "config" : "nvml");
+}
+
+static int needs_gpu(const struct bt_stage_config *c)
+{
+	return c->gpu_fraction > 0 || c->gpu_memory_mb > 0;
+}
+
+int bt_daemon_place(struct bt_daemon *d, struct bt_replica *r, char *reason, size_t len)
+{
+	const struct bt_stage_config *c = r->stage->cfg;
+	if (!needs_gpu(c) || r->gpu >= 0)
+		return 0;
+	int i = bt_place_gpu(d->gpus, d->ngpus, c->gpu_fraction, c->gpu_memory_mb, reason, len);
+	if (i < 0)
+		return -1;
+	d->gpus[i].used_fraction += c->gpu_fraction;
+	d->gpus[i].used_mb += c->gpu_memory_mb;
+	r->gpu = i;
+	return 0;
+}
+
+void bt_daemon_unplace(struct bt_daemon *d, struct bt_replica *r)
+{
+	const struct bt_stage_config *c = r->stage->cfg;
+	if (r->gpu < 0)
+		return;
+	d->gpus[r->gpu].used_fraction -= c->gpu_fraction;
+	if (d->gpus[r->gpu].used_fraction < 1e-9)
+		d->gpus[r->gpu].used_fraction = 0;
+	d->gpus[r->gpu].used_mb -= c->gpu_memory_mb;
+	r->gpu = -1;
+}
+
+/* ---- scaling ------------------------------------------------------------------ */
+
+int bt_stage_active(const struct bt_stage *st)
+{
+	int n = 0;
+	for (int i = 0; i < st->nreplicas; i++)
+		n += st->replicas[i]->active;
+	return n;
+}
+
+void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from, int to,
+			      int applied, const char *reason)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	struct bt_scale_event *e = &d->history[d->history_next];
+	d->history_next = (d->history_next + 1) % BT_SCALE_HISTORY;
+	if (d->history_len < BT_SCALE_HISTORY)
+		d->history_len++;
+	e->unix_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+	e->stage = st->cfg->name;
+	e->from = from;
+	e->to = to;
+	e->applied = applied;
+	snprintf(e->reason, sizeof(e->reason), "%s", reason);
+	d->scale_counts[!applied ? 2 : to > from ? 0 : 1]++;
+	if (applied)
+		bt_info("scaling", "stage=%s from=%d to=%d reason=\"%s\"", st->cfg->name, from, to,
+			reason);
+	else
+		bt_warn("not scaling", "stage=%s replicas=%d reason=\"%s\"", st->cfg->name, from,
+			reason);
+}
+
+/* Which replica goes first on scale-down: not serving, then least busy, then newest. */
+static int victim_rank(const struct bt_replica *r)
+{
+	switch (r->state) {
+	case BT_REPLICA_PENDING:
+		return 0;
+	case BT_REPLICA_FAILED:
+	case BT_REPLICA_BACKOFF:
+		return 1;
+	case BT_REPLICA_STARTING:
+	case BT_REPLICA_WARMING:
+		return 2;
+	default:
+		return 3;
+	}
+}
+
+void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const char *reason)
+{
+	int from = bt_stage_active(st);
+	/* Policies keep to [min, max]; an operator may go below min. */
+	if (to < 1)
+		to = 1;
+	if (to > st->cfg->replicas_max)
+		to = st->cfg->replicas_max;
+	st->target = to;
+	if (to == from || d->state != BT_DAEMON_RUNNING)
+		return;
+	int n = from;
+	for (int i = 0; i < st->nreplicas && n < to; i++) {
+		struct bt_replica *r = st->replicas[i];
+		/* A free slot: never started, or stopped for good. */
+		if (r->active || r->state != BT_REPLICA_EXITED || bt_replica_has_process(r))
+			continue;
+		r->active = 1;
+		r->failures = 0;
+		n++;
+		bt_replica_start(r);
+	}
+	while (n > to) {
+		struct bt_replica *victim = NULL;
+		for (int i = st->nreplicas - 1; i >= 0; i--) {
+			struct bt_replica *r = st->replicas[i];
+			if (!r->active)
+				continue;
+			if (!victim || victim_rank(r) < victim_rank(victim) ||
+			    (victim_rank(r) == victim_rank(victim) && r->ninflight < victim->ninflight))
+				victim = r;
+		}
+		if (!victim)
+			break;
+		bt_replica_drain(victim);
+		n--;
+	}
+	bt_daemon_record_scaling(d, st, from, n, 1, reason);
+	bt_stage_replicas_changed(st);
+}
+
+/* ---- the tick ----------------------------------------------------------------- */
+
+/*
+ * Test seam (docs/operations.md): BATON_TEST_SIGNALS names a JSON file,
+ * re-read every tick, whose "cpu_percent", "gpu_percent" and
+ * "latency_p95_s": {stage: seconds} replace the measured signals.  It
+ * lets tests drive the headroom policy without loading the machine.
+ */
+static json_t *test_signals(void)
+{
+	const char *path = getenv("BATON_TEST_SIGNALS");
+	if (!path)
+		return NULL;
+	json_error_t err;
+	return json_load_file(path, 0, &err);
+}
+
+static double stage_gpu_percent(struct bt_daemon *d, const struct bt_stage *st)
+{
+	if (!needs_gpu(st->cfg) || d->ngpus == 0)
+		return -1;
+	double max = 0;
+	for (int i = 0; i < d->ngpus; i++)
+		if (d->gpu_samples[i].util_percent > max)
+			max = d->gpu_samples[i].util_percent;
+	return max;
+}
+
+static void sample_replicas(struct bt_daemon *d, double secs)
+{
+	long hz = sysconf(_SC_CLK_TCK);
+	for (int i = 0; i < d->nstages; i++) {
+		struct bt_stage *st = &d->stages[i];
+		for (int j = 0; j < st->nreplicas; j++) {
+			struct bt_replica *r = st->replicas[j];
+			int pid = bt_replica_pid(r);
+			if (!pid) {
+				r->cpu_percent = 0;
+				r->rss_bytes = 0;
+				r->cpu_jiffies = 0;
+				continue;
+			}
+			struct bt_group_usage u;
+			if (bt_read_group_usage(pid, &u))
+				continue;
+			if (r->cpu_jiffies && u.cpu_jiffies >= r->cpu_jiffies && secs > 0)
+				r->cpu_percent = 100.0 * (double)(u.cpu_jiffies - r->cpu_jiffies) /
+						 ((double)hz * secs);
+			r->cpu_jiffies = u.cpu_jiffies;
+			r->rss_bytes = u.rss_bytes;
+			uint64_t limit = st->cfg->memory_mb << 20;
+			if (st->cfg->memory_mb && u.rss_bytes > limit && r->child) {
+				char why[200];
+				snprintf(why, sizeof(why),
+					 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
+					 (unsigned long long)(u.rss_bytes >> 20),
+					 (unsigned long long)st->cfg->memory_mb, u.processes);
+				bt_replica_kill(r, BT_FAIL_MEMORY, why);
+			}
+		}
+	}
+}
+
+static void stage_signals(struct bt_stage *st, double secs)
+{
+	struct bt_hist merged;
+	bt_hist_init(&merged, bt_hist_seconds, bt_hist_seconds_n);
+	for (int i = 0; i < BT_LATENCY_WINDOW; i++) {
+		const struct bt_hist *h = &st->latency_window[i];
+		for (int b = 0; b <= h->nbounds; b++)
+			merged.counts[b] += h->counts[b];
+		merged.count += h->count;
+		merged.sum += h->sum;
+	}
+	st->latency_p50_s = merged.count ? bt_hist_quantile(&merged, 0.5) : -1;
+	st->latency_p95_s = merged.count ? bt_hist_quantile(&merged, 0.95) : -1;
+	st->window_pos = (st->window_pos + 1) % BT_LATENCY_WINDOW;
+	bt_hist_init(&st->latency_window[st->window_pos], bt_hist_seconds, bt_hist_seconds_n);
+	if (secs > 0)
+		st->arrival_rate = (double)(st->entered - st->entered_at_tick) / secs;
+	st->entered_at_tick = st->entered;
+}
+
+static void housekeeping(struct bt_daemon *d)
+{
+	for (int i = 0; i < d->nstages; i++) {
+		struct bt_stage *st = &d->stages[i];
+		for (int j = 0; j < st->nreplicas; j++) {
+			struct bt_replica *r = st->replicas[j];
+			if (r->state == BT_REPLICA_DRAINING && r->ninflight == 0 && !r->job)
+				bt_replica_stop(r, 0);
+			else if (r->state == BT_REPLICA_PENDING && r->active)
+				bt_replica_start(r); /* placement is tried again */
+		}
+	}
+}
+
+static void autoscale(struct bt_daemon *d, struct bt_stage *st, json_t *overrides)
+{
+	const struct bt_autoscale_config *c = &st->cfg->autoscale;
+	if (st->manual || c->policy == BT_POLICY_NONE)
+		return;
+	struct bt_scale_input in;
+	char place_reason[256] = "";
+	memset(&in, 0, sizeof(in));
+	in.now_ms = bt_now_ms();
+	in.current = bt_stage_active(st);
+	in.queued = st->queue.len;
+	in.in_flight = st->running;
+	in.cpu_percent = d->cpu_percent;
+	in.gpu_percent = stage_gpu_percent(d, st);
+	in.latency_p95_s = st->latency_p95_s;
+	in.can_place = !needs_gpu(st->cfg) ||
+		       bt_place_gpu(d->gpus, d->ngpus, st->cfg->gpu_fraction,
+				    st->cfg->gpu_memory_mb, place_reason, sizeof(place_reason)) >= 0;
+	in.place_reason = place_reason;
+	if (overrides) {
+		json_t *v;
+		if ((v = json_object_get(overrides, "cpu_percent")) && json_is_number(v))
+			in.cpu_percent = json_number_value(v);
+		if ((v = json_object_get(overrides, "gpu_percent")) && json_is_number(v))
+			in.gpu_percent = json_number_value(v);
+		v = json_object_get(json_object_get(overrides, "latency_p95_s"), st->cfg->name);
+		if (json_is_number(v))
+			in.latency_p95_s = json_number_value(v);
+	}
+	struct bt_scale_decision dec;
+	if (c->policy == BT_POLICY_DEMAND)
+		bt_policy_demand(c, &in, &st->scale_state, &dec);
+	else
+		bt_policy_headroom(c, &in, &st->scale_state, &dec);
+	if (dec.refused)
+		bt_daemon_record_scaling(d, st, in.current, in.current, 0, dec.reason);
+	else if (dec.to != in.current)
+		bt_daemon_scale(d, st, dec.to, dec.reason);
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+	struct bt_daemon *d = t->data;
+	uint64_t now = bt_now_ms();
+	double secs = d->last_tick_ms ? (double)(now - d->last_tick_ms) / 1000.0 : 0;
+	d->last_tick_ms = now;
+	struct bt_cpu_counters cpu;
+	if (bt_read_system_cpu(&cpu) == 0) {
+		if (d->cpu_prev.total)
+			d->cpu_percent = bt_cpu_percent(&d->cpu_prev, &cpu);
+		d->cpu_prev = cpu;
+	}
+	for (int i = 0; d->nvml && i < d->ngpus; i++) {
+		int dev = d->cfg->gpus_mode == BT_GPUS_LIST ? d->gpus[i].id : i;
+		if (dev < bt_nvml_count(d->nvml))
+			bt_nvml_sample(d->nvml, dev, &d->gpu_samples[i]);
+	}
+	json_t *overrides = test_signals();
+	if (overrides) {
+		json_t *v = json_object_get(overrides, "cpu_percent");
+		if (json_is_number(v))
+			d->cpu_percent = json_number_value(v);
+	}
+	sample_replicas(d, secs);
+	for (int i = 0; i < d->nstages; i++)
+		stage_signals(&d->stages[i], secs);
+	if (d->state == BT_DAEMON_RUNNING) {
+		housekeeping(d);
+		for (int i = 0; i < d->nstages; i++)
+			autoscale(d, &d->stages[i], overrides);
+	}
+	json_decref(overrides);
+}
+
+void bt_tick_start(struct bt_daemon *d)
+{
+	gpus_init(d);
+	uv_timer_start(&d->tick, tick_cb, d->cfg->interval_ms, d->cfg->interval_ms);
+}
+
+void bt_tick_close(struct bt_daemon *d)
+{
+	uv_close((uv_handle_t *)&d->tick, NULL);
+	if (d->nvml)
+		bt_nvml_close(d->nvml);
+	d->nvml = NULL;
+}

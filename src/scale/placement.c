@@ -1,0 +1,46 @@
+/*
+ * GPU placement: best fit over the declared (or detected) GPUs, so that a
+ * replica that would not fit waits instead of starting and running out of
+ * memory (seed 004's Ray Serve replicas sharing one 8 GB card).
+ */
+#include <stdio.h>
+
+#include "scale.h"
+
+int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_t memory_mb,
+		 char *reason, size_t reason_len)
+{
+	int best = -1;
+	uint64_t best_left = 0;
+	/* Fractions are compared with a little slack: 0.2 × 5 must fit in 1.0. */
+	const double eps = 1e-9;
+	for (int i = 0; i < n; i++) {
+		const struct bt_gpu_slot *g = &gpus[i];
+		if (g->used_fraction + fraction > 1.0 + eps)
+			continue;
+		if (g->used_mb + memory_mb > g->memory_mb)
+			continue;
+		uint64_t left = g->memory_mb - g->used_mb - memory_mb;
+		if (best < 0 || left < best_left) {
+			best = i;
+			best_left = left;
+		}
+	}
+	if (best >= 0 || !reason)
+		return best;
+	if (n == 0) {
+		snprintf(reason, reason_len, "no GPU on this machine (gpus: none, or no NVML)");
+		return -1;
+	}
+	/* Say what was missing on the GPU closest to fitting. */
+	size_t o = (size_t)snprintf(reason, reason_len, "no GPU fits gpu %.2g and %llu MB:",
+				    fraction, (unsigned long long)memory_mb);
+	for (int i = 0; i < n && o < reason_len; i++)
+		o += (size_t)snprintf(reason + o, reason_len - o, " gpu%d has %.2g and %llu MB free%s",
+				      gpus[i].id, 1.0 - gpus[i].used_fraction,
+				      (unsigned long long)(gpus[i].memory_mb > gpus[i].used_mb
+								   ? gpus[i].memory_mb - gpus[i].used_mb
+								   : 0),
+				      i + 1 < n ? "," : "");
+	return -1;
+}

@@ -1,0 +1,240 @@
+"""Autoscaling, GPU placement and resource signals: a stage grows under load
+and shrinks after it without flapping or failing requests, replicas are
+placed on GPUs best-fit or wait, NVML is read through dlopen (a test double
+of libnvidia-ml.so.1), memory_mb is enforced, the headroom policy follows
+its signals, and an operator can fix the count."""
+import json
+import os
+import threading
+import time
+
+from conftest import BUILD, SLOW, fake_stage, pid_alive, wait_for
+
+FAKE_NVML = os.path.join(BUILD, "tests", "fake-nvml", "libnvidia-ml.so.1")
+
+
+def cfg(stage, top="interval_ms: 200\n", pipelines="pipelines:\n  p: [w]\n"):
+    return top + "stages:\n" + stage + pipelines
+
+
+def active(b, stage="w"):
+    return b.status()["stages"][stage]["scaling"]["active"]
+
+
+def history(b):
+    return b.status()["scaling_history"]
+
+
+class Load:
+    """n client threads sending payload in a loop until stopped."""
+
+    def __init__(self, b, n, payload):
+        self.b, self.stop_flag, self.results = b, False, []
+        self.threads = [threading.Thread(target=self.run, args=(payload,)) for _ in range(n)]
+
+    def run(self, payload):
+        while not self.stop_flag:
+            self.results.append(self.b.post("p", payload).status)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag = True
+        for t in self.threads:
+            t.join(60 * SLOW)
+
+
+def test_step_load_scales_up_then_down_without_failures_or_flapping(baton):
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 4, initial: 1}",
+                             autoscale="{policy: demand, target_ongoing: 1, "
+                                       "upscale_delay_s: 1, downscale_delay_s: 2}")))
+    assert active(b) == 1
+    with Load(b, 6, "slow:50") as load:
+        t0 = time.monotonic()
+        wait_for(lambda: active(b) > 1, 10, what="a scale-up")
+        first_up = time.monotonic() - t0
+        wait_for(lambda: active(b) == 4, 20, what="4 replicas")
+        b.wait_ready()
+        time.sleep(3)  # steady load: nothing may move
+        steady = [e for e in history(b) if e["applied"]]
+    t1 = time.monotonic()
+    wait_for(lambda: active(b) == 1, 20, what="the scale-down")
+    down_after = time.monotonic() - t1
+    assert load.results and set(load.results) == {200}, set(load.results)
+    # Within upscale_delay plus an interval (and slack for a loaded machine).
+    assert first_up < 1 + 0.2 + 3 * SLOW, first_up
+    assert down_after >= 1.5, down_after  # not before downscale_delay
+    events = [e for e in history(b) if e["applied"]]
+    ups = [e for e in events if e["to"] > e["from"]]
+    downs = [e for e in events if e["to"] < e["from"]]
+    assert ups and downs and all(e["stage"] == "w" for e in events)
+    # No flapping: every change went up before load stopped, down after.
+    assert all(e in steady for e in ups) and not any(e in steady for e in downs)
+    assert max(e["to"] for e in ups) == 4 and downs[-1]["to"] == 1
+    # Scaled-down replicas were drained and stopped: no process left.
+    wait_for(lambda: len([r for r in b.replicas("w") if r["pid"]]) == 1, 10)
+    metrics = b.get("/metrics").body.decode()
+    assert 'baton_scaling_decisions_total{decision="up"}' in metrics
+    assert b.stop() == 0
+    assert b.leftover_groups() == []
+
+
+def test_replicas_are_placed_best_fit_and_the_rest_wait(baton):
+    top = ("interval_ms: 200\n"
+           "gpus: [{id: 0, memory_mb: 4000}, {id: 1, memory_mb: 2000}]\n")
+    b = baton(cfg(fake_stage("w", replicas=4, resources="{gpu: 0.5, gpu_memory_mb: 1500}"),
+                  top=top), wait_ready=False)
+    wait_for(lambda: sum(r["state"] == "ready" for r in b.replicas("w")) == 3, 20)
+    reps = b.replicas("w")
+    placed = sorted(r["gpu"] for r in reps if r["gpu"] is not None)
+    assert placed == [0, 0, 1], reps  # gpu1 first (tightest), then gpu0 twice
+    pending = [r for r in reps if r["state"] == "pending"]
+    assert len(pending) == 1 and pending[0]["failures"] == 0
+    assert "no GPU fits" in pending[0]["pending_reason"]
+    for r in reps:
+        if r["pid"]:
+            env = dict(kv.split("=", 1) for kv in
+                       open("/proc/%d/environ" % r["pid"]).read().split("\0") if "=" in kv)
+            assert env["CUDA_VISIBLE_DEVICES"] == str(r["gpu"])
+            assert env["BATON_GPU_FRACTION"] == "0.5"
+    gpus = {g["id"]: g for g in b.status()["gpus"]}
+    assert gpus[0]["placed_fraction"] == 1.0 and gpus[0]["placed_memory_mb"] == 3000
+    assert gpus[1]["placed_memory_mb"] == 1500
+    assert "replica pending" in b.log()
+    # The stage serves with what fits, and readiness is not held hostage.
+    assert b.get("/v2/health/ready").status == 200
+    assert b.post("p", "hello").status == 200
+    # When a placed replica goes away, the pending one takes its place.
+    b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 3}))
+    wait_for(lambda: sorted(r["state"] for r in b.replicas("w")) == ["ready"] * 3, 20)
+    assert b.stop() == 0
+
+
+def write_nvml(path, util, used):
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("gpu 0 %d 8192 %d\n" % (util, used))
+    os.replace(tmp, str(path))  # the library never reads half a file
+
+
+def test_nvml_is_read_through_dlopen_and_a_busy_gpu_refuses_scale_up(baton, tmp_path, monkeypatch):
+    nvml = tmp_path / "nvml.txt"
+    write_nvml(nvml, 20, 1000)
+    monkeypatch.setenv("BATON_NVML_LIBRARY", FAKE_NVML)
+    monkeypatch.setenv("FAKE_NVML_FILE", str(nvml))
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 3}",
+                             resources="{gpu: 0.25, gpu_memory_mb: 1000}",
+                             autoscale="{target_ongoing: 1, upscale_delay_s: 0, max_gpu: 90}")))
+    wait_for(lambda: b.status()["gpus"] and b.status()["gpus"][0].get("util_percent") == 20, 10)
+    g = b.status()["gpus"][0]
+    assert g["memory_mb"] == 8192 and g["memory_used_mb"] == 1000
+    write_nvml(nvml, 99, 7000)
+    wait_for(lambda: b.status()["gpus"][0]["util_percent"] == 99, 10)
+    with Load(b, 4, "slow:200"):
+        wait_for(lambda: any(not e["applied"] and "GPU at 99%" in e["reason"]
+                             for e in history(b)), 10, what="a refusal")
+        assert active(b) == 1
+        write_nvml(nvml, 30, 2000)
+        wait_for(lambda: active(b) > 1, 10, what="scale-up once the GPU is free")
+    metrics = b.get("/metrics").body.decode()
+    assert 'baton_gpu_utilization_ratio{gpu="0"}' in metrics
+    assert "baton_gpu_memory_total_bytes" in metrics
+    assert b.stop() == 0
+
+
+def test_without_nvml_baton_runs_and_says_why(baton, monkeypatch, tmp_path):
+    monkeypatch.setenv("BATON_NVML_LIBRARY", str(tmp_path / "no-such-lib.so.1"))
+    b = baton(cfg(fake_stage("w")))
+    assert b.status()["gpus"] == []
+    assert "no GPU signals" in b.log()
+    assert b.stop() == 0
+
+
+def test_replica_over_memory_is_restarted_and_its_request_retried(baton, state_dir):
+    b = baton(cfg(fake_stage("w", resources="{memory_mb: 200}", retries=1,
+                             restart="{backoff_ms: 50}", env={"FAKE_STATE_DIR": state_dir})))
+    first = b.pids("w")[0]
+    r = b.post("p", "alloc-once:m1:400")
+    assert r.status == 200 and r.body == b"alloc-once:m1:400", r
+    assert not pid_alive(first)
+    log = b.log()
+    assert "over memory_mb 200" in log
+    rep = b.replicas("w")[0]
+    assert rep["restarts"] == 1
+    metrics = b.get("/metrics").body.decode()
+    assert 'baton_replica_failures_total{stage="w",reason="memory"} 1' in metrics
+    assert b.stop() == 0
+
+
+def test_headroom_policy_follows_its_signals(baton, tmp_path, monkeypatch):
+    signals = tmp_path / "signals.json"
+    signals.write_text(json.dumps({"cpu_percent": 40, "gpu_percent": 30,
+                                   "latency_p95_s": {"w": 0.5}}))
+    monkeypatch.setenv("BATON_TEST_SIGNALS", str(signals))
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 3}",
+                             autoscale="{policy: headroom, hysteresis_s: 1}")))
+    # All under the up marks: one more replica per hysteresis window, up to max.
+    wait_for(lambda: active(b) == 3, 20, what="growth to max")
+    ups = [e for e in history(b) if e["applied"] and e["to"] > e["from"]]
+    assert [(e["from"], e["to"]) for e in ups] == [(1, 2), (2, 3)]
+    assert ups[1]["time"] - ups[0]["time"] >= 0.9  # the cooldown between steps
+    # Latency over the down mark: shrink one at a time to min.
+    signals.write_text(json.dumps({"cpu_percent": 40, "gpu_percent": 30,
+                                   "latency_p95_s": {"w": 7}}))
+    wait_for(lambda: active(b) == 1, 20, what="shrink to min")
+    downs = [e for e in history(b) if e["applied"] and e["to"] < e["from"]]
+    assert [(e["from"], e["to"]) for e in downs] == [(3, 2), (2, 1)]
+    assert "p95" in downs[0]["reason"]
+    # Between the marks (cpu 85: not < 80, not > 90): nothing moves.
+    signals.write_text(json.dumps({"cpu_percent": 85, "gpu_percent": 30,
+                                   "latency_p95_s": {"w": 0.5}}))
+    n = len(history(b))
+    time.sleep(2.5)
+    assert len(history(b)) == n and active(b) == 1
+    assert b.stop() == 0
+
+
+def test_manual_scale_fixes_the_count_until_auto(baton, tmp_path, monkeypatch):
+    signals = tmp_path / "signals.json"
+    signals.write_text(json.dumps({"cpu_percent": 95}))  # headroom wants to shrink
+    monkeypatch.setenv("BATON_TEST_SIGNALS", str(signals))
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 4, initial: 1}",
+                             autoscale="{policy: headroom, hysteresis_s: 1}")))
+    r = b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 3}))
+    assert r.status == 200 and r.json()["replicas"] == 3
+    wait_for(lambda: active(b) == 3 and all(x["state"] == "ready" for x in b.replicas("w")), 20)
+    st = b.status()["stages"]["w"]["scaling"]
+    assert st["manual"] is True and st["target"] == 3
+    time.sleep(2.5)
+    assert active(b) == 3  # the policy is off
+    r = b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": "auto"}))
+    assert r.status == 200
+    wait_for(lambda: active(b) < 3, 20, what="the policy to act again")
+    for body in ('{"replicas": 0}', '{"replicas": 99}', '{"replicas": "many"}', "nonsense"):
+        r = b.request("POST", "/v1/stages/w/scale", body)
+        assert r.status == 400 and "replicas" in r.json()["error"], body
+    assert b.request("POST", "/v1/stages/nope/scale", '{"replicas": 1}').status == 404
+    reasons = [e["reason"] for e in history(b)]
+    assert any("manual: 3 replicas" in x for x in reasons)
+    assert any("policy back on" in x for x in reasons)
+    assert b.stop() == 0
+
+
+def test_status_and_metrics_carry_the_signals(baton):
+    b = baton(cfg(fake_stage("w", replicas=2)))
+    for _ in range(5):
+        b.post("p", "slow:20")
+    wait_for(lambda: b.status()["stages"]["w"]["signals"]["latency_p95_s"] is not None, 10)
+    st = b.status()
+    assert 0 <= st["cpu_percent"] <= 100
+    rep = st["stages"]["w"]["replicas"][0]
+    assert rep["rss_bytes"] > 1 << 20 and rep["cpu_percent"] >= 0
+    metrics = b.get("/metrics").body.decode()
+    for name in ("baton_system_cpu_ratio", "baton_replica_resident_memory_bytes",
+                 "baton_stage_latency_seconds", "baton_stage_arrival_rate",
+                 "baton_stage_replicas_target"):
+        assert name in metrics, name
+    assert b.stop() == 0
