@@ -16,7 +16,7 @@ DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
 TEST_PKGS  := python3-pytest wrk prometheus $(DEMO_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 
-.PHONY: all deps test-deps build asan unit e2e test test-asan demo bench clean
+.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz clean
 
 all: build
 
@@ -67,8 +67,13 @@ test: test-deps build asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		BATON_BUILD=$(abspath $(ASAN_BUILD)) BATON_SANITIZED=1 $(PY) -m pytest -q -x tests/e2e
 
+# The documents example: detection (Python, OpenCV) then OCR (C, tesseract).
 demo: build
 	$(call apt_install,$(DEMO_PKGS))
+	sh examples/documents/demo.sh $(abspath $(BUILD))
+
+# The smaller echo example: a Python and a C stage over HTTP, a worker killed.
+demo-echo: build
 	$(PY) examples/echo/demo.py --build $(abspath $(BUILD))
 
 bench: build test-deps
