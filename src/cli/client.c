@@ -40,9 +40,9 @@ static int connect_to(const char *host, const char *port, char *err, size_t errl
 	return fd;
 }
 
-int bt_client_request(const char *base, const char *method, const char *path,
-		      const void *body, size_t len, struct bt_http_reply *out,
-		      char *err, size_t errlen)
+int bt_client_request(const char *base, const char *token, const char *method,
+		      const char *path, const void *body, size_t len,
+		      struct bt_http_reply *out, char *err, size_t errlen)
 {
 	char host[256], port[16] = "80";
 	memset(out, 0, sizeof(*out));
@@ -60,7 +60,10 @@ int bt_client_request(const char *base, const char *method, const char *path,
 		return -1;
 	struct bt_buf req = BT_BUF_INIT;
 	bt_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n"
-			    "Content-Length: %zu\r\n\r\n", method, path, host, port, len);
+			    "Content-Length: %zu\r\n", method, path, host, port, len);
+	if (token)
+		bt_buf_printf(&req, "Authorization: Bearer %s\r\n", token);
+	bt_buf_puts(&req, "\r\n");
 	bt_buf_append(&req, body, len);
 	size_t off = 0;
 	while (off < req.len) {

@@ -14,10 +14,13 @@ struct bt_http_reply {
 	size_t len;
 };
 
-/* base is "http://HOST:PORT"; returns 0 or -1 with a sentence in err. */
-int bt_client_request(const char *base, const char *method, const char *path,
-		      const void *body, size_t len, struct bt_http_reply *out,
-		      char *err, size_t errlen);
+/*
+ * base is "http://HOST:PORT"; token, when not NULL, goes in an
+ * Authorization: Bearer header.  Returns 0 or -1 with a sentence in err.
+ */
+int bt_client_request(const char *base, const char *token, const char *method,
+		      const char *path, const void *body, size_t len,
+		      struct bt_http_reply *out, char *err, size_t errlen);
 void bt_client_reply_release(struct bt_http_reply *r);
 
 #endif

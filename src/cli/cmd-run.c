@@ -49,7 +49,7 @@ static int run(int argc, char **argv)
 	struct bt_config cfg;
 	char err[1024];
 	if (bt_config_load(path, &cfg, err, sizeof(err)) ||
-	    bt_config_require_venvs(&cfg, err, sizeof(err))) {
+	    bt_config_check_runnable(&cfg, err, sizeof(err))) {
 		fprintf(stderr, "%s\n", err);
 		if (cfg.path)
 			bt_config_release(&cfg);

@@ -42,7 +42,7 @@ static int run(int argc, char **argv)
 		cfg.listen_host = bt_strndup(listen, (size_t)(colon - listen));
 		cfg.listen_port = (int)port;
 	}
-	if (bt_config_require_venvs(&cfg, err, sizeof(err))) {
+	if (bt_config_check_runnable(&cfg, err, sizeof(err))) {
 		fprintf(stderr, "%s\n", err);
 		bt_config_release(&cfg);
 		return BT_EXIT_USAGE;

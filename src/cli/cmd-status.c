@@ -113,10 +113,14 @@ static void print_status(json_t *doc)
 static int run(int argc, char **argv)
 {
 	const char *url = getenv("BATON_URL");
+	const char *token_file = getenv("BATON_TOKEN_FILE");
+	char token[512] = "";
 	int as_json = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--url") && i + 1 < argc) {
 			url = argv[++i];
+		} else if (!strcmp(argv[i], "--token-file") && i + 1 < argc) {
+			token_file = argv[++i];
 		} else if (!strcmp(argv[i], "--json")) {
 			as_json = 1;
 		} else {
@@ -126,9 +130,21 @@ static int run(int argc, char **argv)
 	}
 	if (!url)
 		url = "http://127.0.0.1:8080";
+	if (token_file) {
+		FILE *f = fopen(token_file, "r");
+		if (!f || !fgets(token, sizeof(token), f)) {
+			fprintf(stderr, "baton: cannot read the token file '%s'\n", token_file);
+			if (f)
+				fclose(f);
+			return BT_EXIT_USAGE;
+		}
+		fclose(f);
+		token[strcspn(token, "\r\n")] = '\0';
+	}
 	struct bt_http_reply rep;
 	char err[256];
-	if (bt_client_request(url, "GET", "/v1/status", NULL, 0, &rep, err, sizeof(err))) {
+	if (bt_client_request(url, token[0] ? token : NULL, "GET", "/v1/status", NULL, 0, &rep,
+			      err, sizeof(err))) {
 		fprintf(stderr, "baton: cannot get status from %s: %s\n", url, err);
 		return BT_EXIT_FAIL;
 	}
@@ -148,5 +164,5 @@ static int run(int argc, char **argv)
 	return BT_EXIT_OK;
 }
 
-const struct bt_cmd bt_cmd_status = {"status", "[--url URL] [--json]",
+const struct bt_cmd bt_cmd_status = {"status", "[--url URL] [--token-file F] [--json]",
 				     "show a running daemon's stages, replicas and pipelines", run};

@@ -89,6 +89,20 @@ void bt_buf_release(struct bt_buf *b);
  */
 int bt_ext_is_safe(const char *ext);
 
+/*
+ * Compares secrets in time that depends on the lengths only, so that a
+ * client cannot find a token byte by byte from how fast it is refused.
+ */
+int bt_secure_equal(const char *a, size_t alen, const char *b, size_t blen);
+
+/*
+ * Replaces, in place, every byte that is not part of a valid UTF-8
+ * sequence (including one cut short at the end) with '?'.  Text built from
+ * what clients and workers send goes through it before it becomes JSON,
+ * which must be valid UTF-8.  Returns s.
+ */
+char *bt_utf8_clean(char *s);
+
 /* Milliseconds and microseconds of CLOCK_MONOTONIC. */
 uint64_t bt_now_ms(void);
 uint64_t bt_now_us(void);

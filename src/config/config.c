@@ -8,6 +8,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -389,7 +391,8 @@ static const char *const stage_keys[] = {
 	"command", "workdir", "venv", "env", "mode", "replicas", "max_ongoing",
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
-	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", NULL};
+	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", "user",
+	"group", NULL};
 static const char *const setup_keys[] = {"python", "requirements", "wheels",
 					 "system_site_packages", NULL};
 static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
@@ -491,7 +494,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 {
 	const yaml_node_t *command = NULL, *warmup_file = NULL, *mode_node = NULL;
 	const yaml_node_t *spawn_node = NULL, *batch_node = NULL, *ongoing_node = NULL;
-	const yaml_node_t *setup_node = NULL, *replicas_node = NULL;
+	const yaml_node_t *setup_node = NULL, *replicas_node = NULL, *group_node = NULL;
 	int rep_initial = 0, rep_min = -1, rep_max = 0;
 	char *workdir = NULL, *venv = NULL;
 	char what[128];
@@ -531,6 +534,26 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			else if (!r && strcmp(mode, "persistent"))
 				r = fail(c, v, "'mode' must be 'persistent' or 'spawn', not '%s'", mode);
 			free(mode);
+		} else if (!strcmp(k, "user")) {
+			r = get_string(c, v, k, &st->user);
+			struct passwd *pw = r ? NULL : getpwnam(st->user);
+			if (!r && !pw)
+				r = fail(c, v, "no user named '%s' on this machine", st->user);
+			if (!r) {
+				st->uid = pw->pw_uid;
+				if (!group_node)
+					st->gid = pw->pw_gid;
+			}
+		} else if (!strcmp(k, "group")) {
+			char *name = NULL;
+			group_node = v;
+			r = get_string(c, v, k, &name);
+			struct group *gr = r ? NULL : getgrnam(name);
+			if (!r && !gr)
+				r = fail(c, v, "no group named '%s' on this machine", name);
+			if (!r)
+				st->gid = gr->gr_gid;
+			free(name);
 		} else if (!strcmp(k, "health_check")) {
 			if (v->type != YAML_SEQUENCE_NODE ||
 			    v->data.sequence.items.top == v->data.sequence.items.start) {
@@ -762,6 +785,10 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 		char *bin = bt_asprintf("%s/bin", st->venv);
 		st->venv_missing = stat(bin, &sb) != 0 || !S_ISDIR(sb.st_mode);
 		free(bin);
+	}
+	if (group_node && !st->user) {
+		r = fail(c, group_node, "'group' of stage '%s' needs 'user'", st->name);
+		goto out;
 	}
 	if (setup_node) {
 		if (!st->venv) {
@@ -1027,7 +1054,63 @@ out:
 
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "stages", "pipelines",
-				       "gpus", "interval_ms", NULL};
+				       "gpus", "interval_ms", "auth", "http", NULL};
+static const char *const auth_keys[] = {"token_file", NULL};
+static const char *const http_keys[] = {"max_connections", "idle_timeout_s", NULL};
+
+/* auth: {token_file}: the token is the file's first line, at least 16 bytes. */
+static int parse_auth(struct ctx *c, const yaml_node_t *n)
+{
+	int r = check_mapping(c, n, "'auth'", auth_keys);
+	char *file = NULL;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++)
+		r = get_string(c, node(c, p->value), "auth.token_file", &file);
+	if (!r && !file)
+		r = fail(c, n, "'auth' needs 'token_file'");
+	if (r) {
+		free(file);
+		return r;
+	}
+	char *path = join_path(c->cfg->dir, file), *text = NULL;
+	size_t len;
+	int e = read_file(path, &text, &len);
+	if (e) {
+		r = fail(c, n, "cannot read auth.token_file '%s': %s", path, bt_strerror(e));
+	} else {
+		len = strcspn(text, "\r\n");
+		while (len && (text[len - 1] == ' ' || text[len - 1] == '\t'))
+			len--;
+		if (len < 16 || memchr(text, '\0', len))
+			r = fail(c, n, "auth.token_file '%s' must hold a token of at least 16 characters on its first line",
+				 path);
+		else
+			c->cfg->auth_token = bt_strndup(text, len);
+	}
+	free(text);
+	free(path);
+	free(file);
+	return r;
+}
+
+static int parse_http(struct ctx *c, const yaml_node_t *n)
+{
+	int r = check_mapping(c, n, "'http'", http_keys);
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		long long val;
+		int conns = !strcmp(k, "max_connections");
+		r = get_int(c, v, conns ? "http.max_connections" : "http.idle_timeout_s", 1,
+			    conns ? 100000 : 3600, &val);
+		if (!r && conns)
+			c->cfg->http_max_connections = (unsigned)val;
+		else if (!r)
+			c->cfg->http_idle_timeout_s = (unsigned)val;
+	}
+	return r;
+}
 static const char *const gpu_keys[] = {"id", "memory_mb", NULL};
 
 /* gpus: auto | none | [{id, memory_mb}, ...] */
@@ -1107,6 +1190,10 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			r = parse_gpus(c, v);
 		} else if (!strcmp(k, "interval_ms")) {
 			r = get_u64(c, v, k, 50, 60000, &cfg->interval_ms);
+		} else if (!strcmp(k, "auth")) {
+			r = parse_auth(c, v);
+		} else if (!strcmp(k, "http")) {
+			r = parse_http(c, v);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else {
@@ -1166,6 +1253,8 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->max_payload_bytes = 256u << 20;
 	cfg->gpus_mode = BT_GPUS_AUTO;
 	cfg->interval_ms = 1000;
+	cfg->http_max_connections = 1000;
+	cfg->http_idle_timeout_s = 60;
 	{
 		char *copy = bt_strdup(path);
 		char *slash = strrchr(copy, '/');
@@ -1249,6 +1338,7 @@ void bt_config_release(struct bt_config *cfg)
 			free(st->health_check[h]);
 		free(st->health_check);
 		free(st->setup_python);
+		free(st->user);
 		free(st->setup_requirements);
 		free(st->setup_wheels);
 	}
@@ -1261,14 +1351,24 @@ void bt_config_release(struct bt_config *cfg)
 	}
 	free(cfg->pipelines);
 	free(cfg->gpus);
+	free(cfg->auth_token);
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg->listen_host);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
-int bt_config_require_venvs(const struct bt_config *cfg, char *err, size_t errlen)
+int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errlen)
 {
+	for (int i = 0; i < cfg->nstages; i++) {
+		const struct bt_stage_config *st = &cfg->stages[i];
+		if (st->user && geteuid() != 0 && geteuid() != st->uid) {
+			snprintf(err, errlen,
+				 "%s:%d:%d: stage '%s' runs as user '%s', which needs baton to run as root",
+				 cfg->path, st->line, st->col, st->name, st->user);
+			return BT_ECONFIG;
+		}
+	}
 	for (int i = 0; i < cfg->nstages; i++) {
 		const struct bt_stage_config *st = &cfg->stages[i];
 		if (st->venv_missing) {
@@ -1324,13 +1424,18 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 	fprintf(out, "config:  %s/%s\n", cfg->dir,
 		strrchr(cfg->path, '/') ? strrchr(cfg->path, '/') + 1 : cfg->path);
 	fprintf(out, "listen:  %s:%d\n", cfg->listen_host, cfg->listen_port);
-	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu\n",
-		cfg->max_request_bytes, cfg->max_payload_bytes);
+	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u\n",
+		cfg->max_request_bytes, cfg->max_payload_bytes, cfg->http_max_connections,
+		cfg->http_idle_timeout_s);
+	fprintf(out, "auth:    %s\n", cfg->auth_token ? "bearer token required (except /v2/health/*)"
+						 : "none: anyone who can reach the address can use it");
 	for (int i = 0; i < cfg->nstages; i++) {
 		const struct bt_stage_config *st = &cfg->stages[i];
 		fprintf(out, "\nstage %s\n  argv:      ", st->name);
 		print_quoted_argv(out, st->argv);
 		fprintf(out, "\n  workdir:   %s\n", st->workdir);
+		if (st->user)
+			fprintf(out, "  user:      %s (uid %u, gid %u)\n", st->user, st->uid, st->gid);
 		if (st->venv)
 			fprintf(out, "  venv:      %s%s\n  env:       PATH=%s/bin:$PATH VIRTUAL_ENV=%s (PYTHONHOME unset)\n",
 				st->venv, st->venv_missing ? "  (does not exist yet)" : "",

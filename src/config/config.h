@@ -35,6 +35,8 @@ struct bt_stage_config {
 	char *spawn_output_ext; /* spawn: extension of the {output} file */
 	int spawn_files; /* spawn: the argv has {input}/{output} placeholders */
 	char **health_check; /* argv for `baton env check`, NULL-terminated, or NULL */
+	char *user; /* run replicas as this user (baton must be root), or NULL */
+	unsigned uid, gid; /* of user (its primary group, or `group`) */
 	int has_setup; /* `setup:` present: `baton env setup` builds the venv */
 	char *setup_python; /* interpreter that creates the venv */
 	char *setup_requirements; /* absolute, or NULL */
@@ -97,6 +99,9 @@ struct bt_config {
 	struct bt_gpu_config *gpus; /* BT_GPUS_LIST */
 	int ngpus;
 	uint64_t interval_ms; /* signal sampling and autoscaling tick */
+	char *auth_token; /* from auth.token_file: Bearer token for HTTP, or NULL */
+	unsigned http_max_connections;
+	unsigned http_idle_timeout_s;
 	char *dir; /* absolute directory of the file */
 	char *listen_host;
 	int listen_port;
@@ -128,8 +133,12 @@ int bt_config_parse(const char *path, const char *text, size_t len,
  */
 char *bt_config_find_program(const struct bt_stage_config *st, const char *cmd);
 
-/* BT_ECONFIG with a FILE:LINE:COL message when a stage's venv is missing. */
-int bt_config_require_venvs(const struct bt_config *cfg, char *err, size_t errlen);
+/*
+ * What `serve` and `run` need beyond a valid file: BT_ECONFIG with a
+ * FILE:LINE:COL message when a stage's venv is missing or a stage's user
+ * cannot be switched to.
+ */
+int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errlen);
 
 int bt_config_stage_index(const struct bt_config *cfg, const char *name);
 int bt_config_pipeline_index(const struct bt_config *cfg, const char *name);

@@ -91,7 +91,9 @@ static enum MHD_Result send_answer(struct MHD_Connection *mc, int status,
 
 static char *dump_line(json_t *doc, size_t *len)
 {
-	char *text = json_dumps(doc, JSON_COMPACT);
+	/* A NULL doc is a bug in building it; the client still gets an answer. */
+	char *text = doc ? json_dumps(doc, JSON_COMPACT)
+			 : bt_strdup("{\"error\":\"internal error: the answer could not be built\"}");
 	json_decref(doc);
 	*len = strlen(text);
 	char *body = bt_realloc(text, *len + 2);
@@ -110,7 +112,10 @@ static enum MHD_Result send_json(struct MHD_Connection *mc, int status,
 static json_t *error_doc(enum bt_code code, const char *stage, const char *request_id,
 			 const char *msg)
 {
-	json_t *doc = json_pack("{s:s, s:s}", "error", msg, "code", bt_code_name(code));
+	char clean[1024];
+	snprintf(clean, sizeof(clean), "%s", msg);
+	json_t *doc = json_pack("{s:s, s:s}", "error", bt_utf8_clean(clean), "code",
+				bt_code_name(code));
 	if (stage)
 		json_object_set_new(doc, "stage", json_string(stage));
 	if (request_id)
@@ -127,7 +132,9 @@ static enum MHD_Result send_error(struct MHD_Connection *mc, enum bt_code code,
 /* The v2 protocol's error body is {"error": "..."} alone. */
 static enum MHD_Result send_v2_error(struct MHD_Connection *mc, int status, const char *msg)
 {
-	return send_json(mc, status, json_pack("{s:s}", "error", msg), NULL);
+	char clean[1024];
+	snprintf(clean, sizeof(clean), "%s", msg);
+	return send_json(mc, status, json_pack("{s:s}", "error", bt_utf8_clean(clean)), NULL);
 }
 
 static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
@@ -519,6 +526,19 @@ static enum MHD_Result route_v2_model(struct conn *cn, const char *rest, int get
 	return send_v2_error(mc, 404, "no such route");
 }
 
+/* With auth configured, everything but the health probes needs the token. */
+static int authorized(struct conn *cn, const char *url)
+{
+	const char *token = cn->h->d->cfg->auth_token;
+	if (!token || !strncmp(url, "/v2/health/", 11))
+		return 1;
+	const char *v = header(cn, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (!v || strncmp(v, "Bearer ", 7))
+		return 0;
+	v += 7;
+	return bt_secure_equal(v, strlen(v), token, strlen(token));
+}
+
 /* First call for a request: route it; answers right away when it can. */
 static enum MHD_Result route(struct conn *cn, const char *url, const char *method,
 			     int *answered)
@@ -531,6 +551,14 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 	char msg[300];
 
 	*answered = 1;
+	if (!authorized(cn, url)) {
+		const char *hdrs[] = {"WWW-Authenticate", "Bearer realm=\"baton\"", NULL};
+		return send_json(mc, 401,
+				 json_pack("{s:s, s:s}", "error",
+					   "this baton requires Authorization: Bearer <token>", "code",
+					   "unauthorized"),
+				 hdrs);
+	}
 	if (!strcmp(url, "/v2/health/live"))
 		return get ? send_empty(mc, 200) : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v2/health/ready"))
@@ -675,6 +703,37 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 	free(cn);
 }
 
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/*
+ * Percent-decoding of URLs, in place.  Unlike libmicrohttpd's own, "%00"
+ * stays as it is: a decoded NUL would cut the path short, and "p%00x"
+ * would name pipeline "p".
+ */
+static size_t unescape_cb(void *cls, struct MHD_Connection *c, char *s)
+{
+	char *w = s;
+	(void)cls;
+	(void)c;
+	for (const char *r = s; *r; r++) {
+		int hi, lo;
+		if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 &&
+		    (hi || lo)) {
+			*w++ = (char)(hi * 16 + lo);
+			r += 2;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = '\0';
+	return (size_t)(w - s);
+}
+
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
 	char msg[512];
@@ -714,10 +773,15 @@ static void arm(struct bt_http *h)
 	MHD_UNSIGNED_LONG_LONG to;
 	if (h->closing)
 		return;
-	if (MHD_get_timeout(h->mhd, &to) == MHD_YES)
-		uv_timer_start(&h->timer, timer_cb, to, 0);
-	else
-		uv_timer_stop(&h->timer);
+	/*
+	 * At its connection limit libmicrohttpd takes the listen socket out of
+	 * its epoll set and puts it back only during a later MHD_run(); when
+	 * that limit is left by idle connections timing out, nothing else would
+	 * wake us.  So MHD_run() happens at least twice a second.
+	 */
+	if (MHD_get_timeout(h->mhd, &to) != MHD_YES || to > 500)
+		to = 500;
+	uv_timer_start(&h->timer, timer_cb, to, 0);
 }
 
 void bt_http_flush(struct bt_http *h)
@@ -762,10 +826,11 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 	h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->listen_port, NULL, NULL,
 				  access_cb, h, MHD_OPTION_SOCK_ADDR, sa,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,
-				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+				  MHD_OPTION_CONNECTION_LIMIT, cfg->http_max_connections,
+				  MHD_OPTION_CONNECTION_TIMEOUT, cfg->http_idle_timeout_s,
 				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h,
+				  MHD_OPTION_UNESCAPE_CALLBACK, unescape_cb, h,
 				  MHD_OPTION_END);
 	if (!h->mhd) {
 		snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host,

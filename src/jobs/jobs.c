@@ -234,8 +234,12 @@ static int write_atomically(const char *path, const char *data, size_t len)
 static void record_failure(struct job *job, const char *relpath, const char *code,
 			   const char *error, int attempts, const char *stage)
 {
-	json_t *line = json_pack("{s:s, s:s, s:s, s:i}", "path", relpath, "code", code,
-				 "error", error ? error : "", "attempts", attempts);
+	/* File names need not be UTF-8; JSON must be. */
+	char path[PATH_MAX], msg[1024];
+	snprintf(path, sizeof(path), "%s", relpath ? relpath : "?");
+	snprintf(msg, sizeof(msg), "%s", error ? error : "");
+	json_t *line = json_pack("{s:s, s:s, s:s, s:i}", "path", bt_utf8_clean(path), "code",
+				 code, "error", bt_utf8_clean(msg), "attempts", attempts);
 	if (stage)
 		json_object_set_new(line, "stage", json_string(stage));
 	char *text = json_dumps(line, JSON_COMPACT);
@@ -342,6 +346,13 @@ static void feed(struct bt_daemon *d, void *arg)
 		const char *base = strrchr(it->relpath, '/');
 		json_t *meta = json_pack("{s:s, s:s}", "path", it->relpath, "name",
 					 base ? base + 1 : it->relpath);
+		if (!meta) {
+			free(data);
+			record_failure(job, it->relpath, "unreadable",
+				       "the file name is not valid UTF-8, so it cannot go in meta.path",
+				       0, NULL);
+			continue;
+		}
 		struct bt_request *req = bt_request_new(job->pl, data, len, meta);
 		job->inflight++;
 		bt_pipeline_submit(req, request_done, job);

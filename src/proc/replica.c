@@ -198,6 +198,7 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 	uv_timer_stop(&r->timer);
 	ping_stop(r);
 	snprintf(r->last_exit, sizeof(r->last_exit), "%s", why);
+	bt_utf8_clean(r->last_exit);
 
 	/* Collect first, call back second: bt_stage_lost may re-dispatch. */
 	int n = r->ninflight;
@@ -712,6 +713,12 @@ static int spawn(struct bt_replica *r)
 	o.env = env;
 	o.cwd = cfg->workdir;
 	o.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
+	if (cfg->user) {
+		/* libuv drops supplementary groups, then sets gid and uid, before exec. */
+		o.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
+		o.uid = cfg->uid;
+		o.gid = cfg->gid;
+	}
 	o.stdio_count = 4;
 	o.stdio = stdio;
 

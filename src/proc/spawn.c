@@ -391,6 +391,11 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	o.env = env;
 	o.cwd = cfg->workdir;
 	o.flags = UV_PROCESS_DETACHED;
+	if (cfg->user) {
+		o.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
+		o.uid = cfg->uid;
+		o.gid = cfg->gid;
+	}
 	o.stdio_count = 3;
 	o.stdio = stdio;
 

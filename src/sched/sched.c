@@ -95,7 +95,7 @@ static void finish(struct bt_request *req, enum bt_code code,
 		vsnprintf(msg, sizeof(msg), fmt, ap);
 		va_end(ap);
 		free(req->error);
-		req->error = bt_strdup(msg);
+		req->error = bt_strdup(bt_utf8_clean(msg)); /* it becomes JSON */
 		pl->failed[code]++;
 	} else {
 		pl->succeeded++;

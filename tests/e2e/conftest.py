@@ -92,8 +92,10 @@ class Reply:
 class Baton:
     """One baton daemon under test."""
 
-    def __init__(self, tmp_path, config, name="baton"):
+    def __init__(self, tmp_path, config, name="baton", wrapper=(), env=None):
         self.dir = tmp_path
+        self.wrapper = list(wrapper)  # e.g. valgrind and its options
+        self.env = env
         self.port = free_port()
         self.config_path = os.path.join(str(tmp_path), name + ".yaml")
         with open(self.config_path, "w") as f:
@@ -105,9 +107,11 @@ class Baton:
     def start(self, wait_ready=True):
         self.logf = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [BATON, "serve", self.config_path, "--listen", "127.0.0.1:%d" % self.port],
-            stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(self._listening, 20, what="baton to listen\n" + self.log_tail())
+            self.wrapper + [BATON, "serve", self.config_path, "--listen",
+                            "127.0.0.1:%d" % self.port],
+            stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+        wait_for(self._listening, 60 if self.wrapper else 20,
+                 what="baton to listen\n" + self.log_tail())
         if wait_ready:
             self.wait_ready()
         return self
@@ -134,10 +138,15 @@ class Baton:
         return all(r["state"] in ("ready", "busy")
                    for st in doc["stages"].values() for r in st["replicas"])
 
+    token = None  # sent as Authorization: Bearer when set
+
     def request(self, method, path, body=None, headers=None, timeout=60):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout * SLOW)
+        headers = dict(headers or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = "Bearer " + self.token
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers)
             r = conn.getresponse()
             return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
         finally:
@@ -248,8 +257,8 @@ def baton(tmp_path):
     """Factory: baton(config_text) -> a started Baton; cleaned up afterwards."""
     made = []
 
-    def make(cfg, start=True, wait_ready=True, name="baton"):
-        b = Baton(tmp_path, cfg, name=name)
+    def make(cfg, start=True, wait_ready=True, name="baton", wrapper=(), env=None):
+        b = Baton(tmp_path, cfg, name=name, wrapper=wrapper, env=env)
         made.append(b)
         if start:
             b.start(wait_ready=wait_ready)

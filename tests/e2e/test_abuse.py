@@ -1,0 +1,134 @@
+"""Abusive clients: idle and half-open connections, broken and oversized
+requests, bad encodings.  Each gets its 4xx (or is dropped) and baton stays
+healthy for everybody else."""
+import json
+import socket
+import time
+
+from conftest import SLOW, config, fake_stage, wait_for
+
+
+def raw(b, data, read=True, timeout=10):
+    s = socket.create_connection(("127.0.0.1", b.port), timeout=timeout * SLOW)
+    s.sendall(data)
+    out = b""
+    if read:
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+                if b"\r\n\r\n" in out and (b"Content-Length: 0" in out or out.endswith(b"\n")):
+                    break
+        except socket.timeout:
+            pass
+    s.close()
+    return out
+
+
+def healthy(b):
+    r = b.post("p", "still here")
+    return r.status == 200 and r.body == b"still here"
+
+
+def test_hundreds_of_idle_and_half_open_connections_do_not_block_others(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    idle = [socket.create_connection(("127.0.0.1", b.port), timeout=10) for _ in range(300)]
+    slow = []
+    for _ in range(100):
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=10)
+        s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Le")  # never finished
+        slow.append(s)
+    t0 = time.monotonic()
+    assert healthy(b)
+    assert b.get("/v2/health/ready").status == 200
+    assert time.monotonic() - t0 < 5 * SLOW
+    for s in idle + slow:
+        s.close()
+    assert healthy(b)
+    assert b.stop() == 0
+
+
+def test_connections_over_the_limit_wait_until_idle_ones_time_out(baton):
+    b = baton("http: {max_connections: 20, idle_timeout_s: 2}\n" +
+              config(fake_stage("w"), {"p": ["w"]}))
+    held = [socket.create_connection(("127.0.0.1", b.port), timeout=10) for _ in range(40)]
+    time.sleep(0.5)
+    extra = socket.create_connection(("127.0.0.1", b.port), timeout=1)
+    extra.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        got = extra.recv(100)
+    except socket.timeout:
+        got = b""
+    assert got == b"", got  # over the limit it waits in the listen backlog
+    # Idle connections are closed after idle_timeout_s; then it is served.
+    extra.settimeout(30 * SLOW)
+    got = extra.recv(100)
+    assert got.startswith(b"HTTP/1.1 200"), got
+    extra.close()
+    for s in held:
+        s.close()
+    assert healthy(b)
+    assert b.stop() == 0
+
+
+def test_truncated_body_is_dropped_and_nothing_is_accepted(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    raw(b, b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly this",
+        read=False)
+    time.sleep(0.3)
+    assert b.status()["requests"]["accepted"] == 0
+    assert healthy(b)
+    assert b.stop() == 0
+
+
+def test_wrong_content_length_and_garbage_requests_get_4xx(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    # More bytes than declared: the body is what was declared, the rest is
+    # a second request, here a malformed one.
+    s = socket.create_connection(("127.0.0.1", b.port), timeout=10 * SLOW)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+              b"abcdef\r\n\r\n")
+    out = b""
+    while b"abc" not in out or out.count(b"HTTP/1.1") < 2:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    s.close()
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"abc") or b"HTTP/1.1 400" in out, out
+    assert b"\r\n\r\nabc" in out
+    for junk in (b"\x00\x01\x02garbage\r\n\r\n", b"GET\r\n\r\n", b"POST / HTTP/9.9\r\n\r\n",
+                 b"GET /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"):
+        out = raw(b, junk)
+        assert out == b"" or out.startswith((b"HTTP/1.1 4", b"HTTP/1.1 505")), (junk, out)
+    assert healthy(b)
+    assert b.stop() == 0
+
+
+def test_huge_headers_are_refused(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    out = raw(b, b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200000 +
+              b"\r\nContent-Length: 1\r\n\r\nx")
+    assert out == b"" or out.startswith(b"HTTP/1.1 4"), out[:100]
+    out = raw(b, b"GET /v1/status HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(5000))
+              + b"\r\n")
+    assert out == b"" or out.startswith(b"HTTP/1.1 4"), out[:100]
+    assert healthy(b)
+    assert b.stop() == 0
+
+
+def test_non_utf8_names_get_4xx_with_valid_json(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    r = b.request("POST", "/v1/pipelines/%FF%FE%C0%80", b"x")
+    assert r.status == 404 and "?" in r.json()["error"]  # the bytes are shown as '?'
+    r = b.request("POST", "/v2/models/%FF/infer", b"{}")
+    assert r.status == 404 and json.loads(r.body)
+    body = b'{"inputs": [{"name": "\xff\xfe", "datatype": "FP32", "shape": [1], "data": [1]}]}'
+    r = b.request("POST", "/v2/models/p/infer", body)
+    assert r.status == 400 and json.loads(r.body)["error"]
+    r = b.post("p", "x", headers={"Baton-Meta": '{"k": "\xff"}'})
+    assert r.status in (200, 400)
+    assert healthy(b)
+    assert b.stop() == 0

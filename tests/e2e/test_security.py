@@ -1,0 +1,103 @@
+"""Security: bearer-token auth on everything but the health probes, replicas
+started as another user, loopback by default, names that cannot escape."""
+import os
+import pwd
+import subprocess
+
+import pytest
+
+from conftest import BATON, config, fake_stage
+
+
+def auth_config(tmp_path, token="s3cret-token-0123456789"):
+    (tmp_path / "token").write_text(token + "\n")
+    return "auth: {token_file: token}\n" + config(fake_stage("w"), {"p": ["w"]})
+
+
+def test_bearer_token_is_required_except_for_health(baton, tmp_path):
+    token = "s3cret-token-0123456789"
+    b = baton(auth_config(tmp_path, token), wait_ready=False)
+    b.token = None
+    assert b.get("/v2/health/live").status == 200
+    b.token = token
+    b.wait_ready()
+    b.token = None
+    for method, path in [("GET", "/v1/status"), ("GET", "/metrics"), ("GET", "/v2"),
+                         ("GET", "/v2/models/p"), ("POST", "/v1/pipelines/p"),
+                         ("POST", "/v2/models/p/infer"), ("POST", "/v1/stages/w/restart")]:
+        r = b.request(method, path, b"x" if method == "POST" else None)
+        assert r.status == 401, (path, r)
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        for bad in ("Bearer wrong-token-0123456789", "Bearer " + token + "x",
+                    "Bearer " + token[:-1], "Basic " + token, token):
+            assert b.request(method, path, b"x" if method == "POST" else None,
+                             headers={"Authorization": bad}).status == 401, (path, bad)
+    assert b.get("/v2/health/ready").status == 200
+    assert b.status is not None
+    r = b.post("p", "hello", headers={"Authorization": "Bearer " + token})
+    assert r.status == 200 and r.body == b"hello"
+    # The CLI reads the same token file.
+    out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % b.port,
+                          "--token-file", str(tmp_path / "token")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "STAGE" in out.stdout
+    out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % b.port],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    b.token = token
+    assert b.stop() == 0
+
+
+def test_short_or_missing_token_file_is_a_config_error(tmp_path):
+    (tmp_path / "short").write_text("abc\n")
+    cfg = tmp_path / "c.yaml"
+    for line in ("auth: {token_file: short}", "auth: {token_file: missing}"):
+        cfg.write_text(line + "\n" + config(fake_stage("w"), {"p": ["w"]}))
+        r = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "token_file" in r.stderr and ":1:7:" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_replicas_run_as_the_configured_user(baton):
+    nobody = pwd.getpwnam("nobody")
+    b = baton(config(fake_stage("w", user="nobody"), {"p": ["w"]}))
+    pid = b.pids("w")[0]
+    status = open("/proc/%d/status" % pid).read()
+    uid_line = [l for l in status.splitlines() if l.startswith("Uid:")][0].split()
+    gid_line = [l for l in status.splitlines() if l.startswith("Gid:")][0].split()
+    groups = [l for l in status.splitlines() if l.startswith("Groups:")][0].split()[1:]
+    assert set(uid_line[1:]) == {str(nobody.pw_uid)}
+    assert set(gid_line[1:]) == {str(nobody.pw_gid)}
+    assert groups == []  # root's supplementary groups were dropped
+    assert b.post("p", "as nobody").body == b"as nobody"
+    # It still dies with baton: the death signal survives the user switch.
+    b.proc.kill()
+    b.proc.wait(10)
+    from conftest import pid_alive, wait_for
+    wait_for(lambda: not pid_alive(pid), 2, what="the worker to die with baton")
+
+
+def test_unknown_user_is_a_config_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config(fake_stage("w", user="no-such-user-here"), {"p": ["w"]}))
+    r = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "no-such-user-here" in r.stderr
+
+
+def test_default_listen_is_loopback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config(fake_stage("w"), {"p": ["w"]}))
+    r = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert "listen:  127.0.0.1:8080" in r.stdout
+    assert "auth:    none" in r.stdout
+
+
+def test_names_in_urls_cannot_escape(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    for path in ("/v1/pipelines/../v1/status", "/v1/pipelines/p/../../etc/passwd",
+                 "/v1/pipelines/%2e%2e%2fetc", "/v1/pipelines/p%00x", "/v1/pipelines/%FF%FE",
+                 "/v2/models/..%2f..%2fetc/infer"):
+        r = b.request("POST", path, b"x")
+        assert r.status in (400, 404), (path, r)
+    assert b.post("p", "still fine").status == 200
+    assert b.stop() == 0
