@@ -13,7 +13,7 @@ BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
 # poppler for PDFs, Pillow and DejaVu to draw the sample pages.
 DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
               tesseract-ocr-eng poppler-utils
-TEST_PKGS  := python3-pytest wrk prometheus $(DEMO_PKGS)
+TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 
 .PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz clean
