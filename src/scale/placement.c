@@ -37,7 +37,8 @@ int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_
 				    fraction, (unsigned long long)memory_mb);
 	for (int i = 0; i < n && o < reason_len; i++)
 		o += (size_t)snprintf(reason + o, reason_len - o, " gpu%d has %.2g and %llu MB free%s",
-				      gpus[i].id, 1.0 - gpus[i].used_fraction,
+				      gpus[i].id,
+				      gpus[i].used_fraction < 1.0 ? 1.0 - gpus[i].used_fraction : 0.0,
 				      (unsigned long long)(gpus[i].memory_mb > gpus[i].used_mb
 								   ? gpus[i].memory_mb - gpus[i].used_mb
 								   : 0),

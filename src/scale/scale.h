@@ -42,9 +42,16 @@ struct bt_scale_input {
 
 /* A policy's memory between ticks. */
 struct bt_scale_state {
-	uint64_t want_up_since, want_down_since; /* 0 = not wanted */
+	int want_up, want_down; /* a wish is held since ..._since */
+	uint64_t want_up_since, want_down_since;
+	int changed; /* last_change_ms is set */
 	uint64_t last_change_ms;
-	char last_refusal[256]; /* to record a refusal once, not every tick */
+	/*
+	 * What the last refusal was about ("cpu", "gpu", or the placement
+	 * reason), so that a refusal is recorded once, not at every tick
+	 * while the reading moves.
+	 */
+	char last_refusal[256];
 };
 
 struct bt_scale_decision {
