@@ -37,11 +37,12 @@ static void refuse(struct bt_scale_state *s, struct bt_scale_decision *out, cons
 static const char *no_headroom(const struct bt_autoscale_config *c,
 			       const struct bt_scale_input *in, char *buf, size_t len)
 {
-	if (in->cpu_percent >= c->max_cpu) {
+	/* 100 means "no limit": a busy machine reads 100% and would block forever. */
+	if (c->max_cpu < 100 && in->cpu_percent >= c->max_cpu) {
 		snprintf(buf, len, "CPU at %.0f%% (max_cpu %.0f%%)", in->cpu_percent, c->max_cpu);
 		return "cpu";
 	}
-	if (in->gpu_percent >= 0 && in->gpu_percent >= c->max_gpu) {
+	if (c->max_gpu < 100 && in->gpu_percent >= 0 && in->gpu_percent >= c->max_gpu) {
 		snprintf(buf, len, "GPU at %.0f%% (max_gpu %.0f%%)", in->gpu_percent, c->max_gpu);
 		return "gpu";
 	}

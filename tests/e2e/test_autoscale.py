@@ -49,7 +49,9 @@ class Load:
 
 def test_step_load_scales_up_then_down_without_failures_or_flapping(baton):
     b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 4, initial: 1}",
-                             autoscale="{policy: demand, target_ongoing: 1, "
+                             # max_cpu 100: the test machine may be busy; that
+                             # refusal has its own test below (via the GPU).
+                             autoscale="{policy: demand, target_ongoing: 1, max_cpu: 100, "
                                        "upscale_delay_s: 1, downscale_delay_s: 2}")))
     assert active(b) == 1
     with Load(b, 6, "slow:50") as load:
@@ -127,7 +129,8 @@ def test_nvml_is_read_through_dlopen_and_a_busy_gpu_refuses_scale_up(baton, tmp_
     monkeypatch.setenv("FAKE_NVML_FILE", str(nvml))
     b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 3}",
                              resources="{gpu: 0.25, gpu_memory_mb: 1000}",
-                             autoscale="{target_ongoing: 1, upscale_delay_s: 0, max_gpu: 90}")))
+                             autoscale="{target_ongoing: 1, upscale_delay_s: 0, max_gpu: 90, "
+                                       "max_cpu: 100}")))
     wait_for(lambda: b.status()["gpus"] and b.status()["gpus"][0].get("util_percent") == 20, 10)
     g = b.status()["gpus"][0]
     assert g["memory_mb"] == 8192 and g["memory_used_mb"] == 1000
