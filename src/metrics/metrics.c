@@ -198,15 +198,18 @@ static void resources(struct bt_daemon *d, struct bt_buf *out)
 	for (int i = 0; i < d->nstages; i++)
 		bt_buf_printf(out, "baton_stage_arrival_rate{stage=\"%s\"} %.3f\n",
 			      d->stages[i].cfg->name, d->stages[i].arrival_rate);
-	family(out, "baton_stage_latency_seconds", "gauge",
-	       "Queue + run time in the stage over the last 30 ticks, by quantile.");
-	for (int i = 0; i < d->nstages; i++) {
-		const struct bt_stage *st = &d->stages[i];
-		if (st->latency_p50_s >= 0)
-			bt_buf_printf(out,
-				      "baton_stage_latency_seconds{stage=\"%s\",quantile=\"0.5\"} %.6f\n"
-				      "baton_stage_latency_seconds{stage=\"%s\",quantile=\"0.95\"} %.6f\n",
-				      st->cfg->name, st->latency_p50_s, st->cfg->name, st->latency_p95_s);
+	static const char *lat_names[] = {"baton_stage_latency_p50_seconds",
+					  "baton_stage_latency_p95_seconds"};
+	for (int q = 0; q < 2; q++) {
+		family(out, lat_names[q], "gauge",
+		       q ? "p95 of queue + run time in the stage over the last 30 ticks."
+			 : "p50 of queue + run time in the stage over the last 30 ticks.");
+		for (int i = 0; i < d->nstages; i++) {
+			const struct bt_stage *st = &d->stages[i];
+			if (st->latency_p50_s >= 0)
+				bt_buf_printf(out, "%s{stage=\"%s\"} %.6f\n", lat_names[q],
+					      st->cfg->name, q ? st->latency_p95_s : st->latency_p50_s);
+		}
 	}
 	family(out, "baton_stage_replicas_target", "gauge",
 	       "Replicas the stage should have (policy or manual).");

@@ -237,7 +237,7 @@ def test_status_and_metrics_carry_the_signals(baton):
     assert rep["rss_bytes"] > 1 << 20 and rep["cpu_percent"] >= 0
     metrics = b.get("/metrics").body.decode()
     for name in ("baton_system_cpu_ratio", "baton_replica_resident_memory_bytes",
-                 "baton_stage_latency_seconds", "baton_stage_arrival_rate",
+                 "baton_stage_latency_p95_seconds", "baton_stage_arrival_rate",
                  "baton_stage_replicas_target"):
         assert name in metrics, name
     assert b.stop() == 0

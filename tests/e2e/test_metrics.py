@@ -41,6 +41,8 @@ def test_promtool_accepts_the_metrics(baton):
                      {"p": ["a", "b"], "q": ["b"]}))
     for payload in ("x", "reject:no", "y"):
         b.post("p", payload)
+    # Every family present, the tick's signals included.
+    wait_for(lambda: b"baton_stage_latency_p95_seconds{" in b.get("/metrics").body, 10)
     text = b.get("/metrics")
     assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
     out = subprocess.run([promtool, "check", "metrics"], input=text.body,
