@@ -11,6 +11,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -279,7 +280,9 @@ char *bt_config_find_program(const struct bt_stage_config *st, const char *cmd)
 		const char *e = strchr(s, ':');
 		size_t len = e ? (size_t)(e - s) : strlen(s);
 		if (len) {
-			char *p = bt_asprintf("%.*s/%s", (int)len, s, cmd);
+			/* A relative entry means the replica's cwd, which is its workdir. */
+			char *p = s[0] == '/' ? bt_asprintf("%.*s/%s", (int)len, s, cmd)
+					      : bt_asprintf("%s/%.*s/%s", st->workdir, (int)len, s, cmd);
 			if (is_executable_file(p))
 				return p;
 			free(p);
@@ -847,41 +850,75 @@ static const char *const pipeline_keys[] = {"stages", "max_inflight", "io", NULL
 static const char *const io_keys[] = {"inputs", "outputs", NULL};
 static const char *const tensor_keys[] = {"name", "datatype", "shape", "parameters", NULL};
 
-/* YAML → JSON with YAML 1.1 plain-scalar typing (ints, floats, booleans, null). */
-static json_t *to_json(struct ctx *c, const yaml_node_t *n)
+/*
+ * YAML → JSON with YAML 1.1 plain-scalar typing (ints, floats, booleans,
+ * null).  Bounded: an alias may point into itself (a cycle) or be
+ * repeated until the expansion is exponential ("billion laughs"), so depth
+ * and the number of nodes produced are capped.  NULL after fail().
+ */
+static json_t *to_json(struct ctx *c, const yaml_node_t *n, int depth, int *budget)
 {
+	if (depth > 32 || --*budget < 0) {
+		fail(c, n, "this value is nested too deep or expands too much (YAML aliases?)");
+		return NULL;
+	}
 	if (n->type == YAML_SEQUENCE_NODE) {
 		json_t *a = json_array();
 		for (yaml_node_item_t *i = n->data.sequence.items.start;
-		     i < n->data.sequence.items.top; i++)
-			json_array_append_new(a, to_json(c, node(c, *i)));
+		     i < n->data.sequence.items.top; i++) {
+			json_t *v = to_json(c, node(c, *i), depth + 1, budget);
+			if (!v) {
+				json_decref(a);
+				return NULL;
+			}
+			json_array_append_new(a, v);
+		}
 		return a;
 	}
 	if (n->type == YAML_MAPPING_NODE) {
+		if (check_mapping(c, n, "a mapping", NULL))
+			return NULL;
 		json_t *o = json_object();
 		for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
-		     p < n->data.mapping.pairs.top; p++)
-			json_object_set_new(o, scalar(node(c, p->key)), to_json(c, node(c, p->value)));
+		     p < n->data.mapping.pairs.top; p++) {
+			json_t *v = to_json(c, node(c, p->value), depth + 1, budget);
+			if (!v || json_object_set_new(o, scalar(node(c, p->key)), v)) {
+				if (v)
+					fail(c, node(c, p->key), "keys must be UTF-8 text");
+				json_decref(o);
+				return NULL;
+			}
+		}
 		return o;
 	}
 	const char *s = scalar(n);
-	if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
-		return json_string(s);
-	if (is_null(n))
-		return json_null();
-	if (!strcmp(s, "true"))
-		return json_true();
-	if (!strcmp(s, "false"))
-		return json_false();
+	if (has_nul(n)) {
+		fail(c, n, "text contains a NUL byte");
+		return NULL;
+	}
+	json_t *out;
 	char *end;
-	errno = 0;
-	long long i = strtoll(s, &end, 10);
-	if (!errno && end != s && !*end)
-		return json_integer(i);
-	double d = strtod(s, &end);
-	if (end != s && !*end)
-		return json_real(d);
-	return json_string(s);
+	if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+		out = json_string(s);
+	} else if (is_null(n)) {
+		return json_null();
+	} else if (!strcmp(s, "true")) {
+		return json_true();
+	} else if (!strcmp(s, "false")) {
+		return json_false();
+	} else {
+		errno = 0;
+		long long i = strtoll(s, &end, 10);
+		if (!errno && end != s && !*end)
+			return json_integer(i);
+		double d = strtod(s, &end);
+		if (end != s && !*end && isfinite(d))
+			return json_real(d);
+		out = json_string(s);
+	}
+	if (!out)
+		fail(c, n, "text is not valid UTF-8");
+	return out;
 }
 
 static const char *const v2_datatypes[] = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
@@ -942,7 +979,12 @@ static int parse_io(struct ctx *c, const yaml_node_t *n, struct bt_pipeline_conf
 		}
 		if (r)
 			break;
-		json_t *list = to_json(c, v);
+		int budget = 10000;
+		json_t *list = to_json(c, v, 0, &budget);
+		if (!list) {
+			r = BT_ECONFIG;
+			break;
+		}
 		if (!strcmp(k, "inputs"))
 			json_decref(pl->io_inputs), pl->io_inputs = list;
 		else
