@@ -16,7 +16,8 @@ CONCURRENCY = 32
 
 
 def chaos_config(**extra):
-    stage_kw = dict(replicas=2, retries=3, max_ongoing=2,
+    # A short stop grace: SIGTERM does not end a frozen (SIGSTOPped) worker.
+    stage_kw = dict(replicas=2, retries=3, max_ongoing=2, stop="{grace_ms: 300}",
                     restart="{backoff_ms: 20, backoff_max_ms: 200, max_failures: 1000000, "
                             "reset_after_ms: 1000}")
     stage_kw.update(extra)
