@@ -15,6 +15,8 @@ DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
               tesseract-ocr-eng poppler-utils
 TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
+FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
+FUZZ_SECONDS ?= 60
 
 .PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz clean
 
@@ -82,5 +84,11 @@ bench: build test-deps
 	$(PY) bench/batching/run.py --build $(abspath $(BUILD))
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 
+# libFuzzer on the frame decoder, the config loader and the v2 checks, all
+# three at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.
+fuzz:
+	$(call apt_install,$(FUZZ_PKGS))
+	sh fuzz/run.sh $(FUZZ_SECONDS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

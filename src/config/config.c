@@ -368,8 +368,19 @@ static int parse_env(struct ctx *c, const yaml_node_t *n,
 	return 0;
 }
 
+/*
+ * Reads a whole regular file of at most 256 MiB: a FIFO or /dev/zero named
+ * in a config must not hang baton.
+ */
 static int read_file(const char *path, char **data, size_t *len)
 {
+	struct stat st;
+	if (stat(path, &st))
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	if (st.st_size > (off_t)256 << 20)
+		return BT_ETOOBIG;
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return -errno;

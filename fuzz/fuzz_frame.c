@@ -1,0 +1,169 @@
+/*
+ * libFuzzer target of the worker protocol v1 frame decoder (src/proto): the
+ * bytes a worker may send.  It checks three properties besides memory
+ * safety: how the stream is cut into reads does not change the frames
+ * decoded, the decoder keeps its contract (progress, NUL-terminated
+ * payloads), and every decoded frame encodes to bytes that decode back to
+ * the same frame.  A broken property aborts, which the fuzzer reports.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/proto.h"
+
+#define MAX_PAYLOAD (1u << 20) /* small, so that huge claimed lengths are refused */
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void broken(const char *what, const char *detail)
+{
+	fprintf(stderr, "fuzz_frame: property broken: %s%s%s\n", what, detail ? ": " : "",
+		detail ? detail : "");
+	abort();
+}
+
+/* Appends what identifies a frame: its type, its header with sorted keys, its payload. */
+static void record(struct bt_buf *log, const struct bt_frame *f)
+{
+	char *hdr = json_dumps(f->hdr, JSON_COMPACT | JSON_SORT_KEYS);
+	if (!hdr)
+		broken("a decoded header cannot be dumped", f->type);
+	bt_buf_printf(log, "%s\n%s\n%zu\n", f->type, hdr, f->len);
+	bt_buf_append(log, f->payload, f->len);
+	free(hdr);
+}
+
+/* What the decoder promises about a frame it hands out. */
+static void check_frame(const struct bt_frame *f)
+{
+	if (!json_is_object(f->hdr) || !f->type)
+		broken("a frame without an object header and a type", NULL);
+	if (strcmp(f->type, json_string_value(json_object_get(f->hdr, "t"))))
+		broken("type is not the header's \"t\"", f->type);
+	if (f->len > MAX_PAYLOAD)
+		broken("a payload over max_payload was accepted", NULL);
+	if ((f->len > 0) != (f->payload != NULL))
+		broken("payload and len disagree", f->type);
+	if (f->payload && f->payload[f->len] != '\0')
+		broken("payload is not NUL-terminated", f->type);
+}
+
+/* Encodes f, decodes the bytes in one call, and expects the same frame. */
+static void round_trip(const struct bt_frame *f)
+{
+	struct bt_buf wire = BT_BUF_INIT;
+	struct bt_frame_decoder dec;
+	struct bt_frame back;
+	json_t *hdr = json_deep_copy(f->hdr);
+
+	if (!hdr)
+		broken("a decoded header cannot be copied", f->type);
+	/*
+	 * A header near the 64 KiB limit can grow when re-dumped (reals get
+	 * 17 digits), so BT_ETOOBIG is an answer, not a bug.
+	 */
+	if (bt_frame_encode(&wire, hdr, f->payload, f->len) == BT_ETOOBIG) {
+		json_decref(hdr);
+		bt_buf_release(&wire);
+		return;
+	}
+	bt_frame_decoder_init(&dec, MAX_PAYLOAD);
+	ssize_t r = bt_frame_decode(&dec, wire.data, wire.len, &back);
+	if (r < 0)
+		broken("an encoded frame does not decode", dec.err);
+	if ((size_t)r != wire.len || !back.hdr)
+		broken("an encoded frame does not decode in one call", f->type);
+	if (strcmp(back.type, f->type))
+		broken("the type changed in a round trip", f->type);
+	if (back.len != f->len || (f->len && memcmp(back.payload, f->payload, f->len)))
+		broken("the payload changed in a round trip", f->type);
+	/* hdr now carries the "len" that encode set; the rest must be untouched. */
+	if (!json_equal(back.hdr, hdr))
+		broken("the header changed in a round trip", f->type);
+	bt_frame_release(&back);
+	bt_frame_decoder_release(&dec);
+	json_decref(hdr);
+	bt_buf_release(&wire);
+}
+
+/*
+ * Decodes buf in reads of the sizes that chunk_seed chooses (0: one read of
+ * everything), until the bytes end or the decoder refuses them.  Appends
+ * each frame to log and returns 1 if the decoder refused the stream.
+ */
+static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, struct bt_buf *log)
+{
+	struct bt_frame_decoder dec;
+	uint32_t state = chunk_seed * 2654435761u;
+	size_t off = 0;
+	int refused = 0;
+
+	bt_frame_decoder_init(&dec, MAX_PAYLOAD);
+	while (off < len && !refused) {
+		size_t n = len - off;
+		if (chunk_seed) {
+			/* Read sizes from 1 to chunk_seed bytes, varying as a socket's do. */
+			state = state * 1103515245u + 12345u;
+			n = BT_MIN(n, 1 + (state >> 8) % chunk_seed);
+		}
+		/*
+		 * Each read in a buffer of its own, freed once consumed: ASan then
+		 * sees a read past it, or a frame that kept a pointer into it.
+		 */
+		char *chunk = malloc(n);
+		const char *p = chunk;
+		memcpy(chunk, buf + off, n);
+		off += n;
+		while (n > 0) {
+			struct bt_frame f;
+			ssize_t r = bt_frame_decode(&dec, p, n, &f);
+			if (r < 0) {
+				if (f.hdr)
+					broken("a frame handed out with an error", dec.err);
+				if (!dec.err[0])
+					broken("an error without a reason", NULL);
+				refused = 1;
+				break;
+			}
+			if ((size_t)r > n)
+				broken("decode consumed more than it was given", NULL);
+			if (r == 0 && !f.hdr)
+				broken("decode made no progress", NULL);
+			p += r;
+			n -= (size_t)r;
+			if (!f.hdr)
+				continue;
+			check_frame(&f);
+			record(log, &f);
+			round_trip(&f);
+			bt_frame_release(&f);
+		}
+		free(chunk);
+	}
+	bt_buf_printf(log, "refused=%d\n", refused);
+	bt_frame_decoder_release(&dec);
+	return refused;
+}
+
+/*
+ * Input: one byte choosing the read sizes (0: the whole stream at once,
+ * N: reads of 1..N bytes), then the bytes a worker sends.
+ */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct bt_buf split = BT_BUF_INIT, whole = BT_BUF_INIT;
+
+	if (size < 1)
+		return 0;
+	decode_stream(data + 1, size - 1, data[0], &split);
+	if (data[0]) {
+		decode_stream(data + 1, size - 1, 0, &whole);
+		if (split.len != whole.len || memcmp(split.data, whole.data, split.len))
+			broken("the frames depend on how the stream is cut into reads", NULL);
+	}
+	bt_buf_release(&split);
+	bt_buf_release(&whole);
+	return 0;
+}

@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets (fuzz/corpus/{frame,config,v2}/).
+
+The seeds are checked in; this script is how they were made, so that a
+change of format (a new message type, a new config key) can regenerate
+them.  Each seed is a small realistic input, valid or broken in one way:
+
+- frame: one byte choosing the read sizes (0 = all at once), then what a
+  worker sends (docs/protocol.md);
+- config: YAML from docs/config.md, examples/*/baton.yaml and the e2e tests,
+  with paths that resolve under /tmp/fuzz-config (fuzz_config.c's fixtures);
+- v2: 4 bytes of Inference-Header-Content-Length (little-endian,
+  0xffffffff = none), then the body (docs/protocol-v2.md).
+
+    python3 fuzz/make_corpus.py
+"""
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def write(kind, name, data):
+    d = os.path.join(HERE, "corpus", kind)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# --- worker protocol frames -------------------------------------------------
+
+def msg(hdr, payload=b""):
+    """One message as the SDKs write it: compact JSON header, then the payload."""
+    if payload or "len" in hdr:
+        hdr = dict(hdr, len=len(payload))
+    return json.dumps(hdr, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def frames():
+    req = msg({"t": "req", "id": "r1", "meta": {"pipeline": "p", "stage": "w", "attempt": 1,
+                                                "deadline_ms": 5000}}, b"hello")
+    blob = bytes(range(256)) + b"\n\n\x00\r\n"
+    seeds = {
+        "ready": (0, msg({"t": "ready", "proto": 1})),
+        "req-split-3": (3, req),
+        "req-bytewise": (1, req),
+        "batch-of-2": (1, msg({"t": "batch", "n": 2}) +
+                       msg({"t": "req", "id": "r2", "meta": {"stage": "w"}}, b"one") +
+                       msg({"t": "req", "id": "r3", "meta": {"stage": "w"}}, b"two\n")),
+        "res-binary-payload": (7, msg({"t": "res", "id": "r4",
+                                       "meta": {"content_type": "image/png"}}, blob)),
+        "res-error": (0, msg({"t": "res", "id": "r5", "error": "bad input", "retry": False})),
+        "res-retry": (5, msg({"t": "res", "id": "r6", "error": "busy", "retry": True})),
+        "ping-pong-stop": (2, msg({"t": "ping", "seq": 7}) + msg({"t": "pong", "seq": 7}) +
+                           msg({"t": "stop"})),
+        "session": (13, msg({"t": "ready", "proto": 1}) + req +
+                    msg({"t": "res", "id": "r1", "meta": {"v2_header_length": 12}},
+                        b'{"outputs":[]}\x00\x00\x80?') + msg({"t": "pong", "seq": 1})),
+        "v2-meta-reals-unicode": (0, msg({"t": "res", "id": "\u00e9\u4e2d\U0001f600",
+                                          "meta": {"score": 0.1, "big": 1e300, "neg": -0.0,
+                                                   "max": 9223372036854775807,
+                                                   "esc": "a\\\"\t\u0001/"}}, b"x")),
+        "payload-cut-short": (4, msg({"t": "res", "id": "r7"}, b"0123456789")[:-4]),
+        "bad-not-json": (0, b"this is not json\n"),
+        "bad-no-type": (0, b'{"id":"r1","len":0}\n'),
+        "bad-len-over-limit": (0, b'{"t":"res","id":"r1","len":4294967296}\n'),
+        "bad-len-negative": (0, b'{"t":"res","id":"r1","len":-1}\n'),
+        "bad-len-real": (0, b'{"t":"res","id":"r1","len":1.5}\n'),
+        "bad-empty-line": (9, msg({"t": "ping", "seq": 1}) + b"\n"),
+        "bad-duplicate-key": (0, b'{"t":"res","t":"req"}\n'),
+        "bad-header-array": (0, b'["t","ready"]\n'),
+        # The 64 KiB header limit is left to the unit tests and to -max_len:
+        # a 64 KiB seed makes every mutation that long and fuzzing 3x slower.
+    }
+    for name, (chunk, data) in seeds.items():
+        write("frame", name, bytes([chunk]) + data)
+
+
+# --- configuration files ----------------------------------------------------
+
+def configs():
+    # Verbatim: their commands do not resolve here, which is an error path too.
+    for ex in ("echo", "documents"):
+        with open(os.path.join(ROOT, "examples", ex, "baton.yaml"), "rb") as f:
+            write("config", "example-" + ex, f.read())
+
+    seeds = {
+        # docs/config.md's stage, with paths that exist under /tmp/fuzz-config.
+        "docs-stage": """listen: 127.0.0.1:8080
+log_level: info
+max_request_bytes: 67108864
+max_payload_bytes: 268435456
+gpus: auto
+interval_ms: 1000
+stages:
+  detect:
+    command: [python3, workers/detect.py, --model, yolo.pt]
+    workdir: w
+    venv: envs/detect
+    env: {OMP_NUM_THREADS: "1"}
+    replicas: {initial: 2}         # or just: replicas: 2
+    max_ongoing: 1
+    queue_max: 1024
+    timeout_ms: 60000
+    retries: 1
+    start_timeout_ms: 120000
+    warmup: {payload_file: warmup.json, required: false}
+    restart: {backoff_ms: 2000, backoff_max_ms: 60000, max_failures: 5,
+              reset_after_ms: 60000, retry_failed_after_ms: 0}
+    stop: {grace_ms: 5000}
+    ping_interval_ms: 5000
+    ping_timeout_ms: 10000
+    batch: {max_size: 8, window_ms: 20}
+    priority_levels: 1
+  ocr:
+    command: [worker, --lang, eng]
+pipelines:
+  documents: [detect, ocr]          # short form
+  receipts:                         # long form
+    stages: [detect, ocr]
+    max_inflight: 256
+""",
+        "autoscale-gpus": """interval_ms: 200
+gpus:
+  - {id: 0, memory_mb: 8192}
+  - {id: 1, memory_mb: 16384}
+stages:
+  w:
+    command: [/bin/true]
+    replicas: {min: 1, max: 4, initial: 1}
+    autoscale: {policy: demand, target_ongoing: 2, upscale_delay_s: 5, downscale_delay_s: 30}
+    resources: {gpu: 0.5, gpu_memory_mb: 2048, memory_mb: 512}
+  h:
+    command: [/bin/true]
+    replicas: {min: 1, max: 3}
+    autoscale: {policy: headroom, up_gpu: 85, up_cpu: 80, up_latency_s: 5,
+                down_gpu: 95, down_cpu: 90, down_latency_s: 2.5, hysteresis_s: 30,
+                max_cpu: 90, max_gpu: 95}
+pipelines:
+  p: [w, h]
+""",
+        "spawn-files": """stages:
+  legacy:
+    mode: spawn
+    command: [python3, seed000_script.py, --input, '{input}', --output, '{output}']
+    spawn: {status_key: status, output_ext: .json}
+    replicas: 2
+    retries: 1
+    timeout_ms: 30000
+pipelines:
+  p: [legacy]
+""",
+        "spawn-stdin": """stages:
+  gpu:
+    mode: spawn
+    command: [/usr/bin/python3, seed003_script.py]
+pipelines:
+  p: [gpu]
+""",
+        "v2-io": """stages:
+  w:
+    command: [/usr/bin/python3, fake_worker.py]
+    env: {"PYTHONPATH": "/tmp/fuzz-config/sdk"}
+    max_ongoing: 1
+    priority_levels: 3
+pipelines:
+  m:
+    stages: [w]
+    io:
+      inputs: [{name: x, datatype: FP32, shape: [-1, 3]}]
+      outputs: [{name: out_x, datatype: FP32, shape: [-1, 3], parameters: {binary_data: true}}]
+  detector:
+    stages: [w]
+    io:
+      inputs:  [{name: image, datatype: UINT8, shape: [-1, -1, 3]}]
+      outputs: [{name: boxes, datatype: BYTES, shape: [-1, 4]}]
+""",
+        "env-setup": """stages:
+  model:
+    command: [python3, -c, "import bt_probe"]
+    venv: envs/detect
+    setup: {requirements: requirements.txt, wheels: wheels, python: /usr/bin/python3}
+    health_check: [python3, -c, "import bt_probe; print(bt_probe.VALUE)"]
+  vision:
+    command: [python3, -c, "pass"]
+    venv: envs/vision
+    setup: {system_site_packages: true}
+    health_check: [python3, -c, "import cv2"]
+  plain:
+    command: [/bin/true]
+pipelines:
+  p: [model]
+""",
+        "auth-http-user": """listen: "[::1]:0"
+log_level: debug
+auth: {token_file: token}
+http: {max_connections: 100, idle_timeout_s: 30}
+stages:
+  w:
+    command: [bin/worker]
+    user: root
+    group: root
+    env: {PATH: /usr/bin, HOME: /root}
+pipelines:
+  p: [w]
+""",
+        "anchors": """stages:
+  a: &stage
+    command: [/bin/true]
+    timeout_ms: 5000
+  b: *stage
+pipelines:
+  p: [a, b]
+  m:
+    stages: [a]
+    io:
+      inputs: [{name: x, datatype: BYTES, shape: [1], parameters: &a {binary_data: true, dims: [1, 2]}}]
+      outputs: [{name: y, datatype: BOOL, shape: [1], parameters: *a}]
+""",
+        # tests/e2e/test_config.py's broken files, one each.
+        "bad-unknown-stage-key": """stages:
+  w:
+    command: [/usr/bin/python3, fake_worker.py]
+    env: {PYTHONPATH: /tmp/sdk}
+    replica: 2
+pipelines: {p: [w]}
+""",
+        "bad-duplicate-key": """stages:
+  w:
+    command: [/bin/true]
+    retries: 1
+    retries: 2
+pipelines: {p: [w]}
+""",
+        "bad-yaml-syntax": """stages:
+  w:
+    command: [/bin/true]
+pipelines: {p: [w]
+""",
+        "bad-listen": """listen: localhost
+stages:
+  w:
+    command: [./data.txt]
+    workdir: w
+pipelines: {p: [w]}
+""",
+        "bad-spawn-batch": """stages:
+  s:
+    mode: spawn
+    command: [/bin/true, '{input}']
+    batch: {max_size: 4}
+pipelines:
+  p: [s]
+""",
+        "bad-two-documents": """stages:
+  w: {command: [/bin/true]}
+pipelines: {p: [w]}
+---
+stages: {}
+""",
+    }
+    # Regression seeds: inputs the fuzzer and a code review found crashing or
+    # hanging the loader before commit 0cf59b2 (fuzz/crashes/README.md).
+    io_params = ("stages:\n  a: {command: [/bin/true]}\npipelines:\n  m:\n    stages: [a]\n"
+                 "    io:\n      inputs: [{name: x, datatype: BOOL, shape: [1], parameters: %s}]\n")
+    seeds["regress-recursive-alias"] = io_params % "&p {x: *p}"
+    seeds["regress-nonscalar-key"] = io_params % "{[]: 1}"
+    bomb = ['&l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 7):
+        bomb.append("&l%d [%s]" % (i, ",".join(["*l%d" % (i - 1)] * 10)))
+    seeds["regress-alias-bomb"] = io_params % ("{%s}" % ", ".join(
+        "l%d: %s" % (i, b) for i, b in enumerate(bomb)))
+    seeds["regress-relative-path-entry"] = ("stages:\n  a: {command: [worker], env: {PATH: bin}}\n"
+                                            "pipelines:\n  m: [a]\n")
+    for name, text in seeds.items():
+        write("config", name, text)
+
+
+# --- KServe v2 requests -----------------------------------------------------
+
+NO_HEADER = 0xFFFFFFFF
+
+
+def v2(name, doc, binary=b"", header_len=None):
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    if header_len is None:
+        header_len = len(body) if binary else NO_HEADER
+    write("v2", name, struct.pack("<I", header_len) + body + binary)
+
+
+def bytes_elems(*items):
+    return b"".join(struct.pack("<I", len(i)) + i for i in items)
+
+
+def requests():
+    x = {"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [[1, 2, 3], [4, 5, 6]]}
+    v2("json-fp32", {"id": "req-7", "inputs": [x]})
+    v2("json-params-outputs", {"id": "r", "inputs": [x],
+                               "parameters": {"timeout": 100000, "priority": 2,
+                                              "binary_data_output": True},
+                               "outputs": [{"name": "out_x",
+                                            "parameters": {"binary_data": True}}]})
+    v2("json-mixed-types", {"inputs": [
+        {"name": "b", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+        {"name": "s", "datatype": "BYTES", "shape": [1, 2], "data": ["hello", ""]},
+        {"name": "u", "datatype": "UINT64", "shape": [1], "data": [9223372036854775807]},
+        {"name": "i", "datatype": "INT8", "shape": [], "data": -128},
+        {"name": "h", "datatype": "FP16", "shape": [0], "data": []}]})
+    blob = struct.pack("<3f", 1, 2, 3)
+    v2("binary-fp32", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3],
+                                   "parameters": {"binary_data_size": len(blob)}}],
+                       "outputs": [{"name": "out_x", "parameters": {"binary_data": True}}]},
+       blob)
+    sb = bytes_elems(b"abc", b"", b"\x00\xff")
+    v2("binary-bytes", {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [3],
+                                    "parameters": {"binary_data_size": len(sb)}}]}, sb)
+    v2("binary-mixed", {"inputs": [
+        {"name": "a", "datatype": "INT32", "shape": [2], "parameters": {"binary_data_size": 8}},
+        {"name": "j", "datatype": "INT16", "shape": [1], "data": [7]},
+        {"name": "c", "datatype": "UINT8", "shape": [3], "parameters": {"binary_data_size": 3}}],
+        "parameters": {"binary_data_output": True}}, struct.pack("<2i", -1, 2) + b"\x01\x02\x03")
+    v2("bad-binary-size", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3],
+                                       "parameters": {"binary_data_size": 8}}]}, blob[:8])
+    # 0xfffffffb: the body's length + 1 (see header_len_of in fuzz_v2.c).
+    v2("bad-header-past-body", {"inputs": [x]}, b"\x00" * 4, header_len=0xFFFFFFFB)
+    v2("bad-shape-count", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3],
+                                       "data": [1, 2, 3, 4, 5]}]})
+    v2("bad-duplicate-input", {"inputs": [x, x]})
+    v2("bad-range", {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1],
+                                 "data": [256]}]})
+    v2("bad-duplicate-key", b'{"inputs":[],"inputs":[]}')
+    v2("bad-not-json", b'{"inputs": [')
+    # What a worker answers (the target also completes each body as an answer).
+    v2("answer-json", {"outputs": [{"name": "out_x", "datatype": "FP32", "shape": [1],
+                                    "data": [0.1]}]})
+    ans = json.dumps({"model_name": "m", "outputs": [
+        {"name": "y", "datatype": "FP32", "shape": [3],
+         "parameters": {"binary_data_size": 12}}]}).encode() + b" \n"
+    v2("answer-binary", ans, blob, header_len=len(ans))
+    v2("answer-empty-object", b"{ }\r\n")
+
+
+if __name__ == "__main__":
+    frames()
+    configs()
+    requests()
