@@ -131,6 +131,22 @@ static inline int bt_replica_can_take(const struct bt_replica *r, int max_ongoin
 /* Takes a request out of the replica's in-flight set (it was answered). */
 void bt_replica_release(struct bt_replica *r, struct bt_request *req);
 
+/*
+ * launch.c: what starting any process of a stage takes.  bt_launch_init
+ * fills opts (exec shim, own process group, workdir, user, environment
+ * with extra "K=V" strings); the caller sets stdio, calls uv_spawn, then
+ * bt_launch_release.  argv (NULL-terminated) is borrowed until release.
+ */
+struct bt_launch {
+	uv_process_options_t opts;
+	char **args;
+	char **env;
+	char ppid[24];
+};
+void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const *argv,
+		    char *const *extra, uv_exit_cb exit_cb);
+void bt_launch_release(struct bt_launch *l);
+
 /* Spawn mode (spawn.c): starts req's process on slot r; 0 or -errno. */
 int bt_spawn_start(struct bt_replica *r, struct bt_request *req);
 /* Kills the slot's process; its request is no longer its concern. */

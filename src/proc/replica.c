@@ -20,8 +20,6 @@
 #include "../daemon/daemon.h"
 #include "../sched/sched.h"
 
-extern char **environ;
-
 struct bt_child {
 	struct bt_replica *replica; /* NULL once detached */
 	struct bt_daemon *d;
@@ -641,23 +639,6 @@ static void ping_cb(uv_timer_t *t)
 		   NULL, 0);
 }
 
-/*
- * Adds var ("K=V") unless K is set.  Python buffers stdout in blocks when it
- * is a pipe, which would delay worker output lines in the log by minutes;
- * PYTHONUNBUFFERED is the default here unless the stage sets it.
- */
-static char **with_default(char **env, const char *var)
-{
-	size_t klen = strcspn(var, "=") + 1, n = 0;
-	for (; env[n]; n++)
-		if (!strncmp(env[n], var, klen))
-			return env;
-	env = bt_realloc(env, (n + 2) * sizeof(*env));
-	env[n] = bt_strdup(var);
-	env[n + 1] = NULL;
-	return env;
-}
-
 static int spawn(struct bt_replica *r)
 {
 	struct bt_daemon *d = daemon_of(r);
@@ -673,29 +654,6 @@ static int spawn(struct bt_replica *r)
 	uv_timer_init(d->loop, &c->eof_timer);
 	c->proc.data = c->chan.data = c->out.data = c->err.data = c->eof_timer.data = c;
 
-	char ppid[24], stage[160], replica[32];
-	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
-	snprintf(stage, sizeof(stage), "BATON_STAGE=%s", cfg->name);
-	snprintf(replica, sizeof(replica), "BATON_REPLICA=%d", r->id);
-	char cuda[64], fraction[64];
-	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", stage, replica, NULL, NULL, NULL, NULL};
-	if (r->gpu >= 0) {
-		snprintf(cuda, sizeof(cuda), "CUDA_VISIBLE_DEVICES=%d", d->gpus[r->gpu].id);
-		snprintf(fraction, sizeof(fraction), "BATON_GPU_FRACTION=%g", cfg->gpu_fraction);
-		extra[4] = cuda;
-		extra[5] = fraction;
-		/* NVML numbers GPUs in PCI order; make CUDA's numbering the same. */
-		extra[6] = "CUDA_DEVICE_ORDER=PCI_BUS_ID";
-	}
-	char **env = bt_config_stage_environ(cfg, environ, extra);
-	env = with_default(env, "PYTHONUNBUFFERED=1");
-	char **args = bt_calloc((size_t)cfg->argc + 4, sizeof(char *));
-	args[0] = d->self_exe;
-	args[1] = "__shim";
-	args[2] = ppid;
-	for (int i = 0; i < cfg->argc; i++)
-		args[3 + i] = cfg->argv[i];
-
 	uv_stdio_container_t stdio[4];
 	stdio[0].flags = UV_IGNORE;
 	stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
@@ -705,28 +663,16 @@ static int spawn(struct bt_replica *r)
 	stdio[3].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
 	stdio[3].data.stream = (uv_stream_t *)&c->chan;
 
-	uv_process_options_t o;
-	memset(&o, 0, sizeof(o));
-	o.exit_cb = exit_cb;
-	o.file = d->self_exe;
-	o.args = args;
-	o.env = env;
-	o.cwd = cfg->workdir;
-	o.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
-	if (cfg->user) {
-		/* libuv drops supplementary groups, then sets gid and uid, before exec. */
-		o.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
-		o.uid = cfg->uid;
-		o.gid = cfg->gid;
-	}
-	o.stdio_count = 4;
-	o.stdio = stdio;
+	struct bt_launch l;
+	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", NULL};
+	bt_launch_init(&l, r, cfg->argv, extra, exit_cb);
+	l.opts.stdio_count = 4;
+	l.opts.stdio = stdio;
 
 	c->handles = 5;
 	d->live_children++;
-	int e = uv_spawn(d->loop, &c->proc, &o);
-	free(args);
-	bt_config_free_environ(env);
+	int e = uv_spawn(d->loop, &c->proc, &l.opts);
+	bt_launch_release(&l);
 	if (e) {
 		/* The handles were initialised: close them; the child frees itself. */
 		c->exited = 1;

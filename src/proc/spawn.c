@@ -20,8 +20,6 @@
 #include "../sched/sched.h"
 #include "proc.h"
 
-extern char **environ;
-
 #define ERR_TAIL 1024 /* bytes of stderr kept for the error message */
 
 struct bt_spawn_job {
@@ -319,7 +317,6 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	struct bt_daemon *d = r->stage->d;
 	const struct bt_stage_config *cfg = r->stage->cfg;
 	struct bt_spawn_job *j = bt_calloc(1, sizeof(*j));
-	char **args = NULL, **env = NULL;
 	int e = 0;
 	j->r = r;
 	j->req = req;
@@ -362,19 +359,13 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	uv_pipe_init(d->loop, &j->err, 0);
 	j->proc.data = j->in.data = j->out.data = j->err.data = j->wreq.data = j;
 
-	char ppid[24], stage[160], replica[32];
-	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
-	snprintf(stage, sizeof(stage), "BATON_STAGE=%s", cfg->name);
-	snprintf(replica, sizeof(replica), "BATON_REPLICA=%d", r->id);
-	char *extra[] = {"BATON_MODE=spawn", stage, replica, NULL};
-	env = bt_config_stage_environ(cfg, environ, extra);
-	args = bt_calloc((size_t)cfg->argc + 4, sizeof(char *));
-	args[0] = d->self_exe;
-	args[1] = "__shim";
-	args[2] = ppid;
+	char **argv = bt_calloc((size_t)cfg->argc + 1, sizeof(char *));
 	for (int i = 0; i < cfg->argc; i++)
-		args[3 + i] = j->files && i > 0 ? substitute(cfg->argv[i], j->in_path, j->out_path)
-						: cfg->argv[i];
+		argv[i] = j->files && i > 0 ? substitute(cfg->argv[i], j->in_path, j->out_path)
+					    : cfg->argv[i];
+	struct bt_launch l;
+	char *extra[] = {"BATON_MODE=spawn", NULL};
+	bt_launch_init(&l, r, argv, extra, exit_cb);
 
 	uv_stdio_container_t stdio[3];
 	stdio[0].flags = j->files ? UV_IGNORE : UV_CREATE_PIPE | UV_READABLE_PIPE;
@@ -383,29 +374,16 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	stdio[1].data.stream = (uv_stream_t *)&j->out;
 	stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
 	stdio[2].data.stream = (uv_stream_t *)&j->err;
-	uv_process_options_t o;
-	memset(&o, 0, sizeof(o));
-	o.exit_cb = exit_cb;
-	o.file = d->self_exe;
-	o.args = args;
-	o.env = env;
-	o.cwd = cfg->workdir;
-	o.flags = UV_PROCESS_DETACHED;
-	if (cfg->user) {
-		o.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
-		o.uid = cfg->uid;
-		o.gid = cfg->gid;
-	}
-	o.stdio_count = 3;
-	o.stdio = stdio;
+	l.opts.stdio_count = 3;
+	l.opts.stdio = stdio;
 
 	j->handles = 4;
 	d->live_children++;
-	e = uv_spawn(d->loop, &j->proc, &o);
+	e = uv_spawn(d->loop, &j->proc, &l.opts);
+	bt_launch_release(&l);
 	for (int i = 1; j->files && i < cfg->argc; i++)
-		free(args[3 + i]);
-	free(args);
-	bt_config_free_environ(env);
+		free(argv[i]);
+	free(argv);
 	if (e) {
 		j->r = NULL;
 		j->req = NULL;
