@@ -28,20 +28,26 @@ static const enum bt_code failure_codes[] = {
 	BT_OVERLOADED, BT_STAGE_FAILED, BT_SHUTTING_DOWN,
 };
 
+static void pipeline_counter(struct bt_daemon *d, struct bt_buf *out, const char *name,
+			     const char *type, const char *help, size_t offset)
+{
+	family(out, name, type, help);
+	for (int i = 0; i < d->npipelines; i++) {
+		const struct bt_pipeline *pl = &d->pipelines[i];
+		uint64_t v = *(const uint64_t *)((const char *)pl + offset);
+		bt_buf_printf(out, "%s{pipeline=\"%s\"} %llu\n", name, pl->cfg->name,
+			      (unsigned long long)v);
+	}
+}
+
 static void pipelines(struct bt_daemon *d, struct bt_buf *out)
 {
-	family(out, "baton_requests_accepted_total", "counter",
-	       "Requests accepted by a pipeline (each ends succeeded or failed).");
-	for (int i = 0; i < d->npipelines; i++)
-		bt_buf_printf(out, "baton_requests_accepted_total{pipeline=\"%s\"} %llu\n",
-			      d->pipelines[i].cfg->name,
-			      (unsigned long long)d->pipelines[i].accepted);
-	family(out, "baton_requests_succeeded_total", "counter",
-	       "Requests answered with the last stage's result.");
-	for (int i = 0; i < d->npipelines; i++)
-		bt_buf_printf(out, "baton_requests_succeeded_total{pipeline=\"%s\"} %llu\n",
-			      d->pipelines[i].cfg->name,
-			      (unsigned long long)d->pipelines[i].succeeded);
+	pipeline_counter(d, out, "baton_requests_accepted_total", "counter",
+			 "Requests accepted by a pipeline (each ends succeeded or failed).",
+			 offsetof(struct bt_pipeline, accepted));
+	pipeline_counter(d, out, "baton_requests_succeeded_total", "counter",
+			 "Requests answered with the last stage's result.",
+			 offsetof(struct bt_pipeline, succeeded));
 	family(out, "baton_requests_failed_total", "counter",
 	       "Requests answered with an error, by error code.");
 	for (int i = 0; i < d->npipelines; i++)
@@ -50,12 +56,9 @@ static void pipelines(struct bt_daemon *d, struct bt_buf *out)
 				      "baton_requests_failed_total{pipeline=\"%s\",code=\"%s\"} %llu\n",
 				      d->pipelines[i].cfg->name, bt_code_name(failure_codes[c]),
 				      (unsigned long long)d->pipelines[i].failed[failure_codes[c]]);
-	family(out, "baton_requests_in_flight", "gauge",
-	       "Requests accepted and not yet answered.");
-	for (int i = 0; i < d->npipelines; i++)
-		bt_buf_printf(out, "baton_requests_in_flight{pipeline=\"%s\"} %llu\n",
-			      d->pipelines[i].cfg->name,
-			      (unsigned long long)d->pipelines[i].in_flight);
+	pipeline_counter(d, out, "baton_requests_in_flight", "gauge",
+			 "Requests accepted and not yet answered.",
+			 offsetof(struct bt_pipeline, in_flight));
 	family(out, "baton_request_duration_seconds", "histogram",
 	       "Time from acceptance to answer, every outcome.");
 	for (int i = 0; i < d->npipelines; i++) {
