@@ -99,12 +99,16 @@ void bt_policy_demand(const struct bt_autoscale_config *c, const struct bt_scale
 			 (unsigned long long)(in->queued + in->in_flight), c->target_ongoing);
 	} else if (desired < in->current) {
 		s->want_up = 0;
+		if (!s->want_down || desired > s->down_peak)
+			s->down_peak = desired;
 		uint64_t held = wish(&s->want_down, &s->want_down_since, in->now_ms);
 		if (!outside && held < c->downscale_delay_ms)
 			return;
-		out->to = desired;
-		snprintf(out->reason, sizeof(out->reason), "demand: %llu queued + in flight for %.0fs",
-			 (unsigned long long)(in->queued + in->in_flight), (double)held / 1000.0);
+		out->to = outside ? desired : s->down_peak;
+		snprintf(out->reason, sizeof(out->reason),
+			 "demand: at most %d replicas' worth for %.0fs (now %llu queued + in flight)",
+			 out->to, (double)held / 1000.0,
+			 (unsigned long long)(in->queued + in->in_flight));
 	} else {
 		s->want_up = s->want_down = 0;
 		s->last_refusal[0] = '\0';

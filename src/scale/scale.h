@@ -44,6 +44,7 @@ struct bt_scale_input {
 struct bt_scale_state {
 	int want_up, want_down; /* a wish is held since ..._since */
 	uint64_t want_up_since, want_down_since;
+	int down_peak; /* demand: the highest desired count while wanting down */
 	int changed; /* last_change_ms is set */
 	uint64_t last_change_ms;
 	/*
@@ -64,7 +65,8 @@ struct bt_scale_decision {
  * demand: desired = ceil((queued + in_flight) / target_ongoing) clamped to
  * [min, max]; up once desired stayed above current for upscale_delay and
  * there is headroom (cpu < max_cpu, gpu < max_gpu, placement); down once
- * it stayed below for downscale_delay.
+ * it stayed below for downscale_delay, to the highest desired count seen
+ * in that time (not the last reading, which would undershoot and flap).
  */
 void bt_policy_demand(const struct bt_autoscale_config *c, const struct bt_scale_input *in,
 		      struct bt_scale_state *s, struct bt_scale_decision *out);

@@ -1411,3 +1411,29 @@ Test(signals, group_usage_counts_every_process_of_the_group_and_only_those)
 		      ULL(u.cpu_jiffies), hz);
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
+
+/*
+ * A downscale goes to the highest demand seen during the delay, not to the
+ * last reading: with 8 replicas and demand 6, 3, then 1 over the delay, a
+ * scale to 1 would undershoot what the stage needed moments ago and flap
+ * back up (bench/autoscale saw 8 -> 6 -> 8 this way).
+ */
+Test(demand, scale_down_goes_to_the_peak_of_the_delay_window)
+{
+	struct bt_autoscale_config c = demand_config(); /* target 2, down after 30 s */
+	struct bt_scale_state s;
+	struct bt_scale_decision d;
+	memset(&s, 0, sizeof(s));
+	{ struct bt_scale_input in = quiet(1 * SEC, 8, 12); bt_policy_demand(&c, &in, &s, &d); } /* desired 6 */
+	cr_assert_eq(d.to, 8);
+	{ struct bt_scale_input in = quiet(11 * SEC, 8, 6); bt_policy_demand(&c, &in, &s, &d); } /* desired 3 */
+	{ struct bt_scale_input in = quiet(21 * SEC, 8, 0); bt_policy_demand(&c, &in, &s, &d); } /* desired 1 */
+	cr_assert_eq(d.to, 8);
+	{ struct bt_scale_input in = quiet(31 * SEC, 8, 0); bt_policy_demand(&c, &in, &s, &d); }
+	cr_assert_eq(d.to, 6, "went to %d, not the window's peak 6", d.to);
+	/* Then a new window starts for the rest of the way down. */
+	{ struct bt_scale_input in = quiet(32 * SEC, 6, 0); bt_policy_demand(&c, &in, &s, &d); }
+	cr_assert_eq(d.to, 6);
+	{ struct bt_scale_input in = quiet(62 * SEC, 6, 0); bt_policy_demand(&c, &in, &s, &d); }
+	cr_assert_eq(d.to, 1);
+}
