@@ -206,6 +206,7 @@ void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index)
 			st->replicas[i]->state = BT_REPLICA_EXITED;
 	}
 	st->target = st->cfg->replicas_initial;
+	st->latency_p50_s = st->latency_p95_s = -1; /* no sample yet */
 	for (int i = 0; i < BT_LATENCY_WINDOW; i++)
 		bt_hist_init(&st->latency_window[i], bt_hist_seconds, bt_hist_seconds_n);
 	st->rr = st->nreplicas - 1;

@@ -228,6 +228,8 @@ def test_manual_scale_fixes_the_count_until_auto(baton, tmp_path, monkeypatch):
 
 def test_status_and_metrics_carry_the_signals(baton):
     b = baton(cfg(fake_stage("w", replicas=2)))
+    # Before the first tick with samples there is no latency, not a zero.
+    assert b.status()["stages"]["w"]["signals"]["latency_p95_s"] is None
     for _ in range(5):
         b.post("p", "slow:20")
     wait_for(lambda: b.status()["stages"]["w"]["signals"]["latency_p95_s"] is not None, 10)
