@@ -139,7 +139,11 @@ static int run(int argc, char **argv)
 			return BT_EXIT_USAGE;
 		}
 		fclose(f);
-		token[strcspn(token, "\r\n")] = '\0';
+		/* The first line, without trailing blanks, as the daemon reads it. */
+		size_t n = strcspn(token, "\r\n");
+		while (n && (token[n - 1] == ' ' || token[n - 1] == '\t'))
+			n--;
+		token[n] = '\0';
 	}
 	struct bt_http_reply rep;
 	char err[256];
