@@ -57,8 +57,8 @@ def pid_alive(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
             return f.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # it went away while we looked
 
 
 def group_alive(pgid):
