@@ -21,6 +21,7 @@ extern const struct bt_cmd bt_cmd_serve;
 extern const struct bt_cmd bt_cmd_check;
 extern const struct bt_cmd bt_cmd_run;
 extern const struct bt_cmd bt_cmd_env;
+extern const struct bt_cmd bt_cmd_bench;
 extern const struct bt_cmd bt_cmd_status;
 extern const struct bt_cmd bt_cmd_version;
 extern const struct bt_cmd bt_cmd_help;

@@ -8,7 +8,7 @@
 #include "cli.h"
 
 const struct bt_cmd *const bt_commands[] = {
-	&bt_cmd_serve, &bt_cmd_check, &bt_cmd_run, &bt_cmd_env, &bt_cmd_status, &bt_cmd_version, &bt_cmd_help, NULL,
+	&bt_cmd_serve, &bt_cmd_check, &bt_cmd_run, &bt_cmd_env, &bt_cmd_bench, &bt_cmd_status, &bt_cmd_version, &bt_cmd_help, NULL,
 };
 
 void bt_cli_usage(const struct bt_cmd *cmd, FILE *f)

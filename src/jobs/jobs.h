@@ -25,6 +25,19 @@ struct bt_job_options {
 /* Runs the job; returns the exit status (0 all succeeded, 1 not, 2 usage). */
 int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt);
 
+struct bt_bench_options {
+	const char *pipeline;
+	char **inputs; /* payload files, sent in turn */
+	int ninputs;
+	int concurrency; /* requests kept in flight */
+	unsigned seconds; /* how long to send, when requests is 0 */
+	uint64_t requests; /* how many to send, or 0 */
+	const char *json_path, *csv_path; /* optional outputs */
+};
+
+/* `baton bench` (bench.c): 0 when it measured something, 1 if not, 2 usage. */
+int bt_bench_run(struct bt_config *cfg, const struct bt_bench_options *opt);
+
 /* Pure helpers, exposed for unit tests (safe extensions: bt_ext_is_safe). */
 /* Output path of an input: outdir/relpath + ext (malloc'd). */
 char *bt_jobs_output_path(const char *outdir, const char *relpath, const char *ext);

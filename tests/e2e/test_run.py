@@ -164,3 +164,30 @@ def test_workers_are_gone_after_the_run(tmp_path):
     assert r.returncode == 0
     pids = {int(v) for v in outputs(tmp_path / "out").values()}
     assert pids and not any(pid_alive(p) for p in pids)
+
+
+def test_bench_measures_a_pipeline_and_writes_json_and_csv(tmp_path):
+    cfg = write_config(tmp_path, replicas=2)
+    (tmp_path / "a.txt").write_text("hello")
+    (tmp_path / "b.txt").write_text("reject:not this one")
+    out_json, out_csv = tmp_path / "bench.json", tmp_path / "bench.csv"
+    r = subprocess.run([BATON, "bench", cfg, "--pipeline", "p", "--input",
+                        str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--concurrency", "4",
+                        "--requests", "200", "--json", str(out_json), "--csv", str(out_csv)],
+                       capture_output=True, text=True, timeout=120 * SLOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "requests 200   succeeded 100   failed 100" in r.stdout
+    assert "rejected: 100" in r.stdout and "end to end" in r.stdout
+    doc = json.load(open(out_json))
+    assert doc["requests"] == 200 and doc["succeeded"] == 100
+    assert doc["failures"] == {"rejected": 100}
+    assert doc["requests_per_s"] > 0 and doc["p50_ms"] > 0
+    assert [s["stage"] for s in doc["stages"]] == ["w"]
+    lines = open(out_csv).read().splitlines()
+    assert lines[0].startswith("pipeline,concurrency,") and lines[1].startswith("p,4,200,100,100,")
+    # A second run appends one row under the same header.
+    subprocess.run([BATON, "bench", cfg, "--pipeline", "p", "--input", str(tmp_path / "a.txt"),
+                    "--requests", "10", "--csv", str(out_csv)], capture_output=True, timeout=120 * SLOW)
+    assert len(open(out_csv).read().splitlines()) == 3
+    r = subprocess.run([BATON, "bench", cfg, "--pipeline", "p"], capture_output=True, timeout=30)
+    assert r.returncode == 2
