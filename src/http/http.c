@@ -361,7 +361,7 @@ static enum MHD_Result restart_stage(struct conn *cn)
 	int revived = 0;
 	for (int i = 0; i < st->nreplicas; i++) {
 		struct bt_replica *r = st->replicas[i];
-		if (r->state == BT_REPLICA_FAILED || r->state == BT_REPLICA_BACKOFF) {
+		if (r->active && (r->state == BT_REPLICA_FAILED || r->state == BT_REPLICA_BACKOFF)) {
 			bt_replica_revive(r);
 			revived++;
 		}

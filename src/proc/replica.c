@@ -907,7 +907,8 @@ void bt_replica_stop(struct bt_replica *r, int now)
 	}
 	if (!c) {
 		uv_timer_stop(&r->timer);
-		if (r->state != BT_REPLICA_FAILED)
+		/* A failed replica scaled away frees its slot; an active one stays failed. */
+		if (r->state != BT_REPLICA_FAILED || !r->active)
 			r->state = BT_REPLICA_EXITED;
 		bt_daemon_unplace(daemon_of(r), r);
 		bt_stage_replicas_changed(r->stage);

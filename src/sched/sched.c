@@ -423,7 +423,8 @@ static void retry_failed_cb(uv_timer_t *t)
 		return;
 	bt_info("retrying failed stage", "stage=%s", st->cfg->name);
 	for (int i = 0; i < st->nreplicas; i++)
-		bt_replica_revive(st->replicas[i]);
+		if (st->replicas[i]->active)
+			bt_replica_revive(st->replicas[i]);
 }
 
 void bt_stage_replicas_changed(struct bt_stage *st)
