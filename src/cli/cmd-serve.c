@@ -30,17 +30,16 @@ static int run(int argc, char **argv)
 		return BT_EXIT_USAGE;
 	}
 	if (listen) {
-		char *colon = strrchr(listen, ':');
-		char *end;
-		long port = colon ? strtol(colon + 1, &end, 10) : -1;
-		if (!colon || colon == listen || *end || port < 0 || port > 65535) {
-			fprintf(stderr, "baton: --listen must be HOST:PORT, not '%s'\n", listen);
+		char *host, why[256];
+		int port;
+		if (bt_listen_parse(listen, &host, &port, why, sizeof(why))) {
+			fprintf(stderr, "baton: --listen %s\n", why);
 			bt_config_release(&cfg);
 			return BT_EXIT_USAGE;
 		}
 		free(cfg.listen_host);
-		cfg.listen_host = bt_strndup(listen, (size_t)(colon - listen));
-		cfg.listen_port = (int)port;
+		cfg.listen_host = host;
+		cfg.listen_port = port;
 	}
 	if (bt_config_check_runnable(&cfg, err, sizeof(err))) {
 		fprintf(stderr, "%s\n", err);
@@ -48,8 +47,6 @@ static int run(int argc, char **argv)
 		return BT_EXIT_USAGE;
 	}
 	bt_log_threshold = cfg.log_level;
-	/* A worker that dies mid-write must not take baton down with SIGPIPE. */
-	signal(SIGPIPE, SIG_IGN);
 
 	uv_loop_t loop;
 	struct bt_daemon d;

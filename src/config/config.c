@@ -1062,23 +1062,27 @@ static int parse_pipeline(struct ctx *c, const yaml_node_t *key,
 	return r;
 }
 
-static int parse_listen(struct ctx *c, const yaml_node_t *n)
+/*
+ * "HOST:PORT" where HOST is an IPv4 or IPv6 address (brackets allowed) or
+ * "localhost".  Names are refused rather than resolved: a name that maps
+ * to several addresses would make "where does baton listen" a guess.
+ */
+int bt_listen_parse(const char *text, char **host_out, int *port_out, char *why,
+		    size_t whylen)
 {
-	char *s = NULL;
-	int r = get_string(c, n, "listen", &s);
-	if (r)
-		return r;
+	char *s = bt_strdup(text);
 	char *colon = strrchr(s, ':');
 	char *host = s;
+	int r = -EINVAL;
 	if (!colon || colon == s) {
-		r = fail(c, n, "'listen' must be HOST:PORT, not '%s'", s);
+		snprintf(why, whylen, "must be HOST:PORT, not '%s'", text);
 		goto out;
 	}
 	*colon = '\0';
 	if (host[0] == '[') {
 		size_t hl = strlen(host);
 		if (host[hl - 1] != ']') {
-			r = fail(c, n, "'listen' has a bad IPv6 address");
+			snprintf(why, whylen, "has a bad IPv6 address '%s'", host);
 			goto out;
 		}
 		host[hl - 1] = '\0';
@@ -1088,19 +1092,36 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 		host = "127.0.0.1";
 	unsigned char addr[16];
 	if (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1) {
-		r = fail(c, n, "'listen' host '%s' is not an IP address", host);
+		snprintf(why, whylen, "host '%s' is not an IP address (or 'localhost')", host);
 		goto out;
 	}
 	char *end;
 	long port = strtol(colon + 1, &end, 10);
 	if (colon[1] < '0' || colon[1] > '9' || *end || port > 65535) {
-		r = fail(c, n, "'listen' port '%s' is not a port number", colon + 1);
+		snprintf(why, whylen, "port '%s' is not a port number", colon + 1);
 		goto out;
 	}
-	free(c->cfg->listen_host);
-	c->cfg->listen_host = bt_strdup(host);
-	c->cfg->listen_port = (int)port;
+	*host_out = bt_strdup(host);
+	*port_out = (int)port;
+	r = 0;
 out:
+	free(s);
+	return r;
+}
+
+static int parse_listen(struct ctx *c, const yaml_node_t *n)
+{
+	char *s = NULL, *host = NULL, why[256];
+	int port, r = get_string(c, n, "listen", &s);
+	if (r)
+		return r;
+	if (bt_listen_parse(s, &host, &port, why, sizeof(why))) {
+		r = fail(c, n, "'listen' %s", why);
+	} else {
+		free(c->cfg->listen_host);
+		c->cfg->listen_host = host;
+		c->cfg->listen_port = port;
+	}
 	free(s);
 	return r;
 }

@@ -140,6 +140,8 @@ char *bt_config_find_program(const struct bt_stage_config *st, const char *cmd);
  */
 int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errlen);
 
+/* Parses "HOST:PORT" (an IP address or "localhost"); on error, why says what. */
+int bt_listen_parse(const char *text, char **host, int *port, char *why, size_t whylen);
 int bt_config_stage_index(const struct bt_config *cfg, const char *name);
 int bt_config_pipeline_index(const struct bt_config *cfg, const char *name);
 

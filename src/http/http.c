@@ -814,12 +814,15 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 		a4.sin_family = AF_INET;
 		a4.sin_port = htons((uint16_t)cfg->listen_port);
 		sa = (struct sockaddr *)&a4;
-	} else {
-		inet_pton(AF_INET6, cfg->listen_host, &a6.sin6_addr);
+	} else if (inet_pton(AF_INET6, cfg->listen_host, &a6.sin6_addr) == 1) {
 		a6.sin6_family = AF_INET6;
 		a6.sin6_port = htons((uint16_t)cfg->listen_port);
 		sa = (struct sockaddr *)&a6;
 		flags |= MHD_USE_IPv6;
+	} else {
+		/* Never fall back to the any-address: that would publish baton. */
+		snprintf(err, errlen, "cannot listen on '%s': not an IP address", cfg->listen_host);
+		return -EINVAL;
 	}
 	struct bt_http *h = bt_calloc(1, sizeof(*h));
 	h->d = d;

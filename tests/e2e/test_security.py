@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BATON, config, fake_stage
+from conftest import BATON, config, fake_stage, free_port, wait_for
 
 
 def auth_config(tmp_path, token="s3cret-token-0123456789"):
@@ -101,3 +101,50 @@ def test_names_in_urls_cannot_escape(baton):
         assert r.status in (400, 404), (path, r)
     assert b.post("p", "still fine").status == 200
     assert b.stop() == 0
+
+
+def listening_sockets(pid):
+    """The (address, port) pairs pid listens on, read from /proc/net/tcp{,6}."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:   # 0A: LISTEN
+                    addr, port = cols[1].split(":")
+                    found.append((addr, int(port, 16)))
+    return found
+
+
+@pytest.mark.parametrize("host,expect", [("localhost", "0100007F"),
+                                         ("127.0.0.1", "0100007F")])
+def test_listen_flag_binds_only_the_address_given(tmp_path, host, expect):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config(fake_stage("w"), {"p": ["w"]}))
+    port = free_port()
+    proc = subprocess.Popen([BATON, "serve", str(cfg), "--listen", "%s:%d" % (host, port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: listening_sockets(proc.pid), 20, what="baton to listen")
+        assert listening_sockets(proc.pid) == [(expect, port)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("listen", ["example.com:8080", "[::1:8080", "0.0.0:80", ":8080",
+                                    "127.0.0.1:http"])
+def test_listen_flag_refuses_what_is_not_an_address(tmp_path, listen):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config(fake_stage("w"), {"p": ["w"]}))
+    r = subprocess.run([BATON, "serve", str(cfg), "--listen", listen],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--listen" in r.stderr, r.stderr
