@@ -2,6 +2,7 @@
  * Entry point: the hidden exec-shim mode first (it must do nothing else
  * before exec), then the command table.
  */
+#include <signal.h>
 #include <string.h>
 
 #include "../proc/proc.h"
@@ -20,6 +21,12 @@ int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "__shim"))
 		bt_proc_shim_main(argc, argv);
+	/*
+	 * serve, run and bench all write to workers that may die mid-write: that
+	 * must be an EPIPE to handle, not a signal that ends baton.  (libuv resets
+	 * signal dispositions in children, so workers get the default back.)
+	 */
+	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {
 		bt_cmd_help.run(1, (char *[]){"help", NULL});
 		return BT_EXIT_USAGE;
