@@ -35,6 +35,7 @@ struct bt_spawn_job {
 	char *in_path, *out_path; /* file convention only */
 	int files;
 	struct bt_buf stdout_buf; /* the answer, stdin/stdout convention */
+	int stdout_too_big; /* it passed max_payload_bytes: the answer is lost */
 	char *stdin_copy; /* the payload being written: a timed-out request is freed */
 	char tail[ERR_TAIL]; /* the last stderr bytes, a ring */
 	size_t tail_len, tail_pos;
@@ -127,7 +128,11 @@ static void consume(struct bt_spawn_job *j, uv_stream_t *s, const char *p, size_
 		bt_lines_feed(&j->lines[1], p, n);
 	} else if (j->files) {
 		bt_lines_feed(&j->lines[0], p, n); /* stdout is only a log there */
-	} else if (j->stdout_buf.len + n <= j->d->cfg->max_payload_bytes) {
+	} else if (j->stdout_too_big || j->stdout_buf.len + n > j->d->cfg->max_payload_bytes) {
+		/* Keep reading (the script must not block on a full pipe), keep nothing. */
+		j->stdout_too_big = 1;
+		bt_buf_release(&j->stdout_buf);
+	} else {
 		bt_buf_append(&j->stdout_buf, p, n);
 	}
 }
@@ -190,6 +195,15 @@ static int read_whole(const char *path, size_t max, char **data, size_t *len)
 	return 0;
 }
 
+/* An answer over max_payload_bytes is the script's failure, not the input's: worker_error. */
+static void too_big(const struct bt_spawn_job *j, struct bt_request *req)
+{
+	char msg[160];
+	snprintf(msg, sizeof(msg), "the script's answer is over max_payload_bytes (%zu bytes)",
+		 j->d->cfg->max_payload_bytes);
+	bt_stage_result(req, NULL, 0, NULL, msg, 1);
+}
+
 /*
  * The answer of a process that exited 0.  With status_key, a JSON object
  * whose status_key is "error" (seed 000's scripts exit 0 on failure) is a
@@ -202,6 +216,10 @@ static void deliver(struct bt_spawn_job *j, struct bt_request *req)
 	size_t len = 0;
 	if (j->files) {
 		int e = read_whole(j->out_path, j->d->cfg->max_payload_bytes, &data, &len);
+		if (e == BT_ETOOBIG) {
+			too_big(j, req);
+			return;
+		}
 		if (e) {
 			char msg[300];
 			snprintf(msg, sizeof(msg), "the script exited 0 but left no output file (%s)",
@@ -209,6 +227,9 @@ static void deliver(struct bt_spawn_job *j, struct bt_request *req)
 			bt_stage_result(req, NULL, 0, NULL, msg, 1);
 			return;
 		}
+	} else if (j->stdout_too_big) {
+		too_big(j, req);
+		return;
 	} else {
 		bt_buf_reserve(&j->stdout_buf, 0);
 		data = bt_buf_detach(&j->stdout_buf, &len);

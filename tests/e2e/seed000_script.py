@@ -2,7 +2,7 @@
 """A one-shot script in seed 000's convention: --input in.json --output
 out.json, exit 0 even on failure with {"status": "error", "error": ...}.
 The input's "action" chooses: ok, fail (status error), crash (exit 3 with a
-traceback on stderr), hang, slow (sleep "ms"), noout (write nothing), leak
+traceback on stderr), hang (writing its pid to "pidfile" if given), slow (sleep "ms"), noout (write nothing), big (an output of "bytes" bytes), leak
 (start a sleeping grandchild and leave)."""
 import argparse
 import json
@@ -24,10 +24,17 @@ if action == "crash":
     print("RuntimeError: CUDA out of memory", file=sys.stderr)
     sys.exit(3)
 if action == "hang":
+    if req.get("pidfile"):   # tells a test which process group to watch
+        with open(req["pidfile"], "w") as f:
+            f.write(str(os.getpid()))
     time.sleep(3600)
 if action == "slow":
     time.sleep(req.get("ms", 100) / 1000)
 if action == "noout":
+    sys.exit(0)
+if action == "big":   # an answer of "bytes" bytes
+    with open(a.output, "w") as f:
+        f.write("x" * req["bytes"])
     sys.exit(0)
 if action == "leak":
     subprocess.Popen(["sleep", "1000"])

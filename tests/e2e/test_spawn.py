@@ -63,8 +63,11 @@ def test_missing_output_file_is_an_error(baton, tmp_path):
 
 def test_timeout_kills_the_process_group(baton, tmp_path):
     b = baton(files_stage(tmp_path, "    timeout_ms: 500\n"))
-    r = b.post("p", '{"action": "hang"}')
+    pidfile = tmp_path / "hung.pid"
+    r = b.post("p", json.dumps({"action": "hang", "pidfile": str(pidfile)}))
     assert r.status == 504, r
+    pgid = int(pidfile.read_text())
+    wait_for(lambda: not group_alive(pgid), 10, what="the hung script's group to be gone")
     wait_for(lambda: b.status()["stages"]["legacy"]["running"] == 0, 10)
     assert b.post("p", '{"action": "ok"}').status == 200
     assert b.stop() == 0
@@ -124,3 +127,34 @@ def test_baton_run_over_files_in_spawn_mode(tmp_path):
     assert json.load(open(tmp_path / "out" / "page0.json.json"))["input_name"] == "input.json"
     failed = [json.loads(l) for l in open(tmp_path / "out" / "_failed.jsonl")]
     assert [(f["path"], f["code"]) for f in failed] == [("page2.json", "rejected")]
+
+
+def test_answer_over_max_payload_bytes_fails_instead_of_being_cut(baton, tmp_path):
+    # stdin/stdout: a 5000-byte chunk between two small ones must not leave
+    # "AAA...CCC" looking like a success.
+    b = baton("max_payload_bytes: 1024\nstages:\n  s:\n    mode: spawn\n"
+              "    command: [%s, %s]\npipelines:\n  p: [s]\n" % (PYTHON, SEED003))
+    r = b.post("p", json.dumps({"action": "chunks"}))
+    assert r.status == 500 and "max_payload_bytes" in r.json()["error"], r
+    assert b.post("p", json.dumps({"values": [1]})).json() == {"doubled": [2]}
+    assert b.stop() == 0
+    # Files: an output file over the limit says so, not "no output file".
+    b = baton("max_payload_bytes: 1024\n" + files_stage(tmp_path))
+    r = b.post("p", json.dumps({"action": "big", "bytes": 4096}))
+    assert r.status == 500 and "max_payload_bytes" in r.json()["error"], r
+    assert b.stop() == 0
+
+
+def test_script_that_ignores_its_stdin_does_not_kill_baton_run(tmp_path):
+    # /bin/true exits without reading a 2 MB stdin: baton's write gets EPIPE,
+    # which must be that request's failure, not a SIGPIPE ending baton (141).
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stages:\n  s:\n    mode: spawn\n    command: [/bin/true]\n"
+                   "    retries: 0\npipelines:\n  p: [s]\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.bin").write_bytes(b"x" * (2 << 20))
+    r = subprocess.run([BATON, "run", str(cfg), "--pipeline", "p", "--input",
+                        str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                        "--no-progress"], capture_output=True, text=True, timeout=120 * SLOW)
+    assert r.returncode in (0, 1), (r.returncode, r.stderr)
+    assert "succeeded" in r.stdout
