@@ -250,14 +250,18 @@ static int priority_level(long long p)
 	return p >= 1 ? (int)BT_MIN(p - 1, (long long)INT_MAX) : INT_MAX;
 }
 
+#define CLIENT_TIMEOUT_MAX_US (86400LL * 1000 * 1000)
+
 static void submit(struct conn *cn, json_t *meta, int priority, long long timeout_us)
 {
 	size_t len;
 	char *payload = bt_buf_detach(&cn->body, &len);
 	cn->req = bt_request_new(cn->pl, payload, len, meta);
 	cn->req->priority = priority;
+	/* A client's timeout only shortens the stage's; past a day it means nothing. */
 	if (timeout_us > 0)
-		cn->req->client_deadline_ms = bt_now_ms() + (uint64_t)((timeout_us + 999) / 1000);
+		cn->req->client_deadline_ms =
+			bt_now_ms() + (uint64_t)((BT_MIN(timeout_us, CLIENT_TIMEOUT_MAX_US) + 999) / 1000);
 	cn->counted = 1;
 	cn->h->pending++;
 	bt_pipeline_submit(cn->req, request_done_cb, cn);
@@ -316,7 +320,8 @@ static enum MHD_Result start_pipeline_request(struct conn *cn)
 	const char *ctype = header(cn, MHD_HTTP_HEADER_CONTENT_TYPE);
 	if (ctype && !json_object_get(meta, "content_type"))
 		json_object_set_new(meta, "content_type", json_string(ctype));
-	submit(cn, meta, priority_level(priority), timeout_ms * 1000);
+	submit(cn, meta, priority_level(priority),
+	       BT_MIN(timeout_ms, CLIENT_TIMEOUT_MAX_US / 1000) * 1000);
 	return wait_or_answer(cn);
 }
 
