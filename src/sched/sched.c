@@ -317,8 +317,11 @@ static void dispatch(struct bt_stage *st)
 			bt_heap_update(&d->deadlines, &req->deadline, deadline);
 			json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
 			json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
+			/* A client deadline may already have passed: 0 left, not a wrap. */
 			json_object_set_new(req->meta, "deadline_ms",
-					    json_integer((json_int_t)(deadline - now / 1000)));
+					    json_integer(deadline > now / 1000
+								 ? (json_int_t)(deadline - now / 1000)
+								 : 0));
 			st->scratch[n++] = req;
 		}
 		st->running += (uint64_t)n;
@@ -403,6 +406,17 @@ void bt_stage_lost(struct bt_request *req, int charge, const char *why)
 		finish(req, BT_WORKER_CRASHED, st->cfg->name,
 		       "the replica running this request died %d time%s (last: %s)",
 		       req->attempts, req->attempts == 1 ? "" : "s", why);
+		return;
+	}
+	/*
+	 * A batch-mate of a request that timed out shares its replica's restart;
+	 * if its own deadline has passed too, a retry would give it a second
+	 * full timeout_ms.
+	 */
+	if (bt_heap_contains(&req->deadline) && req->deadline.key <= bt_now_ms()) {
+		finish(req, BT_TIMEOUT, st->cfg->name,
+		       "no answer from stage '%s' before the deadline; the replica was restarted",
+		       st->cfg->name);
 		return;
 	}
 	enqueue(req, 1);

@@ -141,3 +141,16 @@ def test_max_ongoing_counts_batches(baton):
     t.join(60 * SLOW)
     assert [r.status for r in results] == [200] * 6
     assert b.stop() == 0
+
+
+def test_batch_mates_of_a_timed_out_request_time_out_with_it(baton):
+    # Both requests of the batch reach their deadline together. The first one's
+    # timeout restarts the replica; the second times out too, rather than being
+    # sent again as an innocent victim of the restart (a second batch).
+    b = baton(config(batch_stage(batch="{max_size: 2, window_ms: 3000}", timeout_ms=1000,
+                                 retries=2), {"p": ["w"]}))
+    replies = post_all(b, [("p", "hang"), ("p", "hang")])
+    assert [r.status for r in replies] == [504, 504], replies
+    assert metric(b, "baton_stage_batch_size_count", stage="w") == 1
+    assert b.status()["stages"]["w"]["retried"] == 0
+    assert b.stop() == 0
