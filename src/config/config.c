@@ -1432,6 +1432,74 @@ void bt_config_release(struct bt_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 }
 
+/*
+ * Whether uid/gid (with no supplementary groups: baton drops them) may use
+ * path: search every directory on the way, then want (R_OK/X_OK bits) on
+ * path itself.  On refusal, blocker names the path that stops it.
+ */
+static int user_can(const char *path, uid_t uid, gid_t gid, int want, char *blocker,
+		    size_t size)
+{
+	char buf[PATH_MAX];
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *slash = buf;; slash++) {
+		char *end = strchr(slash, '/');
+		int last = !end;
+		if (end)
+			*end = '\0';
+		const char *part = buf[0] ? buf : "/";
+		struct stat sb;
+		int need = last ? want : X_OK;
+		if (stat(part, &sb) == 0 && need) {
+			mode_t bits = sb.st_uid == uid ? sb.st_mode >> 6
+				      : sb.st_gid == gid ? sb.st_mode >> 3
+							  : sb.st_mode;
+			if ((bits & 7 & (mode_t)need) != (mode_t)need) {
+				snprintf(blocker, size, "%s", part);
+				return 0;
+			}
+		}
+		if (last)
+			return 1;
+		*end = '/';
+		slash = end;
+	}
+}
+
+/*
+ * The paths a stage's user must reach: baton (the exec shim), the command,
+ * its files.  Not the workdir: the child enters it before giving up root.
+ */
+static int check_user_reach(const struct bt_config *cfg, const struct bt_stage_config *st,
+			    char *err, size_t errlen)
+{
+	char self[PATH_MAX], blocker[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	const char *what = NULL;
+	if (n > 0) {
+		self[n] = '\0';
+		if (!user_can(self, st->uid, st->gid, X_OK, blocker, sizeof(blocker)))
+			what = self;
+	}
+	for (int a = 0; !what && st->argv[a]; a++) {
+		struct stat sb;
+		if (st->argv[a][0] != '/' || stat(st->argv[a], &sb))
+			continue;
+		int want = a == 0 ? X_OK : S_ISDIR(sb.st_mode) ? X_OK : R_OK;
+		if (!user_can(st->argv[a], st->uid, st->gid, want, blocker, sizeof(blocker)))
+			what = st->argv[a];
+	}
+	if (!what)
+		return 0;
+	snprintf(err, errlen,
+		 "%s:%d:%d: stage '%s' runs as user '%s' (uid %u, gid %u), who cannot reach '%s': "
+		 "'%s' does not allow it; put baton and the stage's files where that user can read "
+		 "and execute them",
+		 cfg->path, st->line, st->col, st->name, st->user, (unsigned)st->uid,
+		 (unsigned)st->gid, what, blocker);
+	return BT_ECONFIG;
+}
+
 int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errlen)
 {
 	for (int i = 0; i < cfg->nstages; i++) {
@@ -1442,6 +1510,8 @@ int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errl
 				 cfg->path, st->line, st->col, st->name, st->user);
 			return BT_ECONFIG;
 		}
+		if (st->user && geteuid() == 0 && check_user_reach(cfg, st, err, errlen))
+			return BT_ECONFIG;
 	}
 	for (int i = 0; i < cfg->nstages; i++) {
 		const struct bt_stage_config *st = &cfg->stages[i];

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BATON, config, fake_stage, free_port, wait_for
+from conftest import BATON, FAKE, PYTHON, SDK_PY, config, fake_stage, free_port, wait_for
 
 
 def auth_config(tmp_path, token="s3cret-token-0123456789"):
@@ -57,8 +57,25 @@ def test_short_or_missing_token_file_is_a_config_error(tmp_path):
         assert r.returncode == 2 and "token_file" in r.stderr and ":1:7:" in r.stderr
 
 
+def reachable_as(user, paths):
+    """Whether user (primary group only, as baton starts it) can read every path."""
+    pw = pwd.getpwnam(user)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            os._exit(0 if all(os.access(p, os.R_OK) for p in paths) else 1)
+        except BaseException:
+            os._exit(2)
+    return os.waitpid(pid, 0)[1] == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_replicas_run_as_the_configured_user(baton):
+    if not reachable_as("nobody", [BATON, FAKE, SDK_PY]):
+        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
     nobody = pwd.getpwnam("nobody")
     b = baton(config(fake_stage("w", user="nobody"), {"p": ["w"]}))
     pid = b.pids("w")[0]
@@ -75,6 +92,36 @@ def test_replicas_run_as_the_configured_user(baton):
     b.proc.wait(10)
     from conftest import pid_alive, wait_for
     wait_for(lambda: not pid_alive(pid), 2, what="the worker to die with baton")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_group_overrides_the_users_primary_group(baton):
+    if not reachable_as("nobody", [BATON, FAKE, SDK_PY]):
+        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
+    import grp
+    daemon_gid = grp.getgrnam("daemon").gr_gid
+    b = baton(config(fake_stage("w", user="nobody", group="daemon"), {"p": ["w"]}))
+    status = open("/proc/%d/status" % b.pids("w")[0]).read()
+    gid_line = [l for l in status.splitlines() if l.startswith("Gid:")][0].split()
+    assert set(gid_line[1:]) == {str(daemon_gid)}
+    assert b.post("p", "as nobody:daemon").status == 200
+    assert b.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_user_who_cannot_reach_the_worker_is_a_clear_error(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    worker = private / "worker.py"
+    worker.write_text(open(FAKE).read())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stages:\n  w:\n    command: [%s, %s]\n    user: nobody\n"
+                   "pipelines:\n  p: [w]\n" % (PYTHON, worker))
+    r = subprocess.run([BATON, "serve", str(cfg), "--listen", "127.0.0.1:%d" % free_port()],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert ":2:3:" in r.stderr and "cannot reach '%s'" % worker in r.stderr, r.stderr
+    assert "does not allow it" in r.stderr, r.stderr
 
 
 def test_unknown_user_is_a_config_error(tmp_path):
