@@ -313,8 +313,15 @@ static void dispatch(struct bt_stage *st)
 			req->state = BT_REQ_RUNNING;
 			req->dispatched_us = now;
 			req->replica = r;
+			/*
+			 * Running, only the stage's timeout_ms can kill the replica: a
+			 * client's own timeout bounds its waits in queues (as Triton's
+			 * does) and reaches the worker as deadline_ms, but a client must
+			 * not be able to make baton kill and charge a healthy worker.
+			 */
+			bt_heap_update(&d->deadlines, &req->deadline,
+				       now / 1000 + st->cfg->timeout_ms);
 			uint64_t deadline = cap_deadline(req, now / 1000 + st->cfg->timeout_ms);
-			bt_heap_update(&d->deadlines, &req->deadline, deadline);
 			json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
 			json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
 			/* A client deadline may already have passed: 0 left, not a wrap. */

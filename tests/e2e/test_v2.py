@@ -183,6 +183,24 @@ def test_request_timeout_cannot_lengthen_the_stage_timeout(baton):
     assert b.stop() == 0
 
 
+def test_client_timeout_does_not_kill_a_running_worker(baton):
+    # The client's timeout bounds waiting; once running, only the stage's
+    # timeout_ms may kill a replica. Otherwise any client could take the
+    # stage down (each kill counts towards max_failures).
+    b = baton(v2_config(restart="{backoff_ms: 100, max_failures: 2}"))
+    pid = b.pids("w")[0]
+    for _ in range(3):
+        r = b.post("m", "slow:300", headers={"Baton-Timeout-Ms": "50"})
+        assert r.status == 200 and r.body == b"slow:300", r
+    assert b.pids("w") == [pid]
+    assert b.status()["stages"]["w"]["replicas"][0]["restarts"] == 0
+    assert b.get("/v2/health/ready").status == 200
+    # The worker is told how little time the client gave.
+    meta = b.post("m", "meta", headers={"Baton-Timeout-Ms": "5000"}).json()
+    assert 0 < meta["deadline_ms"] <= 5000, meta
+    assert b.stop() == 0
+
+
 def test_priorities_are_served_in_order_under_contention(baton):
     b = baton("stages:\n" + fake_stage("w", max_ongoing=1, priority_levels=3) +
               "pipelines:\n  p: [w]\n")
