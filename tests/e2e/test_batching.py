@@ -4,6 +4,7 @@ its batches, and one failing item fails alone."""
 import json
 import re
 import threading
+import time
 
 from conftest import SLOW, config, fake_stage, wait_for
 
@@ -55,6 +56,48 @@ def test_eight_concurrent_requests_make_one_batch(baton):
     assert metric(b, "baton_stage_batch_size_count", stage="w") == 1
     assert metric(b, "baton_stage_batch_size_bucket", stage="w", le="4") == 0
     assert metric(b, "baton_stage_batch_size_bucket", stage="w", le="8") == 1
+    assert b.stop() == 0
+
+
+def test_with_a_50ms_window_eight_waiting_requests_leave_as_one_batch(baton):
+    # The issue's configuration. Eight threads cannot be relied on to arrive
+    # within 50 ms on a loaded machine, so the replica is held busy (one
+    # batch at a time) while they queue; when it frees, they leave together.
+    b = baton(config(batch_stage(batch="{max_size: 8, window_ms: 50}", max_ongoing=1),
+                     {"p": ["w"]}))
+    busy = threading.Thread(target=lambda: b.post("p", "slow:1500"))
+    busy.start()
+    wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10 * SLOW)
+    out = [None] * 8
+
+    def send(i):
+        out[i] = b.post("p", "item %d" % i)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: b.status()["stages"]["w"]["queued"] == 8, 10 * SLOW,
+             what="eight requests queued")
+    for t in threads:
+        t.join(60 * SLOW)
+    busy.join(60 * SLOW)
+    docs = [r.json() for r in out]
+    assert [d["echo"] for d in docs] == ["item %d" % i for i in range(8)]
+    assert {d["batch_size"] for d in docs} == {8}
+    assert len({d["batch"] for d in docs}) == 1
+    assert b.stop() == 0
+
+
+def test_lone_request_with_a_50ms_window_is_answered_within_it(baton):
+    b = baton(config(batch_stage(batch="{max_size: 8, window_ms: 50}"), {"p": ["w"]}))
+    b.post("p", "warm")  # the first request pays for connection set-up
+    t0 = time.monotonic()
+    r = b.post("p", "alone")
+    elapsed = time.monotonic() - t0
+    assert r.status == 200 and r.json()["batch_size"] == 1
+    waited = server_timing(r)["w-queue"]
+    assert 49 <= waited < 50 + 150 * SLOW, waited
+    assert elapsed < 0.050 + 0.4 * SLOW, elapsed
     assert b.stop() == 0
 
 

@@ -92,6 +92,9 @@ def test_never_ready_worker_times_out_then_stage_fails_and_recovers(baton, tmp_p
     assert b.get("/v2/health/ready").status == 400
     assert b.get("/v2/health/ready").body == b""
     assert b.get("/v2/health/live").status == 200
+    # The pipeline as a v2 model is not ready either, with Triton's empty 400.
+    r = b.get("/v2/models/p/ready")
+    assert r.status == 400 and r.body == b"", r
     r = b.post("p", "hello")
     assert r.status == 503 and r.json()["code"] == "stage_failed", r
     rep = b.replicas("work")[0]
@@ -102,6 +105,7 @@ def test_never_ready_worker_times_out_then_stage_fails_and_recovers(baton, tmp_p
     assert r.status == 200 and r.json()["restarted"] == 1
     b.wait_ready()
     assert b.post("p", "back").body == b"back"
+    assert b.get("/v2/models/p/ready").status == 200
     assert b.stop() == 0
 
 
