@@ -509,6 +509,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	const yaml_node_t *command = NULL, *warmup_file = NULL, *mode_node = NULL;
 	const yaml_node_t *spawn_node = NULL, *batch_node = NULL, *ongoing_node = NULL;
 	const yaml_node_t *setup_node = NULL, *replicas_node = NULL, *group_node = NULL;
+	const yaml_node_t *workdir_node = NULL;
 	int rep_initial = 0, rep_min = -1, rep_max = 0;
 	char *workdir = NULL, *venv = NULL;
 	char what[128];
@@ -534,6 +535,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			command = v;
 			r = parse_command(c, v, st);
 		} else if (!strcmp(k, "workdir")) {
+			workdir_node = v;
 			r = get_string(c, v, k, &workdir);
 		} else if (!strcmp(k, "venv")) {
 			r = get_string(c, v, k, &venv);
@@ -787,8 +789,8 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	char real[PATH_MAX];
 	struct stat sb;
 	if (!realpath(wd, real) || stat(real, &sb) || !S_ISDIR(sb.st_mode)) {
-		r = fail(c, key, "workdir '%s' of stage '%s' is not a directory", wd,
-			 st->name);
+		r = fail(c, workdir_node ? workdir_node : key,
+			 "workdir '%s' of stage '%s' is not a directory", wd, st->name);
 		free(wd);
 		goto out;
 	}

@@ -30,7 +30,7 @@ BAD = [
     ("yaml_syntax", GOOD_STAGE + "pipelines: {p: [w]\n", 6, 1, "YAML"),
     ("bad_listen", "listen: localhost\n" + GOOD_STAGE + "pipelines: {p: [w]}\n", 1, 9, "listen"),
     ("duplicate_key", GOOD_STAGE + "    retries: 1\n    retries: 2\npipelines: {p: [w]}\n", 6, 5, "duplicate"),
-    ("bad_workdir", GOOD_STAGE + "    workdir: nowhere\npipelines: {p: [w]}\n", 2, 3, "workdir"),
+    ("bad_workdir", GOOD_STAGE + "    workdir: nowhere\npipelines: {p: [w]}\n", 5, 14, "workdir"),
     ("bad_stage_name", GOOD_STAGE.replace("  w:", "  'bad name':") + "pipelines: {p: [w]}\n", 2, 3, "not valid"),
 ]
 

@@ -383,17 +383,17 @@ Test(config, absolute_workdir_is_kept)
 	free(abs);
 }
 
-Test(config, workdir_that_does_not_exist_is_an_error_at_the_stage)
+Test(config, workdir_that_does_not_exist_is_an_error_at_its_value)
 {
 	expect_error_at("stages:\n  s:\n    command: [true]\n    workdir: missing\n" PIPELINE_P,
-			2, 3, "workdir", "missing", "'s'", NULL);
+			4, 14, "workdir", "missing", "'s'", NULL);
 }
 
 Test(config, workdir_that_is_a_file_is_an_error)
 {
 	put_file("afile", "", 0644);
 	expect_error_at("stages:\n  s:\n    command: [true]\n    workdir: afile\n" PIPELINE_P,
-			2, 3, "workdir", "not a directory", NULL);
+			4, 14, "workdir", "not a directory", NULL);
 }
 
 Test(config, command_with_a_slash_is_resolved_against_the_workdir)
