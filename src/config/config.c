@@ -1259,9 +1259,9 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 					 s);
 			free(s);
 		} else if (!strcmp(k, "max_request_bytes")) {
-			r = get_size(c, v, k, 1, 1LL << 40, &cfg->max_request_bytes);
+			r = get_size(c, v, k, 1, 1LL << 30, &cfg->max_request_bytes);
 		} else if (!strcmp(k, "max_payload_bytes")) {
-			r = get_size(c, v, k, 1, 1LL << 40, &cfg->max_payload_bytes);
+			r = get_size(c, v, k, 1, 1LL << 30, &cfg->max_payload_bytes);
 		} else if (!strcmp(k, "gpus")) {
 			r = parse_gpus(c, v);
 		} else if (!strcmp(k, "interval_ms")) {

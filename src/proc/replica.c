@@ -36,6 +36,7 @@ struct bt_child {
 	struct bt_frame_decoder dec;
 	struct bt_buf wbuf; /* frames for the next flush */
 	struct bt_buf wbusy; /* frames being written */
+	size_t wbusy_chunk; /* the part of wbusy that uv_write has */
 	uv_write_t wreq;
 	int writing;
 	int dirty;
@@ -548,18 +549,39 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 
 static void child_write(struct bt_child *c);
 
+/* libuv lengths are unsigned int and results int: write at most this at once. */
+#define WRITE_CHUNK ((size_t)1 << 30)
+
+static void start_busy_write(struct bt_child *c);
+
 static void write_cb(uv_write_t *w, int status)
 {
 	struct bt_child *c = w->data;
 	c->writing = 0;
-	c->wbusy.len = 0;
 	if (status < 0) {
+		c->wbusy.len = 0;
 		if (status != UV_ECANCELED)
 			child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
 		return;
 	}
+	bt_buf_consume(&c->wbusy, c->wbusy_chunk);
+	if (c->wbusy.len) { /* a batch over WRITE_CHUNK: its next part */
+		start_busy_write(c);
+		return;
+	}
 	if (c->wbuf.len)
 		child_write(c);
+}
+
+static void start_busy_write(struct bt_child *c)
+{
+	c->wbusy_chunk = BT_MIN(c->wbusy.len, WRITE_CHUNK);
+	uv_buf_t b = uv_buf_init(c->wbusy.data, (unsigned)c->wbusy_chunk);
+	c->wreq.data = c;
+	if (uv_write(&c->wreq, (uv_stream_t *)&c->chan, &b, 1, write_cb) == 0)
+		c->writing = 1;
+	else
+		child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
 }
 
 static void child_write(struct bt_child *c)
@@ -567,28 +589,25 @@ static void child_write(struct bt_child *c)
 	if (c->writing || !c->wbuf.len || !c->replica ||
 	    uv_is_closing((uv_handle_t *)&c->chan))
 		return;
-	uv_buf_t b = uv_buf_init(c->wbuf.data, (unsigned)c->wbuf.len);
-	int n = uv_try_write((uv_stream_t *)&c->chan, &b, 1);
-	if (n == (int)c->wbuf.len) {
-		c->wbuf.len = 0;
+	int n;
+	do {
+		size_t chunk = BT_MIN(c->wbuf.len, WRITE_CHUNK);
+		uv_buf_t b = uv_buf_init(c->wbuf.data, (unsigned)chunk);
+		n = uv_try_write((uv_stream_t *)&c->chan, &b, 1);
+		if (n < 0 && n != UV_EAGAIN) {
+			child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
+			return;
+		}
+		if (n > 0)
+			bt_buf_consume(&c->wbuf, (size_t)n);
+	} while (c->wbuf.len && n == (int)WRITE_CHUNK);
+	if (!c->wbuf.len)
 		return;
-	}
-	if (n < 0 && n != UV_EAGAIN) {
-		child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
-		return;
-	}
-	if (n > 0)
-		bt_buf_consume(&c->wbuf, (size_t)n);
 	struct bt_buf tmp = c->wbusy;
 	c->wbusy = c->wbuf;
 	c->wbuf = tmp;
 	c->wbuf.len = 0;
-	b = uv_buf_init(c->wbusy.data, (unsigned)c->wbusy.len);
-	c->wreq.data = c;
-	if (uv_write(&c->wreq, (uv_stream_t *)&c->chan, &b, 1, write_cb) == 0)
-		c->writing = 1;
-	else
-		child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
+	start_busy_write(c);
 }
 
 void bt_proc_flush(struct bt_daemon *d)
