@@ -23,9 +23,13 @@
 #define RUN_LOG "_baton.log"
 #define TMP_MARK ".baton-tmp."
 
+struct job;
+
+/* One input; its address is the done_arg of its request. */
 struct item {
 	char *abspath;
 	char *relpath; /* relative to its input root; never has ".." */
+	struct job *job; /* owner, set once items stop moving */
 };
 
 struct job {
@@ -261,8 +265,13 @@ static void add_sample(struct job *job, int step, double ms)
 
 static void request_done(struct bt_request *req, void *arg)
 {
-	struct job *job = arg;
-	const char *relpath = json_string_value(json_object_get(req->meta, "path"));
+	/*
+	 * The output path comes from the item, never from req->meta: workers'
+	 * reply metas are merged into it, so meta.path is theirs to change.
+	 */
+	struct item *it = arg;
+	struct job *job = it->job;
+	const char *relpath = it->relpath;
 	job->inflight--;
 	if (req->code != BT_OK) {
 		record_failure(job, relpath, bt_code_name(req->code), req->error, req->attempts,
@@ -355,7 +364,7 @@ static void feed(struct bt_daemon *d, void *arg)
 		}
 		struct bt_request *req = bt_request_new(job->pl, data, len, meta);
 		job->inflight++;
-		bt_pipeline_submit(req, request_done, job);
+		bt_pipeline_submit(req, request_done, it);
 	}
 	if (job->next == job->nitems && job->inflight == 0) {
 		job->finished = 1;
@@ -481,6 +490,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 		}
 		job.items[job.nitems].abspath = abs.v[i];
 		job.items[job.nitems].relpath = rels.v[i];
+		job.items[job.nitems].job = &job;
 		abs.v[i] = rels.v[i] = NULL;
 		job.nitems++;
 	}

@@ -191,3 +191,15 @@ def test_bench_measures_a_pipeline_and_writes_json_and_csv(tmp_path):
     assert len(open(out_csv).read().splitlines()) == 3
     r = subprocess.run([BATON, "bench", cfg, "--pipeline", "p"], capture_output=True, timeout=30)
     assert r.returncode == 2
+
+
+def test_output_path_is_the_inputs_own_not_the_workers_meta_path(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"sub/x.txt": 'setmeta:{"path": "../../escaped"}',
+                                  "y.txt": 'setmeta:{"path": 7}'})
+    # Deep enough that "../../escaped" would still land inside tmp_path.
+    out = tmp_path / "a" / "b" / "out"
+    r = run(cfg, [str(tmp_path / "in")], out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(out) == {"sub/x.txt.out": "meta", "y.txt.out": "meta"}
+    assert not list(tmp_path.glob("**/*escaped*")) and not list(tmp_path.glob("**/(null)*"))
