@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <search.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -86,12 +87,46 @@ static void list_release(struct list *l)
 	memset(l, 0, sizeof(*l));
 }
 
+/* A directory's identity, for the set of those already walked (a tsearch tree). */
+struct dir_id {
+	dev_t dev;
+	ino_t ino;
+};
+
+static int cmp_dir_id(const void *a, const void *b)
+{
+	const struct dir_id *x = a, *y = b;
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? -1 : 1;
+	return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+/*
+ * True the first time a directory is seen.  stat() follows symlinks, so
+ * a link back to an ancestor (`in/loop -> .`) would otherwise be walked
+ * again and again until PATH_MAX stops it.
+ */
+static int first_visit(void **seen, const struct stat *st)
+{
+	struct dir_id *id = bt_malloc(sizeof(*id));
+	id->dev = st->st_dev;
+	id->ino = st->st_ino;
+	struct dir_id **found = tsearch(id, seen, cmp_dir_id);
+	if (!found)
+		abort(); /* out of memory: bt_malloc's policy */
+	if (*found == id)
+		return 1;
+	free(id);
+	return 0;
+}
+
 /*
  * Collects regular files under dir (relative names in rel, "" at the top)
  * in sorted order, skipping dot files and the output directory itself.
+ * Each directory is walked once (the first name it is reached by).
  */
-static void walk(const char *dir, const char *rel, const char *skip, struct list *abs,
-		 struct list *rels)
+static void walk_dir(const char *dir, const char *rel, const char *skip, void **seen,
+		     struct list *abs, struct list *rels)
 {
 	DIR *dh = opendir(dir);
 	if (!dh)
@@ -110,8 +145,9 @@ static void walk(const char *dir, const char *rel, const char *skip, struct list
 		struct stat st;
 		char real[PATH_MAX];
 		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-			if (!(realpath(path, real) && !strcmp(real, skip)))
-				walk(path, r, skip, abs, rels);
+			if (!(realpath(path, real) && !strcmp(real, skip)) &&
+			    first_visit(seen, &st))
+				walk_dir(path, r, skip, seen, abs, rels);
 			free(path);
 			free(r);
 		} else if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
@@ -125,6 +161,16 @@ static void walk(const char *dir, const char *rel, const char *skip, struct list
 	list_release(&names);
 }
 
+/* walk_dir() from one root, which counts as visited itself. */
+static void walk(const char *dir, const char *skip, struct list *abs, struct list *rels)
+{
+	void *seen = NULL;
+	struct stat st;
+	if (stat(dir, &st) == 0 && first_visit(&seen, &st))
+		walk_dir(dir, "", skip, &seen, abs, rels);
+	tdestroy(seen, free);
+}
+
 /*
  * The outputs that exist: relative input paths whose "<path><ext>" is in
  * outdir with a safe extension.  Sorted, for bsearch.
@@ -132,7 +178,7 @@ static void walk(const char *dir, const char *rel, const char *skip, struct list
 static void existing_outputs(const char *outdir, struct list *done)
 {
 	struct list abs = {0}, rels = {0};
-	walk(outdir, "", "", &abs, &rels);
+	walk(outdir, "", &abs, &rels);
 	for (size_t i = 0; i < rels.n; i++) {
 		char *dot = strrchr(rels.v[i], '.');
 		char *slash = strrchr(rels.v[i], '/');
@@ -472,7 +518,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 			goto out;
 		}
 		if (S_ISDIR(st.st_mode)) {
-			walk(opt->inputs[i], "", job.outdir, &abs, &rels);
+			walk(opt->inputs[i], job.outdir, &abs, &rels);
 		} else {
 			const char *base = strrchr(opt->inputs[i], '/');
 			list_add(&abs, bt_strdup(opt->inputs[i]));

@@ -203,3 +203,16 @@ def test_output_path_is_the_inputs_own_not_the_workers_meta_path(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert outputs(out) == {"sub/x.txt.out": "meta", "y.txt.out": "meta"}
     assert not list(tmp_path.glob("**/*escaped*")) and not list(tmp_path.glob("**/(null)*"))
+
+
+def test_symlink_cycle_is_walked_once(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"a.txt": "alpha", "sub/b.txt": "beta"})
+    os.symlink(".", tmp_path / "in" / "loop")  # in/loop/loop/... is in/ again
+    os.symlink("..", tmp_path / "in" / "sub" / "up")  # and in/sub/up is in/
+    os.symlink("a.txt", tmp_path / "in" / "link.txt")  # a symlinked file stays an input
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(tmp_path / "out") == {"a.txt.out": "alpha", "link.txt.out": "alpha",
+                                         "sub/b.txt.out": "beta"}
+    assert "3 inputs" in r.stdout
