@@ -31,6 +31,7 @@ struct item {
 	char *abspath;
 	char *relpath; /* relative to its input root; never has ".." */
 	struct job *job; /* owner, set once items stop moving */
+	char *duplicate; /* why it fails unsent: an earlier input has its relpath */
 };
 
 struct job {
@@ -169,6 +170,49 @@ static void walk(const char *dir, const char *skip, struct list *abs, struct lis
 	if (stat(dir, &st) == 0 && first_visit(&seen, &st))
 		walk_dir(dir, "", skip, &seen, abs, rels);
 	tdestroy(seen, free);
+}
+
+/* An input's relative path and its position among the inputs. */
+struct rel_ref {
+	const char *rel;
+	size_t index;
+};
+
+static int cmp_rel_ref(const void *a, const void *b)
+{
+	const struct rel_ref *x = a, *y = b;
+	int c = strcmp(x->rel, y->rel);
+	if (c)
+		return c;
+	return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/*
+ * For each input, the index of the first input with the same relative
+ * path (so the same output), or SIZE_MAX when it is that first one.
+ * Returns a malloc'd array of rels->n entries.
+ */
+static size_t *find_duplicates(const struct list *rels)
+{
+	size_t *first = bt_calloc(rels->n, sizeof(size_t));
+	if (rels->n == 0)
+		return first;
+	struct rel_ref *refs = bt_calloc(rels->n, sizeof(*refs));
+	for (size_t i = 0; i < rels->n; i++) {
+		refs[i].rel = rels->v[i];
+		refs[i].index = i;
+		first[i] = SIZE_MAX;
+	}
+	qsort(refs, rels->n, sizeof(*refs), cmp_rel_ref);
+	/* Sorted by path, then position: each run of equal paths starts with the first. */
+	for (size_t i = 1, head = refs[0].index; i < rels->n; i++) {
+		if (strcmp(refs[i].rel, refs[i - 1].rel))
+			head = refs[i].index;
+		else
+			first[refs[i].index] = head;
+	}
+	free(refs);
+	return first;
 }
 
 /*
@@ -391,6 +435,11 @@ static void feed(struct bt_daemon *d, void *arg)
 		return;
 	while (job->inflight < (size_t)job->jobs && job->next < job->nitems) {
 		struct item *it = &job->items[job->next++];
+		if (it->duplicate) {
+			record_failure(job, it->relpath, "duplicate_output", it->duplicate, 0,
+				       NULL);
+			continue;
+		}
 		char *data;
 		size_t len;
 		int e = read_file(it->abspath, &data, &len);
@@ -528,18 +577,31 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	remove_stale_temps(job.outdir);
 	if (!opt->force)
 		existing_outputs(job.outdir, &done);
+	/*
+	 * Two inputs with one relative path would write one output, the later
+	 * silently replacing the earlier: the later ones fail instead, even
+	 * when that output exists, so the loss shows in every run.
+	 */
+	size_t *first = find_duplicates(&rels);
 	job.items = bt_calloc(abs.n ? abs.n : 1, sizeof(*job.items));
 	for (size_t i = 0; i < abs.n; i++) {
-		if (done.n && bsearch(&rels.v[i], done.v, done.n, sizeof(char *), cmp_str)) {
+		struct item *it = &job.items[job.nitems];
+		if (first[i] != SIZE_MAX) {
+			const char *earlier = abs.v[first[i]];
+			it->duplicate =
+			    bt_asprintf("input '%s' has the same relative path as input "
+					"'%s', so its output would replace that one's",
+					abs.v[i], earlier);
+		} else if (done.n && bsearch(&rels.v[i], done.v, done.n, sizeof(char *), cmp_str)) {
 			job.skipped++;
 			continue;
 		}
-		job.items[job.nitems].abspath = abs.v[i];
-		job.items[job.nitems].relpath = rels.v[i];
-		job.items[job.nitems].job = &job;
-		abs.v[i] = rels.v[i] = NULL;
+		it->abspath = bt_strdup(abs.v[i]);
+		it->relpath = bt_strdup(rels.v[i]);
+		it->job = &job;
 		job.nitems++;
 	}
+	free(first);
 
 	char *failed_path = bt_asprintf("%s/%s", job.outdir, FAILED_LOG);
 	job.failed_log = fopen(failed_path, "w");
@@ -611,6 +673,7 @@ out:
 	for (size_t i = 0; i < job.nitems; i++) {
 		free(job.items[i].abspath);
 		free(job.items[i].relpath);
+		free(job.items[i].duplicate);
 	}
 	free(job.items);
 	for (int s = 0; job.run_ms && s < job.nsteps; s++)

@@ -216,3 +216,29 @@ def test_symlink_cycle_is_walked_once(tmp_path):
     assert outputs(tmp_path / "out") == {"a.txt.out": "alpha", "link.txt.out": "alpha",
                                          "sub/b.txt.out": "beta"}
     assert "3 inputs" in r.stdout
+
+
+def test_inputs_with_one_relative_path_fail_after_the_first(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path, {"a/x.txt": "from a", "b/x.txt": "from b",
+                           "r1/sub/y.txt": "from r1", "r2/sub/y.txt": "from r2",
+                           "r2/z.txt": "only r2"})
+    # Two files given directly, then two roots holding the same relative file.
+    r = run(cfg, [str(tmp_path / "a" / "x.txt"), str(tmp_path / "b" / "x.txt"),
+                  str(tmp_path / "r1"), str(tmp_path / "r2")], tmp_path / "out")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert outputs(tmp_path / "out") == {"x.txt.out": "from a", "sub/y.txt.out": "from r1",
+                                         "z.txt.out": "only r2"}
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert sorted(f["path"] for f in failed) == ["sub/y.txt", "x.txt"]
+    by_path = {f["path"]: f for f in failed}
+    assert all(f["code"] == "duplicate_output" for f in failed)
+    assert str(tmp_path / "b" / "x.txt") in by_path["x.txt"]["error"]
+    assert str(tmp_path / "a" / "x.txt") in by_path["x.txt"]["error"]
+    assert str(tmp_path / "r1" / "sub" / "y.txt") in by_path["sub/y.txt"]["error"]
+    assert "succeeded 3   failed 2" in r.stdout
+    # A re-run skips what was written but still reports the collisions.
+    r = run(cfg, [str(tmp_path / "a" / "x.txt"), str(tmp_path / "b" / "x.txt")],
+            tmp_path / "out")
+    assert r.returncode == 1 and "succeeded 0   failed 1   skipped 1" in r.stdout
+    assert outputs(tmp_path / "out")["x.txt.out"] == "from a"
