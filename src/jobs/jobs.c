@@ -426,12 +426,66 @@ static int pipeline_startable(const struct bt_pipeline *pl)
 	return 1;
 }
 
+/*
+ * A stage that will not come up because its replicas wait for a GPU place:
+ * every replica pending for placement and none ever up, and either no GPU
+ * could hold one even idle, or start_timeout_ms has passed since the run
+ * began (another stage holds the room).  Says why in msg.
+ */
+static int stage_unplaceable(const struct job *job, const struct bt_stage *st, char *msg,
+			     size_t len)
+{
+	const struct bt_stage_config *c = st->cfg;
+	if (st->up || st->failed || st->nreplicas == 0)
+		return 0;
+	for (int i = 0; i < st->nreplicas; i++)
+		if (st->replicas[i]->state != BT_REPLICA_PENDING ||
+		    !st->replicas[i]->pending_reason[0])
+			return 0;
+	char reason[256];
+	if (bt_place_gpu_when_idle(job->d->gpus, job->d->ngpus, c->gpu_fraction, c->gpu_memory_mb,
+				   reason, sizeof(reason)) < 0) {
+		snprintf(msg, len, "stage '%s' cannot be placed: %s", c->name, reason);
+		return 1;
+	}
+	if (bt_now_ms() - job->start_ms < c->start_timeout_ms)
+		return 0;
+	snprintf(msg, len, "stage '%s' has no replica placed after start_timeout_ms %llu: %s",
+		 c->name, (unsigned long long)c->start_timeout_ms, st->replicas[0]->pending_reason);
+	return 1;
+}
+
+/* Fails every input not yet sent, e.g. when a stage will never come up. */
+static void fail_unsent(struct job *job, const char *error, const char *stage)
+{
+	while (job->next < job->nitems) {
+		struct item *it = &job->items[job->next++];
+		if (it->duplicate)
+			record_failure(job, it->relpath, "duplicate_output", it->duplicate, 0,
+				       NULL);
+		else
+			record_failure(job, it->relpath, bt_code_name(BT_STAGE_FAILED), error, 0,
+				       stage);
+	}
+}
+
 static void feed(struct bt_daemon *d, void *arg)
 {
 	struct job *job = arg;
 	if (d->state != BT_DAEMON_RUNNING || job->finished)
 		return;
-	if (!pipeline_startable(job->pl))
+	/* Waiting for such a stage would be forever: fail what is left instead. */
+	int placeable = 1;
+	for (int i = 0; i < job->pl->nstages && placeable; i++) {
+		char msg[512];
+		if (stage_unplaceable(job, job->pl->stages[i], msg, sizeof(msg))) {
+			bt_error("run cannot start", "reason=\"%s\"", msg);
+			fprintf(stderr, "%sbaton run: %s\n", job->tty ? "\r\033[K" : "", msg);
+			fail_unsent(job, msg, job->pl->stages[i]->cfg->name);
+			placeable = 0;
+		}
+	}
+	if (placeable && !pipeline_startable(job->pl))
 		return;
 	while (job->inflight < (size_t)job->jobs && job->next < job->nitems) {
 		struct item *it = &job->items[job->next++];
@@ -507,7 +561,10 @@ static void progress(struct job *job, int final)
 
 static void progress_cb(uv_timer_t *t)
 {
-	progress(t->data, 0);
+	struct job *job = t->data;
+	progress(job, 0);
+	/* feed() also decides on time (a stage never placed): let it look at least this often. */
+	bt_daemon_wake(job->d);
 }
 
 static void summary(struct job *job, int interrupted)

@@ -242,3 +242,58 @@ def test_inputs_with_one_relative_path_fail_after_the_first(tmp_path):
             tmp_path / "out")
     assert r.returncode == 1 and "succeeded 0   failed 1   skipped 1" in r.stdout
     assert outputs(tmp_path / "out")["x.txt.out"] == "from a"
+
+
+def gpu_config(tmp_path, top, hog=False, start_timeout_ms=None):
+    """Stage w needs half a GPU; with hog, stage h (another pipeline) takes a whole one first."""
+    stages = ""
+    if hog:
+        stages += fake_stage("h", resources="{gpu: 1.0}")
+    extra = {"resources": "{gpu: 0.5}"}
+    if start_timeout_ms:
+        extra["start_timeout_ms"] = str(start_timeout_ms)
+    stages += fake_stage("w", **extra)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(top + "stages:\n" + stages + "pipelines:\n  p: [w]\n"
+                    + ("  q: [h]\n" if hog else ""))
+    return str(path)
+
+
+def test_stage_that_no_gpu_could_hold_fails_the_run_at_once(tmp_path):
+    cfg = gpu_config(tmp_path, "gpus: none\n")
+    make_inputs(tmp_path / "in", {"a.txt": "alpha", "b.txt": "beta"})
+    # The default start_timeout_ms is 2 minutes: finishing well before proves it failed fast.
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "stage 'w' cannot be placed: no GPU" in r.stderr
+    assert outputs(tmp_path / "out") == {}
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert sorted(f["path"] for f in failed) == ["a.txt", "b.txt"]
+    assert all(f["code"] == "stage_failed" and f["stage"] == "w" and
+               "cannot be placed" in f["error"] for f in failed)
+    assert "succeeded 0   failed 2" in r.stdout
+    # baton check says so before any run, where the stage is declared.
+    r = subprocess.run([BATON, "check", cfg], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "gpu.yaml:3:3: warning: stage 'w' cannot be placed on any GPU" in r.stderr, r.stderr
+    assert "gpus: none" in r.stderr
+
+
+def test_stage_left_pending_past_start_timeout_fails_the_run(tmp_path):
+    cfg = gpu_config(tmp_path, "gpus: [{id: 0, memory_mb: 1000}]\n", hog=True,
+                     start_timeout_ms=1000)
+    make_inputs(tmp_path / "in", {"a.txt": "alpha"})
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "stage 'w' has no replica placed after start_timeout_ms 1000" in r.stderr
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert [(f["path"], f["code"]) for f in failed] == [("a.txt", "stage_failed")]
+    assert "no GPU fits gpu 0.5" in failed[0]["error"]
+    # Each stage fits an idle GPU, so check has nothing to say; a bigger one does.
+    r = subprocess.run([BATON, "check", cfg], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text(open(cfg).read().replace("{gpu: 0.5}", "{gpu: 0.5, gpu_memory_mb: 2000}"))
+    r = subprocess.run([BATON, "check", str(big)], capture_output=True, text=True, timeout=30)
+    assert "warning: stage 'w' cannot be placed on any GPU (no GPU fits" in r.stderr, r.stderr
+    assert "gpu0 has 1 and 1000 MB free" in r.stderr
