@@ -3,6 +3,7 @@ atomic outputs, resume after kill -9, Ctrl-C finishing what is in flight,
 and outputs that cannot escape the output directory."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -297,3 +298,30 @@ def test_stage_left_pending_past_start_timeout_fails_the_run(tmp_path):
     r = subprocess.run([BATON, "check", str(big)], capture_output=True, text=True, timeout=30)
     assert "warning: stage 'w' cannot be placed on any GPU (no GPU fits" in r.stderr, r.stderr
     assert "gpu0 has 1 and 1000 MB free" in r.stderr
+
+
+def test_progress_line_and_summary_on_a_non_terminal(tmp_path):
+    cfg = write_config(tmp_path, retries="0")
+    make_inputs(tmp_path / "in", {"a.txt": "alpha", "b.txt": "beta", "c.txt": "reject:no"})
+    out = tmp_path / "out"
+    for flags in ([], ["--no-progress"]):  # stderr is a pipe: plain lines either way
+        r = run(cfg, [str(tmp_path / "in")], out, "--force", *flags)
+        assert r.returncode == 1, r.stdout + r.stderr
+        lines = r.stderr.splitlines()
+        assert lines and re.fullmatch(
+            r"progress: 3/3 done, 2 ok, 1 failed, 0 skipped, [0-9.]+/s, ETA \d+:\d\d",
+            lines[-1]), r.stderr
+        assert "\033" not in r.stderr and "#" not in r.stderr
+        summary = r.stdout.splitlines()
+        assert summary[0] == "baton run: pipeline 'p', 3 inputs, output in %s" % out
+        assert re.match(r"  succeeded 2   failed 1   skipped 0   wall [0-9.]+s   [0-9.]+ files/s$",
+                        summary[1]), r.stdout
+        assert "  failures: %s/_failed.jsonl" % out in summary
+        assert summary[-1] == "  log: %s/_baton.log" % out
+    # --progress draws the bar even on a pipe, ending with the final counts
+    # (text mode reads its carriage returns as newlines).
+    r = run(cfg, [str(tmp_path / "in")], out, "--force", "--progress")
+    assert r.returncode == 1
+    assert "\033[K[########################] 3/3  ok 2  failed 1  skipped 0" in r.stderr
+    assert r.stderr.endswith("\n") and "progress:" not in r.stderr
+
