@@ -325,3 +325,25 @@ def test_progress_line_and_summary_on_a_non_terminal(tmp_path):
     assert "\033[K[########################] 3/3  ok 2  failed 1  skipped 0" in r.stderr
     assert r.stderr.endswith("\n") and "progress:" not in r.stderr
 
+
+def test_jobs_caps_the_requests_in_flight(tmp_path):
+    counts = tmp_path / "conc"
+    counts.mkdir()
+    cfg = write_config(tmp_path, replicas=4, env={"FAKE_CONCURRENCY_DIR": str(counts)})
+    make_inputs(tmp_path / "in", {"f%02d.txt" % i: "slow:300" for i in range(24)})
+
+    def peak(*flags):
+        (counts / "counts").write_text("")
+        r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", "--force", *flags)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(outputs(tmp_path / "out")) == 24
+        seen = [int(n) for n in (counts / "counts").read_text().split()]
+        assert len(seen) == 24
+        return max(seen)
+
+    # Without a cap the four replicas work at once (the default allows 8 in flight)...
+    uncapped = peak()
+    assert uncapped > 2, uncapped
+    # ...with --jobs 2 never more than two requests are in a worker's hands.
+    capped = peak("--jobs", "2")
+    assert capped <= 2, capped
