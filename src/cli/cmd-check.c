@@ -1,8 +1,44 @@
 /* `baton check CONFIG`: validate the file and print the resolved plan. */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "../config/config.h"
+#include "../scale/scale.h"
 #include "cli.h"
+
+/*
+ * Warns about each stage whose replicas no declared GPU could hold even
+ * idle (or that needs a GPU under `gpus: none`): they would stay pending.
+ * With `gpus: auto` the GPUs are only known at run time, so nothing is said.
+ */
+static void warn_unplaceable(const struct bt_config *cfg, const char *path)
+{
+	if (cfg->gpus_mode == BT_GPUS_AUTO)
+		return;
+	int n = cfg->gpus_mode == BT_GPUS_LIST ? cfg->ngpus : 0;
+	struct bt_gpu_slot *slots = bt_calloc((size_t)(n > 0 ? n : 1), sizeof(*slots));
+	for (int i = 0; i < n; i++) {
+		slots[i].id = cfg->gpus[i].id;
+		slots[i].memory_mb = cfg->gpus[i].memory_mb;
+	}
+	for (int i = 0; i < cfg->nstages; i++) {
+		const struct bt_stage_config *st = &cfg->stages[i];
+		char reason[256];
+		if (!(st->gpu_fraction > 0 || st->gpu_memory_mb > 0))
+			continue;
+		if (bt_place_gpu_when_idle(slots, n, st->gpu_fraction, st->gpu_memory_mb, reason,
+					   sizeof(reason)) >= 0)
+			continue;
+		if (n == 0)
+			snprintf(reason, sizeof(reason),
+				 "it needs a GPU and the config says gpus: none");
+		fprintf(stderr,
+			"%s:%d:%d: warning: stage '%s' cannot be placed on any GPU (%s); its "
+			"replicas would stay pending\n",
+			path, st->line, st->col, st->name, reason);
+	}
+	free(slots);
+}
 
 static int run(int argc, char **argv)
 {
@@ -22,6 +58,7 @@ static int run(int argc, char **argv)
 			fprintf(stderr, "%s:%d:%d: warning: venv '%s' of stage '%s' does not exist yet\n",
 				argv[1], cfg.stages[i].line, cfg.stages[i].col, cfg.stages[i].venv,
 				cfg.stages[i].name);
+	warn_unplaceable(&cfg, argv[1]);
 	printf("\nok\n");
 	bt_config_release(&cfg);
 	return BT_EXIT_OK;

@@ -111,6 +111,33 @@ static void last_line(const char *text, char *out, size_t size)
 	snprintf(out, size, "%.*s", (int)(end - start), start);
 }
 
+/*
+ * The first line that says it is an error: not indented (a traceback's
+ * frames and source lines are) and containing "error" in any case, as
+ * Python's "ModuleNotFoundError: ..." after "Traceback (most recent call
+ * last):".  Without one, the last non-empty line.
+ */
+static void first_error_line(const char *text, char *out, size_t size)
+{
+	for (const char *line = text; *line;) {
+		const char *end = strchr(line, '\n');
+		if (!end)
+			end = line + strlen(line);
+		size_t n = (size_t)(end - line);
+		while (n && (line[n - 1] == '\r' || line[n - 1] == ' '))
+			n--;
+		char *copy = bt_strndup(line, n);
+		int found = n && line[0] != ' ' && line[0] != '\t' && strcasestr(copy, "error");
+		free(copy);
+		if (found) {
+			snprintf(out, size, "%.*s", (int)n, line);
+			return;
+		}
+		line = *end ? end + 1 : end;
+	}
+	last_line(text, out, size);
+}
+
 /* ---- setup ----------------------------------------------------------------- */
 
 static int file_exists(const char *p)
@@ -312,7 +339,7 @@ static int check_stage(const struct bt_stage_config *st, const char *venv_state)
 		if (out.timed_out)
 			snprintf(err, sizeof(err), "timed out after %ds", CHECK_TIMEOUT_MS / 1000);
 		else
-			last_line(out.output, err, sizeof(err));
+			first_error_line(out.output, err, sizeof(err));
 		if (!err[0])
 			snprintf(err, sizeof(err), "exit status %d", out.status);
 	}

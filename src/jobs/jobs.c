@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <search.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -23,9 +24,14 @@
 #define RUN_LOG "_baton.log"
 #define TMP_MARK ".baton-tmp."
 
+struct job;
+
+/* One input; its address is the done_arg of its request. */
 struct item {
 	char *abspath;
 	char *relpath; /* relative to its input root; never has ".." */
+	struct job *job; /* owner, set once items stop moving */
+	char *duplicate; /* why it fails unsent: an earlier input has its relpath */
 };
 
 struct job {
@@ -82,12 +88,46 @@ static void list_release(struct list *l)
 	memset(l, 0, sizeof(*l));
 }
 
+/* A directory's identity, for the set of those already walked (a tsearch tree). */
+struct dir_id {
+	dev_t dev;
+	ino_t ino;
+};
+
+static int cmp_dir_id(const void *a, const void *b)
+{
+	const struct dir_id *x = a, *y = b;
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? -1 : 1;
+	return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+/*
+ * True the first time a directory is seen.  stat() follows symlinks, so
+ * a link back to an ancestor (`in/loop -> .`) would otherwise be walked
+ * again and again until PATH_MAX stops it.
+ */
+static int first_visit(void **seen, const struct stat *st)
+{
+	struct dir_id *id = bt_malloc(sizeof(*id));
+	id->dev = st->st_dev;
+	id->ino = st->st_ino;
+	struct dir_id **found = tsearch(id, seen, cmp_dir_id);
+	if (!found)
+		abort(); /* out of memory: bt_malloc's policy */
+	if (*found == id)
+		return 1;
+	free(id);
+	return 0;
+}
+
 /*
  * Collects regular files under dir (relative names in rel, "" at the top)
  * in sorted order, skipping dot files and the output directory itself.
+ * Each directory is walked once (the first name it is reached by).
  */
-static void walk(const char *dir, const char *rel, const char *skip, struct list *abs,
-		 struct list *rels)
+static void walk_dir(const char *dir, const char *rel, const char *skip, void **seen,
+		     struct list *abs, struct list *rels)
 {
 	DIR *dh = opendir(dir);
 	if (!dh)
@@ -106,8 +146,9 @@ static void walk(const char *dir, const char *rel, const char *skip, struct list
 		struct stat st;
 		char real[PATH_MAX];
 		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-			if (!(realpath(path, real) && !strcmp(real, skip)))
-				walk(path, r, skip, abs, rels);
+			if (!(realpath(path, real) && !strcmp(real, skip)) &&
+			    first_visit(seen, &st))
+				walk_dir(path, r, skip, seen, abs, rels);
 			free(path);
 			free(r);
 		} else if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
@@ -121,6 +162,59 @@ static void walk(const char *dir, const char *rel, const char *skip, struct list
 	list_release(&names);
 }
 
+/* walk_dir() from one root, which counts as visited itself. */
+static void walk(const char *dir, const char *skip, struct list *abs, struct list *rels)
+{
+	void *seen = NULL;
+	struct stat st;
+	if (stat(dir, &st) == 0 && first_visit(&seen, &st))
+		walk_dir(dir, "", skip, &seen, abs, rels);
+	tdestroy(seen, free);
+}
+
+/* An input's relative path and its position among the inputs. */
+struct rel_ref {
+	const char *rel;
+	size_t index;
+};
+
+static int cmp_rel_ref(const void *a, const void *b)
+{
+	const struct rel_ref *x = a, *y = b;
+	int c = strcmp(x->rel, y->rel);
+	if (c)
+		return c;
+	return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/*
+ * For each input, the index of the first input with the same relative
+ * path (so the same output), or SIZE_MAX when it is that first one.
+ * Returns a malloc'd array of rels->n entries.
+ */
+static size_t *find_duplicates(const struct list *rels)
+{
+	size_t *first = bt_calloc(rels->n, sizeof(size_t));
+	if (rels->n == 0)
+		return first;
+	struct rel_ref *refs = bt_calloc(rels->n, sizeof(*refs));
+	for (size_t i = 0; i < rels->n; i++) {
+		refs[i].rel = rels->v[i];
+		refs[i].index = i;
+		first[i] = SIZE_MAX;
+	}
+	qsort(refs, rels->n, sizeof(*refs), cmp_rel_ref);
+	/* Sorted by path, then position: each run of equal paths starts with the first. */
+	for (size_t i = 1, head = refs[0].index; i < rels->n; i++) {
+		if (strcmp(refs[i].rel, refs[i - 1].rel))
+			head = refs[i].index;
+		else
+			first[refs[i].index] = head;
+	}
+	free(refs);
+	return first;
+}
+
 /*
  * The outputs that exist: relative input paths whose "<path><ext>" is in
  * outdir with a safe extension.  Sorted, for bsearch.
@@ -128,7 +222,7 @@ static void walk(const char *dir, const char *rel, const char *skip, struct list
 static void existing_outputs(const char *outdir, struct list *done)
 {
 	struct list abs = {0}, rels = {0};
-	walk(outdir, "", "", &abs, &rels);
+	walk(outdir, "", &abs, &rels);
 	for (size_t i = 0; i < rels.n; i++) {
 		char *dot = strrchr(rels.v[i], '.');
 		char *slash = strrchr(rels.v[i], '/');
@@ -261,8 +355,13 @@ static void add_sample(struct job *job, int step, double ms)
 
 static void request_done(struct bt_request *req, void *arg)
 {
-	struct job *job = arg;
-	const char *relpath = json_string_value(json_object_get(req->meta, "path"));
+	/*
+	 * The output path comes from the item, never from req->meta: workers'
+	 * reply metas are merged into it, so meta.path is theirs to change.
+	 */
+	struct item *it = arg;
+	struct job *job = it->job;
+	const char *relpath = it->relpath;
 	job->inflight--;
 	if (req->code != BT_OK) {
 		record_failure(job, relpath, bt_code_name(req->code), req->error, req->attempts,
@@ -327,15 +426,74 @@ static int pipeline_startable(const struct bt_pipeline *pl)
 	return 1;
 }
 
+/*
+ * A stage that will not come up because its replicas wait for a GPU place:
+ * every replica pending for placement and none ever up, and either no GPU
+ * could hold one even idle, or start_timeout_ms has passed since the run
+ * began (another stage holds the room).  Says why in msg.
+ */
+static int stage_unplaceable(const struct job *job, const struct bt_stage *st, char *msg,
+			     size_t len)
+{
+	const struct bt_stage_config *c = st->cfg;
+	if (st->up || st->failed || st->nreplicas == 0)
+		return 0;
+	for (int i = 0; i < st->nreplicas; i++)
+		if (st->replicas[i]->state != BT_REPLICA_PENDING ||
+		    !st->replicas[i]->pending_reason[0])
+			return 0;
+	char reason[256];
+	if (bt_place_gpu_when_idle(job->d->gpus, job->d->ngpus, c->gpu_fraction, c->gpu_memory_mb,
+				   reason, sizeof(reason)) < 0) {
+		snprintf(msg, len, "stage '%s' cannot be placed: %s", c->name, reason);
+		return 1;
+	}
+	if (bt_now_ms() - job->start_ms < c->start_timeout_ms)
+		return 0;
+	snprintf(msg, len, "stage '%s' has no replica placed after start_timeout_ms %llu: %s",
+		 c->name, (unsigned long long)c->start_timeout_ms, st->replicas[0]->pending_reason);
+	return 1;
+}
+
+/* Fails every input not yet sent, e.g. when a stage will never come up. */
+static void fail_unsent(struct job *job, const char *error, const char *stage)
+{
+	while (job->next < job->nitems) {
+		struct item *it = &job->items[job->next++];
+		if (it->duplicate)
+			record_failure(job, it->relpath, "duplicate_output", it->duplicate, 0,
+				       NULL);
+		else
+			record_failure(job, it->relpath, bt_code_name(BT_STAGE_FAILED), error, 0,
+				       stage);
+	}
+}
+
 static void feed(struct bt_daemon *d, void *arg)
 {
 	struct job *job = arg;
 	if (d->state != BT_DAEMON_RUNNING || job->finished)
 		return;
-	if (!pipeline_startable(job->pl))
+	/* Waiting for such a stage would be forever: fail what is left instead. */
+	int placeable = 1;
+	for (int i = 0; i < job->pl->nstages && placeable; i++) {
+		char msg[512];
+		if (stage_unplaceable(job, job->pl->stages[i], msg, sizeof(msg))) {
+			bt_error("run cannot start", "reason=\"%s\"", msg);
+			fprintf(stderr, "%sbaton run: %s\n", job->tty ? "\r\033[K" : "", msg);
+			fail_unsent(job, msg, job->pl->stages[i]->cfg->name);
+			placeable = 0;
+		}
+	}
+	if (placeable && !pipeline_startable(job->pl))
 		return;
 	while (job->inflight < (size_t)job->jobs && job->next < job->nitems) {
 		struct item *it = &job->items[job->next++];
+		if (it->duplicate) {
+			record_failure(job, it->relpath, "duplicate_output", it->duplicate, 0,
+				       NULL);
+			continue;
+		}
 		char *data;
 		size_t len;
 		int e = read_file(it->abspath, &data, &len);
@@ -355,7 +513,7 @@ static void feed(struct bt_daemon *d, void *arg)
 		}
 		struct bt_request *req = bt_request_new(job->pl, data, len, meta);
 		job->inflight++;
-		bt_pipeline_submit(req, request_done, job);
+		bt_pipeline_submit(req, request_done, it);
 	}
 	if (job->next == job->nitems && job->inflight == 0) {
 		job->finished = 1;
@@ -403,7 +561,10 @@ static void progress(struct job *job, int final)
 
 static void progress_cb(uv_timer_t *t)
 {
-	progress(t->data, 0);
+	struct job *job = t->data;
+	progress(job, 0);
+	/* feed() also decides on time (a stage never placed): let it look at least this often. */
+	bt_daemon_wake(job->d);
 }
 
 static void summary(struct job *job, int interrupted)
@@ -463,7 +624,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 			goto out;
 		}
 		if (S_ISDIR(st.st_mode)) {
-			walk(opt->inputs[i], "", job.outdir, &abs, &rels);
+			walk(opt->inputs[i], job.outdir, &abs, &rels);
 		} else {
 			const char *base = strrchr(opt->inputs[i], '/');
 			list_add(&abs, bt_strdup(opt->inputs[i]));
@@ -473,17 +634,31 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	remove_stale_temps(job.outdir);
 	if (!opt->force)
 		existing_outputs(job.outdir, &done);
+	/*
+	 * Two inputs with one relative path would write one output, the later
+	 * silently replacing the earlier: the later ones fail instead, even
+	 * when that output exists, so the loss shows in every run.
+	 */
+	size_t *first = find_duplicates(&rels);
 	job.items = bt_calloc(abs.n ? abs.n : 1, sizeof(*job.items));
 	for (size_t i = 0; i < abs.n; i++) {
-		if (done.n && bsearch(&rels.v[i], done.v, done.n, sizeof(char *), cmp_str)) {
+		struct item *it = &job.items[job.nitems];
+		if (first[i] != SIZE_MAX) {
+			const char *earlier = abs.v[first[i]];
+			it->duplicate =
+			    bt_asprintf("input '%s' has the same relative path as input "
+					"'%s', so its output would replace that one's",
+					abs.v[i], earlier);
+		} else if (done.n && bsearch(&rels.v[i], done.v, done.n, sizeof(char *), cmp_str)) {
 			job.skipped++;
 			continue;
 		}
-		job.items[job.nitems].abspath = abs.v[i];
-		job.items[job.nitems].relpath = rels.v[i];
-		abs.v[i] = rels.v[i] = NULL;
+		it->abspath = bt_strdup(abs.v[i]);
+		it->relpath = bt_strdup(rels.v[i]);
+		it->job = &job;
 		job.nitems++;
 	}
+	free(first);
 
 	char *failed_path = bt_asprintf("%s/%s", job.outdir, FAILED_LOG);
 	job.failed_log = fopen(failed_path, "w");
@@ -555,6 +730,7 @@ out:
 	for (size_t i = 0; i < job.nitems; i++) {
 		free(job.items[i].abspath);
 		free(job.items[i].relpath);
+		free(job.items[i].duplicate);
 	}
 	free(job.items);
 	for (int s = 0; job.run_ms && s < job.nsteps; s++)

@@ -4,7 +4,9 @@
  * memory (seed 004's Ray Serve replicas sharing one 8 GB card).
  */
 #include <stdio.h>
+#include <stdlib.h>
 
+#include "../common/common.h"
 #include "scale.h"
 
 int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_t memory_mb,
@@ -44,4 +46,17 @@ int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_
 								   : 0),
 				      i + 1 < n ? "," : "");
 	return -1;
+}
+
+int bt_place_gpu_when_idle(const struct bt_gpu_slot *gpus, int n, double fraction,
+			   uint64_t memory_mb, char *reason, size_t reason_len)
+{
+	struct bt_gpu_slot *idle = bt_calloc((size_t)(n > 0 ? n : 1), sizeof(*idle));
+	for (int i = 0; i < n; i++) {
+		idle[i].id = gpus[i].id;
+		idle[i].memory_mb = gpus[i].memory_mb;
+	}
+	int r = bt_place_gpu(idle, n, fraction, memory_mb, reason, reason_len);
+	free(idle);
+	return r;
 }

@@ -95,6 +95,14 @@ struct bt_gpu_slot {
 int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_t memory_mb,
 		 char *reason, size_t reason_len);
 
+/*
+ * Whether a replica could ever be placed: bt_place_gpu() as if nothing
+ * were placed on any of the n GPUs (their used_* are ignored).  Returns
+ * the index, or -1 with a sentence in reason: then waiting cannot help.
+ */
+int bt_place_gpu_when_idle(const struct bt_gpu_slot *gpus, int n, double fraction,
+			   uint64_t memory_mb, char *reason, size_t reason_len);
+
 /* ---- signals ------------------------------------------------------------------ */
 
 /* System CPU busy percent between two /proc/stat readings. */

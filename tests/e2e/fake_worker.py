@@ -39,6 +39,9 @@ Environment switches:
   FAKE_GRANDCHILD=1     start a `sleep` grandchild in its process group
   FAKE_BATCH=1          handle batches with a batch handler
   FAKE_RECORD_FILE      append each request's meta.path to this file
+  FAKE_CONCURRENCY_DIR  hold a marker file there while handling a request,
+                        and append to its "counts" file how many markers
+                        (requests in hand, over every replica) it saw
 """
 import json
 import os
@@ -89,7 +92,28 @@ def v2_echo(payload, meta):
     return bw.v2.response(outs, request=req)
 
 
+SEEN = [0]
+
+
 def handle(payload, meta):
+    where = os.environ.get("FAKE_CONCURRENCY_DIR")
+    if not where:
+        return handle_one(payload, meta)
+    SEEN[0] += 1
+    marker = os.path.join(where, "active-%d-%d" % (os.getpid(), SEEN[0]))
+    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    try:
+        n = sum(1 for name in os.listdir(where) if name.startswith("active-"))
+        fd = os.open(os.path.join(where, "counts"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, b"%d\n" % n)  # one write of a short line: appends do not interleave
+        os.close(fd)
+        return handle_one(payload, meta)
+    finally:
+        # Before the answer goes out, so a count never includes a finished request.
+        os.unlink(marker)
+
+
+def handle_one(payload, meta):
     record = os.environ.get("FAKE_RECORD_FILE")
     if record and "path" in meta:
         with open(record, "a") as f:

@@ -132,3 +132,43 @@ def test_serve_uses_the_venv_that_setup_built(tmp_path):
     assert baton("env", "setup", cfg, "--stage", "model").returncode == 0
     r = baton("check", cfg)
     assert "envs/model/bin/python3 -c" in r.stdout
+
+
+def test_check_reports_the_first_error_line_not_the_last_line(tmp_path):
+    # A traceback whose frames mention "error" (indented, so not the error),
+    # then the exception line, then more output that a last-line rule would pick.
+    (tmp_path / "traceback.py").write_text(r'''import sys
+sys.stdout.write("loading the model\n")
+sys.stderr.write("""Traceback (most recent call last):
+  File "/srv/error_handling.py", line 3, in <module>
+    import cv2  # error-prone
+ModuleNotFoundError: No module named 'cv2'
+
+During handling of the above exception, another exception occurred:
+RuntimeError: the second one
+hint: pip install opencv-python-headless
+""")
+sys.exit(1)
+''')
+    (tmp_path / "quiet.py").write_text(
+        'import sys\nprint("first words")\nprint("the last words")\nprint()\nsys.exit(3)\n')
+    cfg = tmp_path / "baton.yaml"
+    cfg.write_text("""
+stages:
+  tb:
+    command: [/bin/true]
+    health_check: [/usr/bin/python3, traceback.py]
+  quiet:
+    command: [/bin/true]
+    health_check: [/usr/bin/python3, quiet.py]
+pipelines:
+  p: [tb]
+""")
+    r = baton("env", "check", str(cfg), timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    header, *rest = r.stdout.splitlines()
+    assert header.rstrip().endswith("FIRST ERROR")
+    rows = {l.split()[0]: l for l in rest}
+    assert rows["tb"].rstrip().endswith("ModuleNotFoundError: No module named 'cv2'"), rows["tb"]
+    # Nothing says "error": the last non-empty line stands in.
+    assert rows["quiet"].rstrip().endswith(" the last words"), rows["quiet"]

@@ -3,6 +3,7 @@ atomic outputs, resume after kill -9, Ctrl-C finishing what is in flight,
 and outputs that cannot escape the output directory."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -191,3 +192,158 @@ def test_bench_measures_a_pipeline_and_writes_json_and_csv(tmp_path):
     assert len(open(out_csv).read().splitlines()) == 3
     r = subprocess.run([BATON, "bench", cfg, "--pipeline", "p"], capture_output=True, timeout=30)
     assert r.returncode == 2
+
+
+def test_output_path_is_the_inputs_own_not_the_workers_meta_path(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"sub/x.txt": 'setmeta:{"path": "../../escaped"}',
+                                  "y.txt": 'setmeta:{"path": 7}'})
+    # Deep enough that "../../escaped" would still land inside tmp_path.
+    out = tmp_path / "a" / "b" / "out"
+    r = run(cfg, [str(tmp_path / "in")], out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(out) == {"sub/x.txt.out": "meta", "y.txt.out": "meta"}
+    assert not list(tmp_path.glob("**/*escaped*")) and not list(tmp_path.glob("**/(null)*"))
+
+
+def test_symlink_cycle_is_walked_once(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"a.txt": "alpha", "sub/b.txt": "beta"})
+    os.symlink(".", tmp_path / "in" / "loop")  # in/loop/loop/... is in/ again
+    os.symlink("..", tmp_path / "in" / "sub" / "up")  # and in/sub/up is in/
+    os.symlink("a.txt", tmp_path / "in" / "link.txt")  # a symlinked file stays an input
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(tmp_path / "out") == {"a.txt.out": "alpha", "link.txt.out": "alpha",
+                                         "sub/b.txt.out": "beta"}
+    assert "3 inputs" in r.stdout
+
+
+def test_inputs_with_one_relative_path_fail_after_the_first(tmp_path):
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path, {"a/x.txt": "from a", "b/x.txt": "from b",
+                           "r1/sub/y.txt": "from r1", "r2/sub/y.txt": "from r2",
+                           "r2/z.txt": "only r2"})
+    # Two files given directly, then two roots holding the same relative file.
+    r = run(cfg, [str(tmp_path / "a" / "x.txt"), str(tmp_path / "b" / "x.txt"),
+                  str(tmp_path / "r1"), str(tmp_path / "r2")], tmp_path / "out")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert outputs(tmp_path / "out") == {"x.txt.out": "from a", "sub/y.txt.out": "from r1",
+                                         "z.txt.out": "only r2"}
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert sorted(f["path"] for f in failed) == ["sub/y.txt", "x.txt"]
+    by_path = {f["path"]: f for f in failed}
+    assert all(f["code"] == "duplicate_output" for f in failed)
+    assert str(tmp_path / "b" / "x.txt") in by_path["x.txt"]["error"]
+    assert str(tmp_path / "a" / "x.txt") in by_path["x.txt"]["error"]
+    assert str(tmp_path / "r1" / "sub" / "y.txt") in by_path["sub/y.txt"]["error"]
+    assert "succeeded 3   failed 2" in r.stdout
+    # A re-run skips what was written but still reports the collisions.
+    r = run(cfg, [str(tmp_path / "a" / "x.txt"), str(tmp_path / "b" / "x.txt")],
+            tmp_path / "out")
+    assert r.returncode == 1 and "succeeded 0   failed 1   skipped 1" in r.stdout
+    assert outputs(tmp_path / "out")["x.txt.out"] == "from a"
+
+
+def gpu_config(tmp_path, top, hog=False, start_timeout_ms=None):
+    """Stage w needs half a GPU; with hog, stage h (another pipeline) takes a whole one first."""
+    stages = ""
+    if hog:
+        stages += fake_stage("h", resources="{gpu: 1.0}")
+    extra = {"resources": "{gpu: 0.5}"}
+    if start_timeout_ms:
+        extra["start_timeout_ms"] = str(start_timeout_ms)
+    stages += fake_stage("w", **extra)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(top + "stages:\n" + stages + "pipelines:\n  p: [w]\n"
+                    + ("  q: [h]\n" if hog else ""))
+    return str(path)
+
+
+def test_stage_that_no_gpu_could_hold_fails_the_run_at_once(tmp_path):
+    cfg = gpu_config(tmp_path, "gpus: none\n")
+    make_inputs(tmp_path / "in", {"a.txt": "alpha", "b.txt": "beta"})
+    # The default start_timeout_ms is 2 minutes: finishing well before proves it failed fast.
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "stage 'w' cannot be placed: no GPU" in r.stderr
+    assert outputs(tmp_path / "out") == {}
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert sorted(f["path"] for f in failed) == ["a.txt", "b.txt"]
+    assert all(f["code"] == "stage_failed" and f["stage"] == "w" and
+               "cannot be placed" in f["error"] for f in failed)
+    assert "succeeded 0   failed 2" in r.stdout
+    # baton check says so before any run, where the stage is declared.
+    r = subprocess.run([BATON, "check", cfg], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "gpu.yaml:3:3: warning: stage 'w' cannot be placed on any GPU" in r.stderr, r.stderr
+    assert "gpus: none" in r.stderr
+
+
+def test_stage_left_pending_past_start_timeout_fails_the_run(tmp_path):
+    cfg = gpu_config(tmp_path, "gpus: [{id: 0, memory_mb: 1000}]\n", hog=True,
+                     start_timeout_ms=1000)
+    make_inputs(tmp_path / "in", {"a.txt": "alpha"})
+    r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "stage 'w' has no replica placed after start_timeout_ms 1000" in r.stderr
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert [(f["path"], f["code"]) for f in failed] == [("a.txt", "stage_failed")]
+    assert "no GPU fits gpu 0.5" in failed[0]["error"]
+    # Each stage fits an idle GPU, so check has nothing to say; a bigger one does.
+    r = subprocess.run([BATON, "check", cfg], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text(open(cfg).read().replace("{gpu: 0.5}", "{gpu: 0.5, gpu_memory_mb: 2000}"))
+    r = subprocess.run([BATON, "check", str(big)], capture_output=True, text=True, timeout=30)
+    assert "warning: stage 'w' cannot be placed on any GPU (no GPU fits" in r.stderr, r.stderr
+    assert "gpu0 has 1 and 1000 MB free" in r.stderr
+
+
+def test_progress_line_and_summary_on_a_non_terminal(tmp_path):
+    cfg = write_config(tmp_path, retries="0")
+    make_inputs(tmp_path / "in", {"a.txt": "alpha", "b.txt": "beta", "c.txt": "reject:no"})
+    out = tmp_path / "out"
+    for flags in ([], ["--no-progress"]):  # stderr is a pipe: plain lines either way
+        r = run(cfg, [str(tmp_path / "in")], out, "--force", *flags)
+        assert r.returncode == 1, r.stdout + r.stderr
+        lines = r.stderr.splitlines()
+        assert lines and re.fullmatch(
+            r"progress: 3/3 done, 2 ok, 1 failed, 0 skipped, [0-9.]+/s, ETA \d+:\d\d",
+            lines[-1]), r.stderr
+        assert "\033" not in r.stderr and "#" not in r.stderr
+        summary = r.stdout.splitlines()
+        assert summary[0] == "baton run: pipeline 'p', 3 inputs, output in %s" % out
+        assert re.match(r"  succeeded 2   failed 1   skipped 0   wall [0-9.]+s   [0-9.]+ files/s$",
+                        summary[1]), r.stdout
+        assert "  failures: %s/_failed.jsonl" % out in summary
+        assert summary[-1] == "  log: %s/_baton.log" % out
+    # --progress draws the bar even on a pipe, ending with the final counts
+    # (text mode reads its carriage returns as newlines).
+    r = run(cfg, [str(tmp_path / "in")], out, "--force", "--progress")
+    assert r.returncode == 1
+    assert "\033[K[########################] 3/3  ok 2  failed 1  skipped 0" in r.stderr
+    assert r.stderr.endswith("\n") and "progress:" not in r.stderr
+
+
+def test_jobs_caps_the_requests_in_flight(tmp_path):
+    counts = tmp_path / "conc"
+    counts.mkdir()
+    cfg = write_config(tmp_path, replicas=4, env={"FAKE_CONCURRENCY_DIR": str(counts)})
+    make_inputs(tmp_path / "in", {"f%02d.txt" % i: "slow:300" for i in range(24)})
+
+    def peak(*flags):
+        (counts / "counts").write_text("")
+        r = run(cfg, [str(tmp_path / "in")], tmp_path / "out", "--force", *flags)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(outputs(tmp_path / "out")) == 24
+        seen = [int(n) for n in (counts / "counts").read_text().split()]
+        assert len(seen) == 24
+        return max(seen)
+
+    # Without a cap the four replicas work at once (the default allows 8 in flight)...
+    uncapped = peak()
+    assert uncapped > 2, uncapped
+    # ...with --jobs 2 never more than two requests are in a worker's hands.
+    capped = peak("--jobs", "2")
+    assert capped <= 2, capped

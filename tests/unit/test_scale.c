@@ -1138,6 +1138,23 @@ Test(placement, memory_must_fit_and_an_exact_fit_fits)
 	cr_assert_eq(bt_place_gpu(gpus, 1, 0.1, 2049, NULL, 0), -1);
 }
 
+Test(placement, when_idle_ignores_what_is_placed_and_says_why_nothing_ever_fits)
+{
+	const struct bt_gpu_slot gpus[] = {
+	    {.id = 0, .memory_mb = 8192, .used_fraction = 1.0, .used_mb = 8192}, /* full now */
+	    {.id = 1, .memory_mb = 4096, .used_fraction = 0.9, .used_mb = 4000},
+	};
+	char reason[256] = "";
+	cr_assert_eq(bt_place_gpu(gpus, 2, 0.5, 4096, reason, sizeof(reason)), -1);
+	cr_assert_eq(bt_place_gpu_when_idle(gpus, 2, 0.5, 4096, reason, sizeof(reason)), 1,
+		     "best fit on idle cards: 4096 MB exactly fills id 1");
+	cr_assert_eq(bt_place_gpu_when_idle(gpus, 2, 0.5, 8192, reason, sizeof(reason)), 0);
+	cr_assert_eq(bt_place_gpu_when_idle(gpus, 2, 0.5, 8193, reason, sizeof(reason)), -1);
+	cr_assert(strstr(reason, "gpu0 has 1 and 8192 MB free"), "reason: '%s'", reason);
+	cr_assert_eq(bt_place_gpu_when_idle(NULL, 0, 0.5, 0, reason, sizeof(reason)), -1);
+	cr_assert(strstr(reason, "no GPU"), "reason: '%s'", reason);
+}
+
 Test(placement, an_overcommitted_gpu_is_skipped_without_wrapping)
 {
 	/* used_mb above capacity (a declared list smaller than reality) */
