@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -200,6 +201,38 @@ static double stage_gpu_percent(struct bt_daemon *d, const struct bt_stage *st)
 	return max;
 }
 
+/*
+ * resources.memory_mb: the process group of a replica went over it.  A
+ * persistent replica is killed and restarts with backoff, its requests
+ * retried.  A spawn slot has no process between requests, so only its
+ * job's group is killed: the request is then lost like that of any killed
+ * script, retried up to `retries` times, then answered worker_crashed.
+ */
+static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usage *u)
+{
+	const struct bt_stage_config *c = r->stage->cfg;
+	char why[200];
+	snprintf(why, sizeof(why),
+		 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
+		 (unsigned long long)(u->rss_bytes >> 20), (unsigned long long)c->memory_mb,
+		 u->processes);
+	if (r->child) {
+		bt_replica_kill(r, BT_FAIL_MEMORY, why);
+		return;
+	}
+	/*
+	 * A group that was sent SIGKILL at an earlier tick may still be
+	 * exiting (its memory is freed last): count and log it once.
+	 */
+	if (!r->job || r->memory_killed_pid == pid)
+		return;
+	r->memory_killed_pid = pid;
+	r->stage->failures[BT_FAIL_MEMORY]++;
+	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=\"%s\"", c->name, r->id,
+		pid, why);
+	bt_spawn_signal(r, SIGKILL);
+}
+
 static void sample_replicas(struct bt_daemon *d, double secs)
 {
 	long hz = sysconf(_SC_CLK_TCK);
@@ -222,15 +255,8 @@ static void sample_replicas(struct bt_daemon *d, double secs)
 						 ((double)hz * secs);
 			r->cpu_jiffies = u.cpu_jiffies;
 			r->rss_bytes = u.rss_bytes;
-			uint64_t limit = st->cfg->memory_mb << 20;
-			if (st->cfg->memory_mb && u.rss_bytes > limit && r->child) {
-				char why[200];
-				snprintf(why, sizeof(why),
-					 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
-					 (unsigned long long)(u.rss_bytes >> 20),
-					 (unsigned long long)st->cfg->memory_mb, u.processes);
-				bt_replica_kill(r, BT_FAIL_MEMORY, why);
-			}
+			if (st->cfg->memory_mb && u.rss_bytes > st->cfg->memory_mb << 20)
+				over_memory(r, pid, &u);
 		}
 	}
 }
