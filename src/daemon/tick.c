@@ -91,6 +91,15 @@ int bt_stage_active(const struct bt_stage *st)
 	return n;
 }
 
+const char *bt_scale_kind_name(enum bt_scale_kind k)
+{
+	static const char *names[BT_SCALE_KINDS] = {[BT_SCALE_UP] = "up",
+						    [BT_SCALE_DOWN] = "down",
+						    [BT_SCALE_REFUSED] = "refused",
+						    [BT_SCALE_NONE] = "none"};
+	return names[k];
+}
+
 void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from, int to,
 			      int applied, const char *reason)
 {
@@ -106,7 +115,11 @@ void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from
 	e->to = to;
 	e->applied = applied;
 	snprintf(e->reason, sizeof(e->reason), "%s", reason);
-	d->scale_counts[!applied ? 2 : to > from ? 0 : 1]++;
+	/* "auto" and a manual scale to the current count are decisions, not moves. */
+	d->scale_counts[!applied    ? BT_SCALE_REFUSED
+			: to > from ? BT_SCALE_UP
+			: to < from ? BT_SCALE_DOWN
+				    : BT_SCALE_NONE]++;
 	if (applied)
 		bt_info("scaling", "stage=%s from=%d to=%d reason=\"%s\"", st->cfg->name, from, to,
 			reason);

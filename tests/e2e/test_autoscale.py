@@ -5,8 +5,13 @@ of libnvidia-ml.so.1), memory_mb is enforced, the headroom policy follows
 its signals, and an operator can fix the count."""
 import json
 import os
+import re
+import shutil
+import subprocess
 import threading
 import time
+
+import pytest
 
 from conftest import BUILD, SLOW, fake_stage, pid_alive, wait_for
 
@@ -223,6 +228,31 @@ def test_manual_scale_fixes_the_count_until_auto(baton, tmp_path, monkeypatch):
     reasons = [e["reason"] for e in history(b)]
     assert any("manual: 3 replicas" in x for x in reasons)
     assert any("policy back on" in x for x in reasons)
+    assert b.stop() == 0
+
+
+def decisions(b):
+    text = b.get("/metrics").body.decode()
+    return {m.group(1): int(m.group(2)) for m in
+            re.finditer(r'^baton_scaling_decisions_total\{decision="(\w+)"\} (\d+)$', text, re.M)}
+
+
+def test_decisions_that_change_no_count_are_neither_up_nor_down(baton):
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 3, initial: 2}")))
+    assert decisions(b) == {"up": 0, "down": 0, "refused": 0, "none": 0}
+    assert b.request("POST", "/v1/stages/w/scale", '{"replicas": 2}').status == 200
+    assert b.request("POST", "/v1/stages/w/scale", '{"replicas": "auto"}').status == 200
+    assert decisions(b) == {"up": 0, "down": 0, "refused": 0, "none": 2}
+    assert [(e["from"], e["to"]) for e in history(b)] == [(2, 2), (2, 2)]
+    assert b.request("POST", "/v1/stages/w/scale", '{"replicas": 1}').status == 200
+    assert b.request("POST", "/v1/stages/w/scale", '{"replicas": 3}').status == 200
+    assert decisions(b) == {"up": 1, "down": 1, "refused": 0, "none": 2}
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.fail("promtool is missing: `make test` installs Debian's prometheus package")
+    out = subprocess.run([promtool, "check", "metrics"], input=b.get("/metrics").body,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == b"" and out.stderr == b"", out
     assert b.stop() == 0
 
 
