@@ -203,11 +203,24 @@ static json_t *test_signals(void)
 	return json_load_file(path, 0, &err);
 }
 
+/*
+ * The busiest GPU the stage's replicas are placed on; before any is
+ * placed, the busiest of all (where the next one may land).  Another
+ * stage's busy card must not stop this one from growing.
+ */
 static double stage_gpu_percent(struct bt_daemon *d, const struct bt_stage *st)
 {
 	if (!needs_gpu(st->cfg) || d->ngpus == 0)
 		return -1;
-	double max = 0;
+	double max = -1;
+	for (int i = 0; i < st->nreplicas; i++) {
+		int g = st->replicas[i]->gpu;
+		if (g >= 0 && d->gpu_samples[g].util_percent > max)
+			max = d->gpu_samples[g].util_percent;
+	}
+	if (max >= 0)
+		return max;
+	max = 0;
 	for (int i = 0; i < d->ngpus; i++)
 		if (d->gpu_samples[i].util_percent > max)
 			max = d->gpu_samples[i].util_percent;

@@ -153,6 +153,40 @@ def test_nvml_is_read_through_dlopen_and_a_busy_gpu_refuses_scale_up(baton, tmp_
     assert b.stop() == 0
 
 
+def write_gpus(path, *gpus):
+    """gpus: (util_percent, total_mb, used_mb) for devices 0, 1, ..."""
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        for i, (util, total, used) in enumerate(gpus):
+            f.write("gpu %d %d %d %d\n" % (i, util, total, used))
+    os.replace(tmp, str(path))
+
+
+def test_gpu_signal_is_the_busiest_gpu_the_stage_is_placed_on(baton, tmp_path, monkeypatch):
+    nvml = tmp_path / "nvml.txt"
+    # gpu1 is the tighter fit, so the stage lands there; gpu0 is busy.
+    write_gpus(nvml, (99, 8192, 0), (20, 4096, 0))
+    monkeypatch.setenv("BATON_NVML_LIBRARY", FAKE_NVML)
+    monkeypatch.setenv("FAKE_NVML_FILE", str(nvml))
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 3}",
+                             resources="{gpu: 0.25, gpu_memory_mb: 1000}",
+                             autoscale="{target_ongoing: 1, upscale_delay_s: 0, max_gpu: 90, "
+                                       "max_cpu: 100}")))
+    assert [r["gpu"] for r in b.replicas("w")] == [1]
+    # Busy where the stage runs: refused.  (Both GPUs are read each tick.)
+    write_gpus(nvml, (20, 8192, 0), (99, 4096, 0))
+    wait_for(lambda: [g["util_percent"] for g in b.status()["gpus"]] == [20, 99], 10)
+    with Load(b, 4, "slow:200"):
+        wait_for(lambda: any(not e["applied"] and "GPU at 99%" in e["reason"]
+                             for e in history(b)), 10, what="a refusal")
+        assert active(b) == 1
+        # Busy elsewhere only: the stage grows, on its own GPU.
+        write_gpus(nvml, (99, 8192, 0), (20, 4096, 0))
+        wait_for(lambda: active(b) > 1, 10, what="scale-up while another GPU is busy")
+    assert all(r["gpu"] == 1 for r in b.replicas("w") if r["gpu"] is not None)
+    assert b.stop() == 0
+
+
 def test_without_nvml_baton_runs_and_says_why(baton, monkeypatch, tmp_path):
     monkeypatch.setenv("BATON_NVML_LIBRARY", str(tmp_path / "no-such-lib.so.1"))
     b = baton(cfg(fake_stage("w")))
