@@ -39,8 +39,10 @@ static void gpus_init(struct bt_daemon *d)
 		for (int i = 0; i < d->ngpus; i++) {
 			struct bt_gpu_sample g;
 			d->gpus[i].id = i;
-			if (bt_nvml_sample(d->nvml, i, &g) == 0)
+			if (bt_nvml_sample(d->nvml, i, &g) == 0) {
 				d->gpus[i].memory_mb = g.mem_total_mb;
+				bt_gpu_observe(&d->gpus[i], g.mem_used_mb);
+			}
 		}
 	}
 	d->gpu_samples = bt_calloc((size_t)(d->ngpus ? d->ngpus : 1), sizeof(*d->gpu_samples));
@@ -374,9 +376,15 @@ static void tick_cb(uv_timer_t *t)
 		d->cpu_prev = cpu;
 	}
 	for (int i = 0; d->nvml && i < d->ngpus; i++) {
-		int dev = d->cfg->gpus_mode == BT_GPUS_LIST ? d->gpus[i].id : i;
-		if (dev < bt_nvml_count(d->nvml))
-			bt_nvml_sample(d->nvml, dev, &d->gpu_samples[i]);
+		int listed = d->cfg->gpus_mode == BT_GPUS_LIST;
+		int dev = listed ? d->gpus[i].id : i;
+		/*
+		 * A declared memory_mb is the operator's budget for baton; a
+		 * detected card's memory is shared with whoever else uses it.
+		 */
+		if (dev < bt_nvml_count(d->nvml) &&
+		    bt_nvml_sample(d->nvml, dev, &d->gpu_samples[i]) == 0 && !listed)
+			bt_gpu_observe(&d->gpus[i], d->gpu_samples[i].mem_used_mb);
 	}
 	json_t *overrides = test_signals();
 	if (overrides) {

@@ -187,6 +187,40 @@ def test_gpu_signal_is_the_busiest_gpu_the_stage_is_placed_on(baton, tmp_path, m
     assert b.stop() == 0
 
 
+def test_memory_used_outside_baton_is_not_free_for_placement(baton, tmp_path, monkeypatch):
+    nvml = tmp_path / "nvml.txt"
+    write_gpus(nvml, (10, 8192, 7000))  # someone else holds 7000 MB
+    monkeypatch.setenv("BATON_NVML_LIBRARY", FAKE_NVML)
+    monkeypatch.setenv("FAKE_NVML_FILE", str(nvml))
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 2, initial: 1}",
+                             resources="{gpu: 0.25, gpu_memory_mb: 2000}")), wait_ready=False)
+
+    def gpu():
+        return b.status()["gpus"][0]
+
+    wait_for(lambda: b.replicas("w")[0].get("pending_reason"), 10, what="a pending reason")
+    rep = b.replicas("w")[0]
+    assert rep["state"] == "pending" and rep["pid"] == 0, rep
+    assert "1192 MB free (7000 MB used outside baton)" in rep["pending_reason"], rep
+    assert gpu()["external_memory_mb"] == 7000
+    # The other process lets go: the replica is placed and starts.
+    write_gpus(nvml, (10, 8192, 1000))
+    wait_for(lambda: b.replicas("w")[0]["state"] == "ready", 20, what="the replica to start")
+    assert b.replicas("w")[0]["gpu"] == 0
+    # NVML's figure includes our replica's own memory: only the rest is external.
+    write_gpus(nvml, (10, 8192, 2000 + 5000))
+    wait_for(lambda: gpu()["external_memory_mb"] == 5000, 10, what="5000 MB external")
+    b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 2}))
+    wait_for(lambda: len(b.replicas("w")) == 2 and b.replicas("w")[1].get("pending_reason"),
+             10, what="the second replica pending")
+    assert "used outside baton" in b.replicas("w")[1]["pending_reason"]
+    write_gpus(nvml, (10, 8192, 2000 + 3000))  # 8192 - 2000 - 3000 leaves room for 2000
+    wait_for(lambda: [r["state"] for r in b.replicas("w")] == ["ready", "ready"], 20,
+             what="both replicas ready")
+    assert gpu()["placed_memory_mb"] == 4000
+    assert b.stop() == 0
+
+
 def test_without_nvml_baton_runs_and_says_why(baton, monkeypatch, tmp_path):
     monkeypatch.setenv("BATON_NVML_LIBRARY", str(tmp_path / "no-such-lib.so.1"))
     b = baton(cfg(fake_stage("w")))
