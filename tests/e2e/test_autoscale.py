@@ -13,13 +13,20 @@ import time
 
 import pytest
 
-from conftest import BUILD, SLOW, fake_stage, pid_alive, wait_for
+from conftest import BATON, BUILD, SLOW, fake_stage, pid_alive, wait_for
 
 FAKE_NVML = os.path.join(BUILD, "tests", "fake-nvml", "libnvidia-ml.so.1")
 
 
 def cfg(stage, top="interval_ms: 200\n", pipelines="pipelines:\n  p: [w]\n"):
     return top + "stages:\n" + stage + pipelines
+
+
+def status_table(b):
+    out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % b.port],
+                         capture_output=True, timeout=30 * SLOW)
+    assert out.returncode == 0, out
+    return out.stdout.decode()
 
 
 def active(b, stage="w"):
@@ -47,6 +54,7 @@ class Load:
         return self
 
     def __exit__(self, *exc):
+        self.stopped_at = time.time()  # the clock of the scaling history
         self.stop_flag = True
         for t in self.threads:
             t.join(60 * SLOW)
@@ -59,6 +67,7 @@ def test_step_load_scales_up_then_down_without_failures_or_flapping(baton):
                              autoscale="{policy: demand, target_ongoing: 1, max_cpu: 100, "
                                        "upscale_delay_s: 1, downscale_delay_s: 2}")))
     assert active(b) == 1
+    started_at = time.time()
     with Load(b, 6, "slow:50") as load:
         t0 = time.monotonic()
         wait_for(lambda: active(b) > 1, 10, what="a scale-up")
@@ -67,17 +76,21 @@ def test_step_load_scales_up_then_down_without_failures_or_flapping(baton):
         b.wait_ready()
         time.sleep(3)  # steady load: nothing may move
         steady = [e for e in history(b) if e["applied"]]
-    t1 = time.monotonic()
     wait_for(lambda: active(b) == 1, 20, what="the scale-down")
-    down_after = time.monotonic() - t1
     assert load.results and set(load.results) == {200}, set(load.results)
     # Within upscale_delay plus an interval (and slack for a loaded machine).
     assert first_up < 1 + 0.2 + 3 * SLOW, first_up
-    assert down_after >= 1.5, down_after  # not before downscale_delay
     events = [e for e in history(b) if e["applied"]]
     ups = [e for e in events if e["to"] > e["from"]]
     downs = [e for e in events if e["to"] < e["from"]]
     assert ups and downs and all(e["stage"] == "w" for e in events)
+    # Lower bounds, which a slow machine can only make later: no scale-up
+    # before upscale_delay_s (1) of load, no scale-down before
+    # downscale_delay_s (2) after it stopped.  A tick just before the stop
+    # may already have seen a dip in demand, hence one interval (0.2) less;
+    # 0.01 covers the history's millisecond timestamps.
+    assert ups[0]["time"] - started_at >= 1 - 0.01, (ups[0], started_at)
+    assert downs[0]["time"] - load.stopped_at >= 2 - 0.2 - 0.01, (downs[0], load.stopped_at)
     # No flapping: every change went up before load stopped, down after.
     assert all(e in steady for e in ups) and not any(e in steady for e in downs)
     assert max(e["to"] for e in ups) == 4 and downs[-1]["to"] == 1
@@ -85,6 +98,44 @@ def test_step_load_scales_up_then_down_without_failures_or_flapping(baton):
     wait_for(lambda: len([r for r in b.replicas("w") if r["pid"]]) == 1, 10)
     metrics = b.get("/metrics").body.decode()
     assert 'baton_scaling_decisions_total{decision="up"}' in metrics
+    assert b.stop() == 0
+    assert b.leftover_groups() == []
+
+
+def test_scale_down_with_requests_in_flight_drains_then_stops_without_failures(baton):
+    # target_ongoing 2: 8 clients make 4 replicas; 4 clients, one request on
+    # each replica, want 2, so the replicas scaled away hold a request.
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 4, initial: 1}",
+                             autoscale="{policy: demand, target_ongoing: 2, max_cpu: 100, "
+                                       "upscale_delay_s: 1, downscale_delay_s: 2}")))
+    with Load(b, 4, "slow:1000") as light:
+        with Load(b, 4, "slow:1000") as extra:
+            wait_for(lambda: active(b) == 4, 30, what="4 replicas")
+            b.wait_ready()
+        # Light load only: it keeps running through the downscale window.
+        wait_for(lambda: "replica draining" in b.log(), 30, what="a replica draining")
+        wait_for(lambda: active(b) == 2, 30, what="the scale-down to 2")
+        # Drained replicas finish their request, then stop.
+        wait_for(lambda: len(b.pids("w")) == 2, 30, what="drained replicas to stop")
+        assert all(r["state"] in ("ready", "busy") for r in b.replicas("w"))
+    results = light.results + extra.results
+    assert results and set(results) == {200}, results
+    log = b.log().splitlines()
+    drained = {}
+    for i, line in enumerate(log):
+        m = re.search(r'msg="replica draining" stage=w replica=(\d+) in_flight=(\d+)', line)
+        if m:
+            assert int(m.group(2)) >= 1, line
+            drained[m.group(1)] = i
+    assert drained, "no replica drained"
+    for rid, at in drained.items():
+        stopped = [line for line in log[at:]
+                   if re.search(r'msg="replica stopped" stage=w replica=%s ' % rid, line)]
+        assert stopped, "replica %s drained but never stopped" % rid
+        pid = int(re.search(r" pid=(\d+)", stopped[0]).group(1))
+        assert not pid_alive(pid), stopped[0]
+    downs = [e for e in history(b) if e["applied"] and e["to"] < e["from"]]
+    assert downs and all(e["time"] < light.stopped_at for e in downs)
     assert b.stop() == 0
     assert b.leftover_groups() == []
 
@@ -111,12 +162,20 @@ def test_replicas_are_placed_best_fit_and_the_rest_wait(baton):
     assert gpus[0]["placed_fraction"] == 1.0 and gpus[0]["placed_memory_mb"] == 3000
     assert gpus[1]["placed_memory_mb"] == 1500
     assert "replica pending" in b.log()
+    # `baton status` shows the pending replica and why.
+    table = status_table(b)
+    assert re.search(r"\d:pending\(pid 0,.*no GPU fits gpu 0\.5 and 1500 MB:", table), table
     # The stage serves with what fits, and readiness is not held hostage.
     assert b.get("/v2/health/ready").status == 200
     assert b.post("p", "hello").status == 200
     # When a placed replica goes away, the pending one takes its place.
     b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 3}))
     wait_for(lambda: sorted(r["state"] for r in b.replicas("w")) == ["ready"] * 3, 20)
+    # ... and `baton status` shows the scaling history.
+    table = status_table(b)
+    assert "SCALING (latest last)" in table, table
+    assert re.search(r"\d\d:\d\d:\d\d  w +4 -> 3  manual: 3 replicas, policy off", table), table
+    assert "no GPU fits" not in table, table
     assert b.stop() == 0
 
 
