@@ -30,6 +30,9 @@ static void print_status(json_t *doc)
 		       json_integer_value(json_object_get(g, "memory_mb")),
 		       json_real_value(json_object_get(g, "placed_fraction")),
 		       json_integer_value(json_object_get(g, "placed_memory_mb")));
+		if (json_integer_value(json_object_get(g, "external_memory_mb")))
+			printf(", %lld MB used outside baton",
+			       json_integer_value(json_object_get(g, "external_memory_mb")));
 		if (json_object_get(g, "util_percent"))
 			printf(", busy %lld%%, %lld MB used",
 			       json_integer_value(json_object_get(g, "util_percent")),

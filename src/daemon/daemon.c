@@ -374,6 +374,8 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				      (json_int_t)d->gpus[i].memory_mb, "placed_fraction",
 				      d->gpus[i].used_fraction, "placed_memory_mb",
 				      (json_int_t)d->gpus[i].used_mb);
+		json_object_set_new(g, "external_memory_mb",
+				    json_integer((json_int_t)d->gpus[i].external_mb));
 		if (d->nvml) {
 			json_object_set_new(g, "util_percent",
 					    json_integer(d->gpu_samples[i].util_percent));

@@ -28,6 +28,16 @@ struct bt_scale_event {
 };
 #define BT_SCALE_HISTORY 128
 
+/* baton_scaling_decisions_total's label values, in this order. */
+enum bt_scale_kind {
+	BT_SCALE_UP,
+	BT_SCALE_DOWN,
+	BT_SCALE_REFUSED,
+	BT_SCALE_NONE, /* applied, count unchanged: policy back on, manual scale to the count */
+	BT_SCALE_KINDS
+};
+const char *bt_scale_kind_name(enum bt_scale_kind k);
+
 enum bt_daemon_state {
 	BT_DAEMON_RUNNING,
 	BT_DAEMON_DRAINING, /* answering what was accepted, refusing the rest */
@@ -72,7 +82,7 @@ struct bt_daemon {
 	uint64_t last_tick_ms;
 	struct bt_scale_event history[BT_SCALE_HISTORY]; /* a ring */
 	int history_len, history_next;
-	uint64_t scale_counts[3]; /* up, down, refused */
+	uint64_t scale_counts[BT_SCALE_KINDS];		 /* by enum bt_scale_kind */
 	void (*on_idle)(struct bt_daemon *d, void *arg); /* run after each flush */
 	void *on_idle_arg;
 };

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -38,8 +39,10 @@ static void gpus_init(struct bt_daemon *d)
 		for (int i = 0; i < d->ngpus; i++) {
 			struct bt_gpu_sample g;
 			d->gpus[i].id = i;
-			if (bt_nvml_sample(d->nvml, i, &g) == 0)
+			if (bt_nvml_sample(d->nvml, i, &g) == 0) {
 				d->gpus[i].memory_mb = g.mem_total_mb;
+				bt_gpu_observe(&d->gpus[i], g.mem_used_mb);
+			}
 		}
 	}
 	d->gpu_samples = bt_calloc((size_t)(d->ngpus ? d->ngpus : 1), sizeof(*d->gpu_samples));
@@ -90,6 +93,15 @@ int bt_stage_active(const struct bt_stage *st)
 	return n;
 }
 
+const char *bt_scale_kind_name(enum bt_scale_kind k)
+{
+	static const char *names[BT_SCALE_KINDS] = {[BT_SCALE_UP] = "up",
+						    [BT_SCALE_DOWN] = "down",
+						    [BT_SCALE_REFUSED] = "refused",
+						    [BT_SCALE_NONE] = "none"};
+	return names[k];
+}
+
 void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from, int to,
 			      int applied, const char *reason)
 {
@@ -105,7 +117,11 @@ void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from
 	e->to = to;
 	e->applied = applied;
 	snprintf(e->reason, sizeof(e->reason), "%s", reason);
-	d->scale_counts[!applied ? 2 : to > from ? 0 : 1]++;
+	/* "auto" and a manual scale to the current count are decisions, not moves. */
+	d->scale_counts[!applied    ? BT_SCALE_REFUSED
+			: to > from ? BT_SCALE_UP
+			: to < from ? BT_SCALE_DOWN
+				    : BT_SCALE_NONE]++;
 	if (applied)
 		bt_info("scaling", "stage=%s from=%d to=%d reason=\"%s\"", st->cfg->name, from, to,
 			reason);
@@ -189,15 +205,60 @@ static json_t *test_signals(void)
 	return json_load_file(path, 0, &err);
 }
 
+/*
+ * The busiest GPU the stage's replicas are placed on; before any is
+ * placed, the busiest of all (where the next one may land).  Another
+ * stage's busy card must not stop this one from growing.
+ */
 static double stage_gpu_percent(struct bt_daemon *d, const struct bt_stage *st)
 {
 	if (!needs_gpu(st->cfg) || d->ngpus == 0)
 		return -1;
-	double max = 0;
+	double max = -1;
+	for (int i = 0; i < st->nreplicas; i++) {
+		int g = st->replicas[i]->gpu;
+		if (g >= 0 && d->gpu_samples[g].util_percent > max)
+			max = d->gpu_samples[g].util_percent;
+	}
+	if (max >= 0)
+		return max;
+	max = 0;
 	for (int i = 0; i < d->ngpus; i++)
 		if (d->gpu_samples[i].util_percent > max)
 			max = d->gpu_samples[i].util_percent;
 	return max;
+}
+
+/*
+ * resources.memory_mb: the process group of a replica went over it.  A
+ * persistent replica is killed and restarts with backoff, its requests
+ * retried.  A spawn slot has no process between requests, so only its
+ * job's group is killed: the request is then lost like that of any killed
+ * script, retried up to `retries` times, then answered worker_crashed.
+ */
+static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usage *u)
+{
+	const struct bt_stage_config *c = r->stage->cfg;
+	char why[200];
+	snprintf(why, sizeof(why),
+		 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
+		 (unsigned long long)(u->rss_bytes >> 20), (unsigned long long)c->memory_mb,
+		 u->processes);
+	if (r->child) {
+		bt_replica_kill(r, BT_FAIL_MEMORY, why);
+		return;
+	}
+	/*
+	 * A group that was sent SIGKILL at an earlier tick may still be
+	 * exiting (its memory is freed last): count and log it once.
+	 */
+	if (!r->job || r->memory_killed_pid == pid)
+		return;
+	r->memory_killed_pid = pid;
+	r->stage->failures[BT_FAIL_MEMORY]++;
+	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=\"%s\"", c->name, r->id,
+		pid, why);
+	bt_spawn_signal(r, SIGKILL);
 }
 
 static void sample_replicas(struct bt_daemon *d, double secs)
@@ -222,15 +283,8 @@ static void sample_replicas(struct bt_daemon *d, double secs)
 						 ((double)hz * secs);
 			r->cpu_jiffies = u.cpu_jiffies;
 			r->rss_bytes = u.rss_bytes;
-			uint64_t limit = st->cfg->memory_mb << 20;
-			if (st->cfg->memory_mb && u.rss_bytes > limit && r->child) {
-				char why[200];
-				snprintf(why, sizeof(why),
-					 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
-					 (unsigned long long)(u.rss_bytes >> 20),
-					 (unsigned long long)st->cfg->memory_mb, u.processes);
-				bt_replica_kill(r, BT_FAIL_MEMORY, why);
-			}
+			if (st->cfg->memory_mb && u.rss_bytes > st->cfg->memory_mb << 20)
+				over_memory(r, pid, &u);
 		}
 	}
 }
@@ -322,9 +376,15 @@ static void tick_cb(uv_timer_t *t)
 		d->cpu_prev = cpu;
 	}
 	for (int i = 0; d->nvml && i < d->ngpus; i++) {
-		int dev = d->cfg->gpus_mode == BT_GPUS_LIST ? d->gpus[i].id : i;
-		if (dev < bt_nvml_count(d->nvml))
-			bt_nvml_sample(d->nvml, dev, &d->gpu_samples[i]);
+		int listed = d->cfg->gpus_mode == BT_GPUS_LIST;
+		int dev = listed ? d->gpus[i].id : i;
+		/*
+		 * A declared memory_mb is the operator's budget for baton; a
+		 * detected card's memory is shared with whoever else uses it.
+		 */
+		if (dev < bt_nvml_count(d->nvml) &&
+		    bt_nvml_sample(d->nvml, dev, &d->gpu_samples[i]) == 0 && !listed)
+			bt_gpu_observe(&d->gpus[i], d->gpu_samples[i].mem_used_mb);
 	}
 	json_t *overrides = test_signals();
 	if (overrides) {

@@ -220,10 +220,10 @@ static void resources(struct bt_daemon *d, struct bt_buf *out)
 		bt_buf_printf(out, "baton_stage_replicas_target{stage=\"%s\"} %d\n",
 			      d->stages[i].cfg->name, d->stages[i].target);
 	family(out, "baton_scaling_decisions_total", "counter",
-	       "Scaling decisions taken (up, down) and refused.");
-	static const char *kinds[] = {"up", "down", "refused"};
-	for (int k = 0; k < 3; k++)
-		bt_buf_printf(out, "baton_scaling_decisions_total{decision=\"%s\"} %llu\n", kinds[k],
+	       "Scaling decisions taken (up, down, none: count unchanged) and refused.");
+	for (int k = 0; k < BT_SCALE_KINDS; k++)
+		bt_buf_printf(out, "baton_scaling_decisions_total{decision=\"%s\"} %llu\n",
+			      bt_scale_kind_name((enum bt_scale_kind)k),
 			      (unsigned long long)d->scale_counts[k]);
 	if (d->ngpus) {
 		family(out, "baton_gpu_placed_ratio", "gauge",

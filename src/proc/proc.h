@@ -95,6 +95,7 @@ struct bt_replica {
 	double cpu_percent; /* of one core, whole process group */
 	uint64_t rss_bytes; /* whole process group */
 	uint64_t cpu_jiffies; /* at the last tick */
+	int memory_killed_pid; /* spawn mode: the job killed over memory_mb, counted once */
 };
 
 /* Allocates a replica slot (not started). */

@@ -1,7 +1,8 @@
 /*
  * GPU placement: best fit over the declared (or detected) GPUs, so that a
  * replica that would not fit waits instead of starting and running out of
- * memory (seed 004's Ray Serve replicas sharing one 8 GB card).
+ * memory (seed 004's Ray Serve replicas sharing one 8 GB card).  Memory
+ * other processes use on a detected GPU is not free either.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +21,9 @@ int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_
 		const struct bt_gpu_slot *g = &gpus[i];
 		if (g->used_fraction + fraction > 1.0 + eps)
 			continue;
-		if (g->used_mb + memory_mb > g->memory_mb)
+		if (g->used_mb + g->external_mb + memory_mb > g->memory_mb)
 			continue;
-		uint64_t left = g->memory_mb - g->used_mb - memory_mb;
+		uint64_t left = g->memory_mb - g->used_mb - g->external_mb - memory_mb;
 		if (best < 0 || left < best_left) {
 			best = i;
 			best_left = left;
@@ -37,14 +38,20 @@ int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_
 	/* Say what was missing on the GPU closest to fitting. */
 	size_t o = (size_t)snprintf(reason, reason_len, "no GPU fits gpu %.2g and %llu MB:",
 				    fraction, (unsigned long long)memory_mb);
-	for (int i = 0; i < n && o < reason_len; i++)
-		o += (size_t)snprintf(reason + o, reason_len - o, " gpu%d has %.2g and %llu MB free%s",
-				      gpus[i].id,
-				      gpus[i].used_fraction < 1.0 ? 1.0 - gpus[i].used_fraction : 0.0,
-				      (unsigned long long)(gpus[i].memory_mb > gpus[i].used_mb
-								   ? gpus[i].memory_mb - gpus[i].used_mb
-								   : 0),
-				      i + 1 < n ? "," : "");
+	for (int i = 0; i < n && o < reason_len; i++) {
+		const struct bt_gpu_slot *g = &gpus[i];
+		uint64_t taken = g->used_mb + g->external_mb;
+		unsigned long long free_mb = g->memory_mb > taken ? g->memory_mb - taken : 0;
+		double share = g->used_fraction < 1.0 ? 1.0 - g->used_fraction : 0.0;
+		o += (size_t)snprintf(reason + o, reason_len - o,
+				      " gpu%d has %.2g and %llu MB free", g->id, share, free_mb);
+		if (g->external_mb && o < reason_len)
+			o += (size_t)snprintf(reason + o, reason_len - o,
+					      " (%llu MB used outside baton)",
+					      (unsigned long long)g->external_mb);
+		if (i + 1 < n && o < reason_len)
+			o += (size_t)snprintf(reason + o, reason_len - o, ",");
+	}
 	return -1;
 }
 
@@ -59,4 +66,9 @@ int bt_place_gpu_when_idle(const struct bt_gpu_slot *gpus, int n, double fractio
 	int r = bt_place_gpu(idle, n, fraction, memory_mb, reason, reason_len);
 	free(idle);
 	return r;
+}
+
+void bt_gpu_observe(struct bt_gpu_slot *g, uint64_t nvml_used_mb)
+{
+	g->external_mb = nvml_used_mb > g->used_mb ? nvml_used_mb - g->used_mb : 0;
 }

@@ -84,16 +84,24 @@ struct bt_gpu_slot {
 	int id; /* CUDA device index */
 	uint64_t memory_mb; /* capacity */
 	double used_fraction; /* by placed replicas */
-	uint64_t used_mb;
+	uint64_t used_mb;     /* reserved by placed replicas */
+	uint64_t external_mb; /* in use beyond those reservations (other processes) */
 };
 
 /*
- * Best fit: the GPU with enough free fraction and memory that leaves the
- * least memory free.  Returns its index in gpus, or -1 with a sentence in
- * reason.  Does not reserve.
+ * Best fit: the GPU with enough free fraction and memory (capacity minus
+ * reservations minus external use) that leaves the least memory free.
+ * Returns its index in gpus, or -1 with a sentence in reason.  Does not
+ * reserve.
  */
 int bt_place_gpu(const struct bt_gpu_slot *gpus, int n, double fraction, uint64_t memory_mb,
 		 char *reason, size_t reason_len);
+/*
+ * Records what NVML says is in use on g: what exceeds baton's own
+ * reservations belongs to someone else (external_mb = max(0, used -
+ * used_mb)) and is not free for placement.
+ */
+void bt_gpu_observe(struct bt_gpu_slot *g, uint64_t nvml_used_mb);
 
 /*
  * Whether a replica could ever be placed: bt_place_gpu() as if nothing

@@ -1272,6 +1272,41 @@ Test(placement, a_short_reason_buffer_is_truncated_and_terminated)
 	free(reason);
 }
 
+Test(placement, memory_used_outside_baton_is_not_free)
+{
+	struct bt_gpu_slot gpus[] = {
+		{.id = 0, .memory_mb = 8192, .used_mb = 0, .external_mb = 7000}, /* 1192 free */
+		{.id = 1, .memory_mb = 16384, .used_mb = 0, .external_mb = 0},
+	};
+	/* Without the external use gpu0 would be the best fit. */
+	cr_assert_eq(bt_place_gpu(gpus, 2, 0.1, 2000, NULL, 0), 1);
+	cr_assert_eq(bt_place_gpu(gpus, 2, 0.1, 1192, NULL, 0), 0, "an exact fit still fits");
+	char reason[256] = "";
+	cr_assert_eq(bt_place_gpu(gpus, 1, 0.1, 2000, reason, sizeof(reason)), -1);
+	cr_assert(strstr(reason, "gpu0 has 1 and 1192 MB free (7000 MB used outside baton)"),
+		  "reason '%s'", reason);
+	/* Reservations and external use together. */
+	gpus[0].external_mb = 3000;
+	gpus[0].used_mb = 4000;
+	cr_assert_eq(bt_place_gpu(gpus, 1, 0.1, 1192, NULL, 0), 0);
+	cr_assert_eq(bt_place_gpu(gpus, 1, 0.1, 1193, NULL, 0), -1);
+}
+
+Test(placement, observed_use_beyond_reservations_is_external)
+{
+	struct bt_gpu_slot g = {.id = 0, .memory_mb = 8192, .used_mb = 3000};
+	bt_gpu_observe(&g, 5000); /* our 3000 MB and someone else's 2000 */
+	cr_assert_eq(g.external_mb, 2000);
+	bt_gpu_observe(&g, 1000); /* replicas not using all they reserved */
+	cr_assert_eq(g.external_mb, 0, "never below zero");
+	bt_gpu_observe(&g, 3000);
+	cr_assert_eq(g.external_mb, 0);
+	g.used_mb = 0;
+	bt_gpu_observe(&g, 8192);
+	cr_assert_eq(g.external_mb, 8192);
+	cr_assert_eq(bt_place_gpu(&g, 1, 0.1, 1, NULL, 0), -1, "a full card fits nothing");
+}
+
 /* ---- bt_cpu_percent -------------------------------------------------------------- */
 
 Test(signals, cpu_percent_is_busy_delta_over_total_delta)
