@@ -258,7 +258,7 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 	r->stage->failures[BT_FAIL_MEMORY]++;
 	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=\"%s\"", c->name, r->id,
 		pid, why);
-	bt_spawn_signal(r, SIGKILL);
+	bt_spawn_kill(r, why);
 }
 
 static void sample_replicas(struct bt_daemon *d, double secs)

@@ -153,6 +153,8 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req);
 /* Kills the slot's process; its request is no longer its concern. */
 void bt_spawn_abandon(struct bt_replica *r);
 void bt_spawn_signal(struct bt_replica *r, int sig);
+/* Kills the running job's group; its request fails (or is retried) with why. */
+void bt_spawn_kill(struct bt_replica *r, const char *why);
 int bt_spawn_pid(const struct bt_replica *r);
 /* True while a process of this replica may still be alive. */
 int bt_replica_has_process(const struct bt_replica *r);

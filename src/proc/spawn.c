@@ -36,6 +36,7 @@ struct bt_spawn_job {
 	int files;
 	struct bt_buf stdout_buf; /* the answer, stdin/stdout convention */
 	int stdout_too_big; /* it passed max_payload_bytes: the answer is lost */
+	char *kill_why; /* why baton killed it (memory_mb), for the error */
 	char *stdin_copy; /* the payload being written: a timed-out request is freed */
 	char tail[ERR_TAIL]; /* the last stderr bytes, a ring */
 	size_t tail_len, tail_pos;
@@ -79,6 +80,7 @@ static void job_closed_cb(uv_handle_t *h)
 	free(j->out_path);
 	free(j->stdin_copy);
 	bt_buf_release(&j->stdout_buf);
+	free(j->kill_why);
 	bt_lines_release(&j->lines[0]);
 	bt_lines_release(&j->lines[1]);
 	free(j);
@@ -281,7 +283,9 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 		if (sig || status) {
 			char why[ERR_TAIL + 96], tail[ERR_TAIL + 64];
 			tail_text(j, tail, sizeof(tail));
-			if (sig)
+			if (sig && j->kill_why)
+				snprintf(why, sizeof(why), "killed by baton: %s", j->kill_why);
+			else if (sig)
 				snprintf(why, sizeof(why), "killed by signal %d (%s)%s%s", sig,
 					 strsignal(sig), tail[0] ? ": " : "", tail);
 			else
@@ -442,6 +446,15 @@ void bt_spawn_abandon(struct bt_replica *r)
 	if (!r->job)
 		return;
 	r->job->req = NULL;
+	kill(-r->job->pid, SIGKILL);
+}
+
+void bt_spawn_kill(struct bt_replica *r, const char *why)
+{
+	if (!r->job)
+		return;
+	free(r->job->kill_why);
+	r->job->kill_why = bt_strdup(why);
 	kill(-r->job->pid, SIGKILL);
 }
 

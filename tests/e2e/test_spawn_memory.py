@@ -75,6 +75,7 @@ def test_spawn_job_always_over_memory_fails_and_the_stage_keeps_serving(baton, t
     b = baton(spawn_cfg(tmp_path, state_dir, retries=1))
     r = b.post("p", json.dumps({"alloc_mb": 300, "hold_s": 15}), timeout=30)
     assert r.status == 502 and r.json()["code"] == "worker_crashed", r
+    assert "killed by baton" in r.json()["error"] and "memory_mb" in r.json()["error"], r
     pids = killed_pids(b.log())
     assert len(pids) == 2 and len(set(pids)) == 2, b.log_tail()  # retries + 1 attempts
     assert memory_failures(b) == 2
