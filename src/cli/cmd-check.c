@@ -1,6 +1,7 @@
 /* `baton check CONFIG`: validate the file and print the resolved plan. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "../config/config.h"
 #include "../scale/scale.h"
@@ -50,6 +51,16 @@ static int run(int argc, char **argv)
 	char err[1024];
 	if (bt_config_load(argv[1], &cfg, err, sizeof(err))) {
 		fprintf(stderr, "%s\n", err);
+		return BT_EXIT_USAGE;
+	}
+	/*
+	 * As root, serve would refuse a stage user who cannot reach its files,
+	 * so check does too.  (Not as another user: the config may be checked
+	 * before it is deployed to run as root.)
+	 */
+	if (geteuid() == 0 && bt_config_check_users(&cfg, err, sizeof(err))) {
+		fprintf(stderr, "%s\n", err);
+		bt_config_release(&cfg);
 		return BT_EXIT_USAGE;
 	}
 	bt_config_print_plan(&cfg, stdout);

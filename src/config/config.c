@@ -1443,6 +1443,8 @@ static int user_can(const char *path, uid_t uid, gid_t gid, int want, char *bloc
 		    size_t size)
 {
 	char buf[PATH_MAX];
+	if (uid == 0)
+		return 1; /* permission bits do not stop root */
 	snprintf(buf, sizeof(buf), "%s", path);
 	for (char *slash = buf;; slash++) {
 		char *end = strchr(slash, '/');
@@ -1502,7 +1504,7 @@ static int check_user_reach(const struct bt_config *cfg, const struct bt_stage_c
 	return BT_ECONFIG;
 }
 
-int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errlen)
+int bt_config_check_users(const struct bt_config *cfg, char *err, size_t errlen)
 {
 	for (int i = 0; i < cfg->nstages; i++) {
 		const struct bt_stage_config *st = &cfg->stages[i];
@@ -1515,6 +1517,13 @@ int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errl
 		if (st->user && geteuid() == 0 && check_user_reach(cfg, st, err, errlen))
 			return BT_ECONFIG;
 	}
+	return 0;
+}
+
+int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errlen)
+{
+	if (bt_config_check_users(cfg, err, errlen))
+		return BT_ECONFIG;
 	for (int i = 0; i < cfg->nstages; i++) {
 		const struct bt_stage_config *st = &cfg->stages[i];
 		if (st->venv_missing) {

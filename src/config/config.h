@@ -138,6 +138,8 @@ char *bt_config_find_program(const struct bt_stage_config *st, const char *cmd);
  * FILE:LINE:COL message when a stage's venv is missing or a stage's user
  * cannot be switched to.
  */
+/* What check_runnable says of `user:` stages: baton is root, the user can reach the files. */
+int bt_config_check_users(const struct bt_config *cfg, char *err, size_t errlen);
 int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errlen);
 
 /* Parses "HOST:PORT" (an IP address or "localhost"); on error, why says what. */

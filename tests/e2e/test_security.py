@@ -122,6 +122,8 @@ def test_user_who_cannot_reach_the_worker_is_a_clear_error(tmp_path):
     assert r.returncode == 2, r.stderr
     assert ":2:3:" in r.stderr and "cannot reach '%s'" % worker in r.stderr, r.stderr
     assert "does not allow it" in r.stderr, r.stderr
+    r = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cannot reach '%s'" % worker in r.stderr, r.stderr
 
 
 def test_unknown_user_is_a_config_error(tmp_path):
