@@ -370,11 +370,13 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 				e = -EPROTO;
 			} else {
 				struct baton_request **nb = realloc(batch, (size_t)n * sizeof(*nb));
-				if (!nb)
-					e = -ENOMEM;
-				batch = nb;
-				want = (size_t)n;
-				have = 0;
+				if (!nb) {
+					e = -ENOMEM; /* batch is still ours, freed on the way out */
+				} else {
+					batch = nb;
+					want = (size_t)n;
+					have = 0;
+				}
 			}
 		} else if (!strcmp(t, "ping")) {
 			free(payload);

@@ -31,7 +31,7 @@ extern "C" {
 
 #define BATON_WORKER_PROTO 1
 
-struct baton_request; /* one request; valid until answered */
+struct baton_request; /* one request; valid while the callback that got it runs */
 
 /* The request's id ("r42"). */
 const char *baton_request_id(const struct baton_request *req);
