@@ -57,6 +57,7 @@ static void run_program(char *const *argv, char *const *env, const char *dir, in
 		return;
 	}
 	if (pid == 0) {
+		signal(SIGPIPE, SIG_DFL); /* baton ignores it; the check must not inherit that */
 		setpgid(0, 0);
 		int devnull = open("/dev/null", O_RDONLY);
 		dup2(devnull, 0);
