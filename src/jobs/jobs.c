@@ -476,7 +476,7 @@ static void feed(struct bt_daemon *d, void *arg)
 		return;
 	/* Waiting for such a stage would be forever: fail what is left instead. */
 	int placeable = 1;
-	for (int i = 0; i < job->pl->nstages && placeable; i++) {
+	for (int i = 0; i < job->pl->nstages && placeable && job->next < job->nitems; i++) {
 		char msg[512];
 		if (stage_unplaceable(job, job->pl->stages[i], msg, sizeof(msg))) {
 			bt_error("run cannot start", "reason=\"%s\"", msg);
@@ -499,6 +499,15 @@ static void feed(struct bt_daemon *d, void *arg)
 		int e = read_file(it->abspath, &data, &len);
 		if (e) {
 			record_failure(job, it->relpath, "unreadable", bt_strerror(e), 0, NULL);
+			continue;
+		}
+		if (len > d->cfg->max_request_bytes) {
+			/* The same limit as over HTTP: workers and spawn scripts rely on it. */
+			char msg[160];
+			snprintf(msg, sizeof(msg), "the file has %zu bytes, over max_request_bytes %zu",
+				 len, d->cfg->max_request_bytes);
+			free(data);
+			record_failure(job, it->relpath, "too_large", msg, 0, NULL);
 			continue;
 		}
 		const char *base = strrchr(it->relpath, '/');

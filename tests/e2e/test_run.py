@@ -347,3 +347,16 @@ def test_jobs_caps_the_requests_in_flight(tmp_path):
     # ...with --jobs 2 never more than two requests are in a worker's hands.
     capped = peak("--jobs", "2")
     assert capped <= 2, capped
+
+
+def test_file_over_max_request_bytes_fails_like_an_http_body_would(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("max_request_bytes: 1024\nstages:\n" + fake_stage("w") +
+                    "pipelines:\n  p: [w]\n")
+    make_inputs(tmp_path / "in", {"small.txt": "fits", "big.txt": "x" * 4096})
+    r = run(str(path), [str(tmp_path / "in")], tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    assert outputs(tmp_path / "out") == {"small.txt.out": "fits"}
+    failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
+    assert [(f["path"], f["code"]) for f in failed] == [("big.txt", "too_large")]
+    assert "4096 bytes" in failed[0]["error"]
