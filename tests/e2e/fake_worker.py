@@ -23,7 +23,8 @@ Payload commands (text; anything else is echoed back):
   order:TAG         answer with how many order: requests this replica saw before
   alloc:MB          allocate and touch MB megabytes, hold them 3 s, then echo
   alloc-once:TOKEN:MB  the same, the first time TOKEN is seen only
-  v2 requests       (meta protocol "v2") answer a v2 response whose outputs are
+  v2 requests       (meta protocol "v2") answer a v2 response (parameters.served:
+                    how many v2 requests this replica has served) whose outputs are
                     the inputs renamed "out_<name>", binary when asked for
 
 With FAKE_BATCH=1 the worker uses a batch handler, and each answer is the
@@ -86,10 +87,14 @@ def raw_write(data):
 ORDER = []
 
 
+V2_SERVED = [0]
+
+
 def v2_echo(payload, meta):
     req = bw.v2.parse(payload, meta)
     outs = [bw.v2.Tensor("out_" + t.name, t.datatype, t.shape, t.data) for t in req.inputs]
-    return bw.v2.response(outs, request=req)
+    V2_SERVED[0] += 1   # the order this replica served v2 requests in
+    return bw.v2.response(outs, request=req, parameters={"served": V2_SERVED[0]})
 
 
 SEEN = [0]
