@@ -18,11 +18,10 @@ static int run(int argc, char **argv)
 	}
 	printf("baton runs multi-stage ML pipelines of isolated, persistent, supervised workers.\n\n"
 	       "usage: baton COMMAND [ARGS]\n\ncommands:\n");
-	for (int i = 0; bt_commands[i]; i++) {
-		char left[96];
-		snprintf(left, sizeof(left), "%s %s", bt_commands[i]->name, bt_commands[i]->usage);
-		printf("  %-44s %s\n", left, bt_commands[i]->summary);
-	}
+	/* Usage on its own line, the summary under it: usages are too long for columns. */
+	for (int i = 0; bt_commands[i]; i++)
+		printf("  %s%s%s\n      %s\n", bt_commands[i]->name, bt_commands[i]->usage[0] ? " " : "",
+		       bt_commands[i]->usage, bt_commands[i]->summary);
 	printf("\nexit codes: 0 success, 1 the work failed, 2 usage or configuration error\n"
 	       "docs: docs/config.md (the YAML file), docs/protocol.md (writing a worker),\n"
 	       "      docs/operations.md (HTTP API, signals, logs)\n");

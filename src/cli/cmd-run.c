@@ -63,5 +63,6 @@ static int run(int argc, char **argv)
 }
 
 const struct bt_cmd bt_cmd_run = {
-	"run", "CONFIG --pipeline P --input PATH... --output DIR [--jobs N] [--force]",
+	"run",
+	"CONFIG --pipeline P --input PATH... --output DIR [--jobs N] [--force] [--progress | --no-progress]",
 	"run a pipeline over files, writing one result per input (resumable)", run};
