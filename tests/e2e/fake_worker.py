@@ -40,6 +40,7 @@ Environment switches:
   FAKE_GRANDCHILD=1     start a `sleep` grandchild in its process group
   FAKE_BATCH=1          handle batches with a batch handler
   FAKE_RECORD_FILE      append each request's meta.path to this file
+  FAKE_DELAY_MS         sleep this long in every request (a model's cost)
   FAKE_CONCURRENCY_DIR  hold a marker file there while handling a request,
                         and append to its "counts" file how many markers
                         (requests in hand, over every replica) it saw
@@ -118,7 +119,12 @@ def handle(payload, meta):
         os.unlink(marker)
 
 
+DELAY_S = float(os.environ.get("FAKE_DELAY_MS", "0")) / 1000
+
+
 def handle_one(payload, meta):
+    if DELAY_S:
+        time.sleep(DELAY_S)
     record = os.environ.get("FAKE_RECORD_FILE")
     if record and "path" in meta:
         with open(record, "a") as f:
