@@ -121,8 +121,11 @@ def test_sigkill_chaos_every_request_answered_once(baton):
     for status, body in answers.values():
         if status == 502:
             assert b"worker_crashed" in body and b"4 times" in body  # retries exhausted
-    # baton's own memory stays bounded under churn.
-    assert rss_kb(b.proc.pid) < rss_before + 30 * 1024 * (3 if SLOW > 1 else 1)
+    # baton's own memory stays bounded under churn. Under ASan, RSS says little
+    # (freed memory sits in a quarantine of up to 256 MB); LeakSanitizer checks
+    # leaks at exit there instead.
+    if SLOW == 1:
+        assert rss_kb(b.proc.pid) < rss_before + 30 * 1024
     assert b.stop() == 0
     assert b.leftover_groups() == []
 
