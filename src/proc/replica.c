@@ -838,8 +838,8 @@ void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	}
 	bt_buf_release(&frames);
 	for (int i = 0; i < nunsendable; i++)
-		bt_stage_result(unsendable[i], NULL, 0, NULL,
-				"request metadata does not fit in a 64 KiB header", 0);
+		bt_stage_unsendable(unsendable[i],
+				    "request metadata does not fit in a 64 KiB header");
 	free(unsendable);
 }
 

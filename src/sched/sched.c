@@ -395,6 +395,15 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		finish(req, BT_OK, NULL, NULL);
 }
 
+void bt_stage_unsendable(struct bt_request *req, const char *why)
+{
+	struct bt_stage *st = stage_of(req);
+	left_replica(req);
+	st->errors++;
+	/* Not the input's fault (rejected) and no retry could fix it. */
+	finish(req, BT_WORKER_ERROR, st->cfg->name, "%s", why);
+}
+
 void bt_stage_lost(struct bt_request *req, int charge, const char *why)
 {
 	struct bt_stage *st = stage_of(req);

@@ -139,6 +139,11 @@ void bt_sched_flush(struct bt_daemon *d);
 void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		     json_t *result_meta, const char *error, int retry);
 /*
+ * From proc/: req could not be framed for the worker (its metadata is over
+ * the header limit, grown by earlier stages); it fails as worker_error.
+ */
+void bt_stage_unsendable(struct bt_request *req, const char *why);
+/*
  * From proc/: the replica holding req died.  charge says whether this
  * counts against the request's attempts (not when another request's
  * timeout caused the kill).

@@ -20,6 +20,8 @@ Payload commands (text; anything else is echoed back):
   meta              answer with the request's metadata as JSON
   setmeta:JSON      answer "meta" with JSON merged into the metadata (so a
                     second fake stage answers with the metadata it got)
+  padmeta:N         pass the payload on unchanged, adding N bytes of metadata
+                    (key pad_<stage>): metadata grows stage after stage
   order:TAG         answer with how many order: requests this replica saw before
   alloc:MB          allocate and touch MB megabytes, hold them 3 s, then echo
   alloc-once:TOKEN:MB  the same, the first time TOKEN is seen only
@@ -178,6 +180,8 @@ def handle_one(payload, meta):
         return json.dumps(meta).encode(), {"content_type": "application/json"}
     if cmd == "setmeta":
         return b"meta", json.loads(arg)
+    if cmd == "padmeta":   # the same payload on, and N bytes more metadata per stage
+        return payload, {"pad_" + meta.get("stage", "?"): "x" * int(arg)}
     if cmd == "order":
         ORDER.append(arg)
         return str(len(ORDER) - 1).encode()

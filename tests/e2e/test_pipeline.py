@@ -201,3 +201,17 @@ def test_status_command_prints_a_table(baton):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert b.stop() == 0
+
+
+def test_metadata_grown_past_the_header_limit_fails_as_worker_error(baton):
+    # Two stages add 40 KB of metadata each: the third stage's request header
+    # would pass 64 KiB. That is not the input's fault (rejected) but the
+    # pipeline's, and nothing was sent to the third stage's worker.
+    b = baton(config(fake_stage("a") + fake_stage("b") + fake_stage("c"),
+                     {"p": ["a", "b", "c"]}))
+    r = b.post("p", "padmeta:40000")
+    assert r.status == 500 and r.json()["code"] == "worker_error", r
+    assert r.json()["stage"] == "c" and "64 KiB" in r.json()["error"], r
+    assert b.post("p", "padmeta:10").status == 200
+    assert b.status()["stages"]["c"]["replicas"][0]["restarts"] == 0
+    assert b.stop() == 0
