@@ -107,7 +107,8 @@ void bt_replica_start(struct bt_replica *r);
  * it must be READY with fewer than max_ongoing batches in flight.  The
  * frames are written at the next bt_proc_flush.
  */
-void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n);
+/* Sends reqs as one batch; returns how many went (the rest failed at once). */
+int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n);
 /* Takes req back (it timed out) and kills the process; others are retried. */
 void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,
 			const char *why);

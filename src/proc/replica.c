@@ -779,7 +779,7 @@ void bt_replica_revive(struct bt_replica *r)
 
 /* ---- requests ------------------------------------------------------------ */
 
-void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
+int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 {
 	struct bt_child *c = r->child;
 	const struct bt_stage_config *cfg = cfg_of(r);
@@ -798,8 +798,9 @@ void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 			bt_replica_release(r, reqs[0]);
 			r->stage->failures[BT_FAIL_SPAWN]++;
 			bt_stage_lost(reqs[0], 1, why);
+			return 0;
 		}
-		return;
+		return 1;
 	}
 	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->nbatches < cfg->max_ongoing);
 	int b = 0;
@@ -841,6 +842,7 @@ void bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		bt_stage_unsendable(unsendable[i],
 				    "request metadata does not fit in a 64 KiB header");
 	free(unsendable);
+	return sent;
 }
 
 void bt_replica_abandon(struct bt_replica *r, struct bt_request *req,

@@ -332,8 +332,9 @@ static void dispatch(struct bt_stage *st)
 			st->scratch[n++] = req;
 		}
 		st->running += (uint64_t)n;
-		bt_hist_observe(&st->batch_hist, n);
-		bt_replica_send(r, st->scratch, n);
+		int sent = bt_replica_send(r, st->scratch, n);
+		if (sent) /* the batch a worker received */
+			bt_hist_observe(&st->batch_hist, sent);
 	}
 }
 

@@ -214,4 +214,8 @@ def test_metadata_grown_past_the_header_limit_fails_as_worker_error(baton):
     assert r.json()["stage"] == "c" and "64 KiB" in r.json()["error"], r
     assert b.post("p", "padmeta:10").status == 200
     assert b.status()["stages"]["c"]["replicas"][0]["restarts"] == 0
+    # Only the batch the worker received counts in the batch-size histogram.
+    metrics = b.get("/metrics").body.decode()
+    assert 'baton_stage_batch_size_count{stage="c"} 1\n' in metrics, \
+        [l for l in metrics.splitlines() if "batch_size_count" in l]
     assert b.stop() == 0
