@@ -179,32 +179,43 @@ def test_replicas_are_placed_best_fit_and_the_rest_wait(baton):
     assert b.stop() == 0
 
 
-def write_nvml(path, util, used):
+def write_gpus(path, *gpus):
+    """gpus: (util_percent, total_mb, used_mb) for devices 0, 1, ..."""
     tmp = str(path) + ".tmp"
     with open(tmp, "w") as f:
-        f.write("gpu 0 %d 8192 %d\n" % (util, used))
+        for i, (util, total, used) in enumerate(gpus):
+            f.write("gpu %d %d %d %d\n" % (i, util, total, used))
     os.replace(tmp, str(path))  # the library never reads half a file
+
+
+def use_fake_nvml(monkeypatch, path, *gpus):
+    """Points baton at the NVML test double, reading the devices from path."""
+    write_gpus(path, *gpus)
+    monkeypatch.setenv("BATON_NVML_LIBRARY", FAKE_NVML)
+    monkeypatch.setenv("FAKE_NVML_FILE", str(path))
+
+
+def gpu_autoscaled_stage():
+    return fake_stage("w", replicas="{min: 1, max: 3}",
+                      resources="{gpu: 0.25, gpu_memory_mb: 1000}",
+                      autoscale="{target_ongoing: 1, upscale_delay_s: 0, max_gpu: 90, "
+                                "max_cpu: 100}")
 
 
 def test_nvml_is_read_through_dlopen_and_a_busy_gpu_refuses_scale_up(baton, tmp_path, monkeypatch):
     nvml = tmp_path / "nvml.txt"
-    write_nvml(nvml, 20, 1000)
-    monkeypatch.setenv("BATON_NVML_LIBRARY", FAKE_NVML)
-    monkeypatch.setenv("FAKE_NVML_FILE", str(nvml))
-    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 3}",
-                             resources="{gpu: 0.25, gpu_memory_mb: 1000}",
-                             autoscale="{target_ongoing: 1, upscale_delay_s: 0, max_gpu: 90, "
-                                       "max_cpu: 100}")))
+    use_fake_nvml(monkeypatch, nvml, (20, 8192, 1000))
+    b = baton(cfg(gpu_autoscaled_stage()))
     wait_for(lambda: b.status()["gpus"] and b.status()["gpus"][0].get("util_percent") == 20, 10)
     g = b.status()["gpus"][0]
     assert g["memory_mb"] == 8192 and g["memory_used_mb"] == 1000
-    write_nvml(nvml, 99, 7000)
+    write_gpus(nvml, (99, 8192, 7000))
     wait_for(lambda: b.status()["gpus"][0]["util_percent"] == 99, 10)
     with Load(b, 4, "slow:200"):
         wait_for(lambda: any(not e["applied"] and "GPU at 99%" in e["reason"]
                              for e in history(b)), 10, what="a refusal")
         assert active(b) == 1
-        write_nvml(nvml, 30, 2000)
+        write_gpus(nvml, (30, 8192, 2000))
         wait_for(lambda: active(b) > 1, 10, what="scale-up once the GPU is free")
     metrics = b.get("/metrics").body.decode()
     assert 'baton_gpu_utilization_ratio{gpu="0"}' in metrics
@@ -212,25 +223,11 @@ def test_nvml_is_read_through_dlopen_and_a_busy_gpu_refuses_scale_up(baton, tmp_
     assert b.stop() == 0
 
 
-def write_gpus(path, *gpus):
-    """gpus: (util_percent, total_mb, used_mb) for devices 0, 1, ..."""
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w") as f:
-        for i, (util, total, used) in enumerate(gpus):
-            f.write("gpu %d %d %d %d\n" % (i, util, total, used))
-    os.replace(tmp, str(path))
-
-
 def test_gpu_signal_is_the_busiest_gpu_the_stage_is_placed_on(baton, tmp_path, monkeypatch):
     nvml = tmp_path / "nvml.txt"
     # gpu1 is the tighter fit, so the stage lands there; gpu0 is busy.
-    write_gpus(nvml, (99, 8192, 0), (20, 4096, 0))
-    monkeypatch.setenv("BATON_NVML_LIBRARY", FAKE_NVML)
-    monkeypatch.setenv("FAKE_NVML_FILE", str(nvml))
-    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 3}",
-                             resources="{gpu: 0.25, gpu_memory_mb: 1000}",
-                             autoscale="{target_ongoing: 1, upscale_delay_s: 0, max_gpu: 90, "
-                                       "max_cpu: 100}")))
+    use_fake_nvml(monkeypatch, nvml, (99, 8192, 0), (20, 4096, 0))
+    b = baton(cfg(gpu_autoscaled_stage()))
     assert [r["gpu"] for r in b.replicas("w")] == [1]
     # Busy where the stage runs: refused.  (Both GPUs are read each tick.)
     write_gpus(nvml, (20, 8192, 0), (99, 4096, 0))
@@ -248,9 +245,7 @@ def test_gpu_signal_is_the_busiest_gpu_the_stage_is_placed_on(baton, tmp_path, m
 
 def test_memory_used_outside_baton_is_not_free_for_placement(baton, tmp_path, monkeypatch):
     nvml = tmp_path / "nvml.txt"
-    write_gpus(nvml, (10, 8192, 7000))  # someone else holds 7000 MB
-    monkeypatch.setenv("BATON_NVML_LIBRARY", FAKE_NVML)
-    monkeypatch.setenv("FAKE_NVML_FILE", str(nvml))
+    use_fake_nvml(monkeypatch, nvml, (10, 8192, 7000))  # someone else holds 7000 MB
     b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 2, initial: 1}",
                              resources="{gpu: 0.25, gpu_memory_mb: 2000}")), wait_ready=False)
 
