@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -127,9 +128,9 @@ static void first_error_line(const char *text, char *out, size_t size)
 		size_t n = (size_t)(end - line);
 		while (n && (line[n - 1] == '\r' || line[n - 1] == ' '))
 			n--;
-		char *copy = bt_strndup(line, n);
-		int found = n && line[0] != ' ' && line[0] != '\t' && strcasestr(copy, "error");
-		free(copy);
+		int found = 0;
+		for (size_t k = 0; !found && n && line[0] != ' ' && line[0] != '\t' && k + 5 <= n; k++)
+			found = !strncasecmp(line + k, "error", 5);
 		if (found) {
 			snprintf(out, size, "%.*s", (int)n, line);
 			return;

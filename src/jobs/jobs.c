@@ -455,15 +455,21 @@ static int stage_unplaceable(const struct job *job, const struct bt_stage *st, c
 	return 1;
 }
 
+/* An input that shares its output with an earlier one fails unsent: returns 1. */
+static int fail_if_duplicate(struct job *job, const struct item *it)
+{
+	if (!it->duplicate)
+		return 0;
+	record_failure(job, it->relpath, "duplicate_output", it->duplicate, 0, NULL);
+	return 1;
+}
+
 /* Fails every input not yet sent, e.g. when a stage will never come up. */
 static void fail_unsent(struct job *job, const char *error, const char *stage)
 {
 	while (job->next < job->nitems) {
 		struct item *it = &job->items[job->next++];
-		if (it->duplicate)
-			record_failure(job, it->relpath, "duplicate_output", it->duplicate, 0,
-				       NULL);
-		else
+		if (!fail_if_duplicate(job, it))
 			record_failure(job, it->relpath, bt_code_name(BT_STAGE_FAILED), error, 0,
 				       stage);
 	}
@@ -489,11 +495,8 @@ static void feed(struct bt_daemon *d, void *arg)
 		return;
 	while (job->inflight < (size_t)job->jobs && job->next < job->nitems) {
 		struct item *it = &job->items[job->next++];
-		if (it->duplicate) {
-			record_failure(job, it->relpath, "duplicate_output", it->duplicate, 0,
-				       NULL);
+		if (fail_if_duplicate(job, it))
 			continue;
-		}
 		char *data;
 		size_t len;
 		int e = read_file(it->abspath, &data, &len);

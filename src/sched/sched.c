@@ -319,9 +319,9 @@ static void dispatch(struct bt_stage *st)
 			 * does) and reaches the worker as deadline_ms, but a client must
 			 * not be able to make baton kill and charge a healthy worker.
 			 */
-			bt_heap_update(&d->deadlines, &req->deadline,
-				       now / 1000 + st->cfg->timeout_ms);
-			uint64_t deadline = cap_deadline(req, now / 1000 + st->cfg->timeout_ms);
+			uint64_t run_deadline = now / 1000 + st->cfg->timeout_ms;
+			bt_heap_update(&d->deadlines, &req->deadline, run_deadline);
+			uint64_t deadline = cap_deadline(req, run_deadline);
 			json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
 			json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
 			/* A client deadline may already have passed: 0 left, not a wrap. */
@@ -426,9 +426,8 @@ void bt_stage_lost(struct bt_request *req, int charge, const char *why)
 		return;
 	}
 	/*
-	 * A batch-mate of a request that timed out shares its replica's restart;
-	 * if its own deadline has passed too, a retry would give it a second
-	 * full timeout_ms.
+	 * Its deadline passed while the replica was dying (the timer had not
+	 * run yet): a retry would give it a second full timeout_ms.
 	 */
 	if (bt_heap_contains(&req->deadline) && req->deadline.key <= bt_now_ms()) {
 		finish(req, BT_TIMEOUT, st->cfg->name,
