@@ -170,17 +170,24 @@ def test_crash_mid_batch_retries_every_item_in_new_batches(baton, state_dir):
 
 def test_max_ongoing_counts_batches(baton):
     # Two batches in flight on one replica at most: 3 full batches of 2
-    # need two rounds of the 300 ms worker.
+    # need two rounds of the worker (3 s a batch, 1.5 s an item). The six
+    # posts arrive one by one, so the check waits for one status snapshot
+    # that holds all six; the first round cannot end before they arrive.
     b = baton(config(batch_stage(batch="{max_size: 2, window_ms: 1000}", max_ongoing=2),
                      {"p": ["w"]}))
     results = []
     t = threading.Thread(target=lambda: results.extend(
-        post_all(b, [("p", "slow:300") for _ in range(6)])))
+        post_all(b, [("p", "slow:1500") for _ in range(6)])))
     t.start()
-    wait_for(lambda: b.status()["stages"]["w"]["running"] == 4, 10,
-             what="two batches of two running")
-    st = b.status()["stages"]["w"]
-    assert st["queued"] == 2 and st["replicas"][0]["in_flight"] == 4
+    snap = {}
+
+    def all_six_accepted():
+        snap.update(b.status()["stages"]["w"])
+        return snap["queued"] + snap["running"] == 6
+
+    wait_for(all_six_accepted, 10, what="six requests queued or running")
+    assert snap["running"] == 4 and snap["queued"] == 2, snap
+    assert snap["replicas"][0]["in_flight"] == 4, snap
     t.join(60 * SLOW)
     assert [r.status for r in results] == [200] * 6
     assert b.stop() == 0
