@@ -76,6 +76,26 @@ def group_alive(pgid):
     return False
 
 
+class Gate:
+    """A file the fake worker's "gate:PATH" requests wait for. A test holds
+    replicas busy with gate requests for as long as its checks take, however
+    slow the machine, then opens the gate; leaving the with block opens it
+    in any case, so no worker is left waiting."""
+
+    def __init__(self, tmp_path, name="gate"):
+        self.path = os.path.join(str(tmp_path), name)
+        self.payload = "gate:" + self.path
+
+    def open(self):
+        open(self.path, "w").close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.open()
+
+
 class Reply:
     def __init__(self, status, headers, body):
         self.status = status

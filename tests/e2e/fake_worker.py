@@ -10,6 +10,8 @@ Payload commands (text; anything else is echoed back):
   garbage-once:TOKEN
   hugeframe         answer with a header claiming a 4 GiB payload
   slow:MS           sleep MS milliseconds, then echo
+  gate:PATH         wait until the file PATH exists (at most 120 s), then echo:
+                    a test holds the replica busy exactly as long as it needs
   exit:N            exit with status N
   print:N           print N lines on stdout, then echo
   reject:TEXT       fail with retry:false
@@ -152,6 +154,10 @@ def handle_one(payload, meta):
         time.sleep(3600)
     if cmd == "slow":
         time.sleep(int(arg) / 1000)
+    if cmd == "gate":
+        end = time.monotonic() + 120
+        while not os.path.exists(arg) and time.monotonic() < end:
+            time.sleep(0.01)
     if cmd == "alloc" or (cmd == "alloc-once" and first_time(arg.split(":")[0])):
         mb = int(arg.split(":")[-1])
         hog = bytearray(mb << 20)

@@ -5,7 +5,7 @@ import os
 import subprocess
 import threading
 
-from conftest import BUILD, PYTHON, ROOT, SDK_PY, SLOW, config, fake_stage, wait_for
+from conftest import BUILD, PYTHON, ROOT, SDK_PY, SLOW, Gate, config, fake_stage, wait_for
 
 REV = os.path.join(BUILD, "examples", "echo", "rev")
 UPPER = os.path.join(ROOT, "examples", "echo", "upper.py")
@@ -123,15 +123,16 @@ def test_body_over_limit_is_refused_before_it_is_read(baton):
     assert b.stop() == 0
 
 
-def test_full_queue_answers_503_with_retry_after(baton):
+def test_full_queue_answers_503_with_retry_after(baton, tmp_path):
     b = baton(config(fake_stage("w", queue_max=2, max_ongoing=1), {"p": ["w"]}))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(b.post("p", "slow:1500")))
-               for _ in range(3)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: b.status()["stages"]["w"]["queued"] == 2, 10, what="2 queued")
-    r = b.post("p", "one too many")
+    with Gate(tmp_path) as gate:
+        threads = [threading.Thread(target=lambda: results.append(b.post("p", gate.payload)))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: b.status()["stages"]["w"]["queued"] == 2, 10, what="2 queued")
+        r = b.post("p", "one too many")
     assert r.status == 503, r
     assert r.json()["code"] == "overloaded"
     assert r.headers["retry-after"] == "1"
@@ -143,17 +144,18 @@ def test_full_queue_answers_503_with_retry_after(baton):
     assert b.stop() == 0
 
 
-def test_max_inflight_admission_at_the_entry(baton):
+def test_max_inflight_admission_at_the_entry(baton, tmp_path):
     cfg = ("stages:\n" + fake_stage("w", replicas=2, max_ongoing=2) +
            "pipelines:\n  p:\n    stages: [w]\n    max_inflight: 2\n")
     b = baton(cfg)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(b.post("p", "slow:1500")))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: b.status()["pipelines"]["p"]["in_flight"] == 2, 10)
-    r = b.post("p", "third")
+    with Gate(tmp_path) as gate:
+        threads = [threading.Thread(target=lambda: results.append(b.post("p", gate.payload)))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: b.status()["pipelines"]["p"]["in_flight"] == 2, 10)
+        r = b.post("p", "third")
     assert r.status == 503 and r.json()["code"] == "overloaded"
     assert "max_inflight" in r.json()["error"]
     for t in threads:
@@ -162,15 +164,16 @@ def test_max_inflight_admission_at_the_entry(baton):
     assert b.stop() == 0
 
 
-def test_least_loaded_replica_gets_the_work(baton):
+def test_least_loaded_replica_gets_the_work(baton, tmp_path):
     b = baton(config(fake_stage("w", replicas=3, max_ongoing=4), {"p": ["w"]}))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(b.post("p", "slow:800")))
-               for _ in range(6)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: b.status()["stages"]["w"]["running"] == 6, 10)
-    loads = sorted(r["in_flight"] for r in b.replicas("w"))
+    with Gate(tmp_path) as gate:
+        threads = [threading.Thread(target=lambda: results.append(b.post("p", gate.payload)))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: b.status()["stages"]["w"]["running"] == 6, 10)
+        loads = sorted(r["in_flight"] for r in b.replicas("w"))
     assert loads == [2, 2, 2], loads
     for t in threads:
         t.join(60 * SLOW)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BATON, SLOW, fake_stage, pid_alive, wait_for
+from conftest import BATON, SLOW, Gate, fake_stage, pid_alive, wait_for
 
 
 def write_config(tmp_path, **stage):
@@ -129,17 +129,27 @@ def test_kill_9_then_rerun_completes_without_redoing_finished_items(tmp_path):
 
 
 def test_sigint_finishes_in_flight_items_then_stops(tmp_path):
-    cfg = write_config(tmp_path, replicas=2)
-    make_inputs(tmp_path / "in", {"f%02d.txt" % i: "slow:1500" for i in range(10)})
+    # Every item waits at a gate, so nothing finishes (and nothing more is
+    # fed) until the test has interrupted the run, however slow the machine.
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    cfg = write_config(tmp_path, replicas=2, env={"FAKE_CONCURRENCY_DIR": str(busy)})
+    gate = Gate(tmp_path)
+    make_inputs(tmp_path / "in", {"f%02d.txt" % i: gate.payload for i in range(10)})
     out = tmp_path / "out"
     proc = subprocess.Popen([BATON, "run", cfg, "--pipeline", "p", "--input",
                              str(tmp_path / "in"), "--output", str(out), "--jobs", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: "starting" in open(out / "_baton.log").read()
-             if (out / "_baton.log").exists() else False, 20)
-    wait_for(lambda: open(out / "_baton.log").read().count("replica ready") == 2, 20)
-    time.sleep(0.5)  # both slots are now busy with 1.5 s requests
-    proc.send_signal(signal.SIGINT)
+
+    def log():
+        return (out / "_baton.log").read_text() if (out / "_baton.log").exists() else ""
+
+    with gate:
+        # The run feeds both slots at once, so one item at a worker means two sent.
+        wait_for(lambda: any(n.startswith("active-") for n in os.listdir(busy)), 20,
+                 what="an item in a worker's hands")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "shutting down" in log(), 10, what="the run to see the signal")
     stdout, _ = proc.communicate(timeout=30 * SLOW)
     assert proc.returncode == 1
     done = outputs(out)

@@ -6,31 +6,33 @@ import signal
 import threading
 import time
 
-from conftest import SLOW, config, fake_stage, pid_alive, wait_for
+from conftest import SLOW, Gate, config, fake_stage, pid_alive, wait_for
 
 
-def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton):
+def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton, tmp_path):
     b = baton(config(fake_stage("w", replicas=2, max_ongoing=4), {"p": ["w"]}))
     results = []
     lock = threading.Lock()
+    gate = Gate(tmp_path)
 
     def send(i):
-        r = b.post("p", "slow:700")
+        r = b.post("p", gate.payload)
         with lock:
             results.append(r)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: b.status()["requests"]["in_flight"] == 8, 10, what="8 in flight")
-    pids = b.pids("w")
-    b.send_signal(signal.SIGTERM)
-    # The signal arrives asynchronously: once baton says it drains, new
-    # work is refused while the accepted work finishes.
-    wait_for(lambda: b.status()["state"] == "draining", 10, what="draining")
-    late = b.post("p", "late")
-    assert late.status == 503 and late.json()["code"] == "shutting_down", late
-    assert b.get("/v2/health/ready").status == 400
+    with gate:
+        for t in threads:
+            t.start()
+        wait_for(lambda: b.status()["requests"]["in_flight"] == 8, 10, what="8 in flight")
+        pids = b.pids("w")
+        b.send_signal(signal.SIGTERM)
+        # The signal arrives asynchronously: once baton says it drains, new
+        # work is refused while the accepted work (held at the gate) waits.
+        wait_for(lambda: b.status()["state"] == "draining", 10, what="draining")
+        late = b.post("p", "late")
+        assert late.status == 503 and late.json()["code"] == "shutting_down", late
+        assert b.get("/v2/health/ready").status == 400
     for t in threads:
         t.join(30 * SLOW)
     assert [r.status for r in results] == [200] * 8

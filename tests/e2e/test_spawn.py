@@ -62,7 +62,7 @@ def test_missing_output_file_is_an_error(baton, tmp_path):
 
 
 def test_timeout_kills_the_process_group(baton, tmp_path):
-    b = baton(files_stage(tmp_path, "    timeout_ms: 500\n"))
+    b = baton(files_stage(tmp_path, "    timeout_ms: 3000\n"))
     pidfile = tmp_path / "hung.pid"
     r = b.post("p", json.dumps({"action": "hang", "pidfile": str(pidfile)}))
     assert r.status == 504, r

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, fake_stage, wait_for
+from conftest import SLOW, Gate, fake_stage, wait_for
 
 IO = ("    io:\n"
       "      inputs: [{name: x, datatype: FP32, shape: [-1, 3]}]\n"
@@ -201,21 +201,22 @@ def test_client_timeout_does_not_kill_a_running_worker(baton):
     assert b.stop() == 0
 
 
-def test_priorities_are_served_in_order_under_contention(baton):
+def test_priorities_are_served_in_order_under_contention(baton, tmp_path):
     b = baton("stages:\n" + fake_stage("w", max_ongoing=1, priority_levels=3) +
               "pipelines:\n  p: [w]\n")
-    busy = threading.Thread(target=lambda: b.post("p", "slow:1500"))
-    busy.start()
-    wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10)
     results = {}
     threads = []
-    # Low priority first, then high: the high ones must still run first.
-    for tag, prio in [("low1", 3), ("low2", 3), ("mid", 2), ("high1", 1), ("high2", 1)]:
-        t = threading.Thread(target=lambda tag=tag, prio=prio: results.setdefault(
-            tag, b.post("p", "order:" + tag, headers={"Baton-Priority": str(prio)})))
-        t.start()
-        threads.append(t)
-        wait_for(lambda n=len(threads): b.status()["stages"]["w"]["queued"] == n, 10)
+    with Gate(tmp_path) as gate:
+        busy = threading.Thread(target=lambda: b.post("p", gate.payload))
+        busy.start()
+        wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10)
+        # Low priority first, then high: the high ones must still run first.
+        for tag, prio in [("low1", 3), ("low2", 3), ("mid", 2), ("high1", 1), ("high2", 1)]:
+            t = threading.Thread(target=lambda tag=tag, prio=prio: results.setdefault(
+                tag, b.post("p", "order:" + tag, headers={"Baton-Priority": str(prio)})))
+            t.start()
+            threads.append(t)
+            wait_for(lambda n=len(threads): b.status()["stages"]["w"]["queued"] == n, 10)
     for t in threads + [busy]:
         t.join(30 * SLOW)
     order = sorted(results, key=lambda k: int(results[k].body))
@@ -223,10 +224,11 @@ def test_priorities_are_served_in_order_under_contention(baton):
     assert b.stop() == 0
 
 
-def test_v2_priority_parameter_is_used(baton):
+def test_v2_priority_parameter_is_used(baton, tmp_path):
     b = baton("stages:\n" + fake_stage("w", max_ongoing=1, priority_levels=2) +
               "pipelines:\n  m: [w]\n")
-    busy = threading.Thread(target=lambda: b.post("m", "slow:1500"))
+    gate = Gate(tmp_path)
+    busy = threading.Thread(target=lambda: b.post("m", gate.payload))
     busy.start()
     wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10)
     served = {}
@@ -237,12 +239,13 @@ def test_v2_priority_parameter_is_used(baton):
             req["parameters"] = {"priority": prio}
         served[tag] = infer(b, json.dumps(req)).json()["parameters"]["served"]
 
-    t1 = threading.Thread(target=send, args=("default", 0))
-    t1.start()
-    wait_for(lambda: b.status()["stages"]["w"]["queued"] == 1, 10)
-    t2 = threading.Thread(target=send, args=("urgent", 1))
-    t2.start()
-    wait_for(lambda: b.status()["stages"]["w"]["queued"] == 2, 10)
+    with gate:
+        t1 = threading.Thread(target=send, args=("default", 0))
+        t1.start()
+        wait_for(lambda: b.status()["stages"]["w"]["queued"] == 1, 10)
+        t2 = threading.Thread(target=send, args=("urgent", 1))
+        t2.start()
+        wait_for(lambda: b.status()["stages"]["w"]["queued"] == 2, 10)
     for t in (t1, t2, busy):
         t.join(30 * SLOW)
     # The worker's own count, not the order the client threads woke up in.
