@@ -57,7 +57,6 @@ struct conn {
 	int counted; /* included in h->pending */
 	struct bt_request *req; /* in flight, or finished and not yet answered */
 	int finished;
-	char *v2_id; /* the v2 request's "id", echoed in the answer */
 };
 
 /* ---- answers -------------------------------------------------------------- */
@@ -163,31 +162,46 @@ static void server_timing(const struct bt_request *req, char *out, size_t size)
 			 (double)(bt_now_us() - req->accepted_us) / 1000.0);
 }
 
+/*
+ * The last stage's answer becomes the v2 response here, before the request
+ * counts as succeeded: a worker that answered anything else fails it
+ * (worker_error), in the metrics as in the HTTP status.
+ */
+static int v2_check(struct bt_request *req, char *err, size_t errlen)
+{
+	json_t *jhl = json_object_get(req->meta, "v2_header_length");
+	long long hl = json_is_integer(jhl) ? json_integer_value(jhl) : -1;
+	char *body, why[256];
+	size_t len;
+	long long out_hl;
+	if (bt_v2_finish_response(req->payload, req->len, hl, req->pipeline->cfg->name,
+				  req->check_data, &body, &len, &out_hl, why, sizeof(why))) {
+		snprintf(err, errlen, "the pipeline's last stage did not answer a v2 response: %s",
+			 why);
+		return 1;
+	}
+	free(req->payload);
+	req->payload = body;
+	req->len = len;
+	if (out_hl >= 0)
+		json_object_set_new(req->meta, "v2_header_length", json_integer(out_hl));
+	else
+		json_object_del(req->meta, "v2_header_length");
+	return 0;
+}
+
 static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
 				 const char *timing)
 {
 	json_t *jhl = json_object_get(req->meta, "v2_header_length");
-	long long hl = json_is_integer(jhl) ? json_integer_value(jhl) : -1;
-	char *body, err[256], hlen[32];
-	size_t len;
-	long long out_hl;
-	if (bt_v2_finish_response(req->payload, req->len, hl, req->pipeline->cfg->name,
-				  cn->v2_id, &body, &len, &out_hl, err, sizeof(err))) {
-		char msg[400];
-		snprintf(msg, sizeof(msg), "the pipeline's last stage did not answer a v2 response: %s",
-			 err);
-		json_t *doc = error_doc(BT_WORKER_ERROR, req->pipeline->stages[req->step]->cfg->name,
-					req->idstr, msg);
-		size_t dlen;
-		char *dbody = dump_line(doc, &dlen);
-		const char *hdrs[] = {"Server-Timing", timing, NULL};
-		return send_answer(cn->mc, 500, "application/json", dbody, dlen, hdrs);
-	}
-	snprintf(hlen, sizeof(hlen), "%lld", out_hl);
+	char hlen[32];
+	snprintf(hlen, sizeof(hlen), "%lld", (long long)json_integer_value(jhl));
 	const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing,
-			      "Inference-Header-Content-Length", out_hl >= 0 ? hlen : NULL, NULL};
-	return send_answer(cn->mc, 200, out_hl >= 0 ? "application/octet-stream" : "application/json",
-			   body, len, hdrs);
+			      "Inference-Header-Content-Length", jhl ? hlen : NULL, NULL};
+	char *body = req->payload;
+	req->payload = NULL;
+	return send_answer(cn->mc, 200, jhl ? "application/octet-stream" : "application/json",
+			   body, req->len, hdrs);
 }
 
 static enum MHD_Result answer_request(struct conn *cn)
@@ -252,12 +266,16 @@ static int priority_level(long long p)
 
 #define CLIENT_TIMEOUT_MAX_US (86400LL * 1000 * 1000)
 
-static void submit(struct conn *cn, json_t *meta, int priority, long long timeout_us)
+/* check and check_data: see struct bt_request (NULL for plain requests). */
+static void submit(struct conn *cn, json_t *meta, int priority, long long timeout_us,
+		   int (*check)(struct bt_request *, char *, size_t), char *check_data)
 {
 	size_t len;
 	char *payload = bt_buf_detach(&cn->body, &len);
 	cn->req = bt_request_new(cn->pl, payload, len, meta);
 	cn->req->priority = priority;
+	cn->req->check = check;
+	cn->req->check_data = check_data;
 	/* A client's timeout only shortens the stage's; past a day it means nothing. */
 	if (timeout_us > 0)
 		cn->req->client_deadline_ms =
@@ -321,7 +339,7 @@ static enum MHD_Result start_pipeline_request(struct conn *cn)
 	if (ctype && !json_object_get(meta, "content_type"))
 		json_object_set_new(meta, "content_type", json_string(ctype));
 	submit(cn, meta, priority_level(priority),
-	       BT_MIN(timeout_ms, CLIENT_TIMEOUT_MAX_US / 1000) * 1000);
+	       BT_MIN(timeout_ms, CLIENT_TIMEOUT_MAX_US / 1000) * 1000, NULL, NULL);
 	return wait_or_answer(cn);
 }
 
@@ -345,10 +363,9 @@ static enum MHD_Result start_infer(struct conn *cn)
 		json_object_set_new(meta, "v2_header_length", json_integer((json_int_t)v2.header_len));
 	if (v2.binary_output)
 		json_object_set_new(meta, "v2_binary_output", json_true());
-	cn->v2_id = v2.id;
-	v2.id = NULL;
 	submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
-	       v2.has_timeout ? v2.timeout_us : 0);
+	       v2.has_timeout ? v2.timeout_us : 0, v2_check, v2.id);
+	v2.id = NULL; /* the request's now */
 	bt_v2_request_release(&v2);
 	return wait_or_answer(cn);
 }
@@ -704,7 +721,6 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 		bt_daemon_progress(h->d);
 	}
 	bt_buf_release(&cn->body);
-	free(cn->v2_id);
 	free(cn);
 }
 

@@ -50,6 +50,7 @@ void bt_request_free(struct bt_request *req)
 	free(req->payload);
 	free(req->error);
 	free(req->timings);
+	free(req->check_data);
 	free(req);
 }
 
@@ -79,6 +80,16 @@ static void finish(struct bt_request *req, enum bt_code code,
 	struct bt_pipeline *pl = req->pipeline;
 	struct bt_daemon *d = pl->d;
 	BT_ASSERT(req->state != BT_REQ_DONE);
+	char bad_result[512];
+	if (code == BT_OK && req->check && req->check(req, bad_result, sizeof(bad_result))) {
+		/* The worker answered, but not what the client's protocol needs. */
+		code = BT_WORKER_ERROR;
+		stage = stage_of(req)->cfg->name;
+		stage_of(req)->failed_codes[code]++;
+		free(req->error);
+		req->error = bt_strdup(bt_utf8_clean(bad_result));
+		fmt = NULL;
+	}
 	leave_stage(req, code);
 	bt_hist_observe(&pl->duration_hist, (double)(bt_now_us() - req->accepted_us) / 1e6);
 	if (bt_qlink_queued(&req->qlink))
@@ -89,13 +100,15 @@ static void finish(struct bt_request *req, enum bt_code code,
 	req->code = code;
 	req->error_stage = stage;
 	if (code != BT_OK) {
-		va_list ap;
-		char msg[1024];
-		va_start(ap, fmt);
-		vsnprintf(msg, sizeof(msg), fmt, ap);
-		va_end(ap);
-		free(req->error);
-		req->error = bt_strdup(bt_utf8_clean(msg)); /* it becomes JSON */
+		if (fmt) {
+			va_list ap;
+			char msg[1024];
+			va_start(ap, fmt);
+			vsnprintf(msg, sizeof(msg), fmt, ap);
+			va_end(ap);
+			free(req->error);
+			req->error = bt_strdup(bt_utf8_clean(msg)); /* it becomes JSON */
+		}
 		pl->failed[code]++;
 	} else {
 		pl->succeeded++;

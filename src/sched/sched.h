@@ -61,6 +61,14 @@ struct bt_request {
 	const char *error_stage; /* stage that produced the error, or NULL */
 	bt_request_done_cb done;
 	void *done_arg;
+	/*
+	 * Optional: called when the last stage has answered, before the request
+	 * counts as succeeded.  It may rewrite the result; non-zero fails the
+	 * request as worker_error of the last stage, with err as the sentence.
+	 * check_data is the ingress's (owned, freed with the request).
+	 */
+	int (*check)(struct bt_request *req, char *err, size_t errlen);
+	char *check_data;
 };
 
 struct bt_stage {

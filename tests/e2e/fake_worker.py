@@ -29,7 +29,8 @@ Payload commands (text; anything else is echoed back):
   alloc-once:TOKEN:MB  the same, the first time TOKEN is seen only
   v2 requests       (meta protocol "v2") answer a v2 response (parameters.served:
                     how many v2 requests this replica has served) whose outputs are
-                    the inputs renamed "out_<name>", binary when asked for
+                    the inputs renamed "out_<name>", binary when asked for; with
+                    parameters.raw_answer, that text instead (not a v2 response)
 
 With FAKE_BATCH=1 the worker uses a batch handler, and each answer is the
 JSON {"echo": answer, "batch_size": n, "batch_pipelines": [...], "batch": id}
@@ -97,6 +98,8 @@ V2_SERVED = [0]
 
 def v2_echo(payload, meta):
     req = bw.v2.parse(payload, meta)
+    if "raw_answer" in req.parameters:   # a worker that does not answer v2
+        return req.parameters["raw_answer"].encode()
     outs = [bw.v2.Tensor("out_" + t.name, t.datatype, t.shape, t.data) for t in req.inputs]
     V2_SERVED[0] += 1   # the order this replica served v2 requests in
     return bw.v2.response(outs, request=req, parameters={"served": V2_SERVED[0]})

@@ -70,6 +70,27 @@ def test_json_infer(baton):
     assert b.stop() == 0
 
 
+def test_a_worker_answer_that_is_not_v2_fails_as_worker_error(baton):
+    b = baton(v2_config())
+    req = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+           "parameters": {"raw_answer": "not a v2 response"}}
+    r = infer(b, json.dumps(req))
+    assert r.status == 500 and r.json()["code"] == "worker_error", r
+    assert "did not answer a v2 response" in r.json()["error"] and r.json()["stage"] == "w"
+    # Counted as the failure the client saw, not as a success.
+    metrics = b.get("/metrics").body.decode()
+    assert 'baton_requests_failed_total{pipeline="m",code="worker_error"} 1' in metrics, \
+        [l for l in metrics.splitlines() if l.startswith("baton_requests_")]
+    assert 'baton_requests_succeeded_total{pipeline="m"} 0' in metrics
+    st = b.status()
+    assert st["requests"]["succeeded"] == 0 and st["pipelines"]["m"]["failures"] == \
+        {"worker_error": 1}
+    # The replica is not to blame for the protocol: it keeps serving.
+    req["parameters"] = {}
+    assert infer(b, json.dumps(req)).status == 200
+    assert b.stop() == 0
+
+
 def test_binary_infer_both_ways(baton):
     b = baton(v2_config())
     values = [1.5, -2.0, 3.25]
