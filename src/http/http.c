@@ -26,6 +26,17 @@
 #define BATON_VERSION "0.0.0"
 #endif
 
+/*
+ * libmicrohttpd keeps a connection's request headers and the answer's
+ * headers in one memory pool.  Headers are refused past HEADERS_MAX, half
+ * the pool, so that an answer always fits: otherwise a request whose
+ * headers nearly filled the pool would run and then lose its answer.
+ */
+#define HEADERS_MAX (32 * 1024)
+#define CONN_MEMORY (64 * 1024)
+/* A worker's content_type longer than this is not a media type. */
+#define CONTENT_TYPE_MAX 256
+
 struct bt_http {
 	struct bt_daemon *d;
 	struct MHD_Daemon *mhd;
@@ -85,6 +96,9 @@ static enum MHD_Result send_answer(struct MHD_Connection *mc, int status,
 			MHD_add_response_header(resp, headers[i], headers[i + 1]);
 	enum MHD_Result r = MHD_queue_response(mc, (unsigned)status, resp);
 	MHD_destroy_response(resp);
+	if (r != MHD_YES)
+		bt_warn("an answer could not be queued: the connection is closed",
+			"status=%d bytes=%zu", status, len);
 	return r;
 }
 
@@ -225,6 +239,8 @@ static enum MHD_Result answer_request(struct conn *cn)
 		r = answer_v2(cn, req, timing);
 	} else {
 		const char *ctype = json_string_value(json_object_get(req->meta, "content_type"));
+		if (ctype && strlen(ctype) > CONTENT_TYPE_MAX)
+			ctype = NULL; /* a worker's nonsense: the bytes go as bytes */
 		const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing, NULL};
 		char *body = req->payload;
 		size_t len = req->len;
@@ -641,6 +657,15 @@ static enum MHD_Result too_big(struct conn *cn, const char *announced)
 	return send_json(cn->mc, 413, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
 }
 
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind,
+				       const char *key, const char *value)
+{
+	size_t *total = cls;
+	(void)kind;
+	*total += strlen(key) + (value ? strlen(value) : 0) + 4; /* ": " and CRLF */
+	return MHD_YES;
+}
+
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 				 const char *url, const char *method,
 				 const char *version, const char *upload_data,
@@ -654,6 +679,15 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		cn->h = h;
 		cn->mc = mc;
 		*con_cls = cn;
+		size_t headers = 0;
+		MHD_get_connection_values(mc, MHD_HEADER_KIND, add_header_size, &headers);
+		if (headers > HEADERS_MAX) {
+			char msg[128];
+			snprintf(msg, sizeof(msg), "the request headers take %zu bytes, over the %d KiB limit",
+				 headers, HEADERS_MAX / 1024);
+			cn->route = R_NONE;
+			return send_json(mc, 431, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
+		}
 		int answered;
 		enum MHD_Result r = route(cn, url, method, &answered);
 		if (answered) {
@@ -852,6 +886,7 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,
 				  MHD_OPTION_CONNECTION_LIMIT, cfg->http_max_connections,
 				  MHD_OPTION_CONNECTION_TIMEOUT, cfg->http_idle_timeout_s,
+				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
 				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h,
 				  MHD_OPTION_UNESCAPE_CALLBACK, unescape_cb, h,
