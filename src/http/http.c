@@ -218,6 +218,16 @@ static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
 			   body, req->len, hdrs);
 }
 
+/* Short, and printable ASCII: anything else would not be a header value. */
+static int valid_content_type(const char *s)
+{
+	size_t n = 0;
+	for (; s[n]; n++)
+		if ((unsigned char)s[n] < 0x20 || (unsigned char)s[n] > 0x7e)
+			return 0;
+	return n > 0 && n <= CONTENT_TYPE_MAX;
+}
+
 static enum MHD_Result answer_request(struct conn *cn)
 {
 	struct bt_request *req = cn->req;
@@ -239,7 +249,7 @@ static enum MHD_Result answer_request(struct conn *cn)
 		r = answer_v2(cn, req, timing);
 	} else {
 		const char *ctype = json_string_value(json_object_get(req->meta, "content_type"));
-		if (ctype && strlen(ctype) > CONTENT_TYPE_MAX)
+		if (ctype && !valid_content_type(ctype))
 			ctype = NULL; /* a worker's nonsense: the bytes go as bytes */
 		const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing, NULL};
 		char *body = req->payload;
