@@ -159,6 +159,16 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 	if (to == from || d->state != BT_DAEMON_RUNNING)
 		return;
 	int n = from;
+	/* A replica still draining is warm and serving: taking it back is free. */
+	for (int i = 0; i < st->nreplicas && n < to; i++) {
+		struct bt_replica *r = st->replicas[i];
+		if (r->active || r->state != BT_REPLICA_DRAINING)
+			continue;
+		r->active = 1;
+		r->state = BT_REPLICA_READY;
+		n++;
+		bt_info("replica drain cancelled", "stage=%s replica=%d", st->cfg->name, r->id);
+	}
 	for (int i = 0; i < st->nreplicas && n < to; i++) {
 		struct bt_replica *r = st->replicas[i];
 		/* A free slot: never started, or stopped for good. */
@@ -184,8 +194,30 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 		bt_replica_drain(victim);
 		n--;
 	}
-	bt_daemon_record_scaling(d, st, from, n, 1, reason);
+	if (n < to) {
+		/* Every slot (replicas.max) holds a replica still stopping. */
+		char more[320];
+		snprintf(more, sizeof(more), "%s; %d more once stopping replicas have exited", reason,
+			 to - n);
+		bt_daemon_record_scaling(d, st, from, n, 1, more);
+	} else {
+		bt_daemon_record_scaling(d, st, from, n, 1, reason);
+	}
 	bt_stage_replicas_changed(st);
+}
+
+/* A slot freed since a scale-up found none: start what the target still lacks. */
+static void catch_up(struct bt_daemon *d, struct bt_stage *st)
+{
+	if (d->state != BT_DAEMON_RUNNING || bt_stage_active(st) >= st->target)
+		return;
+	for (int i = 0; i < st->nreplicas; i++) {
+		struct bt_replica *r = st->replicas[i];
+		if (!r->active && r->state == BT_REPLICA_EXITED && !bt_replica_has_process(r)) {
+			bt_daemon_scale(d, st, st->target, "a stopped replica freed its slot");
+			return;
+		}
+	}
 }
 
 /* ---- the tick ----------------------------------------------------------------- */
@@ -320,6 +352,7 @@ static void housekeeping(struct bt_daemon *d)
 			else if (r->state == BT_REPLICA_PENDING && r->active)
 				bt_replica_start(r); /* placement is tried again */
 		}
+		catch_up(d, st);
 	}
 }
 

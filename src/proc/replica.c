@@ -308,6 +308,8 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 {
 	const struct bt_stage_config *cfg = cfg_of(r);
 	json_t *proto = json_object_get(hdr, "proto");
+	if (r->state == BT_REPLICA_STOPPING && !r->ready_ms)
+		return; /* told to stop while starting: its first ready is moot */
 	if (r->state != BT_REPLICA_STARTING) {
 		violation(c, "a second \"ready\"", NULL, 0);
 		return;

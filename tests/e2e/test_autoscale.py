@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BATON, BUILD, SLOW, fake_stage, pid_alive, wait_for
+from conftest import BATON, BUILD, SLOW, Gate, fake_stage, pid_alive, wait_for
 
 FAKE_NVML = os.path.join(BUILD, "tests", "fake-nvml", "libnvidia-ml.so.1")
 
@@ -350,6 +350,59 @@ def test_manual_scale_fixes_the_count_until_auto(baton, tmp_path, monkeypatch):
     reasons = [e["reason"] for e in history(b)]
     assert any("manual: 3 replicas" in x for x in reasons)
     assert any("policy back on" in x for x in reasons)
+    assert b.stop() == 0
+
+
+def scale(b, n):
+    r = b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": n}))
+    assert r.status == 200, r
+    return r
+
+
+def test_scaling_back_up_takes_a_draining_replica_back(baton, tmp_path):
+    # Both replicas of a full stage are busy; down to 1 drains one, and up to
+    # 2 before it has finished takes it back: warm, the same process.
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 2, initial: 2}", max_ongoing=1)))
+    pids = sorted(b.pids("w"))
+    replies = []
+    with Gate(tmp_path) as gate:
+        threads = [threading.Thread(target=lambda: replies.append(b.post("p", gate.payload)))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: b.status()["stages"]["w"]["running"] == 2, 10)
+        scale(b, 1)
+        assert sorted(x["state"] for x in b.replicas("w")) == ["busy", "draining"]
+        scale(b, 2)
+        assert [x["state"] for x in b.replicas("w")] == ["busy", "busy"]
+        assert active(b) == 2
+    for t in threads:
+        t.join(30 * SLOW)
+    assert [r.status for r in replies] == [200, 200]
+    time.sleep(0.6)  # three ticks: a replica still draining would have stopped
+    assert sorted(b.pids("w")) == pids and active(b) == 2
+    assert "replica drain cancelled" in b.log()
+    assert b.stop() == 0
+
+
+def test_scale_up_that_finds_every_slot_stopping_completes_once_one_exits(baton):
+    # replicas.max is 2 and the second replica is told to stop while still
+    # starting (1.5 s): scaling back up finds no free slot, says so, and
+    # starts the replica as soon as the stopping one has exited.
+    b = baton(cfg(fake_stage("w", replicas="{min: 1, max: 2, initial: 1}",
+                             env={"FAKE_READY_DELAY_MS": "1500"})))
+    scale(b, 2)
+    scale(b, 1)
+    assert sorted(x["state"] for x in b.replicas("w")) == ["ready", "stopping"]
+    scale(b, 2)
+    assert "1 more once stopping replicas have exited" in history(b)[-1]["reason"]
+    assert b.status()["stages"]["w"]["scaling"]["target"] == 2
+    wait_for(lambda: active(b) == 2 and [x["state"] for x in b.replicas("w")] ==
+             ["ready", "ready"], 20, what="the second replica to be back")
+    assert any("freed its slot" in e["reason"] for e in history(b))
+    # Its late first "ready" is not a protocol violation.
+    assert "protocol violation" not in b.log()
+    assert b.post("p", "x").status == 200
     assert b.stop() == 0
 
 
