@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "../daemon/daemon.h"
@@ -676,6 +677,49 @@ static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind,
 	return MHD_YES;
 }
 
+struct lengths {
+	int n;
+	int differ;
+	const char *first;
+};
+
+static enum MHD_Result add_content_length(void *cls, enum MHD_ValueKind kind,
+					  const char *key, const char *value)
+{
+	struct lengths *l = cls;
+	(void)kind;
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
+		return MHD_YES;
+	if (l->n++ == 0)
+		l->first = value;
+	else if (!value || !l->first || strcmp(value, l->first) != 0)
+		l->differ = 1;
+	return MHD_YES;
+}
+
+/*
+ * How the body is framed must be beyond doubt, or a proxy in front of
+ * baton could frame it differently (request smuggling): NULL when it is.
+ * Sets *status to the answer's status otherwise.
+ */
+static const char *framing_error(struct MHD_Connection *mc, int *status)
+{
+	struct lengths l = {0, 0, NULL};
+	MHD_get_connection_values(mc, MHD_HEADER_KIND, add_content_length, &l);
+	const char *te = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_TRANSFER_ENCODING);
+	*status = 400;
+	if (l.differ)
+		return "the request has Content-Length headers that disagree";
+	if (te && l.n)
+		return "the request has both Transfer-Encoding and Content-Length";
+	if (te && strcasecmp(te, "chunked") != 0) {
+		*status = 501;
+		return "Transfer-Encoding other than chunked is not supported";
+	}
+	return NULL;
+}
+
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 				 const char *url, const char *method,
 				 const char *version, const char *upload_data,
@@ -697,6 +741,13 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 				 headers, HEADERS_MAX / 1024);
 			cn->route = R_NONE;
 			return send_json(mc, 431, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
+		}
+		int status;
+		const char *framing = framing_error(mc, &status);
+		if (framing) {
+			cn->route = R_NONE;
+			return send_json(mc, status, error_doc(BT_BAD_REQUEST, NULL, NULL, framing),
+					 NULL);
 		}
 		int answered;
 		enum MHD_Result r = route(cn, url, method, &answered);

@@ -168,6 +168,42 @@ def test_a_worker_content_type_too_long_to_be_one_is_not_sent(baton):
     assert b.stop() == 0
 
 
+def test_ambiguous_body_framing_is_refused_and_nothing_is_smuggled(baton):
+    # Framing a proxy could read differently from baton is an error: the
+    # request does not run, and what follows on the connection is not read
+    # as a second request.
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    smuggled = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
+    cases = [
+        (b"Content-Length: 3\r\nContent-Length: %d\r\n" % (3 + len(smuggled)), b"400",
+         b"Content-Length headers that disagree"),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", b"400",
+         b"both Transfer-Encoding and Content-Length"),
+        (b"Transfer-Encoding: gzip, chunked\r\n", b"501", b"other than chunked"),
+        (b"Transfer-Encoding: identity\r\nContent-Length: 3\r\n", b"400", b"both"),
+    ]
+    for headers, status, sentence in cases:
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=10 * SLOW)
+        s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\nabc" +
+                  smuggled)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        s.close()
+        assert out.startswith(b"HTTP/1.1 " + status) and sentence in out, (headers, out)
+        assert out.count(b"HTTP/1.1") == 1, (headers, out)  # closed: nothing smuggled
+    # The same length twice is merely redundant.
+    out = raw(b, b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+              b"Content-Length: 3\r\nConnection: close\r\n\r\nabc")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"abc"), out
+    assert b.status()["requests"]["accepted"] == 1
+    assert healthy(b)
+    assert b.stop() == 0
+
+
 def test_absurd_client_timeouts_are_clamped_not_overflowed(baton):
     # Under UBSan an overflow in the deadline arithmetic aborts baton; in a
     # plain build it wrapped to a deadline in the past.
