@@ -73,16 +73,29 @@ static void run_program(char *const *argv, char *const *env, const char *dir, in
 		_exit(127);
 	}
 	close(fds[1]);
+	/*
+	 * Until the check exits: a background process it left may hold the
+	 * pipe open for ever, and only the check's own status counts.
+	 */
+	int ws, exited = 0;
 	for (;;) {
 		int left = timeout_ms - (int)(bt_now_ms() - start);
+		if (!exited && waitpid(pid, &ws, WNOHANG) == pid)
+			exited = 1;
 		if (left <= 0) {
-			kill(-pid, SIGKILL);
-			out->timed_out = 1;
+			if (!exited) {
+				kill(-pid, SIGKILL);
+				out->timed_out = 1;
+			}
 			break;
 		}
 		struct pollfd p = {fds[0], POLLIN, 0};
-		if (poll(&p, 1, left) <= 0)
+		/* Once it has exited, only what is already in the pipe is read. */
+		if (poll(&p, 1, exited ? 0 : BT_MIN(left, 100)) <= 0) {
+			if (exited)
+				break;
 			continue;
+		}
 		char chunk[4096];
 		ssize_t n = read(fds[0], chunk, sizeof(chunk));
 		if (n <= 0)
@@ -91,8 +104,8 @@ static void run_program(char *const *argv, char *const *env, const char *dir, in
 			bt_buf_append(&buf, chunk, (size_t)n);
 	}
 	close(fds[0]);
-	int ws;
-	waitpid(pid, &ws, 0);
+	if (!exited)
+		waitpid(pid, &ws, 0);
 	kill(-pid, SIGKILL); /* anything it left behind */
 	if (!out->timed_out)
 		out->status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);

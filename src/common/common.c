@@ -134,6 +134,7 @@ void bt_buf_reserve(struct bt_buf *b, size_t extra)
 		cap *= 2;
 	b->data = bt_realloc(b->data, cap);
 	b->cap = cap;
+	b->data[b->len] = '\0'; /* a fresh buffer is an empty string */
 }
 
 void bt_buf_append(struct bt_buf *b, const void *data, size_t n)

@@ -172,3 +172,31 @@ pipelines:
     assert rows["tb"].rstrip().endswith("ModuleNotFoundError: No module named 'cv2'"), rows["tb"]
     # Nothing says "error": the last non-empty line stands in.
     assert rows["quiet"].rstrip().endswith(" the last words"), rows["quiet"]
+
+
+def test_silent_failures_show_the_exit_status_and_background_children_do_not_hang(tmp_path):
+    # A check that fails without a word reports its status (the column once
+    # showed whatever the empty buffer held); a check that exits 0 while a
+    # process it started keeps the output open is ok, not a 60 s timeout.
+    cfg = tmp_path / "baton.yaml"
+    cfg.write_text("""
+stages:
+  silent:
+    command: [/bin/true]
+    health_check: [/bin/sh, -c, "exit 7"]
+  crashed:
+    command: [/bin/true]
+    health_check: [/bin/sh, -c, "kill -SEGV $$"]
+  lingering:
+    command: [/bin/true]
+    health_check: [/bin/sh, -c, "sleep 30 & echo started"]
+pipelines:
+  p: [silent]
+""")
+    r = baton("env", "check", str(cfg), timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    rows = {l.split()[0]: l for l in r.stdout.splitlines()[1:]}
+    assert rows["silent"].rstrip().endswith("exit status 7"), rows["silent"]
+    assert rows["crashed"].rstrip().endswith("exit status %d" % (128 + 11)), rows["crashed"]
+    assert " ok " in rows["lingering"], rows["lingering"]
+    assert float(rows["lingering"].split()[3].rstrip("s")) < 20, rows["lingering"]
