@@ -237,7 +237,7 @@ static void deliver(struct bt_spawn_job *j, struct bt_request *req)
 		data = bt_buf_detach(&j->stdout_buf, &len);
 	}
 	json_error_t jerr;
-	json_t *doc = json_loadb(data, len, 0, &jerr);
+	json_t *doc = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
 	if (cfg->spawn_status_key && json_is_object(doc)) {
 		const char *status = json_string_value(json_object_get(doc, cfg->spawn_status_key));
 		if (status && !strcmp(status, "error")) {

@@ -49,12 +49,22 @@ static void complete(struct bt_frame_decoder *dec, struct bt_frame *out)
 	dec->len = dec->have = 0;
 }
 
-/* Parses the gathered line (without its '\n') into dec->hdr. */
+/* A string with a NUL inside: as a C string it would read as something else. */
+static int has_nul(json_t *s)
+{
+	return json_is_string(s) && strlen(json_string_value(s)) != json_string_length(s);
+}
+
+/*
+ * Parses the gathered line (without its '\n') into dec->hdr.  "\u0000" is
+ * valid JSON and is allowed in the metadata and texts a worker sends, but
+ * not in "t" and "id", which are compared as C strings.
+ */
 static ssize_t parse_header(struct bt_frame_decoder *dec)
 {
 	json_error_t jerr;
 	json_t *hdr = json_loadb(dec->line.data, dec->line.len,
-				 JSON_REJECT_DUPLICATES, &jerr);
+				 JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
 	if (!hdr)
 		return violation(dec, "header is not JSON", jerr.text);
 	if (!json_is_object(hdr)) {
@@ -64,6 +74,10 @@ static ssize_t parse_header(struct bt_frame_decoder *dec)
 	if (!json_is_string(json_object_get(hdr, "t"))) {
 		json_decref(hdr);
 		return violation(dec, "header has no string \"t\"", NULL);
+	}
+	if (has_nul(json_object_get(hdr, "t")) || has_nul(json_object_get(hdr, "id"))) {
+		json_decref(hdr);
+		return violation(dec, "\"t\" or \"id\" contains a NUL character", NULL);
 	}
 	json_t *jlen = json_object_get(hdr, "len");
 	json_int_t len = 0;

@@ -41,6 +41,6 @@ if action == "leak":
 result = {"status": "ok", "echo": req, "input_name": os.path.basename(a.input),
           "pid": os.getpid()}
 if action == "fail":
-    result = {"status": "error", "error": "no diagram found on this page"}
+    result = {"status": "error", "error": req.get("error", "no diagram found on this page")}
 with open(a.output, "w") as f:
     json.dump(result, f)

@@ -44,6 +44,15 @@ def test_status_error_becomes_rejected_with_the_script_text(baton, tmp_path):
     assert b.stop() == 0
 
 
+def test_status_error_with_a_nul_in_its_text_is_still_rejected(baton, tmp_path):
+    # "\u0000" is valid JSON: the answer is the script's error, not bytes.
+    b = baton(files_stage(tmp_path))
+    r = b.post("p", json.dumps({"action": "fail", "error": "bad\u0000input"}))
+    assert r.status == 422 and r.json()["code"] == "rejected", r
+    assert r.json()["error"].startswith("bad")
+    assert b.stop() == 0
+
+
 def test_nonzero_exit_is_retried_then_fails_with_stderr(baton, tmp_path):
     b = baton(files_stage(tmp_path))
     r = b.post("p", '{"action": "crash"}')

@@ -135,6 +135,18 @@ def test_garbage_on_channel_restarts_replica_and_retries_request(baton, state_di
     assert b.stop() == 0
 
 
+def test_nul_in_a_workers_error_text_or_metadata_is_not_a_violation(baton):
+    # The SDK encodes a NUL as "\u0000", which is valid JSON.
+    b = baton(one_stage(retries=0))
+    pid = b.pids("work")[0]
+    r = b.post("p", "reject:bad\x00input")
+    assert r.status == 422 and r.json()["code"] == "rejected", r
+    r = b.post("p", 'setmeta:{"note": "a\\u0000b"}')
+    assert r.status == 200 and r.body == b"meta", r
+    assert b.pids("work") == [pid] and "protocol violation" not in b.log()
+    assert b.stop() == 0
+
+
 def test_frame_claiming_4gib_is_refused_not_obeyed(baton):
     b = baton(one_stage(retries=0))
     r = b.post("p", "hugeframe")

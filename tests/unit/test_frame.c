@@ -334,6 +334,24 @@ Test(frame, header_with_non_string_t_is_rejected, .init = dec_setup,
 	decode_bad(S("{\"t\":1}\n"), "no string \"t\"");
 }
 
+Test(frame, nul_in_metadata_and_error_text_is_valid_json_and_accepted, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	struct bt_frame f;
+	decode_one(S("{\"t\":\"res\",\"id\":\"r1\",\"error\":\"bad\\u0000input\","
+		     "\"meta\":{\"note\":\"a\\u0000b\"}}\n"), &f);
+	cr_assert_eq(json_string_length(json_object_get(f.hdr, "error")), 9);
+	bt_frame_release(&f);
+}
+
+Test(frame, nul_in_t_or_id_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	decode_bad(S("{\"t\":\"res\",\"id\":\"r1\\u0000x\"}\n"), "contains a NUL");
+	bt_frame_decoder_release(&dec);
+	bt_frame_decoder_init(&dec, MAX_PAYLOAD);
+	decode_bad(S("{\"t\":\"res\\u0000\"}\n"), "contains a NUL");
+}
+
 Test(frame, negative_len_is_rejected, .init = dec_setup, .fini = dec_teardown)
 {
 	decode_bad(S("{\"t\":\"res\",\"len\":-1}\n"), "\"len\" is not a non-negative integer");
