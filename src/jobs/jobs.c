@@ -124,14 +124,18 @@ static int first_visit(void **seen, const struct stat *st)
 /*
  * Collects regular files under dir (relative names in rel, "" at the top)
  * in sorted order, skipping dot files and the output directory itself.
- * Each directory is walked once (the first name it is reached by).
+ * Each directory is walked once (the first name it is reached by).  With
+ * report, what cannot be walked or is not a regular file (an unreadable
+ * directory, a path too long, a FIFO, a dangling link) is collected too:
+ * reading it fails, so it is not lost without a word.  -errno when dir
+ * itself cannot be opened.
  */
-static void walk_dir(const char *dir, const char *rel, const char *skip, void **seen,
-		     struct list *abs, struct list *rels)
+static int walk_dir(const char *dir, const char *rel, const char *skip, void **seen,
+		    int report, struct list *abs, struct list *rels)
 {
 	DIR *dh = opendir(dir);
 	if (!dh)
-		return;
+		return -errno;
 	struct list names = {0};
 	struct dirent *e;
 	while ((e = readdir(dh)))
@@ -145,13 +149,15 @@ static void walk_dir(const char *dir, const char *rel, const char *skip, void **
 		char *r = rel[0] ? bt_asprintf("%s/%s", rel, names.v[i]) : bt_strdup(names.v[i]);
 		struct stat st;
 		char real[PATH_MAX];
+		int keep = 0;
 		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
 			if (!(realpath(path, real) && !strcmp(real, skip)) &&
 			    first_visit(seen, &st))
-				walk_dir(path, r, skip, seen, abs, rels);
-			free(path);
-			free(r);
-		} else if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+				keep = walk_dir(path, r, skip, seen, report, abs, rels) < 0 && report;
+		} else {
+			keep = report || (stat(path, &st) == 0 && S_ISREG(st.st_mode));
+		}
+		if (keep) {
 			list_add(abs, path);
 			list_add(rels, r);
 		} else {
@@ -160,16 +166,20 @@ static void walk_dir(const char *dir, const char *rel, const char *skip, void **
 		}
 	}
 	list_release(&names);
+	return 0;
 }
 
 /* walk_dir() from one root, which counts as visited itself. */
-static void walk(const char *dir, const char *skip, struct list *abs, struct list *rels)
+static int walk(const char *dir, const char *skip, int report, struct list *abs,
+		struct list *rels)
 {
 	void *seen = NULL;
 	struct stat st;
-	if (stat(dir, &st) == 0 && first_visit(&seen, &st))
-		walk_dir(dir, "", skip, &seen, abs, rels);
+	int e = stat(dir, &st) ? -errno : 0;
+	if (!e && first_visit(&seen, &st))
+		e = walk_dir(dir, "", skip, &seen, report, abs, rels);
 	tdestroy(seen, free);
+	return e;
 }
 
 /* An input's relative path and its position among the inputs. */
@@ -222,7 +232,7 @@ static size_t *find_duplicates(const struct list *rels)
 static void existing_outputs(const char *outdir, struct list *done)
 {
 	struct list abs = {0}, rels = {0};
-	walk(outdir, "", &abs, &rels);
+	walk(outdir, "", 0, &abs, &rels);
 	for (size_t i = 0; i < rels.n; i++) {
 		char *dot = strrchr(rels.v[i], '.');
 		char *slash = strrchr(rels.v[i], '/');
@@ -397,24 +407,58 @@ static void request_done(struct bt_request *req, void *arg)
 
 /* ---- feeding ------------------------------------------------------------------- */
 
-static int read_file(const char *path, char **data, size_t *len)
+enum read_result { READ_OK, READ_UNREADABLE, READ_TOO_LARGE };
+
+/*
+ * Reads a regular file of at most max bytes, saying why not in why.  Only
+ * regular files: a FIFO or a device could block the event loop (open
+ * waits for a writer, read for data) or never end (/dev/zero).
+ */
+static enum read_result read_file(const char *path, size_t max, char **data, size_t *len,
+				  char *why, size_t whylen)
 {
-	int fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return -errno;
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st)) {
+		snprintf(why, whylen, "%s", bt_strerror(-errno));
+		if (fd >= 0)
+			close(fd);
+		return READ_UNREADABLE;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(why, whylen, "not a regular file (%s)",
+			 S_ISDIR(st.st_mode)    ? "a directory that could not be walked"
+			 : S_ISFIFO(st.st_mode) ? "a FIFO"
+			 : S_ISSOCK(st.st_mode) ? "a socket"
+						: "a device");
+		close(fd);
+		return READ_UNREADABLE;
+	}
+	if ((unsigned long long)st.st_size > max) {
+		snprintf(why, whylen, "the file has %lld bytes, over max_request_bytes %zu",
+			 (long long)st.st_size, max);
+		close(fd);
+		return READ_TOO_LARGE;
+	}
 	struct bt_buf b = BT_BUF_INIT;
 	char chunk[65536];
 	ssize_t n;
-	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+	/* The size may change while it is read: the limit is on what is read. */
+	while (b.len <= max && (n = read(fd, chunk, sizeof(chunk))) > 0)
 		bt_buf_append(&b, chunk, (size_t)n);
-	int e = n < 0 ? -errno : 0;
+	int e = b.len <= max && n < 0 ? errno : 0;
 	close(fd);
-	if (e) {
+	if (e || b.len > max) {
+		if (e)
+			snprintf(why, whylen, "%s", bt_strerror(-e));
+		else
+			snprintf(why, whylen, "the file grew over max_request_bytes %zu as it was read",
+				 max);
 		bt_buf_release(&b);
-		return e;
+		return e ? READ_UNREADABLE : READ_TOO_LARGE;
 	}
 	*data = bt_buf_detach(&b, len);
-	return 0;
+	return READ_OK;
 }
 
 /* Ready to feed: each stage has had a replica up, or failed (then fail fast). */
@@ -497,20 +541,14 @@ static void feed(struct bt_daemon *d, void *arg)
 		struct item *it = &job->items[job->next++];
 		if (fail_if_duplicate(job, it))
 			continue;
-		char *data;
+		char *data, why[256];
 		size_t len;
-		int e = read_file(it->abspath, &data, &len);
-		if (e) {
-			record_failure(job, it->relpath, "unreadable", bt_strerror(e), 0, NULL);
-			continue;
-		}
-		if (len > d->cfg->max_request_bytes) {
-			/* The same limit as over HTTP: workers and spawn scripts rely on it. */
-			char msg[160];
-			snprintf(msg, sizeof(msg), "the file has %zu bytes, over max_request_bytes %zu",
-				 len, d->cfg->max_request_bytes);
-			free(data);
-			record_failure(job, it->relpath, "too_large", msg, 0, NULL);
+		/* The same limit as over HTTP: workers and spawn scripts rely on it. */
+		enum read_result rr = read_file(it->abspath, d->cfg->max_request_bytes, &data,
+						&len, why, sizeof(why));
+		if (rr != READ_OK) {
+			record_failure(job, it->relpath,
+				       rr == READ_TOO_LARGE ? "too_large" : "unreadable", why, 0, NULL);
 			continue;
 		}
 		const char *base = strrchr(it->relpath, '/');
@@ -636,7 +674,13 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 			goto out;
 		}
 		if (S_ISDIR(st.st_mode)) {
-			walk(opt->inputs[i], job.outdir, &abs, &rels);
+			int e = walk(opt->inputs[i], job.outdir, 1, &abs, &rels);
+			if (e) {
+				snprintf(err, sizeof(err), "cannot read the input directory '%s': %s",
+					 opt->inputs[i], bt_strerror(e));
+				code = usage_error("%s", err);
+				goto out;
+			}
 		} else {
 			const char *base = strrchr(opt->inputs[i], '/');
 			list_add(&abs, bt_strdup(opt->inputs[i]));

@@ -370,3 +370,34 @@ def test_file_over_max_request_bytes_fails_like_an_http_body_would(tmp_path):
     failed = [json.loads(line) for line in open(tmp_path / "out" / "_failed.jsonl")]
     assert [(f["path"], f["code"]) for f in failed] == [("big.txt", "too_large")]
     assert "4096 bytes" in failed[0]["error"]
+
+
+def test_inputs_that_cannot_be_read_fail_by_name_and_never_block(tmp_path):
+    # Only regular files are read. A FIFO would block the run in open() and
+    # /dev/zero would never end; a dangling link or a directory too deep to
+    # walk was skipped without a word. Each is now a failure with its reason.
+    cfg = write_config(tmp_path)
+    make_inputs(tmp_path / "in", {"a.txt": "fine"})
+    os.mkfifo(tmp_path / "in" / "pipe")
+    os.symlink(tmp_path / "nowhere", tmp_path / "in" / "dangling")
+    # A directory chain longer than PATH_MAX, built one level at a time.
+    fd = os.open(tmp_path / "in", os.O_RDONLY)
+    for _ in range(400):
+        os.mkdir("d" * 12, dir_fd=fd)
+        nfd = os.open("d" * 12, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(os.open("deep.txt", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    os.close(fd)
+    out = tmp_path / "out"
+    r = run(cfg, [str(tmp_path / "in"), "/dev/zero"], out, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert outputs(out) == {"a.txt.out": "fine"}
+    failed = {f["path"]: f for f in map(json.loads, open(out / "_failed.jsonl"))}
+    assert failed["pipe"]["code"] == "unreadable" and "FIFO" in failed["pipe"]["error"]
+    assert failed["zero"]["code"] == "unreadable" and "device" in failed["zero"]["error"]
+    assert failed["dangling"]["code"] == "unreadable"
+    deep = [p for p in failed if p.startswith("dddddddddddd/")]
+    assert len(deep) == 1 and "too long" in failed[deep[0]]["error"], failed.keys()
+    assert len(failed) == 4, failed.keys()
+
