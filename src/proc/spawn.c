@@ -169,11 +169,20 @@ static void drain(struct bt_spawn_job *j, uv_pipe_t *p)
 	}
 }
 
+/*
+ * Reads the script's output file.  Only a regular file: the script may
+ * have left a FIFO, and opening or reading that would block the daemon.
+ */
 static int read_whole(const char *path, size_t max, char **data, size_t *len)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return -EINVAL;
+	}
 	struct bt_buf b = BT_BUF_INIT;
 	char chunk[65536];
 	ssize_t n;
@@ -225,7 +234,7 @@ static void deliver(struct bt_spawn_job *j, struct bt_request *req)
 		if (e) {
 			char msg[300];
 			snprintf(msg, sizeof(msg), "the script exited 0 but left no output file (%s)",
-				 bt_strerror(e));
+				 e == -EINVAL ? "not a regular file" : bt_strerror(e));
 			bt_stage_result(req, NULL, 0, NULL, msg, 1);
 			return;
 		}

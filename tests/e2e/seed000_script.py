@@ -2,7 +2,7 @@
 """A one-shot script in seed 000's convention: --input in.json --output
 out.json, exit 0 even on failure with {"status": "error", "error": ...}.
 The input's "action" chooses: ok, fail (status error), crash (exit 3 with a
-traceback on stderr), hang (writing its pid to "pidfile" if given), slow (sleep "ms"), noout (write nothing), big (an output of "bytes" bytes), leak
+traceback on stderr), hang (writing its pid to "pidfile" if given), slow (sleep "ms"), noout (write nothing), fifo (leave a FIFO as the output), big (an output of "bytes" bytes), leak
 (start a sleeping grandchild and leave)."""
 import argparse
 import json
@@ -31,6 +31,9 @@ if action == "hang":
 if action == "slow":
     time.sleep(req.get("ms", 100) / 1000)
 if action == "noout":
+    sys.exit(0)
+if action == "fifo":
+    os.mkfifo(a.output)
     sys.exit(0)
 if action == "big":   # an answer of "bytes" bytes
     with open(a.output, "w") as f:

@@ -70,6 +70,17 @@ def test_missing_output_file_is_an_error(baton, tmp_path):
     assert b.stop() == 0
 
 
+def test_a_fifo_left_as_the_output_does_not_block_baton(baton, tmp_path):
+    # Opening a FIFO for reading waits for a writer: that would freeze the
+    # daemon, health checks included.
+    b = baton(files_stage(tmp_path))
+    r = b.post("p", '{"action": "fifo"}', timeout=30)
+    assert r.status == 500 and "not a regular file" in r.json()["error"], r
+    assert b.get("/v2/health/live").status == 200
+    assert b.post("p", '{"action": "ok"}').status == 200
+    assert b.stop() == 0
+
+
 def test_timeout_kills_the_process_group(baton, tmp_path):
     b = baton(files_stage(tmp_path, "    timeout_ms: 3000\n"))
     pidfile = tmp_path / "hung.pid"
