@@ -335,9 +335,35 @@ static int write_atomically(const char *path, const char *data, size_t len)
 	return r;
 }
 
+/*
+ * Removes the outputs an earlier run wrote for relpath (DIR/<relpath><ext>,
+ * any safe ext): with --force, an input that now fails must not keep an
+ * old output, which the next run would take for this one's and skip.
+ */
+static void remove_outputs(const struct job *job, const char *relpath)
+{
+	char *out = bt_asprintf("%s/%s", job->outdir, relpath);
+	char *slash = strrchr(out, '/');
+	*slash = '\0';
+	const char *base = slash + 1;
+	size_t blen = strlen(base);
+	DIR *dh = opendir(out);
+	struct dirent *e;
+	while (dh && (e = readdir(dh)))
+		if (!strncmp(e->d_name, base, blen) && bt_ext_is_safe(e->d_name + blen) &&
+		    unlinkat(dirfd(dh), e->d_name, 0) == 0)
+			bt_info("removed the output of an earlier run", "path=%s/%s", out, e->d_name);
+	if (dh)
+		closedir(dh);
+	free(out);
+}
+
 static void record_failure(struct job *job, const char *relpath, const char *code,
 			   const char *error, int attempts, const char *stage)
 {
+	/* A duplicate's output is the first input's: it stays. */
+	if (job->opt->force && relpath && strcmp(code, "duplicate_output") != 0)
+		remove_outputs(job, relpath);
 	/* File names need not be UTF-8; JSON must be. */
 	char path[PATH_MAX], msg[1024];
 	snprintf(path, sizeof(path), "%s", relpath ? relpath : "?");

@@ -401,3 +401,20 @@ def test_inputs_that_cannot_be_read_fail_by_name_and_never_block(tmp_path):
     assert len(deep) == 1 and "too long" in failed[deep[0]]["error"], failed.keys()
     assert len(failed) == 4, failed.keys()
 
+
+
+def test_force_removes_the_old_output_of_an_input_that_now_fails(tmp_path):
+    # Failed inputs have no output, so the next run tries them again: an old
+    # output left beside the failure would make that run skip it.
+    cfg = write_config(tmp_path, retries=0)
+    make_inputs(tmp_path / "in", {"x.txt": "v1", "y.txt": "stays"})
+    out = tmp_path / "out"
+    assert run(cfg, [str(tmp_path / "in")], out).returncode == 0
+    (tmp_path / "in" / "x.txt").write_text("reject:not any more")
+    r = run(cfg, [str(tmp_path / "in")], out, "--force")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert outputs(out) == {"y.txt.out": "stays"}
+    r = run(cfg, [str(tmp_path / "in")], out)
+    assert r.returncode == 1 and "skipped 1" in r.stdout, r.stdout
+    failed = [json.loads(line) for line in open(out / "_failed.jsonl")]
+    assert [(f["path"], f["code"]) for f in failed] == [("x.txt", "rejected")]
