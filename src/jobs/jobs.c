@@ -41,6 +41,13 @@ struct job {
 	char *outdir; /* absolute */
 	struct item *items; /* to do, in a stable order */
 	size_t nitems, next;
+	/*
+	 * Items the pipeline refused as overloaded (a queue_max or max_inflight
+	 * below --jobs): fed again, first, once a request in flight has ended.
+	 */
+	struct item **again;
+	size_t again_head, again_len, again_cap;
+	int held; /* an overload was met: feeding waits for a request to end */
 	size_t inflight, ok, failed, skipped;
 	int jobs;
 	int finished; /* every item has an outcome */
@@ -399,7 +406,21 @@ static void request_done(struct bt_request *req, void *arg)
 	struct job *job = it->job;
 	const char *relpath = it->relpath;
 	job->inflight--;
-	if (req->code != BT_OK) {
+	if (req->code == BT_OVERLOADED && job->inflight > 0) {
+		/*
+		 * A batch runner holds work back rather than failing it; with
+		 * nothing else in flight, waiting would change nothing.
+		 */
+		if (!job->held && !job->again_len)
+			bt_info("the pipeline is full: inputs wait", "stage=%s reason=\"%s\"",
+				req->error_stage ? req->error_stage : "?", req->error);
+		if (job->again_len == job->again_cap) {
+			job->again_cap = job->again_cap ? job->again_cap * 2 : 16;
+			job->again = bt_realloc(job->again, job->again_cap * sizeof(*job->again));
+		}
+		job->again[job->again_len++] = it;
+		job->held = 1;
+	} else if (req->code != BT_OK) {
 		record_failure(job, relpath, bt_code_name(req->code), req->error, req->attempts,
 			       req->error_stage);
 	} else {
@@ -427,8 +448,27 @@ static void request_done(struct bt_request *req, void *arg)
 			free(path);
 		}
 	}
+	if (req->code != BT_OVERLOADED || job->inflight == 0)
+		job->held = 0;
 	bt_request_free(req);
 	bt_daemon_wake(job->d);
+}
+
+/* The next item to send: one refused as overloaded first, else a new one. */
+static struct item *next_item(struct job *job)
+{
+	if (job->again_head < job->again_len) {
+		struct item *it = job->again[job->again_head++];
+		if (job->again_head == job->again_len)
+			job->again_head = job->again_len = 0;
+		return it;
+	}
+	return job->next < job->nitems ? &job->items[job->next++] : NULL;
+}
+
+static int items_left(const struct job *job)
+{
+	return job->again_head < job->again_len || job->next < job->nitems;
 }
 
 /* ---- feeding ------------------------------------------------------------------- */
@@ -537,8 +577,8 @@ static int fail_if_duplicate(struct job *job, const struct item *it)
 /* Fails every input not yet sent, e.g. when a stage will never come up. */
 static void fail_unsent(struct job *job, const char *error, const char *stage)
 {
-	while (job->next < job->nitems) {
-		struct item *it = &job->items[job->next++];
+	struct item *it;
+	while ((it = next_item(job))) {
 		if (!fail_if_duplicate(job, it))
 			record_failure(job, it->relpath, bt_code_name(BT_STAGE_FAILED), error, 0,
 				       stage);
@@ -552,7 +592,7 @@ static void feed(struct bt_daemon *d, void *arg)
 		return;
 	/* Waiting for such a stage would be forever: fail what is left instead. */
 	int placeable = 1;
-	for (int i = 0; i < job->pl->nstages && placeable && job->next < job->nitems; i++) {
+	for (int i = 0; i < job->pl->nstages && placeable && items_left(job); i++) {
 		char msg[512];
 		if (stage_unplaceable(job, job->pl->stages[i], msg, sizeof(msg))) {
 			bt_error("run cannot start", "reason=\"%s\"", msg);
@@ -563,8 +603,8 @@ static void feed(struct bt_daemon *d, void *arg)
 	}
 	if (placeable && !pipeline_startable(job->pl))
 		return;
-	while (job->inflight < (size_t)job->jobs && job->next < job->nitems) {
-		struct item *it = &job->items[job->next++];
+	while (!job->held && job->inflight < (size_t)job->jobs && items_left(job)) {
+		struct item *it = next_item(job);
 		if (fail_if_duplicate(job, it))
 			continue;
 		char *data, why[256];
@@ -591,7 +631,7 @@ static void feed(struct bt_daemon *d, void *arg)
 		job->inflight++;
 		bt_pipeline_submit(req, request_done, it);
 	}
-	if (job->next == job->nitems && job->inflight == 0) {
+	if (!items_left(job) && job->inflight == 0) {
 		job->finished = 1;
 		bt_daemon_shutdown(d);
 	}
@@ -815,6 +855,7 @@ out:
 		free(job.items[i].duplicate);
 	}
 	free(job.items);
+	free(job.again);
 	for (int s = 0; job.run_ms && s < job.nsteps; s++)
 		free(job.run_ms[s]);
 	free(job.run_ms);

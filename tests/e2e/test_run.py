@@ -418,3 +418,19 @@ def test_force_removes_the_old_output_of_an_input_that_now_fails(tmp_path):
     assert r.returncode == 1 and "skipped 1" in r.stdout, r.stdout
     failed = [json.loads(line) for line in open(out / "_failed.jsonl")]
     assert [(f["path"], f["code"]) for f in failed] == [("x.txt", "rejected")]
+
+
+def test_a_full_later_stage_holds_inputs_back_instead_of_failing_them(tmp_path):
+    # --jobs above what a later stage can queue: the pipeline answers
+    # overloaded, and a batch runner waits rather than failing the input.
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("stages:\n" + fake_stage("a", replicas=2, max_ongoing=4) +
+                   fake_stage("b", queue_max=1, max_ongoing=1) +
+                   "pipelines:\n  p: [a, b]\n")
+    make_inputs(tmp_path / "in", {"f%02d.txt" % i: "slow:20" for i in range(30)})
+    out = tmp_path / "out"
+    r = run(str(cfg), [str(tmp_path / "in")], out, "--jobs", "16")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(outputs(out)) == 30
+    assert "succeeded 30" in r.stdout and "failed 0" in r.stdout, r.stdout
+    assert "the pipeline is full: inputs wait" in (out / "_baton.log").read_text()
