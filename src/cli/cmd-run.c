@@ -1,4 +1,5 @@
 /* `baton run CONFIG --pipeline P --input PATH... --output DIR`: batch jobs. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,10 @@ static int run(int argc, char **argv)
 		} else if (!strcmp(a, "--output") && i + 1 < argc) {
 			opt.outdir = argv[++i];
 		} else if (!strcmp(a, "--jobs") && i + 1 < argc) {
-			opt.jobs = atoi(argv[++i]);
+			char *end;
+			errno = 0;
+			long n = strtol(argv[++i], &end, 10);
+			opt.jobs = n >= 1 && n <= 1000000 && !errno && end != argv[i] && !*end ? (int)n : 0;
 			if (opt.jobs < 1)
 				path = NULL, i = argc, opt.pipeline = NULL;
 		} else if (!strcmp(a, "--force")) {

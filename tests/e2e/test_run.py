@@ -166,6 +166,9 @@ def test_bad_arguments_exit_2(tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr
     r = subprocess.run([BATON, "run", cfg, "--input", cfg], capture_output=True, timeout=30)
     assert r.returncode == 2
+    for jobs in ("0", "-1", "7abc", "", "abc", "99999999999"):
+        r = run(cfg, [cfg], tmp_path / "out", "--jobs", jobs)
+        assert r.returncode == 2 and "usage" in r.stderr.lower(), (jobs, r.stderr)
 
 
 def test_workers_are_gone_after_the_run(tmp_path):
