@@ -308,16 +308,29 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-/* Writes data to path through a temporary file: never a partial output. */
+/*
+ * Writes data to path through a temporary file: never a partial output.
+ * The temporary name keeps at most 200 bytes of the output's, so that a
+ * name near NAME_MAX still has one; the file gets the mode a plain
+ * creation would (0666 less the umask), not mkstemp's 0600.
+ */
 static int write_atomically(const char *path, const char *data, size_t len)
 {
+	static int mode = -1;
+	if (mode < 0) {
+		mode_t mask = umask(0);
+		umask(mask);
+		mode = 0666 & ~(int)mask;
+	}
 	char *dir = bt_strdup(path);
 	char *slash = strrchr(dir, '/');
 	*slash = '\0';
 	int r = mkdir_p(dir);
-	char *tmp = bt_asprintf("%s/.%s" TMP_MARK "XXXXXX", dir, slash + 1);
+	char *tmp = bt_asprintf("%s/.%.200s" TMP_MARK "XXXXXX", dir, slash + 1);
 	int fd = r ? -1 : mkstemp(tmp);
 	if (!r && fd < 0)
+		r = -errno;
+	if (!r && fchmod(fd, (mode_t)mode))
 		r = -errno;
 	if (!r)
 		r = write_all(fd, data, len);

@@ -437,3 +437,20 @@ def test_a_full_later_stage_holds_inputs_back_instead_of_failing_them(tmp_path):
     assert len(outputs(out)) == 30
     assert "succeeded 30" in r.stdout and "failed 0" in r.stdout, r.stdout
     assert "the pipeline is full: inputs wait" in (out / "_baton.log").read_text()
+
+
+def test_long_names_get_outputs_with_the_umask_mode(tmp_path):
+    # A 240-byte name has a legal output name (244 bytes); the temporary
+    # file on the way there must fit too. Outputs are 0666 less the umask.
+    cfg = write_config(tmp_path)
+    name = "n" * 236 + ".txt"
+    make_inputs(tmp_path / "in", {name: "long"})
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        r = run(cfg, [str(tmp_path / "in")], out)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(out) == {name + ".out": "long"}
+    assert os.stat(out / (name + ".out")).st_mode & 0o777 == 0o644
