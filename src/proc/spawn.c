@@ -366,10 +366,22 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 		return e;
 	}
 	j->dir = templ;
+	/* The script runs as the stage's user: the directory and its input are its own. */
+	if (cfg->user && chown(j->dir, cfg->uid, cfg->gid)) {
+		e = -errno;
+		remove_tree(j->dir);
+		free(j->dir);
+		free(j);
+		return e;
+	}
 	if (j->files) {
 		j->in_path = bt_asprintf("%s/input%s", j->dir, input_ext(req));
 		j->out_path = bt_asprintf("%s/output%s", j->dir, cfg->spawn_output_ext);
 		int fd = open(j->in_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd >= 0 && cfg->user && fchown(fd, cfg->uid, cfg->gid)) {
+			close(fd);
+			fd = -1;
+		}
 		ssize_t w = 0;
 		size_t off = 0;
 		while (fd >= 0 && off < req->len && (w = write(fd, req->payload + off, req->len - off)) > 0)

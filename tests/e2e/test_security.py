@@ -197,3 +197,18 @@ def test_listen_flag_refuses_what_is_not_an_address(tmp_path, listen):
     r = subprocess.run([BATON, "serve", str(cfg), "--listen", listen],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "--listen" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_spawn_files_mode_as_another_user_can_use_its_files(baton):
+    # The per-request directory and its input file belong to the stage's
+    # user: a script running as nobody reads {input} and writes {output}.
+    seed000 = os.path.join(os.path.dirname(FAKE), "seed000_script.py")
+    if not reachable_as("nobody", [BATON, seed000]):
+        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
+    b = baton("stages:\n  legacy:\n    mode: spawn\n    user: nobody\n"
+              "    command: [/usr/bin/python3, %s, --input, '{input}', --output, '{output}']\n"
+              "pipelines:\n  p: [legacy]\n" % seed000)
+    r = b.post("p", '{"action": "ok"}')
+    assert r.status == 200 and r.json()["status"] == "ok", r
+    assert b.stop() == 0
