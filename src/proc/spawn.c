@@ -357,7 +357,11 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	j->d = d;
 	j->files = cfg->spawn_files;
 
+	/* The stage's own TMPDIR first, as the docs promise, then baton's. */
 	const char *tmp = getenv("TMPDIR");
+	for (int i = 0; i < cfg->nenv; i++)
+		if (!strcmp(cfg->env[i].name, "TMPDIR"))
+			tmp = cfg->env[i].value;
 	char *templ = bt_asprintf("%s/baton-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", cfg->name);
 	if (!mkdtemp(templ)) {
 		e = -errno;

@@ -42,6 +42,7 @@ if action == "big":   # an answer of "bytes" bytes
 if action == "leak":
     subprocess.Popen(["sleep", "1000"])
 result = {"status": "ok", "echo": req, "input_name": os.path.basename(a.input),
+          "input_path": os.path.abspath(a.input),
           "pid": os.getpid()}
 if action == "fail":
     result = {"status": "error", "error": req.get("error", "no diagram found on this page")}

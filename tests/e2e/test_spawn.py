@@ -98,6 +98,9 @@ def test_temporary_files_are_always_removed(baton, tmp_path):
     tmpdir.mkdir()
     cfg = files_stage(tmp_path, "    timeout_ms: 800\n    env: {TMPDIR: %s}\n" % tmpdir)
     b = baton(cfg)
+    # The stage's TMPDIR is where they go (not baton's own).
+    r = b.post("p", json.dumps({"action": "ok"}))
+    assert r.json()["input_path"].startswith(str(tmpdir) + "/baton-legacy-"), r.json()
     for action in ("ok", "fail", "crash", "noout", "hang"):
         b.post("p", json.dumps({"action": action}))
     wait_for(lambda: os.listdir(tmpdir) == [], 10, what="no temporary files left")
