@@ -358,6 +358,10 @@ static int parse_env(struct ctx *c, const yaml_node_t *n,
 		if (!*name || strchr(name, '='))
 			return fail(c, k, "environment variable name '%s' is not valid",
 				    name);
+		/* baton sets these itself; a value here would be silently replaced. */
+		if (!strncmp(name, "BATON_", 6))
+			return fail(c, k, "env '%s': BATON_* variables are set by baton and "
+				    "cannot be overridden", name);
 		if (v->type != YAML_SCALAR_NODE)
 			return fail(c, v, "value of env '%s' must be a string, not %s",
 				    name, type_name(v));

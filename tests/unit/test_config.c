@@ -679,6 +679,12 @@ Test(config, env_value_that_is_not_a_string_is_an_error)
 			4, 14, "env 'A'", NULL);
 }
 
+Test(config, env_cannot_set_batons_own_variables)
+{
+	expect_error_at("stages:\n  s:\n    command: [true]\n    env: {A: b, BATON_FD: \"7\"}\n"
+			PIPELINE_P, 4, 17, "env 'BATON_FD'", "set by baton", NULL);
+}
+
 Test(config, error_text_is_truncated_to_the_buffer_and_terminated)
 {
 	char small[24];
