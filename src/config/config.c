@@ -516,6 +516,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	const yaml_node_t *workdir_node = NULL;
 	int rep_initial = 0, rep_min = -1, rep_max = 0;
 	char *workdir = NULL, *venv = NULL;
+	const yaml_node_t *venv_node = NULL;
 	char what[128];
 	int r;
 
@@ -542,6 +543,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			workdir_node = v;
 			r = get_string(c, v, k, &workdir);
 		} else if (!strcmp(k, "venv")) {
+			venv_node = v;
 			r = get_string(c, v, k, &venv);
 		} else if (!strcmp(k, "env")) {
 			r = parse_env(c, v, st);
@@ -802,6 +804,11 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	st->workdir = bt_strdup(real);
 	if (venv) {
 		st->venv = join_path(c->cfg->dir, venv);
+		if (stat(st->venv, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+			r = fail(c, venv_node, "venv '%s' of stage '%s' is not a directory", st->venv,
+				 st->name);
+			goto out;
+		}
 		char *bin = bt_asprintf("%s/bin", st->venv);
 		st->venv_missing = stat(bin, &sb) != 0 || !S_ISDIR(sb.st_mode);
 		free(bin);

@@ -679,6 +679,13 @@ Test(config, env_value_that_is_not_a_string_is_an_error)
 			4, 14, "env 'A'", NULL);
 }
 
+Test(config, venv_that_is_a_file_is_an_error)
+{
+	put_file("afile", "", 0644);
+	expect_error_at("stages:\n  s:\n    command: [true]\n    venv: afile\n" PIPELINE_P, 4,
+			11, "venv", "is not a directory", NULL);
+}
+
 Test(config, env_cannot_set_batons_own_variables)
 {
 	expect_error_at("stages:\n  s:\n    command: [true]\n    env: {A: b, BATON_FD: \"7\"}\n"
