@@ -32,6 +32,7 @@ struct bt_spawn_job {
 	int handles; /* open handles; freed at 0 */
 	int pid;
 	char *dir; /* temporary directory, removed at the end */
+	int dirfd; /* it, opened once: later steps never resolve its path again */
 	char *in_path, *out_path; /* file convention only */
 	int files;
 	struct bt_buf stdout_buf; /* the answer, stdin/stdout convention */
@@ -44,27 +45,40 @@ struct bt_spawn_job {
 	char rbuf[65536];
 };
 
-static void remove_tree(const char *path)
+/*
+ * Empties the directory open as dfd (and closes it), through file
+ * descriptors and without following links: the tree may belong to the
+ * stage's user, who must not be able to redirect root's deletions.
+ */
+static void empty_dir(int dfd)
 {
-	struct stat st;
-	if (lstat(path, &st))
+	DIR *dh = fdopendir(dfd);
+	if (!dh) {
+		close(dfd);
 		return;
-	if (S_ISDIR(st.st_mode)) {
-		DIR *dh = opendir(path);
-		struct dirent *e;
-		while (dh && (e = readdir(dh))) {
-			if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-				continue;
-			char *child = bt_asprintf("%s/%s", path, e->d_name);
-			remove_tree(child);
-			free(child);
-		}
-		if (dh)
-			closedir(dh);
-		rmdir(path);
-	} else {
-		unlink(path);
 	}
+	struct dirent *e;
+	while ((e = readdir(dh))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (unlinkat(dirfd(dh), e->d_name, 0) == 0 || errno != EISDIR)
+			continue;
+		int sub = openat(dirfd(dh), e->d_name,
+				 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub >= 0)
+			empty_dir(sub);
+		unlinkat(dirfd(dh), e->d_name, AT_REMOVEDIR);
+	}
+	closedir(dh);
+}
+
+/* Removes the job's directory; a path swapped for a link is not followed. */
+static void remove_job_dir(struct bt_spawn_job *j)
+{
+	if (j->dirfd >= 0)
+		empty_dir(j->dirfd);
+	j->dirfd = -1;
+	rmdir(j->dir);
 }
 
 static void job_closed_cb(uv_handle_t *h)
@@ -74,7 +88,7 @@ static void job_closed_cb(uv_handle_t *h)
 		return;
 	struct bt_daemon *d = j->d;
 	if (j->dir)
-		remove_tree(j->dir);
+		remove_job_dir(j);
 	free(j->dir);
 	free(j->in_path);
 	free(j->out_path);
@@ -170,16 +184,20 @@ static void drain(struct bt_spawn_job *j, uv_pipe_t *p)
 }
 
 /*
- * Reads the script's output file.  Only a regular file: the script may
- * have left a FIFO, and opening or reading that would block the daemon.
+ * Reads the script's output file, name in the job's directory.  Only a
+ * regular file, not a link, and with user: one that user owns: the script
+ * may have left a FIFO (opening or reading it would block the daemon) or
+ * a link to a file only root may read.
  */
-static int read_whole(const char *path, size_t max, char **data, size_t *len)
+static int read_whole(const struct bt_spawn_job *j, const char *name, size_t max, char **data,
+		      size_t *len)
 {
-	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	const struct bt_stage_config *cfg = j->r->stage->cfg;
+	int fd = openat(j->dirfd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
-		return -errno;
+		return errno == ELOOP ? -EINVAL : -errno;
 	struct stat st;
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (cfg->user && st.st_uid != cfg->uid)) {
 		close(fd);
 		return -EINVAL;
 	}
@@ -226,7 +244,8 @@ static void deliver(struct bt_spawn_job *j, struct bt_request *req)
 	char *data = NULL;
 	size_t len = 0;
 	if (j->files) {
-		int e = read_whole(j->out_path, j->d->cfg->max_payload_bytes, &data, &len);
+		int e = read_whole(j, strrchr(j->out_path, '/') + 1, j->d->cfg->max_payload_bytes,
+				   &data, &len);
 		if (e == BT_ETOOBIG) {
 			too_big(j, req);
 			return;
@@ -234,7 +253,7 @@ static void deliver(struct bt_spawn_job *j, struct bt_request *req)
 		if (e) {
 			char msg[300];
 			snprintf(msg, sizeof(msg), "the script exited 0 but left no output file (%s)",
-				 e == -EINVAL ? "not a regular file" : bt_strerror(e));
+				 e == -EINVAL ? "not a regular file of the script's own" : bt_strerror(e));
 			bt_stage_result(req, NULL, 0, NULL, msg, 1);
 			return;
 		}
@@ -370,18 +389,22 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 		return e;
 	}
 	j->dir = templ;
+	j->dirfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	/* The script runs as the stage's user: the directory and its input are its own. */
-	if (cfg->user && chown(j->dir, cfg->uid, cfg->gid)) {
+	if (j->dirfd < 0 || (cfg->user && fchown(j->dirfd, cfg->uid, cfg->gid))) {
 		e = -errno;
-		remove_tree(j->dir);
+		remove_job_dir(j);
 		free(j->dir);
 		free(j);
 		return e;
 	}
 	if (j->files) {
-		j->in_path = bt_asprintf("%s/input%s", j->dir, input_ext(req));
+		char *in_name = bt_asprintf("input%s", input_ext(req));
+		j->in_path = bt_asprintf("%s/%s", j->dir, in_name);
 		j->out_path = bt_asprintf("%s/output%s", j->dir, cfg->spawn_output_ext);
-		int fd = open(j->in_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		int fd = openat(j->dirfd, in_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+				0600);
+		free(in_name);
 		if (fd >= 0 && cfg->user && fchown(fd, cfg->uid, cfg->gid)) {
 			close(fd);
 			fd = -1;
@@ -395,7 +418,7 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 		if (fd >= 0)
 			close(fd);
 		if (e) {
-			remove_tree(j->dir);
+			remove_job_dir(j);
 			free(j->dir);
 			free(j->in_path);
 			free(j->out_path);

@@ -212,3 +212,18 @@ def test_spawn_files_mode_as_another_user_can_use_its_files(baton):
     r = b.post("p", '{"action": "ok"}')
     assert r.status == 200 and r.json()["status"] == "ok", r
     assert b.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_spawn_output_linked_to_a_root_only_file_is_not_read(baton):
+    # The request's directory is the stage user's, but baton reads the
+    # output as root: a link (or a file owned by anyone else) is refused.
+    if not reachable_as("nobody", [BATON]):
+        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
+    b = baton("stages:\n  legacy:\n    mode: spawn\n    user: nobody\n    retries: 0\n"
+              "    command: [/bin/sh, -c, 'ln -s /etc/shadow \"$1\"', sh, '{output}', '{input}']\n"
+              "pipelines:\n  p: [legacy]\n")
+    r = b.post("p", "x")
+    assert r.status == 500 and r.json()["code"] == "worker_error", r
+    assert "root:" not in r.body.decode()
+    assert b.stop() == 0
