@@ -83,9 +83,13 @@ static void finish(struct bt_request *req, enum bt_code code,
 	char bad_result[512];
 	if (code == BT_OK && req->check && req->check(req, bad_result, sizeof(bad_result))) {
 		/* The worker answered, but not what the client's protocol needs. */
+		struct bt_stage *last = stage_of(req);
 		code = BT_WORKER_ERROR;
-		stage = stage_of(req)->cfg->name;
-		stage_of(req)->failed_codes[code]++;
+		stage = last->cfg->name;
+		last->failed_codes[code]++;
+		/* bt_stage_result counted the answer as a good one. */
+		last->completed--;
+		last->errors++;
 		free(req->error);
 		req->error = bt_strdup(bt_utf8_clean(bad_result));
 		fmt = NULL;

@@ -85,6 +85,9 @@ def test_a_worker_answer_that_is_not_v2_fails_as_worker_error(baton):
     st = b.status()
     assert st["requests"]["succeeded"] == 0 and st["pipelines"]["m"]["failures"] == \
         {"worker_error": 1}
+    # The stage counts it once, as an error, not also as a good answer.
+    assert st["stages"]["w"]["completed"] == 0 and st["stages"]["w"]["errors"] == 1, \
+        st["stages"]["w"]
     # The replica is not to blame for the protocol: it keeps serving.
     req["parameters"] = {}
     assert infer(b, json.dumps(req)).status == 200
