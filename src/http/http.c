@@ -673,7 +673,8 @@ static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind,
 {
 	size_t *total = cls;
 	(void)kind;
-	*total += strlen(key) + (value ? strlen(value) : 0) + 4; /* ": " and CRLF */
+	/* The text, and what libmicrohttpd keeps for each value besides. */
+	*total += strlen(key) + (value ? strlen(value) : 0) + 64;
 	return MHD_YES;
 }
 
@@ -733,11 +734,15 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		cn->h = h;
 		cn->mc = mc;
 		*con_cls = cn;
-		size_t headers = 0;
-		MHD_get_connection_values(mc, MHD_HEADER_KIND, add_header_size, &headers);
+		/* Everything of the request the pool holds: line, arguments, headers. */
+		size_t headers = strlen(url) + strlen(method);
+		MHD_get_connection_values(mc, MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND | MHD_COOKIE_KIND,
+					  add_header_size, &headers);
 		if (headers > HEADERS_MAX) {
-			char msg[128];
-			snprintf(msg, sizeof(msg), "the request headers take %zu bytes, over the %d KiB limit",
+			char msg[160];
+			snprintf(msg, sizeof(msg),
+				 "the request's line, arguments and headers take %zu bytes (64 more "
+				 "for each value), over the %d KiB limit",
 				 headers, HEADERS_MAX / 1024);
 			cn->route = R_NONE;
 			return send_json(mc, 431, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
