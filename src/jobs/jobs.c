@@ -241,6 +241,9 @@ static void existing_outputs(const char *outdir, struct list *done)
 	struct list abs = {0}, rels = {0};
 	walk(outdir, "", 0, &abs, &rels);
 	for (size_t i = 0; i < rels.n; i++) {
+		/* The run's own files are nobody's output. */
+		if (!strcmp(rels.v[i], FAILED_LOG) || !strcmp(rels.v[i], RUN_LOG))
+			continue;
 		char *dot = strrchr(rels.v[i], '.');
 		char *slash = strrchr(rels.v[i], '/');
 		if (dot && (!slash || dot > slash) && bt_ext_is_safe(dot) &&
@@ -369,8 +372,10 @@ static void remove_outputs(const struct job *job, const char *relpath)
 	size_t blen = strlen(base);
 	DIR *dh = opendir(out);
 	struct dirent *e;
+	int top = !strcmp(out, job->outdir); /* where the run's own files live */
 	while (dh && (e = readdir(dh)))
 		if (!strncmp(e->d_name, base, blen) && bt_ext_is_safe(e->d_name + blen) &&
+		    !(top && (!strcmp(e->d_name, FAILED_LOG) || !strcmp(e->d_name, RUN_LOG))) &&
 		    unlinkat(dirfd(dh), e->d_name, 0) == 0)
 			bt_info("removed the output of an earlier run", "path=%s/%s", out, e->d_name);
 	if (dh)

@@ -454,3 +454,19 @@ def test_long_names_get_outputs_with_the_umask_mode(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert outputs(out) == {name + ".out": "long"}
     assert os.stat(out / (name + ".out")).st_mode & 0o777 == 0o644
+
+
+def test_inputs_named_like_the_runs_own_files_are_just_inputs(tmp_path):
+    # "_failed" and "_baton" would have outputs _failed.jsonl / _baton.log
+    # with a chosen ext: they are neither skipped as done nor allowed to
+    # remove the run's own files when they fail under --force.
+    cfg = write_config(tmp_path, retries=0)
+    make_inputs(tmp_path / "in", {"_failed": "reject:no", "_baton": "reject:no", "ok": "fine"})
+    out = tmp_path / "out"
+    r = run(cfg, [str(tmp_path / "in")], out)
+    assert r.returncode == 1 and "skipped 0" in r.stdout, r.stdout
+    r = run(cfg, [str(tmp_path / "in")], out, "--force")
+    assert r.returncode == 1 and "skipped 0" in r.stdout, r.stdout
+    failed = sorted(json.loads(line)["path"] for line in open(out / "_failed.jsonl"))
+    assert failed == ["_baton", "_failed"]
+    assert "replica ready" in (out / "_baton.log").read_text()
