@@ -377,11 +377,16 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	j->files = cfg->spawn_files;
 
 	/* The stage's own TMPDIR first, as the docs promise, then baton's. */
-	const char *tmp = getenv("TMPDIR");
+	const char *tmp = getenv("TMPDIR"), *base = "";
 	for (int i = 0; i < cfg->nenv; i++)
-		if (!strcmp(cfg->env[i].name, "TMPDIR"))
+		if (!strcmp(cfg->env[i].name, "TMPDIR")) {
 			tmp = cfg->env[i].value;
-	char *templ = bt_asprintf("%s/baton-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", cfg->name);
+			/* A relative one is the script's: relative to the workdir it runs in. */
+			if (tmp[0] && tmp[0] != '/')
+				base = cfg->workdir;
+		}
+	char *templ = bt_asprintf("%s%s%s/baton-%s-XXXXXX", base, *base ? "/" : "",
+				  tmp && *tmp ? tmp : "/tmp", cfg->name);
 	if (!mkdtemp(templ)) {
 		e = -errno;
 		free(templ);
