@@ -107,6 +107,15 @@ def test_temporary_files_are_always_removed(baton, tmp_path):
     assert b.stop() == 0
 
 
+def test_a_relative_tmpdir_is_relative_to_the_workdir(baton, tmp_path):
+    (tmp_path / "work" / "scratch").mkdir(parents=True)
+    b = baton(files_stage(tmp_path, "    workdir: work\n    env: {TMPDIR: scratch}\n"))
+    r = b.post("p", json.dumps({"action": "ok"}))
+    assert r.status == 200, r
+    assert r.json()["input_path"].startswith(str(tmp_path / "work" / "scratch") + "/"), r.json()
+    assert b.stop() == 0
+
+
 def test_leftover_grandchild_is_killed(baton, tmp_path):
     b = baton(files_stage(tmp_path))
     r = b.post("p", '{"action": "leak"}')
