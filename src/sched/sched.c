@@ -339,6 +339,14 @@ static void dispatch(struct bt_stage *st)
 			uint64_t run_deadline = now / 1000 + st->cfg->timeout_ms;
 			bt_heap_update(&d->deadlines, &req->deadline, run_deadline);
 			uint64_t deadline = cap_deadline(req, run_deadline);
+			/*
+			 * baton's keys are baton's: neither a client's Baton-Meta nor an
+			 * earlier stage's answer can change them, nor make a request
+			 * look like baton's own warm-up.
+			 */
+			json_object_set_new(req->meta, "pipeline",
+					    json_string(req->pipeline->cfg->name));
+			json_object_del(req->meta, "warmup");
 			json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
 			json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
 			/* A client deadline may already have passed: 0 left, not a wrap. */

@@ -60,6 +60,18 @@ def test_result_meta_merges_into_next_stage_metadata(baton):
     assert b.stop() == 0
 
 
+def test_a_stage_or_a_client_cannot_rewrite_batons_own_keys(baton):
+    # An earlier stage's answer (or Baton-Meta) cannot rename the pipeline
+    # or make a real request look like baton's warm-up to later stages.
+    b = baton(config(fake_stage("a") + fake_stage("b"), {"p": ["a", "b"]}))
+    r = b.post("p", 'setmeta:{"pipeline": "evil", "warmup": true, "stage": "evil"}',
+               headers={"Baton-Meta": '{"warmup": true}'})
+    assert r.status == 200 and r.body != b"warm", r
+    meta = r.json()
+    assert meta["pipeline"] == "p" and meta["stage"] == "b" and "warmup" not in meta, meta
+    assert b.stop() == 0
+
+
 def test_content_type_comes_from_result_meta(baton):
     b = baton(config(fake_stage("a"), {"p": ["a"]}))
     r = b.post("p", 'setmeta:{"content_type": "text/x-probe"}')
