@@ -131,6 +131,13 @@ _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _encode_body = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
                                 ensure_ascii=False).encode
 
+
+def _encode_header(obj):
+    """A header as UTF-8 bytes. A lone surrogate (a file name decoded with
+    surrogateescape, say) is not valid JSON text: it becomes "?" rather than
+    an escape baton would refuse as a protocol violation."""
+    return _encode_body(obj).encode("utf-8", "replace")
+
 _now = time.monotonic
 _READY = b'{"t":"ready","proto":1}\n'
 
@@ -399,11 +406,11 @@ class _Worker:
             raise TypeError("handler returned %s; expected bytes, str, dict, list, "
                             "None or (body, meta)" % type(result).__name__)
         if meta:
-            head = _encode({"t": "res", "id": rid, "len": len(body), "meta": meta})
+            head = _encode_header({"t": "res", "id": rid, "len": len(body), "meta": meta})
             if len(head) >= _MAX_HEADER:
                 raise ValueError("result meta is %d bytes encoded; the header limit is %d"
                                  % (len(head), _MAX_HEADER))
-            head = head.encode() + b"\n"
+            head += b"\n"
         else:
             head = b'{"t":"res","id":%b,"len":%d}\n' % (_json_id(rid), len(body))
         if not body:
@@ -419,8 +426,7 @@ class _Worker:
             sys.stderr.write("baton_worker: request %s failed\n" % _encode(rid))
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
             sys.stderr.flush()
-        return (_encode({"t": "res", "id": rid, "error": text, "retry": retry})
-                + "\n").encode()
+        return _encode_header({"t": "res", "id": rid, "error": text, "retry": retry}) + b"\n"
 
     # --- input --------------------------------------------------------------
 

@@ -18,6 +18,8 @@ Payload commands (text; anything else is echoed back):
   retry:TEXT        fail with retry:true
   retry-once:TOKEN  fail with retry:true the first time, echo afterwards
   pid               answer with its pid
+  surrogate         answer with meta holding a lone surrogate (a file name read
+                    with surrogateescape); surrogate-reject: reject with one
   env               answer with a JSON object of its environment and cwd
   meta              answer with the request's metadata as JSON
   setmeta:JSON      answer "meta" with JSON merged into the metadata (so a
@@ -181,6 +183,10 @@ def handle_one(payload, meta):
         raise bw.Retry(arg or "transient")
     if cmd == "pid":
         return str(os.getpid()).encode()
+    if cmd == "surrogate":
+        return b"ok", {"name": b"f\xff.txt".decode("utf-8", "surrogateescape")}
+    if cmd == "surrogate-reject":
+        raise bw.Reject("bad " + b"\xff".decode("utf-8", "surrogateescape") + " name")
     if cmd == "env":
         env = {k: v for k, v in os.environ.items()}
         env["cwd"] = os.getcwd()

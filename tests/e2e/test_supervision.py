@@ -147,6 +147,19 @@ def test_nul_in_a_workers_error_text_or_metadata_is_not_a_violation(baton):
     assert b.stop() == 0
 
 
+def test_a_lone_surrogate_from_the_python_sdk_is_not_a_violation(baton):
+    # A file name read with surrogateescape, in a meta or a Reject: the SDK
+    # sends "?" for it rather than an escape that is not valid JSON text.
+    b = baton(one_stage(retries=0))
+    pid = b.pids("work")[0]
+    r = b.post("p", "surrogate")
+    assert r.status == 200 and r.body == b"ok", r
+    r = b.post("p", "surrogate-reject")
+    assert r.status == 422 and r.json()["error"] == "bad ? name", r
+    assert b.pids("work") == [pid] and "protocol violation" not in b.log()
+    assert b.stop() == 0
+
+
 def test_frame_claiming_4gib_is_refused_not_obeyed(baton):
     b = baton(one_stage(retries=0))
     r = b.post("p", "hugeframe")
