@@ -166,12 +166,57 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 	return e;
 }
 
+/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+					  : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+	if (len == 0 || len > n)
+		return 0;
+	/* The second byte's range excludes overlong forms and surrogates. */
+	unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+	unsigned char hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+	if (len > 1 && (s[1] < lo || s[1] > hi))
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if (s[i] < 0x80 || s[i] > 0xBF)
+			return 0;
+	return len;
+}
+
+/*
+ * The message as an error text can always be sent: at most 4000 bytes
+ * (cut at a character) and valid UTF-8, anything else shown as '?'.
+ */
+static void clean_message(const char *in, char *out, size_t size)
+{
+	const unsigned char *s = (const unsigned char *)in;
+	size_t n = strlen(in), o = 0;
+	for (size_t i = 0; i < n;) {
+		size_t len = utf8_seq(s + i, n - i);
+		if (o + (len ? len : 1) >= size)
+			break;
+		if (len) {
+			memcpy(out + o, s + i, len);
+			o += len;
+			i += len;
+		} else {
+			out[o++] = '?';
+			i++;
+		}
+	}
+	out[o] = '\0';
+}
+
 int baton_fail(struct baton_request *req, const char *message, int retry)
 {
 	if (req->answered)
 		return -EALREADY;
+	char text[4001];
+	clean_message(message ? message : "failed", text, sizeof(text));
 	json_t *hdr = json_pack("{s:s, s:s, s:s, s:b}", "t", "res", "id", req->id,
-				"error", message ? message : "failed", "retry", retry);
+				"error", text, "retry", retry);
 	if (!hdr)
 		return -ENOMEM;
 	int e = put_frame(req->w, hdr, NULL, 0);

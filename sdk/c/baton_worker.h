@@ -55,7 +55,8 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 		  const char *meta_json);
 /*
  * Fails req with a message.  retry != 0 marks a transient failure worth
- * another attempt; 0 says the input is bad for this model.
+ * another attempt; 0 says the input is bad for this model.  The message is
+ * sent as at most 4000 bytes of UTF-8 (invalid bytes shown as '?').
  */
 int baton_fail(struct baton_request *req, const char *message, int retry);
 

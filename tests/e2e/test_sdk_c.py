@@ -77,6 +77,18 @@ def test_failing_item_of_a_batch_is_rejected_alone(baton, tmp_path):
     assert b.stop() == 0
 
 
+def test_baton_fail_with_any_message_is_a_rejection(baton):
+    # Invalid UTF-8 and a message over the header limit: baton_fail() cleans
+    # and cuts the text, so the item is still rejected, not left unanswered.
+    b = baton(config(c_stage(retries=2), {"p": ["c"]}))
+    r = b.request("POST", "/v1/pipelines/p", b"fail \xff bad")
+    assert r.status == 422 and r.json()["error"] == "fail ? bad", r
+    r = b.post("p", "fail" + "x" * 70000)
+    assert r.status == 422 and r.json()["code"] == "rejected", r
+    assert b.status()["stages"]["c"]["retried"] == 0
+    assert b.stop() == 0
+
+
 def test_idle_c_worker_answers_pings_and_stays_up(baton):
     # A worker that does not answer is killed ping_timeout_ms after a ping,
     # at the next interval (test_supervision proves it with these values):
