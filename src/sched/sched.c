@@ -285,6 +285,23 @@ static uint64_t oldest_enqueued(const struct bt_stage *st)
 }
 
 /*
+ * The earliest queue deadline of the waiting requests, in µs.  Called only
+ * while fewer than max_size wait, so the walk is short.
+ */
+static uint64_t earliest_deadline_us(struct bt_stage *st)
+{
+	uint64_t first = UINT64_MAX;
+	for (int l = 0; l < st->queue.levels; l++)
+		for (struct bt_qlink *q = st->queue.heads[l].next; q != &st->queue.heads[l];
+		     q = q->next) {
+			const struct bt_request *req = from_qlink(q);
+			if (bt_heap_contains(&req->deadline) && req->deadline.key * 1000 < first)
+				first = req->deadline.key * 1000;
+		}
+	return first;
+}
+
+/*
  * Triton's dynamic batcher: when a replica can take work, take up to
  * max_size waiting requests; with fewer waiting, wait until the batch is
  * full or the oldest request's window closes, whichever comes first.
@@ -297,6 +314,15 @@ static int batch_ready(struct bt_stage *st, uint64_t now)
 	    st->queue.len >= (size_t)cfg->batch_max_size)
 		return 1;
 	uint64_t due = oldest_enqueued(st) + cfg->batch_window_ms * 1000;
+	/*
+	 * A request whose deadline (timeout_ms or the client's) comes before
+	 * the window closes is not kept waiting for company until it times
+	 * out: the batch leaves 20 ms before that deadline (timers fire in
+	 * whole milliseconds, and the deadline's must not win the race).
+	 */
+	uint64_t deadline = earliest_deadline_us(st);
+	if (deadline < due + 20000)
+		due = deadline > 20000 ? deadline - 20000 : 0;
 	if (now >= due)
 		return 1;
 	if (st->batch_due_us != due) {
@@ -536,6 +562,12 @@ void bt_sched_arm_deadline(struct bt_daemon *d)
 void bt_sched_deadline_cb(uv_timer_t *t)
 {
 	struct bt_daemon *d = t->data;
+	/*
+	 * A batch timer that fired in this same loop turn has only marked its
+	 * stage: dispatch first, so that a batch sent before its requests'
+	 * deadlines is not judged late by a stalled loop.
+	 */
+	bt_sched_flush(d);
 	uint64_t now = bt_now_ms();
 	struct bt_heap_node *n;
 	d->armed_deadline = 0;

@@ -114,6 +114,21 @@ def test_lone_request_waits_the_window_and_no_longer(baton):
     assert b.stop() == 0
 
 
+def test_a_deadline_shorter_than_the_window_sends_the_batch_in_time(baton):
+    # A lone request must not wait for company until it times out with the
+    # replica idle: the batch leaves just before its deadline.
+    b = baton(config(batch_stage(batch="{max_size: 4, window_ms: 3000}", timeout_ms=1000),
+                     {"p": ["w"]}))
+    r = b.post("p", "alone")
+    assert r.status == 200 and r.json()["batch_size"] == 1, r
+    assert 900 <= server_timing(r)["w-queue"] < 1000, server_timing(r)  # 980 ms
+    # The client's own timeout counts the same way.
+    r = b.post("p", "hurried", headers={"Baton-Timeout-Ms": "500"})
+    assert r.status == 200 and r.json()["batch_size"] == 1, r
+    assert server_timing(r)["w-queue"] < 500, server_timing(r)
+    assert b.stop() == 0
+
+
 def test_without_window_a_free_replica_takes_what_is_there(baton):
     b = baton(config(batch_stage(batch="{max_size: 8, window_ms: 0}"), {"p": ["w"]}))
     r = b.post("p", "alone")
