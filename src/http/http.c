@@ -249,8 +249,10 @@ static enum MHD_Result answer_request(struct conn *cn)
 	} else if (cn->route == R_INFER) {
 		r = answer_v2(cn, req, timing);
 	} else {
-		const char *ctype = json_string_value(json_object_get(req->meta, "content_type"));
-		if (ctype && !valid_content_type(ctype))
+		json_t *jct = json_object_get(req->meta, "content_type");
+		const char *ctype = json_string_value(jct);
+		/* A NUL inside (valid JSON) would cut it short: not a media type either. */
+		if (ctype && (json_string_length(jct) != strlen(ctype) || !valid_content_type(ctype)))
 			ctype = NULL; /* a worker's nonsense: the bytes go as bytes */
 		const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing, NULL};
 		char *body = req->payload;

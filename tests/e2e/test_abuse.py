@@ -184,6 +184,8 @@ def test_a_worker_content_type_too_long_to_be_one_is_not_sent(baton):
     r = b.post("p", 'setmeta:{"content_type": "text/plain\\r\\nX-Injected: 1"}')
     assert r.status == 200 and r.headers["content-type"] == "application/octet-stream", r
     assert "x-injected" not in r.headers
+    r = b.post("p", 'setmeta:{"content_type": "text/plain\\u0000evil"}')
+    assert r.status == 200 and r.headers["content-type"] == "application/octet-stream", r
     r = b.post("p", 'setmeta:{"content_type": "text/plain"}')
     assert r.headers["content-type"] == "text/plain"
     assert b.stop() == 0
