@@ -70,6 +70,17 @@ static int run(int argc, char **argv)
 				argv[1], cfg.stages[i].line, cfg.stages[i].col, cfg.stages[i].venv,
 				cfg.stages[i].name);
 	warn_unplaceable(&cfg, argv[1]);
+	for (int i = 0; i < cfg.nstages; i++) {
+		const struct bt_stage_config *st = &cfg.stages[i];
+		/* Requests waiting for their batch to fill count against queue_max. */
+		if (st->batch_max_size > 1 && st->queue_max < (size_t)st->batch_max_size)
+			fprintf(stderr,
+				"%s:%d:%d: warning: stage '%s' has queue_max %zu below batch.max_size "
+				"%d: its batches can never fill, and requests beyond %zu waiting get "
+				"503\n",
+				argv[1], st->line, st->col, st->name, st->queue_max, st->batch_max_size,
+				st->queue_max);
+	}
 	printf("\nok\n");
 	bt_config_release(&cfg);
 	return BT_EXIT_OK;

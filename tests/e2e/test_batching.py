@@ -223,3 +223,18 @@ def test_batch_mates_of_a_timed_out_request_time_out_with_it(baton):
     assert metric(b, "baton_stage_batch_size_count", stage="w") == 1
     assert b.status()["stages"]["w"]["retried"] == 0
     assert b.stop() == 0
+
+
+def test_check_warns_when_queue_max_is_below_the_batch_size(tmp_path):
+    from conftest import BATON
+    import subprocess
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(config(batch_stage(batch="{max_size: 4, window_ms: 50}", queue_max=2),
+                          {"p": ["w"]}))
+    r = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "b.yaml:2:3: warning: stage 'w' has queue_max 2 below batch.max_size 4" in r.stderr, \
+        r.stderr
+    cfg.write_text(config(batch_stage(batch="{max_size: 4, window_ms: 50}"), {"p": ["w"]}))
+    r = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
