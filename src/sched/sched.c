@@ -33,7 +33,9 @@ struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
 	req->payload = payload;
 	req->len = len;
 	req->meta = meta ? meta : json_object();
+	/* baton's keys, whatever the client sent: only baton's warm-ups carry "warmup". */
 	json_object_set_new(req->meta, "pipeline", json_string(pl->cfg->name));
+	json_object_del(req->meta, "warmup");
 	req->state = BT_REQ_NEW;
 	bt_qlink_init(&req->qlink);
 	bt_heap_node_init(&req->deadline);
@@ -80,20 +82,6 @@ static void finish(struct bt_request *req, enum bt_code code,
 	struct bt_pipeline *pl = req->pipeline;
 	struct bt_daemon *d = pl->d;
 	BT_ASSERT(req->state != BT_REQ_DONE);
-	char bad_result[512];
-	if (code == BT_OK && req->check && req->check(req, bad_result, sizeof(bad_result))) {
-		/* The worker answered, but not what the client's protocol needs. */
-		struct bt_stage *last = stage_of(req);
-		code = BT_WORKER_ERROR;
-		stage = last->cfg->name;
-		last->failed_codes[code]++;
-		/* bt_stage_result counted the answer as a good one. */
-		last->completed--;
-		last->errors++;
-		free(req->error);
-		req->error = bt_strdup(bt_utf8_clean(bad_result));
-		fmt = NULL;
-	}
 	leave_stage(req, code);
 	bt_hist_observe(&pl->duration_hist, (double)(bt_now_us() - req->accepted_us) / 1e6);
 	if (bt_qlink_queued(&req->qlink))
@@ -104,15 +92,13 @@ static void finish(struct bt_request *req, enum bt_code code,
 	req->code = code;
 	req->error_stage = stage;
 	if (code != BT_OK) {
-		if (fmt) {
-			va_list ap;
-			char msg[1024];
-			va_start(ap, fmt);
-			vsnprintf(msg, sizeof(msg), fmt, ap);
-			va_end(ap);
-			free(req->error);
-			req->error = bt_strdup(bt_utf8_clean(msg)); /* it becomes JSON */
-		}
+		va_list ap;
+		char msg[1024];
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+		free(req->error);
+		req->error = bt_strdup(bt_utf8_clean(msg)); /* it becomes JSON */
 		pl->failed[code]++;
 	} else {
 		pl->succeeded++;
@@ -365,14 +351,6 @@ static void dispatch(struct bt_stage *st)
 			uint64_t run_deadline = now / 1000 + st->cfg->timeout_ms;
 			bt_heap_update(&d->deadlines, &req->deadline, run_deadline);
 			uint64_t deadline = cap_deadline(req, run_deadline);
-			/*
-			 * baton's keys are baton's: neither a client's Baton-Meta nor an
-			 * earlier stage's answer can change them, nor make a request
-			 * look like baton's own warm-up.
-			 */
-			json_object_set_new(req->meta, "pipeline",
-					    json_string(req->pipeline->cfg->name));
-			json_object_del(req->meta, "warmup");
 			json_object_set_new(req->meta, "stage", json_string(st->cfg->name));
 			json_object_set_new(req->meta, "attempt", json_integer(req->attempts));
 			/* A client deadline may already have passed: 0 left, not a wrap. */
@@ -428,8 +406,6 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		       error);
 		return;
 	}
-	st->completed++;
-	leave_stage(req, BT_OK);
 	free(req->payload);
 	req->payload = payload;
 	req->len = len;
@@ -439,9 +415,24 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 	 */
 	json_object_del(req->meta, "content_type");
 	json_object_del(req->meta, "v2_header_length");
-	if (json_is_object(result_meta))
+	if (json_is_object(result_meta)) {
+		/* An answer cannot rename the pipeline or make the request a warm-up. */
+		json_t *pipeline = json_incref(json_object_get(req->meta, "pipeline"));
 		json_object_update(req->meta, result_meta);
-	if (req->step + 1 < req->pipeline->nstages)
+		json_object_set_new(req->meta, "pipeline", pipeline);
+		json_object_del(req->meta, "warmup");
+	}
+	int last = req->step + 1 == req->pipeline->nstages;
+	char bad[512];
+	if (last && req->check && req->check(req, bad, sizeof(bad))) {
+		/* The worker answered, but not what the client's protocol needs. */
+		st->errors++;
+		finish(req, BT_WORKER_ERROR, st->cfg->name, "%s", bad);
+		return;
+	}
+	st->completed++;
+	leave_stage(req, BT_OK);
+	if (!last)
 		enter_stage(req, req->step + 1);
 	else
 		finish(req, BT_OK, NULL, NULL);

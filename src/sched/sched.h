@@ -62,8 +62,8 @@ struct bt_request {
 	bt_request_done_cb done;
 	void *done_arg;
 	/*
-	 * Optional: called when the last stage has answered, before the request
-	 * counts as succeeded.  It may rewrite the result; non-zero fails the
+	 * Optional: called when the last stage has answered (its meta merged),
+	 * before the request counts as succeeded.  It may rewrite the result; non-zero fails the
 	 * request as worker_error of the last stage, with err as the sentence.
 	 * check_data is the ingress's (owned, freed with the request).
 	 */
