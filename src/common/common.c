@@ -5,8 +5,10 @@
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -149,6 +151,40 @@ void bt_buf_append(struct bt_buf *b, const void *data, size_t n)
 void bt_buf_puts(struct bt_buf *b, const char *s)
 {
 	bt_buf_append(b, s, strlen(s));
+}
+
+int bt_read_file_at(int dirfd, const char *path, int flags, size_t max, char **data,
+		    size_t *len, struct stat *st)
+{
+	struct stat own;
+	if (!st)
+		st = &own;
+	int fd = openat(dirfd, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | flags);
+	if (fd < 0)
+		return -errno;
+	int e = fstat(fd, st) ? -errno
+		: !S_ISREG(st->st_mode) ? -EINVAL
+		: (unsigned long long)st->st_size > max ? BT_ETOOBIG
+							 : 0;
+	struct bt_buf b = BT_BUF_INIT;
+	char chunk[65536];
+	ssize_t n = 0;
+	while (!e && (n = read(fd, chunk, sizeof(chunk))) > 0) {
+		if (b.len + (size_t)n > max)
+			e = BT_ETOOBIG;
+		else
+			bt_buf_append(&b, chunk, (size_t)n);
+	}
+	if (!e && n < 0)
+		e = -errno;
+	close(fd);
+	if (e) {
+		bt_buf_release(&b);
+		return e;
+	}
+	bt_buf_reserve(&b, 0);
+	*data = bt_buf_detach(&b, len);
+	return 0;
 }
 
 void bt_buf_printf(struct bt_buf *b, const char *fmt, ...)

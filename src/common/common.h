@@ -80,6 +80,18 @@ void bt_buf_printf(struct bt_buf *b, const char *fmt, ...)
 void bt_buf_consume(struct bt_buf *b, size_t n);
 /* Hands the bytes to the caller, who frees them; the buffer is empty after. */
 char *bt_buf_detach(struct bt_buf *b, size_t *len);
+
+struct stat;
+/*
+ * Reads a whole regular file of at most max bytes: path relative to dirfd
+ * (AT_FDCWD for a plain path), opened without blocking (a FIFO must not
+ * hang the event loop) and with the extra open flags (O_NOFOLLOW, say).
+ * Returns 0 with a malloc'd, NUL-terminated *data; -errno; -EINVAL when it
+ * is not a regular file; BT_ETOOBIG past max, also when it grows while
+ * read.  *st, when not NULL, gets the file's status whenever it was opened.
+ */
+int bt_read_file_at(int dirfd, const char *path, int flags, size_t max, char **data,
+		    size_t *len, struct stat *st);
 void bt_buf_release(struct bt_buf *b);
 
 /*

@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <limits.h>
@@ -372,37 +373,10 @@ static int parse_env(struct ctx *c, const yaml_node_t *n,
 	return 0;
 }
 
-/*
- * Reads a whole regular file of at most 256 MiB: a FIFO or /dev/zero named
- * in a config must not hang baton.
- */
+/* A FIFO or /dev/zero named in a config must not hang baton. */
 static int read_file(const char *path, char **data, size_t *len)
 {
-	struct stat st;
-	if (stat(path, &st))
-		return -errno;
-	if (!S_ISREG(st.st_mode))
-		return -EINVAL;
-	if (st.st_size > (off_t)256 << 20)
-		return BT_ETOOBIG;
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return -errno;
-	struct bt_buf b = BT_BUF_INIT;
-	char chunk[65536];
-	size_t n;
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-		bt_buf_append(&b, chunk, n);
-	int err = ferror(f) ? -EIO : 0;
-	fclose(f);
-	if (err) {
-		bt_buf_release(&b);
-		return err;
-	}
-	if (!b.data)
-		bt_buf_reserve(&b, 0);
-	*data = bt_buf_detach(&b, len);
-	return 0;
+	return bt_read_file_at(AT_FDCWD, path, 0, (size_t)256 << 20, data, len, NULL);
 }
 
 static const char *const stage_keys[] = {

@@ -494,55 +494,29 @@ static int items_left(const struct job *job)
 enum read_result { READ_OK, READ_UNREADABLE, READ_TOO_LARGE };
 
 /*
- * Reads a regular file of at most max bytes, saying why not in why.  Only
+ * Reads an input of at most max bytes, saying why not in why.  Only
  * regular files: a FIFO or a device could block the event loop (open
  * waits for a writer, read for data) or never end (/dev/zero).
  */
 static enum read_result read_file(const char *path, size_t max, char **data, size_t *len,
 				  char *why, size_t whylen)
 {
-	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	struct stat st;
-	if (fd < 0 || fstat(fd, &st)) {
-		snprintf(why, whylen, "%s", bt_strerror(-errno));
-		if (fd >= 0)
-			close(fd);
-		return READ_UNREADABLE;
-	}
-	if (!S_ISREG(st.st_mode)) {
+	int e = bt_read_file_at(AT_FDCWD, path, 0, max, data, len, &st);
+	if (e == -EINVAL)
 		snprintf(why, whylen, "not a regular file (%s)",
 			 S_ISDIR(st.st_mode)    ? "a directory that could not be walked"
 			 : S_ISFIFO(st.st_mode) ? "a FIFO"
 			 : S_ISSOCK(st.st_mode) ? "a socket"
 						: "a device");
-		close(fd);
-		return READ_UNREADABLE;
-	}
-	if ((unsigned long long)st.st_size > max) {
+	else if (e == BT_ETOOBIG && (unsigned long long)st.st_size > max)
 		snprintf(why, whylen, "the file has %lld bytes, over max_request_bytes %zu",
 			 (long long)st.st_size, max);
-		close(fd);
-		return READ_TOO_LARGE;
-	}
-	struct bt_buf b = BT_BUF_INIT;
-	char chunk[65536];
-	ssize_t n;
-	/* The size may change while it is read: the limit is on what is read. */
-	while (b.len <= max && (n = read(fd, chunk, sizeof(chunk))) > 0)
-		bt_buf_append(&b, chunk, (size_t)n);
-	int e = b.len <= max && n < 0 ? errno : 0;
-	close(fd);
-	if (e || b.len > max) {
-		if (e)
-			snprintf(why, whylen, "%s", bt_strerror(-e));
-		else
-			snprintf(why, whylen, "the file grew over max_request_bytes %zu as it was read",
-				 max);
-		bt_buf_release(&b);
-		return e ? READ_UNREADABLE : READ_TOO_LARGE;
-	}
-	*data = bt_buf_detach(&b, len);
-	return READ_OK;
+	else if (e == BT_ETOOBIG)
+		snprintf(why, whylen, "the file grew over max_request_bytes %zu as it was read", max);
+	else if (e)
+		snprintf(why, whylen, "%s", bt_strerror(e));
+	return !e ? READ_OK : e == BT_ETOOBIG ? READ_TOO_LARGE : READ_UNREADABLE;
 }
 
 /* Ready to feed: each stage has had a replica up, or failed (then fail fast). */

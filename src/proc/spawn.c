@@ -193,35 +193,15 @@ static int read_whole(const struct bt_spawn_job *j, const char *name, size_t max
 		      size_t *len)
 {
 	const struct bt_stage_config *cfg = j->r->stage->cfg;
-	int fd = openat(j->dirfd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ELOOP ? -EINVAL : -errno;
 	struct stat st;
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (cfg->user && st.st_uid != cfg->uid)) {
-		close(fd);
+	int e = bt_read_file_at(j->dirfd, name, O_NOFOLLOW, max, data, len, &st);
+	if (e == -ELOOP)
+		return -EINVAL;
+	if (!e && cfg->user && st.st_uid != cfg->uid) {
+		free(*data);
 		return -EINVAL;
 	}
-	struct bt_buf b = BT_BUF_INIT;
-	char chunk[65536];
-	ssize_t n;
-	int e = 0;
-	while ((n = read(fd, chunk, sizeof(chunk))) > 0) {
-		if (b.len + (size_t)n > max) {
-			e = BT_ETOOBIG;
-			break;
-		}
-		bt_buf_append(&b, chunk, (size_t)n);
-	}
-	if (n < 0)
-		e = -errno;
-	close(fd);
-	if (e) {
-		bt_buf_release(&b);
-		return e;
-	}
-	bt_buf_reserve(&b, 0);
-	*data = bt_buf_detach(&b, len);
-	return 0;
+	return e;
 }
 
 /* An answer over max_payload_bytes is the script's failure, not the input's: worker_error. */
