@@ -219,14 +219,20 @@ static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
 			   body, req->len, hdrs);
 }
 
-/* Short, and printable ASCII: anything else would not be a header value. */
-static int valid_content_type(const char *s)
+/*
+ * Short, and printable ASCII: anything else (a NUL inside included) would
+ * not be a header value.
+ */
+static int valid_content_type(json_t *v)
 {
-	size_t n = 0;
-	for (; s[n]; n++)
-		if ((unsigned char)s[n] < 0x20 || (unsigned char)s[n] > 0x7e)
+	const char *s = json_string_value(v);
+	size_t n = json_string_length(v);
+	if (!s || n == 0 || n > CONTENT_TYPE_MAX)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
 			return 0;
-	return n > 0 && n <= CONTENT_TYPE_MAX;
+	return 1;
 }
 
 static enum MHD_Result answer_request(struct conn *cn)
@@ -250,10 +256,8 @@ static enum MHD_Result answer_request(struct conn *cn)
 		r = answer_v2(cn, req, timing);
 	} else {
 		json_t *jct = json_object_get(req->meta, "content_type");
-		const char *ctype = json_string_value(jct);
-		/* A NUL inside (valid JSON) would cut it short: not a media type either. */
-		if (ctype && (json_string_length(jct) != strlen(ctype) || !valid_content_type(ctype)))
-			ctype = NULL; /* a worker's nonsense: the bytes go as bytes */
+		/* A worker's nonsense is not sent: the bytes go as bytes. */
+		const char *ctype = valid_content_type(jct) ? json_string_value(jct) : NULL;
 		const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing, NULL};
 		char *body = req->payload;
 		size_t len = req->len;
