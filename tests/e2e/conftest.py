@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -88,6 +89,15 @@ class Gate:
 
     def open(self):
         open(self.path, "w").close()
+
+    def hold(self, b, n, replies, pipeline="p"):
+        """Posts n gate requests, each from its own thread, appending the
+        replies to replies; returns the started threads."""
+        threads = [threading.Thread(target=lambda: replies.append(b.post(pipeline, self.payload)))
+                   for _ in range(n)]
+        for t in threads:
+            t.start()
+        return threads
 
     def __enter__(self):
         return self

@@ -366,10 +366,7 @@ def test_scaling_back_up_takes_a_draining_replica_back(baton, tmp_path):
     pids = sorted(b.pids("w"))
     replies = []
     with Gate(tmp_path) as gate:
-        threads = [threading.Thread(target=lambda: replies.append(b.post("p", gate.payload)))
-                   for _ in range(2)]
-        for t in threads:
-            t.start()
+        threads = gate.hold(b, 2, replies)
         wait_for(lambda: b.status()["stages"]["w"]["running"] == 2, 10)
         scale(b, 1)
         assert sorted(x["state"] for x in b.replicas("w")) == ["busy", "draining"]

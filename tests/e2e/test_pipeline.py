@@ -3,7 +3,6 @@ with their HTTP status, admission and queue bounds."""
 import json
 import os
 import subprocess
-import threading
 
 from conftest import BUILD, PYTHON, ROOT, SDK_PY, SLOW, Gate, config, fake_stage, wait_for
 
@@ -139,10 +138,7 @@ def test_full_queue_answers_503_with_retry_after(baton, tmp_path):
     b = baton(config(fake_stage("w", queue_max=2, max_ongoing=1), {"p": ["w"]}))
     results = []
     with Gate(tmp_path) as gate:
-        threads = [threading.Thread(target=lambda: results.append(b.post("p", gate.payload)))
-                   for _ in range(3)]
-        for t in threads:
-            t.start()
+        threads = gate.hold(b, 3, results)
         wait_for(lambda: b.status()["stages"]["w"]["queued"] == 2, 10, what="2 queued")
         r = b.post("p", "one too many")
     assert r.status == 503, r
@@ -162,10 +158,7 @@ def test_max_inflight_admission_at_the_entry(baton, tmp_path):
     b = baton(cfg)
     results = []
     with Gate(tmp_path) as gate:
-        threads = [threading.Thread(target=lambda: results.append(b.post("p", gate.payload)))
-                   for _ in range(2)]
-        for t in threads:
-            t.start()
+        threads = gate.hold(b, 2, results)
         wait_for(lambda: b.status()["pipelines"]["p"]["in_flight"] == 2, 10)
         r = b.post("p", "third")
     assert r.status == 503 and r.json()["code"] == "overloaded"
@@ -180,10 +173,7 @@ def test_least_loaded_replica_gets_the_work(baton, tmp_path):
     b = baton(config(fake_stage("w", replicas=3, max_ongoing=4), {"p": ["w"]}))
     results = []
     with Gate(tmp_path) as gate:
-        threads = [threading.Thread(target=lambda: results.append(b.post("p", gate.payload)))
-                   for _ in range(6)]
-        for t in threads:
-            t.start()
+        threads = gate.hold(b, 6, results)
         wait_for(lambda: b.status()["stages"]["w"]["running"] == 6, 10)
         loads = sorted(r["in_flight"] for r in b.replicas("w"))
     assert loads == [2, 2, 2], loads

@@ -12,18 +12,8 @@ from conftest import SLOW, Gate, config, fake_stage, pid_alive, wait_for
 def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton, tmp_path):
     b = baton(config(fake_stage("w", replicas=2, max_ongoing=4), {"p": ["w"]}))
     results = []
-    lock = threading.Lock()
-    gate = Gate(tmp_path)
-
-    def send(i):
-        r = b.post("p", gate.payload)
-        with lock:
-            results.append(r)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
-    with gate:
-        for t in threads:
-            t.start()
+    with Gate(tmp_path) as gate:
+        threads = gate.hold(b, 8, results)
         wait_for(lambda: b.status()["requests"]["in_flight"] == 8, 10, what="8 in flight")
         pids = b.pids("w")
         b.send_signal(signal.SIGTERM)
