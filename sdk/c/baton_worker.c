@@ -2,7 +2,8 @@
  * libbatonworker: the worker side of protocol v1.  Reads whole messages
  * from a buffer, hands requests to the user, and collects answers in an
  * output buffer written once no complete message is left to handle (so a
- * burst of pipelined requests costs one write, not one per answer).
+ * burst of pipelined requests costs one write, not one per answer).  The
+ * source side (baton_source_*) shares the framing and is at the end.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -13,7 +14,9 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define MAX_HEADER (64 * 1024)
@@ -67,8 +70,8 @@ static int buf_append(struct buf *b, const void *p, size_t n)
 	return 0;
 }
 
-/* Appends one frame: header (len set here) + payload. */
-static int put_frame(struct worker *w, json_t *hdr, const void *payload, size_t len)
+/* Appends a header line announcing len payload bytes (len set here). */
+static int put_header(struct worker *w, json_t *hdr, size_t len)
 {
 	if (json_object_set_new(hdr, "len", json_integer((json_int_t)len)))
 		return -ENOMEM;
@@ -76,31 +79,55 @@ static int put_frame(struct worker *w, json_t *hdr, const void *payload, size_t 
 	if (!text)
 		return -ENOMEM;
 	size_t n = strlen(text);
-	int e = n + 1 > MAX_HEADER ? -E2BIG : 0;
-	if (!e)
-		e = buf_append(&w->out, text, n);
-	if (!e)
-		e = buf_append(&w->out, "\n", 1);
-	if (!e)
-		e = buf_append(&w->out, payload, len);
+	int e = n + 1 > MAX_HEADER ? -E2BIG : buf_reserve(&w->out, n + 1);
+	if (!e) {
+		buf_append(&w->out, text, n); /* cannot fail: reserved */
+		buf_append(&w->out, "\n", 1);
+	}
 	free(text);
 	return e;
 }
 
-static int flush_out(struct worker *w)
+/* Appends one frame: header (len set here) + payload. */
+static int put_frame(struct worker *w, json_t *hdr, const void *payload, size_t len)
 {
-	size_t off = 0;
-	while (off < w->out.len) {
-		ssize_t n = write(w->fd, w->out.data + off, w->out.len - off);
-		if (n < 0) {
+	int e = put_header(w, hdr, len);
+	if (!e)
+		e = buf_append(&w->out, payload, len);
+	return e;
+}
+
+/*
+ * Writes all n bytes.  send() with MSG_NOSIGNAL where fd is a socket, as
+ * baton's is: a closed channel must come back as -EPIPE, not as a SIGPIPE
+ * that kills the process we live in.
+ */
+static int write_all(int fd, const char *p, size_t n)
+{
+	int sock = 1;
+	while (n > 0) {
+		ssize_t k = sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
+		if (k < 0) {
 			if (errno == EINTR)
 				continue;
+			if (errno == ENOTSOCK && sock) {
+				sock = 0;
+				continue;
+			}
 			return -errno;
 		}
-		off += (size_t)n;
+		p += k;
+		n -= (size_t)k;
 	}
-	w->out.len = 0;
 	return 0;
+}
+
+static int flush_out(struct worker *w)
+{
+	int e = write_all(w->fd, w->out.data, w->out.len);
+	if (!e)
+		w->out.len = 0;
+	return e;
 }
 
 const char *baton_request_id(const struct baton_request *req)
@@ -447,4 +474,193 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	if (stopping && ops->stop)
 		ops->stop(user);
 	return e;
+}
+
+/* --- sources ------------------------------------------------------------ */
+
+struct baton_source {
+	struct worker w;
+	long long credit; /* items baton allows now (block mode) */
+	int unlimited; /* credit -1: drop_oldest mode, no waiting */
+	int stopping; /* stop came, or baton closed the channel */
+	const char *url, *station;
+};
+
+static int source_handle(struct baton_source *s, json_t *hdr)
+{
+	const char *t = json_string_value(json_object_get(hdr, "t"));
+	if (!strcmp(t, "credit")) {
+		json_t *n = json_object_get(hdr, "n");
+		if (!json_is_integer(n) || json_integer_value(n) < -1) {
+			fprintf(stderr, "baton_worker: credit without a valid n from baton\n");
+			return -EPROTO;
+		}
+		if (json_integer_value(n) == -1)
+			s->unlimited = 1;
+		else
+			s->credit += json_integer_value(n);
+	} else if (!strcmp(t, "stop")) {
+		s->stopping = 1;
+	} else if (!strcmp(t, "ping")) {
+		/* baton pings no source today; a pong keeps one alive if it does. */
+		json_t *pong = json_pack("{s:s, s:O}", "t", "pong", "seq",
+					 json_object_get(hdr, "seq"));
+		int e = pong ? put_frame(&s->w, pong, NULL, 0) : -ENOMEM;
+		json_decref(pong);
+		return e ? e : flush_out(&s->w);
+	}
+	/* Anything else is ignored: a newer baton may send more. */
+	return 0;
+}
+
+/*
+ * Waits up to timeout_ms (-1: no limit) for baton's end to be readable,
+ * reads all that is there and handles every complete message.  EOF counts
+ * as stop: nobody is left to produce for.
+ */
+static int source_pump(struct baton_source *s, int timeout_ms)
+{
+	for (;;) {
+		struct pollfd pfd = {.fd = s->w.fd, .events = POLLIN};
+		int r = poll(&pfd, 1, timeout_ms);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return 0;
+		r = read_more(&s->w);
+		if (r < 0)
+			return r;
+		for (;;) {
+			json_t *hdr = NULL;
+			char *payload = NULL;
+			size_t len = 0;
+			int m = next_message(&s->w, &hdr, &payload, &len);
+			if (m < 0) {
+				fprintf(stderr, "baton_worker: malformed message from baton\n");
+				return m;
+			}
+			if (m == 0)
+				break;
+			free(payload); /* nothing baton sends a source carries a payload it uses */
+			int e = source_handle(s, hdr);
+			json_decref(hdr);
+			if (e)
+				return e;
+		}
+		if (r == 1) {
+			s->stopping = 1;
+			return 0;
+		}
+		timeout_ms = 0; /* take what else is there, without waiting */
+	}
+}
+
+int baton_source_run(baton_source_fn fn, void *arg)
+{
+	const char *fdenv = getenv("BATON_FD");
+	if (!fdenv || !fn) {
+		if (!fdenv)
+			fprintf(stderr, "this is a baton source; run it under `baton serve`\n");
+		return -ENOTCONN;
+	}
+	struct baton_source s;
+	memset(&s, 0, sizeof(s));
+	s.w.fd = atoi(fdenv);
+	s.url = getenv("BATON_SOURCE_URL");
+	s.station = getenv("BATON_STATION");
+	json_t *ready = json_pack("{s:s, s:i}", "t", "ready", "proto", BATON_WORKER_PROTO);
+	int e = ready ? put_frame(&s.w, ready, NULL, 0) : -ENOMEM;
+	json_decref(ready);
+	if (!e)
+		e = flush_out(&s.w);
+	if (!e)
+		e = fn(&s, arg);
+	free(s.w.in.data);
+	free(s.w.out.data);
+	return e;
+}
+
+/* Sends the header hdr (len set here) and then n bytes from p. */
+static int source_send(struct baton_source *s, json_t *hdr, const void *p, size_t n)
+{
+	int e = put_header(&s->w, hdr, n);
+	if (!e)
+		e = flush_out(&s->w);
+	if (!e && n)
+		e = write_all(s->w.fd, p, n);
+	if (e == -EPIPE || e == -ECONNRESET) {
+		s->stopping = 1; /* baton is gone */
+		return 0;
+	}
+	return e ? e : 1;
+}
+
+int baton_source_emit(struct baton_source *src, const void *p, size_t n,
+		      const char *meta_json)
+{
+	if (src->stopping)
+		return 0;
+	json_t *hdr = json_pack("{s:s}", "t", "emit");
+	if (!hdr)
+		return -ENOMEM;
+	if (meta_json) {
+		json_t *meta = json_loads(meta_json, 0, NULL);
+		if (!json_is_object(meta)) {
+			json_decref(meta);
+			json_decref(hdr);
+			return -EINVAL;
+		}
+		json_object_set_new(hdr, "meta", meta);
+	}
+	int e = source_pump(src, 0);
+	while (!e && !src->stopping && !src->unlimited && src->credit <= 0)
+		e = source_pump(src, -1);
+	if (!e && !src->stopping) {
+		e = source_send(src, hdr, p, n);
+		if (e == 1 && !src->unlimited)
+			src->credit--;
+	}
+	json_decref(hdr);
+	return e;
+}
+
+int baton_source_eos(struct baton_source *src, const char *session)
+{
+	if (src->stopping)
+		return 0;
+	int e = source_pump(src, 0);
+	if (e || src->stopping)
+		return e;
+	json_t *hdr = session ? json_pack("{s:s, s:s}", "t", "eos", "session", session)
+			      : json_pack("{s:s}", "t", "eos");
+	if (!hdr)
+		return -EINVAL; /* a session that is not UTF-8 */
+	e = source_send(src, hdr, NULL, 0);
+	json_decref(hdr);
+	return e;
+}
+
+int baton_source_poll(struct baton_source *src, int timeout_ms)
+{
+	if (src->stopping)
+		return 0;
+	int e = source_pump(src, timeout_ms < 0 ? -1 : timeout_ms);
+	return e ? e : !src->stopping;
+}
+
+int baton_source_stopping(const struct baton_source *src)
+{
+	return src->stopping;
+}
+
+const char *baton_source_url(const struct baton_source *src)
+{
+	return src->url ? src->url : "";
+}
+
+const char *baton_source_station(const struct baton_source *src)
+{
+	return src->station ? src->station : "";
 }

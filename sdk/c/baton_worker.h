@@ -85,6 +85,61 @@ struct baton_worker_ops {
  */
 int baton_worker_run(const struct baton_worker_ops *ops, void *user);
 
+/*
+ * Sources (stages with kind: source) produce items unprompted, such as a
+ * camera's frames; baton groups them into sessions.
+ *
+ *     static int produce(struct baton_source *src, void *arg)
+ *     {
+ *             while (have_frame()) {
+ *                     int r = baton_source_emit(src, jpeg, len,
+ *                                               "{\"content_type\":\"image/jpeg\"}");
+ *                     if (r <= 0)
+ *                             return r;      // 0: baton said stop
+ *             }
+ *             return baton_source_eos(src, NULL) < 0;
+ *     }
+ *     int main(void) { return baton_source_run(produce, NULL) ? 1 : 0; }
+ *
+ * Single-threaded: emit reads what baton sent whenever it is called and
+ * waits only while baton has granted no credit.
+ */
+struct baton_source; /* the connection; valid while fn runs */
+typedef int (*baton_source_fn)(struct baton_source *src, void *arg);
+
+/*
+ * Sends "ready", then calls fn(src, arg) and returns what it returned.
+ * -ENOTCONN when not started by baton (no BATON_FD), or the negative errno
+ * of writing "ready" (fn is not called then).
+ */
+int baton_source_run(baton_source_fn fn, void *arg);
+/*
+ * Emits one item of n bytes with metadata (meta_json: a JSON object as
+ * text, or NULL).  Waits while baton has granted no credit.  Returns 1
+ * when sent, 0 when baton said stop or closed the channel (nothing is sent
+ * then, and every later call returns 0), -EINVAL when meta_json is not an
+ * object, -E2BIG when the header would pass 64 KiB, -EPROTO on a malformed
+ * message from baton, or the negative errno of a failed read or write.
+ */
+int baton_source_emit(struct baton_source *src, const void *p, size_t n,
+		      const char *meta_json);
+/*
+ * Ends the current session; with session (may be NULL), only if that
+ * session is the open one.  Needs no credit.  Returns as baton_source_emit.
+ */
+int baton_source_eos(struct baton_source *src, const char *session);
+/*
+ * Reads baton's messages, waiting up to timeout_ms (-1: until one comes)
+ * when none is there.  Returns 1, 0 once baton said stop, or an error as
+ * baton_source_emit.  For an idle source, so that it notices "stop".
+ */
+int baton_source_poll(struct baton_source *src, int timeout_ms);
+/* Non-zero once baton said stop (or closed the channel). */
+int baton_source_stopping(const struct baton_source *src);
+/* This station's url (BATON_SOURCE_URL) and name (BATON_STATION), or "". */
+const char *baton_source_url(const struct baton_source *src);
+const char *baton_source_station(const struct baton_source *src);
+
 #ifdef __cplusplus
 }
 #endif

@@ -58,6 +58,26 @@ bw.replica() tell where this process runs (None outside baton). Python buffers
 stdout when it is a pipe, as under baton: print(..., flush=True) or bw.log()
 for lines that should reach baton's log at once.
 
+Sources (stages with kind: source): a source produces items unprompted,
+such as the frames of a camera, and baton groups them into sessions.
+
+    def produce(src, state):           # state: what init() returned, or None
+        for jpeg in frames(src.url):   # src.url, src.station: this station
+            if not src.emit(jpeg, {"content_type": "image/jpeg"}):
+                return                 # baton said stop
+        src.eos()                      # optional: the current session ends here
+
+    bw.run_source(produce, init=None)
+
+    src.emit(payload, meta=None) -> bool sends one item; it waits (reading
+    baton's messages) while baton has granted no credit, and returns False,
+    sending nothing, once baton said stop. src.eos(session=None) -> bool ends
+    the open session (with session: only if that one is open). src.poll(
+    timeout_s=0) reads baton's messages while idle, False once stop came;
+    src.stopping tells the same. run_source exits 0 when produce returns and
+    1 when init or produce raises. Single-threaded: no thread of the SDK
+    runs behind produce's back.
+
 Open Inference Protocol (KServe v2), for pipelines served at
 POST /v2/models/{name}/infer: the payload is the request body as received,
 with meta["protocol"] == "v2" and, when the client sent binary tensors,
@@ -96,6 +116,7 @@ import json
 import math as _math
 import operator as _operator
 import os
+import select
 import socket
 import struct as _struct
 import sys
@@ -105,11 +126,11 @@ from array import array as _array
 from itertools import repeat as _repeat
 from json.encoder import encode_basestring_ascii as _quote_ascii
 
-__all__ = ["run", "batch_handler", "Request", "Reject", "Retry",
+__all__ = ["run", "run_source", "Source", "batch_handler", "Request", "Reject", "Retry",
            "log", "stage", "replica", "v2", "PROTO"]
 
 PROTO = 1
-__version__ = "1.1"
+__version__ = "1.2"
 
 _MAX_HEADER = 64 * 1024        # protocol limit on a header line, "\n" included
 _BUF_SIZE = 1024 * 1024        # receive buffer; larger messages get their own
@@ -595,6 +616,240 @@ class _Worker:
 
     def fatal(self, what):
         self.flush()
+        sys.stderr.write("baton_worker: protocol error from baton: %s\n" % what)
+        sys.stderr.flush()
+        raise SystemExit(2)
+
+
+# --- Sources ------------------------------------------------------------------
+#
+# A source produces items unprompted (a camera's frame extractor). Nothing
+# here runs in a thread: emit() reads what baton has sent whenever it is
+# called, and waits for credit only when it has none left.
+
+
+def run_source(produce, init=None):
+    """Run produce(src, state) as a baton source; never returns.
+
+    init, if given, is called without arguments before "ready" is sent, and
+    what it returns is passed to produce as state (None without init).
+    produce gets a bw.Source and emits items with src.emit(); when it
+    returns, the process exits 0. An exception from init or produce is
+    printed and the process exits 1 (baton restarts it with backoff).
+    """
+    if not callable(produce):
+        raise TypeError("baton_worker.run_source: produce must be callable")
+    sock = _open_socket()
+    state = None
+    if init is not None:
+        try:
+            state = init()
+        except Exception:
+            _print_error("init() failed; not producing")
+            raise SystemExit(1)
+    src = Source(sock)
+    src._send(_READY)
+    try:
+        produce(src, state)
+    except Exception:
+        _print_error("produce() failed")
+        raise SystemExit(1)
+    raise SystemExit(0)
+
+
+class Source:
+    """The connection of a source to baton, handed to produce() by run_source.
+
+    src.emit(payload, meta=None) -> bool   send one item; waits while there is
+                                           no credit; False once baton said stop
+    src.eos(session=None) -> bool          end the current session (or the named
+                                           one if it is still open); False once
+                                           baton said stop
+    src.poll(timeout_s=0) -> bool          read baton's messages, waiting up to
+                                           timeout_s for one; False once stop came
+    src.stopping                           True once baton said stop
+    src.url, src.station                   this station's url and name
+    src.credit                             items that may be emitted now (None:
+                                           unlimited)
+    Not thread-safe: call it from the thread that runs produce().
+    """
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._buf = bytearray()
+        self._credit = 0
+        self._unlimited = False
+        self._stopping = False
+        self._warned = set()
+
+    @property
+    def url(self):
+        return os.environ.get("BATON_SOURCE_URL")
+
+    @property
+    def station(self):
+        return os.environ.get("BATON_STATION")
+
+    @property
+    def stopping(self):
+        return self._stopping
+
+    @property
+    def credit(self):
+        return None if self._unlimited else self._credit
+
+    def emit(self, payload, meta=None):
+        """Send one item: payload (bytes, or str sent as UTF-8) and an optional
+        meta dict. Waits, reading baton's messages, while no credit is left.
+        Returns True when sent, False when baton asked the source to stop
+        (nothing is sent then). TypeError/ValueError for a bad payload or meta."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise TypeError("emit: payload must be bytes or str, not %s"
+                            % type(payload).__name__)
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError("emit: meta must be a dict or None, not %s"
+                            % type(meta).__name__)
+        n = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        hdr = {"t": "emit", "len": n}
+        if meta:
+            hdr["meta"] = meta
+        head = _encode_header(hdr)
+        if len(head) >= _MAX_HEADER:
+            raise ValueError("emit: meta is %d bytes encoded; the header limit is %d"
+                             % (len(head), _MAX_HEADER))
+        self._pump(0)
+        while not self._stopping and not self._unlimited and self._credit <= 0:
+            self._pump(None)
+        if self._stopping:
+            return False
+        if n < 65536:
+            self._send(head + b"\n" + bytes(payload))
+        else:
+            self._send(head + b"\n")
+            self._send(payload)
+        if not self._unlimited:
+            self._credit -= 1
+        return True
+
+    def eos(self, session=None):
+        """End the current session; with session (a str), only if that session
+        is the open one. Needs no credit. False (and nothing sent) once baton
+        asked the source to stop: baton closes the open session itself then."""
+        if session is not None and not isinstance(session, str):
+            raise TypeError("eos: session must be a str or None, not %s"
+                            % type(session).__name__)
+        self._pump(0)
+        if self._stopping:
+            return False
+        if session is None:
+            self._send(b'{"t":"eos"}\n')
+        else:
+            self._send(_encode_header({"t": "eos", "session": session}) + b"\n")
+        return True
+
+    def poll(self, timeout_s=0):
+        """Read baton's messages, waiting up to timeout_s seconds (None: until
+        one arrives) when none is there. Returns False once stop arrived."""
+        if not self._stopping:
+            if timeout_s is None:
+                self._pump(None)
+            else:
+                self._pump(max(0.0, float(timeout_s)))
+        return not self._stopping
+
+    # --- the wire ---------------------------------------------------------------
+
+    def _send(self, data):
+        try:
+            self._sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            raise SystemExit(0)   # baton is gone: nobody to produce for
+
+    def _pump(self, timeout):
+        """Wait up to timeout seconds (None: no limit) until baton's end is
+        readable, then take every byte there is and handle each complete
+        message. A closed channel ends the process with status 0."""
+        wait = -1 if timeout is None else int(_math.ceil(timeout * 1000))
+        while True:
+            try:
+                ready = select.poll()
+                ready.register(self._fd, select.POLLIN)
+                if not ready.poll(wait):
+                    return
+                break
+            except InterruptedError:
+                continue
+        closed = False
+        while True:
+            try:
+                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                closed = True
+                break
+            self._buf += data
+        self._handle_buffered()
+        if closed:
+            raise SystemExit(0)
+
+    def _handle_buffered(self):
+        buf = self._buf
+        pos = 0
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if len(buf) - pos >= _MAX_HEADER:
+                    self._fatal("header line longer than %d bytes: %r..."
+                                % (_MAX_HEADER, bytes(buf[pos:pos + 80])))
+                break
+            if nl + 1 - pos > _MAX_HEADER:
+                self._fatal("header line longer than %d bytes: %r..."
+                            % (_MAX_HEADER, bytes(buf[pos:pos + 80])))
+            line = bytes(buf[pos:nl])
+            try:
+                hdr = _decode(line.decode("utf-8"))
+            except ValueError as e:
+                self._fatal("header is not JSON (%s): %r" % (e, line[:200]))
+            if type(hdr) is not dict:
+                self._fatal("header is not a JSON object: %r" % line[:200])
+            n = hdr.get("len", 0)
+            if type(n) is not int or n < 0:
+                self._fatal("bad len: %s" % json.dumps(hdr)[:200])
+            if len(buf) - (nl + 1) < n:
+                break             # the payload is still on its way
+            pos = nl + 1 + n      # payloads to a source carry nothing it uses
+            self._handle(hdr)
+        del buf[:pos]
+
+    def _handle(self, hdr):
+        t = hdr.get("t")
+        if t == "credit":
+            n = hdr.get("n")
+            if type(n) is not int or n < -1:
+                self._fatal("credit without a valid n: %s" % json.dumps(hdr)[:200])
+            if n == -1:
+                self._unlimited = True
+            else:
+                self._credit += n
+        elif t == "stop":
+            self._stopping = True
+        elif t == "ping":
+            # baton sends sources no pings today; answering costs nothing and
+            # keeps a source alive under a baton that does.
+            self._send(b'{"t":"pong","seq":%b}\n' % _encode(hdr.get("seq")).encode())
+        elif t not in self._warned:
+            self._warned.add(t)
+            sys.stderr.write("baton_worker: ignoring unknown message type %s\n"
+                             % _encode(t))
+            sys.stderr.flush()
+
+    def _fatal(self, what):
         sys.stderr.write("baton_worker: protocol error from baton: %s\n" % what)
         sys.stderr.flush()
         raise SystemExit(2)
