@@ -237,7 +237,7 @@ def write_data(out, stations, per_station, seed):
 def config_text(port=8554, stations=2, workdir=None, spool="spool", data=".",
                 model="model/items.pt", build="../../build", python="/usr/bin/python3",
                 listen=None, idle_timeout_ms=2500, flow="block", credits=8,
-                recognise_replicas=1, station_urls=None):
+                recognise_replicas=1, ocr_replicas=1, station_urls=None):
     """The baton config of the example. With workdir (an absolute path to
     this folder) every stage runs there, so that the config may live
     anywhere (the demo, test and benchmark write theirs in a work dir)."""
@@ -262,7 +262,7 @@ stages:
   ocr:                                  # C, tesseract's C API
     command: [%(build)s/examples/stations/ocr_order]
 %(wd)s    env: {OMP_THREAD_LIMIT: "1"}
-    replicas: 1
+    replicas: %(orr)d
     timeout_ms: 20000
   select:                               # OpenCV: the sharpest frames
     command: [%(py)s, select.py]
@@ -284,7 +284,8 @@ streams:
   orders:
     source: camera
     stations:""" % {"py": python, "wd": wd, "env": env_py, "n": len(urls), "build": build,
-                    "sdk": sdk, "model": model, "rr": recognise_replicas, "data": data})
+                    "sdk": sdk, "model": model, "rr": recognise_replicas, "orr": ocr_replicas,
+                    "data": data})
     for i, u in enumerate(urls):
         lines.append("      - {name: station%d, url: \"%s\"}" % (i + 1, u))
     lines.append("""    items: [ocr]
