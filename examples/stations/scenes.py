@@ -8,6 +8,8 @@ test and benchmark (they make orders.json and the baton config):
         writes DIR/orders.json and DIR/inventory.json
     python3 scenes.py config [--port 8554 --stations 2 ...] > baton.yaml
         prints the baton config (examples/stations/baton.yaml is its output)
+    python3 scenes.py video --orders orders.json --station station2 --out s2.avi
+        writes what the RTSP server would stream for station2, as a file
     python3 scenes.py frame --out f.jpg [--order 0]
         draws one frame of the default orders, to look at
 
@@ -265,7 +267,7 @@ stages:
     replicas: %(orr)d
     timeout_ms: 20000
   select:                               # OpenCV: the sharpest frames
-    command: [%(py)s, select.py]
+    command: [%(py)s, select_frames.py]
 %(wd)s    env: %(env)s
     timeout_ms: 20000
   recognise:                            # PyTorch CNN, batched across stations
@@ -303,6 +305,21 @@ streams:
     return "\n".join(lines)
 
 
+def write_video(path, orders, fps=2, order_s=5.0, gap_s=3.0, lead_s=2.0, seed=0):
+    """The station's timeline as a Motion-JPEG AVI: what the RTSP server
+    streams, as a file, for a file:// station."""
+    out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (WIDTH, HEIGHT))
+    if not out.isOpened():
+        raise RuntimeError("cannot write %s" % path)
+    k = 0
+    for order, n in timeline(orders, fps, order_s, gap_s, lead_s):
+        for i in range(n):
+            out.write(render(order, i, seed))
+            k += 1
+    out.release()
+    return k
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -314,6 +331,10 @@ def main(argv):
     c = sub.add_parser("config")
     c.add_argument("--port", type=int, default=8554)
     c.add_argument("--stations", type=int, default=2)
+    v = sub.add_parser("video")
+    v.add_argument("--orders", required=True)
+    v.add_argument("--station", default="station1")
+    v.add_argument("--out", required=True)
     f = sub.add_parser("frame")
     f.add_argument("--out", required=True)
     f.add_argument("--order", type=int, default=0)
@@ -321,6 +342,10 @@ def main(argv):
     a = ap.parse_args(argv)
     if a.cmd == "data":
         write_data(a.out, a.stations, a.orders, a.seed)
+    elif a.cmd == "video":
+        with open(a.orders) as fh:
+            orders = [o for o in json.load(fh)["orders"] if o["station"] == a.station]
+        write_video(a.out, orders)
     elif a.cmd == "config":
         sys.stdout.write(config_text(port=a.port, stations=a.stations))
     else:
