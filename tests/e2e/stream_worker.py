@@ -3,7 +3,8 @@
 
 item:     reads "key=K;n=N" and answers meta {"order_id": K} (no key when K
           is empty, the integer 7 when K is "#int"); STREAM_ITEM_DELAY_MS
-          slows each item down (a slow OCR).
+          slows each item down (a slow OCR), STREAM_ITEM_DELAY_PER_REPLICA_MS
+          by that much times the replica number (replicas finish out of order).
 session:  reads the manifest of a closed session, checks that every item
           file exists and holds an item of that session, and answers
           {"session", "station", "close_reason", "items": ["n=1", ...]}.
@@ -24,6 +25,7 @@ MODE = sys.argv[1]
 
 def item(payload, meta):
     delay = int(os.environ.get("STREAM_ITEM_DELAY_MS", "0"))
+    delay += int(os.environ.get("STREAM_ITEM_DELAY_PER_REPLICA_MS", "0")) * int(bw.replica())
     if delay:
         time.sleep(delay / 1000.0)
     fields = dict(f.split("=", 1) for f in payload.decode().split(";") if "=" in f)
