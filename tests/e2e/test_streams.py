@@ -244,10 +244,17 @@ def test_fast_source_with_drop_oldest_stays_bounded_and_counts_drops(baton, tmp_
 def test_block_mode_source_waits_for_credit(baton, tmp_path):
     b = baton(stream_config(tmp_path, {"s1": [{"flood": 300, "size": 100}]}, credits=2,
                             item_env={"STREAM_ITEM_DELAY_MS": "5"}, idle_ms=60000))
-    wait_for(lambda: (station(b, "s1")["session"] or {}).get("items") == 300, 60,
-             what="300 items\n" + b.log_tail())
+    held = []
+
+    def done():
+        st = station(b, "s1")
+        held.append(st["pending_items"])
+        return (st["session"] or {}).get("items") == 300
+    wait_for(done, 60, what="300 items\n" + b.log_tail())
     st = station(b, "s1")
     assert st["dropped"] == {} and st["restarts"] == 0
+    # The source never had more in baton than its credits, and used them.
+    assert max(held) == 2, held
     assert b.stop() == 0
 
 
