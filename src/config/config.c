@@ -1975,6 +1975,25 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 			fprintf(out, " (max_inflight %zu)", pl->max_inflight);
 		fprintf(out, "\n");
 	}
+	for (int i = 0; i < cfg->nstreams; i++) {
+		const struct bt_stream_config *sc = &cfg->streams[i];
+		const struct bt_stage_config *src = &cfg->stages[sc->source];
+		fprintf(out, "\nstream %s: source %s, stations %d to %d (%d at start)\n", sc->name,
+			src->name, src->replicas_min, src->replicas_max, src->replicas_initial);
+		for (int s = 0; s < sc->nstations; s++)
+			fprintf(out, "  station %s: %s\n", sc->stations[s].name, sc->stations[s].url);
+		fprintf(out, "  items:     %s\n",
+			sc->items_pipeline >= 0 ? cfg->pipelines[sc->items_pipeline].name
+						: "(none: the key comes from the source)");
+		fprintf(out, "  sessions:  key '%s', idle %llums, max duration %llums, max items %d, missing key: %s\n",
+			sc->key, (unsigned long long)sc->idle_timeout_ms,
+			(unsigned long long)sc->max_duration_ms, sc->max_items,
+			sc->missing_key == BT_MISSING_CLOSE ? "close" : "ignore");
+		fprintf(out, "  process:   %s\n", cfg->pipelines[sc->process_pipeline].name);
+		fprintf(out, "  flow:      %d credits per station, overflow %s\n", sc->credits,
+			sc->overflow == BT_OVERFLOW_BLOCK ? "block" : "drop_oldest");
+		fprintf(out, "  spool:     %s (results %s)\n", sc->spool, sc->results);
+	}
 }
 
 /* Sets "K=V" in a NULL-terminated list, replacing an earlier K. */
