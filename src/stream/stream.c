@@ -1179,8 +1179,8 @@ void bt_streams_close(struct bt_streams *ss)
 		return;
 	for (int i = 0; i < ss->n; i++) {
 		struct bt_stream *s = &ss->v[i];
-		while (s->watches)
-			bt_stream_unwatch(s->watches);
+		/* Their owners are told (and forget them) rather than left holding freed ones. */
+		watches_fire_if(s, 1);
 		if (s->source)
 			s->source->source_ops = NULL;
 	}
