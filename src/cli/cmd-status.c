@@ -8,6 +8,59 @@
 #include "cli.h"
 #include "client.h"
 
+/* Stations, their open sessions and the last results of each stream. */
+static void print_streams(json_t *streams)
+{
+	const char *name;
+	json_t *s;
+	json_object_foreach(streams, name, s) {
+		printf("\nSTREAM %s (source %s, spool %s): %lld results, %lld sessions processing\n", name,
+		       json_string_value(json_object_get(s, "source")),
+		       json_string_value(json_object_get(s, "spool")),
+		       json_integer_value(json_object_get(s, "results_total")),
+		       json_integer_value(json_object_get(s, "sessions_processing")));
+		printf("%-14s %-9s %7s %8s %8s  %s\n", "STATION", "SOURCE", "PID", "ITEMS", "DROPPED",
+		       "OPEN SESSION");
+		size_t i;
+		json_t *st;
+		json_array_foreach(json_object_get(s, "stations"), i, st) {
+			long long dropped = 0;
+			const char *k;
+			json_t *v;
+			json_object_foreach(json_object_get(st, "dropped"), k, v)
+				dropped += json_integer_value(v);
+			json_t *ses = json_object_get(st, "session");
+			char open[160] = "-";
+			if (json_is_object(ses))
+				snprintf(open, sizeof(open), "%s (%lld items, %.0fs)",
+					 json_string_value(json_object_get(ses, "id")),
+					 json_integer_value(json_object_get(ses, "items")),
+					 json_number_value(json_object_get(ses, "age_s")));
+			printf("%-14s %-9s %7lld %8lld %8lld  %s%s\n",
+			       json_string_value(json_object_get(st, "name")),
+			       json_string_value(json_object_get(st, "state")),
+			       json_integer_value(json_object_get(st, "pid")),
+			       json_integer_value(json_object_get(st, "items")), dropped, open,
+			       json_is_true(json_object_get(st, "draining")) ? "  [stopping]" : "");
+		}
+		json_t *r;
+		json_array_foreach(json_object_get(s, "results"), i, r) {
+			json_t *res = json_object_get(r, "result");
+			char *text = res ? json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+			printf("  #%lld %s/%s %s, %lld items, %lld ms: %s %.120s\n",
+			       json_integer_value(json_object_get(r, "seq")),
+			       json_string_value(json_object_get(r, "station")),
+			       json_string_value(json_object_get(r, "session_id")),
+			       json_string_value(json_object_get(r, "close_reason")),
+			       json_integer_value(json_object_get(r, "items")),
+			       json_integer_value(json_object_get(r, "latency_ms")),
+			       json_string_value(json_object_get(r, "code")),
+			       text ? text : json_string_value(json_object_get(r, "error")));
+			free(text);
+		}
+	}
+}
+
 static void print_status(json_t *doc)
 {
 	json_t *req = json_object_get(doc, "requests");
@@ -111,6 +164,7 @@ static void print_status(json_t *doc)
 			       json_string_value(json_object_get(e, "reason")));
 		}
 	}
+	print_streams(json_object_get(doc, "streams"));
 }
 
 static int run(int argc, char **argv)

@@ -384,7 +384,7 @@ static const char *const stage_keys[] = {
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
 	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", "user",
-	"group", NULL};
+	"group", "kind", NULL};
 static const char *const setup_keys[] = {"python", "requirements", "wheels",
 					 "system_site_packages", NULL};
 static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
@@ -487,7 +487,7 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	const yaml_node_t *command = NULL, *warmup_file = NULL, *mode_node = NULL;
 	const yaml_node_t *spawn_node = NULL, *batch_node = NULL, *ongoing_node = NULL;
 	const yaml_node_t *setup_node = NULL, *replicas_node = NULL, *group_node = NULL;
-	const yaml_node_t *workdir_node = NULL;
+	const yaml_node_t *workdir_node = NULL, *kind_node = NULL;
 	int rep_initial = 0, rep_min = -1, rep_max = 0;
 	char *workdir = NULL, *venv = NULL;
 	const yaml_node_t *venv_node = NULL;
@@ -530,6 +530,15 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			else if (!r && strcmp(mode, "persistent"))
 				r = fail(c, v, "'mode' must be 'persistent' or 'spawn', not '%s'", mode);
 			free(mode);
+		} else if (!strcmp(k, "kind")) {
+			char *kind = NULL;
+			r = get_string(c, v, k, &kind);
+			kind_node = v;
+			if (!r && !strcmp(kind, "source"))
+				st->source = 1;
+			else if (!r && strcmp(kind, "worker"))
+				r = fail(c, v, "'kind' must be 'worker' or 'source', not '%s'", kind);
+			free(kind);
 		} else if (!strcmp(k, "user")) {
 			r = get_string(c, v, k, &st->user);
 			struct passwd *pw = r ? NULL : getpwnam(st->user);
@@ -603,6 +612,8 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			}
 		} else if (!strcmp(k, "replicas")) {
 			replicas_node = v;
+			st->replicas_given = 1;
+			st->replicas_node = v;
 			if (v->type == YAML_SCALAR_NODE) {
 				r = get_i(c, v, k, 1, 256, &rep_initial);
 				continue;
@@ -762,7 +773,20 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 		r = fail(c, spawn_node, "'spawn' needs 'mode: spawn' in stage '%s'", st->name);
 		goto out;
 	}
-	(void)mode_node;
+	if (st->source) {
+		/* A source's replicas produce items: nothing is sent to them. */
+		const yaml_node_t *bad = mode_node && st->mode == BT_MODE_SPAWN ? mode_node
+					 : batch_node ? batch_node : ongoing_node ? ongoing_node
+					 : warmup_file;
+		if (bad) {
+			r = fail(c, bad,
+				 "stage '%s' is a source (kind: source): 'mode: spawn', 'batch', 'max_ongoing' and 'warmup' do not apply to it",
+				 st->name);
+			goto out;
+		}
+		st->ping_interval_ms = 0; /* a source is busy by nature; its exit is what counts */
+	}
+	(void)kind_node;
 
 	/* Paths baton opens are relative to the config file's directory. */
 	char *wd = join_path(c->cfg->dir, workdir ? workdir : ".");
@@ -1115,7 +1139,7 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "stages", "pipelines",
-				       "gpus", "interval_ms", "auth", "http", NULL};
+				       "gpus", "interval_ms", "auth", "http", "streams", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
 static const char *const http_keys[] = {"max_connections", "idle_timeout_s", NULL};
 
@@ -1221,10 +1245,266 @@ static int parse_gpus(struct ctx *c, const yaml_node_t *n)
 	return 0;
 }
 
+
+/* ---- streams ------------------------------------------------------------- */
+
+static const char *const stream_keys[] = {"source", "stations", "items", "session", "process",
+					  "flow", "spool", "results", NULL};
+static const char *const session_keys[] = {"key", "idle_timeout_ms", "max_duration_ms",
+					   "max_items", "missing_key", NULL};
+static const char *const flow_keys[] = {"credits", "overflow", NULL};
+static const char *const station_keys[] = {"name", "url", NULL};
+
+/* A pipeline made from one of a stream's stage lists; -1 for an empty list. */
+static int stream_pipeline(struct ctx *c, struct bt_stream_config *sc, const yaml_node_t *n,
+			   const char *suffix, int *out)
+{
+	struct bt_config *cfg = c->cfg;
+	char name[96];
+	snprintf(name, sizeof(name), "%s.%s", sc->name, suffix);
+	*out = -1;
+	if (n->type != YAML_SEQUENCE_NODE)
+		return fail(c, n, "'%s' of stream '%s' must be a list of stage names, not %s", suffix,
+			    sc->name, type_name(n));
+	if (n->data.sequence.items.top == n->data.sequence.items.start) {
+		if (!strcmp(suffix, "process"))
+			return fail(c, n, "'process' of stream '%s' has no stages", sc->name);
+		return 0;
+	}
+	if (bt_config_pipeline_index(cfg, name) >= 0)
+		return fail(c, n, "stream '%s' needs the pipeline name '%s', which 'pipelines' already uses",
+			    sc->name, name);
+	struct bt_pipeline_config *pl = &cfg->pipelines[cfg->npipelines];
+	memset(pl, 0, sizeof(*pl));
+	pl->name = bt_strdup(name);
+	cfg->npipelines++;
+	int r = parse_stage_list(c, n, pl);
+	for (int i = 0; !r && i < pl->nstages; i++)
+		if (cfg->stages[pl->stages[i]].source)
+			r = fail(c, n, "'%s' of stream '%s' names source stage '%s': a source feeds a stream, it takes no requests",
+				 suffix, sc->name, cfg->stages[pl->stages[i]].name);
+	*out = cfg->npipelines - 1;
+	return r;
+}
+
+static int parse_station(struct ctx *c, struct bt_stream_config *sc, const yaml_node_t *n,
+			 struct bt_station_config *out, int index)
+{
+	if (n->type == YAML_SCALAR_NODE) {
+		if (has_nul(n) || !scalar(n)[0])
+			return fail(c, n, "a station of stream '%s' needs a URL", sc->name);
+		out->url = bt_strdup(scalar(n));
+		out->name = bt_asprintf("station%d", index + 1);
+		return 0;
+	}
+	char what[128];
+	snprintf(what, sizeof(what), "a station of stream '%s'", sc->name);
+	int r = check_mapping(c, n, what, station_keys);
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		r = get_string(c, v, k, !strcmp(k, "name") ? &out->name : &out->url);
+		if (!r && !strcmp(k, "name") && !valid_name(out->name))
+			r = fail(c, v, "station name '%s' is not valid (letters, digits, '_', '-', '.'; at most 64)",
+				 out->name);
+		if (!r && !strcmp(k, "url") && !out->url[0])
+			r = fail(c, v, "'url' of a station of stream '%s' is empty", sc->name);
+	}
+	if (!r && !out->url)
+		r = fail(c, n, "a station of stream '%s' needs 'url'", sc->name);
+	if (!r && !out->name)
+		out->name = bt_asprintf("station%d", index + 1);
+	return r;
+}
+
+static int parse_stream(struct ctx *c, const yaml_node_t *key, const yaml_node_t *n,
+			struct bt_stream_config *sc)
+{
+	struct bt_config *cfg = c->cfg;
+	const yaml_node_t *source = NULL, *stations = NULL, *items = NULL, *process = NULL;
+	char what[128];
+	char *spool = NULL, *results = NULL;
+	int r;
+	sc->name = bt_strdup(scalar(key));
+	sc->line = (int)key->start_mark.line + 1;
+	sc->col = (int)key->start_mark.column + 1;
+	sc->source = sc->items_pipeline = sc->process_pipeline = -1;
+	sc->idle_timeout_ms = 10000; /* seed 001's order timeout */
+	sc->credits = 8;
+	if (!valid_name(sc->name))
+		return fail(c, key,
+			    "stream name '%s' is not valid (letters, digits, '_', '-', '.'; at most 64)",
+			    sc->name);
+	snprintf(what, sizeof(what), "stream '%s'", sc->name);
+	if ((r = check_mapping(c, n, what, stream_keys)))
+		return r;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "source")) {
+			source = v;
+		} else if (!strcmp(k, "stations")) {
+			stations = v;
+		} else if (!strcmp(k, "items")) {
+			items = v;
+		} else if (!strcmp(k, "process")) {
+			process = v;
+		} else if (!strcmp(k, "spool")) {
+			r = get_string(c, v, k, &spool);
+		} else if (!strcmp(k, "results")) {
+			r = get_string(c, v, k, &results);
+		} else if (!strcmp(k, "session")) {
+			r = check_mapping(c, v, "'session'", session_keys);
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     !r && q < v->data.mapping.pairs.top; q++) {
+				const char *sk = scalar(node(c, q->key));
+				yaml_node_t *sv = node(c, q->value);
+				char full[48];
+				snprintf(full, sizeof(full), "session.%s", sk);
+				if (!strcmp(sk, "key")) {
+					r = get_string(c, sv, full, &sc->key);
+					if (!r && !sc->key[0])
+						r = fail(c, sv, "'session.key' is empty");
+				} else if (!strcmp(sk, "idle_timeout_ms")) {
+					r = get_u64(c, sv, full, 1, DAY_MS, &sc->idle_timeout_ms);
+				} else if (!strcmp(sk, "max_duration_ms")) {
+					r = get_u64(c, sv, full, 0, DAY_MS, &sc->max_duration_ms);
+				} else if (!strcmp(sk, "max_items")) {
+					r = get_i(c, sv, full, 0, 1000000, &sc->max_items);
+				} else {
+					char *mk = NULL;
+					r = get_string(c, sv, full, &mk);
+					if (!r && !strcmp(mk, "close"))
+						sc->missing_key = BT_MISSING_CLOSE;
+					else if (!r && strcmp(mk, "ignore"))
+						r = fail(c, sv, "'session.missing_key' must be 'ignore' or 'close', not '%s'",
+							 mk);
+					free(mk);
+				}
+			}
+		} else {
+			r = check_mapping(c, v, "'flow'", flow_keys);
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     !r && q < v->data.mapping.pairs.top; q++) {
+				const char *fk = scalar(node(c, q->key));
+				yaml_node_t *fv = node(c, q->value);
+				if (!strcmp(fk, "credits")) {
+					r = get_i(c, fv, "flow.credits", 1, 65536, &sc->credits);
+				} else {
+					char *ov = NULL;
+					r = get_string(c, fv, "flow.overflow", &ov);
+					if (!r && !strcmp(ov, "drop_oldest"))
+						sc->overflow = BT_OVERFLOW_DROP_OLDEST;
+					else if (!r && strcmp(ov, "block"))
+						r = fail(c, fv, "'flow.overflow' must be 'block' or 'drop_oldest', not '%s'",
+							 ov);
+					free(ov);
+				}
+			}
+		}
+	}
+	if (r)
+		goto out;
+	if (!source || !stations || !process) {
+		r = fail(c, key, "stream '%s' needs '%s'", sc->name,
+			 !source ? "source" : !stations ? "stations" : "process");
+		goto out;
+	}
+	if (source->type != YAML_SCALAR_NODE || has_nul(source) ||
+	    (sc->source = bt_config_stage_index(cfg, scalar(source))) < 0) {
+		r = fail(c, source, "'source' of stream '%s' must name a stage", sc->name);
+		goto out;
+	}
+	struct bt_stage_config *src = &cfg->stages[sc->source];
+	if (!src->source) {
+		r = fail(c, source, "stage '%s' is not a source: give it 'kind: source'", src->name);
+		goto out;
+	}
+	for (int i = 0; i < c->cfg->nstreams; i++) {
+		if (&cfg->streams[i] != sc && cfg->streams[i].source == sc->source) {
+			r = fail(c, source, "source stage '%s' already feeds stream '%s'", src->name,
+				 cfg->streams[i].name);
+			goto out;
+		}
+	}
+	if (stations->type != YAML_SEQUENCE_NODE ||
+	    stations->data.sequence.items.top == stations->data.sequence.items.start) {
+		r = fail(c, stations, "'stations' of stream '%s' must be a non-empty list", sc->name);
+		goto out;
+	}
+	int ns = (int)(stations->data.sequence.items.top - stations->data.sequence.items.start);
+	sc->stations = bt_calloc((size_t)ns, sizeof(*sc->stations));
+	for (int i = 0; i < ns && !r; i++) {
+		yaml_node_t *sn = node(c, stations->data.sequence.items.start[i]);
+		r = parse_station(c, sc, sn, &sc->stations[i], i);
+		sc->nstations++;
+		for (int j = 0; !r && j < i; j++)
+			if (!strcmp(sc->stations[j].name, sc->stations[i].name))
+				r = fail(c, sn, "two stations of stream '%s' are named '%s'", sc->name,
+					 sc->stations[i].name);
+	}
+	if (r)
+		goto out;
+	/* One replica slot per station: listed ones, and room for those added at run time. */
+	if (!src->replicas_given) {
+		src->replicas_initial = src->replicas_min = ns;
+		src->replicas_max = ns;
+	} else if (src->replicas_initial > ns) {
+		r = fail(c, src->replicas_node,
+			 "stage '%s' starts %d stations (replicas.initial) but stream '%s' lists %d",
+			 src->name, src->replicas_initial, sc->name, ns);
+		goto out;
+	}
+	if (src->replicas_max < ns)
+		src->replicas_max = ns;
+	src->autoscale.min = src->replicas_min;
+	src->autoscale.max = src->replicas_max;
+	if (items && (r = stream_pipeline(c, sc, items, "items", &sc->items_pipeline)))
+		goto out;
+	if ((r = stream_pipeline(c, sc, process, "process", &sc->process_pipeline)))
+		goto out;
+	if (!sc->key)
+		sc->key = bt_strdup("session");
+	sc->spool = join_path(cfg->dir, spool ? spool : "spool");
+	sc->results = join_path(sc->spool, results ? results : "results.jsonl");
+	{
+		/* Two streams writing one spool would mix their stations' sessions. */
+		for (int i = 0; i < cfg->nstreams; i++)
+			if (&cfg->streams[i] != sc && cfg->streams[i].spool &&
+			    !strcmp(cfg->streams[i].spool, sc->spool))
+				r = fail(c, key, "streams '%s' and '%s' share the spool '%s'",
+					 cfg->streams[i].name, sc->name, sc->spool);
+	}
+out:
+	free(spool);
+	free(results);
+	return r;
+}
+
+static int parse_streams(struct ctx *c, const yaml_node_t *n)
+{
+	struct bt_config *cfg = c->cfg;
+	int r = check_mapping(c, n, "'streams'", NULL);
+	if (r)
+		return r;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++)
+		r = parse_stream(c, node(c, p->key), node(c, p->value),
+				 &cfg->streams[cfg->nstreams++]);
+	for (int i = 0; !r && i < cfg->nstages; i++) {
+		const struct bt_stage_config *st = &cfg->stages[i];
+		if (st->source && bt_config_stream_index_of_source(cfg, i) < 0)
+			r = fail(c, n, "source stage '%s' feeds no stream", st->name);
+	}
+	return r;
+}
+
 static int parse_root(struct ctx *c, yaml_node_t *root)
 {
 	struct bt_config *cfg = c->cfg;
-	const yaml_node_t *stages = NULL, *pipelines = NULL;
+	const yaml_node_t *stages = NULL, *pipelines = NULL, *streams = NULL;
 	int r;
 	if (!root)
 		return fail(c, NULL, "the file is empty");
@@ -1257,6 +1537,8 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			r = parse_http(c, v);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
+		} else if (!strcmp(k, "streams")) {
+			streams = v;
 		} else {
 			pipelines = v;
 		}
@@ -1265,8 +1547,8 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 		return r;
 	if (!stages)
 		return fail(c, root, "missing required key 'stages'");
-	if (!pipelines)
-		return fail(c, root, "missing required key 'pipelines'");
+	if (!pipelines && !streams)
+		return fail(c, root, "missing required key 'pipelines' (or 'streams')");
 	if ((r = check_mapping(c, stages, "'stages'", NULL)))
 		return r;
 	size_t n = (size_t)(stages->data.mapping.pairs.top - stages->data.mapping.pairs.start);
@@ -1280,19 +1562,48 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 		if (r)
 			return r;
 	}
-	if ((r = check_mapping(c, pipelines, "'pipelines'", NULL)))
-		return r;
-	n = (size_t)(pipelines->data.mapping.pairs.top -
-		     pipelines->data.mapping.pairs.start);
-	if (n == 0)
-		return fail(c, pipelines, "'pipelines' is empty");
-	cfg->pipelines = bt_calloc(n, sizeof(*cfg->pipelines));
-	for (yaml_node_pair_t *p = pipelines->data.mapping.pairs.start;
-	     p < pipelines->data.mapping.pairs.top; p++) {
+	size_t nstreams = 0;
+	if (streams) {
+		if ((r = check_mapping(c, streams, "'streams'", NULL)))
+			return r;
+		nstreams = (size_t)(streams->data.mapping.pairs.top -
+				    streams->data.mapping.pairs.start);
+		if (nstreams == 0)
+			return fail(c, streams, "'streams' is empty");
+	}
+	n = 0;
+	if (pipelines) {
+		if ((r = check_mapping(c, pipelines, "'pipelines'", NULL)))
+			return r;
+		n = (size_t)(pipelines->data.mapping.pairs.top -
+			     pipelines->data.mapping.pairs.start);
+		if (n == 0)
+			return fail(c, pipelines, "'pipelines' is empty");
+	}
+	/* Each stream adds up to two pipelines of its own. */
+	cfg->pipelines = bt_calloc(n + 2 * nstreams, sizeof(*cfg->pipelines));
+	for (yaml_node_pair_t *p = pipelines ? pipelines->data.mapping.pairs.start : NULL;
+	     pipelines && p < pipelines->data.mapping.pairs.top; p++) {
 		r = parse_pipeline(c, node(c, p->key), node(c, p->value),
 				   &cfg->pipelines[cfg->npipelines++]);
 		if (r)
 			return r;
+		const struct bt_pipeline_config *pl = &cfg->pipelines[cfg->npipelines - 1];
+		for (int i = 0; i < pl->nstages; i++)
+			if (cfg->stages[pl->stages[i]].source)
+				return fail(c, node(c, p->key),
+					    "pipeline '%s' names source stage '%s': a source feeds a stream, it takes no requests",
+					    pl->name, cfg->stages[pl->stages[i]].name);
+	}
+	if (streams) {
+		cfg->streams = bt_calloc(nstreams, sizeof(*cfg->streams));
+		if ((r = parse_streams(c, streams)))
+			return r;
+	} else {
+		for (int i = 0; i < cfg->nstages; i++)
+			if (cfg->stages[i].source)
+				return fail(c, root, "source stage '%s' feeds no stream (add 'streams')",
+					    cfg->stages[i].name);
 	}
 	return 0;
 }
@@ -1411,6 +1722,19 @@ void bt_config_release(struct bt_config *cfg)
 		json_decref(cfg->pipelines[i].io_outputs);
 	}
 	free(cfg->pipelines);
+	for (int i = 0; i < cfg->nstreams; i++) {
+		struct bt_stream_config *sc = &cfg->streams[i];
+		free(sc->name);
+		for (int s = 0; s < sc->nstations; s++) {
+			free(sc->stations[s].name);
+			free(sc->stations[s].url);
+		}
+		free(sc->stations);
+		free(sc->key);
+		free(sc->spool);
+		free(sc->results);
+	}
+	free(cfg->streams);
 	free(cfg->gpus);
 	free(cfg->auth_token);
 	free(cfg->path);
@@ -1529,6 +1853,22 @@ int bt_config_stage_index(const struct bt_config *cfg, const char *name)
 	return -1;
 }
 
+int bt_config_stream_index(const struct bt_config *cfg, const char *name)
+{
+	for (int i = 0; i < cfg->nstreams; i++)
+		if (!strcmp(cfg->streams[i].name, name))
+			return i;
+	return -1;
+}
+
+int bt_config_stream_index_of_source(const struct bt_config *cfg, int stage)
+{
+	for (int i = 0; i < cfg->nstreams; i++)
+		if (cfg->streams[i].source == stage)
+			return i;
+	return -1;
+}
+
 int bt_config_pipeline_index(const struct bt_config *cfg, const char *name)
 {
 	for (int i = 0; i < cfg->npipelines; i++)
@@ -1634,6 +1974,25 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 		if (pl->max_inflight)
 			fprintf(out, " (max_inflight %zu)", pl->max_inflight);
 		fprintf(out, "\n");
+	}
+	for (int i = 0; i < cfg->nstreams; i++) {
+		const struct bt_stream_config *sc = &cfg->streams[i];
+		const struct bt_stage_config *src = &cfg->stages[sc->source];
+		fprintf(out, "\nstream %s: source %s, stations %d to %d (%d at start)\n", sc->name,
+			src->name, src->replicas_min, src->replicas_max, src->replicas_initial);
+		for (int s = 0; s < sc->nstations; s++)
+			fprintf(out, "  station %s: %s\n", sc->stations[s].name, sc->stations[s].url);
+		fprintf(out, "  items:     %s\n",
+			sc->items_pipeline >= 0 ? cfg->pipelines[sc->items_pipeline].name
+						: "(none: the key comes from the source)");
+		fprintf(out, "  sessions:  key '%s', idle %llums, max duration %llums, max items %d, missing key: %s\n",
+			sc->key, (unsigned long long)sc->idle_timeout_ms,
+			(unsigned long long)sc->max_duration_ms, sc->max_items,
+			sc->missing_key == BT_MISSING_CLOSE ? "close" : "ignore");
+		fprintf(out, "  process:   %s\n", cfg->pipelines[sc->process_pipeline].name);
+		fprintf(out, "  flow:      %d credits per station, overflow %s\n", sc->credits,
+			sc->overflow == BT_OVERFLOW_BLOCK ? "block" : "drop_oldest");
+		fprintf(out, "  spool:     %s (results %s)\n", sc->spool, sc->results);
 	}
 }
 

@@ -31,6 +31,9 @@ enum bt_stage_mode {
 struct bt_stage_config {
 	char *name;
 	enum bt_stage_mode mode;
+	int source; /* kind: source: its replicas are a stream's stations */
+	int replicas_given; /* `replicas:` was in the file */
+	const void *replicas_node; /* where, for errors found after the stage (yaml_node_t) */
 	char *spawn_status_key; /* spawn: JSON key whose "error" value rejects */
 	char *spawn_output_ext; /* spawn: extension of the {output} file */
 	int spawn_files; /* spawn: the argv has {input}/{output} placeholders */
@@ -86,6 +89,41 @@ struct bt_pipeline_config {
 	json_t *io_outputs;
 };
 
+/* One camera (or file) a source stage's replica reads: a station. */
+struct bt_station_config {
+	char *name;
+	char *url;
+};
+
+enum bt_overflow { BT_OVERFLOW_BLOCK, BT_OVERFLOW_DROP_OLDEST };
+enum bt_missing_key { BT_MISSING_IGNORE, BT_MISSING_CLOSE };
+
+/*
+ * A stream (docs/streams.md): a source stage's items go through the `items`
+ * stages, are grouped into sessions by a metadata key, spooled on disk, and
+ * each closed session goes through the `process` stages as one request.
+ * The two stage lists become the pipelines "<name>.items" (absent when the
+ * list is empty) and "<name>.process".
+ */
+struct bt_stream_config {
+	char *name;
+	int line, col;
+	int source; /* index of the source stage */
+	struct bt_station_config *stations;
+	int nstations;
+	int items_pipeline; /* index into bt_config.pipelines, -1: no item stages */
+	int process_pipeline;
+	char *key; /* metadata key that names an item's session */
+	uint64_t idle_timeout_ms;
+	uint64_t max_duration_ms; /* 0: no limit */
+	int max_items; /* 0: no limit */
+	enum bt_missing_key missing_key;
+	int credits; /* items a station may have in baton at once */
+	enum bt_overflow overflow;
+	char *spool; /* absolute */
+	char *results; /* absolute */
+};
+
 enum bt_gpus_mode { BT_GPUS_AUTO, BT_GPUS_NONE, BT_GPUS_LIST };
 
 struct bt_gpu_config {
@@ -112,6 +150,8 @@ struct bt_config {
 	int nstages;
 	struct bt_pipeline_config *pipelines;
 	int npipelines;
+	struct bt_stream_config *streams;
+	int nstreams;
 };
 
 /*
@@ -146,6 +186,9 @@ int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errl
 int bt_listen_parse(const char *text, char **host, int *port, char *why, size_t whylen);
 int bt_config_stage_index(const struct bt_config *cfg, const char *name);
 int bt_config_pipeline_index(const struct bt_config *cfg, const char *name);
+int bt_config_stream_index(const struct bt_config *cfg, const char *name);
+/* The stream that source stage `stage` (an index) feeds, or -1. */
+int bt_config_stream_index_of_source(const struct bt_config *cfg, int stage);
 
 /* Prints the resolved plan (what `baton check` shows). */
 void bt_config_print_plan(const struct bt_config *cfg, FILE *out);

@@ -14,6 +14,7 @@
 
 #include "../http/http.h"
 #include "../proc/proc.h"
+#include "../stream/stream.h"
 
 #ifndef BATON_VERSION
 #define BATON_VERSION "0.0.0"
@@ -106,6 +107,12 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	/* The flush runs the shutdown sequence too, so it starts first. */
 	uv_prepare_start(&d->prepare, prepare_cb);
 	uv_check_start(&d->check, check_cb);
+	if (!d->no_streams) {
+		int e = bt_streams_new(d->loop, d->cfg, d->stages, d->pipelines, &d->streams, err,
+				       errlen);
+		if (e)
+			return e;
+	}
 	if (!d->no_http) {
 		int e = bt_http_start(d, &d->http, err, errlen);
 		if (e)
@@ -118,10 +125,15 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
 			d->npipelines);
 	bt_tick_start(d);
-	for (int i = 0; i < d->nstages; i++)
+	for (int i = 0; i < d->nstages; i++) {
+		/* Without its stream, a source has nowhere to send what it emits. */
+		if (d->stages[i].cfg->source && !d->streams)
+			continue;
 		for (int r = 0; r < d->stages[i].nreplicas; r++)
 			if (d->stages[i].replicas[r]->active)
 				bt_replica_start(d->stages[i].replicas[r]);
+	}
+	bt_streams_start(d->streams);
 	return 0;
 }
 
@@ -138,6 +150,7 @@ void bt_daemon_shutdown(struct bt_daemon *d)
 {
 	if (d->state == BT_DAEMON_RUNNING) {
 		d->state = BT_DAEMON_DRAINING;
+		bt_streams_drain(d->streams);
 		bt_daemon_progress(d);
 	}
 }
@@ -154,6 +167,8 @@ static void close_all(struct bt_daemon *d)
 	if (d->http)
 		bt_http_close(d->http);
 	d->http = NULL;
+	bt_streams_close(d->streams);
+	d->streams = NULL;
 	for (int i = 0; i < d->nstages; i++)
 		bt_stage_close(&d->stages[i]);
 	uv_close((uv_handle_t *)&d->deadline_timer, NULL);
@@ -182,7 +197,9 @@ static void advance_shutdown(struct bt_daemon *d)
 			for (int r = 0; r < d->stages[i].nreplicas; r++)
 				bt_replica_stop(d->stages[i].replicas[r], 1);
 	}
-	if (d->state == BT_DAEMON_DRAINING && d->in_flight == 0) {
+	/* Stations finish their open sessions before anything stops. */
+	if (d->state == BT_DAEMON_DRAINING && d->in_flight == 0 &&
+	    (d->hard_stop || !bt_streams_busy(d->streams))) {
 		d->state = BT_DAEMON_STOPPING;
 		bt_info("stopping replicas", "live=%u", d->live_children);
 		for (int i = 0; i < d->nstages; i++)
@@ -395,5 +412,7 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 						      e->applied, "reason", e->reason));
 	}
 	json_object_set_new(doc, "scaling_history", hist);
+	if (d->streams)
+		json_object_set_new(doc, "streams", bt_streams_status(d->streams));
 	return doc;
 }

@@ -15,6 +15,7 @@
 #include "../scale/scale.h"
 
 struct bt_http;
+struct bt_streams;
 struct bt_child;
 struct bt_replica;
 
@@ -71,6 +72,8 @@ struct bt_daemon {
 	struct bt_child *dirty; /* children with frames to write */
 	int exit_code;
 	int no_http; /* set before start: no ingress (`baton run`) */
+	int no_streams; /* set before start: no stations (`baton run`, `baton bench`) */
+	struct bt_streams *streams; /* NULL without `streams:` */
 	/* resources and autoscaling */
 	uv_timer_t tick; /* every cfg->interval_ms */
 	struct bt_gpu_slot *gpus; /* placement view of each GPU */

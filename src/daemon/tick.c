@@ -162,7 +162,8 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 	/* A replica still draining is warm and serving: taking it back is free. */
 	for (int i = 0; i < st->nreplicas && n < to; i++) {
 		struct bt_replica *r = st->replicas[i];
-		if (r->active || r->state != BT_REPLICA_DRAINING)
+		/* A station's drain has closed its session: it is not taken back. */
+		if (r->active || r->state != BT_REPLICA_DRAINING || r->source_hold)
 			continue;
 		r->active = 1;
 		r->state = BT_REPLICA_READY;
@@ -172,7 +173,8 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 	for (int i = 0; i < st->nreplicas && n < to; i++) {
 		struct bt_replica *r = st->replicas[i];
 		/* A free slot: never started, or stopped for good. */
-		if (r->active || r->state != BT_REPLICA_EXITED || bt_replica_has_process(r))
+		if (r->active || r->state != BT_REPLICA_EXITED || bt_replica_has_process(r) ||
+		    (st->source_ops && !r->station))
 			continue;
 		r->active = 1;
 		r->failures = 0;
@@ -347,7 +349,8 @@ static void housekeeping(struct bt_daemon *d)
 		struct bt_stage *st = &d->stages[i];
 		for (int j = 0; j < st->nreplicas; j++) {
 			struct bt_replica *r = st->replicas[j];
-			if (r->state == BT_REPLICA_DRAINING && r->ninflight == 0 && !r->job)
+			if (r->state == BT_REPLICA_DRAINING && r->ninflight == 0 && !r->job &&
+			    !r->source_hold)
 				bt_replica_stop(r, 0);
 			else if (r->state == BT_REPLICA_PENDING && r->active)
 				bt_replica_start(r); /* placement is tried again */

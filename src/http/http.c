@@ -21,6 +21,7 @@
 #include "../daemon/daemon.h"
 #include "../metrics/metrics.h"
 #include "../proc/proc.h"
+#include "../stream/stream.h"
 #include "v2.h"
 
 #ifndef BATON_VERSION
@@ -55,6 +56,8 @@ enum route {
 	R_INFER, /* POST /v2/models/{m}/infer */
 	R_STAGE_RESTART,
 	R_STAGE_SCALE, /* POST /v1/stages/{s}/scale {"replicas": n | "auto"} */
+	R_STREAM_RESULTS, /* GET /v1/streams/{s}/results?after=N&wait_ms=M */
+	R_STATION_ADD, /* POST /v1/streams/{s}/stations {"name": …, "url": …} */
 };
 
 struct conn {
@@ -69,6 +72,10 @@ struct conn {
 	int counted; /* included in h->pending */
 	struct bt_request *req; /* in flight, or finished and not yet answered */
 	int finished;
+	struct bt_stream *stream; /* R_STREAM_RESULTS, R_STATION_ADD */
+	uint64_t after, wait_ms;
+	struct bt_stream_watch *watch; /* a long poll waiting for results */
+	int woken;
 };
 
 /* ---- answers -------------------------------------------------------------- */
@@ -582,6 +589,126 @@ static enum MHD_Result route_v2_model(struct conn *cn, const char *rest, int get
 }
 
 /* With auth configured, everything but the health probes needs the token. */
+/* ---- streams ------------------------------------------------------------- */
+
+static void results_watch_cb(void *arg)
+{
+	struct conn *cn = arg;
+	cn->watch = NULL;
+	cn->woken = 1;
+	if (cn->waiting) {
+		cn->waiting = 0;
+		MHD_resume_connection(cn->mc);
+		cn->h->need_run = 1;
+		bt_daemon_wake(cn->h->d);
+	}
+}
+
+/* Answers with what is newer than `after`, or waits up to wait_ms for it. */
+static enum MHD_Result stream_results(struct conn *cn)
+{
+	uint64_t next;
+	json_t *res = bt_stream_results(cn->stream, cn->after, &next);
+	if (json_array_size(res) || cn->wait_ms == 0 || cn->woken ||
+	    cn->h->d->state != BT_DAEMON_RUNNING) {
+		cn->route = R_NONE;
+		return send_json(cn->mc, 200, json_pack("{s:o, s:I}", "results", res, "next",
+							(json_int_t)next), NULL);
+	}
+	json_decref(res);
+	cn->watch = bt_stream_watch(cn->stream, cn->after, cn->wait_ms, results_watch_cb, cn);
+	cn->waiting = 1;
+	MHD_suspend_connection(cn->mc);
+	return MHD_YES;
+}
+
+static enum MHD_Result add_station(struct conn *cn)
+{
+	json_error_t jerr;
+	json_t *doc = json_loadb(cn->body.data ? cn->body.data : "", cn->body.len, 0, &jerr);
+	const char *name = json_string_value(json_object_get(doc, "name"));
+	const char *url = json_string_value(json_object_get(doc, "url"));
+	char msg[300];
+	enum MHD_Result r;
+	if (!json_is_object(doc) || !name || !url) {
+		r = send_error(cn->mc, BT_BAD_REQUEST,
+			       "the body must be {\"name\": \"station3\", \"url\": \"rtsp://…\"}");
+	} else {
+		int e = bt_stream_add_station(cn->stream, name, url, msg, sizeof(msg));
+		if (e == 0)
+			r = send_json(cn->mc, 201,
+				      json_pack("{s:s, s:s}", "station", name, "url", url),
+				      NULL);
+		else if (e == BT_ESTATE)
+			r = send_json(cn->mc, 409, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
+		else
+			r = send_error(cn->mc, BT_BAD_REQUEST, msg);
+	}
+	json_decref(doc);
+	return r;
+}
+
+/* /v1/streams/{s}/… : rest is what follows /v1/streams/. */
+static enum MHD_Result route_stream(struct conn *cn, const char *rest, const char *method,
+				    int *answered)
+{
+	struct MHD_Connection *mc = cn->mc;
+	int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+	char name[72], msg[300];
+	const char *slash = strchr(rest, '/');
+	size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+	snprintf(name, sizeof(name), "%.*s", (int)BT_MIN(n, sizeof(name) - 1), rest);
+	cn->stream = bt_streams_find(cn->h->d->streams, name);
+	if (!cn->stream) {
+		snprintf(msg, sizeof(msg), "no stream named '%.64s'", name);
+		return send_error(mc, BT_NOT_FOUND, msg);
+	}
+	const char *station;
+	if (slash && !strcmp(slash, "/results")) {
+		if (!get)
+			return method_not_allowed(mc, "GET");
+		const char *a = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "after");
+		const char *w = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "wait_ms");
+		char *end;
+		if (a) {
+			cn->after = strtoull(a, &end, 10);
+			if (!*a || *end)
+				return send_error(mc, BT_BAD_REQUEST, "'after' must be a whole number");
+		}
+		if (w) {
+			cn->wait_ms = strtoull(w, &end, 10);
+			if (!*w || *end || cn->wait_ms > 600000)
+				return send_error(mc, BT_BAD_REQUEST,
+						  "'wait_ms' must be a whole number up to 600000");
+		}
+		cn->route = R_STREAM_RESULTS;
+		*answered = 0;
+		return MHD_YES;
+	}
+	if (slash && !strcmp(slash, "/stations")) {
+		if (strcmp(method, "POST"))
+			return method_not_allowed(mc, "POST");
+		cn->route = R_STATION_ADD;
+		*answered = 0;
+		return MHD_YES;
+	}
+	if (slash && has_prefix(slash, "/stations/", &station)) {
+		if (strcmp(method, "DELETE"))
+			return method_not_allowed(mc, "DELETE");
+		if (bt_stream_remove_station(cn->stream, station)) {
+			snprintf(msg, sizeof(msg), "stream '%s' has no station named '%.64s'", name,
+				 station);
+			return send_error(mc, BT_NOT_FOUND, msg);
+		}
+		return send_json(mc, 202,
+				 json_pack("{s:s, s:s, s:b}", "stream", name, "station", station,
+					   "removing", 1),
+				 NULL);
+	}
+	snprintf(msg, sizeof(msg), "no route for %.16s /v1/streams/%.200s", method, rest);
+	return send_error(mc, BT_NOT_FOUND, msg);
+}
+
 static int authorized(struct conn *cn, const char *url)
 {
 	const char *token = cn->h->d->cfg->auth_token;
@@ -633,6 +760,15 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 			   : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/metrics"))
 		return get ? send_metrics(mc, d) : method_not_allowed(mc, "GET");
+	if (!strcmp(url, "/v1/streams"))
+		return get ? send_json(mc, 200,
+				       json_pack("{s:o}", "streams",
+						 d->streams ? bt_streams_status(d->streams)
+							    : json_object()),
+				       NULL)
+			   : method_not_allowed(mc, "GET");
+	if (has_prefix(url, "/v1/streams/", &rest))
+		return route_stream(cn, rest, method, answered);
 	if (has_prefix(url, "/v1/pipelines/", &rest)) {
 		cn->pl = bt_daemon_pipeline(d, rest);
 		if (!cn->pl) {
@@ -799,6 +935,12 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		cn->route = R_NONE;
 		return cn->too_big ? too_big(cn, NULL) : scale_stage(cn);
 	}
+	if (cn->route == R_STATION_ADD) {
+		cn->route = R_NONE;
+		return cn->too_big ? too_big(cn, NULL) : add_station(cn);
+	}
+	if (cn->route == R_STREAM_RESULTS)
+		return stream_results(cn);
 	if (cn->req)
 		return wait_or_answer(cn); /* resumed with its outcome */
 	if (cn->too_big)
@@ -816,6 +958,8 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 	if (!cn)
 		return;
 	*con_cls = NULL;
+	if (cn->watch)
+		bt_stream_unwatch(cn->watch);
 	if (cn->req) {
 		if (cn->finished)
 			bt_request_free(cn->req);

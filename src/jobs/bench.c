@@ -269,6 +269,7 @@ int bt_bench_run(struct bt_config *cfg, const struct bt_bench_options *opt)
 	b.queue = bt_calloc((size_t)b.nsteps, sizeof(*b.queue));
 	b.run = bt_calloc((size_t)b.nsteps, sizeof(*b.run));
 	d.no_http = 1;
+	d.no_streams = 1;
 	d.on_idle = feed;
 	d.on_idle_arg = &b;
 	uv_timer_t timer;

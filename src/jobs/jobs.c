@@ -807,6 +807,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	job.tty = opt->progress < 0 ? isatty(2) : opt->progress;
 	job.start_ms = job.last_line_ms = bt_now_ms();
 	d.no_http = 1;
+	d.no_streams = 1;
 	d.on_idle = feed;
 	d.on_idle_arg = &job;
 	bt_info("run starting", "pipeline=%s inputs=%zu skipped=%zu jobs=%d", opt->pipeline,

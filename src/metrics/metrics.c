@@ -11,6 +11,7 @@
 
 #include "../daemon/daemon.h"
 #include "../proc/proc.h"
+#include "../stream/stream.h"
 
 #ifndef BATON_VERSION
 #define BATON_VERSION "0.0.0"
@@ -261,4 +262,5 @@ void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
 	stages(d, out);
 	replicas(d, out);
 	resources(d, out);
+	bt_streams_metrics(d->streams, out);
 }

@@ -8,6 +8,7 @@
 #ifndef BT_PROC_H
 #define BT_PROC_H
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "../common/common.h"
@@ -96,7 +97,32 @@ struct bt_replica {
 	uint64_t rss_bytes; /* whole process group */
 	uint64_t cpu_jiffies; /* at the last tick */
 	int memory_killed_pid; /* spawn mode: the job killed over memory_mb, counted once */
+	/* kind: source (set by stream/) */
+	const char *station, *url; /* the station this slot runs, borrowed; NULL: none */
+	int source_hold; /* draining: its stream finishes a session before it stops */
 };
+
+/*
+ * What a source stage's replicas send goes to its stream (stream/ sets
+ * these on the stage).  Payloads passed in are the callee's; metas and
+ * headers are borrowed.  emit and eos return 0, or -1 with why filled for a
+ * protocol violation (the replica is then killed and restarted).
+ */
+struct bt_source_ops {
+	void (*up)(void *arg, struct bt_replica *r); /* ready: credits may be granted */
+	int (*emit)(void *arg, struct bt_replica *r, char *payload, size_t len, json_t *meta,
+		    char *why, size_t whylen);
+	int (*eos)(void *arg, struct bt_replica *r, json_t *hdr, char *why, size_t whylen);
+	void (*down)(void *arg, struct bt_replica *r); /* its process is gone */
+	/*
+	 * Scale-down or removal: the stream closes the station's session.
+	 * Returns 1 when it will stop the replica itself once that is done.
+	 */
+	int (*drain)(void *arg, struct bt_replica *r);
+};
+
+/* Grants a source n more items ({"t":"credit","n":n}; -1: no limit). */
+void bt_replica_credit(struct bt_replica *r, int n);
 
 /* Allocates a replica slot (not started). */
 struct bt_replica *bt_replica_new(struct bt_stage *st, int id);

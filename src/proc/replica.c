@@ -242,6 +242,8 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 	for (int i = 0; i < n; i++)
 		bt_stage_lost(lost[i], charge, why);
 	free(lost);
+	if (r->stage->source_ops)
+		r->stage->source_ops->down(r->stage->source_arg, r);
 	bt_stage_replicas_changed(r->stage);
 }
 
@@ -341,6 +343,8 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 		return;
 	}
 	r->state = BT_REPLICA_READY;
+	if (r->stage->source_ops)
+		r->stage->source_ops->up(r->stage->source_arg, r);
 	bt_stage_replicas_changed(r->stage);
 }
 
@@ -409,6 +413,33 @@ static void on_result(struct bt_child *c, struct bt_replica *r,
 			json_is_true(json_object_get(hdr, "retry")));
 }
 
+/* A source's item or end of session, handed to its stream. */
+static void on_source_message(struct bt_child *c, struct bt_replica *r, struct bt_frame *f)
+{
+	const struct bt_source_ops *ops = r->stage->source_ops;
+	char why[256] = "";
+	int e;
+	if (r->state != BT_REPLICA_READY && r->state != BT_REPLICA_DRAINING &&
+	    r->state != BT_REPLICA_STOPPING) {
+		violation(c, "an item before \"ready\"", f->type, strlen(f->type));
+		return;
+	}
+	if (!strcmp(f->type, "emit")) {
+		json_t *meta = json_object_get(f->hdr, "meta");
+		if (meta && !json_is_object(meta)) {
+			violation(c, "\"meta\" of \"emit\" is not an object", NULL, 0);
+			return;
+		}
+		char *payload = f->payload;
+		f->payload = NULL;
+		e = ops->emit(r->stage->source_arg, r, payload, f->len, meta, why, sizeof(why));
+	} else {
+		e = ops->eos(r->stage->source_arg, r, f->hdr, why, sizeof(why));
+	}
+	if (e)
+		violation(c, why, f->type, strlen(f->type));
+}
+
 static void on_message(struct bt_child *c, struct bt_frame *f)
 {
 	struct bt_replica *r = c->replica;
@@ -417,6 +448,8 @@ static void on_message(struct bt_child *c, struct bt_frame *f)
 		on_ready(c, r, f->hdr);
 	} else if (r->state == BT_REPLICA_STARTING) {
 		violation(c, "a message before \"ready\"", t, strlen(t));
+	} else if (r->stage->source_ops && (!strcmp(t, "emit") || !strcmp(t, "eos"))) {
+		on_source_message(c, r, f);
 	} else if (!strcmp(t, "res")) {
 		on_result(c, r, f);
 	} else if (!strcmp(t, "pong")) {
@@ -660,6 +693,25 @@ static void ping_cb(uv_timer_t *t)
 		   NULL, 0);
 }
 
+/* arg with "{station}" and "{url}" replaced (malloc'd). */
+static char *substitute(const char *arg, const char *station, const char *url)
+{
+	struct bt_buf b = BT_BUF_INIT;
+	while (*arg) {
+		if (!strncmp(arg, "{station}", 9)) {
+			bt_buf_puts(&b, station);
+			arg += 9;
+		} else if (!strncmp(arg, "{url}", 5)) {
+			bt_buf_puts(&b, url);
+			arg += 5;
+		} else {
+			bt_buf_append(&b, arg++, 1);
+		}
+	}
+	bt_buf_append(&b, "", 1);
+	return bt_buf_detach(&b, NULL);
+}
+
 static int spawn(struct bt_replica *r)
 {
 	struct bt_daemon *d = daemon_of(r);
@@ -685,8 +737,17 @@ static int spawn(struct bt_replica *r)
 	stdio[3].data.stream = (uv_stream_t *)&c->chan;
 
 	struct bt_launch l;
-	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", NULL};
-	bt_launch_init(&l, r, cfg->argv, extra, exit_cb);
+	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", NULL, NULL, NULL};
+	char **argv = cfg->argv;
+	if (r->station) {
+		/* A station's source learns which camera it reads. */
+		extra[2] = bt_asprintf("BATON_STATION=%s", r->station);
+		extra[3] = bt_asprintf("BATON_SOURCE_URL=%s", r->url);
+		argv = bt_calloc((size_t)cfg->argc + 1, sizeof(*argv));
+		for (int i = 0; i < cfg->argc; i++)
+			argv[i] = substitute(cfg->argv[i], r->station, r->url);
+	}
+	bt_launch_init(&l, r, argv, extra, exit_cb);
 	l.opts.stdio_count = 4;
 	l.opts.stdio = stdio;
 
@@ -694,6 +755,13 @@ static int spawn(struct bt_replica *r)
 	d->live_children++;
 	int e = uv_spawn(d->loop, &c->proc, &l.opts);
 	bt_launch_release(&l);
+	if (argv != cfg->argv) {
+		for (int i = 0; i < cfg->argc; i++)
+			free(argv[i]);
+		free(argv);
+	}
+	free(extra[2]);
+	free(extra[3]);
 	if (e) {
 		/* The handles were initialised: close them; the child frees itself. */
 		c->exited = 1;
@@ -876,6 +944,20 @@ void bt_replica_kill(struct bt_replica *r, enum bt_fail_reason reason, const cha
 void bt_replica_drain(struct bt_replica *r)
 {
 	r->active = 0;
+	const struct bt_source_ops *ops = r->stage->source_ops;
+	if (ops) {
+		/* A station finishes its open session before its source goes. */
+		int wait = ops->drain(r->stage->source_arg, r);
+		if (wait && r->state == BT_REPLICA_READY) {
+			r->state = BT_REPLICA_DRAINING;
+			r->source_hold = 1;
+			bt_info("station draining", "stage=%s replica=%d station=%s", cfg_of(r)->name,
+				r->id, r->station ? r->station : "");
+			return;
+		}
+		bt_replica_stop(r, 0);
+		return;
+	}
 	if (r->state == BT_REPLICA_READY && (r->ninflight || r->job)) {
 		r->state = BT_REPLICA_DRAINING;
 		bt_info("replica draining", "stage=%s replica=%d in_flight=%d", cfg_of(r)->name,
@@ -914,9 +996,16 @@ static void stop_escalate_cb(uv_timer_t *t)
 	}
 }
 
+void bt_replica_credit(struct bt_replica *r, int n)
+{
+	if (r->child && r->state == BT_REPLICA_READY)
+		send_frame(r->child, json_pack("{s:s, s:i}", "t", "credit", "n", n), NULL, 0);
+}
+
 void bt_replica_stop(struct bt_replica *r, int now)
 {
 	struct bt_child *c = r->child;
+	r->source_hold = 0;
 	ping_stop(r);
 	if (r->job) {
 		/* A script cannot be asked to stop: give it grace_ms, then signals. */

@@ -163,7 +163,9 @@ void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
 	pl->accepted++;
 	pl->in_flight++;
 	d->in_flight++;
-	if (d->state != BT_DAEMON_RUNNING) {
+	/* While draining, baton's own requests still finish what was started. */
+	if (d->state != BT_DAEMON_RUNNING &&
+	    !(req->internal && d->state == BT_DAEMON_DRAINING && !d->hard_stop)) {
 		finish(req, BT_SHUTTING_DOWN, NULL, "baton is shutting down");
 		return;
 	}

@@ -61,6 +61,7 @@ struct bt_request {
 	const char *error_stage; /* stage that produced the error, or NULL */
 	bt_request_done_cb done;
 	void *done_arg;
+	int internal; /* baton's own (a stream's item or session): runs while draining */
 	/*
 	 * Optional: called when the last stage has answered (its meta merged),
 	 * before the request counts as succeeded.  It may rewrite the result; non-zero fails the
@@ -71,9 +72,13 @@ struct bt_request {
 	char *check_data;
 };
 
+struct bt_source_ops;
+
 struct bt_stage {
 	struct bt_daemon *d;
 	const struct bt_stage_config *cfg;
+	const struct bt_source_ops *source_ops; /* kind: source, set by stream/ */
+	void *source_arg;
 	int index;
 	struct bt_queue queue;
 	struct bt_replica **replicas;

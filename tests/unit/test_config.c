@@ -859,3 +859,122 @@ Test(config, listen_port_with_blanks_or_sign_is_an_error)
 	expect_error_at("listen: '127.0.0.1: 80'\n" MINIMAL, 1, 9, "'listen'", NULL);
 	expect_error_at("listen: '127.0.0.1:+80'\n" MINIMAL, 1, 9, "'listen'", NULL);
 }
+
+/* ---- streams ---- */
+
+#define STREAM_STAGES                                                                    \
+	"stages:\n"                                                                      \
+	"  cam:\n"                                                                       \
+	"    kind: source\n"                                                             \
+	"    command: [true, '{url}']\n"                                                 \
+	"  ocr:\n"                                                                       \
+	"    command: [true]\n"                                                          \
+	"  proc:\n"                                                                      \
+	"    command: [true]\n"
+
+Test(config, a_stream_makes_its_pipelines_and_one_slot_per_station)
+{
+	expect_ok(STREAM_STAGES "streams:\n"
+				"  orders:\n"
+				"    source: cam\n"
+				"    stations:\n"
+				"      - {name: s1, url: 'rtsp://127.0.0.1:8554/a'}\n"
+				"      - rtsp://127.0.0.1:8554/b\n"
+				"    items: [ocr]\n"
+				"    session: {key: order_id, idle_timeout_ms: 2500, max_items: 7,\n"
+				"              missing_key: close}\n"
+				"    process: [ocr, proc]\n"
+				"    flow: {credits: 3, overflow: drop_oldest}\n");
+	cr_assert_eq(cfg.nstreams, 1);
+	const struct bt_stream_config *s = &cfg.streams[0];
+	cr_assert_str_eq(s->name, "orders");
+	cr_assert_eq(s->nstations, 2);
+	cr_assert_str_eq(s->stations[1].name, "station2");
+	cr_assert_str_eq(s->stations[1].url, "rtsp://127.0.0.1:8554/b");
+	cr_assert_str_eq(s->key, "order_id");
+	cr_assert_eq(s->idle_timeout_ms, 2500);
+	cr_assert_eq(s->max_items, 7);
+	cr_assert_eq(s->missing_key, BT_MISSING_CLOSE);
+	cr_assert_eq(s->credits, 3);
+	cr_assert_eq(s->overflow, BT_OVERFLOW_DROP_OLDEST);
+	cr_assert_eq(cfg.npipelines, 2);
+	cr_assert_str_eq(cfg.pipelines[s->items_pipeline].name, "orders.items");
+	cr_assert_str_eq(cfg.pipelines[s->process_pipeline].name, "orders.process");
+	cr_assert_eq(cfg.pipelines[s->process_pipeline].nstages, 2);
+	/* Without `replicas:`, every listed station runs. */
+	const struct bt_stage_config *cam = &cfg.stages[s->source];
+	cr_assert(cam->source);
+	cr_assert_eq(cam->replicas_initial, 2);
+	cr_assert_eq(cam->replicas_max, 2);
+	cr_assert_eq(cam->ping_interval_ms, 0);
+	char *spool = path_in("spool");
+	cr_assert_str_eq(s->spool, spool);
+	free(spool);
+	char *results = path_in("spool/results.jsonl");
+	cr_assert_str_eq(s->results, results);
+	free(results);
+}
+
+Test(config, stream_defaults_follow_the_seed)
+{
+	expect_ok(STREAM_STAGES "streams:\n"
+				"  o:\n"
+				"    source: cam\n"
+				"    stations: [x]\n"
+				"    process: [proc]\n");
+	const struct bt_stream_config *s = &cfg.streams[0];
+	cr_assert_eq(s->idle_timeout_ms, 10000);
+	cr_assert_eq(s->items_pipeline, -1);
+	cr_assert_str_eq(s->key, "session");
+	cr_assert_eq(s->overflow, BT_OVERFLOW_BLOCK);
+	cr_assert_eq(s->credits, 8);
+	cr_assert_eq(s->missing_key, BT_MISSING_IGNORE);
+}
+
+Test(config, stream_errors_name_the_line_and_the_key)
+{
+	const char *head = STREAM_STAGES "streams:\n  o:\n    source: cam\n";
+	char text[2048];
+#define STREAM_ERROR(tail, line, col, needle)                                      \
+	do {                                                                       \
+		snprintf(text, sizeof(text), "%s%s", head, tail);                  \
+		expect_error_at(text, line, col, needle, NULL);                    \
+	} while (0)
+	STREAM_ERROR("    stations: [x]\n    process: [proc]\n    sesion: {}\n", 14, 5,
+		     "unknown key 'sesion' in stream 'o'");
+	STREAM_ERROR("    stations: [x]\n    process: [proc]\n    flow: {overflow: drop}\n", 14,
+		     22, "'flow.overflow' must be 'block' or 'drop_oldest'");
+	STREAM_ERROR("    stations: [x]\n    process: [proc]\n    session: {missing_key: 3}\n",
+		     14, 28, "'session.missing_key' must be 'ignore' or 'close'");
+	STREAM_ERROR("    stations: []\n    process: [proc]\n", 12, 15,
+		     "'stations' of stream 'o' must be a non-empty list");
+	STREAM_ERROR("    stations: [{name: a, url: x}, {name: a, url: y}]\n    process: [proc]\n",
+		     12, 35, "two stations of stream 'o' are named 'a'");
+	STREAM_ERROR("    stations: [{name: a}]\n    process: [proc]\n", 12, 16,
+		     "a station of stream 'o' needs 'url'");
+	STREAM_ERROR("    stations: [x]\n    process: [cam]\n", 13, 14,
+		     "names source stage 'cam'");
+	STREAM_ERROR("    stations: [x]\n    process: []\n", 13, 14,
+		     "'process' of stream 'o' has no stages");
+	STREAM_ERROR("    stations: [x]\n", 10, 3, "stream 'o' needs 'process'");
+#undef STREAM_ERROR
+	expect_error_at(STREAM_STAGES "streams:\n  o:\n    source: ocr\n    stations: [x]\n"
+				      "    process: [proc]\n",
+			11, 13, "stage 'ocr' is not a source: give it 'kind: source'", NULL);
+	expect_error_at(STREAM_STAGES "pipelines:\n  p: [cam]\n", 10, 3,
+			"pipeline 'p' names source stage 'cam'", NULL);
+	expect_error_at(STREAM_STAGES "pipelines:\n  p: [ocr]\n", 1, 1,
+			"source stage 'cam' feeds no stream", NULL);
+	expect_error_at("stages:\n  cam:\n    kind: camera\n    command: [true]\npipelines:\n"
+			"  p: [cam]\n",
+			3, 11, "'kind' must be 'worker' or 'source'", NULL);
+	expect_error_at("stages:\n  cam:\n    kind: source\n    command: [true]\n"
+			"    batch: {max_size: 2}\nstreams:\n  o: {source: cam, stations: [x], "
+			"process: [cam]}\n",
+			5, 12, "is a source (kind: source)", NULL);
+	expect_error_at("stages:\n  cam:\n    kind: source\n    command: [true]\n"
+			"    replicas: {initial: 3}\n  proc:\n    command: [true]\nstreams:\n"
+			"  o:\n    source: cam\n    stations: [x, y]\n    process: [proc]\n",
+			5, 15, "starts 3 stations (replicas.initial) but stream 'o' lists 2",
+			NULL);
+}
