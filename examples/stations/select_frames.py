@@ -26,6 +26,12 @@ def sharpness(path):
     return float(cv2.Laplacian(img, cv2.CV_64F).var())
 
 
+def order_in_session(item):
+    """An item's place in its session: "n" in baton's manifest ("seq" in
+    early drafts of the spec)."""
+    return item.get("n", item.get("seq", 0))
+
+
 def handle(payload, meta):
     try:
         manifest = json.loads(payload)
@@ -41,7 +47,7 @@ def handle(payload, meta):
         raise bw.Reject("none of the session's %d frames could be read" % len(items))
     best = sorted(scored, key=lambda it: -it["sharpness"])[:KEEP]
     manifest["frames_seen"] = len(items)
-    manifest["items"] = sorted(best, key=lambda it: it["seq"])
+    manifest["items"] = sorted(best, key=order_in_session)
     return manifest
 
 
