@@ -13,12 +13,17 @@ BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
 # poppler for PDFs, Pillow and DejaVu to draw the sample pages.
 DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
               tesseract-ocr-eng poppler-utils
-TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS)
+# What the stations example runs with: an RTSP server (gst-rtsp-server
+# through python3-gi), GStreamer's JPEG/RTP/RTSP/AVI plugins, PyTorch (CPU).
+STATIONS_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
+              gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+              gstreamer1.0-plugins-good python3-torch $(DEMO_PKGS)
+TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS) $(STATIONS_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz clean
+.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo demo-stations bench fuzz clean
 
 all: build
 
@@ -78,6 +83,12 @@ demo: build
 demo-echo: build
 	$(PY) examples/echo/demo.py --build $(abspath $(BUILD))
 
+# The stations example: RTSP cameras, OCR, sessions, a PyTorch model; its
+# first run trains the model (a few minutes on a loaded 2-core machine).
+demo-stations: build
+	$(call apt_install,$(STATIONS_PKGS))
+	$(PY) examples/stations/demo.py --build $(abspath $(BUILD))
+
 bench: build test-deps
 	$(call apt_install,$(BENCH_PKGS))
 	$(PY) bench/hop/run.py --build $(abspath $(BUILD))
@@ -85,6 +96,7 @@ bench: build test-deps
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 	$(PY) bench/autoscale/run.py --build $(abspath $(BUILD))
 	$(PY) bench/chaos/run.py --build $(abspath $(BUILD))
+	$(PY) bench/stations/run.py --build $(abspath $(BUILD))
 
 # libFuzzer on the frame decoder, the config loader and the v2 checks, all
 # three at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.

@@ -50,11 +50,13 @@ class Stations:
     """One run of the example: orders, RTSP server, baton, all in work.
 
     file_stations lists station numbers (from 1) read from an MJPEG file
-    (file://) instead of RTSP. extra (dict) goes to scenes.config_text.
+    (file://) instead of RTSP; station_urls replaces the urls altogether.
+    extra (keyword arguments) goes to scenes.config_text.
     """
 
     def __init__(self, work, build, stations=2, orders=6, seed=1, model=None,
-                 file_stations=(), order_s=5.0, gap_s=3.0, lead_s=2.0, env=None, **extra):
+                 file_stations=(), order_s=5.0, gap_s=3.0, lead_s=2.0, env=None,
+                 station_urls=None, **extra):
         self.work = os.path.abspath(work)
         self.build = os.path.abspath(build)
         self.stations = stations
@@ -77,7 +79,7 @@ class Stations:
                 urls.append("file://" + path)
             else:
                 urls.append("rtsp://127.0.0.1:%d/s%d" % (self.rtsp_port, i))
-        self.urls = urls
+        self.urls = station_urls or urls
         self.spool = os.path.join(self.work, "spool")
         self.results_path = os.path.join(self.spool, "results.jsonl")
         self.config = os.path.join(self.work, "baton.yaml")
@@ -85,7 +87,7 @@ class Stations:
             f.write(scenes.config_text(
                 workdir=HERE, spool=self.spool, data=self.work, model=self.model,
                 build=self.build, listen="127.0.0.1:%d" % self.http_port,
-                station_urls=urls, **extra))
+                station_urls=self.urls, **extra))
 
     # --- processes -----------------------------------------------------------
 
