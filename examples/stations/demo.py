@@ -56,7 +56,7 @@ class Stations:
 
     def __init__(self, work, build, stations=2, orders=6, seed=1, model=None,
                  file_stations=(), order_s=5.0, gap_s=3.0, lead_s=2.0, env=None,
-                 station_urls=None, **extra):
+                 station_urls=None, live=False, **extra):
         self.work = os.path.abspath(work)
         self.build = os.path.abspath(build)
         self.stations = stations
@@ -68,6 +68,8 @@ class Stations:
         with open(os.path.join(self.work, "orders.json")) as f:
             self.orders = json.load(f)["orders"]
         self.timing = ["--order-s", str(order_s), "--gap-s", str(gap_s), "--lead-s", str(lead_s)]
+        if live:
+            self.timing.append("--live")
         self.rtsp_port = free_port()
         self.http_port = free_port()
         urls = []

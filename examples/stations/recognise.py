@@ -70,4 +70,5 @@ def handle_batch(requests, model):
     return results
 
 
-bw.run(handle_batch, init=init)
+if __name__ == "__main__":
+    bw.run(handle_batch, init=init)

@@ -11,7 +11,8 @@ over RTP (Debian's base and good plugins have no H.264 encoder).
 
 Every client gets its own media, so a camera that connects (or reconnects)
 sees the orders from the start: the demo's result does not depend on when
-its stations came up. Prints "ready PORT" once it listens; stops on SIGTERM
+its stations came up. With --live every client sees the same timeline,
+which started with the server, as with a real camera. Prints "ready PORT" once it listens; stops on SIGTERM
 or SIGINT.
 """
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 
 import cv2
 import gi
@@ -33,8 +35,9 @@ import scenes  # noqa: E402
 class Station:
     """The frames of one station: a timeline of runs of one picture."""
 
-    def __init__(self, orders, fps, order_s, gap_s, lead_s, seed):
+    def __init__(self, orders, fps, order_s, gap_s, lead_s, seed, live_since=None):
         self.fps = fps
+        self.live_since = live_since   # monotonic start of a shared timeline
         self.seed = seed
         self.runs = scenes.timeline(orders, fps, order_s, gap_s, lead_s)
 
@@ -70,7 +73,10 @@ class Factory(GstRtspServer.RTSPMediaFactory):
 
         def need_data(appsrc, _length):
             k = state["k"]
-            buf = Gst.Buffer.new_wrapped(self.station.frame(k))
+            shown = k
+            if self.station.live_since is not None:
+                shown = int((time.monotonic() - self.station.live_since) * self.station.fps)
+            buf = Gst.Buffer.new_wrapped(self.station.frame(shown))
             buf.pts = k * duration
             buf.duration = duration
             state["k"] = k + 1
@@ -88,6 +94,9 @@ def main(argv):
     ap.add_argument("--gap-s", type=float, default=3.0, help="empty counter between orders")
     ap.add_argument("--lead-s", type=float, default=2.0, help="empty counter before the first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--live", action="store_true",
+                    help="one wall-clock timeline for every client, as a live camera: "
+                         "a client that connects late misses what was shown before")
     a = ap.parse_args(argv)
 
     with open(a.orders) as f:
@@ -101,9 +110,10 @@ def main(argv):
     server.set_address("127.0.0.1")
     server.set_service(str(a.port))
     mounts = server.get_mount_points()
+    since = time.monotonic() if a.live else None
     for name in sorted(by_station, key=lambda s: int(s.replace("station", "") or 0)):
         path = "/s" + name.replace("station", "")
-        st = Station(by_station[name], a.fps, a.order_s, a.gap_s, a.lead_s, a.seed)
+        st = Station(by_station[name], a.fps, a.order_s, a.gap_s, a.lead_s, a.seed, since)
         mounts.add_factory(path, Factory(st))
     if server.attach(None) == 0:
         sys.stderr.write("rtsp_server: cannot listen on 127.0.0.1:%d\n" % a.port)

@@ -51,4 +51,5 @@ def handle(payload, meta):
     return manifest
 
 
-bw.run(handle)
+if __name__ == "__main__":
+    bw.run(handle)

@@ -64,4 +64,5 @@ def handle(payload, meta, state):
             "total": round(sum(prices.get(n, 0) * c for n, c in found.items()), 2)}
 
 
-bw.run(handle, init=init)
+if __name__ == "__main__":
+    bw.run(handle, init=init)
