@@ -239,7 +239,7 @@ def write_data(out, stations, per_station, seed):
 def config_text(port=8554, stations=2, workdir=None, spool="spool", data=".",
                 model="model/items.pt", build="../../build", python="/usr/bin/python3",
                 listen=None, idle_timeout_ms=2500, flow="block", credits=8,
-                recognise_replicas=1, ocr_replicas=1, station_urls=None):
+                recognise_replicas=1, ocr_replicas=1, station_urls=None, camera_max=None):
     """The baton config of the example. With workdir (an absolute path to
     this folder) every stage runs there, so that the config may live
     anywhere (the demo, test and benchmark write theirs in a work dir)."""
@@ -258,7 +258,7 @@ stages:
     kind: source
     command: [%(py)s, camera.py]
 %(wd)s    env: %(env)s
-    replicas: {min: 1, max: %(n)d, initial: %(n)d}
+    replicas: {min: 1, max: %(max)d, initial: %(n)d}
     start_timeout_ms: 30000
     restart: {backoff_ms: 2000, backoff_max_ms: 60000, max_failures: 5}
   ocr:                                  # C, tesseract's C API
@@ -285,7 +285,8 @@ stages:
 streams:
   orders:
     source: camera
-    stations:""" % {"py": python, "wd": wd, "env": env_py, "n": len(urls), "build": build,
+    stations:""" % {"py": python, "wd": wd, "env": env_py, "n": len(urls),
+                    "max": max(camera_max or 0, len(urls)), "build": build,
                     "sdk": sdk, "model": model, "rr": recognise_replicas, "orr": ocr_replicas,
                     "data": data})
     for i, u in enumerate(urls):
