@@ -1,7 +1,7 @@
 """The stations example's setup: trains the item classifier (itemnet.py) on
 generated pictures and reports its accuracy on pictures it has not seen.
 
-    python3 train.py --out model/items.pt [--pictures 800 --epochs 3]
+    python3 train.py --out model/items.pt [--pictures 800 --epochs 4]
 
 The pictures are cards drawn as scenes.render draws them, blurred, noisy and
 JPEG-compressed like the camera's frames, then found and cropped with
@@ -56,7 +56,7 @@ def main(argv):
     ap = argparse.ArgumentParser(description="train the stations example's item classifier")
     ap.add_argument("--out", required=True)
     ap.add_argument("--pictures", type=int, default=800)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--min-accuracy", type=float, default=0.97)
     a = ap.parse_args(argv)
