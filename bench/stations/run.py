@@ -143,7 +143,7 @@ def run_before(args, n, work):
             spawned_ms.append(int(time.time() * 1000))
             procs.append(subprocess.Popen(
                 [PYTHON, os.path.join(HERE, "before.py"), "--url", run.urls[i - 1],
-                 "--station", "station%d" % i, "--out", run.work,
+                 "--station", "station%d" % i, "--out", run.spool,
                  "--ocr", os.path.join(os.path.abspath(args.build), "examples", "stations",
                                        "ocr_order"),
                  "--model", run.model, "--orders", os.path.join(run.work, "orders.json"),
@@ -164,7 +164,7 @@ def run_before(args, n, work):
                 p.wait(10)
     starts, firsts = [], []
     try:
-        with open(os.path.join(run.work, "startup.jsonl")) as f:
+        with open(os.path.join(run.spool, "startup.jsonl")) as f:
             for line in f:
                 d = json.loads(line)
                 if d.get("first_frame_s") is not None:
