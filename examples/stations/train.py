@@ -39,9 +39,7 @@ def samples(n, seed):
         scenes.draw_card(img, scenes.ITEMS[label], rng.randint(5, 55), rng.randint(5, 55), rng)
         blur = rng.choice((0, 0, 0, 5, 9, 13, 15))
         if blur:
-            k = np.zeros((blur, blur), np.float32)
-            k[blur // 2, :] = 1.0 / blur
-            img = cv2.filter2D(img, -1, k)
+            img = cv2.blur(img, (blur, 1))
         img = np.clip(img + noise.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
         ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, rng.randint(60, 92)])
         img = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
