@@ -14,7 +14,7 @@ what is shown while a pipeline starts is lost) and run the same stage code
             loaded once, but a gst-launch pipeline started for every order
 
 Prints per design and station count: orders validated (and correct) out of
-those shown, orders/min (validated orders over the time from the first
+those shown, frames per validated order (5 shown at 1 FPS), orders/min (validated orders over the time from the first
 order's appearance to the last result), latency from session close to
 validated result (p50/p95, the results file's latency_ms), and time for a
 new station to produce its first item: for baton, a station added over
@@ -80,8 +80,10 @@ def summarise(design, n, orders, results, t_first_order_ms, first_items, pipelin
     done_ms = [r["closed_unix_ms"] + r["latency_ms"] for r in ok]
     span_min = (max(done_ms) - t_first_order_ms) / 60000.0 if done_ms else None
     lat = [r["latency_ms"] for r in ok]
+    frames = [r.get("items", 0) for r in ok]
     row = {"design": design, "stations": n, "shown": len(orders), "validated": len(ok),
            "correct": len(correct),
+           "frames_per_order": round(sum(frames) / len(frames), 1) if frames else None,
            "orders_per_min": round(len(ok) / span_min, 1) if span_min else None,
            "latency_p50_ms": pct(lat, 50), "latency_p95_ms": pct(lat, 95),
            "new_station_first_item_ms": first_items,
@@ -187,7 +189,7 @@ def main(argv):
     ap.add_argument("--stations", default="1,2,4")
     ap.add_argument("--orders", type=int, default=4, help="orders per station")
     ap.add_argument("--order-s", type=float, default=5.0)
-    ap.add_argument("--gap-s", type=float, default=3.0)
+    ap.add_argument("--gap-s", type=float, default=2.0)
     ap.add_argument("--lead-s", type=float, default=25.0,
                     help="empty counter before the first order: time for everything to start")
     ap.add_argument("--designs", default="before,baton")
@@ -213,15 +215,16 @@ def main(argv):
             rows.append(row)
             print("  %s" % json.dumps(row), flush=True)
     print()
-    print("%-7s %8s %17s %11s %9s %9s %14s %16s"
-          % ("design", "stations", "validated/shown", "orders/min", "p50 ms", "p95 ms",
-             "new station ms", "per-order start"))
+    print("%-7s %8s %16s %8s %11s %8s %8s %15s %16s"
+          % ("design", "stations", "validated/shown", "frames", "orders/min", "p50 ms",
+             "p95 ms", "new station ms", "per-order start"))
     for r in rows:
         ps = r["pipeline_first_frame_ms"]
-        print("%-7s %8d %9d/%-3d(%d ok) %9s %9s %9s %14s %16s"
-              % (r["design"], r["stations"], r["validated"], r["shown"], r["correct"],
-                 r["orders_per_min"], r["latency_p50_ms"], r["latency_p95_ms"],
-                 r["new_station_first_item_ms"],
+        print("%-7s %8d %16s %8s %11s %8s %8s %15s %16s"
+              % (r["design"], r["stations"],
+                 "%d/%d (%d ok)" % (r["validated"], r["shown"], r["correct"]),
+                 r["frames_per_order"], r["orders_per_min"], r["latency_p50_ms"],
+                 r["latency_p95_ms"], r["new_station_first_item_ms"],
                  "-" if not ps else "p50 %s ms" % ps["p50"]))
     if a.json:
         with open(a.json, "w") as f:
