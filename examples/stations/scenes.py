@@ -206,19 +206,18 @@ def timeline(orders, fps, order_s, gap_s, lead_s):
 
 def find_cards(img):
     """Boxes (x, y, w, h) of the light, square-ish cards in a BGR frame, left
-    to right. The order's text is light too, but it is a wide short strip
-    broken into letters; cards are solid squares."""
+    to right. The outline of each light blob is taken with what it encloses
+    (the darker picture on the card), so two cards stay two however close
+    they lie; the order's text is light too, but its letters are small."""
     gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     _, mask = cv2.threshold(gray, 150, 255, cv2.THRESH_BINARY)
-    # Close the card over its darker picture, so that it is one blob.
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((25, 25), np.uint8))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     boxes = []
-    for i in range(1, n):
-        x, y, w, h, area = stats[i]
+    for c in contours:
+        x, y, w, h = cv2.boundingRect(c)
         if w < CARD * 0.6 or h < CARD * 0.6 or w > CARD * 1.6 or h > CARD * 1.6:
             continue
-        if not 0.7 < w / h < 1.4 or area < 0.6 * w * h:
+        if not 0.7 < w / h < 1.4 or cv2.contourArea(c) < 0.6 * w * h:
             continue
         boxes.append((int(x), int(y), int(w), int(h)))
     return sorted(boxes)
