@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "examples", "stations"))
 import demo  # noqa: E402
 
 MODEL = os.path.join(ROOT, "examples", "stations", "model", "items.pt")
+SANITIZER_MARKERS = ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer")
 CLOSE_REASONS = {"eos", "key_change", "idle", "max_duration", "max_items", "missing_key",
                  "station_stopped", "recovered"}
 
@@ -57,6 +58,9 @@ def test_every_order_of_two_stations_is_validated_correct(tmp_path, model):
         assert run.stop("baton") == 0, run.log("baton")[-3000:]
     for pid in pids:   # the sources went down with baton
         wait_for(lambda: not pid_alive(pid), 10, what="source %d to exit" % pid)
+    log = run.log("baton")
+    for marker in SANITIZER_MARKERS:   # baton's, and the C OCR worker's (its stderr)
+        assert marker not in log, log[-4000:]
 
     lines = []
     acc = demo.report(run.orders, verdicts, out=_Lines(lines))
@@ -92,6 +96,8 @@ def test_a_camera_whose_url_does_not_answer_says_why_in_batons_log(tmp_path, mod
         line = next(l for l in log.splitlines() if "rtsp://127.0.0.1:%d/s1" % port in l
                     and "camera station1" in l)
         assert "stage=camera" in line, line
+    for marker in SANITIZER_MARKERS:
+        assert marker not in run.log("baton"), run.log("baton")[-4000:]
 
 
 class _Lines:
