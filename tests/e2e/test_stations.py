@@ -106,3 +106,16 @@ class _Lines:
 
     def write(self, s):
         self.out.append(s)
+
+
+def test_the_checked_in_config_is_what_scenes_writes_and_baton_accepts_it():
+    import subprocess
+    import scenes
+    path = os.path.join(ROOT, "examples", "stations", "baton.yaml")
+    with open(path) as f:
+        assert f.read() == scenes.config_text(), \
+            "examples/stations/baton.yaml differs from `python3 scenes.py config`"
+    r = subprocess.run([os.path.join(BUILD, "baton"), "check", path], capture_output=True,
+                       timeout=60 * SLOW)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"stream orders: source camera" in r.stdout, r.stdout
