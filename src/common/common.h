@@ -132,6 +132,11 @@ void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Writes s as a logfmt value into out (quoted and escaped when needed). */
 const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len);
+/*
+ * s as a logfmt value, for a log call's arguments: `reason=%s", BT_LOGQ(why)`.
+ * The buffer is a compound literal that lives as long as the enclosing block.
+ */
+#define BT_LOGQ(s) bt_logfmt_quote((char[1024]){0}, 1024, (s), strlen(s))
 
 #define bt_debug(msg, ...)                                                     \
 	do {                                                                   \

@@ -273,7 +273,7 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 	const struct bt_stage_config *c = r->stage->cfg;
 	char why[200];
 	snprintf(why, sizeof(why),
-		 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
+		 "its processes use %llu MB, over memory_mb %llu (%d processes)",
 		 (unsigned long long)(u->rss_bytes >> 20), (unsigned long long)c->memory_mb,
 		 u->processes);
 	if (r->child) {
@@ -305,11 +305,13 @@ static void sample_replicas(struct bt_daemon *d, double secs)
 				r->cpu_percent = 0;
 				r->rss_bytes = 0;
 				r->cpu_jiffies = 0;
+				r->processes = 0;
 				continue;
 			}
 			struct bt_group_usage u;
-			if (bt_read_group_usage(pid, &u))
+			if (bt_replica_usage(r, &u))
 				continue;
+			r->processes = u.processes;
 			if (r->cpu_jiffies && u.cpu_jiffies >= r->cpu_jiffies && secs > 0)
 				r->cpu_percent = 100.0 * (double)(u.cpu_jiffies - r->cpu_jiffies) /
 						 ((double)hz * secs);
@@ -425,6 +427,7 @@ static void tick_cb(uv_timer_t *t)
 		if (json_is_number(v))
 			d->cpu_percent = json_number_value(v);
 	}
+	bt_contain_tick(d->contain);
 	sample_replicas(d, secs);
 	for (int i = 0; i < d->nstages; i++)
 		stage_signals(&d->stages[i], secs);

@@ -26,6 +26,7 @@ struct bt_child {
 	const char *stage; /* names kept for logging after detach */
 	int replica_id;
 	uv_process_t proc;
+	struct bt_unit *unit; /* everything it starts, however it forks */
 	uv_pipe_t chan, out, err;
 	uv_timer_t eof_timer; /* bounds the wait for exit after EOF on chan */
 	int handles; /* open handles; the child is freed at 0 */
@@ -129,6 +130,11 @@ int bt_replica_pid(const struct bt_replica *r)
 	return r->child ? r->child->pid : bt_spawn_pid(r);
 }
 
+int bt_replica_usage(const struct bt_replica *r, struct bt_group_usage *out)
+{
+	return bt_unit_usage(r->child ? r->child->unit : bt_spawn_unit(r), out);
+}
+
 static void mark_dirty(struct bt_child *c)
 {
 	if (!c->dirty) {
@@ -156,6 +162,7 @@ static void child_free_if_done(struct bt_child *c)
 	bt_buf_release(&c->wbusy);
 	bt_lines_release(&c->lines[0]);
 	bt_lines_release(&c->lines[1]);
+	bt_unit_release(c->unit);
 	free(c);
 	d->live_children--;
 	bt_daemon_progress(d);
@@ -256,7 +263,7 @@ static void child_lost(struct bt_child *c, const char *why)
 	c->warmup_id[0] = '\0';
 	if (!c->exited) {
 		/* Whatever it is doing, it is no longer ours: make sure it ends. */
-		kill(-c->pid, SIGKILL);
+		bt_unit_end(c->unit);
 		uv_read_stop((uv_stream_t *)&c->chan);
 	}
 	replica_died(r, c->pid, c->charge, c->reason, why);
@@ -528,12 +535,17 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 	struct bt_child *c = p->data;
 	char why[96];
 	c->exited = 1;
-	/* The leader is gone; anything left in its group goes with it. */
-	kill(-c->pid, SIGKILL);
-	if (sig)
+	if (sig == SIGKILL && bt_unit_oom_killed(c->unit) && c->replica) {
+		/* memory.max: the kernel ended the unit, as baton's own check would. */
+		c->reason = BT_FAIL_MEMORY;
+		snprintf(why, sizeof(why), "killed by the kernel: over memory_mb %llu (cgroup memory.max)",
+			 (unsigned long long)cfg_of(c->replica)->memory_mb);
+	} else if (sig)
 		snprintf(why, sizeof(why), "killed by signal %d (%s)", sig, strsignal(sig));
 	else
 		snprintf(why, sizeof(why), "exited with status %lld", (long long)status);
+	/* The leader is gone; anything it left, in its group or not, goes with it. */
+	bt_unit_end(c->unit);
 	/* Results written just before exiting are still in the socket. */
 	drain(c, &c->chan, -1);
 	drain(c, &c->out, 0);
@@ -664,7 +676,12 @@ static int spawn(struct bt_replica *r)
 {
 	struct bt_daemon *d = daemon_of(r);
 	const struct bt_stage_config *cfg = cfg_of(r);
+	int e = 0;
+	struct bt_unit *unit = bt_unit_new(d->contain, cfg->name, r->id, cfg->memory_mb, &e);
+	if (!unit)
+		return e;
 	struct bt_child *c = bt_calloc(1, sizeof(*c));
+	c->unit = unit;
 	c->d = d;
 	c->stage = cfg->name;
 	c->replica_id = r->id;
@@ -686,13 +703,13 @@ static int spawn(struct bt_replica *r)
 
 	struct bt_launch l;
 	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", NULL};
-	bt_launch_init(&l, r, cfg->argv, extra, exit_cb);
+	bt_launch_init(&l, r, cfg->argv, extra, exit_cb, c->unit);
 	l.opts.stdio_count = 4;
 	l.opts.stdio = stdio;
 
 	c->handles = 5;
 	d->live_children++;
-	int e = uv_spawn(d->loop, &c->proc, &l.opts);
+	e = uv_spawn(d->loop, &c->proc, &l.opts);
 	bt_launch_release(&l);
 	if (e) {
 		/* The handles were initialised: close them; the child frees itself. */
@@ -705,6 +722,7 @@ static int spawn(struct bt_replica *r)
 		return e;
 	}
 	c->pid = c->proc.pid;
+	bt_unit_started(c->unit, c->pid);
 	c->proc.data = c;
 	bt_lines_init(&c->lines[0], cfg->name, r->id, c->pid, "stdout");
 	bt_lines_init(&c->lines[1], cfg->name, r->id, c->pid, "stderr");
@@ -904,13 +922,13 @@ static void stop_escalate_cb(uv_timer_t *t)
 		bt_warn("replica did not stop in time, sending SIGTERM",
 			"stage=%s replica=%d pid=%d grace_ms=%llu", c->stage, r->id, c->pid,
 			(unsigned long long)cfg_of(r)->grace_ms);
-		kill(-c->pid, SIGTERM);
+		bt_unit_signal(c->unit, SIGTERM);
 		uv_timer_start(&r->timer, stop_escalate_cb, cfg_of(r)->grace_ms, 0);
 	} else {
 		r->stop_phase = 2;
 		bt_warn("replica ignored SIGTERM, sending SIGKILL",
 			"stage=%s replica=%d pid=%d", c->stage, r->id, c->pid);
-		kill(-c->pid, SIGKILL);
+		bt_unit_signal(c->unit, SIGKILL);
 	}
 }
 
@@ -943,7 +961,7 @@ void bt_replica_stop(struct bt_replica *r, int now)
 	uv_timer_stop(&r->timer);
 	if (now || cfg_of(r)->grace_ms == 0) {
 		r->stop_phase = 2;
-		kill(-c->pid, SIGKILL);
+		bt_unit_signal(c->unit, SIGKILL);
 		return;
 	}
 	r->stop_phase = 0;
