@@ -40,14 +40,14 @@ static void signal_cb(uv_signal_t *s, int signum)
 {
 	struct bt_daemon *d = s->data;
 	if (d->state == BT_DAEMON_RUNNING) {
-		bt_info("shutting down", "signal=%s in_flight=%llu", strsignal(signum),
+		bt_info("shutting down", "signal=%s in_flight=%llu", BT_LOGQ(strsignal(signum)),
 			(unsigned long long)d->in_flight);
 		bt_daemon_shutdown(d);
 		return;
 	}
 	if (!d->hard_stop) {
 		bt_warn("second signal: stopping now", "signal=%s in_flight=%llu",
-			strsignal(signum), (unsigned long long)d->in_flight);
+			BT_LOGQ(strsignal(signum)), (unsigned long long)d->in_flight);
 		d->hard_stop = 1;
 		bt_daemon_progress(d);
 	}

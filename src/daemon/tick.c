@@ -24,7 +24,7 @@ static void gpus_init(struct bt_daemon *d)
 	if (cfg->gpus_mode != BT_GPUS_NONE) {
 		d->nvml = bt_nvml_open(getenv("BATON_NVML_LIBRARY"), err, sizeof(err));
 		if (!d->nvml)
-			bt_info("no GPU signals", "reason=\"%s\"", err);
+			bt_info("no GPU signals", "reason=%s", BT_LOGQ(err));
 	}
 	if (cfg->gpus_mode == BT_GPUS_LIST) {
 		d->ngpus = cfg->ngpus;
@@ -123,11 +123,11 @@ void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from
 			: to < from ? BT_SCALE_DOWN
 				    : BT_SCALE_NONE]++;
 	if (applied)
-		bt_info("scaling", "stage=%s from=%d to=%d reason=\"%s\"", st->cfg->name, from, to,
-			reason);
+		bt_info("scaling", "stage=%s from=%d to=%d reason=%s", st->cfg->name, from, to,
+			BT_LOGQ(reason));
 	else
-		bt_warn("not scaling", "stage=%s replicas=%d reason=\"%s\"", st->cfg->name, from,
-			reason);
+		bt_warn("not scaling", "stage=%s replicas=%d reason=%s", st->cfg->name, from,
+			BT_LOGQ(reason));
 }
 
 /* Which replica goes first on scale-down: not serving, then least busy, then newest. */
@@ -288,8 +288,8 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 		return;
 	r->memory_killed_pid = pid;
 	r->stage->failures[BT_FAIL_MEMORY]++;
-	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=\"%s\"", c->name, r->id,
-		pid, why);
+	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=%s", c->name, r->id,
+		pid, BT_LOGQ(why));
 	bt_spawn_kill(r, why);
 }
 

@@ -332,11 +332,11 @@ static void end_dead_cgroups(struct bt_contain *c, const char *base)
 		free(stat);
 		int err = cgroup_end(dir, 2000);
 		if (err)
-			bt_warn("cannot remove the cgroup of a previous baton", "path=%s error=%s", dir,
+			bt_warn("cannot remove the cgroup of a previous baton", "path=%s error=%s", BT_LOGQ(dir),
 				BT_LOGQ(bt_strerror(err)));
 		else
 			bt_warn("ended what a previous baton left", "pid=%d cgroup=%s units=%llu",
-				(int)pid, dir, (unsigned long long)left);
+				(int)pid, BT_LOGQ(dir), (unsigned long long)left);
 		free(dir);
 	}
 	closedir(d);
@@ -373,7 +373,7 @@ static void end_dead_records(const char *dir)
 		}
 		unlink(path);
 		bt_warn("ended what a previous baton left", "pid=%d record=%s processes=%d", (int)pid,
-			path, ended);
+			BT_LOGQ(path), ended);
 		free(path);
 	}
 	closedir(d);
@@ -506,11 +506,11 @@ int bt_contain_open(uv_loop_t *loop, const char *spec, struct bt_contain **out, 
 	c->sigchld.data = c;
 	uv_signal_start(&c->sigchld, sigchld_cb, SIGCHLD);
 	if (c->mode == BT_CONTAIN_CGROUP)
-		bt_info("containment", "mode=cgroup cgroup=%s memory_max=%s", c->inst,
+		bt_info("containment", "mode=cgroup cgroup=%s memory_max=%s", BT_LOGQ(c->inst),
 			c->memory ? "true" : "false");
 	else
 		bt_info("containment", "mode=subreaper record=%s reason=%s",
-			c->record ? c->record : "none", BT_LOGQ(c->why));
+			BT_LOGQ(c->record ? c->record : "none"), BT_LOGQ(c->why));
 	*out = c;
 	return 0;
 }
@@ -731,7 +731,7 @@ static void attribute(struct bt_contain *c)
 			}
 			c->escaped++;
 			bt_warn("ending an orphan no replica owns", "pid=%d origin=%s", (int)p->pid,
-				best ? "a replica process that has ended" : "unknown");
+				BT_LOGQ(best ? "a replica process that has ended" : "unknown"));
 			kill(p->pid, SIGKILL);
 		}
 	}
@@ -810,7 +810,7 @@ static void write_record(struct bt_contain *c)
 		if (fd >= 0 && (size_t)w != b.len)
 			close(fd);
 		unlink(tmp);
-		bt_warn("cannot write the record of worker processes", "path=%s error=%s", c->record,
+		bt_warn("cannot write the record of worker processes", "path=%s error=%s", BT_LOGQ(c->record),
 			BT_LOGQ(strerror(errno ? errno : EIO)));
 	}
 	free(tmp);
@@ -876,7 +876,7 @@ int bt_contain_stop(struct bt_contain *c)
 		int e = cgroup_end(c->inst, 2000);
 		if (e) {
 			left = 1;
-			bt_warn("cannot remove baton's cgroup", "path=%s error=%s", c->inst,
+			bt_warn("cannot remove baton's cgroup", "path=%s error=%s", BT_LOGQ(c->inst),
 				BT_LOGQ(bt_strerror(e)));
 		}
 	}

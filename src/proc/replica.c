@@ -33,6 +33,7 @@ struct bt_child {
 	int pid;
 	int exited;
 	int charge; /* whether in-flight requests pay an attempt for this death */
+	uint64_t first_ping; /* the seq of the first ping sent to this process */
 	enum bt_fail_reason reason; /* counted when the death is a failure */
 	struct bt_frame_decoder dec;
 	struct bt_buf wbuf; /* frames for the next flush */
@@ -221,8 +222,8 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 	    d->state >= BT_DAEMON_STOPPING) {
 		r->state = BT_REPLICA_EXITED;
 		bt_daemon_unplace(d, r);
-		bt_info("replica stopped", "stage=%s replica=%d pid=%d how=\"%s\"",
-			cfg->name, r->id, pid, why);
+		bt_info("replica stopped", "stage=%s replica=%d pid=%d how=%s",
+			cfg->name, r->id, pid, BT_LOGQ(why));
 	} else {
 		if (was_ready && up_ms >= cfg->reset_after_ms)
 			r->failures = 0;
@@ -233,16 +234,16 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 			r->state = BT_REPLICA_FAILED;
 			bt_daemon_unplace(d, r);
 			bt_error("replica failed",
-				 "stage=%s replica=%d pid=%d failures=%d reason=\"%s\"",
-				 cfg->name, r->id, pid, r->failures, why);
+				 "stage=%s replica=%d pid=%d failures=%d reason=%s",
+				 cfg->name, r->id, pid, r->failures, BT_LOGQ(why));
 		} else {
 			uint64_t delay = bt_backoff_delay_ms(cfg->backoff_ms,
 							     cfg->backoff_max_ms, r->failures);
 			r->state = BT_REPLICA_BACKOFF;
 			bt_warn("replica died",
-				"stage=%s replica=%d pid=%d failures=%d restart_in_ms=%llu in_flight=%d reason=\"%s\"",
+				"stage=%s replica=%d pid=%d failures=%d restart_in_ms=%llu in_flight=%d reason=%s",
 				cfg->name, r->id, pid, r->failures,
-				(unsigned long long)delay, n, why);
+				(unsigned long long)delay, n, BT_LOGQ(why));
 			uv_timer_start(&r->timer, backoff_cb, delay, 0);
 		}
 	}
@@ -273,8 +274,8 @@ static void child_kill(struct bt_child *c, enum bt_fail_reason reason, const cha
 {
 	c->reason = reason;
 	if (c->replica)
-		bt_warn("killing replica", "stage=%s replica=%d pid=%d reason=\"%s\"",
-			c->stage, c->replica_id, c->pid, why);
+		bt_warn("killing replica", "stage=%s replica=%d pid=%d reason=%s",
+			c->stage, c->replica_id, c->pid, BT_LOGQ(why));
 	child_lost(c, why);
 }
 
@@ -282,8 +283,8 @@ static void violation(struct bt_child *c, const char *what, const char *sent,
 		      size_t sentlen)
 {
 	char q[256];
-	bt_error("protocol violation", "stage=%s replica=%d pid=%d error=\"%s\" sent=%s",
-		 c->stage, c->replica_id, c->pid, what,
+	bt_error("protocol violation", "stage=%s replica=%d pid=%d error=%s sent=%s",
+		 c->stage, c->replica_id, c->pid, BT_LOGQ(what),
 		 bt_logfmt_quote(q, sizeof(q), sent ? sent : "", sent ? BT_MIN(sentlen, 160) : 0));
 	char why[320];
 	snprintf(why, sizeof(why), "protocol violation: %s", what);
@@ -427,9 +428,18 @@ static void on_message(struct bt_child *c, struct bt_frame *f)
 	} else if (!strcmp(t, "res")) {
 		on_result(c, r, f);
 	} else if (!strcmp(t, "pong")) {
+		/*
+		 * A pong answers a ping this process was sent: the outstanding one,
+		 * or an earlier one answered late (it was busy, or is stopping).
+		 * Anything else was not asked for.
+		 */
 		json_t *seq = json_object_get(f->hdr, "seq");
-		if (json_is_integer(seq) &&
-		    (uint64_t)json_integer_value(seq) == r->ping_seq)
+		json_int_t n = json_is_integer(seq) ? json_integer_value(seq) : 0;
+		if (n < (json_int_t)c->first_ping || n < 1 || (uint64_t)n > r->ping_seq) {
+			char *sent = json_dumps(f->hdr, JSON_COMPACT);
+			violation(c, "a pong that answers no ping", sent, sent ? strlen(sent) : 0);
+			free(sent);
+		} else if ((uint64_t)n == r->ping_seq)
 			r->ping_outstanding = 0;
 	} else {
 		violation(c, "unknown message type", t, strlen(t));
@@ -731,6 +741,7 @@ static int spawn(struct bt_replica *r)
 	uv_read_start((uv_stream_t *)&c->out, alloc_cb, out_read_cb);
 	uv_read_start((uv_stream_t *)&c->err, alloc_cb, out_read_cb);
 	c->replica = r;
+	c->first_ping = r->ping_seq + 1;
 	r->child = c;
 	return 0;
 }
@@ -746,8 +757,8 @@ void bt_replica_start(struct bt_replica *r)
 	if (r->gpu < 0 && bt_daemon_place(daemon_of(r), r, reason, sizeof(reason))) {
 		/* Waiting for room is not a failure: the tick tries again. */
 		if (r->state != BT_REPLICA_PENDING || strcmp(reason, r->pending_reason))
-			bt_warn("replica pending", "stage=%s replica=%d reason=\"%s\"", cfg->name,
-				r->id, reason);
+			bt_warn("replica pending", "stage=%s replica=%d reason=%s", cfg->name,
+				r->id, BT_LOGQ(reason));
 		memcpy(r->pending_reason, reason, sizeof(reason));
 		r->state = BT_REPLICA_PENDING;
 		bt_stage_replicas_changed(r->stage);
@@ -771,8 +782,8 @@ void bt_replica_start(struct bt_replica *r)
 	if (e) {
 		char why[160];
 		snprintf(why, sizeof(why), "cannot spawn: %s", uv_strerror(e));
-		bt_error("cannot spawn replica", "stage=%s replica=%d error=\"%s\"",
-			 cfg->name, r->id, uv_strerror(e));
+		bt_error("cannot spawn replica", "stage=%s replica=%d error=%s",
+			 cfg->name, r->id, BT_LOGQ(uv_strerror(e)));
 		replica_died(r, 0, 1, BT_FAIL_SPAWN, why);
 		return;
 	}
@@ -813,8 +824,8 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		if (e) {
 			char why[160];
 			snprintf(why, sizeof(why), "cannot spawn: %s", bt_strerror(e));
-			bt_error("cannot spawn", "stage=%s replica=%d error=\"%s\"", cfg->name, r->id,
-				 bt_strerror(e));
+			bt_error("cannot spawn", "stage=%s replica=%d error=%s", cfg->name, r->id,
+				 BT_LOGQ(bt_strerror(e)));
 			bt_replica_release(r, reqs[0]);
 			r->stage->failures[BT_FAIL_SPAWN]++;
 			bt_stage_lost(reqs[0], 1, why);
