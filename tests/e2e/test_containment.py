@@ -182,3 +182,32 @@ def test_memory_of_a_setsid_grandchild_counts_against_memory_mb(baton, tmp_path,
     metrics = b.get("/metrics").body.decode()
     assert re.search(r'baton_replica_failures_total\{stage="w",reason="memory"\} [1-9]', metrics)
     b.stop()
+
+
+def start_time(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(") ", 1)[1].split()[19])
+
+
+def test_next_start_ends_recorded_pids_only_when_their_start_time_matches(baton, tmp_path):
+    """A record left by a dead baton names processes by pid and start time:
+    a pid now used by another process (another start time) is spared."""
+    import subprocess
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()
+    left = subprocess.Popen(["/bin/sleep", "300"])
+    reused = subprocess.Popen(["/bin/sleep", "300"])
+    try:
+        (run / ("baton-%d-1.pids" % dead.pid)).write_text(
+            "%d %d\n%d %d\n" % (left.pid, start_time(left.pid), reused.pid, start_time(reused.pid) + 1))
+        b = baton(escape_config("cgroup: off\n", tmp_path), env=runtime_env(tmp_path))
+        wait_for(lambda: left.poll() is not None, 20, what="the recorded process to be ended")
+        assert reused.poll() is None
+        assert not (run / ("baton-%d-1.pids" % dead.pid)).exists()
+        assert b.stop() == 0
+    finally:
+        for p in (left, reused):
+            p.kill()
+            p.wait()
