@@ -75,6 +75,8 @@ struct bt_contain {
 	long hz, page;
 	struct pinfo *procs; /* the last scan, sorted by pid */
 	size_t nprocs, capprocs;
+	pid_t *uvpids; /* libuv's children at the last scan, sorted */
+	size_t nuvpids, capuvpids;
 };
 
 /* ---- /proc ---------------------------------------------------------------- */
@@ -128,6 +130,9 @@ static int pinfo_cmp(const void *a, const void *b)
 	return (x->pid > y->pid) - (x->pid < y->pid);
 }
 
+static void collect_libuv_children(struct bt_contain *c);
+
+/* Every process of the machine, and which of them libuv waits for. */
 static void scan(struct bt_contain *c)
 {
 	c->nprocs = 0;
@@ -149,6 +154,7 @@ static void scan(struct bt_contain *c)
 	}
 	closedir(d);
 	qsort(c->procs, c->nprocs, sizeof(*c->procs), pinfo_cmp);
+	collect_libuv_children(c);
 }
 
 static long find(const struct bt_contain *c, pid_t pid)
@@ -181,6 +187,37 @@ static int libuv_child(struct bt_contain *c, pid_t pid)
 	struct walk w = {pid, 0};
 	uv_walk(c->loop, walk_cb, &w);
 	return w.found;
+}
+
+static void collect_cb(uv_handle_t *h, void *arg)
+{
+	struct bt_contain *c = arg;
+	if (h->type != UV_PROCESS)
+		return;
+	if (c->nuvpids == c->capuvpids) {
+		c->capuvpids = c->capuvpids ? c->capuvpids * 2 : 64;
+		c->uvpids = bt_realloc(c->uvpids, c->capuvpids * sizeof(*c->uvpids));
+	}
+	c->uvpids[c->nuvpids++] = uv_process_get_pid((uv_process_t *)h);
+}
+
+static int pid_cmp(const void *a, const void *b)
+{
+	pid_t x = *(const pid_t *)a, y = *(const pid_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* libuv_child() for a whole scan: one walk over the handles, then lookups. */
+static void collect_libuv_children(struct bt_contain *c)
+{
+	c->nuvpids = 0;
+	uv_walk(c->loop, collect_cb, c);
+	qsort(c->uvpids, c->nuvpids, sizeof(*c->uvpids), pid_cmp);
+}
+
+static int scanned_libuv_child(const struct bt_contain *c, pid_t pid)
+{
+	return bsearch(&pid, c->uvpids, c->nuvpids, sizeof(pid), pid_cmp) != NULL;
 }
 
 /*
@@ -715,7 +752,8 @@ static void attribute(struct bt_contain *c)
 			break;
 		for (size_t k = 0; k < c->nprocs; k++) {
 			const struct pinfo *p = &c->procs[k];
-			if (owner[k] || p->ppid != c->self || p->state == 'Z' || libuv_child(c, p->pid))
+			if (owner[k] || p->ppid != c->self || p->state == 'Z' ||
+			    scanned_libuv_child(c, p->pid))
 				continue;
 			char stage[128];
 			int replica = 0;
@@ -823,7 +861,7 @@ void bt_contain_tick(struct bt_contain *c)
 	/* Zombies libuv does not wait for: adopted orphans. */
 	for (size_t k = 0; k < c->nprocs; k++)
 		if (c->procs[k].ppid == c->self && c->procs[k].state == 'Z' &&
-		    !libuv_child(c, c->procs[k].pid))
+		    !scanned_libuv_child(c, c->procs[k].pid))
 			waitpid(c->procs[k].pid, NULL, WNOHANG);
 	if (c->mode == BT_CONTAIN_SUBREAPER) {
 		attribute(c);
@@ -864,7 +902,7 @@ int bt_contain_stop(struct bt_contain *c)
 				left += u->ntracked;
 			for (size_t k = 0; k < c->nprocs; k++)
 				if (c->procs[k].ppid == c->self && c->procs[k].state == 'Z' &&
-				    !libuv_child(c, c->procs[k].pid))
+				    !scanned_libuv_child(c, c->procs[k].pid))
 					waitpid(c->procs[k].pid, NULL, WNOHANG);
 			if (!left)
 				break;
@@ -898,6 +936,7 @@ void bt_contain_free(struct bt_contain *c)
 	free(c->record);
 	free(c->why);
 	free(c->procs);
+	free(c->uvpids);
 	free(c);
 }
 
