@@ -768,8 +768,11 @@ static void attribute(struct bt_contain *c)
 				continue;
 			}
 			c->escaped++;
-			bt_warn("ending an orphan no replica owns", "pid=%d origin=%s", (int)p->pid,
-				BT_LOGQ(best ? "a replica process that has ended" : "unknown"));
+			if (best)
+				bt_info("ending what a replica process left", "stage=%s replica=%d pid=%d",
+					best->stage, best->replica, (int)p->pid);
+			else
+				bt_warn("ending an orphan no replica owns", "pid=%d", (int)p->pid);
 			kill(p->pid, SIGKILL);
 		}
 	}
