@@ -67,6 +67,7 @@ struct bt_contain {
 	char *why; /* why this mode (status and log) */
 	pid_t self;
 	uint64_t self_start;
+	char instance[64]; /* "BATON_INSTANCE=PID-START", in every worker's environment */
 	struct bt_unit *units;
 	uint64_t seq;
 	uv_signal_t sigchld;
@@ -416,6 +417,45 @@ static void end_dead_records(const char *dir)
 	closedir(d);
 }
 
+/*
+ * Processes that still carry the BATON_INSTANCE of a baton that died: what
+ * it left that neither a cgroup nor its record caught (forked after the
+ * last tick).  A process that scrubbed its environment escapes this net.
+ */
+static void end_dead_by_environ(const struct bt_contain *c)
+{
+	DIR *d = opendir("/proc");
+	if (!d)
+		return;
+	struct dirent *e;
+	int ended = 0;
+	while ((e = readdir(d))) {
+		if (!isdigit((unsigned char)e->d_name[0]))
+			continue;
+		char path[300], *env = NULL;
+		size_t len;
+		snprintf(path, sizeof(path), "/proc/%s/environ", e->d_name);
+		if (read_file(path, 1 << 20, &env, &len))
+			continue;
+		for (size_t off = 0; off < len; off += strlen(env + off) + 1) {
+			int pid;
+			unsigned long long start;
+			if (strncmp(env + off, "BATON_INSTANCE=", 15) ||
+			    sscanf(env + off + 15, "%d-%llu", &pid, &start) != 2)
+				continue;
+			if ((pid != c->self || start != c->self_start) &&
+			    !same_process_alive(pid, start) && kill(atoi(e->d_name), SIGKILL) == 0)
+				ended++;
+			break;
+		}
+		free(env);
+	}
+	closedir(d);
+	if (ended)
+		bt_warn("ended what a previous baton left", "processes=%d found_by=BATON_INSTANCE",
+			ended);
+}
+
 /* ---- opening -------------------------------------------------------------- */
 
 /* The cgroup v2 directory baton runs in, from mountinfo and /proc/self/cgroup. */
@@ -507,6 +547,8 @@ int bt_contain_open(uv_loop_t *loop, const char *spec, struct bt_contain **out, 
 	c->page = sysconf(_SC_PAGESIZE);
 	if (read_pinfo(c->self, &me) == 0)
 		c->self_start = me.start;
+	snprintf(c->instance, sizeof(c->instance), "BATON_INSTANCE=%d-%llu", (int)c->self,
+		 (unsigned long long)c->self_start);
 	/* Orphans of workers come back to baton instead of init. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
 		bt_warn("cannot become a child subreaper", "error=%s", BT_LOGQ(strerror(errno)));
@@ -539,6 +581,7 @@ int bt_contain_open(uv_loop_t *loop, const char *spec, struct bt_contain **out, 
 		}
 		free(dir);
 	}
+	end_dead_by_environ(c);
 	uv_signal_init(loop, &c->sigchld);
 	c->sigchld.data = c;
 	uv_signal_start(&c->sigchld, sigchld_cb, SIGCHLD);
@@ -555,6 +598,11 @@ int bt_contain_open(uv_loop_t *loop, const char *spec, struct bt_contain **out, 
 enum bt_contain_mode bt_contain_mode(const struct bt_contain *c)
 {
 	return c->mode;
+}
+
+const char *bt_contain_instance(const struct bt_contain *c)
+{
+	return c->instance;
 }
 
 /* ---- units ------------------------------------------------------------------ */

@@ -46,6 +46,7 @@ void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const
 	snprintf(replica, sizeof(replica), "BATON_REPLICA=%d", r->id);
 	vars[n++] = stage;
 	vars[n++] = replica;
+	vars[n++] = (char *)bt_contain_instance(d->contain);
 	if (r->gpu >= 0) {
 		snprintf(cuda, sizeof(cuda), "CUDA_VISIBLE_DEVICES=%d", d->gpus[r->gpu].id);
 		snprintf(fraction, sizeof(fraction), "BATON_GPU_FRACTION=%g", cfg->gpu_fraction);

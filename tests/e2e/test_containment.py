@@ -189,25 +189,36 @@ def start_time(pid):
         return int(f.read().rsplit(") ", 1)[1].split()[19])
 
 
-def test_next_start_ends_recorded_pids_only_when_their_start_time_matches(baton, tmp_path):
+def test_next_start_ends_what_a_dead_baton_left_and_nothing_else(baton, tmp_path):
     """A record left by a dead baton names processes by pid and start time:
-    a pid now used by another process (another start time) is spared."""
+    a pid now used by another process (another start time) is spared.  A
+    process carrying the BATON_INSTANCE of a dead baton is ended; one
+    carrying that of a live process is not."""
     import subprocess
     run = tmp_path / "run"
     run.mkdir()
     dead = subprocess.Popen(["/bin/true"])
     dead.wait()
-    left = subprocess.Popen(["/bin/sleep", "300"])
-    reused = subprocess.Popen(["/bin/sleep", "300"])
+    me = "%d-%d" % (os.getpid(), start_time(os.getpid()))
+
+    def sleeper(instance=None):
+        env = dict(os.environ)
+        if instance:
+            env["BATON_INSTANCE"] = instance
+        return subprocess.Popen(["/bin/sleep", "300"], env=env)
+    left, reused = sleeper(), sleeper()
+    marked, live_marked = sleeper("%d-1" % dead.pid), sleeper(me)
     try:
         (run / ("baton-%d-1.pids" % dead.pid)).write_text(
             "%d %d\n%d %d\n" % (left.pid, start_time(left.pid), reused.pid, start_time(reused.pid) + 1))
         b = baton(escape_config("cgroup: off\n", tmp_path), env=runtime_env(tmp_path))
         wait_for(lambda: left.poll() is not None, 20, what="the recorded process to be ended")
+        wait_for(lambda: marked.poll() is not None, 20, what="the marked process to be ended")
         assert reused.poll() is None
+        assert live_marked.poll() is None
         assert not (run / ("baton-%d-1.pids" % dead.pid)).exists()
         assert b.stop() == 0
     finally:
-        for p in (left, reused):
+        for p in (left, reused, marked, live_marked):
             p.kill()
             p.wait()
