@@ -222,3 +222,20 @@ def test_next_start_ends_what_a_dead_baton_left_and_nothing_else(baton, tmp_path
         for p in (left, reused, marked, live_marked):
             p.kill()
             p.wait()
+
+
+def test_cgroup_key_must_be_auto_off_or_a_usable_directory(tmp_path):
+    import subprocess
+    from conftest import BATON, free_port
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(escape_config("cgroup: relative/dir\n", tmp_path))
+    out = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "c.yaml:1:9: 'cgroup' must be auto, off or an absolute path" in out.stderr
+    missing = str(tmp_path / "no-such-cgroup")
+    cfg.write_text(escape_config("cgroup: %s\n" % missing, tmp_path))
+    out = subprocess.run([BATON, "serve", str(cfg), "--listen", "127.0.0.1:%d" % free_port()],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "cannot use cgroup '%s'" % missing in out.stderr
+    assert not os.path.exists(str(tmp_path / "escaped"))  # no worker started
