@@ -154,13 +154,16 @@ static void scan(struct bt_contain *c)
 		c->procs[c->nprocs++] = p;
 	}
 	closedir(d);
-	qsort(c->procs, c->nprocs, sizeof(*c->procs), pinfo_cmp);
+	if (c->nprocs)
+		qsort(c->procs, c->nprocs, sizeof(*c->procs), pinfo_cmp);
 	collect_libuv_children(c);
 }
 
 static long find(const struct bt_contain *c, pid_t pid)
 {
 	struct pinfo key = {.pid = pid};
+	if (!c->nprocs)
+		return -1;
 	const struct pinfo *p = bsearch(&key, c->procs, c->nprocs, sizeof(key), pinfo_cmp);
 	return p ? p - c->procs : -1;
 }
@@ -213,12 +216,13 @@ static void collect_libuv_children(struct bt_contain *c)
 {
 	c->nuvpids = 0;
 	uv_walk(c->loop, collect_cb, c);
-	qsort(c->uvpids, c->nuvpids, sizeof(*c->uvpids), pid_cmp);
+	if (c->nuvpids)
+		qsort(c->uvpids, c->nuvpids, sizeof(*c->uvpids), pid_cmp);
 }
 
 static int scanned_libuv_child(const struct bt_contain *c, pid_t pid)
 {
-	return bsearch(&pid, c->uvpids, c->nuvpids, sizeof(pid), pid_cmp) != NULL;
+	return c->nuvpids && bsearch(&pid, c->uvpids, c->nuvpids, sizeof(pid), pid_cmp);
 }
 
 /*
