@@ -275,6 +275,12 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 	struct bt_spawn_job *j = p->data;
 	struct bt_replica *r = j->r;
 	struct bt_request *req = j->req;
+	if (sig == SIGKILL && !j->kill_why && bt_unit_oom_killed(j->unit)) {
+		/* memory.max: the kernel ended it, as baton's own memory_mb check would. */
+		j->kill_why = bt_strdup("over memory_mb (cgroup memory.max)");
+		if (r)
+			r->stage->failures[BT_FAIL_MEMORY]++;
+	}
 	/* Whatever the script left running, setsid() or not, ends with it. */
 	bt_unit_end(j->unit);
 	drain(j, &j->out);
