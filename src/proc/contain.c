@@ -428,9 +428,15 @@ static void end_dead_records(const char *dir)
  */
 static void end_dead_by_environ(const struct bt_contain *c)
 {
+	char ns[64] = "", other[64];
+	ssize_t nl = readlink("/proc/self/ns/pid", ns, sizeof(ns) - 1);
 	DIR *d = opendir("/proc");
-	if (!d)
+	if (!d || nl <= 0) {
+		if (d)
+			closedir(d);
 		return;
+	}
+	ns[nl] = '\0';
 	struct dirent *e;
 	int ended = 0;
 	while ((e = readdir(d))) {
@@ -438,6 +444,14 @@ static void end_dead_by_environ(const struct bt_contain *c)
 			continue;
 		char path[300], *env = NULL;
 		size_t len;
+		/*
+		 * The pid in BATON_INSTANCE means something only in baton's own
+		 * pid namespace: a baton in a container is none of ours.
+		 */
+		snprintf(path, sizeof(path), "/proc/%s/ns/pid", e->d_name);
+		nl = readlink(path, other, sizeof(other) - 1);
+		if (nl <= 0 || (other[nl] = '\0', strcmp(ns, other)))
+			continue;
 		snprintf(path, sizeof(path), "/proc/%s/environ", e->d_name);
 		if (read_file(path, 1 << 20, &env, &len))
 			continue;
