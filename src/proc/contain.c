@@ -963,7 +963,7 @@ int bt_contain_stop(struct bt_contain *c)
 		/* One more walk finds what was forked since the last tick. */
 		for (struct bt_unit *u = c->units; u; u = u->next)
 			bt_unit_end(u);
-		for (int i = 0; i < 200; i++) {
+		for (int i = 0; i < 500; i++) {
 			scan(c);
 			attribute(c); /* kills what ended units still own */
 			left = 0;
@@ -980,7 +980,7 @@ int bt_contain_stop(struct bt_contain *c)
 		if (c->record)
 			unlink(c->record);
 	} else {
-		int e = cgroup_end(c->inst, 2000);
+		int e = cgroup_end(c->inst, 5000);
 		if (e) {
 			left = 1;
 			bt_warn("cannot remove baton's cgroup", "path=%s error=%s", BT_LOGQ(c->inst),
