@@ -37,7 +37,7 @@ struct pinfo {
 };
 
 struct pidrec {
-	pid_t pid;
+	pid_t pid, pgrp;
 	uint64_t start;
 };
 
@@ -676,10 +676,12 @@ void bt_unit_started(struct bt_unit *u, pid_t pid)
 		u->start = p.start;
 }
 
-static void kill_tracked(struct bt_unit *u, int sig)
+/* sig to what the unit owned at the last tick, but its group when that was signalled. */
+static void kill_tracked(struct bt_unit *u, int sig, pid_t skip_pgrp)
 {
 	for (int i = 0; i < u->ntracked; i++)
-		if (same_process_alive(u->tracked[i].pid, u->tracked[i].start))
+		if (u->tracked[i].pgrp != skip_pgrp &&
+		    same_process_alive(u->tracked[i].pid, u->tracked[i].start))
 			kill(u->tracked[i].pid, sig);
 }
 
@@ -687,7 +689,12 @@ void bt_unit_signal(struct bt_unit *u, int sig)
 {
 	if (!u || !u->pid)
 		return;
-	if (!u->ended)
+	/*
+	 * Each process gets sig once: a second SIGTERM may mean "now" to a
+	 * worker.  The group while its leader is ours (its id cannot be reused).
+	 */
+	int group = !u->ended && !(u->cg && sig != SIGKILL);
+	if (group)
 		kill(-u->pid, sig);
 	if (u->cg && sig == SIGKILL) {
 		cgroup_kill(u->cg);
@@ -701,7 +708,7 @@ void bt_unit_signal(struct bt_unit *u, int sig)
 		}
 		free(procs);
 	} else {
-		kill_tracked(u, sig);
+		kill_tracked(u, sig, group ? u->pid : 0);
 	}
 }
 
@@ -753,6 +760,7 @@ static void track(struct bt_unit *u, const struct pinfo *p)
 	if (u->ntracked % 16 == 0)
 		u->tracked = bt_realloc(u->tracked, ((size_t)u->ntracked + 16) * sizeof(*u->tracked));
 	u->tracked[u->ntracked].pid = p->pid;
+	u->tracked[u->ntracked].pgrp = p->pgrp;
 	u->tracked[u->ntracked].start = p->start;
 	u->ntracked++;
 }
