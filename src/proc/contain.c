@@ -46,32 +46,31 @@ struct bt_unit {
 	struct bt_unit *next;
 	char stage[128];
 	int replica;
-	char *cg; /* its cgroup directory, or NULL */
+	char *cg;  /* its cgroup directory, or NULL */
 	pid_t pid; /* the process baton started; 0 before it runs */
 	uint64_t start;
 	struct pidrec *tracked; /* subreaper mode: every process known to be its */
 	int ntracked;
 	struct bt_group_usage usage; /* at the last tick */
-	uint64_t cg_usec; /* cgroup cpu.stat usage_usec at the last tick */
-	uint64_t oom_base; /* memory.events oom_kill when it started */
-	int ended; /* its process is gone: everything left is killed */
-	int released; /* its owner let go: freed once empty */
+	uint64_t oom_base;	     /* memory.events oom_kill when it started */
+	int ended;		     /* its process is gone: everything left is killed */
+	int released;		     /* its owner let go: freed once empty */
 };
 
 struct bt_contain {
 	uv_loop_t *loop;
 	enum bt_contain_mode mode;
-	char *inst; /* cgroup mode: this instance's directory */
-	int memory; /* the memory controller is enabled below inst */
+	char *inst;   /* cgroup mode: this instance's directory */
+	int memory;   /* the memory controller is enabled below inst */
 	char *record; /* subreaper mode: the file of pids, or NULL */
-	char *why; /* why this mode (status and log) */
+	char *why;    /* why this mode (status and log) */
 	pid_t self;
 	uint64_t self_start;
 	char instance[64]; /* "BATON_INSTANCE=PID-START", in every worker's environment */
 	struct bt_unit *units;
 	uint64_t seq;
 	uv_signal_t sigchld;
-	uint64_t escaped; /* orphans nobody could own, ended */
+	uint64_t escaped;     /* orphans nobody could own, ended */
 	uint64_t record_hash; /* of what the record file holds */
 	long hz, page;
 	struct pinfo *procs; /* the last scan, sorted by pid */
@@ -105,7 +104,8 @@ static int read_pinfo(pid_t pid, struct pinfo *p)
 	/* state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
 	   cutime cstime priority nice threads itrealvalue starttime vsize rss */
 	if (sscanf(q + 2,
-		   "%c %d %d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %llu %*u %ld",
+		   "%c %d %d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %llu "
+		   "%*u %ld",
 		   &p->state, &ppid, &pgrp, &utime, &stime, &start, &rss) != 7)
 		return -EIO;
 	p->pid = pid;
@@ -374,8 +374,8 @@ static void end_dead_cgroups(struct bt_contain *c, const char *base)
 		free(stat);
 		int err = cgroup_end(dir, 2000);
 		if (err)
-			bt_warn("cannot remove the cgroup of a previous baton", "path=%s error=%s", BT_LOGQ(dir),
-				BT_LOGQ(bt_strerror(err)));
+			bt_warn("cannot remove the cgroup of a previous baton", "path=%s error=%s",
+				BT_LOGQ(dir), BT_LOGQ(bt_strerror(err)));
 		else
 			bt_warn("ended what a previous baton left", "pid=%d cgroup=%s units=%llu",
 				(int)pid, BT_LOGQ(dir), (unsigned long long)left);
@@ -393,7 +393,8 @@ static void end_dead_records(const char *dir)
 	while ((e = readdir(d))) {
 		pid_t pid;
 		uint64_t start;
-		if (!instance_name(e->d_name, ".pids", &pid, &start) || same_process_alive(pid, start))
+		if (!instance_name(e->d_name, ".pids", &pid, &start) ||
+		    same_process_alive(pid, start))
 			continue;
 		char *path = bt_asprintf("%s/%s", dir, e->d_name);
 		char *text = NULL;
@@ -414,8 +415,8 @@ static void end_dead_records(const char *dir)
 			free(text);
 		}
 		unlink(path);
-		bt_warn("ended what a previous baton left", "pid=%d record=%s processes=%d", (int)pid,
-			BT_LOGQ(path), ended);
+		bt_warn("ended what a previous baton left", "pid=%d record=%s processes=%d",
+			(int)pid, BT_LOGQ(path), ended);
 		free(path);
 	}
 	closedir(d);
@@ -489,7 +490,8 @@ static char *own_cgroup(void)
 		char point[4096], root[4096];
 		/* id parent major:minor root mountpoint ... - fstype ... */
 		if (sep && !strncmp(sep, " - cgroup2 ", 11) &&
-		    sscanf(line, "%*s %*s %*s %4095s %4095s", root, point) == 2 && !strcmp(root, "/")) {
+		    sscanf(line, "%*s %*s %*s %4095s %4095s", root, point) == 2 &&
+		    !strcmp(root, "/")) {
 			mnt = bt_strdup(point);
 			break;
 		}
@@ -521,8 +523,8 @@ static int open_cgroup(struct bt_contain *c, const char *base)
 		return -ENOTDIR; /* not a cgroup v2 directory */
 	free(probe);
 	end_dead_cgroups(c, base);
-	char *inst = bt_asprintf("%s/baton-%d-%llu", base, (int)c->self,
-				 (unsigned long long)c->self_start);
+	char *inst =
+	    bt_asprintf("%s/baton-%d-%llu", base, (int)c->self, (unsigned long long)c->self_start);
 	if (mkdir(inst, 0755) && errno != EEXIST) {
 		int e = -errno;
 		free(inst);
@@ -530,7 +532,8 @@ static int open_cgroup(struct bt_contain *c, const char *base)
 	}
 	c->inst = inst;
 	char *ctl = read_small(inst, "cgroup.controllers");
-	if (ctl && strstr(ctl, "memory") && write_file(inst, "cgroup.subtree_control", "+memory") == 0)
+	if (ctl && strstr(ctl, "memory") &&
+	    write_file(inst, "cgroup.subtree_control", "+memory") == 0)
 		c->memory = 1;
 	free(ctl);
 	return 0;
@@ -540,8 +543,8 @@ static int open_cgroup(struct bt_contain *c, const char *base)
 static char *record_dir(void)
 {
 	const char *env = getenv("BATON_RUNTIME_DIR"), *xdg = getenv("XDG_RUNTIME_DIR");
-	char *dir = env && *env ? bt_strdup(env)
-		    : xdg && *xdg ? bt_asprintf("%s/baton", xdg)
+	char *dir = env && *env	     ? bt_strdup(env)
+		    : xdg && *xdg    ? bt_asprintf("%s/baton", xdg)
 		    : geteuid() == 0 ? bt_strdup("/run/baton")
 				     : bt_asprintf("/tmp/baton-%d", (int)geteuid());
 	struct stat st;
@@ -758,7 +761,8 @@ static void unit_free(struct bt_unit *u)
 static void track(struct bt_unit *u, const struct pinfo *p)
 {
 	if (u->ntracked % 16 == 0)
-		u->tracked = bt_realloc(u->tracked, ((size_t)u->ntracked + 16) * sizeof(*u->tracked));
+		u->tracked =
+		    bt_realloc(u->tracked, ((size_t)u->ntracked + 16) * sizeof(*u->tracked));
 	u->tracked[u->ntracked].pid = p->pid;
 	u->tracked[u->ntracked].pgrp = p->pgrp;
 	u->tracked[u->ntracked].start = p->start;
@@ -834,8 +838,9 @@ static void attribute(struct bt_contain *c)
 			struct bt_unit *best = NULL;
 			if (orphan_origin(p->pid, stage, sizeof(stage), &replica) == 0)
 				for (struct bt_unit *u = c->units; u; u = u->next)
-					if (u->pid && u->replica == replica && !strcmp(u->stage, stage) &&
-					    u->start <= p->start && (!best || u->start > best->start))
+					if (u->pid && u->replica == replica &&
+					    !strcmp(u->stage, stage) && u->start <= p->start &&
+					    (!best || u->start > best->start))
 						best = u;
 			if (best && !best->ended) {
 				owner[k] = best;
@@ -843,8 +848,9 @@ static void attribute(struct bt_contain *c)
 			}
 			c->escaped++;
 			if (best)
-				bt_info("ending what a replica process left", "stage=%s replica=%d pid=%d",
-					best->stage, best->replica, (int)p->pid);
+				bt_info("ending what a replica process left",
+					"stage=%s replica=%d pid=%d", best->stage, best->replica,
+					(int)p->pid);
 			else
 				bt_warn("ending an orphan no replica owns", "pid=%d", (int)p->pid);
 			kill(p->pid, SIGKILL);
@@ -925,8 +931,8 @@ static void write_record(struct bt_contain *c)
 		if (fd >= 0 && (size_t)w != b.len)
 			close(fd);
 		unlink(tmp);
-		bt_warn("cannot write the record of worker processes", "path=%s error=%s", BT_LOGQ(c->record),
-			BT_LOGQ(strerror(errno ? errno : EIO)));
+		bt_warn("cannot write the record of worker processes", "path=%s error=%s",
+			BT_LOGQ(c->record), BT_LOGQ(strerror(errno ? errno : EIO)));
 	}
 	free(tmp);
 	bt_buf_release(&b);
@@ -991,8 +997,8 @@ int bt_contain_stop(struct bt_contain *c)
 		int e = cgroup_end(c->inst, 5000);
 		if (e) {
 			left = 1;
-			bt_warn("cannot remove baton's cgroup", "path=%s error=%s", BT_LOGQ(c->inst),
-				BT_LOGQ(bt_strerror(e)));
+			bt_warn("cannot remove baton's cgroup", "path=%s error=%s",
+				BT_LOGQ(c->inst), BT_LOGQ(bt_strerror(e)));
 		}
 	}
 	if (!uv_is_closing((uv_handle_t *)&c->sigchld))
