@@ -8,7 +8,6 @@ none is writable)."""
 import json
 import os
 import re
-import shutil
 import signal
 import uuid
 
@@ -70,8 +69,6 @@ def mode(request, tmp_path):
     os.mkdir(d)
     try:
         yield "cgroup: %s\n" % d, "cgroup"
-        # baton removes what it made on a clean exit; the test's own directory is left.
-        assert os.listdir(d) is not None
     finally:
         remove_cgroup_tree(d)
 
