@@ -57,7 +57,7 @@ static int run(int argc, char **argv)
 		return BT_EXIT_FAIL;
 	}
 	if (bt_daemon_start(&d, err, sizeof(err))) {
-		bt_error("cannot start", "error=\"%s\"", err);
+		bt_error("cannot start", "error=%s", BT_LOGQ(err));
 		code = BT_EXIT_FAIL;
 		bt_daemon_shutdown(&d);
 		d.hard_stop = 1;

@@ -70,11 +70,18 @@ static void print_status(json_t *doc)
 	       json_is_true(json_object_get(doc, "ready")) ? " (ready)" : " (not ready)",
 	       json_integer_value(json_object_get(doc, "pid")),
 	       json_real_value(json_object_get(doc, "uptime_s")));
-	printf("requests: %lld accepted, %lld succeeded, %lld failed, %lld in flight\n\n",
+	printf("requests: %lld accepted, %lld succeeded, %lld failed, %lld in flight\n",
 	       json_integer_value(json_object_get(req, "accepted")),
 	       json_integer_value(json_object_get(req, "succeeded")),
 	       json_integer_value(json_object_get(req, "failed")),
 	       json_integer_value(json_object_get(req, "in_flight")));
+	json_t *ct = json_object_get(doc, "containment");
+	const char *cg = json_string_value(json_object_get(ct, "cgroup"));
+	if (ct)
+		printf("containment: %s%s%s%s\n", json_string_value(json_object_get(ct, "mode")),
+		       cg ? " " : "", cg ? cg : "",
+		       json_is_true(json_object_get(ct, "memory_max")) ? " (memory.max)" : "");
+	printf("\n");
 	printf("cpu %.0f%%", json_real_value(json_object_get(doc, "cpu_percent")));
 	size_t gi;
 	json_t *g;

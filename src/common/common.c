@@ -17,8 +17,8 @@ int bt_log_fd = 2;
 
 void bt_assert_fail(const char *cond, const char *file, int line)
 {
-	fprintf(stderr, "level=error msg=\"assertion failed\" cond=\"%s\" at=%s:%d\n",
-		cond, file, line);
+	fprintf(stderr, "level=error msg=\"assertion failed\" cond=%s at=%s:%d\n", BT_LOGQ(cond),
+		file, line);
 	abort();
 }
 
@@ -252,9 +252,9 @@ int bt_log_level_parse(const char *s, enum bt_log_level *out)
 	return BT_ECONFIG;
 }
 
-const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len)
+static const char *logfmt_value(char *out, size_t size, const char *s, size_t len, int quote)
 {
-	int quote = len == 0;
+	quote |= len == 0;
 	for (size_t i = 0; i < len && !quote; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c >= 0x7f)
@@ -301,6 +301,16 @@ const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len)
 	out[o++] = '"';
 	out[o] = '\0';
 	return out;
+}
+
+const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len)
+{
+	return logfmt_value(out, size, s, len, 0);
+}
+
+const char *bt_logfmt_string(char *out, size_t size, const char *s)
+{
+	return logfmt_value(out, size, s, strlen(s), 1);
 }
 
 void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)

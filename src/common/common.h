@@ -132,6 +132,14 @@ void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Writes s as a logfmt value into out (quoted and escaped when needed). */
 const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len);
+/* The same, always quoted (free text that usually has spaces). */
+const char *bt_logfmt_string(char *out, size_t size, const char *s);
+/*
+ * s as a quoted logfmt value, for a log call's arguments: `reason=%s",
+ * BT_LOGQ(why)`.  The buffer is a compound literal: it lives as long as
+ * the enclosing block, which is longer than the call.
+ */
+#define BT_LOGQ(s) bt_logfmt_string((char[2048]){0}, 2048, (s))
 
 #define bt_debug(msg, ...)                                                     \
 	do {                                                                   \

@@ -1139,7 +1139,8 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "stages", "pipelines",
-				       "gpus", "interval_ms", "auth", "http", "streams", NULL};
+				       "gpus", "interval_ms", "auth", "http", "cgroup", "streams",
+				       NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
 static const char *const http_keys[] = {"max_connections", "idle_timeout_s", NULL};
 
@@ -1535,6 +1536,12 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			r = parse_auth(c, v);
 		} else if (!strcmp(k, "http")) {
 			r = parse_http(c, v);
+		} else if (!strcmp(k, "cgroup")) {
+			r = get_string(c, v, k, &cfg->cgroup);
+			if (!r && strcmp(cfg->cgroup, "auto") && strcmp(cfg->cgroup, "off") &&
+			    cfg->cgroup[0] != '/')
+				r = fail(c, v, "'cgroup' must be auto, off or an absolute path, not '%s'",
+					 cfg->cgroup);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else if (!strcmp(k, "streams")) {
@@ -1737,6 +1744,7 @@ void bt_config_release(struct bt_config *cfg)
 	free(cfg->streams);
 	free(cfg->gpus);
 	free(cfg->auth_token);
+	free(cfg->cgroup);
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg->listen_host);

@@ -138,6 +138,7 @@ struct bt_config {
 	int ngpus;
 	uint64_t interval_ms; /* signal sampling and autoscaling tick */
 	char *auth_token; /* from auth.token_file: Bearer token for HTTP, or NULL */
+	char *cgroup; /* NULL ("auto"), "off", or an absolute cgroup v2 directory */
 	unsigned http_max_connections;
 	unsigned http_idle_timeout_s;
 	char *dir; /* absolute directory of the file */

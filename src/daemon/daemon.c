@@ -41,14 +41,14 @@ static void signal_cb(uv_signal_t *s, int signum)
 {
 	struct bt_daemon *d = s->data;
 	if (d->state == BT_DAEMON_RUNNING) {
-		bt_info("shutting down", "signal=%s in_flight=%llu", strsignal(signum),
+		bt_info("shutting down", "signal=%s in_flight=%llu", BT_LOGQ(strsignal(signum)),
 			(unsigned long long)d->in_flight);
 		bt_daemon_shutdown(d);
 		return;
 	}
 	if (!d->hard_stop) {
 		bt_warn("second signal: stopping now", "signal=%s in_flight=%llu",
-			strsignal(signum), (unsigned long long)d->in_flight);
+			BT_LOGQ(strsignal(signum)), (unsigned long long)d->in_flight);
 		d->hard_stop = 1;
 		bt_daemon_progress(d);
 	}
@@ -107,6 +107,9 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	/* The flush runs the shutdown sequence too, so it starts first. */
 	uv_prepare_start(&d->prepare, prepare_cb);
 	uv_check_start(&d->check, check_cb);
+	int ce = bt_contain_open(d->loop, d->cfg->cgroup, &d->contain, err, errlen);
+	if (ce)
+		return ce;
 	if (!d->no_streams) {
 		int e = bt_streams_new(d->loop, d->cfg, d->stages, d->pipelines, &d->streams, err,
 				       errlen);
@@ -214,8 +217,10 @@ static void advance_shutdown(struct bt_daemon *d)
 	}
 	if (d->state == BT_DAEMON_STOPPING && d->live_children == 0 &&
 	    bt_http_pending(d->http) == 0) {
-		bt_info("stopped", "uptime_s=%llu",
-			(unsigned long long)((bt_now_ms() - d->started_ms) / 1000));
+		/* What replicas left behind, setsid() or not, ends before baton says so. */
+		int left = bt_contain_stop(d->contain);
+		bt_info("stopped", "uptime_s=%llu processes_left=%d",
+			(unsigned long long)((bt_now_ms() - d->started_ms) / 1000), left);
 		close_all(d);
 	}
 }
@@ -252,6 +257,7 @@ void bt_daemon_release(struct bt_daemon *d)
 	free(d->gpus);
 	free(d->gpu_samples);
 	free(d->self_exe);
+	bt_contain_free(d->contain);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -302,6 +308,7 @@ static json_t *replica_status(const struct bt_replica *r, uint64_t now)
 							   : json_null());
 	json_object_set_new(o, "cpu_percent", json_real(r->cpu_percent));
 	json_object_set_new(o, "rss_bytes", json_integer((json_int_t)r->rss_bytes));
+	json_object_set_new(o, "processes", json_integer(r->processes));
 	json_object_set_new(o, "gpu", r->gpu >= 0 ? json_integer(r->stage->d->gpus[r->gpu].id)
 						  : json_null());
 	if (r->state == BT_REPLICA_PENDING && r->pending_reason[0])
@@ -385,6 +392,8 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	json_object_set_new(doc, "stages", stages);
 	json_object_set_new(doc, "pipelines", pipelines);
 	json_object_set_new(doc, "cpu_percent", json_real(d->cpu_percent));
+	if (d->contain)
+		json_object_set_new(doc, "containment", bt_contain_status(d->contain));
 	json_t *gpus = json_array();
 	for (int i = 0; i < d->ngpus; i++) {
 		json_t *g = json_pack("{s:i, s:I, s:f, s:I}", "id", d->gpus[i].id, "memory_mb",

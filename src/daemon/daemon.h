@@ -55,6 +55,7 @@ struct bt_daemon {
 	struct bt_pipeline *pipelines;
 	int npipelines;
 	struct bt_http *http;
+	struct bt_contain *contain; /* what replicas start, however they fork */
 	enum bt_daemon_state state;
 	int hard_stop; /* a second signal: stop without waiting */
 	uint64_t started_ms;

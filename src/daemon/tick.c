@@ -24,7 +24,7 @@ static void gpus_init(struct bt_daemon *d)
 	if (cfg->gpus_mode != BT_GPUS_NONE) {
 		d->nvml = bt_nvml_open(getenv("BATON_NVML_LIBRARY"), err, sizeof(err));
 		if (!d->nvml)
-			bt_info("no GPU signals", "reason=\"%s\"", err);
+			bt_info("no GPU signals", "reason=%s", BT_LOGQ(err));
 	}
 	if (cfg->gpus_mode == BT_GPUS_LIST) {
 		d->ngpus = cfg->ngpus;
@@ -123,11 +123,11 @@ void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from
 			: to < from ? BT_SCALE_DOWN
 				    : BT_SCALE_NONE]++;
 	if (applied)
-		bt_info("scaling", "stage=%s from=%d to=%d reason=\"%s\"", st->cfg->name, from, to,
-			reason);
+		bt_info("scaling", "stage=%s from=%d to=%d reason=%s", st->cfg->name, from, to,
+			BT_LOGQ(reason));
 	else
-		bt_warn("not scaling", "stage=%s replicas=%d reason=\"%s\"", st->cfg->name, from,
-			reason);
+		bt_warn("not scaling", "stage=%s replicas=%d reason=%s", st->cfg->name, from,
+			BT_LOGQ(reason));
 }
 
 /* Which replica goes first on scale-down: not serving, then least busy, then newest. */
@@ -275,7 +275,7 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 	const struct bt_stage_config *c = r->stage->cfg;
 	char why[200];
 	snprintf(why, sizeof(why),
-		 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
+		 "its processes use %llu MB, over memory_mb %llu (%d processes)",
 		 (unsigned long long)(u->rss_bytes >> 20), (unsigned long long)c->memory_mb,
 		 u->processes);
 	if (r->child) {
@@ -290,8 +290,8 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 		return;
 	r->memory_killed_pid = pid;
 	r->stage->failures[BT_FAIL_MEMORY]++;
-	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=\"%s\"", c->name, r->id,
-		pid, why);
+	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=%s", c->name, r->id,
+		pid, BT_LOGQ(why));
 	bt_spawn_kill(r, why);
 }
 
@@ -307,11 +307,13 @@ static void sample_replicas(struct bt_daemon *d, double secs)
 				r->cpu_percent = 0;
 				r->rss_bytes = 0;
 				r->cpu_jiffies = 0;
+				r->processes = 0;
 				continue;
 			}
 			struct bt_group_usage u;
-			if (bt_read_group_usage(pid, &u))
+			if (bt_replica_usage(r, &u))
 				continue;
+			r->processes = u.processes;
 			if (r->cpu_jiffies && u.cpu_jiffies >= r->cpu_jiffies && secs > 0)
 				r->cpu_percent = 100.0 * (double)(u.cpu_jiffies - r->cpu_jiffies) /
 						 ((double)hz * secs);
@@ -428,6 +430,7 @@ static void tick_cb(uv_timer_t *t)
 		if (json_is_number(v))
 			d->cpu_percent = json_number_value(v);
 	}
+	bt_contain_tick(d->contain);
 	sample_replicas(d, secs);
 	for (int i = 0; i < d->nstages; i++)
 		stage_signals(&d->stages[i], secs);

@@ -715,9 +715,12 @@ static int authorized(struct conn *cn, const char *url)
 	if (!token || !strncmp(url, "/v2/health/", 11))
 		return 1;
 	const char *v = header(cn, MHD_HTTP_HEADER_AUTHORIZATION);
-	if (!v || strncmp(v, "Bearer ", 7))
+	/* RFC 7235: the scheme is case-insensitive, then one or more spaces. */
+	if (!v || strncasecmp(v, "Bearer", 6) || v[6] != ' ')
 		return 0;
-	v += 7;
+	v += 6;
+	while (*v == ' ')
+		v++;
 	return bt_secure_equal(v, strlen(v), token, strlen(token));
 }
 
@@ -1013,7 +1016,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 	size_t n = strlen(msg);
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
 		msg[--n] = '\0';
-	bt_debug("http", "detail=\"%s\"", msg);
+	bt_debug("http", "detail=%s", BT_LOGQ(msg));
 }
 
 /* ---- loop glue ---------------------------------------------------------------- */

@@ -376,8 +376,11 @@ static void remove_outputs(const struct job *job, const char *relpath)
 	while (dh && (e = readdir(dh)))
 		if (!strncmp(e->d_name, base, blen) && bt_ext_is_safe(e->d_name + blen) &&
 		    !(top && (!strcmp(e->d_name, FAILED_LOG) || !strcmp(e->d_name, RUN_LOG))) &&
-		    unlinkat(dirfd(dh), e->d_name, 0) == 0)
-			bt_info("removed the output of an earlier run", "path=%s/%s", out, e->d_name);
+		    unlinkat(dirfd(dh), e->d_name, 0) == 0) {
+			char path[4096 + 256];
+			snprintf(path, sizeof(path), "%s/%s", out, e->d_name);
+			bt_info("removed the output of an earlier run", "path=%s", BT_LOGQ(path));
+		}
 	if (dh)
 		closedir(dh);
 	free(out);
@@ -430,8 +433,8 @@ static void request_done(struct bt_request *req, void *arg)
 		 * nothing else in flight, waiting would change nothing.
 		 */
 		if (!job->held && !job->again_len)
-			bt_info("the pipeline is full: inputs wait", "stage=%s reason=\"%s\"",
-				req->error_stage ? req->error_stage : "?", req->error);
+			bt_info("the pipeline is full: inputs wait", "stage=%s reason=%s",
+				req->error_stage ? req->error_stage : "?", BT_LOGQ(req->error));
 		if (job->again_len == job->again_cap) {
 			job->again_cap = job->again_cap ? job->again_cap * 2 : 16;
 			job->again = bt_realloc(job->again, job->again_cap * sizeof(*job->again));
@@ -587,7 +590,7 @@ static void feed(struct bt_daemon *d, void *arg)
 	for (int i = 0; i < job->pl->nstages && placeable && items_left(job); i++) {
 		char msg[512];
 		if (stage_unplaceable(job, job->pl->stages[i], msg, sizeof(msg))) {
-			bt_error("run cannot start", "reason=\"%s\"", msg);
+			bt_error("run cannot start", "reason=%s", BT_LOGQ(msg));
 			fprintf(stderr, "%sbaton run: %s\n", job->tty ? "\r\033[K" : "", msg);
 			fail_unsent(job, msg, job->pl->stages[i]->cfg->name);
 			placeable = 0;

@@ -227,3 +227,19 @@ def test_spawn_output_linked_to_a_root_only_file_is_not_read(baton):
     assert r.status == 500 and r.json()["code"] == "worker_error", r
     assert "root:" not in r.body.decode()
     assert b.stop() == 0
+
+
+def test_bearer_scheme_is_case_insensitive(baton, tmp_path):
+    token = "s3cret-token-0123456789"
+    b = baton(auth_config(tmp_path, token), wait_ready=False)
+    b.token = token
+    b.wait_ready()
+    b.token = None
+    # RFC 7235: the scheme is case-insensitive; one or more spaces follow it.
+    for good in ("bearer ", "BEARER ", "bEaReR  "):
+        r = b.get("/v1/status", headers={"Authorization": good + token})
+        assert r.status == 200, good
+    for bad in ("Bearer" + token, "Bearerx " + token, "bearer " + token.upper()):
+        assert b.get("/v1/status", headers={"Authorization": bad}).status == 401, bad
+    b.token = token
+    assert b.stop() == 0
