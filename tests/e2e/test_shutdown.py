@@ -38,6 +38,15 @@ def test_sigkill_of_baton_takes_every_worker_within_a_second(baton):
     b = baton(config(fake_stage("a", replicas=2) + fake_stage("b"), {"p": ["a", "b"]}))
     pids = b.pids("a") + b.pids("b")
     assert len(pids) == 3
+    # One worker is busy in a handler that never returns, so it does not
+    # see its channel close: only the death signal baton set up takes it.
+    def hang():
+        try:
+            b.post("p", "hang", timeout=10)
+        except OSError:  # baton is killed under it: no answer is expected
+            pass
+    threading.Thread(target=hang, daemon=True).start()
+    wait_for(lambda: b.status()["stages"]["a"]["running"] == 1, 10, what="a busy worker")
     b.proc.kill()
     b.proc.wait(10)
     end = time.monotonic() + 1.0

@@ -3,6 +3,7 @@ request, with the same timeouts, retries and error codes as workers."""
 import glob
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -94,8 +95,11 @@ def test_timeout_kills_the_process_group(baton, tmp_path):
     # The group must exist while the script runs: "no live process in group
     # pid" proves nothing if the script never led a group of its own.
     assert os.getpgid(pid) == pid and group_alive(pid)
-    t.join(30 * SLOW)
+    t.join(60 * SLOW)
     assert replies[0].status == 504, replies
+    # Killed at its timeout by baton's own count (Server-Timing), not later.
+    ran = float(re.search(r"legacy-run;dur=([\d.]+)", replies[0].headers["server-timing"]).group(1))
+    assert 3000 <= ran < 3000 + 1500 * SLOW, replies[0].headers
     wait_for(lambda: not group_alive(pid), 10, what="the hung script's group to be gone")
     assert not pid_alive(pid)
     wait_for(lambda: b.status()["stages"]["legacy"]["running"] == 0, 10)
