@@ -138,8 +138,11 @@ def test_unknown_user_is_a_config_error(tmp_path):
 # Run inside a network namespace of its own, so that the default port
 # (8080) is free whatever else runs on this machine.
 LISTEN_PROBE = r"""
-import socket, subprocess, sys, time
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+import fcntl, socket, struct, subprocess, sys, time
+# lo starts down in a new namespace: up, as `ip link set lo up` would (SIOCSIFFLAGS).
+s = socket.socket()
+flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
 p = subprocess.Popen([sys.argv[1], "serve", sys.argv[2]], stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
 try:
