@@ -19,7 +19,11 @@ def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton, tmp_path):
         b.send_signal(signal.SIGTERM)
         # The signal arrives asynchronously: once baton says it drains, new
         # work is refused while the accepted work (held at the gate) waits.
-        wait_for(lambda: b.status()["state"] == "draining", 10, what="draining")
+        def left_running():
+            state = b.status()["state"]
+            return state if state != "running" else None
+        state = wait_for(left_running, 10, what="baton to leave running")
+        assert state == "draining", state  # not stopping with work in flight
         late = b.post("p", "late")
         assert late.status == 503 and late.json()["code"] == "shutting_down", late
         assert b.get("/v2/health/ready").status == 400
