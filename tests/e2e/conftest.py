@@ -45,7 +45,7 @@ PR_SET_CHILD_SUBREAPER = 36
 ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 # Every sanitized process a test starts reports into SANITIZER_DIR.
-SANITIZER_DIR = tempfile.mkdtemp(prefix="baton-sanitizer-")
+SANITIZER_DIR = tempfile.mkdtemp(prefix="baton-sanitizer-") if SANITIZED else None
 if SANITIZED:
     for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
         opts = [o for o in os.environ.get(var, "").split(":") if o]
@@ -416,7 +416,7 @@ def no_orphans_and_no_sanitizer_reports():
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
-    reports = sorted(glob.glob(os.path.join(SANITIZER_DIR, "report*")))
+    reports = sorted(glob.glob(os.path.join(SANITIZER_DIR, "report*"))) if SANITIZER_DIR else []
     texts = []
     for path in reports:
         with open(path, errors="replace") as f:
