@@ -18,7 +18,8 @@ BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz clean
+.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz \
+	mutants mutants-fast clean
 
 all: build
 
@@ -53,6 +54,7 @@ asan: deps $(ASAN_BUILD)/build.ninja
 
 unit: build
 	meson test -C $(BUILD) --print-errorlogs --suite unit
+	$(PY) tests/check-unit-counts.py $(BUILD)
 
 e2e: build test-deps
 	BATON_BUILD=$(abspath $(BUILD)) $(PY) -m pytest -q tests/e2e
@@ -60,14 +62,24 @@ e2e: build test-deps
 # The whole suite: unit and end-to-end tests, then the same under ASan+UBSan.
 test: test-deps build asan
 	meson test -C $(BUILD) --print-errorlogs --suite unit
+	$(PY) tests/check-unit-counts.py $(BUILD)
 	BATON_BUILD=$(abspath $(BUILD)) $(PY) -m pytest -q -x tests/e2e
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		meson test -C $(ASAN_BUILD) --print-errorlogs --suite unit
+	$(PY) tests/check-unit-counts.py $(ASAN_BUILD)
 	@# Criterion reports a leak inside a test but still counts it as passed.
 	@! grep -E "ERROR: (LeakSanitizer|AddressSanitizer)|runtime error:" \
 		$(ASAN_BUILD)/meson-logs/testlog.txt
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		BATON_BUILD=$(abspath $(ASAN_BUILD)) BATON_SANITIZED=1 $(PY) -m pytest -q -x tests/e2e
+
+# Each named mutant of tests/mutants/mutants.txt (one broken guarantee) on a
+# scratch copy of the tree: its tests must fail. mutants-fast: CI's subset.
+mutants: build test-deps
+	$(PY) tests/mutants/run.py
+
+mutants-fast: build test-deps
+	$(PY) tests/mutants/run.py --fast
 
 # The documents example: detection (Python, OpenCV) then OCR (C, tesseract).
 demo: build
@@ -93,4 +105,4 @@ fuzz:
 	sh fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz build-mutants
