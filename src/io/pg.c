@@ -188,7 +188,13 @@ static void read_results(struct bt_pg *pg)
 			break;
 		ExecStatusType st = PQresultStatus(res);
 		if ((st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE) && !pg->first_error) {
-			pg->first_error = bt_strdup(PQresultErrorMessage(res));
+			/* The server's sentence without "ERROR:  ", and its detail. */
+			const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+			const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+			pg->first_error = primary ? bt_asprintf("%s%s%s%s", primary,
+								detail ? " (" : "",
+								detail ? detail : "", detail ? ")" : "")
+						  : bt_strdup(PQresultErrorMessage(res));
 			clean_message(pg->first_error);
 		}
 		if (pg->last)

@@ -567,6 +567,28 @@ struct probe {
 	size_t index; /* in the unit's rows */
 };
 
+static void probe_cb(struct bt_pg *pgc, PGresult *res, const char *error, int lost, void *arg);
+
+/*
+ * Tries row i of the unit alone, in a transaction rolled back.  One at a
+ * time: after a refusal the session needs its ROLLBACK before the next.
+ */
+static void send_probe(struct dbjob *job, size_t i)
+{
+	struct bt_buf b = BT_BUF_INIT;
+	json_t *one = json_array();
+	json_array_append(one, json_array_get(job->unit->rows, i));
+	bt_buf_puts(&b, "BEGIN;\n");
+	upsert_sql(job, &b, one);
+	bt_buf_puts(&b, "ROLLBACK;");
+	json_decref(one);
+	struct probe *p = bt_calloc(1, sizeof(*p));
+	p->job = job;
+	p->index = i;
+	bt_pg_query(job->sink, b.data, 0, NULL, probe_cb, p);
+	bt_buf_release(&b);
+}
+
 /* One row tried alone in a transaction rolled back: does the table take it? */
 static void probe_cb(struct bt_pg *pgc, PGresult *res, const char *error, int lost, void *arg)
 {
@@ -585,9 +607,12 @@ static void probe_cb(struct bt_pg *pgc, PGresult *res, const char *error, int lo
 		bt_warn("row not written", "key=%s error=\"%s\"", key, error);
 		json_array_set_new(u->rows, p->index, json_null());
 	}
+	size_t next = p->index + 1;
 	free(p);
-	if (--u->probes > 0)
+	if (--u->probes > 0) {
+		send_probe(job, next);
 		return;
+	}
 	/* Every row tried: commit the unit without the rejected ones. */
 	json_t *rows = json_array(), *keys = json_array();
 	for (size_t i = 0; i < json_array_size(u->rows); i++) {
@@ -628,20 +653,7 @@ static void commit_cb(struct bt_pg *pgc, PGresult *res, const char *error, int l
 	bt_info("commit refused: trying the rows one by one", "rows=%zu error=\"%s\"",
 		json_array_size(u->rows), error);
 	u->probes = (int)json_array_size(u->rows);
-	for (size_t i = 0; i < json_array_size(u->rows); i++) {
-		struct bt_buf b = BT_BUF_INIT;
-		json_t *one = json_array();
-		json_array_append(one, json_array_get(u->rows, i));
-		bt_buf_puts(&b, "BEGIN;\n");
-		upsert_sql(job, &b, one);
-		bt_buf_puts(&b, "ROLLBACK;");
-		json_decref(one);
-		struct probe *p = bt_calloc(1, sizeof(*p));
-		p->job = job;
-		p->index = i;
-		bt_pg_query(job->sink, b.data, 0, NULL, probe_cb, p);
-		bt_buf_release(&b);
-	}
+	send_probe(job, 0);
 }
 
 static void send_commit(struct dbjob *job)
