@@ -1,0 +1,279 @@
+"""`baton run` over PostgreSQL (the config's run: section) against a real
+server started here (Debian's postgresql, initdb in a temporary directory,
+a Unix socket only, stopped by PID): rows upserted by key, failures
+recorded with their key, kill -9 of baton and a restart of the database
+midway leave every key written exactly once, bad configs fail clearly.
+
+"Written once" is observed by a trigger on the sink table that logs every
+insert and update into an audit table: a key redone by a rerun would show
+twice there even though the upsert leaves one row."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BATON, PYTHON, ROOT, SDK_PY, SLOW, wait_for
+
+sys.path.insert(0, os.path.join(ROOT, "examples", "timeseries"))
+from tmp_postgres import TmpPostgres  # noqa: E402
+
+WORKER = os.path.join(ROOT, "tests", "e2e", "pg_worker.py")
+
+
+@pytest.fixture(scope="module")
+def server():
+    pg = TmpPostgres()
+    pg.start()
+    yield pg
+    pg.destroy()
+
+
+@pytest.fixture
+def db(server, request):
+    """A fresh database per test: the source and sink tables and the audit."""
+    if not server.proc:
+        server.start()
+    name = "t_" + request.node.name.lower()[:50]
+    server.psql("DROP DATABASE IF EXISTS %s" % name)
+    server.psql("CREATE DATABASE %s" % name)
+    server.psql("""
+        CREATE TABLE src (id int PRIMARY KEY, v float8, tag text);
+        CREATE TABLE dst (id int PRIMARY KEY, score float8, note text);
+        CREATE TABLE audit (id int, op text);
+        CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS
+          $$ BEGIN INSERT INTO audit VALUES (NEW.id, TG_OP); RETURN NEW; END $$;
+        CREATE TRIGGER dst_audit AFTER INSERT OR UPDATE ON dst
+          FOR EACH ROW EXECUTE FUNCTION audit_row();""", db=name)
+
+    class Db:
+        env = dict(os.environ, **server.env)
+        env["PGDATABASE"] = name
+
+        def sql(self, text):
+            return server.psql(text, db=name)
+
+        def rows(self, text):
+            return [line.split("\t") for line in self.sql(text).splitlines()]
+
+        def fill(self, n, tags=None):
+            self.sql("INSERT INTO src SELECT i, i, NULL FROM generate_series(1, %d) i" % n)
+            for i, t in (tags or {}).items():
+                self.sql("UPDATE src SET tag = '%s' WHERE id = %d" % (t, i))
+
+        def checkpoint(self):
+            try:
+                r = self.rows("SELECT last_key FROM baton_checkpoints WHERE name = 'dst'")
+            except RuntimeError:  # the table is made when the run starts
+                return 0
+            return int(r[0][0]) if r else 0
+
+        def written_twice(self):
+            return self.rows("SELECT id FROM audit GROUP BY id HAVING count(*) > 1")
+
+    d = Db()
+    d.name = name
+    return d
+
+
+def write_config(tmp_path, unit="row", page_rows=50, replicas=2, extra_src="", extra_run="",
+                 sink="      columns: [score, note]\n", query="SELECT id, v, tag FROM src"):
+    text = ("stages:\n"
+            "  w:\n"
+            "    command: [%s, %s]\n"
+            "    env: {PYTHONPATH: %s}\n"
+            "    replicas: {initial: %d}\n"
+            "    retries: 0\n"
+            "pipelines:\n"
+            "  p: [w]\n"
+            "run:\n"
+            "  pipeline: p\n%s"
+            "  source:\n"
+            "    postgresql:\n"
+            "      query: %s\n"
+            "      key: id\n"
+            "      page_rows: %d\n"
+            "      request: %s\n%s"
+            "  sink:\n"
+            "    postgresql:\n"
+            "      table: dst\n%s") % (PYTHON, WORKER, SDK_PY, replicas, extra_run, query,
+                                      page_rows, unit, extra_src, sink)
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def run(cfg, db, *extra, env=None, timeout=120):
+    e = dict(db.env, **(env or {}))
+    return subprocess.run([BATON, "run", cfg, "--no-progress", *extra], env=e,
+                          capture_output=True, text=True, timeout=timeout * SLOW)
+
+
+def start(cfg, db, env=None):
+    """Starts a run in the background; its stderr goes to a file (p.errpath)."""
+    e = dict(db.env, **(env or {}))
+    errpath = os.path.join(os.path.dirname(cfg), "stderr.txt")
+    with open(errpath, "w") as errf:
+        p = subprocess.Popen([BATON, "run", cfg, "--no-progress"], env=e,
+                             stdout=subprocess.PIPE, stderr=errf, text=True)
+    p.errpath = errpath
+    return p
+
+
+def open_log(p):
+    with open(p.errpath, errors="replace") as f:
+        return f.read()
+
+
+def finish(p, timeout):
+    out, _ = p.communicate(timeout=timeout * SLOW)
+    return out, open_log(p)
+
+
+def test_pg_rows_are_upserted_and_bad_rows_recorded_with_their_key(tmp_path, db):
+    db.fill(600, {7: "reject", 300: "reject", 11: "badvalue", 450: "badvalue", 99: "nokey"})
+    cfg = write_config(tmp_path)
+    r = run(cfg, db)
+    assert r.returncode == 1, r.stderr  # some rows failed
+    assert "written 596   failed 4" in r.stdout, r.stdout
+    # Row 99's result lacks the key: one request per row, so the source row's key is used.
+    got = dict((int(i), float(s)) for i, s in db.rows("SELECT id, score FROM dst"))
+    assert got == {i: 2.0 * i for i in range(1, 601) if i not in (7, 300, 11, 450)}
+    fails = {int(k): (code, err) for k, code, err in
+             db.rows("SELECT key, code, error FROM baton_failures WHERE name = 'dst'")}
+    assert sorted(fails) == [7, 11, 300, 450]
+    assert fails[7] == ("rejected", "row 7 is tagged reject")
+    assert fails[11][0] == "sink_rejected" and "double precision" in fails[11][1]
+    assert db.checkpoint() == 600
+    assert db.written_twice() == []
+    # A rerun finds nothing left: the checkpoint is at the end.
+    r = run(cfg, db)
+    assert "rows 0 (skipped 600" in r.stdout, r.stdout
+    assert db.written_twice() == []
+
+
+def test_pg_pages_go_as_one_request_and_jsonb_takes_the_whole_result(tmp_path, db):
+    db.sql("ALTER TABLE dst ADD COLUMN doc jsonb")
+    db.fill(230, {45: "nokey"})
+    cfg = write_config(tmp_path, unit="page", page_rows=40,
+                       sink="      columns: {score: score}\n      jsonb: doc\n")
+    r = run(cfg, db)
+    assert r.returncode == 1, r.stderr
+    # A page's result row without the key cannot be placed: it fails, named by its page.
+    assert db.rows("SELECT key, code, error FROM baton_failures") == [
+        ["41..80", "invalid_result", "a result row has no key field 'id'"]]
+    rows = db.rows("SELECT id, score, doc->>'score', doc->>'note' FROM dst ORDER BY id")
+    assert [int(x[0]) for x in rows] == [i for i in range(1, 231) if i != 45]
+    assert all(float(x[1]) == float(x[2]) == 2 * int(x[0]) for x in rows)
+    assert all(x[3].startswith("pid ") for x in rows)
+    assert db.written_twice() == []
+
+
+def test_pg_kill9_midrun_then_rerun_writes_every_key_once(tmp_path, db):
+    n = 3000
+    db.fill(n)
+    cfg = write_config(tmp_path, unit="page", page_rows=25)
+    slow = {"ROW_DELAY_MS": "1"}
+    p = start(cfg, db, env=slow)
+    try:
+        wait_for(lambda: db.checkpoint() >= 500 or p.poll() is not None, 60,
+                 interval=0.05, what="the checkpoint to pass 500")
+        assert p.poll() is None, "the run ended before it could be killed"
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    cut = db.checkpoint()
+    assert 500 <= cut < n
+    # The checkpoint moved only with committed results: every key up to it
+    # is there, none after it (pages commit in order with the checkpoint).
+    ids = [int(x[0]) for x in db.rows("SELECT id FROM dst ORDER BY id")]
+    assert ids == list(range(1, cut + 1))
+    r = run(cfg, db)
+    assert r.returncode == 0, r.stderr
+    assert "skipped %d before the checkpoint" % cut in r.stdout, r.stdout
+    assert int(db.sql("SELECT count(*) FROM dst")) == n
+    assert int(db.sql("SELECT count(DISTINCT id) FROM audit")) == n
+    assert db.written_twice() == []
+    assert db.checkpoint() == n
+
+
+def test_pg_config_errors_name_the_key(tmp_path, db):
+    db.fill(10)
+    # A query without the key column: refused before anything runs.
+    cfg = write_config(tmp_path, query="SELECT v, tag FROM src")
+    r = run(cfg, db)
+    assert r.returncode == 2
+    assert "run.yaml:14:12: source.key 'id' is not a column of source.query" in r.stderr, r.stderr
+    # A mapped column the table lacks; `check --connect` says so too.
+    cfg = write_config(tmp_path, sink="      columns: [score, colour]\n")
+    for argv in ([BATON, "check", "--connect", cfg], [BATON, "run", cfg]):
+        r = subprocess.run(argv, env=db.env, capture_output=True, text=True, timeout=60 * SLOW)
+        assert r.returncode == 2
+        assert "sink.columns: 'colour' is not a column of 'dst'" in r.stderr, r.stderr
+    # No unique index on the key: an upsert is impossible.
+    cfg = write_config(tmp_path, sink="      key: note\n")
+    r = run(cfg, db)
+    assert r.returncode == 2 and "no unique index" in r.stderr and "(note)" in r.stderr
+    # A password in the config is refused without connecting.
+    cfg = write_config(tmp_path, extra_src="      connect: host=/tmp password=hunter2\n")
+    r = subprocess.run([BATON, "check", cfg], capture_output=True, text=True)
+    assert r.returncode == 2 and "must not hold a password" in r.stderr
+    assert "hunter2" not in r.stderr
+    assert int(db.sql("SELECT count(*) FROM dst")) == 0
+
+
+def test_pg_database_restart_midrun_reconnects_and_writes_once(tmp_path, db, server):
+    n = 3000
+    db.fill(n)
+    cfg = write_config(tmp_path, unit="page", page_rows=25)
+    p = start(cfg, db, env={"ROW_DELAY_MS": "1"})
+    try:
+        wait_for(lambda: db.checkpoint() >= 400 or p.poll() is not None, 60, interval=0.05,
+                 what="the checkpoint to pass 400")
+        assert p.poll() is None
+        server.stop(signal.SIGINT)  # fast shutdown: the run's connections are cut
+        wait_for(lambda: "database unreachable: retrying" in open_log(p), 30,
+                 what="baton to notice the database is down")
+        server.start()
+        out, err = finish(p, 120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert "database connection restored" in err
+    assert int(db.sql("SELECT count(*) FROM dst")) == n
+    assert db.written_twice() == []
+    assert db.checkpoint() == n
+
+
+def test_pg_database_down_past_the_limit_stops_the_run_clearly(tmp_path, db, server):
+    n = 3000
+    db.fill(n)
+    cfg = write_config(tmp_path, unit="page", page_rows=25, extra_run="  reconnect_max_s: 1\n")
+    p = start(cfg, db, env={"ROW_DELAY_MS": "1"})
+    try:
+        wait_for(lambda: db.checkpoint() >= 200 or p.poll() is not None, 60, interval=0.05,
+                 what="the checkpoint to pass 200")
+        assert p.poll() is None
+        server.stop(signal.SIGINT)
+        out, err = finish(p, 60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1
+    assert "unreachable for" in err and "baton run: database '" in err, err
+    server.start()
+    cut = db.checkpoint()
+    ids = [int(x[0]) for x in db.rows("SELECT id FROM dst ORDER BY id")]
+    assert ids == list(range(1, cut + 1))
+    # The rerun finishes the rest, each key once.
+    r = run(cfg, db)
+    assert r.returncode == 0, r.stderr
+    assert int(db.sql("SELECT count(*) FROM dst")) == n
+    assert db.written_twice() == []
