@@ -106,13 +106,17 @@ class TmpPostgres:
         except OSError:
             return ""
 
-    def psql(self, sql, db="postgres"):
-        """Runs sql with psql; returns stdout (tab-separated, no headers)."""
+    def psql(self, sql=None, db="postgres", file=None, **variables):
+        """Runs sql (or a file, with psql variables) with psql; returns stdout
+        (tab-separated, no headers)."""
         env = dict(os.environ, **self.env)
         env["PGDATABASE"] = db
-        r = subprocess.run([os.path.join(self.bindir, "psql"), "-X", "-q", "-A", "-t", "-F", "\t",
-                            "-v", "ON_ERROR_STOP=1", "-c", sql], env=env, capture_output=True,
-                           text=True)
+        argv = [os.path.join(self.bindir, "psql"), "-X", "-q", "-A", "-t", "-F", "\t",
+                "-v", "ON_ERROR_STOP=1"]
+        for k, v in variables.items():
+            argv += ["-v", "%s=%s" % (k, v)]
+        argv += ["-f", file] if file else ["-c", sql]
+        r = subprocess.run(argv, env=env, capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError("psql: " + r.stderr)
         return r.stdout
