@@ -840,8 +840,14 @@ int bt_jobs_run_db(struct bt_config *cfg, const struct bt_job_options *opt)
 	}
 	job.d = &d;
 	job.pl = &d.pipelines[pi];
-	int cap = job.pl->stages[0]->nreplicas * job.pl->stages[0]->cfg->max_ongoing *
-		  job.pl->stages[0]->cfg->batch_max_size;
+	/*
+	 * Every stage busy at once: a page per free slot along the whole
+	 * pipeline, twice over so that the next is queued when one ends.
+	 */
+	int cap = 0;
+	for (int s = 0; s < job.pl->nstages; s++)
+		cap += job.pl->stages[s]->nreplicas * job.pl->stages[s]->cfg->max_ongoing *
+		       job.pl->stages[s]->cfg->batch_max_size;
 	job.jobs = opt->jobs > 0 ? opt->jobs : BT_MAX(2, 2 * cap);
 	/* Enough pages read ahead to keep every request slot busy, and one more. */
 	int per_page = job.run->unit == BT_RUN_ROW ? job.run->page_rows : 1;
