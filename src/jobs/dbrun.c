@@ -274,7 +274,19 @@ static void request_done(struct bt_request *req, void *arg)
 	}
 	job->held = 0;
 	pg->pending--;
-	if (req->code != BT_OK) {
+	if (req->code == BT_STAGE_FAILED || req->code == BT_SHUTTING_DOWN) {
+		/*
+		 * Not the row's fault: committing it as failed would move the
+		 * checkpoint past it.  Stop instead; a rerun does it again.
+		 */
+		char msg[640];
+		snprintf(msg, sizeof(msg), "%s%s%s: %s", bt_code_name(req->code),
+			 req->error_stage ? " in stage " : "",
+			 req->error_stage ? req->error_stage : "", req->error ? req->error : "");
+		if (req->code == BT_STAGE_FAILED)
+			stop_with(job, msg);
+		pg->pending++; /* the page never completes, so it is never committed */
+	} else if (req->code != BT_OK) {
 		add_failure(pg, ref_key(r, buf, sizeof(buf)), bt_code_name(req->code), req->error,
 			    req->attempts, req->error_stage);
 	} else {

@@ -201,6 +201,22 @@ def test_pg_kill9_midrun_then_rerun_writes_every_key_once(tmp_path, db):
     assert db.checkpoint() == n
 
 
+def test_pg_failed_stage_stops_the_run_without_moving_the_checkpoint(tmp_path, db):
+    # A stage whose replicas never come up fails every request as
+    # stage_failed: that is no row's fault, so nothing may be committed as failed.
+    db.fill(100)
+    cfg = write_config(tmp_path)
+    text = open(cfg).read().replace(
+        "    command: [%s, %s]\n" % (PYTHON, WORKER),
+        "    command: [/bin/false]\n    restart: {backoff_ms: 20, max_failures: 2}\n")
+    open(cfg, "w").write(text)
+    r = run(cfg, db)
+    assert r.returncode == 1
+    assert "stage_failed in stage w" in r.stderr, r.stderr
+    assert db.checkpoint() == 0
+    assert db.sql("SELECT count(*) FROM baton_failures").strip() == "0"
+
+
 def test_pg_config_errors_name_the_key(tmp_path, db):
     db.fill(10)
     # A query without the key column: refused before anything runs.
