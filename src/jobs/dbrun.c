@@ -51,7 +51,10 @@ struct unit {
 	json_t *failures;
 	char *last_key;
 	size_t nrows, nfailed;
-	int probes; /* per-row probes still out */
+	int probes; /* rows still to try alone */
+	size_t probe_row; /* the row being tried */
+	int probe_col; /* -1: the whole row; else the column whose cast is tried */
+	char *probe_error; /* the row's refusal, while its columns are tried */
 	int attempt;
 };
 
@@ -374,6 +377,7 @@ static void free_unit(struct unit *u)
 	json_decref(u->rkeys);
 	json_decref(u->failures);
 	free(u->last_key);
+	free(u->probe_error);
 	free(u);
 }
 
@@ -574,64 +578,92 @@ static void verify_cb(struct bt_pg *pg, PGresult *res, const char *error, int lo
 	}
 }
 
-struct probe {
-	struct dbjob *job;
-	size_t index; /* in the unit's rows */
-};
-
 static void probe_cb(struct bt_pg *pgc, PGresult *res, const char *error, int lost, void *arg);
 
 /*
- * Tries row i of the unit alone, in a transaction rolled back.  One at a
- * time: after a refusal the session needs its ROLLBACK before the next.
+ * Tries row i of the unit alone, in a transaction rolled back (col -1), or
+ * only the cast of its column col, to say which column a refused row's
+ * value does not fit.  One at a time: after a refusal the session needs
+ * its ROLLBACK before the next.  The probe's place is kept in the unit.
  */
-static void send_probe(struct dbjob *job, size_t i)
+static void send_probe(struct dbjob *job, size_t i, int col)
 {
 	struct bt_buf b = BT_BUF_INIT;
 	json_t *one = json_array();
 	json_array_append(one, json_array_get(job->unit->rows, i));
-	bt_buf_puts(&b, "BEGIN;\n");
-	upsert_sql(job, &b, one);
-	bt_buf_puts(&b, "ROLLBACK;");
+	if (col < 0) {
+		bt_buf_puts(&b, "BEGIN;\n");
+		upsert_sql(job, &b, one);
+		bt_buf_puts(&b, "ROLLBACK;");
+	} else {
+		char *text = json_dumps(one, JSON_COMPACT);
+		bt_buf_printf(&b, "SELECT r.\"%d\" FROM jsonb_to_recordset(", col);
+		bt_pg_quote(&b, text, strlen(text));
+		bt_buf_printf(&b, "::jsonb) AS r(\"%d\" %s)", col, job->plan.cols[col].type);
+		free(text);
+	}
 	json_decref(one);
-	struct probe *p = bt_calloc(1, sizeof(*p));
-	p->job = job;
-	p->index = i;
-	bt_pg_query(job->sink, b.data, 0, NULL, probe_cb, p);
+	job->unit->probe_row = i;
+	job->unit->probe_col = col;
+	bt_pg_query(job->sink, b.data, 0, NULL, probe_cb, job);
 	bt_buf_release(&b);
 }
 
-/* One row tried alone in a transaction rolled back: does the table take it? */
+static void reject_row(struct dbjob *job, size_t i, const char *error)
+{
+	struct unit *u = job->unit;
+	const char *key = json_string_value(json_array_get(u->rkeys, i));
+	json_t *f = json_pack("{s:s, s:s, s:s, s:i}", "key", key, "code", "sink_rejected",
+			      "error", error, "attempts", 1);
+	json_array_append_new(u->failures, f ? f
+					      : json_pack("{s:s, s:s, s:s}", "key", key, "code",
+							  "sink_rejected", "error", "?"));
+	bt_warn("row not written", "key=%s error=\"%s\"", key, error);
+	json_array_set_new(u->rows, i, json_null());
+}
+
+/* The probes' answers: does the table take the row, and if not, which column refuses? */
 static void probe_cb(struct bt_pg *pgc, PGresult *res, const char *error, int lost, void *arg)
 {
 	(void)pgc, (void)res;
-	struct probe *p = arg;
-	struct dbjob *job = p->job;
+	struct dbjob *job = arg;
 	struct unit *u = job->unit;
-	if (error && !lost) {
+	size_t i = u->probe_row;
+	int col = u->probe_col;
+	if (col < 0 && error && !lost) {
 		bt_pg_query(job->sink, "ROLLBACK", 0, NULL, ignore_cb, NULL);
-		const char *key = json_string_value(json_array_get(u->rkeys, p->index));
-		json_t *f = json_pack("{s:s, s:s, s:s, s:i}", "key", key, "code", "sink_rejected",
-				      "error", error, "attempts", 1);
-		json_array_append_new(u->failures, f ? f : json_pack("{s:s, s:s, s:s}", "key", key,
-								     "code", "sink_rejected",
-								     "error", "?"));
-		bt_warn("row not written", "key=%s error=\"%s\"", key, error);
-		json_array_set_new(u->rows, p->index, json_null());
+		u->probe_error = bt_strdup(error);
+		send_probe(job, i, 0);
+		return;
 	}
-	size_t next = p->index + 1;
-	free(p);
+	if (col >= 0) {
+		const struct bt_pg_column *c = &job->plan.cols[col];
+		if (error && !lost) {
+			char msg[1024];
+			snprintf(msg, sizeof(msg), "column '%s' (%s) cannot take field '%s': %s",
+				 c->name, c->type, c->field[0] ? c->field : "(the whole result)",
+				 error);
+			reject_row(job, i, msg);
+		} else if (col + 1 < job->plan.ncols) {
+			send_probe(job, i, col + 1);
+			return;
+		} else {
+			reject_row(job, i, u->probe_error); /* every cast works: a constraint refused it */
+		}
+		free(u->probe_error);
+		u->probe_error = NULL;
+	}
 	if (--u->probes > 0) {
-		send_probe(job, next);
+		send_probe(job, i + 1, -1);
 		return;
 	}
 	/* Every row tried: commit the unit without the rejected ones. */
 	json_t *rows = json_array(), *keys = json_array();
-	for (size_t i = 0; i < json_array_size(u->rows); i++) {
-		if (json_is_null(json_array_get(u->rows, i)))
+	for (size_t k = 0; k < json_array_size(u->rows); k++) {
+		if (json_is_null(json_array_get(u->rows, k)))
 			continue;
-		json_array_append(rows, json_array_get(u->rows, i));
-		json_array_append(keys, json_array_get(u->rkeys, i));
+		json_array_append(rows, json_array_get(u->rows, k));
+		json_array_append(keys, json_array_get(u->rkeys, k));
 	}
 	json_decref(u->rows);
 	json_decref(u->rkeys);
@@ -665,7 +697,7 @@ static void commit_cb(struct bt_pg *pgc, PGresult *res, const char *error, int l
 	bt_info("commit refused: trying the rows one by one", "rows=%zu error=\"%s\"",
 		json_array_size(u->rows), error);
 	u->probes = (int)json_array_size(u->rows);
-	send_probe(job, 0);
+	send_probe(job, 0, -1);
 }
 
 static void send_commit(struct dbjob *job)

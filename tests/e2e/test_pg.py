@@ -144,7 +144,9 @@ def test_pg_rows_are_upserted_and_bad_rows_recorded_with_their_key(tmp_path, db)
              db.rows("SELECT key, code, error FROM baton_failures WHERE name = 'dst'")}
     assert sorted(fails) == [7, 11, 300, 450]
     assert fails[7] == ("rejected", "row 7 is tagged reject")
-    assert fails[11][0] == "sink_rejected" and "double precision" in fails[11][1]
+    assert fails[11] == ("sink_rejected", "column 'score' (double precision) cannot take "
+                         "field 'score': invalid input syntax for type double precision: "
+                         "\"not a number\"")
     assert db.checkpoint() == 600
     assert db.written_twice() == []
     # A rerun finds nothing left: the checkpoint is at the end.
@@ -199,6 +201,22 @@ def test_pg_kill9_midrun_then_rerun_writes_every_key_once(tmp_path, db):
     assert int(db.sql("SELECT count(DISTINCT id) FROM audit")) == n
     assert db.written_twice() == []
     assert db.checkpoint() == n
+
+
+def test_pg_sink_type_mismatch_fails_each_row_naming_the_column(tmp_path, db):
+    # The table's note column is an integer; the worker sends text: every
+    # row is refused alone, with its key and the column, and the run ends.
+    db.sql("ALTER TABLE dst ALTER COLUMN note TYPE int USING NULL")
+    db.fill(30)
+    cfg = write_config(tmp_path, page_rows=10)
+    r = run(cfg, db)
+    assert r.returncode == 1, r.stderr
+    assert "written 0   failed 30" in r.stdout, r.stdout
+    fails = db.rows("SELECT key, error FROM baton_failures ORDER BY key::int")
+    assert [int(k) for k, _ in fails] == list(range(1, 31))
+    assert all(e.startswith("column 'note' (integer) cannot take field 'note': invalid input "
+                            "syntax for type integer") for _, e in fails), fails[0]
+    assert db.checkpoint() == 30
 
 
 def test_pg_failed_stage_stops_the_run_without_moving_the_checkpoint(tmp_path, db):
