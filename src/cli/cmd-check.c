@@ -93,6 +93,17 @@ static int run(int argc, char **argv)
 				argv[1], st->line, st->col, st->name, st->queue_max, st->batch_max_size,
 				st->queue_max);
 	}
+	if (cfg.run.present) {
+		const struct bt_run_config *rc = &cfg.run;
+		printf("\nrun %s: postgresql query by key '%s', pages of %d rows, one request per %s\n"
+		       "  -> postgresql table '%s' (upsert on ",
+		       rc->pipeline ? rc->pipeline : "(--pipeline)", rc->src_key, rc->page_rows,
+		       rc->unit == BT_RUN_ROW ? "row" : "page", rc->sink_table);
+		for (int i = 0; i < rc->nsink_key; i++)
+			printf("%s%s", i ? ", " : "", rc->sink_key[i]);
+		printf("), checkpoint '%s' in %s, failures in %s\n", rc->checkpoint_name,
+		       rc->checkpoint_table, rc->failures_table);
+	}
 	if (connect && cfg.run.present) {
 		struct bt_pg_sink_plan plan;
 		if (bt_pg_check(&cfg, 0, &plan, err, sizeof(err))) {
