@@ -857,9 +857,10 @@ int bt_jobs_run_db(struct bt_config *cfg, const struct bt_job_options *opt)
 	const char *pname = opt->pipeline ? opt->pipeline : cfg->run.pipeline;
 	int pi = pname ? bt_config_pipeline_index(cfg, pname) : -1;
 	if (pi < 0) {
-		fprintf(stderr, "baton run: %s\n",
-			pname ? "no such pipeline in the config"
-			      : "name the pipeline with --pipeline or run.pipeline");
+		if (pname)
+			fprintf(stderr, "baton run: no pipeline named '%s' in the config\n", pname);
+		else
+			fprintf(stderr, "baton run: name the pipeline with --pipeline or run.pipeline\n");
 		return 2;
 	}
 	if (bt_pg_check(cfg, 1, &job.plan, err, sizeof(err))) {
