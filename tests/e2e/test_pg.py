@@ -9,8 +9,10 @@ insert and update into an audit table: a key redone by a rerun would show
 twice there even though the upsert leaves one row."""
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -234,6 +236,77 @@ def test_pg_failed_stage_stops_the_run_without_moving_the_checkpoint(tmp_path, d
     assert "stage_failed in stage w" in r.stderr, r.stderr
     assert db.checkpoint() == 0
     assert db.sql("SELECT count(*) FROM baton_failures").strip() == "0"
+
+
+class CommitCutter:
+    """A TCP proxy on 127.0.0.1 to the server's Unix socket that, once, lets
+    a transaction commit and then cuts the connection before the client
+    reads the answer: the server sends CommandComplete "COMMIT" only after
+    committing, and that is where the proxy cuts."""
+
+    def __init__(self, unix_path):
+        self.unix_path = unix_path
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.cuts = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self.unix_path)
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, from_server):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if from_server and b"COMMIT\x00" in data:
+                    with self.lock:
+                        cut = self.cuts == 0
+                        self.cuts += cut
+                    if cut:
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_pg_commit_whose_answer_is_lost_is_not_written_twice(tmp_path, db, server):
+    # The sink goes through the proxy, which cuts the first COMMIT's answer:
+    # baton must find that commit in the checkpoint, not send it again.
+    db.fill(300)
+    cutter = CommitCutter(os.path.join(server.dir, ".s.PGSQL.%d" % server.port))
+    try:
+        sink = "      columns: [score, note]\n      connect: host=127.0.0.1 port=%d\n" % cutter.port
+        cfg = write_config(tmp_path, unit="page", page_rows=20, sink=sink)
+        r = run(cfg, db)
+    finally:
+        cutter.close()
+    assert r.returncode == 0, r.stderr
+    assert cutter.cuts == 1
+    assert "the lost commit had committed" in r.stderr, r.stderr
+    assert int(db.sql("SELECT count(*) FROM dst")) == 300
+    assert db.written_twice() == []
 
 
 def test_pg_config_errors_name_the_key(tmp_path, db):
