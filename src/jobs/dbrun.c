@@ -63,26 +63,27 @@ struct dbjob {
 	struct bt_pipeline *pl;
 	const struct bt_config *cfg;
 	const struct bt_run_config *run;
-	struct bt_pg_sink_plan plan;
-	struct bt_pg *src, *sink;
+	struct bt_pg_sink_plan plan; /* the sink's columns and types, learnt at the start */
+	struct bt_pg *src, *sink; /* one connection each; NULL once closed */
 	struct page *head, *tail; /* uncommitted pages, in key order */
 	int npages;
 	struct page *feed; /* the page whose requests are being sent */
 	struct ref *again; /* refused as overloaded: sent again first */
-	int held;
+	int held; /* an overload was met: feeding waits for a request to end */
 	char *read_after; /* the next read starts after this key; NULL = from the start */
-	int reading, source_done;
+	int reading, source_done; /* a read in flight; the last page was read */
 	struct unit *unit; /* the commit in flight, or NULL */
-	int max_pages;
-	size_t inflight;
-	int jobs;
-	size_t total, committed_rows, ok, failed;
-	int fatal;
+	int max_pages; /* read-ahead bound: pages held uncommitted */
+	size_t inflight; /* requests submitted and not ended */
+	int jobs; /* bound on inflight */
+	size_t total; /* source rows after the checkpoint at the start (progress) */
+	size_t committed_rows, ok, failed; /* source rows, sink rows, failures committed */
+	int fatal; /* the run stops: fatal_msg says why */
 	char fatal_msg[640];
 	int tty;
 	uv_timer_t progress_timer;
 	uint64_t start_ms, last_line_ms;
-	int finished;
+	int finished; /* everything read was committed */
 };
 
 static void wake(struct dbjob *job)
