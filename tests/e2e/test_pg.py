@@ -385,3 +385,44 @@ def test_pg_database_down_past_the_limit_stops_the_run_clearly(tmp_path, db, ser
     assert r.returncode == 0, r.stderr
     assert int(db.sql("SELECT count(*) FROM dst")) == n
     assert db.written_twice() == []
+
+
+def test_pg_timeseries_example_computes_features_of_known_windows(tmp_path, db):
+    # examples/timeseries's stages (C aggregation, gap filling, numpy
+    # features) on two hand-made sensor-hours whose features are known.
+    ex = os.path.join(ROOT, "examples", "timeseries")
+    db.sql(open(os.path.join(ex, "schema.sql")).read())
+    hour = 491000  # hours since 1970: 2026-01-05 08:00 UTC
+    wid = 7 * 1000000 + hour
+    # Hour 1: value = minute, minutes 10-19 missing (interpolation restores them exactly).
+    # Hour 2: 5.0 at minutes 0 and 59 only.
+    db.sql("""INSERT INTO readings (sensor, ts, window_id, value)
+              SELECT 7, to_timestamp(%(h)d * 3600 + m * 60), %(w)d, m
+              FROM generate_series(0, 59) m WHERE m NOT BETWEEN 10 AND 19;
+              INSERT INTO readings (sensor, ts, window_id, value)
+              SELECT 7, to_timestamp((%(h)d + 1) * 3600 + m * 60 + 30), %(w)d + 1, 5.0
+              FROM unnest(ARRAY[0, 59]) m""" % {"h": hour, "w": wid})
+    cfg = tmp_path / "ts.yaml"
+    build = os.path.dirname(BATON)
+    text = open(os.path.join(ex, "baton.yaml")).read()
+    text = text.replace("../../build/examples/timeseries/agg",
+                        os.path.join(build, "examples", "timeseries", "agg"))
+    text = text.replace("[/usr/bin/python3, gapfill.py]",
+                        "[/usr/bin/python3, %s/gapfill.py]" % ex)
+    text = text.replace("[/usr/bin/python3, features.py]",
+                        "[/usr/bin/python3, %s/features.py]" % ex)
+    text = text.replace("../../sdk/python", SDK_PY)
+    cfg.write_text(text)
+    r = run(str(cfg), db)
+    assert r.returncode == 0, r.stderr
+    got = db.rows("SELECT window_id, sensor, extract(epoch FROM window_start)::bigint, mean, std, "
+                  "min, max, slope, p95, filled_frac, n_samples FROM features ORDER BY window_id")
+    assert len(got) == 2, got
+    w1, w2 = [[float(x) for x in row] for row in got]
+    assert w1[:3] == [wid, 7, hour * 3600]
+    assert abs(w1[3] - 29.5) < 1e-9 and abs(w1[7] - 1.0) < 1e-9
+    assert (w1[5], w1[6]) == (0.0, 59.0)
+    assert abs(w1[9] - 10 / 60) < 1e-9 and w1[10] == 50
+    assert w2[:3] == [wid + 1, 7, (hour + 1) * 3600]
+    assert (w2[3], w2[4], w2[7]) == (5.0, 0.0, 0.0)
+    assert abs(w2[9] - 58 / 60) < 1e-9 and w2[10] == 2
