@@ -8,18 +8,20 @@ PY         := /usr/bin/python3
 
 BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
               libjansson-dev libyaml-dev libcriterion-dev python3 python3-venv \
-              libtesseract-dev libleptonica-dev
+              libtesseract-dev libleptonica-dev libpq-dev
 # What the documents example runs with: OpenCV, tesseract's English model,
 # poppler for PDFs, Pillow and DejaVu to draw the sample pages.
 DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
               tesseract-ocr-eng poppler-utils
-TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS)
-BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
+# The timeseries example: its own PostgreSQL server, numpy for the features.
+TIMESERIES_PKGS := postgresql python3-numpy
+TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS) $(TIMESERIES_PKGS)
+BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz \
-	mutants mutants-fast clean
+.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo demo-timeseries \
+	bench fuzz mutants mutants-fast clean
 
 all: build
 
@@ -90,6 +92,11 @@ demo: build
 demo-echo: build
 	$(PY) examples/echo/demo.py --build $(abspath $(BUILD))
 
+# PostgreSQL in, PostgreSQL out: a throw-away server, sensor readings, features.
+demo-timeseries: build
+	$(call apt_install,$(TIMESERIES_PKGS))
+	$(PY) examples/timeseries/demo.py --build $(abspath $(BUILD))
+
 bench: build test-deps
 	$(call apt_install,$(BENCH_PKGS))
 	$(PY) bench/hop/run.py --build $(abspath $(BUILD))
@@ -97,6 +104,7 @@ bench: build test-deps
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 	$(PY) bench/autoscale/run.py --build $(abspath $(BUILD))
 	$(PY) bench/chaos/run.py --build $(abspath $(BUILD))
+	$(PY) bench/timeseries/run.py --build $(abspath $(BUILD))
 
 # libFuzzer on the frame decoder, the config loader and the v2 checks, all
 # three at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.

@@ -1,4 +1,8 @@
-/* `baton run CONFIG --pipeline P --input PATH... --output DIR`: batch jobs. */
+/*
+ * `baton run CONFIG --pipeline P --input PATH... --output DIR`: batch jobs
+ * over files; `baton run CONFIG` alone: over the config's `run:` section
+ * (a PostgreSQL source and sink).
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +49,9 @@ static int run(int argc, char **argv)
 			break;
 		}
 	}
-	if (!path || !opt.pipeline || !opt.outdir || opt.ninputs == 0) {
+	/* Without --input, the config's `run:` section says what to read (checked once loaded). */
+	int from_config = path && opt.ninputs == 0 && !opt.outdir;
+	if (!path || (!from_config && (!opt.pipeline || !opt.outdir || opt.ninputs == 0))) {
 		bt_cli_usage(&bt_cmd_run, stderr);
 		free(opt.inputs);
 		return BT_EXIT_USAGE;
@@ -60,7 +66,14 @@ static int run(int argc, char **argv)
 		free(opt.inputs);
 		return BT_EXIT_USAGE;
 	}
-	int code = bt_jobs_run(&cfg, &opt);
+	if (from_config && !cfg.run.present) {
+		fprintf(stderr, "baton run: %s has no 'run:' section; give --input and --output\n",
+			path);
+		bt_config_release(&cfg);
+		free(opt.inputs);
+		return BT_EXIT_USAGE;
+	}
+	int code = from_config ? bt_jobs_run_db(&cfg, &opt) : bt_jobs_run(&cfg, &opt);
 	bt_config_release(&cfg);
 	free(opt.inputs);
 	return code;
@@ -68,5 +81,5 @@ static int run(int argc, char **argv)
 
 const struct bt_cmd bt_cmd_run = {
 	"run",
-	"CONFIG --pipeline P --input PATH... --output DIR [--jobs N] [--force] [--progress | --no-progress]",
-	"run a pipeline over files, writing one result per input (resumable)", run};
+	"CONFIG [--pipeline P --input PATH... --output DIR] [--jobs N] [--force] [--progress | --no-progress]",
+	"run a pipeline over files, or over the config's run: source and sink (resumable)", run};

@@ -1140,7 +1140,7 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "stages", "pipelines",
 				       "gpus", "interval_ms", "auth", "http", "cgroup", "streams",
-				       NULL};
+				       "run", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
 static const char *const http_keys[] = {"max_connections", "idle_timeout_s", NULL};
 
@@ -1502,6 +1502,200 @@ static int parse_streams(struct ctx *c, const yaml_node_t *n)
 	return r;
 }
 
+static const char *const run_keys[] = {"pipeline", "source", "sink", "checkpoint",
+				       "reconnect_max_s", NULL};
+static const char *const run_source_keys[] = {"connect", "query", "key", "page_rows",
+					      "request", NULL};
+static const char *const run_sink_keys[] = {"connect", "table", "key", "columns", "jsonb",
+					    "failures_table", "checkpoint_table", NULL};
+
+/*
+ * A libpq connection string must not carry a password: the config is read
+ * by `baton check`, copied around and quoted in errors.  Looks for the
+ * keyword and for a URI's "user:password@".
+ */
+static int check_connect(struct ctx *c, const yaml_node_t *n, const char *s)
+{
+	char *lower = bt_strdup(s);
+	for (char *p = lower; *p; p++)
+		*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+	const char *uri = strstr(lower, "://");
+	const char *at = uri ? strchr(uri, '@') : NULL;
+	int bad = strstr(lower, "password") != NULL ||
+		  (at && memchr(uri + 3, ':', (size_t)(at - uri - 3)) != NULL);
+	free(lower);
+	if (bad)
+		return fail(c, n, "'connect' must not hold a password: put it in ~/.pgpass (or "
+				  "PGPASSFILE), a service file or PGPASSWORD");
+	return 0;
+}
+
+/* A name, or a list of names (sink.key); at least one. */
+static int get_names(struct ctx *c, const yaml_node_t *n, const char *key, char ***out,
+		     int *count)
+{
+	if (n->type == YAML_SCALAR_NODE) {
+		*out = bt_calloc(1, sizeof(char *));
+		*count = 1;
+		return get_string(c, n, key, &(*out)[0]);
+	}
+	if (n->type != YAML_SEQUENCE_NODE || n->data.sequence.items.top == n->data.sequence.items.start)
+		return fail(c, n, "'%s' must be a column name or a non-empty list of them", key);
+	size_t k = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	*out = bt_calloc(k, sizeof(char *));
+	for (size_t i = 0; i < k; i++) {
+		int r = get_string(c, node(c, n->data.sequence.items.start[i]), key, &(*out)[i]);
+		(*count)++;
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* sink.columns: a list of names (field = column) or a mapping column: field. */
+static int parse_run_columns(struct ctx *c, const yaml_node_t *n, struct bt_run_config *run)
+{
+	if (n->type == YAML_SEQUENCE_NODE) {
+		int r = get_names(c, n, "sink.columns", &run->sink_columns, &run->nsink_columns);
+		run->sink_fields = bt_calloc((size_t)run->nsink_columns + 1, sizeof(char *));
+		for (int i = 0; i < run->nsink_columns; i++)
+			if (run->sink_columns[i])
+				run->sink_fields[i] = bt_strdup(run->sink_columns[i]);
+		return r;
+	}
+	int r = check_mapping(c, n, "'sink.columns'", NULL);
+	if (r)
+		return r;
+	size_t k = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+	if (k == 0)
+		return fail(c, n, "'sink.columns' is empty");
+	run->sink_columns = bt_calloc(k, sizeof(char *));
+	run->sink_fields = bt_calloc(k, sizeof(char *));
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; !r && p < n->data.mapping.pairs.top;
+	     p++) {
+		int i = run->nsink_columns++;
+		run->sink_columns[i] = bt_strdup(scalar(node(c, p->key)));
+		r = get_string(c, node(c, p->value), "sink.columns", &run->sink_fields[i]);
+	}
+	return r;
+}
+
+/* run: {pipeline, source: {postgresql: {...}}, sink: {postgresql: {...}}, ...} */
+static int parse_run(struct ctx *c, const yaml_node_t *n)
+{
+	struct bt_run_config *run = &c->cfg->run;
+	int r = check_mapping(c, n, "'run'", run_keys);
+	const yaml_node_t *src = NULL, *sink = NULL;
+	run->present = 1;
+	run->line = (int)n->start_mark.line + 1;
+	run->col = (int)n->start_mark.column + 1;
+	run->page_rows = 1000;
+	run->reconnect_max_s = 60;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; !r && p < n->data.mapping.pairs.top;
+	     p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "pipeline"))
+			r = get_string(c, v, "run.pipeline", &run->pipeline);
+		else if (!strcmp(k, "checkpoint"))
+			r = get_string(c, v, "run.checkpoint", &run->checkpoint_name);
+		else if (!strcmp(k, "reconnect_max_s"))
+			r = get_u64(c, v, "run.reconnect_max_s", 0, 86400, &run->reconnect_max_s);
+		else if (!strcmp(k, "source"))
+			src = v;
+		else
+			sink = v;
+	}
+	static const char *const pg_only[] = {"postgresql", NULL};
+	if (!r && (!src || !sink))
+		r = fail(c, n, "'run' needs both 'source' and 'sink' (postgresql)");
+	if (!r && !(r = check_mapping(c, src, "'run.source'", pg_only)) &&
+	    src->data.mapping.pairs.top == src->data.mapping.pairs.start)
+		r = fail(c, src, "'run.source' needs 'postgresql'");
+	if (!r && !(r = check_mapping(c, sink, "'run.sink'", pg_only)) &&
+	    sink->data.mapping.pairs.top == sink->data.mapping.pairs.start)
+		r = fail(c, sink, "'run.sink' needs 'postgresql'");
+	if (r)
+		return r;
+	src = node(c, src->data.mapping.pairs.start->value);
+	sink = node(c, sink->data.mapping.pairs.start->value);
+	if ((r = check_mapping(c, src, "'run.source.postgresql'", run_source_keys)) ||
+	    (r = check_mapping(c, sink, "'run.sink.postgresql'", run_sink_keys)))
+		return r;
+	run->src_line = (int)src->start_mark.line + 1;
+	run->src_col = (int)src->start_mark.column + 1;
+	run->sink_line = (int)sink->start_mark.line + 1;
+	run->sink_col = (int)sink->start_mark.column + 1;
+	for (yaml_node_pair_t *p = src->data.mapping.pairs.start;
+	     !r && p < src->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "connect")) {
+			r = get_string(c, v, "source.connect", &run->src_connect);
+			r = r ? r : check_connect(c, v, run->src_connect);
+		} else if (!strcmp(k, "query")) {
+			r = get_string(c, v, "source.query", &run->src_query);
+		} else if (!strcmp(k, "key")) {
+			r = get_string(c, v, "source.key", &run->src_key);
+			run->key_line = (int)v->start_mark.line + 1;
+			run->key_col = (int)v->start_mark.column + 1;
+		} else if (!strcmp(k, "page_rows")) {
+			r = get_i(c, v, "source.page_rows", 1, 1000000, &run->page_rows);
+		} else {
+			char *s = NULL;
+			r = get_string(c, v, "source.request", &s);
+			if (!r && !strcmp(s, "row"))
+				run->unit = BT_RUN_ROW;
+			else if (!r && strcmp(s, "page"))
+				r = fail(c, v, "'source.request' must be page or row, not '%s'", s);
+			free(s);
+		}
+	}
+	if (!r && (!run->src_query || !run->src_key))
+		r = fail(c, src, "'run.source.postgresql' needs 'query' and 'key'");
+	for (yaml_node_pair_t *p = sink->data.mapping.pairs.start;
+	     !r && p < sink->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "connect")) {
+			r = get_string(c, v, "sink.connect", &run->sink_connect);
+			r = r ? r : check_connect(c, v, run->sink_connect);
+		} else if (!strcmp(k, "table")) {
+			r = get_string(c, v, "sink.table", &run->sink_table);
+		} else if (!strcmp(k, "key")) {
+			r = get_names(c, v, "sink.key", &run->sink_key, &run->nsink_key);
+		} else if (!strcmp(k, "columns")) {
+			r = parse_run_columns(c, v, run);
+		} else if (!strcmp(k, "jsonb")) {
+			r = get_string(c, v, "sink.jsonb", &run->sink_jsonb);
+		} else if (!strcmp(k, "failures_table")) {
+			r = get_string(c, v, "sink.failures_table", &run->failures_table);
+		} else {
+			r = get_string(c, v, "sink.checkpoint_table", &run->checkpoint_table);
+		}
+	}
+	if (!r && !run->sink_table)
+		r = fail(c, sink, "'run.sink.postgresql' needs 'table'");
+	if (r)
+		return r;
+	if (!run->nsink_key) {
+		run->sink_key = bt_calloc(1, sizeof(char *));
+		run->sink_key[0] = bt_strdup(run->src_key);
+		run->nsink_key = 1;
+	}
+	if (!run->src_connect)
+		run->src_connect = bt_strdup("");
+	if (!run->sink_connect)
+		run->sink_connect = bt_strdup("");
+	if (!run->failures_table)
+		run->failures_table = bt_strdup("baton_failures");
+	if (!run->checkpoint_table)
+		run->checkpoint_table = bt_strdup("baton_checkpoints");
+	if (!run->checkpoint_name)
+		run->checkpoint_name = bt_asprintf("%s", run->sink_table);
+	return 0;
+}
+
 static int parse_root(struct ctx *c, yaml_node_t *root)
 {
 	struct bt_config *cfg = c->cfg;
@@ -1542,6 +1736,8 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			    cfg->cgroup[0] != '/')
 				r = fail(c, v, "'cgroup' must be auto, off or an absolute path, not '%s'",
 					 cfg->cgroup);
+		} else if (!strcmp(k, "run")) {
+			r = parse_run(c, v);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else if (!strcmp(k, "streams")) {
@@ -1611,6 +1807,11 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			if (cfg->stages[i].source)
 				return fail(c, root, "source stage '%s' feeds no stream (add 'streams')",
 					    cfg->stages[i].name);
+	}
+	if (cfg->run.pipeline && bt_config_pipeline_index(cfg, cfg->run.pipeline) < 0) {
+		snprintf(c->err, c->errlen, "%s:%d:%d: 'run.pipeline' names unknown pipeline '%s'",
+			 c->path, cfg->run.line, cfg->run.col, cfg->run.pipeline);
+		return BT_ECONFIG;
 	}
 	return 0;
 }
@@ -1694,6 +1895,30 @@ int bt_config_load(const char *path, struct bt_config *cfg, char *err,
 	return r;
 }
 
+static void free_names(char **v, int n)
+{
+	for (int i = 0; v && i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void run_release(struct bt_run_config *run)
+{
+	free(run->pipeline);
+	free(run->src_connect);
+	free(run->src_query);
+	free(run->src_key);
+	free(run->sink_connect);
+	free(run->sink_table);
+	free_names(run->sink_key, run->nsink_key);
+	free_names(run->sink_columns, run->nsink_columns);
+	free_names(run->sink_fields, run->nsink_columns);
+	free(run->sink_jsonb);
+	free(run->failures_table);
+	free(run->checkpoint_table);
+	free(run->checkpoint_name);
+}
+
 void bt_config_release(struct bt_config *cfg)
 {
 	for (int i = 0; i < cfg->nstages; i++) {
@@ -1748,6 +1973,7 @@ void bt_config_release(struct bt_config *cfg)
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg->listen_host);
+	run_release(&cfg->run);
 	memset(cfg, 0, sizeof(*cfg));
 }
 

@@ -25,6 +25,14 @@ struct bt_job_options {
 /* Runs the job; returns the exit status (0 all succeeded, 1 not, 2 usage). */
 int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt);
 
+/*
+ * The same over the config's `run:` section (dbrun.c): a PostgreSQL source
+ * and sink; opt->pipeline may be NULL (run.pipeline), inputs and outdir
+ * are unused.  0 all rows written, 1 some failed or the run stopped, 2
+ * usage or configuration (with FILE:LINE:COL).
+ */
+int bt_jobs_run_db(struct bt_config *cfg, const struct bt_job_options *opt);
+
 struct bt_bench_options {
 	const char *pipeline;
 	char **inputs; /* payload files, sent in turn */
