@@ -374,6 +374,15 @@ def baton(tmp_path):
                 assert marker not in log, "sanitizer report in %s:\n%s" % (b.log_path, b.log_tail(60))
 
 
+# Processes that outlive a test on purpose (a module's database server).
+SHARED_PIDS = set()
+
+
+def keep_running(pid):
+    """Tells the orphan check that pid belongs to a fixture wider than one test."""
+    SHARED_PIDS.add(pid)
+
+
 def live_children():
     """{pid: command} of pytest's live (non-zombie) children."""
     me, out = os.getpid(), {}
@@ -403,7 +412,8 @@ def no_orphans_and_no_sanitizer_reports():
 
     def settled():
         left.clear()
-        left.update({p: c for p, c in live_children().items() if p not in before})
+        left.update({p: c for p, c in live_children().items()
+                     if p not in before and p not in SHARED_PIDS})
         return not left
 
     try:

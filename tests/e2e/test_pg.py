@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from conftest import BATON, PYTHON, ROOT, SDK_PY, SLOW, wait_for
+from conftest import BATON, PYTHON, ROOT, SDK_PY, SLOW, keep_running, wait_for
 
 sys.path.insert(0, os.path.join(ROOT, "examples", "timeseries"))
 from tmp_postgres import TmpPostgres  # noqa: E402
@@ -77,7 +77,11 @@ def db(server, request):
 
     d = Db()
     d.name = name
-    return d
+    yield d
+    # The server outlives the test (a test may have restarted it): it is
+    # the module's, not something the test left behind.
+    if server.proc and server.proc.poll() is None:
+        keep_running(server.proc.pid)
 
 
 def write_config(tmp_path, unit="row", page_rows=50, replicas=2, extra_src="", extra_run="",
