@@ -43,6 +43,8 @@ static void warn_unplaceable(const struct bt_config *cfg, const char *path)
 
 static int run(int argc, char **argv)
 {
+	if (argc < 2)
+		return bt_cli_missing(&bt_cmd_check, "CONFIG");
 	if (argc != 2 || argv[1][0] == '-') {
 		bt_cli_usage(&bt_cmd_check, stderr);
 		return BT_EXIT_USAGE;
@@ -86,5 +88,18 @@ static int run(int argc, char **argv)
 	return BT_EXIT_OK;
 }
 
-const struct bt_cmd bt_cmd_check = {"check", "CONFIG",
-				    "validate a config file and print the resolved plan", run};
+const struct bt_cmd bt_cmd_check = {
+	"check", "CONFIG", "validate a config file and print the resolved plan", run,
+	"Loads CONFIG as serve would, without starting anything, and prints each stage's\n"
+	"absolute argv, workdir, environment changes and policies, then the pipelines.\n"
+	"Errors name FILE:LINE:COL and the key.  Warnings (on stderr) cover venvs that\n"
+	"do not exist yet, stages no declared GPU could hold, and queue_max below\n"
+	"batch.max_size.\n"
+	"\n"
+	"options:\n"
+	"  CONFIG  the YAML file (see baton.yaml(5) or docs/config.md)\n"
+	"\n"
+	"exit status: 0 when the file is valid, 2 with FILE:LINE:COL: message if not.\n"
+	"\n"
+	"examples:\n"
+	"  baton check examples/echo/baton.yaml\n"};

@@ -19,10 +19,8 @@ static int run(int argc, char **argv)
 		else
 			path = NULL, i = argc;
 	}
-	if (!path) {
-		bt_cli_usage(&bt_cmd_serve, stderr);
-		return BT_EXIT_USAGE;
-	}
+	if (!path)
+		return bt_cli_missing(&bt_cmd_serve, argc > 1 ? "CONFIG (or a bad argument)" : "CONFIG");
 	struct bt_config cfg;
 	char err[1024];
 	if (bt_config_load(path, &cfg, err, sizeof(err))) {
@@ -70,5 +68,23 @@ static int run(int argc, char **argv)
 	return code;
 }
 
-const struct bt_cmd bt_cmd_serve = {"serve", "CONFIG [--listen HOST:PORT]",
-				    "run the pipelines of CONFIG and serve them over HTTP", run};
+const struct bt_cmd bt_cmd_serve = {
+	"serve", "CONFIG [--listen HOST:PORT]", "run the pipelines of CONFIG and serve them over HTTP",
+	run,
+	"Starts every stage's replicas, supervises them (restarts with backoff) and\n"
+	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
+	"new ones get 503.  SIGHUP is ignored.  Logs go to stderr, one logfmt line per\n"
+	"event.  Under systemd (Type=notify) it reports READY=1 once every stage has its\n"
+	"initial replicas ready, STATUS= lines, and WATCHDOG=1 when WatchdogSec is set.\n"
+	"\n"
+	"options:\n"
+	"  CONFIG              the YAML file (see baton.yaml(5) or docs/config.md)\n"
+	"  --listen HOST:PORT  overrides the file's listen: (default 127.0.0.1:8080);\n"
+	"                      port 0 picks a free port, logged at start\n"
+	"\n"
+	"exit status: 0 after a clean stop, 1 if it could not start (port in use),\n"
+	"2 on a usage or configuration error.\n"
+	"\n"
+	"examples:\n"
+	"  baton serve examples/echo/baton.yaml\n"
+	"  baton serve examples/echo/baton.yaml --listen 127.0.0.1:9000\n"};

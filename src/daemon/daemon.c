@@ -292,6 +292,51 @@ static json_t *replica_status(const struct bt_replica *r, uint64_t now)
 	return o;
 }
 
+/*
+ * A stage's state as an operator needs it: "ok" while a replica can take
+ * requests, else why not ("starting", "backoff", "pending", "failed"),
+ * with the worker's last stderr line and exit as the reason.
+ */
+static const char *stage_state(const struct bt_stage *st, const char **why)
+{
+	int starting = 0, backoff = 0, pending = 0, active = 0;
+	const char *exit = NULL;
+	*why = NULL;
+	if (st->failed)
+		goto reason;
+	for (int i = 0; i < st->nreplicas; i++) {
+		const struct bt_replica *r = st->replicas[i];
+		if (!r->active)
+			continue;
+		active++;
+		if (r->state == BT_REPLICA_READY ||
+		    (st->cfg->mode == BT_MODE_SPAWN && r->state != BT_REPLICA_FAILED &&
+		     r->state != BT_REPLICA_BACKOFF))
+			return "ok";
+		starting += r->state == BT_REPLICA_STARTING || r->state == BT_REPLICA_WARMING;
+		pending += r->state == BT_REPLICA_PENDING;
+		if (r->state == BT_REPLICA_BACKOFF) {
+			backoff++;
+			exit = r->last_exit[0] ? r->last_exit : exit;
+		}
+	}
+	if (active == 0)
+		return "ok"; /* scaled to zero on purpose */
+reason:
+	if (st->last_stderr[0])
+		*why = st->last_stderr;
+	else if (exit)
+		*why = exit;
+	if (st->failed)
+		return "failed";
+	if (backoff)
+		return "backoff";
+	if (pending && !starting)
+		return "pending";
+	*why = NULL; /* still loading: whatever it printed before is no reason */
+	return "starting";
+}
+
 json_t *bt_daemon_status(struct bt_daemon *d)
 {
 	uint64_t now = bt_now_ms();
@@ -314,6 +359,10 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				  (json_int_t)st->errors, "retried", (json_int_t)st->retried,
 				  "replicas", reps));
 		json_t *sj = json_object_get(stages, st->cfg->name);
+		const char *why, *state = stage_state(st, &why);
+		json_object_set_new(sj, "state", json_string(state));
+		json_object_set_new(sj, "serving", json_boolean(!strcmp(state, "ok")));
+		json_object_set_new(sj, "reason", why ? json_string(why) : json_null());
 		static const char *policies[] = {"none", "demand", "headroom"};
 		json_object_set_new(sj, "scaling",
 				    json_pack("{s:i, s:i, s:i, s:i, s:s, s:b}", "active",
