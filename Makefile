@@ -13,7 +13,9 @@ BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
 # poppler for PDFs, Pillow and DejaVu to draw the sample pages.
 DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
               tesseract-ocr-eng poppler-utils
-TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS)
+# promtool is not packaged alone: tools/promtool.sh takes it out of Debian's
+# prometheus package rather than installing a server and its units.
+TEST_PKGS  := python3-pytest wrk valgrind $(DEMO_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
@@ -37,6 +39,7 @@ deps:
 
 test-deps: deps
 	$(call apt_install,$(TEST_PKGS))
+	@sh tools/promtool.sh $(BUILD)/tools
 
 $(BUILD)/build.ninja:
 	meson setup $(BUILD) >/dev/null
@@ -57,17 +60,21 @@ unit: build
 e2e: build test-deps
 	BATON_BUILD=$(abspath $(BUILD)) $(PY) -m pytest -q tests/e2e
 
-# The whole suite: unit and end-to-end tests, then the same under ASan+UBSan.
+# The whole suite: unit and end-to-end tests, then the same under ASan+UBSan,
+# each phase announced and timed (tools/phase.sh).
+PHASE := sh tools/phase.sh
 test: test-deps build asan
-	meson test -C $(BUILD) --print-errorlogs --suite unit
-	BATON_BUILD=$(abspath $(BUILD)) $(PY) -m pytest -q -x tests/e2e
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	@$(PHASE) "unit tests" meson test -C $(BUILD) --print-errorlogs --suite unit
+	@$(PHASE) "end-to-end tests" env BATON_BUILD=$(abspath $(BUILD)) $(PY) -m pytest -q -x tests/e2e
+	@$(PHASE) "unit tests under ASan+UBSan" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		meson test -C $(ASAN_BUILD) --print-errorlogs --suite unit
 	@# Criterion reports a leak inside a test but still counts it as passed.
 	@! grep -E "ERROR: (LeakSanitizer|AddressSanitizer)|runtime error:" \
 		$(ASAN_BUILD)/meson-logs/testlog.txt
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-		BATON_BUILD=$(abspath $(ASAN_BUILD)) BATON_SANITIZED=1 $(PY) -m pytest -q -x tests/e2e
+	@$(PHASE) "end-to-end tests under ASan+UBSan" env ASAN_OPTIONS=detect_leaks=1 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 BATON_BUILD=$(abspath $(ASAN_BUILD)) \
+		BATON_SANITIZED=1 $(PY) -m pytest -q -x tests/e2e
 
 # The documents example: detection (Python, OpenCV) then OCR (C, tesseract).
 demo: build
