@@ -97,8 +97,11 @@ static int run(int argc, char **argv)
 const struct bt_cmd bt_cmd_help = {
 	"help", "[COMMAND | --man]", "show this help, or a command's page", run,
 	"Without arguments, lists the commands.  With a command, prints its page (the\n"
-	"same as 'baton COMMAND --help').  --man prints baton(1) in roff, made from\n"
-	"these pages.\n"
+	"same as 'baton COMMAND --help').\n"
+	"\n"
+	"options:\n"
+	"  COMMAND   print that command's page\n"
+	"  --man     print baton(1) in roff, made from these pages\n"
 	"\n"
 	"examples:\n"
 	"  baton help run\n"

@@ -64,7 +64,7 @@ int main(int argc, char **argv)
 	for (int i = 0; bt_commands[i]; i++) {
 		if (strcmp(bt_commands[i]->name, name))
 			continue;
-		if (bt_commands[i] != &bt_cmd_help && asks_help(argc - 2, argv + 2)) {
+		if (asks_help(argc - 2, argv + 2)) {
 			bt_cli_help(bt_commands[i], stdout);
 			return BT_EXIT_OK;
 		}
