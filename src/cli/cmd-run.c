@@ -87,7 +87,7 @@ const struct bt_cmd bt_cmd_run = {
 	"Starts the pipeline's stages as serve would (no HTTP), sends every input file\n"
 	"through it and writes each result atomically to DIR/RELPATH.EXT (EXT from the\n"
 	"result's content type).  Failures go to DIR/_failed.jsonl, the log to\n"
-	"DIR/_run.log.  Running it again skips inputs whose output exists: a crash or\n"
+	"DIR/_baton.log.  Running it again skips inputs whose output exists: a crash or\n"
 	"Ctrl-C loses nothing.  Directories are walked recursively in sorted order,\n"
 	"skipping dot files and DIR itself.\n"
 	"\n"
