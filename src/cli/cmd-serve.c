@@ -24,10 +24,14 @@ struct notifier {
 	char status[1100]; /* the last STATUS= sent */
 };
 
-/* "upper 2/2 ready, rev 0/1 ready (backoff)": each stage's ready replicas. */
-static void stage_summary(const struct bt_daemon *d, char *out, size_t size)
+/*
+ * "upper 2/2 ready, rev 0/1 ready (backoff)": each stage's ready replicas.
+ * Returns whether every stage has as many ready as it starts with.
+ */
+static int stage_summary(const struct bt_daemon *d, char *out, size_t size)
 {
 	size_t o = 0;
+	int all = 1;
 	out[0] = '\0';
 	for (int i = 0; i < d->nstages && o < size; i++) {
 		const struct bt_stage *st = &d->stages[i];
@@ -42,16 +46,22 @@ static void stage_summary(const struct bt_daemon *d, char *out, size_t size)
 		o += (size_t)snprintf(out + o, size - o, "%s%s %d/%d ready%s", i ? ", " : "",
 				      st->cfg->name, ready, active,
 				      st->failed ? " (failed)" : backoff ? " (backoff)" : "");
+		if (st->failed || ready < BT_MIN(st->cfg->replicas_initial, active))
+			all = 0;
 	}
+	return all;
 }
 
 static void notify_update(struct notifier *nt)
 {
 	struct bt_daemon *d = nt->d;
 	char text[1100], stages[900];
-	stage_summary(d, stages, sizeof(stages));
+	/* Ready once, when every stage has its initial replicas: a restart later is not "starting". */
+	int up = stage_summary(d, stages, sizeof(stages)) && bt_daemon_ready(d);
 	if (d->state == BT_DAEMON_RUNNING)
-		snprintf(text, sizeof(text), "STATUS=%s: %s", bt_daemon_ready(d) ? "serving" : "starting",
+		snprintf(text, sizeof(text), "STATUS=%s: %s",
+			 nt->ready_sent ? (bt_daemon_ready(d) ? "serving" : "not ready")
+					: (up ? "serving" : "starting"),
 			 stages);
 	else
 		snprintf(text, sizeof(text), "STATUS=stopping: %llu in flight",
@@ -64,7 +74,7 @@ static void notify_update(struct notifier *nt)
 		snprintf(nt->status, sizeof(nt->status), "%s", text);
 		bt_notify_send(&nt->n, text);
 	}
-	if (!nt->ready_sent && bt_daemon_ready(d)) {
+	if (!nt->ready_sent && up && d->state == BT_DAEMON_RUNNING) {
 		nt->ready_sent = 1;
 		bt_notify_send(&nt->n, "READY=1");
 		bt_info("notified systemd: ready", "status=\"%s\"", text + 7);
