@@ -19,8 +19,12 @@ TEST_PKGS  := python3-pytest wrk valgrind $(DEMO_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
+# `make deb`: Debian's own tools, and lintian for the result.
+DEB_PKGS   := debhelper dpkg-dev fakeroot lintian
+PREFIX     ?= /usr/local
 
-.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz clean
+.PHONY: all deps test-deps build asan unit e2e test test-asan demo demo-echo bench fuzz clean \
+	install deb
 
 all: build
 
@@ -99,5 +103,25 @@ fuzz:
 	$(call apt_install,$(FUZZ_PKGS))
 	sh fuzz/run.sh $(FUZZ_SECONDS)
 
+# make install [PREFIX=/usr/local] [DESTDIR=/tmp/root]: the binary, the C SDK
+# (header, shared and static library, pkg-config), the Python SDK, man pages,
+# bash completion, the systemd unit and its user (docs/operations.md).
+install: build
+	meson configure $(BUILD) -Dprefix=$(PREFIX) >/dev/null
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild --quiet $(if $(DESTDIR),--destdir $(DESTDIR))
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then ldconfig; fi
+
+# build-deb/baton_*.deb with dpkg-buildpackage from a copy of the tree, then
+# lintian, then tools/deb-check.sh installs it in a scratch root and runs its
+# example.  Not part of `make test`: it builds everything once more (minutes).
+deb: deps
+	$(call apt_install,$(DEB_PKGS))
+	rm -rf build-deb && mkdir -p build-deb/src
+	git ls-files -z -co --exclude-standard | xargs -0 cp -P --parents -t build-deb/src
+	cd build-deb/src && dpkg-buildpackage -b -us -uc
+	lintian --fail-on error,warning build-deb/baton_*.deb
+	sh tools/deb-check.sh build-deb/baton_*.deb
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz build-deb
