@@ -8,6 +8,11 @@ import re
 import sys
 
 
+def ascii(text):
+    """Characters beyond ASCII as groff's \\[uXXXX] escapes (no input encoding needed)."""
+    return "".join(c if ord(c) < 128 else "\\[u%04X]" % ord(c) for c in text)
+
+
 def inline(text):
     """Markdown inline markup as roff: `code` bold, **strong** bold, links as text."""
     text = text.replace("\\", "\\e")
@@ -15,7 +20,7 @@ def inline(text):
     text = re.sub(r"`([^`]*)`", lambda m: "\\fB" + m.group(1) + "\\fR", text)
     text = re.sub(r"\*\*([^*]+)\*\*", r"\\fB\1\\fR", text)
     text = text.replace("-", "\\-")
-    return text
+    return ascii(text)
 
 
 def line(text):
@@ -46,7 +51,7 @@ def convert(md):
             out.append(".PP\n.nf" if in_code else ".fi")
             continue
         if in_code:
-            out.append(line(ln.replace("\\", "\\e")))
+            out.append(line(ascii(ln.replace("\\", "\\e"))))
             continue
         if ln.startswith("# "):
             continue  # the title: NAME says it
