@@ -8,13 +8,19 @@ set -eu
 deb=$(realpath "$1")
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
+# /etc for the package's user (systemd-sysusers --root writes passwd there).
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/etc"
 : >"$root/var/lib/dpkg/status"
 # The root has no libc or python3 of its own: dependencies are this
 # machine's, and maintainer scripts run here with DPKG_ROOT set.
-dpkg --root="$root" --force-depends --force-not-root --force-script-chrootless \
-	--log=/dev/null -i "$deb" >/dev/null
+if ! dpkg --root="$root" --force-depends --force-not-root --force-script-chrootless \
+	--log=/dev/null -i "$deb" >"$root/dpkg.out" 2>&1; then
+	cat "$root/dpkg.out" >&2
+	exit 1
+fi
 dpkg --root="$root" -s baton | grep -q '^Status: install ok installed'
+# The postinst made the service's user in the root, not on this machine.
+grep -q '^baton:' "$root/etc/passwd"
 echo "installed $(basename "$deb") into $root"
 
 baton=$root/usr/bin/baton

@@ -102,9 +102,11 @@ def test_an_indentation_mistake_is_explained_with_file_line_col(tmp_path, text, 
     out = baton_cli("check", str(path))
     assert out.returncode == 2
     first = out.stderr.splitlines()[0]
-    assert first.startswith("%s:%d:%d: " % (path, line, col)), first
-    assert "indent" in first, first
-    assert "YAML: " in first  # libyaml's own words are kept after the sentence
+    prefix = "%s:%d:%d: " % (path, line, col)
+    assert first.startswith(prefix), first
+    message = first[len(prefix):]
+    assert message.startswith("this line is indented differently"), first
+    assert "YAML: did not find expected key" in message  # libyaml's own words are kept
 
 
 def test_run_include_and_exclude_filter_the_files_of_a_directory(tmp_path):
