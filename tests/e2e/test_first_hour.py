@@ -4,6 +4,7 @@ indentation) with FILE:LINE:COL, `baton run` filters inputs and says when
 it is waiting for workers, and a stage that cannot serve says why."""
 import os
 import re
+import shlex
 import subprocess
 import threading
 
@@ -180,3 +181,33 @@ pipelines:
     assert re.search(r"^\s+not serving: .*can't open file .*uper\.py", out.stdout, re.M), out.stdout
     # The worker's stderr line is in the log at warn.
     assert re.search(r"level=warn msg=\".*can't open file.*stream=stderr", b.log()), b.log_tail()
+
+
+def test_the_missing_venv_hint_leads_to_a_config_that_runs(tmp_path):
+    # A stage with a venv that does not exist and no setup: the hint says
+    # what to add and what to run; doing exactly that makes the run work.
+    cfg = tmp_path / "baton.yaml"
+    stage = f"""stages:
+  w:
+    command: [python3, {FAKE}]
+    venv: .venv-w
+    env: {{PYTHONPATH: {SDK_PY}}}
+"""
+    cfg.write_text(stage + "pipelines:\n  p: [w]\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    run = ["run", str(cfg), "--pipeline", "p", "--input", str(tmp_path / "in"),
+           "--output", str(tmp_path / "out")]
+    out = baton_cli(*run)
+    assert out.returncode == 2
+    hint = re.search(r"\(add `(setup: \{\})` to the stage and run `(baton env setup [^`]+)`", out.stderr)
+    assert hint, out.stderr
+    # `baton env setup` without the key says the same, and fails.
+    out = baton_cli("env", "setup", str(cfg))
+    assert out.returncode == 1 and "add `setup: {}`" in out.stdout, out.stdout
+    cfg.write_text(stage + "    " + hint.group(1) + "\npipelines:\n  p: [w]\n")
+    out = baton_cli(*shlex.split(hint.group(2))[1:], timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / ".venv-w" / "bin" / "python").exists()
+    out = baton_cli(*run, timeout=120)
+    assert out.returncode == 0, out.stderr
