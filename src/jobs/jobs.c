@@ -692,11 +692,17 @@ static void progress(struct job *job, int final)
 	double eta = rate > 0 ? (double)(job->nitems - done) / rate : NAN;
 	char etas[32], starting[64] = "";
 	format_eta(etas, sizeof(etas), eta);
+	/*
+	 * Until the first result, the wait is the workers' start-up: say so.
+	 * (Only while running: once the daemon closes, replicas are freed.)
+	 */
 	int ready, active;
-	count_ready(job, &ready, &active);
-	/* Until the first result, the wait is the workers' start-up: say so. */
-	if (done == 0 && !final && ready < active)
-		snprintf(starting, sizeof(starting), "starting workers (%d/%d ready)", ready, active);
+	if (done == 0 && !final && job->d->state == BT_DAEMON_RUNNING) {
+		count_ready(job, &ready, &active);
+		if (ready < active)
+			snprintf(starting, sizeof(starting), "starting workers (%d/%d ready)", ready,
+				 active);
+	}
 	if (job->tty) {
 		int width = 24, fill = job->nitems ? (int)(width * done / job->nitems) : width;
 		char bar[32];

@@ -30,7 +30,9 @@ static void emit(struct bt_lines *l, const char *s, size_t n)
 	bt_log(level, line, "stage=%s replica=%d pid=%d stream=%s", l->stage, l->replica,
 	       l->pid, l->stream);
 	if (l->last && n) {
-		snprintf(l->last, BT_LINES_LAST, "%s", line);
+		size_t keep = BT_MIN(n, (size_t)BT_LINES_LAST - 1);
+		memcpy(l->last, line, keep);
+		l->last[keep] = '\0';
 		bt_utf8_clean(l->last); /* the cut may split a character */
 	}
 }

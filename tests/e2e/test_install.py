@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import BATON, BUILD, ROOT, SLOW
+from conftest import BATON, BUILD, ROOT, SANITIZED, SLOW
 
 STAGE = "stages:\n  w:\n    command: [/bin/true]\n"
 # One config per section of the file, each with a key no section has: the
@@ -86,8 +86,10 @@ def test_installed_sdks_run_a_pipeline(destdir, tmp_path):
                            capture_output=True, text=True, env=env, check=True).stdout.split()
     assert any(f.startswith("-I" + destdir) for f in flags), flags
     rev = tmp_path / "rev"
-    subprocess.run(["cc", "-o", str(rev), os.path.join(ROOT, "examples", "echo", "rev.c")] + flags,
-                   check=True, timeout=120)
+    # A sanitized build installs a sanitized library: its users must load the runtime too.
+    san = ["-fsanitize=address,undefined"] if SANITIZED else []
+    subprocess.run(["cc", "-o", str(rev), os.path.join(ROOT, "examples", "echo", "rev.c")] + flags
+                   + san, check=True, timeout=120, capture_output=True)
     libdir = os.path.dirname(one(destdir + "/lib/*/libbatonworker.so.1"))
     pydir = os.path.dirname(one(destdir + "/lib/python3*/dist-packages/baton_worker.py"))
     ex = os.path.join(destdir, "share/doc/baton/examples/upper")
