@@ -43,7 +43,7 @@ deps:
 
 test-deps: deps
 	$(call apt_install,$(TEST_PKGS))
-	@sh tools/promtool.sh $(BUILD)/tools
+	@sh tools/promtool.sh build-tools
 
 $(BUILD)/build.ninja:
 	meson setup $(BUILD) >/dev/null
@@ -124,4 +124,4 @@ deb: deps
 	sh tools/deb-check.sh build-deb/baton_*.deb
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz build-deb
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz build-deb build-tools

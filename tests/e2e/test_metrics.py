@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from conftest import BUILD, SLOW, config, fake_stage, wait_for
+from conftest import ROOT, SLOW, config, fake_stage, wait_for
 
 
 def parse(text):
@@ -35,8 +35,8 @@ def total(samples, name, **labels):
 
 
 def test_promtool_accepts_the_metrics(baton):
-    # `make test` puts it in BUILD/tools (tools/promtool.sh) when it is not on PATH.
-    promtool = shutil.which("promtool") or shutil.which("promtool", path=os.path.join(BUILD, "tools"))
+    # `make test` puts it in build-tools/ (tools/promtool.sh) when it is not on PATH.
+    promtool = shutil.which("promtool") or shutil.which("promtool", path=os.path.join(ROOT, "build-tools"))
     if not promtool:
         pytest.fail("promtool is missing: `make test-deps` fetches it (tools/promtool.sh)")
     b = baton(config(fake_stage("a") + fake_stage("b", batch="{max_size: 4, window_ms: 5}"),
