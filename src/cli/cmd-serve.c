@@ -81,10 +81,16 @@ static void notify_update(struct notifier *nt)
 	}
 }
 
+/*
+ * After each loop turn, for a prompt READY=1 and STOPPING=1; once ready and
+ * while running, the timer's pace is enough for STATUS= (a busy loop turns
+ * thousands of times a second).
+ */
 static void notify_idle(struct bt_daemon *d, void *arg)
 {
-	(void)d;
-	notify_update(arg);
+	struct notifier *nt = arg;
+	if (!nt->ready_sent || d->state != BT_DAEMON_RUNNING)
+		notify_update(nt);
 }
 
 static void notify_timer_cb(uv_timer_t *t)
@@ -183,9 +189,9 @@ const struct bt_cmd bt_cmd_serve = {
 	run,
 	"Starts every stage's replicas, supervises them (restarts with backoff) and\n"
 	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
-	"new ones get 503.  Logs go to stderr, one logfmt line per\n"
-	"event.  Under systemd (Type=notify) it reports READY=1 once every stage has its\n"
-	"initial replicas ready, STATUS= lines, and WATCHDOG=1 when WatchdogSec is set.\n"
+	"new ones get 503.  Logs go to stderr, one logfmt line per event.  Under\n"
+	"systemd (Type=notify) it reports READY=1 once every stage has its initial\n"
+	"replicas ready, STATUS= lines, and WATCHDOG=1 when WatchdogSec is set.\n"
 	"\n"
 	"options:\n"
 	"  CONFIG              the YAML file (see baton.yaml(5) or docs/config.md)\n"
