@@ -1359,8 +1359,8 @@ static const char *yaml_hint(const yaml_parser_t *p)
 		       "belongs to: align it with the keys above, or indent it under one "
 		       "(a value that goes on after ': ' needs quotes) -- ";
 	if (!strcmp(p->problem, "mapping values are not allowed in this context"))
-		return "a 'key:' where none can start: the line is probably indented deeper "
-		       "than the keys above it, or a value contains ': ' and needs quotes -- ";
+		return "this line is indented deeper than the keys above it, so its 'key:' "
+		       "cannot start here (or a value contains ': ' and needs quotes) -- ";
 	if (!strcmp(p->problem, "did not find expected '-' indicator"))
 		return "a list item is indented differently from the items above it -- ";
 	return "";

@@ -91,13 +91,19 @@ def test_a_key_far_from_every_known_one_gets_no_guess(tmp_path):
     assert "unknown key 'frobnicate'" in out.stderr
 
 
-@pytest.mark.parametrize("text,line,col", [
+@pytest.mark.parametrize("text,line,col,sentence,raw", [
     # A key indented one column deeper than its siblings.
-    (STAGE + "     timeout_ms: 10\npipelines: {p: [w]}\n", 4, 6),
+    (STAGE + "     timeout_ms: 10\npipelines: {p: [w]}\n", 4, 6,
+     "this line is indented differently", "did not find expected key"),
     # A key indented less than its siblings, but not back to the parent's level.
-    (STAGE + "   timeout_ms: 10\npipelines: {p: [w]}\n", 4, 4),
+    (STAGE + "   timeout_ms: 10\npipelines: {p: [w]}\n", 4, 4,
+     "this line is indented differently", "did not find expected key"),
+    # A key indented under a key that already has a value.
+    (STAGE + "    mode: persistent\n      timeout_ms: 10\npipelines: {p: [w]}\n", 5, 17,
+     "this line is indented deeper", "mapping values are not allowed"),
 ])
-def test_an_indentation_mistake_is_explained_with_file_line_col(tmp_path, text, line, col):
+def test_an_indentation_mistake_is_explained_with_file_line_col(tmp_path, text, line, col,
+                                                               sentence, raw):
     path = tmp_path / "baton.yaml"
     path.write_text(text)
     out = baton_cli("check", str(path))
@@ -106,8 +112,8 @@ def test_an_indentation_mistake_is_explained_with_file_line_col(tmp_path, text, 
     prefix = "%s:%d:%d: " % (path, line, col)
     assert first.startswith(prefix), first
     message = first[len(prefix):]
-    assert message.startswith("this line is indented differently"), first
-    assert "YAML: did not find expected key" in message  # libyaml's own words are kept
+    assert message.startswith(sentence), first
+    assert "YAML: " + raw in message  # libyaml's own words are kept
 
 
 def test_run_include_and_exclude_filter_the_files_of_a_directory(tmp_path):
