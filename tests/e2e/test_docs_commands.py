@@ -97,10 +97,10 @@ def five_minute_lines():
     return [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines() if line.strip()]
 
 
-def test_the_readme_five_minute_example_runs_as_written(tmp_path):
-    # A checkout's layout in a scratch directory: the example's own files,
-    # the build and the SDK, so that the README's relative paths hold and
-    # the venv it creates lands here, not in the source tree.
+def echo_layout(tmp_path):
+    """A checkout's layout in a scratch directory: the echo example's own
+    files, the build and the SDK, so that relative paths hold and the venv
+    the example gets lands here, not in the source tree."""
     echo = tmp_path / "examples" / "echo"
     echo.mkdir(parents=True)
     for name in ("baton.yaml", "upper.py"):
@@ -108,6 +108,26 @@ def test_the_readme_five_minute_example_runs_as_written(tmp_path):
             (echo / name).write_text(f.read())
     os.symlink(BUILD, tmp_path / "build")
     os.symlink(os.path.join(ROOT, "sdk"), tmp_path / "sdk")
+    return echo
+
+
+def test_what_check_prints_in_config_md_is_a_real_run(tmp_path):
+    with open(os.path.join(ROOT, "docs", "config.md")) as f:
+        doc = f.read()
+    block = re.search(r"```\n\$ (baton check examples/echo/baton\.yaml)\n(.*?)```", doc, re.S)
+    assert block, "docs/config.md shows no `baton check` of the echo example any more"
+    echo_layout(tmp_path)
+    setup = subprocess.run([BATON, "env", "setup", "examples/echo/baton.yaml"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120 * SLOW)
+    assert setup.returncode == 0, setup.stdout
+    out = subprocess.run([BATON] + shlex.split(block.group(1))[1:], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert out.stdout.replace(str(tmp_path), "/srv/baton") == block.group(2)
+
+
+def test_the_readme_five_minute_example_runs_as_written(tmp_path):
+    echo = echo_layout(tmp_path)
     port = free_port()
     env = dict(os.environ, BATON_URL="http://127.0.0.1:%d" % port)
     lines = five_minute_lines()
