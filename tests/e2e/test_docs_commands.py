@@ -2,6 +2,7 @@
 example runs as written right after a build, and every `baton …` command
 quoted in README.md, docs/ and the examples' READMEs names a real command
 with real options, on configs that `baton check` accepts."""
+import functools
 import glob
 import os
 import re
@@ -40,6 +41,7 @@ def quoted_commands():
     return found
 
 
+@functools.lru_cache(maxsize=None)
 def usage_of(name):
     out = subprocess.run([BATON, name, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, (name, out.stderr)
