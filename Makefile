@@ -15,7 +15,7 @@ DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
               tesseract-ocr-eng poppler-utils
 # promtool is not packaged alone: tools/promtool.sh takes it out of Debian's
 # prometheus package rather than installing a server and its units.
-TEST_PKGS  := python3-pytest wrk valgrind $(DEMO_PKGS)
+TEST_PKGS  := python3-pytest wrk valgrind groff-base $(DEMO_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
