@@ -321,6 +321,7 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 	}
 	uv_timer_stop(&r->timer);
 	r->ready_ms = bt_now_ms();
+	r->stage->last_stderr[0] = '\0'; /* what it said loading is no reason for a later crash */
 	bt_info("replica ready", "stage=%s replica=%d pid=%d startup_ms=%llu",
 		cfg->name, r->id, c->pid,
 		(unsigned long long)(r->ready_ms - r->spawned_ms));

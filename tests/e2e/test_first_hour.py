@@ -4,6 +4,7 @@ indentation) with FILE:LINE:COL, `baton run` filters inputs and says when
 it is waiting for workers, and a stage that cannot serve says why."""
 import os
 import re
+import signal
 import shlex
 import subprocess
 import threading
@@ -179,6 +180,7 @@ pipelines:
              what="the stage in backoff")
     st = b.status()["stages"]["upper"]
     assert st["serving"] is False
+    assert st["reason"].startswith("exited with status 2: "), st
     assert "can't open file" in st["reason"] and "uper.py" in st["reason"], st
     out = baton_cli("status", "--url", "http://127.0.0.1:%d" % b.port)
     assert out.returncode == 0
@@ -217,3 +219,20 @@ def test_the_missing_venv_hint_leads_to_a_config_that_runs(tmp_path):
     assert (tmp_path / ".venv-w" / "bin" / "python").exists()
     out = baton_cli(*run, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_what_a_worker_said_while_loading_is_no_reason_for_a_later_crash(baton):
+    cfg = f"""stages:
+  w:
+    command: [sh, -c, 'echo loading the model >&2; exec {PYTHON} {FAKE}']
+    env: {{PYTHONPATH: {SDK_PY}}}
+    restart: {{backoff_ms: 60000}}
+pipelines:
+  p: [w]
+"""
+    b = baton(cfg)
+    os.kill(b.pids("w")[0], signal.SIGKILL)
+    wait_for(lambda: b.status()["stages"]["w"]["state"] == "backoff", 30, what="backoff")
+    reason = b.status()["stages"]["w"]["reason"]
+    assert reason.startswith("killed by signal 9"), reason
+    assert "loading the model" not in reason
