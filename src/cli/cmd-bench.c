@@ -39,9 +39,13 @@ static int run(int argc, char **argv)
 			bad = 1;
 	}
 	if (bad || !path || !opt.pipeline || opt.ninputs == 0) {
-		bt_cli_usage(&bt_cmd_bench, stderr);
 		free(opt.inputs);
-		return BT_EXIT_USAGE;
+		if (bad) {
+			bt_cli_usage(&bt_cmd_bench, stderr);
+			return BT_EXIT_USAGE;
+		}
+		return bt_cli_missing(&bt_cmd_bench, !path ? "CONFIG" : !opt.pipeline ? "--pipeline P"
+											     : "--input FILE...");
 	}
 	struct bt_config cfg;
 	char err[1024];
@@ -62,4 +66,22 @@ static int run(int argc, char **argv)
 const struct bt_cmd bt_cmd_bench = {
 	"bench",
 	"CONFIG --pipeline P --input FILE... [--concurrency N] [--duration S | --requests N] [--json F] [--csv F]",
-	"measure a pipeline's throughput and latency with N requests in flight", run};
+	"measure a pipeline's throughput and latency with N requests in flight", run,
+	"Runs the pipeline in-process (as run does, no HTTP), keeps N requests in\n"
+	"flight cycling over the input files, and starts the clock once every stage has\n"
+	"a replica ready.  Prints requests/s, end-to-end and per-stage p50/p95/p99/max,\n"
+	"and failures by error code.\n"
+	"\n"
+	"options:\n"
+	"  --pipeline P       the pipeline to measure (required)\n"
+	"  --input FILE...    payload files, sent in turn (required)\n"
+	"  --concurrency N    requests in flight (default 8)\n"
+	"  --duration S       seconds of sending (default 10)\n"
+	"  --requests N       send N requests instead of a duration\n"
+	"  --json F           write the figures as JSON to F\n"
+	"  --csv F            append one row per run to F\n"
+	"\n"
+	"exit status: 0, 1 if nothing succeeded, 2 on a usage or configuration error.\n"
+	"\n"
+	"examples:\n"
+	"  baton bench examples/echo/baton.yaml --pipeline echo --input README.md --requests 200\n"};

@@ -55,6 +55,8 @@ static int run(int argc, char **argv)
 		argv++;
 		argc--;
 	}
+	if (argc < 2)
+		return bt_cli_missing(&bt_cmd_check, "CONFIG");
 	if (argc != 2 || argv[1][0] == '-') {
 		bt_cli_usage(&bt_cmd_check, stderr);
 		return BT_EXIT_USAGE;
@@ -128,6 +130,22 @@ static int run(int argc, char **argv)
 }
 
 const struct bt_cmd bt_cmd_check = {
-    "check", "[--connect] CONFIG",
-    "validate a config file and print the resolved plan (--connect: reach the run: databases)",
-    run};
+	"check", "[--connect] CONFIG",
+	"validate a config file and print the resolved plan (--connect: reach the run: databases)",
+	run,
+	"Loads CONFIG as serve would, without starting anything, and prints each stage's\n"
+	"absolute argv, workdir, environment changes and policies, then the pipelines.\n"
+	"Errors name FILE:LINE:COL and the key.  Warnings (on stderr) cover venvs that\n"
+	"do not exist yet, stages no declared GPU could hold, and queue_max below\n"
+	"batch.max_size.\n"
+	"\n"
+	"options:\n"
+	"  --connect  also connect to the run: section's databases: the query runs and\n"
+	"             has the key column, the sink table has the mapped columns and a\n"
+	"             unique index on the key\n"
+	"  CONFIG     the YAML file (see baton.yaml(5) or docs/config.md)\n"
+	"\n"
+	"exit status: 0 when the file is valid, 2 with FILE:LINE:COL: message if not.\n"
+	"\n"
+	"examples:\n"
+	"  baton check examples/echo/baton.yaml\n"};

@@ -98,7 +98,7 @@ static void print_status(json_t *doc)
 			       json_integer_value(json_object_get(g, "util_percent")),
 			       json_integer_value(json_object_get(g, "memory_used_mb")));
 	}
-	printf("\n\n%-16s %-7s %7s %7s %8s %9s %8s  %s\n", "STAGE", "STATE", "QUEUED", "RUNNING",
+	printf("\n\n%-16s %-8s %7s %7s %8s %9s %8s  %s\n", "STAGE", "STATE", "QUEUED", "RUNNING",
 	       "REQ/S", "P95", "SCALING", "REPLICAS");
 	const char *name;
 	json_t *st;
@@ -113,7 +113,7 @@ static void print_status(json_t *doc)
 		if (json_is_number(json_object_get(sig, "latency_p95_s")))
 			snprintf(p95, sizeof(p95), "%.3fs",
 				 json_number_value(json_object_get(sig, "latency_p95_s")));
-		printf("%-16s %-7s %7lld %7lld %8.1f %9s %8s ", name,
+		printf("%-16s %-8s %7lld %7lld %8.1f %9s %8s ", name,
 		       json_string_value(json_object_get(st, "state")),
 		       json_integer_value(json_object_get(st, "queued")),
 		       json_integer_value(json_object_get(st, "running")),
@@ -136,6 +136,12 @@ static void print_status(json_t *doc)
 			printf(")");
 		}
 		printf("\n");
+		if (!json_is_true(json_object_get(st, "serving")))
+			printf("%-16s not serving%s%s\n", "",
+			       json_is_string(json_object_get(st, "reason")) ? ": " : "",
+			       json_is_string(json_object_get(st, "reason"))
+				   ? json_string_value(json_object_get(st, "reason"))
+				   : "");
 	}
 	printf("\n%-16s %9s %9s %9s %9s  %s\n", "PIPELINE", "IN FLIGHT", "ACCEPTED",
 	       "SUCCEEDED", "FAILED", "STAGES");
@@ -232,5 +238,21 @@ static int run(int argc, char **argv)
 	return BT_EXIT_OK;
 }
 
-const struct bt_cmd bt_cmd_status = {"status", "[--url URL] [--token-file F] [--json]",
-				     "show a running daemon's stages, replicas and pipelines", run};
+const struct bt_cmd bt_cmd_status = {
+	"status", "[--url URL] [--token-file F] [--json]",
+	"show a running daemon's stages, replicas and pipelines", run,
+	"Reads GET /v1/status and prints it as tables: each stage's state (ok, or why\n"
+	"it is not serving: starting, backoff or failed, with the worker's last stderr\n"
+	"line), replicas with pid, uptime, restarts, CPU and memory, the pipelines'\n"
+	"counters and the latest scaling decisions.\n"
+	"\n"
+	"options:\n"
+	"  --url URL          the daemon (default $BATON_URL, then http://127.0.0.1:8080)\n"
+	"  --token-file F     bearer token for auth: (default $BATON_TOKEN_FILE)\n"
+	"  --json             print the status document as JSON\n"
+	"\n"
+	"exit status: 0, 1 if the daemon cannot be reached, 2 on a usage error.\n"
+	"\n"
+	"examples:\n"
+	"  baton status\n"
+	"  baton status --url http://127.0.0.1:9000 --json\n"};

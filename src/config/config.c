@@ -183,6 +183,50 @@ static int get_bool(struct ctx *c, const yaml_node_t *n, const char *key,
 }
 
 /*
+ * Edits (insert, delete, substitute, swap two neighbours) that turn a
+ * into b, or a number above limit once it must be larger (keys are short).
+ */
+static size_t edit_distance(const char *a, const char *b, size_t limit)
+{
+	size_t n = strlen(a), m = strlen(b);
+	if (n > 48 || m > 48 || (n > m ? n - m : m - n) > limit)
+		return limit + 1;
+	size_t d[49][49];
+	for (size_t i = 0; i <= n; i++)
+		d[i][0] = i;
+	for (size_t j = 0; j <= m; j++)
+		d[0][j] = j;
+	for (size_t i = 1; i <= n; i++) {
+		for (size_t j = 1; j <= m; j++) {
+			size_t cost = a[i - 1] != b[j - 1];
+			size_t best = BT_MIN(d[i - 1][j] + 1, d[i][j - 1] + 1);
+			best = BT_MIN(best, d[i - 1][j - 1] + cost);
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+				best = BT_MIN(best, d[i - 2][j - 2] + 1);
+			d[i][j] = best;
+		}
+	}
+	return d[n][m];
+}
+
+/*
+ * The known key a typo most likely meant: the closest within two edits
+ * (one for keys of up to four letters, where two edits reach anything),
+ * or NULL.
+ */
+static const char *nearest_key(const char *key, const char *const *known)
+{
+	size_t limit = strlen(key) <= 4 ? 1 : 2, best = limit + 1;
+	const char *found = NULL;
+	for (const char *const *kk = known; *kk; kk++) {
+		size_t dist = edit_distance(key, *kk, limit);
+		if (dist < best)
+			best = dist, found = *kk;
+	}
+	return found;
+}
+
+/*
  * Checks that n is a mapping with scalar, unique keys that all appear in
  * known (NULL-terminated).  what names the section in messages.
  */
@@ -207,11 +251,15 @@ static int check_mapping(struct ctx *c, const yaml_node_t *n, const char *what,
 		for (const char *const *kk = known; *kk; kk++)
 			found |= !strcmp(*kk, scalar(k));
 		if (!found) {
+			const char *near = nearest_key(scalar(k), known);
 			char list[512] = "";
 			size_t o = 0;
 			for (const char *const *kk = known; *kk && o < sizeof(list); kk++)
 				o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
 						      kk == known ? "" : ", ", *kk);
+			if (near)
+				return fail(c, k, "unknown key '%s' in %s: did you mean '%s'? (expected one of: %s)",
+					    scalar(k), what, near, list);
 			return fail(c, k, "unknown key '%s' in %s (expected one of: %s)",
 				    scalar(k), what, list);
 		}
@@ -1816,6 +1864,27 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 	return 0;
 }
 
+/*
+ * A sentence for libyaml's messages that name the parser's state rather
+ * than the mistake, which is nearly always indentation.  "" when libyaml's
+ * own words are clear enough.
+ */
+static const char *yaml_hint(const yaml_parser_t *p)
+{
+	if (!p->problem)
+		return "";
+	if (!strcmp(p->problem, "did not find expected key"))
+		return "this line is indented differently from the keys of the mapping it "
+		       "belongs to: align it with the keys above, or indent it under one "
+		       "(a value that goes on after ': ' needs quotes) -- ";
+	if (!strcmp(p->problem, "mapping values are not allowed in this context"))
+		return "this line is indented deeper than the keys above it, so its 'key:' "
+		       "cannot start here (or a value contains ': ' and needs quotes) -- ";
+	if (!strcmp(p->problem, "did not find expected '-' indicator"))
+		return "a list item is indented differently from the items above it -- ";
+	return "";
+}
+
 int bt_config_parse(const char *path, const char *text, size_t len,
 		    struct bt_config *cfg, char *err, size_t errlen)
 {
@@ -1851,9 +1920,9 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	}
 	yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
 	if (!yaml_parser_load(&parser, &doc)) {
-		snprintf(err, errlen, "%s:%zu:%zu: YAML: %s%s%s", path,
+		snprintf(err, errlen, "%s:%zu:%zu: %sYAML: %s%s%s", path,
 			 parser.problem_mark.line + 1, parser.problem_mark.column + 1,
-			 parser.problem ? parser.problem : "syntax error",
+			 yaml_hint(&parser), parser.problem ? parser.problem : "syntax error",
 			 parser.context ? " " : "", parser.context ? parser.context : "");
 		yaml_parser_delete(&parser);
 		bt_config_release(cfg);
@@ -2071,8 +2140,9 @@ int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errl
 		const struct bt_stage_config *st = &cfg->stages[i];
 		if (st->venv_missing) {
 			snprintf(err, errlen,
-				 "%s:%d:%d: venv '%s' of stage '%s' does not exist (create it with `baton env setup`)",
-				 cfg->path, st->line, st->col, st->venv, st->name);
+				 st->has_setup ? "%s:%d:%d: venv '%s' of stage '%s' does not exist (create it with `baton env setup %s`)"
+					       : "%s:%d:%d: venv '%s' of stage '%s' does not exist (add `setup: {}` to the stage and run `baton env setup %s`, or create it yourself)",
+				 cfg->path, st->line, st->col, st->venv, st->name, cfg->path);
 			return BT_ECONFIG;
 		}
 	}

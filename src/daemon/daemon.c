@@ -316,6 +316,47 @@ static json_t *replica_status(const struct bt_replica *r, uint64_t now)
 	return o;
 }
 
+/*
+ * A stage's state as an operator needs it: "ok" while a replica can take
+ * requests, else why not ("starting", "pending", "backoff", "failed"), with
+ * a reason in why (size bytes, "" when none): how the last process ended
+ * and the last line a worker wrote to stderr since a replica was last ready.
+ */
+static const char *stage_state(const struct bt_stage *st, char *why, size_t size)
+{
+	int starting = 0, backoff = 0, pending = 0, active = 0;
+	const char *exit = NULL, *state;
+	why[0] = '\0';
+	for (int i = 0; i < st->nreplicas; i++) {
+		const struct bt_replica *r = st->replicas[i];
+		if (!r->active)
+			continue;
+		active++;
+		if (!st->failed && (r->state == BT_REPLICA_READY ||
+				    (st->cfg->mode == BT_MODE_SPAWN && r->state != BT_REPLICA_FAILED &&
+				     r->state != BT_REPLICA_BACKOFF)))
+			return "ok";
+		starting += r->state == BT_REPLICA_STARTING || r->state == BT_REPLICA_WARMING;
+		pending += r->state == BT_REPLICA_PENDING;
+		backoff += r->state == BT_REPLICA_BACKOFF;
+		if (r->last_exit[0])
+			exit = r->last_exit;
+	}
+	if (st->failed)
+		state = "failed";
+	else if (active == 0)
+		return "ok"; /* scaled to zero on purpose */
+	else if (backoff)
+		state = "backoff";
+	else if (pending && !starting)
+		return "pending"; /* the replicas say why (pending_reason) */
+	else
+		return "starting"; /* still loading: nothing has gone wrong */
+	snprintf(why, size, "%s%s%s", exit ? exit : "", exit && st->last_stderr[0] ? ": " : "",
+		 st->last_stderr);
+	return state;
+}
+
 json_t *bt_daemon_status(struct bt_daemon *d)
 {
 	uint64_t now = bt_now_ms();
@@ -338,6 +379,11 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				  (json_int_t)st->errors, "retried", (json_int_t)st->retried,
 				  "replicas", reps));
 		json_t *sj = json_object_get(stages, st->cfg->name);
+		char why[BT_LINES_LAST + 200];
+		const char *state = stage_state(st, why, sizeof(why));
+		json_object_set_new(sj, "state", json_string(state));
+		json_object_set_new(sj, "serving", json_boolean(!strcmp(state, "ok")));
+		json_object_set_new(sj, "reason", why[0] ? json_string(why) : json_null());
 		static const char *policies[] = {"none", "demand", "headroom"};
 		json_object_set_new(sj, "scaling",
 				    json_pack("{s:i, s:i, s:i, s:i, s:s, s:b}", "active",

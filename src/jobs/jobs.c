@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
@@ -174,6 +175,28 @@ static int walk_dir(const char *dir, const char *rel, const char *skip, void **s
 	}
 	list_release(&names);
 	return 0;
+}
+
+/*
+ * Whether --include/--exclude keep a file found in a directory: a glob
+ * without '/' looks at the file name, one with '/' at the relative path.
+ */
+static int glob_hit(const char *glob, const char *rel)
+{
+	const char *base = strrchr(rel, '/');
+	if (strchr(glob, '/'))
+		return fnmatch(glob, rel, FNM_PATHNAME) == 0;
+	return fnmatch(glob, base ? base + 1 : rel, 0) == 0;
+}
+
+static int selected(const struct bt_job_options *opt, const char *rel)
+{
+	int keep = opt->ninclude == 0;
+	for (int i = 0; i < opt->ninclude && !keep; i++)
+		keep = glob_hit(opt->include[i], rel);
+	for (int i = 0; i < opt->nexclude && keep; i++)
+		keep = !glob_hit(opt->exclude[i], rel);
+	return keep;
 }
 
 /* walk_dir() from one root, which counts as visited itself. */
@@ -645,27 +668,65 @@ static void format_eta(char *out, size_t size, double secs)
 		snprintf(out, size, "%d:%02d", (int)secs / 60, (int)secs % 60);
 }
 
+/*
+ * Replicas of the pipeline's stages that are ready, out of those meant to
+ * run, for "starting workers (2/3 ready)" while nothing has finished yet.
+ */
+static void count_ready(const struct job *job, int *ready, int *active)
+{
+	*ready = *active = 0;
+	for (int s = 0; s < job->pl->nstages; s++) {
+		const struct bt_stage *st = job->pl->stages[s];
+		for (int i = 0; i < st->nreplicas; i++) {
+			const struct bt_replica *r = st->replicas[i];
+			if (!r->active)
+				continue;
+			(*active)++;
+			*ready += r->state == BT_REPLICA_READY;
+		}
+	}
+}
+
 static void progress(struct job *job, int final)
 {
 	size_t done = job->ok + job->failed;
 	double elapsed = (double)(bt_now_ms() - job->start_ms) / 1000.0;
 	double rate = elapsed > 0 ? (double)done / elapsed : 0;
 	double eta = rate > 0 ? (double)(job->nitems - done) / rate : NAN;
-	char etas[32];
+	char etas[32], starting[64] = "";
 	format_eta(etas, sizeof(etas), eta);
+	/*
+	 * Until the first result, the wait is the workers' start-up: say so.
+	 * (Only while running: once the daemon closes, replicas are freed.)
+	 */
+	int ready, active;
+	if (done == 0 && !final && job->d->state == BT_DAEMON_RUNNING) {
+		count_ready(job, &ready, &active);
+		if (ready < active)
+			snprintf(starting, sizeof(starting), "starting workers (%d/%d ready)", ready,
+				 active);
+	}
 	if (job->tty) {
 		int width = 24, fill = job->nitems ? (int)(width * done / job->nitems) : width;
 		char bar[32];
 		for (int i = 0; i < width; i++)
 			bar[i] = i < fill ? '#' : '.';
 		bar[width] = '\0';
-		fprintf(stderr, "\r\033[K[%s] %zu/%zu  ok %zu  failed %zu  skipped %zu  %.1f/s  ETA %s%s",
-			bar, done, job->nitems, job->ok, job->failed, job->skipped, rate, etas,
-			final ? "\n" : "");
+		if (starting[0])
+			fprintf(stderr, "\r\033[K[%s] %zu/%zu  %s", bar, done, job->nitems, starting);
+		else
+			fprintf(stderr,
+				"\r\033[K[%s] %zu/%zu  ok %zu  failed %zu  skipped %zu  %.1f/s  ETA %s%s",
+				bar, done, job->nitems, job->ok, job->failed, job->skipped, rate,
+				etas, final ? "\n" : "");
 	} else if (final || bt_now_ms() - job->last_line_ms >= 5000) {
 		job->last_line_ms = bt_now_ms();
-		fprintf(stderr, "progress: %zu/%zu done, %zu ok, %zu failed, %zu skipped, %.1f/s, ETA %s\n",
-			done, job->nitems, job->ok, job->failed, job->skipped, rate, etas);
+		if (starting[0])
+			fprintf(stderr, "progress: %s, 0/%zu done\n", starting, job->nitems);
+		else
+			fprintf(stderr,
+				"progress: %zu/%zu done, %zu ok, %zu failed, %zu skipped, %.1f/s, ETA %s\n",
+				done, job->nitems, job->ok, job->failed, job->skipped, rate, etas);
 	}
 	fflush(stderr);
 }
@@ -735,7 +796,20 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 			goto out;
 		}
 		if (S_ISDIR(st.st_mode)) {
+			size_t from = abs.n;
 			int e = walk(opt->inputs[i], job.outdir, 1, &abs, &rels);
+			/* Filter what this walk found, keeping the order. */
+			size_t to = from;
+			for (size_t k = from; k < abs.n; k++) {
+				if (selected(opt, rels.v[k])) {
+					abs.v[to] = abs.v[k];
+					rels.v[to++] = rels.v[k];
+				} else {
+					free(abs.v[k]);
+					free(rels.v[k]);
+				}
+			}
+			abs.n = rels.n = to;
 			if (e) {
 				snprintf(err, sizeof(err), "cannot read the input directory '%s': %s",
 					 opt->inputs[i], bt_strerror(e));

@@ -16,6 +16,8 @@ struct bt_job_options {
 	const char *pipeline;
 	char **inputs; /* files or directories */
 	int ninputs;
+	char **include, **exclude; /* globs for files found in directories */
+	int ninclude, nexclude;
 	const char *outdir;
 	int jobs; /* requests in flight; 0 picks from the first stage's capacity */
 	int force; /* redo inputs whose output exists */

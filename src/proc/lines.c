@@ -14,6 +14,7 @@ void bt_lines_init(struct bt_lines *l, const char *stage, int replica, int pid,
 	l->replica = replica;
 	l->pid = pid;
 	l->stream = stream;
+	l->last = NULL;
 }
 
 static void emit(struct bt_lines *l, const char *s, size_t n)
@@ -24,8 +25,16 @@ static void emit(struct bt_lines *l, const char *s, size_t n)
 	n = BT_MIN(n, (size_t)BT_LINES_MAX);
 	memcpy(line, s, n);
 	line[n] = '\0';
-	bt_log(BT_LOG_INFO, line, "stage=%s replica=%d pid=%d stream=%s", l->stage, l->replica,
+	/* A worker writes to stderr when something is wrong: say it at that level. */
+	int level = strcmp(l->stream, "stderr") ? BT_LOG_INFO : BT_LOG_WARN;
+	bt_log(level, line, "stage=%s replica=%d pid=%d stream=%s", l->stage, l->replica,
 	       l->pid, l->stream);
+	if (l->last && n) {
+		size_t keep = BT_MIN(n, (size_t)BT_LINES_LAST - 1);
+		memcpy(l->last, line, keep);
+		l->last[keep] = '\0';
+		bt_utf8_clean(l->last); /* the cut may split a character */
+	}
 }
 
 void bt_lines_feed(struct bt_lines *l, const char *p, size_t n)

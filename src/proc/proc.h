@@ -61,7 +61,9 @@ struct bt_lines {
 	const char *stage; /* borrowed: the stage name outlives every process */
 	int replica, pid;
 	const char *stream;
+	char *last; /* optional, BT_LINES_LAST bytes: each line is also copied here */
 };
+#define BT_LINES_LAST 256
 void bt_lines_init(struct bt_lines *l, const char *stage, int replica, int pid,
 		   const char *stream);
 void bt_lines_feed(struct bt_lines *l, const char *p, size_t n);

@@ -331,6 +331,7 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 	}
 	uv_timer_stop(&r->timer);
 	r->ready_ms = bt_now_ms();
+	r->stage->last_stderr[0] = '\0'; /* what it said loading is no reason for a later crash */
 	bt_info("replica ready", "stage=%s replica=%d pid=%d startup_ms=%llu",
 		cfg->name, r->id, c->pid,
 		(unsigned long long)(r->ready_ms - r->spawned_ms));
@@ -804,6 +805,8 @@ static int spawn(struct bt_replica *r)
 	c->proc.data = c;
 	bt_lines_init(&c->lines[0], cfg->name, r->id, c->pid, "stdout");
 	bt_lines_init(&c->lines[1], cfg->name, r->id, c->pid, "stderr");
+	c->lines[1].last = r->stage->last_stderr; /* the stage outlives its processes */
+	_Static_assert(sizeof(r->stage->last_stderr) == BT_LINES_LAST, "last_stderr size");
 	bt_frame_decoder_init(&c->dec, d->cfg->max_payload_bytes);
 	uv_read_start((uv_stream_t *)&c->chan, alloc_cb, chan_read_cb);
 	uv_read_start((uv_stream_t *)&c->out, alloc_cb, out_read_cb);

@@ -85,6 +85,7 @@ struct bt_stage {
 	int nreplicas;
 	int rr; /* last replica chosen, for round-robin among equals */
 	int failed; /* every replica exhausted its restarts */
+	char last_stderr[256]; /* the last line a worker wrote to stderr (BT_LINES_LAST) */
 	int up; /* a replica became ready since start or the last revival */
 	int dirty; /* dispatch pending this loop turn */
 	uv_timer_t retry_timer; /* retry_failed_after_ms */
