@@ -384,7 +384,8 @@ static const char *const stage_keys[] = {
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
 	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", "user",
-	"group", NULL};
+	"group", "log_limit", NULL};
+static const char *const log_limit_keys[] = {"interval_ms", "lines", "bytes", NULL};
 static const char *const setup_keys[] = {"python", "requirements", "wheels",
 					 "system_site_packages", NULL};
 static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
@@ -478,6 +479,10 @@ static void stage_defaults(struct bt_stage_config *st)
 	st->ping_timeout_ms = 10000;
 	st->batch_max_size = 1;
 	st->batch_window_ms = 0;
+	/* Output rate limit per stream, journald-like: a chatty worker cannot fill the disk. */
+	st->log_interval_ms = 10000;
+	st->log_lines = 2000;
+	st->log_bytes = 1 << 20;
 	st->priority_levels = 1;
 }
 
@@ -710,6 +715,23 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 				else
 					r = get_u64(c, rv, rk, 0, DAY_MS,
 						    &st->retry_failed_after_ms);
+			}
+		} else if (!strcmp(k, "log_limit")) {
+			if ((r = check_mapping(c, v, "'log_limit'", log_limit_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *lk = scalar(node(c, q->key));
+				yaml_node_t *lv = node(c, q->value);
+				if (!strcmp(lk, "interval_ms"))
+					r = get_u64(c, lv, "log_limit.interval_ms", 1, DAY_MS,
+						    &st->log_interval_ms);
+				else if (!strcmp(lk, "lines"))
+					r = get_u64(c, lv, "log_limit.lines", 1, 1LL << 40,
+						    &st->log_lines);
+				else
+					r = get_u64(c, lv, "log_limit.bytes", 1, 1LL << 50,
+						    &st->log_bytes);
 			}
 		} else if (!strcmp(k, "stop")) {
 			if ((r = check_mapping(c, v, "'stop'", stop_keys)))

@@ -75,6 +75,8 @@ struct bt_stage_config {
 	int batch_max_size; /* 1: no batching */
 	uint64_t batch_window_ms;
 	int priority_levels; /* FIFOs, level 0 served first */
+	uint64_t log_interval_ms; /* log_limit: per stream of each process, at most */
+	uint64_t log_lines, log_bytes; /* these many lines and bytes per interval */
 };
 
 struct bt_pipeline_config {

@@ -7,9 +7,11 @@
  */
 #include "daemon.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../http/http.h"
@@ -101,8 +103,58 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 	return 0;
 }
 
+/*
+ * Descriptors: the soft limit is raised to the hard one (systemd's soft
+ * default of 1024 is for select() users; baton uses epoll), and HTTP
+ * connections get what is left after a reserve for baton itself, every
+ * replica (channel, stdout, stderr, and a spawn's transient ones) and the
+ * files it opens.  Idle clients can then never take the descriptors a
+ * replica needs to restart.
+ */
+#define FD_RESERVE_BASE 64 /* loop, signals, epoll, listener, log, config, /proc reads */
+#define FD_PER_REPLICA 8
+
+static int fd_budget(struct bt_daemon *d, char *err, size_t errlen)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return 0;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t was = rl.rlim_cur;
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+			bt_debug("raised the descriptor limit", "from=%llu to=%llu",
+				 (unsigned long long)was, (unsigned long long)rl.rlim_max);
+		else
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (d->no_http || rl.rlim_cur == RLIM_INFINITY)
+		return 0;
+	uint64_t reserve = FD_RESERVE_BASE;
+	for (int i = 0; i < d->nstages; i++)
+		reserve += FD_PER_REPLICA * (uint64_t)d->stages[i].cfg->replicas_max;
+	uint64_t limit = rl.rlim_cur;
+	if (limit < reserve + 8) {
+		snprintf(err, errlen,
+			 "the descriptor limit (%llu, ulimit -n) leaves no room for HTTP connections: %llu are kept for replicas and files",
+			 (unsigned long long)limit, (unsigned long long)reserve);
+		return BT_ECONFIG;
+	}
+	if (d->cfg->http_max_connections > limit - reserve) {
+		bt_warn("http.max_connections lowered to fit the descriptor limit",
+			"max_connections=%llu configured=%u fd_limit=%llu reserved=%llu",
+			(unsigned long long)(limit - reserve), d->cfg->http_max_connections,
+			(unsigned long long)limit, (unsigned long long)reserve);
+		d->cfg->http_max_connections = (unsigned)(limit - reserve);
+	}
+	return 0;
+}
+
 int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 {
+	int fe = fd_budget(d, err, errlen);
+	if (fe)
+		return fe;
 	/* The flush runs the shutdown sequence too, so it starts first. */
 	uv_prepare_start(&d->prepare, prepare_cb);
 	uv_check_start(&d->check, check_cb);
@@ -258,10 +310,23 @@ int bt_daemon_ready(const struct bt_daemon *d)
 {
 	if (d->state != BT_DAEMON_RUNNING)
 		return 0;
-	/* Like a model's readiness: loaded once, and not failed since. */
-	for (int i = 0; i < d->nstages; i++)
-		if (d->stages[i].failed || !d->stages[i].up)
+	/*
+	 * Like a model's readiness: loaded once, not failed since, and a
+	 * replica serving now (a stage whose every replica is restarting
+	 * cannot answer; one scaled to none starts on demand).
+	 */
+	for (int i = 0; i < d->nstages; i++) {
+		const struct bt_stage *st = &d->stages[i];
+		if (st->failed || !st->up)
 			return 0;
+		int live = 0, active = 0;
+		for (int r = 0; r < st->nreplicas && !live; r++) {
+			active += st->replicas[r]->active;
+			live = st->replicas[r]->state == BT_REPLICA_READY;
+		}
+		if (!live && active)
+			return 0;
+	}
 	return 1;
 }
 

@@ -1,0 +1,148 @@
+"""Resource exhaustion: a worker that prints without end, clients that hold
+descriptors or memory, a full disk and a SIGHUP cannot starve or stop baton
+(issue 14, items 2 to 6)."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import BATON, PYTHON, SLOW, config, fake_stage, pid_alive, wait_for
+
+
+def one_stage(**kw):
+    kw.setdefault("restart", "{backoff_ms: 50, backoff_max_ms: 200}")
+    return config(fake_stage("work", **kw), {"p": ["work"]})
+
+
+# --- item 6: a worker's output is rate-limited --------------------------------
+
+def test_chatty_worker_output_is_rate_limited_and_suppressions_counted(baton):
+    b = baton(one_stage(log_limit="{interval_ms: 300, lines: 50, bytes: 1000000}"))
+    assert b.post("p", "print:5000").status == 200
+    posts = []
+
+    def one_more_line():
+        posts.append(b.post("p", "print:1").status)
+        return "suppressed" in b.log()
+    # The count is reported when the next interval's first line arrives.
+    wait_for(one_more_line, 30 * SLOW, interval=0.3, what="a suppressed-lines report")
+    log = b.log()
+    logged = len(re.findall(r'msg="line \d+ of a chatty worker"', log))
+    suppressed = sum(int(n) for n in re.findall(
+        r'msg="suppressed (\d+) lines of worker output" stage=work replica=1', log))
+    assert suppressed >= 5000 - 50
+    printed = 5000 + len(posts)
+    assert posts == [200] * len(posts)
+    assert logged + suppressed == printed, (logged, suppressed, printed)
+    assert "line 4999 of a chatty worker" not in log
+    assert b.post("p", "still fine").body == b"still fine"
+    assert b.stop() == 0
+
+
+# --- item 5: a full disk is a clear error, _failed.jsonl stays valid ------------
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 256 KiB tmpfs of the test's own (root only), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+            capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_full_disk_stops_the_run_with_a_clear_error_and_valid_failed_jsonl(tmp_path, small_fs):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("stages:\n" + fake_stage("w", retries="0", replicas="{initial: 2}")
+                   + "pipelines:\n  p: [w]\n")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    big = "A" * 20000
+    for i in range(80):
+        # Long failure lines between outputs, so the disk fills mid-line.
+        text = "reject:" + "bad page %d " % i + "x" * 900 if i % 2 == 0 else big
+        (inputs / ("%03d.txt" % i)).write_text(text)
+    out = small_fs / "out"
+    r = subprocess.run([BATON, "run", str(cfg), "--pipeline", "p", "--input", str(inputs),
+                        "--output", str(out)], capture_output=True, text=True,
+                       timeout=120 * SLOW)
+    assert r.returncode == 1, r.stderr
+    assert "No space left on device" in r.stderr, r.stderr
+    assert "cannot write" in r.stderr
+    text = (out / "_failed.jsonl").read_text()
+    assert text == "" or text.endswith("\n"), text[-200:]
+    for line in text.splitlines():
+        rec = json.loads(line)
+        assert rec["code"] in ("rejected", "write_failed"), rec
+    written = [n for n in os.listdir(out) if n.endswith(".out")]
+    assert 0 < len(written) < 40
+    for n in written:
+        assert (out / n).read_text() == big
+
+
+# --- item 2: descriptor exhaustion -----------------------------------------------
+
+def fd_limits(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return [int(x) for x in line.split()[3:5]]
+
+
+def test_soft_descriptor_limit_is_raised_to_the_hard_one(baton):
+    b = baton(one_stage(), wrapper=["prlimit", "--nofile=200:4096", "--"])
+    assert fd_limits(b.proc.pid) == [4096, 4096]
+    assert b.stop() == 0
+
+
+def ready_lines(b):
+    return b.log().count('msg="replica ready"')
+
+
+def test_idle_connection_flood_cannot_stop_replicas_from_restarting(baton):
+    b = baton(one_stage(replicas="{initial: 2}",
+                        restart="{backoff_ms: 50, backoff_max_ms: 200, max_failures: 3}"),
+              wrapper=["prlimit", "--nofile=256:256", "--"])
+    assert "http.max_connections lowered to fit the descriptor limit" in b.log()
+    pids = b.pids("work")
+    flood = []
+    try:
+        for _ in range(400):  # more than the descriptors baton has: idle, sending nothing
+            flood.append(socket.create_connection(("127.0.0.1", b.port), timeout=5))
+        before = ready_lines(b)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: ready_lines(b) >= before + 2, 30 * SLOW,
+                 what="both replicas back while the flood holds\n" + b.log_tail())
+    finally:
+        for s in flood:
+            s.close()
+    wait_for(lambda: b.get("/v2/health/ready").status == 200, 30 * SLOW, what="ready")
+    reps = b.replicas("work")
+    assert [r["state"] for r in reps] == ["ready", "ready"], reps
+    assert all(r["failures"] == 1 for r in reps), reps  # the kill, nothing more
+    assert b.post("p", "after the flood").body == b"after the flood"
+    assert b.stop() == 0
+
+
+def test_readiness_is_false_while_a_stage_has_no_live_replica(baton, tmp_path):
+    hold = tmp_path / "not-yet"
+    b = baton(one_stage(env={"FAKE_NEVER_READY_FILE": str(hold)}))
+    assert b.get("/v2/health/ready").status == 200
+    hold.write_text("")  # the next process will not say ready until this goes
+    os.kill(b.pids("work")[0], signal.SIGKILL)
+    wait_for(lambda: b.get("/v2/health/ready").status == 400, 20 * SLOW,
+             what="readiness false while the only replica restarts")
+    assert b.get("/v2/health/live").status == 200
+    hold.unlink()
+    wait_for(lambda: b.get("/v2/health/ready").status == 200, 20 * SLOW, what="ready again")
+    assert b.stop() == 0
