@@ -1139,7 +1139,8 @@ static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes
 				       "max_payload_bytes", "stages", "pipelines",
 				       "gpus", "interval_ms", "auth", "http", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
-static const char *const http_keys[] = {"max_connections", "idle_timeout_s", NULL};
+static const char *const http_keys[] = {"max_connections", "idle_timeout_s",
+					"max_buffered_bytes", "write_timeout_s", NULL};
 
 /* auth: {token_file}: the token is the file's first line, at least 16 bytes. */
 static int parse_auth(struct ctx *c, const yaml_node_t *n)
@@ -1184,11 +1185,21 @@ static int parse_http(struct ctx *c, const yaml_node_t *n)
 		const char *k = scalar(node(c, p->key));
 		yaml_node_t *v = node(c, p->value);
 		long long val;
+		char key[48];
+		snprintf(key, sizeof(key), "http.%s", k);
+		if (!strcmp(k, "max_buffered_bytes")) {
+			r = get_size(c, v, key, 1 << 20, 1LL << 40, &c->cfg->http_max_buffered_bytes);
+			if (!r && c->cfg->http_max_buffered_bytes < c->cfg->max_request_bytes)
+				r = fail(c, v, "'http.max_buffered_bytes' (%zu) must be at least max_request_bytes (%zu), or no request of that size could ever be taken",
+					 c->cfg->http_max_buffered_bytes, c->cfg->max_request_bytes);
+			continue;
+		}
 		int conns = !strcmp(k, "max_connections");
-		r = get_int(c, v, conns ? "http.max_connections" : "http.idle_timeout_s", 1,
-			    conns ? 100000 : 3600, &val);
+		r = get_int(c, v, key, 1, conns ? 100000 : 3600, &val);
 		if (!r && conns)
 			c->cfg->http_max_connections = (unsigned)val;
+		else if (!r && !strcmp(k, "write_timeout_s"))
+			c->cfg->http_write_timeout_s = (unsigned)val;
 		else if (!r)
 			c->cfg->http_idle_timeout_s = (unsigned)val;
 	}
@@ -1246,7 +1257,7 @@ static int parse_gpus(struct ctx *c, const yaml_node_t *n)
 static int parse_root(struct ctx *c, yaml_node_t *root)
 {
 	struct bt_config *cfg = c->cfg;
-	const yaml_node_t *stages = NULL, *pipelines = NULL;
+	const yaml_node_t *stages = NULL, *pipelines = NULL, *http = NULL;
 	int r;
 	if (!root)
 		return fail(c, NULL, "the file is empty");
@@ -1276,15 +1287,20 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 		} else if (!strcmp(k, "auth")) {
 			r = parse_auth(c, v);
 		} else if (!strcmp(k, "http")) {
-			r = parse_http(c, v);
+			http = v; /* after max_request_bytes, which it is checked against */
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else {
 			pipelines = v;
 		}
 	}
+	if (!r && http)
+		r = parse_http(c, http);
 	if (r)
 		return r;
+	/* Room for several of the largest requests at once, at the least. */
+	if (!cfg->http_max_buffered_bytes)
+		cfg->http_max_buffered_bytes = BT_MAX((size_t)256 << 20, 4 * cfg->max_request_bytes);
 	if (!stages)
 		return fail(c, root, "missing required key 'stages'");
 	if (!pipelines)
@@ -1338,6 +1354,7 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->interval_ms = 1000;
 	cfg->http_max_connections = 1000;
 	cfg->http_idle_timeout_s = 60;
+	cfg->http_write_timeout_s = 30;
 	{
 		char *copy = bt_strdup(path);
 		char *slash = strrchr(copy, '/');
@@ -1586,9 +1603,9 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 	fprintf(out, "config:  %s/%s\n", cfg->dir,
 		strrchr(cfg->path, '/') ? strrchr(cfg->path, '/') + 1 : cfg->path);
 	fprintf(out, "listen:  %s:%d\n", cfg->listen_host, cfg->listen_port);
-	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u\n",
+	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u http.max_buffered_bytes=%zu http.write_timeout_s=%u\n",
 		cfg->max_request_bytes, cfg->max_payload_bytes, cfg->http_max_connections,
-		cfg->http_idle_timeout_s);
+		cfg->http_idle_timeout_s, cfg->http_max_buffered_bytes, cfg->http_write_timeout_s);
 	fprintf(out, "auth:    %s\n", cfg->auth_token ? "bearer token required (except /v2/health/*)"
 						 : "none: anyone who can reach the address can use it");
 	for (int i = 0; i < cfg->nstages; i++) {

@@ -104,6 +104,8 @@ struct bt_config {
 	char *auth_token; /* from auth.token_file: Bearer token for HTTP, or NULL */
 	unsigned http_max_connections;
 	unsigned http_idle_timeout_s;
+	size_t http_max_buffered_bytes; /* request bodies and answers held, all clients */
+	unsigned http_write_timeout_s; /* an answer not taken by then: the client is dropped */
 	char *dir; /* absolute directory of the file */
 	char *listen_host;
 	int listen_port;

@@ -432,6 +432,11 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				      (json_int_t)failed, "in_flight", (json_int_t)d->in_flight));
 	json_object_set_new(doc, "stages", stages);
 	json_object_set_new(doc, "pipelines", pipelines);
+	json_object_set_new(doc, "http",
+			    json_pack("{s:I, s:I, s:I}", "buffered_bytes",
+				      (json_int_t)bt_http_buffered(d->http), "max_buffered_bytes",
+				      (json_int_t)d->cfg->http_max_buffered_bytes,
+				      "max_connections", (json_int_t)d->cfg->http_max_connections));
 	json_object_set_new(doc, "cpu_percent", json_real(d->cpu_percent));
 	json_t *gpus = json_array();
 	for (int i = 0; i < d->ngpus; i++) {

@@ -555,6 +555,13 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 
 static void child_write(struct bt_child *c);
 
+/* A large payload's buffer goes back once sent: an idle replica holds none. */
+static void shrink_if_empty(struct bt_buf *b)
+{
+	if (!b->len && b->cap > (1u << 20))
+		bt_buf_release(b);
+}
+
 /* libuv lengths are unsigned int and results int: write at most this at once. */
 #define WRITE_CHUNK ((size_t)1 << 30)
 
@@ -575,6 +582,7 @@ static void write_cb(uv_write_t *w, int status)
 		start_busy_write(c);
 		return;
 	}
+	shrink_if_empty(&c->wbusy);
 	if (c->wbuf.len)
 		child_write(c);
 }
@@ -607,8 +615,10 @@ static void child_write(struct bt_child *c)
 		if (n > 0)
 			bt_buf_consume(&c->wbuf, (size_t)n);
 	} while (c->wbuf.len && n == (int)WRITE_CHUNK);
-	if (!c->wbuf.len)
+	if (!c->wbuf.len) {
+		shrink_if_empty(&c->wbuf);
 		return;
+	}
 	struct bt_buf tmp = c->wbusy;
 	c->wbusy = c->wbuf;
 	c->wbuf = tmp;
