@@ -1263,10 +1263,19 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 		return fail(c, NULL, "the file is empty");
 	if ((r = check_mapping(c, root, "the top level", top_keys)))
 		return r;
+	cfg->source = json_object();
 	for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
 	     p < root->data.mapping.pairs.top && !r; p++) {
 		const char *k = scalar(node(c, p->key));
 		yaml_node_t *v = node(c, p->value);
+		if (strcmp(k, "stages") && strcmp(k, "pipelines")) {
+			/* As written, for a reload to compare key by key. */
+			int budget = 100000;
+			json_t *j = to_json(c, v, 0, &budget);
+			if (!j)
+				return BT_ECONFIG;
+			json_object_set_new(cfg->source, k, j);
+		}
 		if (!strcmp(k, "listen")) {
 			r = parse_listen(c, v);
 		} else if (!strcmp(k, "log_level")) {
@@ -1313,10 +1322,14 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 	cfg->stages = bt_calloc(n, sizeof(*cfg->stages));
 	for (yaml_node_pair_t *p = stages->data.mapping.pairs.start;
 	     p < stages->data.mapping.pairs.top; p++) {
-		r = parse_stage(c, node(c, p->key), node(c, p->value),
-				&cfg->stages[cfg->nstages++]);
+		struct bt_stage_config *st = &cfg->stages[cfg->nstages++];
+		r = parse_stage(c, node(c, p->key), node(c, p->value), st);
 		if (r)
 			return r;
+		/* As written, for a reload to compare key by key. */
+		int budget = 100000;
+		if (!(st->source = to_json(c, node(c, p->value), 0, &budget)))
+			return BT_ECONFIG;
 	}
 	if ((r = check_mapping(c, pipelines, "'pipelines'", NULL)))
 		return r;
@@ -1441,8 +1454,10 @@ void bt_config_release(struct bt_config *cfg)
 		free(st->user);
 		free(st->setup_requirements);
 		free(st->setup_wheels);
+		json_decref(st->source);
 	}
 	free(cfg->stages);
+	json_decref(cfg->source);
 	for (int i = 0; i < cfg->npipelines; i++) {
 		free(cfg->pipelines[i].name);
 		free(cfg->pipelines[i].stages);

@@ -77,6 +77,7 @@ struct bt_stage_config {
 	int priority_levels; /* FIFOs, level 0 served first */
 	uint64_t log_interval_ms; /* log_limit: per stream of each process, at most */
 	uint64_t log_lines, log_bytes; /* these many lines and bytes per interval */
+	json_t *source; /* the stage's mapping as written (JSON), for reloads to compare */
 };
 
 struct bt_pipeline_config {
@@ -116,6 +117,7 @@ struct bt_config {
 	int nstages;
 	struct bt_pipeline_config *pipelines;
 	int npipelines;
+	json_t *source; /* top-level keys but stages and pipelines, as written (JSON) */
 };
 
 /*

@@ -38,6 +38,21 @@ static void idle_cb(uv_idle_t *i)
 	(void)i; /* its only job is to keep the next poll from blocking */
 }
 
+static void sighup_cb(uv_signal_t *s, int signum)
+{
+	struct bt_daemon *d = s->data;
+	(void)signum;
+	if (d->no_http) {
+		bt_info("SIGHUP ignored: baton run does not reload its config", "%s", "");
+		return;
+	}
+	if (d->state != BT_DAEMON_RUNNING) {
+		bt_info("SIGHUP ignored: baton is stopping", "%s", "");
+		return;
+	}
+	bt_daemon_reload(d);
+}
+
 static void signal_cb(uv_signal_t *s, int signum)
 {
 	struct bt_daemon *d = s->data;
@@ -80,27 +95,35 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 	uv_idle_init(loop, &d->idle);
 	uv_signal_init(loop, &d->sigterm);
 	uv_signal_init(loop, &d->sigint);
+	uv_signal_init(loop, &d->sighup);
 	d->prepare.data = d->check.data = d->idle.data = d;
-	d->sigterm.data = d->sigint.data = d;
+	d->sigterm.data = d->sigint.data = d->sighup.data = d;
 
+	/* Room for what reloads add: slots never move, see struct bt_daemon. */
 	d->nstages = cfg->nstages;
-	d->stages = bt_calloc((size_t)d->nstages, sizeof(*d->stages));
+	d->stages_cap = cfg->nstages + BT_RELOAD_SPARE;
+	d->stages = bt_calloc((size_t)d->stages_cap, sizeof(*d->stages));
 	for (int i = 0; i < d->nstages; i++)
-		bt_stage_init(&d->stages[i], d, i);
+		bt_stage_init(&d->stages[i], d, i, &cfg->stages[i]);
 	d->npipelines = cfg->npipelines;
-	d->pipelines = bt_calloc((size_t)d->npipelines, sizeof(*d->pipelines));
-	for (int i = 0; i < d->npipelines; i++) {
-		struct bt_pipeline *pl = &d->pipelines[i];
-		pl->d = d;
-		pl->index = i;
-		pl->cfg = &cfg->pipelines[i];
-		pl->nstages = pl->cfg->nstages;
-		bt_hist_init(&pl->duration_hist, bt_hist_seconds, bt_hist_seconds_n);
-		pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
-		for (int s = 0; s < pl->nstages; s++)
-			pl->stages[s] = &d->stages[pl->cfg->stages[s]];
-	}
+	d->pipelines_cap = cfg->npipelines + BT_RELOAD_SPARE;
+	d->pipelines = bt_calloc((size_t)d->pipelines_cap, sizeof(*d->pipelines));
+	for (int i = 0; i < d->npipelines; i++)
+		bt_daemon_pipeline_init(d, &d->pipelines[i], i, &cfg->pipelines[i]);
 	return 0;
+}
+
+void bt_daemon_pipeline_init(struct bt_daemon *d, struct bt_pipeline *pl, int index,
+			     const struct bt_pipeline_config *cfg)
+{
+	pl->d = d;
+	pl->index = index;
+	pl->cfg = cfg;
+	pl->nstages = cfg->nstages;
+	bt_hist_init(&pl->duration_hist, bt_hist_seconds, bt_hist_seconds_n);
+	pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
+	for (int s = 0; s < pl->nstages; s++)
+		pl->stages[s] = bt_daemon_stage(d, d->cfg->stages[cfg->stages[s]].name);
 }
 
 /*
@@ -165,6 +188,7 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	}
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&d->sigint, signal_cb, SIGINT);
+	uv_signal_start(&d->sighup, sighup_cb, SIGHUP);
 	if (d->http)
 		bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
 			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
@@ -215,12 +239,14 @@ static void close_all(struct bt_daemon *d)
 	uv_close((uv_handle_t *)&d->idle, NULL);
 	uv_close((uv_handle_t *)&d->sigterm, NULL);
 	uv_close((uv_handle_t *)&d->sigint, NULL);
+	uv_close((uv_handle_t *)&d->sighup, NULL);
 	/*
 	 * libuv restored the default actions: a late signal would now kill a
 	 * daemon that is already on its way out with status 0.
 	 */
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 }
 
 /* One step of the shutdown sequence, taken from the flush. */
@@ -262,6 +288,8 @@ static void flush_cb(uv_handle_t *h)
 	while (d->flush_pending && d->state != BT_DAEMON_CLOSING && rounds++ < 16) {
 		d->flush_pending = 0;
 		bt_sched_flush(d);
+		if (d->state == BT_DAEMON_RUNNING)
+			bt_reload_advance(d);
 		bt_proc_flush(d);
 		bt_http_flush(d->http);
 		if (d->on_idle && d->state < BT_DAEMON_CLOSING)
@@ -287,13 +315,21 @@ void bt_daemon_release(struct bt_daemon *d)
 	free(d->gpus);
 	free(d->gpu_samples);
 	free(d->self_exe);
+	for (int i = 0; i < d->nreloaded; i++) {
+		bt_config_release(d->reloaded[i]);
+		free(d->reloaded[i]);
+	}
+	free(d->reloaded);
+	for (int i = 0; i < d->nold_routes; i++)
+		free(d->old_routes[i]);
+	free(d->old_routes);
 	memset(d, 0, sizeof(*d));
 }
 
 struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name)
 {
 	for (int i = 0; i < d->npipelines; i++)
-		if (!strcmp(d->pipelines[i].cfg->name, name))
+		if (!d->pipelines[i].removed && !strcmp(d->pipelines[i].cfg->name, name))
 			return &d->pipelines[i];
 	return NULL;
 }
@@ -301,7 +337,7 @@ struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name)
 struct bt_stage *bt_daemon_stage(struct bt_daemon *d, const char *name)
 {
 	for (int i = 0; i < d->nstages; i++)
-		if (!strcmp(d->stages[i].cfg->name, name))
+		if (!d->stages[i].removed && !strcmp(d->stages[i].cfg->name, name))
 			return &d->stages[i];
 	return NULL;
 }
@@ -317,6 +353,8 @@ int bt_daemon_ready(const struct bt_daemon *d)
 	 */
 	for (int i = 0; i < d->nstages; i++) {
 		const struct bt_stage *st = &d->stages[i];
+		if (st->removed)
+			continue;
 		if (st->failed || !st->up)
 			return 0;
 		int live = 0, active = 0;
@@ -364,6 +402,8 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	json_t *stages = json_object();
 	for (int i = 0; i < d->nstages; i++) {
 		struct bt_stage *st = &d->stages[i];
+		if (st->removed)
+			continue;
 		json_t *reps = json_array();
 		/* Slots never used, or scaled away and stopped, are not shown. */
 		for (int r = 0; r < st->nreplicas; r++)
@@ -398,6 +438,14 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	json_t *pipelines = json_object();
 	for (int i = 0; i < d->npipelines; i++) {
 		struct bt_pipeline *pl = &d->pipelines[i];
+		if (pl->removed) {
+			/* Not shown, but its requests count: accepted = succeeded + failed + in flight. */
+			accepted += pl->accepted;
+			succeeded += pl->succeeded;
+			for (int c = 1; c < BT_CODE_COUNT; c++)
+				failed += pl->failed[c];
+			continue;
+		}
 		json_t *names = json_array();
 		for (int s = 0; s < pl->nstages; s++)
 			json_array_append_new(names, json_string(pl->stages[s]->cfg->name));

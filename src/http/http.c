@@ -281,10 +281,9 @@ static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
 static void server_timing(const struct bt_request *req, char *out, size_t size)
 {
 	size_t o = 0;
-	const struct bt_pipeline *pl = req->pipeline;
 	int last = req->step;
-	for (int i = 0; i <= last && i < pl->nstages && o < size; i++) {
-		const char *name = pl->stages[i]->cfg->name;
+	for (int i = 0; i <= last && i < req->nroute && o < size; i++) {
+		const char *name = req->route[i]->cfg->name;
 		o += (size_t)snprintf(out + o, size - o, "%s%s-queue;dur=%.3f, %s-run;dur=%.3f",
 				      i ? ", " : "", name,
 				      (double)req->timings[i].queue_us / 1000.0, name,

@@ -97,6 +97,7 @@ struct bt_replica {
 	int closing; /* handles being closed for good */
 	char last_exit[160]; /* how the previous process ended */
 	int active; /* counts toward the stage's replicas (not scaled away) */
+	int retiring; /* replaced by a reload: serves until a new replica is ready */
 	int gpu; /* index in the daemon's GPU list, -1 when none is held */
 	char pending_reason[256]; /* why it waits, while PENDING */
 	/* signals, refreshed every tick */

@@ -74,14 +74,14 @@ def test_full_disk_stops_the_run_with_a_clear_error_and_valid_failed_jsonl(tmp_p
     r = subprocess.run([BATON, "run", str(cfg), "--pipeline", "p", "--input", str(inputs),
                         "--output", str(out)], capture_output=True, text=True,
                        timeout=120 * SLOW)
-    assert r.returncode == 1, r.stderr
-    assert "No space left on device" in r.stderr, r.stderr
-    assert "cannot write" in r.stderr
     text = (out / "_failed.jsonl").read_text()
     assert text == "" or text.endswith("\n"), text[-200:]
     for line in text.splitlines():
         rec = json.loads(line)
         assert rec["code"] in ("rejected", "write_failed"), rec
+    assert r.returncode == 1, r.stderr
+    assert "No space left on device" in r.stderr, r.stderr
+    assert "cannot write" in r.stderr
     written = [n for n in os.listdir(out) if n.endswith(".out")]
     assert 0 < len(written) < 40
     for n in written:
@@ -111,7 +111,6 @@ def test_idle_connection_flood_cannot_stop_replicas_from_restarting(baton):
     b = baton(one_stage(replicas="{initial: 2}",
                         restart="{backoff_ms: 50, backoff_max_ms: 200, max_failures: 3}"),
               wrapper=["prlimit", "--nofile=256:256", "--"])
-    assert "http.max_connections lowered to fit the descriptor limit" in b.log()
     pids = b.pids("work")
     flood = []
     try:
@@ -130,6 +129,7 @@ def test_idle_connection_flood_cannot_stop_replicas_from_restarting(baton):
     assert [r["state"] for r in reps] == ["ready", "ready"], reps
     assert all(r["failures"] == 1 for r in reps), reps  # the kill, nothing more
     assert b.post("p", "after the flood").body == b"after the flood"
+    assert "http.max_connections lowered to fit the descriptor limit" in b.log()
     assert b.stop() == 0
 
 
@@ -213,4 +213,75 @@ def test_slow_readers_are_bounded_by_the_budget_and_dropped_after_the_write_time
     wait_for(lambda: rss_kb(b.proc.pid) < base + 8 * 1024, 10 * SLOW, interval=0.1,
              what="RSS back near where it started (%d KiB, peak %d)" % (base, peak))
     assert b.post("p", body).body == body
+    assert b.stop() == 0
+
+
+# --- item 4: SIGHUP reloads the config ---------------------------------------------
+
+def reload(b, text, expect):
+    """Rewrites the config, sends SIGHUP, waits for the log line expect."""
+    seen = b.log().count(expect)
+    with open(b.config_path, "w") as f:
+        f.write(text)
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: b.log().count(expect) > seen, 20 * SLOW,
+             what="%r after SIGHUP\n%s" % (expect, b.log_tail()))
+
+
+def test_sighup_with_an_invalid_or_unappliable_config_keeps_serving_and_says_why(baton):
+    text = one_stage()
+    b = baton(text)
+    pids = b.pids("work")
+    reload(b, text.replace("stages:", "stagez:"), "reload refused")
+    assert "stagez" in b.log() and ":1:1:" in b.log()  # FILE:LINE:COL of the bad key
+    reload(b, text + "listen: 127.0.0.1:1\n", "reload refused")
+    assert "'listen' cannot change by a reload" in b.log()
+    reload(b, text.replace("    env:", "    max_ongoing: 4\n    env:"), "reload refused")
+    assert "'max_ongoing' of stage 'work' cannot change" in b.log()
+    assert b.post("p", "still serving").body == b"still serving"
+    assert b.pids("work") == pids
+    assert b.proc.poll() is None
+    assert b.stop() == 0
+
+
+def test_sighup_adds_removes_and_rolls_stages_without_failing_a_request(baton):
+    def cfg(a_env, extra_stage, pipelines):
+        return config(fake_stage("a", replicas="{initial: 2}", env={"GEN": a_env})
+                      + extra_stage, pipelines, top="interval_ms: 100\n")
+    b = baton(cfg("1", fake_stage("b"), {"p": ["a"], "q": ["b"]}))
+    old_a, old_b = b.pids("a"), b.pids("b")
+    statuses, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            statuses.append(b.post("p", "slow:30").status)
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        wait_for(lambda: len(statuses) > 3, 10 * SLOW, what="load")
+        reload(b, cfg("2", fake_stage("c"), {"p": ["a"], "r": ["c", "a"]}), "config reloaded")
+        wait_for(lambda: 'msg="replicas rolled" stage=a' in b.log(), 30 * SLOW,
+                 what="the roll\n" + b.log_tail())
+        n = len(statuses)
+        wait_for(lambda: len(statuses) > n + 3, 10 * SLOW, what="load after the roll")
+    finally:
+        stop.set()
+        t.join(30 * SLOW)
+    assert statuses and set(statuses) == {200}, statuses
+    # Each old replica left only after a new one was ready.
+    log = b.log()
+    after = log[log.index("rolling replicas"):]
+    assert after.index('msg="replica ready" stage=a') < after.index('msg="replica stopped" stage=a')
+    new_a = b.pids("a")
+    assert len(new_a) == 2 and not set(new_a) & set(old_a), (old_a, new_a)
+    assert json.loads(b.post("p", "env").body)["GEN"] == "2"
+    assert b.post("r", "through c and a").body == b"through c and a"
+    assert b.post("q", "x").status == 404
+    wait_for(lambda: 'msg="stage retired: no request can reach it" stage=b' in b.log(),
+             20 * SLOW, what="b retired")
+    doc = b.status()
+    assert sorted(doc["stages"]) == ["a", "c"] and sorted(doc["pipelines"]) == ["p", "r"]
+    wait_for(lambda: not any(pid_alive(p) for p in old_a + old_b), 20 * SLOW,
+             what="old replicas gone")
+    assert b.get("/v2/health/ready").status == 200
     assert b.stop() == 0
