@@ -71,4 +71,4 @@ static int run(int argc, char **argv)
 }
 
 const struct bt_cmd bt_cmd_serve = {"serve", "CONFIG [--listen HOST:PORT]",
-				    "run the pipelines of CONFIG and serve them over HTTP", run};
+				    "run the pipelines of CONFIG and serve them over HTTP (SIGHUP reloads CONFIG)", run};
