@@ -56,6 +56,7 @@ struct bt_http {
 	 */
 	size_t buffered;
 	size_t peak; /* highest buffered since memory was last given back */
+	uint64_t trimmed_ms; /* when it was */
 	struct conn *sending; /* answers queued, oldest first: the write timeout */
 	struct conn *sending_tail;
 };
@@ -101,13 +102,20 @@ static void uncharge(struct conn *cn)
 	struct bt_http *h = cn->h;
 	h->buffered -= cn->charged;
 	cn->charged = 0;
-	/*
-	 * After a spike, glibc keeps freed heap for reuse: give it back once
-	 * what is held is small again, so that RSS falls with the load.
-	 */
-	if (h->peak >= (32u << 20) && h->buffered < h->peak / 8) {
+}
+
+/*
+ * After a spike, glibc keeps the freed heap for reuse: give it back once
+ * what is held is small again, so that RSS falls with the load.  At most
+ * once a second, from the loop: trimming costs page faults afterwards.
+ */
+static void trim_after_spike(struct bt_http *h)
+{
+	uint64_t now = bt_now_ms();
+	if (h->peak >= (32u << 20) && h->buffered < h->peak / 8 && now - h->trimmed_ms >= 1000) {
 		malloc_trim(0);
 		h->peak = h->buffered;
+		h->trimmed_ms = now;
 	}
 }
 
@@ -1015,6 +1023,7 @@ static void run(struct bt_http *h)
 	MHD_run(h->mhd);
 	if (cut_slow_readers(h))
 		MHD_run(h->mhd);
+	trim_after_spike(h);
 	arm(h);
 }
 
@@ -1093,12 +1102,6 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 	}
 	struct bt_http *h = bt_calloc(1, sizeof(*h));
 	h->d = d;
-	/*
-	 * Bodies and answers above 1 MiB get their own mappings, unmapped when
-	 * freed: glibc would otherwise raise this threshold as large blocks are
-	 * freed and keep a spike of them in the heap.
-	 */
-	mallopt(M_MMAP_THRESHOLD, 1 << 20);
 	h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->listen_port, NULL, NULL,
 				  access_cb, h, MHD_OPTION_SOCK_ADDR, sa,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,

@@ -83,12 +83,23 @@ void bt_replica_release(struct bt_replica *r, struct bt_request *req)
 }
 
 /* Takes the request in slot i out of the replica, closing its batch when last. */
+static void shrink_if_empty(struct bt_buf *b)
+{
+	if (!b->len && b->cap > (1u << 20))
+		bt_buf_release(b);
+}
+
 static struct bt_request *release_slot(struct bt_replica *r, int i)
 {
 	struct bt_request *req = r->inflight[i];
 	r->inflight[i] = r->inflight[--r->ninflight];
 	if (--r->batch_left[req->batch_slot] == 0)
 		r->nbatches--;
+	/* Large payloads' buffers go back when the replica is idle: an idle replica holds none. */
+	if (!r->ninflight && r->child && !r->child->writing) {
+		shrink_if_empty(&r->child->wbuf);
+		shrink_if_empty(&r->child->wbusy);
+	}
 	return req; /* a draining replica left empty is stopped by the tick */
 }
 
@@ -555,13 +566,6 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 
 static void child_write(struct bt_child *c);
 
-/* A large payload's buffer goes back once sent: an idle replica holds none. */
-static void shrink_if_empty(struct bt_buf *b)
-{
-	if (!b->len && b->cap > (1u << 20))
-		bt_buf_release(b);
-}
-
 /* libuv lengths are unsigned int and results int: write at most this at once. */
 #define WRITE_CHUNK ((size_t)1 << 30)
 
@@ -582,7 +586,6 @@ static void write_cb(uv_write_t *w, int status)
 		start_busy_write(c);
 		return;
 	}
-	shrink_if_empty(&c->wbusy);
 	if (c->wbuf.len)
 		child_write(c);
 }
@@ -615,10 +618,8 @@ static void child_write(struct bt_child *c)
 		if (n > 0)
 			bt_buf_consume(&c->wbuf, (size_t)n);
 	} while (c->wbuf.len && n == (int)WRITE_CHUNK);
-	if (!c->wbuf.len) {
-		shrink_if_empty(&c->wbuf);
+	if (!c->wbuf.len)
 		return;
-	}
 	struct bt_buf tmp = c->wbusy;
 	c->wbusy = c->wbuf;
 	c->wbuf = tmp;
