@@ -205,8 +205,6 @@ def main():
     proc, port, logpath = start(a.build, tmp)
     rss = {"before": rss_mib(proc.pid)}
     clients = Clients(port, 4)
-    if os.environ.get("SOAK_PROBE"):
-        subprocess.Popen([sys.executable, os.environ["SOAK_PROBE"], str(port), str(proc.pid)])
     time.sleep(a.seconds)
 
     clients.phase = "attack"
