@@ -4,6 +4,7 @@ descriptors or memory, a full disk and a SIGHUP cannot starve or stop baton
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -130,6 +131,28 @@ def test_idle_connection_flood_cannot_stop_replicas_from_restarting(baton):
     assert all(r["failures"] == 1 for r in reps), reps  # the kill, nothing more
     assert b.post("p", "after the flood").body == b"after the flood"
     assert "http.max_connections lowered to fit the descriptor limit" in b.log()
+    assert b.stop() == 0
+
+
+def test_spawn_failing_for_lack_of_descriptors_is_retried_and_not_a_failure(baton):
+    b = baton(one_stage(restart="{backoff_ms: 50, backoff_max_ms: 200, max_failures: 2}"))
+    pid = b.pids("work")[0]
+    soft, hard = resource.prlimit(b.proc.pid, resource.RLIMIT_NOFILE)
+    # No descriptor to spare: the replica's own (3) come free when it dies,
+    # fewer than a spawn takes.
+    open_now = len(os.listdir("/proc/%d/fd" % b.proc.pid))
+    resource.prlimit(b.proc.pid, resource.RLIMIT_NOFILE, (open_now - 1, hard))
+    try:
+        os.kill(pid, signal.SIGKILL)
+        # More tries than max_failures allows: only uncounted retries get there.
+        wait_for(lambda: b.log().count("too many open files") >= 3,
+                 20 * SLOW, what="spawns retried\n" + b.log_tail())
+    finally:
+        resource.prlimit(b.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    wait_for(lambda: [r["state"] for r in b.replicas("work")] == ["ready"], 20 * SLOW,
+             what="the replica back")
+    assert b.replicas("work")[0]["failures"] == 1  # the kill, not the retries
+    assert b.post("p", "back").body == b"back"
     assert b.stop() == 0
 
 
