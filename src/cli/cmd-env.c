@@ -295,10 +295,13 @@ static int setup_stage(const struct bt_stage_config *st, int force)
 				       st->setup_wheels, out.timed_out ? "timed out" : err);
 				rc = 1;
 			} else {
+				/* Without its stamp the venv would be rebuilt next time: say so. */
 				FILE *f = fopen(stamp_path, "w");
-				if (f) {
-					fputs(fp, f);
-					fclose(f);
+				int bad = !f || fputs(fp, f) < 0;
+				if ((f && fclose(f)) || bad) {
+					printf("%-16s failed: cannot write '%s': %s\n", st->name,
+					       stamp_path, strerror(errno));
+					rc = 1;
 				}
 				o += (size_t)snprintf(line + o, sizeof(line) - o,
 						      "; requirements installed from %s (%.1fs)",

@@ -185,11 +185,11 @@ static int run(int argc, char **argv)
 }
 
 const struct bt_cmd bt_cmd_serve = {
-	"serve", "CONFIG [--listen HOST:PORT]", "run the pipelines of CONFIG and serve them over HTTP",
+	"serve", "CONFIG [--listen HOST:PORT]", "run the pipelines of CONFIG and serve them over HTTP (SIGHUP reloads CONFIG)",
 	run,
 	"Starts every stage's replicas, supervises them (restarts with backoff) and\n"
 	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
-	"new ones get 503.  With streams:, it also runs the stations and their\n"
+	"new ones get 503.  SIGHUP reloads CONFIG (docs/operations.md).  With streams:, it also runs the stations and their\n"
 	"sessions (docs/streams.md); each station finishes its open session first.\n"
 	"Logs go to stderr, one logfmt line per event.  Under\n"
 	"systemd (Type=notify) it reports READY=1 once every stage has its initial\n"

@@ -14,6 +14,7 @@
 
 enum bt_log_level bt_log_threshold = BT_LOG_INFO;
 int bt_log_fd = 2;
+int bt_log_write_error;
 
 void bt_assert_fail(const char *cond, const char *file, int line)
 {
@@ -343,7 +344,8 @@ void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 	line[len++] = '\n';
 	/* One write per line so that concurrent writers never interleave. */
 	ssize_t w = write(bt_log_fd, line, len);
-	(void)w;
+	if ((w < 0 || (size_t)w < len) && !bt_log_write_error)
+		bt_log_write_error = w < 0 ? -errno : -ENOSPC;
 }
 
 int bt_ext_is_safe(const char *ext)

@@ -123,6 +123,7 @@ uint64_t bt_now_us(void);
 enum bt_log_level { BT_LOG_DEBUG, BT_LOG_INFO, BT_LOG_WARN, BT_LOG_ERROR };
 extern enum bt_log_level bt_log_threshold;
 extern int bt_log_fd; /* where log lines go: stderr unless changed */
+extern int bt_log_write_error; /* -errno of the first failed or short log write, else 0 */
 int bt_log_level_parse(const char *s, enum bt_log_level *out);
 /*
  * Writes `ts=... level=... msg="MSG" FIELDS`, where FIELDS is the printf of

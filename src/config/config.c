@@ -432,7 +432,8 @@ static const char *const stage_keys[] = {
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
 	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", "user",
-	"group", "kind", NULL};
+	"group", "kind", "log_limit", NULL};
+static const char *const log_limit_keys[] = {"interval_ms", "lines", "bytes", NULL};
 static const char *const setup_keys[] = {"python", "requirements", "wheels",
 					 "system_site_packages", NULL};
 static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
@@ -526,6 +527,10 @@ static void stage_defaults(struct bt_stage_config *st)
 	st->ping_timeout_ms = 10000;
 	st->batch_max_size = 1;
 	st->batch_window_ms = 0;
+	/* Output rate limit per stream, journald-like: a chatty worker cannot fill the disk. */
+	st->log_interval_ms = 10000;
+	st->log_lines = 2000;
+	st->log_bytes = 1 << 20;
 	st->priority_levels = 1;
 }
 
@@ -769,6 +774,23 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 				else
 					r = get_u64(c, rv, rk, 0, DAY_MS,
 						    &st->retry_failed_after_ms);
+			}
+		} else if (!strcmp(k, "log_limit")) {
+			if ((r = check_mapping(c, v, "'log_limit'", log_limit_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *lk = scalar(node(c, q->key));
+				yaml_node_t *lv = node(c, q->value);
+				if (!strcmp(lk, "interval_ms"))
+					r = get_u64(c, lv, "log_limit.interval_ms", 1, DAY_MS,
+						    &st->log_interval_ms);
+				else if (!strcmp(lk, "lines"))
+					r = get_u64(c, lv, "log_limit.lines", 1, 1LL << 40,
+						    &st->log_lines);
+				else
+					r = get_u64(c, lv, "log_limit.bytes", 1, 1LL << 50,
+						    &st->log_bytes);
 			}
 		} else if (!strcmp(k, "stop")) {
 			if ((r = check_mapping(c, v, "'stop'", stop_keys)))
@@ -1190,7 +1212,8 @@ static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes
 				       "gpus", "interval_ms", "auth", "http", "cgroup", "streams",
 				       "run", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
-static const char *const http_keys[] = {"max_connections", "idle_timeout_s", NULL};
+static const char *const http_keys[] = {"max_connections", "idle_timeout_s",
+					"max_buffered_bytes", "write_timeout_s", NULL};
 
 /* auth: {token_file}: the token is the file's first line, at least 16 bytes. */
 static int parse_auth(struct ctx *c, const yaml_node_t *n)
@@ -1235,11 +1258,21 @@ static int parse_http(struct ctx *c, const yaml_node_t *n)
 		const char *k = scalar(node(c, p->key));
 		yaml_node_t *v = node(c, p->value);
 		long long val;
+		char key[48];
+		snprintf(key, sizeof(key), "http.%s", k);
+		if (!strcmp(k, "max_buffered_bytes")) {
+			r = get_size(c, v, key, 1 << 20, 1LL << 40, &c->cfg->http_max_buffered_bytes);
+			if (!r && c->cfg->http_max_buffered_bytes < c->cfg->max_request_bytes)
+				r = fail(c, v, "'http.max_buffered_bytes' (%zu) must be at least max_request_bytes (%zu), or no request of that size could ever be taken",
+					 c->cfg->http_max_buffered_bytes, c->cfg->max_request_bytes);
+			continue;
+		}
 		int conns = !strcmp(k, "max_connections");
-		r = get_int(c, v, conns ? "http.max_connections" : "http.idle_timeout_s", 1,
-			    conns ? 100000 : 3600, &val);
+		r = get_int(c, v, key, 1, conns ? 100000 : 3600, &val);
 		if (!r && conns)
 			c->cfg->http_max_connections = (unsigned)val;
+		else if (!r && !strcmp(k, "write_timeout_s"))
+			c->cfg->http_write_timeout_s = (unsigned)val;
 		else if (!r)
 			c->cfg->http_idle_timeout_s = (unsigned)val;
 	}
@@ -1747,16 +1780,25 @@ static int parse_run(struct ctx *c, const yaml_node_t *n)
 static int parse_root(struct ctx *c, yaml_node_t *root)
 {
 	struct bt_config *cfg = c->cfg;
-	const yaml_node_t *stages = NULL, *pipelines = NULL, *streams = NULL;
+	const yaml_node_t *stages = NULL, *pipelines = NULL, *streams = NULL, *http = NULL;
 	int r;
 	if (!root)
 		return fail(c, NULL, "the file is empty");
 	if ((r = check_mapping(c, root, "the top level", top_keys)))
 		return r;
+	cfg->written = json_object();
 	for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
 	     p < root->data.mapping.pairs.top && !r; p++) {
 		const char *k = scalar(node(c, p->key));
 		yaml_node_t *v = node(c, p->value);
+		if (strcmp(k, "stages") && strcmp(k, "pipelines")) {
+			/* As written, for a reload to compare key by key. */
+			int budget = 100000;
+			json_t *j = to_json(c, v, 0, &budget);
+			if (!j)
+				return BT_ECONFIG;
+			json_object_set_new(cfg->written, k, j);
+		}
 		if (!strcmp(k, "listen")) {
 			r = parse_listen(c, v);
 		} else if (!strcmp(k, "log_level")) {
@@ -1777,7 +1819,7 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 		} else if (!strcmp(k, "auth")) {
 			r = parse_auth(c, v);
 		} else if (!strcmp(k, "http")) {
-			r = parse_http(c, v);
+			http = v; /* after max_request_bytes, which it is checked against */
 		} else if (!strcmp(k, "cgroup")) {
 			r = get_string(c, v, k, &cfg->cgroup);
 			if (!r && strcmp(cfg->cgroup, "auto") && strcmp(cfg->cgroup, "off") &&
@@ -1794,8 +1836,13 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			pipelines = v;
 		}
 	}
+	if (!r && http)
+		r = parse_http(c, http);
 	if (r)
 		return r;
+	/* Room for several of the largest requests at once, at the least. */
+	if (!cfg->http_max_buffered_bytes)
+		cfg->http_max_buffered_bytes = BT_MAX((size_t)256 << 20, 4 * cfg->max_request_bytes);
 	if (!stages)
 		return fail(c, root, "missing required key 'stages'");
 	if (!pipelines && !streams)
@@ -1808,10 +1855,14 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 	cfg->stages = bt_calloc(n, sizeof(*cfg->stages));
 	for (yaml_node_pair_t *p = stages->data.mapping.pairs.start;
 	     p < stages->data.mapping.pairs.top; p++) {
-		r = parse_stage(c, node(c, p->key), node(c, p->value),
-				&cfg->stages[cfg->nstages++]);
+		struct bt_stage_config *st = &cfg->stages[cfg->nstages++];
+		r = parse_stage(c, node(c, p->key), node(c, p->value), st);
 		if (r)
 			return r;
+		/* As written, for a reload to compare key by key. */
+		int budget = 100000;
+		if (!(st->written = to_json(c, node(c, p->value), 0, &budget)))
+			return BT_ECONFIG;
 	}
 	size_t nstreams = 0;
 	if (streams) {
@@ -1904,6 +1955,7 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->interval_ms = 1000;
 	cfg->http_max_connections = 1000;
 	cfg->http_idle_timeout_s = 60;
+	cfg->http_write_timeout_s = 30;
 	{
 		char *copy = bt_strdup(path);
 		char *slash = strrchr(copy, '/');
@@ -2014,8 +2066,10 @@ void bt_config_release(struct bt_config *cfg)
 		free(st->user);
 		free(st->setup_requirements);
 		free(st->setup_wheels);
+		json_decref(st->written);
 	}
 	free(cfg->stages);
+	json_decref(cfg->written);
 	for (int i = 0; i < cfg->npipelines; i++) {
 		free(cfg->pipelines[i].name);
 		free(cfg->pipelines[i].stages);
@@ -2208,9 +2262,9 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 	fprintf(out, "config:  %s/%s\n", cfg->dir,
 		strrchr(cfg->path, '/') ? strrchr(cfg->path, '/') + 1 : cfg->path);
 	fprintf(out, "listen:  %s:%d\n", cfg->listen_host, cfg->listen_port);
-	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u\n",
+	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u http.max_buffered_bytes=%zu http.write_timeout_s=%u\n",
 		cfg->max_request_bytes, cfg->max_payload_bytes, cfg->http_max_connections,
-		cfg->http_idle_timeout_s);
+		cfg->http_idle_timeout_s, cfg->http_max_buffered_bytes, cfg->http_write_timeout_s);
 	fprintf(out, "auth:    %s\n", cfg->auth_token ? "bearer token required (except /v2/health/*)"
 						 : "none: anyone who can reach the address can use it");
 	for (int i = 0; i < cfg->nstages; i++) {

@@ -78,6 +78,9 @@ struct bt_stage_config {
 	int batch_max_size; /* 1: no batching */
 	uint64_t batch_window_ms;
 	int priority_levels; /* FIFOs, level 0 served first */
+	uint64_t log_interval_ms; /* log_limit: per stream of each process, at most */
+	uint64_t log_lines, log_bytes; /* these many lines and bytes per interval */
+	json_t *written; /* the stage's mapping as written (JSON), for reloads to compare */
 };
 
 struct bt_pipeline_config {
@@ -172,6 +175,8 @@ struct bt_config {
 	char *cgroup; /* NULL ("auto"), "off", or an absolute cgroup v2 directory */
 	unsigned http_max_connections;
 	unsigned http_idle_timeout_s;
+	size_t http_max_buffered_bytes; /* request bodies and answers held, all clients */
+	unsigned http_write_timeout_s; /* an answer not taken by then: the client is dropped */
 	char *dir; /* absolute directory of the file */
 	char *listen_host;
 	int listen_port;
@@ -185,6 +190,7 @@ struct bt_config {
 	struct bt_stream_config *streams;
 	int nstreams;
 	struct bt_run_config run;
+	json_t *written; /* top-level keys but stages and pipelines, as written (JSON) */
 };
 
 /*

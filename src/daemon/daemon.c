@@ -7,9 +7,11 @@
  */
 #include "daemon.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../http/http.h"
@@ -35,6 +37,21 @@ static void check_cb(uv_check_t *c)
 static void idle_cb(uv_idle_t *i)
 {
 	(void)i; /* its only job is to keep the next poll from blocking */
+}
+
+static void sighup_cb(uv_signal_t *s, int signum)
+{
+	struct bt_daemon *d = s->data;
+	(void)signum;
+	if (d->no_http) {
+		bt_info("SIGHUP ignored: baton run does not reload its config", "%s", "");
+		return;
+	}
+	if (d->state != BT_DAEMON_RUNNING) {
+		bt_info("SIGHUP ignored: baton is stopping", "%s", "");
+		return;
+	}
+	bt_daemon_reload(d);
 }
 
 static void signal_cb(uv_signal_t *s, int signum)
@@ -79,31 +96,89 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 	uv_idle_init(loop, &d->idle);
 	uv_signal_init(loop, &d->sigterm);
 	uv_signal_init(loop, &d->sigint);
+	uv_signal_init(loop, &d->sighup);
 	d->prepare.data = d->check.data = d->idle.data = d;
-	d->sigterm.data = d->sigint.data = d;
+	d->sigterm.data = d->sigint.data = d->sighup.data = d;
 
+	/* Room for what reloads add: slots never move, see struct bt_daemon. */
 	d->nstages = cfg->nstages;
-	d->stages = bt_calloc((size_t)d->nstages, sizeof(*d->stages));
+	d->stages_cap = cfg->nstages + BT_RELOAD_SPARE;
+	d->stages = bt_calloc((size_t)d->stages_cap, sizeof(*d->stages));
 	for (int i = 0; i < d->nstages; i++)
-		bt_stage_init(&d->stages[i], d, i);
+		bt_stage_init(&d->stages[i], d, i, &cfg->stages[i]);
 	d->npipelines = cfg->npipelines;
-	d->pipelines = bt_calloc((size_t)d->npipelines, sizeof(*d->pipelines));
-	for (int i = 0; i < d->npipelines; i++) {
-		struct bt_pipeline *pl = &d->pipelines[i];
-		pl->d = d;
-		pl->index = i;
-		pl->cfg = &cfg->pipelines[i];
-		pl->nstages = pl->cfg->nstages;
-		bt_hist_init(&pl->duration_hist, bt_hist_seconds, bt_hist_seconds_n);
-		pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
-		for (int s = 0; s < pl->nstages; s++)
-			pl->stages[s] = &d->stages[pl->cfg->stages[s]];
+	d->pipelines_cap = cfg->npipelines + BT_RELOAD_SPARE;
+	d->pipelines = bt_calloc((size_t)d->pipelines_cap, sizeof(*d->pipelines));
+	for (int i = 0; i < d->npipelines; i++)
+		bt_daemon_pipeline_init(d, &d->pipelines[i], i, &cfg->pipelines[i]);
+	return 0;
+}
+
+void bt_daemon_pipeline_init(struct bt_daemon *d, struct bt_pipeline *pl, int index,
+			     const struct bt_pipeline_config *cfg)
+{
+	pl->d = d;
+	pl->index = index;
+	pl->cfg = cfg;
+	pl->nstages = cfg->nstages;
+	bt_hist_init(&pl->duration_hist, bt_hist_seconds, bt_hist_seconds_n);
+	pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
+	for (int s = 0; s < pl->nstages; s++)
+		pl->stages[s] = bt_daemon_stage(d, d->cfg->stages[cfg->stages[s]].name);
+}
+
+/*
+ * Descriptors: the soft limit is raised to the hard one (systemd's soft
+ * default of 1024 is for select() users; baton uses epoll), and HTTP
+ * connections get what is left after a reserve for baton itself, every
+ * replica (channel, stdout, stderr, and a spawn's transient ones) and the
+ * files it opens.  Idle clients can then never take the descriptors a
+ * replica needs to restart.
+ */
+#define FD_RESERVE_BASE 64 /* loop, signals, epoll, listener, log, config, /proc reads */
+#define FD_PER_REPLICA 8
+
+static int fd_budget(struct bt_daemon *d, char *err, size_t errlen)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return 0;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t was = rl.rlim_cur;
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+			bt_debug("raised the descriptor limit", "from=%llu to=%llu",
+				 (unsigned long long)was, (unsigned long long)rl.rlim_max);
+		else
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (d->no_http || rl.rlim_cur == RLIM_INFINITY)
+		return 0;
+	uint64_t reserve = FD_RESERVE_BASE;
+	for (int i = 0; i < d->nstages; i++)
+		reserve += FD_PER_REPLICA * (uint64_t)d->stages[i].cfg->replicas_max;
+	uint64_t limit = rl.rlim_cur;
+	if (limit < reserve + 8) {
+		snprintf(err, errlen,
+			 "the descriptor limit (%llu, ulimit -n) leaves no room for HTTP connections: %llu are kept for replicas and files",
+			 (unsigned long long)limit, (unsigned long long)reserve);
+		return BT_ECONFIG;
+	}
+	if (d->cfg->http_max_connections > limit - reserve) {
+		bt_warn("http.max_connections lowered to fit the descriptor limit",
+			"max_connections=%llu configured=%u fd_limit=%llu reserved=%llu",
+			(unsigned long long)(limit - reserve), d->cfg->http_max_connections,
+			(unsigned long long)limit, (unsigned long long)reserve);
+		d->cfg->http_max_connections = (unsigned)(limit - reserve);
 	}
 	return 0;
 }
 
 int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 {
+	int fe = fd_budget(d, err, errlen);
+	if (fe)
+		return fe;
 	/* The flush runs the shutdown sequence too, so it starts first. */
 	uv_prepare_start(&d->prepare, prepare_cb);
 	uv_check_start(&d->check, check_cb);
@@ -123,6 +198,7 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	}
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&d->sigint, signal_cb, SIGINT);
+	uv_signal_start(&d->sighup, sighup_cb, SIGHUP);
 	if (d->http)
 		bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
 			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
@@ -181,12 +257,14 @@ static void close_all(struct bt_daemon *d)
 	uv_close((uv_handle_t *)&d->idle, NULL);
 	uv_close((uv_handle_t *)&d->sigterm, NULL);
 	uv_close((uv_handle_t *)&d->sigint, NULL);
+	uv_close((uv_handle_t *)&d->sighup, NULL);
 	/*
 	 * libuv restored the default actions: a late signal would now kill a
 	 * daemon that is already on its way out with status 0.
 	 */
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 }
 
 /* One step of the shutdown sequence, taken from the flush. */
@@ -232,6 +310,8 @@ static void flush_cb(uv_handle_t *h)
 	while (d->flush_pending && d->state != BT_DAEMON_CLOSING && rounds++ < 16) {
 		d->flush_pending = 0;
 		bt_sched_flush(d);
+		if (d->state == BT_DAEMON_RUNNING)
+			bt_reload_advance(d);
 		bt_proc_flush(d);
 		bt_http_flush(d->http);
 		if (d->on_idle && d->state < BT_DAEMON_CLOSING)
@@ -258,13 +338,21 @@ void bt_daemon_release(struct bt_daemon *d)
 	free(d->gpu_samples);
 	free(d->self_exe);
 	bt_contain_free(d->contain);
+	for (int i = 0; i < d->nreloaded; i++) {
+		bt_config_release(d->reloaded[i]);
+		free(d->reloaded[i]);
+	}
+	free(d->reloaded);
+	for (int i = 0; i < d->nold_routes; i++)
+		free(d->old_routes[i]);
+	free(d->old_routes);
 	memset(d, 0, sizeof(*d));
 }
 
 struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name)
 {
 	for (int i = 0; i < d->npipelines; i++)
-		if (!strcmp(d->pipelines[i].cfg->name, name))
+		if (!d->pipelines[i].removed && !strcmp(d->pipelines[i].cfg->name, name))
 			return &d->pipelines[i];
 	return NULL;
 }
@@ -272,7 +360,7 @@ struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name)
 struct bt_stage *bt_daemon_stage(struct bt_daemon *d, const char *name)
 {
 	for (int i = 0; i < d->nstages; i++)
-		if (!strcmp(d->stages[i].cfg->name, name))
+		if (!d->stages[i].removed && !strcmp(d->stages[i].cfg->name, name))
 			return &d->stages[i];
 	return NULL;
 }
@@ -281,10 +369,25 @@ int bt_daemon_ready(const struct bt_daemon *d)
 {
 	if (d->state != BT_DAEMON_RUNNING)
 		return 0;
-	/* Like a model's readiness: loaded once, and not failed since. */
-	for (int i = 0; i < d->nstages; i++)
-		if (d->stages[i].failed || !d->stages[i].up)
+	/*
+	 * Like a model's readiness: loaded once, not failed since, and a
+	 * replica serving now (a stage whose every replica is restarting
+	 * cannot answer; one scaled to none starts on demand).
+	 */
+	for (int i = 0; i < d->nstages; i++) {
+		const struct bt_stage *st = &d->stages[i];
+		if (st->removed)
+			continue;
+		if (st->failed || !st->up)
 			return 0;
+		int live = 0, active = 0;
+		for (int r = 0; r < st->nreplicas && !live; r++) {
+			active += st->replicas[r]->active;
+			live = st->replicas[r]->state == BT_REPLICA_READY;
+		}
+		if (!live && active)
+			return 0;
+	}
 	return 1;
 }
 
@@ -364,6 +467,8 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	json_t *stages = json_object();
 	for (int i = 0; i < d->nstages; i++) {
 		struct bt_stage *st = &d->stages[i];
+		if (st->removed)
+			continue;
 		json_t *reps = json_array();
 		/* Slots never used, or scaled away and stopped, are not shown. */
 		for (int r = 0; r < st->nreplicas; r++)
@@ -403,6 +508,14 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	json_t *pipelines = json_object();
 	for (int i = 0; i < d->npipelines; i++) {
 		struct bt_pipeline *pl = &d->pipelines[i];
+		if (pl->removed) {
+			/* Not shown, but its requests count: accepted = succeeded + failed + in flight. */
+			accepted += pl->accepted;
+			succeeded += pl->succeeded;
+			for (int c = 1; c < BT_CODE_COUNT; c++)
+				failed += pl->failed[c];
+			continue;
+		}
 		json_t *names = json_array();
 		for (int s = 0; s < pl->nstages; s++)
 			json_array_append_new(names, json_string(pl->stages[s]->cfg->name));
@@ -437,6 +550,11 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				      (json_int_t)failed, "in_flight", (json_int_t)d->in_flight));
 	json_object_set_new(doc, "stages", stages);
 	json_object_set_new(doc, "pipelines", pipelines);
+	json_object_set_new(doc, "http",
+			    json_pack("{s:I, s:I, s:I}", "buffered_bytes",
+				      (json_int_t)bt_http_buffered(d->http), "max_buffered_bytes",
+				      (json_int_t)d->cfg->http_max_buffered_bytes,
+				      "max_connections", (json_int_t)d->cfg->http_max_connections));
 	json_object_set_new(doc, "cpu_percent", json_real(d->cpu_percent));
 	if (d->contain)
 		json_object_set_new(doc, "containment", bt_contain_status(d->contain));

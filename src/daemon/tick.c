@@ -162,8 +162,7 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 	/* A replica still draining is warm and serving: taking it back is free. */
 	for (int i = 0; i < st->nreplicas && n < to; i++) {
 		struct bt_replica *r = st->replicas[i];
-		/* A station's drain has closed its session: it is not taken back. */
-		if (r->active || r->state != BT_REPLICA_DRAINING || r->source_hold)
+		if (r->active || r->state != BT_REPLICA_DRAINING || r->source_hold || r->retiring)
 			continue;
 		r->active = 1;
 		r->state = BT_REPLICA_READY;
@@ -177,6 +176,7 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 		    (st->source_ops && !r->station))
 			continue;
 		r->active = 1;
+		r->retiring = 0;
 		r->failures = 0;
 		n++;
 		bt_replica_start(r);
@@ -437,7 +437,8 @@ static void tick_cb(uv_timer_t *t)
 	if (d->state == BT_DAEMON_RUNNING) {
 		housekeeping(d);
 		for (int i = 0; i < d->nstages; i++)
-			autoscale(d, &d->stages[i], overrides);
+			if (!d->stages[i].removed)
+				autoscale(d, &d->stages[i], overrides);
 	}
 	json_decref(overrides);
 }

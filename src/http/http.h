@@ -22,6 +22,8 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 void bt_http_flush(struct bt_http *h);
 /* Answers accepted but not yet completely sent. */
 unsigned bt_http_pending(const struct bt_http *h);
+/* Bytes held for clients now (request bodies and answers not yet taken). */
+size_t bt_http_buffered(const struct bt_http *h);
 /* Stops listening, closes every connection; frees itself asynchronously. */
 void bt_http_close(struct bt_http *h);
 int bt_http_port(const struct bt_http *h);

@@ -52,7 +52,9 @@ struct job {
 	size_t inflight, ok, failed, skipped;
 	int jobs;
 	int finished; /* every item has an outcome */
-	FILE *failed_log;
+	int failed_fd; /* _failed.jsonl, -1 until opened */
+	off_t failed_size; /* its length after the last whole line */
+	char *write_error; /* the first write that failed: the run stops, exits 1 */
 	int tty;
 	uv_timer_t progress_timer;
 	uint64_t start_ms, last_line_ms;
@@ -409,6 +411,50 @@ static void remove_outputs(const struct job *job, const char *relpath)
 	free(out);
 }
 
+/*
+ * A write the run depends on failed (the disk is full, the log cannot be
+ * written): later outputs would fail the same way, so the run stops after
+ * what is in flight, says why, and exits 1.  Only the first is reported.
+ */
+static void storage_failed(struct job *job, const char *path, int e)
+{
+	if (job->write_error)
+		return;
+	job->write_error = bt_asprintf("cannot write '%s': %s", path, bt_strerror(e));
+	fprintf(stderr, "%sbaton run: %s; stopping\n", job->tty ? "\r\033[K" : "",
+		job->write_error);
+	bt_error("run stopping: a write failed", "reason=\"%s\"", job->write_error);
+	if (job->d)
+		bt_daemon_shutdown(job->d);
+}
+
+/* Errors of the file system rather than of one output's name or place. */
+static int storage_error(int e)
+{
+	return e == -ENOSPC || e == -EDQUOT || e == -EIO || e == -EROFS || e == -EFBIG;
+}
+
+/*
+ * Appends one line to _failed.jsonl with a single write; a line the disk
+ * took only in part is cut off again, so the file stays valid JSON Lines.
+ */
+static void append_failed_line(struct job *job, const char *text)
+{
+	char *line = bt_asprintf("%s\n", text);
+	int e = write_all(job->failed_fd, line, strlen(line));
+	if (e) {
+		if (ftruncate(job->failed_fd, job->failed_size))
+			bt_error("cannot cut a partial line off", "file=%s error=\"%s\"", FAILED_LOG,
+				 strerror(errno));
+		char *path = bt_asprintf("%s/%s", job->outdir, FAILED_LOG);
+		storage_failed(job, path, e);
+		free(path);
+	} else {
+		job->failed_size += (off_t)strlen(line);
+	}
+	free(line);
+}
+
 static void record_failure(struct job *job, const char *relpath, const char *code,
 			   const char *error, int attempts, const char *stage)
 {
@@ -424,8 +470,7 @@ static void record_failure(struct job *job, const char *relpath, const char *cod
 	if (stage)
 		json_object_set_new(line, "stage", json_string(stage));
 	char *text = json_dumps(line, JSON_COMPACT);
-	fprintf(job->failed_log, "%s\n", text);
-	fflush(job->failed_log);
+	append_failed_line(job, text);
 	free(text);
 	json_decref(line);
 	job->failed++;
@@ -484,6 +529,8 @@ static void request_done(struct bt_request *req, void *arg)
 				char msg[PATH_MAX + 64];
 				snprintf(msg, sizeof(msg), "cannot write '%s': %s", path, bt_strerror(e));
 				record_failure(job, relpath, "write_failed", msg, req->attempts, NULL);
+				if (storage_error(e))
+					storage_failed(job, path, e);
 			} else {
 				job->ok++;
 				for (int s = 0; s < job->pl->nstages; s++)
@@ -606,6 +653,11 @@ static void fail_unsent(struct job *job, const char *error, const char *stage)
 static void feed(struct bt_daemon *d, void *arg)
 {
 	struct job *job = arg;
+	if (bt_log_write_error && !job->write_error) {
+		char *path = bt_asprintf("%s/%s", job->outdir, RUN_LOG);
+		storage_failed(job, path, bt_log_write_error);
+		free(path);
+	}
 	if (d->state != BT_DAEMON_RUNNING || job->finished)
 		return;
 	/* Waiting for such a stage would be forever: fail what is left instead. */
@@ -760,6 +812,8 @@ static void summary(struct job *job, int interrupted)
 	}
 	if (job->failed)
 		printf("  failures: %s/%s\n", job->outdir, FAILED_LOG);
+	if (job->write_error)
+		printf("  stopped: %s\n", job->write_error);
 	printf("  log: %s/%s\n", job->outdir, RUN_LOG);
 }
 
@@ -780,6 +834,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	int code = 0, logfd = -1;
 	memset(&job, 0, sizeof(job));
 	job.opt = opt;
+	job.failed_fd = -1;
 
 	int pi = bt_config_pipeline_index(cfg, opt->pipeline);
 	if (pi < 0)
@@ -852,12 +907,12 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	free(first);
 
 	char *failed_path = bt_asprintf("%s/%s", job.outdir, FAILED_LOG);
-	job.failed_log = fopen(failed_path, "w");
+	job.failed_fd = open(failed_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
 	free(failed_path);
 	char *log_path = bt_asprintf("%s/%s", job.outdir, RUN_LOG);
 	logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	free(log_path);
-	if (!job.failed_log || logfd < 0) {
+	if (job.failed_fd < 0 || logfd < 0) {
 		code = usage_error("cannot write in '%s'", job.outdir);
 		goto out;
 	}
@@ -910,15 +965,30 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	bt_info("run finished", "succeeded=%zu failed=%zu skipped=%zu", job.ok, job.failed,
 		job.skipped);
 	bt_daemon_release(&d);
+	job.d = NULL;
 	if (uv_loop_close(&loop))
 		bt_error("loop closed with handles still open", "%s", "");
-	code = (job.failed || interrupted) ? 1 : 0;
+	if (bt_log_write_error && !job.write_error) {
+		char *path = bt_asprintf("%s/%s", job.outdir, RUN_LOG);
+		storage_failed(&job, path, bt_log_write_error);
+		free(path);
+	}
+	if (fflush(stdout) || ferror(stdout)) {
+		fprintf(stderr, "baton run: cannot write the summary to stdout: %s\n",
+			strerror(errno));
+		code = 1;
+	}
+	code = (code || job.failed || interrupted || job.write_error) ? 1 : 0;
 out:
 	bt_log_fd = 2;
 	if (logfd >= 0)
 		close(logfd);
-	if (job.failed_log)
-		fclose(job.failed_log);
+	if (job.failed_fd >= 0 && close(job.failed_fd) && !code) {
+		fprintf(stderr, "baton run: cannot write '%s/%s': %s\n", job.outdir, FAILED_LOG,
+			strerror(errno));
+		code = 1;
+	}
+	free(job.write_error);
 	for (size_t i = 0; i < job.nitems; i++) {
 		free(job.items[i].abspath);
 		free(job.items[i].relpath);

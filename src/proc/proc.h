@@ -53,7 +53,9 @@ struct bt_spawn_job; /* one process of a spawn-mode request, private to proc/ */
 /*
  * A worker's stdout or stderr cut into lines, each logged with the line as
  * msg and tagged with stage, replica, pid and stream.  Lines longer than
- * BT_LINES_MAX are split.
+ * BT_LINES_MAX are split.  With a limit set, lines past max_lines or
+ * max_bytes within an interval are dropped and counted; one warning says
+ * how many when the next interval begins or the stream ends (as journald).
  */
 #define BT_LINES_MAX 4096
 struct bt_lines {
@@ -62,12 +64,18 @@ struct bt_lines {
 	int replica, pid;
 	const char *stream;
 	char *last; /* optional, BT_LINES_LAST bytes: each line is also copied here */
+	uint64_t interval_ms, max_lines, max_bytes; /* 0: no limit */
+	uint64_t window_ms; /* start of the current interval */
+	uint64_t lines, bytes; /* logged in the current interval */
+	uint64_t dropped_lines, dropped_bytes; /* not yet reported */
 };
 #define BT_LINES_LAST 256
 void bt_lines_init(struct bt_lines *l, const char *stage, int replica, int pid,
 		   const char *stream);
+/* Sets the rate limit (after init): at most lines and bytes per interval. */
+void bt_lines_limit(struct bt_lines *l, uint64_t interval_ms, uint64_t lines, uint64_t bytes);
 void bt_lines_feed(struct bt_lines *l, const char *p, size_t n);
-/* Logs what is left of an unfinished line. */
+/* Logs what is left of an unfinished line, and what the limit dropped. */
 void bt_lines_flush(struct bt_lines *l);
 void bt_lines_release(struct bt_lines *l);
 
@@ -94,6 +102,7 @@ struct bt_replica {
 	int closing; /* handles being closed for good */
 	char last_exit[160]; /* how the previous process ended */
 	int active; /* counts toward the stage's replicas (not scaled away) */
+	int retiring; /* replaced by a reload: serves until a new replica is ready */
 	int gpu; /* index in the daemon's GPU list, -1 when none is held */
 	char pending_reason[256]; /* why it waits, while PENDING */
 	/* signals, refreshed every tick */
@@ -105,6 +114,7 @@ struct bt_replica {
 	/* kind: source (set by stream/) */
 	const char *station, *url; /* the station this slot runs, borrowed; NULL: none */
 	int source_hold; /* draining: its stream finishes a session before it stops */
+	int resource_waits; /* spawns in a row that failed for lack of fds or memory */
 };
 
 /*
@@ -245,6 +255,16 @@ struct bt_unit *bt_spawn_unit(const struct bt_replica *r);
 /* True while a process of this replica may still be alive. */
 int bt_replica_has_process(const struct bt_replica *r);
 int bt_replica_pid(const struct bt_replica *r);
+
+/*
+ * True for errors that say baton lacks a resource (EMFILE, ENFILE, EAGAIN,
+ * ENOMEM) rather than that the worker is broken: such a spawn is retried
+ * with backoff and is not counted as a failure of the worker.
+ */
+static inline int bt_resource_error(int e)
+{
+	return e == UV_EMFILE || e == UV_ENFILE || e == UV_EAGAIN || e == UV_ENOMEM;
+}
 
 /* Writes what replicas were sent this loop turn (called once per turn). */
 void bt_proc_flush(struct bt_daemon *d);

@@ -85,12 +85,23 @@ void bt_replica_release(struct bt_replica *r, struct bt_request *req)
 }
 
 /* Takes the request in slot i out of the replica, closing its batch when last. */
+static void shrink_if_empty(struct bt_buf *b)
+{
+	if (!b->len && b->cap > (1u << 20))
+		bt_buf_release(b);
+}
+
 static struct bt_request *release_slot(struct bt_replica *r, int i)
 {
 	struct bt_request *req = r->inflight[i];
 	r->inflight[i] = r->inflight[--r->ninflight];
 	if (--r->batch_left[req->batch_slot] == 0)
 		r->nbatches--;
+	/* Large payloads' buffers go back when the replica is idle: an idle replica holds none. */
+	if (!r->ninflight && r->child && !r->child->writing) {
+		shrink_if_empty(&r->child->wbuf);
+		shrink_if_empty(&r->child->wbusy);
+	}
 	return req; /* a draining replica left empty is stopped by the tick */
 }
 
@@ -191,6 +202,10 @@ static void ping_stop(struct bt_replica *r)
 }
 
 static void backoff_cb(uv_timer_t *t);
+
+/* Retries of a spawn that failed for lack of descriptors or memory. */
+#define RESOURCE_BACKOFF_MS 100
+#define RESOURCE_BACKOFF_MAX_MS 5000
 
 /* The replica lost its process: requeue its requests, then decide what next. */
 static void replica_died(struct bt_replica *r, int pid, int charge,
@@ -807,6 +822,8 @@ static int spawn(struct bt_replica *r)
 	bt_lines_init(&c->lines[1], cfg->name, r->id, c->pid, "stderr");
 	c->lines[1].last = r->stage->last_stderr; /* the stage outlives its processes */
 	_Static_assert(sizeof(r->stage->last_stderr) == BT_LINES_LAST, "last_stderr size");
+	for (int i = 0; i < 2; i++)
+		bt_lines_limit(&c->lines[i], cfg->log_interval_ms, cfg->log_lines, cfg->log_bytes);
 	bt_frame_decoder_init(&c->dec, d->cfg->max_payload_bytes);
 	uv_read_start((uv_stream_t *)&c->chan, alloc_cb, chan_read_cb);
 	uv_read_start((uv_stream_t *)&c->out, alloc_cb, out_read_cb);
@@ -850,6 +867,19 @@ void bt_replica_start(struct bt_replica *r)
 	if (r->starts++)
 		r->restarts++;
 	int e = spawn(r);
+	if (e && bt_resource_error(e)) {
+		/* baton's lack, not the worker's fault: try again later, uncounted. */
+		uint64_t delay = bt_backoff_delay_ms(RESOURCE_BACKOFF_MS, RESOURCE_BACKOFF_MAX_MS,
+						     ++r->resource_waits);
+		bt_warn("cannot spawn replica for lack of resources: will retry",
+			"stage=%s replica=%d error=\"%s\" retry_in_ms=%llu", cfg->name, r->id,
+			uv_strerror(e), (unsigned long long)delay);
+		snprintf(r->last_exit, sizeof(r->last_exit), "cannot spawn: %s", uv_strerror(e));
+		r->state = BT_REPLICA_BACKOFF;
+		uv_timer_start(&r->timer, backoff_cb, delay, 0);
+		bt_stage_replicas_changed(r->stage);
+		return;
+	}
 	if (e) {
 		char why[160];
 		snprintf(why, sizeof(why), "cannot spawn: %s", uv_strerror(e));
@@ -858,6 +888,7 @@ void bt_replica_start(struct bt_replica *r)
 		replica_died(r, 0, 1, BT_FAIL_SPAWN, why);
 		return;
 	}
+	r->resource_waits = 0;
 	bt_info("replica starting", "stage=%s replica=%d pid=%d", cfg->name, r->id,
 		r->child->pid);
 	uv_timer_start(&r->timer, start_timeout_cb, cfg->start_timeout_ms, 0);
@@ -892,6 +923,22 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		r->nbatches = 1;
 		r->inflight[r->ninflight++] = reqs[0];
 		int e = bt_spawn_start(r, reqs[0]);
+		if (e && bt_resource_error(e)) {
+			/* Not the script's fault: the slot rests, the request waits uncharged. */
+			uint64_t delay = bt_backoff_delay_ms(RESOURCE_BACKOFF_MS,
+							     RESOURCE_BACKOFF_MAX_MS,
+							     ++r->resource_waits);
+			bt_warn("cannot spawn for lack of resources: will retry",
+				"stage=%s replica=%d error=\"%s\" retry_in_ms=%llu", cfg->name,
+				r->id, bt_strerror(e), (unsigned long long)delay);
+			bt_replica_release(r, reqs[0]);
+			r->state = BT_REPLICA_BACKOFF;
+			uv_timer_start(&r->timer, backoff_cb, delay, 0);
+			bt_stage_lost(reqs[0], 0, "cannot spawn for lack of resources");
+			bt_stage_replicas_changed(r->stage);
+			return 0;
+		}
+		r->resource_waits = 0;
 		if (e) {
 			char why[160];
 			snprintf(why, sizeof(why), "cannot spawn: %s", bt_strerror(e));

@@ -471,6 +471,8 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	bt_lines_init(&j->lines[0], cfg->name, r->id, j->pid, "stdout");
 	bt_lines_init(&j->lines[1], cfg->name, r->id, j->pid, "stderr");
 	j->lines[1].last = r->stage->last_stderr; /* the stage outlives its processes */
+	for (int i = 0; i < 2; i++)
+		bt_lines_limit(&j->lines[i], cfg->log_interval_ms, cfg->log_lines, cfg->log_bytes);
 	uv_read_start((uv_stream_t *)&j->out, alloc_cb, read_cb);
 	uv_read_start((uv_stream_t *)&j->err, alloc_cb, read_cb);
 	if (j->files) {

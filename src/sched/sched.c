@@ -20,7 +20,7 @@ static struct bt_request *from_qlink(struct bt_qlink *l)
 
 static struct bt_stage *stage_of(const struct bt_request *req)
 {
-	return req->pipeline->stages[req->step];
+	return req->route[req->step];
 }
 
 struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
@@ -30,6 +30,8 @@ struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
 	req->id = ++pl->d->next_request_id;
 	snprintf(req->idstr, sizeof(req->idstr), "r%llu", (unsigned long long)req->id);
 	req->pipeline = pl;
+	req->route = pl->stages;
+	req->nroute = pl->nstages;
 	req->payload = payload;
 	req->len = len;
 	req->meta = meta ? meta : json_object();
@@ -104,6 +106,8 @@ static void finish(struct bt_request *req, enum bt_code code,
 		pl->succeeded++;
 	}
 	pl->in_flight--;
+	if (req->route != pl->stages)
+		pl->old_in_flight--; /* accepted before a reload changed the pipeline */
 	d->in_flight--;
 	req->done(req, req->done_arg);
 	bt_daemon_progress(d);
@@ -187,12 +191,13 @@ void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
 	enter_stage(req, 0);
 }
 
-void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index)
+void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index,
+		   const struct bt_stage_config *cfg)
 {
 	memset(st, 0, sizeof(*st));
 	st->d = d;
 	st->index = index;
-	st->cfg = &d->cfg->stages[index];
+	st->cfg = cfg;
 	bt_queue_init(&st->queue, st->cfg->priority_levels, st->cfg->queue_max);
 	uv_timer_init(d->loop, &st->retry_timer);
 	uv_timer_init(d->loop, &st->batch_timer);
@@ -424,7 +429,7 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		json_object_set_new(req->meta, "pipeline", pipeline);
 		json_object_del(req->meta, "warmup");
 	}
-	int last = req->step + 1 == req->pipeline->nstages;
+	int last = req->step + 1 == req->nroute;
 	char bad[512];
 	if (last && req->check && req->check(req, bad, sizeof(bad))) {
 		/* The worker answered, but not what the client's protocol needs. */
@@ -503,17 +508,21 @@ static void retry_failed_cb(uv_timer_t *t)
 
 void bt_stage_replicas_changed(struct bt_stage *st)
 {
-	int all_failed = 0, active = 0;
+	int all_failed = 0, active = 0, old_serving = 0;
 	for (int i = 0; i < st->nreplicas; i++) {
 		const struct bt_replica *r = st->replicas[i];
 		if (r->state == BT_REPLICA_READY)
 			st->up = 1;
-		if (!r->active)
+		if (!r->active) {
+			/* Replaced by a reload and still serving until the new ones are up. */
+			old_serving |= r->state == BT_REPLICA_READY;
 			continue;
+		}
 		if (!active++)
 			all_failed = 1;
 		all_failed &= r->state == BT_REPLICA_FAILED;
 	}
+	all_failed &= !old_serving;
 	if (all_failed && !st->failed) {
 		st->failed = 1;
 		bt_error("stage failed",

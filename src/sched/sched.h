@@ -39,7 +39,9 @@ struct bt_request {
 	uint64_t id;
 	char idstr[24]; /* "r42": the id workers and clients see */
 	struct bt_pipeline *pipeline;
-	int step; /* index of the current stage in the pipeline */
+	struct bt_stage **route; /* the pipeline's stages when it was accepted (a reload may change them) */
+	int nroute;
+	int step; /* index of the current stage in route */
 	enum bt_request_state state;
 	json_t *meta; /* metadata; result metas are merged in */
 	char *payload; /* current payload (owned) */
@@ -86,6 +88,9 @@ struct bt_stage {
 	int rr; /* last replica chosen, for round-robin among equals */
 	int failed; /* every replica exhausted its restarts */
 	char last_stderr[256]; /* the last line a worker wrote to stderr (BT_LINES_LAST) */
+	int removed; /* gone from the config: serves what can still reach it, hidden */
+	int retired; /* removed, and its replicas told to stop */
+	int rolling; /* a reload is replacing its replicas */
 	int up; /* a replica became ready since start or the last revival */
 	int dirty; /* dispatch pending this loop turn */
 	uv_timer_t retry_timer; /* retry_failed_after_ms */
@@ -117,7 +122,9 @@ struct bt_pipeline {
 	int index;
 	struct bt_stage **stages;
 	int nstages;
+	int removed; /* gone by a reload: finishes its requests, hidden */
 	uint64_t in_flight;
+	uint64_t old_in_flight; /* of in_flight, those on a route a reload replaced */
 	uint64_t accepted, succeeded;
 	uint64_t failed[BT_CODE_COUNT];
 	struct bt_hist duration_hist; /* accepted to answered, every outcome */
@@ -139,7 +146,9 @@ void bt_request_free(struct bt_request *req);
 void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
 			void *arg);
 
-void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index);
+/* cfg (borrowed) must outlive the stage. */
+void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index,
+		   const struct bt_stage_config *cfg);
 void bt_stage_close(struct bt_stage *st);
 /* Something changed that may allow dispatch: decided once per loop turn. */
 void bt_stage_kick(struct bt_stage *st);

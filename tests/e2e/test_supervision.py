@@ -272,7 +272,7 @@ def test_successful_warmup_is_logged(baton, tmp_path):
 
 
 def test_chatty_worker_output_is_logged_line_by_line_without_blocking(baton):
-    b = baton(one_stage())
+    b = baton(one_stage(log_limit="{lines: 1000000, bytes: 100000000}"))
     r = b.post("p", "print:200000", timeout=120)
     assert r.status == 200 and r.body == b"print:200000"
     log = b.log()
