@@ -13,7 +13,7 @@ BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
 # poppler for PDFs, Pillow and DejaVu to draw the sample pages.
 DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
               tesseract-ocr-eng poppler-utils
-TEST_PKGS  := python3-pytest wrk prometheus valgrind $(DEMO_PKGS)
+TEST_PKGS  := python3-pytest wrk prometheus valgrind chromium chromium-driver python3-selenium $(DEMO_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
