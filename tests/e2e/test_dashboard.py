@@ -103,8 +103,10 @@ def test_dashboard_shows_stages_and_follows_a_kill_and_a_scale_up(baton, tmp_pat
              40 * SLOW, interval=0.1, what="the page to show three ready replicas")
     history = browser.execute_script(
         "return Array.from(document.querySelectorAll('tr.scale-event')).map(t => t.textContent)")
+    assert console_errors(browser) == []
     assert any("ocr" in h and "manual" in h for h in history), history
     assert console_errors(browser) == []
+    assert not browser.find_element("id", "error").is_displayed()
 
 
 def test_status_watch_redraws_in_place(baton):
