@@ -109,7 +109,7 @@ void bt_scenarios_release(struct bt_scenario_set *set);
 struct bt_scenario_result {
 	const struct bt_scenario *sc;
 	char error[512]; /* not empty: the scenario could not run */
-	int replicas; /* replicas of the pipeline's stages, summed, while measured */
+	int replicas; /* the most replicas a stage of the pipeline had while measured */
 	uint64_t sent, ok, failed;
 	/* Failures: connection, 4xx, 500, 502, 503, 504, other, unfinished when the bound ran out. */
 	uint64_t by_status[8];

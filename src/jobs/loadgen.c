@@ -566,14 +566,19 @@ static double process_rss_mb(int pid)
 	return (double)rss * (double)sysconf(_SC_PAGESIZE) / (1 << 20);
 }
 
-/* Replicas of the pipeline's stages, summed (scaling.active). */
+/*
+ * The most replicas (scaling.active) any stage of the pipeline has: the
+ * count a scenario varies, whether it scales every stage or one.
+ */
 static int count_replicas(struct lg *lg, json_t *doc)
 {
 	int n = 0;
 	json_t *stages = json_object_get(doc, "stages");
-	for (int i = 0; i < lg->nstages; i++)
-		n += (int)json_integer_value(json_object_get(
+	for (int i = 0; i < lg->nstages; i++) {
+		int k = (int)json_integer_value(json_object_get(
 			json_object_get(json_object_get(stages, lg->stages[i]), "scaling"), "active"));
+		n = k > n ? k : n;
+	}
 	return n;
 }
 

@@ -248,7 +248,7 @@ static void xml_text(FILE *f, const char *s)
 
 int bt_report_svg(const char *path, const struct bt_scenario_result *res, int n)
 {
-	const double W = 720, H = 420, L = 70, R = 70, T = 40, B = 60;
+	const double W = 720, H = 430, L = 70, R = 70, T = 52, B = 60;
 	const double pw = W - L - R, ph = H - T - B;
 	const char *varied = bt_report_varied(res, n);
 	double xmin = INFINITY, xmax = -INFINITY, ymax = 0, pmax = 0;
@@ -339,7 +339,7 @@ int bt_report_svg(const char *path, const struct bt_scenario_result *res, int n)
 		   "<text x=\"30\" y=\"4\">throughput</text>"
 		   "<line x1=\"110\" y1=\"0\" x2=\"134\" y2=\"0\" stroke=\"#c25b00\" stroke-width=\"2\" "
 		   "stroke-dasharray=\"6 4\"/><text x=\"140\" y=\"4\">p95 latency</text></g>\n",
-		L + 10, T + 16);
+		L + pw - 230, T - 12);
 	fprintf(f, "</svg>\n");
 #undef PX
 #undef PY
