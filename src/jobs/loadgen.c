@@ -585,11 +585,10 @@ static int count_replicas(struct lg *lg, json_t *doc)
 static void status_answer(struct lg *lg, const char *body, size_t len)
 {
 	json_t *doc = json_loadb(body, len, 0, NULL);
-	uint64_t now = uv_hrtime();
 	if (!doc)
 		return;
-	/* Only what was seen inside the measured window counts. */
-	if (now >= lg->warm_end && lg->sending) {
+	/* Only what was asked for inside the measured window counts. */
+	if (lg->status.sched_ns >= lg->warm_end && lg->status.sched_ns < lg->end) {
 		struct bt_scenario_result *r = lg->res;
 		double cpu = json_number_value(json_object_get(doc, "cpu_percent"));
 		lg->cpu_sum += cpu;
@@ -629,6 +628,7 @@ static void sampler_cb(uv_timer_t *t)
 	struct hconn *c = &lg->status;
 	if (c->has_request || c->state == C_CONNECTING || c->state == C_CLOSING)
 		return;
+	c->sched_ns = uv_hrtime();
 	c->headlen = (size_t)snprintf(c->head, sizeof(c->head),
 				      "GET /v1/status HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", lg->host,
 				      lg->token ? "Authorization: Bearer " : "",
@@ -700,7 +700,10 @@ static void measure(struct lg *lg)
 	lg->sending = 1;
 	lg->res->cpu_max = lg->res->gpu_max = NAN;
 	uv_timer_start(&lg->phase, end_cb, (lg->end - lg->t0) / 1000000, 0);
-	uv_timer_start(&lg->sampler, sampler_cb, STATUS_PERIOD_MS, STATUS_PERIOD_MS);
+	/* From the start of the measured window, at least five samples in it. */
+	uint64_t period = (uint64_t)(sc->duration_s * 1000 / 5);
+	period = period < STATUS_PERIOD_MS ? (period < 100 ? 100 : period) : STATUS_PERIOD_MS;
+	uv_timer_start(&lg->sampler, sampler_cb, (lg->warm_end - lg->t0) / 1000000, period);
 	if (sc->load == BT_LOAD_OPEN) {
 		lg->next_sched = lg->t0;
 		arrivals_cb(&lg->arrivals);
@@ -1036,11 +1039,13 @@ static void print_result(const struct bt_scenario_result *r)
 		printf("%-16s error: %s\n", r->sc->name, r->error);
 		return;
 	}
-	printf("%-16s %4d %8.1f %8llu %7.2f%% %9.2f %9.2f %9.2f %9.2f %9.2f %5.0f/%-4.0f %7.1f "
-	       "%7.3f\n",
+	char cpu[32] = "-";
+	if (isfinite(r->cpu_avg))
+		snprintf(cpu, sizeof(cpu), "%.0f/%.0f", r->cpu_avg, r->cpu_max);
+	printf("%-16s %4d %8.1f %8llu %7.2f%% %9.2f %9.2f %9.2f %9.2f %9.2f %11s %7.1f %7.3f\n",
 	       r->sc->name, r->replicas, r->seconds, (unsigned long long)r->sent,
-	       100 * r->success_rate, r->rps, r->lat_avg, r->p50, r->p95, r->p99, r->cpu_avg,
-	       r->cpu_max, r->rss_max_mb, r->baton_ms);
+	       100 * r->success_rate, r->rps, r->lat_avg, r->p50, r->p95, r->p99, cpu,
+	       r->rss_max_mb, r->baton_ms);
 	fflush(stdout);
 }
 
@@ -1052,7 +1057,7 @@ int bt_scenarios_run(struct bt_config *cfg, const struct bt_scenario_set *set,
 	int code = 0;
 	/* A peer that closes while we write must not kill the bench. */
 	signal(SIGPIPE, SIG_IGN);
-	printf("%-16s %4s %8s %8s %8s %9s %9s %9s %9s %9s %10s %7s %7s\n", "SCENARIO", "REPL",
+	printf("%-16s %4s %8s %8s %8s %9s %9s %9s %9s %9s %11s %7s %7s\n", "SCENARIO", "REPL",
 	       "SECONDS", "REQUESTS", "OK", "REQ/S", "AVG ms", "P50 ms", "P95 ms", "P99 ms",
 	       "CPU avg/max", "RSS MB", "BATON ms");
 	for (int i = 0; i < set->n; i++) {
