@@ -20,6 +20,7 @@ import http.client
 import os
 import platform
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -109,7 +110,8 @@ class Dashboards:
 def baton_bench(build, url, tmp, conc, duration, tag):
     sc = os.path.join(tmp, "sc-%s.yaml" % tag)
     with open(sc, "w") as f:
-        f.write("pipeline: p\npayload: %s\nwarmup_s: 1\nduration_s: %d\nscenarios:\n"
+        # No warm-up, as wrk has none: the daemon is warm already.
+        f.write("pipeline: p\npayload: %s\nwarmup_s: 0\nduration_s: %d\nscenarios:\n"
                 "  - {name: %s, concurrency: %d}\n" % ("x" * 1024, duration, tag, conc))
     out = os.path.join(tmp, "res-" + tag)
     subprocess.run([os.path.join(build, "baton"), "bench", "--scenarios", sc, "--url", url,
@@ -126,6 +128,27 @@ def wrk(url, conc, duration):
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_cost(d, n=3000):
+    """The daemon's own CPU time per GET /v1/status: a figure the machine's
+    load does not blur the way throughput differences are blurred."""
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    before = cpu_seconds(d.proc.pid)
+    size = 0
+    for _ in range(n):
+        conn.request("GET", "/v1/status")
+        size = len(conn.getresponse().read())
+    spent = cpu_seconds(d.proc.pid) - before
+    conn.close()
+    return spent / n, size
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -133,6 +156,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--dashboards", type=int, default=50)
+    ap.add_argument("--compare-rounds", type=int, default=8)
+    ap.add_argument("--compare-duration", type=int, default=4)
     a = ap.parse_args()
     print("machine: %s, %d cores, %s" % (platform.node(), os.cpu_count(), platform.platform()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,14 +183,34 @@ def main():
                   % (b, l, a.dashboards, 100 * (l - b) / b))
             print("            median p95 %.2f ms without, %.2f ms with"
                   % (statistics.median(x[1] for x in base), statistics.median(x[1] for x in loaded)))
-            ours, theirs = [], []
-            for r in range(a.rounds):
-                ours.append(baton_bench(a.build, d.url, tmp, a.concurrency, a.duration, "ours")[0])
-                theirs.append(wrk(d.url, a.concurrency, a.duration))
+            per, size = status_cost(d)
+            print("daemon CPU per GET /v1/status (%d bytes): %.0f us; %d pages polling once a "
+                  "second: %.2f %% of one core" % (size, per * 1e6, a.dashboards,
+                                                  100 * per * a.dashboards))
+            # Short runs, alternating which goes first: on a shared machine the
+            # spread between runs is larger than any difference between the two.
+            ours, theirs, cpu_ours, cpu_theirs = [], [], [], []
+            for r in range(a.compare_rounds):
+                for who in (("ours", "wrk") if r % 2 == 0 else ("wrk", "ours")):
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    if who == "ours":
+                        rps, _ = baton_bench(a.build, d.url, tmp, a.concurrency,
+                                             a.compare_duration, "ours")
+                        ours.append(rps)
+                    else:
+                        rps = wrk(d.url, a.concurrency, a.compare_duration)
+                        theirs.append(rps)
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                    (cpu_ours if who == "ours" else cpu_theirs).append(
+                        cpu / max(1.0, rps * a.compare_duration))
                 print("round %d: baton bench %.0f req/s, wrk %.0f req/s" % (r + 1, ours[-1], theirs[-1]))
             o, t = statistics.median(ours), statistics.median(theirs)
-            print("load generators at concurrency %d: baton bench %.0f req/s, wrk %.0f req/s: "
-                  "%+.1f %%" % (a.concurrency, o, t, 100 * (o - t) / t))
+            print("load generators at concurrency %d, median of %d runs of %d s each: baton bench "
+                  "%.0f req/s, wrk %.0f req/s: %+.1f %%" % (a.concurrency, a.compare_rounds,
+                                                        a.compare_duration, o, t, 100 * (o - t) / t))
+            print("their own CPU per request: baton bench %.1f us, wrk %.1f us" % (
+                1e6 * statistics.median(cpu_ours), 1e6 * statistics.median(cpu_theirs)))
         finally:
             d.stop()
 
