@@ -121,11 +121,19 @@ def baton_bench(build, url, tmp, conc, duration, tag):
     return float(row["throughput_rps"]), float(row["latency_p95_ms"])
 
 
-def wrk(url, conc, duration):
-    out = subprocess.run(["wrk", "-t1", "-c%d" % conc, "-d%ds" % duration, "--latency", "-s",
-                          os.path.join(ROOT, "bench", "hop", "post1k.lua"), url + "/v1/pipelines/p"],
-                         capture_output=True, text=True, check=True).stdout
+def wrk_start(url, conc, duration):
+    return subprocess.Popen(["wrk", "-t1", "-c%d" % conc, "-d%ds" % duration, "--latency", "-s",
+                             os.path.join(ROOT, "bench", "hop", "post1k.lua"),
+                             url + "/v1/pipelines/p"], stdout=subprocess.PIPE, text=True)
+
+
+def wrk_result(proc):
+    out = proc.communicate()[0]
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def wrk(url, conc, duration):
+    return wrk_result(wrk_start(url, conc, duration))
 
 
 def cpu_seconds(pid):
@@ -211,6 +219,17 @@ def main():
                                                         a.compare_duration, o, t, 100 * (o - t) / t))
             print("their own CPU per request: baton bench %.1f us, wrk %.1f us" % (
                 1e6 * statistics.median(cpu_ours), 1e6 * statistics.median(cpu_theirs)))
+            # Both at once, each with the same number of connections: the daemon
+            # serves its connections in turn, so each generator should see half
+            # the throughput, whatever else the machine does in that window.
+            ratios = []
+            for r in range(3):
+                w = wrk_start(d.url, a.concurrency, 10)
+                rps, _ = baton_bench(a.build, d.url, tmp, a.concurrency, 10, "both")
+                t = wrk_result(w)
+                ratios.append(rps / t)
+                print("together %d: baton bench %.0f req/s, wrk %.0f req/s" % (r + 1, rps, t))
+            print("together, median ratio baton bench / wrk: %.3f" % statistics.median(ratios))
         finally:
             d.stop()
 
