@@ -141,7 +141,7 @@ scenarios:
     # The second scenario names a stage the daemon does not have: it fails, the first stands.
     assert r.returncode == 1, r.stdout + r.stderr
     st = b.status()["stages"]["work"]
-    assert st["scaling"]["active"] == 3 and st["scaling"]["manual"]
+    assert st["scaling"]["active"] == 3 and st["scaling"]["manual"], (st, r.stdout)
     rows = list(csv.DictReader(open(out + ".csv")))
     assert rows[0]["replicas"] == "3" and int(rows[0]["requests"]) > 0
     assert "nosuch" in rows[1]["error"] and rows[1]["requests"] == "0"
