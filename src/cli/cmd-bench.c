@@ -86,6 +86,9 @@ static int run_scenarios(const char *path, const char *scenarios, const struct b
 			code = BT_EXIT_USAGE;
 			goto out;
 		}
+	/* A daemon forked from the config asks for the config's own token. */
+	if (!token[0] && !url && have_cfg && cfg.auth_token)
+		snprintf(token, sizeof(token), "%s", cfg.auth_token);
 	struct bt_scenario_options opt = {url, token[0] ? token : NULL, out ? out : "baton-bench",
 					  strcmp(scenarios, "standard") ? scenarios : NULL};
 	code = bt_scenarios_run(have_cfg ? &cfg : NULL, &set, &opt) ? BT_EXIT_FAIL : BT_EXIT_OK;
