@@ -74,7 +74,7 @@ def test_dashboard_shows_stages_and_follows_a_kill_and_a_scale_up(baton, tmp_pat
     b.token = TOKEN
 
     browser.get("http://127.0.0.1:%d/#token=%s" % (b.port, TOKEN))
-    wait_for(lambda: rows(browser, "ocr") and rows(browser, "detect"), 30 * SLOW,
+    wait_for(lambda: rows(browser, "ocr") and rows(browser, "detect"), 30,
              interval=0.1, what="the page to show both stages")
     names = browser.execute_script(
         "return Array.from(document.querySelectorAll('div.stage')).map(d => d.dataset.stage)")
@@ -93,14 +93,14 @@ def test_dashboard_shows_stages_and_follows_a_kill_and_a_scale_up(baton, tmp_pat
         seen.update(x["state"] for x in r)
         return len(r) == 1 and r[0]["restarts"] >= 1 and r[0]["pid"] != victim and \
             r[0]["state"] in ("ready", "busy")
-    wait_for(restarted, 40 * SLOW, interval=0.1, what="the page to show the restarted replica")
+    wait_for(restarted, 40, interval=0.1, what="the page to show the restarted replica")
     assert "backoff" in seen, seen
 
     r = b.request("POST", "/v1/stages/ocr/scale", json.dumps({"replicas": 3}).encode())
     assert r.status == 200, r
     wait_for(lambda: len(rows(browser, "ocr")) == 3 and
              all(x["state"] in ("ready", "busy") for x in rows(browser, "ocr")),
-             40 * SLOW, interval=0.1, what="the page to show three ready replicas")
+             40, interval=0.1, what="the page to show three ready replicas")
     history = browser.execute_script(
         "return Array.from(document.querySelectorAll('tr.scale-event')).map(t => t.textContent)")
     assert console_errors(browser) == []
