@@ -466,9 +466,13 @@ static void close_all(struct lg *lg)
 	uv_timer_stop(&lg->phase);
 	uv_timer_stop(&lg->sampler);
 	/* Whatever is still out did not finish in time: a failure each. */
-	for (size_t i = 0; i < lg->plen; i++)
-		if (lg->pending[(lg->phead + i) % lg->pcap] >= lg->warm_end)
+	for (size_t i = 0; i < lg->plen; i++) {
+		uint64_t sched = lg->pending[(lg->phead + i) % lg->pcap];
+		if (sched >= lg->warm_end && sched < lg->end) {
+			lg->res->sent++; /* due in the window, never sent: counted as a failure */
 			record_failure(lg, F_UNFINISHED);
+		}
+	}
 	lg->plen = 0;
 	for (int i = 0; i < lg->nconns; i++) {
 		struct hconn *c = &lg->conns[i];

@@ -199,3 +199,22 @@ scenarios:
     # on any machine (both runs suffer the same load).
     single, batched = (s["throughput_rps"] for s in doc["scenarios"])
     assert single < 55 and batched > 1.5 * single, (single, batched)
+
+
+def test_requests_due_but_unanswered_when_the_bound_ends_are_failures(tmp_path):
+    """20 arrivals in one second, one connection, 100 ms each, and half a
+    second after the window to finish: at most 15 can be answered; the
+    rest, sent or still waiting for the connection, count as failures."""
+    cfg = work_config(tmp_path)
+    sc = write(tmp_path, "sc.yaml", """\
+pipeline: p
+payload: "slow:100"
+scenarios:
+  - {name: cut, load: open, rate: 20, connections: 1, duration_s: 1, warmup_s: 0, timeout_s: 0.5}
+""")
+    out = str(tmp_path / "res")
+    r = bench(cfg, "--scenarios", sc, "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.load(open(out + ".json"))["scenarios"][0]
+    assert s["sent"] == 20 and s["succeeded"] + s["failed"] == 20, s
+    assert s["failures"].get("unfinished", 0) >= 5 and s["success_rate"] <= 0.75, s
