@@ -17,7 +17,8 @@ DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
 TIMESERIES_PKGS := postgresql python3-numpy
 # promtool is not packaged alone: tools/promtool.sh takes it out of Debian's
 # prometheus package rather than installing a server and its units.
-TEST_PKGS  := python3-pytest wrk valgrind groff-base $(DEMO_PKGS) $(TIMESERIES_PKGS)
+TEST_PKGS  := python3-pytest wrk valgrind groff-base chromium chromium-driver python3-selenium \
+	      $(DEMO_PKGS) $(TIMESERIES_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60

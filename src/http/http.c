@@ -839,8 +839,8 @@ static enum MHD_Result route_stream(struct conn *cn, const char *rest, const cha
 static int authorized(struct conn *cn, const char *url)
 {
 	const char *token = cn->h->d->cfg->auth_token;
-	if (!token || !strncmp(url, "/v2/health/", 11))
-		return 1;
+	if (!token || !strncmp(url, "/v2/health/", 11) || bt_dashboard_is_route(url))
+		return 1; /* the dashboard page holds no data; what it fetches needs the token */
 	const char *v = header(cn, MHD_HTTP_HEADER_AUTHORIZATION);
 	/* RFC 7235: the scheme is case-insensitive, then one or more spaces. */
 	if (!v || strncasecmp(v, "Bearer", 6) || v[6] != ' ')
@@ -885,6 +885,8 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 	}
 	if (has_prefix(url, "/v2/models/", &rest))
 		return route_v2_model(cn, rest, get, post, answered);
+	if (bt_dashboard_is_route(url))
+		return get ? (enum MHD_Result)bt_dashboard_send(mc) : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v1/status"))
 		return get ? send_json(mc, 200, bt_daemon_status(d), NULL)
 			   : method_not_allowed(mc, "GET");

@@ -28,4 +28,10 @@ size_t bt_http_buffered(const struct bt_http *h);
 void bt_http_close(struct bt_http *h);
 int bt_http_port(const struct bt_http *h);
 
+/* dashboard.c: GET / (the page; it fetches /v1/status itself). */
+struct MHD_Connection;
+int bt_dashboard_is_route(const char *url);
+/* Queues the page; returns libmicrohttpd's MHD_YES or MHD_NO. */
+int bt_dashboard_send(struct MHD_Connection *mc);
+
 #endif
