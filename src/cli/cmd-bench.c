@@ -150,9 +150,8 @@ static int run(int argc, char **argv)
 		return code;
 	}
 	if (bad || !path || !opt.pipeline || opt.ninputs == 0 || url || out) {
-		bt_cli_usage(&bt_cmd_bench, stderr);
 		free(opt.inputs);
-		if (bad) {
+		if (bad || url || out) {
 			bt_cli_usage(&bt_cmd_bench, stderr);
 			return BT_EXIT_USAGE;
 		}
