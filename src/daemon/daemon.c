@@ -295,6 +295,7 @@ static json_t *replica_status(const struct bt_replica *r, uint64_t now)
 json_t *bt_daemon_status(struct bt_daemon *d)
 {
 	uint64_t now = bt_now_ms();
+	bt_daemon_want_signals(d);
 	uint64_t accepted = 0, succeeded = 0, failed = 0;
 	json_t *stages = json_object();
 	for (int i = 0; i < d->nstages; i++) {

@@ -1,8 +1,10 @@
 /*
  * The daemon's periodic work, one tick every interval_ms: read the
- * signals (system CPU, NVML, each replica's process group), enforce
- * memory_mb, retry pending placements, stop drained replicas, and run
- * each stage's scaling policy.  Decisions are recorded in a history.
+ * signals (system CPU, NVML, and, in one pass over /proc on a thread,
+ * every replica's process group, but only what a policy, memory_mb or a
+ * recent reader needs), enforce memory_mb, retry pending placements, stop
+ * drained replicas, and run each stage's scaling policy.  Decisions are
+ * recorded in a history.
  */
 #include <errno.h>
 #include <math.h>
@@ -293,7 +295,37 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 	bt_spawn_kill(r, why);
 }
 
-static void sample_replicas(struct bt_daemon *d, double secs)
+/* ---- sampling replicas, off the loop ------------------------------------------- */
+
+/*
+ * One pass over /proc per tick at most, run on libuv's thread pool: the
+ * scan reads every process's stat file (hundreds with hundreds of
+ * replicas), which the loop must not wait for.  Only one scan is ever in
+ * flight, and the thread touches nothing but the table; the results are
+ * applied to the replicas on the loop, in after_scan.
+ */
+struct bt_sampler {
+	uv_work_t work;
+	struct bt_daemon *d;
+	struct bt_usage_table table; /* the thread's while busy */
+	int err; /* of the last scan */
+	uint64_t scan_ns, prev_scan_ns; /* when the last two scans began (uv_hrtime) */
+	int busy; /* a scan is in flight */
+	int closing; /* the daemon is closing: free, apply nothing */
+	int memory_limits; /* some stage has memory_mb: sample at every tick */
+};
+
+/* How long a read of /v1/status or /metrics keeps per-replica sampling on. */
+#define SIGNALS_LEASE_MS 60000
+
+static void scan_work(uv_work_t *w)
+{
+	struct bt_sampler *s = w->data;
+	s->scan_ns = uv_hrtime();
+	s->err = bt_usage_scan(&s->table);
+}
+
+static void apply_usage(struct bt_daemon *d, const struct bt_usage_table *t, double secs)
 {
 	long hz = sysconf(_SC_CLK_TCK);
 	for (int i = 0; i < d->nstages; i++) {
@@ -305,20 +337,70 @@ static void sample_replicas(struct bt_daemon *d, double secs)
 				r->cpu_percent = 0;
 				r->rss_bytes = 0;
 				r->cpu_jiffies = 0;
+				r->sampled_pid = 0;
 				continue;
 			}
-			struct bt_group_usage u;
-			if (bt_read_group_usage(pid, &u))
+			/* Started after the scan, or gone before it: nothing to say yet. */
+			const struct bt_group_usage *u = bt_usage_find(t, pid);
+			if (!u)
 				continue;
-			if (r->cpu_jiffies && u.cpu_jiffies >= r->cpu_jiffies && secs > 0)
-				r->cpu_percent = 100.0 * (double)(u.cpu_jiffies - r->cpu_jiffies) /
+			/* Jiffies of another process (a restart) are no baseline. */
+			if (r->sampled_pid == pid && u->cpu_jiffies >= r->cpu_jiffies && secs > 0)
+				r->cpu_percent = 100.0 * (double)(u->cpu_jiffies - r->cpu_jiffies) /
 						 ((double)hz * secs);
-			r->cpu_jiffies = u.cpu_jiffies;
-			r->rss_bytes = u.rss_bytes;
-			if (st->cfg->memory_mb && u.rss_bytes > st->cfg->memory_mb << 20)
-				over_memory(r, pid, &u);
+			else
+				r->cpu_percent = 0;
+			r->sampled_pid = pid;
+			r->cpu_jiffies = u->cpu_jiffies;
+			r->rss_bytes = u->rss_bytes;
+			if (st->cfg->memory_mb && u->rss_bytes > st->cfg->memory_mb << 20)
+				over_memory(r, pid, u);
 		}
 	}
+}
+
+static void after_scan(uv_work_t *w, int status)
+{
+	struct bt_sampler *s = w->data;
+	s->busy = 0;
+	if (s->closing) {
+		bt_usage_table_release(&s->table);
+		free(s);
+		return;
+	}
+	if (status || s->err) {
+		bt_debug("cannot sample replicas", "error=\"%s\"",
+			 bt_strerror(status ? status : s->err));
+		return;
+	}
+	double secs = s->prev_scan_ns ? (double)(s->scan_ns - s->prev_scan_ns) / 1e9 : 0;
+	s->prev_scan_ns = s->scan_ns;
+	apply_usage(s->d, &s->table, secs);
+}
+
+static void scan_start(struct bt_daemon *d)
+{
+	struct bt_sampler *s = d->sampler;
+	if (!s || s->busy || s->closing)
+		return;
+	s->work.data = s;
+	if (uv_queue_work(d->loop, &s->work, scan_work, after_scan) == 0)
+		s->busy = 1;
+}
+
+static int usage_wanted(const struct bt_daemon *d, uint64_t now)
+{
+	return d->sampler->memory_limits || now < d->signals_wanted_until_ms;
+}
+
+void bt_daemon_want_signals(struct bt_daemon *d)
+{
+	uint64_t now = bt_now_ms();
+	int was = now < d->signals_wanted_until_ms;
+	d->signals_wanted_until_ms = now + SIGNALS_LEASE_MS;
+	/* Sampling was off: the next read should not wait a tick for numbers. */
+	if (!was && d->sampler)
+		scan_start(d);
 }
 
 static void stage_signals(struct bt_stage *st, double secs)
@@ -402,8 +484,9 @@ static void tick_cb(uv_timer_t *t)
 	uint64_t now = bt_now_ms();
 	double secs = d->last_tick_ms ? (double)(now - d->last_tick_ms) / 1000.0 : 0;
 	d->last_tick_ms = now;
+	/* Policies read system CPU at every tick; status only while someone reads it. */
 	struct bt_cpu_counters cpu;
-	if (bt_read_system_cpu(&cpu) == 0) {
+	if ((d->policies || now < d->signals_wanted_until_ms) && bt_read_system_cpu(&cpu) == 0) {
 		if (d->cpu_prev.total)
 			d->cpu_percent = bt_cpu_percent(&d->cpu_prev, &cpu);
 		d->cpu_prev = cpu;
@@ -425,7 +508,8 @@ static void tick_cb(uv_timer_t *t)
 		if (json_is_number(v))
 			d->cpu_percent = json_number_value(v);
 	}
-	sample_replicas(d, secs);
+	if (usage_wanted(d, now))
+		scan_start(d);
 	for (int i = 0; i < d->nstages; i++)
 		stage_signals(&d->stages[i], secs);
 	if (d->state == BT_DAEMON_RUNNING) {
@@ -439,12 +523,27 @@ static void tick_cb(uv_timer_t *t)
 void bt_tick_start(struct bt_daemon *d)
 {
 	gpus_init(d);
+	d->sampler = bt_calloc(1, sizeof(*d->sampler));
+	d->sampler->d = d;
+	for (int i = 0; i < d->nstages; i++) {
+		d->sampler->memory_limits |= d->stages[i].cfg->memory_mb != 0;
+		d->policies |= d->stages[i].cfg->autoscale.policy != BT_POLICY_NONE;
+	}
 	uv_timer_start(&d->tick, tick_cb, d->cfg->interval_ms, d->cfg->interval_ms);
 }
 
 void bt_tick_close(struct bt_daemon *d)
 {
 	uv_close((uv_handle_t *)&d->tick, NULL);
+	if (d->sampler) {
+		/* A scan in flight keeps the loop alive; its callback frees the sampler. */
+		d->sampler->closing = 1;
+		if (!d->sampler->busy) {
+			bt_usage_table_release(&d->sampler->table);
+			free(d->sampler);
+		}
+		d->sampler = NULL;
+	}
 	if (d->nvml)
 		bt_nvml_close(d->nvml);
 	d->nvml = NULL;

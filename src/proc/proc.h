@@ -94,7 +94,8 @@ struct bt_replica {
 	/* signals, refreshed every tick */
 	double cpu_percent; /* of one core, whole process group */
 	uint64_t rss_bytes; /* whole process group */
-	uint64_t cpu_jiffies; /* at the last tick */
+	uint64_t cpu_jiffies; /* at the last sample */
+	int sampled_pid; /* the process cpu_jiffies belongs to */
 	int memory_killed_pid; /* spawn mode: the job killed over memory_mb, counted once */
 };
 
