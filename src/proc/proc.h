@@ -12,6 +12,7 @@
 
 #include "../common/common.h"
 #include "../proto/proto.h"
+#include "../sched/queue.h"
 
 struct bt_stage;
 struct bt_request;
@@ -79,6 +80,7 @@ struct bt_replica {
 	int cap; /* slots in inflight: max_ongoing × batch max_size */
 	int *batch_left; /* per batch slot, its requests not yet answered */
 	int nbatches; /* batches (or lone requests) in flight */
+	struct bt_heap_node pick_node; /* in its stage's heap of replicas that can take work */
 	int failures; /* consecutive failures */
 	unsigned restarts; /* processes started after the first */
 	unsigned starts;

@@ -87,8 +87,10 @@ static struct bt_request *release_slot(struct bt_replica *r, int i)
 {
 	struct bt_request *req = r->inflight[i];
 	r->inflight[i] = r->inflight[--r->ninflight];
-	if (--r->batch_left[req->batch_slot] == 0)
+	if (--r->batch_left[req->batch_slot] == 0) {
 		r->nbatches--;
+		bt_stage_replica_changed(r);
+	}
 	return req; /* a draining replica left empty is stopped by the tick */
 }
 
@@ -109,6 +111,7 @@ struct bt_replica *bt_replica_new(struct bt_stage *st, int id)
 	r->id = id;
 	r->state = BT_REPLICA_PENDING;
 	r->gpu = -1;
+	bt_heap_node_init(&r->pick_node);
 	r->cap = st->cfg->max_ongoing * st->cfg->batch_max_size;
 	r->inflight = bt_calloc((size_t)r->cap, sizeof(*r->inflight));
 	r->batch_left = bt_calloc((size_t)st->cfg->max_ongoing, sizeof(*r->batch_left));
@@ -304,6 +307,22 @@ static void timer_warmup_cb(uv_timer_t *t)
 
 static void ping_cb(uv_timer_t *t);
 
+/*
+ * The delay before a replica's first ping.  Each replica of a stage pings
+ * at its own phase of ping_interval_ms (replica i of n at i/n of it,
+ * counted from baton's start), so that replicas which became ready
+ * together are not pinged together: hundreds of them would otherwise be
+ * pinged in one burst every interval.  Never later than one interval.
+ */
+static uint64_t ping_phase(const struct bt_replica *r, uint64_t now)
+{
+	uint64_t every = cfg_of(r)->ping_interval_ms;
+	uint64_t phase = (uint64_t)(r->id - 1) * every / (uint64_t)r->stage->nreplicas;
+	uint64_t at = (now - daemon_of(r)->started_ms) % every;
+	uint64_t delay = (phase + every - at) % every;
+	return delay ? delay : every;
+}
+
 static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 {
 	const struct bt_stage_config *cfg = cfg_of(r);
@@ -325,7 +344,7 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 		cfg->name, r->id, c->pid,
 		(unsigned long long)(r->ready_ms - r->spawned_ms));
 	if (cfg->ping_interval_ms)
-		uv_timer_start(&r->ping_timer, ping_cb, cfg->ping_interval_ms,
+		uv_timer_start(&r->ping_timer, ping_cb, ping_phase(r, r->ready_ms),
 			       cfg->ping_interval_ms);
 	if (cfg->warmup_payload) {
 		r->state = BT_REPLICA_WARMING;
@@ -802,6 +821,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 			bt_stage_lost(reqs[0], 1, why);
 			return 0;
 		}
+		bt_stage_replica_changed(r);
 		return 1;
 	}
 	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->nbatches < cfg->max_ongoing);
@@ -831,6 +851,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	if (sent) {
 		r->batch_left[b] = sent;
 		r->nbatches++;
+		bt_stage_replica_changed(r);
 		if (sent > 1) {
 			char hdr[64];
 			int hl = snprintf(hdr, sizeof(hdr), "{\"t\":\"batch\",\"n\":%d}\n", sent);
