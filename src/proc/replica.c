@@ -308,18 +308,25 @@ static void timer_warmup_cb(uv_timer_t *t)
 static void ping_cb(uv_timer_t *t);
 
 /*
- * The delay before a replica's first ping.  Each replica of a stage pings
- * at its own phase of ping_interval_ms (replica i of n at i/n of it,
- * counted from baton's start), so that replicas which became ready
- * together are not pinged together: hundreds of them would otherwise be
- * pinged in one burst every interval.  Never later than one interval.
+ * The delay before a replica's first ping.  Replicas that became ready
+ * together must not be pinged together: hundreds of pings and pongs in one
+ * burst every interval stall the loop.  Nor should each have a phase of
+ * its own: in a VM every wake-up of the loop costs more than the ping.  So
+ * ping_interval_ms is cut into slots of PING_SLOT_MS, the replicas of a
+ * stage are spread evenly over the slots, and the replicas of one slot
+ * have the same due time on the loop's clock, so libuv runs their timers
+ * in one pass (their repeats stay together).  Never later than one interval.
  */
-static uint64_t ping_phase(const struct bt_replica *r, uint64_t now)
+#define PING_SLOT_MS 100
+
+static uint64_t ping_phase(const struct bt_replica *r)
 {
 	uint64_t every = cfg_of(r)->ping_interval_ms;
-	uint64_t phase = (uint64_t)(r->id - 1) * every / (uint64_t)r->stage->nreplicas;
-	uint64_t at = (now - daemon_of(r)->started_ms) % every;
-	uint64_t delay = (phase + every - at) % every;
+	uint64_t slot_ms = BT_MIN(every, (uint64_t)PING_SLOT_MS);
+	uint64_t slots = every / slot_ms;
+	uint64_t slot = (uint64_t)(r->id - 1) * slots / (uint64_t)r->stage->nreplicas;
+	uint64_t at = uv_now(daemon_of(r)->loop) % every;
+	uint64_t delay = (slot * slot_ms + every - at) % every;
 	return delay ? delay : every;
 }
 
@@ -344,7 +351,7 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 		cfg->name, r->id, c->pid,
 		(unsigned long long)(r->ready_ms - r->spawned_ms));
 	if (cfg->ping_interval_ms)
-		uv_timer_start(&r->ping_timer, ping_cb, ping_phase(r, r->ready_ms),
+		uv_timer_start(&r->ping_timer, ping_cb, ping_phase(r),
 			       cfg->ping_interval_ms);
 	if (cfg->warmup_payload) {
 		r->state = BT_REPLICA_WARMING;
