@@ -1,0 +1,86 @@
+"""A stage of 256 replicas (replicas.max's limit) of the C SDK's test worker:
+every replica becomes ready, requests are answered while the fleet is idle
+and while most of it is held busy, dispatch takes the replicas in turn, and
+SIGTERM stops every one of them. Bounds are generous (a loaded 2-core
+machine, ASan); how long things take is bench/replicas' business.
+"""
+import concurrent.futures
+import json
+import os
+
+from conftest import BUILD, Gate, config, wait_for
+
+WORKER = os.path.join(BUILD, "tests", "c_batch_worker")
+N = 256
+HELD = 192  # replicas held busy on a gate; the rest keep serving
+
+
+def live_groups():
+    """Process groups of every live (non-zombie) process, in one pass."""
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z":
+            groups.add(int(fields[2]))
+    return groups
+
+
+def states(b):
+    reps = b.status()["stages"]["w"]["replicas"]
+    out = {}
+    for r in reps:
+        out[r["state"]] = out.get(r["state"], 0) + 1
+    return out
+
+
+def test_256_replicas_start_serve_idle_and_busy_and_all_stop(baton, tmp_path):
+    stage = ("  w:\n    command: [%s]\n    replicas: {initial: %d, max: %d}\n"
+             "    queue_max: 4096\n" % (WORKER, N, N))
+    b = baton(config(stage, {"p": ["w"]}), wait_ready=False)
+    wait_for(lambda: states(b).get("ready") == N, 120, interval=0.2,
+             what="%d replicas ready\n%s" % (N, b.log_tail()))
+    pids = [r["pid"] for r in b.replicas("w")]
+    assert len(set(pids)) == N and all(pids), pids
+
+    # Idle: one request at a time.  Each goes to the replica that has waited
+    # longest, so the first N are N different processes, each answering its
+    # first request ("batch" numbers a process's handler calls).
+    for i in range(N):
+        r = b.post("p", "idle-%d" % i)
+        assert r.status == 200, r
+        doc = r.json()
+        assert doc["echo"] == "idle-%d" % i
+        assert doc["batch"] == 1, "request %d went to a replica that had served already" % i
+
+    # Busy: most of the fleet is held on a gate while other requests flow.
+    results = []
+    with Gate(tmp_path) as gate:
+        threads = gate.hold(b, HELD, results)
+        wait_for(lambda: states(b).get("busy") == HELD, 60, interval=0.1,
+                 what="%d busy replicas" % HELD)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: b.post("p", "busy-%d" % i), range(4 * (N - HELD))))
+        for i, r in enumerate(answers):
+            assert r.status == 200 and r.json()["echo"] == "busy-%d" % i, r
+        assert states(b).get("busy") == HELD, "a held replica was given more work"
+        gate.open()
+        for t in threads:
+            t.join(60)
+    assert len(results) == HELD and all(r.status == 200 for r in results), results
+
+    st = b.status()
+    assert st["requests"]["failed"] == 0 and st["requests"]["in_flight"] == 0, st["requests"]
+    assert sum(r["restarts"] for r in st["stages"]["w"]["replicas"]) == 0
+
+    # SIGTERM stops every replica: no process of any of the groups is left.
+    assert b.stop() == 0
+    left = live_groups() & set(pids)
+    assert not left, "%d replica groups outlived baton: %s" % (len(left), sorted(left)[:10])
+    log = b.log()
+    assert log.count('msg="replica stopped"') == N, json.dumps(log[-2000:])
