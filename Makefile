@@ -85,6 +85,7 @@ bench: build test-deps
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 	$(PY) bench/autoscale/run.py --build $(abspath $(BUILD))
 	$(PY) bench/chaos/run.py --build $(abspath $(BUILD))
+	$(PY) bench/replicas/run.py --build $(abspath $(BUILD))
 
 # libFuzzer on the frame decoder, the config loader and the v2 checks, all
 # three at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.
