@@ -81,6 +81,23 @@ class Daemon:
             time.sleep(0.01)
         return time.monotonic() - self.t0
 
+    def spawn_and_slowest_start(self):
+        """From the log: seconds between the first and the last "replica
+        starting" (baton spawning one process after the other: fork, then
+        waiting for the child's exec), and the longest startup_ms of a
+        replica (spawn to ready: the worker's own start, plus its wait for
+        a core)."""
+        starts, slowest = [], 0
+        with open(self.log_path, "rb") as f:
+            for line in f:
+                if b'msg="replica starting"' in line:
+                    ts = re.search(rb"ts=\S+T(\d+):(\d+):([\d.]+)Z", line)
+                    h, m, s = ts.groups()
+                    starts.append(int(h) * 3600 + int(m) * 60 + float(s))
+                elif b'msg="replica ready"' in line:
+                    slowest = max(slowest, int(re.search(rb"startup_ms=(\d+)", line).group(1)))
+        return max(starts) - min(starts), slowest / 1000
+
     def idle_cpu_percent(self, seconds):
         c0, t0 = cpu_s(self.proc.pid), time.monotonic()
         time.sleep(seconds)
@@ -117,6 +134,7 @@ def wrk(url, conns, threads, duration):
 def measure(build, n, tmp, idle, duration):
     d = Daemon(build, n, tmp)
     r = {"replicas": n, "ready_s": d.wait_all_ready()}
+    r["spawning_s"], r["slowest_start_s"] = d.spawn_and_slowest_start()
     time.sleep(2)  # the last replicas' first pings and the first ticks
     r["idle_cpu_percent"] = d.idle_cpu_percent(idle)
     with urllib.request.urlopen(d.url + "/v1/status", timeout=30) as resp:
@@ -156,12 +174,13 @@ def main():
 
     print("bench/replicas — %s — %s (load average %.1f at the start)" %
           (res["machine"], res["date"], res["load_before"]))
-    print("%8s %9s %10s %14s %9s %13s %9s %7s %7s" % (
-        "replicas", "ready s", "idle CPU%", "idle+sampl. %", "seq p50", "CPU µs/req c32",
-        "req/s c32", "stop s", "errors"))
+    print("%8s %8s %9s %9s %10s %14s %9s %15s %9s %7s %7s" % (
+        "replicas", "ready s", "spawning", "slowest", "idle CPU%", "idle+sampl. %", "seq p50",
+        "CPU µs/req c32", "req/s c32", "stop s", "errors"))
     for r in res["runs"]:
-        print("%8d %9.2f %10.2f %14.2f %7.2fms %13.1f %9.0f %7.2f %7d" % (
-            r["replicas"], r["ready_s"], r["idle_cpu_percent"], r["idle_sampling_cpu_percent"],
+        print("%8d %8.2f %9.2f %9.2f %10.2f %14.2f %7.2fms %15.1f %9.0f %7.2f %7d" % (
+            r["replicas"], r["ready_s"], r["spawning_s"], r["slowest_start_s"],
+            r["idle_cpu_percent"], r["idle_sampling_cpu_percent"],
             r["seq_p50_us"] / 1000, r["c32_cpu_us_per_request"], r["c32_per_s"], r["stop_s"],
             r["errors"]))
     if a.json:

@@ -317,6 +317,12 @@ struct bt_sampler {
 
 /* How long a read of /v1/status or /metrics keeps per-replica sampling on. */
 #define SIGNALS_LEASE_MS 60000
+/*
+ * How often per-replica usage is sampled for readers alone (no memory_mb):
+ * a pass over /proc costs ~1 % of a core a second with a few hundred
+ * processes on a small VM, and a reader's CPU figure is an average anyway.
+ */
+#define SIGNALS_READER_PERIOD_MS 5000
 
 static void scan_work(uv_work_t *w)
 {
@@ -390,7 +396,14 @@ static void scan_start(struct bt_daemon *d)
 
 static int usage_wanted(const struct bt_daemon *d, uint64_t now)
 {
-	return d->sampler->memory_limits || now < d->signals_wanted_until_ms;
+	const struct bt_sampler *s = d->sampler;
+	if (s->memory_limits) /* memory_mb is enforced at every tick */
+		return 1;
+	if (now >= d->signals_wanted_until_ms)
+		return 0;
+	uint64_t since = (uv_hrtime() - s->prev_scan_ns) / 1000000;
+	/* A tick's jitter must not skip a whole period. */
+	return !s->prev_scan_ns || since + d->cfg->interval_ms / 2 >= SIGNALS_READER_PERIOD_MS;
 }
 
 void bt_daemon_want_signals(struct bt_daemon *d)
