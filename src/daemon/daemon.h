@@ -74,6 +74,8 @@ struct bt_daemon {
 	int no_http; /* set before start: no ingress (`baton run`) */
 	/* resources and autoscaling */
 	uv_timer_t tick; /* every cfg->interval_ms */
+	uv_timer_t starter; /* starts the initial replicas a few per loop turn */
+	int start_stage, start_replica; /* the next replica it looks at */
 	struct bt_gpu_slot *gpus; /* placement view of each GPU */
 	struct bt_gpu_sample *gpu_samples; /* NVML's view, when loaded */
 	int ngpus;

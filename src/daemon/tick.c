@@ -444,7 +444,7 @@ static void housekeeping(struct bt_daemon *d)
 			struct bt_replica *r = st->replicas[j];
 			if (r->state == BT_REPLICA_DRAINING && r->ninflight == 0 && !r->job)
 				bt_replica_stop(r, 0);
-			else if (r->state == BT_REPLICA_PENDING && r->active)
+			else if (r->state == BT_REPLICA_PENDING && r->active && r->pending_reason[0])
 				bt_replica_start(r); /* placement is tried again */
 		}
 		catch_up(d, st);
