@@ -111,7 +111,7 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
  * started a few per loop turn, and those already ready serve meanwhile.
  * A replica not started yet is pending with no reason.
  */
-#define STARTS_PER_TURN 8
+#define STARTS_PER_TURN 4
 
 static void starter_cb(uv_timer_t *t)
 {
@@ -125,7 +125,11 @@ static void starter_cb(uv_timer_t *t)
 			continue;
 		}
 		if (started == STARTS_PER_TURN) {
-			uv_timer_start(&d->starter, starter_cb, 0, 0); /* after this turn's I/O */
+			/*
+			 * 1 ms, not 0: libuv runs a timer re-armed for "now" again in
+			 * the same pass, before any I/O.
+			 */
+			uv_timer_start(&d->starter, starter_cb, 1, 0);
 			return;
 		}
 		struct bt_replica *r = st->replicas[d->start_replica++];
