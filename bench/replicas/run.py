@@ -9,8 +9,10 @@ and again while per-replica sampling is on (one GET /v1/status starts it
 for a minute), the p50 of sequential 1 KiB requests (wrk, concurrency 1),
 and baton's CPU per request at concurrency 32 (baton's CPU time over the
 run divided by the requests answered, so the figure is baton's and not the
-two cores' scheduling of hundreds of workers). Prints figures, never
-pass/fail.
+two cores' scheduling of hundreds of workers). While replicas start,
+GET /v2/health/live is timed (does the loop answer while it spawns?), and
+the log says how long spawning took and the slowest replica's own start
+(spawn to ready). Prints figures, never pass/fail.
 
     /usr/bin/python3 bench/replicas/run.py --build build [--counts 1,16,64,128,256]
         [--idle 10] [--duration 5] [--json out.json]
