@@ -84,3 +84,42 @@ def test_256_replicas_start_serve_idle_and_busy_and_all_stop(baton, tmp_path):
     assert not left, "%d replica groups outlived baton: %s" % (len(left), sorted(left)[:10])
     log = b.log()
     assert log.count('msg="replica stopped"') == N, json.dumps(log[-2000:])
+
+
+def read_syscalls(pid):
+    """read(2)-family calls of every thread of pid so far (/proc/PID/io)."""
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("syscr:"):
+                return int(line.split()[1])
+    raise AssertionError("no syscr in /proc/%d/io" % pid)
+
+
+def test_idle_baton_reads_proc_only_when_something_needs_it(baton, tmp_path):
+    # Reading one process's stat file is at least one read(2): a pass over
+    # /proc costs at least as many reads as there are processes.
+    one_pass = sum(1 for e in os.listdir("/proc") if e.isdigit())
+    stage = "  w:\n    command: [" + WORKER + "]\n    ping_interval_ms: 0\n{}"
+    top = "interval_ms: 100\n"
+    # Readiness from the log: a status read would turn sampling on.
+    idle = baton(config(stage.format(""), {"p": ["w"]}, top=top), name="idle", wait_ready=False)
+    # The control: memory_mb is checked at every tick, so it samples.
+    limited = baton(config(stage.format("    resources: {memory_mb: 100000}\n"), {"p": ["w"]},
+                           top=top), name="limited", wait_ready=False)
+    for b in (idle, limited):
+        wait_for(lambda: 'msg="replica ready"' in b.log(), 30, what="the replica ready")
+    i0, l0 = read_syscalls(idle.proc.pid), read_syscalls(limited.proc.pid)
+    # Ten passes of the control are ten ticks of both (same interval_ms).
+    wait_for(lambda: read_syscalls(limited.proc.pid) - l0 >= 10 * one_pass // 2, 30,
+             what="the control to sample ten times")
+    quiet = read_syscalls(idle.proc.pid) - i0
+    assert quiet < one_pass // 2, (
+        "an idle baton that nothing asks for signals made %d reads (a pass is ~%d)"
+        % (quiet, one_pass))
+    # A reader turns sampling on.
+    i1 = read_syscalls(idle.proc.pid)
+    idle.get("/metrics")
+    wait_for(lambda: read_syscalls(idle.proc.pid) - i1 >= one_pass // 2, 10,
+             what="a pass over /proc after a /metrics read")
+    wait_for(lambda: idle.replicas("w")[0]["rss_bytes"] > 0, 10, what="the replica's RSS")
+    assert idle.stop() == 0 and limited.stop() == 0
