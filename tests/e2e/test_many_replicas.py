@@ -8,7 +8,7 @@ import concurrent.futures
 import json
 import os
 
-from conftest import BUILD, Gate, config, wait_for
+from conftest import BUILD, PYTHON, ROOT, Gate, config, wait_for
 
 WORKER = os.path.join(BUILD, "tests", "c_batch_worker")
 N = 256
@@ -123,3 +123,19 @@ def test_idle_baton_reads_proc_only_when_something_needs_it(baton, tmp_path):
              what="a pass over /proc after a /metrics read")
     wait_for(lambda: idle.replicas("w")[0]["rss_bytes"] > 0, 10, what="the replica's RSS")
     assert idle.stop() == 0 and limited.stop() == 0
+
+
+def test_a_spawn_slot_freed_by_a_timeout_takes_work_again(baton, tmp_path):
+    # The slot's request times out and its process is killed with no request
+    # left to answer: the slot must come back to dispatch by itself.
+    script = os.path.join(ROOT, "tests", "e2e", "seed000_script.py")
+    b = baton("stages:\n  legacy:\n    mode: spawn\n"
+              "    command: [%s, %s, --input, '{input}', --output, '{output}']\n"
+              "    spawn: {status_key: status}\n    replicas: 1\n    timeout_ms: 2000\n"
+              "pipelines:\n  p: [legacy]\n" % (PYTHON, script))
+    r = b.post("p", json.dumps({"action": "hang"}))
+    assert r.status == 504, r
+    for _ in range(3):
+        r = b.post("p", '{"action": "ok"}', timeout=30)
+        assert r.status == 200, r
+    assert b.stop() == 0
