@@ -117,6 +117,7 @@ bench: build test-deps
 	$(PY) bench/chaos/run.py --build $(abspath $(BUILD))
 	$(PY) bench/timeseries/run.py --build $(abspath $(BUILD))
 	$(PY) bench/soak/run.py --build $(abspath $(BUILD))
+	$(PY) bench/replicas/run.py --build $(abspath $(BUILD))
 
 # libFuzzer on the frame decoder, the config loader and the v2 checks, all
 # three at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.

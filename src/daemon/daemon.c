@@ -91,6 +91,8 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 	d->deadline_timer.data = d;
 	uv_timer_init(loop, &d->tick);
 	d->tick.data = d;
+	uv_timer_init(loop, &d->starter);
+	d->starter.data = d;
 	uv_prepare_init(loop, &d->prepare);
 	uv_check_init(loop, &d->check);
 	uv_idle_init(loop, &d->idle);
@@ -174,6 +176,45 @@ static int fd_budget(struct bt_daemon *d, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * uv_spawn forks and then waits for the child's exec, which on a loaded
+ * machine takes tens of milliseconds (the child waits for a core).  With
+ * hundreds of replicas, starting them all in one callback would leave the
+ * loop, HTTP and /v2/health/live included, deaf for seconds; so they are
+ * started a few per loop turn, and those already ready serve meanwhile.
+ * A replica not started yet is pending with no reason.
+ */
+#define STARTS_PER_TURN 4
+
+static void starter_cb(uv_timer_t *t)
+{
+	struct bt_daemon *d = t->data;
+	int started = 0;
+	while (d->state == BT_DAEMON_RUNNING && d->start_stage < d->nstages) {
+		struct bt_stage *st = &d->stages[d->start_stage];
+		if (d->start_replica >= st->nreplicas) {
+			d->start_stage++;
+			d->start_replica = 0;
+			continue;
+		}
+		if (started == STARTS_PER_TURN) {
+			/*
+			 * 1 ms, not 0: libuv runs a timer re-armed for "now" again in
+			 * the same pass, before any I/O.
+			 */
+			uv_timer_start(&d->starter, starter_cb, 1, 0);
+			return;
+		}
+		struct bt_replica *r = st->replicas[d->start_replica++];
+		/* Scaling may have taken it away or started it already. */
+		if (r->active && r->state == BT_REPLICA_PENDING && !r->starts &&
+		    !r->pending_reason[0] && !bt_replica_has_process(r)) {
+			bt_replica_start(r);
+			started++;
+		}
+	}
+}
+
 int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 {
 	int fe = fd_budget(d, err, errlen);
@@ -204,14 +245,7 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
 			d->npipelines);
 	bt_tick_start(d);
-	for (int i = 0; i < d->nstages; i++) {
-		/* Without its stream, a source has nowhere to send what it emits. */
-		if (d->stages[i].cfg->source && !d->streams)
-			continue;
-		for (int r = 0; r < d->stages[i].nreplicas; r++)
-			if (d->stages[i].replicas[r]->active)
-				bt_replica_start(d->stages[i].replicas[r]);
-	}
+	starter_cb(&d->starter);
 	bt_streams_start(d->streams);
 	return 0;
 }
@@ -252,6 +286,7 @@ static void close_all(struct bt_daemon *d)
 		bt_stage_close(&d->stages[i]);
 	uv_close((uv_handle_t *)&d->deadline_timer, NULL);
 	bt_tick_close(d);
+	uv_close((uv_handle_t *)&d->starter, NULL);
 	uv_close((uv_handle_t *)&d->prepare, NULL);
 	uv_close((uv_handle_t *)&d->check, NULL);
 	uv_close((uv_handle_t *)&d->idle, NULL);
@@ -463,6 +498,7 @@ static const char *stage_state(const struct bt_stage *st, char *why, size_t size
 json_t *bt_daemon_status(struct bt_daemon *d)
 {
 	uint64_t now = bt_now_ms();
+	bt_daemon_want_signals(d);
 	uint64_t accepted = 0, succeeded = 0, failed = 0;
 	json_t *stages = json_object();
 	for (int i = 0; i < d->nstages; i++) {

@@ -18,6 +18,7 @@ struct bt_http;
 struct bt_streams;
 struct bt_child;
 struct bt_replica;
+struct bt_sampler;
 
 /* One scaling decision or refusal, for /v1/status (DESIGN §7). */
 struct bt_scale_event {
@@ -87,6 +88,8 @@ struct bt_daemon {
 	struct bt_streams *streams; /* NULL without `streams:` */
 	/* resources and autoscaling */
 	uv_timer_t tick; /* every cfg->interval_ms */
+	uv_timer_t starter; /* starts the initial replicas a few per loop turn */
+	int start_stage, start_replica; /* the next replica it looks at */
 	struct bt_gpu_slot *gpus; /* placement view of each GPU */
 	struct bt_gpu_sample *gpu_samples; /* NVML's view, when loaded */
 	int ngpus;
@@ -94,6 +97,9 @@ struct bt_daemon {
 	struct bt_cpu_counters cpu_prev;
 	double cpu_percent; /* system, last tick */
 	uint64_t last_tick_ms;
+	struct bt_sampler *sampler; /* tick.c: the /proc scan, run off the loop */
+	int policies; /* some stage has an autoscale policy: read system CPU every tick */
+	uint64_t signals_wanted_until_ms; /* status or metrics were read: sample until then */
 	struct bt_scale_event history[BT_SCALE_HISTORY]; /* a ring */
 	int history_len, history_next;
 	uint64_t scale_counts[BT_SCALE_KINDS];		 /* by enum bt_scale_kind */
@@ -151,6 +157,12 @@ void bt_daemon_pipeline_init(struct bt_daemon *d, struct bt_pipeline *pl, int in
 /* tick.c: signals, memory watchdog, pending placements, policies. */
 void bt_tick_start(struct bt_daemon *d);
 void bt_tick_close(struct bt_daemon *d);
+
+/*
+ * A reader of status or metrics wants per-replica CPU and RSS: sampling,
+ * otherwise off unless a stage has memory_mb, runs for the next minute.
+ */
+void bt_daemon_want_signals(struct bt_daemon *d);
 
 /* The /v1/status document (new reference). */
 json_t *bt_daemon_status(struct bt_daemon *d);

@@ -13,6 +13,7 @@
 
 #include "../common/common.h"
 #include "../proto/proto.h"
+#include "../sched/queue.h"
 
 struct bt_stage;
 struct bt_request;
@@ -92,6 +93,7 @@ struct bt_replica {
 	int cap; /* slots in inflight: max_ongoing × batch max_size */
 	int *batch_left; /* per batch slot, its requests not yet answered */
 	int nbatches; /* batches (or lone requests) in flight */
+	struct bt_heap_node pick_node; /* in its stage's heap of replicas that can take work */
 	int failures; /* consecutive failures */
 	unsigned restarts; /* processes started after the first */
 	unsigned starts;
@@ -108,8 +110,9 @@ struct bt_replica {
 	/* signals, refreshed every tick */
 	double cpu_percent; /* of one core, whole process group */
 	uint64_t rss_bytes; /* every process of its unit */
-	int processes; /* in its unit, at the last tick */
-	uint64_t cpu_jiffies; /* at the last tick */
+	int processes; /* in its unit, at the last sample */
+	uint64_t cpu_jiffies; /* at the last sample */
+	int sampled_pid; /* the process cpu_jiffies belongs to */
 	int memory_killed_pid; /* spawn mode: the job killed over memory_mb, counted once */
 	/* kind: source (set by stream/) */
 	const char *station, *url; /* the station this slot runs, borrowed; NULL: none */

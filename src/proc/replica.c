@@ -95,8 +95,10 @@ static struct bt_request *release_slot(struct bt_replica *r, int i)
 {
 	struct bt_request *req = r->inflight[i];
 	r->inflight[i] = r->inflight[--r->ninflight];
-	if (--r->batch_left[req->batch_slot] == 0)
+	if (--r->batch_left[req->batch_slot] == 0) {
 		r->nbatches--;
+		bt_stage_replica_changed(r);
+	}
 	/* Large payloads' buffers go back when the replica is idle: an idle replica holds none. */
 	if (!r->ninflight && r->child && !r->child->writing) {
 		shrink_if_empty(&r->child->wbuf);
@@ -122,6 +124,7 @@ struct bt_replica *bt_replica_new(struct bt_stage *st, int id)
 	r->id = id;
 	r->state = BT_REPLICA_PENDING;
 	r->gpu = -1;
+	bt_heap_node_init(&r->pick_node);
 	r->cap = st->cfg->max_ongoing * st->cfg->batch_max_size;
 	r->inflight = bt_calloc((size_t)r->cap, sizeof(*r->inflight));
 	r->batch_left = bt_calloc((size_t)st->cfg->max_ongoing, sizeof(*r->batch_left));
@@ -329,6 +332,29 @@ static void timer_warmup_cb(uv_timer_t *t)
 
 static void ping_cb(uv_timer_t *t);
 
+/*
+ * The delay before a replica's first ping.  Replicas that became ready
+ * together must not be pinged together: hundreds of pings and pongs in one
+ * burst every interval stall the loop.  Nor should each have a phase of
+ * its own: in a VM every wake-up of the loop costs more than the ping.  So
+ * ping_interval_ms is cut into slots of PING_SLOT_MS, the replicas of a
+ * stage are spread evenly over the slots, and the replicas of one slot
+ * have the same due time on the loop's clock, so libuv runs their timers
+ * in one pass (their repeats stay together).  Never later than one interval.
+ */
+#define PING_SLOT_MS 100
+
+static uint64_t ping_phase(const struct bt_replica *r)
+{
+	uint64_t every = cfg_of(r)->ping_interval_ms;
+	uint64_t slot_ms = BT_MIN(every, (uint64_t)PING_SLOT_MS);
+	uint64_t slots = every / slot_ms;
+	uint64_t slot = (uint64_t)(r->id - 1) * slots / (uint64_t)r->stage->nreplicas;
+	uint64_t at = uv_now(daemon_of(r)->loop) % every;
+	uint64_t delay = (slot * slot_ms + every - at) % every;
+	return delay ? delay : every;
+}
+
 static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 {
 	const struct bt_stage_config *cfg = cfg_of(r);
@@ -351,7 +377,7 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 		cfg->name, r->id, c->pid,
 		(unsigned long long)(r->ready_ms - r->spawned_ms));
 	if (cfg->ping_interval_ms)
-		uv_timer_start(&r->ping_timer, ping_cb, cfg->ping_interval_ms,
+		uv_timer_start(&r->ping_timer, ping_cb, ping_phase(r),
 			       cfg->ping_interval_ms);
 	if (cfg->warmup_payload) {
 		r->state = BT_REPLICA_WARMING;
@@ -949,6 +975,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 			bt_stage_lost(reqs[0], 1, why);
 			return 0;
 		}
+		bt_stage_replica_changed(r);
 		return 1;
 	}
 	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->nbatches < cfg->max_ongoing);
@@ -978,6 +1005,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	if (sent) {
 		r->batch_left[b] = sent;
 		r->nbatches++;
+		bt_stage_replica_changed(r);
 		if (sent > 1) {
 			char hdr[64];
 			int hl = snprintf(hdr, sizeof(hdr), "{\"t\":\"batch\",\"n\":%d}\n", sent);

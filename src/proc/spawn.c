@@ -295,6 +295,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 			uv_timer_stop(&r->timer);
 			r->state = BT_REPLICA_EXITED;
 		}
+		bt_stage_replica_changed(r); /* the slot is free again */
 	}
 	if (req) {
 		if (sig || status) {

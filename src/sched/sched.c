@@ -219,7 +219,7 @@ void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index,
 	st->latency_p50_s = st->latency_p95_s = -1; /* no sample yet */
 	for (int i = 0; i < BT_LATENCY_WINDOW; i++)
 		bt_hist_init(&st->latency_window[i], bt_hist_seconds, bt_hist_seconds_n);
-	st->rr = st->nreplicas - 1;
+	bt_heap_init(&st->pickable);
 }
 
 void bt_stage_close(struct bt_stage *st)
@@ -228,6 +228,7 @@ void bt_stage_close(struct bt_stage *st)
 		bt_replica_close(st->replicas[i]);
 	uv_close((uv_handle_t *)&st->retry_timer, NULL);
 	uv_close((uv_handle_t *)&st->batch_timer, NULL);
+	bt_heap_release(&st->pickable);
 }
 
 void bt_stage_kick(struct bt_stage *st)
@@ -238,24 +239,50 @@ void bt_stage_kick(struct bt_stage *st)
 	}
 }
 
-/* The least-loaded eligible replica, ties broken round-robin. */
+/*
+ * Dispatch's index (DESIGN §6, O(log n) per pick): a min-heap of the
+ * replicas that can take work, keyed by load (batches in flight), then by
+ * when each was filed, so the least loaded comes first and equals take
+ * turns.  A replica is filed again when its load changes and when replica
+ * states change; one that stopped being able to take work without telling
+ * (it began draining or stopping) is dropped by pick() when it surfaces.
+ */
+#define LOAD_SHIFT 48 /* max_ongoing is at most 1024: the load fits above */
+
+static void file_replica(struct bt_stage *st, struct bt_replica *r, int again)
+{
+	if (!bt_replica_can_take(r, st->cfg->max_ongoing)) {
+		if (bt_heap_contains(&r->pick_node))
+			bt_heap_remove(&st->pickable, &r->pick_node);
+		return;
+	}
+	if (!again && bt_heap_contains(&r->pick_node))
+		return; /* keeps its turn */
+	uint64_t seq = ++st->pick_seq & (((uint64_t)1 << LOAD_SHIFT) - 1);
+	bt_heap_update(&st->pickable, &r->pick_node, (uint64_t)r->nbatches << LOAD_SHIFT | seq);
+}
+
+void bt_stage_replica_changed(struct bt_replica *r)
+{
+	struct bt_stage *st = r->stage;
+	file_replica(st, r, 1);
+	/* A slot freed outside a result (a spawn job killed on timeout) must not wait. */
+	if (st->queue.len && bt_heap_contains(&r->pick_node))
+		bt_stage_kick(st);
+}
+
+/* The least-loaded replica that can take work, ties taken in turn. */
 static struct bt_replica *pick(struct bt_stage *st)
 {
-	struct bt_replica *best = NULL;
-	int besti = -1;
-	for (int i = 1; i <= st->nreplicas; i++) {
-		int idx = (st->rr + i) % st->nreplicas;
-		struct bt_replica *r = st->replicas[idx];
-		if (!bt_replica_can_take(r, st->cfg->max_ongoing))
-			continue;
-		if (!best || r->nbatches < best->nbatches) {
-			best = r;
-			besti = idx;
-		}
+	struct bt_heap_node *n;
+	while ((n = bt_heap_min(&st->pickable))) {
+		struct bt_replica *r = bt_container_of(n, struct bt_replica, pick_node);
+		if (bt_replica_can_take(r, st->cfg->max_ongoing) &&
+		    n->key >> LOAD_SHIFT == (uint64_t)r->nbatches)
+			return r;
+		file_replica(st, r, 1);
 	}
-	if (best)
-		st->rr = besti;
-	return best;
+	return NULL;
 }
 
 static void batch_timer_cb(uv_timer_t *t)
@@ -510,7 +537,8 @@ void bt_stage_replicas_changed(struct bt_stage *st)
 {
 	int all_failed = 0, active = 0, old_serving = 0;
 	for (int i = 0; i < st->nreplicas; i++) {
-		const struct bt_replica *r = st->replicas[i];
+		struct bt_replica *r = st->replicas[i];
+		file_replica(st, r, 0);
 		if (r->state == BT_REPLICA_READY)
 			st->up = 1;
 		if (!r->active) {

@@ -85,7 +85,8 @@ struct bt_stage {
 	struct bt_queue queue;
 	struct bt_replica **replicas;
 	int nreplicas;
-	int rr; /* last replica chosen, for round-robin among equals */
+	struct bt_heap pickable; /* replicas that can take work, least loaded first */
+	uint64_t pick_seq; /* orders equally loaded replicas: the longest waiting first */
 	int failed; /* every replica exhausted its restarts */
 	char last_stderr[256]; /* the last line a worker wrote to stderr (BT_LINES_LAST) */
 	int removed; /* gone from the config: serves what can still reach it, hidden */
@@ -172,7 +173,15 @@ void bt_stage_unsendable(struct bt_request *req, const char *why);
  * timeout caused the kill).
  */
 void bt_stage_lost(struct bt_request *req, int charge, const char *why);
-/* From proc/: a replica changed state; re-evaluates whether the stage failed. */
+/*
+ * From proc/: r's load (batches in flight) changed or its spawn process
+ * ended: it is filed again for dispatch, behind replicas as loaded as it.
+ */
+void bt_stage_replica_changed(struct bt_replica *r);
+/*
+ * From proc/: a replica changed state; re-evaluates whether the stage
+ * failed and which replicas dispatch may pick.  O(replicas).
+ */
 void bt_stage_replicas_changed(struct bt_stage *st);
 /* Fails every queued request of the stage with code. */
 void bt_stage_fail_queued(struct bt_stage *st, enum bt_code code,
