@@ -536,8 +536,9 @@ static void tick_cb(uv_timer_t *t)
 		if (json_is_number(v))
 			d->cpu_percent = json_number_value(v);
 	}
-	bt_contain_tick(d->contain);
-	if (usage_wanted(d, now))
+	int want = usage_wanted(d, now);
+	bt_contain_tick(d->contain, want);
+	if (want)
 		scan_start(d);
 	for (int i = 0; i < d->nstages; i++)
 		stage_signals(&d->stages[i], secs);

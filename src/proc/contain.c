@@ -77,6 +77,7 @@ struct bt_contain {
 	size_t nprocs, capprocs;
 	pid_t *uvpids; /* libuv's children at the last scan, sorted */
 	size_t nuvpids, capuvpids;
+	unsigned quiet_ticks; /* cgroup mode: ticks since the last scan of /proc */
 };
 
 /* ---- /proc ---------------------------------------------------------------- */
@@ -938,18 +939,27 @@ static void write_record(struct bt_contain *c)
 	bt_buf_release(&b);
 }
 
-void bt_contain_tick(struct bt_contain *c)
+void bt_contain_tick(struct bt_contain *c, int usage)
 {
-	scan(c);
-	/* Zombies libuv does not wait for: adopted orphans. */
-	for (size_t k = 0; k < c->nprocs; k++)
-		if (c->procs[k].ppid == c->self && c->procs[k].state == 'Z' &&
-		    !scanned_libuv_child(c, c->procs[k].pid))
-			waitpid(c->procs[k].pid, NULL, WNOHANG);
+	/*
+	 * The subreaper needs the whole picture at every tick.  A cgroup holds
+	 * its processes by itself: an idle baton only looks at /proc now and
+	 * then, for the zombies of adopted orphans (harmless until reaped).
+	 */
+	int full = c->mode == BT_CONTAIN_SUBREAPER || usage || ++c->quiet_ticks >= 10;
+	if (full) {
+		c->quiet_ticks = 0;
+		scan(c);
+		/* Zombies libuv does not wait for: adopted orphans. */
+		for (size_t k = 0; k < c->nprocs; k++)
+			if (c->procs[k].ppid == c->self && c->procs[k].state == 'Z' &&
+			    !scanned_libuv_child(c, c->procs[k].pid))
+				waitpid(c->procs[k].pid, NULL, WNOHANG);
+	}
 	if (c->mode == BT_CONTAIN_SUBREAPER) {
 		attribute(c);
 		write_record(c);
-	} else {
+	} else if (usage) {
 		for (struct bt_unit *u = c->units; u; u = u->next)
 			if (!u->ended && u->pid)
 				cgroup_usage(c, u);

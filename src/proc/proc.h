@@ -216,8 +216,11 @@ int bt_contain_open(uv_loop_t *loop, const char *spec, struct bt_contain **out, 
 enum bt_contain_mode bt_contain_mode(const struct bt_contain *c);
 /* "BATON_INSTANCE=PID-START" for workers' environment: the next start finds leftovers by it. */
 const char *bt_contain_instance(const struct bt_contain *c);
-/* Every tick: reaps adopted orphans, attributes processes, reads usage, frees empty units. */
-void bt_contain_tick(struct bt_contain *c);
+/*
+ * Every tick: reaps adopted orphans, attributes processes, frees empty units;
+ * reads usage when usage is set (in cgroup mode, /proc is then scanned too).
+ */
+void bt_contain_tick(struct bt_contain *c, int usage);
 /* Ends every unit's processes, removes baton's cgroup or record; returns processes left. */
 int bt_contain_stop(struct bt_contain *c);
 /* After the loop has ended. */
