@@ -22,9 +22,9 @@ echo "\$ python3 examples/documents/make_samples.py $work/samples"
 rm -rf "$work/out"
 echo
 # The pages only: make_samples.py also writes the words it drew (*.truth.json).
-echo "\$ baton run examples/documents/baton.yaml --pipeline documents --input samples/*.png samples/*.pdf --output $work/out"
+echo "\$ baton run examples/documents/baton.yaml --pipeline documents --input samples/ --include '*.png' --include '*.pdf' --output $work/out"
 status=0
-"$baton" run "$cfg" --pipeline documents --input "$work"/samples/*.png "$work"/samples/*.pdf \
+"$baton" run "$cfg" --pipeline documents --input "$work/samples" --include '*.png' --include '*.pdf' \
 	--output "$work/out" || status=$?
 echo
 first=$(ls "$work/out"/*.json | head -n 1)

@@ -15,6 +15,11 @@ struct bt_cmd {
 	const char *usage; /* arguments after the command name */
 	const char *summary; /* one line for `baton help` */
 	int (*run)(int argc, char **argv); /* argv[0] is the command name */
+	/*
+	 * The page of `baton COMMAND --help` and of baton(1): paragraphs, then
+	 * "options:" and "examples:" sections whose lines start with two spaces.
+	 */
+	const char *page;
 };
 
 extern const struct bt_cmd bt_cmd_serve;
@@ -31,5 +36,11 @@ extern const struct bt_cmd *const bt_commands[];
 
 /* Prints "usage: baton NAME USAGE" to f. */
 void bt_cli_usage(const struct bt_cmd *cmd, FILE *f);
+
+/* Prints the usage, the summary and the page of cmd to f. */
+void bt_cli_help(const struct bt_cmd *cmd, FILE *f);
+
+/* Prints "baton NAME: missing WHAT" and the usage to stderr; returns BT_EXIT_USAGE. */
+int bt_cli_missing(const struct bt_cmd *cmd, const char *what);
 
 #endif

@@ -1,9 +1,15 @@
-/* `baton check CONFIG`: validate the file and print the resolved plan. */
+/*
+ * `baton check [--connect] CONFIG`: validate the file and print the
+ * resolved plan; with --connect, also check the `run:` section against its
+ * databases (the query has the key, the table the columns and index).
+ */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "../config/config.h"
+#include "../io/io.h"
 #include "../scale/scale.h"
 #include "cli.h"
 
@@ -43,6 +49,14 @@ static void warn_unplaceable(const struct bt_config *cfg, const char *path)
 
 static int run(int argc, char **argv)
 {
+	/* --connect: also reach the run: section's databases and check the query and table. */
+	int connect = argc == 3 && !strcmp(argv[1], "--connect");
+	if (connect) {
+		argv++;
+		argc--;
+	}
+	if (argc < 2)
+		return bt_cli_missing(&bt_cmd_check, "CONFIG");
 	if (argc != 2 || argv[1][0] == '-') {
 		bt_cli_usage(&bt_cmd_check, stderr);
 		return BT_EXIT_USAGE;
@@ -81,10 +95,57 @@ static int run(int argc, char **argv)
 				argv[1], st->line, st->col, st->name, st->queue_max, st->batch_max_size,
 				st->queue_max);
 	}
+	if (cfg.run.present) {
+		const struct bt_run_config *rc = &cfg.run;
+		printf("\nrun %s: postgresql query by key '%s', pages of %d rows, one request per %s\n"
+		       "  -> postgresql table '%s' (upsert on ",
+		       rc->pipeline ? rc->pipeline : "(--pipeline)", rc->src_key, rc->page_rows,
+		       rc->unit == BT_RUN_ROW ? "row" : "page", rc->sink_table);
+		for (int i = 0; i < rc->nsink_key; i++)
+			printf("%s%s", i ? ", " : "", rc->sink_key[i]);
+		printf("), checkpoint '%s' in %s, failures in %s\n", rc->checkpoint_name,
+		       rc->checkpoint_table, rc->failures_table);
+	}
+	if (connect && cfg.run.present) {
+		struct bt_pg_sink_plan plan;
+		if (bt_pg_check(&cfg, 0, &plan, err, sizeof(err))) {
+			fprintf(stderr, "%s\n", err);
+			bt_config_release(&cfg);
+			return BT_EXIT_USAGE;
+		}
+		printf("\nrun: source key '%s', sink %s:", cfg.run.src_key, plan.table);
+		for (int i = 0; i < plan.ncols; i++)
+			printf(" %s %s <- %s%s", plan.cols[i].name, plan.cols[i].type,
+			       plan.has_jsonb && i == plan.ncols - 1 ? "(the whole result)"
+								      : plan.cols[i].field,
+			       i + 1 < plan.ncols ? "," : "\n");
+		bt_pg_sink_plan_release(&plan);
+	} else if (connect) {
+		fprintf(stderr, "%s: warning: --connect: no 'run:' section, nothing to connect to\n",
+			argv[1]);
+	}
 	printf("\nok\n");
 	bt_config_release(&cfg);
 	return BT_EXIT_OK;
 }
 
-const struct bt_cmd bt_cmd_check = {"check", "CONFIG",
-				    "validate a config file and print the resolved plan", run};
+const struct bt_cmd bt_cmd_check = {
+	"check", "[--connect] CONFIG",
+	"validate a config file and print the resolved plan (--connect: reach the run: databases)",
+	run,
+	"Loads CONFIG as serve would, without starting anything, and prints each stage's\n"
+	"absolute argv, workdir, environment changes and policies, then the pipelines.\n"
+	"Errors name FILE:LINE:COL and the key.  Warnings (on stderr) cover venvs that\n"
+	"do not exist yet, stages no declared GPU could hold, and queue_max below\n"
+	"batch.max_size.\n"
+	"\n"
+	"options:\n"
+	"  --connect  also connect to the run: section's databases: the query runs and\n"
+	"             has the key column, the sink table has the mapped columns and a\n"
+	"             unique index on the key\n"
+	"  CONFIG     the YAML file (see baton.yaml(5) or docs/config.md)\n"
+	"\n"
+	"exit status: 0 when the file is valid, 2 with FILE:LINE:COL: message if not.\n"
+	"\n"
+	"examples:\n"
+	"  baton check examples/echo/baton.yaml\n"};

@@ -295,10 +295,13 @@ static int setup_stage(const struct bt_stage_config *st, int force)
 				       st->setup_wheels, out.timed_out ? "timed out" : err);
 				rc = 1;
 			} else {
+				/* Without its stamp the venv would be rebuilt next time: say so. */
 				FILE *f = fopen(stamp_path, "w");
-				if (f) {
-					fputs(fp, f);
-					fclose(f);
+				int bad = !f || fputs(fp, f) < 0;
+				if ((f && fclose(f)) || bad) {
+					printf("%-16s failed: cannot write '%s': %s\n", st->name,
+					       stamp_path, strerror(errno));
+					rc = 1;
 				}
 				o += (size_t)snprintf(line + o, sizeof(line) - o,
 						      "; requirements installed from %s (%.1fs)",
@@ -380,6 +383,10 @@ static int run(int argc, char **argv)
 		else
 			sub = NULL;
 	}
+	if (!sub)
+		return bt_cli_missing(&bt_cmd_env, "setup or check");
+	if ((!strcmp(sub, "setup") || !strcmp(sub, "check")) && argc == 2)
+		return bt_cli_missing(&bt_cmd_env, "CONFIG");
 	if (!sub || !path || (strcmp(sub, "setup") && strcmp(sub, "check")) ||
 	    (force && strcmp(sub, "setup"))) {
 		bt_cli_usage(&bt_cmd_env, stderr);
@@ -405,11 +412,19 @@ static int run(int argc, char **argv)
 		if (only && strcmp(only, st->name))
 			continue;
 		if (!strcmp(sub, "setup")) {
-			if (st->has_setup)
+			if (st->has_setup) {
 				failed += setup_stage(st, force);
-			else
+			} else if (st->venv_missing) {
+				/* Said rather than guessed: how to build it is the config's to say. */
+				printf("%-16s failed: venv %s does not exist and the stage has no `setup:`; "
+				       "add `setup: {}` to it (a bare venv; see docs/config.md for "
+				       "requirements), or create the venv yourself\n",
+				       st->name, st->venv);
+				failed++;
+			} else {
 				printf("%-16s ok: nothing to set up (%s)\n", st->name,
 				       st->venv ? "its venv is managed by hand" : "plain environment");
+			}
 		} else {
 			failed += check_stage(st, st->venv_missing ? "venv does not exist (run `baton env setup`)"
 								   : NULL);
@@ -421,4 +436,20 @@ static int run(int argc, char **argv)
 
 const struct bt_cmd bt_cmd_env = {
 	"env", "setup|check CONFIG [--stage S] [--force-recreate]",
-	"create each stage's venv from local wheels, or run each stage's health_check", run};
+	"create each stage's venv from local wheels, or run each stage's health_check", run,
+	"setup: for each stage with setup:, creates its venv (with system site packages\n"
+	"if asked) and installs its requirements from the local wheel directory, never\n"
+	"from the network; what is already done is not done again.  A stage with a venv\n"
+	"but no setup: is reported as failed while its venv does not exist.\n"
+	"check: runs each stage's health_check inside its environment (venv, env,\n"
+	"workdir; 60 s limit) and prints stage, environment, result, time, first error.\n"
+	"\n"
+	"options:\n"
+	"  --stage S          only stage S\n"
+	"  --force-recreate   setup: delete and recreate the venvs\n"
+	"\n"
+	"exit status: 0, 1 if a stage failed, 2 on a usage or configuration error.\n"
+	"\n"
+	"examples:\n"
+	"  baton env setup examples/echo/baton.yaml\n"
+	"  baton env check examples/documents/baton.yaml --stage detect\n"};

@@ -1,5 +1,9 @@
-/* `baton status [--url URL]`: the daemon's /v1/status as a terminal table. */
+/*
+ * `baton status [--url URL]`: the daemon's /v1/status as a terminal table;
+ * with --watch, redrawn in place every interval, like top.
+ */
 #include <jansson.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -70,11 +74,18 @@ static void print_status(json_t *doc)
 	       json_is_true(json_object_get(doc, "ready")) ? " (ready)" : " (not ready)",
 	       json_integer_value(json_object_get(doc, "pid")),
 	       json_real_value(json_object_get(doc, "uptime_s")));
-	printf("requests: %lld accepted, %lld succeeded, %lld failed, %lld in flight\n\n",
+	printf("requests: %lld accepted, %lld succeeded, %lld failed, %lld in flight\n",
 	       json_integer_value(json_object_get(req, "accepted")),
 	       json_integer_value(json_object_get(req, "succeeded")),
 	       json_integer_value(json_object_get(req, "failed")),
 	       json_integer_value(json_object_get(req, "in_flight")));
+	json_t *ct = json_object_get(doc, "containment");
+	const char *cg = json_string_value(json_object_get(ct, "cgroup"));
+	if (ct)
+		printf("containment: %s%s%s%s\n", json_string_value(json_object_get(ct, "mode")),
+		       cg ? " " : "", cg ? cg : "",
+		       json_is_true(json_object_get(ct, "memory_max")) ? " (memory.max)" : "");
+	printf("\n");
 	printf("cpu %.0f%%", json_real_value(json_object_get(doc, "cpu_percent")));
 	size_t gi;
 	json_t *g;
@@ -91,7 +102,7 @@ static void print_status(json_t *doc)
 			       json_integer_value(json_object_get(g, "util_percent")),
 			       json_integer_value(json_object_get(g, "memory_used_mb")));
 	}
-	printf("\n\n%-16s %-7s %7s %7s %8s %9s %8s  %s\n", "STAGE", "STATE", "QUEUED", "RUNNING",
+	printf("\n\n%-16s %-8s %7s %7s %8s %9s %8s  %s\n", "STAGE", "STATE", "QUEUED", "RUNNING",
 	       "REQ/S", "P95", "SCALING", "REPLICAS");
 	const char *name;
 	json_t *st;
@@ -106,7 +117,7 @@ static void print_status(json_t *doc)
 		if (json_is_number(json_object_get(sig, "latency_p95_s")))
 			snprintf(p95, sizeof(p95), "%.3fs",
 				 json_number_value(json_object_get(sig, "latency_p95_s")));
-		printf("%-16s %-7s %7lld %7lld %8.1f %9s %8s ", name,
+		printf("%-16s %-8s %7lld %7lld %8.1f %9s %8s ", name,
 		       json_string_value(json_object_get(st, "state")),
 		       json_integer_value(json_object_get(st, "queued")),
 		       json_integer_value(json_object_get(st, "running")),
@@ -129,6 +140,12 @@ static void print_status(json_t *doc)
 			printf(")");
 		}
 		printf("\n");
+		if (!json_is_true(json_object_get(st, "serving")))
+			printf("%-16s not serving%s%s\n", "",
+			       json_is_string(json_object_get(st, "reason")) ? ": " : "",
+			       json_is_string(json_object_get(st, "reason"))
+				   ? json_string_value(json_object_get(st, "reason"))
+				   : "");
 	}
 	printf("\n%-16s %9s %9s %9s %9s  %s\n", "PIPELINE", "IN FLIGHT", "ACCEPTED",
 	       "SUCCEEDED", "FAILED", "STAGES");
@@ -167,12 +184,47 @@ static void print_status(json_t *doc)
 	print_streams(json_object_get(doc, "streams"));
 }
 
+/* One fetch and print; errors go to stdout when watching, so they stay on screen. */
+static int show(const char *url, const char *token, int as_json, double watching)
+{
+	FILE *errf = watching ? stdout : stderr;
+	struct bt_http_reply rep;
+	char err[256];
+	if (bt_client_request(url, token[0] ? token : NULL, "GET", "/v1/status", NULL, 0, &rep,
+			      err, sizeof(err))) {
+		fprintf(errf, "baton: cannot get status from %s: %s\n", url, err);
+		return BT_EXIT_FAIL;
+	}
+	json_error_t jerr;
+	json_t *doc = rep.status == 200 ? json_loadb(rep.body, rep.len, 0, &jerr) : NULL;
+	if (!doc) {
+		fprintf(errf, "baton: %s answered %d, not a status document\n", url, rep.status);
+		bt_client_reply_release(&rep);
+		return BT_EXIT_FAIL;
+	}
+	if (watching) {
+		time_t now = time(NULL);
+		char when[32];
+		strftime(when, sizeof(when), "%H:%M:%S", localtime(&now));
+		printf("%s  %s  every %gs, Ctrl-C to stop\n\n", when, url, watching);
+	}
+	if (as_json)
+		json_dumpf(doc, stdout, JSON_INDENT(2)), printf("\n");
+	else
+		print_status(doc);
+	json_decref(doc);
+	bt_client_reply_release(&rep);
+	return BT_EXIT_OK;
+}
+
 static int run(int argc, char **argv)
 {
 	const char *url = getenv("BATON_URL");
 	const char *token_file = getenv("BATON_TOKEN_FILE");
 	char token[512] = "";
-	int as_json = 0;
+	int as_json = 0, watch = 0;
+	long count = 0;
+	double interval = 1;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--url") && i + 1 < argc) {
 			url = argv[++i];
@@ -180,6 +232,20 @@ static int run(int argc, char **argv)
 			token_file = argv[++i];
 		} else if (!strcmp(argv[i], "--json")) {
 			as_json = 1;
+		} else if (!strcmp(argv[i], "--watch")) {
+			watch = 1;
+		} else if (!strcmp(argv[i], "--interval") && i + 1 < argc) {
+			interval = atof(argv[++i]);
+			if (!(interval >= 0.1 && interval <= 3600)) {
+				fprintf(stderr, "baton: --interval must be between 0.1 and 3600 seconds\n");
+				return BT_EXIT_USAGE;
+			}
+		} else if (!strcmp(argv[i], "--count") && i + 1 < argc) {
+			count = atol(argv[++i]);
+			if (count < 1) {
+				fprintf(stderr, "baton: --count must be at least 1\n");
+				return BT_EXIT_USAGE;
+			}
 		} else {
 			bt_cli_usage(&bt_cmd_status, stderr);
 			return BT_EXIT_USAGE;
@@ -202,28 +268,38 @@ static int run(int argc, char **argv)
 			n--;
 		token[n] = '\0';
 	}
-	struct bt_http_reply rep;
-	char err[256];
-	if (bt_client_request(url, token[0] ? token : NULL, "GET", "/v1/status", NULL, 0, &rep,
-			      err, sizeof(err))) {
-		fprintf(stderr, "baton: cannot get status from %s: %s\n", url, err);
-		return BT_EXIT_FAIL;
+	if (!watch)
+		return show(url, token, as_json, 0);
+	/* Until interrupted (or --count): a failed fetch is shown and retried. */
+	for (long i = 0; count == 0 || i < count; i++) {
+		if (i)
+			usleep((useconds_t)(interval * 1e6));
+		printf("\033[H\033[2J"); /* home, clear: the view stays at the top */
+		show(url, token, as_json, interval);
+		fflush(stdout);
 	}
-	json_error_t jerr;
-	json_t *doc = rep.status == 200 ? json_loadb(rep.body, rep.len, 0, &jerr) : NULL;
-	if (!doc) {
-		fprintf(stderr, "baton: %s answered %d, not a status document\n", url, rep.status);
-		bt_client_reply_release(&rep);
-		return BT_EXIT_FAIL;
-	}
-	if (as_json)
-		json_dumpf(doc, stdout, JSON_INDENT(2)), printf("\n");
-	else
-		print_status(doc);
-	json_decref(doc);
-	bt_client_reply_release(&rep);
 	return BT_EXIT_OK;
 }
 
-const struct bt_cmd bt_cmd_status = {"status", "[--url URL] [--token-file F] [--json]",
-				     "show a running daemon's stages, replicas and pipelines", run};
+const struct bt_cmd bt_cmd_status = {
+	"status", "[--url URL] [--token-file F] [--json] [--watch [--interval S] [--count N]]",
+	"show a running daemon's stages, replicas and pipelines (--watch: live)", run,
+	"Reads GET /v1/status and prints it as tables: each stage's state (ok, or why\n"
+	"it is not serving: starting, backoff or failed, with the worker's last stderr\n"
+	"line), replicas with pid, uptime, restarts, CPU and memory, the pipelines'\n"
+	"counters and the latest scaling decisions.\n"
+	"\n"
+	"options:\n"
+	"  --url URL          the daemon (default $BATON_URL, then http://127.0.0.1:8080)\n"
+	"  --token-file F     bearer token for auth: (default $BATON_TOKEN_FILE)\n"
+	"  --json             print the status document as JSON\n"
+	"  --watch            redraw the view in place, like top, until interrupted\n"
+	"  --interval S       seconds between views with --watch (default 1)\n"
+	"  --count N          with --watch, stop after N views\n"
+	"\n"
+	"exit status: 0, 1 if the daemon cannot be reached, 2 on a usage error.\n"
+	"\n"
+	"examples:\n"
+	"  baton status\n"
+	"  baton status --url http://127.0.0.1:9000 --json\n"
+	"  baton status --watch --interval 2\n"};

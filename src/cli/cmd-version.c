@@ -19,4 +19,9 @@ static int run(int argc, char **argv)
 	return BT_EXIT_OK;
 }
 
-const struct bt_cmd bt_cmd_version = {"version", "", "print the version", run};
+const struct bt_cmd bt_cmd_version = {
+	"version", "", "print the version", run,
+	"Prints baton's version and the worker protocol version it speaks.\n"
+	"\n"
+	"examples:\n"
+	"  baton version\n"};

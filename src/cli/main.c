@@ -17,6 +17,31 @@ void bt_cli_usage(const struct bt_cmd *cmd, FILE *f)
 	fprintf(f, "usage: baton %s%s%s\n", cmd->name, cmd->usage[0] ? " " : "", cmd->usage);
 }
 
+void bt_cli_help(const struct bt_cmd *cmd, FILE *f)
+{
+	bt_cli_usage(cmd, f);
+	fprintf(f, "\n%s\n", cmd->summary);
+	if (cmd->page && cmd->page[0])
+		fprintf(f, "\n%s", cmd->page);
+}
+
+int bt_cli_missing(const struct bt_cmd *cmd, const char *what)
+{
+	fprintf(stderr, "baton %s: missing %s\n", cmd->name, what);
+	bt_cli_usage(cmd, stderr);
+	fprintf(stderr, "(see 'baton %s --help')\n", cmd->name);
+	return BT_EXIT_USAGE;
+}
+
+/* True when args (up to a "--") ask for help. */
+static int asks_help(int argc, char **argv)
+{
+	for (int i = 0; i < argc && strcmp(argv[i], "--"); i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return 1;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "__shim"))
@@ -36,9 +61,15 @@ int main(int argc, char **argv)
 		name = "help";
 	if (!strcmp(name, "--version"))
 		name = "version";
-	for (int i = 0; bt_commands[i]; i++)
-		if (!strcmp(bt_commands[i]->name, name))
-			return bt_commands[i]->run(argc - 1, argv + 1);
+	for (int i = 0; bt_commands[i]; i++) {
+		if (strcmp(bt_commands[i]->name, name))
+			continue;
+		if (asks_help(argc - 2, argv + 2)) {
+			bt_cli_help(bt_commands[i], stdout);
+			return BT_EXIT_OK;
+		}
+		return bt_commands[i]->run(argc - 1, argv + 1);
+	}
 	fprintf(stderr, "baton: unknown command '%s' (see 'baton help')\n", argv[1]);
 	return BT_EXIT_USAGE;
 }

@@ -14,11 +14,12 @@
 
 enum bt_log_level bt_log_threshold = BT_LOG_INFO;
 int bt_log_fd = 2;
+int bt_log_write_error;
 
 void bt_assert_fail(const char *cond, const char *file, int line)
 {
-	fprintf(stderr, "level=error msg=\"assertion failed\" cond=\"%s\" at=%s:%d\n",
-		cond, file, line);
+	fprintf(stderr, "level=error msg=\"assertion failed\" cond=%s at=%s:%d\n", BT_LOGQ(cond),
+		file, line);
 	abort();
 }
 
@@ -252,9 +253,9 @@ int bt_log_level_parse(const char *s, enum bt_log_level *out)
 	return BT_ECONFIG;
 }
 
-const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len)
+static const char *logfmt_value(char *out, size_t size, const char *s, size_t len, int quote)
 {
-	int quote = len == 0;
+	quote |= len == 0;
 	for (size_t i = 0; i < len && !quote; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c >= 0x7f)
@@ -303,6 +304,16 @@ const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len)
 	return out;
 }
 
+const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len)
+{
+	return logfmt_value(out, size, s, len, 0);
+}
+
+const char *bt_logfmt_string(char *out, size_t size, const char *s)
+{
+	return logfmt_value(out, size, s, strlen(s), 1);
+}
+
 void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 {
 	if (lvl < bt_log_threshold)
@@ -333,7 +344,8 @@ void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 	line[len++] = '\n';
 	/* One write per line so that concurrent writers never interleave. */
 	ssize_t w = write(bt_log_fd, line, len);
-	(void)w;
+	if ((w < 0 || (size_t)w < len) && !bt_log_write_error)
+		bt_log_write_error = w < 0 ? -errno : -ENOSPC;
 }
 
 int bt_ext_is_safe(const char *ext)

@@ -123,6 +123,7 @@ uint64_t bt_now_us(void);
 enum bt_log_level { BT_LOG_DEBUG, BT_LOG_INFO, BT_LOG_WARN, BT_LOG_ERROR };
 extern enum bt_log_level bt_log_threshold;
 extern int bt_log_fd; /* where log lines go: stderr unless changed */
+extern int bt_log_write_error; /* -errno of the first failed or short log write, else 0 */
 int bt_log_level_parse(const char *s, enum bt_log_level *out);
 /*
  * Writes `ts=... level=... msg="MSG" FIELDS`, where FIELDS is the printf of
@@ -132,6 +133,14 @@ void bt_log(enum bt_log_level lvl, const char *msg, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Writes s as a logfmt value into out (quoted and escaped when needed). */
 const char *bt_logfmt_quote(char *out, size_t size, const char *s, size_t len);
+/* The same, always quoted (free text that usually has spaces). */
+const char *bt_logfmt_string(char *out, size_t size, const char *s);
+/*
+ * s as a quoted logfmt value, for a log call's arguments: `reason=%s",
+ * BT_LOGQ(why)`.  The buffer is a compound literal: it lives as long as
+ * the enclosing block, which is longer than the call.
+ */
+#define BT_LOGQ(s) bt_logfmt_string((char[2048]){0}, 2048, (s))
 
 #define bt_debug(msg, ...)                                                     \
 	do {                                                                   \

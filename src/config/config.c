@@ -183,6 +183,50 @@ static int get_bool(struct ctx *c, const yaml_node_t *n, const char *key,
 }
 
 /*
+ * Edits (insert, delete, substitute, swap two neighbours) that turn a
+ * into b, or a number above limit once it must be larger (keys are short).
+ */
+static size_t edit_distance(const char *a, const char *b, size_t limit)
+{
+	size_t n = strlen(a), m = strlen(b);
+	if (n > 48 || m > 48 || (n > m ? n - m : m - n) > limit)
+		return limit + 1;
+	size_t d[49][49];
+	for (size_t i = 0; i <= n; i++)
+		d[i][0] = i;
+	for (size_t j = 0; j <= m; j++)
+		d[0][j] = j;
+	for (size_t i = 1; i <= n; i++) {
+		for (size_t j = 1; j <= m; j++) {
+			size_t cost = a[i - 1] != b[j - 1];
+			size_t best = BT_MIN(d[i - 1][j] + 1, d[i][j - 1] + 1);
+			best = BT_MIN(best, d[i - 1][j - 1] + cost);
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+				best = BT_MIN(best, d[i - 2][j - 2] + 1);
+			d[i][j] = best;
+		}
+	}
+	return d[n][m];
+}
+
+/*
+ * The known key a typo most likely meant: the closest within two edits
+ * (one for keys of up to four letters, where two edits reach anything),
+ * or NULL.
+ */
+static const char *nearest_key(const char *key, const char *const *known)
+{
+	size_t limit = strlen(key) <= 4 ? 1 : 2, best = limit + 1;
+	const char *found = NULL;
+	for (const char *const *kk = known; *kk; kk++) {
+		size_t dist = edit_distance(key, *kk, limit);
+		if (dist < best)
+			best = dist, found = *kk;
+	}
+	return found;
+}
+
+/*
  * Checks that n is a mapping with scalar, unique keys that all appear in
  * known (NULL-terminated).  what names the section in messages.
  */
@@ -207,11 +251,15 @@ static int check_mapping(struct ctx *c, const yaml_node_t *n, const char *what,
 		for (const char *const *kk = known; *kk; kk++)
 			found |= !strcmp(*kk, scalar(k));
 		if (!found) {
+			const char *near = nearest_key(scalar(k), known);
 			char list[512] = "";
 			size_t o = 0;
 			for (const char *const *kk = known; *kk && o < sizeof(list); kk++)
 				o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
 						      kk == known ? "" : ", ", *kk);
+			if (near)
+				return fail(c, k, "unknown key '%s' in %s: did you mean '%s'? (expected one of: %s)",
+					    scalar(k), what, near, list);
 			return fail(c, k, "unknown key '%s' in %s (expected one of: %s)",
 				    scalar(k), what, list);
 		}
@@ -384,7 +432,8 @@ static const char *const stage_keys[] = {
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
 	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", "user",
-	"group", "kind", NULL};
+	"group", "kind", "log_limit", NULL};
+static const char *const log_limit_keys[] = {"interval_ms", "lines", "bytes", NULL};
 static const char *const setup_keys[] = {"python", "requirements", "wheels",
 					 "system_site_packages", NULL};
 static const char *const spawn_keys[] = {"status_key", "output_ext", NULL};
@@ -478,6 +527,10 @@ static void stage_defaults(struct bt_stage_config *st)
 	st->ping_timeout_ms = 10000;
 	st->batch_max_size = 1;
 	st->batch_window_ms = 0;
+	/* Output rate limit per stream, journald-like: a chatty worker cannot fill the disk. */
+	st->log_interval_ms = 10000;
+	st->log_lines = 2000;
+	st->log_bytes = 1 << 20;
 	st->priority_levels = 1;
 }
 
@@ -721,6 +774,23 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 				else
 					r = get_u64(c, rv, rk, 0, DAY_MS,
 						    &st->retry_failed_after_ms);
+			}
+		} else if (!strcmp(k, "log_limit")) {
+			if ((r = check_mapping(c, v, "'log_limit'", log_limit_keys)))
+				break;
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     q < v->data.mapping.pairs.top && !r; q++) {
+				const char *lk = scalar(node(c, q->key));
+				yaml_node_t *lv = node(c, q->value);
+				if (!strcmp(lk, "interval_ms"))
+					r = get_u64(c, lv, "log_limit.interval_ms", 1, DAY_MS,
+						    &st->log_interval_ms);
+				else if (!strcmp(lk, "lines"))
+					r = get_u64(c, lv, "log_limit.lines", 1, 1LL << 40,
+						    &st->log_lines);
+				else
+					r = get_u64(c, lv, "log_limit.bytes", 1, 1LL << 50,
+						    &st->log_bytes);
 			}
 		} else if (!strcmp(k, "stop")) {
 			if ((r = check_mapping(c, v, "'stop'", stop_keys)))
@@ -1139,9 +1209,11 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "stages", "pipelines",
-				       "gpus", "interval_ms", "auth", "http", "streams", NULL};
+				       "gpus", "interval_ms", "auth", "http", "cgroup", "streams",
+				       "run", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
-static const char *const http_keys[] = {"max_connections", "idle_timeout_s", NULL};
+static const char *const http_keys[] = {"max_connections", "idle_timeout_s",
+					"max_buffered_bytes", "write_timeout_s", NULL};
 
 /* auth: {token_file}: the token is the file's first line, at least 16 bytes. */
 static int parse_auth(struct ctx *c, const yaml_node_t *n)
@@ -1186,11 +1258,21 @@ static int parse_http(struct ctx *c, const yaml_node_t *n)
 		const char *k = scalar(node(c, p->key));
 		yaml_node_t *v = node(c, p->value);
 		long long val;
+		char key[48];
+		snprintf(key, sizeof(key), "http.%s", k);
+		if (!strcmp(k, "max_buffered_bytes")) {
+			r = get_size(c, v, key, 1 << 20, 1LL << 40, &c->cfg->http_max_buffered_bytes);
+			if (!r && c->cfg->http_max_buffered_bytes < c->cfg->max_request_bytes)
+				r = fail(c, v, "'http.max_buffered_bytes' (%zu) must be at least max_request_bytes (%zu), or no request of that size could ever be taken",
+					 c->cfg->http_max_buffered_bytes, c->cfg->max_request_bytes);
+			continue;
+		}
 		int conns = !strcmp(k, "max_connections");
-		r = get_int(c, v, conns ? "http.max_connections" : "http.idle_timeout_s", 1,
-			    conns ? 100000 : 3600, &val);
+		r = get_int(c, v, key, 1, conns ? 100000 : 3600, &val);
 		if (!r && conns)
 			c->cfg->http_max_connections = (unsigned)val;
+		else if (!r && !strcmp(k, "write_timeout_s"))
+			c->cfg->http_write_timeout_s = (unsigned)val;
 		else if (!r)
 			c->cfg->http_idle_timeout_s = (unsigned)val;
 	}
@@ -1501,19 +1583,222 @@ static int parse_streams(struct ctx *c, const yaml_node_t *n)
 	return r;
 }
 
+static const char *const run_keys[] = {"pipeline", "source", "sink", "checkpoint",
+				       "reconnect_max_s", NULL};
+static const char *const run_source_keys[] = {"connect", "query", "key", "page_rows",
+					      "request", NULL};
+static const char *const run_sink_keys[] = {"connect", "table", "key", "columns", "jsonb",
+					    "failures_table", "checkpoint_table", NULL};
+
+/*
+ * A libpq connection string must not carry a password: the config is read
+ * by `baton check`, copied around and quoted in errors.  Looks for the
+ * keyword and for a URI's "user:password@".
+ */
+static int check_connect(struct ctx *c, const yaml_node_t *n, const char *s)
+{
+	char *lower = bt_strdup(s);
+	for (char *p = lower; *p; p++)
+		*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+	const char *uri = strstr(lower, "://");
+	const char *at = uri ? strchr(uri, '@') : NULL;
+	int bad = strstr(lower, "password") != NULL ||
+		  (at && memchr(uri + 3, ':', (size_t)(at - uri - 3)) != NULL);
+	free(lower);
+	if (bad)
+		return fail(c, n, "'connect' must not hold a password: put it in ~/.pgpass (or "
+				  "PGPASSFILE), a service file or PGPASSWORD");
+	return 0;
+}
+
+/* A name, or a list of names (sink.key); at least one. */
+static int get_names(struct ctx *c, const yaml_node_t *n, const char *key, char ***out,
+		     int *count)
+{
+	if (n->type == YAML_SCALAR_NODE) {
+		*out = bt_calloc(1, sizeof(char *));
+		*count = 1;
+		return get_string(c, n, key, &(*out)[0]);
+	}
+	if (n->type != YAML_SEQUENCE_NODE || n->data.sequence.items.top == n->data.sequence.items.start)
+		return fail(c, n, "'%s' must be a column name or a non-empty list of them", key);
+	size_t k = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	*out = bt_calloc(k, sizeof(char *));
+	for (size_t i = 0; i < k; i++) {
+		int r = get_string(c, node(c, n->data.sequence.items.start[i]), key, &(*out)[i]);
+		(*count)++;
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* sink.columns: a list of names (field = column) or a mapping column: field. */
+static int parse_run_columns(struct ctx *c, const yaml_node_t *n, struct bt_run_config *run)
+{
+	if (n->type == YAML_SEQUENCE_NODE) {
+		int r = get_names(c, n, "sink.columns", &run->sink_columns, &run->nsink_columns);
+		run->sink_fields = bt_calloc((size_t)run->nsink_columns + 1, sizeof(char *));
+		for (int i = 0; i < run->nsink_columns; i++)
+			if (run->sink_columns[i])
+				run->sink_fields[i] = bt_strdup(run->sink_columns[i]);
+		return r;
+	}
+	int r = check_mapping(c, n, "'sink.columns'", NULL);
+	if (r)
+		return r;
+	size_t k = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+	if (k == 0)
+		return fail(c, n, "'sink.columns' is empty");
+	run->sink_columns = bt_calloc(k, sizeof(char *));
+	run->sink_fields = bt_calloc(k, sizeof(char *));
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; !r && p < n->data.mapping.pairs.top;
+	     p++) {
+		int i = run->nsink_columns++;
+		run->sink_columns[i] = bt_strdup(scalar(node(c, p->key)));
+		r = get_string(c, node(c, p->value), "sink.columns", &run->sink_fields[i]);
+	}
+	return r;
+}
+
+/* run: {pipeline, source: {postgresql: {...}}, sink: {postgresql: {...}}, ...} */
+static int parse_run(struct ctx *c, const yaml_node_t *n)
+{
+	struct bt_run_config *run = &c->cfg->run;
+	int r = check_mapping(c, n, "'run'", run_keys);
+	const yaml_node_t *src = NULL, *sink = NULL;
+	run->present = 1;
+	run->line = (int)n->start_mark.line + 1;
+	run->col = (int)n->start_mark.column + 1;
+	run->page_rows = 1000;
+	run->reconnect_max_s = 60;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; !r && p < n->data.mapping.pairs.top;
+	     p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "pipeline"))
+			r = get_string(c, v, "run.pipeline", &run->pipeline);
+		else if (!strcmp(k, "checkpoint"))
+			r = get_string(c, v, "run.checkpoint", &run->checkpoint_name);
+		else if (!strcmp(k, "reconnect_max_s"))
+			r = get_u64(c, v, "run.reconnect_max_s", 0, 86400, &run->reconnect_max_s);
+		else if (!strcmp(k, "source"))
+			src = v;
+		else
+			sink = v;
+	}
+	static const char *const pg_only[] = {"postgresql", NULL};
+	if (!r && (!src || !sink))
+		r = fail(c, n, "'run' needs both 'source' and 'sink' (postgresql)");
+	if (!r && !(r = check_mapping(c, src, "'run.source'", pg_only)) &&
+	    src->data.mapping.pairs.top == src->data.mapping.pairs.start)
+		r = fail(c, src, "'run.source' needs 'postgresql'");
+	if (!r && !(r = check_mapping(c, sink, "'run.sink'", pg_only)) &&
+	    sink->data.mapping.pairs.top == sink->data.mapping.pairs.start)
+		r = fail(c, sink, "'run.sink' needs 'postgresql'");
+	if (r)
+		return r;
+	src = node(c, src->data.mapping.pairs.start->value);
+	sink = node(c, sink->data.mapping.pairs.start->value);
+	if ((r = check_mapping(c, src, "'run.source.postgresql'", run_source_keys)) ||
+	    (r = check_mapping(c, sink, "'run.sink.postgresql'", run_sink_keys)))
+		return r;
+	run->src_line = (int)src->start_mark.line + 1;
+	run->src_col = (int)src->start_mark.column + 1;
+	run->sink_line = (int)sink->start_mark.line + 1;
+	run->sink_col = (int)sink->start_mark.column + 1;
+	for (yaml_node_pair_t *p = src->data.mapping.pairs.start;
+	     !r && p < src->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "connect")) {
+			r = get_string(c, v, "source.connect", &run->src_connect);
+			r = r ? r : check_connect(c, v, run->src_connect);
+		} else if (!strcmp(k, "query")) {
+			r = get_string(c, v, "source.query", &run->src_query);
+		} else if (!strcmp(k, "key")) {
+			r = get_string(c, v, "source.key", &run->src_key);
+			run->key_line = (int)v->start_mark.line + 1;
+			run->key_col = (int)v->start_mark.column + 1;
+		} else if (!strcmp(k, "page_rows")) {
+			r = get_i(c, v, "source.page_rows", 1, 1000000, &run->page_rows);
+		} else {
+			char *s = NULL;
+			r = get_string(c, v, "source.request", &s);
+			if (!r && !strcmp(s, "row"))
+				run->unit = BT_RUN_ROW;
+			else if (!r && strcmp(s, "page"))
+				r = fail(c, v, "'source.request' must be page or row, not '%s'", s);
+			free(s);
+		}
+	}
+	if (!r && (!run->src_query || !run->src_key))
+		r = fail(c, src, "'run.source.postgresql' needs 'query' and 'key'");
+	for (yaml_node_pair_t *p = sink->data.mapping.pairs.start;
+	     !r && p < sink->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		if (!strcmp(k, "connect")) {
+			r = get_string(c, v, "sink.connect", &run->sink_connect);
+			r = r ? r : check_connect(c, v, run->sink_connect);
+		} else if (!strcmp(k, "table")) {
+			r = get_string(c, v, "sink.table", &run->sink_table);
+		} else if (!strcmp(k, "key")) {
+			r = get_names(c, v, "sink.key", &run->sink_key, &run->nsink_key);
+		} else if (!strcmp(k, "columns")) {
+			r = parse_run_columns(c, v, run);
+		} else if (!strcmp(k, "jsonb")) {
+			r = get_string(c, v, "sink.jsonb", &run->sink_jsonb);
+		} else if (!strcmp(k, "failures_table")) {
+			r = get_string(c, v, "sink.failures_table", &run->failures_table);
+		} else {
+			r = get_string(c, v, "sink.checkpoint_table", &run->checkpoint_table);
+		}
+	}
+	if (!r && !run->sink_table)
+		r = fail(c, sink, "'run.sink.postgresql' needs 'table'");
+	if (r)
+		return r;
+	if (!run->nsink_key) {
+		run->sink_key = bt_calloc(1, sizeof(char *));
+		run->sink_key[0] = bt_strdup(run->src_key);
+		run->nsink_key = 1;
+	}
+	if (!run->src_connect)
+		run->src_connect = bt_strdup("");
+	if (!run->sink_connect)
+		run->sink_connect = bt_strdup("");
+	if (!run->failures_table)
+		run->failures_table = bt_strdup("baton_failures");
+	if (!run->checkpoint_table)
+		run->checkpoint_table = bt_strdup("baton_checkpoints");
+	if (!run->checkpoint_name)
+		run->checkpoint_name = bt_asprintf("%s", run->sink_table);
+	return 0;
+}
+
 static int parse_root(struct ctx *c, yaml_node_t *root)
 {
 	struct bt_config *cfg = c->cfg;
-	const yaml_node_t *stages = NULL, *pipelines = NULL, *streams = NULL;
+	const yaml_node_t *stages = NULL, *pipelines = NULL, *streams = NULL, *http = NULL;
 	int r;
 	if (!root)
 		return fail(c, NULL, "the file is empty");
 	if ((r = check_mapping(c, root, "the top level", top_keys)))
 		return r;
+	cfg->written = json_object();
 	for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
 	     p < root->data.mapping.pairs.top && !r; p++) {
 		const char *k = scalar(node(c, p->key));
 		yaml_node_t *v = node(c, p->value);
+		if (strcmp(k, "stages") && strcmp(k, "pipelines")) {
+			/* As written, for a reload to compare key by key. */
+			int budget = 100000;
+			json_t *j = to_json(c, v, 0, &budget);
+			if (!j)
+				return BT_ECONFIG;
+			json_object_set_new(cfg->written, k, j);
+		}
 		if (!strcmp(k, "listen")) {
 			r = parse_listen(c, v);
 		} else if (!strcmp(k, "log_level")) {
@@ -1534,7 +1819,15 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 		} else if (!strcmp(k, "auth")) {
 			r = parse_auth(c, v);
 		} else if (!strcmp(k, "http")) {
-			r = parse_http(c, v);
+			http = v; /* after max_request_bytes, which it is checked against */
+		} else if (!strcmp(k, "cgroup")) {
+			r = get_string(c, v, k, &cfg->cgroup);
+			if (!r && strcmp(cfg->cgroup, "auto") && strcmp(cfg->cgroup, "off") &&
+			    cfg->cgroup[0] != '/')
+				r = fail(c, v, "'cgroup' must be auto, off or an absolute path, not '%s'",
+					 cfg->cgroup);
+		} else if (!strcmp(k, "run")) {
+			r = parse_run(c, v);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else if (!strcmp(k, "streams")) {
@@ -1543,8 +1836,13 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			pipelines = v;
 		}
 	}
+	if (!r && http)
+		r = parse_http(c, http);
 	if (r)
 		return r;
+	/* Room for several of the largest requests at once, at the least. */
+	if (!cfg->http_max_buffered_bytes)
+		cfg->http_max_buffered_bytes = BT_MAX((size_t)256 << 20, 4 * cfg->max_request_bytes);
 	if (!stages)
 		return fail(c, root, "missing required key 'stages'");
 	if (!pipelines && !streams)
@@ -1557,10 +1855,14 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 	cfg->stages = bt_calloc(n, sizeof(*cfg->stages));
 	for (yaml_node_pair_t *p = stages->data.mapping.pairs.start;
 	     p < stages->data.mapping.pairs.top; p++) {
-		r = parse_stage(c, node(c, p->key), node(c, p->value),
-				&cfg->stages[cfg->nstages++]);
+		struct bt_stage_config *st = &cfg->stages[cfg->nstages++];
+		r = parse_stage(c, node(c, p->key), node(c, p->value), st);
 		if (r)
 			return r;
+		/* As written, for a reload to compare key by key. */
+		int budget = 100000;
+		if (!(st->written = to_json(c, node(c, p->value), 0, &budget)))
+			return BT_ECONFIG;
 	}
 	size_t nstreams = 0;
 	if (streams) {
@@ -1605,7 +1907,33 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 				return fail(c, root, "source stage '%s' feeds no stream (add 'streams')",
 					    cfg->stages[i].name);
 	}
+	if (cfg->run.pipeline && bt_config_pipeline_index(cfg, cfg->run.pipeline) < 0) {
+		snprintf(c->err, c->errlen, "%s:%d:%d: 'run.pipeline' names unknown pipeline '%s'",
+			 c->path, cfg->run.line, cfg->run.col, cfg->run.pipeline);
+		return BT_ECONFIG;
+	}
 	return 0;
+}
+
+/*
+ * A sentence for libyaml's messages that name the parser's state rather
+ * than the mistake, which is nearly always indentation.  "" when libyaml's
+ * own words are clear enough.
+ */
+static const char *yaml_hint(const yaml_parser_t *p)
+{
+	if (!p->problem)
+		return "";
+	if (!strcmp(p->problem, "did not find expected key"))
+		return "this line is indented differently from the keys of the mapping it "
+		       "belongs to: align it with the keys above, or indent it under one "
+		       "(a value that goes on after ': ' needs quotes) -- ";
+	if (!strcmp(p->problem, "mapping values are not allowed in this context"))
+		return "this line is indented deeper than the keys above it, so its 'key:' "
+		       "cannot start here (or a value contains ': ' and needs quotes) -- ";
+	if (!strcmp(p->problem, "did not find expected '-' indicator"))
+		return "a list item is indented differently from the items above it -- ";
+	return "";
 }
 
 int bt_config_parse(const char *path, const char *text, size_t len,
@@ -1627,6 +1955,7 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->interval_ms = 1000;
 	cfg->http_max_connections = 1000;
 	cfg->http_idle_timeout_s = 60;
+	cfg->http_write_timeout_s = 30;
 	{
 		char *copy = bt_strdup(path);
 		char *slash = strrchr(copy, '/');
@@ -1643,9 +1972,9 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	}
 	yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
 	if (!yaml_parser_load(&parser, &doc)) {
-		snprintf(err, errlen, "%s:%zu:%zu: YAML: %s%s%s", path,
+		snprintf(err, errlen, "%s:%zu:%zu: %sYAML: %s%s%s", path,
 			 parser.problem_mark.line + 1, parser.problem_mark.column + 1,
-			 parser.problem ? parser.problem : "syntax error",
+			 yaml_hint(&parser), parser.problem ? parser.problem : "syntax error",
 			 parser.context ? " " : "", parser.context ? parser.context : "");
 		yaml_parser_delete(&parser);
 		bt_config_release(cfg);
@@ -1687,6 +2016,30 @@ int bt_config_load(const char *path, struct bt_config *cfg, char *err,
 	return r;
 }
 
+static void free_names(char **v, int n)
+{
+	for (int i = 0; v && i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void run_release(struct bt_run_config *run)
+{
+	free(run->pipeline);
+	free(run->src_connect);
+	free(run->src_query);
+	free(run->src_key);
+	free(run->sink_connect);
+	free(run->sink_table);
+	free_names(run->sink_key, run->nsink_key);
+	free_names(run->sink_columns, run->nsink_columns);
+	free_names(run->sink_fields, run->nsink_columns);
+	free(run->sink_jsonb);
+	free(run->failures_table);
+	free(run->checkpoint_table);
+	free(run->checkpoint_name);
+}
+
 void bt_config_release(struct bt_config *cfg)
 {
 	for (int i = 0; i < cfg->nstages; i++) {
@@ -1713,8 +2066,10 @@ void bt_config_release(struct bt_config *cfg)
 		free(st->user);
 		free(st->setup_requirements);
 		free(st->setup_wheels);
+		json_decref(st->written);
 	}
 	free(cfg->stages);
+	json_decref(cfg->written);
 	for (int i = 0; i < cfg->npipelines; i++) {
 		free(cfg->pipelines[i].name);
 		free(cfg->pipelines[i].stages);
@@ -1737,9 +2092,11 @@ void bt_config_release(struct bt_config *cfg)
 	free(cfg->streams);
 	free(cfg->gpus);
 	free(cfg->auth_token);
+	free(cfg->cgroup);
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg->listen_host);
+	run_release(&cfg->run);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -1837,8 +2194,9 @@ int bt_config_check_runnable(const struct bt_config *cfg, char *err, size_t errl
 		const struct bt_stage_config *st = &cfg->stages[i];
 		if (st->venv_missing) {
 			snprintf(err, errlen,
-				 "%s:%d:%d: venv '%s' of stage '%s' does not exist (create it with `baton env setup`)",
-				 cfg->path, st->line, st->col, st->venv, st->name);
+				 st->has_setup ? "%s:%d:%d: venv '%s' of stage '%s' does not exist (create it with `baton env setup %s`)"
+					       : "%s:%d:%d: venv '%s' of stage '%s' does not exist (add `setup: {}` to the stage and run `baton env setup %s`, or create it yourself)",
+				 cfg->path, st->line, st->col, st->venv, st->name, cfg->path);
 			return BT_ECONFIG;
 		}
 	}
@@ -1904,9 +2262,9 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 	fprintf(out, "config:  %s/%s\n", cfg->dir,
 		strrchr(cfg->path, '/') ? strrchr(cfg->path, '/') + 1 : cfg->path);
 	fprintf(out, "listen:  %s:%d\n", cfg->listen_host, cfg->listen_port);
-	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u\n",
+	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u http.max_buffered_bytes=%zu http.write_timeout_s=%u\n",
 		cfg->max_request_bytes, cfg->max_payload_bytes, cfg->http_max_connections,
-		cfg->http_idle_timeout_s);
+		cfg->http_idle_timeout_s, cfg->http_max_buffered_bytes, cfg->http_write_timeout_s);
 	fprintf(out, "auth:    %s\n", cfg->auth_token ? "bearer token required (except /v2/health/*)"
 						 : "none: anyone who can reach the address can use it");
 	for (int i = 0; i < cfg->nstages; i++) {

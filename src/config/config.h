@@ -78,6 +78,9 @@ struct bt_stage_config {
 	int batch_max_size; /* 1: no batching */
 	uint64_t batch_window_ms;
 	int priority_levels; /* FIFOs, level 0 served first */
+	uint64_t log_interval_ms; /* log_limit: per stream of each process, at most */
+	uint64_t log_lines, log_bytes; /* these many lines and bytes per interval */
+	json_t *written; /* the stage's mapping as written (JSON), for reloads to compare */
 };
 
 struct bt_pipeline_config {
@@ -126,6 +129,37 @@ struct bt_stream_config {
 
 enum bt_gpus_mode { BT_GPUS_AUTO, BT_GPUS_NONE, BT_GPUS_LIST };
 
+/*
+ * `run:` (docs/config.md): a PostgreSQL source and sink for `baton run
+ * CONFIG` without --input.  Connection strings never hold a password (the
+ * loader refuses one): credentials come from PG* variables, a service file
+ * or a password file.
+ */
+enum bt_run_unit { BT_RUN_PAGE, BT_RUN_ROW }; /* what one request carries */
+
+struct bt_run_config {
+	int present; /* the file has a `run:` section */
+	int line, col; /* of `run:` */
+	char *pipeline; /* or NULL: --pipeline names it */
+	char *src_connect; /* libpq conninfo, "" = the PG* environment */
+	char *src_query;
+	char *src_key; /* a unique, ordered column of the query */
+	int page_rows;
+	enum bt_run_unit unit;
+	int src_line, src_col, key_line, key_col;
+	char *sink_connect;
+	char *sink_table;
+	char **sink_key; /* columns of a unique index of the table */
+	int nsink_key;
+	char **sink_columns, **sink_fields; /* column <- result field; n = 0: all by name */
+	int nsink_columns;
+	char *sink_jsonb; /* column that receives the whole result object, or NULL */
+	char *failures_table, *checkpoint_table;
+	char *checkpoint_name; /* the run's row in checkpoint_table */
+	int sink_line, sink_col;
+	uint64_t reconnect_max_s; /* a database down longer fails the run */
+};
+
 struct bt_gpu_config {
 	int id;
 	uint64_t memory_mb;
@@ -138,8 +172,11 @@ struct bt_config {
 	int ngpus;
 	uint64_t interval_ms; /* signal sampling and autoscaling tick */
 	char *auth_token; /* from auth.token_file: Bearer token for HTTP, or NULL */
+	char *cgroup; /* NULL ("auto"), "off", or an absolute cgroup v2 directory */
 	unsigned http_max_connections;
 	unsigned http_idle_timeout_s;
+	size_t http_max_buffered_bytes; /* request bodies and answers held, all clients */
+	unsigned http_write_timeout_s; /* an answer not taken by then: the client is dropped */
 	char *dir; /* absolute directory of the file */
 	char *listen_host;
 	int listen_port;
@@ -152,6 +189,8 @@ struct bt_config {
 	int npipelines;
 	struct bt_stream_config *streams;
 	int nstreams;
+	struct bt_run_config run;
+	json_t *written; /* top-level keys but stages and pipelines, as written (JSON) */
 };
 
 /*

@@ -7,9 +7,11 @@
  */
 #include "daemon.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../http/http.h"
@@ -37,18 +39,33 @@ static void idle_cb(uv_idle_t *i)
 	(void)i; /* its only job is to keep the next poll from blocking */
 }
 
+static void sighup_cb(uv_signal_t *s, int signum)
+{
+	struct bt_daemon *d = s->data;
+	(void)signum;
+	if (d->no_http) {
+		bt_info("SIGHUP ignored: baton run does not reload its config", "%s", "");
+		return;
+	}
+	if (d->state != BT_DAEMON_RUNNING) {
+		bt_info("SIGHUP ignored: baton is stopping", "%s", "");
+		return;
+	}
+	bt_daemon_reload(d);
+}
+
 static void signal_cb(uv_signal_t *s, int signum)
 {
 	struct bt_daemon *d = s->data;
 	if (d->state == BT_DAEMON_RUNNING) {
-		bt_info("shutting down", "signal=%s in_flight=%llu", strsignal(signum),
+		bt_info("shutting down", "signal=%s in_flight=%llu", BT_LOGQ(strsignal(signum)),
 			(unsigned long long)d->in_flight);
 		bt_daemon_shutdown(d);
 		return;
 	}
 	if (!d->hard_stop) {
 		bt_warn("second signal: stopping now", "signal=%s in_flight=%llu",
-			strsignal(signum), (unsigned long long)d->in_flight);
+			BT_LOGQ(strsignal(signum)), (unsigned long long)d->in_flight);
 		d->hard_stop = 1;
 		bt_daemon_progress(d);
 	}
@@ -74,39 +91,141 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 	d->deadline_timer.data = d;
 	uv_timer_init(loop, &d->tick);
 	d->tick.data = d;
+	uv_timer_init(loop, &d->starter);
+	d->starter.data = d;
 	uv_prepare_init(loop, &d->prepare);
 	uv_check_init(loop, &d->check);
 	uv_idle_init(loop, &d->idle);
 	uv_signal_init(loop, &d->sigterm);
 	uv_signal_init(loop, &d->sigint);
+	uv_signal_init(loop, &d->sighup);
 	d->prepare.data = d->check.data = d->idle.data = d;
-	d->sigterm.data = d->sigint.data = d;
+	d->sigterm.data = d->sigint.data = d->sighup.data = d;
 
+	/* Room for what reloads add: slots never move, see struct bt_daemon. */
 	d->nstages = cfg->nstages;
-	d->stages = bt_calloc((size_t)d->nstages, sizeof(*d->stages));
+	d->stages_cap = cfg->nstages + BT_RELOAD_SPARE;
+	d->stages = bt_calloc((size_t)d->stages_cap, sizeof(*d->stages));
 	for (int i = 0; i < d->nstages; i++)
-		bt_stage_init(&d->stages[i], d, i);
+		bt_stage_init(&d->stages[i], d, i, &cfg->stages[i]);
 	d->npipelines = cfg->npipelines;
-	d->pipelines = bt_calloc((size_t)d->npipelines, sizeof(*d->pipelines));
-	for (int i = 0; i < d->npipelines; i++) {
-		struct bt_pipeline *pl = &d->pipelines[i];
-		pl->d = d;
-		pl->index = i;
-		pl->cfg = &cfg->pipelines[i];
-		pl->nstages = pl->cfg->nstages;
-		bt_hist_init(&pl->duration_hist, bt_hist_seconds, bt_hist_seconds_n);
-		pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
-		for (int s = 0; s < pl->nstages; s++)
-			pl->stages[s] = &d->stages[pl->cfg->stages[s]];
+	d->pipelines_cap = cfg->npipelines + BT_RELOAD_SPARE;
+	d->pipelines = bt_calloc((size_t)d->pipelines_cap, sizeof(*d->pipelines));
+	for (int i = 0; i < d->npipelines; i++)
+		bt_daemon_pipeline_init(d, &d->pipelines[i], i, &cfg->pipelines[i]);
+	return 0;
+}
+
+void bt_daemon_pipeline_init(struct bt_daemon *d, struct bt_pipeline *pl, int index,
+			     const struct bt_pipeline_config *cfg)
+{
+	pl->d = d;
+	pl->index = index;
+	pl->cfg = cfg;
+	pl->nstages = cfg->nstages;
+	bt_hist_init(&pl->duration_hist, bt_hist_seconds, bt_hist_seconds_n);
+	pl->stages = bt_calloc((size_t)pl->nstages, sizeof(*pl->stages));
+	for (int s = 0; s < pl->nstages; s++)
+		pl->stages[s] = bt_daemon_stage(d, d->cfg->stages[cfg->stages[s]].name);
+}
+
+/*
+ * Descriptors: the soft limit is raised to the hard one (systemd's soft
+ * default of 1024 is for select() users; baton uses epoll), and HTTP
+ * connections get what is left after a reserve for baton itself, every
+ * replica (channel, stdout, stderr, and a spawn's transient ones) and the
+ * files it opens.  Idle clients can then never take the descriptors a
+ * replica needs to restart.
+ */
+#define FD_RESERVE_BASE 64 /* loop, signals, epoll, listener, log, config, /proc reads */
+#define FD_PER_REPLICA 8
+
+static int fd_budget(struct bt_daemon *d, char *err, size_t errlen)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return 0;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t was = rl.rlim_cur;
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+			bt_debug("raised the descriptor limit", "from=%llu to=%llu",
+				 (unsigned long long)was, (unsigned long long)rl.rlim_max);
+		else
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (d->no_http || rl.rlim_cur == RLIM_INFINITY)
+		return 0;
+	uint64_t reserve = FD_RESERVE_BASE;
+	for (int i = 0; i < d->nstages; i++)
+		reserve += FD_PER_REPLICA * (uint64_t)d->stages[i].cfg->replicas_max;
+	uint64_t limit = rl.rlim_cur;
+	if (limit < reserve + 8) {
+		snprintf(err, errlen,
+			 "the descriptor limit (%llu, ulimit -n) leaves no room for HTTP connections: %llu are kept for replicas and files",
+			 (unsigned long long)limit, (unsigned long long)reserve);
+		return BT_ECONFIG;
+	}
+	if (d->cfg->http_max_connections > limit - reserve) {
+		bt_warn("http.max_connections lowered to fit the descriptor limit",
+			"max_connections=%llu configured=%u fd_limit=%llu reserved=%llu",
+			(unsigned long long)(limit - reserve), d->cfg->http_max_connections,
+			(unsigned long long)limit, (unsigned long long)reserve);
+		d->cfg->http_max_connections = (unsigned)(limit - reserve);
 	}
 	return 0;
 }
 
+/*
+ * uv_spawn forks and then waits for the child's exec, which on a loaded
+ * machine takes tens of milliseconds (the child waits for a core).  With
+ * hundreds of replicas, starting them all in one callback would leave the
+ * loop, HTTP and /v2/health/live included, deaf for seconds; so they are
+ * started a few per loop turn, and those already ready serve meanwhile.
+ * A replica not started yet is pending with no reason.
+ */
+#define STARTS_PER_TURN 4
+
+static void starter_cb(uv_timer_t *t)
+{
+	struct bt_daemon *d = t->data;
+	int started = 0;
+	while (d->state == BT_DAEMON_RUNNING && d->start_stage < d->nstages) {
+		struct bt_stage *st = &d->stages[d->start_stage];
+		if (d->start_replica >= st->nreplicas) {
+			d->start_stage++;
+			d->start_replica = 0;
+			continue;
+		}
+		if (started == STARTS_PER_TURN) {
+			/*
+			 * 1 ms, not 0: libuv runs a timer re-armed for "now" again in
+			 * the same pass, before any I/O.
+			 */
+			uv_timer_start(&d->starter, starter_cb, 1, 0);
+			return;
+		}
+		struct bt_replica *r = st->replicas[d->start_replica++];
+		/* Scaling may have taken it away or started it already. */
+		if (r->active && r->state == BT_REPLICA_PENDING && !r->starts &&
+		    !r->pending_reason[0] && !bt_replica_has_process(r)) {
+			bt_replica_start(r);
+			started++;
+		}
+	}
+}
+
 int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 {
+	int fe = fd_budget(d, err, errlen);
+	if (fe)
+		return fe;
 	/* The flush runs the shutdown sequence too, so it starts first. */
 	uv_prepare_start(&d->prepare, prepare_cb);
 	uv_check_start(&d->check, check_cb);
+	int ce = bt_contain_open(d->loop, d->cfg->cgroup, &d->contain, err, errlen);
+	if (ce)
+		return ce;
 	if (!d->no_streams) {
 		int e = bt_streams_new(d->loop, d->cfg, d->stages, d->pipelines, &d->streams, err,
 				       errlen);
@@ -120,19 +239,13 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	}
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&d->sigint, signal_cb, SIGINT);
+	uv_signal_start(&d->sighup, sighup_cb, SIGHUP);
 	if (d->http)
 		bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
 			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
 			d->npipelines);
 	bt_tick_start(d);
-	for (int i = 0; i < d->nstages; i++) {
-		/* Without its stream, a source has nowhere to send what it emits. */
-		if (d->stages[i].cfg->source && !d->streams)
-			continue;
-		for (int r = 0; r < d->stages[i].nreplicas; r++)
-			if (d->stages[i].replicas[r]->active)
-				bt_replica_start(d->stages[i].replicas[r]);
-	}
+	starter_cb(&d->starter);
 	bt_streams_start(d->streams);
 	return 0;
 }
@@ -173,17 +286,20 @@ static void close_all(struct bt_daemon *d)
 		bt_stage_close(&d->stages[i]);
 	uv_close((uv_handle_t *)&d->deadline_timer, NULL);
 	bt_tick_close(d);
+	uv_close((uv_handle_t *)&d->starter, NULL);
 	uv_close((uv_handle_t *)&d->prepare, NULL);
 	uv_close((uv_handle_t *)&d->check, NULL);
 	uv_close((uv_handle_t *)&d->idle, NULL);
 	uv_close((uv_handle_t *)&d->sigterm, NULL);
 	uv_close((uv_handle_t *)&d->sigint, NULL);
+	uv_close((uv_handle_t *)&d->sighup, NULL);
 	/*
 	 * libuv restored the default actions: a late signal would now kill a
 	 * daemon that is already on its way out with status 0.
 	 */
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 }
 
 /* One step of the shutdown sequence, taken from the flush. */
@@ -214,8 +330,10 @@ static void advance_shutdown(struct bt_daemon *d)
 	}
 	if (d->state == BT_DAEMON_STOPPING && d->live_children == 0 &&
 	    bt_http_pending(d->http) == 0) {
-		bt_info("stopped", "uptime_s=%llu",
-			(unsigned long long)((bt_now_ms() - d->started_ms) / 1000));
+		/* What replicas left behind, setsid() or not, ends before baton says so. */
+		int left = bt_contain_stop(d->contain);
+		bt_info("stopped", "uptime_s=%llu processes_left=%d",
+			(unsigned long long)((bt_now_ms() - d->started_ms) / 1000), left);
 		close_all(d);
 	}
 }
@@ -227,6 +345,8 @@ static void flush_cb(uv_handle_t *h)
 	while (d->flush_pending && d->state != BT_DAEMON_CLOSING && rounds++ < 16) {
 		d->flush_pending = 0;
 		bt_sched_flush(d);
+		if (d->state == BT_DAEMON_RUNNING)
+			bt_reload_advance(d);
 		bt_proc_flush(d);
 		bt_http_flush(d->http);
 		if (d->on_idle && d->state < BT_DAEMON_CLOSING)
@@ -252,13 +372,22 @@ void bt_daemon_release(struct bt_daemon *d)
 	free(d->gpus);
 	free(d->gpu_samples);
 	free(d->self_exe);
+	bt_contain_free(d->contain);
+	for (int i = 0; i < d->nreloaded; i++) {
+		bt_config_release(d->reloaded[i]);
+		free(d->reloaded[i]);
+	}
+	free(d->reloaded);
+	for (int i = 0; i < d->nold_routes; i++)
+		free(d->old_routes[i]);
+	free(d->old_routes);
 	memset(d, 0, sizeof(*d));
 }
 
 struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name)
 {
 	for (int i = 0; i < d->npipelines; i++)
-		if (!strcmp(d->pipelines[i].cfg->name, name))
+		if (!d->pipelines[i].removed && !strcmp(d->pipelines[i].cfg->name, name))
 			return &d->pipelines[i];
 	return NULL;
 }
@@ -266,7 +395,7 @@ struct bt_pipeline *bt_daemon_pipeline(struct bt_daemon *d, const char *name)
 struct bt_stage *bt_daemon_stage(struct bt_daemon *d, const char *name)
 {
 	for (int i = 0; i < d->nstages; i++)
-		if (!strcmp(d->stages[i].cfg->name, name))
+		if (!d->stages[i].removed && !strcmp(d->stages[i].cfg->name, name))
 			return &d->stages[i];
 	return NULL;
 }
@@ -275,10 +404,25 @@ int bt_daemon_ready(const struct bt_daemon *d)
 {
 	if (d->state != BT_DAEMON_RUNNING)
 		return 0;
-	/* Like a model's readiness: loaded once, and not failed since. */
-	for (int i = 0; i < d->nstages; i++)
-		if (d->stages[i].failed || !d->stages[i].up)
+	/*
+	 * Like a model's readiness: loaded once, not failed since, and a
+	 * replica serving now (a stage whose every replica is restarting
+	 * cannot answer; one scaled to none starts on demand).
+	 */
+	for (int i = 0; i < d->nstages; i++) {
+		const struct bt_stage *st = &d->stages[i];
+		if (st->removed)
+			continue;
+		if (st->failed || !st->up)
 			return 0;
+		int live = 0, active = 0;
+		for (int r = 0; r < st->nreplicas && !live; r++) {
+			active += st->replicas[r]->active;
+			live = st->replicas[r]->state == BT_REPLICA_READY;
+		}
+		if (!live && active)
+			return 0;
+	}
 	return 1;
 }
 
@@ -302,6 +446,7 @@ static json_t *replica_status(const struct bt_replica *r, uint64_t now)
 							   : json_null());
 	json_object_set_new(o, "cpu_percent", json_real(r->cpu_percent));
 	json_object_set_new(o, "rss_bytes", json_integer((json_int_t)r->rss_bytes));
+	json_object_set_new(o, "processes", json_integer(r->processes));
 	json_object_set_new(o, "gpu", r->gpu >= 0 ? json_integer(r->stage->d->gpus[r->gpu].id)
 						  : json_null());
 	if (r->state == BT_REPLICA_PENDING && r->pending_reason[0])
@@ -309,13 +454,57 @@ static json_t *replica_status(const struct bt_replica *r, uint64_t now)
 	return o;
 }
 
+/*
+ * A stage's state as an operator needs it: "ok" while a replica can take
+ * requests, else why not ("starting", "pending", "backoff", "failed"), with
+ * a reason in why (size bytes, "" when none): how the last process ended
+ * and the last line a worker wrote to stderr since a replica was last ready.
+ */
+static const char *stage_state(const struct bt_stage *st, char *why, size_t size)
+{
+	int starting = 0, backoff = 0, pending = 0, active = 0;
+	const char *exit = NULL, *state;
+	why[0] = '\0';
+	for (int i = 0; i < st->nreplicas; i++) {
+		const struct bt_replica *r = st->replicas[i];
+		if (!r->active)
+			continue;
+		active++;
+		if (!st->failed && (r->state == BT_REPLICA_READY ||
+				    (st->cfg->mode == BT_MODE_SPAWN && r->state != BT_REPLICA_FAILED &&
+				     r->state != BT_REPLICA_BACKOFF)))
+			return "ok";
+		starting += r->state == BT_REPLICA_STARTING || r->state == BT_REPLICA_WARMING;
+		pending += r->state == BT_REPLICA_PENDING;
+		backoff += r->state == BT_REPLICA_BACKOFF;
+		if (r->last_exit[0])
+			exit = r->last_exit;
+	}
+	if (st->failed)
+		state = "failed";
+	else if (active == 0)
+		return "ok"; /* scaled to zero on purpose */
+	else if (backoff)
+		state = "backoff";
+	else if (pending && !starting)
+		return "pending"; /* the replicas say why (pending_reason) */
+	else
+		return "starting"; /* still loading: nothing has gone wrong */
+	snprintf(why, size, "%s%s%s", exit ? exit : "", exit && st->last_stderr[0] ? ": " : "",
+		 st->last_stderr);
+	return state;
+}
+
 json_t *bt_daemon_status(struct bt_daemon *d)
 {
 	uint64_t now = bt_now_ms();
+	bt_daemon_want_signals(d);
 	uint64_t accepted = 0, succeeded = 0, failed = 0;
 	json_t *stages = json_object();
 	for (int i = 0; i < d->nstages; i++) {
 		struct bt_stage *st = &d->stages[i];
+		if (st->removed)
+			continue;
 		json_t *reps = json_array();
 		/* Slots never used, or scaled away and stopped, are not shown. */
 		for (int r = 0; r < st->nreplicas; r++)
@@ -331,6 +520,11 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				  (json_int_t)st->errors, "retried", (json_int_t)st->retried,
 				  "replicas", reps));
 		json_t *sj = json_object_get(stages, st->cfg->name);
+		char why[BT_LINES_LAST + 200];
+		const char *state = stage_state(st, why, sizeof(why));
+		json_object_set_new(sj, "state", json_string(state));
+		json_object_set_new(sj, "serving", json_boolean(!strcmp(state, "ok")));
+		json_object_set_new(sj, "reason", why[0] ? json_string(why) : json_null());
 		static const char *policies[] = {"none", "demand", "headroom"};
 		json_object_set_new(sj, "scaling",
 				    json_pack("{s:i, s:i, s:i, s:i, s:s, s:b}", "active",
@@ -350,6 +544,14 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	json_t *pipelines = json_object();
 	for (int i = 0; i < d->npipelines; i++) {
 		struct bt_pipeline *pl = &d->pipelines[i];
+		if (pl->removed) {
+			/* Not shown, but its requests count: accepted = succeeded + failed + in flight. */
+			accepted += pl->accepted;
+			succeeded += pl->succeeded;
+			for (int c = 1; c < BT_CODE_COUNT; c++)
+				failed += pl->failed[c];
+			continue;
+		}
 		json_t *names = json_array();
 		for (int s = 0; s < pl->nstages; s++)
 			json_array_append_new(names, json_string(pl->stages[s]->cfg->name));
@@ -384,7 +586,14 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 				      (json_int_t)failed, "in_flight", (json_int_t)d->in_flight));
 	json_object_set_new(doc, "stages", stages);
 	json_object_set_new(doc, "pipelines", pipelines);
+	json_object_set_new(doc, "http",
+			    json_pack("{s:I, s:I, s:I}", "buffered_bytes",
+				      (json_int_t)bt_http_buffered(d->http), "max_buffered_bytes",
+				      (json_int_t)d->cfg->http_max_buffered_bytes,
+				      "max_connections", (json_int_t)d->cfg->http_max_connections));
 	json_object_set_new(doc, "cpu_percent", json_real(d->cpu_percent));
+	if (d->contain)
+		json_object_set_new(doc, "containment", bt_contain_status(d->contain));
 	json_t *gpus = json_array();
 	for (int i = 0; i < d->ngpus; i++) {
 		json_t *g = json_pack("{s:i, s:I, s:f, s:I}", "id", d->gpus[i].id, "memory_mb",

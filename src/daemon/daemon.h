@@ -18,6 +18,7 @@ struct bt_http;
 struct bt_streams;
 struct bt_child;
 struct bt_replica;
+struct bt_sampler;
 
 /* One scaling decision or refusal, for /v1/status (DESIGN §7). */
 struct bt_scale_event {
@@ -28,6 +29,7 @@ struct bt_scale_event {
 	char reason[256];
 };
 #define BT_SCALE_HISTORY 128
+#define BT_RELOAD_SPARE 64 /* stage and pipeline slots for reloads to add */
 
 /* baton_scaling_decisions_total's label values, in this order. */
 enum bt_scale_kind {
@@ -50,11 +52,21 @@ struct bt_daemon {
 	uv_loop_t *loop;
 	struct bt_config *cfg;
 	char *self_exe; /* this binary, for the exec shim */
+	/*
+	 * Stages and pipelines never move (they embed libuv handles, and
+	 * requests point at them): a reload adds into spare slots, and marks
+	 * what it removes (->removed) instead of freeing it.
+	 */
 	struct bt_stage *stages;
-	int nstages;
+	int nstages, stages_cap;
 	struct bt_pipeline *pipelines;
-	int npipelines;
+	int npipelines, pipelines_cap;
+	struct bt_config **reloaded; /* configs loaded by SIGHUP, all kept until release */
+	int nreloaded;
+	struct bt_stage ***old_routes; /* pipelines' stage lists before a reload changed them */
+	int nold_routes;
 	struct bt_http *http;
+	struct bt_contain *contain; /* what replicas start, however they fork */
 	enum bt_daemon_state state;
 	int hard_stop; /* a second signal: stop without waiting */
 	uint64_t started_ms;
@@ -68,7 +80,7 @@ struct bt_daemon {
 	uv_check_t check;
 	uv_idle_t idle; /* keeps the poll from blocking while work is pending */
 	int flush_pending;
-	uv_signal_t sigterm, sigint;
+	uv_signal_t sigterm, sigint, sighup;
 	struct bt_child *dirty; /* children with frames to write */
 	int exit_code;
 	int no_http; /* set before start: no ingress (`baton run`) */
@@ -76,6 +88,8 @@ struct bt_daemon {
 	struct bt_streams *streams; /* NULL without `streams:` */
 	/* resources and autoscaling */
 	uv_timer_t tick; /* every cfg->interval_ms */
+	uv_timer_t starter; /* starts the initial replicas a few per loop turn */
+	int start_stage, start_replica; /* the next replica it looks at */
 	struct bt_gpu_slot *gpus; /* placement view of each GPU */
 	struct bt_gpu_sample *gpu_samples; /* NVML's view, when loaded */
 	int ngpus;
@@ -83,6 +97,9 @@ struct bt_daemon {
 	struct bt_cpu_counters cpu_prev;
 	double cpu_percent; /* system, last tick */
 	uint64_t last_tick_ms;
+	struct bt_sampler *sampler; /* tick.c: the /proc scan, run off the loop */
+	int policies; /* some stage has an autoscale policy: read system CPU every tick */
+	uint64_t signals_wanted_until_ms; /* status or metrics were read: sample until then */
 	struct bt_scale_event history[BT_SCALE_HISTORY]; /* a ring */
 	int history_len, history_next;
 	uint64_t scale_counts[BT_SCALE_KINDS];		 /* by enum bt_scale_kind */
@@ -123,9 +140,29 @@ void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from
 			      int applied, const char *reason);
 /* Active replicas of a stage (what scaling counts). */
 int bt_stage_active(const struct bt_stage *st);
+/*
+ * reload.c: SIGHUP.  Loads and validates the config file again; on any
+ * error, or a change it cannot apply, logs why and changes nothing.
+ * Otherwise applies it: stages added, removed (once no request can reach
+ * them) or changed in place, a changed command or environment rolling the
+ * replicas (new ones ready before old ones drain).  0 or BT_ECONFIG.
+ */
+int bt_daemon_reload(struct bt_daemon *d);
+/* Moves rolls and removals on; called once per loop turn. */
+void bt_reload_advance(struct bt_daemon *d);
+/* Builds pipeline slot pl from its config (stages found by name). */
+void bt_daemon_pipeline_init(struct bt_daemon *d, struct bt_pipeline *pl, int index,
+			     const struct bt_pipeline_config *cfg);
+
 /* tick.c: signals, memory watchdog, pending placements, policies. */
 void bt_tick_start(struct bt_daemon *d);
 void bt_tick_close(struct bt_daemon *d);
+
+/*
+ * A reader of status or metrics wants per-replica CPU and RSS: sampling,
+ * otherwise off unless a stage has memory_mb, runs for the next minute.
+ */
+void bt_daemon_want_signals(struct bt_daemon *d);
 
 /* The /v1/status document (new reference). */
 json_t *bt_daemon_status(struct bt_daemon *d);

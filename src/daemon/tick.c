@@ -1,8 +1,10 @@
 /*
  * The daemon's periodic work, one tick every interval_ms: read the
- * signals (system CPU, NVML, each replica's process group), enforce
- * memory_mb, retry pending placements, stop drained replicas, and run
- * each stage's scaling policy.  Decisions are recorded in a history.
+ * signals (system CPU, NVML, and, in one pass over /proc on a thread,
+ * every replica's process group, but only what a policy, memory_mb or a
+ * recent reader needs), enforce memory_mb, retry pending placements, stop
+ * drained replicas, and run each stage's scaling policy.  Decisions are
+ * recorded in a history.
  */
 #include <errno.h>
 #include <math.h>
@@ -24,7 +26,7 @@ static void gpus_init(struct bt_daemon *d)
 	if (cfg->gpus_mode != BT_GPUS_NONE) {
 		d->nvml = bt_nvml_open(getenv("BATON_NVML_LIBRARY"), err, sizeof(err));
 		if (!d->nvml)
-			bt_info("no GPU signals", "reason=\"%s\"", err);
+			bt_info("no GPU signals", "reason=%s", BT_LOGQ(err));
 	}
 	if (cfg->gpus_mode == BT_GPUS_LIST) {
 		d->ngpus = cfg->ngpus;
@@ -123,11 +125,11 @@ void bt_daemon_record_scaling(struct bt_daemon *d, struct bt_stage *st, int from
 			: to < from ? BT_SCALE_DOWN
 				    : BT_SCALE_NONE]++;
 	if (applied)
-		bt_info("scaling", "stage=%s from=%d to=%d reason=\"%s\"", st->cfg->name, from, to,
-			reason);
+		bt_info("scaling", "stage=%s from=%d to=%d reason=%s", st->cfg->name, from, to,
+			BT_LOGQ(reason));
 	else
-		bt_warn("not scaling", "stage=%s replicas=%d reason=\"%s\"", st->cfg->name, from,
-			reason);
+		bt_warn("not scaling", "stage=%s replicas=%d reason=%s", st->cfg->name, from,
+			BT_LOGQ(reason));
 }
 
 /* Which replica goes first on scale-down: not serving, then least busy, then newest. */
@@ -162,8 +164,7 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 	/* A replica still draining is warm and serving: taking it back is free. */
 	for (int i = 0; i < st->nreplicas && n < to; i++) {
 		struct bt_replica *r = st->replicas[i];
-		/* A station's drain has closed its session: it is not taken back. */
-		if (r->active || r->state != BT_REPLICA_DRAINING || r->source_hold)
+		if (r->active || r->state != BT_REPLICA_DRAINING || r->source_hold || r->retiring)
 			continue;
 		r->active = 1;
 		r->state = BT_REPLICA_READY;
@@ -177,6 +178,7 @@ void bt_daemon_scale(struct bt_daemon *d, struct bt_stage *st, int to, const cha
 		    (st->source_ops && !r->station))
 			continue;
 		r->active = 1;
+		r->retiring = 0;
 		r->failures = 0;
 		n++;
 		bt_replica_start(r);
@@ -275,7 +277,7 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 	const struct bt_stage_config *c = r->stage->cfg;
 	char why[200];
 	snprintf(why, sizeof(why),
-		 "its process group uses %llu MB, over memory_mb %llu (%d processes)",
+		 "its processes use %llu MB, over memory_mb %llu (%d processes)",
 		 (unsigned long long)(u->rss_bytes >> 20), (unsigned long long)c->memory_mb,
 		 u->processes);
 	if (r->child) {
@@ -290,12 +292,48 @@ static void over_memory(struct bt_replica *r, int pid, const struct bt_group_usa
 		return;
 	r->memory_killed_pid = pid;
 	r->stage->failures[BT_FAIL_MEMORY]++;
-	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=\"%s\"", c->name, r->id,
-		pid, why);
+	bt_warn("killing spawn process", "stage=%s replica=%d pid=%d reason=%s", c->name, r->id,
+		pid, BT_LOGQ(why));
 	bt_spawn_kill(r, why);
 }
 
-static void sample_replicas(struct bt_daemon *d, double secs)
+/* ---- sampling replicas, off the loop ------------------------------------------- */
+
+/*
+ * One pass over /proc per tick at most, run on libuv's thread pool: the
+ * scan reads every process's stat file (hundreds with hundreds of
+ * replicas), which the loop must not wait for.  Only one scan is ever in
+ * flight, and the thread touches nothing but the table; the results are
+ * applied to the replicas on the loop, in after_scan.
+ */
+struct bt_sampler {
+	uv_work_t work;
+	struct bt_daemon *d;
+	struct bt_usage_table table; /* the thread's while busy */
+	int err; /* of the last scan */
+	uint64_t scan_ns, prev_scan_ns; /* when the last two scans began (uv_hrtime) */
+	int busy; /* a scan is in flight */
+	int closing; /* the daemon is closing: free, apply nothing */
+	int memory_limits; /* some stage has memory_mb: sample at every tick */
+};
+
+/* How long a read of /v1/status or /metrics keeps per-replica sampling on. */
+#define SIGNALS_LEASE_MS 60000
+/*
+ * How often per-replica usage is sampled for readers alone (no memory_mb):
+ * a pass over /proc costs ~1 % of a core a second with a few hundred
+ * processes on a small VM, and a reader's CPU figure is an average anyway.
+ */
+#define SIGNALS_READER_PERIOD_MS 5000
+
+static void scan_work(uv_work_t *w)
+{
+	struct bt_sampler *s = w->data;
+	s->scan_ns = uv_hrtime();
+	s->err = bt_usage_scan(&s->table);
+}
+
+static void apply_usage(struct bt_daemon *d, const struct bt_usage_table *t, double secs)
 {
 	long hz = sysconf(_SC_CLK_TCK);
 	for (int i = 0; i < d->nstages; i++) {
@@ -307,20 +345,89 @@ static void sample_replicas(struct bt_daemon *d, double secs)
 				r->cpu_percent = 0;
 				r->rss_bytes = 0;
 				r->cpu_jiffies = 0;
+				r->sampled_pid = 0;
+				r->processes = 0;
 				continue;
 			}
-			struct bt_group_usage u;
-			if (bt_read_group_usage(pid, &u))
+			/*
+			 * Containment's view counts what left the process group too
+			 * (its cgroup, or what the subreaper tracked); the scan's
+			 * process group is the fallback.
+			 */
+			struct bt_group_usage cu;
+			const struct bt_group_usage *u = NULL;
+			if (bt_replica_usage(r, &cu) == 0 && cu.processes > 0)
+				u = &cu;
+			else
+				u = bt_usage_find(t, pid);
+			/* Started after the scan, or gone before it: nothing to say yet. */
+			if (!u)
 				continue;
-			if (r->cpu_jiffies && u.cpu_jiffies >= r->cpu_jiffies && secs > 0)
-				r->cpu_percent = 100.0 * (double)(u.cpu_jiffies - r->cpu_jiffies) /
+			r->processes = u->processes;
+			/* Jiffies of another process (a restart) are no baseline. */
+			if (r->sampled_pid == pid && u->cpu_jiffies >= r->cpu_jiffies && secs > 0)
+				r->cpu_percent = 100.0 * (double)(u->cpu_jiffies - r->cpu_jiffies) /
 						 ((double)hz * secs);
-			r->cpu_jiffies = u.cpu_jiffies;
-			r->rss_bytes = u.rss_bytes;
-			if (st->cfg->memory_mb && u.rss_bytes > st->cfg->memory_mb << 20)
-				over_memory(r, pid, &u);
+			else
+				r->cpu_percent = 0;
+			r->sampled_pid = pid;
+			r->cpu_jiffies = u->cpu_jiffies;
+			r->rss_bytes = u->rss_bytes;
+			if (st->cfg->memory_mb && u->rss_bytes > st->cfg->memory_mb << 20)
+				over_memory(r, pid, u);
 		}
 	}
+}
+
+static void after_scan(uv_work_t *w, int status)
+{
+	struct bt_sampler *s = w->data;
+	s->busy = 0;
+	if (s->closing) {
+		bt_usage_table_release(&s->table);
+		free(s);
+		return;
+	}
+	if (status || s->err) {
+		bt_debug("cannot sample replicas", "error=\"%s\"",
+			 bt_strerror(status ? status : s->err));
+		return;
+	}
+	double secs = s->prev_scan_ns ? (double)(s->scan_ns - s->prev_scan_ns) / 1e9 : 0;
+	s->prev_scan_ns = s->scan_ns;
+	apply_usage(s->d, &s->table, secs);
+}
+
+static void scan_start(struct bt_daemon *d)
+{
+	struct bt_sampler *s = d->sampler;
+	if (!s || s->busy || s->closing)
+		return;
+	s->work.data = s;
+	if (uv_queue_work(d->loop, &s->work, scan_work, after_scan) == 0)
+		s->busy = 1;
+}
+
+static int usage_wanted(const struct bt_daemon *d, uint64_t now)
+{
+	const struct bt_sampler *s = d->sampler;
+	if (s->memory_limits) /* memory_mb is enforced at every tick */
+		return 1;
+	if (now >= d->signals_wanted_until_ms)
+		return 0;
+	uint64_t since = (uv_hrtime() - s->prev_scan_ns) / 1000000;
+	/* A tick's jitter must not skip a whole period. */
+	return !s->prev_scan_ns || since + d->cfg->interval_ms / 2 >= SIGNALS_READER_PERIOD_MS;
+}
+
+void bt_daemon_want_signals(struct bt_daemon *d)
+{
+	uint64_t now = bt_now_ms();
+	int was = now < d->signals_wanted_until_ms;
+	d->signals_wanted_until_ms = now + SIGNALS_LEASE_MS;
+	/* Sampling was off: the next read should not wait a tick for numbers. */
+	if (!was && d->sampler)
+		scan_start(d);
 }
 
 static void stage_signals(struct bt_stage *st, double secs)
@@ -352,7 +459,7 @@ static void housekeeping(struct bt_daemon *d)
 			if (r->state == BT_REPLICA_DRAINING && r->ninflight == 0 && !r->job &&
 			    !r->source_hold)
 				bt_replica_stop(r, 0);
-			else if (r->state == BT_REPLICA_PENDING && r->active)
+			else if (r->state == BT_REPLICA_PENDING && r->active && r->pending_reason[0])
 				bt_replica_start(r); /* placement is tried again */
 		}
 		catch_up(d, st);
@@ -405,8 +512,9 @@ static void tick_cb(uv_timer_t *t)
 	uint64_t now = bt_now_ms();
 	double secs = d->last_tick_ms ? (double)(now - d->last_tick_ms) / 1000.0 : 0;
 	d->last_tick_ms = now;
+	/* Policies read system CPU at every tick; status only while someone reads it. */
 	struct bt_cpu_counters cpu;
-	if (bt_read_system_cpu(&cpu) == 0) {
+	if ((d->policies || now < d->signals_wanted_until_ms) && bt_read_system_cpu(&cpu) == 0) {
 		if (d->cpu_prev.total)
 			d->cpu_percent = bt_cpu_percent(&d->cpu_prev, &cpu);
 		d->cpu_prev = cpu;
@@ -428,13 +536,17 @@ static void tick_cb(uv_timer_t *t)
 		if (json_is_number(v))
 			d->cpu_percent = json_number_value(v);
 	}
-	sample_replicas(d, secs);
+	int want = usage_wanted(d, now);
+	bt_contain_tick(d->contain, want);
+	if (want)
+		scan_start(d);
 	for (int i = 0; i < d->nstages; i++)
 		stage_signals(&d->stages[i], secs);
 	if (d->state == BT_DAEMON_RUNNING) {
 		housekeeping(d);
 		for (int i = 0; i < d->nstages; i++)
-			autoscale(d, &d->stages[i], overrides);
+			if (!d->stages[i].removed)
+				autoscale(d, &d->stages[i], overrides);
 	}
 	json_decref(overrides);
 }
@@ -442,12 +554,27 @@ static void tick_cb(uv_timer_t *t)
 void bt_tick_start(struct bt_daemon *d)
 {
 	gpus_init(d);
+	d->sampler = bt_calloc(1, sizeof(*d->sampler));
+	d->sampler->d = d;
+	for (int i = 0; i < d->nstages; i++) {
+		d->sampler->memory_limits |= d->stages[i].cfg->memory_mb != 0;
+		d->policies |= d->stages[i].cfg->autoscale.policy != BT_POLICY_NONE;
+	}
 	uv_timer_start(&d->tick, tick_cb, d->cfg->interval_ms, d->cfg->interval_ms);
 }
 
 void bt_tick_close(struct bt_daemon *d)
 {
 	uv_close((uv_handle_t *)&d->tick, NULL);
+	if (d->sampler) {
+		/* A scan in flight keeps the loop alive; its callback frees the sampler. */
+		d->sampler->closing = 1;
+		if (!d->sampler->busy) {
+			bt_usage_table_release(&d->sampler->table);
+			free(d->sampler);
+		}
+		d->sampler = NULL;
+	}
 	if (d->nvml)
 		bt_nvml_close(d->nvml);
 	d->nvml = NULL;

@@ -11,12 +11,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "../daemon/daemon.h"
 #include "../metrics/metrics.h"
@@ -48,6 +50,16 @@ struct bt_http {
 	int need_run; /* a connection was resumed */
 	unsigned pending; /* pipeline answers not yet fully sent */
 	int closing;
+	/*
+	 * Bytes held for clients (bodies read, answers not yet taken), against
+	 * http.max_buffered_bytes: past it new requests are refused, so slow
+	 * or absent readers cannot grow baton without bound.
+	 */
+	size_t buffered;
+	size_t peak; /* highest buffered since memory was last given back */
+	uint64_t trimmed_ms; /* when it was */
+	struct conn *sending; /* answers queued, oldest first: the write timeout */
+	struct conn *sending_tail;
 };
 
 enum route {
@@ -76,7 +88,110 @@ struct conn {
 	uint64_t after, wait_ms;
 	struct bt_stream_watch *watch; /* a long poll waiting for results */
 	int woken;
+	int over_budget; /* the body would not fit in http.max_buffered_bytes: dropped */
+	size_t charged; /* bytes counted in h->buffered for this connection */
+	uint64_t send_deadline_ms; /* while in h->sending */
+	int in_sending, cut; /* in h->sending; its socket was shut down */
+	struct conn *snext, *sprev;
 };
+
+/* ---- the buffer budget ---------------------------------------------------- */
+
+static void charge(struct conn *cn, size_t n)
+{
+	cn->charged += n;
+	cn->h->buffered += n;
+	cn->h->peak = BT_MAX(cn->h->peak, cn->h->buffered);
+}
+
+static void uncharge(struct conn *cn)
+{
+	struct bt_http *h = cn->h;
+	h->buffered -= cn->charged;
+	cn->charged = 0;
+}
+
+/*
+ * After a spike, glibc keeps the freed heap for reuse: give it back once
+ * what is held is small again, so that RSS falls with the load.  At most
+ * once a second, from the loop: trimming costs page faults afterwards.
+ */
+static void trim_after_spike(struct bt_http *h)
+{
+	uint64_t now = bt_now_ms();
+	if (h->peak >= (32u << 20) && h->buffered < h->peak / 8 && now - h->trimmed_ms >= 1000) {
+		malloc_trim(0);
+		h->peak = h->buffered;
+		h->trimmed_ms = now;
+	}
+}
+
+static int over_budget(const struct bt_http *h, size_t more)
+{
+	return h->buffered + more > h->d->cfg->http_max_buffered_bytes;
+}
+
+static void sending_remove(struct conn *cn)
+{
+	struct bt_http *h = cn->h;
+	if (!cn->in_sending)
+		return;
+	if (cn->sprev)
+		cn->sprev->snext = cn->snext;
+	else
+		h->sending = cn->snext;
+	if (cn->snext)
+		cn->snext->sprev = cn->sprev;
+	else
+		h->sending_tail = cn->sprev;
+	cn->snext = cn->sprev = NULL;
+	cn->in_sending = 0;
+}
+
+/* The answer is queued: it counts instead of the body, until it is taken. */
+static void sending_add(struct conn *cn, size_t answer_len)
+{
+	struct bt_http *h = cn->h;
+	h->buffered -= cn->charged;
+	cn->charged = 0;
+	charge(cn, answer_len);
+	cn->send_deadline_ms = bt_now_ms() + (uint64_t)h->d->cfg->http_write_timeout_s * 1000;
+	cn->sprev = h->sending_tail;
+	cn->snext = NULL;
+	if (h->sending_tail)
+		h->sending_tail->snext = cn;
+	else
+		h->sending = cn;
+	h->sending_tail = cn;
+	cn->in_sending = 1;
+}
+
+/*
+ * Drops clients that did not take their answer within http.write_timeout_s.
+ * libmicrohttpd has no call to close a connection, so its socket is shut
+ * down: the next send fails and MHD ends the connection, freeing the answer.
+ * Returns 1 when one was cut (MHD must run to notice).
+ */
+static int cut_slow_readers(struct bt_http *h)
+{
+	uint64_t now = bt_now_ms();
+	int cut = 0;
+	/* Deadlines grow along the list: stop at the first one not yet due. */
+	for (struct conn *cn = h->sending; cn && cn->send_deadline_ms <= now; cn = cn->snext) {
+		if (cn->cut)
+			continue;
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(cn->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+		cn->cut = 1;
+		if (!ci)
+			continue;
+		bt_warn("client did not take its answer in time: dropped",
+			"bytes=%zu write_timeout_s=%u", cn->charged, h->d->cfg->http_write_timeout_s);
+		shutdown(ci->connect_fd, SHUT_RDWR);
+		cut = 1;
+	}
+	return cut;
+}
 
 /* ---- answers -------------------------------------------------------------- */
 
@@ -150,6 +265,17 @@ static enum MHD_Result send_error(struct MHD_Connection *mc, enum bt_code code,
 	return send_json(mc, bt_code_http_status(code), error_doc(code, NULL, NULL, msg), NULL);
 }
 
+static enum MHD_Result send_overloaded(struct conn *cn)
+{
+	char msg[200];
+	cn->route = R_NONE;
+	snprintf(msg, sizeof(msg),
+		 "baton holds %zu bytes for clients, at its http.max_buffered_bytes (%zu): try again later",
+		 cn->h->buffered, cn->h->d->cfg->http_max_buffered_bytes);
+	const char *hdrs[] = {"Retry-After", "1", NULL};
+	return send_json(cn->mc, 503, error_doc(BT_OVERLOADED, NULL, NULL, msg), hdrs);
+}
+
 /* The v2 protocol's error body is {"error": "..."} alone. */
 static enum MHD_Result send_v2_error(struct MHD_Connection *mc, int status, const char *msg)
 {
@@ -170,10 +296,9 @@ static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
 static void server_timing(const struct bt_request *req, char *out, size_t size)
 {
 	size_t o = 0;
-	const struct bt_pipeline *pl = req->pipeline;
 	int last = req->step;
-	for (int i = 0; i <= last && i < pl->nstages && o < size; i++) {
-		const char *name = pl->stages[i]->cfg->name;
+	for (int i = 0; i <= last && i < req->nroute && o < size; i++) {
+		const char *name = req->route[i]->cfg->name;
 		o += (size_t)snprintf(out + o, size - o, "%s%s-queue;dur=%.3f, %s-run;dur=%.3f",
 				      i ? ", " : "", name,
 				      (double)req->timings[i].queue_us / 1000.0, name,
@@ -260,6 +385,7 @@ static enum MHD_Result answer_request(struct conn *cn)
 		r = send_answer(cn->mc, bt_code_http_status(req->code), "application/json", body,
 				len, hdrs);
 	} else if (cn->route == R_INFER) {
+		sending_add(cn, req->len);
 		r = answer_v2(cn, req, timing);
 	} else {
 		json_t *jct = json_object_get(req->meta, "content_type");
@@ -269,6 +395,7 @@ static enum MHD_Result answer_request(struct conn *cn)
 		char *body = req->payload;
 		size_t len = req->len;
 		req->payload = NULL;
+		sending_add(cn, len);
 		r = send_answer(cn->mc, 200, ctype ? ctype : "application/octet-stream", body, len,
 				hdrs);
 	}
@@ -712,12 +839,15 @@ static enum MHD_Result route_stream(struct conn *cn, const char *rest, const cha
 static int authorized(struct conn *cn, const char *url)
 {
 	const char *token = cn->h->d->cfg->auth_token;
-	if (!token || !strncmp(url, "/v2/health/", 11))
-		return 1;
+	if (!token || !strncmp(url, "/v2/health/", 11) || bt_dashboard_is_route(url))
+		return 1; /* the dashboard page holds no data; what it fetches needs the token */
 	const char *v = header(cn, MHD_HTTP_HEADER_AUTHORIZATION);
-	if (!v || strncmp(v, "Bearer ", 7))
+	/* RFC 7235: the scheme is case-insensitive, then one or more spaces. */
+	if (!v || strncasecmp(v, "Bearer", 6) || v[6] != ' ')
 		return 0;
-	v += 7;
+	v += 6;
+	while (*v == ' ')
+		v++;
 	return bt_secure_equal(v, strlen(v), token, strlen(token));
 }
 
@@ -755,6 +885,8 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 	}
 	if (has_prefix(url, "/v2/models/", &rest))
 		return route_v2_model(cn, rest, get, post, answered);
+	if (bt_dashboard_is_route(url))
+		return get ? (enum MHD_Result)bt_dashboard_send(mc) : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v1/status"))
 		return get ? send_json(mc, 200, bt_daemon_status(d), NULL)
 			   : method_not_allowed(mc, "GET");
@@ -908,6 +1040,9 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		if (cn->route != R_STAGE_RESTART && clen &&
 		    strtoull(clen, NULL, 10) > h->d->cfg->max_request_bytes)
 			return too_big(cn, clen);
+		if ((cn->route == R_PIPELINE || cn->route == R_INFER) &&
+		    over_budget(h, clen ? strtoull(clen, NULL, 10) : 1))
+			return send_overloaded(cn);
 		return MHD_YES;
 	}
 	if (cn->route == R_NONE) {
@@ -916,12 +1051,18 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		return MHD_YES;
 	}
 	if (*upload_data_size) {
-		if (cn->route != R_STAGE_RESTART && !cn->too_big) {
+		if (cn->route != R_STAGE_RESTART && !cn->too_big && !cn->over_budget) {
 			if (cn->body.len + *upload_data_size > h->d->cfg->max_request_bytes) {
 				cn->too_big = 1;
 				bt_buf_release(&cn->body);
+				uncharge(cn);
+			} else if (over_budget(h, *upload_data_size)) {
+				cn->over_budget = 1;
+				bt_buf_release(&cn->body);
+				uncharge(cn);
 			} else {
 				bt_buf_append(&cn->body, upload_data, *upload_data_size);
+				charge(cn, *upload_data_size);
 			}
 		}
 		*upload_data_size = 0;
@@ -933,7 +1074,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	}
 	if (cn->route == R_STAGE_SCALE) {
 		cn->route = R_NONE;
-		return cn->too_big ? too_big(cn, NULL) : scale_stage(cn);
+		return cn->too_big ? too_big(cn, NULL)
+		       : cn->over_budget ? send_overloaded(cn) : scale_stage(cn);
 	}
 	if (cn->route == R_STATION_ADD) {
 		cn->route = R_NONE;
@@ -945,6 +1087,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		return wait_or_answer(cn); /* resumed with its outcome */
 	if (cn->too_big)
 		return too_big(cn, NULL);
+	if (cn->over_budget)
+		return send_overloaded(cn);
 	return cn->route == R_INFER ? start_infer(cn) : start_pipeline_request(cn);
 }
 
@@ -970,7 +1114,9 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 		h->pending--;
 		bt_daemon_progress(h->d);
 	}
+	sending_remove(cn);
 	bt_buf_release(&cn->body);
+	uncharge(cn);
 	free(cn);
 }
 
@@ -1013,7 +1159,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 	size_t n = strlen(msg);
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
 		msg[--n] = '\0';
-	bt_debug("http", "detail=\"%s\"", msg);
+	bt_debug("http", "detail=%s", BT_LOGQ(msg));
 }
 
 /* ---- loop glue ---------------------------------------------------------------- */
@@ -1024,6 +1170,9 @@ static void run(struct bt_http *h)
 {
 	h->need_run = 0;
 	MHD_run(h->mhd);
+	if (cut_slow_readers(h))
+		MHD_run(h->mhd);
+	trim_after_spike(h);
 	arm(h);
 }
 
@@ -1064,6 +1213,11 @@ void bt_http_flush(struct bt_http *h)
 unsigned bt_http_pending(const struct bt_http *h)
 {
 	return h ? h->pending : 0;
+}
+
+size_t bt_http_buffered(const struct bt_http *h)
+{
+	return h ? h->buffered : 0;
 }
 
 int bt_http_port(const struct bt_http *h)

@@ -22,8 +22,16 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 void bt_http_flush(struct bt_http *h);
 /* Answers accepted but not yet completely sent. */
 unsigned bt_http_pending(const struct bt_http *h);
+/* Bytes held for clients now (request bodies and answers not yet taken). */
+size_t bt_http_buffered(const struct bt_http *h);
 /* Stops listening, closes every connection; frees itself asynchronously. */
 void bt_http_close(struct bt_http *h);
 int bt_http_port(const struct bt_http *h);
+
+/* dashboard.c: GET / (the page; it fetches /v1/status itself). */
+struct MHD_Connection;
+int bt_dashboard_is_route(const char *url);
+/* Queues the page; returns libmicrohttpd's MHD_YES or MHD_NO. */
+int bt_dashboard_send(struct MHD_Connection *mc);
 
 #endif

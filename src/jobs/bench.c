@@ -8,6 +8,7 @@
  */
 #include <fcntl.h>
 #include <math.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -206,7 +207,12 @@ static int write_outputs(struct bench *b)
 			(unsigned long long)(b->done - b->ok), secs,
 			secs > 0 ? (double)b->ok / secs : 0.0, pct(&b->total, 0.5),
 			pct(&b->total, 0.95), pct(&b->total, 0.99));
-		fclose(f);
+		int bad = ferror(f);
+		if (fclose(f) || bad) {
+			fprintf(stderr, "baton bench: cannot write '%s': %s\n", b->opt->csv_path,
+				strerror(errno));
+			r = -1;
+		}
 	}
 	return r;
 }

@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
@@ -51,7 +52,9 @@ struct job {
 	size_t inflight, ok, failed, skipped;
 	int jobs;
 	int finished; /* every item has an outcome */
-	FILE *failed_log;
+	int failed_fd; /* _failed.jsonl, -1 until opened */
+	off_t failed_size; /* its length after the last whole line */
+	char *write_error; /* the first write that failed: the run stops, exits 1 */
 	int tty;
 	uv_timer_t progress_timer;
 	uint64_t start_ms, last_line_ms;
@@ -174,6 +177,28 @@ static int walk_dir(const char *dir, const char *rel, const char *skip, void **s
 	}
 	list_release(&names);
 	return 0;
+}
+
+/*
+ * Whether --include/--exclude keep a file found in a directory: a glob
+ * without '/' looks at the file name, one with '/' at the relative path.
+ */
+static int glob_hit(const char *glob, const char *rel)
+{
+	const char *base = strrchr(rel, '/');
+	if (strchr(glob, '/'))
+		return fnmatch(glob, rel, FNM_PATHNAME) == 0;
+	return fnmatch(glob, base ? base + 1 : rel, 0) == 0;
+}
+
+static int selected(const struct bt_job_options *opt, const char *rel)
+{
+	int keep = opt->ninclude == 0;
+	for (int i = 0; i < opt->ninclude && !keep; i++)
+		keep = glob_hit(opt->include[i], rel);
+	for (int i = 0; i < opt->nexclude && keep; i++)
+		keep = !glob_hit(opt->exclude[i], rel);
+	return keep;
 }
 
 /* walk_dir() from one root, which counts as visited itself. */
@@ -376,11 +401,58 @@ static void remove_outputs(const struct job *job, const char *relpath)
 	while (dh && (e = readdir(dh)))
 		if (!strncmp(e->d_name, base, blen) && bt_ext_is_safe(e->d_name + blen) &&
 		    !(top && (!strcmp(e->d_name, FAILED_LOG) || !strcmp(e->d_name, RUN_LOG))) &&
-		    unlinkat(dirfd(dh), e->d_name, 0) == 0)
-			bt_info("removed the output of an earlier run", "path=%s/%s", out, e->d_name);
+		    unlinkat(dirfd(dh), e->d_name, 0) == 0) {
+			char path[4096 + 256];
+			snprintf(path, sizeof(path), "%s/%s", out, e->d_name);
+			bt_info("removed the output of an earlier run", "path=%s", BT_LOGQ(path));
+		}
 	if (dh)
 		closedir(dh);
 	free(out);
+}
+
+/*
+ * A write the run depends on failed (the disk is full, the log cannot be
+ * written): later outputs would fail the same way, so the run stops after
+ * what is in flight, says why, and exits 1.  Only the first is reported.
+ */
+static void storage_failed(struct job *job, const char *path, int e)
+{
+	if (job->write_error)
+		return;
+	job->write_error = bt_asprintf("cannot write '%s': %s", path, bt_strerror(e));
+	fprintf(stderr, "%sbaton run: %s; stopping\n", job->tty ? "\r\033[K" : "",
+		job->write_error);
+	bt_error("run stopping: a write failed", "reason=\"%s\"", job->write_error);
+	if (job->d)
+		bt_daemon_shutdown(job->d);
+}
+
+/* Errors of the file system rather than of one output's name or place. */
+static int storage_error(int e)
+{
+	return e == -ENOSPC || e == -EDQUOT || e == -EIO || e == -EROFS || e == -EFBIG;
+}
+
+/*
+ * Appends one line to _failed.jsonl with a single write; a line the disk
+ * took only in part is cut off again, so the file stays valid JSON Lines.
+ */
+static void append_failed_line(struct job *job, const char *text)
+{
+	char *line = bt_asprintf("%s\n", text);
+	int e = write_all(job->failed_fd, line, strlen(line));
+	if (e) {
+		if (ftruncate(job->failed_fd, job->failed_size))
+			bt_error("cannot cut a partial line off", "file=%s error=\"%s\"", FAILED_LOG,
+				 strerror(errno));
+		char *path = bt_asprintf("%s/%s", job->outdir, FAILED_LOG);
+		storage_failed(job, path, e);
+		free(path);
+	} else {
+		job->failed_size += (off_t)strlen(line);
+	}
+	free(line);
 }
 
 static void record_failure(struct job *job, const char *relpath, const char *code,
@@ -398,8 +470,7 @@ static void record_failure(struct job *job, const char *relpath, const char *cod
 	if (stage)
 		json_object_set_new(line, "stage", json_string(stage));
 	char *text = json_dumps(line, JSON_COMPACT);
-	fprintf(job->failed_log, "%s\n", text);
-	fflush(job->failed_log);
+	append_failed_line(job, text);
 	free(text);
 	json_decref(line);
 	job->failed++;
@@ -430,8 +501,8 @@ static void request_done(struct bt_request *req, void *arg)
 		 * nothing else in flight, waiting would change nothing.
 		 */
 		if (!job->held && !job->again_len)
-			bt_info("the pipeline is full: inputs wait", "stage=%s reason=\"%s\"",
-				req->error_stage ? req->error_stage : "?", req->error);
+			bt_info("the pipeline is full: inputs wait", "stage=%s reason=%s",
+				req->error_stage ? req->error_stage : "?", BT_LOGQ(req->error));
 		if (job->again_len == job->again_cap) {
 			job->again_cap = job->again_cap ? job->again_cap * 2 : 16;
 			job->again = bt_realloc(job->again, job->again_cap * sizeof(*job->again));
@@ -458,6 +529,8 @@ static void request_done(struct bt_request *req, void *arg)
 				char msg[PATH_MAX + 64];
 				snprintf(msg, sizeof(msg), "cannot write '%s': %s", path, bt_strerror(e));
 				record_failure(job, relpath, "write_failed", msg, req->attempts, NULL);
+				if (storage_error(e))
+					storage_failed(job, path, e);
 			} else {
 				job->ok++;
 				for (int s = 0; s < job->pl->nstages; s++)
@@ -580,6 +653,11 @@ static void fail_unsent(struct job *job, const char *error, const char *stage)
 static void feed(struct bt_daemon *d, void *arg)
 {
 	struct job *job = arg;
+	if (bt_log_write_error && !job->write_error) {
+		char *path = bt_asprintf("%s/%s", job->outdir, RUN_LOG);
+		storage_failed(job, path, bt_log_write_error);
+		free(path);
+	}
 	if (d->state != BT_DAEMON_RUNNING || job->finished)
 		return;
 	/* Waiting for such a stage would be forever: fail what is left instead. */
@@ -587,7 +665,7 @@ static void feed(struct bt_daemon *d, void *arg)
 	for (int i = 0; i < job->pl->nstages && placeable && items_left(job); i++) {
 		char msg[512];
 		if (stage_unplaceable(job, job->pl->stages[i], msg, sizeof(msg))) {
-			bt_error("run cannot start", "reason=\"%s\"", msg);
+			bt_error("run cannot start", "reason=%s", BT_LOGQ(msg));
 			fprintf(stderr, "%sbaton run: %s\n", job->tty ? "\r\033[K" : "", msg);
 			fail_unsent(job, msg, job->pl->stages[i]->cfg->name);
 			placeable = 0;
@@ -642,27 +720,65 @@ static void format_eta(char *out, size_t size, double secs)
 		snprintf(out, size, "%d:%02d", (int)secs / 60, (int)secs % 60);
 }
 
+/*
+ * Replicas of the pipeline's stages that are ready, out of those meant to
+ * run, for "starting workers (2/3 ready)" while nothing has finished yet.
+ */
+static void count_ready(const struct job *job, int *ready, int *active)
+{
+	*ready = *active = 0;
+	for (int s = 0; s < job->pl->nstages; s++) {
+		const struct bt_stage *st = job->pl->stages[s];
+		for (int i = 0; i < st->nreplicas; i++) {
+			const struct bt_replica *r = st->replicas[i];
+			if (!r->active)
+				continue;
+			(*active)++;
+			*ready += r->state == BT_REPLICA_READY;
+		}
+	}
+}
+
 static void progress(struct job *job, int final)
 {
 	size_t done = job->ok + job->failed;
 	double elapsed = (double)(bt_now_ms() - job->start_ms) / 1000.0;
 	double rate = elapsed > 0 ? (double)done / elapsed : 0;
 	double eta = rate > 0 ? (double)(job->nitems - done) / rate : NAN;
-	char etas[32];
+	char etas[32], starting[64] = "";
 	format_eta(etas, sizeof(etas), eta);
+	/*
+	 * Until the first result, the wait is the workers' start-up: say so.
+	 * (Only while running: once the daemon closes, replicas are freed.)
+	 */
+	int ready, active;
+	if (done == 0 && !final && job->d->state == BT_DAEMON_RUNNING) {
+		count_ready(job, &ready, &active);
+		if (ready < active)
+			snprintf(starting, sizeof(starting), "starting workers (%d/%d ready)", ready,
+				 active);
+	}
 	if (job->tty) {
 		int width = 24, fill = job->nitems ? (int)(width * done / job->nitems) : width;
 		char bar[32];
 		for (int i = 0; i < width; i++)
 			bar[i] = i < fill ? '#' : '.';
 		bar[width] = '\0';
-		fprintf(stderr, "\r\033[K[%s] %zu/%zu  ok %zu  failed %zu  skipped %zu  %.1f/s  ETA %s%s",
-			bar, done, job->nitems, job->ok, job->failed, job->skipped, rate, etas,
-			final ? "\n" : "");
+		if (starting[0])
+			fprintf(stderr, "\r\033[K[%s] %zu/%zu  %s", bar, done, job->nitems, starting);
+		else
+			fprintf(stderr,
+				"\r\033[K[%s] %zu/%zu  ok %zu  failed %zu  skipped %zu  %.1f/s  ETA %s%s",
+				bar, done, job->nitems, job->ok, job->failed, job->skipped, rate,
+				etas, final ? "\n" : "");
 	} else if (final || bt_now_ms() - job->last_line_ms >= 5000) {
 		job->last_line_ms = bt_now_ms();
-		fprintf(stderr, "progress: %zu/%zu done, %zu ok, %zu failed, %zu skipped, %.1f/s, ETA %s\n",
-			done, job->nitems, job->ok, job->failed, job->skipped, rate, etas);
+		if (starting[0])
+			fprintf(stderr, "progress: %s, 0/%zu done\n", starting, job->nitems);
+		else
+			fprintf(stderr,
+				"progress: %zu/%zu done, %zu ok, %zu failed, %zu skipped, %.1f/s, ETA %s\n",
+				done, job->nitems, job->ok, job->failed, job->skipped, rate, etas);
 	}
 	fflush(stderr);
 }
@@ -696,6 +812,8 @@ static void summary(struct job *job, int interrupted)
 	}
 	if (job->failed)
 		printf("  failures: %s/%s\n", job->outdir, FAILED_LOG);
+	if (job->write_error)
+		printf("  stopped: %s\n", job->write_error);
 	printf("  log: %s/%s\n", job->outdir, RUN_LOG);
 }
 
@@ -716,6 +834,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	int code = 0, logfd = -1;
 	memset(&job, 0, sizeof(job));
 	job.opt = opt;
+	job.failed_fd = -1;
 
 	int pi = bt_config_pipeline_index(cfg, opt->pipeline);
 	if (pi < 0)
@@ -732,7 +851,20 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 			goto out;
 		}
 		if (S_ISDIR(st.st_mode)) {
+			size_t from = abs.n;
 			int e = walk(opt->inputs[i], job.outdir, 1, &abs, &rels);
+			/* Filter what this walk found, keeping the order. */
+			size_t to = from;
+			for (size_t k = from; k < abs.n; k++) {
+				if (selected(opt, rels.v[k])) {
+					abs.v[to] = abs.v[k];
+					rels.v[to++] = rels.v[k];
+				} else {
+					free(abs.v[k]);
+					free(rels.v[k]);
+				}
+			}
+			abs.n = rels.n = to;
 			if (e) {
 				snprintf(err, sizeof(err), "cannot read the input directory '%s': %s",
 					 opt->inputs[i], bt_strerror(e));
@@ -775,12 +907,12 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	free(first);
 
 	char *failed_path = bt_asprintf("%s/%s", job.outdir, FAILED_LOG);
-	job.failed_log = fopen(failed_path, "w");
+	job.failed_fd = open(failed_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
 	free(failed_path);
 	char *log_path = bt_asprintf("%s/%s", job.outdir, RUN_LOG);
 	logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	free(log_path);
-	if (!job.failed_log || logfd < 0) {
+	if (job.failed_fd < 0 || logfd < 0) {
 		code = usage_error("cannot write in '%s'", job.outdir);
 		goto out;
 	}
@@ -833,15 +965,30 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	bt_info("run finished", "succeeded=%zu failed=%zu skipped=%zu", job.ok, job.failed,
 		job.skipped);
 	bt_daemon_release(&d);
+	job.d = NULL;
 	if (uv_loop_close(&loop))
 		bt_error("loop closed with handles still open", "%s", "");
-	code = (job.failed || interrupted) ? 1 : 0;
+	if (bt_log_write_error && !job.write_error) {
+		char *path = bt_asprintf("%s/%s", job.outdir, RUN_LOG);
+		storage_failed(&job, path, bt_log_write_error);
+		free(path);
+	}
+	if (fflush(stdout) || ferror(stdout)) {
+		fprintf(stderr, "baton run: cannot write the summary to stdout: %s\n",
+			strerror(errno));
+		code = 1;
+	}
+	code = (code || job.failed || interrupted || job.write_error) ? 1 : 0;
 out:
 	bt_log_fd = 2;
 	if (logfd >= 0)
 		close(logfd);
-	if (job.failed_log)
-		fclose(job.failed_log);
+	if (job.failed_fd >= 0 && close(job.failed_fd) && !code) {
+		fprintf(stderr, "baton run: cannot write '%s/%s': %s\n", job.outdir, FAILED_LOG,
+			strerror(errno));
+		code = 1;
+	}
+	free(job.write_error);
 	for (size_t i = 0; i < job.nitems; i++) {
 		free(job.items[i].abspath);
 		free(job.items[i].relpath);

@@ -253,6 +253,7 @@ static void resources(struct bt_daemon *d, struct bt_buf *out)
 
 void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
 {
+	bt_daemon_want_signals(d);
 	family(out, "baton_build_info", "gauge", "Version of the running baton.");
 	bt_buf_printf(out, "baton_build_info{version=\"%s\"} 1\n", BATON_VERSION);
 	family(out, "baton_uptime_seconds", "gauge", "Seconds since baton started.");

@@ -1,7 +1,8 @@
 /*
  * What every process baton starts for a stage shares, persistent replica
  * or spawn-mode script alike: it runs through the exec shim (for
- * PR_SET_PDEATHSIG), in its own process group, in the stage's workdir,
+ * PR_SET_PDEATHSIG, its cgroup, its user, no inherited descriptors), in
+ * its own process group, in the stage's workdir,
  * as the stage's user, with the stage's environment plus baton's
  * variables (BATON_*, the GPU it was placed on, unbuffered Python output).
  */
@@ -34,7 +35,7 @@ static char **with_default(char **env, const char *var)
 }
 
 void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const *argv,
-		    char *const *extra, uv_exit_cb exit_cb)
+		    char *const *extra, uv_exit_cb exit_cb, const struct bt_unit *unit)
 {
 	const struct bt_stage_config *cfg = r->stage->cfg;
 	struct bt_daemon *d = r->stage->d;
@@ -45,6 +46,7 @@ void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const
 	snprintf(replica, sizeof(replica), "BATON_REPLICA=%d", r->id);
 	vars[n++] = stage;
 	vars[n++] = replica;
+	vars[n++] = (char *)bt_contain_instance(d->contain);
 	if (r->gpu >= 0) {
 		snprintf(cuda, sizeof(cuda), "CUDA_VISIBLE_DEVICES=%d", d->gpus[r->gpu].id);
 		snprintf(fraction, sizeof(fraction), "BATON_GPU_FRACTION=%g", cfg->gpu_fraction);
@@ -62,11 +64,21 @@ void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const
 	while (argv[argc])
 		argc++;
 	snprintf(l->ppid, sizeof(l->ppid), "%d", (int)getpid());
-	l->args = bt_calloc((size_t)argc + 4, sizeof(char *));
+	/* A worker keeps its channel (fd 3); a spawn-mode script, stdio only. */
+	snprintf(l->nfds, sizeof(l->nfds), "%d", cfg->mode == BT_MODE_SPAWN ? 3 : 4);
+	/* The shim switches user after joining the cgroup, which needs root. */
+	if (cfg->user)
+		snprintf(l->user, sizeof(l->user), "%u:%u", (unsigned)cfg->uid, (unsigned)cfg->gid);
+	else
+		snprintf(l->user, sizeof(l->user), "-");
+	l->args = bt_calloc((size_t)argc + 7, sizeof(char *));
 	l->args[0] = d->self_exe;
 	l->args[1] = "__shim";
 	l->args[2] = l->ppid;
-	memcpy(l->args + 3, argv, (size_t)argc * sizeof(char *));
+	l->args[3] = l->nfds;
+	l->args[4] = bt_unit_cgroup(unit) ? (char *)bt_unit_cgroup(unit) : "-";
+	l->args[5] = l->user;
+	memcpy(l->args + 6, argv, (size_t)argc * sizeof(char *));
 
 	memset(&l->opts, 0, sizeof(l->opts));
 	l->opts.exit_cb = exit_cb;
@@ -75,12 +87,6 @@ void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const
 	l->opts.env = l->env;
 	l->opts.cwd = cfg->workdir;
 	l->opts.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
-	if (cfg->user) {
-		/* libuv drops supplementary groups, then sets gid and uid, before exec. */
-		l->opts.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
-		l->opts.uid = cfg->uid;
-		l->opts.gid = cfg->gid;
-	}
 }
 
 void bt_launch_release(struct bt_launch *l)

@@ -13,6 +13,7 @@
 
 #include "../common/common.h"
 #include "../proto/proto.h"
+#include "../sched/queue.h"
 
 struct bt_stage;
 struct bt_request;
@@ -46,12 +47,16 @@ enum bt_fail_reason {
 const char *bt_fail_reason_name(enum bt_fail_reason r);
 
 struct bt_child; /* one process incarnation, private to proc/ */
+struct bt_group_usage;
+struct bt_unit;
 struct bt_spawn_job; /* one process of a spawn-mode request, private to proc/ */
 
 /*
  * A worker's stdout or stderr cut into lines, each logged with the line as
  * msg and tagged with stage, replica, pid and stream.  Lines longer than
- * BT_LINES_MAX are split.
+ * BT_LINES_MAX are split.  With a limit set, lines past max_lines or
+ * max_bytes within an interval are dropped and counted; one warning says
+ * how many when the next interval begins or the stream ends (as journald).
  */
 #define BT_LINES_MAX 4096
 struct bt_lines {
@@ -59,11 +64,19 @@ struct bt_lines {
 	const char *stage; /* borrowed: the stage name outlives every process */
 	int replica, pid;
 	const char *stream;
+	char *last; /* optional, BT_LINES_LAST bytes: each line is also copied here */
+	uint64_t interval_ms, max_lines, max_bytes; /* 0: no limit */
+	uint64_t window_ms; /* start of the current interval */
+	uint64_t lines, bytes; /* logged in the current interval */
+	uint64_t dropped_lines, dropped_bytes; /* not yet reported */
 };
+#define BT_LINES_LAST 256
 void bt_lines_init(struct bt_lines *l, const char *stage, int replica, int pid,
 		   const char *stream);
+/* Sets the rate limit (after init): at most lines and bytes per interval. */
+void bt_lines_limit(struct bt_lines *l, uint64_t interval_ms, uint64_t lines, uint64_t bytes);
 void bt_lines_feed(struct bt_lines *l, const char *p, size_t n);
-/* Logs what is left of an unfinished line. */
+/* Logs what is left of an unfinished line, and what the limit dropped. */
 void bt_lines_flush(struct bt_lines *l);
 void bt_lines_release(struct bt_lines *l);
 
@@ -80,6 +93,7 @@ struct bt_replica {
 	int cap; /* slots in inflight: max_ongoing × batch max_size */
 	int *batch_left; /* per batch slot, its requests not yet answered */
 	int nbatches; /* batches (or lone requests) in flight */
+	struct bt_heap_node pick_node; /* in its stage's heap of replicas that can take work */
 	int failures; /* consecutive failures */
 	unsigned restarts; /* processes started after the first */
 	unsigned starts;
@@ -90,16 +104,20 @@ struct bt_replica {
 	int closing; /* handles being closed for good */
 	char last_exit[160]; /* how the previous process ended */
 	int active; /* counts toward the stage's replicas (not scaled away) */
+	int retiring; /* replaced by a reload: serves until a new replica is ready */
 	int gpu; /* index in the daemon's GPU list, -1 when none is held */
 	char pending_reason[256]; /* why it waits, while PENDING */
 	/* signals, refreshed every tick */
 	double cpu_percent; /* of one core, whole process group */
-	uint64_t rss_bytes; /* whole process group */
-	uint64_t cpu_jiffies; /* at the last tick */
+	uint64_t rss_bytes; /* every process of its unit */
+	int processes; /* in its unit, at the last sample */
+	uint64_t cpu_jiffies; /* at the last sample */
+	int sampled_pid; /* the process cpu_jiffies belongs to */
 	int memory_killed_pid; /* spawn mode: the job killed over memory_mb, counted once */
 	/* kind: source (set by stream/) */
 	const char *station, *url; /* the station this slot runs, borrowed; NULL: none */
 	int source_hold; /* draining: its stream finishes a session before it stops */
+	int resource_waits; /* spawns in a row that failed for lack of fds or memory */
 };
 
 /*
@@ -169,11 +187,66 @@ struct bt_launch {
 	uv_process_options_t opts;
 	char **args;
 	char **env;
-	char ppid[24];
+	char ppid[24], nfds[8], user[48];
 };
 void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const *argv,
-		    char *const *extra, uv_exit_cb exit_cb);
+		    char *const *extra, uv_exit_cb exit_cb, const struct bt_unit *unit);
 void bt_launch_release(struct bt_launch *l);
+
+/*
+ * Containment (contain.c): every process a replica or spawn job starts,
+ * however it forks or calls setsid(), is ended with it and counted in its
+ * usage.  cgroup mode: each unit (one process incarnation) has its own
+ * cgroup v2 directory under this instance's; subreaper mode: baton is a
+ * child subreaper and tracks units by walking /proc each tick.  Neither
+ * calls back; the owner ends its units.
+ */
+enum bt_contain_mode { BT_CONTAIN_SUBREAPER, BT_CONTAIN_CGROUP };
+struct bt_contain;
+struct bt_unit;
+/*
+ * Becomes a child subreaper, picks the mode (spec: NULL or "auto" uses
+ * the cgroup baton runs in when writable, "off" never a cgroup, a path
+ * that directory or else fails), and ends what a baton that died left
+ * (its cgroups, or the pids of its record whose start times still match).
+ * Returns 0, or BT_ECONFIG with a sentence in err (an unusable path).
+ */
+int bt_contain_open(uv_loop_t *loop, const char *spec, struct bt_contain **out, char *err,
+		    size_t errlen);
+enum bt_contain_mode bt_contain_mode(const struct bt_contain *c);
+/* "BATON_INSTANCE=PID-START" for workers' environment: the next start finds leftovers by it. */
+const char *bt_contain_instance(const struct bt_contain *c);
+/*
+ * Every tick: reaps adopted orphans, attributes processes, frees empty units;
+ * reads usage when usage is set (in cgroup mode, /proc is then scanned too).
+ */
+void bt_contain_tick(struct bt_contain *c, int usage);
+/* Ends every unit's processes, removes baton's cgroup or record; returns processes left. */
+int bt_contain_stop(struct bt_contain *c);
+/* After the loop has ended. */
+void bt_contain_free(struct bt_contain *c);
+json_t *bt_contain_status(const struct bt_contain *c);
+/* The number after "key " in a cgroup file's text ("oom_kill 2\n"), 0 when absent. */
+uint64_t bt_cgroup_key(const char *text, const char *key);
+
+/* A unit for one process to come; NULL with -errno in *err (cgroup mode). */
+struct bt_unit *bt_unit_new(struct bt_contain *c, const char *stage, int replica,
+			    uint64_t memory_mb, int *err);
+/* Its cgroup directory (the exec shim joins it before exec), or NULL. */
+const char *bt_unit_cgroup(const struct bt_unit *u);
+void bt_unit_started(struct bt_unit *u, pid_t pid);
+/* sig to the unit's process group and (SIGKILL, or subreaper mode) every process it owns. */
+void bt_unit_signal(struct bt_unit *u, int sig);
+/* Its process is gone or must go: every process of the unit is killed, now and later. */
+void bt_unit_end(struct bt_unit *u);
+/* The owner lets go: ended, then freed by the tick once nothing of it is left. */
+void bt_unit_release(struct bt_unit *u);
+/* The kernel's OOM killer acted in the unit's cgroup (memory.max) since it started. */
+int bt_unit_oom_killed(const struct bt_unit *u);
+/* CPU, memory and process count of the whole unit at the last tick; -ENOENT when none. */
+int bt_unit_usage(const struct bt_unit *u, struct bt_group_usage *out);
+/* The current process of a replica or its spawn job: its unit's usage. */
+int bt_replica_usage(const struct bt_replica *r, struct bt_group_usage *out);
 
 /* Spawn mode (spawn.c): starts req's process on slot r; 0 or -errno. */
 int bt_spawn_start(struct bt_replica *r, struct bt_request *req);
@@ -183,16 +256,30 @@ void bt_spawn_signal(struct bt_replica *r, int sig);
 /* Kills the running job's group; its request fails (or is retried) with why. */
 void bt_spawn_kill(struct bt_replica *r, const char *why);
 int bt_spawn_pid(const struct bt_replica *r);
+/* The unit of the slot's running job, or NULL. */
+struct bt_unit *bt_spawn_unit(const struct bt_replica *r);
 /* True while a process of this replica may still be alive. */
 int bt_replica_has_process(const struct bt_replica *r);
 int bt_replica_pid(const struct bt_replica *r);
+
+/*
+ * True for errors that say baton lacks a resource (EMFILE, ENFILE, EAGAIN,
+ * ENOMEM) rather than that the worker is broken: such a spawn is retried
+ * with backoff and is not counted as a failure of the worker.
+ */
+static inline int bt_resource_error(int e)
+{
+	return e == UV_EMFILE || e == UV_ENFILE || e == UV_EAGAIN || e == UV_ENOMEM;
+}
 
 /* Writes what replicas were sent this loop turn (called once per turn). */
 void bt_proc_flush(struct bt_daemon *d);
 
 /*
- * The exec shim: `baton __shim PPID ARGV...` sets PR_SET_PDEATHSIG, checks
- * that PPID is still its parent, and execs ARGV.  Never returns.
+ * The exec shim: `baton __shim PPID NFDS CGROUP USER ARGV...` closes every
+ * descriptor from NFDS up, joins CGROUP (a directory, or "-"), becomes
+ * USER ("UID:GID", or "-"), sets PR_SET_PDEATHSIG, checks that PPID is
+ * still its parent, and execs ARGV.  Never returns.
  */
 int bt_proc_shim_main(int argc, char **argv) __attribute__((noreturn));
 

@@ -26,12 +26,14 @@ struct bt_child {
 	const char *stage; /* names kept for logging after detach */
 	int replica_id;
 	uv_process_t proc;
+	struct bt_unit *unit; /* everything it starts, however it forks */
 	uv_pipe_t chan, out, err;
 	uv_timer_t eof_timer; /* bounds the wait for exit after EOF on chan */
 	int handles; /* open handles; the child is freed at 0 */
 	int pid;
 	int exited;
 	int charge; /* whether in-flight requests pay an attempt for this death */
+	uint64_t first_ping; /* the seq of the first ping sent to this process */
 	enum bt_fail_reason reason; /* counted when the death is a failure */
 	struct bt_frame_decoder dec;
 	struct bt_buf wbuf; /* frames for the next flush */
@@ -83,12 +85,25 @@ void bt_replica_release(struct bt_replica *r, struct bt_request *req)
 }
 
 /* Takes the request in slot i out of the replica, closing its batch when last. */
+static void shrink_if_empty(struct bt_buf *b)
+{
+	if (!b->len && b->cap > (1u << 20))
+		bt_buf_release(b);
+}
+
 static struct bt_request *release_slot(struct bt_replica *r, int i)
 {
 	struct bt_request *req = r->inflight[i];
 	r->inflight[i] = r->inflight[--r->ninflight];
-	if (--r->batch_left[req->batch_slot] == 0)
+	if (--r->batch_left[req->batch_slot] == 0) {
 		r->nbatches--;
+		bt_stage_replica_changed(r);
+	}
+	/* Large payloads' buffers go back when the replica is idle: an idle replica holds none. */
+	if (!r->ninflight && r->child && !r->child->writing) {
+		shrink_if_empty(&r->child->wbuf);
+		shrink_if_empty(&r->child->wbusy);
+	}
 	return req; /* a draining replica left empty is stopped by the tick */
 }
 
@@ -109,6 +124,7 @@ struct bt_replica *bt_replica_new(struct bt_stage *st, int id)
 	r->id = id;
 	r->state = BT_REPLICA_PENDING;
 	r->gpu = -1;
+	bt_heap_node_init(&r->pick_node);
 	r->cap = st->cfg->max_ongoing * st->cfg->batch_max_size;
 	r->inflight = bt_calloc((size_t)r->cap, sizeof(*r->inflight));
 	r->batch_left = bt_calloc((size_t)st->cfg->max_ongoing, sizeof(*r->batch_left));
@@ -127,6 +143,11 @@ int bt_replica_has_process(const struct bt_replica *r)
 int bt_replica_pid(const struct bt_replica *r)
 {
 	return r->child ? r->child->pid : bt_spawn_pid(r);
+}
+
+int bt_replica_usage(const struct bt_replica *r, struct bt_group_usage *out)
+{
+	return bt_unit_usage(r->child ? r->child->unit : bt_spawn_unit(r), out);
 }
 
 static void mark_dirty(struct bt_child *c)
@@ -156,6 +177,7 @@ static void child_free_if_done(struct bt_child *c)
 	bt_buf_release(&c->wbusy);
 	bt_lines_release(&c->lines[0]);
 	bt_lines_release(&c->lines[1]);
+	bt_unit_release(c->unit);
 	free(c);
 	d->live_children--;
 	bt_daemon_progress(d);
@@ -183,6 +205,10 @@ static void ping_stop(struct bt_replica *r)
 }
 
 static void backoff_cb(uv_timer_t *t);
+
+/* Retries of a spawn that failed for lack of descriptors or memory. */
+#define RESOURCE_BACKOFF_MS 100
+#define RESOURCE_BACKOFF_MAX_MS 5000
 
 /* The replica lost its process: requeue its requests, then decide what next. */
 static void replica_died(struct bt_replica *r, int pid, int charge,
@@ -214,8 +240,8 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 	    d->state >= BT_DAEMON_STOPPING) {
 		r->state = BT_REPLICA_EXITED;
 		bt_daemon_unplace(d, r);
-		bt_info("replica stopped", "stage=%s replica=%d pid=%d how=\"%s\"",
-			cfg->name, r->id, pid, why);
+		bt_info("replica stopped", "stage=%s replica=%d pid=%d how=%s",
+			cfg->name, r->id, pid, BT_LOGQ(why));
 	} else {
 		if (was_ready && up_ms >= cfg->reset_after_ms)
 			r->failures = 0;
@@ -226,16 +252,16 @@ static void replica_died(struct bt_replica *r, int pid, int charge,
 			r->state = BT_REPLICA_FAILED;
 			bt_daemon_unplace(d, r);
 			bt_error("replica failed",
-				 "stage=%s replica=%d pid=%d failures=%d reason=\"%s\"",
-				 cfg->name, r->id, pid, r->failures, why);
+				 "stage=%s replica=%d pid=%d failures=%d reason=%s",
+				 cfg->name, r->id, pid, r->failures, BT_LOGQ(why));
 		} else {
 			uint64_t delay = bt_backoff_delay_ms(cfg->backoff_ms,
 							     cfg->backoff_max_ms, r->failures);
 			r->state = BT_REPLICA_BACKOFF;
 			bt_warn("replica died",
-				"stage=%s replica=%d pid=%d failures=%d restart_in_ms=%llu in_flight=%d reason=\"%s\"",
+				"stage=%s replica=%d pid=%d failures=%d restart_in_ms=%llu in_flight=%d reason=%s",
 				cfg->name, r->id, pid, r->failures,
-				(unsigned long long)delay, n, why);
+				(unsigned long long)delay, n, BT_LOGQ(why));
 			uv_timer_start(&r->timer, backoff_cb, delay, 0);
 		}
 	}
@@ -258,7 +284,7 @@ static void child_lost(struct bt_child *c, const char *why)
 	c->warmup_id[0] = '\0';
 	if (!c->exited) {
 		/* Whatever it is doing, it is no longer ours: make sure it ends. */
-		kill(-c->pid, SIGKILL);
+		bt_unit_end(c->unit);
 		uv_read_stop((uv_stream_t *)&c->chan);
 	}
 	replica_died(r, c->pid, c->charge, c->reason, why);
@@ -268,8 +294,8 @@ static void child_kill(struct bt_child *c, enum bt_fail_reason reason, const cha
 {
 	c->reason = reason;
 	if (c->replica)
-		bt_warn("killing replica", "stage=%s replica=%d pid=%d reason=\"%s\"",
-			c->stage, c->replica_id, c->pid, why);
+		bt_warn("killing replica", "stage=%s replica=%d pid=%d reason=%s",
+			c->stage, c->replica_id, c->pid, BT_LOGQ(why));
 	child_lost(c, why);
 }
 
@@ -277,8 +303,8 @@ static void violation(struct bt_child *c, const char *what, const char *sent,
 		      size_t sentlen)
 {
 	char q[256];
-	bt_error("protocol violation", "stage=%s replica=%d pid=%d error=\"%s\" sent=%s",
-		 c->stage, c->replica_id, c->pid, what,
+	bt_error("protocol violation", "stage=%s replica=%d pid=%d error=%s sent=%s",
+		 c->stage, c->replica_id, c->pid, BT_LOGQ(what),
 		 bt_logfmt_quote(q, sizeof(q), sent ? sent : "", sent ? BT_MIN(sentlen, 160) : 0));
 	char why[320];
 	snprintf(why, sizeof(why), "protocol violation: %s", what);
@@ -306,6 +332,29 @@ static void timer_warmup_cb(uv_timer_t *t)
 
 static void ping_cb(uv_timer_t *t);
 
+/*
+ * The delay before a replica's first ping.  Replicas that became ready
+ * together must not be pinged together: hundreds of pings and pongs in one
+ * burst every interval stall the loop.  Nor should each have a phase of
+ * its own: in a VM every wake-up of the loop costs more than the ping.  So
+ * ping_interval_ms is cut into slots of PING_SLOT_MS, the replicas of a
+ * stage are spread evenly over the slots, and the replicas of one slot
+ * have the same due time on the loop's clock, so libuv runs their timers
+ * in one pass (their repeats stay together).  Never later than one interval.
+ */
+#define PING_SLOT_MS 100
+
+static uint64_t ping_phase(const struct bt_replica *r)
+{
+	uint64_t every = cfg_of(r)->ping_interval_ms;
+	uint64_t slot_ms = BT_MIN(every, (uint64_t)PING_SLOT_MS);
+	uint64_t slots = every / slot_ms;
+	uint64_t slot = (uint64_t)(r->id - 1) * slots / (uint64_t)r->stage->nreplicas;
+	uint64_t at = uv_now(daemon_of(r)->loop) % every;
+	uint64_t delay = (slot * slot_ms + every - at) % every;
+	return delay ? delay : every;
+}
+
 static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 {
 	const struct bt_stage_config *cfg = cfg_of(r);
@@ -323,11 +372,12 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 	}
 	uv_timer_stop(&r->timer);
 	r->ready_ms = bt_now_ms();
+	r->stage->last_stderr[0] = '\0'; /* what it said loading is no reason for a later crash */
 	bt_info("replica ready", "stage=%s replica=%d pid=%d startup_ms=%llu",
 		cfg->name, r->id, c->pid,
 		(unsigned long long)(r->ready_ms - r->spawned_ms));
 	if (cfg->ping_interval_ms)
-		uv_timer_start(&r->ping_timer, ping_cb, cfg->ping_interval_ms,
+		uv_timer_start(&r->ping_timer, ping_cb, ping_phase(r),
 			       cfg->ping_interval_ms);
 	if (cfg->warmup_payload) {
 		r->state = BT_REPLICA_WARMING;
@@ -453,9 +503,18 @@ static void on_message(struct bt_child *c, struct bt_frame *f)
 	} else if (!strcmp(t, "res")) {
 		on_result(c, r, f);
 	} else if (!strcmp(t, "pong")) {
+		/*
+		 * A pong answers a ping this process was sent: the outstanding one,
+		 * or an earlier one answered late (it was busy, or is stopping).
+		 * Anything else was not asked for.
+		 */
 		json_t *seq = json_object_get(f->hdr, "seq");
-		if (json_is_integer(seq) &&
-		    (uint64_t)json_integer_value(seq) == r->ping_seq)
+		json_int_t n = json_is_integer(seq) ? json_integer_value(seq) : 0;
+		if (n < (json_int_t)c->first_ping || n < 1 || (uint64_t)n > r->ping_seq) {
+			char *sent = json_dumps(f->hdr, JSON_COMPACT);
+			violation(c, "a pong that answers no ping", sent, sent ? strlen(sent) : 0);
+			free(sent);
+		} else if ((uint64_t)n == r->ping_seq)
 			r->ping_outstanding = 0;
 	} else {
 		violation(c, "unknown message type", t, strlen(t));
@@ -561,12 +620,17 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 	struct bt_child *c = p->data;
 	char why[96];
 	c->exited = 1;
-	/* The leader is gone; anything left in its group goes with it. */
-	kill(-c->pid, SIGKILL);
-	if (sig)
+	if (sig == SIGKILL && bt_unit_oom_killed(c->unit) && c->replica) {
+		/* memory.max: the kernel ended the unit, as baton's own check would. */
+		c->reason = BT_FAIL_MEMORY;
+		snprintf(why, sizeof(why), "killed by the kernel: over memory_mb %llu (cgroup memory.max)",
+			 (unsigned long long)cfg_of(c->replica)->memory_mb);
+	} else if (sig)
 		snprintf(why, sizeof(why), "killed by signal %d (%s)", sig, strsignal(sig));
 	else
 		snprintf(why, sizeof(why), "exited with status %lld", (long long)status);
+	/* The leader is gone; anything it left, in its group or not, goes with it. */
+	bt_unit_end(c->unit);
 	/* Results written just before exiting are still in the socket. */
 	drain(c, &c->chan, -1);
 	drain(c, &c->out, 0);
@@ -716,7 +780,12 @@ static int spawn(struct bt_replica *r)
 {
 	struct bt_daemon *d = daemon_of(r);
 	const struct bt_stage_config *cfg = cfg_of(r);
+	int e = 0;
+	struct bt_unit *unit = bt_unit_new(d->contain, cfg->name, r->id, cfg->memory_mb, &e);
+	if (!unit)
+		return e;
 	struct bt_child *c = bt_calloc(1, sizeof(*c));
+	c->unit = unit;
 	c->d = d;
 	c->stage = cfg->name;
 	c->replica_id = r->id;
@@ -747,13 +816,13 @@ static int spawn(struct bt_replica *r)
 		for (int i = 0; i < cfg->argc; i++)
 			argv[i] = substitute(cfg->argv[i], r->station, r->url);
 	}
-	bt_launch_init(&l, r, argv, extra, exit_cb);
+	bt_launch_init(&l, r, argv, extra, exit_cb, c->unit);
 	l.opts.stdio_count = 4;
 	l.opts.stdio = stdio;
 
 	c->handles = 5;
 	d->live_children++;
-	int e = uv_spawn(d->loop, &c->proc, &l.opts);
+	e = uv_spawn(d->loop, &c->proc, &l.opts);
 	bt_launch_release(&l);
 	if (argv != cfg->argv) {
 		for (int i = 0; i < cfg->argc; i++)
@@ -773,14 +842,20 @@ static int spawn(struct bt_replica *r)
 		return e;
 	}
 	c->pid = c->proc.pid;
+	bt_unit_started(c->unit, c->pid);
 	c->proc.data = c;
 	bt_lines_init(&c->lines[0], cfg->name, r->id, c->pid, "stdout");
 	bt_lines_init(&c->lines[1], cfg->name, r->id, c->pid, "stderr");
+	c->lines[1].last = r->stage->last_stderr; /* the stage outlives its processes */
+	_Static_assert(sizeof(r->stage->last_stderr) == BT_LINES_LAST, "last_stderr size");
+	for (int i = 0; i < 2; i++)
+		bt_lines_limit(&c->lines[i], cfg->log_interval_ms, cfg->log_lines, cfg->log_bytes);
 	bt_frame_decoder_init(&c->dec, d->cfg->max_payload_bytes);
 	uv_read_start((uv_stream_t *)&c->chan, alloc_cb, chan_read_cb);
 	uv_read_start((uv_stream_t *)&c->out, alloc_cb, out_read_cb);
 	uv_read_start((uv_stream_t *)&c->err, alloc_cb, out_read_cb);
 	c->replica = r;
+	c->first_ping = r->ping_seq + 1;
 	r->child = c;
 	return 0;
 }
@@ -796,8 +871,8 @@ void bt_replica_start(struct bt_replica *r)
 	if (r->gpu < 0 && bt_daemon_place(daemon_of(r), r, reason, sizeof(reason))) {
 		/* Waiting for room is not a failure: the tick tries again. */
 		if (r->state != BT_REPLICA_PENDING || strcmp(reason, r->pending_reason))
-			bt_warn("replica pending", "stage=%s replica=%d reason=\"%s\"", cfg->name,
-				r->id, reason);
+			bt_warn("replica pending", "stage=%s replica=%d reason=%s", cfg->name,
+				r->id, BT_LOGQ(reason));
 		memcpy(r->pending_reason, reason, sizeof(reason));
 		r->state = BT_REPLICA_PENDING;
 		bt_stage_replicas_changed(r->stage);
@@ -818,14 +893,28 @@ void bt_replica_start(struct bt_replica *r)
 	if (r->starts++)
 		r->restarts++;
 	int e = spawn(r);
+	if (e && bt_resource_error(e)) {
+		/* baton's lack, not the worker's fault: try again later, uncounted. */
+		uint64_t delay = bt_backoff_delay_ms(RESOURCE_BACKOFF_MS, RESOURCE_BACKOFF_MAX_MS,
+						     ++r->resource_waits);
+		bt_warn("cannot spawn replica for lack of resources: will retry",
+			"stage=%s replica=%d error=\"%s\" retry_in_ms=%llu", cfg->name, r->id,
+			uv_strerror(e), (unsigned long long)delay);
+		snprintf(r->last_exit, sizeof(r->last_exit), "cannot spawn: %s", uv_strerror(e));
+		r->state = BT_REPLICA_BACKOFF;
+		uv_timer_start(&r->timer, backoff_cb, delay, 0);
+		bt_stage_replicas_changed(r->stage);
+		return;
+	}
 	if (e) {
 		char why[160];
 		snprintf(why, sizeof(why), "cannot spawn: %s", uv_strerror(e));
-		bt_error("cannot spawn replica", "stage=%s replica=%d error=\"%s\"",
-			 cfg->name, r->id, uv_strerror(e));
+		bt_error("cannot spawn replica", "stage=%s replica=%d error=%s",
+			 cfg->name, r->id, BT_LOGQ(uv_strerror(e)));
 		replica_died(r, 0, 1, BT_FAIL_SPAWN, why);
 		return;
 	}
+	r->resource_waits = 0;
 	bt_info("replica starting", "stage=%s replica=%d pid=%d", cfg->name, r->id,
 		r->child->pid);
 	uv_timer_start(&r->timer, start_timeout_cb, cfg->start_timeout_ms, 0);
@@ -860,16 +949,33 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		r->nbatches = 1;
 		r->inflight[r->ninflight++] = reqs[0];
 		int e = bt_spawn_start(r, reqs[0]);
+		if (e && bt_resource_error(e)) {
+			/* Not the script's fault: the slot rests, the request waits uncharged. */
+			uint64_t delay = bt_backoff_delay_ms(RESOURCE_BACKOFF_MS,
+							     RESOURCE_BACKOFF_MAX_MS,
+							     ++r->resource_waits);
+			bt_warn("cannot spawn for lack of resources: will retry",
+				"stage=%s replica=%d error=\"%s\" retry_in_ms=%llu", cfg->name,
+				r->id, bt_strerror(e), (unsigned long long)delay);
+			bt_replica_release(r, reqs[0]);
+			r->state = BT_REPLICA_BACKOFF;
+			uv_timer_start(&r->timer, backoff_cb, delay, 0);
+			bt_stage_lost(reqs[0], 0, "cannot spawn for lack of resources");
+			bt_stage_replicas_changed(r->stage);
+			return 0;
+		}
+		r->resource_waits = 0;
 		if (e) {
 			char why[160];
 			snprintf(why, sizeof(why), "cannot spawn: %s", bt_strerror(e));
-			bt_error("cannot spawn", "stage=%s replica=%d error=\"%s\"", cfg->name, r->id,
-				 bt_strerror(e));
+			bt_error("cannot spawn", "stage=%s replica=%d error=%s", cfg->name, r->id,
+				 BT_LOGQ(bt_strerror(e)));
 			bt_replica_release(r, reqs[0]);
 			r->stage->failures[BT_FAIL_SPAWN]++;
 			bt_stage_lost(reqs[0], 1, why);
 			return 0;
 		}
+		bt_stage_replica_changed(r);
 		return 1;
 	}
 	BT_ASSERT(c && r->state == BT_REPLICA_READY && r->nbatches < cfg->max_ongoing);
@@ -899,6 +1005,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	if (sent) {
 		r->batch_left[b] = sent;
 		r->nbatches++;
+		bt_stage_replica_changed(r);
 		if (sent > 1) {
 			char hdr[64];
 			int hl = snprintf(hdr, sizeof(hdr), "{\"t\":\"batch\",\"n\":%d}\n", sent);
@@ -986,13 +1093,13 @@ static void stop_escalate_cb(uv_timer_t *t)
 		bt_warn("replica did not stop in time, sending SIGTERM",
 			"stage=%s replica=%d pid=%d grace_ms=%llu", c->stage, r->id, c->pid,
 			(unsigned long long)cfg_of(r)->grace_ms);
-		kill(-c->pid, SIGTERM);
+		bt_unit_signal(c->unit, SIGTERM);
 		uv_timer_start(&r->timer, stop_escalate_cb, cfg_of(r)->grace_ms, 0);
 	} else {
 		r->stop_phase = 2;
 		bt_warn("replica ignored SIGTERM, sending SIGKILL",
 			"stage=%s replica=%d pid=%d", c->stage, r->id, c->pid);
-		kill(-c->pid, SIGKILL);
+		bt_unit_signal(c->unit, SIGKILL);
 	}
 }
 
@@ -1032,7 +1139,7 @@ void bt_replica_stop(struct bt_replica *r, int now)
 	uv_timer_stop(&r->timer);
 	if (now || cfg_of(r)->grace_ms == 0) {
 		r->stop_phase = 2;
-		kill(-c->pid, SIGKILL);
+		bt_unit_signal(c->unit, SIGKILL);
 		return;
 	}
 	r->stop_phase = 0;

@@ -27,6 +27,7 @@ struct bt_spawn_job {
 	struct bt_request *req; /* NULL once abandoned (timeout) */
 	struct bt_daemon *d;
 	uv_process_t proc;
+	struct bt_unit *unit; /* the script and whatever it leaves running */
 	uv_pipe_t in, out, err;
 	uv_write_t wreq;
 	int handles; /* open handles; freed at 0 */
@@ -97,6 +98,7 @@ static void job_closed_cb(uv_handle_t *h)
 	free(j->kill_why);
 	bt_lines_release(&j->lines[0]);
 	bt_lines_release(&j->lines[1]);
+	bt_unit_release(j->unit);
 	free(j);
 	d->live_children--;
 	bt_daemon_progress(d);
@@ -273,7 +275,14 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 	struct bt_spawn_job *j = p->data;
 	struct bt_replica *r = j->r;
 	struct bt_request *req = j->req;
-	kill(-j->pid, SIGKILL); /* whatever the script left running */
+	if (sig == SIGKILL && !j->kill_why && bt_unit_oom_killed(j->unit)) {
+		/* memory.max: the kernel ended it, as baton's own memory_mb check would. */
+		j->kill_why = bt_strdup("over memory_mb (cgroup memory.max)");
+		if (r)
+			r->stage->failures[BT_FAIL_MEMORY]++;
+	}
+	/* Whatever the script left running, setsid() or not, ends with it. */
+	bt_unit_end(j->unit);
 	drain(j, &j->out);
 	drain(j, &j->err);
 	bt_lines_flush(&j->lines[0]);
@@ -286,6 +295,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 			uv_timer_stop(&r->timer);
 			r->state = BT_REPLICA_EXITED;
 		}
+		bt_stage_replica_changed(r); /* the slot is free again */
 	}
 	if (req) {
 		if (sig || status) {
@@ -412,6 +422,15 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 		}
 	}
 
+	j->unit = bt_unit_new(d->contain, cfg->name, r->id, cfg->memory_mb, &e);
+	if (!j->unit) {
+		remove_job_dir(j);
+		free(j->dir);
+		free(j->in_path);
+		free(j->out_path);
+		free(j);
+		return e;
+	}
 	uv_pipe_init(d->loop, &j->in, 0);
 	uv_pipe_init(d->loop, &j->out, 0);
 	uv_pipe_init(d->loop, &j->err, 0);
@@ -423,7 +442,7 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 					    : cfg->argv[i];
 	struct bt_launch l;
 	char *extra[] = {"BATON_MODE=spawn", NULL};
-	bt_launch_init(&l, r, argv, extra, exit_cb);
+	bt_launch_init(&l, r, argv, extra, exit_cb, j->unit);
 
 	uv_stdio_container_t stdio[3];
 	stdio[0].flags = j->files ? UV_IGNORE : UV_CREATE_PIPE | UV_READABLE_PIPE;
@@ -449,8 +468,12 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 		return e;
 	}
 	j->pid = j->proc.pid;
+	bt_unit_started(j->unit, j->pid);
 	bt_lines_init(&j->lines[0], cfg->name, r->id, j->pid, "stdout");
 	bt_lines_init(&j->lines[1], cfg->name, r->id, j->pid, "stderr");
+	j->lines[1].last = r->stage->last_stderr; /* the stage outlives its processes */
+	for (int i = 0; i < 2; i++)
+		bt_lines_limit(&j->lines[i], cfg->log_interval_ms, cfg->log_lines, cfg->log_bytes);
 	uv_read_start((uv_stream_t *)&j->out, alloc_cb, read_cb);
 	uv_read_start((uv_stream_t *)&j->err, alloc_cb, read_cb);
 	if (j->files) {
@@ -474,12 +497,17 @@ int bt_spawn_pid(const struct bt_replica *r)
 	return r->job ? r->job->pid : 0;
 }
 
+struct bt_unit *bt_spawn_unit(const struct bt_replica *r)
+{
+	return r->job ? r->job->unit : NULL;
+}
+
 void bt_spawn_abandon(struct bt_replica *r)
 {
 	if (!r->job)
 		return;
 	r->job->req = NULL;
-	kill(-r->job->pid, SIGKILL);
+	bt_unit_signal(r->job->unit, SIGKILL);
 }
 
 void bt_spawn_kill(struct bt_replica *r, const char *why)
@@ -488,11 +516,11 @@ void bt_spawn_kill(struct bt_replica *r, const char *why)
 		return;
 	free(r->job->kill_why);
 	r->job->kill_why = bt_strdup(why);
-	kill(-r->job->pid, SIGKILL);
+	bt_unit_signal(r->job->unit, SIGKILL);
 }
 
 void bt_spawn_signal(struct bt_replica *r, int sig)
 {
 	if (r->job)
-		kill(-r->job->pid, sig);
+		bt_unit_signal(r->job->unit, sig);
 }

@@ -118,7 +118,22 @@ struct bt_cpu_counters {
 	uint64_t busy, total; /* jiffies */
 };
 int bt_read_system_cpu(struct bt_cpu_counters *out);
+/* Parses the "cpu " line that opens /proc/stat's text; 0 or -EINVAL.  Pure. */
+int bt_parse_system_cpu(const char *text, struct bt_cpu_counters *out);
 double bt_cpu_percent(const struct bt_cpu_counters *prev, const struct bt_cpu_counters *now);
+
+/* What one process's /proc/PID/stat says. */
+struct bt_proc_stat {
+	pid_t pgrp;
+	uint64_t cpu_jiffies; /* utime + stime */
+	uint64_t rss_pages; /* 0 when the kernel reports a negative count */
+	int zombie;
+};
+/*
+ * Parses the NUL-terminated text of /proc/PID/stat, whose command name may
+ * hold spaces and parentheses; 0, or -EINVAL when a field is missing.  Pure.
+ */
+int bt_parse_proc_stat(const char *text, struct bt_proc_stat *out);
 
 /* CPU time (jiffies) and RSS of every process in a process group. */
 struct bt_group_usage {
@@ -126,6 +141,26 @@ struct bt_group_usage {
 	uint64_t rss_bytes;
 	int processes;
 };
+/* One pass over /proc: every live process group's usage, sorted by pgid. */
+struct bt_group_entry {
+	pid_t pgid;
+	struct bt_group_usage u;
+};
+struct bt_usage_table {
+	struct bt_group_entry *v;
+	size_t len, cap;
+	unsigned processes_read; /* /proc/PID/stat files read by the last scan */
+};
+/*
+ * Refills t from one pass over /proc (every process's stat read once,
+ * zombies left out); 0, or -errno when /proc cannot be read or memory
+ * runs out (t is then empty).  Touches nothing but t: safe off the loop.
+ */
+int bt_usage_scan(struct bt_usage_table *t);
+/* The group's usage in t, or NULL when no live process of it was seen.  O(log n). */
+const struct bt_group_usage *bt_usage_find(const struct bt_usage_table *t, pid_t pgid);
+void bt_usage_table_release(struct bt_usage_table *t);
+/* One group alone (a whole pass over /proc for it); 0 or -errno. */
 int bt_read_group_usage(pid_t pgid, struct bt_group_usage *out);
 
 /* ---- NVML, loaded at run time ------------------------------------------------- */

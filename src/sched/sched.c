@@ -20,7 +20,7 @@ static struct bt_request *from_qlink(struct bt_qlink *l)
 
 static struct bt_stage *stage_of(const struct bt_request *req)
 {
-	return req->pipeline->stages[req->step];
+	return req->route[req->step];
 }
 
 struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
@@ -30,6 +30,8 @@ struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
 	req->id = ++pl->d->next_request_id;
 	snprintf(req->idstr, sizeof(req->idstr), "r%llu", (unsigned long long)req->id);
 	req->pipeline = pl;
+	req->route = pl->stages;
+	req->nroute = pl->nstages;
 	req->payload = payload;
 	req->len = len;
 	req->meta = meta ? meta : json_object();
@@ -104,6 +106,8 @@ static void finish(struct bt_request *req, enum bt_code code,
 		pl->succeeded++;
 	}
 	pl->in_flight--;
+	if (req->route != pl->stages)
+		pl->old_in_flight--; /* accepted before a reload changed the pipeline */
 	d->in_flight--;
 	req->done(req, req->done_arg);
 	bt_daemon_progress(d);
@@ -187,12 +191,13 @@ void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
 	enter_stage(req, 0);
 }
 
-void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index)
+void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index,
+		   const struct bt_stage_config *cfg)
 {
 	memset(st, 0, sizeof(*st));
 	st->d = d;
 	st->index = index;
-	st->cfg = &d->cfg->stages[index];
+	st->cfg = cfg;
 	bt_queue_init(&st->queue, st->cfg->priority_levels, st->cfg->queue_max);
 	uv_timer_init(d->loop, &st->retry_timer);
 	uv_timer_init(d->loop, &st->batch_timer);
@@ -214,7 +219,7 @@ void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index)
 	st->latency_p50_s = st->latency_p95_s = -1; /* no sample yet */
 	for (int i = 0; i < BT_LATENCY_WINDOW; i++)
 		bt_hist_init(&st->latency_window[i], bt_hist_seconds, bt_hist_seconds_n);
-	st->rr = st->nreplicas - 1;
+	bt_heap_init(&st->pickable);
 }
 
 void bt_stage_close(struct bt_stage *st)
@@ -223,6 +228,7 @@ void bt_stage_close(struct bt_stage *st)
 		bt_replica_close(st->replicas[i]);
 	uv_close((uv_handle_t *)&st->retry_timer, NULL);
 	uv_close((uv_handle_t *)&st->batch_timer, NULL);
+	bt_heap_release(&st->pickable);
 }
 
 void bt_stage_kick(struct bt_stage *st)
@@ -233,24 +239,50 @@ void bt_stage_kick(struct bt_stage *st)
 	}
 }
 
-/* The least-loaded eligible replica, ties broken round-robin. */
+/*
+ * Dispatch's index (DESIGN §6, O(log n) per pick): a min-heap of the
+ * replicas that can take work, keyed by load (batches in flight), then by
+ * when each was filed, so the least loaded comes first and equals take
+ * turns.  A replica is filed again when its load changes and when replica
+ * states change; one that stopped being able to take work without telling
+ * (it began draining or stopping) is dropped by pick() when it surfaces.
+ */
+#define LOAD_SHIFT 48 /* max_ongoing is at most 1024: the load fits above */
+
+static void file_replica(struct bt_stage *st, struct bt_replica *r, int again)
+{
+	if (!bt_replica_can_take(r, st->cfg->max_ongoing)) {
+		if (bt_heap_contains(&r->pick_node))
+			bt_heap_remove(&st->pickable, &r->pick_node);
+		return;
+	}
+	if (!again && bt_heap_contains(&r->pick_node))
+		return; /* keeps its turn */
+	uint64_t seq = ++st->pick_seq & (((uint64_t)1 << LOAD_SHIFT) - 1);
+	bt_heap_update(&st->pickable, &r->pick_node, (uint64_t)r->nbatches << LOAD_SHIFT | seq);
+}
+
+void bt_stage_replica_changed(struct bt_replica *r)
+{
+	struct bt_stage *st = r->stage;
+	file_replica(st, r, 1);
+	/* A slot freed outside a result (a spawn job killed on timeout) must not wait. */
+	if (st->queue.len && bt_heap_contains(&r->pick_node))
+		bt_stage_kick(st);
+}
+
+/* The least-loaded replica that can take work, ties taken in turn. */
 static struct bt_replica *pick(struct bt_stage *st)
 {
-	struct bt_replica *best = NULL;
-	int besti = -1;
-	for (int i = 1; i <= st->nreplicas; i++) {
-		int idx = (st->rr + i) % st->nreplicas;
-		struct bt_replica *r = st->replicas[idx];
-		if (!bt_replica_can_take(r, st->cfg->max_ongoing))
-			continue;
-		if (!best || r->nbatches < best->nbatches) {
-			best = r;
-			besti = idx;
-		}
+	struct bt_heap_node *n;
+	while ((n = bt_heap_min(&st->pickable))) {
+		struct bt_replica *r = bt_container_of(n, struct bt_replica, pick_node);
+		if (bt_replica_can_take(r, st->cfg->max_ongoing) &&
+		    n->key >> LOAD_SHIFT == (uint64_t)r->nbatches)
+			return r;
+		file_replica(st, r, 1);
 	}
-	if (best)
-		st->rr = besti;
-	return best;
+	return NULL;
 }
 
 static void batch_timer_cb(uv_timer_t *t)
@@ -424,7 +456,7 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		json_object_set_new(req->meta, "pipeline", pipeline);
 		json_object_del(req->meta, "warmup");
 	}
-	int last = req->step + 1 == req->pipeline->nstages;
+	int last = req->step + 1 == req->nroute;
 	char bad[512];
 	if (last && req->check && req->check(req, bad, sizeof(bad))) {
 		/* The worker answered, but not what the client's protocol needs. */
@@ -503,17 +535,22 @@ static void retry_failed_cb(uv_timer_t *t)
 
 void bt_stage_replicas_changed(struct bt_stage *st)
 {
-	int all_failed = 0, active = 0;
+	int all_failed = 0, active = 0, old_serving = 0;
 	for (int i = 0; i < st->nreplicas; i++) {
-		const struct bt_replica *r = st->replicas[i];
+		struct bt_replica *r = st->replicas[i];
+		file_replica(st, r, 0);
 		if (r->state == BT_REPLICA_READY)
 			st->up = 1;
-		if (!r->active)
+		if (!r->active) {
+			/* Replaced by a reload and still serving until the new ones are up. */
+			old_serving |= r->state == BT_REPLICA_READY;
 			continue;
+		}
 		if (!active++)
 			all_failed = 1;
 		all_failed &= r->state == BT_REPLICA_FAILED;
 	}
+	all_failed &= !old_serving;
 	if (all_failed && !st->failed) {
 		st->failed = 1;
 		bt_error("stage failed",

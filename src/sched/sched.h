@@ -39,7 +39,9 @@ struct bt_request {
 	uint64_t id;
 	char idstr[24]; /* "r42": the id workers and clients see */
 	struct bt_pipeline *pipeline;
-	int step; /* index of the current stage in the pipeline */
+	struct bt_stage **route; /* the pipeline's stages when it was accepted (a reload may change them) */
+	int nroute;
+	int step; /* index of the current stage in route */
 	enum bt_request_state state;
 	json_t *meta; /* metadata; result metas are merged in */
 	char *payload; /* current payload (owned) */
@@ -83,8 +85,13 @@ struct bt_stage {
 	struct bt_queue queue;
 	struct bt_replica **replicas;
 	int nreplicas;
-	int rr; /* last replica chosen, for round-robin among equals */
+	struct bt_heap pickable; /* replicas that can take work, least loaded first */
+	uint64_t pick_seq; /* orders equally loaded replicas: the longest waiting first */
 	int failed; /* every replica exhausted its restarts */
+	char last_stderr[256]; /* the last line a worker wrote to stderr (BT_LINES_LAST) */
+	int removed; /* gone from the config: serves what can still reach it, hidden */
+	int retired; /* removed, and its replicas told to stop */
+	int rolling; /* a reload is replacing its replicas */
 	int up; /* a replica became ready since start or the last revival */
 	int dirty; /* dispatch pending this loop turn */
 	uv_timer_t retry_timer; /* retry_failed_after_ms */
@@ -116,7 +123,9 @@ struct bt_pipeline {
 	int index;
 	struct bt_stage **stages;
 	int nstages;
+	int removed; /* gone by a reload: finishes its requests, hidden */
 	uint64_t in_flight;
+	uint64_t old_in_flight; /* of in_flight, those on a route a reload replaced */
 	uint64_t accepted, succeeded;
 	uint64_t failed[BT_CODE_COUNT];
 	struct bt_hist duration_hist; /* accepted to answered, every outcome */
@@ -138,7 +147,9 @@ void bt_request_free(struct bt_request *req);
 void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
 			void *arg);
 
-void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index);
+/* cfg (borrowed) must outlive the stage. */
+void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index,
+		   const struct bt_stage_config *cfg);
 void bt_stage_close(struct bt_stage *st);
 /* Something changed that may allow dispatch: decided once per loop turn. */
 void bt_stage_kick(struct bt_stage *st);
@@ -162,7 +173,15 @@ void bt_stage_unsendable(struct bt_request *req, const char *why);
  * timeout caused the kill).
  */
 void bt_stage_lost(struct bt_request *req, int charge, const char *why);
-/* From proc/: a replica changed state; re-evaluates whether the stage failed. */
+/*
+ * From proc/: r's load (batches in flight) changed or its spawn process
+ * ended: it is filed again for dispatch, behind replicas as loaded as it.
+ */
+void bt_stage_replica_changed(struct bt_replica *r);
+/*
+ * From proc/: a replica changed state; re-evaluates whether the stage
+ * failed and which replicas dispatch may pick.  O(replicas).
+ */
 void bt_stage_replicas_changed(struct bt_stage *st);
 /* Fails every queued request of the stage with code. */
 void bt_stage_fail_queued(struct bt_stage *st, enum bt_code code,

@@ -2,8 +2,18 @@
 temporary directory and a port picked here, talk to it over HTTP, stop it by
 PID, and prove that no replica process outlives it.
 
+Two checks run after every test, whatever it started and however (the
+baton fixture, subprocess.run of `baton run`/`check`/`env`/`bench`, ...):
+- no orphan: pytest is the child subreaper of everything its tests start,
+  so a process whose parent died (a replica or a script's child left behind
+  by baton) becomes pytest's child; none may be alive once the test is done.
+- no sanitizer report: under BATON_SANITIZED, ASan and UBSan write their
+  reports to files in one directory (log_path), which must stay empty.
+
 BATON_BUILD names the build directory (default: build/ at the repo root).
 """
+import ctypes
+import glob
 import http.client
 import json
 import os
@@ -11,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -27,6 +38,31 @@ SANITIZED = bool(os.environ.get("BATON_SANITIZED"))
 # Bounds for waits; generous because the suite also runs under ASan on a
 # loaded 2-core machine.  They bound waits, they are not timing claims.
 SLOW = 3 if SANITIZED else 1
+# Under CI a test that cannot run where it must (root-only) fails: see needs_root().
+CI = os.environ.get("CI") == "true"
+
+PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+# Every sanitized process a test starts reports into SANITIZER_DIR.
+SANITIZER_DIR = tempfile.mkdtemp(prefix="baton-sanitizer-") if SANITIZED else None
+if SANITIZED:
+    for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        opts = [o for o in os.environ.get(var, "").split(":") if o]
+        os.environ[var] = ":".join(opts + ["log_path=" + os.path.join(SANITIZER_DIR, "report")])
+
+
+def needs_root(why="needs root"):
+    """Skips a test that needs root when not root, but fails it under CI
+    (CI=true), where every test must run."""
+    if os.geteuid() != 0:
+        cannot_run(why)
+
+
+def cannot_run(why):
+    if CI:
+        pytest.fail("cannot run under CI: " + why)
+    pytest.skip(why)
 
 
 def wait_for(cond, timeout, interval=0.02, what="condition"):
@@ -133,6 +169,7 @@ class Baton:
         self.log_path = os.path.join(str(tmp_path), name + ".log")
         self.proc = None
         self.pgids = set()  # every replica group seen, checked at the end
+        self.orphans = []   # groups still alive after baton was gone
 
     def start(self, wait_ready=True):
         self.logf = open(self.log_path, "wb")
@@ -201,6 +238,22 @@ class Baton:
     def remember_groups(self):
         self.status()
 
+    def remember_children(self):
+        """Adds the group of every child of baton (replicas and spawn jobs,
+        each the leader of its own group) to pgids, read from /proc."""
+        if not self.proc:
+            return
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(") ", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                self.pgids.add(int(fields[2]))
+
     def replicas(self, stage):
         return self.status()["stages"][stage]["replicas"]
 
@@ -224,6 +277,7 @@ class Baton:
         """Stops baton by PID and returns its exit status."""
         if self.proc.poll() is None:
             self.remember_groups_quietly()
+            self.remember_children()
             self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout * SLOW)
@@ -243,9 +297,22 @@ class Baton:
         return [g for g in self.pgids if group_alive(g)]
 
     def cleanup(self):
+        """Stops baton if the test left it running (SIGTERM, then SIGKILL),
+        notes the replica groups that outlived it in orphans, and kills them."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.remember_children()
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15 * SLOW)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc:
+            try:
+                wait_for(lambda: not self.leftover_groups(), 5, interval=0.05)
+            except AssertionError:
+                self.orphans = self.leftover_groups()
         for g in self.pgids:
             try:
                 os.killpg(g, signal.SIGKILL)
@@ -298,8 +365,72 @@ def baton(tmp_path):
     for b in made:
         b.cleanup()
     for b in made:
+        assert not b.orphans, "process groups outlived baton (%s): %s\n%s" % (
+            b.log_path, b.orphans, b.log_tail(20))
         # Sanitizer reports that did not change an exit status still fail.
         if os.path.exists(b.log_path):
             log = b.log()
             for marker in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"):
                 assert marker not in log, "sanitizer report in %s:\n%s" % (b.log_path, b.log_tail(60))
+
+
+# Processes that outlive a test on purpose (a module's database server).
+SHARED_PIDS = set()
+
+
+def keep_running(pid):
+    """Tells the orphan check that pid belongs to a fixture wider than one test."""
+    SHARED_PIDS.add(pid)
+
+
+def live_children():
+    """{pid: command} of pytest's live (non-zombie) children."""
+    me, out = os.getpid(), {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            if fields[0] == "Z" or int(fields[1]) != me:
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                out[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_orphans_and_no_sanitizer_reports():
+    """After every test: nothing it started is still running (orphans of
+    baton or of its workers come to pytest, the subreaper), and no
+    sanitized process it started wrote a report."""
+    before = set(live_children())
+    yield
+    left = {}
+
+    def settled():
+        left.clear()
+        left.update({p: c for p, c in live_children().items()
+                     if p not in before and p not in SHARED_PIDS})
+        return not left
+
+    try:
+        wait_for(settled, 5, interval=0.05)
+    except AssertionError:
+        pass
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    reports = sorted(glob.glob(os.path.join(SANITIZER_DIR, "report*"))) if SANITIZER_DIR else []
+    texts = []
+    for path in reports:
+        with open(path, errors="replace") as f:
+            texts.append("%s:\n%s" % (path, f.read()[-4000:]))
+        os.unlink(path)
+    assert not left, "processes left running after the test: %s" % left
+    assert not texts, "sanitizer reports:\n" + "\n".join(texts)

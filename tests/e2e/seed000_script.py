@@ -3,7 +3,8 @@
 out.json, exit 0 even on failure with {"status": "error", "error": ...}.
 The input's "action" chooses: ok, fail (status error), crash (exit 3 with a
 traceback on stderr), hang (writing its pid to "pidfile" if given), slow (sleep "ms"), noout (write nothing), fifo (leave a FIFO as the output), big (an output of "bytes" bytes), leak
-(start a sleeping grandchild and leave)."""
+(start a sleeping grandchild and leave, saying its pid), link (leave a
+symlink to "target" as the output)."""
 import argparse
 import json
 import os
@@ -39,11 +40,15 @@ if action == "big":   # an answer of "bytes" bytes
     with open(a.output, "w") as f:
         f.write("x" * req["bytes"])
     sys.exit(0)
+if action == "link":
+    os.symlink(req["target"], a.output)
+    sys.exit(0)
+grandchild = None
 if action == "leak":
-    subprocess.Popen(["sleep", "1000"])
+    grandchild = subprocess.Popen(["sleep", "1000"]).pid
 result = {"status": "ok", "echo": req, "input_name": os.path.basename(a.input),
           "input_path": os.path.abspath(a.input),
-          "pid": os.getpid()}
+          "pid": os.getpid(), "pgid": os.getpgid(0), "grandchild": grandchild}
 if action == "fail":
     result = {"status": "error", "error": req.get("error", "no diagram found on this page")}
 with open(a.output, "w") as f:

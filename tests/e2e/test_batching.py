@@ -4,7 +4,6 @@ its batches, and one failing item fails alone."""
 import json
 import re
 import threading
-import time
 
 from conftest import SLOW, Gate, config, fake_stage, wait_for
 
@@ -91,16 +90,12 @@ def test_with_a_50ms_window_eight_waiting_requests_leave_as_one_batch(baton, tmp
 
 def test_lone_request_with_a_50ms_window_is_answered_within_it(baton):
     b = baton(config(batch_stage(batch="{max_size: 8, window_ms: 50}"), {"p": ["w"]}))
-    b.post("p", "warm")  # the first request pays for connection set-up
-    t0 = time.monotonic()
     r = b.post("p", "alone")
-    elapsed = time.monotonic() - t0
     assert r.status == 200 and r.json()["batch_size"] == 1
+    # baton's own measure of the wait (Server-Timing), both ways: the whole
+    # window, and not a window several times longer (4 x 50 = 200 ms).
     waited = server_timing(r)["w-queue"]
-    # Bounds loose enough for a loaded machine, far below the 3 s a request
-    # would wait if the window were not honoured.
-    assert 49 <= waited < 50 + 400 * SLOW, waited
-    assert elapsed < 0.050 + 1.0 * SLOW, elapsed
+    assert 49 <= waited < 50 + 130 * SLOW, waited
     assert b.stop() == 0
 
 
@@ -109,8 +104,9 @@ def test_lone_request_waits_the_window_and_no_longer(baton):
     r = b.post("p", "alone")
     assert r.status == 200 and r.json()["batch_size"] == 1
     waited = server_timing(r)["w-queue"]
-    # It waited for company (the window), then left alone: never much longer.
-    assert 190 <= waited < 200 + 800 * SLOW, waited
+    # It waited for company (the window), then left alone: less than twice
+    # the window (a timer a few ms late is fine; 800 ms is not).
+    assert 199 <= waited < 200 + 200 * SLOW, waited
     assert b.stop() == 0
 
 
@@ -121,11 +117,15 @@ def test_a_deadline_shorter_than_the_window_sends_the_batch_in_time(baton):
                      {"p": ["w"]}))
     r = b.post("p", "alone")
     assert r.status == 200 and r.json()["batch_size"] == 1, r
-    assert 900 <= server_timing(r)["w-queue"] < 1000, server_timing(r)  # 980 ms
+    # 980 ms. A loop stalled on a loaded machine may dispatch a little past
+    # the deadline (its timer dispatches before it judges): the 200 is the
+    # claim then, and the bound only shows the 3 s window was not waited.
+    late = 300 * SLOW
+    assert 900 <= server_timing(r)["w-queue"] < 1000 + late, server_timing(r)
     # The client's own timeout counts the same way.
     r = b.post("p", "hurried", headers={"Baton-Timeout-Ms": "500"})
     assert r.status == 200 and r.json()["batch_size"] == 1, r
-    assert server_timing(r)["w-queue"] < 500, server_timing(r)
+    assert 400 <= server_timing(r)["w-queue"] < 500 + late, server_timing(r)
     assert b.stop() == 0
 
 

@@ -11,11 +11,12 @@ import collections
 import json
 import os
 import re
+import shlex
 import subprocess
 
 import pytest
 
-from conftest import BUILD, PYTHON, ROOT, SDK_PY, SLOW
+from conftest import BUILD, PYTHON, ROOT, SANITIZED, SDK_PY, SLOW
 
 EXAMPLE = os.path.join(ROOT, "examples", "documents")
 OCR = os.path.join(BUILD, "examples", "documents", "ocr")
@@ -170,3 +171,28 @@ def _tiny_png():
     raw = b"".join(b"\0" + b"\xff" * 8 for _ in range(8))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_the_run_example_of_operations_md_matches_a_real_run(setup, tmp_path):
+    # docs/operations.md shows a `baton run` of this example and its summary:
+    # run the very command (paths made local) and compare the counts.
+    if SANITIZED:
+        pytest.skip("a check of the docs: the plain run makes it; ASan would add 30 s of OCR")
+    with open(os.path.join(ROOT, "docs", "operations.md")) as f:
+        doc = f.read()
+    block = re.search(r"```\n\$ (baton run examples/documents/baton\.yaml .*?)\n(.*?)```", doc, re.S)
+    assert block, "docs/operations.md has no documents `baton run` example any more"
+    argv = shlex.split(block.group(1))
+    shown = block.group(2)
+    cfg = tmp_path / "baton.yaml"
+    cfg.write_text(setup["config"])
+    local = {"baton": os.path.join(BUILD, "baton"), "examples/documents/baton.yaml": str(cfg),
+             "samples/": setup["samples"] + "/", "out/": str(tmp_path / "out")}
+    argv = [local.get(a, a) for a in argv]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300 * SLOW)
+    want = re.search(r"succeeded (\d+)\s+failed (\d+)\s+skipped (\d+)", shown).groups()
+    got = re.search(r"succeeded (\d+)\s+failed (\d+)\s+skipped (\d+)", r.stdout)
+    assert got and got.groups() == want, (r.stdout, r.stderr)
+    n = re.search(r"(\d+) inputs", shown).group(1)
+    assert "%s inputs" % n in r.stdout
+    assert r.returncode == (0 if want[1] == "0" else 1)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import zipfile
 
-from conftest import BATON, SLOW
+from conftest import BATON, SDK_PY, SLOW
 
 
 def make_wheel(directory, name="bt_probe", version="1.0"):
@@ -127,11 +127,23 @@ def test_requirements_without_wheels_is_a_config_error(tmp_path):
     assert r.returncode == 2 and "never from the network" in r.stderr and ":5:12:" in r.stderr
 
 
-def test_serve_uses_the_venv_that_setup_built(tmp_path):
+def test_serve_uses_the_venv_that_setup_built(tmp_path, request):
+    baton_serve = request.getfixturevalue("baton")  # conftest's; baton() here runs the CLI
     cfg = write_config(tmp_path)
     assert baton("env", "setup", cfg, "--stage", "model").returncode == 0
     r = baton("check", cfg)
     assert "envs/model/bin/python3 -c" in r.stdout
+    # And serve runs the stage with that venv's python, where the wheel is.
+    (tmp_path / "probe_worker.py").write_text(
+        "import sys, bt_probe, baton_worker as bw\n"
+        "bw.run(lambda payload, meta: ('%s|%s' % (bt_probe.VALUE, sys.prefix)).encode())\n")
+    b = baton_serve(open(cfg).read().split("  vision:")[0].replace(
+        'command: [python3, -c, "import bt_probe"]',
+        "command: [python3, %s]\n    env: {PYTHONPATH: %s}" % (tmp_path / "probe_worker.py", SDK_PY))
+        + "pipelines:\n  p: [model]\n")
+    value, prefix = b.post("p", "x").body.decode().split("|")
+    assert value == "probe 1.0" and prefix == str(tmp_path / "envs" / "model"), (value, prefix)
+    assert b.stop() == 0
 
 
 def test_check_reports_the_first_error_line_not_the_last_line(tmp_path):

@@ -160,7 +160,8 @@ def test_max_inflight_admission_at_the_entry(baton, tmp_path):
     with Gate(tmp_path) as gate:
         threads = gate.hold(b, 2, results)
         wait_for(lambda: b.status()["pipelines"]["p"]["in_flight"] == 2, 10)
-        r = b.post("p", "third")
+        # Refused at once; admitted, it would wait behind a gate (fail in 10 s, not 60).
+        r = b.post("p", "third", timeout=10)
     assert r.status == 503 and r.json()["code"] == "overloaded"
     assert "max_inflight" in r.json()["error"]
     for t in threads:

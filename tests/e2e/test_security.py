@@ -2,11 +2,13 @@
 started as another user, loopback by default, names that cannot escape."""
 import os
 import pwd
+import shutil
 import subprocess
 
 import pytest
 
-from conftest import BATON, FAKE, PYTHON, SDK_PY, config, fake_stage, free_port, wait_for
+from conftest import (BATON, FAKE, PYTHON, SDK_PY, cannot_run, config, fake_stage, free_port,
+                      needs_root, SLOW, wait_for)
 
 
 def auth_config(tmp_path, token="s3cret-token-0123456789"):
@@ -33,7 +35,7 @@ def test_bearer_token_is_required_except_for_health(baton, tmp_path):
             assert b.request(method, path, b"x" if method == "POST" else None,
                              headers={"Authorization": bad}).status == 401, (path, bad)
     assert b.get("/v2/health/ready").status == 200
-    assert b.status is not None
+    assert b.get("/v1/status", headers={"Authorization": "Bearer " + token}).json()["stages"]["w"]
     r = b.post("p", "hello", headers={"Authorization": "Bearer " + token})
     assert r.status == 200 and r.body == b"hello"
     # The CLI reads the same token file.
@@ -72,10 +74,10 @@ def reachable_as(user, paths):
     return os.waitpid(pid, 0)[1] == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_replicas_run_as_the_configured_user(baton):
+    needs_root("switching users needs root")
     if not reachable_as("nobody", [BATON, FAKE, SDK_PY]):
-        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
+        cannot_run("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
     nobody = pwd.getpwnam("nobody")
     b = baton(config(fake_stage("w", user="nobody"), {"p": ["w"]}))
     pid = b.pids("w")[0]
@@ -94,10 +96,10 @@ def test_replicas_run_as_the_configured_user(baton):
     wait_for(lambda: not pid_alive(pid), 2, what="the worker to die with baton")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_group_overrides_the_users_primary_group(baton):
+    needs_root("switching users needs root")
     if not reachable_as("nobody", [BATON, FAKE, SDK_PY]):
-        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
+        cannot_run("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
     import grp
     daemon_gid = grp.getgrnam("daemon").gr_gid
     b = baton(config(fake_stage("w", user="nobody", group="daemon"), {"p": ["w"]}))
@@ -108,8 +110,8 @@ def test_group_overrides_the_users_primary_group(baton):
     assert b.stop() == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_user_who_cannot_reach_the_worker_is_a_clear_error(tmp_path):
+    needs_root("switching users needs root")
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     worker = private / "worker.py"
@@ -133,12 +135,47 @@ def test_unknown_user_is_a_config_error(tmp_path):
     assert r.returncode == 2 and "no-such-user-here" in r.stderr
 
 
+# Run inside a network namespace of its own, so that the default port
+# (8080) is free whatever else runs on this machine.
+LISTEN_PROBE = r"""
+import fcntl, socket, struct, subprocess, sys, time
+# lo starts down in a new namespace: up, as `ip link set lo up` would (SIOCSIFFLAGS).
+s = socket.socket()
+flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
+p = subprocess.Popen([sys.argv[1], "serve", sys.argv[2]], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+try:
+    end = time.monotonic() + 30
+    while True:
+        with open("/proc/net/tcp") as f:
+            rows = [l.split() for l in f.readlines()[1:]]
+        listening = [r[1] for r in rows if r[3] == "0A"]
+        if listening or time.monotonic() > end or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    print(" ".join(listening))
+finally:
+    p.terminate()
+    p.wait(30)
+"""
+
+
 def test_default_listen_is_loopback(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(config(fake_stage("w"), {"p": ["w"]}))
     r = subprocess.run([BATON, "check", str(cfg)], capture_output=True, text=True, timeout=30)
     assert "listen:  127.0.0.1:8080" in r.stdout
     assert "auth:    none" in r.stdout
+    # And serve without --listen binds exactly that: 127.0.0.1:8080 in
+    # /proc/net/tcp's hex (not 00000000, every address).
+    unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    if not shutil.which("unshare") or subprocess.run(unshare + ["true"]).returncode != 0:
+        cannot_run("no network namespace to run serve on its default port in")
+    r = subprocess.run(unshare + [PYTHON, "-c", LISTEN_PROBE, BATON, str(cfg)],
+                       capture_output=True, text=True, timeout=60 * SLOW)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0100007F:1F90"], r.stdout
 
 
 def test_names_in_urls_cannot_escape(baton):
@@ -199,13 +236,13 @@ def test_listen_flag_refuses_what_is_not_an_address(tmp_path, listen):
     assert r.returncode == 2 and "--listen" in r.stderr, r.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_spawn_files_mode_as_another_user_can_use_its_files(baton):
+    needs_root("switching users needs root")
     # The per-request directory and its input file belong to the stage's
     # user: a script running as nobody reads {input} and writes {output}.
     seed000 = os.path.join(os.path.dirname(FAKE), "seed000_script.py")
     if not reachable_as("nobody", [BATON, seed000]):
-        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
+        cannot_run("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
     b = baton("stages:\n  legacy:\n    mode: spawn\n    user: nobody\n"
               "    command: [/usr/bin/python3, %s, --input, '{input}', --output, '{output}']\n"
               "pipelines:\n  p: [legacy]\n" % seed000)
@@ -214,16 +251,32 @@ def test_spawn_files_mode_as_another_user_can_use_its_files(baton):
     assert b.stop() == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_spawn_output_linked_to_a_root_only_file_is_not_read(baton):
+    needs_root("switching users needs root")
     # The request's directory is the stage user's, but baton reads the
     # output as root: a link (or a file owned by anyone else) is refused.
     if not reachable_as("nobody", [BATON]):
-        pytest.skip("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
+        cannot_run("user nobody cannot reach this checkout (e.g. under a 0700 /root)")
     b = baton("stages:\n  legacy:\n    mode: spawn\n    user: nobody\n    retries: 0\n"
               "    command: [/bin/sh, -c, 'ln -s /etc/shadow \"$1\"', sh, '{output}', '{input}']\n"
               "pipelines:\n  p: [legacy]\n")
     r = b.post("p", "x")
     assert r.status == 500 and r.json()["code"] == "worker_error", r
     assert "root:" not in r.body.decode()
+    assert b.stop() == 0
+
+
+def test_bearer_scheme_is_case_insensitive(baton, tmp_path):
+    token = "s3cret-token-0123456789"
+    b = baton(auth_config(tmp_path, token), wait_ready=False)
+    b.token = token
+    b.wait_ready()
+    b.token = None
+    # RFC 7235: the scheme is case-insensitive; one or more spaces follow it.
+    for good in ("bearer ", "BEARER ", "bEaReR  "):
+        r = b.get("/v1/status", headers={"Authorization": good + token})
+        assert r.status == 200, good
+    for bad in ("Bearer" + token, "Bearerx " + token, "bearer " + token.upper()):
+        assert b.get("/v1/status", headers={"Authorization": bad}).status == 401, bad
+    b.token = token
     assert b.stop() == 0

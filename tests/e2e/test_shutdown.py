@@ -19,7 +19,11 @@ def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton, tmp_path):
         b.send_signal(signal.SIGTERM)
         # The signal arrives asynchronously: once baton says it drains, new
         # work is refused while the accepted work (held at the gate) waits.
-        wait_for(lambda: b.status()["state"] == "draining", 10, what="draining")
+        def left_running():
+            state = b.status()["state"]
+            return state if state != "running" else None
+        state = wait_for(left_running, 10, what="baton to leave running")
+        assert state == "draining", state  # not stopping with work in flight
         late = b.post("p", "late")
         assert late.status == 503 and late.json()["code"] == "shutting_down", late
         assert b.get("/v2/health/ready").status == 400
@@ -38,6 +42,15 @@ def test_sigkill_of_baton_takes_every_worker_within_a_second(baton):
     b = baton(config(fake_stage("a", replicas=2) + fake_stage("b"), {"p": ["a", "b"]}))
     pids = b.pids("a") + b.pids("b")
     assert len(pids) == 3
+    # One worker is busy in a handler that never returns, so it does not
+    # see its channel close: only the death signal baton set up takes it.
+    def hang():
+        try:
+            b.post("p", "hang", timeout=10)
+        except OSError:  # baton is killed under it: no answer is expected
+            pass
+    threading.Thread(target=hang, daemon=True).start()
+    wait_for(lambda: b.status()["stages"]["a"]["running"] == 1, 10, what="a busy worker")
     b.proc.kill()
     b.proc.wait(10)
     end = time.monotonic() + 1.0

@@ -3,10 +3,12 @@ request, with the same timeouts, retries and error codes as workers."""
 import glob
 import json
 import os
+import re
 import subprocess
+import threading
 import time
 
-from conftest import BATON, PYTHON, ROOT, SLOW, group_alive, wait_for
+from conftest import BATON, PYTHON, ROOT, SLOW, group_alive, pid_alive, wait_for
 
 SEED000 = os.path.join(ROOT, "tests", "e2e", "seed000_script.py")
 SEED003 = os.path.join(ROOT, "tests", "e2e", "seed003_script.py")
@@ -84,10 +86,22 @@ def test_a_fifo_left_as_the_output_does_not_block_baton(baton, tmp_path):
 def test_timeout_kills_the_process_group(baton, tmp_path):
     b = baton(files_stage(tmp_path, "    timeout_ms: 3000\n"))
     pidfile = tmp_path / "hung.pid"
-    r = b.post("p", json.dumps({"action": "hang", "pidfile": str(pidfile)}))
-    assert r.status == 504, r
-    pgid = int(pidfile.read_text())
-    wait_for(lambda: not group_alive(pgid), 10, what="the hung script's group to be gone")
+    replies = []
+    t = threading.Thread(target=lambda: replies.append(
+        b.post("p", json.dumps({"action": "hang", "pidfile": str(pidfile)}))))
+    t.start()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text(), 10, what="the script's pid")
+    pid = int(pidfile.read_text())
+    # The group must exist while the script runs: "no live process in group
+    # pid" proves nothing if the script never led a group of its own.
+    assert os.getpgid(pid) == pid and group_alive(pid)
+    t.join(60 * SLOW)
+    assert replies[0].status == 504, replies
+    # Killed at its timeout by baton's own count (Server-Timing), not later.
+    ran = float(re.search(r"legacy-run;dur=([\d.]+)", replies[0].headers["server-timing"]).group(1))
+    assert 3000 <= ran < 3000 + 1500 * SLOW, replies[0].headers
+    wait_for(lambda: not group_alive(pid), 10, what="the hung script's group to be gone")
+    assert not pid_alive(pid)
     wait_for(lambda: b.status()["stages"]["legacy"]["running"] == 0, 10)
     assert b.post("p", '{"action": "ok"}').status == 200
     assert b.stop() == 0
@@ -120,8 +134,25 @@ def test_leftover_grandchild_is_killed(baton, tmp_path):
     b = baton(files_stage(tmp_path))
     r = b.post("p", '{"action": "leak"}')
     assert r.status == 200
-    pgid = r.json()["pid"]
-    wait_for(lambda: not group_alive(pgid), 5, what="the script's group to be gone")
+    doc = r.json()
+    # The script led its own group, and the sleep it left behind is the
+    # process that must be gone (not merely "no process in group pid").
+    assert doc["pgid"] == doc["pid"], doc
+    wait_for(lambda: not pid_alive(doc["grandchild"]), 5, what="the script's grandchild to be gone")
+    assert not group_alive(doc["pid"])
+    assert b.stop() == 0
+
+
+def test_output_left_as_a_symlink_is_not_followed(baton, tmp_path):
+    # The script's output is read from the request's own directory, and a
+    # link there could point anywhere baton may read.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the client")
+    b = baton(files_stage(tmp_path).replace("retries: 1", "retries: 0"))
+    r = b.post("p", json.dumps({"action": "link", "target": str(secret)}))
+    assert r.status == 500 and r.json()["code"] == "worker_error", r
+    assert b"not for the client" not in r.body
+    assert b.post("p", '{"action": "ok"}').status == 200
     assert b.stop() == 0
 
 

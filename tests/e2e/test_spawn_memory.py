@@ -46,7 +46,7 @@ def spawn_cfg(tmp_path, state_dir, retries):
 
 def killed_pids(log):
     return [int(p) for p in re.findall(r'msg="killing spawn process" stage=legacy replica=1 '
-                                       r'pid=(\d+) reason="its process group uses \d+ MB, '
+                                       r'pid=(\d+) reason="its processes use \d+ MB, '
                                        r'over memory_mb 100', log)]
 
 

@@ -387,3 +387,25 @@ def test_results_long_poll_answers_when_a_session_ends(baton, tmp_path):
     assert b.get("/v1/streams/nope/results").status == 404
     assert b.get("/v1/streams/orders/results?after=x").status == 400
     assert b.stop() == 0
+
+
+def test_sighup_refuses_changes_to_a_source_and_keeps_the_stations(baton, tmp_path):
+    b = baton(stream_config(tmp_path, {"s1": [{"emit": "A", "n": 2}, {"eos": True}]}))
+    wait_results(b, 1)
+    pid = station(b, "s1")["pid"]
+    with open(b.config_path) as f:
+        text = f.read()
+    with open(b.config_path, "w") as f:
+        f.write(text.replace("    stop: {grace_ms: 2000}\n", "    stop: {grace_ms: 3000}\n", 1))
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in b.log(), 20, what="the refusal\n" + b.log_tail())
+    assert "stations cannot change by a reload" in b.log()
+    assert station(b, "s1")["pid"] == pid and b.proc.poll() is None
+    # The streams section itself cannot change either.
+    with open(b.config_path, "w") as f:
+        f.write(text.replace("idle_timeout_ms: 1000", "idle_timeout_ms: 2000"))
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: b.log().count("reload refused") >= 2, 20, what="the second refusal")
+    assert "'streams' cannot change by a reload" in b.log()
+    assert station(b, "s1")["pid"] == pid
+    assert b.stop() == 0

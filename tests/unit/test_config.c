@@ -978,3 +978,84 @@ Test(config, stream_errors_name_the_line_and_the_key)
 			5, 15, "starts 3 stations (replicas.initial) but stream 'o' lists 2",
 			NULL);
 }
+
+/* ---- run: (PostgreSQL source and sink) ---- */
+
+#define RUN_HEAD MINIMAL "run:\n"
+#define RUN_SRC "  source:\n    postgresql:\n      query: SELECT id, v FROM t\n      key: id\n"
+#define RUN_SINK "  sink:\n    postgresql:\n      table: out\n"
+
+Test(config, run_section_gets_its_defaults)
+{
+	expect_ok(RUN_HEAD RUN_SRC RUN_SINK);
+	const struct bt_run_config *run = &cfg.run;
+	cr_assert(run->present);
+	cr_assert_null(run->pipeline);
+	cr_assert_str_eq(run->src_query, "SELECT id, v FROM t");
+	cr_assert_str_eq(run->src_key, "id");
+	cr_assert_eq(run->page_rows, 1000);
+	cr_assert_eq(run->unit, BT_RUN_PAGE);
+	cr_assert_str_eq(run->src_connect, "");
+	cr_assert_str_eq(run->sink_table, "out");
+	cr_assert_eq(run->nsink_key, 1);
+	cr_assert_str_eq(run->sink_key[0], "id");
+	cr_assert_eq(run->nsink_columns, 0);
+	cr_assert_str_eq(run->checkpoint_name, "out");
+	cr_assert_str_eq(run->failures_table, "baton_failures");
+	cr_assert_str_eq(run->checkpoint_table, "baton_checkpoints");
+	cr_assert_eq(run->reconnect_max_s, 60);
+}
+
+Test(config, run_section_reads_every_key)
+{
+	expect_ok(RUN_HEAD "  pipeline: p\n  checkpoint: c1\n  reconnect_max_s: 5\n"
+			   "  source:\n    postgresql:\n      connect: service=src\n"
+			   "      query: SELECT 1 AS k\n      key: k\n      page_rows: 7\n"
+			   "      request: row\n"
+			   "  sink:\n    postgresql:\n      connect: dbname=x\n      table: s.out\n"
+			   "      key: [a, b]\n      columns: {c: f, d: d}\n      jsonb: doc\n"
+			   "      failures_table: f\n      checkpoint_table: cp\n");
+	const struct bt_run_config *run = &cfg.run;
+	cr_assert_str_eq(run->pipeline, "p");
+	cr_assert_str_eq(run->checkpoint_name, "c1");
+	cr_assert_eq(run->reconnect_max_s, 5);
+	cr_assert_str_eq(run->src_connect, "service=src");
+	cr_assert_eq(run->page_rows, 7);
+	cr_assert_eq(run->unit, BT_RUN_ROW);
+	cr_assert_eq(run->nsink_key, 2);
+	cr_assert_str_eq(run->sink_key[1], "b");
+	cr_assert_eq(run->nsink_columns, 2);
+	cr_assert_str_eq(run->sink_columns[0], "c");
+	cr_assert_str_eq(run->sink_fields[0], "f");
+	cr_assert_str_eq(run->sink_jsonb, "doc");
+	cr_assert_str_eq(run->failures_table, "f");
+	cr_assert_str_eq(run->checkpoint_table, "cp");
+}
+
+Test(config, run_connect_with_a_password_is_refused_without_echoing_it)
+{
+	expect_error_at(RUN_HEAD "  source:\n    postgresql:\n      connect: host=db password=s3cret\n"
+				 "      query: SELECT 1 AS k\n      key: k\n" RUN_SINK,
+			9, 16, "must not hold a password", NULL);
+	cr_assert_null(strstr(err, "s3cret"));
+	expect_error_at(RUN_HEAD RUN_SRC "  sink:\n    postgresql:\n"
+				 "      connect: postgresql://me:s3cret@db/x\n      table: out\n",
+			13, 16, "must not hold a password", NULL);
+	cr_assert_null(strstr(err, "s3cret"));
+}
+
+Test(config, run_errors_name_the_key_and_position)
+{
+	expect_error_at(RUN_HEAD "  source:\n    postgresql:\n      query: SELECT 1\n" RUN_SINK, 9, 7,
+			"needs 'query' and 'key'", NULL);
+	expect_error_at(RUN_HEAD RUN_SRC, 7, 3, "needs both 'source' and 'sink'", NULL);
+	expect_error_at(RUN_HEAD RUN_SRC "  sink:\n    mysql: {}\n", 12, 5,
+			"unknown key 'mysql'", "postgresql", NULL);
+	expect_error_at(RUN_HEAD RUN_SRC RUN_SINK "  pipeline: nope\n", 7, 3,
+			"'run.pipeline' names unknown pipeline 'nope'", NULL);
+	expect_error_at(RUN_HEAD "  source:\n    postgresql:\n      query: SELECT 1\n      key: k\n"
+				 "      request: batch\n" RUN_SINK,
+			11, 16, "'source.request' must be page or row", NULL);
+	expect_error_at(RUN_HEAD RUN_SRC RUN_SINK "      key: []\n", 14, 12,
+			"'sink.key' must be a column name or a non-empty list", NULL);
+}

@@ -9,6 +9,7 @@
  * see demand.tick_at_time_zero_counts_toward_the_delay).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1400,6 +1401,78 @@ Test(signals, group_usage_of_an_empty_group_is_zero)
 	cr_assert_eq(u.processes, 0);
 	cr_assert_eq(u.rss_bytes, 0);
 	cr_assert_eq(u.cpu_jiffies, 0);
+}
+
+/* ---- parsing /proc by hand ------------------------------------------------------------- */
+
+Test(signals, proc_stat_fields_come_after_the_last_parenthesis)
+{
+	struct bt_proc_stat s;
+	memset(&s, 0xff, sizeof(s));
+	/* A command name with spaces and parentheses; nice is negative. */
+	const char *text = "4321 (a) b (c) d) S 1 4321 4321 0 -1 4194560 100 0 0 0 7 5 3 2 20 -5 1 0 "
+			   "12345 1000000 250 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1\n";
+	cr_assert_eq(bt_parse_proc_stat(text, &s), 0);
+	cr_assert_eq(s.pgrp, 4321);
+	cr_assert_eq(s.cpu_jiffies, 12, "utime 7 + stime 5, not %llu", ULL(s.cpu_jiffies));
+	cr_assert_eq(s.rss_pages, 250);
+	cr_assert_eq(s.zombie, 0);
+}
+
+Test(signals, proc_stat_of_a_zombie_with_negative_rss)
+{
+	struct bt_proc_stat s;
+	const char *text = "77 (w) Z 1 70 70 0 -1 0 0 0 0 0 40 2 0 0 20 0 1 0 9 0 -1 0\n";
+	cr_assert_eq(bt_parse_proc_stat(text, &s), 0);
+	cr_assert_eq(s.pgrp, 70);
+	cr_assert_eq(s.cpu_jiffies, 42);
+	cr_assert_eq(s.rss_pages, 0);
+	cr_assert_eq(s.zombie, 1);
+}
+
+Test(signals, proc_stat_cut_short_is_refused)
+{
+	struct bt_proc_stat s;
+	cr_assert_eq(bt_parse_proc_stat("", &s), -EINVAL);
+	cr_assert_eq(bt_parse_proc_stat("12 (no close paren S 1 2", &s), -EINVAL);
+	cr_assert_eq(bt_parse_proc_stat("12 (w) S 1 12 12 0 -1 0 0 0 0 0 7", &s), -EINVAL,
+		     "ends before stime");
+	cr_assert_eq(bt_parse_proc_stat("12 (w) S 1 12 12 0 -1 0 0 0 0 0 7 5 0 0 20 0 1 0 9 9", &s),
+		     -EINVAL, "ends before rss");
+	cr_assert_eq(bt_parse_proc_stat("12 (w) S 1 x 12 0 -1 0 0 0 0 0 7 5 0 0 20 0 1 0 9 9 1", &s),
+		     -EINVAL, "pgrp is not a number");
+}
+
+Test(signals, system_cpu_line_parsed_by_hand)
+{
+	struct bt_cpu_counters c;
+	cr_assert_eq(bt_parse_system_cpu("cpu  10 20 30 40 50 60 70 80 90 100\ncpu0 1 2 3 4\n", &c), 0);
+	cr_assert_eq(c.total, 360, "user..steal, guest excluded: %llu", ULL(c.total));
+	cr_assert_eq(c.busy, 270, "total minus idle and iowait: %llu", ULL(c.busy));
+	cr_assert_eq(bt_parse_system_cpu("cpu  1 2 3 4\n", &c), 0, "old kernels have 4 fields");
+	cr_assert_eq(c.total, 10);
+	cr_assert_eq(c.busy, 6);
+	cr_assert_eq(bt_parse_system_cpu("cpu  1 2 3\n", &c), -EINVAL);
+	cr_assert_eq(bt_parse_system_cpu("intr 1 2 3 4 5\n", &c), -EINVAL);
+}
+
+Test(signals, one_scan_holds_every_group_sorted_and_finds_them)
+{
+	struct bt_usage_table t = {0};
+	cr_assert_eq(bt_usage_scan(&t), 0);
+	cr_assert_gt(t.len, 0);
+	cr_assert_geq(t.processes_read, t.len);
+	for (size_t i = 1; i < t.len; i++)
+		cr_assert_lt(t.v[i - 1].pgid, t.v[i].pgid, "not sorted, or a group twice, at %zu", i);
+	const struct bt_group_usage *u = bt_usage_find(&t, getpgrp());
+	cr_assert_not_null(u, "this process's group was not seen");
+	cr_assert_geq(u->processes, 1);
+	cr_assert_gt(u->rss_bytes, 0);
+	for (size_t i = 0; i < t.len; i++)
+		cr_assert_eq(bt_usage_find(&t, t.v[i].pgid), &t.v[i].u);
+	cr_assert_null(bt_usage_find(&t, (pid_t)1 << 30));
+	cr_assert_null(bt_usage_find(&t, 0));
+	bt_usage_table_release(&t);
 }
 
 /*
