@@ -101,14 +101,14 @@ class Stations:
         self.procs[name] = p
         return p
 
-    def start_server(self, timeout=60):
+    def start_server(self, timeout=120):
         p = self._start("rtsp", [PYTHON, "-u", "rtsp_server.py", "--orders",
                                  os.path.join(self.work, "orders.json"),
                                  "--port", str(self.rtsp_port)] + self.timing, cwd=HERE)
         self._wait(lambda: "ready %d" % self.rtsp_port in self.log("rtsp"), timeout,
                    "the RTSP server", p)
 
-    def start_baton(self, timeout=60):
+    def start_baton(self, timeout=120):
         p = self._start("baton", [os.path.join(self.build, "baton"), "serve", self.config])
         self._wait(self._listening, timeout, "baton to listen", p)
         return p
