@@ -23,7 +23,13 @@ first_item_after_ms); for before, a new station process (spawn -> first
 frame on disk), and the per-order pipeline start -> first frame.
 
     /usr/bin/python3 bench/stations/run.py --build build [--stations 1,2,4]
-        [--orders 4] [--order-s 5] [--gap-s 3] [--lead-s 25] [--designs baton,before]
+        [--orders 4] [--order-s 5] [--gap-s 2] [--lead-s 25] [--designs before,baton]
+        [--kill]
+
+--kill also kills station1's camera with SIGKILL in the middle of an order
+(baton runs) and reports when it produced again, how often and with how
+many frames that order came out, and how many results the other stations
+delivered meanwhile.
 
 Figures, not pass/fail. Needs examples/stations/model/items.pt (trained on
 first use).
@@ -110,6 +116,7 @@ def run_baton(args, n, work):
         run.start_baton()
         budget = args.lead_s + args.orders * (args.order_s + args.gap_s) + 60
         end = time.monotonic() + budget
+        killed = kill_mid_order(run) if args.kill else None
         while time.monotonic() < end and len(run.verdicts()) < len(run.orders) - args.orders:
             time.sleep(0.5)
         # A new station, once the others are running.
@@ -129,7 +136,50 @@ def run_baton(args, n, work):
             print("  (adding a station answered %d: %s)" % (st, doc))
         results = run.results()
     t_first_order = t0_ms + int(args.lead_s * 1000)
-    return summarise("baton", n, shown, results, t_first_order, first)
+    row = summarise("baton", n, shown, results, t_first_order, first)
+    if killed:
+        key = killed.pop("order")
+        mine = [r for r in results if r.get("session") == key]
+        killed.update(order=key, results=len(mine),
+                      frames=[r.get("items") for r in mine],
+                      correct=[(r.get("result") or {}).get("correct") for r in mine])
+        row["kill"] = killed
+    return row
+
+
+def kill_mid_order(run, timeout=120):
+    """kill -9 of station1's camera once its open session has two frames;
+    returns what happened: the order, when its camera produced again."""
+    def stations():
+        _, doc = http_json(run.http_port, "GET", "/v1/status")
+        return doc["streams"]["orders"]["stations"]
+
+    def station1():
+        return next(x for x in stations() if x["name"] == "station1")
+
+    def others_items():
+        return sum(x["items"] for x in stations() if x["name"] != "station1")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = station1()
+        if st.get("session") and st["session"]["items"] >= 2 and st.get("pid"):
+            break
+        time.sleep(0.1)
+    else:
+        return None
+    key, pid, items = st["session"]["key"], st["pid"], st["items"]
+    others = others_items()
+    os.kill(pid, signal.SIGKILL)
+    t = time.monotonic()
+    killed_ms = int(time.time() * 1000)
+    while time.monotonic() < end:
+        st = station1()
+        if st.get("pid") and st["pid"] != pid and st["items"] > items:
+            break
+        time.sleep(0.1)
+    return {"order": key, "killed_unix_ms": killed_ms,
+            "back_after_ms": int((time.monotonic() - t) * 1000), "restarts": st["restarts"],
+            "other_stations_items_meanwhile": others_items() - others}
 
 
 def run_before(args, n, work):
@@ -195,6 +245,9 @@ def main(argv):
     ap.add_argument("--designs", default="before,baton")
     ap.add_argument("--work", default=None)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--kill", action="store_true",
+                    help="baton runs: kill -9 station1's camera mid-order and report how "
+                         "its order came out and whether the other stations went on")
     a = ap.parse_args(argv)
     a.build = os.path.abspath(a.build)
     work = a.work or os.path.join(a.build, "bench-stations")
@@ -226,6 +279,14 @@ def main(argv):
                  r["frames_per_order"], r["orders_per_min"], r["latency_p50_ms"],
                  r["latency_p95_ms"], r["new_station_first_item_ms"],
                  "-" if not ps else "p50 %s ms" % ps["p50"]))
+    for r in rows:
+        if r.get("kill"):
+            k = r["kill"]
+            print("kill -9 of station1's camera mid-order %s (%d stations): producing again "
+                  "after %d ms (restarts %d); the order has %d result(s), frames %s, correct %s; "
+                  "frames the other stations delivered meanwhile: %d"
+                  % (k["order"], r["stations"], k["back_after_ms"], k["restarts"], k["results"],
+                     k["frames"], k["correct"], k["other_stations_items_meanwhile"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
