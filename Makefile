@@ -22,7 +22,10 @@ STATIONS_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
               gstreamer1.0-plugins-good python3-torch $(DEMO_PKGS)
 # promtool is not packaged alone: tools/promtool.sh takes it out of Debian's
 # prometheus package rather than installing a server and its units.
-TEST_PKGS  := python3-pytest wrk valgrind groff-base chromium chromium-driver python3-selenium \
+# pytest-xdist: the end-to-end tests mostly wait on processes, so two at once
+# (-n 2) take half the time on two cores.
+TEST_PKGS  := python3-pytest python3-pytest-xdist wrk valgrind groff-base chromium chromium-driver \
+	      python3-selenium \
 	      $(DEMO_PKGS) $(TIMESERIES_PKGS) $(STATIONS_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
@@ -79,7 +82,7 @@ PHASE := sh tools/phase.sh
 test: test-deps build asan
 	@$(PHASE) "unit tests" meson test -C $(BUILD) --print-errorlogs --suite unit
 	@$(PHASE) "unit test counts" $(PY) tests/check-unit-counts.py $(BUILD)
-	@$(PHASE) "end-to-end tests" env BATON_BUILD=$(abspath $(BUILD)) $(PY) -m pytest -q -x tests/e2e
+	@$(PHASE) "end-to-end tests" env BATON_BUILD=$(abspath $(BUILD)) $(PY) -m pytest -q -x -n 2 tests/e2e
 	@$(PHASE) "unit tests under ASan+UBSan" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		meson test -C $(ASAN_BUILD) --print-errorlogs --suite unit
@@ -89,7 +92,7 @@ test: test-deps build asan
 		$(ASAN_BUILD)/meson-logs/testlog.txt
 	@$(PHASE) "end-to-end tests under ASan+UBSan" env ASAN_OPTIONS=detect_leaks=1 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 BATON_BUILD=$(abspath $(ASAN_BUILD)) \
-		BATON_SANITIZED=1 $(PY) -m pytest -q -x tests/e2e
+		BATON_SANITIZED=1 $(PY) -m pytest -q -x -n 2 tests/e2e
 
 # Each named mutant of tests/mutants/mutants.txt (one broken guarantee) on a
 # scratch copy of the tree: its tests must fail. mutants-fast: CI's subset.

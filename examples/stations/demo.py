@@ -39,11 +39,19 @@ def free_port():
 
 
 def train_if_missing(model, log=print):
-    """Runs the example's setup step (train.py) unless model exists."""
+    """Runs the example's setup step (train.py) unless model exists. A lock
+    next to the model makes concurrent callers (tests run two at a time)
+    train once: the others wait for it and find the model there."""
+    import fcntl
     if os.path.exists(model):
         return
-    log("$ python3 examples/stations/train.py --out %s" % os.path.relpath(model, ROOT))
-    subprocess.run([PYTHON, "train.py", "--out", model], cwd=HERE, check=True)
+    os.makedirs(os.path.dirname(model), exist_ok=True)
+    with open(model + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(model):
+            return
+        log("$ python3 examples/stations/train.py --out %s" % os.path.relpath(model, ROOT))
+        subprocess.run([PYTHON, "train.py", "--out", model], cwd=HERE, check=True)
 
 
 class Stations:

@@ -30,7 +30,12 @@ class ItemNet(nn.Module):
 
 
 def save(model, path):
-    torch.save({"classes": model.classes, "state": model.state_dict()}, path)
+    """Writes the model whole or not at all (a temporary file renamed), so
+    that a reader never loads half a model."""
+    import os
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    torch.save({"classes": model.classes, "state": model.state_dict()}, tmp)
+    os.replace(tmp, path)
 
 
 def load(path):
