@@ -654,7 +654,8 @@ static void summarize(struct lg *lg)
 	size_t n = lg->lat.len / sizeof(double);
 	r->latency_ms = (double *)bt_buf_detach(&lg->lat, &r->nlatency);
 	r->nlatency = n;
-	qsort(r->latency_ms, n, sizeof(double), cmp_double);
+	if (n > 1) /* no samples: no buffer, and qsort may not be given NULL */
+		qsort(r->latency_ms, n, sizeof(double), cmp_double);
 	double sum = 0;
 	for (size_t i = 0; i < n; i++)
 		sum += r->latency_ms[i];

@@ -189,7 +189,8 @@ static int scan(struct bt_usage_table *t, pid_t only)
 	}
 	closedir(dir);
 	/* Sorted by group, then each group's processes summed into its first entry. */
-	qsort(t->v, t->len, sizeof(*t->v), by_pgid);
+	if (t->len > 1) /* qsort may not be given the NULL of an empty table */
+		qsort(t->v, t->len, sizeof(*t->v), by_pgid);
 	size_t out = 0;
 	for (size_t i = 0; i < t->len; i++) {
 		if (out && t->v[out - 1].pgid == t->v[i].pgid) {

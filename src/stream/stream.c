@@ -1463,43 +1463,55 @@ json_t *bt_streams_status(struct bt_streams *ss)
 	return doc;
 }
 
+/*
+ * One counter family over every station, by reason: counts(st) gives the
+ * station's n counters, named by names (NULL: one counter, no reason label).
+ */
+static void station_family(struct bt_streams *ss, struct bt_buf *out, const char *name,
+			   const char *help, const char *const *names, int n,
+			   const uint64_t *(*counts)(const struct station *st))
+{
+	bt_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+	for (int i = 0; i < ss->n; i++) {
+		for (int j = 0; j < ss->v[i].nslots; j++) {
+			const struct station *st = &ss->v[i].stations[j];
+			const uint64_t *v = counts(st);
+			for (int k = 0; st->name && k < n; k++) {
+				bt_buf_printf(out, "%s{stream=\"%s\",station=\"%s\"", name,
+					      ss->v[i].cfg->name, st->name);
+				if (names)
+					bt_buf_printf(out, ",reason=\"%s\"", names[k]);
+				bt_buf_printf(out, "} %llu\n", (unsigned long long)v[k]);
+			}
+		}
+	}
+}
+
+static const uint64_t *items_of(const struct station *st)
+{
+	return &st->items;
+}
+
+static const uint64_t *drops_of(const struct station *st)
+{
+	return st->dropped;
+}
+
+static const uint64_t *closes_of(const struct station *st)
+{
+	return st->sessions;
+}
+
 void bt_streams_metrics(struct bt_streams *ss, struct bt_buf *out)
 {
 	if (!ss)
 		return;
-	bt_buf_printf(out, "# HELP baton_stream_items_total Items emitted by a station's source.\n"
-			   "# TYPE baton_stream_items_total counter\n");
-	for (int i = 0; i < ss->n; i++)
-		for (int j = 0; j < ss->v[i].nslots; j++) {
-			const struct station *st = &ss->v[i].stations[j];
-			if (st->name)
-				bt_buf_printf(out,
-					      "baton_stream_items_total{stream=\"%s\",station=\"%s\"} %llu\n",
-					      ss->v[i].cfg->name, st->name,
-					      (unsigned long long)st->items);
-		}
-	bt_buf_printf(out, "# HELP baton_stream_items_dropped_total Items that reached no session, by reason.\n"
-			   "# TYPE baton_stream_items_dropped_total counter\n");
-	for (int i = 0; i < ss->n; i++)
-		for (int j = 0; j < ss->v[i].nslots; j++) {
-			const struct station *st = &ss->v[i].stations[j];
-			for (int k = 0; st->name && k < DROP_COUNT; k++)
-				bt_buf_printf(out,
-					      "baton_stream_items_dropped_total{stream=\"%s\",station=\"%s\",reason=\"%s\"} %llu\n",
-					      ss->v[i].cfg->name, st->name, drop_names[k],
-					      (unsigned long long)st->dropped[k]);
-		}
-	bt_buf_printf(out, "# HELP baton_stream_sessions_total Sessions closed, by close reason.\n"
-			   "# TYPE baton_stream_sessions_total counter\n");
-	for (int i = 0; i < ss->n; i++)
-		for (int j = 0; j < ss->v[i].nslots; j++) {
-			const struct station *st = &ss->v[i].stations[j];
-			for (int k = 0; st->name && k < CLOSE_COUNT; k++)
-				bt_buf_printf(out,
-					      "baton_stream_sessions_total{stream=\"%s\",station=\"%s\",reason=\"%s\"} %llu\n",
-					      ss->v[i].cfg->name, st->name, close_names[k],
-					      (unsigned long long)st->sessions[k]);
-		}
+	station_family(ss, out, "baton_stream_items_total", "Items emitted by a station's source.",
+		       NULL, 1, items_of);
+	station_family(ss, out, "baton_stream_items_dropped_total",
+		       "Items that reached no session, by reason.", drop_names, DROP_COUNT, drops_of);
+	station_family(ss, out, "baton_stream_sessions_total", "Sessions closed, by close reason.",
+		       close_names, CLOSE_COUNT, closes_of);
 	bt_buf_printf(out, "# HELP baton_stream_session_latency_seconds From a session's close to its result.\n"
 			   "# TYPE baton_stream_session_latency_seconds histogram\n");
 	for (int i = 0; i < ss->n; i++) {
