@@ -121,11 +121,11 @@ def test_a_deadline_shorter_than_the_window_sends_the_batch_in_time(baton):
     # the deadline (its timer dispatches before it judges): the 200 is the
     # claim then, and the bound only shows the 3 s window was not waited.
     late = 300 * SLOW
-    assert 900 <= server_timing(r)["w-queue"] < 1000 + late, server_timing(r)
+    assert 900 - 2 <= server_timing(r)["w-queue"] < 1000 + late, server_timing(r)
     # The client's own timeout counts the same way.
     r = b.post("p", "hurried", headers={"Baton-Timeout-Ms": "500"})
     assert r.status == 200 and r.json()["batch_size"] == 1, r
-    assert 400 <= server_timing(r)["w-queue"] < 500 + late, server_timing(r)
+    assert 400 - 2 <= server_timing(r)["w-queue"] < 500 + late, server_timing(r)
     assert b.stop() == 0
 
 

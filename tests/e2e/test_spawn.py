@@ -99,7 +99,7 @@ def test_timeout_kills_the_process_group(baton, tmp_path):
     assert replies[0].status == 504, replies
     # Killed at its timeout by baton's own count (Server-Timing), not later.
     ran = float(re.search(r"legacy-run;dur=([\d.]+)", replies[0].headers["server-timing"]).group(1))
-    assert 3000 <= ran < 3000 + 1500 * SLOW, replies[0].headers
+    assert 3000 - 2 <= ran < 3000 + 1500 * SLOW, replies[0].headers
     wait_for(lambda: not group_alive(pid), 10, what="the hung script's group to be gone")
     assert not pid_alive(pid)
     wait_for(lambda: b.status()["stages"]["legacy"]["running"] == 0, 10)

@@ -185,8 +185,8 @@ def test_sleeping_worker_gets_504_and_a_fresh_replica(baton):
     # baton's own measure of the run: at the timeout, not long after (a
     # timeout ten times too long would say 5000 ms).
     ran = int(re.search(r"after (\d+)ms", r.json()["error"]).group(1))
-    assert 500 <= ran < 500 + 1500 * SLOW, r.json()
-    assert 500 <= server_timing(r)["work-run"] < 500 + 1500 * SLOW, r.headers
+    assert 500 - 2 <= ran < 500 + 1500 * SLOW, r.json()
+    assert 500 - 2 <= server_timing(r)["work-run"] < 500 + 1500 * SLOW, r.headers
     wait_for(lambda: not pid_alive(old), 5, what="the hung replica to be killed")
     b.wait_ready()
     rep = b.replicas("work")[0]
@@ -238,8 +238,9 @@ def test_queue_deadline_fires_while_no_replica_is_free(baton):
     # baton's own measure of the wait, both ways: not before the deadline,
     # and not at a later one (ten times 300 ms would still beat the 5 s).
     waited = int(re.search(r"waited (\d+)ms in the queue", r.json()["error"]).group(1))
-    assert 300 <= waited < 300 + 1200 * SLOW, r.json()
-    assert 300 <= server_timing(r)["work-queue"] < 300 + 1200 * SLOW, r.headers
+    # Timers tick in whole milliseconds: a deadline may fire 1 ms before its exact count.
+    assert 300 - 2 <= waited < 300 + 1200 * SLOW, r.json()
+    assert 300 - 2 <= server_timing(r)["work-queue"] < 300 + 1200 * SLOW, r.headers
     assert b.stop() == 0
 
 

@@ -193,7 +193,8 @@ def test_request_timeout_expires_in_the_queue(baton):
     assert r.status == 504 and r.json()["code"] == "timeout", r
     # At its deadline by baton's own count, not when the replica frees up.
     waited = int(re.search(r"waited (\d+)ms in the queue", r.json()["error"]).group(1))
-    assert 200 <= waited < 200 + 1200 * SLOW, r.json()
+    # Timers tick in whole milliseconds: a deadline may fire 1 ms before its exact count.
+    assert 200 - 2 <= waited < 200 + 1200 * SLOW, r.json()
     busy.join(30 * SLOW)
     assert b.stop() == 0
 
@@ -204,7 +205,7 @@ def test_request_timeout_cannot_lengthen_the_stage_timeout(baton):
     assert r.status == 504 and r.json()["code"] == "timeout", r
     # Killed at the stage's 300 ms by baton's own count (not at 3000, nor 60 s).
     ran = int(re.search(r"after (\d+)ms", r.json()["error"]).group(1))
-    assert 300 <= ran < 300 + 1200 * SLOW, r.json()
+    assert 300 - 2 <= ran < 300 + 1200 * SLOW, r.json()
     assert b.stop() == 0
 
 
