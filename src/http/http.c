@@ -49,6 +49,7 @@ struct bt_http {
 	int port;
 	int need_run; /* a connection was resumed */
 	unsigned pending; /* pipeline answers not yet fully sent */
+	unsigned polls; /* results long polls waiting (suspended connections) */
 	int closing;
 	/*
 	 * Bytes held for clients (bodies read, answers not yet taken), against
@@ -88,6 +89,7 @@ struct conn {
 	uint64_t after, wait_ms;
 	struct bt_stream_watch *watch; /* a long poll waiting for results */
 	int woken;
+	int polling; /* counted in h->polls */
 	int over_budget; /* the body would not fit in http.max_buffered_bytes: dropped */
 	size_t charged; /* bytes counted in h->buffered for this connection */
 	uint64_t send_deadline_ms; /* while in h->sending */
@@ -718,11 +720,21 @@ static enum MHD_Result route_v2_model(struct conn *cn, const char *rest, int get
 /* With auth configured, everything but the health probes needs the token. */
 /* ---- streams ------------------------------------------------------------- */
 
+/* A long poll ends: woken, timed out, or its connection gone. */
+static void poll_done(struct conn *cn)
+{
+	if (cn->polling) {
+		cn->polling = 0;
+		cn->h->polls--;
+	}
+}
+
 static void results_watch_cb(void *arg)
 {
 	struct conn *cn = arg;
 	cn->watch = NULL;
 	cn->woken = 1;
+	poll_done(cn);
 	if (cn->waiting) {
 		cn->waiting = 0;
 		MHD_resume_connection(cn->mc);
@@ -736,13 +748,22 @@ static enum MHD_Result stream_results(struct conn *cn)
 {
 	uint64_t next;
 	json_t *res = bt_stream_results(cn->stream, cn->after, &next);
+	/*
+	 * A suspended connection does not notice its client leave: long polls
+	 * may hold only a quarter of the connections, or clients that gave up
+	 * waiting could lock everyone out until their wait_ms ran out.  Past
+	 * that, a poll is answered at once (the client simply polls again).
+	 */
+	unsigned max_polls = BT_MAX(1u, cn->h->d->cfg->http_max_connections / 4);
 	if (json_array_size(res) || cn->wait_ms == 0 || cn->woken ||
-	    cn->h->d->state != BT_DAEMON_RUNNING) {
+	    cn->h->d->state != BT_DAEMON_RUNNING || cn->h->polls >= max_polls) {
 		cn->route = R_NONE;
 		return send_json(cn->mc, 200, json_pack("{s:o, s:I}", "results", res, "next",
 							(json_int_t)next), NULL);
 	}
 	json_decref(res);
+	cn->polling = 1;
+	cn->h->polls++;
 	cn->watch = bt_stream_watch(cn->stream, cn->after, cn->wait_ms, results_watch_cb, cn);
 	cn->waiting = 1;
 	MHD_suspend_connection(cn->mc);
@@ -798,9 +819,11 @@ static enum MHD_Result route_stream(struct conn *cn, const char *rest, const cha
 		const char *w = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "wait_ms");
 		char *end;
 		if (a) {
+			errno = 0;
 			cn->after = strtoull(a, &end, 10);
-			if (!*a || *end)
-				return send_error(mc, BT_BAD_REQUEST, "'after' must be a whole number");
+			if (!*a || *end || *a == '-' || errno == ERANGE || cn->after > INT64_MAX)
+				return send_error(mc, BT_BAD_REQUEST,
+						  "'after' must be a whole number (a result's seq)");
 		}
 		if (w) {
 			cn->wait_ms = strtoull(w, &end, 10);
@@ -1104,6 +1127,7 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 	*con_cls = NULL;
 	if (cn->watch)
 		bt_stream_unwatch(cn->watch);
+	poll_done(cn);
 	if (cn->req) {
 		if (cn->finished)
 			bt_request_free(cn->req);

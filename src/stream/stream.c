@@ -91,7 +91,8 @@ struct station {
 	int removing; /* the slot is freed once drained */
 	int finishing; /* its closed sessions still being processed */
 	int pumping, pump_again;
-	int bad_key_logged;
+	int bad_key_logged; /* logged once per station */
+	int bad_eos_logged; /* bits: eos with no session, eos for another: logged once each */
 	uv_timer_t timer; /* idle and max_duration of the open session */
 	uint64_t started_ms, first_item_ms; /* for "productive after" */
 	uint64_t items, dropped[DROP_COUNT], sessions[CLOSE_COUNT];
@@ -236,6 +237,9 @@ static int open_session(struct station *st, const char *key)
 	struct bt_stream *s = st->s;
 	char enc[3 * 128 + 1], dir[4096];
 	bt_spool_encode_key(key, enc, sizeof(enc));
+	/* The station's directory may have been cleaned away meanwhile. */
+	snprintf(dir, sizeof(dir), "%s/%s", s->cfg->spool, st->name);
+	mkdir_p(dir);
 	/* A key seen again after its session closed gets a fresh directory. */
 	int made = 0;
 	for (int n = 1; n < 100000 && !made; n++) {
@@ -529,9 +533,10 @@ static void add_item(struct station *st, struct item *it)
 			close_session(st, CLOSE_MISSING_KEY);
 		return;
 	}
-	if (!json_is_string(k)) {
+	/* A NUL inside would cut the key short and merge two sessions. */
+	if (!json_is_string(k) || strlen(json_string_value(k)) != json_string_length(k)) {
 		if (!st->bad_key_logged++)
-			bt_warn("an item's session key is not a string: item dropped",
+			bt_warn("an item's session key is not a string without NUL bytes: item dropped",
 				"stream=%s station=%s key=%s item=%llu", cfg->name, st->name, cfg->key,
 				(unsigned long long)it->seq);
 		drop(st, DROP_BAD_KEY);
@@ -585,16 +590,24 @@ static void add_item(struct station *st, struct item *it)
 static void on_eos_event(struct station *st, struct item *it)
 {
 	const char *name = json_string_value(json_object_get(it->meta, "session"));
+	/* A source that sends them by the thousand gets one line per station. */
 	if (!st->open) {
-		bt_warn("eos with no open session", "stream=%s station=%s session=\"%s\"",
-			st->s->cfg->name, st->name, name ? name : "");
+		if (!(st->bad_eos_logged & 1)) {
+			st->bad_eos_logged |= 1;
+			bt_warn("eos with no open session (further ones are not logged)",
+				"stream=%s station=%s session=\"%s\"", st->s->cfg->name, st->name,
+				name ? name : "");
+		}
 		return;
 	}
 	if (name && strcmp(name, st->open->key)) {
 		char q[300];
-		bt_warn("eos for unknown session", "stream=%s station=%s session=%s open=%s",
-			st->s->cfg->name, st->name, bt_logfmt_quote(q, sizeof(q), name, strlen(name)),
-			st->open->id);
+		if (!(st->bad_eos_logged & 2)) {
+			st->bad_eos_logged |= 2;
+			bt_warn("eos for unknown session (further ones are not logged)",
+				"stream=%s station=%s session=%s open=%s", st->s->cfg->name, st->name,
+				bt_logfmt_quote(q, sizeof(q), name, strlen(name)), st->open->id);
+		}
 		return;
 	}
 	close_session(st, CLOSE_EOS);
