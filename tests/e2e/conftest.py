@@ -20,9 +20,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 
@@ -98,8 +96,8 @@ def pid_alive(pid):
         return False  # it went away while we looked
 
 
-def group_alive(pgid):
-    """True if any live (non-zombie) process is in process group pgid."""
+def live_processes():
+    """(pid, ppid, pgid) of every live (non-zombie) process, in one pass."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -108,7 +106,14 @@ def group_alive(pgid):
                 fields = f.read().rsplit(") ", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        if fields[0] != "Z":
+            yield int(entry), int(fields[1]), int(fields[2])
+
+
+def group_alive(pgid):
+    """True if any live (non-zombie) process is in process group pgid."""
+    for _, _, group in live_processes():
+        if group == pgid:
             return True
     return False
 
@@ -243,16 +248,9 @@ class Baton:
         each the leader of its own group) to pgids, read from /proc."""
         if not self.proc:
             return
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    fields = f.read().rsplit(") ", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
-                self.pgids.add(int(fields[2]))
+        for _, ppid, group in live_processes():
+            if ppid == self.proc.pid:
+                self.pgids.add(group)
 
     def replicas(self, stage):
         return self.status()["stages"][stage]["replicas"]
@@ -386,17 +384,13 @@ def keep_running(pid):
 def live_children():
     """{pid: command} of pytest's live (non-zombie) children."""
     me, out = os.getpid(), {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid, ppid, _ in live_processes():
+        if ppid != me:
             continue
         try:
-            with open("/proc/%s/stat" % entry) as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-            if fields[0] == "Z" or int(fields[1]) != me:
-                continue
-            with open("/proc/%s/cmdline" % entry, "rb") as f:
-                out[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except (FileNotFoundError, ProcessLookupError):
             continue
     return out
 

@@ -8,7 +8,7 @@ import concurrent.futures
 import json
 import os
 
-from conftest import BUILD, PYTHON, ROOT, Gate, config, wait_for
+from conftest import BUILD, PYTHON, ROOT, Gate, config, live_processes, wait_for
 
 WORKER = os.path.join(BUILD, "tests", "c_batch_worker")
 N = 256
@@ -17,18 +17,7 @@ HELD = 192  # replicas held busy on a gate; the rest keep serving
 
 def live_groups():
     """Process groups of every live (non-zombie) process, in one pass."""
-    groups = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[0] != "Z":
-            groups.add(int(fields[2]))
-    return groups
+    return {group for _, _, group in live_processes()}
 
 
 def states(b):
