@@ -1409,8 +1409,6 @@ static int parse_stream(struct ctx *c, const yaml_node_t *key, const yaml_node_t
 	char *spool = NULL, *results = NULL;
 	int r;
 	sc->name = bt_strdup(scalar(key));
-	sc->line = (int)key->start_mark.line + 1;
-	sc->col = (int)key->start_mark.column + 1;
 	sc->source = sc->items_pipeline = sc->process_pipeline = -1;
 	sc->idle_timeout_ms = 10000; /* seed 001's order timeout */
 	sc->credits = 8;

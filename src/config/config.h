@@ -110,7 +110,6 @@ enum bt_missing_key { BT_MISSING_IGNORE, BT_MISSING_CLOSE };
  */
 struct bt_stream_config {
 	char *name;
-	int line, col;
 	int source; /* index of the source stage */
 	struct bt_station_config *stations;
 	int nstations;

@@ -90,7 +90,7 @@ struct station {
 	int draining; /* finishing its session before its source stops */
 	int removing; /* the slot is freed once drained */
 	int finishing; /* its closed sessions still being processed */
-	int pumping, pump_again;
+	int pumping; /* in pump(): a nested call (a synchronous answer) leaves it to the outer loop */
 	int bad_key_logged; /* logged once per station */
 	int bad_eos_logged; /* bits: eos with no session, eos for another: logged once each */
 	uv_timer_t timer; /* idle and max_duration of the open session */
@@ -105,7 +105,6 @@ struct bt_stream_watch {
 	uint64_t after;
 	void (*cb)(void *arg);
 	void *arg;
-	int fired;
 };
 
 struct bt_stream {
@@ -662,37 +661,33 @@ static void item_done_cb(struct bt_request *req, void *arg)
 static void pump(struct station *st)
 {
 	struct bt_stream *s = st->s;
-	if (st->pumping) {
-		st->pump_again = 1;
+	/* The outer loop re-reads the counts after each submit, nested answers included. */
+	if (st->pumping)
 		return;
-	}
 	st->pumping = 1;
-	do {
-		st->pump_again = 0;
-		while (st->queued > 0 && st->held < s->cfg->credits) {
-			struct item *it = st->head;
-			while (it && it->state != ITEM_QUEUED)
-				it = it->next;
-			BT_ASSERT(it);
-			st->queued--;
-			st->held++;
-			if (!s->items_pl) {
-				it->state = ITEM_READY;
-				fold(st);
-				continue;
-			}
-			it->state = ITEM_RUNNING;
-			char *copy = NULL;
-			if (it->len) {
-				copy = bt_malloc(it->len);
-				memcpy(copy, it->payload, it->len);
-			}
-			struct bt_request *req = bt_request_new(s->items_pl, copy, it->len,
-								json_deep_copy(it->meta));
-			req->internal = 1;
-			bt_pipeline_submit(req, item_done_cb, it);
+	while (st->queued > 0 && st->held < s->cfg->credits) {
+		struct item *it = st->head;
+		while (it && it->state != ITEM_QUEUED)
+			it = it->next;
+		BT_ASSERT(it);
+		st->queued--;
+		st->held++;
+		if (!s->items_pl) {
+			it->state = ITEM_READY;
+			fold(st);
+			continue;
 		}
-	} while (st->pump_again);
+		it->state = ITEM_RUNNING;
+		char *copy = NULL;
+		if (it->len) {
+			copy = bt_malloc(it->len);
+			memcpy(copy, it->payload, it->len);
+		}
+		struct bt_request *req = bt_request_new(s->items_pl, copy, it->len,
+							json_deep_copy(it->meta));
+		req->internal = 1;
+		bt_pipeline_submit(req, item_done_cb, it);
+	}
 	st->pumping = 0;
 }
 
