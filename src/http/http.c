@@ -573,6 +573,10 @@ static enum MHD_Result scale_stage(struct conn *cn)
 		snprintf(msg, sizeof(msg), "no stage named '%s'", cn->stage);
 		return send_error(cn->mc, BT_NOT_FOUND, msg);
 	}
+	/* Draining, baton starts nothing: a 200 would promise replicas that never come. */
+	if (d->state != BT_DAEMON_RUNNING)
+		return send_error(cn->mc, BT_SHUTTING_DOWN,
+				  "baton is shutting down: replicas are no longer scaled");
 	json_error_t jerr;
 	json_t *doc = json_loadb(cn->body.data ? cn->body.data : "", cn->body.len, 0, &jerr);
 	json_t *n = json_object_get(doc, "replicas");

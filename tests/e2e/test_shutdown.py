@@ -1,6 +1,7 @@
 """Stopping: SIGTERM drains, SIGKILL of baton takes every worker with it,
 workers that ignore "stop" are escalated to signals, and no process of any
 replica's group is left behind."""
+import json
 import os
 import signal
 import threading
@@ -26,6 +27,10 @@ def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton, tmp_path):
         assert state == "draining", state  # not stopping with work in flight
         late = b.post("p", "late")
         assert late.status == 503 and late.json()["code"] == "shutting_down", late
+        # Nor is a stage scaled while draining: a 200 would promise replicas
+        # that never start.
+        scale = b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 1}))
+        assert scale.status == 503 and scale.json()["code"] == "shutting_down", scale
         assert b.get("/v2/health/ready").status == 400
     for t in threads:
         t.join(30 * SLOW)
