@@ -1412,6 +1412,8 @@ static int parse_stream(struct ctx *c, const yaml_node_t *key, const yaml_node_t
 	sc->source = sc->items_pipeline = sc->process_pipeline = -1;
 	sc->idle_timeout_ms = 10000; /* seed 001's order timeout */
 	sc->credits = 8;
+	sc->spool_line = (int)key->start_mark.line + 1;
+	sc->spool_col = (int)key->start_mark.column + 1;
 	if (!valid_name(sc->name))
 		return fail(c, key,
 			    "stream name '%s' is not valid (letters, digits, '_', '-', '.'; at most 64)",
@@ -1433,6 +1435,8 @@ static int parse_stream(struct ctx *c, const yaml_node_t *key, const yaml_node_t
 			process = v;
 		} else if (!strcmp(k, "spool")) {
 			r = get_string(c, v, k, &spool);
+			sc->spool_line = (int)v->start_mark.line + 1;
+			sc->spool_col = (int)v->start_mark.column + 1;
 		} else if (!strcmp(k, "results")) {
 			r = get_string(c, v, k, &results);
 		} else if (!strcmp(k, "session")) {

@@ -124,6 +124,7 @@ struct bt_stream_config {
 	enum bt_overflow overflow;
 	char *spool; /* absolute */
 	char *results; /* absolute */
+	int spool_line, spool_col; /* of `spool:`, or of the stream's name */
 };
 
 enum bt_gpus_mode { BT_GPUS_AUTO, BT_GPUS_NONE, BT_GPUS_LIST };

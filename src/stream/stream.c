@@ -1096,21 +1096,22 @@ int bt_streams_new(uv_loop_t *loop, const struct bt_config *cfg, struct bt_stage
 		s->source->source_arg = s;
 		if (r)
 			continue;
-		int e = mkdir_p(sc->spool);
+		char dir[4096];
+		snprintf(dir, sizeof(dir), "%s", sc->spool);
+		int e = mkdir_p(dir);
 		for (int j = 0; !e && j < sc->nstations; j++) {
-			char dir[4096];
 			snprintf(dir, sizeof(dir), "%s/%s", sc->spool, sc->stations[j].name);
 			e = mkdir_p(dir);
 		}
 		if (!e) {
 			char *slash = strrchr(sc->results, '/');
-			char *rdir = bt_strndup(sc->results, (size_t)(slash - sc->results));
-			e = mkdir_p(rdir);
-			free(rdir);
+			snprintf(dir, sizeof(dir), "%.*s", (int)(slash - sc->results), sc->results);
+			e = mkdir_p(dir);
 		}
 		if (e) {
-			snprintf(err, errlen, "stream '%s': cannot create the spool '%s': %s", sc->name,
-				 sc->spool, bt_strerror(e));
+			snprintf(err, errlen, "%s:%d:%d: stream '%s': cannot create the spool directory '%s': %s",
+				 cfg->path, sc->spool_line, sc->spool_col, sc->name, dir,
+				 bt_strerror(e));
 			r = BT_ECONFIG;
 			continue;
 		}

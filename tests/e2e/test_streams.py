@@ -5,11 +5,12 @@ every spooled item of a session belongs to it."""
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
-from conftest import PYTHON, ROOT, SDK_PY, pid_alive, wait_for
+from conftest import BATON, PYTHON, ROOT, SDK_PY, pid_alive, wait_for
 
 SOURCE = os.path.join(ROOT, "tests", "e2e", "fake_source.py")
 WORKER = os.path.join(ROOT, "tests", "e2e", "stream_worker.py")
@@ -436,3 +437,18 @@ def test_abandoned_long_polls_cannot_lock_the_api_out(baton, tmp_path):
     for bad in ("-1", "18446744073709551615", "99999999999999999999999", "9223372036854775808"):
         assert b.get("/v1/streams/orders/results?after=" + bad).status == 400, bad
     assert b.stop() == 0
+
+
+def test_uncreatable_spool_is_a_config_error_naming_the_line(baton, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the spool's parent should be\n")
+    cfg = stream_config(tmp_path, {"st1": [{"emit": 1, "key": "A"}]},
+                        extra="    spool: %s\n" % (blocker / "spool"))
+    b = baton(cfg, start=False)
+    proc = subprocess.run([BATON, "serve", b.config_path, "--listen", "127.0.0.1:%d" % b.port],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0, proc
+    line = [i + 1 for i, l in enumerate(cfg.splitlines()) if l.strip().startswith("spool:")][0]
+    want = "%s:%d:12: stream 'orders': cannot create the spool directory '%s'" % (
+        b.config_path, line, blocker / "spool")
+    assert want in proc.stderr, proc.stderr
