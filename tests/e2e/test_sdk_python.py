@@ -200,7 +200,9 @@ def spawn(tmp_path):
         workers.append(w)
         if expect_ready:
             hdr, payload = w.peer.recv()
-            assert hdr == {"t": "ready", "proto": 1}
+            # Fast headers are offered unless the worker is told not to.
+            offers = env.get("BATON_WORKER_FAST") != "0"
+            assert hdr == dict({"t": "ready", "proto": 1}, **({"fast": 1} if offers else {}))
             assert payload == b""
         return w
 
