@@ -239,11 +239,17 @@ def side_by_side(a, tmp):
     ]
     if have_fastapi:
         configs.append(("fastapi_c32", "FastAPI+uvicorn, 2 stages, c32", 32, 2))
+    if a.baseline:
+        configs += [("old_baton_c1", "baseline baton, 1 Python stage, c1", 1, 1),
+                    ("old_baton_c32", "baseline baton, 1 Python stage, c32", 32, 2)]
+    if a.only:
+        configs = [c for c in configs if c[0] in a.only.split(",")]
     runs = {k: [] for k, *_ in configs}
     loads = []
     for _ in range(a.rounds):
         loads.append(os.getloadavg()[0])
-        for key, _label, conns, threads in configs:
+        for name, _label, conns, threads in configs:
+            key = name
             if key.startswith("min"):
                 srv = Minimal(1 if conns == 1 else 2)
                 url, pid = srv.url, srv.proc.pid
@@ -251,6 +257,10 @@ def side_by_side(a, tmp):
                 srv = FastAPI(tmp)
                 url, pid = srv.url, srv.proc.pid
             else:
+                build = BUILD
+                if key.startswith("old_"):
+                    build = os.path.abspath(a.baseline)
+                    key = key[len("old_"):]
                 if key == "baton_c1":
                     stages = stage("echo", "python", 1, 1)
                     pipe = "[echo]"
@@ -260,10 +270,10 @@ def side_by_side(a, tmp):
                 else:
                     stages = stage("a", "python", 1, 16) + stage("b", "python", 1, 16)
                     pipe = "[a, b]"
-                srv = Daemon(BUILD, "stages:\n" + stages + "pipelines:\n  p: %s\n" % pipe, tmp)
+                srv = Daemon(build, "stages:\n" + stages + "pipelines:\n  p: %s\n" % pipe, tmp)
                 url, pid = srv.url + "/v1/pipelines/p", srv.proc.pid
             wrk_once(url, conns, threads, 1)  # warm up
-            runs[key].append(measured(url, pid, conns, threads, a.duration))
+            runs[name].append(measured(url, pid, conns, threads, a.duration))
             srv.stop()
     res = {"load_avg_1m": loads}
     for key, *_ in configs:
@@ -284,13 +294,14 @@ def side_by_side(a, tmp):
             label, r["p50_us"], r["p99_us"], r["per_s"], r["per_s_range"][0],
             r["per_s_range"][1], r["cpu_us"],
             "  (non-2xx: %d)" % r["non_2xx"] if r["non_2xx"] else ""))
-    print("targets: c1 p50 baton/minimal %.2f (<= 1.3); c32 req/s baton/minimal %.2f (>= 0.85)"
-          % (res["baton_c1"]["p50_us"] / res["min_c1"]["p50_us"],
-             res["baton_c32"]["per_s"] / res["min_c32"]["per_s"]))
-    if have_fastapi:
+    if "min_c1" in res and "baton_c1" in res and "min_c32" in res and "baton_c32" in res:
+        print("targets: c1 p50 baton/minimal %.2f (<= 1.3); c32 req/s baton/minimal %.2f "
+              "(>= 0.85)" % (res["baton_c1"]["p50_us"] / res["min_c1"]["p50_us"],
+                             res["baton_c32"]["per_s"] / res["min_c32"]["per_s"]))
+    if "fastapi_c32" in res and "baton2_c32" in res:
         print("         two stages baton/FastAPI %.1fx (>= 5)"
               % (res["baton2_c32"]["per_s"] / res["fastapi_c32"]["per_s"]))
-    else:
+    elif not have_fastapi:
         print("FastAPI not installed (apt-get install python3-fastapi python3-uvicorn): skipped")
     return res
 
@@ -305,6 +316,11 @@ def main():
                     help="only the comparison of issue 16: baton against bench/hop/minimal.c "
                     "and a FastAPI pipeline, interleaved, with baton's CPU per request")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of --side-by-side")
+    ap.add_argument("--only", help="with --side-by-side: a comma-separated subset of "
+                    "min_c1,baton_c1,min_c32,baton_c32,baton2_c32,fastapi_c32,old_baton_c1,"
+                    "old_baton_c32")
+    ap.add_argument("--baseline", help="with --side-by-side: also run the one-stage figures "
+                    "with the baton of this build directory (before/after a change)")
     a = ap.parse_args()
     BUILD = os.path.abspath(a.build)
     if not shutil.which("wrk"):

@@ -403,8 +403,8 @@ static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *
 	if (avail == 0)
 		return 0; /* also: nothing was ever read, and data is NULL */
 	char *start = w->in.data + w->pos;
-	if (w->offer_fast && (unsigned char)start[0] == FAST_MAGIC)
-		return next_fast(w, fast);
+	if ((unsigned char)start[0] == FAST_MAGIC) /* never JSON: refused at once unless offered */
+		return w->offer_fast ? next_fast(w, fast) : -EPROTO;
 	char *nl = memchr(start, '\n', avail);
 	if (!nl)
 		return avail >= MAX_HEADER ? -EPROTO : 0;
@@ -515,8 +515,8 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	w.fd = atoi(fdenv);
 	if (ops->init && ops->init(user))
 		return -ECANCELED;
-	/* BATON_WORKER_FAST=0: JSON headers only, as before fast headers. */
-	const char *fastenv = getenv("BATON_WORKER_FAST");
+	/* BW_FAST_HEADERS=0: JSON headers only, as before fast headers. */
+	const char *fastenv = getenv("BW_FAST_HEADERS");
 	w.offer_fast = !fastenv || strcmp(fastenv, "0") != 0;
 	json_t *ready = json_pack("{s:s, s:i}", "t", "ready", "proto", BATON_WORKER_PROTO);
 	if (ready && w.offer_fast)

@@ -316,8 +316,8 @@ class _Worker:
         self.out_size = 0
         self.out_since = 0.0      # when work on the oldest pending frame began
         self.warned_types = set()
-        # BATON_WORKER_FAST=0 makes this worker speak JSON headers only.
-        self.offer_fast = os.environ.get("BATON_WORKER_FAST", "1") != "0"
+        # BW_FAST_HEADERS=0 makes this worker speak JSON headers only.
+        self.offer_fast = os.environ.get("BW_FAST_HEADERS", "1") != "0"
         self.fast = False         # baton sent a fast header: answers use them too
 
     # --- the loop -----------------------------------------------------------
@@ -493,11 +493,12 @@ class _Worker:
     def read_message(self):
         """Return (header dict, payload bytes) of the next message, blocking if needed."""
         buf = self.buf
-        if self.offer_fast:
-            while self.start == self.end:
-                self.fill(1)
-            if buf[self.start] == _FAST_MAGIC:
-                return self.read_fast()
+        while self.start == self.end:
+            self.fill(1)
+        if buf[self.start] == _FAST_MAGIC:
+            if not self.offer_fast:
+                self.fatal("a fast header, which this worker did not offer")
+            return self.read_fast()
         while True:
             nl = buf.find(b"\n", self.start, self.end)
             if nl >= 0:

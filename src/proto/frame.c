@@ -253,8 +253,11 @@ ssize_t bt_frame_decode(struct bt_frame_decoder *dec, const char *buf,
 			}
 			continue;
 		}
-		if (dec->want || (dec->fast && dec->line.len == 0 &&
-				  (unsigned char)buf[used] == BT_FAST_MAGIC)) {
+		int magic = dec->line.len == 0 && (unsigned char)buf[used] == BT_FAST_MAGIC;
+		if (magic && !dec->fast)
+			return violation(dec, "a fast header from a worker that did not offer them",
+					 NULL);
+		if (dec->want || magic) {
 			int done;
 			ssize_t r = gather_fast(dec, buf, len, &used, &done);
 			if (r < 0)
