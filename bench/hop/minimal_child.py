@@ -18,7 +18,10 @@ def handle(payload):
 
 start = end = 0
 while True:
-    got = sock.recv_into(view[end:])
+    try:
+        got = sock.recv_into(view[end:])
+    except ConnectionResetError:  # the server was stopped
+        break
     if not got:
         break
     end += got

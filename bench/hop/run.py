@@ -174,11 +174,23 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def measured(url, pid, conns, threads, duration):
-    """One wrk run, with the CPU time process pid spent per request."""
-    t0 = cpu_ticks(pid)
+    """One wrk run, with the CPU time process pid spent per request, and
+    that of its children (the workers) together."""
+    kids = children(pid)
+    t0, k0 = cpu_ticks(pid), sum(cpu_ticks(k) for k in kids)
     r = wrk_once(url, conns, threads, duration)
-    r["cpu_us"] = (cpu_ticks(pid) - t0) * 1e6 / os.sysconf("SC_CLK_TCK") / max(r["total"], 1)
+    per = 1e6 / os.sysconf("SC_CLK_TCK") / max(r["total"], 1)
+    r["cpu_us"] = (cpu_ticks(pid) - t0) * per
+    r["workers_cpu_us"] = (sum(cpu_ticks(k) for k in kids) - k0) * per
     return r
 
 
@@ -279,20 +291,21 @@ def side_by_side(a, tmp):
     for key, *_ in configs:
         rs = runs[key]
         res[key] = {k: statistics.median(r[k] for r in rs)
-                    for k in ("p50_us", "p99_us", "per_s", "cpu_us")}
+                    for k in ("p50_us", "p99_us", "per_s", "cpu_us", "workers_cpu_us")}
         res[key]["p50_range_us"] = [min(r["p50_us"] for r in rs), max(r["p50_us"] for r in rs)]
         res[key]["per_s_range"] = [min(r["per_s"] for r in rs), max(r["per_s"] for r in rs)]
         res[key]["non_2xx"] = sum(r["non_2xx"] for r in rs)
     print("bench/hop side by side — %s — %s" % (platform.node(), time.strftime("%Y-%m-%d %H:%M")))
     print("%d interleaved rounds of %ds; medians; load average (1 min) at each round: %s"
           % (a.rounds, a.duration, " ".join("%.2f" % x for x in loads)))
-    print("%-42s %8s %8s %10s %14s %12s" % ("", "p50 µs", "p99 µs", "req/s", "req/s range",
-                                             "daemon CPU µs/req"))
+    print("CPU µs/req: the daemon's own (baton, minimal, uvicorn); workers: its children's")
+    print("%-42s %8s %8s %10s %14s %9s %9s" % ("", "p50 µs", "p99 µs", "req/s", "req/s range",
+                                                "CPU µs/req", "workers"))
     for key, label, *_ in configs:
         r = res[key]
-        print("%-42s %8.0f %8.0f %10.0f %6.0f..%-6.0f %12.1f%s" % (
+        print("%-42s %8.0f %8.0f %10.0f %6.0f..%-6.0f %9.1f %9.1f%s" % (
             label, r["p50_us"], r["p99_us"], r["per_s"], r["per_s_range"][0],
-            r["per_s_range"][1], r["cpu_us"],
+            r["per_s_range"][1], r["cpu_us"], r["workers_cpu_us"],
             "  (non-2xx: %d)" % r["non_2xx"] if r["non_2xx"] else ""))
     if "min_c1" in res and "baton_c1" in res and "min_c32" in res and "baton_c32" in res:
         print("targets: c1 p50 baton/minimal %.2f (<= 1.3); c32 req/s baton/minimal %.2f "

@@ -295,20 +295,28 @@ static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
  * Server-Timing: each stage's queue and run time, so that clients see
  * where the time went without any code (seed 000 printed these by hand).
  */
+/* Microseconds as milliseconds with three decimals, without floating point. */
+static const char *ms3(uint64_t us, char *buf, size_t size)
+{
+	snprintf(buf, size, "%llu.%03llu", (unsigned long long)(us / 1000),
+		 (unsigned long long)(us % 1000));
+	return buf;
+}
+
 static void server_timing(const struct bt_request *req, char *out, size_t size)
 {
 	size_t o = 0;
 	int last = req->step;
+	char q[24], r[24];
 	for (int i = 0; i <= last && i < req->nroute && o < size; i++) {
 		const char *name = req->route[i]->cfg->name;
-		o += (size_t)snprintf(out + o, size - o, "%s%s-queue;dur=%.3f, %s-run;dur=%.3f",
-				      i ? ", " : "", name,
-				      (double)req->timings[i].queue_us / 1000.0, name,
-				      (double)req->timings[i].run_us / 1000.0);
+		o += (size_t)snprintf(out + o, size - o, "%s%s-queue;dur=%s, %s-run;dur=%s",
+				      i ? ", " : "", name, ms3(req->timings[i].queue_us, q, sizeof(q)),
+				      name, ms3(req->timings[i].run_us, r, sizeof(r)));
 	}
 	if (o < size)
-		snprintf(out + o, size - o, "%stotal;dur=%.3f", o ? ", " : "",
-			 (double)(bt_now_us() - req->accepted_us) / 1000.0);
+		snprintf(out + o, size - o, "%stotal;dur=%s", o ? ", " : "",
+			 ms3(bt_now_us() - req->accepted_us, q, sizeof(q)));
 }
 
 /*
