@@ -295,28 +295,66 @@ static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
  * Server-Timing: each stage's queue and run time, so that clients see
  * where the time went without any code (seed 000 printed these by hand).
  */
-/* Microseconds as milliseconds with three decimals, without floating point. */
-static const char *ms3(uint64_t us, char *buf, size_t size)
+/*
+ * Server-Timing is built by hand: with snprintf it cost a sixth of baton's
+ * own instructions per request.  put() copies what fits and always leaves
+ * out NUL-terminated.
+ */
+struct timing_out {
+	char *p;
+	size_t o, size;
+};
+
+static void put(struct timing_out *t, const char *s, size_t n)
 {
-	snprintf(buf, size, "%llu.%03llu", (unsigned long long)(us / 1000),
-		 (unsigned long long)(us % 1000));
-	return buf;
+	if (t->o + 1 >= t->size)
+		return;
+	n = BT_MIN(n, t->size - 1 - t->o);
+	memcpy(t->p + t->o, s, n);
+	t->o += n;
+	t->p[t->o] = '\0';
 }
+
+/* Microseconds as milliseconds with three decimals: "12.345". */
+static void put_ms(struct timing_out *t, uint64_t us)
+{
+	char d[32];
+	int i = sizeof(d);
+	uint64_t ms = us / 1000, frac = us % 1000;
+	for (int k = 0; k < 3; k++, frac /= 10)
+		d[--i] = (char)('0' + frac % 10);
+	d[--i] = '.';
+	do {
+		d[--i] = (char)('0' + ms % 10);
+		ms /= 10;
+	} while (ms);
+	put(t, d + i, sizeof(d) - (size_t)i);
+}
+
+#define PUTS(t, lit) put(t, lit, sizeof(lit) - 1)
 
 static void server_timing(const struct bt_request *req, char *out, size_t size)
 {
-	size_t o = 0;
+	struct timing_out t = {out, 0, size};
 	int last = req->step;
-	char q[24], r[24];
-	for (int i = 0; i <= last && i < req->nroute && o < size; i++) {
+	out[0] = '\0';
+	for (int i = 0; i <= last && i < req->nroute; i++) {
 		const char *name = req->route[i]->cfg->name;
-		o += (size_t)snprintf(out + o, size - o, "%s%s-queue;dur=%s, %s-run;dur=%s",
-				      i ? ", " : "", name, ms3(req->timings[i].queue_us, q, sizeof(q)),
-				      name, ms3(req->timings[i].run_us, r, sizeof(r)));
+		size_t n = strlen(name);
+		if (i)
+			PUTS(&t, ", ");
+		put(&t, name, n);
+		PUTS(&t, "-queue;dur=");
+		put_ms(&t, req->timings[i].queue_us);
+		PUTS(&t, ", ");
+		put(&t, name, n);
+		PUTS(&t, "-run;dur=");
+		put_ms(&t, req->timings[i].run_us);
 	}
-	if (o < size)
-		snprintf(out + o, size - o, "%stotal;dur=%s", o ? ", " : "",
-			 ms3(bt_now_us() - req->accepted_us, q, sizeof(q)));
+	if (t.o)
+		PUTS(&t, ", ");
+	PUTS(&t, "total;dur=");
+	put_ms(&t, bt_now_us() - req->accepted_us);
 }
 
 /*

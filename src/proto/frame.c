@@ -311,6 +311,111 @@ static int dump_into(struct bt_buf *out, json_t *doc)
 	return json_dump_callback(doc, append_cb, out, JSON_COMPACT);
 }
 
+/*
+ * Compact JSON of a request's metadata, for fast headers: jansson's dump
+ * cost a fifth of baton's own instructions per request.  Strings, integers
+ * and literals are written here; reals go through jansson (their shortest
+ * exact form is its business).  Same text as jansson's compact dump, key
+ * order included.
+ */
+static void put_string(struct bt_buf *out, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t run = 0;
+	bt_buf_append(out, "\"", 1);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		bt_buf_append(out, s + run, i - run);
+		run = i + 1;
+		char e[6] = {'\\', (char)c};
+		size_t en = 2;
+		switch (c) {
+		case '"': case '\\': break;
+		case '\b': e[1] = 'b'; break;
+		case '\f': e[1] = 'f'; break;
+		case '\n': e[1] = 'n'; break;
+		case '\r': e[1] = 'r'; break;
+		case '\t': e[1] = 't'; break;
+		default:
+			memcpy(e + 1, "u00", 3);
+			e[4] = hex[c >> 4];
+			e[5] = hex[c & 15];
+			en = 6;
+		}
+		bt_buf_append(out, e, en);
+	}
+	bt_buf_append(out, s + run, n - run);
+	bt_buf_append(out, "\"", 1);
+}
+
+static void put_integer(struct bt_buf *out, json_int_t v)
+{
+	char d[24];
+	int i = sizeof(d);
+	/* Negated as unsigned: the most negative value has no positive twin. */
+	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+	do {
+		d[--i] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		d[--i] = '-';
+	bt_buf_append(out, d + i, sizeof(d) - (size_t)i);
+}
+
+static int put_json(struct bt_buf *out, json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: {
+		const char *key;
+		size_t klen;
+		json_t *item;
+		int first = 1;
+		bt_buf_append(out, "{", 1);
+		json_object_keylen_foreach(v, key, klen, item) {
+			if (!first)
+				bt_buf_append(out, ",", 1);
+			first = 0;
+			put_string(out, key, klen);
+			bt_buf_append(out, ":", 1);
+			if (put_json(out, item))
+				return -1;
+		}
+		bt_buf_append(out, "}", 1);
+		return 0;
+	}
+	case JSON_ARRAY:
+		bt_buf_append(out, "[", 1);
+		for (size_t i = 0; i < json_array_size(v); i++) {
+			if (i)
+				bt_buf_append(out, ",", 1);
+			if (put_json(out, json_array_get(v, i)))
+				return -1;
+		}
+		bt_buf_append(out, "]", 1);
+		return 0;
+	case JSON_STRING:
+		put_string(out, json_string_value(v), json_string_length(v));
+		return 0;
+	case JSON_INTEGER:
+		put_integer(out, json_integer_value(v));
+		return 0;
+	case JSON_TRUE:
+		bt_buf_append(out, "true", 4);
+		return 0;
+	case JSON_FALSE:
+		bt_buf_append(out, "false", 5);
+		return 0;
+	case JSON_NULL:
+		bt_buf_append(out, "null", 4);
+		return 0;
+	default:
+		return json_dump_callback(v, append_cb, out, JSON_COMPACT | JSON_ENCODE_ANY);
+	}
+}
+
 int bt_frame_encode(struct bt_buf *out, json_t *hdr, const void *payload,
 		    size_t len)
 {
@@ -335,7 +440,7 @@ int bt_frame_encode_fast(struct bt_buf *out, int kind, int flags, const char *id
 	out->len += BT_FAST_HEADER;
 	bt_buf_append(out, id, idlen);
 	size_t mstart = out->len;
-	if (meta && dump_into(out, meta) != 0)
+	if (meta && put_json(out, meta) != 0)
 		return rollback(out, start, BT_ETOOBIG);
 	size_t metalen = out->len - mstart;
 	if (BT_FAST_HEADER + idlen + metalen > BT_PROTO_MAX_HEADER)

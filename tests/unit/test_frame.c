@@ -703,3 +703,27 @@ Test(frame, fast_encode_round_trips_and_refuses_what_does_not_fit, .init = fast_
 	json_decref(meta);
 	bt_buf_release(&out);
 }
+
+Test(frame, fast_meta_text_is_jansson_compact_text, .init = fast_setup, .fini = dec_teardown)
+{
+	/* baton writes a fast header's meta itself: it must read as jansson writes it. */
+	json_error_t jerr;
+	const char *text = "{\"s\":\"a\\\"b\\\\c/\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f é中😀\","
+			   "\"nul\":\"x\\u0000y\",\"i\":-9223372036854775808,\"max\":9223372036854775807,"
+			   "\"zero\":0,\"r\":0.1,\"big\":1e300,\"t\":true,\"f\":false,\"n\":null,"
+			   "\"a\":[1,[],{},\"\",[2,{\"k\":\"v\"}]],\"o\":{\"ke\\ny\":{\"x\":[null]}},"
+			   "\"last\":1}";
+	json_t *meta = json_loads(text, JSON_ALLOW_NUL, &jerr);
+	cr_assert_not_null(meta, "%s", jerr.text);
+	struct bt_buf out = BT_BUF_INIT;
+	cr_assert_eq(bt_frame_encode_fast(&out, BT_FAST_REQ, 0, "r1", meta, "", 0), 0);
+	size_t mlen = (unsigned char)out.data[4] | (unsigned char)out.data[5] << 8 |
+		      (unsigned char)out.data[6] << 16;
+	char *want = json_dumps(meta, JSON_COMPACT);
+	cr_assert_eq(mlen, strlen(want));
+	cr_assert_arr_eq(out.data + BT_FAST_HEADER + 2, want, mlen, "%.*s\nvs\n%s", (int)mlen,
+			 out.data + BT_FAST_HEADER + 2, want);
+	free(want);
+	json_decref(meta);
+	bt_buf_release(&out);
+}
