@@ -110,6 +110,10 @@ binary (Triton's binary tensor extension), without numpy:
         value, which baton's meta merge would otherwise keep). ValueError
         if values do not match shape or datatype, or are not JSON-able
         (NaN, non-UTF-8 BYTES: those must be requested binary).
+
+Wire format: run() offers baton fast headers (docs/protocol.md#fast-headers),
+which save a JSON build and parse per request; BW_FAST_HEADERS=0 in the
+environment keeps it to JSON headers. Handlers see no difference.
 """
 
 import json
