@@ -33,12 +33,16 @@ class Stage:
         self.waiting = {}
 
     def listen(self, loop):
+        self.loop = loop
         loop.add_reader(self.conn.fileno(), self.readable)
 
     def readable(self):
-        while self.conn.poll():
-            rid, payload = self.conn.recv()
-            self.waiting.pop(rid).set_result(payload)
+        try:
+            while self.conn.poll():
+                rid, payload = self.conn.recv()
+                self.waiting.pop(rid).set_result(payload)
+        except (EOFError, OSError):  # the stage process is gone (shutting down)
+            self.loop.remove_reader(self.conn.fileno())
 
     async def call(self, rid, payload):
         fut = asyncio.get_running_loop().create_future()

@@ -233,7 +233,11 @@ class FastAPI:
 
     def stop(self):
         os.killpg(self.proc.pid, signal.SIGTERM)  # uvicorn and its stage processes
-        self.proc.wait(30)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
         self.log.close()
 
 
