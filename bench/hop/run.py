@@ -299,6 +299,7 @@ def side_by_side(a, tmp):
         res[key]["p50_range_us"] = [min(r["p50_us"] for r in rs), max(r["p50_us"] for r in rs)]
         res[key]["per_s_range"] = [min(r["per_s"] for r in rs), max(r["per_s"] for r in rs)]
         res[key]["non_2xx"] = sum(r["non_2xx"] for r in rs)
+        res[key]["cpu_us_each"] = [round(r["cpu_us"], 1) for r in rs]
     print("bench/hop side by side — %s — %s" % (platform.node(), time.strftime("%Y-%m-%d %H:%M")))
     print("%d interleaved rounds of %ds; medians; load average (1 min) at each round: %s"
           % (a.rounds, a.duration, " ".join("%.2f" % x for x in loads)))
