@@ -59,6 +59,8 @@ static void check_fast(const struct bt_frame *f)
 		broken("a fast frame's meta is not an object", f->id);
 	if (f->retry && f->fast != BT_FAST_ERR)
 		broken("retry on a fast frame that is no error", f->id);
+	if (f->fast == BT_FAST_ERR && f->meta)
+		broken("a fast error with a meta", f->id);
 	if (f->fast == BT_FAST_ERR &&
 	    (!f->payload || f->len > BT_PROTO_MAX_HEADER || strlen(f->payload) != f->len))
 		broken("a fast error without a NUL-free text under 64 KiB", f->id);

@@ -156,6 +156,8 @@ static ssize_t parse_fast_fixed(struct bt_frame_decoder *dec)
 		return violation(dec, "fast header with unknown flags", NULL);
 	if (idlen == 0)
 		return violation(dec, "fast header without an id", NULL);
+	if (kind == BT_FAST_ERR && metalen)
+		return violation(dec, "fast error with a meta", NULL);
 	if (BT_FAST_HEADER + idlen + metalen > BT_PROTO_MAX_HEADER)
 		return violation(dec, "header line over 65536 bytes", NULL);
 	if (len > dec->max_payload || (kind == BT_FAST_ERR && len > BT_PROTO_MAX_HEADER)) {

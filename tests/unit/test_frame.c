@@ -624,6 +624,7 @@ Test(frame, malformed_fast_headers_are_violations, .fini = dec_teardown)
 		{BT_FAST_RES, 0, "r1", "[1]", "meta is not a JSON object"},
 		{BT_FAST_RES, 0, "r1", "{\"a\":", "meta is not JSON"},
 		{BT_FAST_RES, 0, "r1", "{\"a\":1,\"a\":2}", "meta is not JSON"},
+		{BT_FAST_ERR, 0, "r1", "{}", "fast error with a meta"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		fast_setup();
