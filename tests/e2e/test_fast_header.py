@@ -5,6 +5,7 @@ them gets JSON; a malformed fast header is a protocol violation handled like
 a malformed JSON one (the replica is restarted, the request retried)."""
 import os
 import struct
+import threading
 
 from conftest import PYTHON, SDK_PY, config, fake_stage, wait_for
 
@@ -53,6 +54,8 @@ while True:
         if hdr["t"] == "ping":
             send_json({"t": "pong", "seq": hdr["seq"]})
             continue
+        if hdr["t"] == "stop":
+            sys.exit(0)
         if hdr["t"] != "req":
             continue
         rid, meta, data = hdr["id"], hdr.get("meta", {}), read(hdr.get("len", 0))
@@ -95,7 +98,8 @@ def raw_stage(tmp_path, name="w", retries=1, **env):
     env.setdefault("MARKER", str(tmp_path / "misbehaved"))
     lines = ["  %s:" % name, "    command: [%s, %s]" % (PYTHON, script),
              "    env: {%s}" % ", ".join('%s: "%s"' % kv for kv in env.items()),
-             "    retries: %d" % retries, "    ping_interval_ms: 200"]
+             "    retries: %d" % retries, "    ping_interval_ms: 200",
+             "    restart: {backoff_ms: 100}"]
     return "\n".join(lines) + "\n"
 
 
@@ -152,28 +156,33 @@ def test_sdk_workers_with_and_without_fast_headers(baton, tmp_path):
     assert b.stop() == 0
 
 
-def check_violation(baton, tmp_path, misbehave, what, offer="1"):
-    b = baton(config(raw_stage(tmp_path, MISBEHAVE=misbehave, OFFER=offer), {"p": ["w"]}))
-    # The first answer is malformed: the replica is killed and restarted, and
-    # the request is retried on the new process, which answers properly.
-    r = b.post("p", b"hello")
-    assert r.status == 200 and r.body == b"hello", r
-    assert "protocol violation" in b.log() and what in b.log(), b.log_tail()
-    assert b.replicas("w")[0]["restarts"] == 1, b.replicas("w")
+def test_malformed_fast_answers_are_violations_and_the_request_is_retried(baton, tmp_path):
+    # One stage per malformed form, each worker misbehaving on its first
+    # answer only: baton kills it, restarts it and retries the request on
+    # the new process, which answers properly.
+    cases = {"kind": ("1", "fast header of an unknown kind"),
+             "retry-on-success": ("1", "fast header with unknown flags"),
+             "meta-not-object": ("1", "meta is not a JSON object"),
+             "unoffered": ("0", "did not offer them")}
+    stages = ""
+    for i, (bad, (offer, _)) in enumerate(cases.items()):
+        stages += raw_stage(tmp_path, name="w%d" % i, MISBEHAVE=bad, OFFER=offer,
+                            MARKER=str(tmp_path / ("misbehaved-%d" % i)))
+    b = baton(config(stages, {"p%d" % i: ["w%d" % i] for i in range(len(cases))}))
+    replies = [None] * len(cases)
+
+    def post(i):
+        replies[i] = b.post("p%d" % i, b"hello %d" % i)
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    log = b.log()
+    for i, (bad, (_, what)) in enumerate(cases.items()):
+        r = replies[i]
+        assert r is not None and r.status == 200 and r.body == b"hello %d" % i, (bad, r)
+        assert what in log, (bad, b.log_tail())
+        assert b.replicas("w%d" % i)[0]["restarts"] == 1, (bad, b.replicas("w%d" % i))
+    assert log.count('msg="protocol violation"') == len(cases), b.log_tail()
     assert b.stop() == 0
-
-
-def test_fast_answer_of_an_unknown_kind_is_a_violation(baton, tmp_path):
-    check_violation(baton, tmp_path, "kind", "fast header of an unknown kind")
-
-
-def test_fast_success_with_the_retry_flag_is_a_violation(baton, tmp_path):
-    check_violation(baton, tmp_path, "retry-on-success", "fast header with unknown flags")
-
-
-def test_fast_meta_that_is_not_an_object_is_a_violation(baton, tmp_path):
-    check_violation(baton, tmp_path, "meta-not-object", "meta is not a JSON object")
-
-
-def test_fast_answer_from_a_worker_that_did_not_offer_is_a_violation(baton, tmp_path):
-    check_violation(baton, tmp_path, "unoffered", "did not offer them", offer="0")
