@@ -27,7 +27,7 @@ STATIONS_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 TEST_PKGS  := python3-pytest python3-pytest-xdist wrk valgrind groff-base chromium chromium-driver \
 	      python3-selenium \
 	      $(DEMO_PKGS) $(TIMESERIES_PKGS) $(STATIONS_PKGS)
-BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2
+BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2 python3-fastapi python3-uvicorn linux-perf
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
 FUZZ_SECONDS ?= 60
 # `make deb`: Debian's own tools, and lintian for the result.

@@ -1,6 +1,7 @@
 /*
  * libFuzzer target of the worker protocol v1 frame decoder (src/proto): the
- * bytes a worker may send.  It checks three properties besides memory
+ * bytes a worker may send, JSON headers and (when the first byte's top bit
+ * says the worker offered them) fast headers.  It checks three properties besides memory
  * safety: how the stream is cut into reads does not change the frames
  * decoded, the decoder keeps its contract (progress, NUL-terminated
  * payloads), and every decoded frame encodes to bytes that decode back to
@@ -27,6 +28,14 @@ static void broken(const char *what, const char *detail)
 /* Appends what identifies a frame: its type, its header with sorted keys, its payload. */
 static void record(struct bt_buf *log, const struct bt_frame *f)
 {
+	if (f->fast) {
+		char *meta = f->meta ? json_dumps(f->meta, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+		bt_buf_printf(log, "fast %c %d %s\n%s\n%zu\n", f->fast, f->retry, f->id,
+			      meta ? meta : "-", f->len);
+		bt_buf_append(log, f->payload, f->len);
+		free(meta);
+		return;
+	}
 	char *hdr = json_dumps(f->hdr, JSON_COMPACT | JSON_SORT_KEYS);
 	if (!hdr)
 		broken("a decoded header cannot be dumped", f->type);
@@ -35,9 +44,72 @@ static void record(struct bt_buf *log, const struct bt_frame *f)
 	free(hdr);
 }
 
+/* What the decoder promises about a fast frame it hands out. */
+static void check_fast(const struct bt_frame *f)
+{
+	if (f->hdr)
+		broken("a fast frame with a JSON header", NULL);
+	if (f->fast != BT_FAST_REQ && f->fast != BT_FAST_RES && f->fast != BT_FAST_ERR)
+		broken("a fast frame of an unknown kind", NULL);
+	if (strcmp(f->type, f->fast == BT_FAST_REQ ? "req" : "res"))
+		broken("a fast frame's type is not its kind's", f->type);
+	if (!f->id[0] || strlen(f->id) > 255)
+		broken("a fast frame's id is empty or too long", NULL);
+	if (f->meta && !json_is_object(f->meta))
+		broken("a fast frame's meta is not an object", f->id);
+	if (f->retry && f->fast != BT_FAST_ERR)
+		broken("retry on a fast frame that is no error", f->id);
+	if (f->fast == BT_FAST_ERR && f->meta)
+		broken("a fast error with a meta", f->id);
+	if (f->fast == BT_FAST_ERR &&
+	    (!f->payload || f->len > BT_PROTO_MAX_HEADER || strlen(f->payload) != f->len))
+		broken("a fast error without a NUL-free text under 64 KiB", f->id);
+	if (f->len > MAX_PAYLOAD)
+		broken("a payload over max_payload was accepted", NULL);
+	if (f->len > 0 && !f->payload)
+		broken("payload and len disagree", f->id);
+	if (f->payload && f->payload[f->len] != '\0')
+		broken("payload is not NUL-terminated", f->id);
+}
+
+/* Encodes fast frame f, decodes the bytes in one call, and expects the same frame. */
+static void round_trip_fast(const struct bt_frame *f)
+{
+	struct bt_buf wire = BT_BUF_INIT;
+	struct bt_frame_decoder dec;
+	struct bt_frame back;
+	/* A meta near the limit can grow when re-dumped (reals), as with JSON headers. */
+	if (bt_frame_encode_fast(&wire, f->fast, f->retry ? BT_FAST_RETRY : 0, f->id, f->meta,
+				 f->payload, f->len) == BT_ETOOBIG) {
+		bt_buf_release(&wire);
+		return;
+	}
+	bt_frame_decoder_init(&dec, MAX_PAYLOAD);
+	dec.fast = 1;
+	ssize_t r = bt_frame_decode(&dec, wire.data, wire.len, &back);
+	if (r < 0)
+		broken("an encoded fast frame does not decode", dec.err);
+	if ((size_t)r != wire.len || !back.fast)
+		broken("an encoded fast frame does not decode in one call", f->id);
+	if (back.fast != f->fast || back.retry != f->retry || strcmp(back.id, f->id))
+		broken("kind, retry or id changed in a round trip", f->id);
+	if (back.len != f->len || (f->len && memcmp(back.payload, f->payload, f->len)))
+		broken("the payload changed in a round trip", f->id);
+	if ((back.meta != NULL) != (f->meta != NULL) ||
+	    (f->meta && !json_equal(back.meta, f->meta)))
+		broken("the meta changed in a round trip", f->id);
+	bt_frame_release(&back);
+	bt_frame_decoder_release(&dec);
+	bt_buf_release(&wire);
+}
+
 /* What the decoder promises about a frame it hands out. */
 static void check_frame(const struct bt_frame *f)
 {
+	if (f->fast) {
+		check_fast(f);
+		return;
+	}
 	if (!json_is_object(f->hdr) || !f->type)
 		broken("a frame without an object header and a type", NULL);
 	if (strcmp(f->type, json_string_value(json_object_get(f->hdr, "t"))))
@@ -53,6 +125,10 @@ static void check_frame(const struct bt_frame *f)
 /* Encodes f, decodes the bytes in one call, and expects the same frame. */
 static void round_trip(const struct bt_frame *f)
 {
+	if (f->fast) {
+		round_trip_fast(f);
+		return;
+	}
 	struct bt_buf wire = BT_BUF_INIT;
 	struct bt_frame_decoder dec;
 	struct bt_frame back;
@@ -93,7 +169,8 @@ static void round_trip(const struct bt_frame *f)
  * everything), until the bytes end or the decoder refuses them.  Appends
  * each frame to log and returns 1 if the decoder refused the stream.
  */
-static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, struct bt_buf *log)
+static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, int fast,
+			 struct bt_buf *log)
 {
 	struct bt_frame_decoder dec;
 	uint32_t state = chunk_seed * 2654435761u;
@@ -101,6 +178,7 @@ static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, st
 	int refused = 0;
 
 	bt_frame_decoder_init(&dec, MAX_PAYLOAD);
+	dec.fast = fast;
 	while (off < len && !refused) {
 		size_t n = len - off;
 		if (chunk_seed) {
@@ -120,7 +198,7 @@ static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, st
 			struct bt_frame f;
 			ssize_t r = bt_frame_decode(&dec, p, n, &f);
 			if (r < 0) {
-				if (f.hdr)
+				if (bt_frame_complete(&f))
 					broken("a frame handed out with an error", dec.err);
 				if (!dec.err[0])
 					broken("an error without a reason", NULL);
@@ -129,11 +207,11 @@ static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, st
 			}
 			if ((size_t)r > n)
 				broken("decode consumed more than it was given", NULL);
-			if (r == 0 && !f.hdr)
+			if (r == 0 && !bt_frame_complete(&f))
 				broken("decode made no progress", NULL);
 			p += r;
 			n -= (size_t)r;
-			if (!f.hdr)
+			if (!bt_frame_complete(&f))
 				continue;
 			check_frame(&f);
 			record(log, &f);
@@ -148,8 +226,9 @@ static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, st
 }
 
 /*
- * Input: one byte choosing the read sizes (0: the whole stream at once,
- * N: reads of 1..N bytes), then the bytes a worker sends.
+ * Input: one byte whose top bit says whether fast headers were offered and
+ * whose low 7 bits choose the read sizes (0: the whole stream at once, N:
+ * reads of 1..N bytes), then the bytes a worker sends.
  */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -157,9 +236,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 1)
 		return 0;
-	decode_stream(data + 1, size - 1, data[0], &split);
-	if (data[0]) {
-		decode_stream(data + 1, size - 1, 0, &whole);
+	int fast = data[0] & 0x80;
+	unsigned chunk = data[0] & 0x7f;
+	decode_stream(data + 1, size - 1, chunk, fast, &split);
+	if (chunk) {
+		decode_stream(data + 1, size - 1, 0, fast, &whole);
 		if (split.len != whole.len || memcmp(split.data, whole.data, split.len))
 			broken("the frames depend on how the stream is cut into reads", NULL);
 	}

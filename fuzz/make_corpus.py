@@ -5,8 +5,8 @@ The seeds are checked in; this script is how they were made, so that a
 change of format (a new message type, a new config key) can regenerate
 them.  Each seed is a small realistic input, valid or broken in one way:
 
-- frame: one byte choosing the read sizes (0 = all at once), then what a
-  worker sends (docs/protocol.md);
+- frame: one byte choosing the read sizes (0 = all at once; the top bit:
+  fast headers were offered), then what a worker sends (docs/protocol.md);
 - config: YAML from docs/config.md, examples/*/baton.yaml and the e2e tests,
   with paths that resolve under /tmp/fuzz-config (fuzz_config.c's fixtures);
 - v2: 4 bytes of Inference-Header-Content-Length (little-endian,
@@ -38,6 +38,14 @@ def msg(hdr, payload=b""):
     if payload or "len" in hdr:
         hdr = dict(hdr, len=len(payload))
     return json.dumps(hdr, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def fast(kind, rid, payload=b"", meta=None, flags=0):
+    """One fast frame (docs/protocol.md#fast-headers)."""
+    m = json.dumps(meta, separators=(",", ":")).encode() if meta is not None else b""
+    r = rid.encode()
+    return struct.pack("<BBBBIQ", 0xBA, ord(kind), flags, len(r), len(m), len(payload)) + r \
+        + m + payload
 
 
 def frames():
@@ -73,6 +81,15 @@ def frames():
         "bad-empty-line": (9, msg({"t": "ping", "seq": 1}) + b"\n"),
         "bad-duplicate-key": (0, b'{"t":"res","t":"req"}\n'),
         "bad-header-array": (0, b'["t","ready"]\n'),
+        # Fast headers: the top bit of the first byte says they were offered.
+        "fast-res": (0x80, fast("r", "r1", b"hello", {"content_type": "text/plain"})),
+        "fast-mixed-bytewise": (0x81, fast("r", "r1", b"a\nb") + msg({"t": "pong", "seq": 1}) +
+                                fast("e", "r2", b"busy", flags=1) + fast("r", "r3")),
+        "fast-batch-split": (0x85, msg({"t": "batch", "n": 2}) +
+                             fast("q", "r2", b"one", {"stage": "w"}) + fast("q", "r3", b"two")),
+        "fast-bad-kind": (0x80, fast("x", "r1", b"x")),
+        "fast-bad-meta": (0x80, fast("r", "r1", b"x", [1, 2])),
+        "fast-unoffered": (0, fast("r", "r1", b"x")),
         # The 64 KiB header limit is left to the unit tests and to -max_len:
         # a 64 KiB seed makes every mutation that long and fuzzing 3x slower.
     }

@@ -15,11 +15,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <poll.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #define MAX_HEADER (64 * 1024)
+
+/*
+ * Fast headers (docs/protocol.md): offered in "ready"; once baton has sent
+ * a request in one, answers use them too.  16 bytes, little-endian: magic,
+ * kind, flags, id length, u32 meta length, u64 payload length; then the
+ * id, the meta (JSON object text) and the payload.
+ */
+#define FAST_HEADER 16
+#define FAST_MAGIC 0xBA
+#define FAST_REQ 'q'
+#define FAST_RES 'r'
+#define FAST_ERR 'e'
+#define FAST_RETRY 0x01
 
 struct baton_request {
 	char *id;
@@ -42,7 +56,23 @@ struct worker {
 	size_t pos; /* parse position in in */
 	struct buf out; /* answers not yet written */
 	int err; /* first error while answering */
+	int offer_fast; /* "fast":1 was offered in ready */
+	int fast; /* baton sent a fast header: answers use them too */
 };
+
+static void put_le(unsigned char *p, unsigned long long v, int n)
+{
+	for (int i = 0; i < n; i++, v >>= 8)
+		p[i] = (unsigned char)(v & 0xff);
+}
+
+static unsigned long long get_le(const unsigned char *p, int n)
+{
+	unsigned long long v = 0;
+	for (int i = n - 1; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
 
 static int buf_reserve(struct buf *b, size_t extra)
 {
@@ -166,6 +196,33 @@ int baton_request_meta_int(const struct baton_request *req, const char *key,
 	return 0;
 }
 
+/* Appends a fast answer: header, id, meta text (may be NULL), payload. */
+static int put_fast(struct worker *w, int kind, int flags, const char *id, const char *meta,
+		    const void *payload, size_t len)
+{
+	size_t idlen = strlen(id), mlen = meta ? strlen(meta) : 0;
+	if (FAST_HEADER + idlen + mlen > MAX_HEADER)
+		return -E2BIG;
+	int e = buf_reserve(&w->out, FAST_HEADER + idlen + mlen + len);
+	if (e)
+		return e;
+	unsigned char h[FAST_HEADER] = {FAST_MAGIC, (unsigned char)kind, (unsigned char)flags,
+					(unsigned char)idlen};
+	put_le(h + 4, mlen, 4);
+	put_le(h + 8, len, 8);
+	buf_append(&w->out, h, sizeof(h)); /* cannot fail: reserved */
+	buf_append(&w->out, id, idlen);
+	buf_append(&w->out, meta, mlen);
+	buf_append(&w->out, payload, len);
+	return 0;
+}
+
+static int fast_id(const struct baton_request *req)
+{
+	size_t n = strlen(req->id);
+	return req->w->fast && n > 0 && n <= 255;
+}
+
 int baton_respond(struct baton_request *req, const void *data, size_t len,
 		  const char *meta_json)
 {
@@ -178,6 +235,16 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 			json_decref(meta);
 			return -EINVAL;
 		}
+	}
+	if (fast_id(req)) {
+		char *text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+		json_decref(meta);
+		int e = meta && !text ? -ENOMEM
+				      : put_fast(req->w, FAST_RES, 0, req->id, text, data, len);
+		free(text);
+		if (!e)
+			req->answered = 1;
+		return e;
 	}
 	json_t *hdr = json_pack("{s:s, s:s}", "t", "res", "id", req->id);
 	if (!hdr) {
@@ -242,6 +309,13 @@ int baton_fail(struct baton_request *req, const char *message, int retry)
 		return -EALREADY;
 	char text[4001];
 	clean_message(message ? message : "failed", text, sizeof(text));
+	if (fast_id(req)) {
+		int e = put_fast(req->w, FAST_ERR, retry ? FAST_RETRY : 0, req->id, NULL, text,
+				 strlen(text));
+		if (!e)
+			req->answered = 1;
+		return e;
+	}
 	json_t *hdr = json_pack("{s:s, s:s, s:s, s:b}", "t", "res", "id", req->id,
 				"error", text, "retry", retry);
 	if (!hdr)
@@ -265,16 +339,72 @@ static void request_free(struct baton_request *req)
 }
 
 /*
- * Parses the next complete message at w->in[w->pos].  Returns 1 and sets
- * *hdr (and the payload) when one is complete, 0 when more bytes are
- * needed, -EPROTO when the bytes are not a message.
+ * A request in a fast header at w->in[w->pos]: 1 and *req when complete, 0
+ * when more bytes are needed, -EPROTO when the header is malformed.
  */
-static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *len)
+static int next_fast(struct worker *w, struct baton_request **out)
+{
+	size_t avail = w->in.len - w->pos;
+	const unsigned char *h = (const unsigned char *)w->in.data + w->pos;
+	if (avail < FAST_HEADER)
+		return 0;
+	size_t idlen = h[3];
+	unsigned long long mlen = get_le(h + 4, 4), n = get_le(h + 8, 8);
+	if (h[1] != FAST_REQ || h[2] || !idlen || FAST_HEADER + idlen + mlen > MAX_HEADER ||
+	    n > (unsigned long long)SIZE_MAX / 2)
+		return -EPROTO;
+	size_t head = FAST_HEADER + idlen + (size_t)mlen;
+	if (avail < head || avail - head < n)
+		return 0;
+	const char *id = (const char *)h + FAST_HEADER;
+	if (memchr(id, 0, idlen))
+		return -EPROTO;
+	json_t *meta = mlen ? json_loadb(id + idlen, (size_t)mlen, 0, NULL) : json_object();
+	if (!json_is_object(meta)) {
+		json_decref(meta);
+		return -EPROTO;
+	}
+	struct baton_request *req = calloc(1, sizeof(*req));
+	char *data = n ? malloc((size_t)n + 1) : NULL;
+	if (req)
+		req->id = strndup(id, idlen);
+	if (!req || !req->id || (n && !data)) {
+		if (req)
+			free(req->id);
+		free(req);
+		free(data);
+		json_decref(meta);
+		return -ENOMEM;
+	}
+	if (n) {
+		memcpy(data, (const char *)h + head, (size_t)n);
+		data[n] = '\0';
+	}
+	req->meta = meta;
+	req->data = data;
+	req->len = (size_t)n;
+	req->w = w;
+	w->fast = 1;
+	w->pos += head + (size_t)n;
+	*out = req;
+	return 1;
+}
+
+/*
+ * Parses the next complete message at w->in[w->pos].  Returns 1 and sets
+ * *hdr (and the payload) when one is complete, or *fast for a request in a
+ * fast header (then *hdr is NULL), 0 when more bytes are needed, -EPROTO
+ * when the bytes are not a message.
+ */
+static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *len,
+			struct baton_request **fast)
 {
 	size_t avail = w->in.len - w->pos;
 	if (avail == 0)
 		return 0; /* also: nothing was ever read, and data is NULL */
 	char *start = w->in.data + w->pos;
+	if ((unsigned char)start[0] == FAST_MAGIC) /* never JSON: refused at once unless offered */
+		return w->offer_fast ? next_fast(w, fast) : -EPROTO;
 	char *nl = memchr(start, '\n', avail);
 	if (!nl)
 		return avail >= MAX_HEADER ? -EPROTO : 0;
@@ -385,8 +515,13 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	w.fd = atoi(fdenv);
 	if (ops->init && ops->init(user))
 		return -ECANCELED;
+	/* BW_FAST_HEADERS=0: JSON headers only, as before fast headers. */
+	const char *fastenv = getenv("BW_FAST_HEADERS");
+	w.offer_fast = !fastenv || strcmp(fastenv, "0") != 0;
 	json_t *ready = json_pack("{s:s, s:i}", "t", "ready", "proto", BATON_WORKER_PROTO);
-	int e = put_frame(&w, ready, NULL, 0);
+	if (ready && w.offer_fast)
+		json_object_set_new(ready, "fast", json_integer(1));
+	int e = ready ? put_frame(&w, ready, NULL, 0) : -ENOMEM;
 	json_decref(ready);
 	/* "ready" has len 0; the protocol allows it, and baton ignores it. */
 	if (!e)
@@ -399,7 +534,8 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 		json_t *hdr = NULL;
 		char *payload = NULL;
 		size_t len = 0;
-		int r = next_message(&w, &hdr, &payload, &len);
+		struct baton_request *fast = NULL;
+		int r = next_message(&w, &hdr, &payload, &len, &fast);
 		if (r < 0) {
 			fprintf(stderr, "baton_worker: malformed message from baton\n");
 			e = r;
@@ -418,9 +554,9 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 				eof = 1;
 			continue;
 		}
-		const char *t = json_string_value(json_object_get(hdr, "t"));
+		const char *t = hdr ? json_string_value(json_object_get(hdr, "t")) : "req";
 		if (!strcmp(t, "req")) {
-			struct baton_request *req = make_request(&w, hdr, payload, len);
+			struct baton_request *req = fast ? fast : make_request(&w, hdr, payload, len);
 			if (!req) {
 				e = -EPROTO;
 			} else if (want) {
@@ -536,7 +672,7 @@ static int source_pump(struct baton_source *s, int timeout_ms)
 			json_t *hdr = NULL;
 			char *payload = NULL;
 			size_t len = 0;
-			int m = next_message(&s->w, &hdr, &payload, &len);
+			int m = next_message(&s->w, &hdr, &payload, &len, NULL);
 			if (m < 0) {
 				fprintf(stderr, "baton_worker: malformed message from baton\n");
 				return m;

@@ -18,6 +18,8 @@
  * The library lives in your process: it never aborts and never prints to
  * stdout; errors come back as negative errno values.  Not thread-safe:
  * answer requests from the thread that runs baton_worker_run().
+ * It offers baton fast headers (docs/protocol.md#fast-headers) unless the
+ * environment has BW_FAST_HEADERS=0; nothing else changes for you.
  * Bump BATON_WORKER_PROTO when the wire protocol changes.
  */
 #ifndef BATON_WORKER_H

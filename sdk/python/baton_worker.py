@@ -110,6 +110,10 @@ binary (Triton's binary tensor extension), without numpy:
         value, which baton's meta merge would otherwise keep). ValueError
         if values do not match shape or datatype, or are not JSON-able
         (NaN, non-UTF-8 BYTES: those must be requested binary).
+
+Wire format: run() offers baton fast headers (docs/protocol.md#fast-headers),
+which save a JSON build and parse per request; BW_FAST_HEADERS=0 in the
+environment keeps it to JSON headers. Handlers see no difference.
 """
 
 import json
@@ -161,6 +165,14 @@ def _encode_header(obj):
 
 _now = time.monotonic
 _READY = b'{"t":"ready","proto":1}\n'
+# Fast headers (docs/protocol.md): offered in "ready"; baton that accepts
+# sends requests in them, and once one has come answers may use them too.
+# 16 bytes: magic, kind, flags, id length, meta length (u32), payload
+# length (u64), little-endian; then id, meta (JSON object text), payload.
+_READY_FAST = b'{"t":"ready","proto":1,"fast":1}\n'
+_FAST = _struct.Struct("<BBBBIQ")
+_FAST_MAGIC = 0xBA
+_FAST_REQ, _FAST_RES, _FAST_ERR, _FAST_RETRY = 0x71, 0x72, 0x65, 0x01
 
 
 class Reject(Exception):
@@ -308,11 +320,14 @@ class _Worker:
         self.out_size = 0
         self.out_since = 0.0      # when work on the oldest pending frame began
         self.warned_types = set()
+        # BW_FAST_HEADERS=0 makes this worker speak JSON headers only.
+        self.offer_fast = os.environ.get("BW_FAST_HEADERS", "1") != "0"
+        self.fast = False         # baton sent a fast header: answers use them too
 
     # --- the loop -----------------------------------------------------------
 
     def serve(self):
-        self.write(_READY)
+        self.write(_READY_FAST if self.offer_fast else _READY)
         read = self.read_message
         while True:
             hdr, payload = read()
@@ -426,7 +441,16 @@ class _Worker:
         else:
             raise TypeError("handler returned %s; expected bytes, str, dict, list, "
                             "None or (body, meta)" % type(result).__name__)
-        if meta:
+        if self.fast and type(rid) is str and 0 < len(rid) < 64:
+            mtext = _encode_header(meta) if meta else b""
+            if len(mtext) + 80 >= _MAX_HEADER:
+                raise ValueError("result meta is %d bytes encoded; the header limit is %d"
+                                 % (len(mtext), _MAX_HEADER))
+            rb = rid.encode()
+            head = _FAST.pack(_FAST_MAGIC, _FAST_RES, 0, len(rb), len(mtext), len(body)) + rb
+            if mtext:
+                head += mtext
+        elif meta:
             head = _encode_header({"t": "res", "id": rid, "len": len(body), "meta": meta})
             if len(head) >= _MAX_HEADER:
                 raise ValueError("result meta is %d bytes encoded; the header limit is %d"
@@ -447,6 +471,11 @@ class _Worker:
             sys.stderr.write("baton_worker: request %s failed\n" % _encode(rid))
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
             sys.stderr.flush()
+        if self.fast and type(rid) is str and 0 < len(rid) < 64:
+            rb = rid.encode()
+            tb = text.encode("utf-8", "replace").replace(b"\0", b"?")
+            return _FAST.pack(_FAST_MAGIC, _FAST_ERR, _FAST_RETRY if retry else 0, len(rb), 0,
+                              len(tb)) + rb + tb
         return _encode_header({"t": "res", "id": rid, "error": text, "retry": retry}) + b"\n"
 
     # --- input --------------------------------------------------------------
@@ -468,6 +497,12 @@ class _Worker:
     def read_message(self):
         """Return (header dict, payload bytes) of the next message, blocking if needed."""
         buf = self.buf
+        while self.start == self.end:
+            self.fill(1)
+        if buf[self.start] == _FAST_MAGIC:
+            if not self.offer_fast:
+                self.fatal("a fast header, which this worker did not offer")
+            return self.read_fast()
         while True:
             nl = buf.find(b"\n", self.start, self.end)
             if nl >= 0:
@@ -495,6 +530,37 @@ class _Worker:
             return hdr, b""
         if type(n) is not int or n < 0:
             self.violation("bad len", hdr)
+        if body + n <= self.end:
+            self.start = body + n
+            return hdr, bytes(self.view[body:body + n])
+        self.start = body
+        return hdr, self.read_payload(n)
+
+    def read_fast(self):
+        """A request in a fast header, as the header dict a JSON one would give."""
+        while self.end - self.start < 16:
+            self.fill(16)
+        magic, kind, flags, idlen, metalen, n = _FAST.unpack_from(self.buf, self.start)
+        if kind != _FAST_REQ or flags or not idlen or 16 + idlen + metalen > _MAX_HEADER:
+            self.fatal("bad fast header: %r" % bytes(self.view[self.start:self.start + 16]))
+        head = 16 + idlen + metalen
+        while self.end - self.start < head:
+            self.fill(head)
+        at = self.start + 16
+        try:
+            rid = str(self.view[at:at + idlen], "utf-8")
+            meta = _decode(str(self.view[at + idlen:at + idlen + metalen], "utf-8")) \
+                if metalen else {}
+        except ValueError as e:
+            self.fatal("fast header's id or meta is not UTF-8 JSON (%s)" % e)
+        if type(meta) is not dict:
+            self.fatal("fast header's meta is not a JSON object")
+        self.fast = True
+        body = self.start + head
+        hdr = {"t": "req", "id": rid, "meta": meta}
+        if not n:
+            self.start = body
+            return hdr, b""
         if body + n <= self.end:
             self.start = body + n
             return hdr, bytes(self.view[body:body + n])

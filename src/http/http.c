@@ -295,20 +295,66 @@ static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
  * Server-Timing: each stage's queue and run time, so that clients see
  * where the time went without any code (seed 000 printed these by hand).
  */
+/*
+ * Server-Timing is built by hand: with snprintf it cost a sixth of baton's
+ * own instructions per request.  put() copies what fits and always leaves
+ * out NUL-terminated.
+ */
+struct timing_out {
+	char *p;
+	size_t o, size;
+};
+
+static void put(struct timing_out *t, const char *s, size_t n)
+{
+	if (t->o + 1 >= t->size)
+		return;
+	n = BT_MIN(n, t->size - 1 - t->o);
+	memcpy(t->p + t->o, s, n);
+	t->o += n;
+	t->p[t->o] = '\0';
+}
+
+/* Microseconds as milliseconds with three decimals: "12.345". */
+static void put_ms(struct timing_out *t, uint64_t us)
+{
+	char d[32];
+	int i = sizeof(d);
+	uint64_t ms = us / 1000, frac = us % 1000;
+	for (int k = 0; k < 3; k++, frac /= 10)
+		d[--i] = (char)('0' + frac % 10);
+	d[--i] = '.';
+	do {
+		d[--i] = (char)('0' + ms % 10);
+		ms /= 10;
+	} while (ms);
+	put(t, d + i, sizeof(d) - (size_t)i);
+}
+
+#define PUTS(t, lit) put(t, lit, sizeof(lit) - 1)
+
 static void server_timing(const struct bt_request *req, char *out, size_t size)
 {
-	size_t o = 0;
+	struct timing_out t = {out, 0, size};
 	int last = req->step;
-	for (int i = 0; i <= last && i < req->nroute && o < size; i++) {
+	out[0] = '\0';
+	for (int i = 0; i <= last && i < req->nroute; i++) {
 		const char *name = req->route[i]->cfg->name;
-		o += (size_t)snprintf(out + o, size - o, "%s%s-queue;dur=%.3f, %s-run;dur=%.3f",
-				      i ? ", " : "", name,
-				      (double)req->timings[i].queue_us / 1000.0, name,
-				      (double)req->timings[i].run_us / 1000.0);
+		size_t n = strlen(name);
+		if (i)
+			PUTS(&t, ", ");
+		put(&t, name, n);
+		PUTS(&t, "-queue;dur=");
+		put_ms(&t, req->timings[i].queue_us);
+		PUTS(&t, ", ");
+		put(&t, name, n);
+		PUTS(&t, "-run;dur=");
+		put_ms(&t, req->timings[i].run_us);
 	}
-	if (o < size)
-		snprintf(out + o, size - o, "%stotal;dur=%.3f", o ? ", " : "",
-			 (double)(bt_now_us() - req->accepted_us) / 1000.0);
+	if (t.o)
+		PUTS(&t, ", ");
+	PUTS(&t, "total;dur=");
+	put_ms(&t, bt_now_us() - req->accepted_us);
 }
 
 /*

@@ -370,6 +370,14 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 		violation(c, "unsupported protocol version (baton speaks 1)", NULL, 0);
 		return;
 	}
+	/*
+	 * A worker that offers fast headers gets its requests in them and may
+	 * answer in them (docs/protocol.md); sources hold no requests.
+	 */
+	json_t *fast = json_object_get(hdr, "fast");
+	if (json_is_integer(fast) && json_integer_value(fast) == BT_FAST_VERSION &&
+	    !r->stage->source_ops)
+		c->dec.fast = 1;
 	uv_timer_stop(&r->timer);
 	r->ready_ms = bt_now_ms();
 	r->stage->last_stderr[0] = '\0'; /* what it said loading is no reason for a later crash */
@@ -425,24 +433,37 @@ static void on_warmup_result(struct bt_child *c, struct bt_replica *r,
 static void on_result(struct bt_child *c, struct bt_replica *r,
 		      struct bt_frame *f)
 {
-	json_t *hdr = f->hdr;
-	const char *id = json_string_value(json_object_get(hdr, "id"));
-	json_t *jerr = json_object_get(hdr, "error");
-	json_t *meta = json_object_get(hdr, "meta");
-	if (!id) {
-		violation(c, "\"res\" without a string \"id\"", NULL, 0);
-		return;
-	}
-	if (jerr && !json_is_string(jerr)) {
-		violation(c, "\"error\" is not a string", id, strlen(id));
-		return;
-	}
-	if (meta && !json_is_object(meta)) {
-		violation(c, "\"meta\" is not an object", id, strlen(id));
-		return;
+	const char *id, *error;
+	json_t *meta;
+	int retry;
+	if (f->fast) {
+		/* The decoder checked the id, the meta and the error text. */
+		id = f->id;
+		meta = f->meta;
+		error = f->fast == BT_FAST_ERR ? f->payload : NULL;
+		retry = f->retry;
+	} else {
+		json_t *hdr = f->hdr;
+		json_t *jerr = json_object_get(hdr, "error");
+		id = json_string_value(json_object_get(hdr, "id"));
+		meta = json_object_get(hdr, "meta");
+		if (!id) {
+			violation(c, "\"res\" without a string \"id\"", NULL, 0);
+			return;
+		}
+		if (jerr && !json_is_string(jerr)) {
+			violation(c, "\"error\" is not a string", id, strlen(id));
+			return;
+		}
+		if (meta && !json_is_object(meta)) {
+			violation(c, "\"meta\" is not an object", id, strlen(id));
+			return;
+		}
+		error = json_string_value(jerr);
+		retry = json_is_true(json_object_get(hdr, "retry"));
 	}
 	if (c->warmup_id[0] && !strcmp(id, c->warmup_id)) {
-		on_warmup_result(c, r, json_string_value(jerr));
+		on_warmup_result(c, r, error);
 		return;
 	}
 	int slot = -1;
@@ -457,10 +478,14 @@ static void on_result(struct bt_child *c, struct bt_replica *r,
 		return;
 	}
 	struct bt_request *req = release_slot(r, slot);
-	char *payload = f->payload;
-	f->payload = NULL;
-	bt_stage_result(req, payload, f->len, meta, json_string_value(jerr),
-			json_is_true(json_object_get(hdr, "retry")));
+	char *payload = NULL;
+	size_t len = 0;
+	if (!error) {
+		payload = f->payload;
+		len = f->len;
+		f->payload = NULL;
+	}
+	bt_stage_result(req, payload, len, meta, error, retry);
 }
 
 /* A source's item or end of session, handed to its stream. */
@@ -532,7 +557,7 @@ static void feed_channel(struct bt_child *c, const char *p, size_t n)
 		}
 		p += used;
 		n -= (size_t)used;
-		if (f.hdr) {
+		if (bt_frame_complete(&f)) {
 			on_message(c, &f);
 			bt_frame_release(&f);
 		}
@@ -987,10 +1012,16 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	int sent = 0, nunsendable = 0;
 	for (int i = 0; i < n; i++) {
 		struct bt_request *req = reqs[i];
-		json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
-					"meta", req->meta);
-		int e = bt_frame_encode(&frames, hdr, req->payload, req->len);
-		json_decref(hdr);
+		int e;
+		if (c->dec.fast) {
+			e = bt_frame_encode_fast(&frames, BT_FAST_REQ, 0, req->idstr, req->meta,
+						 req->payload, req->len);
+		} else {
+			json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
+						"meta", req->meta);
+			e = bt_frame_encode(&frames, hdr, req->payload, req->len);
+			json_decref(hdr);
+		}
 		if (e) {
 			/* Failed alone, once the rest of the batch is on its way. */
 			if (!unsendable)

@@ -9,6 +9,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from conftest import BUILD, SLOW, config, pid_alive, wait_for
 from test_batching import post_all
 
@@ -77,10 +79,13 @@ def test_failing_item_of_a_batch_is_rejected_alone(baton, tmp_path):
     assert b.stop() == 0
 
 
-def test_baton_fail_with_any_message_is_a_rejection(baton):
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_baton_fail_with_any_message_is_a_rejection(baton, fast):
     # Invalid UTF-8 and a message over the header limit: baton_fail() cleans
     # and cuts the text, so the item is still rejected, not left unanswered.
-    b = baton(config(c_stage(retries=2), {"p": ["c"]}))
+    # With fast headers (the default) and without (BW_FAST_HEADERS=0).
+    b = baton(config(c_stage(retries=2, env="{BW_FAST_HEADERS: \"%s\"}" % fast),
+                     {"p": ["c"]}))
     r = b.request("POST", "/v1/pipelines/p", b"fail \xff bad")
     assert r.status == 422 and r.json()["error"] == "fail ? bad", r
     r = b.post("p", "fail" + "x" * 70000)

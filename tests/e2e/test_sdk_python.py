@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import struct
 import sys
 import threading
 import time
@@ -200,7 +201,9 @@ def spawn(tmp_path):
         workers.append(w)
         if expect_ready:
             hdr, payload = w.peer.recv()
-            assert hdr == {"t": "ready", "proto": 1}
+            # Fast headers are offered unless the worker is told not to.
+            offers = env.get("BW_FAST_HEADERS") != "0"
+            assert hdr == dict({"t": "ready", "proto": 1}, **({"fast": 1} if offers else {}))
             assert payload == b""
         return w
 
@@ -502,3 +505,77 @@ def test_started_by_hand_says_so_and_exits_2(tmp_path):
                        timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     assert p.returncode == 2
     assert "this is a baton worker; run it under `baton serve`" in p.stderr
+
+
+# --- fast headers (docs/protocol.md#fast-headers) ------------------------------
+
+FAST = struct.Struct("<BBBBIQ")
+
+
+def fast_req(rid, payload=b"", **meta):
+    base = {"pipeline": "p", "stage": "s", "attempt": 1, "deadline_ms": 30000}
+    m = json.dumps(dict(base, **meta), separators=(",", ":")).encode()
+    return FAST.pack(0xBA, ord("q"), 0, len(rid), len(m), len(payload)) + rid.encode() + m \
+        + payload
+
+
+def recv_fast(peer):
+    """(kind, flags, id, meta or None, payload) of the next frame, which must be fast."""
+    while len(peer.buf) < 16:
+        peer._fill()
+    magic, kind, flags, idlen, mlen, n = FAST.unpack_from(peer.buf)
+    assert magic == 0xBA, bytes(peer.buf[:40])
+    while len(peer.buf) < 16 + idlen + mlen + n:
+        peer._fill()
+    at = 16 + idlen + mlen
+    rid = bytes(peer.buf[16:16 + idlen]).decode()
+    meta = json.loads(bytes(peer.buf[16 + idlen:at])) if mlen else None
+    payload = bytes(peer.buf[at:at + n])
+    del peer.buf[:at + n]
+    return chr(kind), flags, rid, meta, payload
+
+
+def test_fast_requests_get_fast_answers_after_json_ones_got_json(spawn):
+    w = spawn(SINGLE_WORKER)
+    # Before baton sent a fast header, answers are JSON (an older baton).
+    assert roundtrip(w, b"first")[1] == b"first"
+    w.peer.sock.sendall(fast_req("r9", b"hello"))
+    assert recv_fast(w.peer) == ("r", 0, "r9", None, b"hello")
+    w.peer.sock.sendall(fast_req("r10", b"meta:abc"))
+    assert recv_fast(w.peer) == ("r", 0, "r10", {"tag": "x"}, b"abc")
+    w.peer.sock.sendall(fast_req("r11", b"json:", stage="ocr"))
+    kind, _, _, meta, body = recv_fast(w.peer)
+    assert meta == {"content_type": "application/json"} and json.loads(body)["stage"] == "ocr"
+    w.peer.sock.sendall(fast_req("r12", b"reject:no \xc3\xa9"))
+    assert recv_fast(w.peer) == ("e", 0, "r12", None, "no é".encode())
+    w.peer.sock.sendall(fast_req("r13", b"retry:later"))
+    assert recv_fast(w.peer) == ("e", 1, "r13", None, b"later")
+    # Pings stay JSON; a JSON request now gets a fast answer (baton accepts both).
+    w.peer.send({"t": "ping", "seq": 3})
+    assert w.peer.recv() == ({"t": "pong", "seq": 3}, b"")
+    w.peer.sock.sendall(req("r14", b"late json"))
+    assert recv_fast(w.peer) == ("r", 0, "r14", None, b"late json")
+
+
+def test_fast_requests_inside_a_batch(spawn):
+    w = spawn(BATCH_WORKER)
+    w.peer.sock.sendall(frame({"t": "batch", "n": 2}) + fast_req("a", b"x") + fast_req("b", b"y"))
+    got = sorted(recv_fast(w.peer)[2] for _ in range(2))
+    assert got == ["a", "b"]
+
+
+def test_malformed_fast_request_exits_2(spawn):
+    w = spawn(ECHO_WORKER)
+    bad = bytearray(fast_req("r1", b"x"))
+    bad[1] = ord("r")   # a fast "res" sent to a worker
+    w.peer.sock.sendall(bytes(bad))
+    assert w.wait(timeout=5) == 2
+    assert "bad fast header" in w.stderr()
+
+
+def test_a_worker_told_not_to_offer_fast_headers_reads_none(spawn):
+    w = spawn(ECHO_WORKER, env_extra={"BW_FAST_HEADERS": "0"})
+    assert roundtrip(w, b"plain")[1] == b"plain"
+    w.peer.sock.sendall(fast_req("r1", b"x"))   # baton would never: it was not offered
+    assert w.wait(timeout=5) == 2
+    assert "did not offer" in w.stderr()

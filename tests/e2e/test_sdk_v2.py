@@ -506,7 +506,7 @@ def test_handler_returns_response_through_the_sdk(tmp_path):
     theirs.close()
     try:
         f = ours.makefile("rb")
-        assert json.loads(f.readline()) == {"t": "ready", "proto": 1}
+        assert json.loads(f.readline()) == {"t": "ready", "proto": 1, "fast": 1}
         raw = struct.pack("<3f", 1.0, 2.5, -3.0)
         payload, meta = body({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3],
                                           "parameters": {"binary_data_size": 12}}],

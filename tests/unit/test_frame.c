@@ -483,3 +483,248 @@ Test(frame, encode_of_a_header_of_exactly_64k_is_decodable, .init = dec_setup,
 	json_decref(hdr);
 	bt_buf_release(&out);
 }
+
+/* ---- fast headers ------------------------------------------------------- */
+
+/* A fast frame as a worker would write it. */
+static size_t fast(char *out, int kind, int flags, const char *id, const char *meta,
+		   const char *payload, size_t plen)
+{
+	size_t idlen = strlen(id), mlen = meta ? strlen(meta) : 0;
+	unsigned char h[BT_FAST_HEADER] = {BT_FAST_MAGIC, (unsigned char)kind,
+					   (unsigned char)flags, (unsigned char)idlen};
+	for (int i = 0; i < 4; i++)
+		h[4 + i] = (unsigned char)(mlen >> (8 * i));
+	for (int i = 0; i < 8; i++)
+		h[8 + i] = (unsigned char)((unsigned long long)plen >> (8 * i));
+	memcpy(out, h, sizeof(h));
+	memcpy(out + BT_FAST_HEADER, id, idlen);
+	memcpy(out + BT_FAST_HEADER + idlen, meta ? meta : "", mlen);
+	memcpy(out + BT_FAST_HEADER + idlen + mlen, payload, plen);
+	return BT_FAST_HEADER + idlen + mlen + plen;
+}
+
+static void fast_setup(void)
+{
+	bt_frame_decoder_init(&dec, MAX_PAYLOAD);
+	dec.fast = 1;
+}
+
+static void decode_bad_fast(const char *buf, size_t len, const char *what)
+{
+	struct bt_frame f;
+	ssize_t r = bt_frame_decode(&dec, buf, len, &f);
+	cr_assert_eq(r, BT_EPROTO, "expected BT_EPROTO, got %zd", r);
+	cr_assert_not(bt_frame_complete(&f));
+	cr_assert_not_null(strstr(dec.err, what), "err is '%s', expected '%s' in it",
+			   dec.err, what);
+}
+
+Test(frame, fast_success_with_meta_is_decoded, .init = fast_setup, .fini = dec_teardown)
+{
+	char buf[256];
+	size_t n = fast(buf, BT_FAST_RES, 0, "r42", "{\"content_type\":\"text/plain\"}",
+			"hello", 5);
+	struct bt_frame f;
+	cr_assert_eq(bt_frame_decode(&dec, buf, n, &f), (ssize_t)n, "%s", dec.err);
+	cr_assert(bt_frame_complete(&f));
+	cr_assert_null(f.hdr);
+	cr_assert_eq(f.fast, BT_FAST_RES);
+	cr_assert_str_eq(f.type, "res");
+	cr_assert_str_eq(f.id, "r42");
+	cr_assert_str_eq(json_string_value(json_object_get(f.meta, "content_type")),
+			 "text/plain");
+	cr_assert_eq(f.len, 5);
+	cr_assert_arr_eq(f.payload, "hello", 5);
+	cr_assert_not(f.retry);
+	bt_frame_release(&f);
+	cr_assert_not(bt_frame_complete(&f));
+}
+
+Test(frame, fast_error_carries_its_text_and_retry_flag, .init = fast_setup,
+     .fini = dec_teardown)
+{
+	char buf[256];
+	size_t n = fast(buf, BT_FAST_ERR, BT_FAST_RETRY, "r1", NULL, "busy", 4);
+	struct bt_frame f;
+	cr_assert_eq(bt_frame_decode(&dec, buf, n, &f), (ssize_t)n, "%s", dec.err);
+	cr_assert_eq(f.fast, BT_FAST_ERR);
+	cr_assert(f.retry);
+	cr_assert_null(f.meta);
+	cr_assert_str_eq(f.payload, "busy");
+	bt_frame_release(&f);
+	/* An empty error text is still an error: a string, not NULL. */
+	n = fast(buf, BT_FAST_ERR, 0, "r2", NULL, "", 0);
+	cr_assert_eq(bt_frame_decode(&dec, buf, n, &f), (ssize_t)n, "%s", dec.err);
+	cr_assert_not_null(f.payload);
+	cr_assert_str_eq(f.payload, "");
+	cr_assert_not(f.retry);
+	bt_frame_release(&f);
+}
+
+Test(frame, fast_and_json_frames_mix_and_split_anywhere, .init = fast_setup,
+     .fini = dec_teardown)
+{
+	char buf[512];
+	size_t n = fast(buf, BT_FAST_RES, 0, "r1", "{\"a\":1}", "abc", 3);
+	const char *js = "{\"t\":\"pong\",\"seq\":3}\n";
+	memcpy(buf + n, js, strlen(js));
+	n += strlen(js);
+	n += fast(buf + n, BT_FAST_RES, 0, "r2", NULL, "", 0);
+	/* Every split point, fed one byte at a time after it: three frames. */
+	for (size_t cut = 0; cut <= n; cut++) {
+		struct bt_frame_decoder d;
+		bt_frame_decoder_init(&d, MAX_PAYLOAD);
+		d.fast = 1;
+		const char *want[] = {"r1", NULL, "r2"};
+		int got = 0;
+		size_t used = 0;
+		while (used < n) {
+			size_t chunk = used < cut ? cut - used : 1;
+			struct bt_frame f;
+			ssize_t r = bt_frame_decode(&d, buf + used, chunk, &f);
+			cr_assert_geq(r, 0, "cut %zu: %s", cut, d.err);
+			used += (size_t)r;
+			if (!bt_frame_complete(&f))
+				continue;
+			cr_assert_lt(got, 3);
+			if (want[got])
+				cr_assert_str_eq(f.id, want[got], "cut %zu", cut);
+			else
+				cr_assert_str_eq(f.type, "pong", "cut %zu", cut);
+			got++;
+			bt_frame_release(&f);
+		}
+		cr_assert_eq(got, 3, "cut %zu: %d frames", cut, got);
+		bt_frame_decoder_release(&d);
+	}
+}
+
+Test(frame, fast_header_is_a_violation_unless_offered, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	char buf[64];
+	/* Refused at its first byte: without a newline it would wait forever. */
+	size_t n = fast(buf, BT_FAST_RES, 0, "r1", NULL, "x", 1);
+	decode_bad(buf, 1, "did not offer");
+	(void)n;
+}
+
+Test(frame, malformed_fast_headers_are_violations, .fini = dec_teardown)
+{
+	char buf[512];
+	struct {
+		int kind, flags;
+		const char *id, *meta, *what;
+	} bad[] = {
+		{'x', 0, "r1", NULL, "unknown kind"},
+		{BT_FAST_RES, BT_FAST_RETRY, "r1", NULL, "unknown flags"},
+		{BT_FAST_ERR, 0x02, "r1", NULL, "unknown flags"},
+		{BT_FAST_RES, 0, "", NULL, "without an id"},
+		{BT_FAST_RES, 0, "r1", "[1]", "meta is not a JSON object"},
+		{BT_FAST_RES, 0, "r1", "{\"a\":", "meta is not JSON"},
+		{BT_FAST_RES, 0, "r1", "{\"a\":1,\"a\":2}", "meta is not JSON"},
+		{BT_FAST_ERR, 0, "r1", "{}", "fast error with a meta"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		fast_setup();
+		size_t n = fast(buf, bad[i].kind, bad[i].flags, bad[i].id, bad[i].meta, "x", 1);
+		decode_bad_fast(buf, n, bad[i].what);
+		bt_frame_decoder_release(&dec);
+	}
+	/* A NUL inside the id: it would compare as a shorter one. */
+	fast_setup();
+	size_t n = fast(buf, BT_FAST_RES, 0, "r1X", NULL, "x", 1);
+	buf[BT_FAST_HEADER + 2] = '\0';
+	decode_bad_fast(buf, n, "NUL");
+	bt_frame_decoder_release(&dec);
+	/* A NUL inside an error text. */
+	fast_setup();
+	n = fast(buf, BT_FAST_ERR, 0, "r1", NULL, "a\0b", 3);
+	decode_bad_fast(buf, n, "NUL");
+	fast_setup();
+}
+
+Test(frame, fast_lengths_are_checked_before_anything_is_allocated, .init = fast_setup,
+     .fini = dec_teardown)
+{
+	char buf[64];
+	/* Claims 4 GiB of payload: refused from the 16 bytes alone. */
+	size_t n = fast(buf, BT_FAST_RES, 0, "r1", NULL, "", 0);
+	for (int i = 0; i < 8; i++)
+		buf[8 + i] = i == 4 ? 1 : 0;
+	decode_bad_fast(buf, BT_FAST_HEADER, "payload over the limit");
+	bt_frame_decoder_release(&dec);
+	/* Meta past the 64 KiB header limit. */
+	fast_setup();
+	n = fast(buf, BT_FAST_RES, 0, "r1", NULL, "", 0);
+	buf[4] = 0;
+	buf[5] = 0;
+	buf[6] = 1; /* 65536 bytes */
+	decode_bad_fast(buf, BT_FAST_HEADER, "over 65536");
+	bt_frame_decoder_release(&dec);
+	/* An error text over 64 KiB, though the payload limit is higher. */
+	fast_setup();
+	n = fast(buf, BT_FAST_ERR, 0, "r1", NULL, "", 0);
+	buf[10] = 2; /* 131072 bytes */
+	decode_bad_fast(buf, BT_FAST_HEADER, "payload over the limit");
+	(void)n;
+}
+
+Test(frame, fast_encode_round_trips_and_refuses_what_does_not_fit, .init = fast_setup,
+     .fini = dec_teardown)
+{
+	struct bt_buf out = BT_BUF_INIT;
+	json_t *meta = json_pack("{s:s, s:i}", "stage", "ocr", "attempt", 2);
+	cr_assert_eq(bt_frame_encode_fast(&out, BT_FAST_REQ, 0, "r7", meta, "data", 4), 0);
+	struct bt_frame f;
+	cr_assert_eq(bt_frame_decode(&dec, out.data, out.len, &f), (ssize_t)out.len, "%s",
+		     dec.err);
+	cr_assert_eq(f.fast, BT_FAST_REQ);
+	cr_assert_str_eq(f.type, "req");
+	cr_assert_str_eq(f.id, "r7");
+	cr_assert(json_equal(f.meta, meta));
+	cr_assert_arr_eq(f.payload, "data", 4);
+	bt_frame_release(&f);
+	/* Too long an id, an empty one, meta over 64 KiB: nothing appended. */
+	size_t before = out.len;
+	char id[300];
+	memset(id, 'i', sizeof(id) - 1);
+	id[sizeof(id) - 1] = '\0';
+	cr_assert_lt(bt_frame_encode_fast(&out, BT_FAST_REQ, 0, id, NULL, "", 0), 0);
+	cr_assert_lt(bt_frame_encode_fast(&out, BT_FAST_REQ, 0, "", NULL, "", 0), 0);
+	char *pad = malloc(BT_PROTO_MAX_HEADER);
+	memset(pad, 'p', BT_PROTO_MAX_HEADER - 1);
+	pad[BT_PROTO_MAX_HEADER - 1] = '\0';
+	json_object_set_new(meta, "pad", json_string(pad));
+	free(pad);
+	cr_assert_eq(bt_frame_encode_fast(&out, BT_FAST_REQ, 0, "r8", meta, "", 0), BT_ETOOBIG);
+	cr_assert_eq(out.len, before);
+	cr_assert_eq(out.data[before], '\0');
+	json_decref(meta);
+	bt_buf_release(&out);
+}
+
+Test(frame, fast_meta_text_is_jansson_compact_text, .init = fast_setup, .fini = dec_teardown)
+{
+	/* baton writes a fast header's meta itself: it must read as jansson writes it. */
+	json_error_t jerr;
+	const char *text = "{\"s\":\"a\\\"b\\\\c/\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f é中😀\","
+			   "\"nul\":\"x\\u0000y\",\"i\":-9223372036854775808,\"max\":9223372036854775807,"
+			   "\"zero\":0,\"r\":0.1,\"big\":1e300,\"t\":true,\"f\":false,\"n\":null,"
+			   "\"a\":[1,[],{},\"\",[2,{\"k\":\"v\"}]],\"o\":{\"ke\\ny\":{\"x\":[null]}},"
+			   "\"last\":1}";
+	json_t *meta = json_loads(text, JSON_ALLOW_NUL, &jerr);
+	cr_assert_not_null(meta, "%s", jerr.text);
+	struct bt_buf out = BT_BUF_INIT;
+	cr_assert_eq(bt_frame_encode_fast(&out, BT_FAST_REQ, 0, "r1", meta, "", 0), 0);
+	size_t mlen = (unsigned char)out.data[4] | (unsigned char)out.data[5] << 8 |
+		      (unsigned char)out.data[6] << 16;
+	char *want = json_dumps(meta, JSON_COMPACT);
+	cr_assert_eq(mlen, strlen(want));
+	cr_assert_arr_eq(out.data + BT_FAST_HEADER + 2, want, mlen, "%.*s\nvs\n%s", (int)mlen,
+			 out.data + BT_FAST_HEADER + 2, want);
+	free(want);
+	json_decref(meta);
+	bt_buf_release(&out);
+}
