@@ -35,7 +35,7 @@ static char **with_default(char **env, const char *var)
 }
 
 void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const *argv,
-		    char *const *extra, uv_exit_cb exit_cb, const struct bt_unit *unit)
+		    char *const *extra, const struct bt_unit *unit)
 {
 	const struct bt_stage_config *cfg = r->stage->cfg;
 	struct bt_daemon *d = r->stage->d;
@@ -81,7 +81,6 @@ void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const
 	memcpy(l->args + 6, argv, (size_t)argc * sizeof(char *));
 
 	memset(&l->opts, 0, sizeof(l->opts));
-	l->opts.exit_cb = exit_cb;
 	l->opts.file = d->self_exe;
 	l->opts.args = l->args;
 	l->opts.env = l->env;

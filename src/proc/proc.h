@@ -178,10 +178,47 @@ static inline int bt_replica_can_take(const struct bt_replica *r, int max_ongoin
 void bt_replica_release(struct bt_replica *r, struct bt_request *req);
 
 /*
+ * process.c: a started process, watched without blocking the loop.  Unlike
+ * uv_spawn, bt_process_spawn returns as soon as the child is forked: it
+ * does not wait for the child's exec, so many start in parallel.  What
+ * fails in the child after the fork (workdir, exec) is written to its
+ * stderr as one "baton: cannot ..." line and it exits with status 127.
+ */
+struct bt_process;
+typedef void (*bt_process_exit_cb)(struct bt_process *p, int64_t status, int sig);
+struct bt_process {
+	uv_poll_t poll; /* first: on the pidfd; poll.data is the caller's */
+	int pid;
+	int pidfd;
+	int exited;
+	bt_process_exit_cb exit_cb;
+	uv_close_cb close_cb;
+	struct bt_process *next, **prevp; /* the list of processes not yet reaped */
+	int listed;
+};
+/*
+ * Forks a child that becomes o->file (a path: no PATH search) with o->args,
+ * o->env, o->cwd, its own session with UV_PROCESS_DETACHED, and stdio from
+ * o->stdio: UV_IGNORE is /dev/null, UV_CREATE_PIPE a socketpair whose
+ * other end is opened into the caller's initialised uv_pipe_t; nothing
+ * else.  Signal handlers are reset and none is blocked.  Returns 0, and
+ * exit_cb is called once on the loop with the exit status or the signal
+ * (the process reaped); or a negative errno, nothing forked, nothing to
+ * close but the caller's pipes.  Never calls back synchronously.
+ */
+int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const uv_process_options_t *o,
+		     bt_process_exit_cb exit_cb);
+/* Closes the handle; a process not reaped yet is left to containment's reaper. */
+void bt_process_close(struct bt_process *p, uv_close_cb cb);
+/* Whether pid is a child a bt_process waits for (containment must not reap it). */
+int bt_process_waits_for(pid_t pid);
+
+/*
  * launch.c: what starting any process of a stage takes.  bt_launch_init
  * fills opts (exec shim, own process group, workdir, user, environment
- * with extra "K=V" strings); the caller sets stdio, calls uv_spawn, then
- * bt_launch_release.  argv (NULL-terminated) is borrowed until release.
+ * with extra "K=V" strings); the caller sets stdio, calls
+ * bt_process_spawn, then bt_launch_release.  argv (NULL-terminated) is
+ * borrowed until release.
  */
 struct bt_launch {
 	uv_process_options_t opts;
@@ -190,7 +227,7 @@ struct bt_launch {
 	char ppid[24], nfds[8], user[48];
 };
 void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const *argv,
-		    char *const *extra, uv_exit_cb exit_cb, const struct bt_unit *unit);
+		    char *const *extra, const struct bt_unit *unit);
 void bt_launch_release(struct bt_launch *l);
 
 /*

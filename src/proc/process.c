@@ -1,0 +1,231 @@
+/*
+ * Starting a process without waiting for it.  uv_spawn forks and then
+ * blocks until the child has called exec, which on a loaded machine is
+ * tens of milliseconds (the child waits for a core): 256 replicas took
+ * the sum, ~8 s, with the loop blocked during each.  Here the loop forks
+ * and goes on at once; the child sets itself up and execs on its own
+ * time, so hundreds start in parallel.  What the child cannot do it says
+ * on its stderr and exits 127, like the exec shim.  An exit is seen
+ * through a pidfd polled by the loop and reaped with waitid(P_PIDFD), so
+ * it needs no SIGCHLD of its own and no process is reaped by pid guesswork.
+ */
+#include "proc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3 /* linux/wait.h: glibc 2.36's sys/wait.h lacks it */
+#endif
+
+#define MAX_STDIO 8
+
+/*
+ * Every process started here and not yet reaped.  The children of an OS
+ * process are one set whatever loop watches them, so this list is too:
+ * containment's reaper of adopted orphans asks it which zombies are not
+ * orphans (bt_process_waits_for).
+ */
+static struct bt_process *live;
+
+static void unlist(struct bt_process *p)
+{
+	if (!p->listed)
+		return;
+	*p->prevp = p->next;
+	if (p->next)
+		p->next->prevp = p->prevp;
+	p->listed = 0;
+}
+
+int bt_process_waits_for(pid_t pid)
+{
+	for (const struct bt_process *p = live; p; p = p->next)
+		if (p->pid == pid)
+			return 1;
+	return 0;
+}
+
+/* ---- the child, between fork and exec: async-signal-safe calls only ----- */
+
+static void say(const char *s)
+{
+	ssize_t n = write(2, s, strlen(s));
+	(void)n;
+}
+
+static void __attribute__((noreturn)) child_fail(const char *what, const char *arg, int e)
+{
+	say("baton: cannot ");
+	say(what);
+	if (arg) {
+		say(" '");
+		say(arg);
+		say("'");
+	}
+	say(": ");
+	/* strerrordesc_np, unlike strerror, reads no locale: safe after fork. */
+	const char *desc = strerrordesc_np(e);
+	say(desc ? desc : "unknown error");
+	say("\n");
+	_exit(127);
+}
+
+static void __attribute__((noreturn)) child(const uv_process_options_t *o, int *fds, int n)
+{
+	/* Move every descriptor above the targets first, or a dup2 could clobber one. */
+	for (int i = 0; i < n; i++)
+		if (fds[i] < n && (fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, n)) < 0)
+			child_fail("set up descriptors", NULL, errno);
+	for (int i = 0; i < n; i++)
+		if (dup2(fds[i], i) < 0)
+			child_fail("set up descriptors", NULL, errno);
+	if ((o->flags & UV_PROCESS_DETACHED) && setsid() < 0)
+		child_fail("start a session", NULL, errno);
+	if (o->cwd && chdir(o->cwd))
+		child_fail("change to directory", o->cwd, errno);
+	/*
+	 * baton's handlers would run here until exec (libuv's writes to the
+	 * loop's signal pipe, which the child shares), and ignored signals stay
+	 * ignored across exec: defaults first, then nothing blocked.
+	 */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	for (int s = 1; s < NSIG; s++)
+		if (s != SIGKILL && s != SIGSTOP)
+			sigaction(s, &dfl, NULL);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	execve(o->file, o->args, o->env);
+	child_fail("execute", o->file, errno);
+}
+
+/* ---- the parent ------------------------------------------------------------ */
+
+static void poll_cb(uv_poll_t *h, int status, int events)
+{
+	struct bt_process *p = (struct bt_process *)h;
+	(void)status;
+	(void)events;
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) == 0 && si.si_pid == 0)
+		return; /* not an exit yet */
+	int64_t code = 0;
+	int sig = 0;
+	if (si.si_pid == 0) {
+		/* Reaped by someone else: a bug of baton's, but not a reason to stop. */
+		bt_error("lost the exit status of a process", "pid=%d error=%s", p->pid,
+			 BT_LOGQ(strerror(errno)));
+		code = -1;
+	} else if (si.si_code == CLD_EXITED) {
+		code = si.si_status;
+	} else {
+		sig = si.si_status;
+	}
+	uv_poll_stop(&p->poll);
+	unlist(p);
+	p->exited = 1;
+	p->exit_cb(p, code, sig);
+}
+
+int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const uv_process_options_t *o,
+		     bt_process_exit_cb exit_cb)
+{
+	int fds[MAX_STDIO], ours[MAX_STDIO], n = o->stdio_count, e = 0;
+	BT_ASSERT(n <= MAX_STDIO);
+	void *data = p->poll.data;
+	memset(p, 0, sizeof(*p));
+	p->poll.data = data;
+	p->pidfd = -1;
+	for (int i = 0; i < n; i++)
+		fds[i] = ours[i] = -1;
+	for (int i = 0; i < n && !e; i++) {
+		const uv_stdio_container_t *s = &o->stdio[i];
+		BT_ASSERT(s->flags == UV_IGNORE || (s->flags & UV_CREATE_PIPE));
+		if (s->flags & UV_CREATE_PIPE) {
+			/* A socketpair, as uv_spawn makes: the worker's channel is read and written. */
+			int sv[2];
+			if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
+				e = -errno;
+				break;
+			}
+			ours[i] = sv[0];
+			fds[i] = sv[1];
+			e = uv_pipe_open((uv_pipe_t *)s->data.stream, ours[i]);
+			if (e)
+				close(ours[i]);
+		} else if ((fds[i] = open("/dev/null", i ? O_RDWR | O_CLOEXEC : O_RDONLY | O_CLOEXEC)) <
+			   0) {
+			e = -errno;
+		}
+	}
+	/*
+	 * Signals stay blocked from before the fork until the child has reset
+	 * its handlers: a handler of baton's must never run in the child.
+	 */
+	sigset_t all, old;
+	sigfillset(&all);
+	pid_t pid = -1;
+	if (!e) {
+		pthread_sigmask(SIG_BLOCK, &all, &old);
+		pid = fork();
+		if (pid == 0)
+			child(o, fds, n);
+		if (pid < 0)
+			e = -errno;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (e)
+		return e; /* the caller closes its pipes, and with them our ends */
+	p->pid = pid;
+	p->pidfd = pidfd_open(pid, 0);
+	if (p->pidfd < 0 || (e = uv_poll_init(loop, &p->poll, p->pidfd))) {
+		e = p->pidfd < 0 ? -errno : e;
+		/* Unwatchable: it must not run unsupervised. */
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		if (p->pidfd >= 0)
+			close(p->pidfd);
+		return e;
+	}
+	p->poll.data = data;
+	p->exit_cb = exit_cb;
+	uv_poll_start(&p->poll, UV_READABLE, poll_cb);
+	p->next = live;
+	if (live)
+		live->prevp = &p->next;
+	p->prevp = &live;
+	live = p;
+	p->listed = 1;
+	return 0;
+}
+
+static void closed_cb(uv_handle_t *h)
+{
+	struct bt_process *p = (struct bt_process *)h;
+	close(p->pidfd);
+	p->pidfd = -1;
+	p->close_cb(h);
+}
+
+void bt_process_close(struct bt_process *p, uv_close_cb cb)
+{
+	if (uv_is_closing((uv_handle_t *)&p->poll))
+		return;
+	/* Not reaped yet: it is an orphan now, which containment reaps. */
+	unlist(p);
+	p->close_cb = cb;
+	uv_close((uv_handle_t *)&p->poll, closed_cb);
+}
