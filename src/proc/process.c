@@ -1,13 +1,15 @@
 /*
  * Starting a process without waiting for it.  uv_spawn forks and then
  * blocks until the child has called exec, which on a loaded machine is
- * tens of milliseconds (the child waits for a core): 256 replicas took
- * the sum, ~8 s, with the loop blocked during each.  Here the loop forks
- * and goes on at once; the child sets itself up and execs on its own
- * time, so hundreds start in parallel.  What the child cannot do it says
- * on its stderr and exits 127, like the exec shim.  An exit is seen
- * through a pidfd polled by the loop and reaped with waitid(P_PIDFD), so
- * it needs no SIGCHLD of its own and no process is reaped by pid guesswork.
+ * tens of milliseconds (the child waits for a core), and it has no hook
+ * between fork and exec, so every worker went through an exec of baton
+ * itself (a shim linking some thirty libraries, ~15 ms of CPU) to set its
+ * cgroup, user and parent-death signal.  Here the loop forks and goes on
+ * at once; the child does that setup itself and execs the command on its
+ * own time, so hundreds of processes start in parallel.  What fails in the
+ * child it says on its stderr and exits 127.  An exit is seen through a
+ * pidfd polled by the loop and reaped with waitid(P_PIDFD): no SIGCHLD of
+ * its own, and no zombie taken by pid guesswork.
  */
 #include "proc.h"
 
@@ -15,8 +17,12 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/pidfd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -77,7 +83,24 @@ static void __attribute__((noreturn)) child_fail(const char *what, const char *a
 	_exit(127);
 }
 
-static void __attribute__((noreturn)) child(const uv_process_options_t *o, int *fds, int n)
+/* What the parent prepares, so that the child needs no allocation. */
+struct plan {
+	pid_t parent;
+	char procs[4096]; /* the cgroup's cgroup.procs, or "" */
+	int maxfd;	  /* for closing without close_range */
+};
+
+/* Every descriptor from lowfd up, inherited ones without CLOEXEC included. */
+static void close_from(int lowfd, int maxfd)
+{
+	if (syscall(SYS_close_range, (unsigned)lowfd, ~0u, 0) == 0)
+		return;
+	for (int fd = lowfd; fd < maxfd; fd++)
+		close(fd);
+}
+
+static void __attribute__((noreturn))
+child(const struct bt_process_options *o, const struct plan *pl, int *fds, int n)
 {
 	/* Move every descriptor above the targets first, or a dup2 could clobber one. */
 	for (int i = 0; i < n; i++)
@@ -86,10 +109,35 @@ static void __attribute__((noreturn)) child(const uv_process_options_t *o, int *
 	for (int i = 0; i < n; i++)
 		if (dup2(fds[i], i) < 0)
 			child_fail("set up descriptors", NULL, errno);
-	if ((o->flags & UV_PROCESS_DETACHED) && setsid() < 0)
+	close_from(n, pl->maxfd);
+	if (o->setsid && setsid() < 0)
 		child_fail("start a session", NULL, errno);
+	/* As root: the workdir may be closed to the stage's user. */
 	if (o->cwd && chdir(o->cwd))
 		child_fail("change to directory", o->cwd, errno);
+	/* Joining needs root too: the stage's user may not move itself. */
+	if (pl->procs[0]) {
+		int fd = open(pl->procs, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, "0", 1) != 1)
+			child_fail("join the cgroup", o->cgroup, errno);
+		close(fd);
+	}
+	/*
+	 * Raw system calls: glibc's wrappers would signal every thread of the
+	 * parent, and the child has only this one.
+	 */
+	if (o->uid >= 0 &&
+	    (syscall(SYS_setgroups, 0, NULL) || syscall(SYS_setresgid, o->gid, o->gid, o->gid) ||
+	     syscall(SYS_setresuid, o->uid, o->uid, o->uid)))
+		child_fail("switch to user", NULL, errno);
+	if (o->parent_death) {
+		/* After the switch: a change of credentials clears it. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL))
+			child_fail("set the parent-death signal", NULL, errno);
+		/* baton may have died before prctl: then nobody would supervise it. */
+		if (getppid() != pl->parent)
+			_exit(127);
+	}
 	/*
 	 * baton's handlers would run here until exec (libuv's writes to the
 	 * loop's signal pipe, which the child shares), and ignored signals stay
@@ -98,9 +146,9 @@ static void __attribute__((noreturn)) child(const uv_process_options_t *o, int *
 	struct sigaction dfl;
 	memset(&dfl, 0, sizeof(dfl));
 	dfl.sa_handler = SIG_DFL;
-	for (int s = 1; s < NSIG; s++)
-		if (s != SIGKILL && s != SIGSTOP)
-			sigaction(s, &dfl, NULL);
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			sigaction(sig, &dfl, NULL);
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
@@ -137,9 +185,17 @@ static void poll_cb(uv_poll_t *h, int status, int events)
 	p->exit_cb(p, code, sig);
 }
 
-int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const uv_process_options_t *o,
+int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_process_options *o,
 		     bt_process_exit_cb exit_cb)
 {
+	struct plan pl = {.parent = getpid(), .maxfd = 65536};
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)pl.maxfd)
+		pl.maxfd = (int)rl.rlim_cur;
+	if (o->cgroup &&
+	    (size_t)snprintf(pl.procs, sizeof(pl.procs), "%s/cgroup.procs", o->cgroup) >=
+		    sizeof(pl.procs))
+		return -ENAMETOOLONG;
 	int fds[MAX_STDIO], ours[MAX_STDIO], n = o->stdio_count, e = 0;
 	BT_ASSERT(n <= MAX_STDIO);
 	void *data = p->poll.data;
@@ -179,7 +235,7 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const uv_process_opt
 		pthread_sigmask(SIG_BLOCK, &all, &old);
 		pid = fork();
 		if (pid == 0)
-			child(o, fds, n);
+			child(o, &pl, fds, n);
 		if (pid < 0)
 			e = -errno;
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
