@@ -1,15 +1,24 @@
 /*
- * Starting a process without waiting for it.  uv_spawn forks and then
- * blocks until the child has called exec, which on a loaded machine is
- * tens of milliseconds (the child waits for a core), and it has no hook
- * between fork and exec, so every worker went through an exec of baton
- * itself (a shim linking some thirty libraries, ~15 ms of CPU) to set its
- * cgroup, user and parent-death signal.  Here the loop forks and goes on
- * at once; the child does that setup itself and execs the command on its
- * own time, so hundreds of processes start in parallel.  What fails in the
- * child it says on its stderr and exits 127.  An exit is seen through a
- * pidfd polled by the loop and reaped with waitid(P_PIDFD): no SIGCHLD of
- * its own, and no zombie taken by pid guesswork.
+ * Starting a process.  uv_spawn has no hook between fork and exec, so every
+ * worker used to go through an exec of baton itself (a shim linking some
+ * thirty libraries, ~15 ms of CPU each) to join its cgroup, switch user
+ * and set its parent-death signal; and it fork()s, copying baton's page
+ * tables, then waits for the child's exec.  256 replicas took ~8 s.
+ *
+ * Here the child does that setup itself, between a vfork() and the exec
+ * of the command: no copy of baton's memory, and the loop waits only until
+ * the child's exec has begun (the kernel resumes the parent when the child
+ * lets go of the shared memory), not for the worker's own start, which
+ * runs in parallel with the others'.  Measured on the 2-core VM of
+ * docs/benchmarks.md, load 6: a fork() that does not wait at all cost the
+ * loop ~3.7 ms of CPU per process (page tables and the copy-on-write
+ * faults that follow, with TLB shootdowns), vfork() ~1 ms and ~5 ms of
+ * waiting; forking from 8 to 32 threads at once did not start processes
+ * faster (the machine's CPU is the limit), so there is no spawner thread.
+ *
+ * What fails in the child it writes to its stderr and exits 127.  An exit
+ * is seen through a pidfd polled by the loop and reaped with
+ * waitid(P_PIDFD): no SIGCHLD of its own, and no zombie taken by pid.
  */
 #include "proc.h"
 
@@ -17,6 +26,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
@@ -58,7 +68,7 @@ int bt_process_waits_for(pid_t pid)
 	return 0;
 }
 
-/* ---- the child, between fork and exec: async-signal-safe calls only ----- */
+/* ---- the child, between vfork and exec: async-signal-safe calls only ---- */
 
 static void say(const char *s)
 {
@@ -76,7 +86,7 @@ static void __attribute__((noreturn)) child_fail(const char *what, const char *a
 		say("'");
 	}
 	say(": ");
-	/* strerrordesc_np, unlike strerror, reads no locale: safe after fork. */
+	/* strerrordesc_np, unlike strerror, reads no locale: safe after vfork. */
 	const char *desc = strerrordesc_np(e);
 	say(desc ? desc : "unknown error");
 	say("\n");
@@ -99,13 +109,21 @@ static void close_from(int lowfd, int maxfd)
 		close(fd);
 }
 
+/*
+ * The child of vfork(): it shares baton's memory until exec, so it writes
+ * nothing but its own stack frames (errno aside, which belongs to the
+ * suspended loop thread) and never returns.
+ */
 static void __attribute__((noreturn))
-child(const struct bt_process_options *o, const struct plan *pl, int *fds, int n)
+child(const struct bt_process_options *o, const struct plan *pl, const int *given, int n)
 {
+	int fds[MAX_STDIO];
 	/* Move every descriptor above the targets first, or a dup2 could clobber one. */
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
+		fds[i] = given[i];
 		if (fds[i] < n && (fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, n)) < 0)
 			child_fail("set up descriptors", NULL, errno);
+	}
 	for (int i = 0; i < n; i++)
 		if (dup2(fds[i], i) < 0)
 			child_fail("set up descriptors", NULL, errno);
@@ -141,17 +159,21 @@ child(const struct bt_process_options *o, const struct plan *pl, int *fds, int n
 	/*
 	 * baton's handlers would run here until exec (libuv's writes to the
 	 * loop's signal pipe, which the child shares), and ignored signals stay
-	 * ignored across exec: defaults first, then nothing blocked.
+	 * ignored across exec: defaults first, then nothing blocked.  Raw
+	 * calls: a sanitizer's sigaction interceptor keeps state in the memory
+	 * the child shares with baton.
 	 */
-	struct sigaction dfl;
-	memset(&dfl, 0, sizeof(dfl));
-	dfl.sa_handler = SIG_DFL;
-	for (int sig = 1; sig < NSIG; sig++)
+	struct {
+		void (*handler)(int);
+		unsigned long flags;
+		void (*restorer)(void);
+		uint64_t mask;
+	} dfl = {SIG_DFL, 0, NULL, 0};
+	uint64_t none = 0;
+	for (int sig = 1; sig <= 64; sig++)
 		if (sig != SIGKILL && sig != SIGSTOP)
-			sigaction(sig, &dfl, NULL);
-	sigset_t none;
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
+			syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(dfl.mask));
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(none));
 	execve(o->file, o->args, o->env);
 	child_fail("execute", o->file, errno);
 }
@@ -225,7 +247,7 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 		}
 	}
 	/*
-	 * Signals stay blocked from before the fork until the child has reset
+	 * Signals stay blocked from before the vfork until the child has reset
 	 * its handlers: a handler of baton's must never run in the child.
 	 */
 	sigset_t all, old;
@@ -233,7 +255,7 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 	pid_t pid = -1;
 	if (!e) {
 		pthread_sigmask(SIG_BLOCK, &all, &old);
-		pid = fork();
+		pid = vfork();
 		if (pid == 0)
 			child(o, &pl, fds, n);
 		if (pid < 0)
