@@ -1,7 +1,8 @@
 """Starting processes (src/proc/process.c): what fails in the child between
-fork and exec is reported with its reason and backs off like any crash, and
-restarts leave neither zombies nor descriptors behind, in baton or in the
-workers. The 256-replica start is test_many_replicas.py's."""
+vfork and exec is reported with its reason and backs off like any crash,
+and restarts leave neither zombies nor descriptors behind, in baton or in
+the workers, whose signals are all back to their defaults. The
+256-replica start is test_many_replicas.py's."""
 import os
 import signal
 
@@ -32,6 +33,13 @@ def zombie_children(pid):
 
 def descriptors(pid):
     return sorted(int(fd) for fd in os.listdir("/proc/%d/fd" % pid))
+
+
+def signal_masks(pid):
+    """The blocked and ignored signal sets of pid, as hex masks."""
+    with open("/proc/%d/status" % pid) as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k], 16) for k in ("SigBlk", "SigIgn")}
 
 
 def test_a_missing_program_is_reported_then_backs_off_and_recovers(baton, tmp_path):
@@ -74,8 +82,10 @@ def test_many_restarts_leave_no_zombie_and_no_descriptor(baton):
              "    restart: {backoff_ms: 10, backoff_max_ms: 10, max_failures: 1000}\n" % WORKER)
     b = baton(config(stage, {"p": ["w"]}))
     pid = b.pids("w")[0]
-    # A worker gets its stdio and its channel, nothing else of baton's.
+    # A worker gets its stdio and its channel, nothing else of baton's, and
+    # no signal blocked or ignored (baton ignores SIGPIPE; exec keeps that).
     assert descriptors(pid) == [0, 1, 2, 3]
+    assert signal_masks(pid) == {"SigBlk": 0, "SigIgn": 0}
     before = len(descriptors(b.proc.pid))
     for i in range(40):
         os.kill(pid, signal.SIGKILL)
