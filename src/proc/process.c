@@ -25,9 +25,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <string.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -214,9 +214,8 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)pl.maxfd)
 		pl.maxfd = (int)rl.rlim_cur;
-	if (o->cgroup &&
-	    (size_t)snprintf(pl.procs, sizeof(pl.procs), "%s/cgroup.procs", o->cgroup) >=
-		    sizeof(pl.procs))
+	if (o->cgroup && (size_t)snprintf(pl.procs, sizeof(pl.procs), "%s/cgroup.procs",
+					  o->cgroup) >= sizeof(pl.procs))
 		return -ENAMETOOLONG;
 	int fds[MAX_STDIO], ours[MAX_STDIO], n = o->stdio_count, e = 0;
 	BT_ASSERT(n <= MAX_STDIO);
@@ -230,7 +229,7 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 		const uv_stdio_container_t *s = &o->stdio[i];
 		BT_ASSERT(s->flags == UV_IGNORE || (s->flags & UV_CREATE_PIPE));
 		if (s->flags & UV_CREATE_PIPE) {
-			/* A socketpair, as uv_spawn makes: the worker's channel is read and written. */
+			/* A socketpair, as uv_spawn made: a channel is read and written. */
 			int sv[2];
 			if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
 				e = -errno;
@@ -241,8 +240,8 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 			e = uv_pipe_open((uv_pipe_t *)s->data.stream, ours[i]);
 			if (e)
 				close(ours[i]);
-		} else if ((fds[i] = open("/dev/null", i ? O_RDWR | O_CLOEXEC : O_RDONLY | O_CLOEXEC)) <
-			   0) {
+		} else if ((fds[i] = open("/dev/null",
+					  i ? O_RDWR | O_CLOEXEC : O_RDONLY | O_CLOEXEC)) < 0) {
 			e = -errno;
 		}
 	}

@@ -17,9 +17,9 @@
 
 #include "baton_worker.h"
 
-#define GATE_POLL_MS 10
-#define GATE_MAX_MS  20000 /* bounds a test that forgets to open the gate */
-#define START_GATE_POLL_MS 50 /* hundreds of replicas poll it at once */
+#define GATE_POLL_MS	   10
+#define GATE_MAX_MS	   20000 /* bounds a test that forgets to open the gate */
+#define START_GATE_POLL_MS 50	 /* hundreds of replicas poll it at once */
 
 static unsigned long calls; /* handler calls so far, the "batch" of an answer */
 
