@@ -198,9 +198,12 @@ struct bt_process_options {
 struct bt_process;
 typedef void (*bt_process_exit_cb)(struct bt_process *p, int64_t status, int sig);
 struct bt_process {
-	uv_poll_t poll; /* first: on the pidfd; poll.data is the caller's */
+	union { /* first: the one handle; poll.data is the caller's */
+		uv_poll_t poll; /* on the pidfd */
+		uv_signal_t sigchld; /* without pidfds (valgrind): every SIGCHLD */
+	};
 	int pid;
-	int pidfd;
+	int pidfd; /* -1 without */
 	int exited;
 	bt_process_exit_cb exit_cb;
 	uv_close_cb close_cb;

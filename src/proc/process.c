@@ -18,7 +18,7 @@
  *
  * What fails in the child it writes to its stderr and exits 127.  An exit
  * is seen through a pidfd polled by the loop and reaped with
- * waitid(P_PIDFD): no SIGCHLD of its own, and no zombie taken by pid.
+ * waitid(P_PIDFD), no zombie taken by pid; without pidfds, on SIGCHLD.
  */
 #include "proc.h"
 
@@ -180,18 +180,18 @@ child(const struct bt_process_options *o, const struct plan *pl, const int *give
 
 /* ---- the parent ------------------------------------------------------------ */
 
-static void poll_cb(uv_poll_t *h, int status, int events)
+/* Reaps p if it has exited, and reports how. */
+static void check_exit(struct bt_process *p)
 {
-	struct bt_process *p = (struct bt_process *)h;
-	(void)status;
-	(void)events;
 	siginfo_t si;
 	memset(&si, 0, sizeof(si));
-	if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) == 0 && si.si_pid == 0)
-		return; /* not an exit yet */
+	int r = p->pidfd >= 0 ? waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG)
+			      : waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG);
+	if (r == 0 && si.si_pid == 0)
+		return; /* not an exit yet (or, without a pidfd, another child's) */
 	int64_t code = 0;
 	int sig = 0;
-	if (si.si_pid == 0) {
+	if (r) {
 		/* Reaped by someone else: a bug of baton's, but not a reason to stop. */
 		bt_error("lost the exit status of a process", "pid=%d error=%s", p->pid,
 			 BT_LOGQ(strerror(errno)));
@@ -201,10 +201,50 @@ static void poll_cb(uv_poll_t *h, int status, int events)
 	} else {
 		sig = si.si_status;
 	}
-	uv_poll_stop(&p->poll);
+	if (p->pidfd >= 0)
+		uv_poll_stop(&p->poll);
+	else
+		uv_signal_stop(&p->sigchld);
 	unlist(p);
 	p->exited = 1;
 	p->exit_cb(p, code, sig);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events)
+{
+	(void)status;
+	(void)events;
+	check_exit((struct bt_process *)h);
+}
+
+static void sigchld_cb(uv_signal_t *h, int signum)
+{
+	(void)signum;
+	check_exit((struct bt_process *)h);
+}
+
+/*
+ * Watches p's exit: its pidfd polled, or where pidfd_open does not exist
+ * (valgrind 3.19 does not know it) every SIGCHLD, as libuv does.  Called
+ * with signals blocked, so that the SIGCHLD of a child that is already
+ * gone (an exec that failed) comes once the handle is there to see it.
+ */
+static int watch(uv_loop_t *loop, struct bt_process *p)
+{
+	p->pidfd = pidfd_open(p->pid, 0);
+	if (p->pidfd < 0 && errno == ENOSYS) {
+		uv_signal_init(loop, &p->sigchld);
+		return uv_signal_start(&p->sigchld, sigchld_cb, SIGCHLD);
+	}
+	if (p->pidfd < 0)
+		return -errno;
+	int e = uv_poll_init(loop, &p->poll, p->pidfd);
+	if (e) {
+		close(p->pidfd);
+		p->pidfd = -1;
+		return e;
+	}
+	return uv_poll_start(&p->poll, UV_READABLE, poll_cb);
 }
 
 int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_process_options *o,
@@ -221,8 +261,8 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 	BT_ASSERT(n <= MAX_STDIO);
 	void *data = p->poll.data;
 	memset(p, 0, sizeof(*p));
-	p->poll.data = data;
 	p->pidfd = -1;
+	p->exit_cb = exit_cb;
 	for (int i = 0; i < n; i++)
 		fds[i] = ours[i] = -1;
 	for (int i = 0; i < n && !e; i++) {
@@ -247,18 +287,23 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 	}
 	/*
 	 * Signals stay blocked from before the vfork until the child has reset
-	 * its handlers: a handler of baton's must never run in the child.
+	 * its handlers (a handler of baton's must never run in the child), and
+	 * in baton until the exit is watched.
 	 */
 	sigset_t all, old;
 	sigfillset(&all);
-	pid_t pid = -1;
 	if (!e) {
 		pthread_sigmask(SIG_BLOCK, &all, &old);
-		pid = vfork();
-		if (pid == 0)
+		p->pid = vfork();
+		if (p->pid == 0)
 			child(o, &pl, fds, n);
-		if (pid < 0)
+		if (p->pid < 0)
 			e = -errno;
+		else if ((e = watch(loop, p))) {
+			/* Unwatchable: it must not run unsupervised. */
+			kill(p->pid, SIGKILL);
+			waitpid(p->pid, NULL, 0);
+		}
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
 	}
 	for (int i = 0; i < n; i++)
@@ -266,20 +311,7 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 			close(fds[i]);
 	if (e)
 		return e; /* the caller closes its pipes, and with them our ends */
-	p->pid = pid;
-	p->pidfd = pidfd_open(pid, 0);
-	if (p->pidfd < 0 || (e = uv_poll_init(loop, &p->poll, p->pidfd))) {
-		e = p->pidfd < 0 ? -errno : e;
-		/* Unwatchable: it must not run unsupervised. */
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
-		if (p->pidfd >= 0)
-			close(p->pidfd);
-		return e;
-	}
 	p->poll.data = data;
-	p->exit_cb = exit_cb;
-	uv_poll_start(&p->poll, UV_READABLE, poll_cb);
 	p->next = live;
 	if (live)
 		live->prevp = &p->next;
@@ -292,7 +324,8 @@ int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_proc
 static void closed_cb(uv_handle_t *h)
 {
 	struct bt_process *p = (struct bt_process *)h;
-	close(p->pidfd);
+	if (p->pidfd >= 0)
+		close(p->pidfd);
 	p->pidfd = -1;
 	p->close_cb(h);
 }
