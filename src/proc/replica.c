@@ -1,5 +1,5 @@
 /*
- * Replica supervision: spawning through the exec shim, the worker
+ * Replica supervision: spawning (bt_process_spawn), the worker
  * protocol on the channel, worker output into the log, start timeouts,
  * pings, backoff, failure, and the stop escalation.
  *

@@ -4,8 +4,8 @@
  * placeholders gets the payload in a temporary input file and leaves its
  * answer in the output file; without placeholders the payload goes to
  * stdin and the answer is read from stdout.  A replica is a slot that runs
- * at most one such process at a time; the process is started through the
- * exec shim, in its own process group, like a persistent worker.
+ * at most one such process at a time; the process is started like a
+ * persistent worker (bt_launch_init), in its own process group.
  */
 #include <dirent.h>
 #include <errno.h>
