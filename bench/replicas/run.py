@@ -94,8 +94,8 @@ class Daemon:
 
     def spawn_and_slowest_start(self):
         """From the log: seconds between the first and the last "replica
-        starting" (baton spawning one process after the other: fork, then
-        waiting for the child's exec), and the longest startup_ms of a
+        starting" (baton spawning one process after the other: a vfork, then
+        waiting until the child's exec begins), and the longest startup_ms of a
         replica (spawn to ready: the worker's own start, plus its wait for
         a core)."""
         starts, slowest = [], 0

@@ -1,11 +1,9 @@
 /*
- * Entry point: the hidden exec-shim mode first (it must do nothing else
- * before exec), then the command table.
+ * Entry point: the command table.
  */
 #include <signal.h>
 #include <string.h>
 
-#include "../proc/proc.h"
 #include "cli.h"
 
 const struct bt_cmd *const bt_commands[] = {
@@ -44,12 +42,10 @@ static int asks_help(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	if (argc >= 2 && !strcmp(argv[1], "__shim"))
-		bt_proc_shim_main(argc, argv);
 	/*
 	 * serve, run and bench all write to workers that may die mid-write: that
-	 * must be an EPIPE to handle, not a signal that ends baton.  (libuv resets
-	 * signal dispositions in children, so workers get the default back.)
+	 * must be an EPIPE to handle, not a signal that ends baton.  (bt_process_spawn
+	 * resets signal dispositions in children, so workers get the default back.)
 	 */
 	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {

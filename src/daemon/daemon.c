@@ -177,12 +177,13 @@ static int fd_budget(struct bt_daemon *d, char *err, size_t errlen)
 }
 
 /*
- * uv_spawn forks and then waits for the child's exec, which on a loaded
- * machine takes tens of milliseconds (the child waits for a core).  With
- * hundreds of replicas, starting them all in one callback would leave the
- * loop, HTTP and /v2/health/live included, deaf for seconds; so they are
- * started a few per loop turn, and those already ready serve meanwhile.
- * A replica not started yet is pending with no reason.
+ * A spawn waits until the child's exec has begun (bt_process_spawn: a
+ * vfork), a few milliseconds on a loaded machine where the child waits for
+ * a core.  With hundreds of replicas, starting them all in one callback
+ * would leave the loop, HTTP and /v2/health/live included, deaf for a
+ * second; so they are started a few per loop turn, and those already
+ * ready serve meanwhile.  A replica not started yet is pending with no
+ * reason.
  */
 #define STARTS_PER_TURN 4
 

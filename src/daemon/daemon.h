@@ -51,7 +51,7 @@ enum bt_daemon_state {
 struct bt_daemon {
 	uv_loop_t *loop;
 	struct bt_config *cfg;
-	char *self_exe; /* this binary, for the exec shim */
+	char *self_exe; /* this binary (unused since workers start without a shim) */
 	/*
 	 * Stages and pipelines never move (they embed libuv handles, and
 	 * requests point at them): a reload adds into spare slots, and marks

@@ -75,8 +75,6 @@ struct bt_contain {
 	long hz, page;
 	struct pinfo *procs; /* the last scan, sorted by pid */
 	size_t nprocs, capprocs;
-	pid_t *uvpids; /* libuv's children at the last scan, sorted */
-	size_t nuvpids, capuvpids;
 	unsigned quiet_ticks; /* cgroup mode: ticks since the last scan of /proc */
 };
 
@@ -132,9 +130,7 @@ static int pinfo_cmp(const void *a, const void *b)
 	return (x->pid > y->pid) - (x->pid < y->pid);
 }
 
-static void collect_libuv_children(struct bt_contain *c);
-
-/* Every process of the machine, and which of them libuv waits for. */
+/* Every process of the machine. */
 static void scan(struct bt_contain *c)
 {
 	c->nprocs = 0;
@@ -157,7 +153,6 @@ static void scan(struct bt_contain *c)
 	closedir(d);
 	if (c->nprocs)
 		qsort(c->procs, c->nprocs, sizeof(*c->procs), pinfo_cmp);
-	collect_libuv_children(c);
 }
 
 static long find(const struct bt_contain *c, pid_t pid)
@@ -169,76 +164,20 @@ static long find(const struct bt_contain *c, pid_t pid)
 	return p ? p - c->procs : -1;
 }
 
-/* ---- libuv's children ----------------------------------------------------- */
-
-struct walk {
-	pid_t pid;
-	int found;
-};
-
-static void walk_cb(uv_handle_t *h, void *arg)
-{
-	struct walk *w = arg;
-	if (h->type == UV_PROCESS && uv_process_get_pid((uv_process_t *)h) == w->pid)
-		w->found = 1;
-}
-
-/*
- * Whether pid is a child libuv spawned: libuv waits for those itself (by
- * pid), and reaping one here would take its exit status away from it.
- */
-static int libuv_child(struct bt_contain *c, pid_t pid)
-{
-	struct walk w = {pid, 0};
-	uv_walk(c->loop, walk_cb, &w);
-	return w.found;
-}
-
-static void collect_cb(uv_handle_t *h, void *arg)
-{
-	struct bt_contain *c = arg;
-	if (h->type != UV_PROCESS)
-		return;
-	if (c->nuvpids == c->capuvpids) {
-		c->capuvpids = c->capuvpids ? c->capuvpids * 2 : 64;
-		c->uvpids = bt_realloc(c->uvpids, c->capuvpids * sizeof(*c->uvpids));
-	}
-	c->uvpids[c->nuvpids++] = uv_process_get_pid((uv_process_t *)h);
-}
-
-static int pid_cmp(const void *a, const void *b)
-{
-	pid_t x = *(const pid_t *)a, y = *(const pid_t *)b;
-	return (x > y) - (x < y);
-}
-
-/* libuv_child() for a whole scan: one walk over the handles, then lookups. */
-static void collect_libuv_children(struct bt_contain *c)
-{
-	c->nuvpids = 0;
-	uv_walk(c->loop, collect_cb, c);
-	if (c->nuvpids)
-		qsort(c->uvpids, c->nuvpids, sizeof(*c->uvpids), pid_cmp);
-}
-
-static int scanned_libuv_child(const struct bt_contain *c, pid_t pid)
-{
-	return c->nuvpids && bsearch(&pid, c->uvpids, c->nuvpids, sizeof(pid), pid_cmp);
-}
-
 /*
  * Adopted orphans that exited.  waitid(WNOWAIT) shows a zombie without
- * taking it: one of libuv's stops the loop (libuv takes it, and the tick
- * collects what waits behind it).
+ * taking it: one of baton's own children (bt_process) stops the loop (its
+ * pidfd's watcher takes it with its status, and the tick collects what
+ * waits behind it).
  */
-static void reap(struct bt_contain *c)
+static void reap(void)
 {
 	for (int i = 0; i < 4096; i++) {
 		siginfo_t si;
 		memset(&si, 0, sizeof(si));
 		if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) || si.si_pid == 0)
 			return;
-		if (libuv_child(c, si.si_pid))
+		if (bt_process_waits_for(si.si_pid))
 			return;
 		waitpid(si.si_pid, NULL, WNOHANG);
 	}
@@ -246,8 +185,9 @@ static void reap(struct bt_contain *c)
 
 static void sigchld_cb(uv_signal_t *s, int signum)
 {
+	(void)s;
 	(void)signum;
-	reap(s->data);
+	reap();
 }
 
 /* ---- cgroup files --------------------------------------------------------- */
@@ -832,7 +772,7 @@ static void attribute(struct bt_contain *c)
 		for (size_t k = 0; k < c->nprocs; k++) {
 			const struct pinfo *p = &c->procs[k];
 			if (owner[k] || p->ppid != c->self || p->state == 'Z' ||
-			    scanned_libuv_child(c, p->pid))
+			    bt_process_waits_for(p->pid))
 				continue;
 			char stage[128];
 			int replica = 0;
@@ -950,10 +890,10 @@ void bt_contain_tick(struct bt_contain *c, int usage)
 	if (full) {
 		c->quiet_ticks = 0;
 		scan(c);
-		/* Zombies libuv does not wait for: adopted orphans. */
+		/* Zombies no bt_process waits for: adopted orphans. */
 		for (size_t k = 0; k < c->nprocs; k++)
 			if (c->procs[k].ppid == c->self && c->procs[k].state == 'Z' &&
-			    !scanned_libuv_child(c, c->procs[k].pid))
+			    !bt_process_waits_for(c->procs[k].pid))
 				waitpid(c->procs[k].pid, NULL, WNOHANG);
 	}
 	if (c->mode == BT_CONTAIN_SUBREAPER) {
@@ -995,7 +935,7 @@ int bt_contain_stop(struct bt_contain *c)
 				left += u->ntracked;
 			for (size_t k = 0; k < c->nprocs; k++)
 				if (c->procs[k].ppid == c->self && c->procs[k].state == 'Z' &&
-				    !scanned_libuv_child(c, c->procs[k].pid))
+				    !bt_process_waits_for(c->procs[k].pid))
 					waitpid(c->procs[k].pid, NULL, WNOHANG);
 			if (!left)
 				break;
@@ -1029,7 +969,6 @@ void bt_contain_free(struct bt_contain *c)
 	free(c->record);
 	free(c->why);
 	free(c->procs);
-	free(c->uvpids);
 	free(c);
 }
 

@@ -1,10 +1,10 @@
 /*
  * What every process baton starts for a stage shares, persistent replica
- * or spawn-mode script alike: it runs through the exec shim (for
- * PR_SET_PDEATHSIG, its cgroup, its user, no inherited descriptors), in
- * its own process group, in the stage's workdir,
- * as the stage's user, with the stage's environment plus baton's
- * variables (BATON_*, the GPU it was placed on, unbuffered Python output).
+ * or spawn-mode script alike: PR_SET_PDEATHSIG, its unit's cgroup, no
+ * inherited descriptors but its stdio (and a worker's channel), its own
+ * process group, the stage's workdir and user, the stage's environment
+ * plus baton's variables (BATON_*, the GPU it was placed on, unbuffered
+ * Python output).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +35,7 @@ static char **with_default(char **env, const char *var)
 }
 
 void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const *argv,
-		    char *const *extra, uv_exit_cb exit_cb, const struct bt_unit *unit)
+		    char *const *extra, const struct bt_unit *unit)
 {
 	const struct bt_stage_config *cfg = r->stage->cfg;
 	struct bt_daemon *d = r->stage->d;
@@ -60,39 +60,20 @@ void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const
 	vars[n] = NULL;
 	l->env = with_default(bt_config_stage_environ(cfg, environ, vars), "PYTHONUNBUFFERED=1");
 
-	int argc = 0;
-	while (argv[argc])
-		argc++;
-	snprintf(l->ppid, sizeof(l->ppid), "%d", (int)getpid());
-	/* A worker keeps its channel (fd 3); a spawn-mode script, stdio only. */
-	snprintf(l->nfds, sizeof(l->nfds), "%d", cfg->mode == BT_MODE_SPAWN ? 3 : 4);
-	/* The shim switches user after joining the cgroup, which needs root. */
-	if (cfg->user)
-		snprintf(l->user, sizeof(l->user), "%u:%u", (unsigned)cfg->uid, (unsigned)cfg->gid);
-	else
-		snprintf(l->user, sizeof(l->user), "-");
-	l->args = bt_calloc((size_t)argc + 7, sizeof(char *));
-	l->args[0] = d->self_exe;
-	l->args[1] = "__shim";
-	l->args[2] = l->ppid;
-	l->args[3] = l->nfds;
-	l->args[4] = bt_unit_cgroup(unit) ? (char *)bt_unit_cgroup(unit) : "-";
-	l->args[5] = l->user;
-	memcpy(l->args + 6, argv, (size_t)argc * sizeof(char *));
-
 	memset(&l->opts, 0, sizeof(l->opts));
-	l->opts.exit_cb = exit_cb;
-	l->opts.file = d->self_exe;
-	l->opts.args = l->args;
+	l->opts.file = argv[0];
+	l->opts.args = (char **)argv;
 	l->opts.env = l->env;
 	l->opts.cwd = cfg->workdir;
-	l->opts.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
+	l->opts.setsid = 1;
+	l->opts.cgroup = bt_unit_cgroup(unit);
+	l->opts.uid = cfg->user ? (int)cfg->uid : -1;
+	l->opts.gid = cfg->user ? (int)cfg->gid : -1;
+	l->opts.parent_death = 1;
 }
 
 void bt_launch_release(struct bt_launch *l)
 {
-	free(l->args);
 	bt_config_free_environ(l->env);
-	l->args = NULL;
 	l->env = NULL;
 }

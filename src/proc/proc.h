@@ -178,19 +178,68 @@ static inline int bt_replica_can_take(const struct bt_replica *r, int max_ongoin
 void bt_replica_release(struct bt_replica *r, struct bt_request *req);
 
 /*
+ * process.c: a started process, watched without blocking the loop.  Unlike
+ * uv_spawn, bt_process_spawn returns as soon as the child is forked: it
+ * does not wait for the child's exec, so many start in parallel, and the
+ * child sets itself up before exec (cgroup, user, parent-death signal),
+ * which uv_spawn has no hook for.
+ */
+struct bt_process_options {
+	const char *file; /* a path: no PATH search */
+	char **args, **env;
+	const char *cwd; /* NULL: baton's */
+	int stdio_count; /* the child gets descriptors 0 .. stdio_count-1, no others */
+	uv_stdio_container_t *stdio; /* UV_IGNORE (/dev/null) or UV_CREATE_PIPE */
+	int setsid; /* its own session and process group */
+	const char *cgroup; /* a cgroup v2 directory it joins, or NULL */
+	int uid, gid; /* the user it becomes (baton must be root), or -1 */
+	int parent_death; /* PR_SET_PDEATHSIG SIGKILL, and exits if baton is already gone */
+};
+struct bt_process;
+typedef void (*bt_process_exit_cb)(struct bt_process *p, int64_t status, int sig);
+struct bt_process {
+	union { /* first: the one handle; poll.data is the caller's */
+		uv_poll_t poll; /* on the pidfd */
+		uv_signal_t sigchld; /* without pidfds (valgrind): every SIGCHLD */
+	};
+	int pid;
+	int pidfd; /* -1 without */
+	int exited;
+	bt_process_exit_cb exit_cb;
+	uv_close_cb close_cb;
+	struct bt_process *next, **prevp; /* the list of processes not yet reaped */
+	int listed;
+};
+/*
+ * Forks a child that sets itself up as o says and execs o->file.  A
+ * UV_CREATE_PIPE stdio is a socketpair whose other end is opened into the
+ * caller's initialised uv_pipe_t.  Signal handlers are reset and none is
+ * blocked.  Returns 0, and exit_cb is called once, on the loop, with the
+ * exit status or the signal (the process reaped); or a negative errno,
+ * nothing forked, nothing to close but the caller's pipes.  What fails in
+ * the child (workdir, cgroup, user, exec) it writes to its stderr as one
+ * "baton: cannot ..." line and exits with status 127.
+ */
+int bt_process_spawn(uv_loop_t *loop, struct bt_process *p, const struct bt_process_options *o,
+		     bt_process_exit_cb exit_cb);
+/* Closes the handle; a process not reaped yet is left to containment's reaper. */
+void bt_process_close(struct bt_process *p, uv_close_cb cb);
+/* Whether pid is a child a bt_process waits for (containment must not reap it). */
+int bt_process_waits_for(pid_t pid);
+
+/*
  * launch.c: what starting any process of a stage takes.  bt_launch_init
- * fills opts (exec shim, own process group, workdir, user, environment
- * with extra "K=V" strings); the caller sets stdio, calls uv_spawn, then
- * bt_launch_release.  argv (NULL-terminated) is borrowed until release.
+ * fills opts (own process group, workdir, cgroup, user, parent-death
+ * signal, environment with extra "K=V" strings); the caller sets stdio,
+ * calls bt_process_spawn, then bt_launch_release.  argv (NULL-terminated)
+ * is borrowed until release.
  */
 struct bt_launch {
-	uv_process_options_t opts;
-	char **args;
+	struct bt_process_options opts;
 	char **env;
-	char ppid[24], nfds[8], user[48];
 };
 void bt_launch_init(struct bt_launch *l, const struct bt_replica *r, char *const *argv,
-		    char *const *extra, uv_exit_cb exit_cb, const struct bt_unit *unit);
+		    char *const *extra, const struct bt_unit *unit);
 void bt_launch_release(struct bt_launch *l);
 
 /*
@@ -232,7 +281,7 @@ uint64_t bt_cgroup_key(const char *text, const char *key);
 /* A unit for one process to come; NULL with -errno in *err (cgroup mode). */
 struct bt_unit *bt_unit_new(struct bt_contain *c, const char *stage, int replica,
 			    uint64_t memory_mb, int *err);
-/* Its cgroup directory (the exec shim joins it before exec), or NULL. */
+/* Its cgroup directory (the child joins it before exec), or NULL. */
 const char *bt_unit_cgroup(const struct bt_unit *u);
 void bt_unit_started(struct bt_unit *u, pid_t pid);
 /* sig to the unit's process group and (SIGKILL, or subreaper mode) every process it owns. */
@@ -274,14 +323,6 @@ static inline int bt_resource_error(int e)
 
 /* Writes what replicas were sent this loop turn (called once per turn). */
 void bt_proc_flush(struct bt_daemon *d);
-
-/*
- * The exec shim: `baton __shim PPID NFDS CGROUP USER ARGV...` closes every
- * descriptor from NFDS up, joins CGROUP (a directory, or "-"), becomes
- * USER ("UID:GID", or "-"), sets PR_SET_PDEATHSIG, checks that PPID is
- * still its parent, and execs ARGV.  Never returns.
- */
-int bt_proc_shim_main(int argc, char **argv) __attribute__((noreturn));
 
 /*
  * Restart policy, pure: the delay before the next start after the

@@ -1,5 +1,5 @@
 /*
- * Replica supervision: spawning through the exec shim, the worker
+ * Replica supervision: spawning (bt_process_spawn), the worker
  * protocol on the channel, worker output into the log, start timeouts,
  * pings, backoff, failure, and the stop escalation.
  *
@@ -25,7 +25,7 @@ struct bt_child {
 	struct bt_daemon *d;
 	const char *stage; /* names kept for logging after detach */
 	int replica_id;
-	uv_process_t proc;
+	struct bt_process proc; /* its poll handle counts in handles */
 	struct bt_unit *unit; /* everything it starts, however it forks */
 	uv_pipe_t chan, out, err;
 	uv_timer_t eof_timer; /* bounds the wait for exit after EOF on chan */
@@ -640,9 +640,9 @@ static void drain(struct bt_child *c, uv_pipe_t *p, int which)
 	}
 }
 
-static void exit_cb(uv_process_t *p, int64_t status, int sig)
+static void exit_cb(struct bt_process *p, int64_t status, int sig)
 {
-	struct bt_child *c = p->data;
+	struct bt_child *c = p->poll.data;
 	char why[96];
 	c->exited = 1;
 	if (sig == SIGKILL && bt_unit_oom_killed(c->unit) && c->replica) {
@@ -663,7 +663,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 	flush_output(c);
 	child_lost(c, why);
 	close_handle((uv_handle_t *)&c->eof_timer);
-	close_handle((uv_handle_t *)&c->proc);
+	bt_process_close(&c->proc, handle_closed_cb);
 	close_handle((uv_handle_t *)&c->chan);
 	close_handle((uv_handle_t *)&c->out);
 	close_handle((uv_handle_t *)&c->err);
@@ -819,7 +819,7 @@ static int spawn(struct bt_replica *r)
 	uv_pipe_init(d->loop, &c->out, 0);
 	uv_pipe_init(d->loop, &c->err, 0);
 	uv_timer_init(d->loop, &c->eof_timer);
-	c->proc.data = c->chan.data = c->out.data = c->err.data = c->eof_timer.data = c;
+	c->proc.poll.data = c->chan.data = c->out.data = c->err.data = c->eof_timer.data = c;
 
 	uv_stdio_container_t stdio[4];
 	stdio[0].flags = UV_IGNORE;
@@ -841,13 +841,13 @@ static int spawn(struct bt_replica *r)
 		for (int i = 0; i < cfg->argc; i++)
 			argv[i] = substitute(cfg->argv[i], r->station, r->url);
 	}
-	bt_launch_init(&l, r, argv, extra, exit_cb, c->unit);
+	bt_launch_init(&l, r, argv, extra, c->unit);
 	l.opts.stdio_count = 4;
 	l.opts.stdio = stdio;
 
 	c->handles = 5;
 	d->live_children++;
-	e = uv_spawn(d->loop, &c->proc, &l.opts);
+	e = bt_process_spawn(d->loop, &c->proc, &l.opts, exit_cb);
 	bt_launch_release(&l);
 	if (argv != cfg->argv) {
 		for (int i = 0; i < cfg->argc; i++)
@@ -857,10 +857,10 @@ static int spawn(struct bt_replica *r)
 	free(extra[2]);
 	free(extra[3]);
 	if (e) {
-		/* The handles were initialised: close them; the child frees itself. */
+		/* No process: close the other handles; the child frees itself. */
 		c->exited = 1;
+		c->handles--;
 		close_handle((uv_handle_t *)&c->eof_timer);
-		close_handle((uv_handle_t *)&c->proc);
 		close_handle((uv_handle_t *)&c->chan);
 		close_handle((uv_handle_t *)&c->out);
 		close_handle((uv_handle_t *)&c->err);
@@ -868,7 +868,6 @@ static int spawn(struct bt_replica *r)
 	}
 	c->pid = c->proc.pid;
 	bt_unit_started(c->unit, c->pid);
-	c->proc.data = c;
 	bt_lines_init(&c->lines[0], cfg->name, r->id, c->pid, "stdout");
 	bt_lines_init(&c->lines[1], cfg->name, r->id, c->pid, "stderr");
 	c->lines[1].last = r->stage->last_stderr; /* the stage outlives its processes */

@@ -4,8 +4,8 @@
  * placeholders gets the payload in a temporary input file and leaves its
  * answer in the output file; without placeholders the payload goes to
  * stdin and the answer is read from stdout.  A replica is a slot that runs
- * at most one such process at a time; the process is started through the
- * exec shim, in its own process group, like a persistent worker.
+ * at most one such process at a time; the process is started like a
+ * persistent worker (bt_launch_init), in its own process group.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -26,7 +26,7 @@ struct bt_spawn_job {
 	struct bt_replica *r; /* NULL once the replica let go of it */
 	struct bt_request *req; /* NULL once abandoned (timeout) */
 	struct bt_daemon *d;
-	uv_process_t proc;
+	struct bt_process proc; /* its poll handle counts in handles */
 	struct bt_unit *unit; /* the script and whatever it leaves running */
 	uv_pipe_t in, out, err;
 	uv_write_t wreq;
@@ -106,8 +106,10 @@ static void job_closed_cb(uv_handle_t *h)
 
 static void close_all(struct bt_spawn_job *j)
 {
-	uv_handle_t *hs[] = {(uv_handle_t *)&j->proc, (uv_handle_t *)&j->in,
-			     (uv_handle_t *)&j->out, (uv_handle_t *)&j->err};
+	uv_handle_t *hs[] = {(uv_handle_t *)&j->in, (uv_handle_t *)&j->out,
+			     (uv_handle_t *)&j->err};
+	if (j->pid)
+		bt_process_close(&j->proc, job_closed_cb);
 	for (size_t i = 0; i < BT_ARRAY_SIZE(hs); i++)
 		if (!uv_is_closing(hs[i]))
 			uv_close(hs[i], job_closed_cb);
@@ -270,9 +272,9 @@ static void deliver(struct bt_spawn_job *j, struct bt_request *req)
 	json_decref(meta);
 }
 
-static void exit_cb(uv_process_t *p, int64_t status, int sig)
+static void exit_cb(struct bt_process *p, int64_t status, int sig)
 {
-	struct bt_spawn_job *j = p->data;
+	struct bt_spawn_job *j = p->poll.data;
 	struct bt_replica *r = j->r;
 	struct bt_request *req = j->req;
 	if (sig == SIGKILL && !j->kill_why && bt_unit_oom_killed(j->unit)) {
@@ -434,7 +436,7 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	uv_pipe_init(d->loop, &j->in, 0);
 	uv_pipe_init(d->loop, &j->out, 0);
 	uv_pipe_init(d->loop, &j->err, 0);
-	j->proc.data = j->in.data = j->out.data = j->err.data = j->wreq.data = j;
+	j->proc.poll.data = j->in.data = j->out.data = j->err.data = j->wreq.data = j;
 
 	char **argv = bt_calloc((size_t)cfg->argc + 1, sizeof(char *));
 	for (int i = 0; i < cfg->argc; i++)
@@ -442,7 +444,7 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 					    : cfg->argv[i];
 	struct bt_launch l;
 	char *extra[] = {"BATON_MODE=spawn", NULL};
-	bt_launch_init(&l, r, argv, extra, exit_cb, j->unit);
+	bt_launch_init(&l, r, argv, extra, j->unit);
 
 	uv_stdio_container_t stdio[3];
 	stdio[0].flags = j->files ? UV_IGNORE : UV_CREATE_PIPE | UV_READABLE_PIPE;
@@ -456,7 +458,7 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 
 	j->handles = 4;
 	d->live_children++;
-	e = uv_spawn(d->loop, &j->proc, &l.opts);
+	e = bt_process_spawn(d->loop, &j->proc, &l.opts, exit_cb);
 	bt_launch_release(&l);
 	for (int i = 1; j->files && i < cfg->argc; i++)
 		free(argv[i]);
@@ -464,6 +466,7 @@ int bt_spawn_start(struct bt_replica *r, struct bt_request *req)
 	if (e) {
 		j->r = NULL;
 		j->req = NULL;
+		j->handles--; /* no process to watch */
 		close_all(j);
 		return e;
 	}

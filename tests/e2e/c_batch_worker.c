@@ -3,7 +3,9 @@
  * and batch callbacks, baton_fail() and the stop callback, and lets the
  * payload choose what happens (see answer()).  The SDK itself answers pings.
  * Each answer is the JSON {"echo": payload, "batch_size": n, "batch": k},
- * where k numbers the handler calls of this process.
+ * where k numbers the handler calls of this process.  With START_GATE=PATH
+ * in its environment it says ready only once PATH exists, so that a test
+ * can see every replica spawned while none has finished starting.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -15,8 +17,9 @@
 
 #include "baton_worker.h"
 
-#define GATE_POLL_MS 10
-#define GATE_MAX_MS  20000 /* bounds a test that forgets to open the gate */
+#define GATE_POLL_MS	   10
+#define GATE_MAX_MS	   20000 /* bounds a test that forgets to open the gate */
+#define START_GATE_POLL_MS 50	 /* hundreds of replicas poll it at once */
 
 static unsigned long calls; /* handler calls so far, the "batch" of an answer */
 
@@ -86,6 +89,11 @@ static void stop(void *user)
 
 int main(void)
 {
+	const char *start_gate = getenv("START_GATE");
+	const struct timespec poll = {0, START_GATE_POLL_MS * 1000000L};
+	/* Not bounded here: baton's start_timeout_ms is. */
+	while (start_gate && access(start_gate, F_OK) != 0)
+		nanosleep(&poll, NULL);
 	struct baton_worker_ops ops = {
 	    .handle = handle,
 	    .handle_batch = handle_batch,

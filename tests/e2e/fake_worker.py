@@ -5,7 +5,8 @@ does, so every supervisor path is reachable from a test.
 Payload commands (text; anything else is echoed back):
   crash             SIGKILL itself while holding the request
   crash-once:TOKEN  crash the first time TOKEN is seen, echo afterwards
-  hang              sleep for an hour (a stuck model)
+  hang[:NAME]       sleep for an hour (a stuck model); with NAME, first create
+                    FAKE_STATE_DIR/hanging-NAME
   garbage           write a non-protocol line on fd 3
   garbage-once:TOKEN
   hugeframe         answer with a header claiming a 4 GiB payload
@@ -149,6 +150,8 @@ def handle_one(payload, meta):
     if cmd == "crash" or (cmd == "crash-once" and first_time(arg)):
         os.kill(os.getpid(), signal.SIGKILL)
     if cmd == "hang":
+        if arg:  # hang:NAME says it is in the handler: FAKE_STATE_DIR/hanging-NAME
+            open(os.path.join(STATE_DIR, "hanging-" + arg), "w").close()
         time.sleep(3600)
     if cmd == "garbage" or (cmd == "garbage-once" and first_time(arg)):
         raw_write(b"this is not a protocol message\n")

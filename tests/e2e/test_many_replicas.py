@@ -1,5 +1,6 @@
 """A stage of 256 replicas (replicas.max's limit) of the C SDK's test worker:
-every replica becomes ready, requests are answered while the fleet is idle
+every replica is spawned while none has finished starting, every replica
+becomes ready, requests are answered while the fleet is idle
 and while most of it is held busy, dispatch takes the replicas in turn, and
 SIGTERM stops every one of them. Bounds are generous (a loaded 2-core
 machine, ASan); how long things take is bench/replicas' business.
@@ -8,7 +9,7 @@ import concurrent.futures
 import json
 import os
 
-from conftest import BUILD, PYTHON, ROOT, Gate, config, live_processes, wait_for
+from conftest import BUILD, PYTHON, ROOT, Gate, config, live_processes, pid_alive, wait_for
 
 WORKER = os.path.join(BUILD, "tests", "c_batch_worker")
 N = 256
@@ -29,13 +30,26 @@ def states(b):
 
 
 def test_256_replicas_start_serve_idle_and_busy_and_all_stop(baton, tmp_path):
+    # The workers hold their "ready" until the test opens a gate: all 256
+    # must be spawned while none has finished starting, which a start that
+    # waited for each worker (or ran out of something at ~200) cannot do.
+    gate = tmp_path / "start-gate"
     stage = ("  w:\n    command: [%s]\n    replicas: {initial: %d, max: %d}\n"
-             "    queue_max: 4096\n" % (WORKER, N, N))
+             "    queue_max: 4096\n    env: {START_GATE: '%s'}\n" % (WORKER, N, N, gate))
     b = baton(config(stage, {"p": ["w"]}), wait_ready=False)
+
+    def spawned():
+        reps = b.replicas("w")
+        return [r["pid"] for r in reps if r["state"] == "starting" and r["pid"]]
+    wait_for(lambda: len(spawned()) == N, 120, interval=0.2,
+             what="%d replicas spawned\n%s" % (N, b.log_tail()))
+    held = spawned()
+    assert len(set(held)) == N and all(pid_alive(p) for p in held)
+    gate.write_text("")
     wait_for(lambda: states(b).get("ready") == N, 120, interval=0.2,
              what="%d replicas ready\n%s" % (N, b.log_tail()))
     pids = [r["pid"] for r in b.replicas("w")]
-    assert len(set(pids)) == N and all(pids), pids
+    assert sorted(pids) == sorted(held), "a replica was restarted while it started"
 
     # Idle: one request at a time.  Each goes to the replica that has waited
     # longest, so the first N are N different processes, each answering its

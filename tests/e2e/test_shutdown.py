@@ -43,19 +43,24 @@ def test_sigterm_under_load_answers_in_flight_and_exits_clean(baton, tmp_path):
     assert "shutting down" in log and "stopped" in log
 
 
-def test_sigkill_of_baton_takes_every_worker_within_a_second(baton):
-    b = baton(config(fake_stage("a", replicas=2) + fake_stage("b"), {"p": ["a", "b"]}))
+def test_sigkill_of_baton_takes_every_worker_within_a_second(baton, state_dir):
+    env = {"FAKE_STATE_DIR": state_dir}
+    b = baton(config(fake_stage("a", replicas=2, env=env) + fake_stage("b", env=env),
+                     {"p": ["a", "b"]}))
     pids = b.pids("a") + b.pids("b")
     assert len(pids) == 3
     # One worker is busy in a handler that never returns, so it does not
     # see its channel close: only the death signal baton set up takes it.
     def hang():
         try:
-            b.post("p", "hang", timeout=10)
+            b.post("p", "hang:busy", timeout=10)
         except OSError:  # baton is killed under it: no answer is expected
             pass
     threading.Thread(target=hang, daemon=True).start()
-    wait_for(lambda: b.status()["stages"]["a"]["running"] == 1, 10, what="a busy worker")
+    # In the handler, not merely sent: a worker that reads its request
+    # after baton died sees EOF first and exits by itself.
+    wait_for(lambda: os.path.exists(os.path.join(state_dir, "hanging-busy")), 10,
+             what="a worker in its handler")
     b.proc.kill()
     b.proc.wait(10)
     end = time.monotonic() + 1.0
