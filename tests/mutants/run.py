@@ -73,6 +73,10 @@ def parse(path):
                     sys.exit("%s:%d: expected 'mutant NAME'" % (path, n))
                 cur = Mutant(line.split(None, 1)[1].strip(), n)
                 continue
+            if into is not None and line.startswith("mutant "):
+                # A lost 'end' (a merge that joined two blocks) would
+                # otherwise swallow the next mutant into this one's text.
+                sys.exit("%s:%d: mutant %s has no 'end' before this line" % (path, n, cur.name))
             if into is not None and line not in ("to:", "end"):
                 into.append(line)
             elif line == "from:":
