@@ -80,6 +80,8 @@ struct gconn {
 	int in_dirty;
 	int closing;
 	int reading;
+	uint64_t lingering_ms; /* ended by a protocol error: draining input since */
+	uv_shutdown_t shutdown;
 	struct call *calls;
 	unsigned ncalls;
 	size_t writing; /* bytes handed to uv_write, not yet written */
@@ -325,10 +327,17 @@ static void request_done_cb(struct bt_request *req, void *arg)
 			if (req->code == BT_OK) {
 				m = bt_grpc_stream_wrap((uint8_t *)req->payload, req->len, NULL, &n);
 			} else {
-				/* Triton answers a stream's failed request in error_message. */
+				/*
+				 * As Triton, a stream's failed request is answered in
+				 * error_message; its id comes along to match it.
+				 */
+				size_t sl;
+				uint8_t *stub = bt_grpc_response_stub(req->pipeline->cfg->name,
+								      req->check_data, &sl);
 				snprintf(msg, sizeof(msg), "%s: %s", bt_code_name(req->code),
 					 req->error ? req->error : "");
-				m = bt_grpc_stream_wrap(NULL, 0, msg, &n);
+				m = bt_grpc_stream_wrap(stub, sl, msg, &n);
+				free(stub);
 			}
 			send_message(call, m, n);
 			free(m);
@@ -407,16 +416,18 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 				     &v2, err, sizeof(err)))
 		st = BT_GRPC_INVALID_ARGUMENT;
 	if (st) {
-		bt_grpc_infer_release(&in);
 		if (!stream) {
 			finish(call, st, "%s", err);
 		} else {
-			size_t n;
-			uint8_t *m = bt_grpc_stream_wrap(NULL, 0, err, &n);
+			size_t n, sl;
+			uint8_t *stub = bt_grpc_response_stub(in.model, NULL, &sl);
+			uint8_t *m = bt_grpc_stream_wrap(stub, sl, err, &n);
+			free(stub);
 			count(call, st);
 			send_message(call, m, n);
 			free(m);
 		}
+		bt_grpc_infer_release(&in);
 		return;
 	}
 	json_t *meta = json_pack("{s:s, s:s, s:s}", "content_type", "application/json", "protocol",
@@ -888,6 +899,7 @@ struct wreq {
 
 static void conn_send(struct gconn *c);
 static void start_reading(struct gconn *c);
+static void linger(struct gconn *c);
 
 static void write_done(uv_write_t *w, int status)
 {
@@ -917,8 +929,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	buf->len = sizeof(c->g->rbuf);
 }
 
-/* Everything nghttp2 wants to send, as one write; reading pauses past OUT_HIGH. */
-static void conn_send(struct gconn *c)
+/* Everything nghttp2 wants to send, as one write.  Returns -1 when c was closed. */
+static int flush_out(struct gconn *c)
 {
 	struct bt_buf out = BT_BUF_INIT;
 	while (!c->closing && c->writing + out.len < OUT_HIGH) {
@@ -927,7 +939,7 @@ static void conn_send(struct gconn *c)
 		if (n < 0) {
 			bt_buf_release(&out);
 			conn_close(c);
-			return;
+			return -1;
 		}
 		if (n == 0)
 			break;
@@ -940,7 +952,7 @@ static void conn_send(struct gconn *c)
 		if (w < 0 && w != UV_EAGAIN) {
 			bt_buf_release(&out);
 			conn_close(c);
-			return;
+			return -1;
 		}
 		if (done < out.len) {
 			struct wreq *r = bt_malloc(sizeof(*r) + out.len - done);
@@ -954,11 +966,19 @@ static void conn_send(struct gconn *c)
 				free(r);
 				bt_buf_release(&out);
 				conn_close(c);
-				return;
+				return -1;
 			}
 		}
 	}
 	bt_buf_release(&out);
+	return c->closing ? -1 : 0;
+}
+
+/* Sends what is pending; reading pauses past OUT_HIGH bytes unwritten. */
+static void conn_send(struct gconn *c)
+{
+	if (c->lingering_ms || c->closing || flush_out(c))
+		return;
 	if (c->writing >= OUT_HIGH && c->reading) {
 		c->reading = 0;
 		uv_read_stop((uv_stream_t *)&c->tcp);
@@ -967,9 +987,38 @@ static void conn_send(struct gconn *c)
 		if (!c->stalled_ms)
 			c->stalled_ms = bt_now_ms();
 	}
-	/* A GOAWAY was sent and nothing more is wanted: done. */
-	if (!nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s) && !c->writing)
-		conn_close(c);
+	/* A GOAWAY was sent and nothing more is wanted: done, once the peer has read it. */
+	if (!nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s))
+		linger(c);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+	(void)req;
+	(void)status;
+}
+
+/*
+ * A protocol error or a flood: nghttp2 queued a GOAWAY.  It is sent, then
+ * the write side is shut; input is drained until the peer closes (or the
+ * sweep gives up), because closing a socket with unread input resets it
+ * and the peer would lose the GOAWAY that says why.
+ */
+static void linger(struct gconn *c)
+{
+	if (c->closing || c->lingering_ms)
+		return;
+	c->lingering_ms = bt_now_ms();
+	if (flush_out(c))
+		return;
+	while (c->calls) {
+		if (!c->calls->finished)
+			count(c->calls, BT_GRPC_CANCELLED);
+		call_free(c->calls);
+	}
+	if (!c->reading)
+		start_reading(c);
+	uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_cb);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
@@ -981,13 +1030,12 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 	}
 	if (n == 0)
 		return;
+	if (c->lingering_ms)
+		return; /* input after the GOAWAY is read and dropped */
 	ssize_t r = nghttp2_session_mem_recv(c->s, (const uint8_t *)buf->base, (size_t)n);
 	if (r < 0) {
-		/* A protocol error or a flood: nghttp2 queued a GOAWAY; send it, then end. */
 		bt_debug("grpc", "detail=%s", BT_LOGQ(nghttp2_strerror((int)r)));
-		conn_send(c);
-		if (!c->closing)
-			conn_close(c);
+		linger(c);
 		return;
 	}
 	conn_send(c);
@@ -1066,7 +1114,10 @@ static void sweep_cb(uv_timer_t *t)
 	struct gconn *next;
 	for (struct gconn *c = g->conns; c; c = next) {
 		next = c->next;
-		if (c->stalled_ms && now - c->stalled_ms >= (uint64_t)CFG(g)->http_write_timeout_s * 1000) {
+		if (c->lingering_ms) {
+			if (now - c->lingering_ms >= 2000)
+				conn_close(c);
+		} else if (c->stalled_ms && now - c->stalled_ms >= (uint64_t)CFG(g)->http_write_timeout_s * 1000) {
 			bt_warn("gRPC client did not take its answers in time: dropped",
 				"bytes=%zu write_timeout_s=%u", c->out_pending + c->writing,
 				CFG(g)->http_write_timeout_s);
@@ -1074,9 +1125,7 @@ static void sweep_cb(uv_timer_t *t)
 		} else if (!c->ncalls &&
 			   now - c->active_ms >= (uint64_t)CFG(g)->http_idle_timeout_s * 1000) {
 			nghttp2_session_terminate_session(c->s, NGHTTP2_NO_ERROR);
-			conn_send(c);
-			if (!c->closing)
-				conn_close(c);
+			linger(c);
 		}
 	}
 }

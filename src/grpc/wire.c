@@ -622,16 +622,34 @@ static size_t put_varint(uint8_t *p, uint64_t v)
 uint8_t *bt_grpc_stream_wrap(const uint8_t *resp, size_t resp_len, const char *error,
 			     size_t *outlen)
 {
-	/* Field 2 (infer_response) or 1 (error_message), both length-delimited. */
-	const uint8_t *body = resp ? resp : (const uint8_t *)error;
-	size_t blen = resp ? resp_len : strlen(error);
-	uint8_t *out = bt_malloc(BT_GRPC_PREFIX + 11 + blen);
+	/* Field 1 (error_message) and 2 (infer_response), both length-delimited. */
+	size_t elen = error ? strlen(error) : 0;
+	uint8_t *out = bt_malloc(BT_GRPC_PREFIX + 22 + elen + resp_len);
 	size_t o = BT_GRPC_PREFIX;
-	out[o++] = resp ? 0x12 : 0x0a;
-	o += put_varint(out + o, blen);
-	memcpy(out + o, body, blen);
-	o += blen;
+	if (elen) {
+		out[o++] = 0x0a;
+		o += put_varint(out + o, elen);
+		memcpy(out + o, error, elen);
+		o += elen;
+	}
+	out[o++] = 0x12;
+	o += put_varint(out + o, resp_len);
+	if (resp_len)
+		memcpy(out + o, resp, resp_len);
+	o += resp_len;
 	bt_grpc_frame_prefix(out, o - BT_GRPC_PREFIX);
 	*outlen = o;
+	return out;
+}
+
+uint8_t *bt_grpc_response_stub(const char *model, const char *id, size_t *outlen)
+{
+	Inference__ModelInferResponse m = INFERENCE__MODEL_INFER_RESPONSE__INIT;
+	m.model_name = (char *)(model ? model : "");
+	m.model_version = "1";
+	m.id = (char *)(id ? id : "");
+	*outlen = inference__model_infer_response__get_packed_size(&m);
+	uint8_t *out = bt_malloc(*outlen ? *outlen : 1);
+	inference__model_infer_response__pack(&m, out);
 	return out;
 }

@@ -81,11 +81,16 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 			    char *err, size_t errlen);
 
 /*
- * Wraps a serialized ModelInferResponse (or, when resp is NULL, an error
- * sentence) as a ModelStreamInferResponse, behind room for the 5-byte
- * gRPC prefix.  Returns the malloc'd bytes; *outlen counts the prefix.
+ * Wraps a serialized ModelInferResponse and, when error is not NULL, an
+ * error sentence as one framed ModelStreamInferResponse (the 5-byte gRPC
+ * prefix included in the malloc'd bytes and in *outlen).
  */
 uint8_t *bt_grpc_stream_wrap(const uint8_t *resp, size_t resp_len, const char *error,
 			     size_t *outlen);
+/*
+ * A serialized ModelInferResponse naming only the model and the request
+ * id: what a stream's error answer carries so the client can match it.
+ */
+uint8_t *bt_grpc_response_stub(const char *model, const char *id, size_t *outlen);
 
 #endif
