@@ -323,6 +323,7 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 		for (size_t i = 0; i < m->n_outputs; i++) {
 			json_t *o = json_object(), *op = json_object();
 			json_array_append_new(outs, o);
+			json_object_set_new(o, "parameters", op);
 			if (json_object_set_new(o, "name", jstr(m->outputs[i]->name))) {
 				fail(err, errlen, "outputs[%zu]: its name is not UTF-8", i);
 				goto done;
@@ -332,7 +333,6 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 					m->outputs[i]->n_parameters, op, where, err, errlen))
 				goto done;
 			json_object_set_new(op, "binary_data", json_true());
-			json_object_set_new(o, "parameters", op);
 		}
 	}
 	char *text = json_dumps(root, JSON_COMPACT);
