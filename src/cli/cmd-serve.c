@@ -191,6 +191,8 @@ const struct bt_cmd bt_cmd_serve = {
 	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
 	"new ones get 503.  SIGHUP reloads CONFIG (docs/operations.md).  With streams:, it also runs the stations and their\n"
 	"sessions (docs/streams.md); each station finishes its open session first.\n"
+	"With grpc: {listen: HOST:PORT} it also serves the KServe v2 gRPC service\n"
+	"(inference.GRPCInferenceService, docs/grpc.md) on that address.\n"
 	"Logs go to stderr, one logfmt line per event.  Under\n"
 	"systemd (Type=notify) it reports READY=1 once every stage has its initial\n"
 	"replicas ready, STATUS= lines, and WATCHDOG=1 when WatchdogSec is set.\n"
