@@ -5,9 +5,10 @@ Python SDK stage that echoes a 1 KiB FP32 tensor.  One load generator for
 both, h2load (nghttp2-client): HTTP/2 for gRPC, HTTP/1.1 (--h1) for HTTP,
 each at concurrency 1 and 32 (32 connections, one request in flight on
 each), interleaved, each figure the median of --runs runs.  Latencies come
-from h2load's per-request log.  Prints figures, never pass/fail.
+from h2load's per-request log; baton's CPU per request from /proc (user +
+system time over the run), the figure that a shared machine disturbs least.  Prints figures, never pass/fail.
 
-    /usr/bin/python3 bench/grpc/run.py --build build [--duration 5] [--runs 3] [--json out.json]
+    /usr/bin/python3 bench/grpc/run.py --build build [--requests 20000] [--runs 3] [--json out.json]
 """
 import argparse
 import json
@@ -69,15 +70,26 @@ def bodies(tmp):
     return grpc_body, http_body, len(hdr)
 
 
-def h2load(url, body, headers, conns, duration, h1, tmp):
+def cpu_s(pid):
+    """User + system CPU seconds of pid so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def h2load(url, body, headers, conns, n, h1, tmp, pid):
     log = os.path.join(tmp, "h2load.log")
     if os.path.exists(log):
         os.unlink(log)
-    cmd = ["h2load", "-D", str(duration), "--warm-up-time=1", "-c", str(conns), "-m", "1",
-           "-t", "1", "-d", body, "--log-file=" + log] + (["--h1"] if h1 else [])
+    cmd = ["h2load", "-c", str(conns), "-m", "1", "-t", "1", "-d", body] + (["--h1"] if h1 else [])
     for h in headers:
         cmd += ["-H", h]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    # A short warm-up run (connections, allocator, the workers' first requests).
+    subprocess.run(cmd + ["-n", str(max(conns, 200)), url], capture_output=True, check=True)
+    before = cpu_s(pid)
+    out = subprocess.run(cmd + ["-n", str(n), "--log-file=" + log, url], capture_output=True,
+                         text=True, check=True).stdout
+    cpu_us = (cpu_s(pid) - before) * 1e6 / n
     lat = []
     statuses = {}
     with open(log) as f:
@@ -90,13 +102,13 @@ def h2load(url, body, headers, conns, duration, h1, tmp):
     done = len(lat)
     failed = sum(n for s, n in statuses.items() if s != "200")
     per_s = float(re.search(r"finished in [^,]+, ([\d.]+) req/s", out).group(1))
-    return {"per_s": per_s, "p50_us": lat[done // 2] if lat else 0,
+    return {"per_s": per_s, "cpu_us": cpu_us, "p50_us": lat[done // 2] if lat else 0,
             "p99_us": lat[min(done - 1, done * 99 // 100)] if lat else 0, "non_200": failed,
             "h2load": out.strip().splitlines()[-1] if out.strip() else ""}
 
 
 def median_of(rs):
-    out = {k: statistics.median(r[k] for r in rs) for k in ("per_s", "p50_us", "p99_us")}
+    out = {k: statistics.median(r[k] for r in rs) for k in ("per_s", "cpu_us", "p50_us", "p99_us")}
     out["per_s_range"] = [min(r["per_s"] for r in rs), max(r["per_s"] for r in rs)]
     out["non_200"] = sum(r["non_200"] for r in rs)
     return out
@@ -111,7 +123,7 @@ def metric(url, name):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--duration", type=int, default=5, help="seconds per h2load run")
+    ap.add_argument("--requests", type=int, default=20000, help="per run at c32 (a tenth at c1)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--json", help="also write the figures to this file")
@@ -150,7 +162,8 @@ def main():
             runs = {k: [] for k in kinds}
             for _ in range(args.runs):
                 for k, (url, body, hdrs, h1) in kinds.items():  # interleaved
-                    runs[k].append(h2load(url, body, hdrs, conc, args.duration, h1, tmp))
+                    n = args.requests if conc > 1 else max(100, args.requests // 10)
+                    runs[k].append(h2load(url, body, hdrs, conc, n, h1, tmp, proc.pid))
             for k in kinds:
                 results["%s_c%d" % (k, conc)] = median_of(runs[k])
         # h2load sees HTTP 200 for every gRPC answer: the status is in the trailers.
@@ -165,15 +178,16 @@ def main():
     except (OSError, IndexError):
         pass
     results["machine"] = "%s, %d cores, %s" % (cpu, os.cpu_count(), platform.platform())
-    print("bench/grpc: 1 KiB FP32 echo, one Python stage (%d replicas), h2load, median of %d x %ds"
-          % (args.replicas, args.runs, args.duration))
+    print("bench/grpc: 1 KiB FP32 echo, one Python stage (%d replicas), h2load, median of %d runs"
+          % (args.replicas, args.runs))
     print("  machine: %s" % results["machine"])
-    print("  %-6s %-4s %10s %10s %10s %8s" % ("proto", "conc", "req/s", "p50 us", "p99 us", "non-200"))
+    print("  %-6s %-4s %10s %12s %10s %10s %8s" % ("proto", "conc", "req/s", "baton cpu us", "p50 us",
+                                                   "p99 us", "non-200"))
     for conc in (1, 32):
         for k in ("http", "grpc"):
             r = results["%s_c%d" % (k, conc)]
-            print("  %-6s %-4d %10.0f %10.0f %10.0f %8d" % (k, conc, r["per_s"], r["p50_us"],
-                                                          r["p99_us"], r["non_200"]))
+            print("  %-6s %-4d %10.0f %12.1f %10.0f %10.0f %8d" % (
+                k, conc, r["per_s"], r["cpu_us"], r["p50_us"], r["p99_us"], r["non_200"]))
     print("  gRPC/HTTP throughput at c32: %.2f; gRPC calls not OK: %d" % (
         results["grpc_c32"]["per_s"] / max(1, results["http_c32"]["per_s"]),
         results["grpc_calls_not_ok"]))

@@ -68,6 +68,7 @@ struct bt_grpc {
 	size_t buffered; /* messages being read and answers not yet sent */
 	uint64_t counts[M_COUNT][BT_GRPC_STATUS_COUNT];
 	uint64_t refused_conns;
+	struct bt_buf obuf; /* frames gathered for one write (reused) */
 	char rbuf[64 * 1024];
 };
 
@@ -343,11 +344,13 @@ static void request_done_cb(struct bt_request *req, void *arg)
 			free(m);
 			maybe_end_stream(call);
 		} else if (req->code == BT_OK) {
-			uint8_t *m = bt_malloc(BT_GRPC_PREFIX + req->len);
-			bt_grpc_frame_prefix(m, req->len);
-			memcpy(m + BT_GRPC_PREFIX, req->payload, req->len);
-			send_message(call, m, BT_GRPC_PREFIX + req->len);
-			free(m);
+			uint8_t prefix[BT_GRPC_PREFIX];
+			bt_grpc_frame_prefix(prefix, req->len);
+			bt_buf_reserve(&call->out, BT_GRPC_PREFIX + req->len);
+			bt_buf_append(&call->out, prefix, BT_GRPC_PREFIX);
+			send_message(call, (uint8_t *)req->payload, req->len);
+			call->c->out_pending += BT_GRPC_PREFIX;
+			call->c->g->buffered += BT_GRPC_PREFIX;
 			finish(call, BT_GRPC_OK, NULL);
 		} else {
 			finish(call, st, "%s: %s", bt_code_name(req->code),
@@ -932,12 +935,13 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 /* Everything nghttp2 wants to send, as one write.  Returns -1 when c was closed. */
 static int flush_out(struct gconn *c)
 {
-	struct bt_buf out = BT_BUF_INIT;
+	struct bt_buf out = c->g->obuf;
+	out.len = 0;
 	while (!c->closing && c->writing + out.len < OUT_HIGH) {
 		const uint8_t *data;
 		ssize_t n = nghttp2_session_mem_send(c->s, &data);
 		if (n < 0) {
-			bt_buf_release(&out);
+			c->g->obuf = out;
 			conn_close(c);
 			return -1;
 		}
@@ -950,7 +954,7 @@ static int flush_out(struct gconn *c)
 		int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
 		size_t done = w > 0 ? (size_t)w : 0;
 		if (w < 0 && w != UV_EAGAIN) {
-			bt_buf_release(&out);
+			c->g->obuf = out;
 			conn_close(c);
 			return -1;
 		}
@@ -964,13 +968,13 @@ static int flush_out(struct gconn *c)
 			if (uv_write(&r->w, (uv_stream_t *)&c->tcp, &rb, 1, write_done) < 0) {
 				c->writing -= r->len;
 				free(r);
-				bt_buf_release(&out);
+				c->g->obuf = out;
 				conn_close(c);
 				return -1;
 			}
 		}
 	}
-	bt_buf_release(&out);
+	c->g->obuf = out;
 	return c->closing ? -1 : 0;
 }
 
@@ -1224,8 +1228,10 @@ int bt_grpc_start(uv_loop_t *loop, struct bt_config *const *cfgp, const struct b
 static void server_closed_cb(uv_handle_t *h)
 {
 	struct bt_grpc *g = h->data;
-	if (--g->handles == 0)
+	if (--g->handles == 0) {
+		bt_buf_release(&g->obuf);
 		free(g);
+	}
 }
 
 void bt_grpc_close(struct bt_grpc *g)
