@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import re
 import socket
 import statistics
@@ -77,19 +78,26 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def h2load(url, body, headers, conns, n, h1, tmp, pid):
+def child_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def h2load(url, body, headers, conns, n, h1, tmp, pid, streams=1):
     log = os.path.join(tmp, "h2load.log")
     if os.path.exists(log):
         os.unlink(log)
-    cmd = ["h2load", "-c", str(conns), "-m", "1", "-t", "1", "-d", body] + (["--h1"] if h1 else [])
+    cmd = ["h2load", "-c", str(conns), "-m", str(streams), "-t", "1", "-d", body] + \
+        (["--h1"] if h1 else [])
     for h in headers:
         cmd += ["-H", h]
     # A short warm-up run (connections, allocator, the workers' first requests).
     subprocess.run(cmd + ["-n", str(max(conns, 200)), url], capture_output=True, check=True)
-    before = cpu_s(pid)
+    before, cbefore = cpu_s(pid), child_cpu_s()
     out = subprocess.run(cmd + ["-n", str(n), "--log-file=" + log, url], capture_output=True,
                          text=True, check=True).stdout
     cpu_us = (cpu_s(pid) - before) * 1e6 / n
+    client_us = (child_cpu_s() - cbefore) * 1e6 / n
     lat = []
     statuses = {}
     with open(log) as f:
@@ -102,13 +110,14 @@ def h2load(url, body, headers, conns, n, h1, tmp, pid):
     done = len(lat)
     failed = sum(n for s, n in statuses.items() if s != "200")
     per_s = float(re.search(r"finished in [^,]+, ([\d.]+) req/s", out).group(1))
-    return {"per_s": per_s, "cpu_us": cpu_us, "p50_us": lat[done // 2] if lat else 0,
+    return {"per_s": per_s, "cpu_us": cpu_us, "client_us": client_us, "p50_us": lat[done // 2] if lat else 0,
             "p99_us": lat[min(done - 1, done * 99 // 100)] if lat else 0, "non_200": failed,
             "h2load": out.strip().splitlines()[-1] if out.strip() else ""}
 
 
 def median_of(rs):
-    out = {k: statistics.median(r[k] for r in rs) for k in ("per_s", "cpu_us", "p50_us", "p99_us")}
+    out = {k: statistics.median(r[k] for r in rs) for k in ("per_s", "cpu_us", "client_us", "p50_us",
+                                                           "p99_us")}
     out["per_s_range"] = [min(r["per_s"] for r in rs), max(r["per_s"] for r in rs)]
     out["non_200"] = sum(r["non_200"] for r in rs)
     return out
@@ -157,15 +166,18 @@ def main():
             "http": (http_url, http_body, ["Inference-Header-Content-Length: %d" % hlen,
                                            "Content-Type: application/octet-stream"], True),
         }
-        results = {}
-        for conc in (1, 32):
-            runs = {k: [] for k in kinds}
-            for _ in range(args.runs):
-                for k, (url, body, hdrs, h1) in kinds.items():  # interleaved
-                    n = args.requests if conc > 1 else max(100, args.requests // 10)
-                    runs[k].append(h2load(url, body, hdrs, conc, n, h1, tmp, proc.pid))
-            for k in kinds:
-                results["%s_c%d" % (k, conc)] = median_of(runs[k])
+        # (protocol, label, connections, streams per connection); "grpc-mux" is how
+        # gRPC clients work: few channels, many calls multiplexed on each.
+        cases = [("http", "http_c1", 1, 1), ("grpc", "grpc_c1", 1, 1),
+                 ("http", "http_c32", 32, 1), ("grpc", "grpc_c32", 32, 1),
+                 ("grpc", "grpc_mux_c32", 4, 8)]
+        runs = {label: [] for _, label, _, _ in cases}
+        for _ in range(args.runs):
+            for kind, label, conns, streams in cases:  # interleaved
+                url, body, hdrs, h1 = kinds[kind]
+                n = args.requests if conns * streams > 1 else max(100, args.requests // 10)
+                runs[label].append(h2load(url, body, hdrs, conns, n, h1, tmp, proc.pid, streams))
+        results = {label: median_of(rs) for label, rs in runs.items()}
         # h2load sees HTTP 200 for every gRPC answer: the status is in the trailers.
         results["grpc_calls_not_ok"] = metric(hurl, "baton_grpc_calls_total") - \
             metric(hurl, 'baton_grpc_calls_total{method="ModelInfer",code="OK"}')
@@ -181,16 +193,19 @@ def main():
     print("bench/grpc: 1 KiB FP32 echo, one Python stage (%d replicas), h2load, median of %d runs"
           % (args.replicas, args.runs))
     print("  machine: %s" % results["machine"])
-    print("  %-6s %-4s %10s %12s %10s %10s %8s" % ("proto", "conc", "req/s", "baton cpu us", "p50 us",
-                                                   "p99 us", "non-200"))
-    for conc in (1, 32):
-        for k in ("http", "grpc"):
-            r = results["%s_c%d" % (k, conc)]
-            print("  %-6s %-4d %10.0f %12.1f %10.0f %10.0f %8d" % (
-                k, conc, r["per_s"], r["cpu_us"], r["p50_us"], r["p99_us"], r["non_200"]))
-    print("  gRPC/HTTP throughput at c32: %.2f; gRPC calls not OK: %d" % (
-        results["grpc_c32"]["per_s"] / max(1, results["http_c32"]["per_s"]),
-        results["grpc_calls_not_ok"]))
+    print("  %-24s %8s %9s %10s %8s %8s %7s" % ("case", "req/s", "baton us", "client us",
+                                                "p50 us", "p99 us", "non-200"))
+    names = {"http_c1": "HTTP/1.1, c1", "grpc_c1": "gRPC, c1", "http_c32": "HTTP/1.1, c32 (32 conn)",
+             "grpc_c32": "gRPC, c32 (32 conn)", "grpc_mux_c32": "gRPC, c32 (4 conn x 8)"}
+    for label, name in names.items():
+        r = results[label]
+        print("  %-24s %8.0f %9.1f %10.1f %8.0f %8.0f %7d" % (
+            name, r["per_s"], r["cpu_us"], r["client_us"], r["p50_us"], r["p99_us"], r["non_200"]))
+    print("  gRPC/HTTP throughput at c32: %.2f (32 connections), %.2f (4 x 8 streams); "
+          "gRPC calls not OK: %d" % (
+              results["grpc_c32"]["per_s"] / max(1, results["http_c32"]["per_s"]),
+              results["grpc_mux_c32"]["per_s"] / max(1, results["http_c32"]["per_s"]),
+              results["grpc_calls_not_ok"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
