@@ -64,7 +64,7 @@ struct bt_grpc {
 	struct gconn *conns;
 	unsigned nconns;
 	struct gconn *dirty; /* connections with output to send this loop turn */
-	unsigned pending; /* calls with a pipeline request, not yet closed */
+	unsigned inflight; /* pipeline requests not yet answered */
 	size_t buffered; /* messages being read and answers not yet sent */
 	uint64_t counts[M_COUNT][BT_GRPC_STATUS_COUNT];
 	uint64_t refused_conns;
@@ -112,7 +112,6 @@ struct call {
 	char message[300];
 	struct bt_buf out; /* framed messages not yet taken by nghttp2 */
 	size_t out_off;
-	int counted; /* in g->pending */
 	struct job *jobs; /* pipeline requests in flight */
 	unsigned inflight;
 };
@@ -358,6 +357,8 @@ static void request_done_cb(struct bt_request *req, void *arg)
 		}
 	}
 	bt_request_free(req);
+	j->g->inflight--;
+	j->g->ops->progress(j->g->arg);
 	free(j);
 }
 
@@ -462,10 +463,7 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 		call->jobs->prev = j;
 	call->jobs = j;
 	call->inflight++;
-	if (!call->counted) {
-		call->counted = 1;
-		g->pending++;
-	}
+	g->inflight++;
 	if (stream)
 		start_response(call);
 	bt_pipeline_submit(req, request_done_cb, j);
@@ -702,10 +700,6 @@ static void call_free(struct call *call)
 		call->next->prev = call->prev;
 	c->ncalls--;
 	c->active_ms = bt_now_ms();
-	if (call->counted) {
-		g->pending--;
-		g->ops->progress(g->arg);
-	}
 	free(call);
 }
 
@@ -917,8 +911,10 @@ static void write_done(uv_write_t *w, int status)
 		conn_close(c);
 		return;
 	}
-	if (!c->out_pending && !c->writing)
+	if (!c->out_pending && !c->writing) {
 		c->stalled_ms = 0;
+		c->g->ops->progress(c->g->arg); /* shutdown may have waited for this */
+	}
 	if (!c->reading && c->writing < OUT_HIGH / 2)
 		start_reading(c);
 	conn_send(c);
@@ -1151,7 +1147,13 @@ void bt_grpc_flush(struct bt_grpc *g)
 
 unsigned bt_grpc_pending(const struct bt_grpc *g)
 {
-	return g ? g->pending : 0;
+	if (!g)
+		return 0;
+	/* Answers still to go out count too: shutdown must not cut them off. */
+	unsigned n = g->inflight;
+	for (const struct gconn *c = g->conns; c; c = c->next)
+		n += !c->lingering_ms && (c->out_pending || c->writing);
+	return n;
 }
 
 size_t bt_grpc_buffered(const struct bt_grpc *g)

@@ -26,7 +26,7 @@ struct bt_grpc_ops {
 	int (*model_ready)(void *arg, struct bt_pipeline *pl);
 	/* Asks for bt_grpc_flush before the loop next blocks. */
 	void (*wake)(void *arg);
-	/* A call ended: shutdown may advance. */
+	/* A request was answered or an answer written: shutdown may advance. */
 	void (*progress)(void *arg);
 };
 
@@ -40,7 +40,10 @@ int bt_grpc_start(uv_loop_t *loop, struct bt_config *const *cfgp, const struct b
 		  void *arg, struct bt_grpc **out, char *err, size_t errlen);
 /* Sends what answers were completed since the last call (once per loop turn). */
 void bt_grpc_flush(struct bt_grpc *g);
-/* Calls with a pipeline request that are not yet closed (0 for NULL). */
+/*
+ * Pipeline requests not yet answered, plus connections with answers not
+ * yet written (0 for NULL): shutdown waits for both.
+ */
 unsigned bt_grpc_pending(const struct bt_grpc *g);
 /* Bytes held for gRPC clients: messages being read, answers not yet sent. */
 size_t bt_grpc_buffered(const struct bt_grpc *g);

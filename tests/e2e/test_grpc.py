@@ -4,6 +4,7 @@ seeing what an HTTP client would send, auth, status codes, timeouts, a
 crash mid-request, the bidirectional stream, and abusive HTTP/2 peers
 written frame by frame where grpcio cannot misbehave."""
 import os
+import signal
 import re
 import socket
 import struct
@@ -455,3 +456,34 @@ def test_grpc_client_that_never_reads_is_dropped(baton, pb):
     assert struct.unpack("<f", r.raw_output_contents[0]) == (5,)
     c.close()
     assert b.stop() == 0
+
+
+def test_grpc_drain_answers_what_runs_and_idle_streams_do_not_hold_it(baton, pb, tmp_path):
+    cfg, port = grpc_config()
+    b = baton(cfg)
+    c = Client(pb, port)
+    one = dict(inputs=[("x", "FP32", [1], fp32(7))])
+    # A stream left open with nothing in flight, and a request running.
+    idle_requests = threading.Event()
+
+    def idle():
+        yield c.request(id="first", **one)
+        idle_requests.wait(60)
+
+    stream = c.stub.ModelStreamInfer(idle(), timeout=60 * SLOW)
+    assert next(stream).infer_response.id == "first"
+    with Gate(tmp_path) as gate:
+        running = c.stub.ModelInfer.future(c.request(fake=gate.payload, **one))
+        wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 10)
+        b.remember_groups_quietly()
+        b.remember_children()
+        b.send_signal(signal.SIGTERM)
+        wait_for(lambda: "shutting down" in b.log(), 10)
+        # Draining: new requests are refused, the running one goes on.
+        code, _ = code_of(lambda: c.infer(**one))
+        assert code == grpc.StatusCode.UNAVAILABLE
+    # The running request is answered, then baton stops although the stream is open.
+    assert struct.unpack("<f", running.result(30).raw_output_contents[0]) == (7,)
+    assert b.stop() == 0
+    idle_requests.set()
+    c.close()
