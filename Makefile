@@ -28,7 +28,7 @@ STATIONS_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 TEST_PKGS  := python3-pytest python3-pytest-xdist wrk valgrind groff-base chromium chromium-driver \
 	      python3-selenium python3-grpcio python3-grpc-tools \
 	      $(DEMO_PKGS) $(TIMESERIES_PKGS) $(STATIONS_PKGS)
-BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2
+BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2 nghttp2-client
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev \
 	      libprotobuf-c-dev protobuf-c-compiler
 FUZZ_SECONDS ?= 60
@@ -127,6 +127,7 @@ demo-stations: build
 bench: build test-deps
 	$(call apt_install,$(BENCH_PKGS))
 	$(PY) bench/hop/run.py --build $(abspath $(BUILD))
+	$(PY) bench/grpc/run.py --build $(abspath $(BUILD))
 	$(PY) bench/batching/run.py --build $(abspath $(BUILD))
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 	$(PY) bench/autoscale/run.py --build $(abspath $(BUILD))
