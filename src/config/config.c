@@ -2302,6 +2302,10 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 	fprintf(out, "config:  %s/%s\n", cfg->dir,
 		strrchr(cfg->path, '/') ? strrchr(cfg->path, '/') + 1 : cfg->path);
 	fprintf(out, "listen:  %s:%d\n", cfg->listen_host, cfg->listen_port);
+	if (cfg->grpc_listen_host)
+		fprintf(out, "grpc:    %s:%d (max_connections %u, max_streams %u)\n",
+			cfg->grpc_listen_host, cfg->grpc_listen_port, cfg->grpc_max_connections,
+			cfg->grpc_max_streams);
 	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u http.max_buffered_bytes=%zu http.write_timeout_s=%u\n",
 		cfg->max_request_bytes, cfg->max_payload_bytes, cfg->http_max_connections,
 		cfg->http_idle_timeout_s, cfg->http_max_buffered_bytes, cfg->http_write_timeout_s);

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SLOW, Gate, fake_stage, free_port, wait_for
+from conftest import BATON, ROOT, SLOW, Gate, fake_stage, free_port, wait_for
 
 grpc = pytest.importorskip("grpc")
 
@@ -487,3 +487,30 @@ def test_grpc_drain_answers_what_runs_and_idle_streams_do_not_hold_it(baton, pb,
     assert b.stop() == 0
     idle_requests.set()
     c.close()
+
+
+GRPC_BAD = [
+    ("bad_listen", "grpc:\n  listen: somewhere\n", 2, 11, "'grpc.listen'"),
+    ("unknown_key", "grpc:\n  listen: 127.0.0.1:1\n  listn: 2\n", 3, 3, "listn"),
+    ("zero_streams", "grpc:\n  listen: 127.0.0.1:1\n  max_streams: 0\n", 3, 16, "grpc.max_streams"),
+    ("no_listen", "grpc:\n  max_connections: 5\n", 2, 3, "'grpc' needs 'listen'"),
+]
+
+
+@pytest.mark.parametrize("name,text,line,col,needle", GRPC_BAD, ids=[b[0] for b in GRPC_BAD])
+def test_grpc_config_errors_name_line_and_key(tmp_path, name, text, line, col, needle):
+    path = tmp_path / "baton.yaml"
+    path.write_text(text + "stages:\n" + fake_stage("w") + "pipelines: {p: [w]}\n")
+    out = subprocess.run([BATON, "check", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    first = out.stderr.strip().splitlines()[0]
+    assert first.startswith("%s:%d:%d: " % (path, line, col)) and needle in first, first
+
+
+def test_grpc_check_prints_the_grpc_address(tmp_path):
+    path = tmp_path / "baton.yaml"
+    path.write_text("grpc:\n  listen: 127.0.0.1:8001\n  max_streams: 7\nstages:\n" + fake_stage("w") +
+                    "pipelines: {p: [w]}\n")
+    out = subprocess.run([BATON, "check", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "grpc:    127.0.0.1:8001 (max_connections 1000, max_streams 7)" in out.stdout, out.stdout
