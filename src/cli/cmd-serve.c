@@ -185,7 +185,7 @@ static int run(int argc, char **argv)
 }
 
 const struct bt_cmd bt_cmd_serve = {
-	"serve", "CONFIG [--listen HOST:PORT]", "run the pipelines of CONFIG and serve them over HTTP (SIGHUP reloads CONFIG)",
+	"serve", "CONFIG [--listen HOST:PORT]", "run the pipelines of CONFIG and serve them over HTTP and gRPC (SIGHUP reloads CONFIG)",
 	run,
 	"Starts every stage's replicas, supervises them (restarts with backoff) and\n"
 	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
