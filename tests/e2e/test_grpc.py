@@ -416,6 +416,20 @@ def test_grpc_abusive_peers_are_bounded(baton, pb):
     frames, _ = read_frames(s, lambda t, fl, st, p: t == 3 and st == 1, 10)
     assert any(f[0] == 3 and f[2] == 1 for f in frames), frames
     s.close()
+    # max_streams (4) calls open on one connection, the SETTINGS acknowledged: a
+    # fifth breaks the protocol, and the connection ends (GOAWAY PROTOCOL_ERROR).
+    s = socket.create_connection(("127.0.0.1", port))
+    opened = b"".join(frame(1, 0x4, sid, headers_block([
+        (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x"),
+        (b":path", b"/inference.GRPCInferenceService/ModelStreamInfer"),
+        (b"content-type", b"application/grpc")])) for sid in (1, 3, 5, 7, 9))
+    s.sendall(PREFACE + frame(4, 0, 0) + frame(4, 0x1, 0) + opened)
+    frames, _ = read_frames(s, lambda t, fl, st, p: t == 7, 10)
+    goaway = [f for f in frames if f[0] == 7]
+    assert goaway and struct.unpack(">I", goaway[0][3][4:8])[0] == 1, frames
+    assert b"max concurrent streams" in goaway[0][3]
+    assert closed_within(s, 10)
+    s.close()
     # An endless stream: past max_streams requests in flight on it, it ends RESOURCE_EXHAUSTED.
     gate = b.dir / "gate"
     reqs = [c.request(id=str(i), inputs=[("x", "FP32", [1], fp32(i))], fake="gate:%s" % gate)
