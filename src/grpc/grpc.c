@@ -87,7 +87,7 @@ struct gconn {
 	unsigned ncalls;
 	size_t writing; /* bytes handed to uv_write, not yet written */
 	size_t out_pending; /* answer bytes not yet taken by nghttp2 */
-	uint64_t active_ms; /* last call activity */
+	uint64_t active_ms; /* last request bytes in or answer bytes out */
 	uint64_t stalled_ms; /* output waiting since, 0 = none */
 };
 
@@ -164,6 +164,7 @@ static ssize_t read_out_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t 
 		c->out_pending -= n;
 		c->g->buffered -= n;
 		c->stalled_ms = 0; /* the client takes its answers */
+		c->active_ms = bt_now_ms();
 		if (call->out_off == call->out.len) {
 			call->out.len = 0;
 			call->out_off = 0;
@@ -1106,6 +1107,21 @@ static void accept_cb(uv_stream_t *server, int status)
 	conn_send(c);
 }
 
+/*
+ * Waiting for baton (a request in flight, an answer going out) is not
+ * idleness; a call whose client stopped sending halfway is, as a half-sent
+ * HTTP request is.
+ */
+static int busy(const struct gconn *c)
+{
+	if (c->out_pending || c->writing)
+		return 1;
+	for (const struct call *call = c->calls; call; call = call->next)
+		if (call->inflight)
+			return 1;
+	return 0;
+}
+
 /* Once a second: connections idle past idle_timeout_s, clients not reading. */
 static void sweep_cb(uv_timer_t *t)
 {
@@ -1122,7 +1138,7 @@ static void sweep_cb(uv_timer_t *t)
 				"bytes=%zu write_timeout_s=%u", c->out_pending + c->writing,
 				CFG(g)->http_write_timeout_s);
 			conn_close(c);
-		} else if (!c->ncalls &&
+		} else if (!busy(c) &&
 			   now - c->active_ms >= (uint64_t)CFG(g)->http_idle_timeout_s * 1000) {
 			nghttp2_session_terminate_session(c->s, NGHTTP2_NO_ERROR);
 			linger(c);

@@ -452,7 +452,8 @@ def test_grpc_abusive_peers_are_bounded(baton, pb):
 
 
 def test_grpc_client_that_never_reads_is_dropped(baton, pb):
-    cfg, port = grpc_config(top="http: {write_timeout_s: 1}\n", pipeline_extra="")
+    cfg, port = grpc_config(top="http: {write_timeout_s: 1, idle_timeout_s: 2}\n",
+                            pipeline_extra="")
     b = baton(cfg)
     c = Client(pb, port)
     # A 1 MiB answer to a peer that neither reads nor opens its flow-control window.
@@ -463,6 +464,14 @@ def test_grpc_client_that_never_reads_is_dropped(baton, pb):
     wait_for(lambda: "did not take its answers in time" in b.log(), 30 * SLOW,
              what="the slow reader to be dropped\n" + b.log_tail())
     wait_for(lambda: "baton_grpc_connections 0\n" in b.get("/metrics").body.decode(), 10)
+    assert closed_within(s, 10)
+    s.close()
+    # A call whose client stops halfway through its message: the connection
+    # is idle, and closed after idle_timeout_s with GOAWAY.
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(PREFACE + frame(4, 0, 0) + grpc_call_frames(1, b"ModelInfer", q)[:30000])
+    frames, eof = read_frames(s, lambda t, *r: t == 7, 30)
+    assert any(f[0] == 7 for f in frames), frames
     assert closed_within(s, 10)
     s.close()
     # The others are served meanwhile and after.
