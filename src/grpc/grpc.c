@@ -101,6 +101,7 @@ struct call {
 	size_t header_bytes;
 	int post, grpc_ctype, authorized, bad_timeout;
 	uint64_t timeout_us; /* grpc-timeout, 0 = none */
+	uint64_t deadline_ms; /* when it runs out, from the call's start; 0 = none */
 	struct bt_buf in; /* message bytes received, not yet decoded */
 	size_t charged_in;
 	int discard; /* answered already: further input is dropped */
@@ -448,11 +449,19 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 	req->check = response_check;
 	req->check_data = v2.id;
 	v2.id = NULL;
-	bt_v2_request_release(&v2);
-	/* The shorter of the gRPC deadline and parameters.timeout; past a day means a day. */
+	/*
+	 * The sooner of the call's deadline (grpc-timeout counts from the
+	 * call's start, for every request of a stream) and parameters.timeout;
+	 * past a day means a day.
+	 */
 	long long timeout_us = v2.has_timeout ? v2.timeout_us : 0;
-	if (call->timeout_us && (!timeout_us || (long long)call->timeout_us < timeout_us))
-		timeout_us = (long long)BT_MIN(call->timeout_us, (uint64_t)CLIENT_TIMEOUT_MAX_US);
+	bt_v2_request_release(&v2);
+	if (call->deadline_ms) {
+		uint64_t now = bt_now_ms();
+		long long left = call->deadline_ms > now ? (long long)(call->deadline_ms - now) * 1000 : 1;
+		if (!timeout_us || left < timeout_us)
+			timeout_us = left;
+	}
 	if (timeout_us > 0)
 		req->client_deadline_ms =
 			bt_now_ms() + (uint64_t)((BT_MIN(timeout_us, CLIENT_TIMEOUT_MAX_US) + 999) / 1000);
@@ -618,6 +627,8 @@ static void headers_done(struct call *call)
 	}
 	if (call->bad_timeout)
 		finish(call, BT_GRPC_INVALID_ARGUMENT, "grpc-timeout is not <1-8 digits><H|M|S|m|u|n>");
+	else if (call->timeout_us)
+		call->deadline_ms = bt_now_ms() + (BT_MIN(call->timeout_us, (uint64_t)CLIENT_TIMEOUT_MAX_US) + 999) / 1000;
 }
 
 /* Takes every whole message out of call->in. */
