@@ -554,7 +554,8 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 		return;
 	}
 	case M_MODEL_READY: {
-		Inference__ModelReadyRequest *q = inference__model_ready_request__unpack(NULL, len, msg);
+		Inference__ModelReadyRequest *q = bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+			? NULL : inference__model_ready_request__unpack(NULL, len, msg);
 		if (!q) {
 			finish(call, BT_GRPC_INVALID_ARGUMENT, "the message is not a ModelReadyRequest");
 			return;
@@ -570,7 +571,8 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 	}
 	case M_MODEL_METADATA: {
 		Inference__ModelMetadataRequest *q =
-			inference__model_metadata_request__unpack(NULL, len, msg);
+			bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+				? NULL : inference__model_metadata_request__unpack(NULL, len, msg);
 		if (!q) {
 			finish(call, BT_GRPC_INVALID_ARGUMENT, "the message is not a ModelMetadataRequest");
 			return;

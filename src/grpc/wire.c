@@ -87,6 +87,55 @@ int bt_grpc_timeout_parse(const char *v, uint64_t *us)
 	return 0;
 }
 
+/* Reads a varint at *p (bounded by end); -1 when it is cut or over 64 bits. */
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	*v = 0;
+	for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+		uint8_t b = *(*p)++;
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return 0;
+	}
+	return -1;
+}
+
+int bt_grpc_string_has_nul(const uint8_t *msg, size_t len, uint32_t fields)
+{
+	const uint8_t *p = msg, *end = msg + len;
+	uint64_t key, n;
+	while (p < end) {
+		if (get_varint(&p, end, &key))
+			return -1;
+		switch (key & 7) {
+		case 0:
+			if (get_varint(&p, end, &n))
+				return -1;
+			break;
+		case 1:
+			if (end - p < 8)
+				return -1;
+			p += 8;
+			break;
+		case 5:
+			if (end - p < 4)
+				return -1;
+			p += 4;
+			break;
+		case 2:
+			if (get_varint(&p, end, &n) || n > (uint64_t)(end - p))
+				return -1;
+			if ((key >> 3) < 32 && (fields >> (key >> 3) & 1) && memchr(p, 0, (size_t)n))
+				return 1;
+			p += n;
+			break;
+		default:
+			return 1; /* groups: not in these messages */
+		}
+	}
+	return 0;
+}
+
 /* ---- request: protobuf to v2 JSON + binary ---------------------------------- */
 
 /* A protobuf string as JSON; NULL when it is not UTF-8. */
@@ -357,7 +406,14 @@ int bt_grpc_infer_decode(const uint8_t *msg, size_t len, struct bt_grpc_infer *o
 			 size_t errlen)
 {
 	memset(out, 0, sizeof(*out));
-	Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, len, msg);
+	/* model_name, model_version, id: a NUL inside would cut them short. */
+	int nul = bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2 | 1u << 3);
+	if (nul > 0) {
+		fail(err, errlen, "model_name, model_version and id may not hold a NUL byte");
+		return BT_GRPC_INVALID_ARGUMENT;
+	}
+	Inference__ModelInferRequest *m =
+		nul ? NULL : inference__model_infer_request__unpack(NULL, len, msg);
 	if (!m) {
 		fail(err, errlen, "the message is not a ModelInferRequest");
 		return BT_GRPC_INVALID_ARGUMENT;

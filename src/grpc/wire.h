@@ -47,6 +47,14 @@ void bt_grpc_frame_prefix(uint8_t out[BT_GRPC_PREFIX], size_t len);
  */
 int bt_grpc_timeout_parse(const char *v, uint64_t *us);
 
+/*
+ * 1 when a top-level length-delimited field of the serialized message
+ * whose number is in `fields` (bit n for field n, n < 32) holds a NUL
+ * byte, -1 when the message cannot be walked, else 0.  protobuf-c hands
+ * strings over NUL-terminated: "m\0x" would otherwise name model "m".
+ */
+int bt_grpc_string_has_nul(const uint8_t *msg, size_t len, uint32_t fields);
+
 /* A ModelInferRequest turned into what the HTTP ingress would have received. */
 struct bt_grpc_infer {
 	char *model; /* model_name */

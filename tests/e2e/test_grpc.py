@@ -166,6 +166,11 @@ def test_grpc_errors_map_to_status_codes(baton, pb, tmp_path):
     assert code == C.INVALID_ARGUMENT and "x" in details, details
     code, details = code_of(lambda: c.infer(model="nope", inputs=[("x", "FP32", [1], fp32(1))]))
     assert code == C.NOT_FOUND and "nope" in details
+    # A NUL makes a bad name, not a shorter one ("m\0x" is not model "m").
+    code, details = code_of(lambda: c.infer(model="m\x00x", inputs=[("x", "FP32", [1], fp32(1))]))
+    assert code == C.INVALID_ARGUMENT and "NUL" in details, details
+    code, _ = code_of(lambda: c.stub.ModelReady(c.pb.ModelReadyRequest(name="m\x00x")))
+    assert code == C.INVALID_ARGUMENT
     code, details = code_of(lambda: c.infer(inputs=[("x", "FP32", [1], fp32(1))],
                                             raw_answer="not v2"))
     assert code == C.INTERNAL and "worker_error" in details

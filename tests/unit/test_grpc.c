@@ -162,3 +162,15 @@ Test(grpc, answers_become_raw_outputs_binary_or_json)
 	free(more);
 	free(body);
 }
+
+Test(grpc, strings_with_a_nul_are_found_in_the_named_fields_only)
+{
+	/* field 1 "m\0x", field 3 "id", field 7 (bytes) "\0\0" */
+	const uint8_t m[] = {0x0a, 3, 'm', 0, 'x', 0x1a, 2, 'i', 'd', 0x3a, 2, 0, 0};
+	cr_expect_eq(bt_grpc_string_has_nul(m, sizeof(m), 1u << 1), 1);
+	cr_expect_eq(bt_grpc_string_has_nul(m, sizeof(m), 1u << 3 | 1u << 2), 0);
+	cr_expect_eq(bt_grpc_string_has_nul(m, sizeof(m), 1u << 7), 1);
+	cr_expect_eq(bt_grpc_string_has_nul(m, sizeof(m) - 1, 1u << 3), -1, "a cut message");
+	const uint8_t ok[] = {0x0a, 1, 'm', 0x10, 0x96, 0x01};
+	cr_expect_eq(bt_grpc_string_has_nul(ok, sizeof(ok), 0xffffffffu), 0);
+}
