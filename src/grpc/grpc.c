@@ -942,24 +942,33 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	buf->len = sizeof(c->g->rbuf);
 }
 
-/* Everything nghttp2 wants to send, as one write.  Returns -1 when c was closed. */
+/*
+ * Everything nghttp2 wants to send, in writes of up to OUT_HIGH bytes,
+ * until it has no more or OUT_HIGH bytes wait in the socket's queue (the
+ * write callback then sends the rest).  Returns -1 when c was closed.
+ */
 static int flush_out(struct gconn *c)
 {
 	struct bt_buf out = c->g->obuf;
-	out.len = 0;
-	while (!c->closing && c->writing + out.len < OUT_HIGH) {
-		const uint8_t *data;
-		ssize_t n = nghttp2_session_mem_send(c->s, &data);
-		if (n < 0) {
-			c->g->obuf = out;
-			conn_close(c);
-			return -1;
+	int more = 1;
+	while (more && !c->closing && c->writing < OUT_HIGH) {
+		out.len = 0;
+		more = 0;
+		while (out.len < OUT_HIGH) {
+			const uint8_t *data;
+			ssize_t n = nghttp2_session_mem_send(c->s, &data);
+			if (n < 0) {
+				c->g->obuf = out;
+				conn_close(c);
+				return -1;
+			}
+			if (n == 0)
+				break;
+			bt_buf_append(&out, data, (size_t)n);
+			more = 1;
 		}
-		if (n == 0)
+		if (!out.len)
 			break;
-		bt_buf_append(&out, data, (size_t)n);
-	}
-	if (out.len) {
 		uv_buf_t b = uv_buf_init(out.data, (unsigned)out.len);
 		int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
 		size_t done = w > 0 ? (size_t)w : 0;

@@ -147,6 +147,10 @@ def test_grpc_model_infer_is_the_http_request(baton, pb):
     outs = {o.name: i for i, o in enumerate(r.outputs)}
     assert struct.unpack("<3i", r.raw_output_contents[outs["out_x"]]) == (7, -8, 9)
     assert r.raw_output_contents[outs["out_s"]] == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
+    # An answer bigger than what one write takes (256 KiB) comes back whole.
+    big = bytes(range(256)) * 2400
+    r = c.infer(inputs=[("x", "UINT8", [len(big)], big)], timeout=60 * SLOW)
+    assert r.raw_output_contents[0] == big
     # The same tensor over HTTP's binary extension gives the same bytes.
     hdr = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2,3],"parameters":{"binary_data_size":24}}],"parameters":{"binary_data_output":true}}'
     h = b.request("POST", "/v2/models/m/infer", hdr + fp32(1, 2, 3, 4, 5, 6),
