@@ -546,3 +546,23 @@ def test_grpc_check_prints_the_grpc_address(tmp_path):
     out = subprocess.run([BATON, "check", str(path)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "grpc:    127.0.0.1:8001 (max_connections 1000, max_streams 7)" in out.stdout, out.stdout
+
+
+def test_grpc_big_answer_reaches_a_client_that_only_reads(baton, pb):
+    # A peer with wide flow-control windows sends nothing while its answer
+    # comes: baton must send the whole answer without being prompted.
+    cfg, port = grpc_config(pipeline_extra="")
+    b = baton(cfg)
+    c = Client(pb, port)
+    big = bytes(range(256)) * 2400
+    q = c.request(inputs=[("x", "UINT8", [len(big)], big)]).SerializeToString()
+    s = socket.create_connection(("127.0.0.1", port))
+    wide = struct.pack(">HI", 4, (1 << 24))  # SETTINGS_INITIAL_WINDOW_SIZE
+    s.sendall(PREFACE + frame(4, 0, 0, wide) + frame(8, 0, 0, struct.pack(">I", 1 << 24)) +
+              frame(4, 0x1, 0) + grpc_call_frames(1, b"ModelInfer", q))
+    frames, eof = read_frames(s, lambda t, fl, st, p: t == 1 and st == 1 and fl & 0x1, 30)
+    got = sum(len(f[3]) for f in frames if f[0] == 0 and f[2] == 1)
+    assert got > len(big) and not eof, (got, [f[:3] for f in frames][-5:])
+    s.close()
+    c.close()
+    assert b.stop() == 0
