@@ -8,7 +8,8 @@ each), interleaved, each figure the median of --runs runs.  Latencies come
 from h2load's per-request log; baton's CPU per request from /proc (user +
 system time over the run), the figure that a shared machine disturbs least.  Prints figures, never pass/fail.
 
-    /usr/bin/python3 bench/grpc/run.py --build build [--requests 20000] [--runs 3] [--json out.json]
+    /usr/bin/python3 bench/grpc/run.py --build build [--requests 20000] [--runs 3] [--kib 1]
+                                       [--json out.json]
 """
 import argparse
 import json
@@ -45,7 +46,7 @@ def ready(url):
         return False
 
 
-def bodies(tmp):
+def bodies(tmp, kib):
     """The same request twice: a gRPC-framed ModelInferRequest, and the HTTP
     binary body with its JSON header length."""
     sys.path.insert(0, tmp)
@@ -53,15 +54,16 @@ def bodies(tmp):
                     "--python_out=" + tmp, os.path.join(ROOT, "src", "grpc", "inference.proto")],
                    check=True)
     import inference_pb2 as pb
-    tensor = struct.pack("<256f", *range(256))
+    n = 256 * kib
+    tensor = struct.pack("<%df" % n, *(float(i % 1000) for i in range(n)))
     q = pb.ModelInferRequest(model_name="echo")
-    q.inputs.add(name="x", datatype="FP32", shape=[256])
+    q.inputs.add(name="x", datatype="FP32", shape=[n])
     q.raw_input_contents.append(tensor)
     msg = q.SerializeToString()
     grpc_body = os.path.join(tmp, "grpc.bin")
     with open(grpc_body, "wb") as f:
         f.write(b"\x00" + struct.pack(">I", len(msg)) + msg)
-    hdr = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [256],
+    hdr = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [n],
                                   "parameters": {"binary_data_size": len(tensor)}}],
                       "parameters": {"binary_data_output": True}},
                      separators=(",", ":")).encode()
@@ -135,11 +137,12 @@ def main():
     ap.add_argument("--requests", type=int, default=20000, help="per run at c32 (a tenth at c1)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--kib", type=int, default=1, help="tensor size in KiB")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     tmp = tempfile.mkdtemp(prefix="bench-grpc-")
-    grpc_body, http_body, hlen = bodies(tmp)
+    grpc_body, http_body, hlen = bodies(tmp, args.kib)
     hport, gport = free_port(), free_port()
     cfg = os.path.join(tmp, "baton.yaml")
     with open(cfg, "w") as f:
@@ -190,8 +193,8 @@ def main():
     except (OSError, IndexError):
         pass
     results["machine"] = "%s, %d cores, %s" % (cpu, os.cpu_count(), platform.platform())
-    print("bench/grpc: 1 KiB FP32 echo, one Python stage (%d replicas), h2load, median of %d runs"
-          % (args.replicas, args.runs))
+    print("bench/grpc: %d KiB FP32 echo, one Python stage (%d replicas), h2load, median of %d runs"
+          % (args.kib, args.replicas, args.runs))
     print("  machine: %s" % results["machine"])
     print("  %-24s %8s %9s %10s %8s %8s %7s" % ("case", "req/s", "baton us", "client us",
                                                 "p50 us", "p99 us", "non-200"))
