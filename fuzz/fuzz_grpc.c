@@ -52,12 +52,14 @@ static void requests(const uint8_t *data, size_t size)
 			broken("a whole message lies inside the input");
 		struct bt_grpc_infer in;
 		char err[512];
-		if (bt_grpc_infer_decode(data + off + BT_GRPC_PREFIX, n, &in, err, sizeof(err)) == 0) {
+		if (bt_grpc_infer_decode(data + off + BT_GRPC_PREFIX, n, &in, err, sizeof(err)) ==
+		    0) {
 			if (!in.body || in.header_len > in.len || !in.model || !in.version)
 				broken("a decoded request is a body with its header inside");
 			struct bt_v2_request v2;
-			if (bt_v2_parse_infer(in.body, in.len, in.binary ? (long long)in.header_len : -1,
-					      &v2, err, sizeof(err)) == 0)
+			if (bt_v2_parse_infer(in.body, in.len,
+					      in.binary ? (long long)in.header_len : -1, &v2, err,
+					      sizeof(err)) == 0)
 				bt_v2_request_release(&v2);
 		}
 		bt_grpc_infer_release(&in);
@@ -79,9 +81,10 @@ static void answer(const uint8_t *data, size_t size)
 	/* A copy of exactly len bytes, so that ASan sees any read past the answer. */
 	char *body = malloc(len ? len : 1);
 	memcpy(body, data + 4, len);
-	if (bt_grpc_response_encode(body, len, hl, "m", "id", &out, &outlen, err, sizeof(err)) == 0) {
+	if (bt_grpc_response_encode(body, len, hl, "m", "id", &out, &outlen, err, sizeof(err)) ==
+	    0) {
 		Inference__ModelInferResponse *m =
-			inference__model_infer_response__unpack(NULL, outlen, out);
+		    inference__model_infer_response__unpack(NULL, outlen, out);
 		if (!m || m->n_outputs != m->n_raw_output_contents)
 			broken("an encoded answer reads back, one raw tensor per output");
 		inference__model_infer_response__free_unpacked(m, NULL);

@@ -26,10 +26,10 @@
 #define BATON_VERSION "0.0.0"
 #endif
 
-#define HEADERS_MAX (32 * 1024) /* request header bytes per call, as HTTP */
-#define OUT_HIGH (256 * 1024) /* bytes in socket writes before reading pauses */
+#define HEADERS_MAX   (32 * 1024)  /* request header bytes per call, as HTTP */
+#define OUT_HIGH      (256 * 1024) /* bytes in socket writes before reading pauses */
 #define STREAM_WINDOW (1 << 20)
-#define CONN_WINDOW (4 << 20)
+#define CONN_WINDOW   (4 << 20)
 
 enum method {
 	M_SERVER_LIVE,
@@ -44,8 +44,8 @@ enum method {
 };
 
 static const char *const method_names[M_COUNT] = {
-	"ServerLive",	  "ServerReady", "ModelReady",	    "ServerMetadata",
-	"ModelMetadata", "ModelInfer",	"ModelStreamInfer",
+    "ServerLive",    "ServerReady", "ModelReady",	"ServerMetadata",
+    "ModelMetadata", "ModelInfer",  "ModelStreamInfer",
 };
 
 #define CFG(g) (*(g)->cfgp)
@@ -64,8 +64,8 @@ struct bt_grpc {
 	struct gconn *conns;
 	unsigned nconns;
 	struct gconn *dirty; /* connections with output to send this loop turn */
-	unsigned inflight; /* pipeline requests not yet answered */
-	size_t buffered; /* messages being read and answers not yet sent */
+	unsigned inflight;   /* pipeline requests not yet answered */
+	size_t buffered;     /* messages being read and answers not yet sent */
 	uint64_t counts[M_COUNT][BT_GRPC_STATUS_COUNT];
 	uint64_t refused_conns;
 	struct bt_buf obuf; /* frames gathered for one write (reused) */
@@ -85,9 +85,9 @@ struct gconn {
 	uv_shutdown_t shutdown;
 	struct call *calls;
 	unsigned ncalls;
-	size_t writing; /* bytes handed to uv_write, not yet written */
-	size_t out_pending; /* answer bytes not yet taken by nghttp2 */
-	uint64_t active_ms; /* last request bytes in or answer bytes out */
+	size_t writing;	     /* bytes handed to uv_write, not yet written */
+	size_t out_pending;  /* answer bytes not yet taken by nghttp2 */
+	uint64_t active_ms;  /* last request bytes in or answer bytes out */
 	uint64_t stalled_ms; /* output waiting since, 0 = none */
 };
 
@@ -100,15 +100,15 @@ struct call {
 	struct call *next, *prev;
 	size_t header_bytes;
 	int post, grpc_ctype, authorized, bad_timeout;
-	uint64_t timeout_us; /* grpc-timeout, 0 = none */
+	uint64_t timeout_us;  /* grpc-timeout, 0 = none */
 	uint64_t deadline_ms; /* when it runs out, from the call's start; 0 = none */
-	struct bt_buf in; /* message bytes received, not yet decoded */
+	struct bt_buf in;     /* message bytes received, not yet decoded */
 	size_t charged_in;
-	int discard; /* answered already: further input is dropped */
-	int half_closed; /* the client ended its side */
+	int discard;	   /* answered already: further input is dropped */
+	int half_closed;   /* the client ended its side */
 	unsigned messages; /* decoded so far */
-	int started; /* response headers submitted */
-	int finished; /* final status decided */
+	int started;	   /* response headers submitted */
+	int finished;	   /* final status decided */
 	int status;
 	char message[300];
 	struct bt_buf out; /* framed messages not yet taken by nghttp2 */
@@ -150,7 +150,10 @@ static void percent_encode(const char *in, char *out, size_t size)
 	out[o] = '\0';
 }
 
-#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
+#define NV(n, v)                                                                                   \
+	{                                                                                          \
+		(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE     \
+	}
 
 static ssize_t read_out_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
 			   uint32_t *flags, nghttp2_data_source *src, void *user)
@@ -208,7 +211,7 @@ static void count(struct call *call, int status)
  * servers do once they have answered.
  */
 static void finish(struct call *call, int status, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void finish(struct call *call, int status, const char *fmt, ...)
 {
@@ -276,17 +279,24 @@ static void answer(struct call *call, const ProtobufCMessage *m)
 static int status_of(enum bt_code code)
 {
 	switch (code) {
-	case BT_OK: return BT_GRPC_OK;
-	case BT_BAD_REQUEST: return BT_GRPC_INVALID_ARGUMENT;
-	case BT_NOT_FOUND: return BT_GRPC_NOT_FOUND;
-	case BT_REJECTED: return BT_GRPC_INVALID_ARGUMENT;
-	case BT_TIMEOUT: return BT_GRPC_DEADLINE_EXCEEDED;
+	case BT_OK:
+		return BT_GRPC_OK;
+	case BT_BAD_REQUEST:
+		return BT_GRPC_INVALID_ARGUMENT;
+	case BT_NOT_FOUND:
+		return BT_GRPC_NOT_FOUND;
+	case BT_REJECTED:
+		return BT_GRPC_INVALID_ARGUMENT;
+	case BT_TIMEOUT:
+		return BT_GRPC_DEADLINE_EXCEEDED;
 	case BT_OVERLOADED:
 	case BT_STAGE_FAILED:
-	case BT_SHUTTING_DOWN: return BT_GRPC_UNAVAILABLE;
+	case BT_SHUTTING_DOWN:
+		return BT_GRPC_UNAVAILABLE;
 	case BT_WORKER_ERROR:
 	case BT_WORKER_CRASHED:
-	default: return BT_GRPC_INTERNAL;
+	default:
+		return BT_GRPC_INTERNAL;
 	}
 }
 
@@ -327,7 +337,8 @@ static void request_done_cb(struct bt_request *req, void *arg)
 			char msg[600];
 			count(call, st);
 			if (req->code == BT_OK) {
-				m = bt_grpc_stream_wrap((uint8_t *)req->payload, req->len, NULL, &n);
+				m = bt_grpc_stream_wrap((uint8_t *)req->payload, req->len, NULL,
+							&n);
 			} else {
 				/*
 				 * As Triton, a stream's failed request is answered in
@@ -410,12 +421,13 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 		pl = g->ops->pipeline(g->arg, in.model);
 		if (!pl) {
 			st = BT_GRPC_NOT_FOUND;
-			snprintf(err, sizeof(err), "unknown model '%.100s' (models are baton's pipelines)",
-				 in.model);
+			snprintf(err, sizeof(err),
+				 "unknown model '%.100s' (models are baton's pipelines)", in.model);
 		} else if (in.version[0] && strcmp(in.version, "1")) {
 			st = BT_GRPC_NOT_FOUND;
-			snprintf(err, sizeof(err), "model '%.100s' has no version '%.64s' (only '1')",
-				 in.model, in.version);
+			snprintf(err, sizeof(err),
+				 "model '%.100s' has no version '%.64s' (only '1')", in.model,
+				 in.version);
 		}
 	}
 	if (!st && bt_v2_parse_infer(in.body, in.len, in.binary ? (long long)in.header_len : -1,
@@ -439,7 +451,8 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 	json_t *meta = json_pack("{s:s, s:s, s:s}", "content_type", "application/json", "protocol",
 				 "v2", "model_name", pl->cfg->name);
 	if (v2.binary)
-		json_object_set_new(meta, "v2_header_length", json_integer((json_int_t)v2.header_len));
+		json_object_set_new(meta, "v2_header_length",
+				    json_integer((json_int_t)v2.header_len));
 	if (v2.binary_output)
 		json_object_set_new(meta, "v2_binary_output", json_true());
 	struct bt_request *req = bt_request_new(pl, in.body, in.len, meta);
@@ -458,13 +471,15 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 	bt_v2_request_release(&v2);
 	if (call->deadline_ms) {
 		uint64_t now = bt_now_ms();
-		long long left = call->deadline_ms > now ? (long long)(call->deadline_ms - now) * 1000 : 1;
+		long long left =
+		    call->deadline_ms > now ? (long long)(call->deadline_ms - now) * 1000 : 1;
 		if (!timeout_us || left < timeout_us)
 			timeout_us = left;
 	}
 	if (timeout_us > 0)
 		req->client_deadline_ms =
-			bt_now_ms() + (uint64_t)((BT_MIN(timeout_us, CLIENT_TIMEOUT_MAX_US) + 999) / 1000);
+		    bt_now_ms() +
+		    (uint64_t)((BT_MIN(timeout_us, CLIENT_TIMEOUT_MAX_US) + 999) / 1000);
 	struct job *j = bt_calloc(1, sizeof(*j));
 	j->call = call;
 	j->g = g;
@@ -517,8 +532,8 @@ static struct bt_pipeline *model(struct call *call, const char *name, const char
 	struct bt_grpc *g = call->c->g;
 	struct bt_pipeline *pl = g->ops->pipeline(g->arg, name ? name : "");
 	if (!pl)
-		finish(call, BT_GRPC_NOT_FOUND, "unknown model '%.100s' (models are baton's pipelines)",
-		       name ? name : "");
+		finish(call, BT_GRPC_NOT_FOUND,
+		       "unknown model '%.100s' (models are baton's pipelines)", name ? name : "");
 	else if (version && version[0] && strcmp(version, "1")) {
 		finish(call, BT_GRPC_NOT_FOUND, "model '%.100s' has no version '%.64s' (only '1')",
 		       name, version);
@@ -554,10 +569,13 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 		return;
 	}
 	case M_MODEL_READY: {
-		Inference__ModelReadyRequest *q = bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
-			? NULL : inference__model_ready_request__unpack(NULL, len, msg);
+		Inference__ModelReadyRequest *q =
+		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+			? NULL
+			: inference__model_ready_request__unpack(NULL, len, msg);
 		if (!q) {
-			finish(call, BT_GRPC_INVALID_ARGUMENT, "the message is not a ModelReadyRequest");
+			finish(call, BT_GRPC_INVALID_ARGUMENT,
+			       "the message is not a ModelReadyRequest");
 			return;
 		}
 		struct bt_pipeline *pl = model(call, q->name, q->version);
@@ -571,15 +589,18 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 	}
 	case M_MODEL_METADATA: {
 		Inference__ModelMetadataRequest *q =
-			bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
-				? NULL : inference__model_metadata_request__unpack(NULL, len, msg);
+		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+			? NULL
+			: inference__model_metadata_request__unpack(NULL, len, msg);
 		if (!q) {
-			finish(call, BT_GRPC_INVALID_ARGUMENT, "the message is not a ModelMetadataRequest");
+			finish(call, BT_GRPC_INVALID_ARGUMENT,
+			       "the message is not a ModelMetadataRequest");
 			return;
 		}
 		struct bt_pipeline *pl = model(call, q->name, q->version);
 		if (pl) {
-			Inference__ModelMetadataResponse r = INFERENCE__MODEL_METADATA_RESPONSE__INIT;
+			Inference__ModelMetadataResponse r =
+			    INFERENCE__MODEL_METADATA_RESPONSE__INIT;
 			Inference__ModelMetadataResponse__TensorMetadata *si, *so;
 			char *versions[] = {"1"};
 			r.name = (char *)pl->cfg->name;
@@ -613,7 +634,8 @@ static void headers_done(struct call *call)
 {
 	struct bt_grpc *g = call->c->g;
 	if (call->method == M_UNKNOWN) {
-		finish(call, BT_GRPC_UNIMPLEMENTED, "no such method (baton serves %s*)", SERVICE_PREFIX);
+		finish(call, BT_GRPC_UNIMPLEMENTED, "no such method (baton serves %s*)",
+		       SERVICE_PREFIX);
 		return;
 	}
 	if (!call->post || !call->grpc_ctype) {
@@ -628,9 +650,12 @@ static void headers_done(struct call *call)
 		return;
 	}
 	if (call->bad_timeout)
-		finish(call, BT_GRPC_INVALID_ARGUMENT, "grpc-timeout is not <1-8 digits><H|M|S|m|u|n>");
+		finish(call, BT_GRPC_INVALID_ARGUMENT,
+		       "grpc-timeout is not <1-8 digits><H|M|S|m|u|n>");
 	else if (call->timeout_us)
-		call->deadline_ms = bt_now_ms() + (BT_MIN(call->timeout_us, (uint64_t)CLIENT_TIMEOUT_MAX_US) + 999) / 1000;
+		call->deadline_ms =
+		    bt_now_ms() +
+		    (BT_MIN(call->timeout_us, (uint64_t)CLIENT_TIMEOUT_MAX_US) + 999) / 1000;
 }
 
 /* Takes every whole message out of call->in. */
@@ -639,8 +664,8 @@ static void messages(struct call *call)
 	struct bt_grpc *g = call->c->g;
 	size_t max = CFG(g)->max_request_bytes, n, off = 0;
 	int r;
-	while (!call->discard &&
-	       (r = bt_grpc_frame_next((uint8_t *)call->in.data + off, call->in.len - off, max, &n))) {
+	while (!call->discard && (r = bt_grpc_frame_next((uint8_t *)call->in.data + off,
+							 call->in.len - off, max, &n))) {
 		if (r == -1) {
 			finish(call, BT_GRPC_RESOURCE_EXHAUSTED,
 			       "a message of %zu bytes is over max_request_bytes (%zu)", n, max);
@@ -648,7 +673,8 @@ static void messages(struct call *call)
 		}
 		if (r == -2) {
 			finish(call, BT_GRPC_UNIMPLEMENTED,
-			       "compressed messages are not supported (grpc-accept-encoding: identity)");
+			       "compressed messages are not supported (grpc-accept-encoding: "
+			       "identity)");
 			break;
 		}
 		const uint8_t *msg = (uint8_t *)call->in.data + off + BT_GRPC_PREFIX;
@@ -810,7 +836,8 @@ static int data_chunk_cb(nghttp2_session *s, uint8_t flags, int32_t id, const ui
 	c->active_ms = bt_now_ms();
 	if (g->buffered + len > CFG(g)->http_max_buffered_bytes) {
 		finish(call, BT_GRPC_UNAVAILABLE,
-		       "baton holds %zu bytes for clients, at its http.max_buffered_bytes (%zu): try again later",
+		       "baton holds %zu bytes for clients, at its http.max_buffered_bytes (%zu): "
+		       "try again later",
 		       g->buffered, CFG(g)->http_max_buffered_bytes);
 		return 0;
 	}
@@ -1113,9 +1140,9 @@ static void accept_cb(uv_stream_t *server, int status)
 	nghttp2_session_server_new2(&c->s, callbacks(), c, opt);
 	nghttp2_option_del(opt);
 	nghttp2_settings_entry iv[] = {
-		{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, CFG(g)->grpc_max_streams},
-		{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
-		{NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HEADERS_MAX},
+	    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, CFG(g)->grpc_max_streams},
+	    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+	    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HEADERS_MAX},
 	};
 	nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, iv, BT_ARRAY_SIZE(iv));
 	nghttp2_session_set_local_window_size(c->s, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
@@ -1155,7 +1182,8 @@ static void sweep_cb(uv_timer_t *t)
 		if (c->lingering_ms) {
 			if (now - c->lingering_ms >= 2000)
 				conn_close(c);
-		} else if (c->stalled_ms && now - c->stalled_ms >= (uint64_t)CFG(g)->http_write_timeout_s * 1000) {
+		} else if (c->stalled_ms &&
+			   now - c->stalled_ms >= (uint64_t)CFG(g)->http_write_timeout_s * 1000) {
 			bt_warn("gRPC client did not take its answers in time: dropped",
 				"bytes=%zu write_timeout_s=%u", c->out_pending + c->writing,
 				CFG(g)->http_write_timeout_s);
@@ -1208,20 +1236,25 @@ void bt_grpc_metrics(const struct bt_grpc *g, struct bt_buf *out)
 {
 	if (!g)
 		return;
-	bt_buf_puts(out, "# HELP baton_grpc_calls_total gRPC calls (and ModelStreamInfer answers) by method and status.\n"
+	bt_buf_puts(out, "# HELP baton_grpc_calls_total gRPC calls (and ModelStreamInfer answers) "
+			 "by method and status.\n"
 			 "# TYPE baton_grpc_calls_total counter\n");
 	for (int m = 0; m < M_COUNT; m++)
 		for (int s = 0; s < BT_GRPC_STATUS_COUNT; s++)
 			if (g->counts[m][s])
-				bt_buf_printf(out, "baton_grpc_calls_total{method=\"%s\",code=\"%s\"} %llu\n",
-					      method_names[m], bt_grpc_status_name(s),
-					      (unsigned long long)g->counts[m][s]);
-	bt_buf_printf(out, "# HELP baton_grpc_connections Open gRPC connections.\n"
-			   "# TYPE baton_grpc_connections gauge\nbaton_grpc_connections %u\n",
+				bt_buf_printf(
+				    out, "baton_grpc_calls_total{method=\"%s\",code=\"%s\"} %llu\n",
+				    method_names[m], bt_grpc_status_name(s),
+				    (unsigned long long)g->counts[m][s]);
+	bt_buf_printf(out,
+		      "# HELP baton_grpc_connections Open gRPC connections.\n"
+		      "# TYPE baton_grpc_connections gauge\nbaton_grpc_connections %u\n",
 		      g->nconns);
-	bt_buf_printf(out, "# HELP baton_grpc_connections_refused_total gRPC connections closed at grpc.max_connections.\n"
-			   "# TYPE baton_grpc_connections_refused_total counter\n"
-			   "baton_grpc_connections_refused_total %llu\n",
+	bt_buf_printf(out,
+		      "# HELP baton_grpc_connections_refused_total gRPC connections closed at "
+		      "grpc.max_connections.\n"
+		      "# TYPE baton_grpc_connections_refused_total counter\n"
+		      "baton_grpc_connections_refused_total %llu\n",
 		      (unsigned long long)g->refused_conns);
 }
 

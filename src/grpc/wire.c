@@ -18,10 +18,23 @@
 #include "inference.pb-c.h"
 
 static const char *const status_names[BT_GRPC_STATUS_COUNT] = {
-	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-	"UNAUTHENTICATED",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
 };
 
 const char *bt_grpc_status_name(int status)
@@ -30,7 +43,7 @@ const char *bt_grpc_status_name(int status)
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -75,13 +88,25 @@ int bt_grpc_timeout_parse(const char *v, uint64_t *us)
 	if (i == 0 || i > 8 || !v[i] || v[i + 1])
 		return -1;
 	switch (v[i]) {
-	case 'H': n *= 3600ULL * 1000000; break;
-	case 'M': n *= 60ULL * 1000000; break;
-	case 'S': n *= 1000000; break;
-	case 'm': n *= 1000; break;
-	case 'u': break;
-	case 'n': n /= 1000; break;
-	default: return -1;
+	case 'H':
+		n *= 3600ULL * 1000000;
+		break;
+	case 'M':
+		n *= 60ULL * 1000000;
+		break;
+	case 'S':
+		n *= 1000000;
+		break;
+	case 'm':
+		n *= 1000;
+		break;
+	case 'u':
+		break;
+	case 'n':
+		n /= 1000;
+		break;
+	default:
+		return -1;
 	}
 	*us = n ? n : 1;
 	return 0;
@@ -125,7 +150,8 @@ int bt_grpc_string_has_nul(const uint8_t *msg, size_t len, uint32_t fields)
 		case 2:
 			if (get_varint(&p, end, &n) || n > (uint64_t)(end - p))
 				return -1;
-			if ((key >> 3) < 32 && (fields >> (key >> 3) & 1) && memchr(p, 0, (size_t)n))
+			if ((key >> 3) < 32 && (fields >> (key >> 3) & 1) &&
+			    memchr(p, 0, (size_t)n))
 				return 1;
 			p += n;
 			break;
@@ -159,7 +185,8 @@ static json_t *param_json(const Inference__InferParameter *p)
 		return isfinite(p->double_param) ? json_real(p->double_param) : NULL;
 	case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_UINT64_PARAM:
 		return p->uint64_param <= (uint64_t)INT64_MAX
-			       ? json_integer((json_int_t)p->uint64_param) : NULL;
+			   ? json_integer((json_int_t)p->uint64_param)
+			   : NULL;
 	default:
 		return NULL;
 	}
@@ -175,14 +202,15 @@ struct param_entry {
 	Inference__InferParameter *value;
 };
 
-static int params_json(struct param_entry **entries, size_t n, json_t *into,
-		       const char *where, char *err, size_t errlen)
+static int params_json(struct param_entry **entries, size_t n, json_t *into, const char *where,
+		       char *err, size_t errlen)
 {
 	for (size_t i = 0; i < n; i++) {
 		json_t *v = param_json(entries[i]->value);
 		if (!v)
 			return fail(err, errlen,
-				    "%sparameter '%.64s' has no value, or one JSON cannot hold (a string not UTF-8, a uint64 over 2^63-1, a double not finite)",
+				    "%sparameter '%.64s' has no value, or one JSON cannot hold (a "
+				    "string not UTF-8, a uint64 over 2^63-1, a double not finite)",
 				    where, entries[i]->key);
 		if (json_object_set_new(into, entries[i]->key, v))
 			return fail(err, errlen, "%sparameter name is not UTF-8", where);
@@ -214,20 +242,20 @@ static const struct {
 	unsigned size;
 	long long min, max;
 } types[] = {
-	{"BOOL", F_BOOL, 1, 0, 1},
-	{"UINT8", F_UINT, 1, 0, UINT8_MAX},
-	{"UINT16", F_UINT, 2, 0, UINT16_MAX},
-	{"UINT32", F_UINT, 4, 0, UINT32_MAX},
-	{"UINT64", F_UINT64, 8, 0, 0},
-	{"INT8", F_INT, 1, INT8_MIN, INT8_MAX},
-	{"INT16", F_INT, 2, INT16_MIN, INT16_MAX},
-	{"INT32", F_INT, 4, INT32_MIN, INT32_MAX},
-	{"INT64", F_INT64, 8, 0, 0},
-	{"FP16", F_NONE, 2, 0, 0},
-	{"BF16", F_NONE, 2, 0, 0},
-	{"FP32", F_FP32, 4, 0, 0},
-	{"FP64", F_FP64, 8, 0, 0},
-	{"BYTES", F_BYTES, 0, 0, 0},
+    {"BOOL", F_BOOL, 1, 0, 1},
+    {"UINT8", F_UINT, 1, 0, UINT8_MAX},
+    {"UINT16", F_UINT, 2, 0, UINT16_MAX},
+    {"UINT32", F_UINT, 4, 0, UINT32_MAX},
+    {"UINT64", F_UINT64, 8, 0, 0},
+    {"INT8", F_INT, 1, INT8_MIN, INT8_MAX},
+    {"INT16", F_INT, 2, INT16_MIN, INT16_MAX},
+    {"INT32", F_INT, 4, INT32_MIN, INT32_MAX},
+    {"INT64", F_INT64, 8, 0, 0},
+    {"FP16", F_NONE, 2, 0, 0},
+    {"BF16", F_NONE, 2, 0, 0},
+    {"FP32", F_FP32, 4, 0, 0},
+    {"FP64", F_FP64, 8, 0, 0},
+    {"BYTES", F_BYTES, 0, 0, 0},
 };
 
 static int type_find(const char *name)
@@ -242,15 +270,24 @@ static int type_find(const char *name)
 static size_t field_count(const Inference__InferTensorContents *c, enum field f)
 {
 	switch (f) {
-	case F_BOOL: return c->n_bool_contents;
-	case F_INT: return c->n_int_contents;
-	case F_INT64: return c->n_int64_contents;
-	case F_UINT: return c->n_uint_contents;
-	case F_UINT64: return c->n_uint64_contents;
-	case F_FP32: return c->n_fp32_contents;
-	case F_FP64: return c->n_fp64_contents;
-	case F_BYTES: return c->n_bytes_contents;
-	default: return 0;
+	case F_BOOL:
+		return c->n_bool_contents;
+	case F_INT:
+		return c->n_int_contents;
+	case F_INT64:
+		return c->n_int64_contents;
+	case F_UINT:
+		return c->n_uint_contents;
+	case F_UINT64:
+		return c->n_uint64_contents;
+	case F_FP32:
+		return c->n_fp32_contents;
+	case F_FP64:
+		return c->n_fp64_contents;
+	case F_BYTES:
+		return c->n_bytes_contents;
+	default:
+		return 0;
 	}
 }
 
@@ -262,8 +299,9 @@ static int contents_binary(const Inference__ModelInferRequest__InferInputTensor 
 	enum field f = types[ti].field;
 	unsigned size = types[ti].size;
 	if (f == F_NONE)
-		return fail(err, errlen, "input '%.64s': %s tensors travel in raw_input_contents only",
-			    t->name, types[ti].name);
+		return fail(err, errlen,
+			    "input '%.64s': %s tensors travel in raw_input_contents only", t->name,
+			    types[ti].name);
 	for (int g = F_BOOL; g < F_NONE; g++)
 		if ((enum field)g != f && field_count(c, (enum field)g))
 			return fail(err, errlen,
@@ -272,22 +310,38 @@ static int contents_binary(const Inference__ModelInferRequest__InferInputTensor 
 	for (size_t i = 0; i < field_count(c, f); i++) {
 		long long v = 0;
 		switch (f) {
-		case F_BOOL: put_le(b, c->bool_contents[i] ? 1 : 0, 1); continue;
-		case F_INT64: put_le(b, (uint64_t)c->int64_contents[i], 8); continue;
-		case F_UINT64: put_le(b, c->uint64_contents[i], 8); continue;
-		case F_FP32: bt_buf_append(b, &c->fp32_contents[i], 4); continue;
-		case F_FP64: bt_buf_append(b, &c->fp64_contents[i], 8); continue;
+		case F_BOOL:
+			put_le(b, c->bool_contents[i] ? 1 : 0, 1);
+			continue;
+		case F_INT64:
+			put_le(b, (uint64_t)c->int64_contents[i], 8);
+			continue;
+		case F_UINT64:
+			put_le(b, c->uint64_contents[i], 8);
+			continue;
+		case F_FP32:
+			bt_buf_append(b, &c->fp32_contents[i], 4);
+			continue;
+		case F_FP64:
+			bt_buf_append(b, &c->fp64_contents[i], 8);
+			continue;
 		case F_BYTES:
 			put_bytes(b, c->bytes_contents[i].data, c->bytes_contents[i].len);
 			continue;
-		case F_INT: v = c->int_contents[i]; break;
-		case F_UINT: v = c->uint_contents[i]; break;
-		default: break;
+		case F_INT:
+			v = c->int_contents[i];
+			break;
+		case F_UINT:
+			v = c->uint_contents[i];
+			break;
+		default:
+			break;
 		}
 		if (v < types[ti].min || v > types[ti].max)
-			return fail(err, errlen,
-				    "input '%.64s': element %zu is %lld, outside the %s range [%lld, %lld]",
-				    t->name, i, v, types[ti].name, types[ti].min, types[ti].max);
+			return fail(
+			    err, errlen,
+			    "input '%.64s': element %zu is %lld, outside the %s range [%lld, %lld]",
+			    t->name, i, v, types[ti].name, types[ti].min, types[ti].max);
 		put_le(b, (uint64_t)v, size);
 	}
 	return 0;
@@ -338,8 +392,8 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 			goto done;
 		}
 		json_object_set_new(in, "shape", shape_json(t->shape, t->n_shape));
-		if (params_json((struct param_entry **)t->parameters, t->n_parameters, ip, where, err,
-				errlen))
+		if (params_json((struct param_entry **)t->parameters, t->n_parameters, ip, where,
+				err, errlen))
 			goto done;
 		size_t before = tensors.len;
 		if (raw) {
@@ -413,7 +467,7 @@ int bt_grpc_infer_decode(const uint8_t *msg, size_t len, struct bt_grpc_infer *o
 		return BT_GRPC_INVALID_ARGUMENT;
 	}
 	Inference__ModelInferRequest *m =
-		nul ? NULL : inference__model_infer_request__unpack(NULL, len, msg);
+	    nul ? NULL : inference__model_infer_request__unpack(NULL, len, msg);
 	if (!m) {
 		fail(err, errlen, "the message is not a ModelInferRequest");
 		return BT_GRPC_INVALID_ARGUMENT;
@@ -457,10 +511,12 @@ static int json_param(json_t *v, Inference__InferParameter *p)
 		p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
 		p->int64_param = json_integer_value(v);
 	} else if (json_is_real(v)) {
-		p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+		p->parameter_choice_case =
+		    INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
 		p->double_param = json_real_value(v);
 	} else if (json_is_string(v)) {
-		p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
+		p->parameter_choice_case =
+		    INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
 		p->string_param = (char *)json_string_value(v);
 	} else {
 		return -1; /* objects, arrays, null: no InferParameter holds them */
@@ -486,7 +542,8 @@ static int data_element(struct bt_buf *b, int ti, json_t *v)
 		return 0;
 	case F_INT64:
 	case F_UINT64:
-		if (!json_is_integer(v) || (types[ti].field == F_UINT64 && json_integer_value(v) < 0))
+		if (!json_is_integer(v) ||
+		    (types[ti].field == F_UINT64 && json_integer_value(v) < 0))
 			return -1;
 		put_le(b, (uint64_t)json_integer_value(v), 8);
 		return 0;
@@ -543,9 +600,8 @@ static void resp_release(struct resp *r)
 	free(r->pv);
 }
 
-int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
-			    const char *model, const char *id, uint8_t **out, size_t *outlen,
-			    char *err, size_t errlen)
+int bt_grpc_response_encode(const char *body, size_t len, long long header_len, const char *model,
+			    const char *id, uint8_t **out, size_t *outlen, char *err, size_t errlen)
 {
 	struct resp r;
 	json_error_t jerr;
@@ -555,7 +611,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 	*outlen = 0;
 	if (header_len == 0 || header_len < -1 ||
 	    (header_len > 0 && (unsigned long long)header_len > len))
-		return fail(err, errlen, "JSON header length %lld is out of range for a %zu-byte answer",
+		return fail(err, errlen,
+			    "JSON header length %lld is out of range for a %zu-byte answer",
 			    header_len, len);
 	size_t jlen = header_len < 0 ? len : (size_t)header_len;
 	size_t off = jlen; /* where the next binary output starts */
@@ -571,7 +628,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 		goto done;
 	}
 	inference__model_infer_response__init(&r.m);
-	json_t *mn = json_object_get(root, "model_name"), *mv = json_object_get(root, "model_version");
+	json_t *mn = json_object_get(root, "model_name"),
+	       *mv = json_object_get(root, "model_version");
 	json_t *jid = json_object_get(root, "id");
 	r.m.model_name = (char *)(json_is_string(mn) ? json_string_value(mn) : model ? model : "");
 	r.m.model_version = (char *)(json_is_string(mv) ? json_string_value(mv) : "1");
@@ -585,10 +643,12 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 	const char *key;
 	json_t *val;
 	if (np)
-		json_object_foreach(params, key, val) {
+		json_object_foreach(params, key, val)
+		{
 			if (json_param(val, &r.pv[r.m.n_parameters]))
 				continue;
-			inference__model_infer_response__parameters_entry__init(&r.pe[r.m.n_parameters]);
+			inference__model_infer_response__parameters_entry__init(
+			    &r.pe[r.m.n_parameters]);
 			r.pe[r.m.n_parameters].key = (char *)key;
 			r.pe[r.m.n_parameters].value = &r.pv[r.m.n_parameters];
 			r.pep[r.m.n_parameters] = &r.pe[r.m.n_parameters];
@@ -606,13 +666,15 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 		json_t *o = json_array_get(outputs, i);
 		json_t *name = json_object_get(o, "name"), *dt = json_object_get(o, "datatype");
 		json_t *shape = json_object_get(o, "shape"), *data = json_object_get(o, "data");
-		json_t *bsize = json_object_get(json_object_get(o, "parameters"), "binary_data_size");
+		json_t *bsize =
+		    json_object_get(json_object_get(o, "parameters"), "binary_data_size");
 		Inference__ModelInferResponse__InferOutputTensor *t = &r.outs[i];
 		inference__model_infer_response__infer_output_tensor__init(t);
 		r.outp[i] = t;
 		r.m.n_outputs = i + 1;
 		if (!json_is_string(name) || !json_is_string(dt) || !json_is_array(shape)) {
-			fail(err, errlen, "outputs[%zu] needs a string name and datatype and a shape array", i);
+			fail(err, errlen,
+			     "outputs[%zu] needs a string name and datatype and a shape array", i);
 			goto done;
 		}
 		t->name = (char *)json_string_value(name);
@@ -622,7 +684,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 		for (size_t k = 0; k < t->n_shape; k++) {
 			json_t *d = json_array_get(shape, k);
 			if (!json_is_integer(d)) {
-				fail(err, errlen, "output '%.64s': shape[%zu] is not an integer", t->name, k);
+				fail(err, errlen, "output '%.64s': shape[%zu] is not an integer",
+				     t->name, k);
 				goto done;
 			}
 			t->shape[k] = json_integer_value(d);
@@ -630,7 +693,9 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 		if (bsize) {
 			if (!json_is_integer(bsize) || json_integer_value(bsize) < 0 ||
 			    (unsigned long long)json_integer_value(bsize) > len - off) {
-				fail(err, errlen, "output '%.64s': binary_data_size is not within the answer's %zu binary bytes",
+				fail(err, errlen,
+				     "output '%.64s': binary_data_size is not within the answer's "
+				     "%zu binary bytes",
 				     t->name, len - jlen);
 				goto done;
 			}
@@ -640,7 +705,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 		} else {
 			int ti = type_find(t->datatype);
 			if (ti < 0 || !data || data_walk(&r.converted[i], ti, data, 0)) {
-				fail(err, errlen, "output '%.64s': its \"data\" is missing or not %s elements",
+				fail(err, errlen,
+				     "output '%.64s': its \"data\" is missing or not %s elements",
 				     t->name, t->datatype);
 				goto done;
 			}
@@ -649,7 +715,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
 		}
 	}
 	if (off != len) {
-		fail(err, errlen, "the answer has %zu binary bytes that no output claims", len - off);
+		fail(err, errlen, "the answer has %zu binary bytes that no output claims",
+		     len - off);
 		goto done;
 	}
 	r.m.outputs = r.outp;

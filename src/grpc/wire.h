@@ -57,12 +57,12 @@ int bt_grpc_string_has_nul(const uint8_t *msg, size_t len, uint32_t fields);
 
 /* A ModelInferRequest turned into what the HTTP ingress would have received. */
 struct bt_grpc_infer {
-	char *model; /* model_name */
+	char *model;   /* model_name */
 	char *version; /* model_version ("" when absent) */
-	char *body; /* v2 JSON header, then the binary tensors */
+	char *body;    /* v2 JSON header, then the binary tensors */
 	size_t len;
 	size_t header_len; /* JSON bytes at the start of body */
-	int binary; /* tensors follow the JSON */
+	int binary;	   /* tensors follow the JSON */
 };
 
 /*
@@ -84,9 +84,9 @@ void bt_grpc_infer_release(struct bt_grpc_infer *in);
  * "data".  model and id fill what the worker left out.  Returns 0 with a
  * malloc'd message in *out, or -1 with a sentence in err.
  */
-int bt_grpc_response_encode(const char *body, size_t len, long long header_len,
-			    const char *model, const char *id, uint8_t **out, size_t *outlen,
-			    char *err, size_t errlen);
+int bt_grpc_response_encode(const char *body, size_t len, long long header_len, const char *model,
+			    const char *id, uint8_t **out, size_t *outlen, char *err,
+			    size_t errlen);
 
 /*
  * Wraps a serialized ModelInferResponse and, when error is not NULL, an

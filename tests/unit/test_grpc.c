@@ -56,7 +56,7 @@ static uint8_t *typed_request(int32_t third, size_t *len)
 {
 	Inference__ModelInferRequest q = INFERENCE__MODEL_INFER_REQUEST__INIT;
 	Inference__ModelInferRequest__InferInputTensor t =
-		INFERENCE__MODEL_INFER_REQUEST__INFER_INPUT_TENSOR__INIT;
+	    INFERENCE__MODEL_INFER_REQUEST__INFER_INPUT_TENSOR__INIT;
 	Inference__ModelInferRequest__InferInputTensor *tp = &t;
 	Inference__InferTensorContents c = INFERENCE__INFER_TENSOR_CONTENTS__INIT;
 	int64_t shape[] = {3};
@@ -91,19 +91,22 @@ Test(grpc, typed_contents_become_the_binary_body_the_v2_checks_accept)
 	json_t *doc = json_loadb(in.body, in.header_len, 0, NULL);
 	cr_assert_not_null(doc);
 	cr_expect_str_eq(json_string_value(json_object_get(doc, "id")), "r9");
-	json_t *p = json_object_get(json_object_get(json_array_get(json_object_get(doc, "inputs"), 0),
-						    "parameters"), "binary_data_size");
+	json_t *p = json_object_get(
+	    json_object_get(json_array_get(json_object_get(doc, "inputs"), 0), "parameters"),
+	    "binary_data_size");
 	cr_expect_eq(json_integer_value(p), 3);
 	json_decref(doc);
 	struct bt_v2_request v2;
-	cr_expect_eq(bt_v2_parse_infer(in.body, in.len, (long long)in.header_len, &v2, err,
-				       sizeof(err)), 0, "%s", err);
+	cr_expect_eq(
+	    bt_v2_parse_infer(in.body, in.len, (long long)in.header_len, &v2, err, sizeof(err)), 0,
+	    "%s", err);
 	cr_expect(v2.binary_output);
 	bt_v2_request_release(&v2);
 	bt_grpc_infer_release(&in);
 	free(msg);
 	msg = typed_request(128, &len);
-	cr_expect_eq(bt_grpc_infer_decode(msg, len, &in, err, sizeof(err)), BT_GRPC_INVALID_ARGUMENT);
+	cr_expect_eq(bt_grpc_infer_decode(msg, len, &in, err, sizeof(err)),
+		     BT_GRPC_INVALID_ARGUMENT);
 	cr_expect(strstr(err, "outside the INT8 range"), "%s", err);
 	bt_grpc_infer_release(&in);
 	free(msg);
@@ -114,18 +117,21 @@ Test(grpc, typed_contents_become_the_binary_body_the_v2_checks_accept)
 
 Test(grpc, answers_become_raw_outputs_binary_or_json)
 {
-	const char hdr[] = "{\"outputs\":[{\"name\":\"a\",\"datatype\":\"FP32\",\"shape\":[1],"
-			   "\"parameters\":{\"binary_data_size\":4}},{\"name\":\"b\",\"datatype\":"
-			   "\"INT16\",\"shape\":[2],\"data\":[[1],[-2]]}],\"parameters\":{\"k\":1}}";
+	const char hdr[] =
+	    "{\"outputs\":[{\"name\":\"a\",\"datatype\":\"FP32\",\"shape\":[1],"
+	    "\"parameters\":{\"binary_data_size\":4}},{\"name\":\"b\",\"datatype\":"
+	    "\"INT16\",\"shape\":[2],\"data\":[[1],[-2]]}],\"parameters\":{\"k\":1}}";
 	size_t hl = strlen(hdr), len = hl + 4;
 	char *body = malloc(len);
 	memcpy(body, hdr, hl);
 	memcpy(body + hl, "\x00\x00\x80\x3f", 4);
 	uint8_t *out;
 	size_t outlen;
-	cr_assert_eq(bt_grpc_response_encode(body, len, (long long)hl, "m", "r1", &out, &outlen, err,
-					     sizeof(err)), 0, "%s", err);
-	Inference__ModelInferResponse *r = inference__model_infer_response__unpack(NULL, outlen, out);
+	cr_assert_eq(bt_grpc_response_encode(body, len, (long long)hl, "m", "r1", &out, &outlen,
+					     err, sizeof(err)),
+		     0, "%s", err);
+	Inference__ModelInferResponse *r =
+	    inference__model_infer_response__unpack(NULL, outlen, out);
 	cr_assert_not_null(r);
 	cr_expect_str_eq(r->model_name, "m");
 	cr_expect_str_eq(r->id, "r1");
@@ -142,7 +148,7 @@ Test(grpc, answers_become_raw_outputs_binary_or_json)
 	size_t n;
 	cr_assert_eq(bt_grpc_frame_next(w, wl, 1 << 20, &n), 1);
 	Inference__ModelStreamInferResponse *s =
-		inference__model_stream_infer_response__unpack(NULL, n, w + BT_GRPC_PREFIX);
+	    inference__model_stream_infer_response__unpack(NULL, n, w + BT_GRPC_PREFIX);
 	cr_assert_not_null(s);
 	cr_expect_str_eq(s->error_message, "oops");
 	cr_expect_str_eq(s->infer_response->id, "r1");
@@ -151,13 +157,15 @@ Test(grpc, answers_become_raw_outputs_binary_or_json)
 	free(out);
 	/* Binary bytes no output claims: not a v2 answer. */
 	cr_expect_eq(bt_grpc_response_encode(body, len, (long long)hl - 0, "m", NULL, &out, &outlen,
-					     err, sizeof(err)), 0);
+					     err, sizeof(err)),
+		     0);
 	free(out);
 	char *more = malloc(len + 1);
 	memcpy(more, body, len);
 	more[len] = 0;
 	cr_expect_eq(bt_grpc_response_encode(more, len + 1, (long long)hl, "m", NULL, &out, &outlen,
-					     err, sizeof(err)), -1);
+					     err, sizeof(err)),
+		     -1);
 	cr_expect(strstr(err, "no output claims"), "%s", err);
 	free(more);
 	free(body);
