@@ -8,7 +8,8 @@ PY         := /usr/bin/python3
 
 BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
               libjansson-dev libyaml-dev libcriterion-dev python3 python3-venv \
-              libtesseract-dev libleptonica-dev libpq-dev
+              libtesseract-dev libleptonica-dev libpq-dev libnghttp2-dev \
+              libprotobuf-c-dev protobuf-c-compiler
 # What the documents example runs with: OpenCV, tesseract's English model,
 # poppler for PDFs, Pillow and DejaVu to draw the sample pages.
 DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
@@ -25,10 +26,12 @@ STATIONS_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 # pytest-xdist: the end-to-end tests mostly wait on processes, so two at once
 # (-n 2) take half the time on two cores.
 TEST_PKGS  := python3-pytest python3-pytest-xdist wrk valgrind groff-base chromium chromium-driver \
-	      python3-selenium \
+	      python3-selenium python3-grpcio python3-grpc-tools \
 	      $(DEMO_PKGS) $(TIMESERIES_PKGS) $(STATIONS_PKGS)
-BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2 python3-fastapi python3-uvicorn linux-perf
-FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev
+BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2 python3-fastapi python3-uvicorn \
+	      linux-perf nghttp2-client
+FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev \
+	      libprotobuf-c-dev protobuf-c-compiler
 FUZZ_SECONDS ?= 60
 # `make deb`: Debian's own tools, and lintian for the result.
 DEB_PKGS   := debhelper dpkg-dev fakeroot lintian
@@ -125,6 +128,7 @@ demo-stations: build
 bench: build test-deps
 	$(call apt_install,$(BENCH_PKGS))
 	$(PY) bench/hop/run.py --build $(abspath $(BUILD))
+	$(PY) bench/grpc/run.py --build $(abspath $(BUILD))
 	$(PY) bench/batching/run.py --build $(abspath $(BUILD))
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 	$(PY) bench/autoscale/run.py --build $(abspath $(BUILD))
@@ -134,8 +138,8 @@ bench: build test-deps
 	$(PY) bench/replicas/run.py --build $(abspath $(BUILD))
 	$(PY) bench/stations/run.py --build $(abspath $(BUILD))
 
-# libFuzzer on the frame decoder, the config loader and the v2 checks, all
-# three at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.
+# libFuzzer on the frame decoder, the config loader, the v2 checks and the
+# gRPC framing + protobuf decoding, all four at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.
 fuzz:
 	$(call apt_install,$(FUZZ_PKGS))
 	sh fuzz/run.sh $(FUZZ_SECONDS)

@@ -1,8 +1,10 @@
 #!/bin/sh
 # Builds the libFuzzer targets of baton's pure parsers into build-fuzz/:
 # fuzz_frame (worker protocol frames), fuzz_config (the YAML loader) and
-# fuzz_v2 (KServe v2 requests and answers), with ASan, UBSan and libFuzzer.
-# Needs clang and its fuzzer runtime (Debian: clang, libclang-rt-14-dev).
+# fuzz_v2 (KServe v2 requests and answers) and fuzz_grpc (gRPC message
+# framing and the v2 protobuf messages), with ASan, UBSan and libFuzzer.
+# Needs clang and its fuzzer runtime (Debian: clang, libclang-rt-14-dev),
+# protobuf-c (libprotobuf-c-dev, protobuf-c-compiler).
 #
 #   sh fuzz/build.sh            # CC=clang-15 sh fuzz/build.sh for another clang
 set -eu
@@ -18,7 +20,7 @@ if ! command -v "$CC" >/dev/null 2>&1; then
 	echo "fuzz/build.sh: no '$CC'; install clang and libclang-rt-14-dev" >&2
 	exit 2
 fi
-for lib in jansson yaml-0.1 libuv; do
+for lib in jansson yaml-0.1 libuv libprotobuf-c; do
 	if ! pkg-config --exists "$lib"; then
 		echo "fuzz/build.sh: pkg-config finds no '$lib' (install its -dev package)" >&2
 		exit 2
@@ -31,9 +33,13 @@ mkdir -p "$out/obj"
 # final link pulls in libFuzzer's main.
 san="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 cflags="-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra
-	-Wstrict-prototypes -Wno-format-zero-length -I$root/src
-	$(pkg-config --cflags jansson yaml-0.1 libuv)"
-libs="$(pkg-config --libs jansson yaml-0.1 libuv) -lm -ldl"
+	-Wstrict-prototypes -Wno-format-zero-length -I$root/src -I$out/gen
+	$(pkg-config --cflags jansson yaml-0.1 libuv libprotobuf-c)"
+libs="$(pkg-config --libs jansson yaml-0.1 libuv libprotobuf-c) -lm -ldl"
+
+# The gRPC messages' C code, generated from the .proto as meson does.
+mkdir -p "$out/gen"
+protoc-c --c_out="$out/gen" --proto_path="$root/src/grpc" "$root/src/grpc/inference.proto"
 
 # Checks that the compiler can build and link a fuzzer at all, so that a
 # missing runtime is named instead of showing as a wall of link errors.
@@ -58,6 +64,8 @@ compile() {
 compile common src/common/common.c
 compile frame src/proto/frame.c
 compile v2 src/http/v2.c
+compile wire src/grpc/wire.c
+compile inference_pb build-fuzz/gen/inference.pb-c.c
 # The loader's fopen goes through fuzz_config.c's bt_fuzz_fopen, which
 # refuses writes and reads of anything but small regular files.
 compile config src/config/config.c -Dfopen=bt_fuzz_fopen
@@ -78,4 +86,5 @@ target() {
 target frame frame common
 target config config common
 target v2 v2 common
-echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2"
+target grpc wire inference_pb v2 common
+echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_grpc"

@@ -10,7 +10,10 @@ them.  Each seed is a small realistic input, valid or broken in one way:
 - config: YAML from docs/config.md, examples/*/baton.yaml and the e2e tests,
   with paths that resolve under /tmp/fuzz-config (fuzz_config.c's fixtures);
 - v2: 4 bytes of Inference-Header-Content-Length (little-endian,
-  0xffffffff = none), then the body (docs/protocol-v2.md).
+  0xffffffff = none), then the body (docs/protocol-v2.md);
+- grpc: a mode byte (even: a call's length-prefixed ModelInferRequests;
+  odd: 4 bytes of JSON header length, then a worker's v2 answer), see
+  fuzz_grpc.c; the protobuf seeds need python3-grpc-tools.
 
     python3 fuzz/make_corpus.py
 """
@@ -361,7 +364,57 @@ def requests():
     v2("answer-empty-object", b"{ }\r\n")
 
 
+def grpc_seeds():
+    import struct
+    import subprocess
+    import sys
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I" + os.path.join(ROOT, "src", "grpc"),
+                    "--python_out=" + tmp, os.path.join(ROOT, "src", "grpc", "inference.proto")],
+                   check=True)
+    sys.path.insert(0, tmp)
+    import inference_pb2 as pb
+
+    def framed(*msgs, flag=0):
+        return b"".join(bytes([flag]) + struct.pack(">I", len(m)) + m for m in msgs)
+
+    raw = pb.ModelInferRequest(model_name="m", id="r1")
+    raw.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    raw.raw_input_contents.append(struct.pack("<6f", 1, 2, 3, 4, 5, 6))
+    raw.parameters["priority"].int64_param = 1
+    raw.parameters["timeout"].int64_param = 200000
+    typed = pb.ModelInferRequest(model_name="m")
+    t = typed.inputs.add(name="i", datatype="INT8", shape=[3])
+    t.contents.int_contents.extend([1, -2, 127])
+    t = typed.inputs.add(name="s", datatype="BYTES", shape=[2])
+    t.contents.bytes_contents.extend([b"ab", b""])
+    t = typed.inputs.add(name="b", datatype="BOOL", shape=[1])
+    t.contents.bool_contents.append(True)
+    typed.outputs.add(name="o").parameters["binary_data"].bool_param = False
+    bad = pb.ModelInferRequest(model_name="m")
+    bad.inputs.add(name="x", datatype="FP32", shape=[2])
+    bad.raw_input_contents.extend([b"1234", b"5678"])
+    seeds = {
+        "raw-fp32": b"\x00" + b"5S" + framed(raw.SerializeToString()),
+        "typed-three": b"\x02" + b"100m" + framed(typed.SerializeToString()),
+        "two-messages": b"\x04" + framed(raw.SerializeToString(), typed.SerializeToString()),
+        "raw-count-mismatch": b"\x00" + framed(bad.SerializeToString()),
+        "compressed": b"\x00" + framed(raw.SerializeToString(), flag=1),
+        "not-protobuf": b"\x00" + framed(b"\xff\xff\xff"),
+        "cut-short": b"\x00" + framed(raw.SerializeToString())[:-3],
+    }
+    hdr = b'{"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}'
+    seeds["answer-binary"] = b"\x01" + struct.pack("<I", len(hdr)) + hdr + struct.pack("<2f", 1, 2)
+    js = b'{"id":"a","parameters":{"served":3},"outputs":[{"name":"y","datatype":"INT16","shape":[2],"data":[[1],[-2]]},{"name":"s","datatype":"BYTES","shape":[1],"data":["hi"]}]}'
+    seeds["answer-json"] = b"\x03" + b"\xff\xff\xff\xff" + js
+    seeds["answer-not-v2"] = b"\x01" + b"\xff\xff\xff\xff" + b"hello"
+    for name, data in seeds.items():
+        write("grpc", name, data)
+
+
 if __name__ == "__main__":
     frames()
     configs()
     requests()
+    grpc_seeds()

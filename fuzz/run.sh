@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the fuzz targets and runs the three at once for SECONDS each
+# Builds the fuzz targets and runs the four at once for SECONDS each
 # (default 60), every one on a scratch copy of its seed corpus under
 # build-fuzz/run/TARGET/ (the inputs it finds accumulate there across runs;
 # fuzz/corpus/ is never written).  Exits 1 if a target crashed, leaked,
@@ -39,10 +39,11 @@ max_len() {
 	frame) echo 70000 ;;
 	config) echo 8192 ;;
 	v2) echo 8192 ;;
+	grpc) echo 16384 ;;
 	esac
 }
 
-targets="frame config v2"
+targets="frame config v2 grpc"
 for t in $targets; do
 	dir="$out/run/$t"
 	mkdir -p "$dir/corpus" "$dir/artifacts"
@@ -60,7 +61,7 @@ for t in $targets; do
 		echo $? >"$dir/rc"
 	) &
 done
-echo "fuzzing frame, config and v2 for ${secs}s each (logs: build-fuzz/run/*/fuzz.log)"
+echo "fuzzing frame, config, v2 and grpc for ${secs}s each (logs: build-fuzz/run/*/fuzz.log)"
 wait
 
 failed=0

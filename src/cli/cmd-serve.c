@@ -185,12 +185,14 @@ static int run(int argc, char **argv)
 }
 
 const struct bt_cmd bt_cmd_serve = {
-	"serve", "CONFIG [--listen HOST:PORT]", "run the pipelines of CONFIG and serve them over HTTP (SIGHUP reloads CONFIG)",
+	"serve", "CONFIG [--listen HOST:PORT]", "run the pipelines of CONFIG and serve them over HTTP and gRPC (SIGHUP reloads CONFIG)",
 	run,
 	"Starts every stage's replicas, supervises them (restarts with backoff) and\n"
 	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
 	"new ones get 503.  SIGHUP reloads CONFIG (docs/operations.md).  With streams:, it also runs the stations and their\n"
 	"sessions (docs/streams.md); each station finishes its open session first.\n"
+	"With grpc: {listen: HOST:PORT} it also serves the KServe v2 gRPC service\n"
+	"(inference.GRPCInferenceService, docs/grpc.md) on that address.\n"
 	"Logs go to stderr, one logfmt line per event.  Under\n"
 	"systemd (Type=notify) it reports READY=1 once every stage has its initial\n"
 	"replicas ready, STATUS= lines, and WATCHDOG=1 when WatchdogSec is set.\n"

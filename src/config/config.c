@@ -1210,8 +1210,9 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "stages", "pipelines",
 				       "gpus", "interval_ms", "auth", "http", "cgroup", "streams",
-				       "run", NULL};
+				       "run", "grpc", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
+static const char *const grpc_keys[] = {"listen", "max_connections", "max_streams", NULL};
 static const char *const http_keys[] = {"max_connections", "idle_timeout_s",
 					"max_buffered_bytes", "write_timeout_s", NULL};
 
@@ -1278,6 +1279,42 @@ static int parse_http(struct ctx *c, const yaml_node_t *n)
 	}
 	return r;
 }
+/* grpc: {listen, max_connections, max_streams}: the gRPC ingress, off without listen. */
+static int parse_grpc(struct ctx *c, const yaml_node_t *n)
+{
+	int r = check_mapping(c, n, "'grpc'", grpc_keys);
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		long long val;
+		char key[48], *s = NULL, *host = NULL, why[256];
+		int port;
+		snprintf(key, sizeof(key), "grpc.%s", k);
+		if (!strcmp(k, "listen")) {
+			r = get_string(c, v, key, &s);
+			if (!r && bt_listen_parse(s, &host, &port, why, sizeof(why))) {
+				r = fail(c, v, "'grpc.listen' %s", why);
+			} else if (!r) {
+				free(c->cfg->grpc_listen_host);
+				c->cfg->grpc_listen_host = host;
+				c->cfg->grpc_listen_port = port;
+			}
+			free(s);
+			continue;
+		}
+		int conns = !strcmp(k, "max_connections");
+		r = get_int(c, v, key, 1, conns ? 100000 : 10000, &val);
+		if (!r && conns)
+			c->cfg->grpc_max_connections = (unsigned)val;
+		else if (!r)
+			c->cfg->grpc_max_streams = (unsigned)val;
+	}
+	if (!r && !c->cfg->grpc_listen_host)
+		r = fail(c, n, "'grpc' needs 'listen' (HOST:PORT)");
+	return r;
+}
+
 static const char *const gpu_keys[] = {"id", "memory_mb", NULL};
 
 /* gpus: auto | none | [{id, memory_mb}, ...] */
@@ -1830,6 +1867,8 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 					 cfg->cgroup);
 		} else if (!strcmp(k, "run")) {
 			r = parse_run(c, v);
+		} else if (!strcmp(k, "grpc")) {
+			r = parse_grpc(c, v);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else if (!strcmp(k, "streams")) {
@@ -1958,6 +1997,8 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->http_max_connections = 1000;
 	cfg->http_idle_timeout_s = 60;
 	cfg->http_write_timeout_s = 30;
+	cfg->grpc_max_connections = 1000;
+	cfg->grpc_max_streams = 100;
 	{
 		char *copy = bt_strdup(path);
 		char *slash = strrchr(copy, '/');
@@ -2098,6 +2139,7 @@ void bt_config_release(struct bt_config *cfg)
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg->listen_host);
+	free(cfg->grpc_listen_host);
 	run_release(&cfg->run);
 	memset(cfg, 0, sizeof(*cfg));
 }
@@ -2264,6 +2306,10 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 	fprintf(out, "config:  %s/%s\n", cfg->dir,
 		strrchr(cfg->path, '/') ? strrchr(cfg->path, '/') + 1 : cfg->path);
 	fprintf(out, "listen:  %s:%d\n", cfg->listen_host, cfg->listen_port);
+	if (cfg->grpc_listen_host)
+		fprintf(out, "grpc:    %s:%d (max_connections %u, max_streams %u)\n",
+			cfg->grpc_listen_host, cfg->grpc_listen_port, cfg->grpc_max_connections,
+			cfg->grpc_max_streams);
 	fprintf(out, "limits:  max_request_bytes=%zu max_payload_bytes=%zu http.max_connections=%u http.idle_timeout_s=%u http.max_buffered_bytes=%zu http.write_timeout_s=%u\n",
 		cfg->max_request_bytes, cfg->max_payload_bytes, cfg->http_max_connections,
 		cfg->http_idle_timeout_s, cfg->http_max_buffered_bytes, cfg->http_write_timeout_s);

@@ -177,6 +177,10 @@ struct bt_config {
 	unsigned http_idle_timeout_s;
 	size_t http_max_buffered_bytes; /* request bodies and answers held, all clients */
 	unsigned http_write_timeout_s; /* an answer not taken by then: the client is dropped */
+	char *grpc_listen_host; /* grpc.listen: the gRPC ingress, NULL = off */
+	int grpc_listen_port;
+	unsigned grpc_max_connections;
+	unsigned grpc_max_streams; /* per connection; also requests in flight per stream call */
 	char *dir; /* absolute directory of the file */
 	char *listen_host;
 	int listen_port;

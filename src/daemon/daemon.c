@@ -14,9 +14,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "../grpc/grpc.h"
 #include "../http/http.h"
 #include "../proc/proc.h"
 #include "../stream/stream.h"
+
+static const struct bt_grpc_ops grpc_ops; /* below, with the functions it names */
 
 #ifndef BATON_VERSION
 #define BATON_VERSION "0.0.0"
@@ -238,6 +241,13 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 		if (e)
 			return e;
 	}
+	if (!d->no_http && d->cfg->grpc_listen_host) {
+		int e = bt_grpc_start(d->loop, &d->cfg, &grpc_ops, d, &d->grpc, err, errlen);
+		if (e)
+			return e;
+		bt_info("listening for gRPC", "addr=%s:%d", d->cfg->grpc_listen_host,
+			bt_grpc_port(d->grpc));
+	}
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&d->sigint, signal_cb, SIGINT);
 	uv_signal_start(&d->sighup, sighup_cb, SIGHUP);
@@ -250,6 +260,43 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	bt_streams_start(d->streams);
 	return 0;
 }
+
+/* ---- what the gRPC ingress needs of the daemon ---- */
+
+static struct bt_pipeline *grpc_pipeline(void *arg, const char *name)
+{
+	return bt_daemon_pipeline(arg, name);
+}
+
+static int grpc_server_ready(void *arg)
+{
+	return bt_daemon_ready(arg);
+}
+
+/* As GET /v2/models/{m}/ready: each stage up and not failed. */
+static int grpc_model_ready(void *arg, struct bt_pipeline *pl)
+{
+	const struct bt_daemon *d = arg;
+	if (d->state != BT_DAEMON_RUNNING)
+		return 0;
+	for (int i = 0; i < pl->nstages; i++)
+		if (pl->stages[i]->failed || !pl->stages[i]->up)
+			return 0;
+	return 1;
+}
+
+static void grpc_wake(void *arg)
+{
+	bt_daemon_wake(arg);
+}
+
+static void grpc_progress(void *arg)
+{
+	bt_daemon_progress(arg);
+}
+
+static const struct bt_grpc_ops grpc_ops = {grpc_pipeline, grpc_server_ready, grpc_model_ready,
+					    grpc_wake, grpc_progress};
 
 void bt_daemon_wake(struct bt_daemon *d)
 {
@@ -281,6 +328,8 @@ static void close_all(struct bt_daemon *d)
 	if (d->http)
 		bt_http_close(d->http);
 	d->http = NULL;
+	bt_grpc_close(d->grpc);
+	d->grpc = NULL;
 	bt_streams_close(d->streams);
 	d->streams = NULL;
 	for (int i = 0; i < d->nstages; i++)
@@ -330,7 +379,7 @@ static void advance_shutdown(struct bt_daemon *d)
 					bt_replica_stop(d->stages[i].replicas[r], 1);
 	}
 	if (d->state == BT_DAEMON_STOPPING && d->live_children == 0 &&
-	    bt_http_pending(d->http) == 0) {
+	    bt_http_pending(d->http) == 0 && bt_grpc_pending(d->grpc) == 0) {
 		/* What replicas left behind, setsid() or not, ends before baton says so. */
 		int left = bt_contain_stop(d->contain);
 		bt_info("stopped", "uptime_s=%llu processes_left=%d",
@@ -350,6 +399,7 @@ static void flush_cb(uv_handle_t *h)
 			bt_reload_advance(d);
 		bt_proc_flush(d);
 		bt_http_flush(d->http);
+		bt_grpc_flush(d->grpc);
 		if (d->on_idle && d->state < BT_DAEMON_CLOSING)
 			d->on_idle(d, d->on_idle_arg);
 		if (d->state != BT_DAEMON_RUNNING)

@@ -66,6 +66,7 @@ struct bt_daemon {
 	struct bt_stage ***old_routes; /* pipelines' stage lists before a reload changed them */
 	int nold_routes;
 	struct bt_http *http;
+	struct bt_grpc *grpc; /* NULL without grpc.listen */
 	struct bt_contain *contain; /* what replicas start, however they fork */
 	enum bt_daemon_state state;
 	int hard_stop; /* a second signal: stop without waiting */

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../daemon/daemon.h"
+#include "../grpc/grpc.h"
 #include "../proc/proc.h"
 #include "../stream/stream.h"
 
@@ -264,4 +265,5 @@ void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
 	replicas(d, out);
 	resources(d, out);
 	bt_streams_metrics(d->streams, out);
+	bt_grpc_metrics(d->grpc, out);
 }

@@ -33,7 +33,9 @@ Payload commands (text; anything else is echoed back):
   v2 requests       (meta protocol "v2") answer a v2 response (parameters.served:
                     how many v2 requests this replica has served) whose outputs are
                     the inputs renamed "out_<name>", binary when asked for; with
-                    parameters.raw_answer, that text instead (not a v2 response)
+                    parameters.raw_answer, that text instead (not a v2 response);
+                    parameters.fake: one of crash, hang, slow:MS, gate:PATH,
+                    reject:TEXT first (the same commands for v2 clients)
 
 With FAKE_BATCH=1 the worker uses a batch handler, and each answer is the
 JSON {"echo": answer, "batch_size": n, "batch_pipelines": [...], "batch": id}
@@ -99,8 +101,26 @@ ORDER = []
 V2_SERVED = [0]
 
 
+def v2_fake(cmd):
+    cmd, _, arg = cmd.partition(":")
+    if cmd == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if cmd == "hang":
+        time.sleep(3600)
+    if cmd == "slow":
+        time.sleep(int(arg) / 1000)
+    if cmd == "gate":
+        end = time.monotonic() + 120
+        while not os.path.exists(arg) and time.monotonic() < end:
+            time.sleep(0.01)
+    if cmd == "reject":
+        raise bw.Reject(arg)
+
+
 def v2_echo(payload, meta):
     req = bw.v2.parse(payload, meta)
+    if "fake" in req.parameters:
+        v2_fake(req.parameters["fake"])
     if "raw_answer" in req.parameters:   # a worker that does not answer v2
         return req.parameters["raw_answer"].encode()
     outs = [bw.v2.Tensor("out_" + t.name, t.datatype, t.shape, t.data) for t in req.inputs]

@@ -1,0 +1,778 @@
+/*
+ * gRPC message framing and the KServe v2 protobuf <-> v2 JSON translation.
+ * A ModelInferRequest becomes exactly the body an HTTP client of
+ * POST /v2/models/{m}/infer would send with binary tensors, so workers
+ * cannot tell the two ingresses apart; the worker's v2 answer becomes a
+ * ModelInferResponse whose tensors are all in raw_output_contents.
+ * Pure: bytes in, bytes out (the checks of the v2 body stay in http/v2.c).
+ */
+#include "wire.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/common.h"
+#include "inference.pb-c.h"
+
+static const char *const status_names[BT_GRPC_STATUS_COUNT] = {
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+};
+
+const char *bt_grpc_status_name(int status)
+{
+	return status >= 0 && status < BT_GRPC_STATUS_COUNT ? status_names[status] : "UNKNOWN";
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* ---- framing ------------------------------------------------------------- */
+
+int bt_grpc_frame_next(const uint8_t *data, size_t len, size_t max, size_t *msg_len)
+{
+	if (len < BT_GRPC_PREFIX)
+		return 0;
+	size_t n = (size_t)data[1] << 24 | (size_t)data[2] << 16 | (size_t)data[3] << 8 | data[4];
+	*msg_len = n;
+	if (data[0] != 0)
+		return -2;
+	if (n > max)
+		return -1;
+	return len - BT_GRPC_PREFIX >= n ? 1 : 0;
+}
+
+void bt_grpc_frame_prefix(uint8_t out[BT_GRPC_PREFIX], size_t len)
+{
+	out[0] = 0;
+	out[1] = (uint8_t)(len >> 24);
+	out[2] = (uint8_t)(len >> 16);
+	out[3] = (uint8_t)(len >> 8);
+	out[4] = (uint8_t)len;
+}
+
+int bt_grpc_timeout_parse(const char *v, uint64_t *us)
+{
+	uint64_t n = 0;
+	size_t i;
+	for (i = 0; v[i] >= '0' && v[i] <= '9'; i++)
+		n = n * 10 + (uint64_t)(v[i] - '0');
+	/* The protocol allows at most 8 digits: no overflow below. */
+	if (i == 0 || i > 8 || !v[i] || v[i + 1])
+		return -1;
+	switch (v[i]) {
+	case 'H':
+		n *= 3600ULL * 1000000;
+		break;
+	case 'M':
+		n *= 60ULL * 1000000;
+		break;
+	case 'S':
+		n *= 1000000;
+		break;
+	case 'm':
+		n *= 1000;
+		break;
+	case 'u':
+		break;
+	case 'n':
+		n /= 1000;
+		break;
+	default:
+		return -1;
+	}
+	*us = n ? n : 1;
+	return 0;
+}
+
+/* Reads a varint at *p (bounded by end); -1 when it is cut or over 64 bits. */
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	*v = 0;
+	for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+		uint8_t b = *(*p)++;
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return 0;
+	}
+	return -1;
+}
+
+int bt_grpc_string_has_nul(const uint8_t *msg, size_t len, uint32_t fields)
+{
+	const uint8_t *p = msg, *end = msg + len;
+	uint64_t key, n;
+	while (p < end) {
+		if (get_varint(&p, end, &key))
+			return -1;
+		switch (key & 7) {
+		case 0:
+			if (get_varint(&p, end, &n))
+				return -1;
+			break;
+		case 1:
+			if (end - p < 8)
+				return -1;
+			p += 8;
+			break;
+		case 5:
+			if (end - p < 4)
+				return -1;
+			p += 4;
+			break;
+		case 2:
+			if (get_varint(&p, end, &n) || n > (uint64_t)(end - p))
+				return -1;
+			if ((key >> 3) < 32 && (fields >> (key >> 3) & 1) &&
+			    memchr(p, 0, (size_t)n))
+				return 1;
+			p += n;
+			break;
+		default:
+			return 1; /* groups: not in these messages */
+		}
+	}
+	return 0;
+}
+
+/* ---- request: protobuf to v2 JSON + binary ---------------------------------- */
+
+/* A protobuf string as JSON; NULL when it is not UTF-8. */
+static json_t *jstr(const char *s)
+{
+	return json_string(s ? s : "");
+}
+
+static json_t *param_json(const Inference__InferParameter *p)
+{
+	if (!p)
+		return NULL;
+	switch (p->parameter_choice_case) {
+	case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM:
+		return json_boolean(p->bool_param);
+	case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM:
+		return json_integer((json_int_t)p->int64_param);
+	case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM:
+		return jstr(p->string_param);
+	case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM:
+		return isfinite(p->double_param) ? json_real(p->double_param) : NULL;
+	case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_UINT64_PARAM:
+		return p->uint64_param <= (uint64_t)INT64_MAX
+			   ? json_integer((json_int_t)p->uint64_param)
+			   : NULL;
+	default:
+		return NULL;
+	}
+}
+
+/*
+ * The three parameter maps have distinct generated types of one layout
+ * (key, value): read them through this one.
+ */
+struct param_entry {
+	ProtobufCMessage base;
+	char *key;
+	Inference__InferParameter *value;
+};
+
+static int params_json(struct param_entry **entries, size_t n, json_t *into, const char *where,
+		       char *err, size_t errlen)
+{
+	for (size_t i = 0; i < n; i++) {
+		json_t *v = param_json(entries[i]->value);
+		if (!v)
+			return fail(err, errlen,
+				    "%sparameter '%.64s' has no value, or one JSON cannot hold (a "
+				    "string not UTF-8, a uint64 over 2^63-1, a double not finite)",
+				    where, entries[i]->key);
+		if (json_object_set_new(into, entries[i]->key, v))
+			return fail(err, errlen, "%sparameter name is not UTF-8", where);
+	}
+	return 0;
+}
+
+/* Little-endian writers for typed contents. */
+static void put_le(struct bt_buf *b, uint64_t v, unsigned size)
+{
+	uint8_t tmp[8];
+	for (unsigned i = 0; i < size; i++)
+		tmp[i] = (uint8_t)(v >> (8 * i));
+	bt_buf_append(b, tmp, size);
+}
+
+static void put_bytes(struct bt_buf *b, const void *data, size_t n)
+{
+	put_le(b, (uint64_t)n, 4);
+	bt_buf_append(b, data, n);
+}
+
+/* Which field of InferTensorContents a datatype uses, and its element size. */
+enum field { F_BOOL, F_INT, F_INT64, F_UINT, F_UINT64, F_FP32, F_FP64, F_BYTES, F_NONE };
+
+static const struct {
+	const char *name;
+	enum field field;
+	unsigned size;
+	long long min, max;
+} types[] = {
+    {"BOOL", F_BOOL, 1, 0, 1},
+    {"UINT8", F_UINT, 1, 0, UINT8_MAX},
+    {"UINT16", F_UINT, 2, 0, UINT16_MAX},
+    {"UINT32", F_UINT, 4, 0, UINT32_MAX},
+    {"UINT64", F_UINT64, 8, 0, 0},
+    {"INT8", F_INT, 1, INT8_MIN, INT8_MAX},
+    {"INT16", F_INT, 2, INT16_MIN, INT16_MAX},
+    {"INT32", F_INT, 4, INT32_MIN, INT32_MAX},
+    {"INT64", F_INT64, 8, 0, 0},
+    {"FP16", F_NONE, 2, 0, 0},
+    {"BF16", F_NONE, 2, 0, 0},
+    {"FP32", F_FP32, 4, 0, 0},
+    {"FP64", F_FP64, 8, 0, 0},
+    {"BYTES", F_BYTES, 0, 0, 0},
+};
+
+static int type_find(const char *name)
+{
+	for (size_t i = 0; i < BT_ARRAY_SIZE(types); i++)
+		if (!strcmp(types[i].name, name))
+			return (int)i;
+	return -1;
+}
+
+/* Elements present in each field of c, so that a wrong field is named. */
+static size_t field_count(const Inference__InferTensorContents *c, enum field f)
+{
+	switch (f) {
+	case F_BOOL:
+		return c->n_bool_contents;
+	case F_INT:
+		return c->n_int_contents;
+	case F_INT64:
+		return c->n_int64_contents;
+	case F_UINT:
+		return c->n_uint_contents;
+	case F_UINT64:
+		return c->n_uint64_contents;
+	case F_FP32:
+		return c->n_fp32_contents;
+	case F_FP64:
+		return c->n_fp64_contents;
+	case F_BYTES:
+		return c->n_bytes_contents;
+	default:
+		return 0;
+	}
+}
+
+/* Appends the typed contents of one input as its binary tensor bytes. */
+static int contents_binary(const Inference__ModelInferRequest__InferInputTensor *t, int ti,
+			   struct bt_buf *b, char *err, size_t errlen)
+{
+	const Inference__InferTensorContents *c = t->contents;
+	enum field f = types[ti].field;
+	unsigned size = types[ti].size;
+	if (f == F_NONE)
+		return fail(err, errlen,
+			    "input '%.64s': %s tensors travel in raw_input_contents only", t->name,
+			    types[ti].name);
+	for (int g = F_BOOL; g < F_NONE; g++)
+		if ((enum field)g != f && field_count(c, (enum field)g))
+			return fail(err, errlen,
+				    "input '%.64s': contents of another datatype than %s", t->name,
+				    types[ti].name);
+	for (size_t i = 0; i < field_count(c, f); i++) {
+		long long v = 0;
+		switch (f) {
+		case F_BOOL:
+			put_le(b, c->bool_contents[i] ? 1 : 0, 1);
+			continue;
+		case F_INT64:
+			put_le(b, (uint64_t)c->int64_contents[i], 8);
+			continue;
+		case F_UINT64:
+			put_le(b, c->uint64_contents[i], 8);
+			continue;
+		case F_FP32:
+			bt_buf_append(b, &c->fp32_contents[i], 4);
+			continue;
+		case F_FP64:
+			bt_buf_append(b, &c->fp64_contents[i], 8);
+			continue;
+		case F_BYTES:
+			put_bytes(b, c->bytes_contents[i].data, c->bytes_contents[i].len);
+			continue;
+		case F_INT:
+			v = c->int_contents[i];
+			break;
+		case F_UINT:
+			v = c->uint_contents[i];
+			break;
+		default:
+			break;
+		}
+		if (v < types[ti].min || v > types[ti].max)
+			return fail(
+			    err, errlen,
+			    "input '%.64s': element %zu is %lld, outside the %s range [%lld, %lld]",
+			    t->name, i, v, types[ti].name, types[ti].min, types[ti].max);
+		put_le(b, (uint64_t)v, size);
+	}
+	return 0;
+}
+
+static json_t *shape_json(const int64_t *shape, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(a, json_integer((json_int_t)shape[i]));
+	return a;
+}
+
+static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_infer *out,
+			 char *err, size_t errlen)
+{
+	json_t *root = json_object(), *inputs = json_array(), *params = json_object();
+	struct bt_buf tensors = BT_BUF_INIT;
+	int r = -1;
+	char where[96];
+	int raw = m->n_raw_input_contents > 0;
+
+	if (raw && m->n_raw_input_contents != m->n_inputs) {
+		fail(err, errlen, "raw_input_contents has %zu entries for %zu inputs",
+		     m->n_raw_input_contents, m->n_inputs);
+		goto done;
+	}
+	if (m->id && *m->id && json_object_set_new(root, "id", jstr(m->id))) {
+		fail(err, errlen, "the request id is not UTF-8");
+		goto done;
+	}
+	if (params_json((struct param_entry **)m->parameters, m->n_parameters, params, "", err,
+			errlen))
+		goto done;
+	/* Every output comes back binary: nothing to parse twice. */
+	json_object_set_new(params, "binary_data_output", json_true());
+	json_object_set_new(root, "parameters", params);
+	params = NULL;
+	for (size_t i = 0; i < m->n_inputs; i++) {
+		const Inference__ModelInferRequest__InferInputTensor *t = m->inputs[i];
+		json_t *in = json_object(), *ip = json_object();
+		json_array_append_new(inputs, in);
+		json_object_set_new(in, "parameters", ip);
+		snprintf(where, sizeof(where), "input '%.64s': ", t->name);
+		if (json_object_set_new(in, "name", jstr(t->name)) ||
+		    json_object_set_new(in, "datatype", jstr(t->datatype))) {
+			fail(err, errlen, "inputs[%zu]: its name or datatype is not UTF-8", i);
+			goto done;
+		}
+		json_object_set_new(in, "shape", shape_json(t->shape, t->n_shape));
+		if (params_json((struct param_entry **)t->parameters, t->n_parameters, ip, where,
+				err, errlen))
+			goto done;
+		size_t before = tensors.len;
+		if (raw) {
+			if (t->contents) {
+				fail(err, errlen,
+				     "input '%.64s' has contents while raw_input_contents is used",
+				     t->name);
+				goto done;
+			}
+			bt_buf_append(&tensors, m->raw_input_contents[i].data,
+				      m->raw_input_contents[i].len);
+		} else {
+			int ti = type_find(t->datatype);
+			if (!t->contents) {
+				fail(err, errlen, "input '%.64s' has no contents", t->name);
+				goto done;
+			}
+			/* An unknown datatype is left to the v2 checks, which name it. */
+			if (ti >= 0 && contents_binary(t, ti, &tensors, err, errlen))
+				goto done;
+		}
+		json_object_set_new(ip, "binary_data_size",
+				    json_integer((json_int_t)(tensors.len - before)));
+	}
+	json_object_set_new(root, "inputs", inputs);
+	inputs = NULL;
+	if (m->n_outputs) {
+		json_t *outs = json_array();
+		json_object_set_new(root, "outputs", outs);
+		for (size_t i = 0; i < m->n_outputs; i++) {
+			json_t *o = json_object(), *op = json_object();
+			json_array_append_new(outs, o);
+			json_object_set_new(o, "parameters", op);
+			if (json_object_set_new(o, "name", jstr(m->outputs[i]->name))) {
+				fail(err, errlen, "outputs[%zu]: its name is not UTF-8", i);
+				goto done;
+			}
+			snprintf(where, sizeof(where), "output '%.64s': ", m->outputs[i]->name);
+			if (params_json((struct param_entry **)m->outputs[i]->parameters,
+					m->outputs[i]->n_parameters, op, where, err, errlen))
+				goto done;
+			json_object_set_new(op, "binary_data", json_true());
+		}
+	}
+	char *text = json_dumps(root, JSON_COMPACT);
+	struct bt_buf body = BT_BUF_INIT;
+	bt_buf_reserve(&body, strlen(text) + tensors.len);
+	bt_buf_puts(&body, text);
+	free(text);
+	out->header_len = body.len;
+	out->binary = m->n_inputs > 0;
+	bt_buf_append(&body, tensors.data, tensors.len);
+	out->body = bt_buf_detach(&body, &out->len);
+	r = 0;
+done:
+	json_decref(root);
+	json_decref(inputs);
+	json_decref(params);
+	bt_buf_release(&tensors);
+	return r;
+}
+
+int bt_grpc_infer_decode(const uint8_t *msg, size_t len, struct bt_grpc_infer *out, char *err,
+			 size_t errlen)
+{
+	memset(out, 0, sizeof(*out));
+	/* model_name, model_version, id: a NUL inside would cut them short. */
+	int nul = bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2 | 1u << 3);
+	if (nul > 0) {
+		fail(err, errlen, "model_name, model_version and id may not hold a NUL byte");
+		return BT_GRPC_INVALID_ARGUMENT;
+	}
+	Inference__ModelInferRequest *m =
+	    nul ? NULL : inference__model_infer_request__unpack(NULL, len, msg);
+	if (!m) {
+		fail(err, errlen, "the message is not a ModelInferRequest");
+		return BT_GRPC_INVALID_ARGUMENT;
+	}
+	out->model = bt_strdup(m->model_name ? m->model_name : "");
+	out->version = bt_strdup(m->model_version ? m->model_version : "");
+	int r = build_request(m, out, err, errlen);
+	inference__model_infer_request__free_unpacked(m, NULL);
+	return r ? BT_GRPC_INVALID_ARGUMENT : 0;
+}
+
+void bt_grpc_infer_release(struct bt_grpc_infer *in)
+{
+	free(in->model);
+	free(in->version);
+	free(in->body);
+	memset(in, 0, sizeof(*in));
+}
+
+/* ---- response: v2 JSON + binary to protobuf --------------------------------- */
+
+struct resp {
+	Inference__ModelInferResponse m;
+	Inference__ModelInferResponse__InferOutputTensor *outs;
+	Inference__ModelInferResponse__InferOutputTensor **outp;
+	ProtobufCBinaryData *raw;
+	struct bt_buf *converted; /* bytes of outputs the worker sent as JSON data */
+	size_t nconverted;
+	Inference__ModelInferResponse__ParametersEntry *pe;
+	Inference__ModelInferResponse__ParametersEntry **pep;
+	Inference__InferParameter *pv;
+};
+
+static int json_param(json_t *v, Inference__InferParameter *p)
+{
+	inference__infer_parameter__init(p);
+	if (json_is_boolean(v)) {
+		p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+		p->bool_param = json_is_true(v);
+	} else if (json_is_integer(v)) {
+		p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
+		p->int64_param = json_integer_value(v);
+	} else if (json_is_real(v)) {
+		p->parameter_choice_case =
+		    INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+		p->double_param = json_real_value(v);
+	} else if (json_is_string(v)) {
+		p->parameter_choice_case =
+		    INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
+		p->string_param = (char *)json_string_value(v);
+	} else {
+		return -1; /* objects, arrays, null: no InferParameter holds them */
+	}
+	return 0;
+}
+
+/* Appends one JSON element of an output's "data" in the datatype's layout. */
+static int data_element(struct bt_buf *b, int ti, json_t *v)
+{
+	switch (types[ti].field) {
+	case F_BOOL:
+		if (!json_is_boolean(v))
+			return -1;
+		put_le(b, json_is_true(v), 1);
+		return 0;
+	case F_INT:
+	case F_UINT:
+		if (!json_is_integer(v) || json_integer_value(v) < types[ti].min ||
+		    json_integer_value(v) > types[ti].max)
+			return -1;
+		put_le(b, (uint64_t)json_integer_value(v), types[ti].size);
+		return 0;
+	case F_INT64:
+	case F_UINT64:
+		if (!json_is_integer(v) ||
+		    (types[ti].field == F_UINT64 && json_integer_value(v) < 0))
+			return -1;
+		put_le(b, (uint64_t)json_integer_value(v), 8);
+		return 0;
+	case F_FP32: {
+		if (!json_is_number(v))
+			return -1;
+		float f = (float)json_number_value(v);
+		bt_buf_append(b, &f, 4);
+		return 0;
+	}
+	case F_FP64: {
+		if (!json_is_number(v))
+			return -1;
+		double d = json_number_value(v);
+		bt_buf_append(b, &d, 8);
+		return 0;
+	}
+	case F_BYTES:
+		if (!json_is_string(v))
+			return -1;
+		put_bytes(b, json_string_value(v), json_string_length(v));
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+/* Flattens nested "data" arrays as the v2 JSON form allows. */
+static int data_walk(struct bt_buf *b, int ti, json_t *v, int depth)
+{
+	if (!json_is_array(v))
+		return data_element(b, ti, v);
+	if (depth > 64)
+		return -1;
+	for (size_t i = 0; i < json_array_size(v); i++)
+		if (data_walk(b, ti, json_array_get(v, i), depth + 1))
+			return -1;
+	return 0;
+}
+
+static void resp_release(struct resp *r)
+{
+	for (size_t i = 0; i < r->nconverted; i++)
+		bt_buf_release(&r->converted[i]);
+	free(r->converted);
+	if (r->outs)
+		for (size_t i = 0; i < r->m.n_outputs; i++)
+			free(r->outs[i].shape);
+	free(r->outs);
+	free(r->outp);
+	free(r->raw);
+	free(r->pe);
+	free(r->pep);
+	free(r->pv);
+}
+
+int bt_grpc_response_encode(const char *body, size_t len, long long header_len, const char *model,
+			    const char *id, uint8_t **out, size_t *outlen, char *err, size_t errlen)
+{
+	struct resp r;
+	json_error_t jerr;
+	int rc = -1;
+	memset(&r, 0, sizeof(r));
+	*out = NULL;
+	*outlen = 0;
+	if (header_len == 0 || header_len < -1 ||
+	    (header_len > 0 && (unsigned long long)header_len > len))
+		return fail(err, errlen,
+			    "JSON header length %lld is out of range for a %zu-byte answer",
+			    header_len, len);
+	size_t jlen = header_len < 0 ? len : (size_t)header_len;
+	size_t off = jlen; /* where the next binary output starts */
+	json_t *root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
+	if (!json_is_object(root)) {
+		fail(err, errlen, "the answer is not a JSON object%s%s", root ? "" : ": ",
+		     root ? "" : jerr.text);
+		goto done;
+	}
+	json_t *outputs = json_object_get(root, "outputs");
+	if (!json_is_array(outputs)) {
+		fail(err, errlen, "the answer has no \"outputs\" array");
+		goto done;
+	}
+	inference__model_infer_response__init(&r.m);
+	json_t *mn = json_object_get(root, "model_name"),
+	       *mv = json_object_get(root, "model_version");
+	json_t *jid = json_object_get(root, "id");
+	r.m.model_name = (char *)(json_is_string(mn) ? json_string_value(mn) : model ? model : "");
+	r.m.model_version = (char *)(json_is_string(mv) ? json_string_value(mv) : "1");
+	r.m.id = (char *)(json_is_string(jid) ? json_string_value(jid) : id ? id : "");
+
+	json_t *params = json_object_get(root, "parameters");
+	size_t np = json_is_object(params) ? json_object_size(params) : 0;
+	r.pe = bt_calloc(np, sizeof(*r.pe));
+	r.pep = bt_calloc(np, sizeof(*r.pep));
+	r.pv = bt_calloc(np, sizeof(*r.pv));
+	const char *key;
+	json_t *val;
+	if (np)
+		json_object_foreach(params, key, val)
+		{
+			if (json_param(val, &r.pv[r.m.n_parameters]))
+				continue;
+			inference__model_infer_response__parameters_entry__init(
+			    &r.pe[r.m.n_parameters]);
+			r.pe[r.m.n_parameters].key = (char *)key;
+			r.pe[r.m.n_parameters].value = &r.pv[r.m.n_parameters];
+			r.pep[r.m.n_parameters] = &r.pe[r.m.n_parameters];
+			r.m.n_parameters++;
+		}
+	r.m.parameters = r.pep;
+
+	size_t n = json_array_size(outputs);
+	r.outs = bt_calloc(n, sizeof(*r.outs));
+	r.outp = bt_calloc(n, sizeof(*r.outp));
+	r.raw = bt_calloc(n, sizeof(*r.raw));
+	r.converted = bt_calloc(n, sizeof(*r.converted));
+	r.nconverted = n;
+	for (size_t i = 0; i < n; i++) {
+		json_t *o = json_array_get(outputs, i);
+		json_t *name = json_object_get(o, "name"), *dt = json_object_get(o, "datatype");
+		json_t *shape = json_object_get(o, "shape"), *data = json_object_get(o, "data");
+		json_t *bsize =
+		    json_object_get(json_object_get(o, "parameters"), "binary_data_size");
+		Inference__ModelInferResponse__InferOutputTensor *t = &r.outs[i];
+		inference__model_infer_response__infer_output_tensor__init(t);
+		r.outp[i] = t;
+		r.m.n_outputs = i + 1;
+		if (!json_is_string(name) || !json_is_string(dt) || !json_is_array(shape)) {
+			fail(err, errlen,
+			     "outputs[%zu] needs a string name and datatype and a shape array", i);
+			goto done;
+		}
+		t->name = (char *)json_string_value(name);
+		t->datatype = (char *)json_string_value(dt);
+		t->n_shape = json_array_size(shape);
+		t->shape = bt_calloc(t->n_shape, sizeof(*t->shape));
+		for (size_t k = 0; k < t->n_shape; k++) {
+			json_t *d = json_array_get(shape, k);
+			if (!json_is_integer(d)) {
+				fail(err, errlen, "output '%.64s': shape[%zu] is not an integer",
+				     t->name, k);
+				goto done;
+			}
+			t->shape[k] = json_integer_value(d);
+		}
+		if (bsize) {
+			if (!json_is_integer(bsize) || json_integer_value(bsize) < 0 ||
+			    (unsigned long long)json_integer_value(bsize) > len - off) {
+				fail(err, errlen,
+				     "output '%.64s': binary_data_size is not within the answer's "
+				     "%zu binary bytes",
+				     t->name, len - jlen);
+				goto done;
+			}
+			r.raw[i].data = (uint8_t *)body + off;
+			r.raw[i].len = (size_t)json_integer_value(bsize);
+			off += r.raw[i].len;
+		} else {
+			int ti = type_find(t->datatype);
+			if (ti < 0 || !data || data_walk(&r.converted[i], ti, data, 0)) {
+				fail(err, errlen,
+				     "output '%.64s': its \"data\" is missing or not %s elements",
+				     t->name, t->datatype);
+				goto done;
+			}
+			r.raw[i].data = (uint8_t *)(r.converted[i].data ? r.converted[i].data : "");
+			r.raw[i].len = r.converted[i].len;
+		}
+	}
+	if (off != len) {
+		fail(err, errlen, "the answer has %zu binary bytes that no output claims",
+		     len - off);
+		goto done;
+	}
+	r.m.outputs = r.outp;
+	r.m.n_raw_output_contents = n;
+	r.m.raw_output_contents = r.raw;
+	*outlen = inference__model_infer_response__get_packed_size(&r.m);
+	*out = bt_malloc(*outlen);
+	inference__model_infer_response__pack(&r.m, *out);
+	rc = 0;
+done:
+	resp_release(&r);
+	json_decref(root);
+	return rc;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+	do {
+		p[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		v >>= 7;
+	} while (v);
+	return n;
+}
+
+uint8_t *bt_grpc_stream_wrap(const uint8_t *resp, size_t resp_len, const char *error,
+			     size_t *outlen)
+{
+	/* Field 1 (error_message) and 2 (infer_response), both length-delimited. */
+	size_t elen = error ? strlen(error) : 0;
+	uint8_t *out = bt_malloc(BT_GRPC_PREFIX + 22 + elen + resp_len);
+	size_t o = BT_GRPC_PREFIX;
+	if (elen) {
+		out[o++] = 0x0a;
+		o += put_varint(out + o, elen);
+		memcpy(out + o, error, elen);
+		o += elen;
+	}
+	out[o++] = 0x12;
+	o += put_varint(out + o, resp_len);
+	if (resp_len)
+		memcpy(out + o, resp, resp_len);
+	o += resp_len;
+	bt_grpc_frame_prefix(out, o - BT_GRPC_PREFIX);
+	*outlen = o;
+	return out;
+}
+
+uint8_t *bt_grpc_response_stub(const char *model, const char *id, size_t *outlen)
+{
+	Inference__ModelInferResponse m = INFERENCE__MODEL_INFER_RESPONSE__INIT;
+	m.model_name = (char *)(model ? model : "");
+	m.model_version = "1";
+	m.id = (char *)(id ? id : "");
+	*outlen = inference__model_infer_response__get_packed_size(&m);
+	uint8_t *out = bt_malloc(*outlen ? *outlen : 1);
+	inference__model_infer_response__pack(&m, out);
+	return out;
+}
