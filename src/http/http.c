@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -197,21 +198,47 @@ static int cut_slow_readers(struct bt_http *h)
 
 /* ---- answers -------------------------------------------------------------- */
 
-static struct MHD_Response *make_response(char *body, size_t len)
+/* body is malloc'd, or fd's mapping when fd >= 0; the response owns both. */
+static struct MHD_Response *make_response(char *body, size_t len, int fd)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(
+	struct MHD_Response *resp;
+	if (fd >= 0 && len > 0) {
+		/* A payload in a memfd goes out by sendfile: baton never copies it. */
+		munmap(body, len);
+		resp = MHD_create_response_from_fd_at_offset64(len, fd, 0);
+		if (!resp)
+			close(fd);
+		return resp;
+	}
+	if (fd >= 0) {
+		bt_payload_free(body, len, fd);
+		body = NULL;
+	}
+	resp = MHD_create_response_from_buffer(
 		len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
 	if (!resp)
 		free(body);
 	return resp;
 }
 
+static enum MHD_Result send_answer_fd(struct MHD_Connection *mc, int status,
+				      const char *ctype, char *body, size_t len, int fd,
+				      const char *const *headers);
+
 /* Queues an answer; headers are name/value pairs, NULL-terminated. */
 static enum MHD_Result send_answer(struct MHD_Connection *mc, int status,
 				   const char *ctype, char *body, size_t len,
 				   const char *const *headers)
 {
-	struct MHD_Response *resp = make_response(body, len);
+	return send_answer_fd(mc, status, ctype, body, len, -1, headers);
+}
+
+/* The same with a payload that may be in a memfd (fd >= 0, body its mapping). */
+static enum MHD_Result send_answer_fd(struct MHD_Connection *mc, int status,
+				      const char *ctype, char *body, size_t len, int fd,
+				      const char *const *headers)
+{
+	struct MHD_Response *resp = make_response(body, len, fd);
 	if (!resp)
 		return MHD_NO;
 	if (ctype)
@@ -329,9 +356,10 @@ static int v2_check(struct bt_request *req, char *err, size_t errlen)
 			 why);
 		return 1;
 	}
-	free(req->payload);
+	bt_payload_free(req->payload, req->len, req->payload_fd);
 	req->payload = body;
 	req->len = len;
+	req->payload_fd = -1;
 	if (out_hl >= 0)
 		json_object_set_new(req->meta, "v2_header_length", json_integer(out_hl));
 	else
@@ -347,10 +375,10 @@ static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
 	snprintf(hlen, sizeof(hlen), "%lld", (long long)json_integer_value(jhl));
 	const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing,
 			      "Inference-Header-Content-Length", jhl ? hlen : NULL, NULL};
-	char *body = req->payload;
-	req->payload = NULL;
-	return send_answer(cn->mc, 200, jhl ? "application/octet-stream" : "application/json",
-			   body, req->len, hdrs);
+	int fd;
+	char *body = bt_request_take_payload(req, &fd);
+	return send_answer_fd(cn->mc, 200, jhl ? "application/octet-stream" : "application/json",
+			      body, req->len, fd, hdrs);
 }
 
 /*
@@ -394,12 +422,12 @@ static enum MHD_Result answer_request(struct conn *cn)
 		/* A worker's nonsense is not sent: the bytes go as bytes. */
 		const char *ctype = valid_content_type(jct) ? json_string_value(jct) : NULL;
 		const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing, NULL};
-		char *body = req->payload;
+		int fd;
+		char *body = bt_request_take_payload(req, &fd);
 		size_t len = req->len;
-		req->payload = NULL;
 		sending_add(cn, len);
-		r = send_answer(cn->mc, 200, ctype ? ctype : "application/octet-stream", body, len,
-				hdrs);
+		r = send_answer_fd(cn->mc, 200, ctype ? ctype : "application/octet-stream", body,
+				   len, fd, hdrs);
 	}
 	bt_request_free(req);
 	return r;

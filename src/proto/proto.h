@@ -22,6 +22,8 @@ struct bt_frame {
 	const char *type; /* hdr's "t", valid while hdr lives */
 	char *payload; /* len bytes (malloc'd, NUL-terminated) or NULL */
 	size_t len;
+	int memfd; /* the header said "memfd": len bytes are in a descriptor
+		      passed with it, and payload is NULL */
 };
 
 struct bt_frame_decoder {
@@ -30,6 +32,8 @@ struct bt_frame_decoder {
 	json_t *hdr; /* parsed header whose payload is still arriving */
 	char *payload;
 	size_t len, have;
+	int memfd; /* the pending header carries a memfd of fdlen bytes */
+	size_t fdlen;
 	char err[256]; /* what was wrong, after a negative return */
 };
 
