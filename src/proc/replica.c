@@ -1032,8 +1032,10 @@ static int spawn(struct bt_replica *r)
 			free(argv[i]);
 		free(argv);
 	}
-	free(extra[2]);
-	free(extra[3]);
+	if (r->station) {
+		free(extra[2]);
+		free(extra[3]);
+	}
 	if (e) {
 		/* The handles were initialised: close them; the child frees itself. */
 		c->exited = 1;

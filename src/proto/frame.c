@@ -100,7 +100,8 @@ static ssize_t parse_header(struct bt_frame_decoder *dec)
 		}
 	}
 	json_t *jfd = json_object_get(hdr, "memfd");
-	if (jfd) {
+	/* In "ready", "memfd": true announces that the worker takes memfds. */
+	if (jfd && strcmp(json_string_value(json_object_get(hdr, "t")), "ready")) {
 		/* The payload travels as a descriptor: no bytes follow the header. */
 		const char *bad = NULL;
 		if (!json_is_integer(jfd) || json_integer_value(jfd) < 0)
