@@ -27,6 +27,10 @@ Handlers
     lone request arrives as a list of one); a single-item handler is called once
     per request of a batch. `meta` always holds pipeline, stage, attempt and
     deadline_ms plus what the client and earlier stages added.
+    Large payloads travel as sealed memfds when baton offers it (payloads of
+    BATON_MEMFD_MIN bytes and more): the handler still gets bytes, or with
+    run(..., views=True) a read-only memoryview of the mapping (no copy);
+    returning that very view answers with the same memfd.
 
 Results (what a handler returns, per request)
     bytes / bytearray / memoryview   the reply payload, as is
