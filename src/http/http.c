@@ -25,6 +25,7 @@
 #include "../metrics/metrics.h"
 #include "../proc/proc.h"
 #include "../stream/stream.h"
+#include "shm.h"
 #include "v2.h"
 
 #ifndef BATON_VERSION
@@ -44,6 +45,7 @@
 
 struct bt_http {
 	struct bt_daemon *d;
+	struct bt_shm *shm; /* clients' shared-memory regions (shm.h) */
 	struct MHD_Daemon *mhd;
 	uv_poll_t poll;
 	uv_timer_t timer;
@@ -72,6 +74,7 @@ enum route {
 	R_STAGE_SCALE, /* POST /v1/stages/{s}/scale {"replicas": n | "auto"} */
 	R_STREAM_RESULTS, /* GET /v1/streams/{s}/results?after=N&wait_ms=M */
 	R_STATION_ADD, /* POST /v1/streams/{s}/stations {"name": …, "url": …} */
+	R_SHM_REGISTER, /* POST /v2/systemsharedmemory/region/{r}/register */
 };
 
 struct conn {
@@ -80,6 +83,7 @@ struct conn {
 	enum route route;
 	struct bt_pipeline *pl;
 	char stage[72]; /* for R_STAGE_RESTART and R_STAGE_SCALE */
+	char *region; /* for R_SHM_REGISTER */
 	struct bt_buf body;
 	int too_big; /* body went over max_request_bytes: dropped */
 	int waiting; /* suspended while the request runs */
@@ -95,6 +99,9 @@ struct conn {
 	size_t charged; /* bytes counted in h->buffered for this connection */
 	uint64_t send_deadline_ms; /* while in h->sending */
 	int in_sending, cut; /* in h->sending; its socket was shut down */
+	char *shm_body; /* an infer request rewritten for shared memory (shm.h) */
+	size_t shm_len;
+	int shm_fd; /* shm_body's memfd, or -1 */
 	struct conn *snext, *sprev;
 };
 
@@ -131,7 +138,8 @@ static void trim_after_spike(struct bt_http *h)
 
 static int over_budget(const struct bt_http *h, size_t more)
 {
-	return h->buffered + more > h->d->cfg->http_max_buffered_bytes;
+	/* Registered shared-memory regions count against the same budget. */
+	return h->buffered + bt_shm_bytes(h->shm) + more > h->d->cfg->http_max_buffered_bytes;
 }
 
 static void sending_remove(struct conn *cn)
@@ -343,7 +351,8 @@ static void server_timing(const struct bt_request *req, char *out, size_t size)
  * counts as succeeded: a worker that answered anything else fails it
  * (worker_error), in the metrics as in the HTTP status.
  */
-static int v2_check(struct bt_request *req, char *err, size_t errlen)
+static int v2_finish(struct bt_request *req, const char *id, struct bt_shm_outputs *outs,
+		     char *err, size_t errlen)
 {
 	json_t *jhl = json_object_get(req->meta, "v2_header_length");
 	long long hl = json_is_integer(jhl) ? json_integer_value(jhl) : -1;
@@ -351,7 +360,8 @@ static int v2_check(struct bt_request *req, char *err, size_t errlen)
 	size_t len;
 	long long out_hl;
 	if (bt_v2_finish_response(req->payload, req->len, hl, req->pipeline->cfg->name,
-				  req->check_data, &body, &len, &out_hl, why, sizeof(why))) {
+				  id, &body, &len, &out_hl, why, sizeof(why)) ||
+	    bt_shm_place_outputs(outs, &body, &len, &out_hl, why, sizeof(why))) {
 		snprintf(err, errlen, "the pipeline's last stage did not answer a v2 response: %s",
 			 why);
 		return 1;
@@ -365,6 +375,31 @@ static int v2_check(struct bt_request *req, char *err, size_t errlen)
 	else
 		json_object_del(req->meta, "v2_header_length");
 	return 0;
+}
+
+static int v2_check(struct bt_request *req, char *err, size_t errlen)
+{
+	return v2_finish(req, req->check_data, NULL, err, errlen);
+}
+
+/* A v2 request whose outputs go into shared memory: its id and where they go. */
+struct v2_shm_ctx {
+	char *id;
+	struct bt_shm_outputs *outs;
+};
+
+static int v2_shm_check(struct bt_request *req, char *err, size_t errlen)
+{
+	struct v2_shm_ctx *x = (struct v2_shm_ctx *)req->check_data;
+	return v2_finish(req, x->id, x->outs, err, errlen);
+}
+
+static void v2_shm_ctx_free(char *data)
+{
+	struct v2_shm_ctx *x = (struct v2_shm_ctx *)data;
+	free(x->id);
+	bt_shm_outputs_free(x->outs); /* the regions it used may be unregistered now */
+	free(x);
 }
 
 static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
@@ -470,9 +505,20 @@ static void submit(struct conn *cn, json_t *meta, int priority, long long timeou
 	size_t len;
 	char *payload = bt_buf_detach(&cn->body, &len);
 	cn->req = bt_request_new(cn->pl, payload, len, meta);
+	if (cn->shm_body) {
+		/* A request rewritten for shared memory: its own payload instead. */
+		bt_payload_free(cn->req->payload, cn->req->len, -1);
+		cn->req->payload = cn->shm_body;
+		cn->req->len = cn->shm_len;
+		cn->req->payload_fd = cn->shm_fd;
+		cn->shm_body = NULL;
+		cn->shm_fd = -1;
+	}
 	cn->req->priority = priority;
 	cn->req->check = check;
 	cn->req->check_data = check_data;
+	if (check == v2_shm_check)
+		cn->req->check_free = v2_shm_ctx_free;
 	/* A client's timeout only shortens the stage's; past a day it means nothing. */
 	if (timeout_us > 0)
 		cn->req->client_deadline_ms =
@@ -551,17 +597,38 @@ static enum MHD_Result start_infer(struct conn *cn)
 				     "Inference-Header-Content-Length must be a non-negative integer");
 	if (r == 0)
 		hl = -1;
-	if (bt_v2_parse_infer(cn->body.data ? cn->body.data : "", cn->body.len, hl, &v2, err,
-			      sizeof(err)))
+	struct bt_shm_outputs *outs = NULL;
+	const char *body = cn->body.data ? cn->body.data : "";
+	size_t len = cn->body.len;
+	r = bt_shm_rewrite_infer(cn->h->shm, body, len, hl, cn->h->d->cfg->memfd_min_bytes,
+				 &cn->shm_body, &cn->shm_len, &cn->shm_fd, &hl, &outs, err,
+				 sizeof(err));
+	if (r < 0)
 		return send_v2_error(cn->mc, 400, err);
+	if (r > 0) {
+		body = cn->shm_body ? cn->shm_body : "";
+		len = cn->shm_len;
+	}
+	if (bt_v2_parse_infer(body, len, hl, &v2, err, sizeof(err))) {
+		bt_shm_outputs_free(outs);
+		return send_v2_error(cn->mc, 400, err);
+	}
 	json_t *meta = json_pack("{s:s, s:s, s:s}", "content_type", "application/json",
 				 "protocol", "v2", "model_name", cn->pl->cfg->name);
 	if (v2.binary)
 		json_object_set_new(meta, "v2_header_length", json_integer((json_int_t)v2.header_len));
 	if (v2.binary_output)
 		json_object_set_new(meta, "v2_binary_output", json_true());
-	submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
-	       v2.has_timeout ? v2.timeout_us : 0, v2_check, v2.id);
+	if (outs) {
+		struct v2_shm_ctx *x = bt_calloc(1, sizeof(*x));
+		x->id = v2.id;
+		x->outs = outs;
+		submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
+		       v2.has_timeout ? v2.timeout_us : 0, v2_shm_check, (char *)x);
+	} else {
+		submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
+		       v2.has_timeout ? v2.timeout_us : 0, v2_check, v2.id);
+	}
 	v2.id = NULL; /* the request's now */
 	bt_v2_request_release(&v2);
 	return wait_or_answer(cn);
@@ -705,6 +772,66 @@ static int split_model_url(const char *rest, char *name, size_t nlen,
 		return 0;
 	*action = p;
 	return 1;
+}
+
+/*
+ * Triton's system shared-memory extension: rest is what follows
+ * /v2/systemsharedmemory.  Register reads a body (*answered = 0); status
+ * and unregister answer at once.
+ */
+static enum MHD_Result route_shm(struct conn *cn, const char *rest, int get, int post,
+				 int *answered)
+{
+	char name[160], err[400];
+	const char *action = rest;
+	struct MHD_Connection *mc = cn->mc;
+	int one = 0;
+	if (!strncmp(rest, "/region/", 8)) {
+		const char *slash = strchr(rest + 8, '/');
+		size_t n = slash ? (size_t)(slash - (rest + 8)) : 0;
+		if (!slash || n == 0 || n >= sizeof(name))
+			return send_v2_error(mc, 404, "no such route");
+		memcpy(name, rest + 8, n);
+		name[n] = '\0';
+		action = slash;
+		one = 1;
+	}
+	if (!strcmp(action, "/status")) {
+		if (!get)
+			return method_not_allowed(mc, "GET");
+		json_t *doc = bt_shm_status(cn->h->shm, one ? name : NULL, err, sizeof(err));
+		return doc ? send_json(mc, 200, doc, NULL) : send_v2_error(mc, 400, err);
+	}
+	if (!strcmp(action, "/unregister")) {
+		if (!post)
+			return method_not_allowed(mc, "POST");
+		if (bt_shm_unregister(cn->h->shm, one ? name : NULL, err, sizeof(err)))
+			return send_v2_error(mc, 400, err);
+		bt_info("shared memory unregistered", "region=%s", BT_LOGQ(one ? name : "(all)"));
+		return send_empty(mc, 200);
+	}
+	if (one && !strcmp(action, "/register")) {
+		if (!post)
+			return method_not_allowed(mc, "POST");
+		cn->route = R_SHM_REGISTER;
+		cn->region = bt_strdup(name);
+		*answered = 0;
+		return MHD_YES;
+	}
+	return send_v2_error(mc, 404, "no such route");
+}
+
+static enum MHD_Result shm_register(struct conn *cn)
+{
+	struct bt_http *h = cn->h;
+	char err[400];
+	size_t max = h->d->cfg->http_max_buffered_bytes, used = h->buffered + bt_shm_bytes(h->shm);
+	if (bt_shm_register(h->shm, cn->region, cn->body.data ? cn->body.data : "", cn->body.len,
+			    used < max ? max - used : 0, err, sizeof(err)))
+		return send_v2_error(cn->mc, 400, err);
+	bt_info("shared memory registered", "region=%s bytes=%zu", BT_LOGQ(cn->region),
+		bt_shm_bytes(h->shm));
+	return send_empty(cn->mc, 200);
 }
 
 /* GET and POST under /v2/models/; sets *answered = 0 for an infer to run. */
@@ -929,13 +1056,16 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 			   : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v2") || !strcmp(url, "/v2/")) {
 		return get ? send_json(mc, 200,
-				       json_pack("{s:s, s:s, s:[s]}", "name", "baton", "version",
-						 BATON_VERSION, "extensions", "binary_tensor_data"),
+				       json_pack("{s:s, s:s, s:[s, s]}", "name", "baton", "version",
+						 BATON_VERSION, "extensions", "binary_tensor_data",
+						 "system_shared_memory"),
 				       NULL)
 			   : method_not_allowed(mc, "GET");
 	}
 	if (has_prefix(url, "/v2/models/", &rest))
 		return route_v2_model(cn, rest, get, post, answered);
+	if (has_prefix(url, "/v2/systemsharedmemory", &rest))
+		return route_shm(cn, rest, get, post, answered);
 	if (bt_dashboard_is_route(url))
 		return get ? (enum MHD_Result)bt_dashboard_send(mc) : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v1/status"))
@@ -1056,6 +1186,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	(void)version;
 	if (!cn) {
 		cn = bt_calloc(1, sizeof(*cn));
+		cn->shm_fd = -1;
 		cn->h = h;
 		cn->mc = mc;
 		*con_cls = cn;
@@ -1132,6 +1263,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		cn->route = R_NONE;
 		return cn->too_big ? too_big(cn, NULL) : add_station(cn);
 	}
+	if (cn->route == R_SHM_REGISTER) {
+		cn->route = R_NONE;
+		return cn->too_big ? too_big(cn, NULL) : shm_register(cn);
+	}
 	if (cn->route == R_STREAM_RESULTS)
 		return stream_results(cn);
 	if (cn->req)
@@ -1169,6 +1304,8 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 	sending_remove(cn);
 	bt_buf_release(&cn->body);
 	uncharge(cn);
+	free(cn->region);
+	bt_payload_free(cn->shm_body, cn->shm_len, cn->shm_fd);
 	free(cn);
 }
 
@@ -1303,6 +1440,7 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 	}
 	struct bt_http *h = bt_calloc(1, sizeof(*h));
 	h->d = d;
+	h->shm = bt_shm_new();
 	h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->listen_port, NULL, NULL,
 				  access_cb, h, MHD_OPTION_SOCK_ADDR, sa,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,
@@ -1316,6 +1454,7 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 	if (!h->mhd) {
 		snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host,
 			 cfg->listen_port, errno ? strerror(errno) : "libmicrohttpd refused");
+		bt_shm_free(h->shm);
 		free(h);
 		return -EADDRINUSE;
 	}
@@ -1336,8 +1475,10 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 static void closed_cb(uv_handle_t *handle)
 {
 	struct bt_http *h = handle->data;
-	if (++h->closing == 3)
+	if (++h->closing == 3) {
+		bt_shm_free(h->shm);
 		free(h);
+	}
 }
 
 void bt_http_close(struct bt_http *h)

@@ -55,7 +55,10 @@ void bt_request_free(struct bt_request *req)
 	bt_payload_free(req->payload, req->len, req->payload_fd);
 	free(req->error);
 	free(req->timings);
-	free(req->check_data);
+	if (req->check_free)
+		req->check_free(req->check_data);
+	else
+		free(req->check_data);
 	free(req);
 }
 

@@ -73,6 +73,7 @@ struct bt_request {
 	 */
 	int (*check)(struct bt_request *req, char *err, size_t errlen);
 	char *check_data;
+	void (*check_free)(char *check_data); /* frees check_data; NULL: free() */
 };
 
 struct bt_source_ops;
