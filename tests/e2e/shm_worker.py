@@ -8,6 +8,7 @@ Content-Type after three stages is "application/x-hops-mmm". Payloads that
 begin with a command choose something else:
   crash      SIGKILL itself while holding the request (and its memfd)
   unsealed   answer with a memfd that is not sealed (a protocol violation)
+SHM_GATE=PATH holds every request until the file PATH exists.
 SHM_VIEWS=1 runs with bw.run(..., views=True); RAW=1 speaks protocol v1
 without the SDK and never announces memfds (an old worker).
 """
@@ -17,11 +18,15 @@ import os
 import signal
 import socket
 import sys
+import time
 
 
 def kind_meta(payload, meta):
     ct = meta.get("content_type") or "application/x-hops-"
-    return {"content_type": ct + ("m" if isinstance(payload, memoryview) else "b")}
+    out = {"content_type": ct + ("m" if isinstance(payload, memoryview) else "b")}
+    if "v2_header_length" in meta:  # the payload is passed on unchanged: so is its framing
+        out["v2_header_length"] = meta["v2_header_length"]
+    return out
 
 
 def unsealed_answer(rid, payload):
@@ -38,10 +43,16 @@ def unsealed_answer(rid, payload):
 def run_sdk():
     import baton_worker as bw
 
+    gate = os.environ.get("SHM_GATE")
+
     @bw.batch_handler
     def handle(requests):
         out = []
         for r in requests:
+            for _ in range(6000):   # at most 60 s: a test that forgets its gate ends
+                if not gate or os.path.exists(gate):
+                    break
+                time.sleep(0.01)
             head = bytes(r.payload[:8])
             if head.startswith(b"crash"):
                 os.kill(os.getpid(), signal.SIGKILL)
