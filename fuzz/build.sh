@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the libFuzzer targets of baton's pure parsers into build-fuzz/:
 # fuzz_frame (worker protocol frames), fuzz_config (the YAML loader) and
-# fuzz_v2 (KServe v2 requests and answers), with ASan, UBSan and libFuzzer.
+# fuzz_v2 (KServe v2 requests and answers) and fuzz_shm (the shared-memory
+# extension's register bodies and request rewriting), with ASan, UBSan and libFuzzer.
 # Needs clang and its fuzzer runtime (Debian: clang, libclang-rt-14-dev).
 #
 #   sh fuzz/build.sh            # CC=clang-15 sh fuzz/build.sh for another clang
@@ -58,6 +59,8 @@ compile() {
 compile common src/common/common.c
 compile frame src/proto/frame.c
 compile v2 src/http/v2.c
+compile memfd src/common/memfd.c
+compile shm src/http/shm.c
 # The loader's fopen goes through fuzz_config.c's bt_fuzz_fopen, which
 # refuses writes and reads of anything but small regular files.
 compile config src/config/config.c -Dfopen=bt_fuzz_fopen
@@ -78,4 +81,5 @@ target() {
 target frame frame common
 target config config common
 target v2 v2 common
-echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2"
+target shm shm memfd common
+echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_shm"

@@ -39,10 +39,11 @@ max_len() {
 	frame) echo 70000 ;;
 	config) echo 8192 ;;
 	v2) echo 8192 ;;
+	shm) echo 8192 ;;
 	esac
 }
 
-targets="frame config v2"
+targets="frame config v2 shm"
 for t in $targets; do
 	dir="$out/run/$t"
 	mkdir -p "$dir/corpus" "$dir/artifacts"
