@@ -12,6 +12,7 @@ anywhere). Then baton's own CPU per request (utime + stime from /proc) at
 """
 import argparse
 import http.client
+import json
 import os
 import platform
 import shutil
@@ -58,7 +59,11 @@ class Daemon:
             f.write("stages:\n")
             for s in ("s1", "s2", "s3"):
                 f.write("  %s:\n%s" % (s, stage))
+            v2 = ("    command: [%s, %s]\n    env: {FRAMES_V2_LAST: \"%%d\"}\n"
+                  % (PY, os.path.join(HERE, "v2echo.py")))
+            f.write("  v1:\n" + v2 % 0 + "  v2:\n" + v2 % 0 + "  v3:\n" + v2 % 1)
             f.write("pipelines:\n  one: [s1]\n  three: [s1, s2, s3]\n")
+            f.write("  m:\n    stages: [v1, v2, v3]\n")
         self.log = open(cfg + ".log", "wb")
         self.proc = subprocess.Popen([os.path.join(build, "baton"), "serve", cfg, "--listen",
                                       "127.0.0.1:%d" % self.port],
@@ -113,6 +118,79 @@ def load(port, pipeline, body, concurrency, duration):
     return len(lat), time.monotonic() - t0, lat
 
 
+def load_shm(port, body, concurrency, duration):
+    """Closed loop over KServe v2 with Triton's system shared memory: each
+    client writes its frame into its input region (as a camera client
+    would, every time), posts a small JSON request naming the regions, and
+    reads the answer from its output region."""
+    lat, errors = [], []
+    lock = threading.Lock()
+    regions = []
+    n = len(body)
+
+    def request(method, path, doc=None):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request(method, path, body=json.dumps(doc).encode() if doc is not None else None)
+        r = conn.getresponse()
+        out = r.read()
+        conn.close()
+        if r.status != 200:
+            raise SystemExit("%s %s: %d %s" % (method, path, r.status, out[:200]))
+        return out
+
+    for i in range(concurrency):
+        key = "/bench-frames-%d-%d" % (os.getpid(), i)
+        fd = os.open("/dev/shm" + key, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+        os.ftruncate(fd, 2 * n)
+        regions.append((key, fd))
+        request("POST", "/v2/systemsharedmemory/region/in%d/register" % i,
+                {"key": key, "offset": 0, "byte_size": n})
+        request("POST", "/v2/systemsharedmemory/region/out%d/register" % i,
+                {"key": key, "offset": n, "byte_size": n})
+    stop_at = time.monotonic() + duration
+
+    def client(i):
+        fd = regions[i][1]
+        doc = json.dumps({
+            "inputs": [{"name": "x", "datatype": "UINT8", "shape": [n], "parameters": {
+                "shared_memory_region": "in%d" % i, "shared_memory_byte_size": n}}],
+            "outputs": [{"name": "out_x", "parameters": {
+                "shared_memory_region": "out%d" % i, "shared_memory_byte_size": n}}]}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop_at:
+            t0 = time.monotonic()
+            os.pwrite(fd, body, 0)
+            conn.request("POST", "/v2/models/m/infer", body=doc,
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            out = r.read()
+            got = os.pread(fd, 16, n)
+            dt = time.monotonic() - t0
+            if r.status != 200 or got != body[:16]:
+                errors.append((r.status, out[:200]))
+                return
+            with lock:
+                lat.append(dt)
+        conn.close()
+
+    try:
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        secs = time.monotonic() - t0
+    finally:
+        request("POST", "/v2/systemsharedmemory/unregister")
+        for key, fd in regions:
+            os.close(fd)
+            os.unlink("/dev/shm" + key)
+    if errors:
+        raise SystemExit("requests failed: %r" % errors[:3])
+    return len(lat), secs, lat
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build")
@@ -143,6 +221,17 @@ def main():
                         "%.2f" % (rates[3] / rates[1]) if n == 3 else ""), flush=True)
             finally:
                 d.stop()
+        d = Daemon(build, tmp, True, 1)
+        try:
+            load_shm(d.port, body, 2, 1)
+            reqs, secs, lat = load_shm(d.port, body, 2, args.duration)
+            print("%-34s %8d %8.1f %9.1f" % ("client shm (KServe v2), memfd hops", 3,
+                                              reqs / secs, statistics.median(lat) * 1000))
+            c0 = d.cpu_s()
+            reqs, secs, _ = load_shm(d.port, body, 2, args.duration / 2)
+            shm_cpu = (d.cpu_s() - c0) / reqs * 1e6
+        finally:
+            d.stop()
         print("\nbaton's CPU per request, three stages, concurrency 2")
         print("%-34s %10s %14s" % ("how", "payload", "CPU us/req"))
         for name, memfd, views in (ways[0], ways[2]):
@@ -156,6 +245,7 @@ def main():
                     print("%-34s %10s %14.0f" % (name, label, cpu / reqs * 1e6), flush=True)
             finally:
                 d.stop()
+        print("%-34s %10s %14.0f" % ("client shm (KServe v2)", "6 MB", shm_cpu))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
