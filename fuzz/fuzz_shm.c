@@ -107,12 +107,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				broken("bytes outside every registered region were read");
 		if (outs) {
 			/* The request as the answer: whatever it says, no crash and no leak. */
-			char *ans = malloc(outlen + 1);
-			size_t alen = outlen;
-			long long ahl = out_hl;
-			memcpy(ans, out, outlen);
-			if (bt_shm_place_outputs(outs, &ans, &alen, &ahl, err, sizeof(err)) == 0 &&
-			    ahl > (long long)alen)
+			char *ans = NULL;
+			size_t alen = 0;
+			long long ahl = -1;
+			if (bt_shm_place_outputs(outs, out, outlen, out_hl, &ans, &alen, &ahl, err,
+						 sizeof(err)) == 0 && ahl > (long long)alen)
 				broken("a placed answer's header length is outside it");
 			free(ans);
 		}

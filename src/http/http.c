@@ -206,16 +206,36 @@ static int cut_slow_readers(struct bt_http *h)
 
 /* ---- answers -------------------------------------------------------------- */
 
+/* A payload in a memfd, answered straight from its mapping. */
+struct mapped {
+	char *p;
+	size_t len;
+	int fd;
+};
+
+static void mapped_free_cb(void *cls)
+{
+	struct mapped *m = cls;
+	bt_payload_free(m->p, m->len, m->fd);
+	free(m);
+}
+
 /* body is malloc'd, or fd's mapping when fd >= 0; the response owns both. */
 static struct MHD_Response *make_response(char *body, size_t len, int fd)
 {
 	struct MHD_Response *resp;
 	if (fd >= 0 && len > 0) {
-		/* A payload in a memfd goes out by sendfile: baton never copies it. */
-		munmap(body, len);
-		resp = MHD_create_response_from_fd_at_offset64(len, fd, 0);
+		/*
+		 * Sent from the mapping, with no copy in baton.  Not as an fd
+		 * response: libmicrohttpd reads those through its connection
+		 * buffer, a few KiB per loop turn.
+		 */
+		struct mapped *m = bt_malloc(sizeof(*m));
+		*m = (struct mapped){body, len, fd};
+		resp = MHD_create_response_from_buffer_with_free_callback_cls(len, body,
+									       mapped_free_cb, m);
 		if (!resp)
-			close(fd);
+			mapped_free_cb(m);
 		return resp;
 	}
 	if (fd >= 0) {
@@ -356,16 +376,23 @@ static int v2_finish(struct bt_request *req, const char *id, struct bt_shm_outpu
 {
 	json_t *jhl = json_object_get(req->meta, "v2_header_length");
 	long long hl = json_is_integer(jhl) ? json_integer_value(jhl) : -1;
-	char *body, why[256];
-	size_t len;
+	char *body, *placed = NULL, why[256];
+	const char *in = req->payload;
+	size_t len, in_len = req->len;
 	long long out_hl;
-	if (bt_v2_finish_response(req->payload, req->len, hl, req->pipeline->cfg->name,
-				  id, &body, &len, &out_hl, why, sizeof(why)) ||
-	    bt_shm_place_outputs(outs, &body, &len, &out_hl, why, sizeof(why))) {
+	/* Outputs into shared memory first: what is left to complete is small. */
+	if (outs && bt_shm_place_outputs(outs, in ? in : "", in_len, hl, &placed, &in_len, &hl,
+					 why, sizeof(why)) == 0)
+		in = placed;
+	if ((outs && !placed) ||
+	    bt_v2_finish_response(in, in_len, hl, req->pipeline->cfg->name, id, &body, &len,
+				  &out_hl, why, sizeof(why))) {
+		free(placed);
 		snprintf(err, errlen, "the pipeline's last stage did not answer a v2 response: %s",
 			 why);
 		return 1;
 	}
+	free(placed);
 	bt_payload_free(req->payload, req->len, req->payload_fd);
 	req->payload = body;
 	req->len = len;

@@ -479,17 +479,21 @@ static int pwrite_full(int fd, const char *p, size_t n, uint64_t off)
 	return 0;
 }
 
-int bt_shm_place_outputs(struct bt_shm_outputs *o, char **body, size_t *len, long long *hl,
-			 char *err, size_t errlen)
+int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len, long long hl,
+			 char **out, size_t *outlen, long long *out_hl, char *err, size_t errlen)
 {
-	if (!o || !o->n)
-		return 0;
-	size_t jlen = *hl >= 0 ? (size_t)*hl : *len, pos = jlen;
-	/* Integers as reals: a UINT64 output value may be past what jansson reads as one. */
-	json_t *root = json_loadb(*body, jlen, JSON_DECODE_INT_AS_REAL, NULL);
+	size_t jlen = hl >= 0 ? (size_t)hl : len, pos = jlen;
+	if (hl > (long long)len)
+		return fail(err, errlen, "JSON header length %lld is past the %zu-byte answer", hl,
+			    len);
+	json_t *root = json_loadb(body, jlen, 0, NULL);
 	json_t *outputs = json_object_get(root, "outputs");
 	struct bt_buf bin = BT_BUF_INIT;
 	int e = -1;
+	if (!json_is_object(root)) {
+		fail(err, errlen, "the answer is not a JSON object");
+		goto done;
+	}
 	for (size_t i = 0; i < json_array_size(outputs); i++) {
 		json_t *ot = json_array_get(outputs, i);
 		json_t *params = json_object_get(ot, "parameters");
@@ -504,19 +508,19 @@ int bt_shm_place_outputs(struct bt_shm_outputs *o, char **body, size_t *len, lon
 			}
 			continue;
 		}
-		if (!json_is_number(jsz) || dsz < 0 || dsz > (double)(*len - pos)) {
+		if (!json_is_number(jsz) || dsz < 0 || dsz > (double)(len - pos)) {
 			fail(err, errlen, "the answer's binary_data_size values do not fit its body");
 			goto done;
 		}
 		size_t size = (size_t)dsz;
 		if (!p) {
-			bt_buf_append(&bin, *body + pos, size);
+			bt_buf_append(&bin, body + pos, size);
 		} else if (size > p->size) {
 			fail(err, errlen, "output '%s' is %zu bytes, more than its "
 			     "shared_memory_byte_size %llu", p->output, size,
 			     (unsigned long long)p->size);
 			goto done;
-		} else if (pwrite_full(p->r->fd, *body + pos, size, p->r->offset + p->offset)) {
+		} else if (pwrite_full(p->r->fd, body + pos, size, p->r->offset + p->offset)) {
 			fail(err, errlen, "cannot write output '%s' into shared memory region '%s': %s",
 			     p->output, p->r->name, strerror(errno));
 			goto done;
@@ -541,12 +545,15 @@ int bt_shm_place_outputs(struct bt_shm_outputs *o, char **body, size_t *len, lon
 	}
 	char *hdr = json_dumps(root, JSON_COMPACT);
 	struct bt_buf nb = BT_BUF_INIT;
+	if (!hdr) {
+		fail(err, errlen, "the answer cannot be written again as JSON");
+		goto done;
+	}
 	bt_buf_puts(&nb, hdr);
-	*hl = bin.len ? (long long)nb.len : -1;
+	*out_hl = bin.len ? (long long)nb.len : -1;
 	bt_buf_append(&nb, bin.data, bin.len);
 	free(hdr);
-	free(*body);
-	*body = bt_buf_detach(&nb, len);
+	*out = bt_buf_detach(&nb, outlen);
 	e = 0;
 done:
 	bt_buf_release(&bin);

@@ -51,13 +51,14 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 			 long long *out_hl, struct bt_shm_outputs **outs, char *err,
 			 size_t errlen);
 /*
- * Moves the binary outputs of a complete v2 answer (*body, *len, JSON
- * header length *hl) that o names into their regions, and replaces the
- * answer with one that says where they are (*body malloc'd, freed and
- * replaced; *hl -1 when no binary output is left).  0, or -1 with err.
+ * Moves the binary outputs of a worker's v2 answer (body, len, JSON header
+ * length hl or -1) that o names into their regions, and makes the answer
+ * that says where they are: 0 with *out malloc'd (*out_hl -1 when no
+ * binary output is left), or -1 with err.  Run before
+ * bt_v2_finish_response, which then has only the small rest to copy.
  */
-int bt_shm_place_outputs(struct bt_shm_outputs *o, char **body, size_t *len, long long *hl,
-			 char *err, size_t errlen);
+int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len, long long hl,
+			 char **out, size_t *outlen, long long *out_hl, char *err, size_t errlen);
 void bt_shm_outputs_free(struct bt_shm_outputs *o);
 
 #endif
