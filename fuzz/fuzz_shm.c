@@ -110,8 +110,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			char *ans = NULL;
 			size_t alen = 0;
 			long long ahl = -1;
-			if (bt_shm_place_outputs(outs, out, outlen, out_hl, &ans, &alen, &ahl, err,
-						 sizeof(err)) == 0 && ahl > (long long)alen)
+			if (bt_shm_place_outputs(outs, out, outlen, outfd, out_hl, &ans, &alen, &ahl,
+						 err, sizeof(err)) == 0 && ahl > (long long)alen)
 				broken("a placed answer's header length is outside it");
 			free(ans);
 		}

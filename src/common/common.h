@@ -110,6 +110,14 @@ int bt_memfd_from(const void *p, size_t len);
 int bt_memfd_check(int fd, size_t len, char *why, size_t whylen);
 /* fd's first len bytes mapped read-only; NULL when len is 0 or on failure (errno). */
 char *bt_memfd_map(int fd, size_t len);
+/* Faults in a mapping's pages at once, before reading all of it. */
+void bt_memfd_prefault(const char *p, size_t len);
+/*
+ * Copies n bytes from file from (at from_off) to file to (at to_off)
+ * without mapping either: copy_file_range, else through a small buffer.
+ * 0, -ENODATA when from ends first, or -errno.
+ */
+int bt_file_copy(int from, uint64_t from_off, int to, uint64_t to_off, size_t n);
 /* Frees a payload: unmaps and closes when fd >= 0, else free(p). */
 void bt_payload_free(char *p, size_t len, int fd);
 

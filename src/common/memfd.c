@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -67,6 +68,68 @@ char *bt_memfd_map(int fd, size_t len)
 		return NULL;
 	void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
 	return p == MAP_FAILED ? NULL : p;
+}
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
+
+void bt_memfd_prefault(const char *p, size_t len)
+{
+	/* One call instead of a page fault per 4 KiB (costly in a VM); best effort. */
+	if (p && len)
+		madvise((void *)p, len, MADV_POPULATE_READ);
+}
+
+int bt_file_copy(int from, uint64_t from_off, int to, uint64_t to_off, size_t n)
+{
+	loff_t in = (loff_t)from_off, out = (loff_t)to_off;
+	while (n > 0) {
+		/* In the kernel, page cache to page cache: no mapping, no page faults. */
+		ssize_t k = copy_file_range(from, &in, to, &out, n, 0);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+			      errno == EOPNOTSUPP))
+			break; /* not between these two (two tmpfs mounts): sendfile */
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			return -ENODATA; /* from ends early */
+		n -= (size_t)k;
+	}
+	/* sendfile splices between any two files, but writes at to's own position. */
+	if (n > 0 && lseek(to, out, SEEK_SET) == out) {
+		while (n > 0) {
+			ssize_t k = sendfile(to, from, &in, n);
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k <= 0)
+				break;
+			out += k;
+			n -= (size_t)k;
+		}
+	}
+	char buf[65536];
+	while (n > 0) {
+		ssize_t k = pread(from, buf, BT_MIN(n, sizeof(buf)), in);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -ENODATA;
+		for (ssize_t w = 0; w < k;) {
+			ssize_t m = pwrite(to, buf + w, (size_t)(k - w), out);
+			if (m < 0 && errno == EINTR)
+				continue;
+			if (m <= 0)
+				return m < 0 ? -errno : -EIO;
+			w += m;
+			out += m;
+		}
+		in += k;
+		n -= (size_t)k;
+	}
+	return 0;
 }
 
 void bt_payload_free(char *p, size_t len, int fd)

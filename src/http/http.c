@@ -232,6 +232,7 @@ static struct MHD_Response *make_response(char *body, size_t len, int fd)
 		 */
 		struct mapped *m = bt_malloc(sizeof(*m));
 		*m = (struct mapped){body, len, fd};
+		bt_memfd_prefault(body, len);
 		resp = MHD_create_response_from_buffer_with_free_callback_cls(len, body,
 									       mapped_free_cb, m);
 		if (!resp)
@@ -381,8 +382,8 @@ static int v2_finish(struct bt_request *req, const char *id, struct bt_shm_outpu
 	size_t len, in_len = req->len;
 	long long out_hl;
 	/* Outputs into shared memory first: what is left to complete is small. */
-	if (outs && bt_shm_place_outputs(outs, in ? in : "", in_len, hl, &placed, &in_len, &hl,
-					 why, sizeof(why)) == 0)
+	if (outs && bt_shm_place_outputs(outs, in ? in : "", in_len, req->payload_fd, hl, &placed,
+					 &in_len, &hl, why, sizeof(why)) == 0)
 		in = placed;
 	if ((outs && !placed) ||
 	    bt_v2_finish_response(in, in_len, hl, req->pipeline->cfg->name, id, &body, &len,

@@ -308,24 +308,41 @@ static int fill(char *dst, const char *hdr, size_t hlen, const struct piece *pc,
 	return 0;
 }
 
-/* The new body in a sealed memfd: *out its read-only mapping. */
+static int pwrite_full(int fd, const char *p, size_t n, uint64_t off);
+
+/*
+ * The new body in a sealed memfd (*out its read-only mapping), written
+ * with file-to-file copies: a fresh mapping would fault its pages in one
+ * by one.
+ */
 static int build_memfd(size_t total, const char *hdr, size_t hlen, const struct piece *pc,
 		       size_t n, char **out, int *outfd, char *err, size_t errlen)
 {
 	int fd = memfd_create("baton-shm-input", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	char *w = MAP_FAILED;
-	if (fd < 0 || ftruncate(fd, (off_t)total) < 0 ||
-	    (w = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+	if (fd < 0 || pwrite_full(fd, hdr, hlen, 0)) {
 		if (fd >= 0)
 			close(fd);
 		return fail(err, errlen, "cannot make a memfd of %zu bytes: %s", total,
 			    strerror(errno));
 	}
-	int e = fill(w, hdr, hlen, pc, n, err, errlen);
-	munmap(w, total); /* no writable mapping may be left for F_SEAL_WRITE */
-	if (e || fcntl(fd, F_ADD_SEALS, BT_MEMFD_SEALS) < 0 || !(*out = bt_memfd_map(fd, total))) {
+	uint64_t at = hlen;
+	for (size_t i = 0; i < n; i++) {
+		int e = pc[i].r ? bt_file_copy(pc[i].r->fd, pc[i].r->offset + pc[i].offset, fd, at,
+					       pc[i].size)
+				: pwrite_full(fd, pc[i].p, pc[i].size, at) ? -errno : 0;
+		if (e) {
+			close(fd);
+			if (e == -ENODATA && pc[i].r)
+				return fail(err, errlen, "shared memory region '%s' cannot be read: its "
+					    "object is shorter than when it was registered",
+					    pc[i].r->name);
+			return fail(err, errlen, "cannot fill a memfd: %s", strerror(-e));
+		}
+		at += pc[i].size;
+	}
+	if (fcntl(fd, F_ADD_SEALS, BT_MEMFD_SEALS) < 0 || !(*out = bt_memfd_map(fd, total))) {
 		close(fd);
-		return e ? e : fail(err, errlen, "cannot seal or map a memfd: %s", strerror(errno));
+		return fail(err, errlen, "cannot seal or map a memfd: %s", strerror(errno));
 	}
 	*outfd = fd;
 	return 0;
@@ -479,8 +496,9 @@ static int pwrite_full(int fd, const char *p, size_t n, uint64_t off)
 	return 0;
 }
 
-int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len, long long hl,
-			 char **out, size_t *outlen, long long *out_hl, char *err, size_t errlen)
+int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len, int body_fd,
+			 long long hl, char **out, size_t *outlen, long long *out_hl, char *err,
+			 size_t errlen)
 {
 	size_t jlen = hl >= 0 ? (size_t)hl : len, pos = jlen;
 	if (hl > (long long)len)
@@ -520,9 +538,11 @@ int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len,
 			     "shared_memory_byte_size %llu", p->output, size,
 			     (unsigned long long)p->size);
 			goto done;
-		} else if (pwrite_full(p->r->fd, body + pos, size, p->r->offset + p->offset)) {
-			fail(err, errlen, "cannot write output '%s' into shared memory region '%s': %s",
-			     p->output, p->r->name, strerror(errno));
+		} else if (body_fd >= 0 ? bt_file_copy(body_fd, pos, p->r->fd, p->r->offset + p->offset,
+						       size) < 0
+					: pwrite_full(p->r->fd, body + pos, size, p->r->offset + p->offset)) {
+			fail(err, errlen, "cannot write output '%s' into shared memory region '%s'",
+			     p->output, p->r->name);
 			goto done;
 		} else {
 			json_object_del(params, "binary_data_size");

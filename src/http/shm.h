@@ -52,13 +52,15 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 			 size_t errlen);
 /*
  * Moves the binary outputs of a worker's v2 answer (body, len, JSON header
- * length hl or -1) that o names into their regions, and makes the answer
+ * length hl or -1; body_fd, when >= 0, a file holding body, copied from
+ * without touching the mapping) that o names into their regions, and makes the answer
  * that says where they are: 0 with *out malloc'd (*out_hl -1 when no
  * binary output is left), or -1 with err.  Run before
  * bt_v2_finish_response, which then has only the small rest to copy.
  */
-int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len, long long hl,
-			 char **out, size_t *outlen, long long *out_hl, char *err, size_t errlen);
+int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len, int body_fd,
+			 long long hl, char **out, size_t *outlen, long long *out_hl, char *err,
+			 size_t errlen);
 void bt_shm_outputs_free(struct bt_shm_outputs *o);
 
 #endif
