@@ -194,7 +194,10 @@ def load_shm(port, body, concurrency, duration):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build")
-    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--duration", type=float, default=8,
+                    help="seconds of load per figure, over all rounds")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="slices each figure's load is cut into, interleaved")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     body = os.urandom(MB6)
@@ -207,46 +210,56 @@ def main():
     ways = [("bytes (memfd_min_bytes: 0)", False, 0),
             ("memfd, handler takes bytes", True, 0),
             ("memfd, handler takes views", True, 1)]
+    shm_name = "client shm (KServe v2), memfd hops"
+    daemons = []
     try:
         for name, memfd, views in ways:
-            d = Daemon(build, tmp, memfd, views)
-            try:
-                load(d.port, "one", body, 2, 1)  # warm up
-                rates = {}
-                for pl, n in (("one", 1), ("three", 3)):
-                    reqs, secs, lat = load(d.port, pl, body, 2, args.duration)
-                    rates[n] = reqs / secs
-                    print("%-34s %8d %8.1f %9.1f %9s" % (
-                        name, n, rates[n], statistics.median(lat) * 1000,
-                        "%.2f" % (rates[3] / rates[1]) if n == 3 else ""), flush=True)
-            finally:
-                d.stop()
-        d = Daemon(build, tmp, True, 1)
-        try:
-            load_shm(d.port, body, 2, 1)
-            reqs, secs, lat = load_shm(d.port, body, 2, args.duration)
-            print("%-34s %8d %8.1f %9.1f" % ("client shm (KServe v2), memfd hops", 3,
-                                              reqs / secs, statistics.median(lat) * 1000))
-            c0 = d.cpu_s()
-            reqs, secs, _ = load_shm(d.port, body, 2, args.duration / 2)
-            shm_cpu = (d.cpu_s() - c0) / reqs * 1e6
-        finally:
-            d.stop()
+            daemons.append(Daemon(build, tmp, memfd, views))
+        # Interleaved: every figure gets slices spread over the whole run, so
+        # that the load of a shared machine drifting does not favour one.
+        runs = [(i, pl) for i in range(len(ways)) for pl in ("one", "three")] + [(2, "shm")]
+        acc = {r: [0, 0.0, []] for r in runs}
+        for d in daemons:
+            load(d.port, "one", body, 2, 1)  # warm up
+        load_shm(daemons[2].port, body, 2, 1)
+        for _ in range(args.rounds):
+            for r in runs:
+                d = daemons[r[0]]
+                if r[1] == "shm":
+                    reqs, secs, lat = load_shm(d.port, body, 2, args.duration / args.rounds)
+                else:
+                    reqs, secs, lat = load(d.port, r[1], body, 2, args.duration / args.rounds)
+                acc[r][0] += reqs
+                acc[r][1] += secs
+                acc[r][2] += lat
+        rate = {r: a[0] / a[1] for r, a in acc.items()}
+        for i, (name, _, _) in enumerate(ways):
+            for pl, n in (("one", 1), ("three", 3)):
+                print("%-34s %8d %8.1f %9.1f %9s" % (
+                    name, n, rate[(i, pl)], statistics.median(acc[(i, pl)][2]) * 1000,
+                    "%.2f" % (rate[(i, "three")] / rate[(i, "one")]) if n == 3 else ""))
+        print("%-34s %8d %8.1f %9.1f" % (shm_name, 3, rate[(2, "shm")],
+                                          statistics.median(acc[(2, "shm")][2]) * 1000))
+        print("\nclient shm against bytes through three stages: %.1fx" % (
+            rate[(2, "shm")] / rate[(0, "three")]))
         print("\nbaton's CPU per request, three stages, concurrency 2")
         print("%-34s %10s %14s" % ("how", "payload", "CPU us/req"))
-        for name, memfd, views in (ways[0], ways[2]):
-            d = Daemon(build, tmp, memfd, views)
-            try:
-                for label, b in (("1 KiB", small), ("6 MB", body)):
-                    load(d.port, "three", b, 2, 1)
-                    c0 = d.cpu_s()
-                    reqs, secs, _ = load(d.port, "three", b, 2, args.duration)
-                    cpu = d.cpu_s() - c0
-                    print("%-34s %10s %14.0f" % (name, label, cpu / reqs * 1e6), flush=True)
-            finally:
-                d.stop()
-        print("%-34s %10s %14.0f" % ("client shm (KServe v2)", "6 MB", shm_cpu))
+        cpu_runs = [(0, "1 KiB", small), (0, "6 MB", body), (2, "1 KiB", small),
+                    (2, "6 MB", body), (2, "shm", body)]
+        for i, label, b in cpu_runs:
+            d = daemons[i]
+            c0 = d.cpu_s()
+            if label == "shm":
+                reqs, _, _ = load_shm(d.port, b, 2, args.duration / 2)
+            else:
+                reqs, _, _ = load(d.port, "three", b, 2, args.duration / 2)
+            cpu = d.cpu_s() - c0
+            print("%-34s %10s %14.0f" % (shm_name if label == "shm" else ways[i][0],
+                                         "6 MB" if label == "shm" else label,
+                                         cpu / reqs * 1e6), flush=True)
     finally:
+        for d in daemons:
+            d.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
