@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
 #include <microhttpd.h>
@@ -99,9 +100,15 @@ struct conn {
 	size_t charged; /* bytes counted in h->buffered for this connection */
 	uint64_t send_deadline_ms; /* while in h->sending */
 	int in_sending, cut; /* in h->sending; its socket was shut down */
-	char *shm_body; /* an infer request rewritten for shared memory (shm.h) */
+	/*
+	 * The body when it is not in body: received into a memfd (body_fd,
+	 * then sealed and mapped here), or rewritten for shared memory (shm.h).
+	 */
+	char *shm_body;
 	size_t shm_len;
 	int shm_fd; /* shm_body's memfd, or -1 */
+	int body_fd; /* a large body being received into a memfd, or -1 */
+	size_t body_fd_len;
 	struct conn *snext, *sprev;
 };
 
@@ -533,8 +540,8 @@ static void submit(struct conn *cn, json_t *meta, int priority, long long timeou
 	size_t len;
 	char *payload = bt_buf_detach(&cn->body, &len);
 	cn->req = bt_request_new(cn->pl, payload, len, meta);
-	if (cn->shm_body) {
-		/* A request rewritten for shared memory: its own payload instead. */
+	if (cn->shm_body || cn->shm_fd >= 0) {
+		/* A body received into a memfd, or rewritten for shared memory. */
 		bt_payload_free(cn->req->payload, cn->req->len, -1);
 		cn->req->payload = cn->shm_body;
 		cn->req->len = cn->shm_len;
@@ -626,18 +633,25 @@ static enum MHD_Result start_infer(struct conn *cn)
 	if (r == 0)
 		hl = -1;
 	struct bt_shm_outputs *outs = NULL;
-	const char *body = cn->body.data ? cn->body.data : "";
-	size_t len = cn->body.len;
-	r = bt_shm_rewrite_infer(cn->h->shm, body, len, hl, cn->h->d->cfg->memfd_min_bytes,
-				 &cn->shm_body, &cn->shm_len, &cn->shm_fd, &hl, &outs, err,
+	const char *body = cn->shm_fd >= 0 ? cn->shm_body : cn->body.data;
+	size_t len = cn->shm_fd >= 0 ? cn->shm_len : cn->body.len;
+	char *nbody;
+	size_t nlen;
+	int nfd;
+	r = bt_shm_rewrite_infer(cn->h->shm, body ? body : "", len, hl,
+				 cn->h->d->cfg->memfd_min_bytes, &nbody, &nlen, &nfd, &hl, &outs, err,
 				 sizeof(err));
 	if (r < 0)
 		return send_v2_error(cn->mc, 400, err);
 	if (r > 0) {
-		body = cn->shm_body ? cn->shm_body : "";
-		len = cn->shm_len;
+		bt_payload_free(cn->shm_body, cn->shm_len, cn->shm_fd);
+		cn->shm_body = nbody;
+		cn->shm_len = nlen;
+		cn->shm_fd = nfd;
+		body = nbody;
+		len = nlen;
 	}
-	if (bt_v2_parse_infer(body, len, hl, &v2, err, sizeof(err))) {
+	if (bt_v2_parse_infer(body ? body : "", len, hl, &v2, err, sizeof(err))) {
 		bt_shm_outputs_free(outs);
 		return send_v2_error(cn->mc, 400, err);
 	}
@@ -1204,6 +1218,54 @@ static const char *framing_error(struct MHD_Connection *mc, int *status)
 	return NULL;
 }
 
+/* Appends to the body being received: 0, or -errno (the memfd could not grow). */
+static int body_add(struct conn *cn, const char *p, size_t n)
+{
+	if (cn->body_fd < 0) {
+		bt_buf_append(&cn->body, p, n);
+		return 0;
+	}
+	for (size_t off = 0; off < n;) {
+		ssize_t k = pwrite(cn->body_fd, p + off, n - off, (off_t)cn->body_fd_len);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		off += (size_t)k;
+		cn->body_fd_len += (size_t)k;
+	}
+	return 0;
+}
+
+static void body_drop(struct conn *cn)
+{
+	bt_buf_release(&cn->body);
+	if (cn->body_fd >= 0)
+		close(cn->body_fd);
+	cn->body_fd = -1;
+	cn->body_fd_len = 0;
+}
+
+/* A body received into a memfd, complete: sealed and mapped as shm_body. */
+static int body_seal(struct conn *cn)
+{
+	if (cn->body_fd < 0)
+		return 0;
+	int fd = cn->body_fd;
+	size_t len = cn->body_fd_len;
+	cn->body_fd = -1;
+	cn->body_fd_len = 0;
+	char *p = NULL;
+	if (fcntl(fd, F_ADD_SEALS, BT_MEMFD_SEALS) < 0 || (len && !(p = bt_memfd_map(fd, len)))) {
+		close(fd);
+		return -1;
+	}
+	cn->shm_body = p;
+	cn->shm_len = len;
+	cn->shm_fd = fd;
+	return 0;
+}
+
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 				 const char *url, const char *method,
 				 const char *version, const char *upload_data,
@@ -1215,6 +1277,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	if (!cn) {
 		cn = bt_calloc(1, sizeof(*cn));
 		cn->shm_fd = -1;
+		cn->body_fd = -1;
 		cn->h = h;
 		cn->mc = mc;
 		*con_cls = cn;
@@ -1253,6 +1316,12 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		if ((cn->route == R_PIPELINE || cn->route == R_INFER) &&
 		    over_budget(h, clen ? strtoull(clen, NULL, 10) : 1))
 			return send_overloaded(cn);
+		size_t min = h->d->cfg->memfd_min_bytes;
+		if ((cn->route == R_PIPELINE || cn->route == R_INFER) && min && clen &&
+		    strtoull(clen, NULL, 10) >= min) {
+			/* Received straight into the memfd the stages will share: no copy. */
+			cn->body_fd = memfd_create("baton-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		}
 		return MHD_YES;
 	}
 	if (cn->route == R_NONE) {
@@ -1262,16 +1331,17 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	}
 	if (*upload_data_size) {
 		if (cn->route != R_STAGE_RESTART && !cn->too_big && !cn->over_budget) {
-			if (cn->body.len + *upload_data_size > h->d->cfg->max_request_bytes) {
+			size_t have = cn->body.len + cn->body_fd_len;
+			if (have + *upload_data_size > h->d->cfg->max_request_bytes) {
 				cn->too_big = 1;
-				bt_buf_release(&cn->body);
+				body_drop(cn);
 				uncharge(cn);
-			} else if (over_budget(h, *upload_data_size)) {
-				cn->over_budget = 1;
-				bt_buf_release(&cn->body);
+			} else if (over_budget(h, *upload_data_size) ||
+				   body_add(cn, upload_data, *upload_data_size)) {
+				cn->over_budget = 1; /* also: no memory left for the memfd */
+				body_drop(cn);
 				uncharge(cn);
 			} else {
-				bt_buf_append(&cn->body, upload_data, *upload_data_size);
 				charge(cn, *upload_data_size);
 			}
 		}
@@ -1301,7 +1371,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		return wait_or_answer(cn); /* resumed with its outcome */
 	if (cn->too_big)
 		return too_big(cn, NULL);
-	if (cn->over_budget)
+	if (cn->over_budget || body_seal(cn))
 		return send_overloaded(cn);
 	return cn->route == R_INFER ? start_infer(cn) : start_pipeline_request(cn);
 }
@@ -1330,7 +1400,7 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 		bt_daemon_progress(h->d);
 	}
 	sending_remove(cn);
-	bt_buf_release(&cn->body);
+	body_drop(cn);
 	uncharge(cn);
 	free(cn->region);
 	bt_payload_free(cn->shm_body, cn->shm_len, cn->shm_fd);
