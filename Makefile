@@ -125,6 +125,7 @@ demo-stations: build
 bench: build test-deps
 	$(call apt_install,$(BENCH_PKGS))
 	$(PY) bench/hop/run.py --build $(abspath $(BUILD))
+	$(PY) bench/frames/run.py --build $(abspath $(BUILD))
 	$(PY) bench/batching/run.py --build $(abspath $(BUILD))
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))
 	$(PY) bench/autoscale/run.py --build $(abspath $(BUILD))
