@@ -201,7 +201,8 @@ static void child_free_if_done(struct bt_child *c)
 		close(c->sendq[i].fd);
 	free(c->sendq);
 	for (int i = 0; i < c->nrecv; i++)
-		close(c->recvq[i]);
+		if (c->recvq[i] >= 0)
+			close(c->recvq[i]);
 	bt_buf_release(&c->wbuf);
 	bt_buf_release(&c->wbusy);
 	bt_lines_release(&c->lines[0]);
@@ -494,6 +495,11 @@ static void on_result(struct bt_child *c, struct bt_replica *r,
 		char why[128];
 		fd = c->frame_fd;
 		c->frame_fd = -1;
+		if (fd < 0) {
+			bt_stage_result(release_slot(r, slot), NULL, 0, NULL,
+					"baton had no descriptor left for the answer's memfd", 1);
+			return;
+		}
 		if (bt_memfd_check(fd, f->len, why, sizeof(why))) {
 			close(fd);
 			violation(c, why, id, strlen(id));
@@ -606,11 +612,15 @@ static void feed_channel(struct bt_child *c, const char *p, size_t n)
 	}
 }
 
-/* Keeps a descriptor the worker sent; false when it sent too many. */
+/*
+ * Keeps a descriptor the worker sent, in order (-1 holds the place of one
+ * baton had no room for); false when it sent too many.
+ */
 static int keep_fd(struct bt_child *c, int fd)
 {
 	if (c->nrecv == BT_RECV_FDS) {
-		close(fd);
+		if (fd >= 0)
+			close(fd);
 		return 0;
 	}
 	c->recvq[c->nrecv++] = fd;
@@ -636,8 +646,8 @@ static int collect_fds(struct bt_child *c)
 		uv_pipe_init(c->d->loop, h, 0);
 		if (uv_accept((uv_stream_t *)&c->chan, (uv_stream_t *)h) == 0 &&
 		    uv_fileno((uv_handle_t *)h, &fd) == 0) {
-			int mine = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-			if (mine < 0 || !keep_fd(c, mine))
+			/* Out of descriptors, the dup fails: baton's lack, not the worker's fault. */
+			if (!keep_fd(c, fcntl(fd, F_DUPFD_CLOEXEC, 0)))
 				ok = 0;
 		}
 		uv_close((uv_handle_t *)h, fd_holder_closed_cb);
