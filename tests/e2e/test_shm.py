@@ -138,8 +138,9 @@ def test_worker_crash_holding_a_memfd_answers_once_and_leaks_no_descriptor(baton
     accepted = [l for l in metrics.splitlines()
                 if l.startswith("baton_requests_accepted_total") and 'pipeline="p"' in l]
     assert accepted and accepted[0].endswith(" 4"), accepted
-    # Each crash freed the memfds it held: baton has what it had before.
-    wait_for(lambda: fds(b.proc.pid) == before, 10,
+    # Each crash freed the memfds it held: baton has no more than before (fewer
+    # when "before" caught a closing connection's socket).
+    wait_for(lambda: fds(b.proc.pid) <= before, 10,
              what="baton's descriptors back to %d (now %d)" % (before, fds(b.proc.pid)))
 
 
