@@ -467,13 +467,19 @@ class _Worker:
         if entry is None:
             return self.answer(rid, result, None)
         view, fd = entry
+        dup = None
         try:
             # The handler gave back the view it got: answer with the same memfd.
-            same = view is not None and (result is view or (
-                type(result) is tuple and len(result) == 2 and result[0] is view))
-            return self.answer(rid, result, os.dup(fd) if same else None)
+            if view is not None and (result is view or (
+                    type(result) is tuple and len(result) == 2 and result[0] is view)):
+                dup = os.dup(fd)
+            frame = self.answer(rid, result, dup)
+            dup = None        # the frame has it now
+            return frame
         finally:
             os.close(fd)
+            if dup is not None:   # answer() refused the result
+                os.close(dup)
 
     def answer(self, rid, result, same_fd):
         """success() for a result; same_fd, when not None, is a memfd holding it."""
@@ -511,8 +517,6 @@ class _Worker:
                 head["meta"] = meta
             head = _encode_header(head)
             if len(head) >= _MAX_HEADER:
-                if same_fd is not None:
-                    os.close(same_fd)
                 raise ValueError("result meta is %d bytes encoded; the header limit is %d"
                                  % (len(head), _MAX_HEADER))
             return _Memfd(head + b"\n", same_fd if same_fd is not None else _sealed_memfd(body))
