@@ -1,10 +1,11 @@
 #!/bin/sh
 # Builds the libFuzzer targets of baton's pure parsers into build-fuzz/:
 # fuzz_frame (worker protocol frames), fuzz_config (the YAML loader) and
-# fuzz_v2 (KServe v2 requests and answers) and fuzz_grpc (gRPC message
-# framing and the v2 protobuf messages), with ASan, UBSan and libFuzzer.
-# Needs clang and its fuzzer runtime (Debian: clang, libclang-rt-14-dev),
-# protobuf-c (libprotobuf-c-dev, protobuf-c-compiler).
+# fuzz_v2 (KServe v2 requests and answers), fuzz_grpc (gRPC message
+# framing and the v2 protobuf messages) and fuzz_shm (the shared-memory
+# extension's register bodies and request rewriting), with ASan, UBSan and
+# libFuzzer.  Needs clang and its fuzzer runtime (Debian: clang,
+# libclang-rt-14-dev), protobuf-c (libprotobuf-c-dev, protobuf-c-compiler).
 #
 #   sh fuzz/build.sh            # CC=clang-15 sh fuzz/build.sh for another clang
 set -eu
@@ -66,6 +67,8 @@ compile frame src/proto/frame.c
 compile v2 src/http/v2.c
 compile wire src/grpc/wire.c
 compile inference_pb build-fuzz/gen/inference.pb-c.c
+compile memfd src/common/memfd.c
+compile shm src/http/shm.c
 # The loader's fopen goes through fuzz_config.c's bt_fuzz_fopen, which
 # refuses writes and reads of anything but small regular files.
 compile config src/config/config.c -Dfopen=bt_fuzz_fopen
@@ -87,4 +90,5 @@ target frame frame common
 target config config common
 target v2 v2 common
 target grpc wire inference_pb v2 common
-echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_grpc"
+target shm shm memfd common
+echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_grpc $out/fuzz_shm"

@@ -40,7 +40,8 @@ static void record(struct bt_buf *log, const struct bt_frame *f)
 	if (!hdr)
 		broken("a decoded header cannot be dumped", f->type);
 	bt_buf_printf(log, "%s\n%s\n%zu\n", f->type, hdr, f->len);
-	bt_buf_append(log, f->payload, f->len);
+	if (f->payload)
+		bt_buf_append(log, f->payload, f->len);
 	free(hdr);
 }
 
@@ -116,8 +117,14 @@ static void check_frame(const struct bt_frame *f)
 		broken("type is not the header's \"t\"", f->type);
 	if (f->len > MAX_PAYLOAD)
 		broken("a payload over max_payload was accepted", NULL);
-	if ((f->len > 0) != (f->payload != NULL))
+	if (f->memfd) {
+		/* Its bytes are in a descriptor: none inline, len from "memfd". */
+		json_t *m = json_object_get(f->hdr, "memfd");
+		if (f->payload || !json_is_integer(m) || (size_t)json_integer_value(m) != f->len)
+			broken("a memfd frame with inline bytes or another length", f->type);
+	} else if ((f->len > 0) != (f->payload != NULL)) {
 		broken("payload and len disagree", f->type);
+	}
 	if (f->payload && f->payload[f->len] != '\0')
 		broken("payload is not NUL-terminated", f->type);
 }
@@ -140,7 +147,9 @@ static void round_trip(const struct bt_frame *f)
 	 * A header near the 64 KiB limit can grow when re-dumped (reals get
 	 * 17 digits), so BT_ETOOBIG is an answer, not a bug.
 	 */
-	if (bt_frame_encode(&wire, hdr, f->payload, f->len) == BT_ETOOBIG) {
+	/* A memfd frame is encoded as baton sends one: the header alone. */
+	if (bt_frame_encode(&wire, hdr, f->memfd ? NULL : f->payload, f->memfd ? 0 : f->len) ==
+	    BT_ETOOBIG) {
 		json_decref(hdr);
 		bt_buf_release(&wire);
 		return;
@@ -153,7 +162,8 @@ static void round_trip(const struct bt_frame *f)
 		broken("an encoded frame does not decode in one call", f->type);
 	if (strcmp(back.type, f->type))
 		broken("the type changed in a round trip", f->type);
-	if (back.len != f->len || (f->len && memcmp(back.payload, f->payload, f->len)))
+	if (back.len != f->len || back.memfd != f->memfd ||
+	    (f->payload && f->len && memcmp(back.payload, f->payload, f->len)))
 		broken("the payload changed in a round trip", f->type);
 	/* hdr now carries the "len" that encode set; the rest must be untouched. */
 	if (!json_equal(back.hdr, hdr))

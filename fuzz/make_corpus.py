@@ -76,6 +76,12 @@ def frames():
                                                    "max": 9223372036854775807,
                                                    "esc": "a\\\"\t\u0001/"}}, b"x")),
         "payload-cut-short": (4, msg({"t": "res", "id": "r7"}, b"0123456789")[:-4]),
+        "req-memfd": (0, msg({"t": "req", "id": "r8", "memfd": 6220800, "meta": {}})),
+        "ready-memfd-res-memfd": (2, msg({"t": "ready", "proto": 1, "memfd": True}) +
+                                  msg({"t": "res", "id": "r9", "memfd": 0})),
+        "bad-memfd-and-len": (0, b'{"t":"res","id":"r1","len":3,"memfd":3}\nabc'),
+        "bad-memfd-negative": (0, b'{"t":"res","id":"r1","memfd":-1}\n'),
+        "bad-memfd-over-limit": (0, b'{"t":"res","id":"r1","memfd":4294967296}\n'),
         "bad-not-json": (0, b"this is not json\n"),
         "bad-no-type": (0, b'{"id":"r1","len":0}\n'),
         "bad-len-over-limit": (0, b'{"t":"res","id":"r1","len":4294967296}\n'),
@@ -412,9 +418,45 @@ def grpc_seeds():
     for name, data in seeds.items():
         write("grpc", name, data)
 
+# --- the shared-memory extension -----------------------------------------------
+
+
+def shm(name, body, infer=False, header_len=None, memfd=False):
+    body = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sel = (1 if infer else 0) | (2 if memfd else 0)
+    head = bytes([sel])
+    if infer:
+        head += struct.pack("<I", NO_HEADER if header_len is None else header_len)
+    write("shm", name, head + body)
+
+
+def shm_seeds():
+    def inp(region, size, offset=None, **extra):
+        p = {"shared_memory_region": region, "shared_memory_byte_size": size}
+        if offset is not None:
+            p["shared_memory_offset"] = offset
+        return dict({"name": "x", "datatype": "UINT8", "shape": [size], "parameters": p},
+                    **extra)
+    out = {"name": "y", "parameters": {"shared_memory_region": "b",
+                                       "shared_memory_byte_size": 16}}
+    shm("register", {"key": "/baton-fuzz-none", "offset": 0, "byte_size": 64})
+    shm("register-bad-key", {"key": "/a/b", "byte_size": 64})
+    shm("register-not-json", b'{"key": ')
+    shm("infer-region-a", {"inputs": [inp("a", 1024)], "outputs": [out]}, infer=True)
+    shm("infer-region-b-offset", {"inputs": [inp("b", 16, 8176)]}, infer=True, memfd=True)
+    shm("infer-out-of-bounds", {"inputs": [inp("a", 1, 1024)]}, infer=True)
+    shm("infer-unknown", {"inputs": [inp("zz", 4)]}, infer=True)
+    shm("infer-half", {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [4],
+                                   "parameters": {"shared_memory_region": "a"}}]}, infer=True)
+    mixed = json.dumps({"inputs": [
+        {"name": "j", "datatype": "UINT8", "shape": [4], "parameters": {"binary_data_size": 4}},
+        inp("a", 8)]}).encode()
+    shm("infer-mixed-binary", mixed + b"", infer=True, header_len=len(mixed))
+
 
 if __name__ == "__main__":
     frames()
     configs()
     requests()
     grpc_seeds()
+    shm_seeds()

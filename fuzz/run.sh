@@ -40,10 +40,11 @@ max_len() {
 	config) echo 8192 ;;
 	v2) echo 8192 ;;
 	grpc) echo 16384 ;;
+	shm) echo 8192 ;;
 	esac
 }
 
-targets="frame config v2 grpc"
+targets="frame config v2 grpc shm"
 for t in $targets; do
 	dir="$out/run/$t"
 	mkdir -p "$dir/corpus" "$dir/artifacts"

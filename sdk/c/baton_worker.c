@@ -11,16 +11,21 @@
 #include "baton_worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_HEADER (64 * 1024)
+#define MAX_FDS 8 /* descriptors received ahead of their headers */
+#define SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
 
 /*
  * Fast headers (docs/protocol.md): offered in "ready"; once baton has sent
@@ -39,6 +44,8 @@ struct baton_request {
 	char *id;
 	char *data;
 	size_t len;
+	int fd; /* the sealed memfd data maps, or -1 (data is malloc'd) */
+	size_t map_len; /* bytes mapped at data */
 	json_t *meta;
 	char *meta_text;
 	int answered;
@@ -50,6 +57,11 @@ struct buf {
 	size_t len, cap;
 };
 
+struct outfd {
+	size_t pos; /* where in out the header it goes with begins */
+	int fd;
+};
+
 struct worker {
 	int fd;
 	struct buf in; /* bytes read, not yet parsed */
@@ -58,6 +70,12 @@ struct worker {
 	int err; /* first error while answering */
 	int offer_fast; /* "fast":1 was offered in ready */
 	int fast; /* baton sent a fast header: answers use them too */
+	/* Large payloads as sealed memfds (docs/protocol.md, "Large payloads"). */
+	size_t memfd_min; /* answers from this size go as memfds; 0: never */
+	int rfds[MAX_FDS]; /* received, not yet claimed by a header */
+	int nrfds;
+	struct outfd *sfds; /* to send with out's headers, in order */
+	size_t nsfds, capsfds;
 };
 
 static void put_le(unsigned char *p, unsigned long long v, int n)
@@ -152,12 +170,126 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
+/* Sends p[0..n) with fd attached to its first bytes (SCM_RIGHTS). */
+static int send_with_fd(int sock, const char *p, size_t n, int fd)
+{
+	union {
+		struct cmsghdr h;
+		char space[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	memset(&ctl, 0, sizeof(ctl));
+	struct iovec iov = {(void *)p, n};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space,
+			     .msg_controllen = sizeof(ctl.space)};
+	struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
+	h->cmsg_level = SOL_SOCKET;
+	h->cmsg_type = SCM_RIGHTS;
+	h->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(h), &fd, sizeof(int));
+	ssize_t k;
+	do
+		k = sendmsg(sock, &msg, MSG_NOSIGNAL);
+	while (k < 0 && errno == EINTR);
+	if (k < 0)
+		return -errno;
+	return write_all(sock, p + k, n - (size_t)k);
+}
+
 static int flush_out(struct worker *w)
 {
-	int e = write_all(w->fd, w->out.data, w->out.len);
+	int e = 0;
+	size_t at = 0;
+	for (size_t i = 0; i < w->nsfds && !e; i++) {
+		size_t pos = w->sfds[i].pos;
+		size_t end = i + 1 < w->nsfds ? w->sfds[i + 1].pos : w->out.len;
+		e = write_all(w->fd, w->out.data + at, pos - at);
+		if (!e)
+			e = send_with_fd(w->fd, w->out.data + pos, end - pos, w->sfds[i].fd);
+		at = end;
+	}
+	if (!e)
+		e = write_all(w->fd, w->out.data + at, w->out.len - at);
+	for (size_t i = 0; i < w->nsfds; i++)
+		close(w->sfds[i].fd); /* sent, or the channel is broken anyway */
+	w->nsfds = 0;
 	if (!e)
 		w->out.len = 0;
 	return e;
+}
+
+/* A new memfd holding p[0..n), sealed: the fd, or -errno. */
+static int sealed_memfd(const void *p, size_t n)
+{
+	int fd = memfd_create("baton-res", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	for (size_t off = 0; off < n;) {
+		ssize_t k = write(fd, (const char *)p + off, n - off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			int e = k < 0 ? -errno : -EIO;
+			close(fd);
+			return e;
+		}
+		off += (size_t)k;
+	}
+	if (fcntl(fd, F_ADD_SEALS, SEALS) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+/* Appends a header that announces a payload of len bytes in fd (owned from here). */
+static int put_memfd_frame(struct worker *w, json_t *hdr, size_t len, int fd)
+{
+	size_t pos = w->out.len;
+	int e = json_object_set_new(hdr, "memfd", json_integer((json_int_t)len)) ? -ENOMEM : 0;
+	if (!e && w->nsfds == w->capsfds) {
+		size_t cap = w->capsfds ? 2 * w->capsfds : 4;
+		struct outfd *n = realloc(w->sfds, cap * sizeof(*n));
+		if (!n)
+			e = -ENOMEM;
+		else {
+			w->sfds = n;
+			w->capsfds = cap;
+		}
+	}
+	if (!e)
+		e = put_header(w, hdr, 0);
+	if (e) {
+		close(fd);
+		return e;
+	}
+	w->sfds[w->nsfds++] = (struct outfd){pos, fd};
+	return 0;
+}
+
+/*
+ * Maps a received memfd of len bytes read-only, followed by a NUL as
+ * every payload is: the bytes after len in its last page are zeros when
+ * the file ends at len; when len fills whole pages, an anonymous page
+ * behind the mapping gives the NUL.  NULL when it cannot (then copy).
+ */
+static char *map_payload(int fd, size_t len, size_t *map_len)
+{
+	struct stat st;
+	long page = sysconf(_SC_PAGESIZE);
+	if (fstat(fd, &st) < 0 || (size_t)st.st_size != len || page <= 0)
+		return NULL;
+	size_t whole = (len + (size_t)page - 1) / (size_t)page * (size_t)page;
+	size_t total = len % (size_t)page ? whole : whole + (size_t)page;
+	char *base = mmap(NULL, total, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (base == MAP_FAILED)
+		return NULL;
+	if (mmap(base, len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
+		munmap(base, total);
+		return NULL;
+	}
+	*map_len = total;
+	return base;
 }
 
 const char *baton_request_id(const struct baton_request *req)
@@ -236,7 +368,10 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 			return -EINVAL;
 		}
 	}
-	if (fast_id(req)) {
+	struct worker *w = req->w;
+	int as_memfd = w->memfd_min && len >= w->memfd_min;
+	/* Answers that go as memfds keep the JSON header (their fd rides on it). */
+	if (fast_id(req) && !as_memfd) {
 		char *text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
 		json_decref(meta);
 		int e = meta && !text ? -ENOMEM
@@ -253,7 +388,18 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 	}
 	if (meta)
 		json_object_set_new(hdr, "meta", meta);
-	int e = put_frame(req->w, hdr, data, len);
+	int e, fd = -1;
+	if (as_memfd) {
+		/* The request's own bytes go back in the memfd they came in. */
+		if (req->fd >= 0 && data == req->data && len == req->len)
+			fd = fcntl(req->fd, F_DUPFD_CLOEXEC, 0);
+		else
+			fd = sealed_memfd(data, len);
+	}
+	if (fd >= 0)
+		e = put_memfd_frame(w, hdr, len, fd);
+	else
+		e = put_frame(w, hdr, data, len);
 	json_decref(hdr);
 	if (!e)
 		req->answered = 1;
@@ -332,7 +478,15 @@ static void request_free(struct baton_request *req)
 	if (!req)
 		return;
 	free(req->id);
-	free(req->data);
+	if (req->fd >= 0) {
+		if (req->map_len)
+			munmap(req->data, req->map_len);
+		else
+			free(req->data);
+		close(req->fd);
+	} else {
+		free(req->data);
+	}
 	json_decref(req->meta);
 	free(req->meta_text);
 	free(req);
@@ -392,13 +546,82 @@ static int next_fast(struct worker *w, struct baton_request **out)
 
 /*
  * Parses the next complete message at w->in[w->pos].  Returns 1 and sets
- * *hdr (and the payload) when one is complete, or *fast for a request in a
- * fast header (then *hdr is NULL), 0 when more bytes are needed, -EPROTO
- * when the bytes are not a message.
+ * *hdr (and the payload, in a memfd when *fd >= 0) when one is complete, or
+ * *fast for a request in a fast header (then *hdr is NULL), 0 when more
+ * bytes are needed, -EPROTO when the bytes are not a message.
  */
+static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_t *len,
+			   int *fd, size_t *map_len, struct baton_request **fast);
+
+/* Frees a payload next_message_fd gave. */
+static void drop_payload(char *payload, int fd, size_t map_len)
+{
+	if (map_len)
+		munmap(payload, map_len);
+	else
+		free(payload);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* next_message_fd for messages that never carry a memfd (one is -EPROTO). */
 static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *len,
 			struct baton_request **fast)
 {
+	int fd;
+	size_t map_len;
+	int r = next_message_fd(w, hdr, payload, len, &fd, &map_len, fast);
+	if (r == 1 && fd >= 0) {
+		drop_payload(*payload, fd, map_len);
+		json_decref(*hdr);
+		return -EPROTO;
+	}
+	return r;
+}
+
+/*
+ * The payload of a header that says "memfd": the descriptor that came with
+ * it, mapped (or read, when it cannot be mapped with a NUL behind).
+ */
+static int memfd_payload(struct worker *w, json_t *jfd, char **payload, size_t *len,
+			 int *fd, size_t *map_len)
+{
+	json_int_t m = json_integer_value(jfd);
+	if (!json_is_integer(jfd) || m < 0 || !w->nrfds)
+		return -EPROTO;
+	int rfd = w->rfds[0];
+	memmove(w->rfds, w->rfds + 1, (size_t)--w->nrfds * sizeof(int));
+	char *p = NULL;
+	*map_len = 0;
+	if (m > 0 && !(p = map_payload(rfd, (size_t)m, map_len))) {
+		p = malloc((size_t)m + 1);
+		size_t off = 0;
+		while (p && off < (size_t)m) {
+			ssize_t k = pread(rfd, p + off, (size_t)m - off, (off_t)off);
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k <= 0)
+				break;
+			off += (size_t)k;
+		}
+		if (!p || off < (size_t)m) {
+			free(p);
+			close(rfd);
+			return p ? -EPROTO : -ENOMEM;
+		}
+		p[m] = '\0';
+	}
+	*payload = p;
+	*len = (size_t)m;
+	*fd = rfd;
+	return 0;
+}
+
+static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_t *len,
+			   int *fd, size_t *map_len, struct baton_request **fast)
+{
+	*fd = -1;
+	*map_len = 0;
 	size_t avail = w->in.len - w->pos;
 	if (avail == 0)
 		return 0; /* also: nothing was ever read, and data is NULL */
@@ -419,6 +642,17 @@ static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *
 	if ((jlen && !json_is_integer(jlen)) || n < 0) {
 		json_decref(h);
 		return -EPROTO;
+	}
+	json_t *jfd = json_object_get(h, "memfd");
+	if (jfd && n == 0) {
+		int e = memfd_payload(w, jfd, payload, len, fd, map_len);
+		if (e) {
+			json_decref(h);
+			return e;
+		}
+		*hdr = h;
+		w->pos += hlen + 1;
+		return 1;
 	}
 	if (avail - hlen - 1 < (size_t)n) {
 		json_decref(h);
@@ -452,26 +686,56 @@ static int read_more(struct worker *w)
 	if (e)
 		return e;
 	for (;;) {
-		ssize_t n = read(w->fd, w->in.data + w->in.len, w->in.cap - w->in.len);
+		/* recvmsg: descriptors come with the first bytes of their headers. */
+		union {
+			struct cmsghdr h;
+			char space[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+		} ctl;
+		struct iovec iov = {w->in.data + w->in.len, w->in.cap - w->in.len};
+		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space,
+				     .msg_controllen = sizeof(ctl.space)};
+		ssize_t n = recvmsg(w->fd, &msg, MSG_CMSG_CLOEXEC);
+		if (n < 0 && errno == ENOTSOCK)
+			n = read(w->fd, w->in.data + w->in.len, w->in.cap - w->in.len);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
 			return -errno;
+		int over = 0;
+		for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); n > 0 && h; h = CMSG_NXTHDR(&msg, h)) {
+			if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+				continue;
+			size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (size_t i = 0; i < k; i++) {
+				int fd;
+				memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+				if (w->nrfds < MAX_FDS)
+					w->rfds[w->nrfds++] = fd;
+				else {
+					close(fd);
+					over = 1;
+				}
+			}
+		}
+		if (over)
+			return -EPROTO;
 		w->in.len += (size_t)n;
 		return n == 0 ? 1 : 0; /* 1: EOF */
 	}
 }
 
 static struct baton_request *make_request(struct worker *w, json_t *hdr,
-					  char *payload, size_t len)
+					  char *payload, size_t len, int fd, size_t map_len)
 {
 	const char *id = json_string_value(json_object_get(hdr, "id"));
 	struct baton_request *req = calloc(1, sizeof(*req));
 	if (!req || !id || !(req->id = strdup(id))) {
 		free(req);
-		free(payload);
+		drop_payload(payload, fd, map_len);
 		return NULL;
 	}
+	req->fd = fd;
+	req->map_len = map_len;
 	json_t *meta = json_object_get(hdr, "meta");
 	req->meta = json_is_object(meta) ? json_incref(meta) : json_object();
 	req->data = payload;
@@ -513,6 +777,9 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	struct worker w;
 	memset(&w, 0, sizeof(w));
 	w.fd = atoi(fdenv);
+	/* baton takes memfd answers from this size when it says so (an older one does not). */
+	const char *min = getenv("BATON_MEMFD_MIN");
+	w.memfd_min = min ? strtoull(min, NULL, 10) : 0;
 	if (ops->init && ops->init(user))
 		return -ECANCELED;
 	/* BW_FAST_HEADERS=0: JSON headers only, as before fast headers. */
@@ -521,6 +788,8 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	json_t *ready = json_pack("{s:s, s:i}", "t", "ready", "proto", BATON_WORKER_PROTO);
 	if (ready && w.offer_fast)
 		json_object_set_new(ready, "fast", json_integer(1));
+	if (ready && w.memfd_min)
+		json_object_set_new(ready, "memfd", json_true());
 	int e = ready ? put_frame(&w, ready, NULL, 0) : -ENOMEM;
 	json_decref(ready);
 	/* "ready" has len 0; the protocol allows it, and baton ignores it. */
@@ -533,9 +802,10 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	while (!e && !stopping) {
 		json_t *hdr = NULL;
 		char *payload = NULL;
-		size_t len = 0;
+		size_t len = 0, map_len = 0;
+		int fd = -1;
 		struct baton_request *fast = NULL;
-		int r = next_message(&w, &hdr, &payload, &len, &fast);
+		int r = next_message_fd(&w, &hdr, &payload, &len, &fd, &map_len, &fast);
 		if (r < 0) {
 			fprintf(stderr, "baton_worker: malformed message from baton\n");
 			e = r;
@@ -556,7 +826,8 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 		}
 		const char *t = hdr ? json_string_value(json_object_get(hdr, "t")) : "req";
 		if (!strcmp(t, "req")) {
-			struct baton_request *req = fast ? fast : make_request(&w, hdr, payload, len);
+			struct baton_request *req =
+				fast ? fast : make_request(&w, hdr, payload, len, fd, map_len);
 			if (!req) {
 				e = -EPROTO;
 			} else if (want) {
@@ -571,6 +842,9 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 				call_handler(ops, user, &req, 1);
 				request_free(req);
 			}
+		} else if (fd >= 0) {
+			drop_payload(payload, fd, map_len); /* only requests carry memfds */
+			e = -EPROTO;
 		} else if (!strcmp(t, "batch")) {
 			json_int_t n = json_integer_value(json_object_get(hdr, "n"));
 			free(payload);
@@ -607,6 +881,11 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	free(batch);
 	free(w.in.data);
 	free(w.out.data);
+	for (size_t i = 0; i < w.nsfds; i++)
+		close(w.sfds[i].fd);
+	free(w.sfds);
+	for (int i = 0; i < w.nrfds; i++)
+		close(w.rfds[i]);
 	if (stopping && ops->stop)
 		ops->stop(user);
 	return e;

@@ -27,6 +27,10 @@ Handlers
     lone request arrives as a list of one); a single-item handler is called once
     per request of a batch. `meta` always holds pipeline, stage, attempt and
     deadline_ms plus what the client and earlier stages added.
+    Large payloads travel as sealed memfds when baton offers it (payloads of
+    BATON_MEMFD_MIN bytes and more): the handler still gets bytes, or with
+    run(..., views=True) a read-only memoryview of the mapping (no copy);
+    returning that very view answers with the same memfd.
 
 Results (what a handler returns, per request)
     bytes / bytearray / memoryview   the reply payload, as is
@@ -116,8 +120,10 @@ which save a JSON build and parse per request; BW_FAST_HEADERS=0 in the
 environment keeps it to JSON headers. Handlers see no difference.
 """
 
+import fcntl as _fcntl
 import json
 import math as _math
+import mmap as _mmap
 import operator as _operator
 import os
 import select
@@ -164,15 +170,58 @@ def _encode_header(obj):
     return _encode_body(obj).encode("utf-8", "replace")
 
 _now = time.monotonic
+_ANC_SPACE = socket.CMSG_SPACE(4 * 4)   # room for a few descriptors per receive
 _READY = b'{"t":"ready","proto":1}\n'
 # Fast headers (docs/protocol.md): offered in "ready"; baton that accepts
 # sends requests in them, and once one has come answers may use them too.
 # 16 bytes: magic, kind, flags, id length, meta length (u32), payload
 # length (u64), little-endian; then id, meta (JSON object text), payload.
-_READY_FAST = b'{"t":"ready","proto":1,"fast":1}\n'
 _FAST = _struct.Struct("<BBBBIQ")
 _FAST_MAGIC = 0xBA
 _FAST_REQ, _FAST_RES, _FAST_ERR, _FAST_RETRY = 0x71, 0x72, 0x65, 0x01
+_SEALS = (_fcntl.F_SEAL_SEAL | _fcntl.F_SEAL_SHRINK | _fcntl.F_SEAL_GROW
+          | _fcntl.F_SEAL_WRITE) if hasattr(_fcntl, "F_ADD_SEALS") else 0
+
+
+def _memfd_min():
+    """Size from which answers go to baton as memfds, or 0 when baton takes none.
+
+    baton says it takes them by setting BATON_MEMFD_MIN; an older baton does
+    not, and then gets bytes."""
+    try:
+        n = int(os.environ.get("BATON_MEMFD_MIN", "0"))
+    except ValueError:
+        return 0
+    return n if n > 0 and _SEALS and hasattr(os, "memfd_create") else 0
+
+
+class _Memfd:
+    """A frame whose payload is a sealed memfd: the header, then the descriptor
+    sent with it (SCM_RIGHTS). len() is the header's, for the output queue."""
+
+    __slots__ = ("head", "fd")
+
+    def __init__(self, head, fd):
+        self.head = head
+        self.fd = fd
+
+    def __len__(self):
+        return len(self.head)
+
+
+def _sealed_memfd(body):
+    """A new memfd holding body, sealed so that nobody can change it any more."""
+    fd = os.memfd_create("baton-res", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(body).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        _fcntl.fcntl(fd, _fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Reject(Exception):
@@ -224,12 +273,16 @@ def replica():
         return value
 
 
-def run(handler, init=None, batch=None):
+def run(handler, init=None, batch=None, views=False):
     """Serve requests with handler until baton says stop; never returns.
 
     init, if given, is called without arguments before "ready" is sent; a
     non-None return value is passed to every handler call as a last argument.
     batch=None means: a batch handler if handler was marked @batch_handler.
+    views=True hands large payloads (those baton sent as a memfd) to the
+    handler as a read-only memoryview of the mapped memfd instead of bytes:
+    no copy at all, and returning that very view answers with the same
+    memfd. Other payloads are bytes either way.
     """
     if not callable(handler):
         raise TypeError("baton_worker.run: handler must be callable")
@@ -245,7 +298,7 @@ def run(handler, init=None, batch=None):
         except Exception:
             _print_error("init() failed; not serving")
             raise SystemExit(1)
-    _Worker(sock, handler, bool(batch), state).serve()
+    _Worker(sock, handler, bool(batch), state, views).serve()
 
 
 def _open_socket():
@@ -307,8 +360,14 @@ def _failure(exc):
 class _Worker:
     """The connection to baton: a receive buffer, pending output, dispatch."""
 
-    def __init__(self, sock, handler, batch, state):
+    def __init__(self, sock, handler, batch, state, views=False):
         self.sock = sock
+        # Large payloads as sealed memfds (docs/protocol.md, "Large payloads").
+        self.memfd_min = _memfd_min()
+        self.views = views
+        self.fds = []             # descriptors received, not yet claimed by a header
+        self.req_fds = {}         # request id -> (payload view or None, its memfd)
+        self.out_fds = 0          # _Memfd frames in self.out
         self.handler = handler
         self.batch = batch
         self.extra = () if state is None else (state,)
@@ -327,7 +386,12 @@ class _Worker:
     # --- the loop -----------------------------------------------------------
 
     def serve(self):
-        self.write(_READY_FAST if self.offer_fast else _READY)
+        ready = b'{"t":"ready","proto":1'
+        if self.offer_fast:
+            ready += b',"fast":1'
+        if self.memfd_min:
+            ready += b',"memfd":true'
+        self.write(ready + b'}\n')
         read = self.read_message
         while True:
             hdr, payload = read()
@@ -417,6 +481,26 @@ class _Worker:
 
     def success(self, rid, result):
         """Frames answering rid with result; raises TypeError/ValueError on a bad result."""
+        entry = self.req_fds.pop(rid, None) if self.req_fds else None
+        if entry is None:
+            return self.answer(rid, result, None)
+        view, fd = entry
+        dup = None
+        try:
+            # The handler gave back the view it got: answer with the same memfd.
+            if view is not None and (result is view or (
+                    type(result) is tuple and len(result) == 2 and result[0] is view)):
+                dup = os.dup(fd)
+            frame = self.answer(rid, result, dup)
+            dup = None        # the frame has it now
+            return frame
+        finally:
+            os.close(fd)
+            if dup is not None:   # answer() refused the result
+                os.close(dup)
+
+    def answer(self, rid, result, same_fd):
+        """success() for a result; same_fd, when not None, is a memfd holding it."""
         meta = None
         if type(result) is tuple:
             if len(result) != 2:
@@ -435,12 +519,25 @@ class _Worker:
         elif result is None:
             body = b""
         elif isinstance(result, (bytes, bytearray, memoryview)):
-            # Copied because the answer may be written later, after the handler
-            # has reused its buffer.
-            body = bytes(result)
+            if same_fd is not None or (self.memfd_min and result.nbytes >= self.memfd_min):
+                body = result    # the memfd it came in, or copied once into a new one
+            else:
+                # Copied because the answer may be written later, after the handler
+                # has reused its buffer.
+                body = bytes(result)
         else:
             raise TypeError("handler returned %s; expected bytes, str, dict, list, "
                             "None or (body, meta)" % type(result).__name__)
+        size = body.nbytes if type(body) is memoryview else len(body)
+        if same_fd is not None or (self.memfd_min and size >= self.memfd_min):
+            head = {"t": "res", "id": rid, "memfd": size}
+            if meta:
+                head["meta"] = meta
+            head = _encode_header(head)
+            if len(head) >= _MAX_HEADER:
+                raise ValueError("result meta is %d bytes encoded; the header limit is %d"
+                                 % (len(head), _MAX_HEADER))
+            return _Memfd(head + b"\n", same_fd if same_fd is not None else _sealed_memfd(body))
         if self.fast and type(rid) is str and 0 < len(rid) < 64:
             mtext = _encode_header(meta) if meta else b""
             if len(mtext) + 80 >= _MAX_HEADER:
@@ -466,6 +563,9 @@ class _Worker:
 
     def failure(self, rid, exc, log=True):
         """Frame failing rid with exc; prints the traceback of an unexpected exc."""
+        entry = self.req_fds.pop(rid, None) if self.req_fds else None
+        if entry is not None:
+            os.close(entry[1])
         text, retry = _failure(exc)
         if log and not isinstance(exc, (Reject, Retry)):
             sys.stderr.write("baton_worker: request %s failed\n" % _encode(rid))
@@ -521,6 +621,9 @@ class _Worker:
             self.fatal("header is not JSON (%s): %r" % (e, bytes(line[:200])))
         if type(hdr) is not dict:
             self.fatal("header is not a JSON object: %r" % bytes(line[:200]))
+        if "memfd" in hdr:
+            self.start = nl + 1
+            return hdr, self.memfd_payload(hdr)
         n = hdr.get("len", 0)
         body = nl + 1
         if not n:
@@ -567,6 +670,31 @@ class _Worker:
         self.start = body
         return hdr, self.read_payload(n)
 
+    def memfd_payload(self, hdr):
+        """The payload of a message whose header says memfd: the descriptor sent
+        with the header, mapped read-only (bytes, or a view with views=True)."""
+        n = hdr.get("memfd")
+        if not self.memfd_min or not self.fds:
+            self.violation("memfd without a descriptor, or never asked for", hdr)
+        fd = self.fds.pop(0)
+        if type(n) is not int or n < 0 or os.fstat(fd).st_size < n:
+            os.close(fd)
+            self.violation("bad memfd size", hdr)
+        if n == 0:
+            os.close(fd)
+            return b""
+        mm = _mmap.mmap(fd, n, flags=_mmap.MAP_SHARED, prot=_mmap.PROT_READ)
+        if self.views and hdr.get("t") == "req":
+            view = memoryview(mm)
+            # Kept until the request is answered: returning the view passes the fd on.
+            self.req_fds[hdr.get("id")] = (view, fd)
+            return view
+        os.close(fd)
+        try:
+            return mm[:]
+        finally:
+            mm.close()
+
     def read_payload(self, n):
         """Payload of n bytes whose start is at self.start but not all received."""
         if n <= _BUF_SIZE:
@@ -608,7 +736,17 @@ class _Worker:
 
     def recv_into(self, view):
         try:
-            got = self.sock.recv_into(view)
+            if self.memfd_min:
+                # Descriptors come with the first bytes of their headers.
+                got, anc, _, _ = self.sock.recvmsg_into([view], _ANC_SPACE,
+                                                        socket.MSG_CMSG_CLOEXEC)
+                for level, kind, data in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds = _array("i")
+                        fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                        self.fds.extend(fds)
+            else:
+                got = self.sock.recv_into(view)
         except ConnectionResetError:
             got = 0
         if got == 0:
@@ -630,9 +768,15 @@ class _Worker:
         if type(frames) is bytes:
             self.out.append(frames)
             self.out_size += len(frames)
+        elif type(frames) is _Memfd:
+            self.out.append(frames)
+            self.out_size += len(frames)
+            self.out_fds += 1
         else:
             self.out.extend(frames)
             self.out_size += sum(map(len, frames))
+            if self.memfd_min:
+                self.out_fds += sum(type(f) is _Memfd for f in frames)
         if self.out_size >= _FLUSH_BYTES or _now() - self.out_since >= _FLUSH_AGE:
             self.flush()
 
@@ -641,7 +785,9 @@ class _Worker:
         if not out:
             return
         try:
-            if self.out_size <= _FLUSH_BYTES:
+            if self.out_fds:
+                self.flush_with_fds(out)
+            elif self.out_size <= _FLUSH_BYTES:
                 self.sock.sendall(out[0] if len(out) == 1 else b"".join(out))
             else:
                 # Large payloads go out as they are rather than copied into a join.
@@ -660,6 +806,27 @@ class _Worker:
             raise SystemExit(0)
         out.clear()
         self.out_size = 0
+        self.out_fds = 0
+
+    def flush_with_fds(self, out):
+        """flush() when some frames carry a memfd: each goes with its header's bytes."""
+        small = []
+        for part in out:
+            if type(part) is not _Memfd:
+                small.append(part)
+                continue
+            if small:
+                self.sock.sendall(b"".join(small))
+                small.clear()
+            try:
+                sent = self.sock.sendmsg([part.head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                        _array("i", [part.fd]))])
+                if sent < len(part.head):
+                    self.sock.sendall(part.head[sent:])
+            finally:
+                os.close(part.fd)
+        if small:
+            self.sock.sendall(b"".join(small))
 
     def write(self, data):
         self.queue(data, _now())

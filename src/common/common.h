@@ -95,6 +95,33 @@ int bt_read_file_at(int dirfd, const char *path, int flags, size_t max, char **d
 void bt_buf_release(struct bt_buf *b);
 
 /*
+ * Payloads in sealed memory files (memfd), passed to workers as descriptors
+ * instead of bytes (docs/protocol.md, "Large payloads").  A payload is
+ * either malloc'd (fd < 0) or a read-only mapping of fd's first len bytes
+ * (NULL when len is 0); whoever owns it frees it with bt_payload_free.
+ */
+#define BT_MEMFD_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
+/* A new sealed memfd holding a copy of p[0..len): the fd, or -errno. */
+int bt_memfd_from(const void *p, size_t len);
+/*
+ * 0 when fd is a memfd sealed against writing, shrinking and growing that
+ * holds at least len bytes; BT_EPROTO otherwise, with why filled in.
+ */
+int bt_memfd_check(int fd, size_t len, char *why, size_t whylen);
+/* fd's first len bytes mapped read-only; NULL when len is 0 or on failure (errno). */
+char *bt_memfd_map(int fd, size_t len);
+/* Faults in a mapping's pages at once, before reading all of it. */
+void bt_memfd_prefault(const char *p, size_t len);
+/*
+ * Copies n bytes from file from (at from_off) to file to (at to_off)
+ * without mapping either: copy_file_range, else through a small buffer.
+ * 0, -ENODATA when from ends first, or -errno.
+ */
+int bt_file_copy(int from, uint64_t from_off, int to, uint64_t to_off, size_t n);
+/* Frees a payload: unmaps and closes when fd >= 0, else free(p). */
+void bt_payload_free(char *p, size_t len, int fd);
+
+/*
  * A file extension that is safe to append to a path: "." and 1 to 16 of
  * [A-Za-z0-9_-].  It can neither climb out of a directory nor hide a
  * second extension.

@@ -1208,7 +1208,7 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 }
 
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
-				       "max_payload_bytes", "stages", "pipelines",
+				       "max_payload_bytes", "memfd_min_bytes", "stages", "pipelines",
 				       "gpus", "interval_ms", "auth", "http", "cgroup", "streams",
 				       "run", "grpc", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
@@ -1851,6 +1851,8 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			r = get_size(c, v, k, 1, 1LL << 30, &cfg->max_request_bytes);
 		} else if (!strcmp(k, "max_payload_bytes")) {
 			r = get_size(c, v, k, 1, 1LL << 30, &cfg->max_payload_bytes);
+		} else if (!strcmp(k, "memfd_min_bytes")) {
+			r = get_size(c, v, k, 0, 1LL << 30, &cfg->memfd_min_bytes);
 		} else if (!strcmp(k, "gpus")) {
 			r = parse_gpus(c, v);
 		} else if (!strcmp(k, "interval_ms")) {
@@ -1992,6 +1994,7 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->log_level = BT_LOG_INFO;
 	cfg->max_request_bytes = 64u << 20;
 	cfg->max_payload_bytes = 256u << 20;
+	cfg->memfd_min_bytes = 256u << 10;
 	cfg->gpus_mode = BT_GPUS_AUTO;
 	cfg->interval_ms = 1000;
 	cfg->http_max_connections = 1000;

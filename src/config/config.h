@@ -187,6 +187,7 @@ struct bt_config {
 	enum bt_log_level log_level;
 	size_t max_request_bytes;
 	size_t max_payload_bytes; /* largest payload a worker may send */
+	size_t memfd_min_bytes; /* payloads from this size go to workers as memfds; 0: never */
 	struct bt_stage_config *stages;
 	int nstages;
 	struct bt_pipeline_config *pipelines;

@@ -16,7 +16,7 @@
 
 /* Top-level keys whose new value applies at once: they are read where used. */
 static const char *const top_apply[] = {"log_level", "auth", "max_request_bytes",
-					"max_payload_bytes", NULL};
+					"max_payload_bytes", "memfd_min_bytes", NULL};
 static const char *const http_apply[] = {"max_buffered_bytes", "write_timeout_s", NULL};
 /* Stage keys that need new processes: the replicas are rolled. */
 static const char *const stage_roll[] = {"command", "workdir", "venv", "env", "user", "group",

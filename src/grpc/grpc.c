@@ -393,9 +393,11 @@ static int response_check(struct bt_request *req, char *err, size_t errlen)
 			 why);
 		return 1;
 	}
-	free(req->payload);
+	/* The worker's answer may be a mapped memfd (docs/protocol.md). */
+	bt_payload_free(req->payload, req->len, req->payload_fd);
 	req->payload = (char *)msg;
 	req->len = len;
+	req->payload_fd = -1;
 	return 0;
 }
 

@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
 #include <microhttpd.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,6 +26,7 @@
 #include "../metrics/metrics.h"
 #include "../proc/proc.h"
 #include "../stream/stream.h"
+#include "shm.h"
 #include "v2.h"
 
 #ifndef BATON_VERSION
@@ -43,6 +46,7 @@
 
 struct bt_http {
 	struct bt_daemon *d;
+	struct bt_shm *shm; /* clients' shared-memory regions (shm.h) */
 	struct MHD_Daemon *mhd;
 	uv_poll_t poll;
 	uv_timer_t timer;
@@ -71,6 +75,7 @@ enum route {
 	R_STAGE_SCALE, /* POST /v1/stages/{s}/scale {"replicas": n | "auto"} */
 	R_STREAM_RESULTS, /* GET /v1/streams/{s}/results?after=N&wait_ms=M */
 	R_STATION_ADD, /* POST /v1/streams/{s}/stations {"name": …, "url": …} */
+	R_SHM_REGISTER, /* POST /v2/systemsharedmemory/region/{r}/register */
 };
 
 struct conn {
@@ -79,6 +84,7 @@ struct conn {
 	enum route route;
 	struct bt_pipeline *pl;
 	char stage[72]; /* for R_STAGE_RESTART and R_STAGE_SCALE */
+	char *region; /* for R_SHM_REGISTER */
 	struct bt_buf body;
 	int too_big; /* body went over max_request_bytes: dropped */
 	int waiting; /* suspended while the request runs */
@@ -94,6 +100,15 @@ struct conn {
 	size_t charged; /* bytes counted in h->buffered for this connection */
 	uint64_t send_deadline_ms; /* while in h->sending */
 	int in_sending, cut; /* in h->sending; its socket was shut down */
+	/*
+	 * The body when it is not in body: received into a memfd (body_fd,
+	 * then sealed and mapped here), or rewritten for shared memory (shm.h).
+	 */
+	char *shm_body;
+	size_t shm_len;
+	int shm_fd; /* shm_body's memfd, or -1 */
+	int body_fd; /* a large body being received into a memfd, or -1 */
+	size_t body_fd_len;
 	struct conn *snext, *sprev;
 };
 
@@ -130,7 +145,8 @@ static void trim_after_spike(struct bt_http *h)
 
 static int over_budget(const struct bt_http *h, size_t more)
 {
-	return h->buffered + more > h->d->cfg->http_max_buffered_bytes;
+	/* Registered shared-memory regions count against the same budget. */
+	return h->buffered + bt_shm_bytes(h->shm) + more > h->d->cfg->http_max_buffered_bytes;
 }
 
 static void sending_remove(struct conn *cn)
@@ -197,21 +213,68 @@ static int cut_slow_readers(struct bt_http *h)
 
 /* ---- answers -------------------------------------------------------------- */
 
-static struct MHD_Response *make_response(char *body, size_t len)
+/* A payload in a memfd, answered straight from its mapping. */
+struct mapped {
+	char *p;
+	size_t len;
+	int fd;
+};
+
+static void mapped_free_cb(void *cls)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(
+	struct mapped *m = cls;
+	bt_payload_free(m->p, m->len, m->fd);
+	free(m);
+}
+
+/* body is malloc'd, or fd's mapping when fd >= 0; the response owns both. */
+static struct MHD_Response *make_response(char *body, size_t len, int fd)
+{
+	struct MHD_Response *resp;
+	if (fd >= 0 && len > 0) {
+		/*
+		 * Sent from the mapping, with no copy in baton.  Not as an fd
+		 * response: libmicrohttpd reads those through its connection
+		 * buffer, a few KiB per loop turn.
+		 */
+		struct mapped *m = bt_malloc(sizeof(*m));
+		*m = (struct mapped){body, len, fd};
+		bt_memfd_prefault(body, len);
+		resp = MHD_create_response_from_buffer_with_free_callback_cls(len, body,
+									       mapped_free_cb, m);
+		if (!resp)
+			mapped_free_cb(m);
+		return resp;
+	}
+	if (fd >= 0) {
+		bt_payload_free(body, len, fd);
+		body = NULL;
+	}
+	resp = MHD_create_response_from_buffer(
 		len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
 	if (!resp)
 		free(body);
 	return resp;
 }
 
+static enum MHD_Result send_answer_fd(struct MHD_Connection *mc, int status,
+				      const char *ctype, char *body, size_t len, int fd,
+				      const char *const *headers);
+
 /* Queues an answer; headers are name/value pairs, NULL-terminated. */
 static enum MHD_Result send_answer(struct MHD_Connection *mc, int status,
 				   const char *ctype, char *body, size_t len,
 				   const char *const *headers)
 {
-	struct MHD_Response *resp = make_response(body, len);
+	return send_answer_fd(mc, status, ctype, body, len, -1, headers);
+}
+
+/* The same with a payload that may be in a memfd (fd >= 0, body its mapping). */
+static enum MHD_Result send_answer_fd(struct MHD_Connection *mc, int status,
+				      const char *ctype, char *body, size_t len, int fd,
+				      const char *const *headers)
+{
+	struct MHD_Response *resp = make_response(body, len, fd);
 	if (!resp)
 		return MHD_NO;
 	if (ctype)
@@ -362,27 +425,62 @@ static void server_timing(const struct bt_request *req, char *out, size_t size)
  * counts as succeeded: a worker that answered anything else fails it
  * (worker_error), in the metrics as in the HTTP status.
  */
-static int v2_check(struct bt_request *req, char *err, size_t errlen)
+static int v2_finish(struct bt_request *req, const char *id, struct bt_shm_outputs *outs,
+		     char *err, size_t errlen)
 {
 	json_t *jhl = json_object_get(req->meta, "v2_header_length");
 	long long hl = json_is_integer(jhl) ? json_integer_value(jhl) : -1;
-	char *body, why[256];
-	size_t len;
+	char *body, *placed = NULL, why[256];
+	const char *in = req->payload;
+	size_t len, in_len = req->len;
 	long long out_hl;
-	if (bt_v2_finish_response(req->payload, req->len, hl, req->pipeline->cfg->name,
-				  req->check_data, &body, &len, &out_hl, why, sizeof(why))) {
+	/* Outputs into shared memory first: what is left to complete is small. */
+	if (outs && bt_shm_place_outputs(outs, in ? in : "", in_len, req->payload_fd, hl, &placed,
+					 &in_len, &hl, why, sizeof(why)) == 0)
+		in = placed;
+	if ((outs && !placed) ||
+	    bt_v2_finish_response(in, in_len, hl, req->pipeline->cfg->name, id, &body, &len,
+				  &out_hl, why, sizeof(why))) {
+		free(placed);
 		snprintf(err, errlen, "the pipeline's last stage did not answer a v2 response: %s",
 			 why);
 		return 1;
 	}
-	free(req->payload);
+	free(placed);
+	bt_payload_free(req->payload, req->len, req->payload_fd);
 	req->payload = body;
 	req->len = len;
+	req->payload_fd = -1;
 	if (out_hl >= 0)
 		json_object_set_new(req->meta, "v2_header_length", json_integer(out_hl));
 	else
 		json_object_del(req->meta, "v2_header_length");
 	return 0;
+}
+
+static int v2_check(struct bt_request *req, char *err, size_t errlen)
+{
+	return v2_finish(req, req->check_data, NULL, err, errlen);
+}
+
+/* A v2 request whose outputs go into shared memory: its id and where they go. */
+struct v2_shm_ctx {
+	char *id;
+	struct bt_shm_outputs *outs;
+};
+
+static int v2_shm_check(struct bt_request *req, char *err, size_t errlen)
+{
+	struct v2_shm_ctx *x = (struct v2_shm_ctx *)req->check_data;
+	return v2_finish(req, x->id, x->outs, err, errlen);
+}
+
+static void v2_shm_ctx_free(char *data)
+{
+	struct v2_shm_ctx *x = (struct v2_shm_ctx *)data;
+	free(x->id);
+	bt_shm_outputs_free(x->outs); /* the regions it used may be unregistered now */
+	free(x);
 }
 
 static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
@@ -393,10 +491,10 @@ static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
 	snprintf(hlen, sizeof(hlen), "%lld", (long long)json_integer_value(jhl));
 	const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing,
 			      "Inference-Header-Content-Length", jhl ? hlen : NULL, NULL};
-	char *body = req->payload;
-	req->payload = NULL;
-	return send_answer(cn->mc, 200, jhl ? "application/octet-stream" : "application/json",
-			   body, req->len, hdrs);
+	int fd;
+	char *body = bt_request_take_payload(req, &fd);
+	return send_answer_fd(cn->mc, 200, jhl ? "application/octet-stream" : "application/json",
+			      body, req->len, fd, hdrs);
 }
 
 /*
@@ -440,12 +538,12 @@ static enum MHD_Result answer_request(struct conn *cn)
 		/* A worker's nonsense is not sent: the bytes go as bytes. */
 		const char *ctype = valid_content_type(jct) ? json_string_value(jct) : NULL;
 		const char *hdrs[] = {"Baton-Request-Id", req->idstr, "Server-Timing", timing, NULL};
-		char *body = req->payload;
+		int fd;
+		char *body = bt_request_take_payload(req, &fd);
 		size_t len = req->len;
-		req->payload = NULL;
 		sending_add(cn, len);
-		r = send_answer(cn->mc, 200, ctype ? ctype : "application/octet-stream", body, len,
-				hdrs);
+		r = send_answer_fd(cn->mc, 200, ctype ? ctype : "application/octet-stream", body,
+				   len, fd, hdrs);
 	}
 	bt_request_free(req);
 	return r;
@@ -488,9 +586,20 @@ static void submit(struct conn *cn, json_t *meta, int priority, long long timeou
 	size_t len;
 	char *payload = bt_buf_detach(&cn->body, &len);
 	cn->req = bt_request_new(cn->pl, payload, len, meta);
+	if (cn->shm_body || cn->shm_fd >= 0) {
+		/* A body received into a memfd, or rewritten for shared memory. */
+		bt_payload_free(cn->req->payload, cn->req->len, -1);
+		cn->req->payload = cn->shm_body;
+		cn->req->len = cn->shm_len;
+		cn->req->payload_fd = cn->shm_fd;
+		cn->shm_body = NULL;
+		cn->shm_fd = -1;
+	}
 	cn->req->priority = priority;
 	cn->req->check = check;
 	cn->req->check_data = check_data;
+	if (check == v2_shm_check)
+		cn->req->check_free = v2_shm_ctx_free;
 	/* A client's timeout only shortens the stage's; past a day it means nothing. */
 	if (timeout_us > 0)
 		cn->req->client_deadline_ms =
@@ -569,17 +678,45 @@ static enum MHD_Result start_infer(struct conn *cn)
 				     "Inference-Header-Content-Length must be a non-negative integer");
 	if (r == 0)
 		hl = -1;
-	if (bt_v2_parse_infer(cn->body.data ? cn->body.data : "", cn->body.len, hl, &v2, err,
-			      sizeof(err)))
+	struct bt_shm_outputs *outs = NULL;
+	const char *body = cn->shm_fd >= 0 ? cn->shm_body : cn->body.data;
+	size_t len = cn->shm_fd >= 0 ? cn->shm_len : cn->body.len;
+	char *nbody;
+	size_t nlen;
+	int nfd;
+	r = bt_shm_rewrite_infer(cn->h->shm, body ? body : "", len, hl,
+				 cn->h->d->cfg->memfd_min_bytes, &nbody, &nlen, &nfd, &hl, &outs, err,
+				 sizeof(err));
+	if (r < 0)
 		return send_v2_error(cn->mc, 400, err);
+	if (r > 0) {
+		bt_payload_free(cn->shm_body, cn->shm_len, cn->shm_fd);
+		cn->shm_body = nbody;
+		cn->shm_len = nlen;
+		cn->shm_fd = nfd;
+		body = nbody;
+		len = nlen;
+	}
+	if (bt_v2_parse_infer(body ? body : "", len, hl, &v2, err, sizeof(err))) {
+		bt_shm_outputs_free(outs);
+		return send_v2_error(cn->mc, 400, err);
+	}
 	json_t *meta = json_pack("{s:s, s:s, s:s}", "content_type", "application/json",
 				 "protocol", "v2", "model_name", cn->pl->cfg->name);
 	if (v2.binary)
 		json_object_set_new(meta, "v2_header_length", json_integer((json_int_t)v2.header_len));
 	if (v2.binary_output)
 		json_object_set_new(meta, "v2_binary_output", json_true());
-	submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
-	       v2.has_timeout ? v2.timeout_us : 0, v2_check, v2.id);
+	if (outs) {
+		struct v2_shm_ctx *x = bt_calloc(1, sizeof(*x));
+		x->id = v2.id;
+		x->outs = outs;
+		submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
+		       v2.has_timeout ? v2.timeout_us : 0, v2_shm_check, (char *)x);
+	} else {
+		submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
+		       v2.has_timeout ? v2.timeout_us : 0, v2_check, v2.id);
+	}
 	v2.id = NULL; /* the request's now */
 	bt_v2_request_release(&v2);
 	return wait_or_answer(cn);
@@ -727,6 +864,66 @@ static int split_model_url(const char *rest, char *name, size_t nlen,
 		return 0;
 	*action = p;
 	return 1;
+}
+
+/*
+ * Triton's system shared-memory extension: rest is what follows
+ * /v2/systemsharedmemory.  Register reads a body (*answered = 0); status
+ * and unregister answer at once.
+ */
+static enum MHD_Result route_shm(struct conn *cn, const char *rest, int get, int post,
+				 int *answered)
+{
+	char name[160], err[400];
+	const char *action = rest;
+	struct MHD_Connection *mc = cn->mc;
+	int one = 0;
+	if (!strncmp(rest, "/region/", 8)) {
+		const char *slash = strchr(rest + 8, '/');
+		size_t n = slash ? (size_t)(slash - (rest + 8)) : 0;
+		if (!slash || n == 0 || n >= sizeof(name))
+			return send_v2_error(mc, 404, "no such route");
+		memcpy(name, rest + 8, n);
+		name[n] = '\0';
+		action = slash;
+		one = 1;
+	}
+	if (!strcmp(action, "/status")) {
+		if (!get)
+			return method_not_allowed(mc, "GET");
+		json_t *doc = bt_shm_status(cn->h->shm, one ? name : NULL, err, sizeof(err));
+		return doc ? send_json(mc, 200, doc, NULL) : send_v2_error(mc, 400, err);
+	}
+	if (!strcmp(action, "/unregister")) {
+		if (!post)
+			return method_not_allowed(mc, "POST");
+		if (bt_shm_unregister(cn->h->shm, one ? name : NULL, err, sizeof(err)))
+			return send_v2_error(mc, 400, err);
+		bt_info("shared memory unregistered", "region=%s", BT_LOGQ(one ? name : "(all)"));
+		return send_empty(mc, 200);
+	}
+	if (one && !strcmp(action, "/register")) {
+		if (!post)
+			return method_not_allowed(mc, "POST");
+		cn->route = R_SHM_REGISTER;
+		cn->region = bt_strdup(name);
+		*answered = 0;
+		return MHD_YES;
+	}
+	return send_v2_error(mc, 404, "no such route");
+}
+
+static enum MHD_Result shm_register(struct conn *cn)
+{
+	struct bt_http *h = cn->h;
+	char err[400];
+	size_t max = h->d->cfg->http_max_buffered_bytes, used = h->buffered + bt_shm_bytes(h->shm);
+	if (bt_shm_register(h->shm, cn->region, cn->body.data ? cn->body.data : "", cn->body.len,
+			    used < max ? max - used : 0, err, sizeof(err)))
+		return send_v2_error(cn->mc, 400, err);
+	bt_info("shared memory registered", "region=%s bytes=%zu", BT_LOGQ(cn->region),
+		bt_shm_bytes(h->shm));
+	return send_empty(cn->mc, 200);
 }
 
 /* GET and POST under /v2/models/; sets *answered = 0 for an infer to run. */
@@ -951,13 +1148,16 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 			   : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v2") || !strcmp(url, "/v2/")) {
 		return get ? send_json(mc, 200,
-				       json_pack("{s:s, s:s, s:[s]}", "name", "baton", "version",
-						 BATON_VERSION, "extensions", "binary_tensor_data"),
+				       json_pack("{s:s, s:s, s:[s, s]}", "name", "baton", "version",
+						 BATON_VERSION, "extensions", "binary_tensor_data",
+						 "system_shared_memory"),
 				       NULL)
 			   : method_not_allowed(mc, "GET");
 	}
 	if (has_prefix(url, "/v2/models/", &rest))
 		return route_v2_model(cn, rest, get, post, answered);
+	if (has_prefix(url, "/v2/systemsharedmemory", &rest))
+		return route_shm(cn, rest, get, post, answered);
 	if (bt_dashboard_is_route(url))
 		return get ? (enum MHD_Result)bt_dashboard_send(mc) : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v1/status"))
@@ -1068,6 +1268,54 @@ static const char *framing_error(struct MHD_Connection *mc, int *status)
 	return NULL;
 }
 
+/* Appends to the body being received: 0, or -errno (the memfd could not grow). */
+static int body_add(struct conn *cn, const char *p, size_t n)
+{
+	if (cn->body_fd < 0) {
+		bt_buf_append(&cn->body, p, n);
+		return 0;
+	}
+	for (size_t off = 0; off < n;) {
+		ssize_t k = pwrite(cn->body_fd, p + off, n - off, (off_t)cn->body_fd_len);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		off += (size_t)k;
+		cn->body_fd_len += (size_t)k;
+	}
+	return 0;
+}
+
+static void body_drop(struct conn *cn)
+{
+	bt_buf_release(&cn->body);
+	if (cn->body_fd >= 0)
+		close(cn->body_fd);
+	cn->body_fd = -1;
+	cn->body_fd_len = 0;
+}
+
+/* A body received into a memfd, complete: sealed and mapped as shm_body. */
+static int body_seal(struct conn *cn)
+{
+	if (cn->body_fd < 0)
+		return 0;
+	int fd = cn->body_fd;
+	size_t len = cn->body_fd_len;
+	cn->body_fd = -1;
+	cn->body_fd_len = 0;
+	char *p = NULL;
+	if (fcntl(fd, F_ADD_SEALS, BT_MEMFD_SEALS) < 0 || (len && !(p = bt_memfd_map(fd, len)))) {
+		close(fd);
+		return -1;
+	}
+	cn->shm_body = p;
+	cn->shm_len = len;
+	cn->shm_fd = fd;
+	return 0;
+}
+
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 				 const char *url, const char *method,
 				 const char *version, const char *upload_data,
@@ -1078,6 +1326,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	(void)version;
 	if (!cn) {
 		cn = bt_calloc(1, sizeof(*cn));
+		cn->shm_fd = -1;
+		cn->body_fd = -1;
 		cn->h = h;
 		cn->mc = mc;
 		*con_cls = cn;
@@ -1116,6 +1366,12 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		if ((cn->route == R_PIPELINE || cn->route == R_INFER) &&
 		    over_budget(h, clen ? strtoull(clen, NULL, 10) : 1))
 			return send_overloaded(cn);
+		size_t min = h->d->cfg->memfd_min_bytes;
+		if ((cn->route == R_PIPELINE || cn->route == R_INFER) && min && clen &&
+		    strtoull(clen, NULL, 10) >= min) {
+			/* Received straight into the memfd the stages will share: no copy. */
+			cn->body_fd = memfd_create("baton-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		}
 		return MHD_YES;
 	}
 	if (cn->route == R_NONE) {
@@ -1125,16 +1381,17 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 	}
 	if (*upload_data_size) {
 		if (cn->route != R_STAGE_RESTART && !cn->too_big && !cn->over_budget) {
-			if (cn->body.len + *upload_data_size > h->d->cfg->max_request_bytes) {
+			size_t have = cn->body.len + cn->body_fd_len;
+			if (have + *upload_data_size > h->d->cfg->max_request_bytes) {
 				cn->too_big = 1;
-				bt_buf_release(&cn->body);
+				body_drop(cn);
 				uncharge(cn);
-			} else if (over_budget(h, *upload_data_size)) {
-				cn->over_budget = 1;
-				bt_buf_release(&cn->body);
+			} else if (over_budget(h, *upload_data_size) ||
+				   body_add(cn, upload_data, *upload_data_size)) {
+				cn->over_budget = 1; /* also: no memory left for the memfd */
+				body_drop(cn);
 				uncharge(cn);
 			} else {
-				bt_buf_append(&cn->body, upload_data, *upload_data_size);
 				charge(cn, *upload_data_size);
 			}
 		}
@@ -1154,13 +1411,17 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
 		cn->route = R_NONE;
 		return cn->too_big ? too_big(cn, NULL) : add_station(cn);
 	}
+	if (cn->route == R_SHM_REGISTER) {
+		cn->route = R_NONE;
+		return cn->too_big ? too_big(cn, NULL) : shm_register(cn);
+	}
 	if (cn->route == R_STREAM_RESULTS)
 		return stream_results(cn);
 	if (cn->req)
 		return wait_or_answer(cn); /* resumed with its outcome */
 	if (cn->too_big)
 		return too_big(cn, NULL);
-	if (cn->over_budget)
+	if (cn->over_budget || body_seal(cn))
 		return send_overloaded(cn);
 	return cn->route == R_INFER ? start_infer(cn) : start_pipeline_request(cn);
 }
@@ -1189,8 +1450,10 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 		bt_daemon_progress(h->d);
 	}
 	sending_remove(cn);
-	bt_buf_release(&cn->body);
+	body_drop(cn);
 	uncharge(cn);
+	free(cn->region);
+	bt_payload_free(cn->shm_body, cn->shm_len, cn->shm_fd);
 	free(cn);
 }
 
@@ -1325,6 +1588,7 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 	}
 	struct bt_http *h = bt_calloc(1, sizeof(*h));
 	h->d = d;
+	h->shm = bt_shm_new();
 	h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->listen_port, NULL, NULL,
 				  access_cb, h, MHD_OPTION_SOCK_ADDR, sa,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,
@@ -1338,6 +1602,7 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 	if (!h->mhd) {
 		snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host,
 			 cfg->listen_port, errno ? strerror(errno) : "libmicrohttpd refused");
+		bt_shm_free(h->shm);
 		free(h);
 		return -EADDRINUSE;
 	}
@@ -1358,8 +1623,10 @@ int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 static void closed_cb(uv_handle_t *handle)
 {
 	struct bt_http *h = handle->data;
-	if (++h->closing == 3)
+	if (++h->closing == 3) {
+		bt_shm_free(h->shm);
 		free(h);
+	}
 }
 
 void bt_http_close(struct bt_http *h)

@@ -12,13 +12,22 @@
 #include "proc.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "../daemon/daemon.h"
 #include "../sched/sched.h"
+
+/*
+ * Descriptors a worker may have sent ahead of the headers that claim
+ * them; one is all a worker that follows the protocol ever has.  Beyond
+ * this, it is flooding baton's descriptor table.
+ */
+#define BT_RECV_FDS 4
 
 struct bt_child {
 	struct bt_replica *replica; /* NULL once detached */
@@ -45,6 +54,21 @@ struct bt_child {
 	struct bt_child *next_dirty;
 	struct bt_lines lines[2]; /* stdout and stderr, into the log */
 	char warmup_id[32]; /* id of the warm-up request, while WARMING */
+	/*
+	 * Large payloads as sealed memfds (docs/protocol.md, "Large payloads").
+	 * A descriptor rides on the first bytes of its header, so it arrives
+	 * no later than the header is complete; both directions keep them in
+	 * order.  wout counts the bytes written so far, so that each
+	 * descriptor to send knows where in the stream its header begins.
+	 */
+	int memfd; /* it said "memfd": true in "ready" */
+	uint64_t wout; /* bytes of the channel written so far */
+	struct bt_sendfd { uint64_t pos; int fd; } *sendq; /* descriptors to send, by position */
+	int nsend, capsend;
+	uv_pipe_t *sending; /* the descriptor the current write carries, closed after it */
+	int recvq[BT_RECV_FDS]; /* descriptors received, not yet claimed by a header */
+	int nrecv;
+	int frame_fd; /* the descriptor of the message being handled, or -1 */
 	char rbuf[65536];
 };
 
@@ -173,6 +197,12 @@ static void child_free_if_done(struct bt_child *c)
 		}
 	}
 	bt_frame_decoder_release(&c->dec);
+	for (int i = 0; i < c->nsend; i++)
+		close(c->sendq[i].fd);
+	free(c->sendq);
+	for (int i = 0; i < c->nrecv; i++)
+		if (c->recvq[i] >= 0)
+			close(c->recvq[i]);
 	bt_buf_release(&c->wbuf);
 	bt_buf_release(&c->wbusy);
 	bt_lines_release(&c->lines[0]);
@@ -379,6 +409,9 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 	    !r->stage->source_ops)
 		c->dec.fast = 1;
 	uv_timer_stop(&r->timer);
+	/* Only a worker that says it reads them gets memfds (old workers get bytes). */
+	c->memfd = json_is_true(json_object_get(hdr, "memfd")) &&
+		   daemon_of(r)->cfg->memfd_min_bytes > 0;
 	r->ready_ms = bt_now_ms();
 	r->stage->last_stderr[0] = '\0'; /* what it said loading is no reason for a later crash */
 	bt_info("replica ready", "stage=%s replica=%d pid=%d startup_ms=%llu",
@@ -477,15 +510,41 @@ static void on_result(struct bt_child *c, struct bt_replica *r,
 		violation(c, "answer for a request it does not hold", id, strlen(id));
 		return;
 	}
-	struct bt_request *req = release_slot(r, slot);
 	char *payload = NULL;
 	size_t len = 0;
-	if (!error) {
+	int fd = -1;
+	if (f->memfd) {
+		/* Only JSON headers carry memfds: error and retry came from hdr. */
+		char why[128];
+		fd = c->frame_fd;
+		c->frame_fd = -1;
+		if (fd < 0) {
+			bt_stage_result(release_slot(r, slot), NULL, 0, NULL,
+					"baton had no descriptor left for the answer's memfd", 1);
+			return;
+		}
+		if (bt_memfd_check(fd, f->len, why, sizeof(why))) {
+			close(fd);
+			violation(c, why, id, strlen(id));
+			return;
+		}
+		payload = bt_memfd_map(fd, f->len);
+		if (!payload && f->len) {
+			/* baton's own lack (address space): a transient failure. */
+			close(fd);
+			bt_stage_result(release_slot(r, slot), NULL, 0, NULL,
+					"baton cannot map the answer's memfd", 1);
+			return;
+		}
+		len = f->len;
+	} else if (!error) {
+		/* A fast failure's payload is its error text, not an answer. */
 		payload = f->payload;
 		len = f->len;
 		f->payload = NULL;
 	}
-	bt_stage_result(req, payload, len, meta, error, retry);
+	struct bt_request *req = release_slot(r, slot);
+	bt_stage_result_fd(req, payload, len, fd, meta, error, retry);
 }
 
 /* A source's item or end of session, handed to its stream. */
@@ -519,7 +578,11 @@ static void on_message(struct bt_child *c, struct bt_frame *f)
 {
 	struct bt_replica *r = c->replica;
 	const char *t = f->type;
-	if (!strcmp(t, "ready")) {
+	if (f->memfd && (!c->memfd || strcmp(t, "res"))) {
+		violation(c, c->memfd ? "\"memfd\" on a message other than \"res\""
+				      : "\"memfd\" from a worker that did not announce it",
+			  t, strlen(t));
+	} else if (!strcmp(t, "ready")) {
 		on_ready(c, r, f->hdr);
 	} else if (r->state == BT_REPLICA_STARTING) {
 		violation(c, "a message before \"ready\"", t, strlen(t));
@@ -557,11 +620,66 @@ static void feed_channel(struct bt_child *c, const char *p, size_t n)
 		}
 		p += used;
 		n -= (size_t)used;
-		if (bt_frame_complete(&f)) {
-			on_message(c, &f);
-			bt_frame_release(&f);
+		if (!bt_frame_complete(&f))
+			continue;
+		if (f.memfd) {
+			if (!c->nrecv) {
+				bt_frame_release(&f);
+				violation(c, "a \"memfd\" header without a descriptor", NULL, 0);
+				return;
+			}
+			c->frame_fd = c->recvq[0];
+			memmove(c->recvq, c->recvq + 1, (size_t)--c->nrecv * sizeof(int));
 		}
+		on_message(c, &f);
+		bt_frame_release(&f);
+		if (c->frame_fd >= 0) /* not claimed: the message was refused */
+			close(c->frame_fd);
+		c->frame_fd = -1;
 	}
+}
+
+/*
+ * Keeps a descriptor the worker sent, in order (-1 holds the place of one
+ * baton had no room for); false when it sent too many.
+ */
+static int keep_fd(struct bt_child *c, int fd)
+{
+	if (c->nrecv == BT_RECV_FDS) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	c->recvq[c->nrecv++] = fd;
+	return 1;
+}
+
+static void fd_holder_closed_cb(uv_handle_t *h)
+{
+	free(h);
+}
+
+/*
+ * Takes the descriptors libuv received on the channel.  libuv hands them
+ * out only through uv_accept into a handle: the handle's is duplicated
+ * and the handle closed.
+ */
+static int collect_fds(struct bt_child *c)
+{
+	int ok = 1;
+	while (uv_pipe_pending_count(&c->chan) > 0) {
+		uv_pipe_t *h = bt_malloc(sizeof(*h));
+		uv_os_fd_t fd = -1;
+		uv_pipe_init(c->d->loop, h, 0);
+		if (uv_accept((uv_stream_t *)&c->chan, (uv_stream_t *)h) == 0 &&
+		    uv_fileno((uv_handle_t *)h, &fd) == 0) {
+			/* Out of descriptors, the dup fails: baton's lack, not the worker's fault. */
+			if (!keep_fd(c, fcntl(fd, F_DUPFD_CLOEXEC, 0)))
+				ok = 0;
+		}
+		uv_close((uv_handle_t *)h, fd_holder_closed_cb);
+	}
+	return ok;
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -581,6 +699,10 @@ static void chan_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
 	struct bt_child *c = s->data;
 	if (n > 0) {
+		if (!collect_fds(c)) {
+			violation(c, "descriptors that no header announced", NULL, 0);
+			return;
+		}
 		feed_channel(c, buf->base, (size_t)n);
 	} else if (n < 0) {
 		uv_read_stop(s);
@@ -627,16 +749,43 @@ static void drain(struct bt_child *c, uv_pipe_t *p, int which)
 	if (uv_is_closing((uv_handle_t *)p) || uv_fileno((uv_handle_t *)p, &fd))
 		return;
 	for (int i = 0; i < 64; i++) {
-		ssize_t n = read(fd, c->rbuf, sizeof(c->rbuf));
+		ssize_t n;
+		if (which < 0) {
+			/* The channel's descriptors come with its bytes: take both. */
+			union {
+				struct cmsghdr h;
+				char space[CMSG_SPACE(sizeof(int) * BT_RECV_FDS)];
+			} ctl;
+			struct iovec iov = {c->rbuf, sizeof(c->rbuf)};
+			struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+					     .msg_control = ctl.space,
+					     .msg_controllen = sizeof(ctl.space)};
+			n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+			int ok = 1;
+			for (struct cmsghdr *h = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL; h;
+			     h = CMSG_NXTHDR(&msg, h)) {
+				if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+					continue;
+				size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+				for (size_t j = 0; j < k; j++) {
+					int rfd;
+					memcpy(&rfd, CMSG_DATA(h) + j * sizeof(int), sizeof(int));
+					ok &= keep_fd(c, rfd);
+				}
+			}
+			if (n <= 0 || !c->replica)
+				break;
+			if (!ok) {
+				violation(c, "descriptors that no header announced", NULL, 0);
+				break;
+			}
+			feed_channel(c, c->rbuf, (size_t)n);
+			continue;
+		}
+		n = read(fd, c->rbuf, sizeof(c->rbuf));
 		if (n <= 0)
 			break;
-		if (which < 0) {
-			if (!c->replica)
-				break;
-			feed_channel(c, c->rbuf, (size_t)n);
-		} else {
-			consume_output(c, which, c->rbuf, (size_t)n);
-		}
+		consume_output(c, which, c->rbuf, (size_t)n);
 	}
 }
 
@@ -678,10 +827,39 @@ static void child_write(struct bt_child *c);
 
 static void start_busy_write(struct bt_child *c);
 
+/*
+ * How much of the avail bytes from wout the next write may take: up to
+ * the next descriptor's header, or, when that header starts at wout, up
+ * to the one after (*with_fd set: the write carries sendq[0]).
+ */
+static size_t next_chunk(const struct bt_child *c, size_t avail, int *with_fd)
+{
+	size_t chunk = BT_MIN(avail, WRITE_CHUNK);
+	*with_fd = 0;
+	if (!c->nsend)
+		return chunk;
+	if (c->sendq[0].pos > c->wout)
+		return BT_MIN(chunk, (size_t)(c->sendq[0].pos - c->wout));
+	*with_fd = 1;
+	if (c->nsend > 1)
+		chunk = BT_MIN(chunk, (size_t)(c->sendq[1].pos - c->wout));
+	return chunk;
+}
+
+static void fd_sent_cb(uv_handle_t *h)
+{
+	free(h);
+}
+
 static void write_cb(uv_write_t *w, int status)
 {
 	struct bt_child *c = w->data;
 	c->writing = 0;
+	if (c->sending) {
+		/* Sent (the worker has its own copy) or never will be: ours goes. */
+		uv_close((uv_handle_t *)c->sending, fd_sent_cb);
+		c->sending = NULL;
+	}
 	if (status < 0) {
 		c->wbusy.len = 0;
 		if (status != UV_ECANCELED)
@@ -689,7 +867,8 @@ static void write_cb(uv_write_t *w, int status)
 		return;
 	}
 	bt_buf_consume(&c->wbusy, c->wbusy_chunk);
-	if (c->wbusy.len) { /* a batch over WRITE_CHUNK: its next part */
+	c->wout += c->wbusy_chunk;
+	if (c->wbusy.len) { /* a batch over WRITE_CHUNK, or a descriptor's turn */
 		start_busy_write(c);
 		return;
 	}
@@ -699,10 +878,33 @@ static void write_cb(uv_write_t *w, int status)
 
 static void start_busy_write(struct bt_child *c)
 {
-	c->wbusy_chunk = BT_MIN(c->wbusy.len, WRITE_CHUNK);
+	int with_fd, e;
+	c->wbusy_chunk = next_chunk(c, c->wbusy.len, &with_fd);
 	uv_buf_t b = uv_buf_init(c->wbusy.data, (unsigned)c->wbusy_chunk);
 	c->wreq.data = c;
-	if (uv_write(&c->wreq, (uv_stream_t *)&c->chan, &b, 1, write_cb) == 0)
+	if (with_fd) {
+		/*
+		 * libuv sends a descriptor only as a stream handle's (uv_write2,
+		 * SCM_RIGHTS with the first bytes written): wrap ours in one.
+		 */
+		int fd = c->sendq[0].fd;
+		memmove(c->sendq, c->sendq + 1, (size_t)--c->nsend * sizeof(*c->sendq));
+		c->sending = bt_malloc(sizeof(*c->sending));
+		uv_pipe_init(c->d->loop, c->sending, 0);
+		e = uv_pipe_open(c->sending, fd);
+		if (e)
+			close(fd);
+		else
+			e = uv_write2(&c->wreq, (uv_stream_t *)&c->chan, &b, 1,
+				      (uv_stream_t *)c->sending, write_cb);
+		if (e) {
+			uv_close((uv_handle_t *)c->sending, fd_sent_cb);
+			c->sending = NULL;
+		}
+	} else {
+		e = uv_write(&c->wreq, (uv_stream_t *)&c->chan, &b, 1, write_cb);
+	}
+	if (e == 0)
 		c->writing = 1;
 	else
 		child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
@@ -713,18 +915,24 @@ static void child_write(struct bt_child *c)
 	if (c->writing || !c->wbuf.len || !c->replica ||
 	    uv_is_closing((uv_handle_t *)&c->chan))
 		return;
-	int n;
+	int n, with_fd;
+	size_t chunk;
 	do {
-		size_t chunk = BT_MIN(c->wbuf.len, WRITE_CHUNK);
+		/* A descriptor's header goes through start_busy_write, which can send it. */
+		chunk = next_chunk(c, c->wbuf.len, &with_fd);
+		if (with_fd)
+			break;
 		uv_buf_t b = uv_buf_init(c->wbuf.data, (unsigned)chunk);
 		n = uv_try_write((uv_stream_t *)&c->chan, &b, 1);
 		if (n < 0 && n != UV_EAGAIN) {
 			child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
 			return;
 		}
-		if (n > 0)
+		if (n > 0) {
 			bt_buf_consume(&c->wbuf, (size_t)n);
-	} while (c->wbuf.len && n == (int)WRITE_CHUNK);
+			c->wout += (size_t)n;
+		}
+	} while (c->wbuf.len && n == (int)chunk);
 	if (!c->wbuf.len)
 		return;
 	struct bt_buf tmp = c->wbusy;
@@ -815,7 +1023,9 @@ static int spawn(struct bt_replica *r)
 	c->stage = cfg->name;
 	c->replica_id = r->id;
 	c->charge = 1;
-	uv_pipe_init(d->loop, &c->chan, 0);
+	c->frame_fd = -1;
+	/* ipc: libuv then reads with recvmsg and keeps the descriptors a worker sends. */
+	uv_pipe_init(d->loop, &c->chan, 1);
 	uv_pipe_init(d->loop, &c->out, 0);
 	uv_pipe_init(d->loop, &c->err, 0);
 	uv_timer_init(d->loop, &c->eof_timer);
@@ -831,8 +1041,11 @@ static int spawn(struct bt_replica *r)
 	stdio[3].data.stream = (uv_stream_t *)&c->chan;
 
 	struct bt_launch l;
-	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", NULL, NULL, NULL};
+	char *extra[] = {"BATON_FD=3", "BATON_PROTO=1", NULL, NULL, NULL, NULL};
 	char **argv = cfg->argv;
+	char memfd_env[48];
+	/* From this size a worker may answer with a memfd (docs/protocol.md). */
+	snprintf(memfd_env, sizeof(memfd_env), "BATON_MEMFD_MIN=%zu", d->cfg->memfd_min_bytes);
 	if (r->station) {
 		/* A station's source learns which camera it reads. */
 		extra[2] = bt_asprintf("BATON_STATION=%s", r->station);
@@ -841,6 +1054,8 @@ static int spawn(struct bt_replica *r)
 		for (int i = 0; i < cfg->argc; i++)
 			argv[i] = substitute(cfg->argv[i], r->station, r->url);
 	}
+	if (d->cfg->memfd_min_bytes)
+		extra[r->station ? 4 : 2] = memfd_env;
 	bt_launch_init(&l, r, argv, extra, c->unit);
 	l.opts.stdio_count = 4;
 	l.opts.stdio = stdio;
@@ -854,8 +1069,10 @@ static int spawn(struct bt_replica *r)
 			free(argv[i]);
 		free(argv);
 	}
-	free(extra[2]);
-	free(extra[3]);
+	if (r->station) {
+		free(extra[2]);
+		free(extra[3]);
+	}
 	if (e) {
 		/* No process: close the other handles; the child frees itself. */
 		c->exited = 1;
@@ -962,6 +1179,31 @@ void bt_replica_revive(struct bt_replica *r)
 
 /* ---- requests ------------------------------------------------------------ */
 
+/*
+ * A descriptor of req's payload to send to c (a copy of the request's
+ * sealed memfd, made at the first hop that can use one), or -1: send bytes.
+ */
+static int memfd_for(struct bt_child *c, struct bt_request *req)
+{
+	size_t min = c->d->cfg->memfd_min_bytes;
+	if (!c->memfd || !min || req->len < min)
+		return -1;
+	if (req->payload_fd < 0) {
+		int fd = bt_memfd_from(req->payload, req->len);
+		char *map = fd >= 0 ? bt_memfd_map(fd, req->len) : NULL;
+		if (!map) {
+			/* Bytes still work: no memfd this time. */
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
+		free(req->payload);
+		req->payload = map;
+		req->payload_fd = fd;
+	}
+	return fcntl(req->payload_fd, F_DUPFD_CLOEXEC, 0);
+}
+
 int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 {
 	struct bt_child *c = r->child;
@@ -1008,18 +1250,34 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		b++;
 	struct bt_buf frames = BT_BUF_INIT;
 	struct bt_request **unsendable = NULL;
-	int sent = 0, nunsendable = 0;
+	struct bt_sendfd *fds = NULL; /* positions within frames */
+	int sent = 0, nunsendable = 0, nfds = 0;
 	for (int i = 0; i < n; i++) {
 		struct bt_request *req = reqs[i];
+		int fd = memfd_for(c, req);
+		size_t at = frames.len;
 		int e;
-		if (c->dec.fast) {
+		if (fd < 0 && c->dec.fast) {
+			/* Frames that carry a descriptor keep the JSON header. */
 			e = bt_frame_encode_fast(&frames, BT_FAST_REQ, 0, req->idstr, req->meta,
 						 req->payload, req->len);
 		} else {
 			json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
 						"meta", req->meta);
-			e = bt_frame_encode(&frames, hdr, req->payload, req->len);
+			if (fd >= 0) {
+				json_object_set_new(hdr, "memfd", json_integer((json_int_t)req->len));
+				e = bt_frame_encode(&frames, hdr, NULL, 0);
+			} else {
+				e = bt_frame_encode(&frames, hdr, req->payload, req->len);
+			}
 			json_decref(hdr);
+		}
+		if (fd >= 0 && e)
+			close(fd);
+		else if (fd >= 0) {
+			if (!fds)
+				fds = bt_malloc((size_t)n * sizeof(*fds));
+			fds[nfds++] = (struct bt_sendfd){at, fd};
 		}
 		if (e) {
 			/* Failed alone, once the rest of the batch is on its way. */
@@ -1041,9 +1299,19 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 			int hl = snprintf(hdr, sizeof(hdr), "{\"t\":\"batch\",\"n\":%d}\n", sent);
 			bt_buf_append(&c->wbuf, hdr, (size_t)hl);
 		}
+		/* Where the stream stands once what is queued before these frames is written. */
+		uint64_t base = c->wout + c->wbusy.len + c->wbuf.len;
+		for (int i = 0; i < nfds; i++) {
+			if (c->nsend == c->capsend) {
+				c->capsend = c->capsend ? 2 * c->capsend : 4;
+				c->sendq = bt_realloc(c->sendq, (size_t)c->capsend * sizeof(*c->sendq));
+			}
+			c->sendq[c->nsend++] = (struct bt_sendfd){base + fds[i].pos, fds[i].fd};
+		}
 		bt_buf_append(&c->wbuf, frames.data, frames.len);
 		mark_dirty(c);
 	}
+	free(fds);
 	bt_buf_release(&frames);
 	for (int i = 0; i < nunsendable; i++)
 		bt_stage_unsendable(unsendable[i],

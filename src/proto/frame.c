@@ -58,7 +58,10 @@ static ssize_t complete(struct bt_frame_decoder *dec, struct bt_frame *out)
 		out->type = json_string_value(json_object_get(dec->hdr, "t"));
 	}
 	out->payload = dec->payload;
-	out->len = dec->len;
+	out->len = dec->memfd ? dec->fdlen : dec->len;
+	out->memfd = dec->memfd;
+	dec->memfd = 0;
+	dec->fdlen = 0;
 	dec->hdr = NULL;
 	dec->payload = NULL;
 	dec->len = dec->have = 0;
@@ -111,6 +114,24 @@ static ssize_t parse_header(struct bt_frame_decoder *dec)
 			json_decref(hdr);
 			return violation(dec, "payload over the limit", d);
 		}
+	}
+	json_t *jfd = json_object_get(hdr, "memfd");
+	/* In "ready", "memfd": true announces that the worker takes memfds. */
+	if (jfd && strcmp(json_string_value(json_object_get(hdr, "t")), "ready")) {
+		/* The payload travels as a descriptor: no bytes follow the header. */
+		const char *bad = NULL;
+		if (!json_is_integer(jfd) || json_integer_value(jfd) < 0)
+			bad = "\"memfd\" is not a non-negative integer";
+		else if (len > 0)
+			bad = "both \"len\" and \"memfd\"";
+		else if ((unsigned long long)json_integer_value(jfd) > dec->max_payload)
+			bad = "memfd payload over the limit";
+		if (bad) {
+			json_decref(hdr);
+			return violation(dec, bad, NULL);
+		}
+		dec->memfd = 1;
+		dec->fdlen = (size_t)json_integer_value(jfd);
 	}
 	dec->hdr = hdr;
 	dec->len = (size_t)len;

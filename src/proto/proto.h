@@ -42,6 +42,8 @@ struct bt_frame {
 	int retry; /* a fast BT_FAST_ERR with BT_FAST_RETRY */
 	json_t *meta; /* a fast frame's meta object, or NULL */
 	char id[256]; /* a fast frame's id, NUL-terminated */
+	int memfd; /* the header said "memfd": len bytes are in a descriptor
+		      passed with it, and payload is NULL */
 };
 
 struct bt_frame_decoder {
@@ -53,6 +55,8 @@ struct bt_frame_decoder {
 	size_t want; /* a fast frame: bytes of header + id + meta, once known */
 	char *payload;
 	size_t len, have;
+	int memfd; /* the pending header carries a memfd of fdlen bytes */
+	size_t fdlen;
 	char err[256]; /* what was wrong, after a negative return */
 };
 

@@ -34,6 +34,7 @@ struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
 	req->nroute = pl->nstages;
 	req->payload = payload;
 	req->len = len;
+	req->payload_fd = -1;
 	req->meta = meta ? meta : json_object();
 	/* baton's keys, whatever the client sent: only baton's warm-ups carry "warmup". */
 	json_object_set_new(req->meta, "pipeline", json_string(pl->cfg->name));
@@ -51,10 +52,13 @@ void bt_request_free(struct bt_request *req)
 		return;
 	BT_ASSERT(!bt_qlink_queued(&req->qlink) && !bt_heap_contains(&req->deadline));
 	json_decref(req->meta);
-	free(req->payload);
+	bt_payload_free(req->payload, req->len, req->payload_fd);
 	free(req->error);
 	free(req->timings);
-	free(req->check_data);
+	if (req->check_free)
+		req->check_free(req->check_data);
+	else
+		free(req->check_data);
 	free(req);
 }
 
@@ -424,13 +428,28 @@ static void left_replica(struct bt_request *req)
 	bt_stage_kick(st);
 }
 
+char *bt_request_take_payload(struct bt_request *req, int *fd)
+{
+	char *p = req->payload;
+	*fd = req->payload_fd;
+	req->payload = NULL;
+	req->payload_fd = -1;
+	return p;
+}
+
 void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		     json_t *result_meta, const char *error, int retry)
+{
+	bt_stage_result_fd(req, payload, len, -1, result_meta, error, retry);
+}
+
+void bt_stage_result_fd(struct bt_request *req, char *payload, size_t len, int fd,
+			json_t *result_meta, const char *error, int retry)
 {
 	struct bt_stage *st = stage_of(req);
 	left_replica(req);
 	if (error) {
-		free(payload);
+		bt_payload_free(payload, len, fd);
 		st->errors++;
 		if (retry && req->attempts <= st->cfg->retries) {
 			enqueue(req, 1);
@@ -440,9 +459,10 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		       error);
 		return;
 	}
-	free(req->payload);
+	bt_payload_free(req->payload, req->len, req->payload_fd);
 	req->payload = payload;
 	req->len = len;
+	req->payload_fd = fd;
 	/*
 	 * These keys describe the payload, which was just replaced: only the
 	 * answer that produced it may say what it is.

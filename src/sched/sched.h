@@ -44,8 +44,9 @@ struct bt_request {
 	int step; /* index of the current stage in route */
 	enum bt_request_state state;
 	json_t *meta; /* metadata; result metas are merged in */
-	char *payload; /* current payload (owned) */
+	char *payload; /* current payload (owned): malloc'd, or a mapping of payload_fd */
 	size_t len;
+	int payload_fd; /* a sealed memfd holding the payload, or -1 (bt_payload_free) */
 	int attempts; /* dispatches in the current stage */
 	int priority; /* queue level, 0 = served first */
 	uint64_t client_deadline_ms; /* absolute, 0 = none */
@@ -72,6 +73,7 @@ struct bt_request {
 	 */
 	int (*check)(struct bt_request *req, char *err, size_t errlen);
 	char *check_data;
+	void (*check_free)(char *check_data); /* frees check_data; NULL: free() */
 };
 
 struct bt_source_ops;
@@ -162,6 +164,18 @@ void bt_sched_flush(struct bt_daemon *d);
  */
 void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 		     json_t *result_meta, const char *error, int retry);
+/*
+ * The same for an answer in a sealed memfd: payload is fd's mapping (NULL
+ * when len is 0); both become the request's (or are freed on error).
+ */
+void bt_stage_result_fd(struct bt_request *req, char *payload, size_t len, int fd,
+			json_t *result_meta, const char *error, int retry);
+/*
+ * Hands req's payload to the caller as *fd (a sealed memfd, or -1 when the
+ * payload is malloc'd) and returns its bytes; req keeps none of it.  Free
+ * with bt_payload_free(p, req->len, fd).
+ */
+char *bt_request_take_payload(struct bt_request *req, int *fd);
 /*
  * From proc/: req could not be framed for the worker (its metadata is over
  * the header limit, grown by earlier stages); it fails as worker_error.

@@ -728,3 +728,45 @@ Test(frame, fast_meta_text_is_jansson_compact_text, .init = fast_setup, .fini = 
 	json_decref(meta);
 	bt_buf_release(&out);
 }
+
+/* Large payloads as memfds (docs/protocol.md): the header says "memfd": N. */
+Test(frame, memfd_header_completes_at_its_newline_with_no_bytes_after,
+     .init = dec_setup, .fini = dec_teardown)
+{
+	const char buf[] = "{\"t\":\"res\",\"id\":\"r1\",\"memfd\":622080}\n";
+	struct bt_frame f;
+	decode_one(buf, sizeof(buf) - 1, &f);
+	cr_assert(f.memfd);
+	cr_assert_eq(f.len, 622080);
+	cr_assert_null(f.payload);
+	bt_frame_release(&f);
+}
+
+Test(frame, memfd_true_in_ready_is_an_announcement_not_a_payload, .init = dec_setup,
+     .fini = dec_teardown)
+{
+	const char buf[] = "{\"t\":\"ready\",\"proto\":1,\"memfd\":true}\n";
+	struct bt_frame f;
+	decode_one(buf, sizeof(buf) - 1, &f);
+	cr_assert_not(f.memfd);
+	cr_assert_eq(f.len, 0);
+	bt_frame_release(&f);
+}
+
+Test(frame, bad_memfd_sizes_are_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	const char neg[] = "{\"t\":\"res\",\"id\":\"r1\",\"memfd\":-1}\n";
+	decode_bad(neg, sizeof(neg) - 1, "not a non-negative integer");
+}
+
+Test(frame, memfd_with_inline_bytes_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	const char both[] = "{\"t\":\"res\",\"id\":\"r1\",\"len\":3,\"memfd\":3}\nabc";
+	decode_bad(both, sizeof(both) - 1, "both \"len\" and \"memfd\"");
+}
+
+Test(frame, memfd_over_max_payload_is_rejected, .init = dec_setup, .fini = dec_teardown)
+{
+	const char big[] = "{\"t\":\"res\",\"id\":\"r1\",\"memfd\":4294967296}\n";
+	decode_bad(big, sizeof(big) - 1, "memfd payload over the limit");
+}

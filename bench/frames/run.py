@@ -1,0 +1,268 @@
+#!/usr/bin/python3
+"""bench/frames: large payloads (camera frames) through baton.
+
+6 MB bodies over HTTP at concurrency 2 through Python echo stages, one and
+three stages, in three ways: as bytes (memfd_min_bytes: 0, how every hop
+worked before memfds), as memfds with handlers that take bytes (the SDK's
+default), and as memfds with handlers that take views (views=True: no copy
+anywhere). Then baton's own CPU per request (utime + stime from /proc) at
+1 KiB and at 6 MB through three stages. Prints figures, never pass/fail.
+
+    /usr/bin/python3 bench/frames/run.py --build build [--duration 8]
+"""
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = "/usr/bin/python3"
+MB6 = 6 * 1024 * 1024
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def ready(url):
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except Exception:  # noqa: BLE001 - any failure means "not yet"
+        return False
+
+
+class Daemon:
+    def __init__(self, build, tmp, memfd, views):
+        self.port = free_port()
+        cfg = os.path.join(tmp, "frames-%d.yaml" % self.port)
+        stage = ("    command: [%s, %s]\n    env: {FRAMES_VIEWS: \"%d\"}\n"
+                 % (PY, os.path.join(HERE, "echo.py"), views))
+        with open(cfg, "w") as f:
+            f.write("log_level: warn\nmax_request_bytes: 16777216\n")
+            if not memfd:
+                f.write("memfd_min_bytes: 0\n")
+            f.write("stages:\n")
+            for s in ("s1", "s2", "s3"):
+                f.write("  %s:\n%s" % (s, stage))
+            v2 = ("    command: [%s, %s]\n    env: {FRAMES_V2_LAST: \"%%d\"}\n"
+                  % (PY, os.path.join(HERE, "v2echo.py")))
+            f.write("  v1:\n" + v2 % 0 + "  v2:\n" + v2 % 0 + "  v3:\n" + v2 % 1)
+            f.write("pipelines:\n  one: [s1]\n  three: [s1, s2, s3]\n")
+            f.write("  m:\n    stages: [v1, v2, v3]\n")
+        self.log = open(cfg + ".log", "wb")
+        self.proc = subprocess.Popen([os.path.join(build, "baton"), "serve", cfg, "--listen",
+                                      "127.0.0.1:%d" % self.port],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + 60
+        while not ready("http://127.0.0.1:%d/v2/health/ready" % self.port):
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise SystemExit("baton did not become ready (%s)" % cfg)
+            time.sleep(0.1)
+
+    def cpu_s(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def load(port, pipeline, body, concurrency, duration):
+    """Closed loop: each client posts body, reads the answer, again. Returns
+    (requests, seconds, latencies)."""
+    lat, errors = [], []
+    stop_at = time.monotonic() + duration
+    lock = threading.Lock()
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop_at:
+            t0 = time.monotonic()
+            conn.request("POST", "/v1/pipelines/" + pipeline, body=body)
+            r = conn.getresponse()
+            out = r.read()
+            dt = time.monotonic() - t0
+            if r.status != 200 or len(out) != len(body):
+                errors.append(r.status)
+                return
+            with lock:
+                lat.append(dt)
+        conn.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit("requests failed: %r" % errors[:5])
+    return len(lat), time.monotonic() - t0, lat
+
+
+def load_shm(port, body, concurrency, duration):
+    """Closed loop over KServe v2 with Triton's system shared memory: each
+    client writes its frame into its input region (as a camera client
+    would, every time), posts a small JSON request naming the regions, and
+    reads the answer from its output region."""
+    lat, errors = [], []
+    lock = threading.Lock()
+    regions = []
+    n = len(body)
+
+    def request(method, path, doc=None):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request(method, path, body=json.dumps(doc).encode() if doc is not None else None)
+        r = conn.getresponse()
+        out = r.read()
+        conn.close()
+        if r.status != 200:
+            raise SystemExit("%s %s: %d %s" % (method, path, r.status, out[:200]))
+        return out
+
+    for i in range(concurrency):
+        key = "/bench-frames-%d-%d" % (os.getpid(), i)
+        fd = os.open("/dev/shm" + key, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+        os.ftruncate(fd, 2 * n)
+        regions.append((key, fd))
+        request("POST", "/v2/systemsharedmemory/region/in%d/register" % i,
+                {"key": key, "offset": 0, "byte_size": n})
+        request("POST", "/v2/systemsharedmemory/region/out%d/register" % i,
+                {"key": key, "offset": n, "byte_size": n})
+    stop_at = time.monotonic() + duration
+
+    def client(i):
+        fd = regions[i][1]
+        doc = json.dumps({
+            "inputs": [{"name": "x", "datatype": "UINT8", "shape": [n], "parameters": {
+                "shared_memory_region": "in%d" % i, "shared_memory_byte_size": n}}],
+            "outputs": [{"name": "out_x", "parameters": {
+                "shared_memory_region": "out%d" % i, "shared_memory_byte_size": n}}]}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop_at:
+            t0 = time.monotonic()
+            os.pwrite(fd, body, 0)
+            conn.request("POST", "/v2/models/m/infer", body=doc,
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            out = r.read()
+            got = os.pread(fd, 16, n)
+            dt = time.monotonic() - t0
+            if r.status != 200 or got != body[:16]:
+                errors.append((r.status, out[:200]))
+                return
+            with lock:
+                lat.append(dt)
+        conn.close()
+
+    try:
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        secs = time.monotonic() - t0
+    finally:
+        request("POST", "/v2/systemsharedmemory/unregister")
+        for key, fd in regions:
+            os.close(fd)
+            os.unlink("/dev/shm" + key)
+    if errors:
+        raise SystemExit("requests failed: %r" % errors[:3])
+    return len(lat), secs, lat
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--duration", type=float, default=8,
+                    help="seconds of load per figure, over all rounds")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="slices each figure's load is cut into, interleaved")
+    args = ap.parse_args()
+    build = os.path.abspath(args.build)
+    body = os.urandom(MB6)
+    small = os.urandom(1024)
+    tmp = tempfile.mkdtemp(prefix="bench-frames-")
+    print("bench/frames on %s, %d cores, %s, %.0f s per figure" % (
+        platform.node(), os.cpu_count(), platform.platform(), args.duration))
+    print("6 MB bodies, concurrency 2, Python echo stages\n")
+    print("%-34s %8s %8s %9s %9s" % ("how", "stages", "req/s", "p50 ms", "3/1"))
+    ways = [("bytes (memfd_min_bytes: 0)", False, 0),
+            ("memfd, handler takes bytes", True, 0),
+            ("memfd, handler takes views", True, 1)]
+    shm_name = "client shm (KServe v2), memfd hops"
+    daemons = []
+    try:
+        for name, memfd, views in ways:
+            daemons.append(Daemon(build, tmp, memfd, views))
+        # Interleaved: every figure gets slices spread over the whole run, so
+        # that the load of a shared machine drifting does not favour one.
+        runs = [(i, pl) for i in range(len(ways)) for pl in ("one", "three")] + [(2, "shm")]
+        acc = {r: [0, 0.0, []] for r in runs}
+        for d in daemons:
+            load(d.port, "one", body, 2, 1)  # warm up
+        load_shm(daemons[2].port, body, 2, 1)
+        for _ in range(args.rounds):
+            for r in runs:
+                d = daemons[r[0]]
+                if r[1] == "shm":
+                    reqs, secs, lat = load_shm(d.port, body, 2, args.duration / args.rounds)
+                else:
+                    reqs, secs, lat = load(d.port, r[1], body, 2, args.duration / args.rounds)
+                acc[r][0] += reqs
+                acc[r][1] += secs
+                acc[r][2] += lat
+        rate = {r: a[0] / a[1] for r, a in acc.items()}
+        for i, (name, _, _) in enumerate(ways):
+            for pl, n in (("one", 1), ("three", 3)):
+                print("%-34s %8d %8.1f %9.1f %9s" % (
+                    name, n, rate[(i, pl)], statistics.median(acc[(i, pl)][2]) * 1000,
+                    "%.2f" % (rate[(i, "three")] / rate[(i, "one")]) if n == 3 else ""))
+        print("%-34s %8d %8.1f %9.1f" % (shm_name, 3, rate[(2, "shm")],
+                                          statistics.median(acc[(2, "shm")][2]) * 1000))
+        print("\nclient shm against bytes through three stages: %.1fx" % (
+            rate[(2, "shm")] / rate[(0, "three")]))
+        print("\nbaton's CPU per request, three stages, concurrency 2")
+        print("%-34s %10s %14s" % ("how", "payload", "CPU us/req"))
+        cpu_runs = [(0, "1 KiB", small), (0, "6 MB", body), (2, "1 KiB", small),
+                    (2, "6 MB", body), (2, "shm", body)]
+        for i, label, b in cpu_runs:
+            d = daemons[i]
+            c0 = d.cpu_s()
+            if label == "shm":
+                reqs, _, _ = load_shm(d.port, b, 2, args.duration / 2)
+            else:
+                reqs, _, _ = load(d.port, "three", b, 2, args.duration / 2)
+            cpu = d.cpu_s() - c0
+            print("%-34s %10s %14.0f" % (shm_name if label == "shm" else ways[i][0],
+                                         "6 MB" if label == "shm" else label,
+                                         cpu / reqs * 1e6), flush=True)
+    finally:
+        for d in daemons:
+            d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+/*
+ * The C SDK's worker for the large-payload tests (tests/e2e/test_shm.py):
+ * it answers each request with its own bytes, so that a memfd it was given
+ * goes back unchanged; with "copy" in the request's metadata it answers a
+ * copy of its own instead (a new memfd from the SDK).  meta "c_hops" counts
+ * the C stages a request went through.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "baton_worker.h"
+
+static int handle(void *user, struct baton_request *req)
+{
+	size_t len;
+	const char *in = baton_request_data(req, &len);
+	long long hops = 0;
+	char meta[64];
+	(void)user;
+	baton_request_meta_int(req, "c_hops", &hops);
+	snprintf(meta, sizeof(meta), "{\"c_hops\":%lld}", hops + 1);
+	if (!baton_request_meta_string(req, "copy"))
+		return baton_respond(req, in, len, meta);
+	char *out = malloc(len ? len : 1);
+	if (!out)
+		return baton_fail(req, "out of memory", 1);
+	memcpy(out, in, len);
+	int e = baton_respond(req, out, len, meta);
+	free(out);
+	return e;
+}
+
+int main(void)
+{
+	struct baton_worker_ops ops = {.handle = handle};
+	return baton_worker_run(&ops, NULL) ? 1 : 0;
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""The Python worker of the large-payload tests (tests/e2e/test_shm.py).
+
+It answers each request with its own payload, unchanged, and appends to the
+request's content_type a letter saying how the payload reached it: "m" for a
+memoryview (a memfd, with SHM_VIEWS=1), "b" for bytes; so the answer's
+Content-Type after three stages is "application/x-hops-mmm". Payloads that
+begin with a command choose something else:
+  crash      SIGKILL itself while holding the request (and its memfd)
+  unsealed   answer with a memfd that is not sealed (a protocol violation)
+SHM_GATE=PATH holds every request until the file PATH exists.
+SHM_VIEWS=1 runs with bw.run(..., views=True); RAW=1 speaks protocol v1
+without the SDK and never announces memfds (an old worker).
+"""
+import array
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+
+def kind_meta(payload, meta):
+    ct = meta.get("content_type") or "application/x-hops-"
+    out = {"content_type": ct + ("m" if isinstance(payload, memoryview) else "b")}
+    if "v2_header_length" in meta:  # the payload is passed on unchanged: so is its framing
+        out["v2_header_length"] = meta["v2_header_length"]
+    return out
+
+
+def unsealed_answer(rid, payload):
+    """Writes, behind the SDK's back, an answer in an unsealed memfd."""
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.write(fd, bytes(payload))
+    head = json.dumps({"t": "res", "id": rid, "memfd": len(payload)}).encode() + b"\n"
+    s = socket.socket(fileno=os.dup(int(os.environ["BATON_FD"])))
+    s.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    s.detach()
+    os.close(fd)
+
+
+def run_sdk():
+    import baton_worker as bw
+
+    gate = os.environ.get("SHM_GATE")
+
+    @bw.batch_handler
+    def handle(requests):
+        out = []
+        for r in requests:
+            for _ in range(6000):   # at most 60 s: a test that forgets its gate ends
+                if not gate or os.path.exists(gate):
+                    break
+                time.sleep(0.01)
+            head = bytes(r.payload[:8])
+            if head.startswith(b"crash"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if head.startswith(b"unsealed"):
+                unsealed_answer(r.id, r.payload)
+                signal.pause()      # baton kills us for it
+            out.append((r.payload, kind_meta(r.payload, r.meta)))
+        return out
+
+    bw.run(handle, views=os.environ.get("SHM_VIEWS") == "1")
+
+
+def run_raw():
+    """A worker written before memfds: readline + read(n), bytes only."""
+    s = socket.socket(fileno=int(os.environ["BATON_FD"]))
+    r = s.makefile("rb")
+
+    def send(hdr, payload=b""):
+        hdr["len"] = len(payload)
+        s.sendall(json.dumps(hdr, separators=(",", ":")).encode() + b"\n" + payload)
+
+    send({"t": "ready", "proto": 1})
+    while True:
+        line = r.readline()
+        if not line:
+            return
+        hdr = json.loads(line)
+        body = r.read(hdr.get("len", 0))
+        if hdr["t"] == "req":
+            send({"t": "res", "id": hdr["id"], "meta": kind_meta(body, hdr.get("meta", {}))},
+                 body)
+        elif hdr["t"] == "ping":
+            send({"t": "pong", "seq": hdr["seq"]})
+        elif hdr["t"] == "stop":
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(run_raw() if os.environ.get("RAW") == "1" else run_sdk())
