@@ -25,7 +25,7 @@ STATIONS_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 # pytest-xdist: the end-to-end tests mostly wait on processes, so two at once
 # (-n 2) take half the time on two cores.
 TEST_PKGS  := python3-pytest python3-pytest-xdist wrk valgrind groff-base chromium chromium-driver \
-	      python3-selenium \
+	      python3-selenium redis-server \
 	      $(DEMO_PKGS) $(TIMESERIES_PKGS) $(STATIONS_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2
 FUZZ_PKGS  := clang libclang-rt-14-dev pkg-config libjansson-dev libyaml-dev libuv1-dev

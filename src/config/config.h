@@ -28,6 +28,9 @@ enum bt_stage_mode {
 	BT_MODE_SPAWN, /* one process per request: files or stdin/stdout */
 };
 
+/* Where a stage's queue lives: this process, or a Redis stream (docs/scaleout.md). */
+enum bt_queue_backend { BT_QUEUE_LOCAL, BT_QUEUE_REDIS };
+
 struct bt_stage_config {
 	char *name;
 	enum bt_stage_mode mode;
@@ -91,8 +94,6 @@ struct bt_stage_config {
  * (local, the default) or in a Redis stream shared by every node of a
  * cluster.
  */
-enum bt_queue_backend { BT_QUEUE_LOCAL, BT_QUEUE_REDIS };
-
 /* The top-level `queue:` section: the default backend and the Redis server. */
 struct bt_queue_config {
 	int present; /* the file has a `queue:` section */
