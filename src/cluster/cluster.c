@@ -87,6 +87,7 @@ struct bt_cluster {
 	int up; /* every connection ready, groups made */
 	int groups_pending;
 	int closing;
+	int connecting; /* connect_all ran, not up yet; the retry timer bounds it */
 	int ever_up;
 	uv_timer_t tick, retry;
 	uint64_t backoff_ms;
@@ -212,6 +213,8 @@ static void become_up(struct bt_cluster *cl)
 	if (cl->up || cl->closing || cl->groups_pending || !all_connected(cl))
 		return;
 	cl->up = 1;
+	cl->connecting = 0;
+	uv_timer_stop(&cl->retry);
 	cl->backoff_ms = BACKOFF_MIN_MS;
 	if (cl->ever_up)
 		cl->reconnects++;
@@ -327,9 +330,21 @@ static int cmdf(struct bt_cluster *cl, redisCallbackFn *fn, void *priv, const ch
 	return r == REDIS_OK ? 0 : -1;
 }
 
+static void connect_timeout_cb(uv_timer_t *t)
+{
+	go_down(t->data, "no answer within 2 s of connecting");
+}
+
 static void connect_all(struct bt_cluster *cl)
 {
 	cl->groups_pending = 0;
+	cl->connecting = 1;
+	/*
+	 * hiredis 0.14's libuv adapter drops poll errors (a refused connect
+	 * comes as one), leaving the context waiting forever: the attempt is
+	 * bounded here instead.
+	 */
+	uv_timer_start(&cl->retry, connect_timeout_cb, 2000, 0);
 	int bad = conn_open(cl, &cl->cmd) || conn_open(cl, &cl->rep);
 	for (int i = 0; !bad && i < cl->nsh; i++)
 		bad = conn_open(cl, &cl->sh[i].rd);
@@ -372,7 +387,8 @@ static void go_down(struct bt_cluster *cl, const char *why)
 			 cl->down_why);
 		bt_cluster_fail_waiting(cl, BT_STAGE_FAILED, msg);
 	}
-	if (!uv_is_active((uv_handle_t *)&cl->retry)) {
+	if (was_up || cl->connecting) {
+		cl->connecting = 0;
 		uv_timer_start(&cl->retry, retry_cb, cl->backoff_ms, 0);
 		cl->backoff_ms = BT_MIN(cl->backoff_ms * 2, (uint64_t)BACKOFF_MAX_MS);
 	}
@@ -711,6 +727,10 @@ static void shadow_done_cb(struct bt_request *req, void *arg)
 		 */
 		struct bt_entry out = h->e;
 		out.tries = req->retry_elsewhere ? req->attempts : h->e.tries + h->deliveries - 1;
+		if (!out.ref) { /* the request holds the input it was given (a failure kept it) */
+			out.payload = req->payload;
+			out.len = req->len;
+		}
 		if (req->retry_elsewhere)
 			sh->retried++;
 		else
@@ -798,7 +818,7 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 	struct bt_cluster *cl = sh->cl;
 	const char *argv[MAX_FIELDS];
 	size_t lens[MAX_FIELDS];
-	char why[200];
+	char why[200] = "not a list of fields";
 	if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 ||
 	    en->element[0]->type != REDIS_REPLY_STRING)
 		return NULL;
@@ -810,9 +830,25 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 	if (n < 0 || bt_entry_decode(&h->e, 0, argv, lens, n, why, sizeof(why))) {
 		bt_warn("dropped a bad entry", "stream=%s id=%s error=%s", sh->key, id,
 			BT_LOGQ(n < 0 ? "not fields" : why));
-		cmdf(cl, NULL, NULL, "XACK %s %s %s", sh->key, GROUP, id);
-		cmdf(cl, NULL, NULL, "XDEL %s %s", sh->key, id);
-		free(h);
+		/* Its origin, if it can be read, gets an answer rather than a timeout. */
+		for (int i = 0; n > 0 && i + 1 < n; i += 2) {
+			if (!strcmp(argv[i], "o") && !memchr(argv[i + 1], '\0', lens[i + 1]))
+				h->e.origin = bt_strndup(argv[i + 1], lens[i + 1]);
+			else if (!strcmp(argv[i], "r"))
+				h->e.req = strtoull(argv[i + 1], NULL, 10);
+			else if (!strcmp(argv[i], "s"))
+				h->e.step = atoi(argv[i + 1]);
+		}
+		if (h->e.origin && h->e.req) {
+			char msg[300];
+			snprintf(msg, sizeof(msg), "the request's entry in redis could not be read: %s",
+				 why);
+			reply_now(h, BT_WORKER_ERROR, msg);
+		} else {
+			cmdf(cl, NULL, NULL, "XACK %s %s %s", sh->key, GROUP, id);
+			cmdf(cl, NULL, NULL, "XDEL %s %s", sh->key, id);
+		}
+		held_free(h);
 		return NULL;
 	}
 	return h;

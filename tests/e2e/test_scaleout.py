@@ -1,0 +1,297 @@
+"""Several baton nodes sharing stage queues through Redis Streams
+(docs/scaleout.md): a real redis-server started here on a port picked
+here, in a directory made here, stopped by PID; nodes are separate baton
+processes on their own ports.  The worker (cluster_worker.py) says which
+node, stage and process answered, so spreading can be checked."""
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import BATON, PYTHON, ROOT, SDK_PY, SLOW, Baton, free_port, wait_for
+
+WORKER = os.path.join(ROOT, "tests", "e2e", "cluster_worker.py")
+REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_CLI = "/usr/bin/redis-cli"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(REDIS_SERVER),
+                                reason="redis-server is not installed (make test-deps)")
+
+
+class Redis:
+    """One redis-server, no persistence, on 127.0.0.1."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.dir = tmp_path / "redis"
+        self.dir.mkdir(exist_ok=True)
+        self.proc = None
+
+    def start(self):
+        self.log = open(str(self.dir / "redis.log"), "ab")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for(lambda: self.cli("PING") == "PONG", 10 * SLOW, what="redis-server to answer")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc:
+            self.log.close()
+
+    def cli(self, *args):
+        r = subprocess.run([REDIS_CLI, "-p", str(self.port), "--raw"] + list(args),
+                           capture_output=True, timeout=10)
+        return r.stdout.decode().strip()
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = Redis(tmp_path).start()
+    yield r
+    r.stop()
+
+
+def node_config(redis, node, a_replicas=2, b_replicas=1, retries=1, claim_after_ms=1000,
+                extra_a="", env=None, pipeline=("a", "b"), timeout_ms=20000):
+    env = dict({"PYTHONPATH": SDK_PY, "NODE": node}, **(env or {}))
+    stage = ("  %s:\n    command: [%s, %s]\n    env: %s\n    replicas: {initial: %d}\n"
+             "    retries: %d\n    timeout_ms: %d\n")
+    text = ("queue: {backend: redis, url: \"%s\", namespace: t, node: %s, claim_after_ms: %d}\n"
+            "interval_ms: 200\nstages:\n" % (redis.url, node, claim_after_ms))
+    text += stage % ("a", PYTHON, WORKER, json.dumps(env), a_replicas, retries, timeout_ms) + extra_a
+    text += stage % ("b", PYTHON, WORKER, json.dumps(env), b_replicas, retries, timeout_ms)
+    text += "pipelines:\n  p: [%s]\n" % ", ".join(pipeline)
+    return text
+
+
+def start_nodes(tmp_path, redis, n, **kw):
+    nodes = []
+    for i in range(n):
+        b = Baton(tmp_path, node_config(redis, "n%d" % (i + 1), **kw), name="n%d" % (i + 1))
+        nodes.append(b)
+    for b in nodes:
+        b.start(wait_ready=False)
+    for b in nodes:
+        b.wait_ready()
+    return nodes
+
+
+@pytest.fixture
+def cluster(tmp_path, redis):
+    made = []
+
+    def make(n, **kw):
+        nodes = start_nodes(tmp_path, redis, n, **kw)
+        made.extend(nodes)
+        return nodes
+
+    yield make
+    for b in made:
+        b.cleanup()
+    for b in made:
+        assert not b.orphans, "process groups outlived baton %s: %s" % (b.log_path, b.orphans)
+        log = b.log()
+        for marker in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"):
+            assert marker not in log, "sanitizer report in %s:\n%s" % (b.log_path, b.log_tail(60))
+
+
+def post(port, body, timeout=60):
+    """(status, body) of one request, or (None, error) when the connection failed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * SLOW)
+    try:
+        conn.request("POST", "/v1/pipelines/p", body=body)
+        r = conn.getresponse()
+        return r.status, r.read()
+    except (OSError, http.client.HTTPException) as e:
+        return None, repr(e).encode()
+    finally:
+        conn.close()
+
+
+def load(ports, n, concurrency, payload=lambda i: b"m%d" % i, stop=None):
+    """Sends n requests spread over ports, concurrency at a time; returns
+    {i: (port, status, body)}, one entry per request."""
+    results, lock, nxt = {}, threading.Lock(), [0]
+
+    def run():
+        while True:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            if i >= n or (stop and stop.is_set()):
+                return
+            port = ports[i % len(ports)]
+            status, body = post(port, payload(i))
+            with lock:
+                assert i not in results
+                results[i] = (port, status, body)
+
+    threads = [threading.Thread(target=run) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def join(threads, timeout=240):
+    deadline = time.monotonic() + timeout * SLOW
+    for t in threads:
+        t.join(max(0.1, deadline - time.monotonic()))
+        assert not t.is_alive(), "a client is still waiting for an answer: something hangs"
+
+
+def pending(redis, stage):
+    out = redis.cli("XPENDING", "t:q:" + stage, "baton")
+    return int(out.splitlines()[0]) if out else 0
+
+
+def test_three_nodes_share_two_stages_every_request_answered_once(cluster, redis):
+    nodes = cluster(3)
+    threads, results = load([b.port for b in nodes], 1000, 32)
+    join(threads)
+    assert len(results) == 1000
+    seen = {"a": set(), "b": set()}
+    for i, (port, status, body) in results.items():
+        assert status == 200, (i, status, body)
+        words = body.split(b" ")
+        # One answer, through a then b, for exactly this request.
+        assert words[0] == b"m%d" % i, body
+        assert len(words) == 3, body
+        for w, stage in zip(words[1:], ("a", "b")):
+            node, st, pid = w.decode().split(":")
+            assert st == stage
+            seen[stage].add((node, pid))
+    replicas = {"a": set(), "b": set()}
+    for b in nodes:
+        for stage in ("a", "b"):
+            for r in b.status()["stages"][stage]["replicas"]:
+                replicas[stage].add((os.path.basename(b.config_path)[:-5], str(r["pid"])))
+    assert seen["a"] == replicas["a"] and len(seen["a"]) == 6, seen
+    assert seen["b"] == replicas["b"] and len(seen["b"]) == 3, seen
+    wait_for(lambda: pending(redis, "a") == 0 and pending(redis, "b") == 0, 10 * SLOW,
+             what="nothing pending")
+    doc = nodes[0].status()["cluster"]
+    assert doc["connected"] and doc["requests"]["duplicates_dropped"] == 0
+    assert doc["requests"]["answered"] == doc["requests"]["submitted"]
+    # Every node sees every node, with its stages.
+    wait_for(lambda: len(nodes[2].status()["cluster"]["nodes"]) == 3, 10 * SLOW, what="3 nodes")
+    names = {n["name"] for n in nodes[2].status()["cluster"]["nodes"]}
+    assert names == {"n1", "n2", "n3"}
+    for b in nodes:
+        assert b.stop() == 0
+
+
+def test_killed_node_entries_are_claimed_and_finished_by_the_others(cluster, redis):
+    nodes = cluster(3, a_replicas=2, b_replicas=2, env={"CLUSTER_DELAY_MS": "100"})
+    victim = nodes[2]
+    threads, results = load([b.port for b in nodes], 300, 24)
+    # Kill it while it holds entries of the shared queues.
+    wait_for(lambda: sum(q["held"] for q in victim.status()["cluster"]["queues"].values()) >= 2,
+             60 * SLOW, interval=0.01, what="the victim to hold entries")
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(10)
+    killed_at = time.monotonic()
+    join(threads)
+    survivors = {b.port for b in nodes[:2]}
+    failed_on_victim = 0
+    for i, (port, status, body) in results.items():
+        if port in survivors:
+            assert status == 200, (i, status, body)
+            assert body.startswith(b"m%d " % i) and len(body.split(b" ")) == 3, body
+        else:
+            failed_on_victim += status != 200
+    assert failed_on_victim >= 1  # its clients were on it
+    claimed = sum(q["claimed"] for b in nodes[:2]
+                  for q in b.status()["cluster"]["queues"].values())
+    assert claimed >= 1, "no node claimed the killed node's entries"
+    wait_for(lambda: pending(redis, "a") == 0 and pending(redis, "b") == 0, 20 * SLOW,
+             what="XPENDING empty after the kill")
+    print("recovered %.1fs after the kill" % (time.monotonic() - killed_at))
+
+
+def test_redis_restart_mid_load_answers_every_request_and_reconnects(cluster, redis):
+    nodes = cluster(2, env={"CLUSTER_DELAY_MS": "20"})
+    stop = threading.Event()
+    threads, results = load([b.port for b in nodes], 100000, 8, stop=stop)
+    wait_for(lambda: len(results) >= 50, 60 * SLOW, what="load to flow")
+    redis.stop()
+    lost_at = len(results)
+    wait_for(lambda: len(results) >= lost_at + 20, 30 * SLOW, what="answers while redis is down")
+    redis.start()
+    # Back: requests succeed again on every node.
+    wait_for(lambda: all(post(b.port, b"after")[0] == 200 for b in nodes), 30 * SLOW,
+             interval=0.1, what="nodes to reconnect")
+    stop.set()
+    join(threads)
+    codes = {}
+    for i, (port, status, body) in results.items():
+        if status == 200:
+            assert body.startswith(b"m%d " % i), body
+            codes["ok"] = codes.get("ok", 0) + 1
+            continue
+        assert status == 503, (status, body)
+        doc = json.loads(body)
+        assert doc["code"] == "stage_failed", doc
+        assert "redis" in doc["error"], doc
+        codes["down"] = codes.get("down", 0) + 1
+    assert codes.get("down", 0) >= 1 and codes.get("ok", 0) >= 50, codes
+    for b in nodes:
+        c = b.status()["cluster"]
+        assert c["connected"] and c["requests"]["reconnects"] >= 1 and c["requests"]["waiting"] == 0
+        assert b.stop() == 0
+
+
+def test_poison_request_ends_after_retries_plus_one_attempts_across_nodes(cluster, redis,
+                                                                         tmp_path):
+    crash_log = str(tmp_path / "crashes")
+    # One replica per node, restarted only after 5 s: a crashed node has no
+    # free slot, so the next attempt must go to another node.
+    nodes = cluster(3, a_replicas=1, retries=2, timeout_ms=5000, env={"CRASH_LOG": crash_log},
+                    extra_a="    restart: {backoff_ms: 5000}\n")
+    status, body = post(nodes[0].port, b"poison")
+    assert status == 502, body
+    doc = json.loads(body)
+    assert doc["code"] == "worker_crashed", doc
+    with open(crash_log) as f:
+        crashes = f.read().split()[0::2]
+    assert len(crashes) == 3, crashes   # retries + 1, in total
+    assert len(set(crashes)) >= 2, crashes
+    # The cluster keeps serving.
+    wait_for(lambda: post(nodes[1].port, b"fine")[0] == 200, 30 * SLOW, what="serving again")
+    wait_for(lambda: pending(redis, "a") == 0, 10 * SLOW, what="nothing pending")
+
+
+def test_unreachable_redis_at_start_is_a_clear_error(tmp_path):
+    port = free_port()
+    path = str(tmp_path / "c.yaml")
+
+    class Dead:
+        url = "redis://127.0.0.1:%d/0" % port
+    with open(path, "w") as f:
+        f.write(node_config(Dead, "n1"))
+    r = subprocess.run([BATON, "serve", path, "--listen", "127.0.0.1:%d" % free_port()],
+                       capture_output=True, timeout=30 * SLOW)
+    assert r.returncode == 1, r
+    err = r.stdout.decode() + r.stderr.decode()
+    assert "%s:1:" % path in err and "queue.url" in err and "cannot be reached" in err, err
+    # `baton check` does not need the server.
+    r = subprocess.run([BATON, "check", path], capture_output=True, timeout=30 * SLOW)
+    assert r.returncode == 0, r
+    assert b"redis stream t:q:a" in r.stdout
