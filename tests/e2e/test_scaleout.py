@@ -295,3 +295,60 @@ def test_unreachable_redis_at_start_is_a_clear_error(tmp_path):
     r = subprocess.run([BATON, "check", path], capture_output=True, timeout=30 * SLOW)
     assert r.returncode == 0, r
     assert b"redis stream t:q:a" in r.stdout
+
+
+def test_nodes_take_only_what_they_have_free_slots_for(cluster, redis):
+    # One replica of a per node, one request at a time: a node never holds
+    # more than one entry while the rest wait in Redis for whoever frees up.
+    nodes = cluster(2, a_replicas=1, b_replicas=1)
+    threads, results = load([nodes[0].port], 8, 8, payload=lambda i: b"slow:700 m%d" % i)
+    most, waited = 0, 0
+
+    def watch():
+        nonlocal most, waited
+        for b in nodes:
+            q = b.status()["cluster"]["queues"]["a"]
+            most = max(most, q["held"])
+            if q["depth"] is not None and q["depth"] >= 3:
+                waited += 1
+        return len(results) == 8
+
+    wait_for(watch, 60 * SLOW, interval=0.05, what="the slow requests")
+    join(threads)
+    assert all(s == 200 for _, s, _ in results.values()), results
+    assert most == 1, "a node held %d entries with one free slot (prefetch)" % most
+    assert waited, "entries never waited in redis"
+    served = {body.split(b" ")[2].split(b":")[0] for _, _, body in results.values()}
+    assert served == {b"n1", b"n2"}, served
+
+
+def test_stalled_node_outcome_is_dropped_and_the_client_answered_once(cluster, redis):
+    nodes = cluster(2, a_replicas=1, b_replicas=1)
+    threads, results = load([nodes[0].port], 1, 1, payload=lambda i: b"slow:2500 x")
+
+    def holder():
+        for b in nodes:
+            if b.status()["cluster"]["queues"]["a"]["held"]:
+                return b
+    stalled = wait_for(holder, 30 * SLOW, interval=0.01, what="a node to hold the entry")
+    other = nodes[1] if stalled is nodes[0] else nodes[0]
+    stalled.proc.send_signal(signal.SIGSTOP)
+    try:
+        # The other node claims it after claim_after_ms and runs it again.
+        wait_for(lambda: other.status()["cluster"]["queues"]["a"]["claimed"] == 1, 30 * SLOW,
+                 interval=0.05, what="the claim")
+        wait_for(lambda: other.status()["cluster"]["queues"]["a"]["held"] == 0, 30 * SLOW,
+                 interval=0.05, what="the claimer to finish")
+    finally:
+        stalled.proc.send_signal(signal.SIGCONT)
+    join(threads)
+    assert len(results) == 1
+    _, status, body = results[0]
+    assert status == 200 and body.startswith(b"slow:2500 x "), body
+    wait_for(lambda: stalled.status()["cluster"]["queues"]["a"]["held"] == 0, 30 * SLOW,
+             what="the stalled node to finish")
+    docs = [b.status()["cluster"]["requests"] for b in nodes]
+    assert sum(d["outcomes_dropped"] for d in docs) == 1, docs
+    assert sum(d["duplicates_dropped"] for d in docs) == 0, docs
+    wait_for(lambda: pending(redis, "a") == 0 and pending(redis, "b") == 0, 10 * SLOW,
+             what="nothing pending")
