@@ -72,12 +72,14 @@ def redis(tmp_path):
 def node_config(redis, node, a_replicas=2, b_replicas=1, retries=1, claim_after_ms=1000,
                 extra_a="", env=None, pipeline=("a", "b"), timeout_ms=20000):
     env = dict({"PYTHONPATH": SDK_PY, "NODE": node}, **(env or {}))
-    stage = ("  %s:\n    command: [%s, %s]\n    env: %s\n    replicas: {initial: %d}\n"
+    stage = ("  %s:\n    command: [%s, %s]\n    env: %s\n    replicas: %s\n"
              "    retries: %d\n    timeout_ms: %d\n")
     text = ("queue: {backend: redis, url: \"%s\", namespace: t, node: %s, claim_after_ms: %d}\n"
             "interval_ms: 200\nstages:\n" % (redis.url, node, claim_after_ms))
-    text += stage % ("a", PYTHON, WORKER, json.dumps(env), a_replicas, retries, timeout_ms) + extra_a
-    text += stage % ("b", PYTHON, WORKER, json.dumps(env), b_replicas, retries, timeout_ms)
+    reps = lambda n: n if isinstance(n, str) else "{initial: %d}" % n
+    text += stage % ("a", PYTHON, WORKER, json.dumps(env), reps(a_replicas), retries,
+                     timeout_ms) + extra_a
+    text += stage % ("b", PYTHON, WORKER, json.dumps(env), reps(b_replicas), retries, timeout_ms)
     text += "pipelines:\n  p: [%s]\n" % ", ".join(pipeline)
     return text
 
@@ -194,6 +196,11 @@ def test_three_nodes_share_two_stages_every_request_answered_once(cluster, redis
     wait_for(lambda: len(nodes[2].status()["cluster"]["nodes"]) == 3, 10 * SLOW, what="3 nodes")
     names = {n["name"] for n in nodes[2].status()["cluster"]["nodes"]}
     assert names == {"n1", "n2", "n3"}
+    out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % nodes[0].port],
+                         capture_output=True, timeout=30, check=True).stdout.decode()
+    assert "CLUSTER t via %s" % redis.url in out, out
+    for b in nodes:
+        assert ":%d " % b.port in out, out   # every node, with its HTTP address
     for b in nodes:
         assert b.stop() == 0
 
@@ -352,3 +359,16 @@ def test_stalled_node_outcome_is_dropped_and_the_client_answered_once(cluster, r
     assert sum(d["duplicates_dropped"] for d in docs) == 0, docs
     wait_for(lambda: pending(redis, "a") == 0 and pending(redis, "b") == 0, 10 * SLOW,
              what="nothing pending")
+
+
+def test_autoscaling_follows_the_cluster_wide_queue(cluster, redis):
+    # Every request goes to n1, yet n2 scales up too: the shared queue is deep.
+    nodes = cluster(2, a_replicas="{min: 1, max: 3, initial: 1}",
+                    extra_a="    autoscale: {policy: demand, target_ongoing: 1, upscale_delay_s: 0,"
+                            " downscale_delay_s: 600, max_cpu: 100}\n")
+    threads, results = load([nodes[0].port], 16, 16, payload=lambda i: b"slow:1500 m%d" % i)
+    wait_for(lambda: nodes[1].status()["stages"]["a"]["scaling"]["active"] >= 2, 60 * SLOW,
+             interval=0.05, what="n2 to scale up for the cluster's queue")
+    join(threads)
+    assert all(s == 200 for _, s, _ in results.values()), results
+    assert any(b"n2:a:" in body for _, _, body in results.values())
