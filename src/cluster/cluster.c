@@ -67,6 +67,8 @@ struct shared {
 	int nheld;
 	int incoming; /* claimed, their delivery count being read */
 	int claiming; /* an XAUTOCLAIM is outstanding */
+	int claim_reserved; /* the slots it asked for */
+	int claim_due; /* the tick asked for a claim: it goes before new entries */
 	char cursor[48]; /* XAUTOCLAIM's */
 	long depth; /* XLEN at the last tick, -1 unknown */
 	uint64_t taken, claimed, retried, gave_back;
@@ -138,6 +140,7 @@ static int64_t unix_ms(void)
 
 static void go_down(struct bt_cluster *cl, const char *why);
 static void pump_cb(void *arg, struct bt_stage *st);
+static void claim(struct shared *sh, int credits);
 static void read_replies(struct bt_cluster *cl);
 
 /* ---- the table of this node's requests waiting in the cluster ------------ */
@@ -882,12 +885,19 @@ static void pump_cb(void *arg, struct bt_stage *st)
 {
 	struct shared *sh = arg;
 	struct bt_cluster *cl = sh->cl;
-	if (!cl->up || sh->rd.busy || cl->closing)
+	if (!cl->up || cl->closing)
 		return;
-	if (cl->hooks.draining(cl->hooks.arg) && cl->waiting == 0)
+	int draining = cl->hooks.draining(cl->hooks.arg);
+	if (draining && cl->waiting == 0)
 		return;
-	int credits = bt_stage_free_slots(st) - sh->incoming;
+	int credits = bt_stage_free_slots(st) - sh->incoming - sh->claim_reserved;
 	if (credits <= 0)
+		return;
+	if (sh->claim_due && !sh->claiming && !draining) {
+		claim(sh, credits);
+		credits -= sh->claim_reserved;
+	}
+	if (sh->rd.busy || credits <= 0)
 		return;
 	if (redisAsyncCommand(sh->rd.ac, entries_cb, sh,
 			      "XREADGROUP GROUP %s %s COUNT %d BLOCK " READ_BLOCK_MS " STREAMS %s >",
@@ -925,10 +935,14 @@ static void claimed_cb(redisAsyncContext *ac, void *r, void *priv)
 	redisReply *reply = r;
 	(void)ac;
 	sh->claiming = 0;
+	sh->claim_reserved = 0;
 	if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
 		return;
 	snprintf(sh->cursor, sizeof(sh->cursor), "%s", reply->element[0]->str);
 	const redisReply *entries = reply->element[1];
+	/* Nothing more to claim until the next tick, unless the scan goes on. */
+	if (!entries->elements && !strcmp(sh->cursor, "0-0"))
+		sh->claim_due = 0;
 	for (size_t i = 0; i < entries->elements; i++) {
 		struct held *h = take_entry(sh, entries->element[i]);
 		if (!h)
@@ -942,19 +956,21 @@ static void claimed_cb(redisAsyncContext *ac, void *r, void *priv)
 	}
 }
 
-static void claim(struct shared *sh)
+/*
+ * Claims entries idle longer than claim_after_ms (a dead or stalled node's)
+ * for up to credits free slots.  Called before new entries are read, so
+ * that a busy cluster still recovers a dead node's work promptly.
+ */
+static void claim(struct shared *sh, int credits)
 {
 	struct bt_cluster *cl = sh->cl;
-	if (!cl->up || sh->claiming || cl->hooks.draining(cl->hooks.arg))
-		return;
-	int credits = bt_stage_free_slots(sh->st) - sh->incoming;
-	if (credits <= 0)
-		return;
 	char idle[24];
 	snprintf(idle, sizeof(idle), "%llu", (unsigned long long)cl->q->claim_after_ms);
 	if (!cmdf(cl, claimed_cb, sh, "XAUTOCLAIM %s %s %s %s %s COUNT %d", sh->key, GROUP, cl->id,
-		  idle, sh->cursor, credits))
+		  idle, sh->cursor, credits)) {
 		sh->claiming = 1;
+		sh->claim_reserved = credits;
+	}
 }
 
 /* Keeps this node's entries from looking idle, however long they run. */
@@ -1092,7 +1108,7 @@ static void tick_cb(uv_timer_t *t)
 		return;
 	for (int i = 0; i < cl->nsh; i++) {
 		refresh(&cl->sh[i]);
-		claim(&cl->sh[i]);
+		cl->sh[i].claim_due = 1;
 		pump_cb(&cl->sh[i], cl->sh[i].st);
 	}
 	uint64_t now = bt_now_ms();
