@@ -70,12 +70,12 @@ def redis(tmp_path):
 
 
 def node_config(redis, node, a_replicas=2, b_replicas=1, retries=1, claim_after_ms=1000,
-                extra_a="", env=None, pipeline=("a", "b"), timeout_ms=20000):
+                extra_a="", env=None, pipeline=("a", "b"), timeout_ms=20000, queue_extra=""):
     env = dict({"PYTHONPATH": SDK_PY, "NODE": node}, **(env or {}))
     stage = ("  %s:\n    command: [%s, %s]\n    env: %s\n    replicas: %s\n"
              "    retries: %d\n    timeout_ms: %d\n")
-    text = ("queue: {backend: redis, url: \"%s\", namespace: t, node: %s, claim_after_ms: %d}\n"
-            "interval_ms: 200\nstages:\n" % (redis.url, node, claim_after_ms))
+    text = ("queue: {backend: redis, url: \"%s\", namespace: t, node: %s, claim_after_ms: %d%s}\n"
+            "interval_ms: 200\nstages:\n" % (redis.url, node, claim_after_ms, queue_extra))
     reps = lambda n: n if isinstance(n, str) else "{initial: %d}" % n
     text += stage % ("a", PYTHON, WORKER, json.dumps(env), reps(a_replicas), retries,
                      timeout_ms) + extra_a
@@ -372,3 +372,25 @@ def test_autoscaling_follows_the_cluster_wide_queue(cluster, redis):
     join(threads)
     assert all(s == 200 for _, s, _ in results.values()), results
     assert any(b"n2:a:" in body for _, _, body in results.values())
+
+
+def test_large_payloads_travel_by_reference_through_the_shared_directory(cluster, redis,
+                                                                         tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    nodes = cluster(2, queue_extra=", inline_max_bytes: 4096, shared_dir: %s" % shared)
+
+    def redis_input():
+        info = redis.cli("INFO", "stats")
+        return int(info.split("total_net_input_bytes:")[1].split()[0])
+    before = redis_input()
+    big = [bytes([65 + i]) * 300000 for i in range(4)]
+    for i, payload in enumerate(big):
+        status, body = post(nodes[i % 2].port, payload)
+        assert status == 200, body[:200]
+        assert body[:300000] == payload and len(body.split(b" ")) == 3, body[300000:]
+    # 1.2 MB of payloads went through two stages and back: Redis saw paths only.
+    assert redis_input() - before < 300000, redis_input() - before
+    wait_for(lambda: not os.listdir(str(shared)), 10 * SLOW, what="the shared files to be removed")
+    # Small ones stay inline.
+    assert post(nodes[0].port, b"small")[0] == 200
