@@ -394,3 +394,30 @@ def test_large_payloads_travel_by_reference_through_the_shared_directory(cluster
     wait_for(lambda: not os.listdir(str(shared)), 10 * SLOW, what="the shared files to be removed")
     # Small ones stay inline.
     assert post(nodes[0].port, b"small")[0] == 200
+
+
+def test_batch_run_spreads_over_every_nodes_replicas_and_resumes(cluster, redis, tmp_path):
+    nodes = cluster(2, env={"CLUSTER_DELAY_MS": "50"})
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(40):
+        (src / ("f%02d.txt" % i)).write_bytes(b"doc%d" % i)
+    path = str(tmp_path / "run.yaml")
+    with open(path, "w") as f:
+        f.write(node_config(redis, "runner", env={"CLUSTER_DELAY_MS": "50"}))
+    cmd = [BATON, "run", path, "--pipeline", "p", "--input", str(src), "--output", str(out)]
+    r = subprocess.run(cmd, capture_output=True, timeout=120 * SLOW)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    ran_on = set()
+    for i in range(40):
+        body = (out / ("f%02d.txt.out" % i)).read_bytes()
+        words = body.split(b" ")
+        assert words[0] == b"doc%d" % i and len(words) == 3, body
+        ran_on.update(w.split(b":")[0] for w in words[1:])
+    assert {b"n1", b"n2"} <= ran_on, ran_on   # the serving nodes' replicas took part
+    taken = [sum(q["taken"] for q in b.status()["cluster"]["queues"].values()) for b in nodes]
+    # A second run resumes: nothing is done again, anywhere.
+    r = subprocess.run(cmd, capture_output=True, timeout=120 * SLOW)
+    assert r.returncode == 0 and b"skipped 40" in r.stdout + r.stderr, r
+    assert taken == [sum(q["taken"] for q in b.status()["cluster"]["queues"].values())
+                     for b in nodes]
