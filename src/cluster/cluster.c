@@ -522,7 +522,10 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 			 st->cfg->name);
 		return -1;
 	}
-	/* The payload now lives in the entry; a request keeps it for its answer's sake only. */
+	/* The payload lives in the entry now: the answer brings the next one. */
+	free(req->payload);
+	req->payload = NULL;
+	req->len = 0;
 	table_put(cl, req);
 	cl->submitted++;
 	return 0;
