@@ -95,6 +95,7 @@ struct bt_cluster {
 	uint64_t backoff_ms;
 	uint64_t last_beat_ms, started_unix_ms;
 	char last_id[48]; /* of the reply stream */
+	char record_sha[48], refresh_sha[48]; /* the scripts, loaded on every connection */
 	struct bt_request *table[BUCKETS];
 	uint64_t waiting;
 	uint64_t submitted, answered, duplicates, outcomes_dropped, outcomes_lost, reconnects;
@@ -273,8 +274,12 @@ static void connect_cb(const redisAsyncContext *ac, int status)
 	c->connected = 1;
 	if (cl->q->db)
 		redisAsyncCommand(c->ac, NULL, NULL, "SELECT %d", cl->q->db);
-	if (c == &cl->cmd)
+	if (c == &cl->cmd) {
+		/* Before any EVALSHA on this connection: a restarted Redis forgot them. */
+		redisAsyncCommand(c->ac, NULL, NULL, "SCRIPT LOAD %s", record_script);
+		redisAsyncCommand(c->ac, NULL, NULL, "SCRIPT LOAD %s", refresh_script);
 		make_groups(cl);
+	}
 	become_up(cl);
 }
 
@@ -676,7 +681,7 @@ static void record(struct held *h, struct bt_entry *out, const char *target, int
 	const char *argv[BT_ENTRY_MAX_FIELDS + 16];
 	size_t lens[BT_ENTRY_MAX_FIELDS + 16];
 	char scratch[BT_ENTRY_SCRATCH];
-	const char *head[] = {"EVAL", record_script, "2", sh->key, target, GROUP, h->id, cl->id,
+	const char *head[] = {"EVALSHA", cl->record_sha, "2", sh->key, target, GROUP, h->id, cl->id,
 			      is_reply ? REPLY_MAXLEN : "0", REPLY_TTL_MS};
 	int n = (int)(sizeof(head) / sizeof(head[0]));
 	for (int i = 0; i < n; i++) {
@@ -985,8 +990,8 @@ static void refresh(struct shared *sh)
 	int n = 0, max = 6 + sh->nheld;
 	const char **argv = bt_calloc((size_t)max, sizeof(*argv));
 	size_t *lens = bt_calloc((size_t)max, sizeof(*lens));
-	argv[n++] = "EVAL";
-	argv[n++] = refresh_script;
+	argv[n++] = "EVALSHA";
+	argv[n++] = cl->refresh_sha;
 	argv[n++] = "1";
 	argv[n++] = sh->key;
 	argv[n++] = GROUP;
@@ -1214,6 +1219,19 @@ static int check_server(struct bt_cluster *cl, char *err, size_t errlen)
 				 "%s has no XAUTOCLAIM: baton needs Redis 6.2 or later (7 recommended)",
 				 where);
 			r = BT_ECONFIG;
+		}
+		freeReplyObject(reply);
+	}
+	const char *scripts[] = {record_script, refresh_script};
+	char *shas[] = {cl->record_sha, cl->refresh_sha};
+	for (int i = 0; !r && i < 2; i++) {
+		reply = redisCommand(c, "SCRIPT LOAD %s", scripts[i]);
+		if (!reply || reply->type != REDIS_REPLY_STRING || reply->len >= sizeof(cl->record_sha)) {
+			snprintf(err, errlen, "%s refused to load a script: %s", where,
+				 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : c->errstr);
+			r = BT_ECONFIG;
+		} else {
+			memcpy(shas[i], reply->str, reply->len + 1);
 		}
 		freeReplyObject(reply);
 	}
