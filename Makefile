@@ -132,6 +132,7 @@ bench: build test-deps
 	$(PY) bench/timeseries/run.py --build $(abspath $(BUILD))
 	$(PY) bench/soak/run.py --build $(abspath $(BUILD))
 	$(PY) bench/replicas/run.py --build $(abspath $(BUILD))
+	$(PY) bench/scaleout/run.py --build $(abspath $(BUILD))
 	$(PY) bench/stations/run.py --build $(abspath $(BUILD))
 
 # libFuzzer on the frame decoder, the config loader and the v2 checks, all
