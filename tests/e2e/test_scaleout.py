@@ -268,10 +268,10 @@ def test_redis_restart_mid_load_answers_every_request_and_reconnects(cluster, re
 def test_poison_request_ends_after_retries_plus_one_attempts_across_nodes(cluster, redis,
                                                                          tmp_path):
     crash_log = str(tmp_path / "crashes")
-    # One replica per node, restarted only after 5 s: a crashed node has no
+    # One replica per node, restarted only after 2 s: a crashed node has no
     # free slot, so the next attempt must go to another node.
     nodes = cluster(3, a_replicas=1, retries=2, timeout_ms=5000, env={"CRASH_LOG": crash_log},
-                    extra_a="    restart: {backoff_ms: 5000}\n")
+                    extra_a="    restart: {backoff_ms: 2000}\n")
     status, body = post(nodes[0].port, b"poison")
     assert status == 502, body
     doc = json.loads(body)
@@ -308,7 +308,7 @@ def test_nodes_take_only_what_they_have_free_slots_for(cluster, redis):
     # One replica of a per node, one request at a time: a node never holds
     # more than one entry while the rest wait in Redis for whoever frees up.
     nodes = cluster(2, a_replicas=1, b_replicas=1)
-    threads, results = load([nodes[0].port], 8, 8, payload=lambda i: b"slow:700 m%d" % i)
+    threads, results = load([nodes[0].port], 6, 6, payload=lambda i: b"slow:600 m%d" % i)
     most, waited = 0, 0
 
     def watch():
@@ -318,7 +318,7 @@ def test_nodes_take_only_what_they_have_free_slots_for(cluster, redis):
             most = max(most, q["held"])
             if q["depth"] is not None and q["depth"] >= 3:
                 waited += 1
-        return len(results) == 8
+        return len(results) == 6
 
     wait_for(watch, 60 * SLOW, interval=0.05, what="the slow requests")
     join(threads)
@@ -369,7 +369,7 @@ def test_autoscaling_follows_the_cluster_wide_queue(cluster, redis):
     nodes = cluster(2, a_replicas="{min: 1, max: 3, initial: 1}",
                     extra_a="    autoscale: {policy: demand, target_ongoing: 1, upscale_delay_s: 0,"
                             " downscale_delay_s: 600, max_cpu: 100}\n")
-    threads, results = load([nodes[0].port], 16, 16, payload=lambda i: b"slow:1500 m%d" % i)
+    threads, results = load([nodes[0].port], 12, 12, payload=lambda i: b"slow:1000 m%d" % i)
     wait_for(lambda: nodes[1].status()["stages"]["a"]["scaling"]["active"] >= 2, 60 * SLOW,
              interval=0.05, what="n2 to scale up for the cluster's queue")
     join(threads)
