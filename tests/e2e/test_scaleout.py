@@ -26,8 +26,9 @@ pytestmark = pytest.mark.skipif(not os.path.exists(REDIS_SERVER),
 class Redis:
     """One redis-server, no persistence, on 127.0.0.1."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, bind="127.0.0.1"):
         self.port = free_port()
+        self.bind = bind
         self.dir = tmp_path / "redis"
         self.dir.mkdir(exist_ok=True)
         self.proc = None
@@ -35,7 +36,9 @@ class Redis:
     def start(self):
         self.log = open(str(self.dir / "redis.log"), "ab")
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            [REDIS_SERVER, "--port", str(self.port), "--bind"] + self.bind.split() +
+            # Reached from the test's own namespaces only (see hosts): no password.
+            ["--protected-mode", "no" if " " in self.bind else "yes", "--dir", str(self.dir),
              "--save", "", "--appendonly", "no", "--daemonize", "no"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: self.cli("PING") == "PONG", 10 * SLOW, what="redis-server to answer")
@@ -424,3 +427,107 @@ def test_batch_run_spreads_over_every_nodes_replicas_and_resumes(cluster, redis,
     assert r.returncode == 0 and b"skipped 40" in r.stdout + r.stderr, r
     assert taken == [sum(q["taken"] for q in b.status()["cluster"]["queues"].values())
                      for b in nodes]
+
+
+def ip(*args):
+    subprocess.run(["ip"] + list(args), check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """Three network namespaces on a bridge, standing for three hosts
+    (10.N.M.11-13), with the bridge (10.N.M.1) for Redis and the client."""
+    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/ip"):
+        pytest.skip("network namespaces need root and iproute2")
+    tag = "%x" % (os.getpid() & 0xffff)
+    net = "10.%d.%d" % (100 + os.getpid() % 100, os.getpid() // 100 % 250)
+    br, made = "btbr" + tag, []
+    try:
+        ip("link", "add", br, "type", "bridge")
+        ip("addr", "add", net + ".1/24", "dev", br)
+        ip("link", "set", br, "up")
+        for i in range(3):
+            ns, veth = "bt%s-%d" % (tag, i), "btv%s%d" % (tag, i)
+            ip("netns", "add", ns)
+            made.append(ns)
+            ip("link", "add", veth, "type", "veth", "peer", "name", veth + "p")
+            ip("link", "set", veth + "p", "netns", ns)
+            ip("link", "set", veth, "master", br, "up")
+            ip("-n", ns, "addr", "add", "%s.%d/24" % (net, 11 + i), "dev", veth + "p")
+            ip("-n", ns, "link", "set", veth + "p", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as e:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", br], capture_output=True)
+        pytest.skip("cannot make network namespaces here: %s" % e.stderr.decode().strip())
+    yield net, made
+    for ns in made:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "link", "del", br], capture_output=True)
+
+
+def test_three_hosts_in_network_namespaces_share_two_stages(hosts, tmp_path):
+    net, namespaces = hosts
+    redis = Redis(tmp_path, bind="127.0.0.1 %s.1" % net).start()
+    procs = []
+    try:
+        class At:
+            url = "redis://%s.1:%d/0" % (net, redis.port)
+        for i, ns in enumerate(namespaces):
+            path = str(tmp_path / ("h%d.yaml" % i))
+            with open(path, "w") as f:
+                f.write(node_config(At, "h%d" % (i + 1), a_replicas=1, b_replicas=1))
+            log = open(str(tmp_path / ("h%d.log" % i)), "wb")
+            # The same port on every host: each namespace has its own.
+            procs.append((subprocess.Popen(
+                ["ip", "netns", "exec", ns, BATON, "serve", path, "--listen",
+                 "%s.%d:8080" % (net, 11 + i)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL), log))
+        addrs = ["%s.%d" % (net, 11 + i) for i in range(3)]
+
+        def ready(addr):
+            for p, log in procs:
+                assert p.poll() is None, "a node exited: see %s" % log.name
+            try:
+                c = http.client.HTTPConnection(addr, 8080, timeout=5)
+                c.request("GET", "/v2/health/ready")
+                return c.getresponse().status == 200
+            except OSError:
+                return False
+        for p, _ in procs:
+            assert p.poll() is None
+        wait_for(lambda: all(ready(a) for a in addrs), 60 * SLOW, what="three hosts ready")
+        results, lock = {}, threading.Lock()
+
+        def client(k):
+            for i in range(k, 150, 12):
+                c = http.client.HTTPConnection(addrs[i % 3], 8080, timeout=60 * SLOW)
+                c.request("POST", "/v1/pipelines/p", body=b"m%d" % i)
+                r = c.getresponse()
+                with lock:
+                    results[i] = (r.status, r.read())
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(12)]
+        for t in threads:
+            t.start()
+        join(threads)
+        assert len(results) == 150
+        ran = set()
+        for i, (status, body) in results.items():
+            assert status == 200 and body.split(b" ")[0] == b"m%d" % i, body
+            ran.update(w.split(b":")[0] for w in body.split(b" ")[1:])
+        assert ran == {b"h1", b"h2", b"h3"}, ran
+        assert pending(redis, "a") == 0 and pending(redis, "b") == 0
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30 * SLOW)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+            log.close()
+        redis.stop()
+    for p, _ in procs:
+        assert p.returncode == 0, p.returncode
