@@ -94,6 +94,7 @@ struct bt_cluster {
 	uv_timer_t tick, retry;
 	uint64_t backoff_ms;
 	uint64_t last_beat_ms, started_unix_ms;
+	uint64_t ping_sent_ms; /* a PING awaits its answer since, 0 = none */
 	char last_id[48]; /* of the reply stream */
 	char record_sha[48], refresh_sha[48]; /* the scripts, loaded on every connection */
 	struct bt_request *table[BUCKETS];
@@ -376,6 +377,7 @@ static void go_down(struct bt_cluster *cl, const char *why)
 {
 	int was_up = cl->up;
 	cl->up = 0;
+	cl->ping_sent_ms = 0;
 	conn_drop(&cl->cmd);
 	conn_drop(&cl->rep);
 	for (int i = 0; i < cl->nsh; i++)
@@ -1109,10 +1111,38 @@ static void heartbeat(struct bt_cluster *cl)
 	free(text);
 }
 
+static void pong_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+	struct bt_cluster *cl = priv;
+	(void)ac;
+	if (r)
+		cl->ping_sent_ms = 0;
+}
+
+/*
+ * A server that stops answering without closing the connection (stopped,
+ * swapping, a partition that keeps the TCP session) is taken for lost:
+ * hiredis 0.14 has no command timeout of its own.
+ */
+static int watchdog(struct bt_cluster *cl, uint64_t now)
+{
+	uint64_t limit = BT_MAX((uint64_t)3000, 3 * cl->cfg->interval_ms);
+	if (cl->ping_sent_ms && now - cl->ping_sent_ms > limit) {
+		char why[128];
+		snprintf(why, sizeof(why), "no answer to PING within %llu ms",
+			 (unsigned long long)limit);
+		go_down(cl, why);
+		return -1;
+	}
+	if (!cl->ping_sent_ms && !cmdf(cl, pong_cb, cl, "PING"))
+		cl->ping_sent_ms = now;
+	return 0;
+}
+
 static void tick_cb(uv_timer_t *t)
 {
 	struct bt_cluster *cl = t->data;
-	if (!cl->up)
+	if (!cl->up || watchdog(cl, bt_now_ms()))
 		return;
 	for (int i = 0; i < cl->nsh; i++) {
 		refresh(&cl->sh[i]);

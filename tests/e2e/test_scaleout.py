@@ -531,3 +531,19 @@ def test_three_hosts_in_network_namespaces_share_two_stages(hosts, tmp_path):
         redis.stop()
     for p, _ in procs:
         assert p.returncode == 0, p.returncode
+
+
+def test_stopped_redis_is_taken_for_lost_and_requests_answered(cluster, redis):
+    # SIGSTOP keeps the connections open and silent: only a timeout notices.
+    nodes = cluster(1, a_replicas=1, b_replicas=1)
+    assert post(nodes[0].port, b"before")[0] == 200
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        status, body = post(nodes[0].port, b"during")
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    assert status == 503, body
+    doc = json.loads(body)
+    assert doc["code"] == "stage_failed" and "no answer to PING" in doc["error"], doc
+    wait_for(lambda: post(nodes[0].port, b"after")[0] == 200, 30 * SLOW, interval=0.1,
+             what="the node to reconnect")
