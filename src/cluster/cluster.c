@@ -573,6 +573,18 @@ static void on_reply(struct bt_cluster *cl, struct bt_entry *e)
 			       e->run_us);
 }
 
+/* The entries of an XREAD/XREADGROUP answer for one stream, or NULL (none, or malformed). */
+static const redisReply *stream_entries(const redisReply *reply)
+{
+	if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 1)
+		return NULL;
+	const redisReply *s = reply->element[0];
+	if (s->type != REDIS_REPLY_ARRAY || s->elements != 2 ||
+	    s->element[1]->type != REDIS_REPLY_ARRAY)
+		return NULL;
+	return s->element[1];
+}
+
 /* Field/value arrays of a stream entry as argv for the codec. */
 static int entry_fields(const redisReply *fields, const char **argv, size_t *lens, int max)
 {
@@ -602,8 +614,8 @@ static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
 		go_down(cl, reply->str);
 		return;
 	}
-	if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1) {
-		const redisReply *entries = reply->element[0]->element[1];
+	const redisReply *entries = stream_entries(reply);
+	if (entries) {
 		const char *del[2 + 512];
 		size_t dlen[2 + 512];
 		int nd = 2;
@@ -617,6 +629,9 @@ static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
 			size_t lens[MAX_FIELDS];
 			char why[200];
 			struct bt_entry e;
+			if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 ||
+			    en->element[0]->type != REDIS_REPLY_STRING)
+				continue;
 			snprintf(cl->last_id, sizeof(cl->last_id), "%s", en->element[0]->str);
 			if (nd < (int)(sizeof(del) / sizeof(del[0]))) {
 				del[nd] = en->element[0]->str;
@@ -879,8 +894,8 @@ static void entries_cb(redisAsyncContext *ac, void *r, void *priv)
 		go_down(sh->cl, reply->str); /* NOGROUP: the server lost its data; start over */
 		return;
 	}
-	if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1) {
-		const redisReply *entries = reply->element[0]->element[1];
+	const redisReply *entries = stream_entries(reply);
+	if (entries) {
 		for (size_t i = 0; i < entries->elements; i++) {
 			struct held *h = take_entry(sh, entries->element[i]);
 			if (h)
@@ -926,7 +941,9 @@ static void delivery_cb(redisAsyncContext *ac, void *r, void *priv)
 	sh->incoming--;
 	/* [[id, consumer, idle, deliveries]] while this node still owns it. */
 	if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 1 ||
-	    reply->element[0]->elements != 4 ||
+	    reply->element[0]->type != REDIS_REPLY_ARRAY || reply->element[0]->elements != 4 ||
+	    reply->element[0]->element[1]->type != REDIS_REPLY_STRING ||
+	    reply->element[0]->element[3]->type != REDIS_REPLY_INTEGER ||
 	    strcmp(reply->element[0]->element[1]->str, sh->cl->id)) {
 		held_free(h);
 		return;
@@ -946,7 +963,9 @@ static void claimed_cb(redisAsyncContext *ac, void *r, void *priv)
 	(void)ac;
 	sh->claiming = 0;
 	sh->claim_reserved = 0;
-	if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
+	if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+	    reply->element[0]->type != REDIS_REPLY_STRING ||
+	    reply->element[1]->type != REDIS_REPLY_ARRAY)
 		return;
 	snprintf(sh->cursor, sizeof(sh->cursor), "%s", reply->element[0]->str);
 	const redisReply *entries = reply->element[1];
