@@ -43,6 +43,8 @@ struct conn {
 	struct bt_cluster *cl;
 	int connected;
 	int busy; /* a blocking read is outstanding */
+	long long client_id; /* CLIENT ID, to unblock its read; 0 = unknown */
+	int unblocking; /* CLIENT UNBLOCK sent for the outstanding read */
 };
 
 struct shared;
@@ -259,6 +261,14 @@ static void make_groups(struct bt_cluster *cl)
 	}
 }
 
+static void client_id_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+	struct conn *c = priv;
+	redisReply *reply = r;
+	if (reply && reply->type == REDIS_REPLY_INTEGER && c->ac == ac)
+		c->client_id = reply->integer;
+}
+
 static void connect_cb(const redisAsyncContext *ac, int status)
 {
 	struct conn *c = ac->data;
@@ -275,6 +285,8 @@ static void connect_cb(const redisAsyncContext *ac, int status)
 	c->connected = 1;
 	if (cl->q->db)
 		redisAsyncCommand(c->ac, NULL, NULL, "SELECT %d", cl->q->db);
+	if (c != &cl->cmd)
+		redisAsyncCommand(c->ac, client_id_cb, c, "CLIENT ID");
 	if (c == &cl->cmd) {
 		/* Before any EVALSHA on this connection: a restarted Redis forgot them. */
 		redisAsyncCommand(c->ac, NULL, NULL, "SCRIPT LOAD %s", record_script);
@@ -297,10 +309,13 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
 	go_down(c->cl, why);
 }
 
+static void client_id_cb(redisAsyncContext *ac, void *r, void *priv);
+
 static int conn_open(struct bt_cluster *cl, struct conn *c)
 {
 	c->cl = cl;
-	c->connected = c->busy = 0;
+	c->connected = c->busy = c->unblocking = 0;
+	c->client_id = 0;
 	redisAsyncContext *ac = redisAsyncConnect(cl->q->host, cl->q->port);
 	if (!ac)
 		return -1;
@@ -887,7 +902,7 @@ static void entries_cb(redisAsyncContext *ac, void *r, void *priv)
 	struct shared *sh = priv;
 	redisReply *reply = r;
 	(void)ac;
-	sh->rd.busy = 0;
+	sh->rd.busy = sh->rd.unblocking = 0;
 	if (!reply)
 		return;
 	if (reply->type == REDIS_REPLY_ERROR) {
@@ -913,8 +928,18 @@ static void pump_cb(void *arg, struct bt_stage *st)
 	if (!cl->up || cl->closing)
 		return;
 	int draining = cl->hooks.draining(cl->hooks.arg);
-	if (draining && cl->waiting == 0)
+	if (draining && cl->waiting == 0) {
+		/*
+		 * A read left blocked would take entries this node no longer
+		 * wants, and they would wait for a claim; unblocked, it returns
+		 * nothing, or what Redis had already handed over, which this
+		 * node then finishes before it stops.
+		 */
+		if (sh->rd.busy && !sh->rd.unblocking && sh->rd.client_id &&
+		    !cmdf(cl, NULL, NULL, "CLIENT UNBLOCK %lld", sh->rd.client_id))
+			sh->rd.unblocking = 1;
 		return;
+	}
 	int credits = bt_stage_free_slots(st) - sh->incoming - sh->claim_reserved;
 	if (credits <= 0)
 		return;

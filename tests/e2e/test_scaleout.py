@@ -547,3 +547,23 @@ def test_stopped_redis_is_taken_for_lost_and_requests_answered(cluster, redis):
     assert doc["code"] == "stage_failed" and "no answer to PING" in doc["error"], doc
     wait_for(lambda: post(nodes[0].port, b"after")[0] == 200, 30 * SLOW, interval=0.1,
              what="the node to reconnect")
+
+
+def test_sigterm_node_finishes_what_it_holds_and_takes_no_more(cluster, redis):
+    nodes = cluster(2, a_replicas=1, b_replicas=1)
+    threads, results = load([nodes[0].port], 6, 6, payload=lambda i: b"slow:400 m%d" % i)
+    leaving = nodes[1]
+    wait_for(lambda: leaving.status()["cluster"]["queues"]["a"]["held"] == 1, 30 * SLOW,
+             interval=0.01, what="n2 to hold an entry")
+    taken = leaving.status()["cluster"]["queues"]["a"]["taken"]
+    leaving.send_signal(signal.SIGTERM)
+    assert leaving.proc.wait(30 * SLOW) == 0
+    join(threads)
+    assert all(s == 200 for _, s, _ in results.values()), results
+    by_n2 = [b for _, _, b in results.values() if b.split(b" ")[2].startswith(b"n2:a:")]
+    # What it held was finished by it; nothing after the signal went to it.
+    assert len(by_n2) == taken, (taken, by_n2)
+    # Nor was anything left for a claim (a read still blocked when it stopped).
+    assert nodes[0].status()["cluster"]["queues"]["b"]["claimed"] == 0
+    wait_for(lambda: pending(redis, "a") == 0 and pending(redis, "b") == 0, 10 * SLOW,
+             what="nothing pending")
