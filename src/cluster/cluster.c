@@ -1008,6 +1008,8 @@ static void claimed_cb(redisAsyncContext *ac, void *r, void *priv)
 		else
 			held_free(h);
 	}
+	/* The slots the claim did not fill go to new entries now, not at the next tick. */
+	pump_cb(sh, sh->st);
 }
 
 /*
