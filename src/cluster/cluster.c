@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -1252,6 +1253,58 @@ json_t *bt_cluster_status(const struct bt_cluster *cl)
 	json_object_set_new(doc, "queues", queues);
 	json_object_set_new(doc, "nodes", cl->nodes ? json_copy(cl->nodes) : json_array());
 	return doc;
+}
+
+void bt_cluster_metrics(const struct bt_cluster *cl, struct bt_buf *out)
+{
+	bt_buf_printf(out, "# HELP baton_cluster_connected 1 while the shared queues' Redis is reachable\n"
+			   "# TYPE baton_cluster_connected gauge\nbaton_cluster_connected %d\n",
+		      cl->up);
+	bt_buf_printf(out, "# HELP baton_cluster_nodes live nodes sharing the queues (heartbeats)\n"
+			   "# TYPE baton_cluster_nodes gauge\nbaton_cluster_nodes %zu\n",
+		      json_array_size(cl->nodes));
+	bt_buf_printf(out, "# HELP baton_cluster_queue_depth entries of a shared queue waiting or running on any node\n"
+			   "# TYPE baton_cluster_queue_depth gauge\n");
+	for (int i = 0; i < cl->nsh; i++)
+		if (cl->up && cl->sh[i].depth >= 0)
+			bt_buf_printf(out, "baton_cluster_queue_depth{stage=\"%s\"} %ld\n",
+				      cl->sh[i].st->cfg->name, cl->sh[i].depth);
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} per_stage[] = {
+		{"baton_cluster_entries_taken_total", "entries of a shared queue this node ran or answered",
+		 offsetof(struct shared, taken)},
+		{"baton_cluster_entries_claimed_total", "entries this node claimed from a silent node",
+		 offsetof(struct shared, claimed)},
+	};
+	for (size_t f = 0; f < sizeof(per_stage) / sizeof(per_stage[0]); f++) {
+		bt_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", per_stage[f].name,
+			      per_stage[f].help, per_stage[f].name);
+		for (int i = 0; i < cl->nsh; i++)
+			bt_buf_printf(out, "%s{stage=\"%s\"} %llu\n", per_stage[f].name,
+				      cl->sh[i].st->cfg->name,
+				      (unsigned long long)*(const uint64_t *)((const char *)&cl->sh[i] +
+									   per_stage[f].off));
+	}
+	const struct {
+		const char *name, *help;
+		uint64_t v;
+	} counters[] = {
+		{"baton_cluster_duplicates_dropped_total",
+		 "replies for a request no longer waiting for them (after a claim or a timeout)",
+		 cl->duplicates},
+		{"baton_cluster_outcomes_dropped_total",
+		 "outcomes not recorded because another node had claimed the entry", cl->outcomes_dropped},
+		{"baton_cluster_outcomes_lost_total", "outcomes not recorded because Redis was unreachable",
+		 cl->outcomes_lost},
+		{"baton_cluster_reconnects_total", "connections to Redis made again after a loss",
+		 cl->reconnects},
+	};
+	for (size_t f = 0; f < sizeof(counters) / sizeof(counters[0]); f++)
+		bt_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counters[f].name,
+			      counters[f].help, counters[f].name, counters[f].name,
+			      (unsigned long long)counters[f].v);
 }
 
 /* ---- start and end ---------------------------------------------------------- */

@@ -90,6 +90,8 @@ void bt_cluster_fail_waiting(struct bt_cluster *cl, int code, const char *why);
 long bt_cluster_depth(const struct bt_cluster *cl, const struct bt_stage *st, int *nodes);
 /* The `cluster` section of /v1/status (new reference). */
 json_t *bt_cluster_status(const struct bt_cluster *cl);
+/* Appends the baton_cluster_* families of GET /metrics to out. */
+void bt_cluster_metrics(const struct bt_cluster *cl, struct bt_buf *out);
 /* Drops the connections and timers; the handles close on the loop. */
 void bt_cluster_close(struct bt_cluster *cl);
 /* After the loop ended. */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../cluster/cluster.h"
 #include "../daemon/daemon.h"
 #include "../proc/proc.h"
 #include "../stream/stream.h"
@@ -264,4 +265,6 @@ void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
 	replicas(d, out);
 	resources(d, out);
 	bt_streams_metrics(d->streams, out);
+	if (d->cluster)
+		bt_cluster_metrics(d->cluster, out);
 }

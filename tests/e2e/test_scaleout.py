@@ -204,6 +204,9 @@ def test_three_nodes_share_two_stages_every_request_answered_once(cluster, redis
     assert "CLUSTER t via %s" % redis.url in out, out
     for b in nodes:
         assert ":%d " % b.port in out, out   # every node, with its HTTP address
+    metrics = nodes[0].get("/metrics").body.decode()
+    assert "\nbaton_cluster_connected 1\n" in metrics and "\nbaton_cluster_nodes 3\n" in metrics
+    assert 'baton_cluster_entries_taken_total{stage="a"}' in metrics
     for b in nodes:
         assert b.stop() == 0
 
