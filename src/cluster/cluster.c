@@ -15,12 +15,12 @@
 #include "cluster.h"
 
 #include <errno.h>
-#include <stdarg.h>
-#include <stddef.h>
 #include <fcntl.h>
+#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <hiredis/adapters/libuv.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -30,10 +30,10 @@
 #include "../proc/proc.h"
 #include "../sched/sched.h"
 
-#define BUCKETS 4096 /* the waiting table's; chained */
-#define READ_BLOCK_MS "1000" /* a blocked read returns this often when idle */
-#define REPLY_MAXLEN "100000" /* a dead node's reply stream stays bounded ... */
-#define REPLY_TTL_MS "600000" /* ... and goes away */
+#define BUCKETS	       4096	/* the waiting table's; chained */
+#define READ_BLOCK_MS  "1000"	/* a blocked read returns this often when idle */
+#define REPLY_MAXLEN   "100000" /* a dead node's reply stream stays bounded ... */
+#define REPLY_TTL_MS   "600000" /* ... and goes away */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -43,9 +43,9 @@ struct conn {
 	redisAsyncContext *ac; /* NULL: none (hiredis frees a context itself) */
 	struct bt_cluster *cl;
 	int connected;
-	int busy; /* a blocking read is outstanding */
+	int busy;	     /* a blocking read is outstanding */
 	long long client_id; /* CLIENT ID, to unblock its read; 0 = unknown */
-	int unblocking; /* CLIENT UNBLOCK sent for the outstanding read */
+	int unblocking;	     /* CLIENT UNBLOCK sent for the outstanding read */
 };
 
 struct shared;
@@ -68,12 +68,12 @@ struct shared {
 	struct conn rd;
 	struct held held; /* list sentinel */
 	int nheld;
-	int incoming; /* claimed, their delivery count being read */
-	int claiming; /* an XAUTOCLAIM is outstanding */
+	int incoming;	    /* claimed, their delivery count being read */
+	int claiming;	    /* an XAUTOCLAIM is outstanding */
 	int claim_reserved; /* the slots it asked for */
-	int claim_due; /* the tick asked for a claim: it goes before new entries */
-	char cursor[48]; /* XAUTOCLAIM's */
-	long depth; /* XLEN at the last tick, -1 unknown */
+	int claim_due;	    /* the tick asked for a claim: it goes before new entries */
+	char cursor[48];    /* XAUTOCLAIM's */
+	long depth;	    /* XLEN at the last tick, -1 unknown */
 	uint64_t taken, claimed, retried, gave_back;
 	struct bt_remote_queue ops;
 };
@@ -97,8 +97,8 @@ struct bt_cluster {
 	uv_timer_t tick, retry;
 	uint64_t backoff_ms;
 	uint64_t last_beat_ms, started_unix_ms;
-	uint64_t ping_sent_ms; /* a PING awaits its answer since, 0 = none */
-	char last_id[48]; /* of the reply stream */
+	uint64_t ping_sent_ms;		      /* a PING awaits its answer since, 0 = none */
+	char last_id[48];		      /* of the reply stream */
 	char record_sha[48], refresh_sha[48]; /* the scripts, loaded on every connection */
 	struct bt_request *table[BUCKETS];
 	uint64_t waiting;
@@ -110,29 +110,29 @@ struct bt_cluster {
 
 /* Atomically: still ours?  Then append the outcome, acknowledge, delete. */
 static const char record_script[] =
-	"local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)\n"
-	"if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end\n"
-	"if ARGV[4] == '0' then\n"
-	"  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))\n"
-	"else\n"
-	"  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 6))\n"
-	"  redis.call('PEXPIRE', KEYS[2], ARGV[5])\n"
-	"end\n"
-	"redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
-	"redis.call('XDEL', KEYS[1], ARGV[2])\n"
-	"return 1\n";
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)\n"
+    "if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end\n"
+    "if ARGV[4] == '0' then\n"
+    "  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))\n"
+    "else\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 6))\n"
+    "  redis.call('PEXPIRE', KEYS[2], ARGV[5])\n"
+    "end\n"
+    "redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('XDEL', KEYS[1], ARGV[2])\n"
+    "return 1\n";
 
 /* Resets the idle time of the entries this node still owns (no delivery counted). */
 static const char refresh_script[] =
-	"local n = 0\n"
-	"for i = 3, #ARGV do\n"
-	"  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)\n"
-	"  if #p > 0 and p[1][2] == ARGV[2] then\n"
-	"    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')\n"
-	"    n = n + 1\n"
-	"  end\n"
-	"end\n"
-	"return n\n";
+    "local n = 0\n"
+    "for i = 3, #ARGV do\n"
+    "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)\n"
+    "  if #p > 0 and p[1][2] == ARGV[2] then\n"
+    "    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
 
 static const char GROUP[] = "baton";
 
@@ -304,13 +304,12 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
 	if (c->ac != ac)
 		return; /* dropped by us */
 	char why[300];
-	snprintf(why, sizeof(why), "%s", ac->errstr[0] ? ac->errstr : "the server closed the connection");
+	snprintf(why, sizeof(why), "%s",
+		 ac->errstr[0] ? ac->errstr : "the server closed the connection");
 	c->ac = NULL;
 	c->connected = 0;
 	go_down(c->cl, why);
 }
-
-static void client_id_cb(redisAsyncContext *ac, void *r, void *priv);
 
 static int conn_open(struct bt_cluster *cl, struct conn *c)
 {
@@ -408,9 +407,10 @@ static void go_down(struct bt_cluster *cl, const char *why)
 		 cl->q->url, why);
 	if (cl->waiting) {
 		char msg[512];
-		snprintf(msg, sizeof(msg),
-			 "%s while the request was in the cluster's queue: it may or may not have run",
-			 cl->down_why);
+		snprintf(
+		    msg, sizeof(msg),
+		    "%s while the request was in the cluster's queue: it may or may not have run",
+		    cl->down_why);
 		bt_cluster_fail_waiting(cl, BT_STAGE_FAILED, msg);
 	}
 	if (was_up || cl->connecting) {
@@ -426,8 +426,9 @@ static void go_down(struct bt_cluster *cl, const char *why)
 static char *write_shared(struct bt_cluster *cl, const char *data, size_t len, uint64_t req,
 			  int step, const char *what)
 {
-	char *path = bt_asprintf("%s/%s-%llu-%d-%llu.%s", cl->q->shared_dir, cl->id,
-				 (unsigned long long)req, step, (unsigned long long)++cl->files, what);
+	char *path =
+	    bt_asprintf("%s/%s-%llu-%d-%llu.%s", cl->q->shared_dir, cl->id, (unsigned long long)req,
+			step, (unsigned long long)++cl->files, what);
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 	size_t off = 0;
 	while (fd >= 0 && off < len) {
@@ -461,8 +462,8 @@ static void set_payload(struct bt_cluster *cl, struct bt_entry *e, const char *d
 }
 
 /* The payload of e, owned by the caller; the shared file is removed when told. */
-static int take_payload(struct bt_entry *e, char **data, size_t *len, int remove_file,
-			char *why, size_t whylen)
+static int take_payload(struct bt_entry *e, char **data, size_t *len, int remove_file, char *why,
+			size_t whylen)
 {
 	if (!e->ref) {
 		*data = e->payload;
@@ -524,7 +525,8 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 	e.pipeline = (char *)req->pipeline->cfg->name;
 	e.priority = req->priority;
 	uint64_t now = bt_now_ms();
-	e.deadline_unix_ms = unix_ms() + (int64_t)(req->deadline.key > now ? req->deadline.key - now : 0);
+	e.deadline_unix_ms =
+	    unix_ms() + (int64_t)(req->deadline.key > now ? req->deadline.key - now : 0);
 	e.meta = json_dumps(req->meta, JSON_COMPACT);
 	set_payload(cl, &e, req->payload, req->len, "in");
 	const char *argv[BT_ENTRY_MAX_FIELDS + 3];
@@ -541,7 +543,8 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 	free(e.meta);
 	free(e.ref);
 	if (r) {
-		snprintf(why, whylen, "the queue of stage '%s' is unavailable: cannot send to redis",
+		snprintf(why, whylen,
+			 "the queue of stage '%s' is unavailable: cannot send to redis",
 			 st->cfg->name);
 		return -1;
 	}
@@ -585,8 +588,8 @@ static void on_reply(struct bt_cluster *cl, struct bt_entry *e)
 	}
 	json_t *meta = e->meta ? json_loads(e->meta, 0, NULL) : NULL;
 	req->remote = 0;
-	bt_stage_remote_answer(req, (enum bt_code)e->code, payload, len, meta, e->error, e->queue_us,
-			       e->run_us);
+	bt_stage_remote_answer(req, (enum bt_code)e->code, payload, len, meta, e->error,
+			       e->queue_us, e->run_us);
 }
 
 /* The entries of an XREAD/XREADGROUP answer for one stream, or NULL (none, or malformed). */
@@ -655,8 +658,9 @@ static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
 			}
 			int n = entry_fields(en->element[1], argv, lens, MAX_FIELDS);
 			if (n < 0 || bt_entry_decode(&e, 1, argv, lens, n, why, sizeof(why))) {
-				bt_warn("ignored a bad reply", "stream=%s id=%s error=%s", cl->reply_key,
-					en->element[0]->str, BT_LOGQ(n < 0 ? "not fields" : why));
+				bt_warn("ignored a bad reply", "stream=%s id=%s error=%s",
+					cl->reply_key, en->element[0]->str,
+					BT_LOGQ(n < 0 ? "not fields" : why));
 				continue;
 			}
 			on_reply(cl, &e);
@@ -674,8 +678,8 @@ static void read_replies(struct bt_cluster *cl)
 	if (!cl->up || cl->rep.busy || cl->closing)
 		return;
 	if (redisAsyncCommand(cl->rep.ac, replies_cb, cl,
-			      "XREAD COUNT 512 BLOCK " READ_BLOCK_MS " STREAMS %s %s", cl->reply_key,
-			      cl->last_id) == REDIS_OK)
+			      "XREAD COUNT 512 BLOCK " READ_BLOCK_MS " STREAMS %s %s",
+			      cl->reply_key, cl->last_id) == REDIS_OK)
 		cl->rep.busy = 1;
 }
 
@@ -714,8 +718,10 @@ static void record(struct held *h, struct bt_entry *out, const char *target, int
 	const char *argv[BT_ENTRY_MAX_FIELDS + 16];
 	size_t lens[BT_ENTRY_MAX_FIELDS + 16];
 	char scratch[BT_ENTRY_SCRATCH];
-	const char *head[] = {"EVALSHA", cl->record_sha, "2", sh->key, target, GROUP, h->id, cl->id,
-			      is_reply ? REPLY_MAXLEN : "0", REPLY_TTL_MS};
+	const char *head[] = {"EVALSHA",   cl->record_sha, "2",
+			      sh->key,	   target,	   GROUP,
+			      h->id,	   cl->id,	   is_reply ? REPLY_MAXLEN : "0",
+			      REPLY_TTL_MS};
 	int n = (int)(sizeof(head) / sizeof(head[0]));
 	for (int i = 0; i < n; i++) {
 		argv[i] = head[i];
@@ -817,13 +823,15 @@ static void start_held(struct held *h, int deliveries)
 	int before = h->e.tries + deliveries - 1; /* attempts made anywhere */
 	sh->taken++;
 	if (h->e.deadline_unix_ms && unix_ms() > h->e.deadline_unix_ms) {
-		reply_now(h, BT_TIMEOUT, "the request waited in the cluster's queue past its deadline");
+		reply_now(h, BT_TIMEOUT,
+			  "the request waited in the cluster's queue past its deadline");
 		held_free(h);
 		return;
 	}
 	if (before > sc->retries) {
 		snprintf(why, sizeof(why),
-			 "the nodes running this request stopped answering (killed or stalled) after %d attempt%s in total",
+			 "the nodes running this request stopped answering (killed or stalled) "
+			 "after %d attempt%s in total",
 			 before, before == 1 ? "" : "s");
 		bt_warn("request exhausted its attempts across the cluster",
 			"stage=%s origin=%s request=%llu attempts=%d", sc->name, h->e.origin,
@@ -844,7 +852,8 @@ static void start_held(struct held *h, int deliveries)
 	req->attempts = before;
 	req->priority = BT_MIN(h->e.priority, sc->priority_levels - 1);
 	if (h->e.deadline_unix_ms)
-		req->client_deadline_ms = bt_now_ms() + (uint64_t)(h->e.deadline_unix_ms - unix_ms());
+		req->client_deadline_ms =
+		    bt_now_ms() + (uint64_t)(h->e.deadline_unix_ms - unix_ms());
 	req->remote_data = h;
 	h->req = req;
 	h->next = &sh->held;
@@ -885,8 +894,8 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 		}
 		if (h->e.origin && h->e.req) {
 			char msg[300];
-			snprintf(msg, sizeof(msg), "the request's entry in redis could not be read: %s",
-				 why);
+			snprintf(msg, sizeof(msg),
+				 "the request's entry in redis could not be read: %s", why);
 			reply_now(h, BT_WORKER_ERROR, msg);
 		} else {
 			cmdf(cl, NULL, NULL, "XACK %s %s %s", sh->key, GROUP, id);
@@ -951,7 +960,8 @@ static void pump_cb(void *arg, struct bt_stage *st)
 	if (sh->rd.busy || credits <= 0)
 		return;
 	if (redisAsyncCommand(sh->rd.ac, entries_cb, sh,
-			      "XREADGROUP GROUP %s %s COUNT %d BLOCK " READ_BLOCK_MS " STREAMS %s >",
+			      "XREADGROUP GROUP %s %s COUNT %d BLOCK " READ_BLOCK_MS
+			      " STREAMS %s >",
 			      GROUP, cl->id, credits, sh->key) == REDIS_OK)
 		sh->rd.busy = 1;
 }
@@ -1067,15 +1077,16 @@ static json_t *node_doc(struct bt_cluster *cl)
 			ready += st->replicas[r]->state == BT_REPLICA_READY;
 		}
 		json_object_set_new(stages, st->cfg->name,
-				    json_pack("{s:i, s:i, s:I, s:I, s:i}", "replicas", active, "ready",
-					      ready, "running", (json_int_t)st->running, "queued",
-					      (json_int_t)st->queue.len, "held", cl->sh[i].nheld));
+				    json_pack("{s:i, s:i, s:I, s:I, s:i}", "replicas", active,
+					      "ready", ready, "running", (json_int_t)st->running,
+					      "queued", (json_int_t)st->queue.len, "held",
+					      cl->sh[i].nheld));
 	}
-	json_t *doc = json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:b}", "id", cl->id, "name",
-				cl->name, "host", cl->cfg->listen_host, "port", cl->cfg->listen_port,
-				"pid", (int)getpid(), "started_unix_ms",
-				(json_int_t)cl->started_unix_ms, "draining",
-				cl->hooks.draining(cl->hooks.arg));
+	json_t *doc =
+	    json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:b}", "id", cl->id, "name", cl->name, "host",
+		      cl->cfg->listen_host, "port", cl->cfg->listen_port, "pid", (int)getpid(),
+		      "started_unix_ms", (json_int_t)cl->started_unix_ms, "draining",
+		      cl->hooks.draining(cl->hooks.arg));
 	json_object_set_new(doc, "stages", stages);
 	json_object_set_new(doc, "waiting", json_integer((json_int_t)cl->waiting));
 	return doc;
@@ -1123,8 +1134,9 @@ static void members_cb(redisAsyncContext *ac, void *r, void *priv)
 	/* Members whose heartbeat expired leave the set (a no-op for live ones). */
 	for (size_t i = 0; i < n; i++)
 		cmdf(cl, NULL, NULL, "EVAL %s 2 %s %s %s",
-				  "if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end",
-				  cl->nodes_key, keys[i], reply->element[i]->str);
+		     "if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], "
+		     "ARGV[1]) end",
+		     cl->nodes_key, keys[i], reply->element[i]->str);
 	for (size_t i = 0; i < n; i++)
 		free(keys[i]);
 	free(keys);
@@ -1231,25 +1243,25 @@ json_t *bt_cluster_status(const struct bt_cluster *cl)
 	for (int i = 0; i < cl->nsh; i++) {
 		const struct shared *sh = &cl->sh[i];
 		json_object_set_new(
-			queues, sh->st->cfg->name,
-			json_pack("{s:s, s:o, s:i, s:I, s:I, s:I, s:I}", "stream", sh->key, "depth",
-				  sh->depth >= 0 && cl->up ? json_integer(sh->depth) : json_null(),
-				  "held", sh->nheld, "taken", (json_int_t)sh->taken, "claimed",
-				  (json_int_t)sh->claimed, "retried", (json_int_t)sh->retried,
-				  "gave_back", (json_int_t)sh->gave_back));
+		    queues, sh->st->cfg->name,
+		    json_pack("{s:s, s:o, s:i, s:I, s:I, s:I, s:I}", "stream", sh->key, "depth",
+			      sh->depth >= 0 && cl->up ? json_integer(sh->depth) : json_null(),
+			      "held", sh->nheld, "taken", (json_int_t)sh->taken, "claimed",
+			      (json_int_t)sh->claimed, "retried", (json_int_t)sh->retried,
+			      "gave_back", (json_int_t)sh->gave_back));
 	}
 	json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:b, s:I}", "node", cl->id, "name", cl->name,
 				"url", cl->q->url, "namespace", cl->q->ns, "connected", cl->up,
 				"claim_after_ms", (json_int_t)cl->q->claim_after_ms);
-	json_object_set_new(doc, "error", cl->up || !cl->down_why[0] ? json_null()
-								    : json_string(cl->down_why));
+	json_object_set_new(doc, "error",
+			    cl->up || !cl->down_why[0] ? json_null() : json_string(cl->down_why));
 	json_object_set_new(
-		doc, "requests",
-		json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "waiting", (json_int_t)cl->waiting,
-			  "submitted", (json_int_t)cl->submitted, "answered",
-			  (json_int_t)cl->answered, "duplicates_dropped", (json_int_t)cl->duplicates,
-			  "outcomes_dropped", (json_int_t)cl->outcomes_dropped, "outcomes_lost",
-			  (json_int_t)cl->outcomes_lost, "reconnects", (json_int_t)cl->reconnects));
+	    doc, "requests",
+	    json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "waiting", (json_int_t)cl->waiting,
+		      "submitted", (json_int_t)cl->submitted, "answered", (json_int_t)cl->answered,
+		      "duplicates_dropped", (json_int_t)cl->duplicates, "outcomes_dropped",
+		      (json_int_t)cl->outcomes_dropped, "outcomes_lost",
+		      (json_int_t)cl->outcomes_lost, "reconnects", (json_int_t)cl->reconnects));
 	json_object_set_new(doc, "queues", queues);
 	json_object_set_new(doc, "nodes", cl->nodes ? json_copy(cl->nodes) : json_array());
 	return doc;
@@ -1257,13 +1269,17 @@ json_t *bt_cluster_status(const struct bt_cluster *cl)
 
 void bt_cluster_metrics(const struct bt_cluster *cl, struct bt_buf *out)
 {
-	bt_buf_printf(out, "# HELP baton_cluster_connected 1 while the shared queues' Redis is reachable\n"
-			   "# TYPE baton_cluster_connected gauge\nbaton_cluster_connected %d\n",
-		      cl->up);
-	bt_buf_printf(out, "# HELP baton_cluster_nodes live nodes sharing the queues (heartbeats)\n"
-			   "# TYPE baton_cluster_nodes gauge\nbaton_cluster_nodes %zu\n",
+	bt_buf_printf(
+	    out,
+	    "# HELP baton_cluster_connected 1 while the shared queues' Redis is reachable\n"
+	    "# TYPE baton_cluster_connected gauge\nbaton_cluster_connected %d\n",
+	    cl->up);
+	bt_buf_printf(out,
+		      "# HELP baton_cluster_nodes live nodes sharing the queues (heartbeats)\n"
+		      "# TYPE baton_cluster_nodes gauge\nbaton_cluster_nodes %zu\n",
 		      json_array_size(cl->nodes));
-	bt_buf_printf(out, "# HELP baton_cluster_queue_depth entries of a shared queue waiting or running on any node\n"
+	bt_buf_printf(out, "# HELP baton_cluster_queue_depth entries of a shared queue waiting or "
+			   "running on any node\n"
 			   "# TYPE baton_cluster_queue_depth gauge\n");
 	for (int i = 0; i < cl->nsh; i++)
 		if (cl->up && cl->sh[i].depth >= 0)
@@ -1273,33 +1289,35 @@ void bt_cluster_metrics(const struct bt_cluster *cl, struct bt_buf *out)
 		const char *name, *help;
 		size_t off;
 	} per_stage[] = {
-		{"baton_cluster_entries_taken_total", "entries of a shared queue this node ran or answered",
-		 offsetof(struct shared, taken)},
-		{"baton_cluster_entries_claimed_total", "entries this node claimed from a silent node",
-		 offsetof(struct shared, claimed)},
+	    {"baton_cluster_entries_taken_total",
+	     "entries of a shared queue this node ran or answered", offsetof(struct shared, taken)},
+	    {"baton_cluster_entries_claimed_total", "entries this node claimed from a silent node",
+	     offsetof(struct shared, claimed)},
 	};
 	for (size_t f = 0; f < sizeof(per_stage) / sizeof(per_stage[0]); f++) {
 		bt_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", per_stage[f].name,
 			      per_stage[f].help, per_stage[f].name);
 		for (int i = 0; i < cl->nsh; i++)
-			bt_buf_printf(out, "%s{stage=\"%s\"} %llu\n", per_stage[f].name,
-				      cl->sh[i].st->cfg->name,
-				      (unsigned long long)*(const uint64_t *)((const char *)&cl->sh[i] +
-									   per_stage[f].off));
+			bt_buf_printf(
+			    out, "%s{stage=\"%s\"} %llu\n", per_stage[f].name,
+			    cl->sh[i].st->cfg->name,
+			    (unsigned long long)*(const uint64_t *)((const char *)&cl->sh[i] +
+								    per_stage[f].off));
 	}
 	const struct {
 		const char *name, *help;
 		uint64_t v;
 	} counters[] = {
-		{"baton_cluster_duplicates_dropped_total",
-		 "replies for a request no longer waiting for them (after a claim or a timeout)",
-		 cl->duplicates},
-		{"baton_cluster_outcomes_dropped_total",
-		 "outcomes not recorded because another node had claimed the entry", cl->outcomes_dropped},
-		{"baton_cluster_outcomes_lost_total", "outcomes not recorded because Redis was unreachable",
-		 cl->outcomes_lost},
-		{"baton_cluster_reconnects_total", "connections to Redis made again after a loss",
-		 cl->reconnects},
+	    {"baton_cluster_duplicates_dropped_total",
+	     "replies for a request no longer waiting for them (after a claim or a timeout)",
+	     cl->duplicates},
+	    {"baton_cluster_outcomes_dropped_total",
+	     "outcomes not recorded because another node had claimed the entry",
+	     cl->outcomes_dropped},
+	    {"baton_cluster_outcomes_lost_total",
+	     "outcomes not recorded because Redis was unreachable", cl->outcomes_lost},
+	    {"baton_cluster_reconnects_total", "connections to Redis made again after a loss",
+	     cl->reconnects},
 	};
 	for (size_t f = 0; f < sizeof(counters) / sizeof(counters[0]); f++)
 		bt_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counters[f].name,
@@ -1344,9 +1362,10 @@ static int check_server(struct bt_cluster *cl, char *err, size_t errlen)
 		reply = redisCommand(c, "COMMAND INFO XAUTOCLAIM");
 		if (!reply || reply->type != REDIS_REPLY_ARRAY || !reply->elements ||
 		    reply->element[0]->type != REDIS_REPLY_ARRAY) {
-			snprintf(err, errlen,
-				 "%s has no XAUTOCLAIM: baton needs Redis 6.2 or later (7 recommended)",
-				 where);
+			snprintf(
+			    err, errlen,
+			    "%s has no XAUTOCLAIM: baton needs Redis 6.2 or later (7 recommended)",
+			    where);
 			r = BT_ECONFIG;
 		}
 		freeReplyObject(reply);
@@ -1355,9 +1374,11 @@ static int check_server(struct bt_cluster *cl, char *err, size_t errlen)
 	char *shas[] = {cl->record_sha, cl->refresh_sha};
 	for (int i = 0; !r && i < 2; i++) {
 		reply = redisCommand(c, "SCRIPT LOAD %s", scripts[i]);
-		if (!reply || reply->type != REDIS_REPLY_STRING || reply->len >= sizeof(cl->record_sha)) {
+		if (!reply || reply->type != REDIS_REPLY_STRING ||
+		    reply->len >= sizeof(cl->record_sha)) {
 			snprintf(err, errlen, "%s refused to load a script: %s", where,
-				 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : c->errstr);
+				 reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+									   : c->errstr);
 			r = BT_ECONFIG;
 		} else {
 			memcpy(shas[i], reply->str, reply->len + 1);
@@ -1366,9 +1387,10 @@ static int check_server(struct bt_cluster *cl, char *err, size_t errlen)
 	}
 	for (int i = 0; !r && i < cl->nsh; i++) {
 		reply = redisCommand(c, "XGROUP CREATE %s %s 0 MKSTREAM", cl->sh[i].key, GROUP);
-		if (!reply || (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "BUSYGROUP", 9))) {
-			snprintf(err, errlen, "%s refused to create consumer group of '%s': %s", where,
-				 cl->sh[i].key, reply ? reply->str : c->errstr);
+		if (!reply ||
+		    (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "BUSYGROUP", 9))) {
+			snprintf(err, errlen, "%s refused to create consumer group of '%s': %s",
+				 where, cl->sh[i].key, reply ? reply->str : c->errstr);
 			r = BT_ECONFIG;
 		}
 		freeReplyObject(reply);

@@ -9,9 +9,9 @@
 #ifndef BT_CLUSTER_H
 #define BT_CLUSTER_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <jansson.h>
 #include <uv.h>
 
 #include "../config/config.h"
@@ -22,27 +22,27 @@
  * the payload travels inline (payload, len) or by reference (ref, a path).
  */
 struct bt_entry {
-	int reply; /* 0: an entry of a stage's stream, 1: a reply */
-	char *origin; /* the node that accepted the request */
-	uint64_t req; /* the origin's request id */
-	int step; /* index of the stage in the request's route */
-	char *stage; /* entry */
-	char *pipeline; /* entry */
-	int tries; /* entry: attempts made before it was written */
-	int64_t deadline_unix_ms; /* entry: 0 = none */
-	int priority; /* entry */
-	char *meta; /* JSON text, or NULL */
-	char *payload; /* inline bytes, or NULL */
-	size_t len; /* of the payload, inline or not */
-	char *ref; /* path of the payload in the shared directory, or NULL */
-	char *node; /* reply: the node that ran it */
-	int code; /* reply: enum bt_code */
-	char *error; /* reply: the sentence, when code != 0 */
+	int reply;		   /* 0: an entry of a stage's stream, 1: a reply */
+	char *origin;		   /* the node that accepted the request */
+	uint64_t req;		   /* the origin's request id */
+	int step;		   /* index of the stage in the request's route */
+	char *stage;		   /* entry */
+	char *pipeline;		   /* entry */
+	int tries;		   /* entry: attempts made before it was written */
+	int64_t deadline_unix_ms;  /* entry: 0 = none */
+	int priority;		   /* entry */
+	char *meta;		   /* JSON text, or NULL */
+	char *payload;		   /* inline bytes, or NULL */
+	size_t len;		   /* of the payload, inline or not */
+	char *ref;		   /* path of the payload in the shared directory, or NULL */
+	char *node;		   /* reply: the node that ran it */
+	int code;		   /* reply: enum bt_code */
+	char *error;		   /* reply: the sentence, when code != 0 */
 	uint64_t queue_us, run_us; /* reply: where the time went on that node */
 };
 
-#define BT_ENTRY_MAX_FIELDS 40 /* argv slots bt_entry_fields may fill */
-#define BT_ENTRY_SCRATCH 256 /* bytes of scratch it needs for numbers */
+#define BT_ENTRY_MAX_FIELDS 40	/* argv slots bt_entry_fields may fill */
+#define BT_ENTRY_SCRATCH    256 /* bytes of scratch it needs for numbers */
 
 /*
  * The field/value pairs of e, as argv strings with lengths (binary-safe)
@@ -55,8 +55,8 @@ int bt_entry_fields(const struct bt_entry *e, const char **argv, size_t *lens, c
  * BT_EPROTO with a phrase in why when a required field is missing or bad;
  * e holds nothing then.
  */
-int bt_entry_decode(struct bt_entry *e, int reply, const char *const *fields,
-		    const size_t *lens, int n, char *why, size_t whylen);
+int bt_entry_decode(struct bt_entry *e, int reply, const char *const *fields, const size_t *lens,
+		    int n, char *why, size_t whylen);
 void bt_entry_release(struct bt_entry *e);
 
 struct bt_cluster;

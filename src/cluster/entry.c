@@ -104,11 +104,22 @@ static int text(const char *s, size_t len, char **out)
 	return 0;
 }
 
-int bt_entry_decode(struct bt_entry *e, int reply, const char *const *fields,
-		    const size_t *lens, int n, char *why, size_t whylen)
+int bt_entry_decode(struct bt_entry *e, int reply, const char *const *fields, const size_t *lens,
+		    int n, char *why, size_t whylen)
 {
-	enum { F_V = 1, F_O = 2, F_R = 4, F_S = 8, F_ST = 16, F_P = 32, F_T = 64, F_C = 128,
-	       F_N = 256, F_L = 512, F_B = 1024 };
+	enum {
+		F_V = 1,
+		F_O = 2,
+		F_R = 4,
+		F_S = 8,
+		F_ST = 16,
+		F_P = 32,
+		F_T = 64,
+		F_C = 128,
+		F_N = 256,
+		F_L = 512,
+		F_B = 1024
+	};
 	unsigned seen = 0;
 	size_t blen = 0;
 	long long v;
@@ -201,8 +212,8 @@ int bt_entry_decode(struct bt_entry *e, int reply, const char *const *fields,
 		/* Unknown fields are a newer writer's additions: ignored. */
 #undef IS
 	}
-	unsigned need = F_V | F_O | F_R | F_S | F_L | F_B |
-			(reply ? (F_C | F_N) : (F_ST | F_P | F_T));
+	unsigned need =
+	    F_V | F_O | F_R | F_S | F_L | F_B | (reply ? (F_C | F_N) : (F_ST | F_P | F_T));
 	if (!bad && (seen & need) != need)
 		bad = "a required field (missing)";
 	if (!bad && e->payload && blen != e->len)

@@ -125,10 +125,10 @@ Test(entry, bad_fields_are_refused_with_what_was_bad)
 	cr_assert(strstr(try_fields(0, ENTRY("m", "{}")), "missing"));
 	/* Unknown fields are a newer writer's: ignored. */
 	cr_assert_str_eq(try_fields(0, ENTRY("b", "hi", "future", "x")), "");
-	cr_assert(strstr(try_fields(1, (const char *[]){"v", "1", "o", "n1", "r", "3", "s", "0",
-							"n", "n2", "c", "99", "l", "0", "b",
-							"", NULL}),
-			 "code"));
+	cr_assert(
+	    strstr(try_fields(1, (const char *[]){"v", "1", "o", "n1", "r", "3", "s", "0", "n",
+						  "n2", "c", "99", "l", "0", "b", "", NULL}),
+		   "code"));
 }
 
 static const char *load(const char *text)
@@ -142,16 +142,17 @@ static const char *load(const char *text)
 }
 
 #define STAGE "stages:\n  a:\n    command: [/bin/cat]\n"
-#define PIPE "pipelines:\n  p: [a]\n"
+#define PIPE  "pipelines:\n  p: [a]\n"
 
 Test(queue_config, a_shared_queue_is_parsed)
 {
 	struct bt_config cfg;
 	char err[1024];
-	const char *text = "queue: {backend: redis, url: \"redis://10.0.0.5:6390/3\", namespace: docs,"
-			   " node: gpu-1, claim_after_ms: 5000, inline_max_bytes: 1000}\n" STAGE
-			   "  b:\n    command: [/bin/cat]\n    queue: {backend: local}\n"
-			   "pipelines:\n  p: [a, b]\n";
+	const char *text =
+	    "queue: {backend: redis, url: \"redis://10.0.0.5:6390/3\", namespace: docs,"
+	    " node: gpu-1, claim_after_ms: 5000, inline_max_bytes: 1000}\n" STAGE
+	    "  b:\n    command: [/bin/cat]\n    queue: {backend: local}\n"
+	    "pipelines:\n  p: [a, b]\n";
 	cr_assert_eq(bt_config_parse("/tmp/b.yaml", text, strlen(text), &cfg, err, sizeof(err)), 0,
 		     "%s", err);
 	cr_assert_str_eq(cfg.queue.host, "10.0.0.5");
@@ -166,37 +167,43 @@ Test(queue_config, a_shared_queue_is_parsed)
 	cr_assert(bt_config_uses_redis(&cfg));
 	bt_config_release(&cfg);
 	/* local stays the default. */
-	cr_assert_eq(bt_config_parse("/tmp/b.yaml", STAGE PIPE, strlen(STAGE PIPE), &cfg, err,
-				     sizeof(err)),
-		     0);
+	cr_assert_eq(
+	    bt_config_parse("/tmp/b.yaml", STAGE PIPE, strlen(STAGE PIPE), &cfg, err, sizeof(err)),
+	    0);
 	cr_assert_not(bt_config_uses_redis(&cfg));
 	bt_config_release(&cfg);
 }
 
 Test(queue_config, mistakes_name_the_line_and_the_key)
 {
-	cr_assert_str_eq(load("queue: {backend: redis}\n" STAGE PIPE),
-			 "/tmp/b.yaml:1:8: 'queue' with backend redis needs 'url' (redis://HOST:PORT/DB)");
+	cr_assert_str_eq(
+	    load("queue: {backend: redis}\n" STAGE PIPE),
+	    "/tmp/b.yaml:1:8: 'queue' with backend redis needs 'url' (redis://HOST:PORT/DB)");
 	cr_assert_str_eq(load("queue: {backend: rabbit, url: redis://h}\n" STAGE PIPE),
 			 "/tmp/b.yaml:1:18: 'queue.backend' must be local or redis, not 'rabbit'");
 	cr_assert_str_eq(load("queue: {url: \"http://h:1\"}\n" STAGE PIPE),
 			 "/tmp/b.yaml:1:14: 'queue.url' must start with redis://: 'http://h:1'");
-	cr_assert_str_eq(load("queue: {url: \"redis://h:0\"}\n" STAGE PIPE),
-			 "/tmp/b.yaml:1:14: 'queue.url' has a bad port (1 to 65535): 'redis://h:0'");
+	cr_assert_str_eq(
+	    load("queue: {url: \"redis://h:0\"}\n" STAGE PIPE),
+	    "/tmp/b.yaml:1:14: 'queue.url' has a bad port (1 to 65535): 'redis://h:0'");
 	cr_assert_str_eq(load("queue: {url: \"redis://u:pw@h\"}\n" STAGE PIPE),
-			 "/tmp/b.yaml:1:14: 'queue.url' has a user or password (not supported): 'redis://u:pw@h'");
-	cr_assert_str_eq(load("queue: {url: \"redis://h/x\"}\n" STAGE PIPE),
-			 "/tmp/b.yaml:1:14: 'queue.url' has a bad database number after '/': 'redis://h/x'");
-	cr_assert_str_eq(load("queue: {url: \"redis://h\", claim_after_ms: 5}\n" STAGE PIPE),
-			 "/tmp/b.yaml:1:43: 'queue.claim_after_ms' must be between 100 and 86400000, not 5");
+			 "/tmp/b.yaml:1:14: 'queue.url' has a user or password (not supported): "
+			 "'redis://u:pw@h'");
+	cr_assert_str_eq(
+	    load("queue: {url: \"redis://h/x\"}\n" STAGE PIPE),
+	    "/tmp/b.yaml:1:14: 'queue.url' has a bad database number after '/': 'redis://h/x'");
+	cr_assert_str_eq(
+	    load("queue: {url: \"redis://h\", claim_after_ms: 5}\n" STAGE PIPE),
+	    "/tmp/b.yaml:1:43: 'queue.claim_after_ms' must be between 100 and 86400000, not 5");
 	cr_assert(strstr(load("queue: {url: \"redis://h\", prefetch: 4}\n" STAGE PIPE),
 			 "/tmp/b.yaml:1:27: unknown key 'prefetch' in 'queue'"));
-	cr_assert_str_eq(load("queue: {url: \"redis://h\", shared_dir: /nonexistent-baton}\n" STAGE
-			      PIPE),
-			 "/tmp/b.yaml:1:39: 'queue.shared_dir' '/nonexistent-baton' is not a directory");
+	cr_assert_str_eq(
+	    load("queue: {url: \"redis://h\", shared_dir: /nonexistent-baton}\n" STAGE PIPE),
+	    "/tmp/b.yaml:1:39: 'queue.shared_dir' '/nonexistent-baton' is not a directory");
 	/* A stage in redis without a server named at the top. */
 	cr_assert_str_eq(load(STAGE "    queue: {backend: redis}\n" PIPE),
-			 "/tmp/b.yaml:4:12: stage 'a' has its queue in redis: the top-level 'queue' needs 'url' (redis://HOST:PORT/DB)");
+			 "/tmp/b.yaml:4:12: stage 'a' has its queue in redis: the top-level "
+			 "'queue' needs 'url' (redis://HOST:PORT/DB)");
 	cr_assert(strstr(load(STAGE "    queue: {backend: redis, url: x}\n" PIPE),
 			 "/tmp/b.yaml:4:29: unknown key 'url' in 'queue' of a stage"));
 }
