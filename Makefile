@@ -26,7 +26,7 @@ STATIONS_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 # pytest-xdist: the end-to-end tests mostly wait on processes, so two at once
 # (-n 2) take half the time on two cores.
 TEST_PKGS  := python3-pytest python3-pytest-xdist wrk valgrind groff-base chromium chromium-driver \
-	      python3-selenium python3-grpcio python3-grpc-tools \
+	      python3-selenium python3-grpcio python3-grpc-tools redis-server \
 	      $(DEMO_PKGS) $(TIMESERIES_PKGS) $(STATIONS_PKGS)
 BENCH_PKGS := $(TEST_PKGS) opencv-data gnuplot-nox python3-psycopg2 python3-fastapi python3-uvicorn \
 	      linux-perf nghttp2-client
@@ -137,6 +137,7 @@ bench: build test-deps
 	$(PY) bench/timeseries/run.py --build $(abspath $(BUILD))
 	$(PY) bench/soak/run.py --build $(abspath $(BUILD))
 	$(PY) bench/replicas/run.py --build $(abspath $(BUILD))
+	$(PY) bench/scaleout/run.py --build $(abspath $(BUILD))
 	$(PY) bench/stations/run.py --build $(abspath $(BUILD))
 
 # libFuzzer on the frame decoder, the config loader, the v2 checks and the

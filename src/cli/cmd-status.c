@@ -13,6 +13,53 @@
 #include "client.h"
 
 /* Stations, their open sessions and the last results of each stream. */
+/* The nodes sharing queues in Redis (docs/scaleout.md), when there are any. */
+static void print_cluster(json_t *cl)
+{
+	if (!cl)
+		return;
+	json_t *rq = json_object_get(cl, "requests");
+	printf("\nCLUSTER %s via %s: this node %s, %s; %lld waiting, %lld duplicates and %lld outcomes dropped\n",
+	       json_string_value(json_object_get(cl, "namespace")),
+	       json_string_value(json_object_get(cl, "url")),
+	       json_string_value(json_object_get(cl, "node")),
+	       json_is_true(json_object_get(cl, "connected")) ? "connected" : "NOT CONNECTED",
+	       json_integer_value(json_object_get(rq, "waiting")),
+	       json_integer_value(json_object_get(rq, "duplicates_dropped")),
+	       json_integer_value(json_object_get(rq, "outcomes_dropped")));
+	if (json_is_string(json_object_get(cl, "error")))
+		printf("  %s\n", json_string_value(json_object_get(cl, "error")));
+	const char *name;
+	json_t *q, *n;
+	size_t i;
+	printf("%-16s %8s %8s %8s %8s\n", "SHARED QUEUE", "DEPTH", "HELD", "TAKEN", "CLAIMED");
+	json_object_foreach(json_object_get(cl, "queues"), name, q) {
+		json_t *depth = json_object_get(q, "depth");
+		char ds[24] = "?";
+		if (json_is_integer(depth))
+			snprintf(ds, sizeof(ds), "%lld", json_integer_value(depth));
+		printf("%-16s %8s %8lld %8lld %8lld\n", name, ds,
+		       json_integer_value(json_object_get(q, "held")),
+		       json_integer_value(json_object_get(q, "taken")),
+		       json_integer_value(json_object_get(q, "claimed")));
+	}
+	printf("%-28s %-22s %7s  %s\n", "NODE", "HTTP", "PID", "STAGES (ready/replicas, running)");
+	json_array_foreach(json_object_get(cl, "nodes"), i, n) {
+		char http[64];
+		snprintf(http, sizeof(http), "%s:%lld", json_string_value(json_object_get(n, "host")),
+			 json_integer_value(json_object_get(n, "port")));
+		printf("%-28s %-22s %7lld ", json_string_value(json_object_get(n, "id")), http,
+		       json_integer_value(json_object_get(n, "pid")));
+		const char *sn;
+		json_t *s;
+		json_object_foreach(json_object_get(n, "stages"), sn, s)
+			printf(" %s %lld/%lld, %lld", sn, json_integer_value(json_object_get(s, "ready")),
+			       json_integer_value(json_object_get(s, "replicas")),
+			       json_integer_value(json_object_get(s, "running")));
+		printf("%s\n", json_is_true(json_object_get(n, "draining")) ? "  (draining)" : "");
+	}
+}
+
 static void print_streams(json_t *streams)
 {
 	const char *name;
@@ -182,6 +229,7 @@ static void print_status(json_t *doc)
 		}
 	}
 	print_streams(json_object_get(doc, "streams"));
+	print_cluster(json_object_get(doc, "cluster"));
 }
 
 /* One fetch and print; errors go to stdout when watching, so they stay on screen. */

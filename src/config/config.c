@@ -432,7 +432,7 @@ static const char *const stage_keys[] = {
 	"queue_max", "timeout_ms", "retries", "start_timeout_ms", "warmup",
 	"restart", "stop", "ping_interval_ms", "ping_timeout_ms", "batch",
 	"priority_levels", "spawn", "health_check", "setup", "resources", "autoscale", "user",
-	"group", "kind", "log_limit", NULL};
+	"group", "kind", "log_limit", "queue", NULL};
 static const char *const log_limit_keys[] = {"interval_ms", "lines", "bytes", NULL};
 static const char *const setup_keys[] = {"python", "requirements", "wheels",
 					 "system_site_packages", NULL};
@@ -449,6 +449,24 @@ static const char *const restart_keys[] = {"backoff_ms", "backoff_max_ms",
 					   "max_failures", "reset_after_ms",
 					   "retry_failed_after_ms", NULL};
 static const char *const stop_keys[] = {"grace_ms", NULL};
+static const char *const stage_queue_keys[] = {"backend", NULL};
+static const char *const queue_keys[] = {"backend", "url", "namespace", "node",
+					 "claim_after_ms", "inline_max_bytes", "shared_dir", NULL};
+
+static int get_backend(struct ctx *c, const yaml_node_t *n, const char *key,
+		       enum bt_queue_backend *out)
+{
+	char *s = NULL;
+	int r = get_string(c, n, key, &s);
+	if (!r && !strcmp(s, "local"))
+		*out = BT_QUEUE_LOCAL;
+	else if (!r && !strcmp(s, "redis"))
+		*out = BT_QUEUE_REDIS;
+	else if (!r)
+		r = fail(c, n, "'%s' must be local or redis, not '%s'", key, s);
+	free(s);
+	return r;
+}
 
 #define DAY_MS (24LL * 3600 * 1000)
 
@@ -550,6 +568,8 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 	st->name = bt_strdup(scalar(key));
 	st->line = (int)key->start_mark.line + 1;
 	st->col = (int)key->start_mark.column + 1;
+	st->queue_line = st->line;
+	st->queue_col = st->col;
 	stage_defaults(st);
 	if (!valid_name(st->name))
 		return fail(c, key,
@@ -700,6 +720,15 @@ static int parse_stage(struct ctx *c, const yaml_node_t *key,
 			}
 		} else if (!strcmp(k, "autoscale")) {
 			r = parse_autoscale(c, v, st);
+		} else if (!strcmp(k, "queue")) {
+			st->queue_given = 1;
+			r = check_mapping(c, v, "'queue' of a stage", stage_queue_keys);
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+			     !r && q < v->data.mapping.pairs.top; q++)
+				r = get_backend(c, node(c, q->value), "queue.backend",
+						&st->queue_backend);
+			st->queue_line = (int)v->start_mark.line + 1;
+			st->queue_col = (int)v->start_mark.column + 1;
 		} else if (!strcmp(k, "max_ongoing")) {
 			ongoing_node = v;
 			r = get_i(c, v, k, 1, 1024, &st->max_ongoing);
@@ -1210,11 +1239,111 @@ static int parse_listen(struct ctx *c, const yaml_node_t *n)
 static const char *const top_keys[] = {"listen", "log_level", "max_request_bytes",
 				       "max_payload_bytes", "memfd_min_bytes", "stages", "pipelines",
 				       "gpus", "interval_ms", "auth", "http", "cgroup", "streams",
-				       "run", "grpc", NULL};
+				       "run", "grpc", "queue", NULL};
 static const char *const auth_keys[] = {"token_file", NULL};
 static const char *const grpc_keys[] = {"listen", "max_connections", "max_streams", NULL};
 static const char *const http_keys[] = {"max_connections", "idle_timeout_s",
 					"max_buffered_bytes", "write_timeout_s", NULL};
+
+int bt_redis_url_parse(const char *url, char **host, int *port, int *db, char *why,
+		       size_t whylen)
+{
+	const char *p = url;
+	if (strncmp(p, "redis://", 8)) {
+		snprintf(why, whylen, "must start with redis://");
+		return BT_ECONFIG;
+	}
+	p += 8;
+	size_t hl = strcspn(p, ":/");
+	if (hl == 0 || hl > 253 || strchr(p, '@')) {
+		snprintf(why, whylen, hl ? "has a user or password (not supported)"
+					 : "names no host");
+		return BT_ECONFIG;
+	}
+	long pv = 6379, dv = 0;
+	const char *q = p + hl;
+	char *end;
+	if (*q == ':') {
+		errno = 0;
+		pv = strtol(q + 1, &end, 10);
+		if (errno || end == q + 1 || pv < 1 || pv > 65535 || (*end && *end != '/')) {
+			snprintf(why, whylen, "has a bad port (1 to 65535)");
+			return BT_ECONFIG;
+		}
+		q = end;
+	}
+	if (*q == '/' && q[1]) {
+		errno = 0;
+		dv = strtol(q + 1, &end, 10);
+		if (errno || end == q + 1 || *end || dv < 0 || dv > 1000) {
+			snprintf(why, whylen, "has a bad database number after '/'");
+			return BT_ECONFIG;
+		}
+	} else if (*q && strcmp(q, "/")) {
+		snprintf(why, whylen, "is not redis://HOST[:PORT][/DB]");
+		return BT_ECONFIG;
+	}
+	*host = bt_strndup(p, hl);
+	*port = (int)pv;
+	*db = (int)dv;
+	return 0;
+}
+
+int bt_config_uses_redis(const struct bt_config *cfg)
+{
+	for (int i = 0; i < cfg->nstages; i++)
+		if (cfg->stages[i].queue_backend == BT_QUEUE_REDIS)
+			return 1;
+	return 0;
+}
+
+/* queue: the default backend of the stages and the Redis server they share. */
+static int parse_queue(struct ctx *c, const yaml_node_t *n)
+{
+	struct bt_queue_config *q = &c->cfg->queue;
+	int r = check_mapping(c, n, "'queue'", queue_keys);
+	q->present = 1;
+	q->line = (int)n->start_mark.line + 1;
+	q->col = (int)n->start_mark.column + 1;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+	     !r && p < n->data.mapping.pairs.top; p++) {
+		const char *k = scalar(node(c, p->key));
+		yaml_node_t *v = node(c, p->value);
+		char key[48], why[128];
+		snprintf(key, sizeof(key), "queue.%s", k);
+		if (!strcmp(k, "backend")) {
+			r = get_backend(c, v, key, &q->backend);
+		} else if (!strcmp(k, "url")) {
+			if (!(r = get_string(c, v, key, &q->url)) &&
+			    bt_redis_url_parse(q->url, &q->host, &q->port, &q->db, why, sizeof(why)))
+				r = fail(c, v, "'queue.url' %s: '%s'", why, q->url);
+			q->line = (int)v->start_mark.line + 1;
+			q->col = (int)v->start_mark.column + 1;
+		} else if (!strcmp(k, "namespace") || !strcmp(k, "node")) {
+			char **out = k[0] == 'n' && k[1] == 'a' ? &q->ns : &q->node;
+			if (!(r = get_string(c, v, key, out)) && !valid_name(*out))
+				r = fail(c, v, "'%s' must be letters, digits, '_', '-', '.' (at most 64), not '%s'",
+					 key, *out);
+		} else if (!strcmp(k, "claim_after_ms")) {
+			r = get_u64(c, v, key, 100, DAY_MS, &q->claim_after_ms);
+		} else if (!strcmp(k, "inline_max_bytes")) {
+			r = get_size(c, v, key, 0, 1LL << 29, &q->inline_max_bytes);
+		} else {
+			char *dir = NULL;
+			if (!(r = get_string(c, v, key, &dir))) {
+				q->shared_dir = join_path(c->cfg->dir, dir);
+				struct stat sb;
+				if (stat(q->shared_dir, &sb) || !S_ISDIR(sb.st_mode))
+					r = fail(c, v, "'queue.shared_dir' '%s' is not a directory",
+						 q->shared_dir);
+			}
+			free(dir);
+		}
+	}
+	if (!r && q->backend == BT_QUEUE_REDIS && !q->url)
+		r = fail(c, n, "'queue' with backend redis needs 'url' (redis://HOST:PORT/DB)");
+	return r;
+}
 
 /* auth: {token_file}: the token is the file's first line, at least 16 bytes. */
 static int parse_auth(struct ctx *c, const yaml_node_t *n)
@@ -1871,6 +2000,8 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 			r = parse_run(c, v);
 		} else if (!strcmp(k, "grpc")) {
 			r = parse_grpc(c, v);
+		} else if (!strcmp(k, "queue")) {
+			r = parse_queue(c, v);
 		} else if (!strcmp(k, "stages")) {
 			stages = v;
 		} else if (!strcmp(k, "streams")) {
@@ -1906,6 +2037,20 @@ static int parse_root(struct ctx *c, yaml_node_t *root)
 		int budget = 100000;
 		if (!(st->written = to_json(c, node(c, p->value), 0, &budget)))
 			return BT_ECONFIG;
+		if (!st->queue_given)
+			st->queue_backend = cfg->queue.backend;
+		if (st->queue_backend == BT_QUEUE_REDIS && !cfg->queue.url) {
+			snprintf(c->err, c->errlen,
+				 "%s:%d:%d: stage '%s' has its queue in redis: the top-level 'queue' needs 'url' (redis://HOST:PORT/DB)",
+				 c->path, st->queue_line, st->queue_col, st->name);
+			return BT_ECONFIG;
+		}
+		if (st->queue_backend == BT_QUEUE_REDIS && st->source) {
+			snprintf(c->err, c->errlen,
+				 "%s:%d:%d: source stage '%s' takes no requests: its queue cannot be in redis (give it 'queue: {backend: local}')",
+				 c->path, st->line, st->col, st->name);
+			return BT_ECONFIG;
+		}
 	}
 	size_t nstreams = 0;
 	if (streams) {
@@ -2002,6 +2147,9 @@ int bt_config_parse(const char *path, const char *text, size_t len,
 	cfg->http_write_timeout_s = 30;
 	cfg->grpc_max_connections = 1000;
 	cfg->grpc_max_streams = 100;
+	cfg->queue.port = 6379;
+	cfg->queue.claim_after_ms = 30000;
+	cfg->queue.inline_max_bytes = 1 << 20;
 	{
 		char *copy = bt_strdup(path);
 		char *slash = strrchr(copy, '/');
@@ -2115,6 +2263,11 @@ void bt_config_release(struct bt_config *cfg)
 		json_decref(st->written);
 	}
 	free(cfg->stages);
+	free(cfg->queue.url);
+	free(cfg->queue.host);
+	free(cfg->queue.ns);
+	free(cfg->queue.node);
+	free(cfg->queue.shared_dir);
 	json_decref(cfg->written);
 	for (int i = 0; i < cfg->npipelines; i++) {
 		free(cfg->pipelines[i].name);
@@ -2339,6 +2492,9 @@ void bt_config_print_plan(const struct bt_config *cfg, FILE *out)
 		fprintf(out, "  replicas:  %d (min %d, max %d), max_ongoing %d, queue_max %zu\n",
 			st->replicas_initial, st->replicas_min, st->replicas_max, st->max_ongoing,
 			st->queue_max);
+		if (st->queue_backend == BT_QUEUE_REDIS)
+			fprintf(out, "  queue:     redis stream %s:q:%s at %s, shared with every node\n",
+				cfg->queue.ns ? cfg->queue.ns : "baton", st->name, cfg->queue.url);
 		if (st->autoscale.policy == BT_POLICY_DEMAND)
 			fprintf(out, "  autoscale: demand, target_ongoing %g, up after %llus, down after %llus, max_cpu %g%%, max_gpu %g%%\n",
 				st->autoscale.target_ongoing,

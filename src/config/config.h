@@ -28,6 +28,9 @@ enum bt_stage_mode {
 	BT_MODE_SPAWN, /* one process per request: files or stdin/stdout */
 };
 
+/* Where a stage's queue lives: this process, or a Redis stream (docs/scaleout.md). */
+enum bt_queue_backend { BT_QUEUE_LOCAL, BT_QUEUE_REDIS };
+
 struct bt_stage_config {
 	char *name;
 	enum bt_stage_mode mode;
@@ -81,6 +84,30 @@ struct bt_stage_config {
 	uint64_t log_interval_ms; /* log_limit: per stream of each process, at most */
 	uint64_t log_lines, log_bytes; /* these many lines and bytes per interval */
 	json_t *written; /* the stage's mapping as written (JSON), for reloads to compare */
+	enum bt_queue_backend queue_backend; /* `queue.backend`, else the top level's */
+	int queue_given; /* `queue:` was in the stage */
+	int queue_line, queue_col; /* of the stage's `queue:`, else of the stage */
+};
+
+/*
+ * Where a stage's queue lives (docs/scaleout.md): in this process
+ * (local, the default) or in a Redis stream shared by every node of a
+ * cluster.
+ */
+/* The top-level `queue:` section: the default backend and the Redis server. */
+struct bt_queue_config {
+	int present; /* the file has a `queue:` section */
+	int line, col; /* of `queue.url` (or `queue:`), for errors at start */
+	enum bt_queue_backend backend; /* for stages that do not say */
+	char *url; /* as written, or NULL */
+	char *host; /* from url */
+	int port; /* from url, default 6379 */
+	int db; /* from url's path, default 0 */
+	char *ns; /* `namespace`: prefix of every key, default "baton" */
+	char *node; /* this node's name, NULL: the host name */
+	uint64_t claim_after_ms; /* a node silent this long loses its entries */
+	size_t inline_max_bytes; /* larger payloads go by reference to shared_dir */
+	char *shared_dir; /* absolute, or NULL: every payload inline */
 };
 
 struct bt_pipeline_config {
@@ -195,6 +222,7 @@ struct bt_config {
 	struct bt_stream_config *streams;
 	int nstreams;
 	struct bt_run_config run;
+	struct bt_queue_config queue;
 	json_t *written; /* top-level keys but stages and pipelines, as written (JSON) */
 };
 
@@ -233,6 +261,15 @@ int bt_config_pipeline_index(const struct bt_config *cfg, const char *name);
 int bt_config_stream_index(const struct bt_config *cfg, const char *name);
 /* The stream that source stage `stage` (an index) feeds, or -1. */
 int bt_config_stream_index_of_source(const struct bt_config *cfg, int stage);
+
+/*
+ * Parses a Redis URL, redis://HOST[:PORT][/DB]; host is malloc'd.
+ * BT_ECONFIG with why (a phrase) when it is not one.
+ */
+int bt_redis_url_parse(const char *url, char **host, int *port, int *db, char *why,
+		       size_t whylen);
+/* True when some stage's queue is in Redis. */
+int bt_config_uses_redis(const struct bt_config *cfg);
 
 /* Prints the resolved plan (what `baton check` shows). */
 void bt_config_print_plan(const struct bt_config *cfg, FILE *out);

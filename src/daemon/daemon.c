@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../grpc/grpc.h"
+#include "../cluster/cluster.h"
 #include "../http/http.h"
 #include "../proc/proc.h"
 #include "../stream/stream.h"
@@ -219,6 +220,12 @@ static void starter_cb(uv_timer_t *t)
 	}
 }
 
+static int cluster_draining(void *arg)
+{
+	const struct bt_daemon *d = arg;
+	return d->state != BT_DAEMON_RUNNING;
+}
+
 int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 {
 	int fe = fd_budget(d, err, errlen);
@@ -230,6 +237,13 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 	int ce = bt_contain_open(d->loop, d->cfg->cgroup, &d->contain, err, errlen);
 	if (ce)
 		return ce;
+	if (bt_config_uses_redis(d->cfg)) {
+		struct bt_cluster_hooks hooks = {cluster_draining, d};
+		int e = bt_cluster_new(d->loop, d->cfg, d->stages, d->nstages, &hooks, &d->cluster,
+				       err, errlen);
+		if (e)
+			return e;
+	}
 	if (!d->no_streams) {
 		int e = bt_streams_new(d->loop, d->cfg, d->stages, d->pipelines, &d->streams, err,
 				       errlen);
@@ -332,6 +346,7 @@ static void close_all(struct bt_daemon *d)
 	d->grpc = NULL;
 	bt_streams_close(d->streams);
 	d->streams = NULL;
+	bt_cluster_close(d->cluster);
 	for (int i = 0; i < d->nstages; i++)
 		bt_stage_close(&d->stages[i]);
 	uv_close((uv_handle_t *)&d->deadline_timer, NULL);
@@ -356,6 +371,9 @@ static void close_all(struct bt_daemon *d)
 static void advance_shutdown(struct bt_daemon *d)
 {
 	if (d->state == BT_DAEMON_DRAINING && d->hard_stop) {
+		if (d->cluster)
+			bt_cluster_fail_waiting(d->cluster, BT_SHUTTING_DOWN,
+						"baton stopped before the cluster answered");
 		for (int i = 0; i < d->nstages; i++)
 			bt_stage_fail_queued(&d->stages[i], BT_SHUTTING_DOWN,
 					     "baton stopped before the request ran");
@@ -424,6 +442,7 @@ void bt_daemon_release(struct bt_daemon *d)
 	free(d->gpu_samples);
 	free(d->self_exe);
 	bt_contain_free(d->contain);
+	bt_cluster_free(d->cluster);
 	for (int i = 0; i < d->nreloaded; i++) {
 		bt_config_release(d->reloaded[i]);
 		free(d->reloaded[i]);
@@ -674,5 +693,7 @@ json_t *bt_daemon_status(struct bt_daemon *d)
 	json_object_set_new(doc, "scaling_history", hist);
 	if (d->streams)
 		json_object_set_new(doc, "streams", bt_streams_status(d->streams));
+	if (d->cluster)
+		json_object_set_new(doc, "cluster", bt_cluster_status(d->cluster));
 	return doc;
 }

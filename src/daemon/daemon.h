@@ -87,6 +87,7 @@ struct bt_daemon {
 	int no_http; /* set before start: no ingress (`baton run`) */
 	int no_streams; /* set before start: no stations (`baton run`, `baton bench`) */
 	struct bt_streams *streams; /* NULL without `streams:` */
+	struct bt_cluster *cluster; /* NULL unless a stage's queue is in redis */
 	/* resources and autoscaling */
 	uv_timer_t tick; /* every cfg->interval_ms */
 	uv_timer_t starter; /* starts the initial replicas a few per loop turn */

@@ -140,6 +140,12 @@ static int plan(struct bt_daemon *d, const struct bt_config *nc, enum change *ch
 		struct bt_stage *st = stage_slot(d, nc->stages[j].name);
 		changes[j] = SAME;
 		if (!st) {
+			if (nc->stages[j].queue_backend == BT_QUEUE_REDIS) {
+				snprintf(why, whylen,
+					 "new stage '%s' would have its queue in redis, which only a start sets up: restart baton for it",
+					 nc->stages[j].name);
+				return -1;
+			}
 			new_stages++;
 			continue;
 		}

@@ -17,6 +17,8 @@
 #include "../proc/proc.h"
 #include "daemon.h"
 
+#include "../cluster/cluster.h"
+
 /* ---- GPUs and placement --------------------------------------------------- */
 
 static void gpus_init(struct bt_daemon *d)
@@ -478,6 +480,16 @@ static void autoscale(struct bt_daemon *d, struct bt_stage *st, json_t *override
 	in.current = bt_stage_active(st);
 	in.queued = st->queue.len;
 	in.in_flight = st->running;
+	if (st->remote && d->cluster) {
+		/* A shared queue: this node's share of the cluster's depth (docs/scaleout.md). */
+		int nodes = 0;
+		long depth = bt_cluster_depth(d->cluster, st, &nodes);
+		if (depth >= 0) {
+			uint64_t share = ((uint64_t)depth + (uint64_t)BT_MAX(nodes, 1) - 1) /
+					 (uint64_t)BT_MAX(nodes, 1);
+			in.queued = share > st->running ? share - st->running : 0;
+		}
+	}
 	in.cpu_percent = d->cpu_percent;
 	in.gpu_percent = stage_gpu_percent(d, st);
 	in.latency_p95_s = st->latency_p95_s;

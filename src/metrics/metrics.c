@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../cluster/cluster.h"
 #include "../daemon/daemon.h"
 #include "../grpc/grpc.h"
 #include "../proc/proc.h"
@@ -266,4 +267,6 @@ void bt_metrics_write(struct bt_daemon *d, struct bt_buf *out)
 	resources(d, out);
 	bt_streams_metrics(d->streams, out);
 	bt_grpc_metrics(d->grpc, out);
+	if (d->cluster)
+		bt_cluster_metrics(d->cluster, out);
 }

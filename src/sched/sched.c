@@ -62,6 +62,28 @@ void bt_request_free(struct bt_request *req)
 	free(req);
 }
 
+struct bt_request *bt_request_new_shadow(struct bt_stage *st, char *payload, size_t len,
+					 json_t *meta)
+{
+	struct bt_request *req = bt_calloc(1, sizeof(*req));
+	req->id = ++st->d->next_request_id;
+	snprintf(req->idstr, sizeof(req->idstr), "r%llu", (unsigned long long)req->id);
+	req->shadow = 1;
+	req->own_route = st;
+	req->route = &req->own_route;
+	req->nroute = 1;
+	req->payload = payload;
+	req->len = len;
+	req->payload_fd = -1;
+	req->meta = meta ? meta : json_object();
+	json_object_del(req->meta, "warmup");
+	req->state = BT_REQ_NEW;
+	bt_qlink_init(&req->qlink);
+	bt_heap_node_init(&req->deadline);
+	req->timings = bt_calloc(1, sizeof(*req->timings));
+	return req;
+}
+
 static void finish(struct bt_request *req, enum bt_code code,
 		   const char *stage, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -85,11 +107,16 @@ static void leave_stage(struct bt_request *req, enum bt_code code)
 static void finish(struct bt_request *req, enum bt_code code,
 		   const char *stage, const char *fmt, ...)
 {
-	struct bt_pipeline *pl = req->pipeline;
-	struct bt_daemon *d = pl->d;
+	struct bt_pipeline *pl = req->pipeline; /* NULL for a shadow */
+	struct bt_daemon *d = stage_of(req)->d;
 	BT_ASSERT(req->state != BT_REQ_DONE);
 	leave_stage(req, code);
-	bt_hist_observe(&pl->duration_hist, (double)(bt_now_us() - req->accepted_us) / 1e6);
+	if (pl)
+		bt_hist_observe(&pl->duration_hist, (double)(bt_now_us() - req->accepted_us) / 1e6);
+	if (req->remote) {
+		req->remote = 0;
+		stage_of(req)->remote->forget(stage_of(req)->remote->arg, req);
+	}
 	if (bt_qlink_queued(&req->qlink))
 		bt_queue_remove(&stage_of(req)->queue, &req->qlink);
 	if (bt_heap_contains(&req->deadline))
@@ -105,13 +132,16 @@ static void finish(struct bt_request *req, enum bt_code code,
 		va_end(ap);
 		free(req->error);
 		req->error = bt_strdup(bt_utf8_clean(msg)); /* it becomes JSON */
-		pl->failed[code]++;
-	} else {
+		if (pl)
+			pl->failed[code]++;
+	} else if (pl) {
 		pl->succeeded++;
 	}
-	pl->in_flight--;
-	if (req->route != pl->stages)
-		pl->old_in_flight--; /* accepted before a reload changed the pipeline */
+	if (pl) {
+		pl->in_flight--;
+		if (req->route != pl->stages)
+			pl->old_in_flight--; /* accepted before a reload changed the pipeline */
+	}
 	d->in_flight--;
 	req->done(req, req->done_arg);
 	bt_daemon_progress(d);
@@ -144,11 +174,38 @@ static void enqueue(struct bt_request *req, int retry)
 	bt_stage_kick(st);
 }
 
+/*
+ * The stage's queue is shared (cluster/): the request waits here for the
+ * answer of whichever node runs it, at most every attempt's timeout plus
+ * a wait in the queue and a claim (docs/scaleout.md).
+ */
+static void enqueue_remote(struct bt_request *req)
+{
+	struct bt_stage *st = stage_of(req);
+	struct bt_daemon *d = st->d;
+	char why[512];
+	req->state = BT_REQ_QUEUED;
+	req->enqueued_us = bt_now_us();
+	uint64_t wait = st->cfg->timeout_ms * (uint64_t)(st->cfg->retries + 2) +
+			d->cfg->queue.claim_after_ms;
+	bt_heap_update(&d->deadlines, &req->deadline,
+		       cap_deadline(req, req->enqueued_us / 1000 + wait));
+	if (st->remote->submit(st->remote->arg, st, req, why, sizeof(why))) {
+		finish(req, BT_STAGE_FAILED, st->cfg->name, "%s", why);
+		return;
+	}
+	req->remote = 1;
+}
+
 static void enter_stage(struct bt_request *req, int step)
 {
 	req->step = step;
 	req->attempts = 0;
 	struct bt_stage *st = stage_of(req);
+	if (st->remote && !req->shadow) {
+		enqueue_remote(req);
+		return;
+	}
 	st->entered++;
 	req->in_stage = 1;
 	if (st->failed) {
@@ -185,7 +242,8 @@ void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
 	}
 	/* Fail fast when any stage on the way is down, not after the others ran. */
 	for (int i = 0; i < pl->nstages; i++) {
-		if (pl->stages[i]->failed) {
+		/* A shared queue's stage may fail here and serve on other nodes. */
+		if (pl->stages[i]->failed && !pl->stages[i]->remote) {
 			finish(req, BT_STAGE_FAILED, pl->stages[i]->cfg->name,
 			       "stage '%s' has failed: every replica exhausted its restarts",
 			       pl->stages[i]->cfg->name);
@@ -193,6 +251,73 @@ void bt_pipeline_submit(struct bt_request *req, bt_request_done_cb done,
 		}
 	}
 	enter_stage(req, 0);
+}
+
+void bt_stage_execute(struct bt_request *req, bt_request_done_cb done, void *arg)
+{
+	struct bt_stage *st = stage_of(req);
+	BT_ASSERT(req->shadow);
+	req->done = done;
+	req->done_arg = arg;
+	req->accepted_us = bt_now_us();
+	st->d->in_flight++;
+	st->entered++;
+	req->in_stage = 1;
+	/* Taken because a slot was free: never refused by queue_max. */
+	enqueue(req, 1);
+}
+
+void bt_stage_remote_answer(struct bt_request *req, enum bt_code code, char *payload,
+			    size_t len, json_t *meta, const char *error, uint64_t queue_us,
+			    uint64_t run_us)
+{
+	struct bt_stage *st = stage_of(req);
+	BT_ASSERT(req->state == BT_REQ_QUEUED && !req->remote);
+	req->timings[req->step].queue_us += queue_us;
+	req->timings[req->step].run_us += run_us;
+	if (code != BT_OK) {
+		free(payload);
+		json_decref(meta);
+		finish(req, code, st->cfg->name, "%s", error ? error : bt_code_name(code));
+		return;
+	}
+	free(req->payload);
+	req->payload = payload;
+	req->len = len;
+	if (json_is_object(meta)) {
+		/* The other node merged the answer's meta into the request's (bt_stage_result). */
+		json_t *pipeline = json_incref(json_object_get(req->meta, "pipeline"));
+		json_decref(req->meta);
+		req->meta = meta;
+		json_object_set_new(req->meta, "pipeline", pipeline);
+		json_object_del(req->meta, "warmup");
+	} else {
+		json_decref(meta);
+	}
+	int last = req->step + 1 == req->nroute;
+	char bad[512];
+	if (last && req->check && req->check(req, bad, sizeof(bad))) {
+		finish(req, BT_WORKER_ERROR, st->cfg->name, "%s", bad);
+		return;
+	}
+	if (!last)
+		enter_stage(req, req->step + 1);
+	else
+		finish(req, BT_OK, NULL, NULL);
+}
+
+int bt_stage_free_slots(const struct bt_stage *st)
+{
+	long slots = 0;
+	if (st->failed || st->removed)
+		return 0;
+	for (int i = 0; i < st->nreplicas; i++) {
+		const struct bt_replica *r = st->replicas[i];
+		if (bt_replica_can_take(r, st->cfg->max_ongoing))
+			slots += (long)(st->cfg->max_ongoing - r->nbatches) * st->cfg->batch_max_size;
+	}
+	slots -= (long)st->queue.len;
+	return slots > 0 ? (int)BT_MIN(slots, 1L << 20) : 0;
 }
 
 void bt_stage_init(struct bt_stage *st, struct bt_daemon *d, int index,
@@ -413,6 +538,8 @@ void bt_sched_flush(struct bt_daemon *d)
 			st->dirty = 0;
 			dispatch(st);
 		}
+		if (st->remote)
+			st->remote->pump(st->remote->arg, st);
 	}
 	bt_sched_arm_deadline(d);
 }
@@ -452,6 +579,11 @@ void bt_stage_result_fd(struct bt_request *req, char *payload, size_t len, int f
 		bt_payload_free(payload, len, fd);
 		st->errors++;
 		if (retry && req->attempts <= st->cfg->retries) {
+			if (req->shadow) { /* the next attempt may go to any node */
+				req->retry_elsewhere = 1;
+				finish(req, BT_WORKER_ERROR, st->cfg->name, "%s", error);
+				return;
+			}
 			enqueue(req, 1);
 			return;
 		}
@@ -529,6 +661,12 @@ void bt_stage_lost(struct bt_request *req, int charge, const char *why)
 		finish(req, BT_TIMEOUT, st->cfg->name,
 		       "no answer from stage '%s' before the deadline; the replica was restarted",
 		       st->cfg->name);
+		return;
+	}
+	if (req->shadow) { /* the next attempt may go to any node */
+		req->retry_elsewhere = 1;
+		finish(req, BT_WORKER_CRASHED, st->cfg->name,
+		       "the replica running this request died (%s)", why);
 		return;
 	}
 	enqueue(req, 1);
@@ -625,7 +763,12 @@ void bt_sched_deadline_cb(uv_timer_t *t)
 		struct bt_request *req = bt_container_of(n, struct bt_request, deadline);
 		struct bt_stage *st = stage_of(req);
 		bt_heap_remove(&d->deadlines, n);
-		if (req->state == BT_REQ_QUEUED) {
+		if (req->state == BT_REQ_QUEUED && req->remote) {
+			finish(req, BT_TIMEOUT, st->cfg->name,
+			       "no node answered for stage '%s' within %llums (its shared queue's wait, every attempt and a claim)",
+			       st->cfg->name,
+			       (unsigned long long)((bt_now_us() - req->enqueued_us) / 1000));
+		} else if (req->state == BT_REQ_QUEUED) {
 			uint64_t waited = (bt_now_us() - req->enqueued_us) / 1000;
 			req->timings[req->step].queue_us += waited * 1000;
 			finish(req, BT_TIMEOUT, st->cfg->name,

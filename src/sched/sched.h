@@ -74,6 +74,33 @@ struct bt_request {
 	int (*check)(struct bt_request *req, char *err, size_t errlen);
 	char *check_data;
 	void (*check_free)(char *check_data); /* frees check_data; NULL: free() */
+	/* Shared queues (cluster/, docs/scaleout.md). */
+	int remote; /* waiting at its origin for a shared queue's answer */
+	int shadow; /* runs another node's entry: one stage, no pipeline, no local retry */
+	int retry_elsewhere; /* shadow: lost or retry:true with attempts left */
+	struct bt_stage *own_route; /* a shadow's route */
+	struct bt_request *remote_next; /* cluster/'s table of requests waiting */
+	void *remote_data; /* cluster/'s, for a shadow: its entry */
+};
+
+/*
+ * A stage whose queue is shared by several nodes (cluster/): the daemon
+ * sets st->remote, and the scheduler calls it instead of using the local
+ * queue at the request's origin.  None of these may call back into the
+ * scheduler synchronously.
+ */
+struct bt_remote_queue {
+	/*
+	 * Hands req (queued, its deadline set) to the shared queue.  0, or
+	 * non-zero with a sentence in why: req then fails as stage_failed.
+	 */
+	int (*submit)(void *arg, struct bt_stage *st, struct bt_request *req, char *why,
+		      size_t whylen);
+	/* req ends at its origin before the shared queue answered (timeout, stop). */
+	void (*forget)(void *arg, struct bt_request *req);
+	/* Once per loop turn: the stage's free slots may have changed. */
+	void (*pump)(void *arg, struct bt_stage *st);
+	void *arg;
 };
 
 struct bt_source_ops;
@@ -84,6 +111,7 @@ struct bt_stage {
 	const struct bt_source_ops *source_ops; /* kind: source, set by stream/ */
 	void *source_arg;
 	int index;
+	const struct bt_remote_queue *remote; /* NULL: the local queue */
 	struct bt_queue queue;
 	struct bt_replica **replicas;
 	int nreplicas;
@@ -140,6 +168,29 @@ struct bt_pipeline {
 struct bt_request *bt_request_new(struct bt_pipeline *pl, char *payload,
 				  size_t len, json_t *meta);
 void bt_request_free(struct bt_request *req);
+/*
+ * A request that runs one stage for another node (an entry of a shared
+ * queue), owning payload and meta like bt_request_new.
+ */
+struct bt_request *bt_request_new_shadow(struct bt_stage *st, char *payload, size_t len,
+					 json_t *meta);
+/*
+ * Runs a shadow on this node's replicas of its stage.  req->attempts holds
+ * the attempts already made across the cluster.  done is called exactly
+ * once; a crash or retry:true with attempts left is not retried here but
+ * ends with req->retry_elsewhere set.
+ */
+void bt_stage_execute(struct bt_request *req, bt_request_done_cb done, void *arg);
+/*
+ * The shared queue answered req (at its origin): payload and meta are
+ * owned (meta may be NULL), error is a sentence when code != BT_OK.  The
+ * request goes on to its next stage or ends.
+ */
+void bt_stage_remote_answer(struct bt_request *req, enum bt_code code, char *payload,
+			    size_t len, json_t *meta, const char *error, uint64_t queue_us,
+			    uint64_t run_us);
+/* Requests this node's replicas of st can take now, beyond those already waiting. */
+int bt_stage_free_slots(const struct bt_stage *st);
 
 /*
  * Submits req.  done is called exactly once with the outcome in req->code
