@@ -237,15 +237,20 @@ static void sigchld_cb(uv_signal_t *h, int signum)
 /*
  * Watches p's exit: its pidfd polled, or where pidfd_open does not exist
  * (valgrind 3.19 does not know it) every SIGCHLD, as libuv does.  Called
- * with signals blocked, so that the SIGCHLD of a child that is already
- * gone (an exec that failed) comes once the handle is there to see it.
+ * with signals blocked.  The SIGCHLD of a child that is already gone (an
+ * exec that failed) may have gone to another thread (libuv's pool blocks
+ * none) before the handle was there: this thread gets one of its own,
+ * which comes once signals are unblocked.
  */
 static int watch(uv_loop_t *loop, struct bt_process *p)
 {
 	p->pidfd = pidfd_open(p->pid, 0);
 	if (p->pidfd < 0 && errno == ENOSYS) {
 		uv_signal_init(loop, &p->sigchld);
-		return uv_signal_start(&p->sigchld, sigchld_cb, SIGCHLD);
+		int e = uv_signal_start(&p->sigchld, sigchld_cb, SIGCHLD);
+		if (!e)
+			raise(SIGCHLD);
+		return e;
 	}
 	if (p->pidfd < 0)
 		return -errno;
