@@ -236,7 +236,8 @@ static void sigchld_cb(uv_signal_t *h, int signum)
 
 /*
  * Watches p's exit: its pidfd polled, or where pidfd_open does not exist
- * (valgrind 3.19 does not know it) every SIGCHLD, as libuv does.  Called
+ * (valgrind 3.19 does not know it) or waitid cannot take a pidfd, every
+ * SIGCHLD, as libuv does.  Called
  * with signals blocked.  The SIGCHLD of a child that is already gone (an
  * exec that failed) may have gone to another thread (libuv's pool blocks
  * none) before the handle was there: this thread gets one of its own,
@@ -245,6 +246,14 @@ static void sigchld_cb(uv_signal_t *h, int signum)
 static int watch(uv_loop_t *loop, struct bt_process *p)
 {
 	p->pidfd = pidfd_open(p->pid, 0);
+	siginfo_t si;
+	if (p->pidfd >= 0 &&
+	    waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) && errno == EINVAL) {
+		/* Linux 5.3: pidfds, but no waitid(P_PIDFD) (5.4) to read a status with. */
+		close(p->pidfd);
+		p->pidfd = -1;
+		errno = ENOSYS;
+	}
 	if (p->pidfd < 0 && errno == ENOSYS) {
 		uv_signal_init(loop, &p->sigchld);
 		int e = uv_signal_start(&p->sigchld, sigchld_cb, SIGCHLD);

@@ -234,3 +234,28 @@ Test(process, without_pidfds_an_exit_is_seen_and_reaped)
 	cr_assert_eq(waitpid(pid, NULL, WNOHANG), -1, "a zombie was left behind");
 	cr_assert_eq(errno, ECHILD);
 }
+
+/*
+ * Linux 5.3 has pidfd_open but not waitid(P_PIDFD) (5.4): EINVAL, as this
+ * filter answers.  The exit must still be seen, with its status, on SIGCHLD.
+ */
+Test(process, without_waitid_on_pidfds_the_status_is_still_read)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_waitid, 0, 3),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 3 /* P_PIDFD */, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EINVAL),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
+	cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+	cr_assert_eq(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+	char *argv[] = {"/bin/sh", "-c", "exit 6", NULL};
+	pid_t pid = run(argv);
+	cr_assert_eq(seen.calls, 1);
+	cr_assert_eq(seen.status, 6);
+	cr_assert_eq(waitpid(pid, NULL, WNOHANG), -1, "a zombie was left behind");
+	cr_assert_eq(errno, ECHILD);
+}
