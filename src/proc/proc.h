@@ -215,7 +215,7 @@ struct bt_process {
  * UV_CREATE_PIPE stdio is a socketpair whose other end is opened into the
  * caller's initialised uv_pipe_t.  Signal handlers are reset and none is
  * blocked.  Returns 0, and exit_cb is called once, on the loop, with the
- * exit status or the signal (the process reaped); or a negative errno,
+ * exit status or the signal (the process reaped once it returns); or a negative errno,
  * nothing forked, nothing to close but the caller's pipes.  What fails in
  * the child (workdir, cgroup, user, exec) it writes to its stderr as one
  * "baton: cannot ..." line and exits with status 127.

@@ -180,13 +180,22 @@ child(const struct bt_process_options *o, const struct plan *pl, const int *give
 
 /* ---- the parent ------------------------------------------------------------ */
 
-/* Reaps p if it has exited, and reports how. */
+static int wait_for(const struct bt_process *p, siginfo_t *si, int flags)
+{
+	return p->pidfd >= 0 ? waitid(P_PIDFD, (id_t)p->pidfd, si, WEXITED | WNOHANG | flags)
+			     : waitid(P_PID, (id_t)p->pid, si, WEXITED | WNOHANG | flags);
+}
+
+/*
+ * Reports how p exited, if it has, then reaps it: the zombie holds its pid
+ * and process group id while exit_cb kills what is left of the group by
+ * that id, which, once reaped, another process could have taken.
+ */
 static void check_exit(struct bt_process *p)
 {
 	siginfo_t si;
 	memset(&si, 0, sizeof(si));
-	int r = p->pidfd >= 0 ? waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG)
-			      : waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG);
+	int r = wait_for(p, &si, WNOWAIT);
 	if (r == 0 && si.si_pid == 0)
 		return; /* not an exit yet (or, without a pidfd, another child's) */
 	int64_t code = 0;
@@ -207,7 +216,9 @@ static void check_exit(struct bt_process *p)
 		uv_signal_stop(&p->sigchld);
 	unlist(p);
 	p->exited = 1;
-	p->exit_cb(p, code, sig);
+	p->exit_cb(p, code, sig); /* p stays valid: closing it ends in a callback */
+	if (r == 0)
+		wait_for(p, &si, 0);
 }
 
 static void poll_cb(uv_poll_t *h, int status, int events)
@@ -225,16 +236,30 @@ static void sigchld_cb(uv_signal_t *h, int signum)
 
 /*
  * Watches p's exit: its pidfd polled, or where pidfd_open does not exist
- * (valgrind 3.19 does not know it) every SIGCHLD, as libuv does.  Called
- * with signals blocked, so that the SIGCHLD of a child that is already
- * gone (an exec that failed) comes once the handle is there to see it.
+ * (valgrind 3.19 does not know it) or waitid cannot take a pidfd, every
+ * SIGCHLD, as libuv does.  Called
+ * with signals blocked.  The SIGCHLD of a child that is already gone (an
+ * exec that failed) may have gone to another thread (libuv's pool blocks
+ * none) before the handle was there: this thread gets one of its own,
+ * which comes once signals are unblocked.
  */
 static int watch(uv_loop_t *loop, struct bt_process *p)
 {
 	p->pidfd = pidfd_open(p->pid, 0);
+	siginfo_t si;
+	if (p->pidfd >= 0 &&
+	    waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) && errno == EINVAL) {
+		/* Linux 5.3: pidfds, but no waitid(P_PIDFD) (5.4) to read a status with. */
+		close(p->pidfd);
+		p->pidfd = -1;
+		errno = ENOSYS;
+	}
 	if (p->pidfd < 0 && errno == ENOSYS) {
 		uv_signal_init(loop, &p->sigchld);
-		return uv_signal_start(&p->sigchld, sigchld_cb, SIGCHLD);
+		int e = uv_signal_start(&p->sigchld, sigchld_cb, SIGCHLD);
+		if (!e)
+			raise(SIGCHLD);
+		return e;
 	}
 	if (p->pidfd < 0)
 		return -errno;
