@@ -642,7 +642,8 @@ Test(frame, malformed_fast_headers_are_violations, .fini = dec_teardown)
 	fast_setup();
 	n = fast(buf, BT_FAST_ERR, 0, "r1", NULL, "a\0b", 3);
 	decode_bad_fast(buf, n, "NUL");
-	fast_setup();
+	bt_frame_decoder_release(&dec);
+	fast_setup(); /* for .fini */
 }
 
 Test(frame, fast_lengths_are_checked_before_anything_is_allocated, .init = fast_setup,
