@@ -177,13 +177,24 @@ class Baton:
         self.orphans = []   # groups still alive after baton was gone
 
     def start(self, wait_ready=True):
-        self.logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            self.wrapper + [BATON, "serve", self.config_path, "--listen",
-                            "127.0.0.1:%d" % self.port],
-            stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
-        wait_for(self._listening, 60 if self.wrapper else 20,
-                 what="baton to listen\n" + self.log_tail())
+        for attempt in range(3):
+            self.logf = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(
+                self.wrapper + [BATON, "serve", self.config_path, "--listen",
+                                "127.0.0.1:%d" % self.port],
+                stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env)
+            try:
+                wait_for(self._listening, 60 if self.wrapper else 20,
+                         what="baton to listen\n" + self.log_tail())
+                break
+            except AssertionError:
+                # Another test's server took the port picked here meanwhile.
+                if (attempt == 2 or self.proc.poll() is None
+                        or "Address already in use" not in self.log()):
+                    raise
+                self.logf.close()
+                self.port = free_port()
         if wait_ready:
             self.wait_ready()
         return self
@@ -191,6 +202,16 @@ class Baton:
     def _listening(self):
         if self.proc.poll() is not None:
             raise AssertionError("baton exited with %s:\n%s" % (self.proc.returncode, self.log_tail()))
+        # Our baton's own word that it listens: the port picked here may have
+        # been taken meanwhile by another test's server, which would answer a
+        # connection just as well (one answered a test for a baton that had
+        # failed with "Address already in use").
+        try:
+            with open(self.log_path, "rb") as f:
+                if b"msg=listening addr=127.0.0.1:%d " % self.port not in f.read():
+                    return False
+        except OSError:
+            return False
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             return True
