@@ -1,4 +1,5 @@
 /* `baton serve CONFIG`: run the daemon until SIGTERM or SIGINT. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +140,14 @@ static int run(int argc, char **argv)
 		return BT_EXIT_USAGE;
 	}
 	bt_log_threshold = cfg.log_level;
+	/*
+	 * Bodies of 1 MiB and more get mappings of their own, given back when
+	 * freed.  By default glibc raises this threshold to the size of the
+	 * first large block freed, and from then on such bodies come from the
+	 * heap, whose freed pages stay in baton: after a burst of large
+	 * answers held for slow clients, RSS stayed at the burst's peak.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
 	uv_loop_t loop;
 	struct bt_daemon d;
