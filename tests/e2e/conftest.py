@@ -269,8 +269,11 @@ class Baton:
         each the leader of its own group) to pgids, read from /proc."""
         if not self.proc:
             return
-        for _, ppid, group in live_processes():
-            if ppid == self.proc.pid:
+        for pid, ppid, group in live_processes():
+            # A child caught between baton's vfork and its setsid() is still in
+            # baton's group, which is this test run's own: killing that group
+            # killed the whole CI job once.
+            if ppid == self.proc.pid and group == pid:
                 self.pgids.add(group)
 
     def replicas(self, stage):
@@ -333,6 +336,8 @@ class Baton:
             except AssertionError:
                 self.orphans = self.leftover_groups()
         for g in self.pgids:
+            if g == os.getpgid(0):
+                continue  # never the test run's own group
             try:
                 os.killpg(g, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
