@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the fuzz targets and runs the four at once for SECONDS each
+# Builds the fuzz targets and runs the five at once for SECONDS each
 # (default 60), every one on a scratch copy of its seed corpus under
 # build-fuzz/run/TARGET/ (the inputs it finds accumulate there across runs;
 # fuzz/corpus/ is never written).  Exits 1 if a target crashed, leaked,
@@ -62,7 +62,7 @@ for t in $targets; do
 		echo $? >"$dir/rc"
 	) &
 done
-echo "fuzzing frame, config, v2 and grpc for ${secs}s each (logs: build-fuzz/run/*/fuzz.log)"
+echo "fuzzing frame, config, v2, grpc and shm for ${secs}s each (logs: build-fuzz/run/*/fuzz.log)"
 wait
 
 failed=0
