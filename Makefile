@@ -9,7 +9,7 @@ PY         := /usr/bin/python3
 BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
               libjansson-dev libyaml-dev libcriterion-dev python3 python3-venv \
               libtesseract-dev libleptonica-dev libpq-dev libnghttp2-dev \
-              libprotobuf-c-dev protobuf-c-compiler
+              libprotobuf-c-dev protobuf-c-compiler libhiredis-dev
 # What the documents example runs with: OpenCV, tesseract's English model,
 # poppler for PDFs, Pillow and DejaVu to draw the sample pages.
 DEMO_PKGS  := python3-opencv python3-numpy python3-pil fonts-dejavu-core \
