@@ -401,14 +401,6 @@ static int response_check(struct bt_request *req, char *err, size_t errlen)
 	return 0;
 }
 
-/* Priority 1 is the highest, as in Triton and the HTTP ingress. */
-static int priority_level(long long p)
-{
-	return p >= 1 ? (int)BT_MIN(p - 1, (long long)INT_MAX) : INT_MAX;
-}
-
-#define CLIENT_TIMEOUT_MAX_US (86400LL * 1000 * 1000)
-
 /* One ModelInferRequest of the call: checked, then submitted. */
 static void infer(struct call *call, const uint8_t *msg, size_t len)
 {
@@ -460,7 +452,7 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 	struct bt_request *req = bt_request_new(pl, in.body, in.len, meta);
 	in.body = NULL; /* the request's now */
 	bt_grpc_infer_release(&in);
-	req->priority = priority_level(v2.has_priority ? v2.priority : 0);
+	req->priority = bt_v2_priority_level(v2.has_priority ? v2.priority : 0);
 	req->check = response_check;
 	req->check_data = v2.id;
 	v2.id = NULL;
@@ -481,7 +473,7 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 	if (timeout_us > 0)
 		req->client_deadline_ms =
 		    bt_now_ms() +
-		    (uint64_t)((BT_MIN(timeout_us, CLIENT_TIMEOUT_MAX_US) + 999) / 1000);
+		    (uint64_t)((BT_MIN(timeout_us, BT_V2_TIMEOUT_MAX_US) + 999) / 1000);
 	struct job *j = bt_calloc(1, sizeof(*j));
 	j->call = call;
 	j->g = g;
@@ -657,7 +649,7 @@ static void headers_done(struct call *call)
 	else if (call->timeout_us)
 		call->deadline_ms =
 		    bt_now_ms() +
-		    (BT_MIN(call->timeout_us, (uint64_t)CLIENT_TIMEOUT_MAX_US) + 999) / 1000;
+		    (BT_MIN(call->timeout_us, (uint64_t)BT_V2_TIMEOUT_MAX_US) + 999) / 1000;
 }
 
 /* Takes every whole message out of call->in. */

@@ -568,17 +568,6 @@ static void request_done_cb(struct bt_request *req, void *arg)
 	}
 }
 
-/*
- * Priority 1 is the highest, as in Triton; 0 or none is the lowest level
- * of each stage.  Levels are clamped to each stage's priority_levels.
- */
-static int priority_level(long long p)
-{
-	return p >= 1 ? (int)BT_MIN(p - 1, (long long)INT_MAX) : INT_MAX;
-}
-
-#define CLIENT_TIMEOUT_MAX_US (86400LL * 1000 * 1000)
-
 /* check and check_data: see struct bt_request (NULL for plain requests). */
 static void submit(struct conn *cn, json_t *meta, int priority, long long timeout_us,
 		   int (*check)(struct bt_request *, char *, size_t), char *check_data)
@@ -603,7 +592,7 @@ static void submit(struct conn *cn, json_t *meta, int priority, long long timeou
 	/* A client's timeout only shortens the stage's; past a day it means nothing. */
 	if (timeout_us > 0)
 		cn->req->client_deadline_ms =
-			bt_now_ms() + (uint64_t)((BT_MIN(timeout_us, CLIENT_TIMEOUT_MAX_US) + 999) / 1000);
+			bt_now_ms() + (uint64_t)((BT_MIN(timeout_us, BT_V2_TIMEOUT_MAX_US) + 999) / 1000);
 	cn->counted = 1;
 	cn->h->pending++;
 	bt_pipeline_submit(cn->req, request_done_cb, cn);
@@ -662,8 +651,8 @@ static enum MHD_Result start_pipeline_request(struct conn *cn)
 	const char *ctype = header(cn, MHD_HTTP_HEADER_CONTENT_TYPE);
 	if (ctype && !json_object_get(meta, "content_type"))
 		json_object_set_new(meta, "content_type", json_string(ctype));
-	submit(cn, meta, priority_level(priority),
-	       BT_MIN(timeout_ms, CLIENT_TIMEOUT_MAX_US / 1000) * 1000, NULL, NULL);
+	submit(cn, meta, bt_v2_priority_level(priority),
+	       BT_MIN(timeout_ms, BT_V2_TIMEOUT_MAX_US / 1000) * 1000, NULL, NULL);
 	return wait_or_answer(cn);
 }
 
@@ -711,10 +700,10 @@ static enum MHD_Result start_infer(struct conn *cn)
 		struct v2_shm_ctx *x = bt_calloc(1, sizeof(*x));
 		x->id = v2.id;
 		x->outs = outs;
-		submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
+		submit(cn, meta, bt_v2_priority_level(v2.has_priority ? v2.priority : 0),
 		       v2.has_timeout ? v2.timeout_us : 0, v2_shm_check, (char *)x);
 	} else {
-		submit(cn, meta, priority_level(v2.has_priority ? v2.priority : 0),
+		submit(cn, meta, bt_v2_priority_level(v2.has_priority ? v2.priority : 0),
 		       v2.has_timeout ? v2.timeout_us : 0, v2_check, v2.id);
 	}
 	v2.id = NULL; /* the request's now */

@@ -5,7 +5,21 @@
 #ifndef BT_HTTP_V2_H
 #define BT_HTTP_V2_H
 
+#include <limits.h>
 #include <stddef.h>
+
+/* The longest wait a client may ask for, in microseconds (one day). */
+#define BT_V2_TIMEOUT_MAX_US (86400LL * 1000 * 1000)
+
+/*
+ * The queue level of a client's priority, for HTTP and gRPC alike: 1 is the
+ * highest, as in Triton; 0 or none is the lowest level of each stage.
+ * Levels are clamped to each stage's priority_levels.
+ */
+static inline int bt_v2_priority_level(long long p)
+{
+	return p < 1 ? INT_MAX : p - 1 > INT_MAX ? INT_MAX : (int)(p - 1);
+}
 
 struct bt_v2_request {
 	char *id; /* the request's "id", or NULL */
