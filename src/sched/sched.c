@@ -371,12 +371,19 @@ void bt_stage_kick(struct bt_stage *st)
 /*
  * Dispatch's index (DESIGN §6, O(log n) per pick): a min-heap of the
  * replicas that can take work, keyed by load (batches in flight), then by
- * when each was filed, so the least loaded comes first and equals take
- * turns.  A replica is filed again when its load changes and when replica
- * states change; one that stopped being able to take work without telling
- * (it began draining or stopping) is dropped by pick() when it surfaces.
+ * when each was filed, latest first.  The least loaded comes first, and
+ * among equals the one whose load changed last: at low load the replica
+ * that has just answered takes the next request while its worker is still
+ * on a core with its memory in the caches, instead of waking the one that
+ * has slept longest (with 256 idle replicas that cost 1.4-2x the
+ * sequential latency of one; docs/benchmarks.md, bench/replicas).  Under
+ * load every replica is busy and this order does not matter.  A replica
+ * is filed again when its load changes and when replica states change;
+ * one that stopped being able to take work without telling (it began
+ * draining or stopping) is dropped by pick() when it surfaces.
  */
 #define LOAD_SHIFT 48 /* max_ongoing is at most 1024: the load fits above */
+#define SEQ_MASK (((uint64_t)1 << LOAD_SHIFT) - 1)
 
 static void file_replica(struct bt_stage *st, struct bt_replica *r, int again)
 {
@@ -387,8 +394,8 @@ static void file_replica(struct bt_stage *st, struct bt_replica *r, int again)
 	}
 	if (!again && bt_heap_contains(&r->pick_node))
 		return; /* keeps its turn */
-	uint64_t seq = ++st->pick_seq & (((uint64_t)1 << LOAD_SHIFT) - 1);
-	bt_heap_update(&st->pickable, &r->pick_node, (uint64_t)r->nbatches << LOAD_SHIFT | seq);
+	uint64_t latest_first = SEQ_MASK - (++st->pick_seq & SEQ_MASK);
+	bt_heap_update(&st->pickable, &r->pick_node, (uint64_t)r->nbatches << LOAD_SHIFT | latest_first);
 }
 
 void bt_stage_replica_changed(struct bt_replica *r)
@@ -400,7 +407,7 @@ void bt_stage_replica_changed(struct bt_replica *r)
 		bt_stage_kick(st);
 }
 
-/* The least-loaded replica that can take work, ties taken in turn. */
+/* The least-loaded replica that can take work, the latest filed of equals. */
 static struct bt_replica *pick(struct bt_stage *st)
 {
 	struct bt_heap_node *n;

@@ -116,7 +116,7 @@ struct bt_stage {
 	struct bt_replica **replicas;
 	int nreplicas;
 	struct bt_heap pickable; /* replicas that can take work, least loaded first */
-	uint64_t pick_seq; /* orders equally loaded replicas: the longest waiting first */
+	uint64_t pick_seq; /* orders equally loaded replicas: the latest filed first */
 	int failed; /* every replica exhausted its restarts */
 	char last_stderr[256]; /* the last line a worker wrote to stderr (BT_LINES_LAST) */
 	int removed; /* gone from the config: serves what can still reach it, hidden */
