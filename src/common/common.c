@@ -411,3 +411,9 @@ char *bt_utf8_clean(char *s)
 	}
 	return s;
 }
+
+char *bt_read_buf(void)
+{
+	static char buf[BT_READ_BUF_SIZE];
+	return buf;
+}

@@ -95,6 +95,14 @@ int bt_read_file_at(int dirfd, const char *path, int flags, size_t max, char **d
 void bt_buf_release(struct bt_buf *b);
 
 /*
+ * The loop thread's one read buffer, for reads whose bytes are consumed
+ * (copied or parsed) before the read callback returns: a buffer per
+ * pipe would cost 64 KiB per replica, cleared at each start.
+ */
+#define BT_READ_BUF_SIZE 65536
+char *bt_read_buf(void);
+
+/*
  * Payloads in sealed memory files (memfd), passed to workers as descriptors
  * instead of bytes (docs/protocol.md, "Large payloads").  A payload is
  * either malloc'd (fd < 0) or a read-only mapping of fd's first len bytes

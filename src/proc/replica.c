@@ -69,7 +69,6 @@ struct bt_child {
 	int recvq[BT_RECV_FDS]; /* descriptors received, not yet claimed by a header */
 	int nrecv;
 	int frame_fd; /* the descriptor of the message being handled, or -1 */
-	char rbuf[65536];
 };
 
 static const char *state_names[] = {
@@ -684,10 +683,10 @@ static int collect_fds(struct bt_child *c)
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-	struct bt_child *c = h->data;
+	(void)h;
 	(void)suggested;
-	buf->base = c->rbuf;
-	buf->len = sizeof(c->rbuf);
+	buf->base = bt_read_buf();
+	buf->len = BT_READ_BUF_SIZE;
 }
 
 static void eof_timeout_cb(uv_timer_t *t)
@@ -756,7 +755,7 @@ static void drain(struct bt_child *c, uv_pipe_t *p, int which)
 				struct cmsghdr h;
 				char space[CMSG_SPACE(sizeof(int) * BT_RECV_FDS)];
 			} ctl;
-			struct iovec iov = {c->rbuf, sizeof(c->rbuf)};
+			struct iovec iov = {bt_read_buf(), BT_READ_BUF_SIZE};
 			struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
 					     .msg_control = ctl.space,
 					     .msg_controllen = sizeof(ctl.space)};
@@ -779,13 +778,13 @@ static void drain(struct bt_child *c, uv_pipe_t *p, int which)
 				violation(c, "descriptors that no header announced", NULL, 0);
 				break;
 			}
-			feed_channel(c, c->rbuf, (size_t)n);
+			feed_channel(c, bt_read_buf(), (size_t)n);
 			continue;
 		}
-		n = read(fd, c->rbuf, sizeof(c->rbuf));
+		n = read(fd, bt_read_buf(), BT_READ_BUF_SIZE);
 		if (n <= 0)
 			break;
-		consume_output(c, which, c->rbuf, (size_t)n);
+		consume_output(c, which, bt_read_buf(), (size_t)n);
 	}
 }
 

@@ -43,7 +43,6 @@ struct bt_spawn_job {
 	char tail[ERR_TAIL]; /* the last stderr bytes, a ring */
 	size_t tail_len, tail_pos;
 	struct bt_lines lines[2];
-	char rbuf[65536];
 };
 
 /*
@@ -159,10 +158,10 @@ static void consume(struct bt_spawn_job *j, uv_stream_t *s, const char *p, size_
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-	struct bt_spawn_job *j = h->data;
+	(void)h;
 	(void)suggested;
-	buf->base = j->rbuf;
-	buf->len = sizeof(j->rbuf);
+	buf->base = bt_read_buf();
+	buf->len = BT_READ_BUF_SIZE;
 }
 
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -180,10 +179,10 @@ static void drain(struct bt_spawn_job *j, uv_pipe_t *p)
 	if (uv_is_closing((uv_handle_t *)p) || uv_fileno((uv_handle_t *)p, &fd))
 		return;
 	for (;;) {
-		ssize_t n = read(fd, j->rbuf, sizeof(j->rbuf));
+		ssize_t n = read(fd, bt_read_buf(), BT_READ_BUF_SIZE);
 		if (n <= 0)
 			break;
-		consume(j, (uv_stream_t *)p, j->rbuf, (size_t)n);
+		consume(j, (uv_stream_t *)p, bt_read_buf(), (size_t)n);
 	}
 }
 
