@@ -12,7 +12,10 @@ run divided by the requests answered, so the figure is baton's and not the
 two cores' scheduling of hundreds of workers). While replicas start,
 GET /v2/health/live is timed (does the loop answer while it spawns?), and
 the log says how long spawning took and the slowest replica's own start
-(spawn to ready). Prints figures, never pass/fail.
+(spawn to ready). When all are ready, the CPU time the workers spent
+starting and baton's loop spent spawning, summed and divided by the
+cores, gives the shortest time the machine could have started them in
+("CPU floor"). Prints figures, never pass/fail.
 
     /usr/bin/python3 bench/replicas/run.py --build build [--counts 1,16,64,128,256]
         [--idle 10] [--duration 5] [--json out.json]
@@ -142,9 +145,45 @@ def wrk(url, conns, threads, duration):
                       (int(timeouts.group(1)) if timeouts else 0)}
 
 
+def on_cpu_s(pid):
+    """Seconds the task pid (a single-threaded worker, or baton's loop
+    thread) has run on a CPU (/proc/PID/schedstat: nanoseconds, not ticks)."""
+    with open("/proc/%d/schedstat" % pid) as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def start_cpu(pid):
+    """CPU seconds spent so far by the workers (their own start: exec,
+    dynamic linking, the ready message) and by baton, read as soon as all
+    are ready. Their sum over the machine's cores is the shortest time in
+    which the fleet could have started, however baton spawned it."""
+    workers = 0.0
+    for k in children(pid):
+        try:
+            workers += on_cpu_s(k)
+        except OSError:
+            pass
+    return workers, on_cpu_s(pid)
+
+
 def measure(build, n, tmp, idle, duration):
     d = Daemon(build, n, tmp)
     r = {"replicas": n, "ready_s": d.wait_all_ready()}
+    r["workers_cpu_s"], r["baton_cpu_s"] = start_cpu(d.proc.pid)
+    r["cpu_floor_s"] = (r["workers_cpu_s"] + r["baton_cpu_s"]) / os.cpu_count()
     r["spawning_s"], r["slowest_start_s"] = d.spawn_and_slowest_start()
     r["live_max_ms"] = d.live_max_s * 1000
     time.sleep(2)  # the last replicas' first pings and the first ticks
@@ -188,12 +227,15 @@ def main():
 
     print("bench/replicas — %s — %s (load average %.1f at the start)" %
           (res["machine"], res["date"], res["load_before"]))
-    print("%8s %8s %9s %9s %9s %10s %14s %9s %15s %9s %7s %7s" % (
-        "replicas", "ready s", "spawning", "slowest", "live max", "idle CPU%", "idle+sampl. %",
-        "seq p50", "CPU µs/req c32", "req/s c32", "stop s", "errors"))
+    print("%8s %8s %9s %9s %11s %9s %9s %10s %14s %9s %15s %9s %7s %7s" % (
+        "replicas", "ready s", "spawning", "slowest", "workers CPU", "baton CPU", "CPU floor",
+        "idle CPU%", "idle+sampl. %", "seq p50", "CPU µs/req c32", "req/s c32", "stop s",
+        "errors"))
     for r in res["runs"]:
-        print("%8d %8.2f %9.2f %9.2f %7.0fms %10.2f %14.2f %7.2fms %15.1f %9.0f %7.2f %7d" % (
-            r["replicas"], r["ready_s"], r["spawning_s"], r["slowest_start_s"], r["live_max_ms"],
+        print("%8d %8.2f %9.2f %9.2f %10.2fs %8.2fs %8.2fs %10.2f %14.2f %7.2fms %15.1f %9.0f "
+              "%7.2f %7d" % (
+            r["replicas"], r["ready_s"], r["spawning_s"], r["slowest_start_s"],
+            r["workers_cpu_s"], r["baton_cpu_s"], r["cpu_floor_s"],
             r["idle_cpu_percent"], r["idle_sampling_cpu_percent"],
             r["seq_p50_us"] / 1000, r["c32_cpu_us_per_request"], r["c32_per_s"], r["stop_s"],
             r["errors"]))
