@@ -158,11 +158,7 @@ static int run(int argc, char **argv)
 	if (ne)
 		bt_warn("cannot use NOTIFY_SOCKET", "error=\"%s\"", strerror(-ne));
 	uv_loop_init(&loop);
-	if (bt_daemon_init(&d, &loop, &cfg, err, sizeof(err))) {
-		fprintf(stderr, "baton: %s\n", err);
-		bt_notify_release(&nt.n);
-		return BT_EXIT_FAIL;
-	}
+	bt_daemon_init(&d, &loop, &cfg);
 	nt.d = &d;
 	if (nt.n.fd >= 0) {
 		d.on_idle = notify_idle;

@@ -2337,20 +2337,15 @@ static int user_can(const char *path, uid_t uid, gid_t gid, int want, char *bloc
 }
 
 /*
- * The paths a stage's user must reach: baton (the exec shim), the command,
- * its files.  Not the workdir: the child enters it before giving up root.
+ * The paths a stage's user must reach: the command and its files.  Not
+ * the workdir (the child enters it before giving up root), nor baton's own
+ * binary (workers start without going through it).
  */
 static int check_user_reach(const struct bt_config *cfg, const struct bt_stage_config *st,
 			    char *err, size_t errlen)
 {
-	char self[PATH_MAX], blocker[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char blocker[PATH_MAX];
 	const char *what = NULL;
-	if (n > 0) {
-		self[n] = '\0';
-		if (!user_can(self, st->uid, st->gid, X_OK, blocker, sizeof(blocker)))
-			what = self;
-	}
 	for (int a = 0; !what && st->argv[a]; a++) {
 		struct stat sb;
 		if (st->argv[a][0] != '/' || stat(st->argv[a], &sb))

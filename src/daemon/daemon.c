@@ -75,20 +75,11 @@ static void signal_cb(uv_signal_t *s, int signum)
 	}
 }
 
-int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
-		   char *err, size_t errlen)
+void bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg)
 {
-	char exe[4096];
 	memset(d, 0, sizeof(*d));
 	d->loop = loop;
 	d->cfg = cfg;
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	if (n <= 0) {
-		snprintf(err, errlen, "cannot find baton's own executable in /proc/self/exe");
-		return BT_ESTATE;
-	}
-	exe[n] = '\0';
-	d->self_exe = bt_strdup(exe);
 	d->started_ms = bt_now_ms();
 	bt_heap_init(&d->deadlines);
 	uv_timer_init(loop, &d->deadline_timer);
@@ -117,7 +108,6 @@ int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
 	d->pipelines = bt_calloc((size_t)d->pipelines_cap, sizeof(*d->pipelines));
 	for (int i = 0; i < d->npipelines; i++)
 		bt_daemon_pipeline_init(d, &d->pipelines[i], i, &cfg->pipelines[i]);
-	return 0;
 }
 
 void bt_daemon_pipeline_init(struct bt_daemon *d, struct bt_pipeline *pl, int index,
@@ -440,7 +430,6 @@ void bt_daemon_release(struct bt_daemon *d)
 	bt_heap_release(&d->deadlines);
 	free(d->gpus);
 	free(d->gpu_samples);
-	free(d->self_exe);
 	bt_contain_free(d->contain);
 	bt_cluster_free(d->cluster);
 	for (int i = 0; i < d->nreloaded; i++) {

@@ -51,7 +51,6 @@ enum bt_daemon_state {
 struct bt_daemon {
 	uv_loop_t *loop;
 	struct bt_config *cfg;
-	char *self_exe; /* this binary (unused since workers start without a shim) */
 	/*
 	 * Stages and pipelines never move (they embed libuv handles, and
 	 * requests point at them): a reload adds into spare slots, and marks
@@ -109,9 +108,8 @@ struct bt_daemon {
 	void *on_idle_arg;
 };
 
-/* Builds the daemon over cfg (not started).  Returns 0 or a negative code. */
-int bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg,
-		   char *err, size_t errlen);
+/* Builds the daemon over cfg (not started). */
+void bt_daemon_init(struct bt_daemon *d, uv_loop_t *loop, struct bt_config *cfg);
 /* Starts HTTP, replicas and signal handling. */
 int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen);
 /* Frees what init allocated, after the loop has ended. */

@@ -263,12 +263,7 @@ int bt_bench_run(struct bt_config *cfg, const struct bt_bench_options *opt)
 	uv_loop_t loop;
 	struct bt_daemon d;
 	uv_loop_init(&loop);
-	if (bt_daemon_init(&d, &loop, cfg, err, sizeof(err))) {
-		fprintf(stderr, "baton bench: %s\n", err);
-		uv_loop_close(&loop);
-		code = 1;
-		goto out;
-	}
+	bt_daemon_init(&d, &loop, cfg);
 	b.d = &d;
 	b.pl = &d.pipelines[pi];
 	b.nsteps = b.pl->nstages;

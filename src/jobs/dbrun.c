@@ -877,13 +877,7 @@ int bt_jobs_run_db(struct bt_config *cfg, const struct bt_job_options *opt)
 	uv_loop_t loop;
 	struct bt_daemon d;
 	uv_loop_init(&loop);
-	if (bt_daemon_init(&d, &loop, cfg, err, sizeof(err))) {
-		fprintf(stderr, "baton run: %s\n", err);
-		uv_loop_close(&loop);
-		bt_pg_sink_plan_release(&job.plan);
-		free(job.read_after);
-		return 2;
-	}
+	bt_daemon_init(&d, &loop, cfg);
 	job.d = &d;
 	job.pl = &d.pipelines[pi];
 	/*

@@ -922,11 +922,7 @@ int bt_jobs_run(struct bt_config *cfg, const struct bt_job_options *opt)
 	uv_loop_t loop;
 	struct bt_daemon d;
 	uv_loop_init(&loop);
-	if (bt_daemon_init(&d, &loop, cfg, err, sizeof(err))) {
-		code = usage_error("%s", err);
-		uv_loop_close(&loop);
-		goto out;
-	}
+	bt_daemon_init(&d, &loop, cfg);
 	job.d = &d;
 	job.pl = &d.pipelines[pi];
 	int cap = job.pl->stages[0]->nreplicas * job.pl->stages[0]->cfg->max_ongoing *

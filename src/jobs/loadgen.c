@@ -766,10 +766,7 @@ static int serve_child(struct bt_config *cfg, const struct bt_scenario *sc, int 
 	uv_loop_t loop;
 	struct bt_daemon d;
 	uv_loop_init(&loop);
-	if (bt_daemon_init(&d, &loop, cfg, err, sizeof(err))) {
-		fprintf(stderr, "baton bench: %s\n", err);
-		return 1;
-	}
+	bt_daemon_init(&d, &loop, cfg);
 	int code = 0;
 	if (bt_daemon_start(&d, err, sizeof(err))) {
 		fprintf(stderr, "baton bench: %s\n", err);
