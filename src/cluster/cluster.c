@@ -270,6 +270,22 @@ static void client_id_cb(redisAsyncContext *ac, void *r, void *priv)
 		c->client_id = reply->integer;
 }
 
+/*
+ * AUTH's answer comes before every other on its connection: a refused
+ * password ends the connection (and, through go_down, retries with
+ * backoff: the password file is read again only by a restart).
+ */
+static void auth_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+	struct conn *c = priv;
+	redisReply *reply = r;
+	if (!reply || c->ac != ac || reply->type != REDIS_REPLY_ERROR)
+		return;
+	char why[300];
+	snprintf(why, sizeof(why), "refused queue.password_file's password: %s", reply->str);
+	go_down(c->cl, why);
+}
+
 static void connect_cb(const redisAsyncContext *ac, int status)
 {
 	struct conn *c = ac->data;
@@ -284,6 +300,10 @@ static void connect_cb(const redisAsyncContext *ac, int status)
 		return;
 	}
 	c->connected = 1;
+	if (cl->q->password && cl->q->user)
+		redisAsyncCommand(c->ac, auth_cb, c, "AUTH %s %s", cl->q->user, cl->q->password);
+	else if (cl->q->password)
+		redisAsyncCommand(c->ac, auth_cb, c, "AUTH %s", cl->q->password);
 	if (cl->q->db)
 		redisAsyncCommand(c->ac, NULL, NULL, "SELECT %d", cl->q->db);
 	if (c != &cl->cmd)
@@ -399,12 +419,15 @@ static void go_down(struct bt_cluster *cl, const char *why)
 		conn_drop(&cl->sh[i].rd);
 	if (cl->closing)
 		return;
-	if (was_up || !cl->down_why[0])
+	char down_why[sizeof(cl->down_why)];
+	snprintf(down_why, sizeof(down_why), "lost the connection to redis at %s (%s)", cl->q->url,
+		 why);
+	/* Once per loss, and again when the reason changes (say, a password refused). */
+	if (was_up || strcmp(down_why, cl->down_why))
 		bt_warn(was_up ? "lost the connection to redis" : "cannot reach redis",
 			"url=%s error=%s waiting=%llu retry_ms=%llu", cl->q->url, BT_LOGQ(why),
 			(unsigned long long)cl->waiting, (unsigned long long)cl->backoff_ms);
-	snprintf(cl->down_why, sizeof(cl->down_why), "lost the connection to redis at %s (%s)",
-		 cl->q->url, why);
+	memcpy(cl->down_why, down_why, sizeof(down_why));
 	if (cl->waiting) {
 		char msg[512];
 		snprintf(
@@ -1349,16 +1372,28 @@ static int check_server(struct bt_cluster *cl, char *err, size_t errlen)
 	redisSetTimeout(c, tv);
 	int r = 0;
 	redisReply *reply = NULL;
-	if (q->db)
-		reply = redisCommand(c, "SELECT %d", q->db);
-	else
-		reply = redisCommand(c, "PING");
-	if (!reply || reply->type == REDIS_REPLY_ERROR) {
-		snprintf(err, errlen, "%s does not answer: %s", where,
-			 reply ? reply->str : c->errstr);
-		r = BT_ECONFIG;
+	if (q->password) {
+		reply = q->user ? redisCommand(c, "AUTH %s %s", q->user, q->password)
+				: redisCommand(c, "AUTH %s", q->password);
+		if (!reply || reply->type == REDIS_REPLY_ERROR) {
+			snprintf(err, errlen, "%s refused queue.password_file's password%s%s%s: %s",
+				 where, q->user ? " for user '" : "", q->user ? q->user : "",
+				 q->user ? "'" : "", reply ? reply->str : c->errstr);
+			r = BT_ECONFIG;
+		}
+		freeReplyObject(reply);
 	}
-	freeReplyObject(reply);
+	if (!r) {
+		reply = q->db ? redisCommand(c, "SELECT %d", q->db) : redisCommand(c, "PING");
+		if (!reply || reply->type == REDIS_REPLY_ERROR) {
+			int noauth = reply && !strncmp(reply->str, "NOAUTH", 6);
+			snprintf(err, errlen, "%s does not answer: %s%s", where,
+				 reply ? reply->str : c->errstr,
+				 noauth ? " (give its password in queue.password_file)" : "");
+			r = BT_ECONFIG;
+		}
+		freeReplyObject(reply);
+	}
 	if (!r) {
 		reply = redisCommand(c, "COMMAND INFO XAUTOCLAIM");
 		if (!reply || reply->type != REDIS_REPLY_ARRAY || !reply->elements ||

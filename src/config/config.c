@@ -450,8 +450,10 @@ static const char *const restart_keys[] = {"backoff_ms", "backoff_max_ms",
 					   "retry_failed_after_ms", NULL};
 static const char *const stop_keys[] = {"grace_ms", NULL};
 static const char *const stage_queue_keys[] = {"backend", NULL};
-static const char *const queue_keys[] = {"backend", "url", "namespace", "node",
-					 "claim_after_ms", "inline_max_bytes", "shared_dir", NULL};
+static const char *const queue_keys[] = {"backend",	   "url",	     "namespace",
+					 "node",	   "claim_after_ms", "inline_max_bytes",
+					 "shared_dir",	   "user",	     "password_file",
+					 NULL};
 
 static int get_backend(struct ctx *c, const yaml_node_t *n, const char *key,
 		       enum bt_queue_backend *out)
@@ -1256,8 +1258,11 @@ int bt_redis_url_parse(const char *url, char **host, int *port, int *db, char *w
 	p += 8;
 	size_t hl = strcspn(p, ":/");
 	if (hl == 0 || hl > 253 || strchr(p, '@')) {
-		snprintf(why, whylen, hl ? "has a user or password (not supported)"
-					 : "names no host");
+		snprintf(why, whylen,
+			 strchr(p, '@')
+			     ? "has a user or password: put the password in queue.password_file "
+			       "and an ACL user in queue.user, out of the url that logs and status show"
+			     : "names no host");
 		return BT_ECONFIG;
 	}
 	long pv = 6379, dv = 0;
@@ -1297,6 +1302,37 @@ int bt_config_uses_redis(const struct bt_config *cfg)
 	return 0;
 }
 
+/*
+ * queue.password_file: the password is the file's first line, as it is
+ * (only the line's end is cut), so that it stays out of the config that
+ * status, logs and the dashboard show.
+ */
+static int read_password(struct ctx *c, const yaml_node_t *v, char **out)
+{
+	char *file = NULL, *path, *text = NULL;
+	int r = get_string(c, v, "queue.password_file", &file);
+	if (r)
+		return r;
+	path = join_path(c->cfg->dir, file);
+	size_t size;
+	int e = read_file(path, &text, &size);
+	if (e) {
+		r = fail(c, v, "cannot read queue.password_file '%s': %s", path, bt_strerror(e));
+	} else {
+		size_t len = strcspn(text, "\r\n");
+		if (!len || memchr(text, '\0', len))
+			r = fail(c, v, "queue.password_file '%s' must hold the password on its first line",
+				 path);
+		else
+			*out = bt_strndup(text, len);
+		explicit_bzero(text, size);
+	}
+	free(text);
+	free(path);
+	free(file);
+	return r;
+}
+
 /* queue: the default backend of the stages and the Redis server they share. */
 static int parse_queue(struct ctx *c, const yaml_node_t *n)
 {
@@ -1328,6 +1364,13 @@ static int parse_queue(struct ctx *c, const yaml_node_t *n)
 			r = get_u64(c, v, key, 100, DAY_MS, &q->claim_after_ms);
 		} else if (!strcmp(k, "inline_max_bytes")) {
 			r = get_size(c, v, key, 0, 1LL << 29, &q->inline_max_bytes);
+		} else if (!strcmp(k, "user")) {
+			if (!(r = get_string(c, v, key, &q->user)) &&
+			    (!q->user[0] || q->user[strcspn(q->user, " \t\r\n")]))
+				r = fail(c, v, "'queue.user' must be a Redis user name (no spaces), not '%s'",
+					 q->user);
+		} else if (!strcmp(k, "password_file")) {
+			r = read_password(c, v, &q->password);
 		} else {
 			char *dir = NULL;
 			if (!(r = get_string(c, v, key, &dir))) {
@@ -1342,6 +1385,8 @@ static int parse_queue(struct ctx *c, const yaml_node_t *n)
 	}
 	if (!r && q->backend == BT_QUEUE_REDIS && !q->url)
 		r = fail(c, n, "'queue' with backend redis needs 'url' (redis://HOST:PORT/DB)");
+	if (!r && q->user && !q->password)
+		r = fail(c, n, "'queue.user' needs 'queue.password_file' (the user's password)");
 	return r;
 }
 
@@ -2265,6 +2310,10 @@ void bt_config_release(struct bt_config *cfg)
 	free(cfg->stages);
 	free(cfg->queue.url);
 	free(cfg->queue.host);
+	free(cfg->queue.user);
+	if (cfg->queue.password)
+		explicit_bzero(cfg->queue.password, strlen(cfg->queue.password));
+	free(cfg->queue.password);
 	free(cfg->queue.ns);
 	free(cfg->queue.node);
 	free(cfg->queue.shared_dir);

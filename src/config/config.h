@@ -103,6 +103,8 @@ struct bt_queue_config {
 	char *host; /* from url */
 	int port; /* from url, default 6379 */
 	int db; /* from url's path, default 0 */
+	char *user; /* `user`: a Redis ACL user to AUTH as, or NULL (the default user) */
+	char *password; /* the first line of `password_file`, or NULL: no AUTH */
 	char *ns; /* `namespace`: prefix of every key, default "baton" */
 	char *node; /* this node's name, NULL: the host name */
 	uint64_t claim_after_ms; /* a node silent this long loses its entries */

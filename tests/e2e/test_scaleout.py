@@ -26,9 +26,11 @@ pytestmark = pytest.mark.skipif(not os.path.exists(REDIS_SERVER),
 class Redis:
     """One redis-server, no persistence, on 127.0.0.1."""
 
-    def __init__(self, tmp_path, bind="127.0.0.1"):
+    def __init__(self, tmp_path, bind="127.0.0.1", args=(), password=None):
         self.port = free_port()
         self.bind = bind
+        self.args = list(args)  # more of redis-server's options
+        self.password = password  # what redis-cli authenticates with
         self.dir = tmp_path / "redis"
         self.dir.mkdir(exist_ok=True)
         self.proc = None
@@ -39,7 +41,7 @@ class Redis:
             [REDIS_SERVER, "--port", str(self.port), "--bind"] + self.bind.split() +
             # Reached from the test's own namespaces only (see hosts): no password.
             ["--protected-mode", "no" if " " in self.bind else "yes", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+             "--save", "", "--appendonly", "no", "--daemonize", "no"] + self.args,
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: self.cli("PING") == "PONG", 10 * SLOW, what="redis-server to answer")
         return self
@@ -56,8 +58,9 @@ class Redis:
             self.log.close()
 
     def cli(self, *args):
+        env = dict(os.environ, REDISCLI_AUTH=self.password) if self.password else None
         r = subprocess.run([REDIS_CLI, "-p", str(self.port), "--raw"] + list(args),
-                           capture_output=True, timeout=10)
+                           capture_output=True, timeout=10, env=env)
         return r.stdout.decode().strip()
 
     @property
