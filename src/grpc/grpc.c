@@ -536,6 +536,13 @@ static struct bt_pipeline *model(struct call *call, const char *name, const char
 	return pl;
 }
 
+/* A message protobuf-c would unpack into more than BT_GRPC_MAX_FIELDS fields. */
+static int fields_over(const uint8_t *msg, size_t len)
+{
+	long long n;
+	return bt_grpc_fields_over(msg, len, 0, &n);
+}
+
 static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 {
 	struct bt_grpc *g = call->c->g;
@@ -564,7 +571,7 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 	}
 	case M_MODEL_READY: {
 		Inference__ModelReadyRequest *q =
-		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2) || fields_over(msg, len)
 			? NULL
 			: inference__model_ready_request__unpack(NULL, len, msg);
 		if (!q) {
@@ -583,7 +590,7 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 	}
 	case M_MODEL_METADATA: {
 		Inference__ModelMetadataRequest *q =
-		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2) || fields_over(msg, len)
 			? NULL
 			: inference__model_metadata_request__unpack(NULL, len, msg);
 		if (!q) {
