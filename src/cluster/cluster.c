@@ -461,21 +461,77 @@ static void set_payload(struct bt_cluster *cl, struct bt_entry *e, const char *d
 		e->payload = (char *)data; /* borrowed: the caller clears it before release */
 }
 
+/*
+ * Whether ref names a file directly in this node's shared directory, as
+ * write_shared makes them.  A reference comes from Redis, where anyone
+ * who can write may put one: the file is read for a worker, its bytes go
+ * to the reply stream the entry names, and it is deleted afterwards, so
+ * any other path would let a Redis client read or delete any file baton
+ * can.
+ */
+static int shared_ref_ok(const struct bt_cluster *cl, const char *ref)
+{
+	const char *dir = cl->q->shared_dir;
+	size_t dl = dir ? strlen(dir) : 0;
+	if (!dir || strncmp(ref, dir, dl) || ref[dl] != '/')
+		return 0;
+	const char *name = ref + dl + 1;
+	return *name && !strchr(name, '/') && strcmp(name, ".") && strcmp(name, "..");
+}
+
+/*
+ * A reference outside the shared directory is dropped from e (never read,
+ * never deleted) and e becomes a failure: 1 when that happened.
+ */
+static int refuse_foreign_ref(const struct bt_cluster *cl, struct bt_entry *e, const char *key,
+			      const char *id)
+{
+	if (!e->ref || shared_ref_ok(cl, e->ref))
+		return 0;
+	bt_warn("refused a payload reference outside queue.shared_dir: the file is not touched",
+		"stream=%s id=%s ref=%s shared_dir=%s", key, id, BT_LOGQ(e->ref),
+		BT_LOGQ(cl->q->shared_dir ? cl->q->shared_dir : "(none)"));
+	free(e->ref);
+	e->ref = NULL;
+	return 1;
+}
+
+/* The largest payload a stage may be given: a client's request or a worker's answer. */
+static size_t payload_max(const struct bt_cluster *cl)
+{
+	return BT_MAX(cl->cfg->max_request_bytes, cl->cfg->max_payload_bytes);
+}
+
 /* The payload of e, owned by the caller; the shared file is removed when told. */
-static int take_payload(struct bt_entry *e, char **data, size_t *len, int remove_file, char *why,
-			size_t whylen)
+static int take_payload(struct bt_entry *e, size_t max, char **data, size_t *len, int remove_file,
+			char *why, size_t whylen)
 {
 	if (!e->ref) {
+		if (e->len > max) { /* the origin checked it; another Redis client may not have */
+			snprintf(why, whylen, "the entry's payload of %zu bytes is over %zu",
+				 e->len, max);
+			return BT_EPROTO;
+		}
 		*data = e->payload;
 		*len = e->len;
 		e->payload = NULL;
 		return 0;
 	}
-	int r = bt_read_file_at(AT_FDCWD, e->ref, O_NOFOLLOW, (size_t)1 << 30, data, len, NULL);
+	int r = bt_read_file_at(AT_FDCWD, e->ref, O_NOFOLLOW, max, data, len, NULL);
 	if (r) {
 		snprintf(why, whylen, "cannot read the payload from the shared directory '%s': %s",
 			 e->ref, bt_strerror(r));
 		return r;
+	}
+	/* Truncated or replaced meanwhile: better an error than other bytes. */
+	if (*len != e->len) {
+		snprintf(why, whylen,
+			 "the payload in the shared directory '%s' has %zu bytes, its entry says "
+			 "%zu (truncated or replaced)",
+			 e->ref, *len, e->len);
+		free(*data);
+		*data = NULL;
+		return BT_EPROTO;
 	}
 	if (remove_file)
 		unlink(e->ref);
@@ -583,7 +639,8 @@ static void on_reply(struct bt_cluster *cl, struct bt_entry *e)
 	cl->answered++;
 	char *payload = NULL, why[512];
 	size_t len = 0;
-	if (e->code == BT_OK && take_payload(e, &payload, &len, 1, why, sizeof(why))) {
+	if (e->code == BT_OK &&
+	    take_payload(e, payload_max(cl), &payload, &len, 1, why, sizeof(why))) {
 		answer_error(req, BT_WORKER_ERROR, why);
 		return;
 	}
@@ -663,6 +720,13 @@ static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
 					cl->reply_key, en->element[0]->str,
 					BT_LOGQ(n < 0 ? "not fields" : why));
 				continue;
+			}
+			if (refuse_foreign_ref(cl, &e, cl->reply_key, en->element[0]->str) &&
+			    e.code == BT_OK) {
+				e.code = BT_WORKER_ERROR;
+				free(e.error);
+				e.error = bt_strdup("the reply's payload reference is not a file of "
+						    "queue.shared_dir");
 			}
 			on_reply(cl, &e);
 			bt_entry_release(&e);
@@ -843,7 +907,7 @@ static void start_held(struct held *h, int deliveries)
 	}
 	char *payload;
 	size_t len;
-	if (take_payload(&h->e, &payload, &len, 0, why, sizeof(why))) {
+	if (take_payload(&h->e, payload_max(cl), &payload, &len, 0, why, sizeof(why))) {
 		reply_now(h, BT_WORKER_ERROR, why);
 		held_free(h);
 		return;
@@ -902,6 +966,12 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 			cmdf(cl, NULL, NULL, "XACK %s %s %s", sh->key, GROUP, id);
 			cmdf(cl, NULL, NULL, "XDEL %s %s", sh->key, id);
 		}
+		held_free(h);
+		return NULL;
+	}
+	if (refuse_foreign_ref(cl, &h->e, sh->key, id)) {
+		reply_now(h, BT_WORKER_ERROR,
+			  "the entry's payload reference is not a file of queue.shared_dir");
 		held_free(h);
 		return NULL;
 	}
