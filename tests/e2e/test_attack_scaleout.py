@@ -1,0 +1,79 @@
+"""Hostile or broken writers of the scale-out streams, found by attacking
+them with redis-cli: payload references outside queue.shared_dir (which a
+node used to read for a worker, send to the reply stream the entry named,
+then delete), a shared file truncated under its entry, and garbage entries
+beside honest traffic.  A real redis-server and one node, as
+test_scaleout.py starts them."""
+import pytest
+
+from conftest import SLOW, wait_for
+from test_scaleout import REDIS_SERVER, cluster, node_config, post, redis  # noqa: F401 (fixtures)
+
+import os
+import re
+
+pytestmark = pytest.mark.skipif(not os.path.exists(REDIS_SERVER),
+                                reason="redis-server is not installed (make test-deps)")
+
+
+def replies(redis, origin):
+    """The error sentences (field e, "" when none) of node origin's reply stream, by request id."""
+    out, rec = {}, None
+    for line in redis.cli("XRANGE", "t:r:" + origin, "-", "+").split("\n"):
+        if re.fullmatch(r"\d+-\d+", line) and (rec is None or len(rec) % 2 == 0):
+            rec = []
+            continue
+        if rec is not None:
+            rec.append(line)
+            f = dict(zip(rec[::2], rec[1::2]))
+            if "r" in f and len(rec) % 2 == 0:
+                out[f["r"]] = f.get("e", "")
+    return out
+
+
+def entry(redis, req, **fields):
+    args = dict(v="1", o="evil", r=str(req), s="0", st="a", p="p", t="0")
+    args.update(fields)
+    flat = [x for kv in args.items() for x in kv]
+    assert redis.cli("XADD", "t:q:a", "*", *flat)
+
+
+def test_scaleout_payload_references_stay_inside_the_shared_directory(cluster, redis, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET CONTENT")
+    (n1,) = cluster(1, a_replicas=1, pipeline=("a",),
+                    queue_extra=", inline_max_bytes: 4096, shared_dir: %s" % shared)
+    node_id = n1.status()["cluster"]["node"]
+    # A stage entry naming a file outside the shared directory, directly or by "..".
+    entry(redis, 1, l="14", ref=str(secret))
+    entry(redis, 2, l="14", ref="%s/../secret" % shared)
+    # A shared file shorter than its entry says (truncated after it was written).
+    (shared / "cut").write_bytes(b"x" * 5000)
+    entry(redis, 3, l="6000", ref=str(shared / "cut"))
+    # Garbage beside them: missing fields, a bad length, metadata not an object.
+    assert redis.cli("XADD", "t:q:a", "*", "foo", "bar")
+    entry(redis, 4, l="3", b="abcd")
+    entry(redis, 5, l="3", b="abc", m="[1]")
+    # A forged reply on the node's own reply stream naming a file to delete.
+    post(n1.port, b"first")  # the reply stream exists once a request went through
+    assert redis.cli("XADD", "t:r:" + node_id, "*", "v", "1", "o", node_id, "r", "999", "s", "0",
+                     "n", "evil", "c", "0", "l", "14", "ref", str(secret))
+    wait_for(lambda: len(replies(redis, "evil")) >= 5, 20 * SLOW, what="answers to evil's entries")
+    got = replies(redis, "evil")
+    assert "not a file of queue.shared_dir" in got["1"], got
+    assert "not a file of queue.shared_dir" in got["2"], got
+    assert "5000 bytes, its entry says 6000" in got["3"], got
+    assert "size is not its length" in got["4"] and "not a JSON object" in got["5"], got
+    assert "SECRET" not in redis.cli("XRANGE", "t:r:evil", "-", "+")
+    wait_for(lambda: any("refused a payload reference" in line and "stream=t:r:" in line
+                         for line in n1.log().splitlines()), 10 * SLOW,
+             what="the forged reply to be refused")
+    assert secret.read_text() == "SECRET CONTENT"
+    # And the node serves on, through Redis and through the shared directory.
+    status, body = post(n1.port, b"after")
+    assert status == 200 and body.startswith(b"after n1:a:"), body
+    big = b"B" * 10000
+    status, body = post(n1.port, big)
+    assert status == 200 and body.startswith(big), body[:100]
