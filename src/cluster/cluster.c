@@ -725,8 +725,9 @@ static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
 			    e.code == BT_OK) {
 				e.code = BT_WORKER_ERROR;
 				free(e.error);
-				e.error = bt_strdup("the reply's payload reference is not a file of "
-						    "queue.shared_dir");
+				e.error =
+				    bt_strdup("the reply's payload reference is not a file of "
+					      "queue.shared_dir");
 			}
 			on_reply(cl, &e);
 			bt_entry_release(&e);
