@@ -951,8 +951,10 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 			BT_LOGQ(n < 0 ? "not fields" : why));
 		/* Its origin, if it can be read, gets an answer rather than a timeout. */
 		for (int i = 0; n > 0 && i + 1 < n; i += 2) {
-			if (!strcmp(argv[i], "o") && !memchr(argv[i + 1], '\0', lens[i + 1]))
+			if (!strcmp(argv[i], "o") && !memchr(argv[i + 1], '\0', lens[i + 1])) {
+				free(h->e.origin); /* a writer may repeat a field */
 				h->e.origin = bt_strndup(argv[i + 1], lens[i + 1]);
+			}
 			else if (!strcmp(argv[i], "r"))
 				h->e.req = strtoull(argv[i + 1], NULL, 10);
 			else if (!strcmp(argv[i], "s"))

@@ -56,16 +56,18 @@ def test_scaleout_payload_references_stay_inside_the_shared_directory(cluster, r
     assert redis.cli("XADD", "t:q:a", "*", "foo", "bar")
     entry(redis, 4, l="3", b="abcd")
     entry(redis, 5, l="3", b="abc", m="[1]")
+    assert redis.cli("XADD", "t:q:a", "*", "o", "first", "o", "evil", "r", "6")  # (leaked once)
     # A forged reply on the node's own reply stream naming a file to delete.
     post(n1.port, b"first")  # the reply stream exists once a request went through
     assert redis.cli("XADD", "t:r:" + node_id, "*", "v", "1", "o", node_id, "r", "999", "s", "0",
                      "n", "evil", "c", "0", "l", "14", "ref", str(secret))
-    wait_for(lambda: len(replies(redis, "evil")) >= 5, 20 * SLOW, what="answers to evil's entries")
+    wait_for(lambda: len(replies(redis, "evil")) >= 6, 20 * SLOW, what="answers to evil's entries")
     got = replies(redis, "evil")
     assert "not a file of queue.shared_dir" in got["1"], got
     assert "not a file of queue.shared_dir" in got["2"], got
     assert "5000 bytes, its entry says 6000" in got["3"], got
     assert "size is not its length" in got["4"] and "not a JSON object" in got["5"], got
+    assert "a required field (missing)" in got["6"], got
     assert "SECRET" not in redis.cli("XRANGE", "t:r:evil", "-", "+")
     wait_for(lambda: any("refused a payload reference" in line and "stream=t:r:" in line
                          for line in n1.log().splitlines()), 10 * SLOW,
