@@ -431,9 +431,12 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 		if (!stream) {
 			finish(call, st, "%s", err);
 		} else {
+			/* As a worker's failure: "code: sentence", with the request's id. */
 			size_t n, sl;
-			uint8_t *stub = bt_grpc_response_stub(in.model, NULL, &sl);
-			uint8_t *m = bt_grpc_stream_wrap(stub, sl, err, &n);
+			char msg[sizeof(err) + 32];
+			uint8_t *stub = bt_grpc_response_stub(in.model, in.id, &sl);
+			snprintf(msg, sizeof(msg), "%s: %s", bt_code_name(BT_BAD_REQUEST), err);
+			uint8_t *m = bt_grpc_stream_wrap(stub, sl, msg, &n);
 			free(stub);
 			count(call, st);
 			send_message(call, m, n);

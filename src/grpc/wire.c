@@ -527,32 +527,73 @@ done:
 	return r;
 }
 
+/*
+ * The last top-level string field `field` of a message that cannot be
+ * unpacked (malloc'd), so that a stream's error answer still names the
+ * request; NULL when the message cannot be walked or the string holds a NUL.
+ */
+static char *wire_string(const uint8_t *msg, size_t len, unsigned field)
+{
+	const uint8_t *p = msg, *end = msg + len, *found = NULL;
+	uint64_t key, n, flen = 0;
+	while (p < end) {
+		if (get_varint(&p, end, &key))
+			return NULL;
+		switch (key & 7) {
+		case 0:
+			if (get_varint(&p, end, &n))
+				return NULL;
+			break;
+		case 1:
+		case 5:
+			if (end - p < ((key & 7) == 1 ? 8 : 4))
+				return NULL;
+			p += (key & 7) == 1 ? 8 : 4;
+			break;
+		case 2:
+			if (get_varint(&p, end, &n) || n > (uint64_t)(end - p))
+				return NULL;
+			if (key >> 3 == field) {
+				found = p;
+				flen = n;
+			}
+			p += n;
+			break;
+		default:
+			return NULL;
+		}
+	}
+	if (!found || memchr(found, 0, (size_t)flen))
+		return NULL;
+	return bt_strndup((const char *)found, (size_t)flen);
+}
+
 int bt_grpc_infer_decode(const uint8_t *msg, size_t len, struct bt_grpc_infer *out, char *err,
 			 size_t errlen)
 {
 	memset(out, 0, sizeof(*out));
 	/* model_name, model_version, id: a NUL inside would cut them short. */
 	int nul = bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2 | 1u << 3);
-	if (nul > 0) {
-		fail(err, errlen, "model_name, model_version and id may not hold a NUL byte");
-		return BT_GRPC_INVALID_ARGUMENT;
-	}
 	long long fields = 0;
-	if (!nul && bt_grpc_fields_over(msg, len, 1, &fields)) {
+	Inference__ModelInferRequest *m = NULL;
+	if (nul > 0)
+		fail(err, errlen, "model_name, model_version and id may not hold a NUL byte");
+	else if (!nul && bt_grpc_fields_over(msg, len, 1, &fields))
 		fail(err, errlen,
 		     "the request has %lld tensors, dimensions, parameters and other fields; at "
 		     "most %d are taken",
 		     fields, BT_GRPC_MAX_FIELDS);
-		return BT_GRPC_INVALID_ARGUMENT;
-	}
-	Inference__ModelInferRequest *m =
-	    nul || fields < 0 ? NULL : inference__model_infer_request__unpack(NULL, len, msg);
-	if (!m) {
+	else if (nul || fields < 0 || !(m = inference__model_infer_request__unpack(NULL, len, msg)))
 		fail(err, errlen, "the message is not a ModelInferRequest");
+	if (!m) {
+		/* What a stream's error answer names, when it can be read. */
+		out->model = wire_string(msg, len, 1);
+		out->id = wire_string(msg, len, 3);
 		return BT_GRPC_INVALID_ARGUMENT;
 	}
 	out->model = bt_strdup(m->model_name ? m->model_name : "");
 	out->version = bt_strdup(m->model_version ? m->model_version : "");
+	out->id = bt_strdup(m->id ? m->id : "");
 	int r = build_request(m, out, err, errlen);
 	inference__model_infer_request__free_unpacked(m, NULL);
 	return r ? BT_GRPC_INVALID_ARGUMENT : 0;
@@ -562,6 +603,7 @@ void bt_grpc_infer_release(struct bt_grpc_infer *in)
 {
 	free(in->model);
 	free(in->version);
+	free(in->id);
 	free(in->body);
 	memset(in, 0, sizeof(*in));
 }

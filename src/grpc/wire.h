@@ -72,6 +72,8 @@ int bt_grpc_fields_over(const uint8_t *msg, size_t len, int infer_request, long 
 struct bt_grpc_infer {
 	char *model;   /* model_name */
 	char *version; /* model_version ("" when absent) */
+	char *id;      /* id ("" when absent); model and id are set, when they can
+			  be read, even when decoding fails (NULL otherwise) */
 	char *body;    /* v2 JSON header, then the binary tensors */
 	size_t len;
 	size_t header_len; /* JSON bytes at the start of body */

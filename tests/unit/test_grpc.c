@@ -213,3 +213,27 @@ Test(grpc, fields_are_counted_by_what_unpacking_allocates_not_by_bytes)
 	cr_expect_eq(bt_grpc_fields_over(many, len - 2, 1, &n), 0, "exactly the bound is taken");
 	free(many);
 }
+
+Test(grpc, a_request_that_cannot_be_decoded_still_names_its_model_and_id)
+{
+	struct bt_grpc_infer in;
+	char err[256];
+	/* model_name "m", id "r7", then a cut field: not a ModelInferRequest. */
+	const uint8_t cut[] = {0x0a, 1, 'm', 0x1a, 2, 'r', '7', 0x2a, 9, 0x0a};
+	cr_expect_eq(bt_grpc_infer_decode(cut, sizeof(cut), &in, err, sizeof(err)),
+		     BT_GRPC_INVALID_ARGUMENT);
+	cr_expect_null(in.model, "the message cannot be walked to its end");
+	bt_grpc_infer_release(&in);
+	/* A NUL in model_version: refused, the id still read. */
+	const uint8_t nul[] = {0x0a, 1, 'm', 0x12, 1, 0, 0x1a, 2, 'r', '8'};
+	cr_expect_eq(bt_grpc_infer_decode(nul, sizeof(nul), &in, err, sizeof(err)),
+		     BT_GRPC_INVALID_ARGUMENT);
+	cr_expect_str_eq(in.model, "m");
+	cr_expect_str_eq(in.id, "r8");
+	bt_grpc_infer_release(&in);
+	/* Decoded: the id comes along whether or not the v2 body is built. */
+	const uint8_t ok[] = {0x0a, 1, 'm', 0x1a, 2, 'r', '9'};
+	bt_grpc_infer_decode(ok, sizeof(ok), &in, err, sizeof(err));
+	cr_expect_str_eq(in.id, "r9");
+	bt_grpc_infer_release(&in);
+}
