@@ -540,19 +540,31 @@ static int take_payload(struct bt_entry *e, size_t max, char **data, size_t *len
 
 /* ---- the origin: submit and answers --------------------------------------- */
 
+/* An entry on its way to Redis: its request, and its payload's shared file. */
+struct sent {
+	uint64_t req;
+	char *ref;
+};
+
 static void submit_done_cb(redisAsyncContext *ac, void *r, void *priv)
 {
 	redisReply *reply = r;
 	struct bt_cluster *cl = ((struct conn *)ac->data)->cl;
-	if (!reply || reply->type != REDIS_REPLY_ERROR)
-		return;
-	struct bt_request *req = table_take(cl, (uint64_t)(uintptr_t)priv);
-	if (req) {
-		char why[512];
-		snprintf(why, sizeof(why), "redis at %s refused the request's entry: %s",
-			 cl->q->url, reply->str);
-		answer_error(req, BT_STAGE_FAILED, why);
+	struct sent *sent = priv;
+	if (reply && reply->type == REDIS_REPLY_ERROR) {
+		/* No entry names the shared file: nobody else would ever delete it. */
+		if (sent->ref)
+			unlink(sent->ref);
+		struct bt_request *req = table_take(cl, sent->req);
+		if (req) {
+			char why[512];
+			snprintf(why, sizeof(why), "redis at %s refused the request's entry: %s",
+				 cl->q->url, reply->str);
+			answer_error(req, BT_STAGE_FAILED, why);
+		}
 	}
+	free(sent->ref);
+	free(sent);
 }
 
 static int argv_command(struct conn *c, redisCallbackFn *fn, void *priv, int argc,
@@ -595,10 +607,16 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 	lens[1] = strlen(sh->key);
 	lens[2] = 1;
 	int n = 3 + bt_entry_fields(&e, argv + 3, lens + 3, scratch);
-	int r = argv_command(&cl->cmd, submit_done_cb, (void *)(uintptr_t)req->id, n, argv, lens);
+	struct sent *sent = bt_calloc(1, sizeof(*sent));
+	sent->req = req->id;
+	sent->ref = e.ref;
+	int r = argv_command(&cl->cmd, submit_done_cb, sent, n, argv, lens);
 	free(e.meta);
-	free(e.ref);
 	if (r) {
+		if (e.ref)
+			unlink(e.ref);
+		free(e.ref);
+		free(sent);
 		snprintf(why, whylen,
 			 "the queue of stage '%s' is unavailable: cannot send to redis",
 			 st->cfg->name);
@@ -751,13 +769,36 @@ static void read_replies(struct bt_cluster *cl)
 
 /* ---- running entries for other nodes -------------------------------------- */
 
+/*
+ * The shared files of an outcome being recorded: the input's, deleted once
+ * the outcome is in; the answer's, deleted when it is not (no reply names it).
+ */
+struct recording {
+	char *input, *answer;
+};
+
+static void recording_free(struct recording *rec, int recorded)
+{
+	if (recorded && rec->input)
+		unlink(rec->input);
+	if (!recorded && rec->answer)
+		unlink(rec->answer);
+	free(rec->input);
+	free(rec->answer);
+	free(rec);
+}
+
 static void recorded_cb(redisAsyncContext *ac, void *r, void *priv)
 {
 	struct bt_cluster *cl = ((struct conn *)ac->data)->cl;
 	redisReply *reply = r;
-	char *unlink_path = priv; /* the input's shared file, once the outcome is in */
+	struct recording *rec = priv;
+	int recorded = 0;
 	if (!reply) {
 		cl->outcomes_lost++;
+		/* Whether the script ran is unknown: a reply may name the answer's file. */
+		free(rec->answer);
+		rec->answer = NULL;
 	} else if (reply->type == REDIS_REPLY_ERROR) {
 		cl->outcomes_lost++;
 		bt_warn("cannot record an outcome in redis", "error=%s", BT_LOGQ(reply->str));
@@ -765,19 +806,20 @@ static void recorded_cb(redisAsyncContext *ac, void *r, void *priv)
 		/* Claimed by another node while this one was stalled: its outcome counts. */
 		cl->outcomes_dropped++;
 		bt_warn("dropped an outcome: the entry was claimed by another node", "%s", "");
-	} else if (unlink_path) {
-		unlink(unlink_path);
+	} else {
+		recorded = 1;
 	}
-	free(unlink_path);
+	recording_free(rec, recorded);
 }
 
 /*
  * Records what became of held entry h: out (an entry for the stage's
  * stream, or a reply for the origin's) replaces it atomically, if this node
- * still owns it.
+ * still owns it.  input (malloc'd or NULL) is the input's shared file, to
+ * delete once recorded.
  */
 static void record(struct held *h, struct bt_entry *out, const char *target, int is_reply,
-		   char *unlink_path)
+		   char *input)
 {
 	struct shared *sh = h->sh;
 	struct bt_cluster *cl = sh->cl;
@@ -794,9 +836,13 @@ static void record(struct held *h, struct bt_entry *out, const char *target, int
 		lens[i] = strlen(head[i]);
 	}
 	n += bt_entry_fields(out, argv + n, lens + n, scratch);
-	if (!cl->up || argv_command(&cl->cmd, recorded_cb, unlink_path, n, argv, lens)) {
+	struct recording *rec = bt_calloc(1, sizeof(*rec));
+	rec->input = input;
+	/* A retry's entry names the input's own file, which stays with the entry. */
+	rec->answer = is_reply && out->ref ? bt_strdup(out->ref) : NULL;
+	if (!cl->up || argv_command(&cl->cmd, recorded_cb, rec, n, argv, lens)) {
 		cl->outcomes_lost++;
-		free(unlink_path);
+		recording_free(rec, 0);
 	}
 }
 
@@ -954,8 +1000,7 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 			if (!strcmp(argv[i], "o") && !memchr(argv[i + 1], '\0', lens[i + 1])) {
 				free(h->e.origin); /* a writer may repeat a field */
 				h->e.origin = bt_strndup(argv[i + 1], lens[i + 1]);
-			}
-			else if (!strcmp(argv[i], "r"))
+			} else if (!strcmp(argv[i], "r"))
 				h->e.req = strtoull(argv[i + 1], NULL, 10);
 			else if (!strcmp(argv[i], "s"))
 				h->e.step = atoi(argv[i + 1]);

@@ -1,8 +1,9 @@
 """Hostile or broken writers of the scale-out streams, found by attacking
 them with redis-cli: payload references outside queue.shared_dir (which a
 node used to read for a worker, send to the reply stream the entry named,
-then delete), a shared file truncated under its entry, and garbage entries
-beside honest traffic.  A real redis-server and one node, as
+then delete), a shared file truncated under its entry, garbage entries
+beside honest traffic, and an entry Redis refuses (its shared file used to
+stay forever).  A real redis-server and one node, as
 test_scaleout.py starts them."""
 import pytest
 
@@ -79,3 +80,12 @@ def test_scaleout_payload_references_stay_inside_the_shared_directory(cluster, r
     big = b"B" * 10000
     status, body = post(n1.port, big)
     assert status == 200 and body.startswith(big), body[:100]
+    wait_for(lambda: not os.listdir(str(shared)), 10 * SLOW, what="the shared files to go")
+    # Redis refusing the entry (out of memory): the payload's file written for
+    # it goes too, since no entry names it (each refused request left one).
+    redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis.cli("CONFIG", "SET", "maxmemory", "1")
+    status, body = post(n1.port, big)
+    assert status == 503 and b"refused the request's entry" in body, body
+    redis.cli("CONFIG", "SET", "maxmemory", "0")
+    assert os.listdir(str(shared)) == []
