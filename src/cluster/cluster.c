@@ -173,9 +173,26 @@ static struct bt_request *table_take(struct bt_cluster *cl, uint64_t id)
 	return NULL;
 }
 
+/*
+ * A request waiting at its origin holds the path of its payload's shared
+ * file in remote_data.  Once the origin stops waiting (answered, timed out,
+ * Redis lost or refusing) no one needs the file: an entry still naming it
+ * fails where it is read, and that reply is a duplicate.  Deleting it here
+ * is what keeps a Redis that lost its data from leaving files forever.
+ */
+static void drop_ref(struct bt_request *req)
+{
+	if (!req->remote_data)
+		return;
+	unlink(req->remote_data);
+	free(req->remote_data);
+	req->remote_data = NULL;
+}
+
 /* Ends a waiting request with an error (it was taken out of the table). */
 static void answer_error(struct bt_request *req, int code, const char *why)
 {
+	drop_ref(req);
 	req->remote = 0;
 	bt_stage_remote_answer(req, (enum bt_code)code, NULL, 0, NULL, why, 0, 0);
 }
@@ -540,31 +557,19 @@ static int take_payload(struct bt_entry *e, size_t max, char **data, size_t *len
 
 /* ---- the origin: submit and answers --------------------------------------- */
 
-/* An entry on its way to Redis: its request, and its payload's shared file. */
-struct sent {
-	uint64_t req;
-	char *ref;
-};
-
 static void submit_done_cb(redisAsyncContext *ac, void *r, void *priv)
 {
 	redisReply *reply = r;
 	struct bt_cluster *cl = ((struct conn *)ac->data)->cl;
-	struct sent *sent = priv;
-	if (reply && reply->type == REDIS_REPLY_ERROR) {
-		/* No entry names the shared file: nobody else would ever delete it. */
-		if (sent->ref)
-			unlink(sent->ref);
-		struct bt_request *req = table_take(cl, sent->req);
-		if (req) {
-			char why[512];
-			snprintf(why, sizeof(why), "redis at %s refused the request's entry: %s",
-				 cl->q->url, reply->str);
-			answer_error(req, BT_STAGE_FAILED, why);
-		}
+	if (!reply || reply->type != REDIS_REPLY_ERROR)
+		return;
+	struct bt_request *req = table_take(cl, (uint64_t)(uintptr_t)priv);
+	if (req) {
+		char why[512];
+		snprintf(why, sizeof(why), "redis at %s refused the request's entry: %s",
+			 cl->q->url, reply->str);
+		answer_error(req, BT_STAGE_FAILED, why); /* its shared file goes too */
 	}
-	free(sent->ref);
-	free(sent);
 }
 
 static int argv_command(struct conn *c, redisCallbackFn *fn, void *priv, int argc,
@@ -607,16 +612,12 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 	lens[1] = strlen(sh->key);
 	lens[2] = 1;
 	int n = 3 + bt_entry_fields(&e, argv + 3, lens + 3, scratch);
-	struct sent *sent = bt_calloc(1, sizeof(*sent));
-	sent->req = req->id;
-	sent->ref = e.ref;
-	int r = argv_command(&cl->cmd, submit_done_cb, sent, n, argv, lens);
+	int r = argv_command(&cl->cmd, submit_done_cb, (void *)(uintptr_t)req->id, n, argv, lens);
 	free(e.meta);
 	if (r) {
 		if (e.ref)
 			unlink(e.ref);
 		free(e.ref);
-		free(sent);
 		snprintf(why, whylen,
 			 "the queue of stage '%s' is unavailable: cannot send to redis",
 			 st->cfg->name);
@@ -627,6 +628,7 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 	req->payload = NULL;
 	req->len = 0;
 	req->payload_fd = -1;
+	req->remote_data = e.ref;
 	table_put(cl, req);
 	cl->submitted++;
 	return 0;
@@ -636,6 +638,7 @@ static void forget_cb(void *arg, struct bt_request *req)
 {
 	struct shared *sh = arg;
 	table_take(sh->cl, req->id);
+	drop_ref(req);
 }
 
 /* One reply on this node's reply stream. */
@@ -655,6 +658,7 @@ static void on_reply(struct bt_cluster *cl, struct bt_entry *e)
 		return;
 	}
 	cl->answered++;
+	drop_ref(req);
 	char *payload = NULL, why[512];
 	size_t len = 0;
 	if (e->code == BT_OK &&

@@ -12,6 +12,7 @@ from test_scaleout import REDIS_SERVER, cluster, node_config, post, redis  # noq
 
 import os
 import re
+import threading
 
 pytestmark = pytest.mark.skipif(not os.path.exists(REDIS_SERVER),
                                 reason="redis-server is not installed (make test-deps)")
@@ -89,3 +90,27 @@ def test_scaleout_payload_references_stay_inside_the_shared_directory(cluster, r
     assert status == 503 and b"refused the request's entry" in body, body
     redis.cli("CONFIG", "SET", "maxmemory", "0")
     assert os.listdir(str(shared)) == []
+
+
+def test_scaleout_redis_losing_its_data_leaves_no_shared_files(cluster, redis, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (n1,) = cluster(1, a_replicas=1, pipeline=("a",),
+                    queue_extra=", inline_max_bytes: 4096, shared_dir: %s" % shared)
+    # Large requests in the cluster's queue (one running, the others waiting),
+    # their payloads in the shared directory; then Redis restarts empty.
+    big = b"slow:3000 " + b"A" * 10000
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(post(n1.port, big)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(os.listdir(str(shared))) == 3, 10 * SLOW, what="three shared files")
+    redis.stop()
+    redis.start()
+    for t in threads:
+        t.join()
+    assert [s for s, _ in results] == [503] * 3, results
+    # The origin answered them: no entry will ever name their files again.
+    assert os.listdir(str(shared)) == []
+    wait_for(lambda: post(n1.port, b"again")[0] == 200, 20 * SLOW, what="the node to reconnect")
