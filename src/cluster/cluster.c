@@ -173,9 +173,26 @@ static struct bt_request *table_take(struct bt_cluster *cl, uint64_t id)
 	return NULL;
 }
 
+/*
+ * A request waiting at its origin holds the path of its payload's shared
+ * file in remote_data.  Once the origin stops waiting (answered, timed out,
+ * Redis lost or refusing) no one needs the file: an entry still naming it
+ * fails where it is read, and that reply is a duplicate.  Deleting it here
+ * is what keeps a Redis that lost its data from leaving files forever.
+ */
+static void drop_ref(struct bt_request *req)
+{
+	if (!req->remote_data)
+		return;
+	unlink(req->remote_data);
+	free(req->remote_data);
+	req->remote_data = NULL;
+}
+
 /* Ends a waiting request with an error (it was taken out of the table). */
 static void answer_error(struct bt_request *req, int code, const char *why)
 {
+	drop_ref(req);
 	req->remote = 0;
 	bt_stage_remote_answer(req, (enum bt_code)code, NULL, 0, NULL, why, 0, 0);
 }
@@ -484,21 +501,77 @@ static void set_payload(struct bt_cluster *cl, struct bt_entry *e, const char *d
 		e->payload = (char *)data; /* borrowed: the caller clears it before release */
 }
 
+/*
+ * Whether ref names a file directly in this node's shared directory, as
+ * write_shared makes them.  A reference comes from Redis, where anyone
+ * who can write may put one: the file is read for a worker, its bytes go
+ * to the reply stream the entry names, and it is deleted afterwards, so
+ * any other path would let a Redis client read or delete any file baton
+ * can.
+ */
+static int shared_ref_ok(const struct bt_cluster *cl, const char *ref)
+{
+	const char *dir = cl->q->shared_dir;
+	size_t dl = dir ? strlen(dir) : 0;
+	if (!dir || strncmp(ref, dir, dl) || ref[dl] != '/')
+		return 0;
+	const char *name = ref + dl + 1;
+	return *name && !strchr(name, '/') && strcmp(name, ".") && strcmp(name, "..");
+}
+
+/*
+ * A reference outside the shared directory is dropped from e (never read,
+ * never deleted) and e becomes a failure: 1 when that happened.
+ */
+static int refuse_foreign_ref(const struct bt_cluster *cl, struct bt_entry *e, const char *key,
+			      const char *id)
+{
+	if (!e->ref || shared_ref_ok(cl, e->ref))
+		return 0;
+	bt_warn("refused a payload reference outside queue.shared_dir: the file is not touched",
+		"stream=%s id=%s ref=%s shared_dir=%s", key, id, BT_LOGQ(e->ref),
+		BT_LOGQ(cl->q->shared_dir ? cl->q->shared_dir : "(none)"));
+	free(e->ref);
+	e->ref = NULL;
+	return 1;
+}
+
+/* The largest payload a stage may be given: a client's request or a worker's answer. */
+static size_t payload_max(const struct bt_cluster *cl)
+{
+	return BT_MAX(cl->cfg->max_request_bytes, cl->cfg->max_payload_bytes);
+}
+
 /* The payload of e, owned by the caller; the shared file is removed when told. */
-static int take_payload(struct bt_entry *e, char **data, size_t *len, int remove_file, char *why,
-			size_t whylen)
+static int take_payload(struct bt_entry *e, size_t max, char **data, size_t *len, int remove_file,
+			char *why, size_t whylen)
 {
 	if (!e->ref) {
+		if (e->len > max) { /* the origin checked it; another Redis client may not have */
+			snprintf(why, whylen, "the entry's payload of %zu bytes is over %zu",
+				 e->len, max);
+			return BT_EPROTO;
+		}
 		*data = e->payload;
 		*len = e->len;
 		e->payload = NULL;
 		return 0;
 	}
-	int r = bt_read_file_at(AT_FDCWD, e->ref, O_NOFOLLOW, (size_t)1 << 30, data, len, NULL);
+	int r = bt_read_file_at(AT_FDCWD, e->ref, O_NOFOLLOW, max, data, len, NULL);
 	if (r) {
 		snprintf(why, whylen, "cannot read the payload from the shared directory '%s': %s",
 			 e->ref, bt_strerror(r));
 		return r;
+	}
+	/* Truncated or replaced meanwhile: better an error than other bytes. */
+	if (*len != e->len) {
+		snprintf(why, whylen,
+			 "the payload in the shared directory '%s' has %zu bytes, its entry says "
+			 "%zu (truncated or replaced)",
+			 e->ref, *len, e->len);
+		free(*data);
+		*data = NULL;
+		return BT_EPROTO;
 	}
 	if (remove_file)
 		unlink(e->ref);
@@ -518,7 +591,7 @@ static void submit_done_cb(redisAsyncContext *ac, void *r, void *priv)
 		char why[512];
 		snprintf(why, sizeof(why), "redis at %s refused the request's entry: %s",
 			 cl->q->url, reply->str);
-		answer_error(req, BT_STAGE_FAILED, why);
+		answer_error(req, BT_STAGE_FAILED, why); /* its shared file goes too */
 	}
 }
 
@@ -564,8 +637,10 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 	int n = 3 + bt_entry_fields(&e, argv + 3, lens + 3, scratch);
 	int r = argv_command(&cl->cmd, submit_done_cb, (void *)(uintptr_t)req->id, n, argv, lens);
 	free(e.meta);
-	free(e.ref);
 	if (r) {
+		if (e.ref)
+			unlink(e.ref);
+		free(e.ref);
 		snprintf(why, whylen,
 			 "the queue of stage '%s' is unavailable: cannot send to redis",
 			 st->cfg->name);
@@ -576,6 +651,7 @@ static int submit_cb(void *arg, struct bt_stage *st, struct bt_request *req, cha
 	req->payload = NULL;
 	req->len = 0;
 	req->payload_fd = -1;
+	req->remote_data = e.ref;
 	table_put(cl, req);
 	cl->submitted++;
 	return 0;
@@ -585,6 +661,7 @@ static void forget_cb(void *arg, struct bt_request *req)
 {
 	struct shared *sh = arg;
 	table_take(sh->cl, req->id);
+	drop_ref(req);
 }
 
 /* One reply on this node's reply stream. */
@@ -604,9 +681,11 @@ static void on_reply(struct bt_cluster *cl, struct bt_entry *e)
 		return;
 	}
 	cl->answered++;
+	drop_ref(req);
 	char *payload = NULL, why[512];
 	size_t len = 0;
-	if (e->code == BT_OK && take_payload(e, &payload, &len, 1, why, sizeof(why))) {
+	if (e->code == BT_OK &&
+	    take_payload(e, payload_max(cl), &payload, &len, 1, why, sizeof(why))) {
 		answer_error(req, BT_WORKER_ERROR, why);
 		return;
 	}
@@ -687,6 +766,14 @@ static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
 					BT_LOGQ(n < 0 ? "not fields" : why));
 				continue;
 			}
+			if (refuse_foreign_ref(cl, &e, cl->reply_key, en->element[0]->str) &&
+			    e.code == BT_OK) {
+				e.code = BT_WORKER_ERROR;
+				free(e.error);
+				e.error =
+				    bt_strdup("the reply's payload reference is not a file of "
+					      "queue.shared_dir");
+			}
 			on_reply(cl, &e);
 			bt_entry_release(&e);
 			if (!cl->up)
@@ -709,13 +796,36 @@ static void read_replies(struct bt_cluster *cl)
 
 /* ---- running entries for other nodes -------------------------------------- */
 
+/*
+ * The shared files of an outcome being recorded: the input's, deleted once
+ * the outcome is in; the answer's, deleted when it is not (no reply names it).
+ */
+struct recording {
+	char *input, *answer;
+};
+
+static void recording_free(struct recording *rec, int recorded)
+{
+	if (recorded && rec->input)
+		unlink(rec->input);
+	if (!recorded && rec->answer)
+		unlink(rec->answer);
+	free(rec->input);
+	free(rec->answer);
+	free(rec);
+}
+
 static void recorded_cb(redisAsyncContext *ac, void *r, void *priv)
 {
 	struct bt_cluster *cl = ((struct conn *)ac->data)->cl;
 	redisReply *reply = r;
-	char *unlink_path = priv; /* the input's shared file, once the outcome is in */
+	struct recording *rec = priv;
+	int recorded = 0;
 	if (!reply) {
 		cl->outcomes_lost++;
+		/* Whether the script ran is unknown: a reply may name the answer's file. */
+		free(rec->answer);
+		rec->answer = NULL;
 	} else if (reply->type == REDIS_REPLY_ERROR) {
 		cl->outcomes_lost++;
 		bt_warn("cannot record an outcome in redis", "error=%s", BT_LOGQ(reply->str));
@@ -723,19 +833,20 @@ static void recorded_cb(redisAsyncContext *ac, void *r, void *priv)
 		/* Claimed by another node while this one was stalled: its outcome counts. */
 		cl->outcomes_dropped++;
 		bt_warn("dropped an outcome: the entry was claimed by another node", "%s", "");
-	} else if (unlink_path) {
-		unlink(unlink_path);
+	} else {
+		recorded = 1;
 	}
-	free(unlink_path);
+	recording_free(rec, recorded);
 }
 
 /*
  * Records what became of held entry h: out (an entry for the stage's
  * stream, or a reply for the origin's) replaces it atomically, if this node
- * still owns it.
+ * still owns it.  input (malloc'd or NULL) is the input's shared file, to
+ * delete once recorded.
  */
 static void record(struct held *h, struct bt_entry *out, const char *target, int is_reply,
-		   char *unlink_path)
+		   char *input)
 {
 	struct shared *sh = h->sh;
 	struct bt_cluster *cl = sh->cl;
@@ -752,9 +863,13 @@ static void record(struct held *h, struct bt_entry *out, const char *target, int
 		lens[i] = strlen(head[i]);
 	}
 	n += bt_entry_fields(out, argv + n, lens + n, scratch);
-	if (!cl->up || argv_command(&cl->cmd, recorded_cb, unlink_path, n, argv, lens)) {
+	struct recording *rec = bt_calloc(1, sizeof(*rec));
+	rec->input = input;
+	/* A retry's entry names the input's own file, which stays with the entry. */
+	rec->answer = is_reply && out->ref ? bt_strdup(out->ref) : NULL;
+	if (!cl->up || argv_command(&cl->cmd, recorded_cb, rec, n, argv, lens)) {
 		cl->outcomes_lost++;
-		free(unlink_path);
+		recording_free(rec, 0);
 	}
 }
 
@@ -866,7 +981,7 @@ static void start_held(struct held *h, int deliveries)
 	}
 	char *payload;
 	size_t len;
-	if (take_payload(&h->e, &payload, &len, 0, why, sizeof(why))) {
+	if (take_payload(&h->e, payload_max(cl), &payload, &len, 0, why, sizeof(why))) {
 		reply_now(h, BT_WORKER_ERROR, why);
 		held_free(h);
 		return;
@@ -909,9 +1024,10 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 			BT_LOGQ(n < 0 ? "not fields" : why));
 		/* Its origin, if it can be read, gets an answer rather than a timeout. */
 		for (int i = 0; n > 0 && i + 1 < n; i += 2) {
-			if (!strcmp(argv[i], "o") && !memchr(argv[i + 1], '\0', lens[i + 1]))
+			if (!strcmp(argv[i], "o") && !memchr(argv[i + 1], '\0', lens[i + 1])) {
+				free(h->e.origin); /* a writer may repeat a field */
 				h->e.origin = bt_strndup(argv[i + 1], lens[i + 1]);
-			else if (!strcmp(argv[i], "r"))
+			} else if (!strcmp(argv[i], "r"))
 				h->e.req = strtoull(argv[i + 1], NULL, 10);
 			else if (!strcmp(argv[i], "s"))
 				h->e.step = atoi(argv[i + 1]);
@@ -925,6 +1041,12 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 			cmdf(cl, NULL, NULL, "XACK %s %s %s", sh->key, GROUP, id);
 			cmdf(cl, NULL, NULL, "XDEL %s %s", sh->key, id);
 		}
+		held_free(h);
+		return NULL;
+	}
+	if (refuse_foreign_ref(cl, &h->e, sh->key, id)) {
+		reply_now(h, BT_WORKER_ERROR,
+			  "the entry's payload reference is not a file of queue.shared_dir");
 		held_free(h);
 		return NULL;
 	}

@@ -431,9 +431,12 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 		if (!stream) {
 			finish(call, st, "%s", err);
 		} else {
+			/* As a worker's failure: "code: sentence", with the request's id. */
 			size_t n, sl;
-			uint8_t *stub = bt_grpc_response_stub(in.model, NULL, &sl);
-			uint8_t *m = bt_grpc_stream_wrap(stub, sl, err, &n);
+			char msg[sizeof(err) + 32];
+			uint8_t *stub = bt_grpc_response_stub(in.model, in.id, &sl);
+			snprintf(msg, sizeof(msg), "%s: %s", bt_code_name(BT_BAD_REQUEST), err);
+			uint8_t *m = bt_grpc_stream_wrap(stub, sl, msg, &n);
 			free(stub);
 			count(call, st);
 			send_message(call, m, n);
@@ -536,6 +539,13 @@ static struct bt_pipeline *model(struct call *call, const char *name, const char
 	return pl;
 }
 
+/* A message protobuf-c would unpack into more than BT_GRPC_MAX_FIELDS fields. */
+static int fields_over(const uint8_t *msg, size_t len)
+{
+	long long n;
+	return bt_grpc_fields_over(msg, len, 0, &n);
+}
+
 static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 {
 	struct bt_grpc *g = call->c->g;
@@ -564,7 +574,7 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 	}
 	case M_MODEL_READY: {
 		Inference__ModelReadyRequest *q =
-		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2) || fields_over(msg, len)
 			? NULL
 			: inference__model_ready_request__unpack(NULL, len, msg);
 		if (!q) {
@@ -583,7 +593,7 @@ static void simple_rpc(struct call *call, const uint8_t *msg, size_t len)
 	}
 	case M_MODEL_METADATA: {
 		Inference__ModelMetadataRequest *q =
-		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2)
+		    bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2) || fields_over(msg, len)
 			? NULL
 			: inference__model_metadata_request__unpack(NULL, len, msg);
 		if (!q) {

@@ -162,6 +162,77 @@ int bt_grpc_string_has_nul(const uint8_t *msg, size_t len, uint32_t fields)
 	return 0;
 }
 
+/*
+ * What protobuf-c and the JSON translation allocate per field, counted on
+ * the wire before anything is unpacked.  An empty input tensor costs two
+ * bytes on the wire but hundreds in memory (its struct, then a JSON object
+ * built and parsed again), so bytes alone do not bound a request: a
+ * 14 MB message of empty inputs once took 3 GB.  Every field occurrence in
+ * the messages that are unpacked counts one, and each packed shape
+ * dimension one; the tensor data (raw_input_contents, the typed contents)
+ * cost about what they weigh and are not counted.
+ */
+enum shape_of { S_PLAIN, S_REQUEST, S_INPUT, S_OUTPUT, S_PARAM_ENTRY, S_CONTENTS };
+
+static long long fields_count(const uint8_t *p, const uint8_t *end, enum shape_of s)
+{
+	long long count = 0;
+	uint64_t key, n;
+	while (p < end) {
+		if (get_varint(&p, end, &key))
+			return -1;
+		unsigned f = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
+		const uint8_t *body = p;
+		if (wt == 0) {
+			if (get_varint(&p, end, &n))
+				return -1;
+		} else if (wt == 1 || wt == 5) {
+			if (end - p < (wt == 1 ? 8 : 4))
+				return -1;
+			p += wt == 1 ? 8 : 4;
+		} else if (wt == 2) {
+			if (get_varint(&p, end, &n) || n > (uint64_t)(end - p))
+				return -1;
+			body = p;
+			p += n;
+		} else {
+			return -1; /* groups: in none of these messages */
+		}
+		/* The submessages protobuf-c unpacks, and what they are. */
+		int sub = -1;
+		if (wt == 2 && s == S_REQUEST)
+			sub = f == 4 ? S_PARAM_ENTRY : f == 5 ? S_INPUT : f == 6 ? S_OUTPUT : -1;
+		else if (wt == 2 && s == S_INPUT)
+			sub = f == 4 ? S_PARAM_ENTRY : f == 5 ? S_CONTENTS : -1;
+		else if (wt == 2 && s == S_OUTPUT && f == 2)
+			sub = S_PARAM_ENTRY;
+		else if (wt == 2 && s == S_PARAM_ENTRY && f == 2)
+			sub = S_PLAIN; /* the InferParameter */
+		long long c = 1;
+		if (s == S_CONTENTS && f >= 1 && f <= 8) {
+			c = 0; /* tensor data */
+		} else if (s == S_INPUT && f == 3 && wt == 2) {
+			c = 0; /* packed shape: one per dimension */
+			for (const uint8_t *q = body; q < p; c++)
+				if (get_varint(&q, p, &n))
+					return -1;
+		} else if (sub >= 0) {
+			long long inner = fields_count(body, p, (enum shape_of)sub);
+			if (inner < 0)
+				return -1;
+			c += inner;
+		}
+		count += c;
+	}
+	return count;
+}
+
+int bt_grpc_fields_over(const uint8_t *msg, size_t len, int infer_request, long long *count)
+{
+	*count = fields_count(msg, msg + len, infer_request ? S_REQUEST : S_PLAIN);
+	return *count > BT_GRPC_MAX_FIELDS;
+}
+
 /* ---- request: protobuf to v2 JSON + binary ---------------------------------- */
 
 /* A protobuf string as JSON; NULL when it is not UTF-8. */
@@ -456,24 +527,73 @@ done:
 	return r;
 }
 
+/*
+ * The last top-level string field `field` of a message that cannot be
+ * unpacked (malloc'd), so that a stream's error answer still names the
+ * request; NULL when the message cannot be walked or the string holds a NUL.
+ */
+static char *wire_string(const uint8_t *msg, size_t len, unsigned field)
+{
+	const uint8_t *p = msg, *end = msg + len, *found = NULL;
+	uint64_t key, n, flen = 0;
+	while (p < end) {
+		if (get_varint(&p, end, &key))
+			return NULL;
+		switch (key & 7) {
+		case 0:
+			if (get_varint(&p, end, &n))
+				return NULL;
+			break;
+		case 1:
+		case 5:
+			if (end - p < ((key & 7) == 1 ? 8 : 4))
+				return NULL;
+			p += (key & 7) == 1 ? 8 : 4;
+			break;
+		case 2:
+			if (get_varint(&p, end, &n) || n > (uint64_t)(end - p))
+				return NULL;
+			if (key >> 3 == field) {
+				found = p;
+				flen = n;
+			}
+			p += n;
+			break;
+		default:
+			return NULL;
+		}
+	}
+	if (!found || memchr(found, 0, (size_t)flen))
+		return NULL;
+	return bt_strndup((const char *)found, (size_t)flen);
+}
+
 int bt_grpc_infer_decode(const uint8_t *msg, size_t len, struct bt_grpc_infer *out, char *err,
 			 size_t errlen)
 {
 	memset(out, 0, sizeof(*out));
 	/* model_name, model_version, id: a NUL inside would cut them short. */
 	int nul = bt_grpc_string_has_nul(msg, len, 1u << 1 | 1u << 2 | 1u << 3);
-	if (nul > 0) {
+	long long fields = 0;
+	Inference__ModelInferRequest *m = NULL;
+	if (nul > 0)
 		fail(err, errlen, "model_name, model_version and id may not hold a NUL byte");
-		return BT_GRPC_INVALID_ARGUMENT;
-	}
-	Inference__ModelInferRequest *m =
-	    nul ? NULL : inference__model_infer_request__unpack(NULL, len, msg);
-	if (!m) {
+	else if (!nul && bt_grpc_fields_over(msg, len, 1, &fields))
+		fail(err, errlen,
+		     "the request has %lld tensors, dimensions, parameters and other fields; at "
+		     "most %d are taken",
+		     fields, BT_GRPC_MAX_FIELDS);
+	else if (nul || fields < 0 || !(m = inference__model_infer_request__unpack(NULL, len, msg)))
 		fail(err, errlen, "the message is not a ModelInferRequest");
+	if (!m) {
+		/* What a stream's error answer names, when it can be read. */
+		out->model = wire_string(msg, len, 1);
+		out->id = wire_string(msg, len, 3);
 		return BT_GRPC_INVALID_ARGUMENT;
 	}
 	out->model = bt_strdup(m->model_name ? m->model_name : "");
 	out->version = bt_strdup(m->model_version ? m->model_version : "");
+	out->id = bt_strdup(m->id ? m->id : "");
 	int r = build_request(m, out, err, errlen);
 	inference__model_infer_request__free_unpacked(m, NULL);
 	return r ? BT_GRPC_INVALID_ARGUMENT : 0;
@@ -483,6 +603,7 @@ void bt_grpc_infer_release(struct bt_grpc_infer *in)
 {
 	free(in->model);
 	free(in->version);
+	free(in->id);
 	free(in->body);
 	memset(in, 0, sizeof(*in));
 }

@@ -55,10 +55,25 @@ int bt_grpc_timeout_parse(const char *v, uint64_t *us);
  */
 int bt_grpc_string_has_nul(const uint8_t *msg, size_t len, uint32_t fields);
 
+/*
+ * Fields a request may hold in all (tensors, shape dimensions, parameters,
+ * unknown fields; not tensor data): each costs hundreds of bytes once
+ * unpacked and translated, whatever it weighs on the wire.
+ */
+#define BT_GRPC_MAX_FIELDS 65536
+/*
+ * Counts the fields of a serialized message (a ModelInferRequest when
+ * infer_request, else every top-level field) into *count (-1 when it
+ * cannot be walked); 1 when there are over BT_GRPC_MAX_FIELDS.
+ */
+int bt_grpc_fields_over(const uint8_t *msg, size_t len, int infer_request, long long *count);
+
 /* A ModelInferRequest turned into what the HTTP ingress would have received. */
 struct bt_grpc_infer {
 	char *model;   /* model_name */
 	char *version; /* model_version ("" when absent) */
+	char *id;      /* id ("" when absent); model and id are set, when they can
+			  be read, even when decoding fails (NULL otherwise) */
 	char *body;    /* v2 JSON header, then the binary tensors */
 	size_t len;
 	size_t header_len; /* JSON bytes at the start of body */

@@ -80,7 +80,7 @@ struct bt_request {
 	int retry_elsewhere; /* shadow: lost or retry:true with attempts left */
 	struct bt_stage *own_route; /* a shadow's route */
 	struct bt_request *remote_next; /* cluster/'s table of requests waiting */
-	void *remote_data; /* cluster/'s, for a shadow: its entry */
+	void *remote_data; /* cluster/'s: a shadow's entry, or at the origin its shared file */
 };
 
 /*

@@ -306,7 +306,7 @@ def test_grpc_stream_answers_in_completion_order_with_ids(baton, pb):
     reqs += [c.request(id="f%d" % i, inputs=[("x", "FP32", [1], fp32(i))]) for i in range(4)]
     answers = list(c.stub.ModelStreamInfer(iter(reqs), timeout=60 * SLOW))
     ids = [a.infer_response.id for a in answers]
-    assert sorted(ids) == sorted(["", "slow", "f0", "f1", "f2", "f3"]), ids
+    assert sorted(ids) == sorted(["bad", "slow", "f0", "f1", "f2", "f3"]), ids  # each with its id
     assert ids[-1] == "slow", ids  # the slow one finished last, so came last
     bad = [a for a in answers if a.error_message]
     assert len(bad) == 1 and "nope" in bad[0].error_message

@@ -182,3 +182,58 @@ Test(grpc, strings_with_a_nul_are_found_in_the_named_fields_only)
 	const uint8_t ok[] = {0x0a, 1, 'm', 0x10, 0x96, 0x01};
 	cr_expect_eq(bt_grpc_string_has_nul(ok, sizeof(ok), 0xffffffffu), 0);
 }
+
+Test(grpc, fields_are_counted_by_what_unpacking_allocates_not_by_bytes)
+{
+	long long n;
+	/*
+	 * model_name "m"; input {name "x", shape packed [1,2,3], contents
+	 * {fp32 packed, 2 values}}; raw_input_contents "ab"; an unknown field 100.
+	 */
+	const uint8_t m[] = {0x0a, 1, 'm',  0x2a, 20,	0x0a, 1,   'x',	 0x1a, 3,   1,
+			     2,	   3, 0x2a, 10,	  0x32, 8,    0,   0,	 0,    0,   0,
+			     0,	   0, 0,    0x3a, 2,	'a',  'b', 0xa0, 0x06, 0x00};
+	cr_assert_eq(bt_grpc_fields_over(m, sizeof(m), 1, &n), 0);
+	/* model_name, input (1 + name + 3 dimensions + contents), raw, unknown: the data not. */
+	cr_expect_eq(n, 1 + (1 + 1 + 3 + 1) + 1 + 1);
+	/* Read as another message, every top-level field counts one. */
+	cr_expect_eq(bt_grpc_fields_over(m, sizeof(m), 0, &n), 0);
+	cr_expect_eq(n, 4);
+	cr_expect_eq(bt_grpc_fields_over(m, sizeof(m) - 1, 1, &n), 0);
+	cr_expect_eq(n, -1, "a cut message cannot be walked");
+	/* 65,537 empty outputs: 131 KB on the wire, over the bound. */
+	size_t len = 2 * (BT_GRPC_MAX_FIELDS + 1);
+	uint8_t *many = malloc(len);
+	for (size_t i = 0; i < len; i += 2) {
+		many[i] = 0x32;
+		many[i + 1] = 0;
+	}
+	cr_expect_eq(bt_grpc_fields_over(many, len, 1, &n), 1);
+	cr_expect_eq(n, BT_GRPC_MAX_FIELDS + 1);
+	cr_expect_eq(bt_grpc_fields_over(many, len - 2, 1, &n), 0, "exactly the bound is taken");
+	free(many);
+}
+
+Test(grpc, a_request_that_cannot_be_decoded_still_names_its_model_and_id)
+{
+	struct bt_grpc_infer in;
+	char err[256];
+	/* model_name "m", id "r7", then a cut field: not a ModelInferRequest. */
+	const uint8_t cut[] = {0x0a, 1, 'm', 0x1a, 2, 'r', '7', 0x2a, 9, 0x0a};
+	cr_expect_eq(bt_grpc_infer_decode(cut, sizeof(cut), &in, err, sizeof(err)),
+		     BT_GRPC_INVALID_ARGUMENT);
+	cr_expect_null(in.model, "the message cannot be walked to its end");
+	bt_grpc_infer_release(&in);
+	/* A NUL in model_version: refused, the id still read. */
+	const uint8_t nul[] = {0x0a, 1, 'm', 0x12, 1, 0, 0x1a, 2, 'r', '8'};
+	cr_expect_eq(bt_grpc_infer_decode(nul, sizeof(nul), &in, err, sizeof(err)),
+		     BT_GRPC_INVALID_ARGUMENT);
+	cr_expect_str_eq(in.model, "m");
+	cr_expect_str_eq(in.id, "r8");
+	bt_grpc_infer_release(&in);
+	/* Decoded: the id comes along whether or not the v2 body is built. */
+	const uint8_t ok[] = {0x0a, 1, 'm', 0x1a, 2, 'r', '9'};
+	bt_grpc_infer_decode(ok, sizeof(ok), &in, err, sizeof(err));
+	cr_expect_str_eq(in.id, "r9");
+	bt_grpc_infer_release(&in);
+}

@@ -1,0 +1,65 @@
+"""Hostile gRPC clients found by a black-box attack: messages small on the
+wire that unpack into far more memory than they weigh (an empty tensor is
+two bytes of protobuf and hundreds of bytes once unpacked and turned into
+JSON) are refused by their field count before protobuf-c unpacks them; a
+stream's refused requests are answered with their ids."""
+import pytest
+
+from conftest import free_port  # noqa: F401  (conftest's fixtures: baton)
+from test_grpc import Client, code_of, fp32, grpc_config, pb  # noqa: F401  (pb: a fixture)
+
+grpc = pytest.importorskip("grpc")
+
+
+def test_grpc_request_of_countless_empty_fields_is_refused_before_unpacking(baton, pb):
+    cfg, port = grpc_config()
+    b = baton(cfg)
+    c = Client(pb, port)
+    P = c.pb
+    # 70,000 empty output tensors: 140 KB on the wire (about 30 MB once
+    # unpacked and translated; 2 MB of them once took 950 MB).
+    q = c.request(inputs=[("x", "FP32", [1, 3], fp32(1, 2, 3))])
+    for _ in range(70000):
+        q.outputs.add()
+    code, details = code_of(lambda: c.stub.ModelInfer(q, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "at most 65536" in details, details
+    # Unknown fields count too, in the small RPCs' messages as well.
+    junk = b"\xa0\x06\x00" * 70000  # field 100, varint 0
+    code, details = code_of(lambda: c.channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelMetadata")(junk, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    # An honest request of many dimensions and parameters is served.
+    many = c.request(inputs=[("x", "FP32", [1] * 62 + [1, 3], fp32(7, 8, 9))],
+                     **{"p%d" % i: i for i in range(200)})
+    res = c.stub.ModelInfer(many, timeout=30)
+    assert res.raw_output_contents[0] == fp32(7, 8, 9)
+    assert c.stub.ServerLive(P.ServerLiveRequest()).live
+    c.close()
+    assert b.stop() == 0
+
+
+def test_grpc_stream_refusals_carry_the_request_id(baton, pb):
+    cfg, port = grpc_config()
+    b = baton(cfg)
+    c = Client(pb, port)
+    # Too many fields in a packed shape (one byte a dimension), on a stream: an error
+    # answer with the request's id, and the stream goes on to serve the next
+    # request.  Every refused request of a stream is answered with its id
+    # (they came back with none, so a client could not tell which had failed).
+    big = c.request(id="big", inputs=[("x", "FP32", [0] * 70000, b"")])
+    short = c.request(id="short", inputs=[("x", "FP32", [1, 3], b"12")])
+    lost = c.request(model="nosuch", id="lost")
+    ok = c.request(id="ok", inputs=[("x", "FP32", [1, 3], fp32(4, 5, 6))])
+    answers = list(c.stub.ModelStreamInfer(iter([big, short, lost, ok]), timeout=30))
+    by_id = {a.infer_response.id: a for a in answers}
+    assert len(answers) == 4 and set(by_id) == {"big", "short", "lost", "ok"}, answers
+    assert by_id["big"].error_message.startswith("bad_request: "), answers
+    assert "at most 65536" in by_id["big"].error_message, answers
+    assert "takes 12 bytes" in by_id["short"].error_message, answers
+    assert "unknown model 'nosuch'" in by_id["lost"].error_message, answers
+    assert by_id["lost"].infer_response.model_name == "nosuch"
+    assert not by_id["ok"].error_message
+    assert by_id["ok"].infer_response.raw_output_contents[0] == fp32(4, 5, 6)
+    c.close()
+    assert b.stop() == 0
