@@ -55,6 +55,8 @@ static const struct {
 	[BT_OVERLOADED] = {"overloaded", 503},
 	[BT_STAGE_FAILED] = {"stage_failed", 503},
 	[BT_SHUTTING_DOWN] = {"shutting_down", 503},
+	/* Nobody reads it (the client is gone): nginx's "client closed request". */
+	[BT_CANCELLED] = {"cancelled", 499},
 };
 
 const char *bt_code_name(enum bt_code code)

@@ -51,6 +51,7 @@ enum bt_code {
 	BT_OVERLOADED,
 	BT_STAGE_FAILED,
 	BT_SHUTTING_DOWN,
+	BT_CANCELLED, /* its client went away while it waited in a queue: never ran */
 	BT_CODE_COUNT
 };
 const char *bt_code_name(enum bt_code code);

@@ -119,6 +119,7 @@ struct call {
 
 struct job {
 	struct call *call; /* NULL once the call is gone */
+	struct bt_request *req;
 	struct bt_grpc *g;
 	struct job *next, *prev;
 };
@@ -293,6 +294,8 @@ static int status_of(enum bt_code code)
 	case BT_STAGE_FAILED:
 	case BT_SHUTTING_DOWN:
 		return BT_GRPC_UNAVAILABLE;
+	case BT_CANCELLED:
+		return BT_GRPC_CANCELLED;
 	case BT_WORKER_ERROR:
 	case BT_WORKER_CRASHED:
 	default:
@@ -479,6 +482,7 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 		    (uint64_t)((BT_MIN(timeout_us, BT_V2_TIMEOUT_MAX_US) + 999) / 1000);
 	struct job *j = bt_calloc(1, sizeof(*j));
 	j->call = call;
+	j->req = req;
 	j->g = g;
 	j->next = call->jobs;
 	if (call->jobs)
@@ -728,8 +732,16 @@ static void call_free(struct call *call)
 {
 	struct gconn *c = call->c;
 	struct bt_grpc *g = c->g;
-	while (call->jobs)
-		job_unlink(call->jobs); /* the requests run on and free themselves */
+	/*
+	 * The client is gone: what still waits in a queue is cancelled (its
+	 * done callback, with no call left, only frees it); what runs, runs
+	 * on and frees itself.
+	 */
+	while (call->jobs) {
+		struct bt_request *req = call->jobs->req;
+		job_unlink(call->jobs);
+		bt_request_cancel(req);
+	}
 	uncharge_in(call);
 	bt_buf_release(&call->in);
 	size_t unsent = call->out.len - call->out_off;

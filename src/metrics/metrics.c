@@ -28,7 +28,7 @@ static void family(struct bt_buf *out, const char *name, const char *type,
 /* The outcome codes an accepted request can end with. */
 static const enum bt_code failure_codes[] = {
 	BT_REJECTED, BT_WORKER_ERROR, BT_WORKER_CRASHED, BT_TIMEOUT,
-	BT_OVERLOADED, BT_STAGE_FAILED, BT_SHUTTING_DOWN,
+	BT_OVERLOADED, BT_STAGE_FAILED, BT_SHUTTING_DOWN, BT_CANCELLED,
 };
 
 static void pipeline_counter(struct bt_daemon *d, struct bt_buf *out, const char *name,

@@ -679,6 +679,19 @@ void bt_stage_lost(struct bt_request *req, int charge, const char *why)
 	enqueue(req, 1);
 }
 
+void bt_request_cancel(struct bt_request *req)
+{
+	if (req->state != BT_REQ_QUEUED)
+		return;
+	struct bt_stage *st = stage_of(req);
+	uint64_t waited = (bt_now_us() - req->enqueued_us) / 1000;
+	if (!req->remote)
+		req->timings[req->step].queue_us += waited * 1000;
+	finish(req, BT_CANCELLED, st->cfg->name,
+	       "the client went away after %llums in the queue of stage '%s'; it did not run",
+	       (unsigned long long)waited, st->cfg->name);
+}
+
 void bt_stage_fail_queued(struct bt_stage *st, enum bt_code code,
 			  const char *why)
 {

@@ -248,6 +248,14 @@ void bt_stage_replica_changed(struct bt_replica *r);
  * failed and which replicas dispatch may pick.  O(replicas).
  */
 void bt_stage_replicas_changed(struct bt_stage *st);
+/*
+ * req's client went away (its connection closed, its call was reset).
+ * Waiting in a queue, it leaves it now and ends as cancelled (done is
+ * called before this returns): it never runs, and no stage after it
+ * either.  Running, it runs on and its answer goes nowhere; a worker is
+ * not interrupted mid-batch.
+ */
+void bt_request_cancel(struct bt_request *req);
 /* Fails every queued request of the stage with code. */
 void bt_stage_fail_queued(struct bt_stage *st, enum bt_code code,
 			  const char *why);

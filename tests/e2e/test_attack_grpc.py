@@ -63,3 +63,37 @@ def test_grpc_stream_refusals_carry_the_request_id(baton, pb):
     assert by_id["ok"].infer_response.raw_output_contents[0] == fp32(4, 5, 6)
     c.close()
     assert b.stop() == 0
+
+
+def test_grpc_calls_reset_while_queued_leave_the_queue_and_never_run(baton, pb, tmp_path):
+    # Open a call, send a request, reset the call, again and again: without
+    # cancellation one connection filled the queue with work nobody would
+    # read, and honest requests waited behind it until their deadlines.
+    from conftest import Gate, wait_for
+    cfg, port = grpc_config(max_ongoing=1)
+    b = baton(cfg)
+    c = Client(pb, port)
+    one = dict(inputs=[("x", "FP32", [1], fp32(1))])
+    with Gate(tmp_path) as gate:
+        busy = c.stub.ModelInfer.future(c.request(fake=gate.payload, **one))
+        wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 30)
+        gone = [c.stub.ModelInfer.future(c.request(**one)) for _ in range(6)]
+        wait_for(lambda: b.status()["stages"]["w"]["queued"] == 6, 30, what="6 queued")
+        for f in gone:
+            f.cancel()
+        wait_for(lambda: b.status()["stages"]["w"]["queued"] == 0, 30,
+                 what="the reset calls' requests to leave the queue")
+        st = b.status()
+        assert st["stages"]["w"]["running"] == 1, st["stages"]["w"]
+        assert st["pipelines"]["m"]["failures"].get("cancelled") == 6, st["pipelines"]["m"]
+        r = st["requests"]
+        assert r["accepted"] == r["succeeded"] + r["failed"] + r["in_flight"], r
+    assert busy.result(30).raw_output_contents
+    # The worker ran the held request and nothing of the reset ones.
+    wait_for(lambda: b.status()["stages"]["w"]["completed"] == 1, 30)
+    assert c.stub.ModelInfer(c.request(**one), timeout=30).raw_output_contents
+    assert b.status()["stages"]["w"]["completed"] == 2
+    metrics = b.get("/metrics").body.decode()
+    assert 'code="cancelled"} 6' in metrics, [l for l in metrics.splitlines() if "cancel" in l]
+    c.close()
+    assert b.stop() == 0
