@@ -30,7 +30,9 @@ Handlers
     Large payloads travel as sealed memfds when baton offers it (payloads of
     BATON_MEMFD_MIN bytes and more): the handler still gets bytes, or with
     run(..., views=True) a read-only memoryview of the mapping (no copy);
-    returning that very view answers with the same memfd.
+    returning that very view answers with the same memfd. A large input a
+    client put in shared memory (KServe v2) arrives the same way, mapped
+    from the client's object: returning the very payload passes it on.
 
 Results (what a handler returns, per request)
     bytes / bytearray / memoryview   the reply payload, as is
@@ -132,6 +134,7 @@ import struct as _struct
 import sys
 import time
 import traceback
+import weakref as _weakref
 from array import array as _array
 from itertools import repeat as _repeat
 from json.encoder import encode_basestring_ascii as _quote_ascii
@@ -193,6 +196,49 @@ def _memfd_min():
     except ValueError:
         return 0
     return n if n > 0 and _SEALS and hasattr(os, "memfd_create") else 0
+
+
+_MAP_FIXED = 0x10              # Linux; the mmap module does not export it
+_libc = None
+
+
+def _joined_view(head, fd, off, n):
+    """A read-only memoryview of head followed by n bytes of fd from off (a
+    page multiple), with no copy of the latter: head is written just before
+    a page boundary of an anonymous mapping, and the file is mapped read-only
+    right after it (MAP_FIXED, through ctypes, as the mmap module cannot).
+    The mapping is undone when the last view of it goes."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_long]
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _libc = lib
+    page = _mmap.PAGESIZE
+    h = len(head)
+    hp = -(-h // page) * page
+    total = hp + -(-n // page) * page
+    base = _libc.mmap(None, total, _mmap.PROT_READ | _mmap.PROT_WRITE,
+                      _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS, -1, 0)
+    if base is None or base == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "cannot map a shared-memory input")
+    try:
+        if _libc.mmap(base + hp, total - hp, _mmap.PROT_READ, _mmap.MAP_SHARED | _MAP_FIXED,
+                      fd, off) != base + hp:
+            raise OSError(ctypes.get_errno(), "cannot map a shared-memory input")
+        if h:
+            ctypes.memmove(base + hp - h, head, h)
+            _libc.mprotect(base, hp, _mmap.PROT_READ)
+    except BaseException:
+        _libc.munmap(base, total)
+        raise
+    arr = (ctypes.c_char * (h + n)).from_address(base + hp - h)
+    _weakref.finalize(arr, _libc.munmap, base, total)
+    return memoryview(arr).cast("B").toreadonly()
 
 
 class _Memfd:
@@ -367,6 +413,7 @@ class _Worker:
         self.views = views
         self.fds = []             # descriptors received, not yet claimed by a header
         self.req_fds = {}         # request id -> (payload view or None, its memfd)
+        self.req_same = {}        # request id -> its payload, partly in a client's object
         self.out_fds = 0          # _Memfd frames in self.out
         self.handler = handler
         self.batch = batch
@@ -390,7 +437,7 @@ class _Worker:
         if self.offer_fast:
             ready += b',"fast":1'
         if self.memfd_min:
-            ready += b',"memfd":true'
+            ready += b',"memfd":true,"region":true'
         self.write(ready + b'}\n')
         read = self.read_message
         while True:
@@ -481,6 +528,11 @@ class _Worker:
 
     def success(self, rid, result):
         """Frames answering rid with result; raises TypeError/ValueError on a bad result."""
+        if self.req_same:
+            payload = self.req_same.pop(rid, None)
+            if payload is not None and (result is payload or (
+                    type(result) is tuple and len(result) == 2 and result[0] is payload)):
+                return self.same(rid, result)
         entry = self.req_fds.pop(rid, None) if self.req_fds else None
         if entry is None:
             return self.answer(rid, result, None)
@@ -561,8 +613,25 @@ class _Worker:
             return head + body
         return (head, body)
 
+    def same(self, rid, result):
+        """The answer "my payload, unchanged" (docs/protocol.md): baton passes on
+        what it has, and the client's object is not copied."""
+        meta = result[1] if type(result) is tuple else None
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError("result meta must be a dict, not %s" % type(meta).__name__)
+        head = {"t": "res", "id": rid, "same": True}
+        if meta:
+            head["meta"] = meta
+        head = _encode_header(head)
+        if len(head) >= _MAX_HEADER:
+            raise ValueError("result meta is %d bytes encoded; the header limit is %d"
+                             % (len(head), _MAX_HEADER))
+        return head + b"\n"
+
     def failure(self, rid, exc, log=True):
         """Frame failing rid with exc; prints the traceback of an unexpected exc."""
+        if self.req_same:
+            self.req_same.pop(rid, None)
         entry = self.req_fds.pop(rid, None) if self.req_fds else None
         if entry is not None:
             os.close(entry[1])
@@ -624,6 +693,8 @@ class _Worker:
         if "memfd" in hdr:
             self.start = nl + 1
             return hdr, self.memfd_payload(hdr)
+        if "region" in hdr:
+            return hdr, self.region_payload(hdr, nl + 1)
         n = hdr.get("len", 0)
         body = nl + 1
         if not n:
@@ -694,6 +765,46 @@ class _Worker:
             return mm[:]
         finally:
             mm.close()
+
+    def region_payload(self, hdr, body):
+        """The payload of a request whose header says region [off, n]: its len
+        bytes in the frame, then n bytes of the client's object that came as a
+        read-only descriptor (docs/protocol.md, "Shared-memory inputs"). Only
+        that range is mapped, and the descriptor is closed at once."""
+        region, h = hdr.get("region"), hdr.get("len", 0)
+        if (not self.memfd_min or not self.fds or type(region) is not list
+                or len(region) != 2 or type(h) is not int or h < 0
+                or any(type(v) is not int or v < 0 for v in region)
+                or region[0] % _mmap.PAGESIZE or hdr.get("t") != "req"):
+            self.violation("bad region, or a region never asked for", hdr)
+        off, n = region
+        fd = self.fds.pop(0)
+        try:
+            if body + h <= self.end:
+                self.start = body + h
+                head = bytes(self.view[body:body + h])
+            else:
+                self.start = body
+                head = self.read_payload(h)
+            if self.views:
+                try:
+                    payload = _joined_view(head, fd, off, n)
+                except OSError:
+                    payload = None
+                if payload is not None:
+                    self.req_same[hdr.get("id")] = payload
+                    return payload
+            mm = _mmap.mmap(fd, n, flags=_mmap.MAP_SHARED, prot=_mmap.PROT_READ, offset=off)
+            try:
+                payload = b"".join((head, mm))     # one copy: the handler takes bytes
+            finally:
+                mm.close()
+            if self.views:
+                payload = memoryview(payload)
+            self.req_same[hdr.get("id")] = payload
+            return payload
+        finally:
+            os.close(fd)
 
     def read_payload(self, n):
         """Payload of n bytes whose start is at self.start but not all received."""

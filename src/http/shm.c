@@ -446,7 +446,7 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 				     "the body", name ? name : "?", (unsigned long long)size);
 				goto done;
 			}
-			pc[npieces++] = (struct piece){NULL, body + pos, 0, size};
+			pc[npieces++] = (struct piece){NULL, body + pos, 0, size, 0};
 			pos += size;
 		}
 	}

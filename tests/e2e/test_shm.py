@@ -21,8 +21,9 @@ C_WORKER = os.path.join(BUILD, "tests", "c_echo_worker")
 SIZE = 6 * 1024 * 1024
 
 
-def py_stage(name, views=True, raw=False, gate=None, **extra):
+def py_stage(name, views=True, raw=False, gate=None, env_extra=None, **extra):
     env = {"PYTHONPATH": SDK_PY, "SHM_VIEWS": "1" if views else "0", "RAW": "1" if raw else "0"}
+    env.update(env_extra or {})
     if gate:
         env["SHM_GATE"] = gate
     lines = ["  %s:" % name, "    command: [%s, %s]" % (PYTHON, WORKER),
@@ -333,3 +334,78 @@ def test_shm_budget_and_an_output_over_its_slot(baton, tmp_path):
         assert region.read(64, 64) == b"\xee" * 64
     finally:
         region.close()
+
+
+def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
+    """A 6 MB input that is a client's whole object crosses three stages
+    with no copy: baton reads none of it, and each worker maps exactly the
+    object, read-only, from a descriptor the SDK has already closed."""
+    region = Region(tmp_path, SIZE)
+    env = {"SHM_KEY": region.key, "SHM_V2_LAST": "1"}
+    gate = os.path.join(str(tmp_path), "gate")
+    open(gate, "w").close()
+    b = baton(config(py_stage("a", gate=gate) + py_stage("b") +
+                     py_stage("c", env_extra=env), {}) +
+              "  m:\n    stages: [a, b, c]\n" + IO)
+    other = Region(tmp_path / "other", SIZE)  # another client's, never named
+    try:
+        data = frame(b"whole")
+        region.write(0, data)
+        other.write(0, b"\xaa" * SIZE)
+        for name, r in (("in", region), ("other", other)):
+            assert b.request("POST", "/v2/systemsharedmemory/region/%s/register" % name,
+                             json.dumps({"key": r.key, "byte_size": SIZE}).encode()
+                             ).status == 200
+        r0, w0 = io(b.proc.pid)
+        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        r1, w1 = io(b.proc.pid)
+        assert r.status == 200, r
+        hl = int(r.headers["inference-header-content-length"])
+        out = json.loads(r.body[:hl])["outputs"][0]["parameters"]
+        assert r.body[hl:] == data  # exactly the range's bytes, through three stages
+        # Mapped read-only and shared (the client's pages), only the object's size,
+        # and no descriptor left behind by the SDK.
+        assert out["view"] and out["fds"] == [], out
+        assert out["maps"] and all(p == "r--s" for p, _ in out["maps"]), out
+        assert sum(n for _, n in out["maps"]) == SIZE, out
+        # baton read nothing of the input (a copy would be SIZE in rchar); it wrote
+        # the answer to the client once.
+        assert r1 - r0 < SIZE // 8, (r1 - r0, w1 - w0)
+        # Not the whole object (an offset, so the descriptor would show more than
+        # the range): copied as before, and still exactly the range's bytes.
+        r0, _ = io(b.proc.pid)
+        r = shm_infer(b, [shm_input("in", SIZE - 8192, offset=4096)], [])
+        r1, _ = io(b.proc.pid)
+        assert r.status == 200, r
+        hl = int(r.headers["inference-header-content-length"])
+        assert r.body[hl:] == data[4096:SIZE - 4096]
+        assert json.loads(r.body[:hl])["outputs"][0]["parameters"]["maps"] == []
+        assert r1 - r0 >= SIZE - 8192, r1 - r0
+        # A range outside the region is refused before anything runs.
+        r = shm_infer(b, [shm_input("in", SIZE, offset=1)], [])
+        assert r.status == 400 and "outside" in r.json()["error"], r
+        # Unregistered while a request holds its descriptor: it completes, and
+        # the next one is refused.
+        os.unlink(gate)
+        replies = []
+        t = threading.Thread(target=lambda: replies.append(
+            shm_infer(b, [shm_input("in", SIZE)], [])))
+        t.start()
+        try:
+            wait_for(lambda: b.status()["stages"]["a"]["running"] == 1, 10,
+                     what="the request held by the gated stage")
+            assert b.request("POST", "/v2/systemsharedmemory/region/in/unregister"
+                             ).status == 200
+        finally:
+            open(gate, "w").close()
+        t.join(30 * SLOW)
+        assert replies and replies[0].status == 200, replies
+        hl = int(replies[0].headers["inference-header-content-length"])
+        assert replies[0].body[hl:] == data
+        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        assert r.status == 400 and "unknown shared memory region 'in'" in r.json()["error"]
+        wait_for(lambda: not [l for l in fd_links(b.proc.pid) if region.key in l], 10,
+                 what="baton to close the unregistered region")
+    finally:
+        region.close()
+        other.close()
