@@ -44,8 +44,9 @@ struct baton_request {
 	char *id;
 	char *data;
 	size_t len;
-	int fd; /* the sealed memfd data maps, or -1 (data is malloc'd) */
-	size_t map_len; /* bytes mapped at data */
+	int fd; /* the sealed memfd data maps, or -1 */
+	size_t map_len; /* bytes mapped from data's page, or 0 (data is malloc'd) */
+	int region; /* part of data is a client's shared memory: answered "same" */
 	json_t *meta;
 	char *meta_text;
 	int answered;
@@ -267,6 +268,13 @@ static int put_memfd_frame(struct worker *w, json_t *hdr, size_t len, int fd)
 	return 0;
 }
 
+/* The start of p's page: where a mapping that p lies in the first page of begins. */
+static char *page_of(char *p)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	return (char *)((uintptr_t)p & ~(page - 1));
+}
+
 /*
  * Maps a received memfd of len bytes read-only, followed by a NUL as
  * every payload is: the bytes after len in its last page are zeros when
@@ -369,6 +377,19 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 		}
 	}
 	struct worker *w = req->w;
+	if (req->region && data == req->data && len == req->len) {
+		/* Its own payload, partly in a client's object: baton passes on what it has. */
+		json_t *hdr = json_pack("{s:s, s:s, s:b}", "t", "res", "id", req->id, "same", 1);
+		if (hdr && meta)
+			json_object_set_new(hdr, "meta", meta);
+		else
+			json_decref(meta);
+		int e = hdr ? put_frame(w, hdr, NULL, 0) : -ENOMEM;
+		json_decref(hdr);
+		if (!e)
+			req->answered = 1;
+		return e;
+	}
 	int as_memfd = w->memfd_min && len >= w->memfd_min;
 	/* Answers that go as memfds keep the JSON header (their fd rides on it). */
 	if (fast_id(req) && !as_memfd) {
@@ -473,20 +494,14 @@ int baton_fail(struct baton_request *req, const char *message, int retry)
 	return e;
 }
 
+static void drop_payload(char *payload, int fd, size_t map_len);
+
 static void request_free(struct baton_request *req)
 {
 	if (!req)
 		return;
 	free(req->id);
-	if (req->fd >= 0) {
-		if (req->map_len)
-			munmap(req->data, req->map_len);
-		else
-			free(req->data);
-		close(req->fd);
-	} else {
-		free(req->data);
-	}
+	drop_payload(req->data, req->fd, req->map_len);
 	json_decref(req->meta);
 	free(req->meta_text);
 	free(req);
@@ -557,7 +572,7 @@ static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_
 static void drop_payload(char *payload, int fd, size_t map_len)
 {
 	if (map_len)
-		munmap(payload, map_len);
+		munmap(page_of(payload), map_len);
 	else
 		free(payload);
 	if (fd >= 0)
@@ -571,7 +586,7 @@ static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *
 	int fd;
 	size_t map_len;
 	int r = next_message_fd(w, hdr, payload, len, &fd, &map_len, fast);
-	if (r == 1 && fd >= 0) {
+	if (r == 1 && (fd >= 0 || map_len)) {
 		drop_payload(*payload, fd, map_len);
 		json_decref(*hdr);
 		return -EPROTO;
@@ -617,6 +632,80 @@ static int memfd_payload(struct worker *w, json_t *jfd, char **payload, size_t *
 	return 0;
 }
 
+/*
+ * The payload of a request whose header says "region": [off, n]
+ * (docs/protocol.md, "Shared-memory inputs"): the frame's hlen bytes, then
+ * n bytes of a client's object from the read-only descriptor that came
+ * with the header.  The object is mapped right behind the head, which is
+ * written just before a page boundary of an anonymous mapping: no copy.
+ * When the object goes on past the range (its bytes would follow instead
+ * of the NUL every payload has) or cannot be mapped, a copy.  The
+ * descriptor is closed either way.
+ */
+static int region_payload(struct worker *w, json_t *h, const char *head, size_t hlen,
+			  char **payload, size_t *len, size_t *map_len)
+{
+	json_t *reg = json_object_get(h, "region");
+	json_t *joff = json_array_get(reg, 0), *jn = json_array_get(reg, 1);
+	json_int_t off = json_integer_value(joff), n = json_integer_value(jn);
+	long page = sysconf(_SC_PAGESIZE);
+	if (json_array_size(reg) != 2 || !json_is_integer(joff) || !json_is_integer(jn) ||
+	    off < 0 || n < 0 || page <= 0 || off % page || (unsigned long long)n > SIZE_MAX / 4 ||
+	    !w->nrfds || strcmp(json_string_value(json_object_get(h, "t")), "req"))
+		return -EPROTO;
+	int rfd = w->rfds[0];
+	memmove(w->rfds, w->rfds + 1, (size_t)--w->nrfds * sizeof(int));
+	size_t pg = (size_t)page, hp = (hlen + pg - 1) / pg * pg;
+	size_t np = ((size_t)n + pg - 1) / pg * pg, total = hp + np + ((size_t)n % pg ? 0 : pg);
+	struct stat st;
+	char *p = NULL;
+	*map_len = 0;
+	if (fstat(rfd, &st) == 0 && (unsigned long long)st.st_size == (unsigned long long)(off + n)) {
+		char *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+				  -1, 0);
+		if (base != MAP_FAILED && n > 0 &&
+		    mmap(base + hp, (size_t)n, PROT_READ, MAP_SHARED | MAP_FIXED, rfd, (off_t)off) ==
+			    MAP_FAILED) {
+			munmap(base, total);
+			base = MAP_FAILED;
+		}
+		if (base != MAP_FAILED) {
+			if (hlen)
+				memcpy(base + hp - hlen, head, hlen);
+			mprotect(base, hp, PROT_READ);
+			if (total > hp + np)
+				mprotect(base + hp + np, total - hp - np, PROT_READ);
+			p = base + hp - hlen;
+			*map_len = total;
+		}
+	}
+	if (!p) {
+		size_t got = 0;
+		p = malloc(hlen + (size_t)n + 1);
+		if (p) {
+			memcpy(p, head, hlen);
+			while (got < (size_t)n) {
+				ssize_t k = pread(rfd, p + hlen + got, (size_t)n - got, (off_t)(off + got));
+				if (k < 0 && errno == EINTR)
+					continue;
+				if (k <= 0)
+					break;
+				got += (size_t)k;
+			}
+			p[hlen + got] = '\0';
+		}
+		if (!p || got < (size_t)n) {
+			free(p);
+			close(rfd);
+			return p ? -EPROTO : -ENOMEM;
+		}
+	}
+	close(rfd);
+	*payload = p;
+	*len = hlen + (size_t)n;
+	return 0;
+}
+
 static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_t *len,
 			   int *fd, size_t *map_len, struct baton_request **fast)
 {
@@ -657,6 +746,16 @@ static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_
 	if (avail - hlen - 1 < (size_t)n) {
 		json_decref(h);
 		return 0;
+	}
+	if (json_object_get(h, "region")) {
+		int e = region_payload(w, h, nl + 1, (size_t)n, payload, len, map_len);
+		if (e) {
+			json_decref(h);
+			return e;
+		}
+		*hdr = h;
+		w->pos += hlen + 1 + (size_t)n;
+		return 1;
 	}
 	*payload = NULL;
 	if (n > 0) {
@@ -736,6 +835,7 @@ static struct baton_request *make_request(struct worker *w, json_t *hdr,
 	}
 	req->fd = fd;
 	req->map_len = map_len;
+	req->region = json_object_get(hdr, "region") != NULL;
 	json_t *meta = json_object_get(hdr, "meta");
 	req->meta = json_is_object(meta) ? json_incref(meta) : json_object();
 	req->data = payload;
@@ -788,8 +888,10 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	json_t *ready = json_pack("{s:s, s:i}", "t", "ready", "proto", BATON_WORKER_PROTO);
 	if (ready && w.offer_fast)
 		json_object_set_new(ready, "fast", json_integer(1));
-	if (ready && w.memfd_min)
+	if (ready && w.memfd_min) {
 		json_object_set_new(ready, "memfd", json_true());
+		json_object_set_new(ready, "region", json_true());
+	}
 	int e = ready ? put_frame(&w, ready, NULL, 0) : -ENOMEM;
 	json_decref(ready);
 	/* "ready" has len 0; the protocol allows it, and baton ignores it. */

@@ -3,7 +3,8 @@
  * it answers each request with its own bytes, so that a memfd it was given
  * goes back unchanged; with "copy" in the request's metadata it answers a
  * copy of its own instead (a new memfd from the SDK).  meta "c_hops" counts
- * the C stages a request went through.
+ * the C stages a request went through, and a v2 request's
+ * v2_header_length goes on with its bytes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +16,15 @@ static int handle(void *user, struct baton_request *req)
 {
 	size_t len;
 	const char *in = baton_request_data(req, &len);
-	long long hops = 0;
-	char meta[64];
+	long long hops = 0, hl;
+	char meta[96];
 	(void)user;
 	baton_request_meta_int(req, "c_hops", &hops);
-	snprintf(meta, sizeof(meta), "{\"c_hops\":%lld}", hops + 1);
+	int n = snprintf(meta, sizeof(meta), "{\"c_hops\":%lld", hops + 1);
+	/* A v2 request's framing goes on with its bytes. */
+	if (baton_request_meta_int(req, "v2_header_length", &hl) == 0)
+		n += snprintf(meta + n, sizeof(meta) - (size_t)n, ",\"v2_header_length\":%lld", hl);
+	snprintf(meta + n, sizeof(meta) - (size_t)n, "}");
 	if (!baton_request_meta_string(req, "copy"))
 		return baton_respond(req, in, len, meta);
 	char *out = malloc(len ? len : 1);

@@ -338,13 +338,14 @@ def test_shm_budget_and_an_output_over_its_slot(baton, tmp_path):
 
 def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
     """A 6 MB input that is a client's whole object crosses three stages
-    with no copy: baton reads none of it, and each worker maps exactly the
-    object, read-only, from a descriptor the SDK has already closed."""
+    (Python, C, Python) with no copy: baton reads none of it, and each
+    worker maps exactly the object, read-only, from a descriptor the SDK
+    has already closed."""
     region = Region(tmp_path, SIZE)
     env = {"SHM_KEY": region.key, "SHM_V2_LAST": "1"}
     gate = os.path.join(str(tmp_path), "gate")
     open(gate, "w").close()
-    b = baton(config(py_stage("a", gate=gate) + py_stage("b") +
+    b = baton(config(py_stage("a", gate=gate) + c_stage("b") +
                      py_stage("c", env_extra=env), {}) +
               "  m:\n    stages: [a, b, c]\n" + IO)
     other = Region(tmp_path / "other", SIZE)  # another client's, never named
