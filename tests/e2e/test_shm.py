@@ -372,21 +372,24 @@ def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
         # baton read nothing of the input (a copy would be SIZE in rchar); it wrote
         # the answer to the client once.
         assert r1 - r0 < SIZE // 8, (r1 - r0, w1 - w0)
-        # Not the whole object (an offset, so the descriptor would show more than
-        # the range): copied as before, and still exactly the range's bytes.
-        r0, _ = io(b.proc.pid)
-        r = shm_infer(b, [shm_input("in", SIZE - 8192, offset=4096)], [])
-        r1, _ = io(b.proc.pid)
-        assert r.status == 200, r
-        hl = int(r.headers["inference-header-content-length"])
-        assert r.body[hl:] == data[4096:SIZE - 4096]
-        assert json.loads(r.body[:hl])["outputs"][0]["parameters"]["maps"] == []
-        assert r1 - r0 >= SIZE - 8192, r1 - r0
+        # Not the whole object (the descriptor would show more than the range):
+        # copied as before, and still exactly the range's bytes.
+        for off, n in ((0, SIZE - 4096), (4096, SIZE - 4096)):
+            r0, _ = io(b.proc.pid)
+            r = shm_infer(b, [shm_input("in", n, offset=off)], [])
+            r1, _ = io(b.proc.pid)
+            assert r.status == 200, r
+            hl = int(r.headers["inference-header-content-length"])
+            assert r.body[hl:] == data[off:off + n]
+            assert json.loads(r.body[:hl])["outputs"][0]["parameters"]["maps"] == []
+            assert r1 - r0 >= n, r1 - r0
         # A range outside the region is refused before anything runs.
         r = shm_infer(b, [shm_input("in", SIZE, offset=1)], [])
         assert r.status == 400 and "outside" in r.json()["error"], r
-        # Unregistered while a request holds its descriptor: it completes, and
-        # the next one is refused.
+        # Unregistered, and the object grown, while a request holds its
+        # descriptor: it completes with the bytes it came with, later stages get
+        # them copied (the descriptor would now show more), and the next request
+        # is refused.
         os.unlink(gate)
         replies = []
         t = threading.Thread(target=lambda: replies.append(
@@ -397,12 +400,14 @@ def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
                      what="the request held by the gated stage")
             assert b.request("POST", "/v2/systemsharedmemory/region/in/unregister"
                              ).status == 200
+            os.ftruncate(region.fd, 2 * SIZE)
         finally:
             open(gate, "w").close()
         t.join(30 * SLOW)
         assert replies and replies[0].status == 200, replies
         hl = int(replies[0].headers["inference-header-content-length"])
         assert replies[0].body[hl:] == data
+        assert json.loads(replies[0].body[:hl])["outputs"][0]["parameters"]["maps"] == []
         r = shm_infer(b, [shm_input("in", SIZE)], [])
         assert r.status == 400 and "unknown shared memory region 'in'" in r.json()["error"]
         wait_for(lambda: not [l for l in fd_links(b.proc.pid) if region.key in l], 10,
@@ -410,3 +415,23 @@ def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
     finally:
         region.close()
         other.close()
+
+
+def test_shm_whole_object_input_to_a_worker_that_does_not_take_regions(baton, tmp_path):
+    """A worker that never announced "region" (an old one) gets the input
+    copied, as before; the next stage can take the region again."""
+    region = Region(tmp_path, SIZE)
+    b = baton(config(py_stage("old", raw=True) + py_stage("c", env_extra={"SHM_V2_LAST": "1"}),
+                     {}) + "  m:\n    stages: [old, c]\n" + IO)
+    try:
+        data = frame(b"old")
+        region.write(0, data)
+        assert b.request("POST", "/v2/systemsharedmemory/region/in/register",
+                         json.dumps({"key": region.key, "byte_size": SIZE}).encode()
+                         ).status == 200
+        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        assert r.status == 200, r
+        hl = int(r.headers["inference-header-content-length"])
+        assert r.body[hl:] == data
+    finally:
+        region.close()
