@@ -118,11 +118,14 @@ def load(port, pipeline, body, concurrency, duration):
     return len(lat), time.monotonic() - t0, lat
 
 
-def load_shm(port, body, concurrency, duration):
+def load_shm(port, body, concurrency, duration, whole=False):
     """Closed loop over KServe v2 with Triton's system shared memory: each
     client writes its frame into its input region (as a camera client
     would, every time), posts a small JSON request naming the regions, and
-    reads the answer from its output region."""
+    reads the answer from its output region. whole: each region is an
+    object of its own, as Triton's clients make them (baton then hands the
+    input's object to the workers instead of copying it); else one object
+    holds a client's input and output regions (the input is copied)."""
     lat, errors = [], []
     lock = threading.Lock()
     regions = []
@@ -138,19 +141,26 @@ def load_shm(port, body, concurrency, duration):
             raise SystemExit("%s %s: %d %s" % (method, path, r.status, out[:200]))
         return out
 
+    def make(key, size):
+        fd = os.open("/dev/shm" + key, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+        os.ftruncate(fd, size)
+        regions.append((key, fd))
+        return fd
+
+    fds = []
     for i in range(concurrency):
         key = "/bench-frames-%d-%d" % (os.getpid(), i)
-        fd = os.open("/dev/shm" + key, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
-        os.ftruncate(fd, 2 * n)
-        regions.append((key, fd))
+        fd = make(key, n if whole else 2 * n)
+        okey, ofd, ooff = (key + "-out", make(key + "-out", n), 0) if whole else (key, fd, n)
+        fds.append((fd, ofd, ooff))
         request("POST", "/v2/systemsharedmemory/region/in%d/register" % i,
                 {"key": key, "offset": 0, "byte_size": n})
         request("POST", "/v2/systemsharedmemory/region/out%d/register" % i,
-                {"key": key, "offset": n, "byte_size": n})
+                {"key": okey, "offset": ooff, "byte_size": n})
     stop_at = time.monotonic() + duration
 
     def client(i):
-        fd = regions[i][1]
+        fd, ofd, ooff = fds[i]
         doc = json.dumps({
             "inputs": [{"name": "x", "datatype": "UINT8", "shape": [n], "parameters": {
                 "shared_memory_region": "in%d" % i, "shared_memory_byte_size": n}}],
@@ -164,7 +174,7 @@ def load_shm(port, body, concurrency, duration):
                          headers={"Content-Type": "application/json"})
             r = conn.getresponse()
             out = r.read()
-            got = os.pread(fd, 16, n)
+            got = os.pread(ofd, 16, ooff)
             dt = time.monotonic() - t0
             if r.status != 200 or got != body[:16]:
                 errors.append((r.status, out[:200]))
@@ -210,14 +220,16 @@ def main():
     ways = [("bytes (memfd_min_bytes: 0)", False, 0),
             ("memfd, handler takes bytes", True, 0),
             ("memfd, handler takes views", True, 1)]
-    shm_name = "client shm (KServe v2), memfd hops"
+    shm_name = "client shm, one object for in+out"
+    whole_name = "client shm, an object per region"
     daemons = []
     try:
         for name, memfd, views in ways:
             daemons.append(Daemon(build, tmp, memfd, views))
         # Interleaved: every figure gets slices spread over the whole run, so
         # that the load of a shared machine drifting does not favour one.
-        runs = [(i, pl) for i in range(len(ways)) for pl in ("one", "three")] + [(2, "shm")]
+        runs = [(i, pl) for i in range(len(ways)) for pl in ("one", "three")] + [
+            (2, "shm"), (2, "whole")]
         acc = {r: [0, 0.0, []] for r in runs}
         for d in daemons:
             load(d.port, "one", body, 2, 1)  # warm up
@@ -225,8 +237,9 @@ def main():
         for _ in range(args.rounds):
             for r in runs:
                 d = daemons[r[0]]
-                if r[1] == "shm":
-                    reqs, secs, lat = load_shm(d.port, body, 2, args.duration / args.rounds)
+                if r[1] in ("shm", "whole"):
+                    reqs, secs, lat = load_shm(d.port, body, 2, args.duration / args.rounds,
+                                               r[1] == "whole")
                 else:
                     reqs, secs, lat = load(d.port, r[1], body, 2, args.duration / args.rounds)
                 acc[r][0] += reqs
@@ -238,25 +251,28 @@ def main():
                 print("%-34s %8d %8.1f %9.1f %9s" % (
                     name, n, rate[(i, pl)], statistics.median(acc[(i, pl)][2]) * 1000,
                     "%.2f" % (rate[(i, "three")] / rate[(i, "one")]) if n == 3 else ""))
-        print("%-34s %8d %8.1f %9.1f" % (shm_name, 3, rate[(2, "shm")],
-                                          statistics.median(acc[(2, "shm")][2]) * 1000))
-        print("\nclient shm against bytes through three stages: %.1fx" % (
-            rate[(2, "shm")] / rate[(0, "three")]))
+        for name, key in ((shm_name, "shm"), (whole_name, "whole")):
+            print("%-34s %8d %8.1f %9.1f" % (name, 3, rate[(2, key)],
+                                              statistics.median(acc[(2, key)][2]) * 1000))
+        print("\nclient shm against bytes through three stages: %.1fx (one object), "
+              "%.1fx (an object per region)" % (rate[(2, "shm")] / rate[(0, "three")],
+                                                rate[(2, "whole")] / rate[(0, "three")]))
         print("\nbaton's CPU per request, three stages, concurrency 2")
         print("%-34s %10s %14s" % ("how", "payload", "CPU us/req"))
-        cpu_runs = [(0, "1 KiB", small), (0, "6 MB", body), (2, "1 KiB", small),
-                    (2, "6 MB", body), (2, "shm", body)]
-        for i, label, b in cpu_runs:
+        cpu_runs = [(0, None, "1 KiB", small), (0, None, "6 MB", body),
+                    (2, None, "1 KiB", small), (2, None, "6 MB", body),
+                    (2, "shm", "1 KiB", small), (2, "shm", "6 MB", body),
+                    (2, "whole", "1 KiB", small), (2, "whole", "6 MB", body)]
+        for i, how, label, b in cpu_runs:
             d = daemons[i]
             c0 = d.cpu_s()
-            if label == "shm":
-                reqs, _, _ = load_shm(d.port, b, 2, args.duration / 2)
+            if how:
+                reqs, _, _ = load_shm(d.port, b, 2, args.duration / 2, how == "whole")
             else:
                 reqs, _, _ = load(d.port, "three", b, 2, args.duration / 2)
             cpu = d.cpu_s() - c0
-            print("%-34s %10s %14.0f" % (shm_name if label == "shm" else ways[i][0],
-                                         "6 MB" if label == "shm" else label,
-                                         cpu / reqs * 1e6), flush=True)
+            name = {None: ways[i][0], "shm": shm_name, "whole": whole_name}[how]
+            print("%-34s %10s %14.0f" % (name, label, cpu / reqs * 1e6), flush=True)
     finally:
         for d in daemons:
             d.stop()

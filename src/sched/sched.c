@@ -641,13 +641,11 @@ static void apply_result(struct bt_request *req, int same, char *payload, size_t
 		req->payload_fd = fd;
 	}
 	/*
-	 * These keys describe the payload, which was just replaced: only the
-	 * answer that produced it may say what it is ("same" kept it).
+	 * These keys describe the payload, which was just replaced (or passed
+	 * on, "same"): only the answer that produced it may say what it is.
 	 */
-	if (!same) {
-		json_object_del(req->meta, "content_type");
-		json_object_del(req->meta, "v2_header_length");
-	}
+	json_object_del(req->meta, "content_type");
+	json_object_del(req->meta, "v2_header_length");
 	if (json_is_object(result_meta)) {
 		/* An answer cannot rename the pipeline or make the request a warm-up. */
 		json_t *pipeline = json_incref(json_object_get(req->meta, "pipeline"));
