@@ -98,8 +98,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	long long out_hl = -1;
 	struct bt_shm_outputs *outs = NULL;
 	struct bt_payload_tail *tail = NULL;
+	struct bt_out_places *places = NULL;
 	int r = bt_shm_rewrite_infer(shm, body, len, hl, (data[0] & 2) ? 64 : 0, &out, &outlen,
-				     &outfd, &tail, &out_hl, &outs, err, sizeof(err));
+				     &outfd, &tail, &places, &out_hl, &outs, err, sizeof(err));
 	if (r == 1) {
 		/* A tail left in the object: only the head is in memory. */
 		size_t inmem = outlen - (tail ? tail->len : 0);
@@ -126,5 +127,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		broken("a refused request says nothing");
 	}
 	bt_shm_outputs_free(outs);
+	bt_out_places_free(places);
 	return 0;
 }

@@ -241,6 +241,56 @@ def _joined_view(head, fd, off, n):
     return memoryview(arr).cast("B").toreadonly()
 
 
+def _place_outputs(result, places):
+    """result with the binary outputs that places names written into their
+    objects (from offset 0) instead of carried: each becomes
+    "baton_placed": bytes in its parameters. A result that is not a binary
+    v2 response, or an output larger than its place, is left as it is (for
+    baton to copy, or to refuse)."""
+    if type(result) is not tuple or len(result) != 2 or not isinstance(result[1], dict):
+        return result
+    body, meta = result
+    hl = meta.get("v2_header_length")
+    if type(hl) is not int or not isinstance(body, (bytes, bytearray, memoryview)):
+        return result
+    view = memoryview(body).cast("B")
+    try:
+        doc = _decode(str(view[:hl], "utf-8"))
+    except ValueError:
+        return result
+    outputs = doc.get("outputs") if type(doc) is dict else None
+    if type(outputs) is not list:
+        return result
+    pos, parts, placed = hl, [], False
+    for o in outputs:
+        params = o.get("parameters") if type(o) is dict else None
+        size = params.get("binary_data_size") if type(params) is dict else None
+        if type(size) is not int or size < 0 or pos + size > len(view):
+            return result      # baton says what is wrong with it
+        where = places.get(o.get("name"))
+        if where is not None and size <= where[1]:
+            chunk, done = view[pos:pos + size], 0
+            while done < size:
+                done += os.pwrite(where[0], chunk[done:], done)
+            del params["binary_data_size"]
+            params["baton_placed"] = size
+            placed = True
+        else:
+            parts.append(view[pos:pos + size])
+        pos += size
+    if not placed:
+        return result
+    parts.append(view[pos:])
+    head = _encode_body(doc).encode()
+    meta = dict(meta)
+    if any(len(p) for p in parts):
+        meta["v2_header_length"] = len(head)
+        return b"".join([head] + parts), meta
+    del meta["v2_header_length"]
+    meta["content_type"] = "application/json"
+    return head, meta
+
+
 class _Memfd:
     """A frame whose payload is a sealed memfd: the header, then the descriptor
     sent with it (SCM_RIGHTS). len() is the header's, for the output queue."""
@@ -414,6 +464,7 @@ class _Worker:
         self.fds = []             # descriptors received, not yet claimed by a header
         self.req_fds = {}         # request id -> (payload view or None, its memfd)
         self.req_same = {}        # request id -> its payload, partly in a client's object
+        self.req_place = {}       # request id -> {output: (descriptor, bytes)} to write into
         self.out_fds = 0          # _Memfd frames in self.out
         self.handler = handler
         self.batch = batch
@@ -437,7 +488,7 @@ class _Worker:
         if self.offer_fast:
             ready += b',"fast":1'
         if self.memfd_min:
-            ready += b',"memfd":true,"region":true'
+            ready += b',"memfd":true,"region":true,"place":true'
         self.write(ready + b'}\n')
         read = self.read_message
         while True:
@@ -445,6 +496,8 @@ class _Worker:
             t = hdr.get("t")
             if t == "req":
                 rid = self.request_id(hdr)
+                if "place" in hdr:
+                    self.take_places(rid, hdr)
                 meta = self.request_meta(hdr)
                 if self.batch:
                     self.handle_batch([Request(rid, payload, meta)])
@@ -470,7 +523,10 @@ class _Worker:
             h, payload = self.read_message()
             t = h.get("t")
             if t == "req":
-                reqs.append(Request(self.request_id(h), payload, self.request_meta(h)))
+                rid = self.request_id(h)
+                if "place" in h:
+                    self.take_places(rid, h)
+                reqs.append(Request(rid, payload, self.request_meta(h)))
             elif t == "ping":
                 self.queue(b'{"t":"pong","seq":%b}\n' % _encode(h.get("seq")).encode(),
                            _now())
@@ -528,6 +584,14 @@ class _Worker:
 
     def success(self, rid, result):
         """Frames answering rid with result; raises TypeError/ValueError on a bad result."""
+        if self.req_place:
+            places = self.req_place.pop(rid, None)
+            if places is not None:
+                try:
+                    result = _place_outputs(result, places)
+                finally:
+                    for fd, _ in places.values():
+                        os.close(fd)
         if self.req_same:
             payload = self.req_same.pop(rid, None)
             if payload is not None and (result is payload or (
@@ -632,6 +696,9 @@ class _Worker:
         """Frame failing rid with exc; prints the traceback of an unexpected exc."""
         if self.req_same:
             self.req_same.pop(rid, None)
+        if self.req_place:
+            for fd, _ in self.req_place.pop(rid, {}).values():
+                os.close(fd)
         entry = self.req_fds.pop(rid, None) if self.req_fds else None
         if entry is not None:
             os.close(entry[1])
@@ -765,6 +832,17 @@ class _Worker:
             return mm[:]
         finally:
             mm.close()
+
+    def take_places(self, rid, hdr):
+        """The outputs this last stage may write into a client's objects itself
+        ("place": [[name, bytes], ...], docs/protocol.md): one writable
+        descriptor each, after the payload's."""
+        place = hdr["place"]
+        if (not self.memfd_min or type(place) is not list or len(self.fds) < len(place)
+                or any(type(p) is not list or len(p) != 2 or type(p[0]) is not str
+                       or type(p[1]) is not int or p[1] < 0 for p in place)):
+            self.violation("bad place, or a place never asked for", hdr)
+        self.req_place[rid] = {name: (self.fds.pop(0), n) for name, n in place}
 
     def region_payload(self, hdr, body):
         """The payload of a request whose header says region [off, n]: its len

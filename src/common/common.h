@@ -150,6 +150,25 @@ int bt_payload_flatten(const char *head, size_t hlen, const struct bt_payload_ta
 		       int *fd, char **map);
 
 /*
+ * Outputs a request's last stage may write itself, straight into the
+ * client's objects (docs/protocol.md, "Shared-memory outputs"): each
+ * object is exactly one output's slot.  handed: the last stage's current
+ * attempt was given them (only then may its answer say it wrote one).
+ */
+struct bt_out_place {
+	char *name; /* the output's */
+	int fd;	    /* the object, read-write */
+	size_t len; /* its size, the slot's */
+};
+struct bt_out_places {
+	struct bt_out_place *v;
+	size_t n;
+	int handed;
+};
+
+void bt_out_places_free(struct bt_out_places *p);
+
+/*
  * A file extension that is safe to append to a path: "." and 1 to 16 of
  * [A-Za-z0-9_-].  It can neither climb out of a directory nor hide a
  * second extension.

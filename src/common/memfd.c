@@ -187,3 +187,15 @@ int bt_payload_flatten(const char *head, size_t hlen, const struct bt_payload_ta
 	*fd = f;
 	return 0;
 }
+
+void bt_out_places_free(struct bt_out_places *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->v[i].name);
+		close(p->v[i].fd);
+	}
+	free(p->v);
+	free(p);
+}

@@ -51,6 +51,7 @@ struct placement {
 struct bt_shm_outputs {
 	struct placement *v;
 	size_t n;
+	const struct bt_out_places *places; /* the request's: which of v its last stage may write */
 };
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -364,6 +365,36 @@ static int build_memfd(size_t total, const char *hdr, size_t hlen, const struct 
 	return 0;
 }
 
+/*
+ * A place for an output its last stage may write itself, when that costs
+ * no confinement: a large slot that is its object's whole content, so
+ * that the writable descriptor the worker gets shows nothing else.
+ */
+static void place_add(struct bt_out_places **pl, const struct region *r, const char *name,
+		      uint64_t off, uint64_t size, size_t memfd_min)
+{
+	struct stat st;
+	if (!memfd_min || size < memfd_min || r->offset + off != 0 || fstat(r->fd, &st) < 0 ||
+	    (uint64_t)st.st_size != size)
+		return;
+	int fd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (!*pl)
+		*pl = bt_calloc(1, sizeof(**pl));
+	(*pl)->v = bt_realloc((*pl)->v, ((*pl)->n + 1) * sizeof(*(*pl)->v));
+	(*pl)->v[(*pl)->n++] = (struct bt_out_place){bt_strdup(name), fd, (size_t)size};
+}
+
+/* Whether the last stage was handed the place of output name. */
+static int handed(const struct bt_shm_outputs *o, const char *name)
+{
+	for (size_t i = 0; o->places && o->places->handed && i < o->places->n; i++)
+		if (!strcmp(o->places->v[i].name, name))
+			return 1;
+	return 0;
+}
+
 static void outputs_add(struct bt_shm_outputs *o, const char *name, struct region *r,
 			uint64_t offset, uint64_t size)
 {
@@ -395,13 +426,14 @@ static struct bt_payload_tail *tail_of(const struct piece *pc, size_t n, size_t 
 
 int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long long hl,
 			 size_t memfd_min, char **out, size_t *outlen, int *outfd,
-			 struct bt_payload_tail **tail, long long *out_hl,
-			 struct bt_shm_outputs **outs, char *err, size_t errlen)
+			 struct bt_payload_tail **tail, struct bt_out_places **places,
+			 long long *out_hl, struct bt_shm_outputs **outs, char *err, size_t errlen)
 {
 	size_t jlen = hl >= 0 ? (size_t)hl : len;
 	*out = NULL;
 	*outfd = -1;
 	*tail = NULL;
+	*places = NULL;
 	*outs = NULL;
 	/* Malformed requests are left to bt_v2_parse_infer, which says what is wrong. */
 	if ((hl >= 0 && (unsigned long long)hl > len) || !memmem(body, jlen, "shared_memory_", 14))
@@ -467,6 +499,7 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 			}
 			json_object_set_new(params, "binary_data", json_true());
 			outputs_add(o, name, r, off, size);
+			place_add(places, r, name, off, size, memfd_min);
 			any = 1;
 		}
 	}
@@ -514,10 +547,14 @@ done:
 	free(hdr);
 	free(pc);
 	json_decref(root);
-	if (e == 1 && o->n)
+	if (e == 1 && o->n) {
+		o->places = *places;
 		*outs = o;
-	else
+	} else {
 		bt_shm_outputs_free(o);
+		bt_out_places_free(*places);
+		*places = NULL;
+	}
 	return e;
 }
 
@@ -568,6 +605,23 @@ int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len,
 		json_t *jsz = json_object_get(params, "binary_data_size");
 		struct placement *p = placement_of(o, json_string_value(json_object_get(ot, "name")));
 		double dsz = json_number_value(jsz);
+		json_t *jplaced = json_object_get(params, "baton_placed");
+		if (!jsz && p && jplaced) {
+			/* The last stage wrote it into the region itself (docs/protocol.md). */
+			json_int_t n = json_integer_value(jplaced);
+			if (!handed(o, p->output) || !json_is_integer(jplaced) || n < 0 ||
+			    (uint64_t)n > p->size) {
+				fail(err, errlen, "output '%s': the last stage says it wrote %s bytes into "
+				     "shared memory it was not given, or more than the slot",
+				     p->output, json_is_integer(jplaced) ? "some" : "a non-integer of");
+				goto done;
+			}
+			json_object_del(params, "baton_placed");
+			json_object_set_new(params, "shared_memory_region", json_string(p->r->name));
+			json_object_set_new(params, "shared_memory_byte_size", json_integer(n));
+			p->done = 1;
+			continue;
+		}
 		if (!jsz) {
 			if (p) {
 				fail(err, errlen, "output '%s' was asked into shared memory but the "

@@ -63,6 +63,7 @@ struct bt_child {
 	 */
 	int memfd; /* it said "memfd": true in "ready" */
 	int region; /* it said "region": true too: it takes shared-memory tails and answers "same" */
+	int place; /* and "place": true: it writes outputs into shared memory itself */
 	uint64_t wout; /* bytes of the channel written so far */
 	struct bt_sendfd { uint64_t pos; int fd; } *sendq; /* descriptors to send, by position */
 	int nsend, capsend;
@@ -414,6 +415,7 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 	c->memfd = json_is_true(json_object_get(hdr, "memfd")) &&
 		   daemon_of(r)->cfg->memfd_min_bytes > 0;
 	c->region = c->memfd && json_is_true(json_object_get(hdr, "region"));
+	c->place = c->region && json_is_true(json_object_get(hdr, "place"));
 	r->ready_ms = bt_now_ms();
 	r->stage->last_stderr[0] = '\0'; /* what it said loading is no reason for a later crash */
 	bt_info("replica ready", "stage=%s replica=%d pid=%d startup_ms=%llu",
@@ -1202,6 +1204,32 @@ void bt_replica_revive(struct bt_replica *r)
 
 /* ---- requests ------------------------------------------------------------ */
 
+/* Appends a descriptor to send with the frame byte at pos. */
+static void add_fd(struct bt_sendfd **fds, int *n, int *cap, size_t pos, int fd)
+{
+	if (*n == *cap) {
+		*cap = *cap ? 2 * *cap : 4;
+		*fds = bt_realloc(*fds, (size_t)*cap * sizeof(**fds));
+	}
+	(*fds)[(*n)++] = (struct bt_sendfd){pos, fd};
+}
+
+/*
+ * The "place" member of req's frame to c ([[output, bytes], ...], one
+ * descriptor each), when c is the last stage and writes outputs into
+ * shared memory itself (docs/protocol.md); NULL otherwise.
+ */
+static json_t *place_for(struct bt_child *c, const struct bt_request *req)
+{
+	if (!req->places || !c->place || req->step + 1 != req->nroute)
+		return NULL;
+	json_t *a = json_array();
+	for (size_t i = 0; i < req->places->n; i++)
+		json_array_append_new(a, json_pack("[s,I]", req->places->v[i].name,
+						   (json_int_t)req->places->v[i].len));
+	return a;
+}
+
 /*
  * A descriptor of req's payload to send to c (a copy of the request's
  * sealed memfd, made at the first hop that can use one), or -1: send bytes.
@@ -1282,7 +1310,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		char why[256];
 	} *unsendable = NULL;
 	struct bt_sendfd *fds = NULL; /* positions within frames */
-	int sent = 0, nunsendable = 0, nfds = 0;
+	int sent = 0, nunsendable = 0, nfds = 0, capfds = 0;
 	for (int i = 0; i < n; i++) {
 		struct bt_request *req = reqs[i];
 		char why[256] = "request metadata does not fit in a 64 KiB header";
@@ -1296,6 +1324,8 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		int fd = e ? -1 : req->tail ? fcntl(req->tail->fd, F_DUPFD_CLOEXEC, 0)
 					    : memfd_for(c, req);
 		size_t at = frames.len;
+		/* The last stage may write outputs into their regions itself. */
+		json_t *place = place_for(c, req);
 		if (e) {
 			/* Failed below, with why. */
 		} else if (req->tail) {
@@ -1309,17 +1339,21 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 							req->idstr, "meta", req->meta, "region",
 							(json_int_t)req->tail->off,
 							(json_int_t)req->tail->len);
+				if (place)
+					json_object_set(hdr, "place", place);
 				e = bt_frame_encode(&frames, hdr, req->payload,
 						    req->len - req->tail->len);
 				json_decref(hdr);
 			}
-		} else if (fd < 0 && c->dec.fast) {
+		} else if (fd < 0 && c->dec.fast && !place) {
 			/* Frames that carry a descriptor keep the JSON header. */
 			e = bt_frame_encode_fast(&frames, BT_FAST_REQ, 0, req->idstr, req->meta,
 						 req->payload, req->len);
 		} else {
 			json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
 						"meta", req->meta);
+			if (place)
+				json_object_set(hdr, "place", place);
 			if (fd >= 0) {
 				json_object_set_new(hdr, "memfd", json_integer((json_int_t)req->len));
 				e = bt_frame_encode(&frames, hdr, NULL, 0);
@@ -1330,11 +1364,30 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		}
 		if (fd >= 0 && e)
 			close(fd);
-		else if (fd >= 0) {
-			if (!fds)
-				fds = bt_malloc((size_t)n * sizeof(*fds));
-			fds[nfds++] = (struct bt_sendfd){at, fd};
+		else if (fd >= 0)
+			add_fd(&fds, &nfds, &capfds, at, fd);
+		if (place && !e) {
+			/* After the payload's, one byte apart: one descriptor per write. */
+			size_t k = fd >= 0 ? 1 : 0;
+			for (size_t j = 0; j < req->places->n && !e; j++) {
+				int pfd = fcntl(req->places->v[j].fd, F_DUPFD_CLOEXEC, 0);
+				if (pfd < 0) {
+					e = -errno;
+					snprintf(why, sizeof(why), "cannot pass a shared memory output on: %s",
+						 bt_strerror(e));
+				} else {
+					add_fd(&fds, &nfds, &capfds, at + k++, pfd);
+				}
+			}
+			if (e) { /* the frame is in frames already: take it and its descriptors back */
+				while (nfds && fds[nfds - 1].pos >= at)
+					close(fds[--nfds].fd);
+				frames.len = at;
+			}
 		}
+		json_decref(place);
+		if (req->places)
+			req->places->handed = place && !e;
 		if (e) {
 			/* Failed alone, once the rest of the batch is on its way. */
 			if (!unsendable)

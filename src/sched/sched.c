@@ -61,6 +61,7 @@ void bt_request_free(struct bt_request *req)
 		req->check_free(req->check_data);
 	else
 		free(req->check_data);
+	bt_out_places_free(req->places); /* after check_data, which may point to it */
 	free(req);
 }
 

@@ -54,6 +54,7 @@ struct bt_request {
 	 * makes one ordinary payload of the two for everyone else.
 	 */
 	struct bt_payload_tail *tail;
+	struct bt_out_places *places; /* or NULL: outputs the last stage may write itself */
 	int attempts; /* dispatches in the current stage */
 	int priority; /* queue level, 0 = served first */
 	uint64_t client_deadline_ms; /* absolute, 0 = none */

@@ -332,6 +332,14 @@ def test_shm_budget_and_an_output_over_its_slot(baton, tmp_path):
         # A 64-byte output does not fit its 63-byte slot: an error, and nothing written.
         assert r.status == 500 and "more than its shared_memory_byte_size" in r.json()["error"], r
         assert region.read(64, 64) == b"\xee" * 64
+        # A last stage that says it wrote an output it was never given a place for
+        # (the slot is not an object of its own) is not believed.
+        claim = {"outputs": [{"name": "out_x", "parameters": {"baton_placed": 10}}]}
+        doc = {"inputs": [shm_input("in", 64)], "outputs": [out],
+               "parameters": {"raw_answer": json.dumps(claim)}}
+        r = b.request("POST", "/v2/models/m/infer", json.dumps(doc).encode(),
+                      {"Content-Type": "application/json"})
+        assert r.status == 500 and "not given" in r.json()["error"], r
     finally:
         region.close()
 
@@ -349,28 +357,41 @@ def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
                      py_stage("c", env_extra=env), {}) +
               "  m:\n    stages: [a, b, c]\n" + IO)
     other = Region(tmp_path / "other", SIZE)  # another client's, never named
+    outr = Region(tmp_path / "out", SIZE)
     try:
         data = frame(b"whole")
         region.write(0, data)
         other.write(0, b"\xaa" * SIZE)
-        for name, r in (("in", region), ("other", other)):
+        for name, r in (("in", region), ("other", other), ("out", outr)):
             assert b.request("POST", "/v2/systemsharedmemory/region/%s/register" % name,
                              json.dumps({"key": r.key, "byte_size": SIZE}).encode()
                              ).status == 200
+        # The output into a region of its own: the last stage writes it there.
+        out_x = {"name": "out_x", "parameters": {"shared_memory_region": "out",
+                                                 "shared_memory_byte_size": SIZE}}
         r0, w0 = io(b.proc.pid)
-        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        r = shm_infer(b, [shm_input("in", SIZE)], [out_x])
         r1, w1 = io(b.proc.pid)
         assert r.status == 200, r
-        hl = int(r.headers["inference-header-content-length"])
-        out = json.loads(r.body[:hl])["outputs"][0]["parameters"]
-        assert r.body[hl:] == data  # exactly the range's bytes, through three stages
+        out = r.json()["outputs"][0]["parameters"]
+        assert out["shared_memory_region"] == "out" and out["shared_memory_byte_size"] == SIZE
+        assert "baton_placed" not in out, out
+        assert outr.read(0, SIZE) == data  # exactly the range's bytes, through three stages
         # Mapped read-only and shared (the client's pages), only the object's size,
         # and no descriptor left behind by the SDK.
         assert out["view"] and out["fds"] == [], out
         assert out["maps"] and all(p == "r--s" for p, _ in out["maps"]), out
         assert sum(n for _, n in out["maps"]) == SIZE, out
-        # baton read nothing of the input (a copy would be SIZE in rchar); it wrote
-        # the answer to the client once.
+        # baton read nothing of the input and copied nothing of the output (either
+        # would be SIZE in rchar and wchar).
+        assert r1 - r0 < SIZE // 8 and w1 - w0 < SIZE // 8, (r1 - r0, w1 - w0)
+        # The output in the answer's body instead: still no copy of the input.
+        r0, w0 = io(b.proc.pid)
+        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        r1, w1 = io(b.proc.pid)
+        assert r.status == 200, r
+        hl = int(r.headers["inference-header-content-length"])
+        assert r.body[hl:] == data
         assert r1 - r0 < SIZE // 8, (r1 - r0, w1 - w0)
         # Not the whole object (the descriptor would show more than the range):
         # copied as before, and still exactly the range's bytes.
@@ -415,6 +436,7 @@ def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
     finally:
         region.close()
         other.close()
+        outr.close()
 
 
 def test_shm_whole_object_input_to_a_worker_that_does_not_take_regions(baton, tmp_path):
