@@ -32,7 +32,9 @@ Handlers
     run(..., views=True) a read-only memoryview of the mapping (no copy);
     returning that very view answers with the same memfd. A large input a
     client put in shared memory (KServe v2) arrives the same way, mapped
-    from the client's object: returning the very payload passes it on.
+    from the client's object: returning the very payload passes it on. At
+    the last stage, binary v2 outputs the client asked into shared memory
+    are written straight into its objects when baton hands them over.
 
 Results (what a handler returns, per request)
     bytes / bytearray / memoryview   the reply payload, as is
