@@ -205,6 +205,36 @@ def load_shm(port, body, concurrency, duration, whole=False):
     return len(lat), secs, lat
 
 
+def sizes(build, duration):
+    """baton's CPU and bytes read and written per request against the
+    frame's size, client shm with an object per region (above
+    memfd_min_bytes nothing is copied through baton)."""
+    tmp = tempfile.mkdtemp(prefix="bench-frames-")
+    d = Daemon(build, tmp, True, 1)
+
+    def io():
+        with open("/proc/%d/io" % d.proc.pid) as f:
+            v = dict(line.split(": ") for line in f.read().splitlines())
+        return int(v["rchar"]) + int(v["wchar"])
+
+    print("client shm, an object per region, three stages, concurrency 2, %.0f s each"
+          % duration)
+    print("%10s %8s %14s %16s" % ("frame", "req/s", "CPU us/req", "read+written/req"))
+    try:
+        for size in (1024, 512 * 1024, 6 * 1024 * 1024, 24 * 1024 * 1024):
+            body = os.urandom(size)
+            load_shm(d.port, body, 2, 1, True)
+            c0, b0 = d.cpu_s(), io()
+            reqs, secs, _ = load_shm(d.port, body, 2, duration, True)
+            cpu, moved = d.cpu_s() - c0, io() - b0
+            print("%9.0fK %8.1f %14.0f %16.0f" % (size / 1024, reqs / secs, cpu / reqs * 1e6,
+                                                  moved / reqs), flush=True)
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build")
@@ -212,8 +242,13 @@ def main():
                     help="seconds of load per figure, over all rounds")
     ap.add_argument("--rounds", type=int, default=4,
                     help="slices each figure's load is cut into, interleaved")
+    ap.add_argument("--sizes", action="store_true",
+                    help="only baton's CPU per request of client shm with an object per "
+                         "region, from 1 KiB to 24 MB")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
+    if args.sizes:
+        return sizes(build, args.duration)
     body = os.urandom(MB6)
     small = os.urandom(1024)
     tmp = tempfile.mkdtemp(prefix="bench-frames-")
