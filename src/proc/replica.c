@@ -1383,6 +1383,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 				while (nfds && fds[nfds - 1].pos >= at)
 					close(fds[--nfds].fd);
 				frames.len = at;
+				frames.data[at] = '\0';
 			}
 		}
 		json_decref(place);
