@@ -441,10 +441,12 @@ def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
 
 def test_shm_whole_object_input_to_a_worker_that_does_not_take_regions(baton, tmp_path):
     """A worker that never announced "region" (an old one) gets the input
-    copied, as before; the next stage can take the region again."""
+    copied, as before, and a handler that takes bytes gets them from the
+    object (one copy, in the worker)."""
     region = Region(tmp_path, SIZE)
-    b = baton(config(py_stage("old", raw=True) + py_stage("c", env_extra={"SHM_V2_LAST": "1"}),
-                     {}) + "  m:\n    stages: [old, c]\n" + IO)
+    b = baton(config(py_stage("bytes", views=False) + py_stage("old", raw=True) +
+                     py_stage("c", env_extra={"SHM_V2_LAST": "1"}), {}) +
+              "  m:\n    stages: [bytes, old, c]\n" + IO)
     try:
         data = frame(b"old")
         region.write(0, data)
