@@ -47,6 +47,12 @@ struct baton_request {
 	int fd; /* the sealed memfd data maps, or -1 */
 	size_t map_len; /* bytes mapped from data's page, or 0 (data is malloc'd) */
 	int region; /* part of data is a client's shared memory: answered "same" */
+	struct place {
+		char *name; /* an output the answer may write into a client's object */
+		int fd;	    /* the object, writable, from offset 0 */
+		size_t len; /* its slot */
+	} *places;
+	size_t nplaces;
 	json_t *meta;
 	char *meta_text;
 	int answered;
@@ -363,6 +369,110 @@ static int fast_id(const struct baton_request *req)
 	return req->w->fast && n > 0 && n <= 255;
 }
 
+static void drop_places(struct baton_request *req)
+{
+	for (size_t i = 0; i < req->nplaces; i++) {
+		free(req->places[i].name);
+		close(req->places[i].fd);
+	}
+	free(req->places);
+	req->places = NULL;
+	req->nplaces = 0;
+}
+
+static int pwrite_all(int fd, const char *p, size_t n)
+{
+	for (size_t off = 0; off < n;) {
+		ssize_t k = pwrite(fd, p + off, n - off, (off_t)off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -1;
+		off += (size_t)k;
+	}
+	return 0;
+}
+
+/*
+ * A binary v2 answer (data, len; meta's v2_header_length) whose outputs
+ * req has places for, written into them (docs/protocol.md, "Shared-memory
+ * inputs"): 1 with the rest of the answer in *out (malloc'd) and its meta
+ * in *out_meta, 0 when nothing was placed (the answer goes as it is).
+ */
+static int place_outputs(struct baton_request *req, const char *data, size_t len, json_t *meta,
+			 char **out, size_t *out_len, json_t **out_meta)
+{
+	json_t *jhl = json_object_get(meta, "v2_header_length");
+	json_int_t hl = json_integer_value(jhl);
+	if (!json_is_integer(jhl) || hl <= 0 || (size_t)hl > len)
+		return 0;
+	json_t *doc = json_loadb(data, (size_t)hl, 0, NULL);
+	json_t *outputs = json_object_get(doc, "outputs");
+	size_t pos = (size_t)hl, nkeep = 0;
+	struct { size_t at, n; } *keep = calloc(json_array_size(outputs) + 1, sizeof(*keep));
+	int placed = 0, bad = !keep || !json_is_array(outputs);
+	for (size_t i = 0; !bad && i < json_array_size(outputs); i++) {
+		json_t *o = json_array_get(outputs, i);
+		json_t *params = json_object_get(o, "parameters");
+		json_t *jsz = json_object_get(params, "binary_data_size");
+		if (!jsz)
+			continue;
+		json_int_t size = json_integer_value(jsz);
+		if (!json_is_integer(jsz) || size < 0 || (size_t)size > len - pos) {
+			bad = 1; /* baton says what is wrong with it */
+			break;
+		}
+		const char *name = json_string_value(json_object_get(o, "name"));
+		struct place *p = NULL;
+		for (size_t j = 0; name && j < req->nplaces; j++)
+			if (!strcmp(req->places[j].name, name))
+				p = &req->places[j];
+		if (p && (size_t)size <= p->len && pwrite_all(p->fd, data + pos, (size_t)size) == 0) {
+			json_object_del(params, "binary_data_size");
+			json_object_set_new(params, "baton_placed", json_integer(size));
+			placed = 1;
+		} else {
+			keep[nkeep].at = pos;
+			keep[nkeep++].n = (size_t)size;
+		}
+		pos += (size_t)size;
+	}
+	char *head = placed && !bad ? json_dumps(doc, JSON_COMPACT) : NULL;
+	json_decref(doc);
+	if (!head) {
+		free(keep);
+		return 0;
+	}
+	keep[nkeep].at = pos;
+	keep[nkeep++].n = len - pos;
+	size_t hlen = strlen(head), total = hlen;
+	for (size_t i = 0; i < nkeep; i++)
+		total += keep[i].n;
+	char *b = malloc(total ? total : 1);
+	*out_meta = json_deep_copy(meta);
+	if (!b || !*out_meta) {
+		free(b);
+		free(head);
+		free(keep);
+		json_decref(*out_meta);
+		return 0;
+	}
+	memcpy(b, head, hlen);
+	for (size_t i = 0, at = hlen; i < nkeep; at += keep[i].n, i++)
+		memcpy(b + at, data + keep[i].at, keep[i].n);
+	if (total > hlen) {
+		json_object_set_new(*out_meta, "v2_header_length", json_integer((json_int_t)hlen));
+	} else {
+		json_object_del(*out_meta, "v2_header_length");
+		json_object_set_new(*out_meta, "content_type", json_string("application/json"));
+	}
+	free(head);
+	free(keep);
+	*out = b;
+	*out_len = total;
+	return 1;
+}
+
 int baton_respond(struct baton_request *req, const void *data, size_t len,
 		  const char *meta_json)
 {
@@ -377,6 +487,23 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 		}
 	}
 	struct worker *w = req->w;
+	if (req->nplaces) {
+		/* The last stage: outputs that have a place go there, not to baton. */
+		char *rest;
+		size_t rest_len;
+		json_t *rest_meta;
+		int placed = meta && place_outputs(req, data, len, meta, &rest, &rest_len, &rest_meta);
+		drop_places(req);
+		if (placed) {
+			char *text = json_dumps(rest_meta, JSON_COMPACT);
+			json_decref(rest_meta);
+			json_decref(meta);
+			int e = text ? baton_respond(req, rest, rest_len, text) : -ENOMEM;
+			free(text);
+			free(rest);
+			return e;
+		}
+	}
 	if (req->region && data == req->data && len == req->len) {
 		/* Its own payload, partly in a client's object: baton passes on what it has. */
 		json_t *hdr = json_pack("{s:s, s:s, s:b}", "t", "res", "id", req->id, "same", 1);
@@ -501,6 +628,7 @@ static void request_free(struct baton_request *req)
 	if (!req)
 		return;
 	free(req->id);
+	drop_places(req);
 	drop_payload(req->data, req->fd, req->map_len);
 	json_decref(req->meta);
 	free(req->meta_text);
@@ -836,6 +964,32 @@ static struct baton_request *make_request(struct worker *w, json_t *hdr,
 	req->fd = fd;
 	req->map_len = map_len;
 	req->region = json_object_get(hdr, "region") != NULL;
+	/* Places come after the payload's descriptor, in order (docs/protocol.md). */
+	json_t *place = json_object_get(hdr, "place");
+	if (place) {
+		size_t n = json_array_size(place);
+		req->places = calloc(n ? n : 1, sizeof(*req->places));
+		for (size_t i = 0; req->places && i < n; i++) {
+			json_t *p = json_array_get(place, i);
+			json_int_t plen = json_integer_value(json_array_get(p, 1));
+			const char *name = json_string_value(json_array_get(p, 0));
+			if (!name || plen < 0 || !w->nrfds)
+				break;
+			req->places[i] = (struct place){strdup(name), w->rfds[0], (size_t)plen};
+			memmove(w->rfds, w->rfds + 1, (size_t)--w->nrfds * sizeof(int));
+			req->nplaces++;
+			if (!req->places[i].name)
+				break;
+		}
+		if (!json_is_array(place) || req->nplaces != n || !req->places ||
+		    (n && !req->places[n - 1].name)) {
+			drop_places(req);
+			free(req->id);
+			free(req);
+			drop_payload(payload, fd, map_len);
+			return NULL;
+		}
+	}
 	json_t *meta = json_object_get(hdr, "meta");
 	req->meta = json_is_object(meta) ? json_incref(meta) : json_object();
 	req->data = payload;
@@ -891,6 +1045,7 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	if (ready && w.memfd_min) {
 		json_object_set_new(ready, "memfd", json_true());
 		json_object_set_new(ready, "region", json_true());
+		json_object_set_new(ready, "place", json_true());
 	}
 	int e = ready ? put_frame(&w, ready, NULL, 0) : -ENOMEM;
 	json_decref(ready);

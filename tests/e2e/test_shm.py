@@ -459,3 +459,31 @@ def test_shm_whole_object_input_to_a_worker_that_does_not_take_regions(baton, tm
         assert r.body[hl:] == data
     finally:
         region.close()
+
+
+def test_shm_whole_object_output_written_by_a_c_last_stage(baton, tmp_path):
+    """The C SDK writes a binary output into the client's object it was
+    handed: baton copies neither the input nor the output."""
+    region, outr = Region(tmp_path, SIZE), Region(tmp_path / "out", SIZE)
+    b = baton(config(py_stage("a") + "  c:\n    command: [%s]\n    env: {C_V2_LAST: \"1\"}\n"
+                     % C_WORKER, {}) + "  m:\n    stages: [a, c]\n" + IO)
+    try:
+        data = frame(b"c-out")
+        region.write(0, data)
+        for name, r in (("in", region), ("out", outr)):
+            assert b.request("POST", "/v2/systemsharedmemory/region/%s/register" % name,
+                             json.dumps({"key": r.key, "byte_size": SIZE}).encode()
+                             ).status == 200
+        out_x = {"name": "out_x", "parameters": {"shared_memory_region": "out",
+                                                 "shared_memory_byte_size": SIZE}}
+        r0, w0 = io(b.proc.pid)
+        r = shm_infer(b, [shm_input("in", SIZE)], [out_x])
+        r1, w1 = io(b.proc.pid)
+        assert r.status == 200, r
+        out = r.json()["outputs"][0]["parameters"]
+        assert out == {"shared_memory_region": "out", "shared_memory_byte_size": SIZE}, out
+        assert outr.read(0, SIZE) == data
+        assert r1 - r0 < SIZE // 8 and w1 - w0 < SIZE // 8, (r1 - r0, w1 - w0)
+    finally:
+        region.close()
+        outr.close()
