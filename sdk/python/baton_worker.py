@@ -866,20 +866,22 @@ class _Worker:
             else:
                 self.start = body
                 head = self.read_payload(h)
-            if self.views:
+            payload = None
+            if self.views and n:
                 try:
                     payload = _joined_view(head, fd, off, n)
                 except OSError:
-                    payload = None
-                if payload is not None:
-                    self.req_same[hdr.get("id")] = payload
-                    return payload
-            mm = _mmap.mmap(fd, n, flags=_mmap.MAP_SHARED, prot=_mmap.PROT_READ, offset=off)
-            try:
-                payload = b"".join((head, mm))     # one copy: the handler takes bytes
-            finally:
-                mm.close()
-            if self.views:
+                    pass
+            if payload is None and n:
+                mm = _mmap.mmap(fd, n, flags=_mmap.MAP_SHARED, prot=_mmap.PROT_READ,
+                                offset=off)
+                try:
+                    payload = b"".join((head, mm))     # one copy: the handler takes bytes
+                finally:
+                    mm.close()
+            elif payload is None:
+                payload = head
+            if self.views and type(payload) is not memoryview:
                 payload = memoryview(payload)
             self.req_same[hdr.get("id")] = payload
             return payload
