@@ -9,6 +9,8 @@ begin with a command choose something else:
   crash      SIGKILL itself while holding the request (and its memfd)
   unsealed   answer with a memfd that is not sealed (a protocol violation)
 SHM_GATE=PATH holds every request until the file PATH exists.
+SHM_CRASH_ONCE=PATH: SIGKILL itself holding the first request, unless the
+file PATH exists (it makes it first), so that the request is retried.
 SHM_V2_LAST=1 answers a v2 request of one binary input x with the binary
 output out_x holding x's bytes, and rejects a payload whose length is not
 exactly its JSON header plus x (more bytes would mean a worker sees memory
@@ -91,6 +93,10 @@ def run_sdk():
                     break
                 time.sleep(0.01)
             head = bytes(r.payload[:8])
+            once = os.environ.get("SHM_CRASH_ONCE")
+            if once and not os.path.exists(once):
+                open(once, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
             if head.startswith(b"crash"):
                 os.kill(os.getpid(), signal.SIGKILL)
             if head.startswith(b"unsealed"):
