@@ -97,15 +97,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int outfd = -1;
 	long long out_hl = -1;
 	struct bt_shm_outputs *outs = NULL;
+	struct bt_payload_tail *tail = NULL;
+	struct bt_out_places *places = NULL;
 	int r = bt_shm_rewrite_infer(shm, body, len, hl, (data[0] & 2) ? 64 : 0, &out, &outlen,
-				     &outfd, &out_hl, &outs, err, sizeof(err));
+				     &outfd, &tail, &places, &out_hl, &outs, err, sizeof(err));
 	if (r == 1) {
+		/* A tail left in the object: only the head is in memory. */
+		size_t inmem = outlen - (tail ? tail->len : 0);
 		if (out_hl > (long long)outlen || out_hl == 0)
 			broken("the rewritten header length is outside the body");
-		for (size_t i = out_hl < 0 ? outlen : (size_t)out_hl; i < outlen; i++)
+		if (tail && out_hl > (long long)inmem)
+			broken("a tail begins inside the JSON header");
+		for (size_t i = out_hl < 0 ? inmem : (size_t)out_hl; i < inmem; i++)
 			if ((unsigned char)out[i] == 0xAA && memchr(body, 0xAA, len) == NULL)
 				broken("bytes outside every registered region were read");
-		if (outs) {
+		if (outs && !tail) {
 			/* The request as the answer: whatever it says, no crash and no leak. */
 			char *ans = NULL;
 			size_t alen = 0;
@@ -116,9 +122,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			free(ans);
 		}
 		bt_payload_free(out, outlen, outfd);
+		bt_payload_tail_free(tail);
 	} else if (r < 0 && !err[0]) {
 		broken("a refused request says nothing");
 	}
 	bt_shm_outputs_free(outs);
+	bt_out_places_free(places);
 	return 0;
 }

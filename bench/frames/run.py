@@ -5,7 +5,11 @@
 three stages, in three ways: as bytes (memfd_min_bytes: 0, how every hop
 worked before memfds), as memfds with handlers that take bytes (the SDK's
 default), and as memfds with handlers that take views (views=True: no copy
-anywhere). Then baton's own CPU per request (utime + stime from /proc) at
+anywhere); and over KServe v2 with Triton's system shared memory, with a
+client's input and output regions in one object (baton copies the input
+in and the output out) or each region an object of its own (baton copies
+neither: workers get the objects). Then baton's own CPU per request
+(utime + stime from /proc; its idle rate shown apart and taken out) at
 1 KiB and at 6 MB through three stages. Prints figures, never pass/fail.
 
     /usr/bin/python3 bench/frames/run.py --build build [--duration 8]
@@ -118,11 +122,14 @@ def load(port, pipeline, body, concurrency, duration):
     return len(lat), time.monotonic() - t0, lat
 
 
-def load_shm(port, body, concurrency, duration):
+def load_shm(port, body, concurrency, duration, whole=False):
     """Closed loop over KServe v2 with Triton's system shared memory: each
     client writes its frame into its input region (as a camera client
     would, every time), posts a small JSON request naming the regions, and
-    reads the answer from its output region."""
+    reads the answer from its output region. whole: each region is an
+    object of its own, as Triton's clients make them (baton then hands the
+    input's object to the workers instead of copying it); else one object
+    holds a client's input and output regions (the input is copied)."""
     lat, errors = [], []
     lock = threading.Lock()
     regions = []
@@ -138,19 +145,26 @@ def load_shm(port, body, concurrency, duration):
             raise SystemExit("%s %s: %d %s" % (method, path, r.status, out[:200]))
         return out
 
+    def make(key, size):
+        fd = os.open("/dev/shm" + key, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+        os.ftruncate(fd, size)
+        regions.append((key, fd))
+        return fd
+
+    fds = []
     for i in range(concurrency):
         key = "/bench-frames-%d-%d" % (os.getpid(), i)
-        fd = os.open("/dev/shm" + key, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
-        os.ftruncate(fd, 2 * n)
-        regions.append((key, fd))
+        fd = make(key, n if whole else 2 * n)
+        okey, ofd, ooff = (key + "-out", make(key + "-out", n), 0) if whole else (key, fd, n)
+        fds.append((fd, ofd, ooff))
         request("POST", "/v2/systemsharedmemory/region/in%d/register" % i,
                 {"key": key, "offset": 0, "byte_size": n})
         request("POST", "/v2/systemsharedmemory/region/out%d/register" % i,
-                {"key": key, "offset": n, "byte_size": n})
+                {"key": okey, "offset": ooff, "byte_size": n})
     stop_at = time.monotonic() + duration
 
     def client(i):
-        fd = regions[i][1]
+        fd, ofd, ooff = fds[i]
         doc = json.dumps({
             "inputs": [{"name": "x", "datatype": "UINT8", "shape": [n], "parameters": {
                 "shared_memory_region": "in%d" % i, "shared_memory_byte_size": n}}],
@@ -164,7 +178,7 @@ def load_shm(port, body, concurrency, duration):
                          headers={"Content-Type": "application/json"})
             r = conn.getresponse()
             out = r.read()
-            got = os.pread(fd, 16, n)
+            got = os.pread(ofd, 16, ooff)
             dt = time.monotonic() - t0
             if r.status != 200 or got != body[:16]:
                 errors.append((r.status, out[:200]))
@@ -191,6 +205,36 @@ def load_shm(port, body, concurrency, duration):
     return len(lat), secs, lat
 
 
+def sizes(build, duration):
+    """baton's CPU and bytes read and written per request against the
+    frame's size, client shm with an object per region (above
+    memfd_min_bytes nothing is copied through baton)."""
+    tmp = tempfile.mkdtemp(prefix="bench-frames-")
+    d = Daemon(build, tmp, True, 1)
+
+    def io():
+        with open("/proc/%d/io" % d.proc.pid) as f:
+            v = dict(line.split(": ") for line in f.read().splitlines())
+        return int(v["rchar"]) + int(v["wchar"])
+
+    print("client shm, an object per region, three stages, concurrency 2, %.0f s each"
+          % duration)
+    print("%10s %8s %14s %16s" % ("frame", "req/s", "CPU us/req", "read+written/req"))
+    try:
+        for size in (1024, 512 * 1024, 6 * 1024 * 1024, 24 * 1024 * 1024):
+            body = os.urandom(size)
+            load_shm(d.port, body, 2, 1, True)
+            c0, b0 = d.cpu_s(), io()
+            reqs, secs, _ = load_shm(d.port, body, 2, duration, True)
+            cpu, moved = d.cpu_s() - c0, io() - b0
+            print("%9.0fK %8.1f %14.0f %16.0f" % (size / 1024, reqs / secs, cpu / reqs * 1e6,
+                                                  moved / reqs), flush=True)
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default="build")
@@ -198,8 +242,13 @@ def main():
                     help="seconds of load per figure, over all rounds")
     ap.add_argument("--rounds", type=int, default=4,
                     help="slices each figure's load is cut into, interleaved")
+    ap.add_argument("--sizes", action="store_true",
+                    help="only baton's CPU per request of client shm with an object per "
+                         "region, from 1 KiB to 24 MB")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
+    if args.sizes:
+        return sizes(build, args.duration)
     body = os.urandom(MB6)
     small = os.urandom(1024)
     tmp = tempfile.mkdtemp(prefix="bench-frames-")
@@ -210,14 +259,16 @@ def main():
     ways = [("bytes (memfd_min_bytes: 0)", False, 0),
             ("memfd, handler takes bytes", True, 0),
             ("memfd, handler takes views", True, 1)]
-    shm_name = "client shm (KServe v2), memfd hops"
+    shm_name = "client shm, one object for in+out"
+    whole_name = "client shm, an object per region"
     daemons = []
     try:
         for name, memfd, views in ways:
             daemons.append(Daemon(build, tmp, memfd, views))
         # Interleaved: every figure gets slices spread over the whole run, so
         # that the load of a shared machine drifting does not favour one.
-        runs = [(i, pl) for i in range(len(ways)) for pl in ("one", "three")] + [(2, "shm")]
+        runs = [(i, pl) for i in range(len(ways)) for pl in ("one", "three")] + [
+            (2, "shm"), (2, "whole")]
         acc = {r: [0, 0.0, []] for r in runs}
         for d in daemons:
             load(d.port, "one", body, 2, 1)  # warm up
@@ -225,8 +276,9 @@ def main():
         for _ in range(args.rounds):
             for r in runs:
                 d = daemons[r[0]]
-                if r[1] == "shm":
-                    reqs, secs, lat = load_shm(d.port, body, 2, args.duration / args.rounds)
+                if r[1] in ("shm", "whole"):
+                    reqs, secs, lat = load_shm(d.port, body, 2, args.duration / args.rounds,
+                                               r[1] == "whole")
                 else:
                     reqs, secs, lat = load(d.port, r[1], body, 2, args.duration / args.rounds)
                 acc[r][0] += reqs
@@ -238,25 +290,38 @@ def main():
                 print("%-34s %8d %8.1f %9.1f %9s" % (
                     name, n, rate[(i, pl)], statistics.median(acc[(i, pl)][2]) * 1000,
                     "%.2f" % (rate[(i, "three")] / rate[(i, "one")]) if n == 3 else ""))
-        print("%-34s %8d %8.1f %9.1f" % (shm_name, 3, rate[(2, "shm")],
-                                          statistics.median(acc[(2, "shm")][2]) * 1000))
-        print("\nclient shm against bytes through three stages: %.1fx" % (
-            rate[(2, "shm")] / rate[(0, "three")]))
-        print("\nbaton's CPU per request, three stages, concurrency 2")
-        print("%-34s %10s %14s" % ("how", "payload", "CPU us/req"))
-        cpu_runs = [(0, "1 KiB", small), (0, "6 MB", body), (2, "1 KiB", small),
-                    (2, "6 MB", body), (2, "shm", body)]
-        for i, label, b in cpu_runs:
+        for name, key in ((shm_name, "shm"), (whole_name, "whole")):
+            print("%-34s %8d %8.1f %9.1f" % (name, 3, rate[(2, key)],
+                                              statistics.median(acc[(2, key)][2]) * 1000))
+        print("\nclient shm against bytes through three stages: %.1fx (one object), "
+              "%.1fx (an object per region)" % (rate[(2, "shm")] / rate[(0, "three")],
+                                                rate[(2, "whole")] / rate[(0, "three")]))
+        # What baton spends with no request at all (ticks, pings, /proc scans):
+        # it is spread over fewer requests when they are large, so it is shown
+        # apart and taken out of the last column.
+        idle = {}
+        for i in (0, 2):
+            c0, t0 = daemons[i].cpu_s(), time.monotonic()
+            time.sleep(6)
+            idle[i] = (daemons[i].cpu_s() - c0) / (time.monotonic() - t0)
+        print("\nbaton's CPU per request, three stages, concurrency 2 (idle: %.1f and %.1f ms/s)"
+              % (idle[0] * 1000, idle[2] * 1000))
+        print("%-34s %10s %14s %14s" % ("how", "payload", "CPU us/req", "less idle"))
+        cpu_runs = [(0, None, "1 KiB", small), (0, None, "6 MB", body),
+                    (2, None, "1 KiB", small), (2, None, "6 MB", body),
+                    (2, "shm", "1 KiB", small), (2, "shm", "6 MB", body),
+                    (2, "whole", "1 KiB", small), (2, "whole", "6 MB", body)]
+        for i, how, label, b in cpu_runs:
             d = daemons[i]
-            c0 = d.cpu_s()
-            if label == "shm":
-                reqs, _, _ = load_shm(d.port, b, 2, args.duration / 2)
+            c0, t0 = d.cpu_s(), time.monotonic()
+            if how:
+                reqs, _, _ = load_shm(d.port, b, 2, args.duration / 2, how == "whole")
             else:
                 reqs, _, _ = load(d.port, "three", b, 2, args.duration / 2)
-            cpu = d.cpu_s() - c0
-            print("%-34s %10s %14.0f" % (shm_name if label == "shm" else ways[i][0],
-                                         "6 MB" if label == "shm" else label,
-                                         cpu / reqs * 1e6), flush=True)
+            cpu, secs = d.cpu_s() - c0, time.monotonic() - t0
+            name = {None: ways[i][0], "shm": shm_name, "whole": whole_name}[how]
+            print("%-34s %10s %14.0f %14.0f" % (name, label, cpu / reqs * 1e6,
+                                                (cpu - idle[i] * secs) / reqs * 1e6), flush=True)
     finally:
         for d in daemons:
             d.stop()

@@ -44,8 +44,15 @@ struct baton_request {
 	char *id;
 	char *data;
 	size_t len;
-	int fd; /* the sealed memfd data maps, or -1 (data is malloc'd) */
-	size_t map_len; /* bytes mapped at data */
+	int fd; /* the sealed memfd data maps, or -1 */
+	size_t map_len; /* bytes mapped from data's page, or 0 (data is malloc'd) */
+	int region; /* part of data is a client's shared memory: answered "same" */
+	struct place {
+		char *name; /* an output the answer may write into a client's object */
+		int fd;	    /* the object, writable, from offset 0 */
+		size_t len; /* its slot */
+	} *places;
+	size_t nplaces;
 	json_t *meta;
 	char *meta_text;
 	int answered;
@@ -267,6 +274,13 @@ static int put_memfd_frame(struct worker *w, json_t *hdr, size_t len, int fd)
 	return 0;
 }
 
+/* The start of p's page: where a mapping that p lies in the first page of begins. */
+static char *page_of(char *p)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	return (char *)((uintptr_t)p & ~(page - 1));
+}
+
 /*
  * Maps a received memfd of len bytes read-only, followed by a NUL as
  * every payload is: the bytes after len in its last page are zeros when
@@ -355,6 +369,110 @@ static int fast_id(const struct baton_request *req)
 	return req->w->fast && n > 0 && n <= 255;
 }
 
+static void drop_places(struct baton_request *req)
+{
+	for (size_t i = 0; i < req->nplaces; i++) {
+		free(req->places[i].name);
+		close(req->places[i].fd);
+	}
+	free(req->places);
+	req->places = NULL;
+	req->nplaces = 0;
+}
+
+static int pwrite_all(int fd, const char *p, size_t n)
+{
+	for (size_t off = 0; off < n;) {
+		ssize_t k = pwrite(fd, p + off, n - off, (off_t)off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -1;
+		off += (size_t)k;
+	}
+	return 0;
+}
+
+/*
+ * A binary v2 answer (data, len; meta's v2_header_length) whose outputs
+ * req has places for, written into them (docs/protocol.md, "Shared-memory
+ * inputs"): 1 with the rest of the answer in *out (malloc'd) and its meta
+ * in *out_meta, 0 when nothing was placed (the answer goes as it is).
+ */
+static int place_outputs(struct baton_request *req, const char *data, size_t len, json_t *meta,
+			 char **out, size_t *out_len, json_t **out_meta)
+{
+	json_t *jhl = json_object_get(meta, "v2_header_length");
+	json_int_t hl = json_integer_value(jhl);
+	if (!json_is_integer(jhl) || hl <= 0 || (size_t)hl > len)
+		return 0;
+	json_t *doc = json_loadb(data, (size_t)hl, 0, NULL);
+	json_t *outputs = json_object_get(doc, "outputs");
+	size_t pos = (size_t)hl, nkeep = 0;
+	struct { size_t at, n; } *keep = calloc(json_array_size(outputs) + 1, sizeof(*keep));
+	int placed = 0, bad = !keep || !json_is_array(outputs);
+	for (size_t i = 0; !bad && i < json_array_size(outputs); i++) {
+		json_t *o = json_array_get(outputs, i);
+		json_t *params = json_object_get(o, "parameters");
+		json_t *jsz = json_object_get(params, "binary_data_size");
+		if (!jsz)
+			continue;
+		json_int_t size = json_integer_value(jsz);
+		if (!json_is_integer(jsz) || size < 0 || (size_t)size > len - pos) {
+			bad = 1; /* baton says what is wrong with it */
+			break;
+		}
+		const char *name = json_string_value(json_object_get(o, "name"));
+		struct place *p = NULL;
+		for (size_t j = 0; name && j < req->nplaces; j++)
+			if (!strcmp(req->places[j].name, name))
+				p = &req->places[j];
+		if (p && (size_t)size <= p->len && pwrite_all(p->fd, data + pos, (size_t)size) == 0) {
+			json_object_del(params, "binary_data_size");
+			json_object_set_new(params, "baton_placed", json_integer(size));
+			placed = 1;
+		} else {
+			keep[nkeep].at = pos;
+			keep[nkeep++].n = (size_t)size;
+		}
+		pos += (size_t)size;
+	}
+	char *head = placed && !bad ? json_dumps(doc, JSON_COMPACT) : NULL;
+	json_decref(doc);
+	if (!head) {
+		free(keep);
+		return 0;
+	}
+	keep[nkeep].at = pos;
+	keep[nkeep++].n = len - pos;
+	size_t hlen = strlen(head), total = hlen;
+	for (size_t i = 0; i < nkeep; i++)
+		total += keep[i].n;
+	char *b = malloc(total ? total : 1);
+	*out_meta = json_deep_copy(meta);
+	if (!b || !*out_meta) {
+		free(b);
+		free(head);
+		free(keep);
+		json_decref(*out_meta);
+		return 0;
+	}
+	memcpy(b, head, hlen);
+	for (size_t i = 0, at = hlen; i < nkeep; at += keep[i].n, i++)
+		memcpy(b + at, data + keep[i].at, keep[i].n);
+	if (total > hlen) {
+		json_object_set_new(*out_meta, "v2_header_length", json_integer((json_int_t)hlen));
+	} else {
+		json_object_del(*out_meta, "v2_header_length");
+		json_object_set_new(*out_meta, "content_type", json_string("application/json"));
+	}
+	free(head);
+	free(keep);
+	*out = b;
+	*out_len = total;
+	return 1;
+}
+
 int baton_respond(struct baton_request *req, const void *data, size_t len,
 		  const char *meta_json)
 {
@@ -369,6 +487,36 @@ int baton_respond(struct baton_request *req, const void *data, size_t len,
 		}
 	}
 	struct worker *w = req->w;
+	if (req->nplaces) {
+		/* The last stage: outputs that have a place go there, not to baton. */
+		char *rest;
+		size_t rest_len;
+		json_t *rest_meta;
+		int placed = meta && place_outputs(req, data, len, meta, &rest, &rest_len, &rest_meta);
+		drop_places(req);
+		if (placed) {
+			char *text = json_dumps(rest_meta, JSON_COMPACT);
+			json_decref(rest_meta);
+			json_decref(meta);
+			int e = text ? baton_respond(req, rest, rest_len, text) : -ENOMEM;
+			free(text);
+			free(rest);
+			return e;
+		}
+	}
+	if (req->region && data == req->data && len == req->len) {
+		/* Its own payload, partly in a client's object: baton passes on what it has. */
+		json_t *hdr = json_pack("{s:s, s:s, s:b}", "t", "res", "id", req->id, "same", 1);
+		if (hdr && meta)
+			json_object_set_new(hdr, "meta", meta);
+		else
+			json_decref(meta);
+		int e = hdr ? put_frame(w, hdr, NULL, 0) : -ENOMEM;
+		json_decref(hdr);
+		if (!e)
+			req->answered = 1;
+		return e;
+	}
 	int as_memfd = w->memfd_min && len >= w->memfd_min;
 	/* Answers that go as memfds keep the JSON header (their fd rides on it). */
 	if (fast_id(req) && !as_memfd) {
@@ -473,20 +621,15 @@ int baton_fail(struct baton_request *req, const char *message, int retry)
 	return e;
 }
 
+static void drop_payload(char *payload, int fd, size_t map_len);
+
 static void request_free(struct baton_request *req)
 {
 	if (!req)
 		return;
 	free(req->id);
-	if (req->fd >= 0) {
-		if (req->map_len)
-			munmap(req->data, req->map_len);
-		else
-			free(req->data);
-		close(req->fd);
-	} else {
-		free(req->data);
-	}
+	drop_places(req);
+	drop_payload(req->data, req->fd, req->map_len);
 	json_decref(req->meta);
 	free(req->meta_text);
 	free(req);
@@ -557,7 +700,7 @@ static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_
 static void drop_payload(char *payload, int fd, size_t map_len)
 {
 	if (map_len)
-		munmap(payload, map_len);
+		munmap(page_of(payload), map_len);
 	else
 		free(payload);
 	if (fd >= 0)
@@ -571,7 +714,7 @@ static int next_message(struct worker *w, json_t **hdr, char **payload, size_t *
 	int fd;
 	size_t map_len;
 	int r = next_message_fd(w, hdr, payload, len, &fd, &map_len, fast);
-	if (r == 1 && fd >= 0) {
+	if (r == 1 && (fd >= 0 || map_len)) {
 		drop_payload(*payload, fd, map_len);
 		json_decref(*hdr);
 		return -EPROTO;
@@ -617,6 +760,80 @@ static int memfd_payload(struct worker *w, json_t *jfd, char **payload, size_t *
 	return 0;
 }
 
+/*
+ * The payload of a request whose header says "region": [off, n]
+ * (docs/protocol.md, "Shared-memory inputs"): the frame's hlen bytes, then
+ * n bytes of a client's object from the read-only descriptor that came
+ * with the header.  The object is mapped right behind the head, which is
+ * written just before a page boundary of an anonymous mapping: no copy.
+ * When the object goes on past the range (its bytes would follow instead
+ * of the NUL every payload has) or cannot be mapped, a copy.  The
+ * descriptor is closed either way.
+ */
+static int region_payload(struct worker *w, json_t *h, const char *head, size_t hlen,
+			  char **payload, size_t *len, size_t *map_len)
+{
+	json_t *reg = json_object_get(h, "region");
+	json_t *joff = json_array_get(reg, 0), *jn = json_array_get(reg, 1);
+	json_int_t off = json_integer_value(joff), n = json_integer_value(jn);
+	long page = sysconf(_SC_PAGESIZE);
+	if (json_array_size(reg) != 2 || !json_is_integer(joff) || !json_is_integer(jn) ||
+	    off < 0 || n < 0 || page <= 0 || off % page || (unsigned long long)n > SIZE_MAX / 4 ||
+	    !w->nrfds || strcmp(json_string_value(json_object_get(h, "t")), "req"))
+		return -EPROTO;
+	int rfd = w->rfds[0];
+	memmove(w->rfds, w->rfds + 1, (size_t)--w->nrfds * sizeof(int));
+	size_t pg = (size_t)page, hp = (hlen + pg - 1) / pg * pg;
+	size_t np = ((size_t)n + pg - 1) / pg * pg, total = hp + np + ((size_t)n % pg ? 0 : pg);
+	struct stat st;
+	char *p = NULL;
+	*map_len = 0;
+	if (fstat(rfd, &st) == 0 && (unsigned long long)st.st_size == (unsigned long long)(off + n)) {
+		char *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+				  -1, 0);
+		if (base != MAP_FAILED && n > 0 &&
+		    mmap(base + hp, (size_t)n, PROT_READ, MAP_SHARED | MAP_FIXED, rfd, (off_t)off) ==
+			    MAP_FAILED) {
+			munmap(base, total);
+			base = MAP_FAILED;
+		}
+		if (base != MAP_FAILED) {
+			if (hlen)
+				memcpy(base + hp - hlen, head, hlen);
+			mprotect(base, hp, PROT_READ);
+			if (total > hp + np)
+				mprotect(base + hp + np, total - hp - np, PROT_READ);
+			p = base + hp - hlen;
+			*map_len = total;
+		}
+	}
+	if (!p) {
+		size_t got = 0;
+		p = malloc(hlen + (size_t)n + 1);
+		if (p) {
+			memcpy(p, head, hlen);
+			while (got < (size_t)n) {
+				ssize_t k = pread(rfd, p + hlen + got, (size_t)n - got, (off_t)(off + got));
+				if (k < 0 && errno == EINTR)
+					continue;
+				if (k <= 0)
+					break;
+				got += (size_t)k;
+			}
+			p[hlen + got] = '\0';
+		}
+		if (!p || got < (size_t)n) {
+			free(p);
+			close(rfd);
+			return p ? -EPROTO : -ENOMEM;
+		}
+	}
+	close(rfd);
+	*payload = p;
+	*len = hlen + (size_t)n;
+	return 0;
+}
+
 static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_t *len,
 			   int *fd, size_t *map_len, struct baton_request **fast)
 {
@@ -657,6 +874,16 @@ static int next_message_fd(struct worker *w, json_t **hdr, char **payload, size_
 	if (avail - hlen - 1 < (size_t)n) {
 		json_decref(h);
 		return 0;
+	}
+	if (json_object_get(h, "region")) {
+		int e = region_payload(w, h, nl + 1, (size_t)n, payload, len, map_len);
+		if (e) {
+			json_decref(h);
+			return e;
+		}
+		*hdr = h;
+		w->pos += hlen + 1 + (size_t)n;
+		return 1;
 	}
 	*payload = NULL;
 	if (n > 0) {
@@ -736,6 +963,33 @@ static struct baton_request *make_request(struct worker *w, json_t *hdr,
 	}
 	req->fd = fd;
 	req->map_len = map_len;
+	req->region = json_object_get(hdr, "region") != NULL;
+	/* Places come after the payload's descriptor, in order (docs/protocol.md). */
+	json_t *place = json_object_get(hdr, "place");
+	if (place) {
+		size_t n = json_array_size(place);
+		req->places = calloc(n ? n : 1, sizeof(*req->places));
+		for (size_t i = 0; req->places && i < n; i++) {
+			json_t *p = json_array_get(place, i);
+			json_int_t plen = json_integer_value(json_array_get(p, 1));
+			const char *name = json_string_value(json_array_get(p, 0));
+			if (!name || plen < 0 || !w->nrfds)
+				break;
+			req->places[i] = (struct place){strdup(name), w->rfds[0], (size_t)plen};
+			memmove(w->rfds, w->rfds + 1, (size_t)--w->nrfds * sizeof(int));
+			req->nplaces++;
+			if (!req->places[i].name)
+				break;
+		}
+		if (!json_is_array(place) || req->nplaces != n || !req->places ||
+		    (n && !req->places[n - 1].name)) {
+			drop_places(req);
+			free(req->id);
+			free(req);
+			drop_payload(payload, fd, map_len);
+			return NULL;
+		}
+	}
 	json_t *meta = json_object_get(hdr, "meta");
 	req->meta = json_is_object(meta) ? json_incref(meta) : json_object();
 	req->data = payload;
@@ -788,8 +1042,11 @@ int baton_worker_run(const struct baton_worker_ops *ops, void *user)
 	json_t *ready = json_pack("{s:s, s:i}", "t", "ready", "proto", BATON_WORKER_PROTO);
 	if (ready && w.offer_fast)
 		json_object_set_new(ready, "fast", json_integer(1));
-	if (ready && w.memfd_min)
+	if (ready && w.memfd_min) {
 		json_object_set_new(ready, "memfd", json_true());
+		json_object_set_new(ready, "region", json_true());
+		json_object_set_new(ready, "place", json_true());
+	}
 	int e = ready ? put_frame(&w, ready, NULL, 0) : -ENOMEM;
 	json_decref(ready);
 	/* "ready" has len 0; the protocol allows it, and baton ignores it. */

@@ -30,7 +30,11 @@ Handlers
     Large payloads travel as sealed memfds when baton offers it (payloads of
     BATON_MEMFD_MIN bytes and more): the handler still gets bytes, or with
     run(..., views=True) a read-only memoryview of the mapping (no copy);
-    returning that very view answers with the same memfd.
+    returning that very view answers with the same memfd. A large input a
+    client put in shared memory (KServe v2) arrives the same way, mapped
+    from the client's object: returning the very payload passes it on. At
+    the last stage, binary v2 outputs the client asked into shared memory
+    are written straight into its objects when baton hands them over.
 
 Results (what a handler returns, per request)
     bytes / bytearray / memoryview   the reply payload, as is
@@ -132,6 +136,7 @@ import struct as _struct
 import sys
 import time
 import traceback
+import weakref as _weakref
 from array import array as _array
 from itertools import repeat as _repeat
 from json.encoder import encode_basestring_ascii as _quote_ascii
@@ -193,6 +198,99 @@ def _memfd_min():
     except ValueError:
         return 0
     return n if n > 0 and _SEALS and hasattr(os, "memfd_create") else 0
+
+
+_MAP_FIXED = 0x10              # Linux; the mmap module does not export it
+_libc = None
+
+
+def _joined_view(head, fd, off, n):
+    """A read-only memoryview of head followed by n bytes of fd from off (a
+    page multiple), with no copy of the latter: head is written just before
+    a page boundary of an anonymous mapping, and the file is mapped read-only
+    right after it (MAP_FIXED, through ctypes, as the mmap module cannot).
+    The mapping is undone when the last view of it goes."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_long]
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _libc = lib
+    page = _mmap.PAGESIZE
+    h = len(head)
+    hp = -(-h // page) * page
+    total = hp + -(-n // page) * page
+    base = _libc.mmap(None, total, _mmap.PROT_READ | _mmap.PROT_WRITE,
+                      _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS, -1, 0)
+    if base is None or base == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "cannot map a shared-memory input")
+    try:
+        if _libc.mmap(base + hp, total - hp, _mmap.PROT_READ, _mmap.MAP_SHARED | _MAP_FIXED,
+                      fd, off) != base + hp:
+            raise OSError(ctypes.get_errno(), "cannot map a shared-memory input")
+        if h:
+            ctypes.memmove(base + hp - h, head, h)
+            _libc.mprotect(base, hp, _mmap.PROT_READ)
+    except BaseException:
+        _libc.munmap(base, total)
+        raise
+    arr = (ctypes.c_char * (h + n)).from_address(base + hp - h)
+    _weakref.finalize(arr, _libc.munmap, base, total)
+    return memoryview(arr).cast("B").toreadonly()
+
+
+def _place_outputs(result, places):
+    """result with the binary outputs that places names written into their
+    objects (from offset 0) instead of carried: each becomes
+    "baton_placed": bytes in its parameters. A result that is not a binary
+    v2 response, or an output larger than its place, is left as it is (for
+    baton to copy, or to refuse)."""
+    if type(result) is not tuple or len(result) != 2 or not isinstance(result[1], dict):
+        return result
+    body, meta = result
+    hl = meta.get("v2_header_length")
+    if type(hl) is not int or not isinstance(body, (bytes, bytearray, memoryview)):
+        return result
+    view = memoryview(body).cast("B")
+    try:
+        doc = _decode(str(view[:hl], "utf-8"))
+    except ValueError:
+        return result
+    outputs = doc.get("outputs") if type(doc) is dict else None
+    if type(outputs) is not list:
+        return result
+    pos, parts, placed = hl, [], False
+    for o in outputs:
+        params = o.get("parameters") if type(o) is dict else None
+        size = params.get("binary_data_size") if type(params) is dict else None
+        if type(size) is not int or size < 0 or pos + size > len(view):
+            return result      # baton says what is wrong with it
+        where = places.get(o.get("name"))
+        if where is not None and size <= where[1]:
+            chunk, done = view[pos:pos + size], 0
+            while done < size:
+                done += os.pwrite(where[0], chunk[done:], done)
+            del params["binary_data_size"]
+            params["baton_placed"] = size
+            placed = True
+        else:
+            parts.append(view[pos:pos + size])
+        pos += size
+    if not placed:
+        return result
+    parts.append(view[pos:])
+    head = _encode_body(doc).encode()
+    meta = dict(meta)
+    if any(len(p) for p in parts):
+        meta["v2_header_length"] = len(head)
+        return b"".join([head] + parts), meta
+    del meta["v2_header_length"]
+    meta["content_type"] = "application/json"
+    return head, meta
 
 
 class _Memfd:
@@ -367,6 +465,8 @@ class _Worker:
         self.views = views
         self.fds = []             # descriptors received, not yet claimed by a header
         self.req_fds = {}         # request id -> (payload view or None, its memfd)
+        self.req_same = {}        # request id -> its payload, partly in a client's object
+        self.req_place = {}       # request id -> {output: (descriptor, bytes)} to write into
         self.out_fds = 0          # _Memfd frames in self.out
         self.handler = handler
         self.batch = batch
@@ -390,7 +490,7 @@ class _Worker:
         if self.offer_fast:
             ready += b',"fast":1'
         if self.memfd_min:
-            ready += b',"memfd":true'
+            ready += b',"memfd":true,"region":true,"place":true'
         self.write(ready + b'}\n')
         read = self.read_message
         while True:
@@ -398,6 +498,8 @@ class _Worker:
             t = hdr.get("t")
             if t == "req":
                 rid = self.request_id(hdr)
+                if "place" in hdr:
+                    self.take_places(rid, hdr)
                 meta = self.request_meta(hdr)
                 if self.batch:
                     self.handle_batch([Request(rid, payload, meta)])
@@ -423,7 +525,10 @@ class _Worker:
             h, payload = self.read_message()
             t = h.get("t")
             if t == "req":
-                reqs.append(Request(self.request_id(h), payload, self.request_meta(h)))
+                rid = self.request_id(h)
+                if "place" in h:
+                    self.take_places(rid, h)
+                reqs.append(Request(rid, payload, self.request_meta(h)))
             elif t == "ping":
                 self.queue(b'{"t":"pong","seq":%b}\n' % _encode(h.get("seq")).encode(),
                            _now())
@@ -481,6 +586,19 @@ class _Worker:
 
     def success(self, rid, result):
         """Frames answering rid with result; raises TypeError/ValueError on a bad result."""
+        if self.req_place:
+            places = self.req_place.pop(rid, None)
+            if places is not None:
+                try:
+                    result = _place_outputs(result, places)
+                finally:
+                    for fd, _ in places.values():
+                        os.close(fd)
+        if self.req_same:
+            payload = self.req_same.pop(rid, None)
+            if payload is not None and (result is payload or (
+                    type(result) is tuple and len(result) == 2 and result[0] is payload)):
+                return self.same(rid, result)
         entry = self.req_fds.pop(rid, None) if self.req_fds else None
         if entry is None:
             return self.answer(rid, result, None)
@@ -561,8 +679,28 @@ class _Worker:
             return head + body
         return (head, body)
 
+    def same(self, rid, result):
+        """The answer "my payload, unchanged" (docs/protocol.md): baton passes on
+        what it has, and the client's object is not copied."""
+        meta = result[1] if type(result) is tuple else None
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError("result meta must be a dict, not %s" % type(meta).__name__)
+        head = {"t": "res", "id": rid, "same": True}
+        if meta:
+            head["meta"] = meta
+        head = _encode_header(head)
+        if len(head) >= _MAX_HEADER:
+            raise ValueError("result meta is %d bytes encoded; the header limit is %d"
+                             % (len(head), _MAX_HEADER))
+        return head + b"\n"
+
     def failure(self, rid, exc, log=True):
         """Frame failing rid with exc; prints the traceback of an unexpected exc."""
+        if self.req_same:
+            self.req_same.pop(rid, None)
+        if self.req_place:
+            for fd, _ in self.req_place.pop(rid, {}).values():
+                os.close(fd)
         entry = self.req_fds.pop(rid, None) if self.req_fds else None
         if entry is not None:
             os.close(entry[1])
@@ -624,6 +762,8 @@ class _Worker:
         if "memfd" in hdr:
             self.start = nl + 1
             return hdr, self.memfd_payload(hdr)
+        if "region" in hdr:
+            return hdr, self.region_payload(hdr, nl + 1)
         n = hdr.get("len", 0)
         body = nl + 1
         if not n:
@@ -694,6 +834,59 @@ class _Worker:
             return mm[:]
         finally:
             mm.close()
+
+    def take_places(self, rid, hdr):
+        """The outputs this last stage may write into a client's objects itself
+        ("place": [[name, bytes], ...], docs/protocol.md): one writable
+        descriptor each, after the payload's."""
+        place = hdr["place"]
+        if (not self.memfd_min or type(place) is not list or len(self.fds) < len(place)
+                or any(type(p) is not list or len(p) != 2 or type(p[0]) is not str
+                       or type(p[1]) is not int or p[1] < 0 for p in place)):
+            self.violation("bad place, or a place never asked for", hdr)
+        self.req_place[rid] = {name: (self.fds.pop(0), n) for name, n in place}
+
+    def region_payload(self, hdr, body):
+        """The payload of a request whose header says region [off, n]: its len
+        bytes in the frame, then n bytes of the client's object that came as a
+        read-only descriptor (docs/protocol.md, "Shared-memory inputs"). Only
+        that range is mapped, and the descriptor is closed at once."""
+        region, h = hdr.get("region"), hdr.get("len", 0)
+        if (not self.memfd_min or not self.fds or type(region) is not list
+                or len(region) != 2 or type(h) is not int or h < 0
+                or any(type(v) is not int or v < 0 for v in region)
+                or region[0] % _mmap.PAGESIZE or hdr.get("t") != "req"):
+            self.violation("bad region, or a region never asked for", hdr)
+        off, n = region
+        fd = self.fds.pop(0)
+        try:
+            if body + h <= self.end:
+                self.start = body + h
+                head = bytes(self.view[body:body + h])
+            else:
+                self.start = body
+                head = self.read_payload(h)
+            payload = None
+            if self.views and n:
+                try:
+                    payload = _joined_view(head, fd, off, n)
+                except OSError:
+                    pass
+            if payload is None and n:
+                mm = _mmap.mmap(fd, n, flags=_mmap.MAP_SHARED, prot=_mmap.PROT_READ,
+                                offset=off)
+                try:
+                    payload = b"".join((head, mm))     # one copy: the handler takes bytes
+                finally:
+                    mm.close()
+            elif payload is None:
+                payload = head
+            if self.views and type(payload) is not memoryview:
+                payload = memoryview(payload)
+            self.req_same[hdr.get("id")] = payload
+            return payload
+        finally:
+            os.close(fd)
 
     def read_payload(self, n):
         """Payload of n bytes whose start is at self.start but not all received."""

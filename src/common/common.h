@@ -131,6 +131,53 @@ int bt_file_copy(int from, uint64_t from_off, int to, uint64_t to_off, size_t n)
 void bt_payload_free(char *p, size_t len, int fd);
 
 /*
+ * The end of a request's payload left in a client's shared-memory object
+ * instead of copied (docs/protocol-v2.md, "Shared memory"): len bytes of
+ * fd from off.  fd is a read-only descriptor of the object, handed to
+ * workers that take it (docs/protocol.md, "Shared-memory inputs"); baton
+ * never maps it, so a client that shrinks its object cannot crash baton.
+ */
+struct bt_payload_tail {
+	int fd;
+	uint64_t off;
+	size_t len;
+};
+
+void bt_payload_tail_free(struct bt_payload_tail *t);
+/*
+ * Whether a worker given t->fd can read nothing but the tail: the object
+ * holds exactly [off, off + len) with off 0 (a client may have grown it
+ * since it was checked).
+ */
+int bt_payload_tail_confined(const struct bt_payload_tail *t);
+/*
+ * head[0..hlen) then the tail's bytes, copied into a new sealed memfd
+ * (file to file, nothing mapped while copying): 0 with *fd and *map (its
+ * read-only mapping), or -errno (-ENODATA: the object is shorter now).
+ */
+int bt_payload_flatten(const char *head, size_t hlen, const struct bt_payload_tail *t,
+		       int *fd, char **map);
+
+/*
+ * Outputs a request's last stage may write itself, straight into the
+ * client's objects (docs/protocol.md, "Shared-memory outputs"): each
+ * object is exactly one output's slot.  handed: the last stage's current
+ * attempt was given them (only then may its answer say it wrote one).
+ */
+struct bt_out_place {
+	char *name; /* the output's */
+	int fd;	    /* the object, read-write */
+	size_t len; /* its size, the slot's */
+};
+struct bt_out_places {
+	struct bt_out_place *v;
+	size_t n;
+	int handed;
+};
+
+void bt_out_places_free(struct bt_out_places *p);
+
+/*
  * A file extension that is safe to append to a path: "." and 1 to 16 of
  * [A-Za-z0-9_-].  It can neither climb out of a directory nor hide a
  * second extension.

@@ -142,3 +142,60 @@ void bt_payload_free(char *p, size_t len, int fd)
 		munmap(p, len);
 	close(fd);
 }
+
+void bt_payload_tail_free(struct bt_payload_tail *t)
+{
+	if (!t)
+		return;
+	close(t->fd);
+	free(t);
+}
+
+int bt_payload_tail_confined(const struct bt_payload_tail *t)
+{
+	struct stat st;
+	return t->off == 0 && fstat(t->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	       (uint64_t)st.st_size == t->len;
+}
+
+int bt_payload_flatten(const char *head, size_t hlen, const struct bt_payload_tail *t,
+		       int *fd, char **map)
+{
+	int f = memfd_create("baton-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (f < 0)
+		return -errno;
+	int e = 0;
+	for (size_t off = 0; off < hlen && !e;) {
+		ssize_t k = pwrite(f, head + off, hlen - off, (off_t)off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			e = k < 0 ? -errno : -EIO;
+		else
+			off += (size_t)k;
+	}
+	if (!e)
+		e = bt_file_copy(t->fd, t->off, f, hlen, t->len);
+	if (!e && fcntl(f, F_ADD_SEALS, BT_MEMFD_SEALS) < 0)
+		e = -errno;
+	if (!e && !(*map = bt_memfd_map(f, hlen + t->len)) && hlen + t->len)
+		e = -errno;
+	if (e) {
+		close(f);
+		return e;
+	}
+	*fd = f;
+	return 0;
+}
+
+void bt_out_places_free(struct bt_out_places *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->v[i].name);
+		close(p->v[i].fd);
+	}
+	free(p->v);
+	free(p);
+}

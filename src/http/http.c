@@ -107,6 +107,8 @@ struct conn {
 	char *shm_body;
 	size_t shm_len;
 	int shm_fd; /* shm_body's memfd, or -1 */
+	struct bt_payload_tail *shm_tail; /* the rest of shm_body, in a client's object */
+	struct bt_out_places *shm_places; /* outputs the last stage may write itself */
 	int body_fd; /* a large body being received into a memfd, or -1 */
 	size_t body_fd_len;
 	struct conn *snext, *sprev;
@@ -581,8 +583,12 @@ static void submit(struct conn *cn, json_t *meta, int priority, long long timeou
 		cn->req->payload = cn->shm_body;
 		cn->req->len = cn->shm_len;
 		cn->req->payload_fd = cn->shm_fd;
+		cn->req->tail = cn->shm_tail;
+		cn->req->places = cn->shm_places;
 		cn->shm_body = NULL;
 		cn->shm_fd = -1;
+		cn->shm_tail = NULL;
+		cn->shm_places = NULL;
 	}
 	cn->req->priority = priority;
 	cn->req->check = check;
@@ -674,8 +680,8 @@ static enum MHD_Result start_infer(struct conn *cn)
 	size_t nlen;
 	int nfd;
 	r = bt_shm_rewrite_infer(cn->h->shm, body ? body : "", len, hl,
-				 cn->h->d->cfg->memfd_min_bytes, &nbody, &nlen, &nfd, &hl, &outs, err,
-				 sizeof(err));
+				 cn->h->d->cfg->memfd_min_bytes, &nbody, &nlen, &nfd, &cn->shm_tail,
+				 &cn->shm_places, &hl, &outs, err, sizeof(err));
 	if (r < 0)
 		return send_v2_error(cn->mc, 400, err);
 	if (r > 0) {
@@ -1443,6 +1449,8 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 	uncharge(cn);
 	free(cn->region);
 	bt_payload_free(cn->shm_body, cn->shm_len, cn->shm_fd);
+	bt_payload_tail_free(cn->shm_tail);
+	bt_out_places_free(cn->shm_places);
 	free(cn);
 }
 

@@ -3,11 +3,12 @@
  * clients registered, and the rewriting of the infer requests and answers
  * that name them.  A region is read and written through its descriptor
  * (pread/pwrite), never mapped: a client that shrinks its object under
- * baton gets an error, not baton a SIGBUS.  An input is copied once, at
- * admission, into the request's own payload (a sealed memfd when large),
- * so every stage and every retry sees the same bytes whatever the client
- * does to its region meanwhile, and no worker ever gets a region's
- * descriptor: a worker cannot reach any region, its own client's included.
+ * baton gets an error, not baton a SIGBUS.  A large input that is a whole
+ * object is not copied: it stays there as the request's tail, and workers
+ * get a read-only descriptor of the object (which then holds nothing
+ * else).  Any other input is copied once, at admission, into the
+ * request's own payload (a sealed memfd when large), and no worker sees
+ * its region.
  */
 #include "shm.h"
 
@@ -29,6 +30,7 @@ struct region {
 	char *name, *key;
 	uint64_t offset, size; /* the registered part of the object */
 	int fd; /* the object, read-write */
+	int rofd; /* the same object, read-only: what workers may get */
 	int refs; /* the registry's (while registered) and each request's that uses it */
 	struct region *next;
 };
@@ -49,6 +51,7 @@ struct placement {
 struct bt_shm_outputs {
 	struct placement *v;
 	size_t n;
+	const struct bt_out_places *places; /* the request's: which of v its last stage may write */
 };
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -68,6 +71,7 @@ static void unref(struct region *r)
 	if (--r->refs > 0)
 		return;
 	close(r->fd);
+	close(r->rofd);
 	free(r->name);
 	free(r->key);
 	free(r);
@@ -173,7 +177,19 @@ int bt_shm_register(struct bt_shm *s, const char *name, const char *body, size_t
 		json_decref(doc);
 		return -1;
 	}
+	/* A new open of the same object, read-only (not a dup: that would share O_RDWR). */
+	char self[48];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	int rofd = open(self, O_RDONLY | O_CLOEXEC);
+	if (rofd < 0) {
+		fail(err, errlen, "cannot open shared memory key '%.255s' read-only: %s", key,
+		     strerror(errno));
+		close(fd);
+		json_decref(doc);
+		return -1;
+	}
 	struct region *r = bt_calloc(1, sizeof(*r));
+	r->rofd = rofd;
 	r->name = bt_strdup(name);
 	r->key = bt_strdup(key);
 	r->offset = offset;
@@ -234,6 +250,7 @@ struct piece {
 	struct region *r; /* NULL: from p */
 	const char *p;
 	uint64_t offset, size;
+	int bytes; /* a BYTES tensor, which baton reads to check */
 };
 
 /*
@@ -348,6 +365,36 @@ static int build_memfd(size_t total, const char *hdr, size_t hlen, const struct 
 	return 0;
 }
 
+/*
+ * A place for an output its last stage may write itself, when that costs
+ * no confinement: a large slot that is its object's whole content, so
+ * that the writable descriptor the worker gets shows nothing else.
+ */
+static void place_add(struct bt_out_places **pl, const struct region *r, const char *name,
+		      uint64_t off, uint64_t size, size_t memfd_min)
+{
+	struct stat st;
+	if (!memfd_min || size < memfd_min || r->offset + off != 0 || fstat(r->fd, &st) < 0 ||
+	    (uint64_t)st.st_size != size)
+		return;
+	int fd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (!*pl)
+		*pl = bt_calloc(1, sizeof(**pl));
+	(*pl)->v = bt_realloc((*pl)->v, ((*pl)->n + 1) * sizeof(*(*pl)->v));
+	(*pl)->v[(*pl)->n++] = (struct bt_out_place){bt_strdup(name), fd, (size_t)size};
+}
+
+/* Whether the last stage was handed the place of output name. */
+static int handed(const struct bt_shm_outputs *o, const char *name)
+{
+	for (size_t i = 0; o->places && o->places->handed && i < o->places->n; i++)
+		if (!strcmp(o->places->v[i].name, name))
+			return 1;
+	return 0;
+}
+
 static void outputs_add(struct bt_shm_outputs *o, const char *name, struct region *r,
 			uint64_t offset, uint64_t size)
 {
@@ -356,14 +403,37 @@ static void outputs_add(struct bt_shm_outputs *o, const char *name, struct regio
 	r->refs++;
 }
 
+/*
+ * The last piece as a tail (left in its object) when that costs no
+ * confinement: a large, non-BYTES input that is its whole object, so that
+ * the read-only descriptor workers get shows nothing else.  NULL: copy it.
+ */
+static struct bt_payload_tail *tail_of(const struct piece *pc, size_t n, size_t memfd_min)
+{
+	struct stat st;
+	const struct piece *p = n ? &pc[n - 1] : NULL;
+	if (!p || !p->r || p->bytes || !memfd_min || p->size < memfd_min ||
+	    p->r->offset + p->offset != 0 || fstat(p->r->fd, &st) < 0 ||
+	    (uint64_t)st.st_size != p->size)
+		return NULL;
+	int fd = fcntl(p->r->rofd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return NULL;
+	struct bt_payload_tail *t = bt_calloc(1, sizeof(*t));
+	*t = (struct bt_payload_tail){fd, 0, p->size};
+	return t;
+}
+
 int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long long hl,
 			 size_t memfd_min, char **out, size_t *outlen, int *outfd,
-			 long long *out_hl, struct bt_shm_outputs **outs, char *err,
-			 size_t errlen)
+			 struct bt_payload_tail **tail, struct bt_out_places **places,
+			 long long *out_hl, struct bt_shm_outputs **outs, char *err, size_t errlen)
 {
 	size_t jlen = hl >= 0 ? (size_t)hl : len;
 	*out = NULL;
 	*outfd = -1;
+	*tail = NULL;
+	*places = NULL;
 	*outs = NULL;
 	/* Malformed requests are left to bt_v2_parse_infer, which says what is wrong. */
 	if ((hl >= 0 && (unsigned long long)hl > len) || !memmem(body, jlen, "shared_memory_", 14))
@@ -397,7 +467,8 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 				goto done;
 			}
 			json_object_set_new(params, "binary_data_size", json_integer((json_int_t)size));
-			pc[npieces++] = (struct piece){r, NULL, off, size};
+			const char *dt = json_string_value(json_object_get(in, "datatype"));
+			pc[npieces++] = (struct piece){r, NULL, off, size, !dt || !strcmp(dt, "BYTES")};
 			any = 1;
 		} else if (get_u64(json_is_object(params) ? params : NULL, "binary_data_size",
 				   &size) == 1) {
@@ -407,7 +478,7 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 				     "the body", name ? name : "?", (unsigned long long)size);
 				goto done;
 			}
-			pc[npieces++] = (struct piece){NULL, body + pos, 0, size};
+			pc[npieces++] = (struct piece){NULL, body + pos, 0, size, 0};
 			pos += size;
 		}
 	}
@@ -428,6 +499,7 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 			}
 			json_object_set_new(params, "binary_data", json_true());
 			outputs_add(o, name, r, off, size);
+			place_add(places, r, name, off, size, memfd_min);
 			any = 1;
 		}
 	}
@@ -446,7 +518,18 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 	for (size_t i = 0; i < npieces; i++)
 		total += pc[i].size;
 	*out_hl = npieces ? (long long)hlen : -1;
-	if (memfd_min && total >= memfd_min) {
+	if ((*tail = tail_of(pc, npieces, memfd_min))) {
+		/* The head in memory; the rest stays in the client's object. */
+		*out = bt_malloc(total - (*tail)->len + 1);
+		if (fill(*out, hdr, hlen, pc, npieces - 1, err, errlen)) {
+			free(*out);
+			*out = NULL;
+			bt_payload_tail_free(*tail);
+			*tail = NULL;
+			goto done;
+		}
+		(*out)[total - (*tail)->len] = '\0';
+	} else if (memfd_min && total >= memfd_min) {
 		if (build_memfd(total, hdr, hlen, pc, npieces, out, outfd, err, errlen))
 			goto done;
 	} else {
@@ -464,10 +547,14 @@ done:
 	free(hdr);
 	free(pc);
 	json_decref(root);
-	if (e == 1 && o->n)
+	if (e == 1 && o->n) {
+		o->places = *places;
 		*outs = o;
-	else
+	} else {
 		bt_shm_outputs_free(o);
+		bt_out_places_free(*places);
+		*places = NULL;
+	}
 	return e;
 }
 
@@ -518,6 +605,23 @@ int bt_shm_place_outputs(struct bt_shm_outputs *o, const char *body, size_t len,
 		json_t *jsz = json_object_get(params, "binary_data_size");
 		struct placement *p = placement_of(o, json_string_value(json_object_get(ot, "name")));
 		double dsz = json_number_value(jsz);
+		json_t *jplaced = json_object_get(params, "baton_placed");
+		if (!jsz && p && jplaced) {
+			/* The last stage wrote it into the region itself (docs/protocol.md). */
+			json_int_t n = json_integer_value(jplaced);
+			if (!handed(o, p->output) || !json_is_integer(jplaced) || n < 0 ||
+			    (uint64_t)n > p->size) {
+				fail(err, errlen, "output '%s': the last stage says it wrote %s bytes into "
+				     "shared memory it was not given, or more than the slot",
+				     p->output, json_is_integer(jplaced) ? "some" : "a non-integer of");
+				goto done;
+			}
+			json_object_del(params, "baton_placed");
+			json_object_set_new(params, "shared_memory_region", json_string(p->r->name));
+			json_object_set_new(params, "shared_memory_byte_size", json_integer(n));
+			p->done = 1;
+			continue;
+		}
 		if (!jsz) {
 			if (p) {
 				fail(err, errlen, "output '%s' was asked into shared memory but the "

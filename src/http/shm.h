@@ -11,6 +11,8 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "../common/common.h"
+
 struct bt_shm; /* the registry */
 struct bt_shm_outputs; /* outputs of one request that go into regions */
 
@@ -42,14 +44,18 @@ int bt_shm_unregister(struct bt_shm *s, const char *name, char *err, size_t errl
  * bt_shm_place_outputs will move into its region.  Returns 0 when the
  * request names no region (nothing is made); 1 with the new body in *out
  * (a sealed memfd's read-only mapping in *outfd when it is memfd_min bytes
- * or more and memfd_min > 0, else malloc'd with *outfd = -1), its header
+ * or more and memfd_min > 0, else malloc'd with *outfd = -1; or, when
+ * *tail is not NULL, malloc'd and holding all but the tail's last bytes,
+ * which stay in a client's object: see struct bt_payload_tail), *places
+ * (NULL, or outputs whose slot is a whole object, which the last stage may
+ * write itself; *outs refers to it, so it must outlive *outs), its header
  * length in *out_hl (-1: JSON only) and *outs (NULL when no output names
  * a region); -1 with a sentence in err (a 400 answer).
  */
 int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long long hl,
 			 size_t memfd_min, char **out, size_t *outlen, int *outfd,
-			 long long *out_hl, struct bt_shm_outputs **outs, char *err,
-			 size_t errlen);
+			 struct bt_payload_tail **tail, struct bt_out_places **places,
+			 long long *out_hl, struct bt_shm_outputs **outs, char *err, size_t errlen);
 /*
  * Moves the binary outputs of a worker's v2 answer (body, len, JSON header
  * length hl or -1; body_fd, when >= 0, a file holding body, copied from

@@ -62,6 +62,8 @@ struct bt_child {
 	 * descriptor to send knows where in the stream its header begins.
 	 */
 	int memfd; /* it said "memfd": true in "ready" */
+	int region; /* it said "region": true too: it takes shared-memory tails and answers "same" */
+	int place; /* and "place": true: it writes outputs into shared memory itself */
 	uint64_t wout; /* bytes of the channel written so far */
 	struct bt_sendfd { uint64_t pos; int fd; } *sendq; /* descriptors to send, by position */
 	int nsend, capsend;
@@ -411,6 +413,8 @@ static void on_ready(struct bt_child *c, struct bt_replica *r, json_t *hdr)
 	/* Only a worker that says it reads them gets memfds (old workers get bytes). */
 	c->memfd = json_is_true(json_object_get(hdr, "memfd")) &&
 		   daemon_of(r)->cfg->memfd_min_bytes > 0;
+	c->region = c->memfd && json_is_true(json_object_get(hdr, "region"));
+	c->place = c->region && json_is_true(json_object_get(hdr, "place"));
 	r->ready_ms = bt_now_ms();
 	r->stage->last_stderr[0] = '\0'; /* what it said loading is no reason for a later crash */
 	bt_info("replica ready", "stage=%s replica=%d pid=%d startup_ms=%llu",
@@ -462,6 +466,15 @@ static void on_warmup_result(struct bt_child *c, struct bt_replica *r,
 	bt_stage_replicas_changed(r->stage);
 }
 
+/* Where r holds the request with this id, or -1. */
+static int find_slot(struct bt_replica *r, const char *id)
+{
+	for (int i = 0; i < r->ninflight; i++)
+		if (!strcmp(r->inflight[i]->idstr, id))
+			return i;
+	return -1;
+}
+
 static void on_result(struct bt_child *c, struct bt_replica *r,
 		      struct bt_frame *f)
 {
@@ -493,18 +506,30 @@ static void on_result(struct bt_child *c, struct bt_replica *r,
 		}
 		error = json_string_value(jerr);
 		retry = json_is_true(json_object_get(hdr, "retry"));
+		json_t *same = json_object_get(hdr, "same");
+		if (same && (!c->region || !json_is_true(same) || jerr || f->memfd ||
+			     json_integer_value(json_object_get(hdr, "len")))) {
+			violation(c, c->region ? "\"same\" is not true, or comes with an error or a "
+						 "payload"
+					       : "\"same\" from a worker that did not announce "
+						 "\"region\"", id, strlen(id));
+			return;
+		}
+		if (same && strcmp(id, c->warmup_id)) {
+			int slot = find_slot(r, id);
+			if (slot < 0) {
+				violation(c, "answer for a request it does not hold", id, strlen(id));
+				return;
+			}
+			bt_stage_result_same(release_slot(r, slot), meta);
+			return;
+		}
 	}
 	if (c->warmup_id[0] && !strcmp(id, c->warmup_id)) {
 		on_warmup_result(c, r, error);
 		return;
 	}
-	int slot = -1;
-	for (int i = 0; i < r->ninflight; i++) {
-		if (!strcmp(r->inflight[i]->idstr, id)) {
-			slot = i;
-			break;
-		}
-	}
+	int slot = find_slot(r, id);
 	if (slot < 0) {
 		violation(c, "answer for a request it does not hold", id, strlen(id));
 		return;
@@ -1178,6 +1203,32 @@ void bt_replica_revive(struct bt_replica *r)
 
 /* ---- requests ------------------------------------------------------------ */
 
+/* Appends a descriptor to send with the frame byte at pos. */
+static void add_fd(struct bt_sendfd **fds, int *n, int *cap, size_t pos, int fd)
+{
+	if (*n == *cap) {
+		*cap = *cap ? 2 * *cap : 4;
+		*fds = bt_realloc(*fds, (size_t)*cap * sizeof(**fds));
+	}
+	(*fds)[(*n)++] = (struct bt_sendfd){pos, fd};
+}
+
+/*
+ * The "place" member of req's frame to c ([[output, bytes], ...], one
+ * descriptor each), when c is the last stage and writes outputs into
+ * shared memory itself (docs/protocol.md); NULL otherwise.
+ */
+static json_t *place_for(struct bt_child *c, const struct bt_request *req)
+{
+	if (!req->places || !c->place || req->step + 1 != req->nroute)
+		return NULL;
+	json_t *a = json_array();
+	for (size_t i = 0; i < req->places->n; i++)
+		json_array_append_new(a, json_pack("[s,I]", req->places->v[i].name,
+						   (json_int_t)req->places->v[i].len));
+	return a;
+}
+
 /*
  * A descriptor of req's payload to send to c (a copy of the request's
  * sealed memfd, made at the first hop that can use one), or -1: send bytes.
@@ -1209,6 +1260,11 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	const struct bt_stage_config *cfg = cfg_of(r);
 	if (cfg->mode == BT_MODE_SPAWN) {
 		BT_ASSERT(n == 1 && !r->job && r->nbatches == 0);
+		char why[256];
+		if (bt_request_flatten(reqs[0], why, sizeof(why))) {
+			bt_stage_unsendable(reqs[0], why);
+			return 0;
+		}
 		reqs[0]->batch_slot = 0;
 		r->batch_left[0] = 1;
 		r->nbatches = 1;
@@ -1248,21 +1304,55 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	while (r->batch_left[b])
 		b++;
 	struct bt_buf frames = BT_BUF_INIT;
-	struct bt_request **unsendable = NULL;
+	struct unsendable {
+		struct bt_request *req;
+		char why[256];
+	} *unsendable = NULL;
 	struct bt_sendfd *fds = NULL; /* positions within frames */
-	int sent = 0, nunsendable = 0, nfds = 0;
+	int sent = 0, nunsendable = 0, nfds = 0, capfds = 0;
 	for (int i = 0; i < n; i++) {
 		struct bt_request *req = reqs[i];
-		int fd = memfd_for(c, req);
+		char why[256] = "request metadata does not fit in a 64 KiB header";
+		/*
+		 * A tail goes as it is only to a worker that takes it, and only while
+		 * its descriptor shows nothing else (the client may have grown it).
+		 */
+		int e = req->tail && !(c->region && bt_payload_tail_confined(req->tail))
+				? bt_request_flatten(req, why, sizeof(why))
+				: 0;
+		int fd = e ? -1 : req->tail ? fcntl(req->tail->fd, F_DUPFD_CLOEXEC, 0)
+					    : memfd_for(c, req);
 		size_t at = frames.len;
-		int e;
-		if (fd < 0 && c->dec.fast) {
+		/* The last stage may write outputs into their regions itself. */
+		json_t *place = place_for(c, req);
+		if (e) {
+			/* Failed below, with why. */
+		} else if (req->tail) {
+			/* The head in the frame, the tail behind the descriptor (docs/protocol.md). */
+			if (fd < 0) {
+				e = -errno;
+				snprintf(why, sizeof(why), "cannot pass the shared memory input on: %s",
+					 bt_strerror(e));
+			} else {
+				json_t *hdr = json_pack("{s:s, s:s, s:O, s:[I,I]}", "t", "req", "id",
+							req->idstr, "meta", req->meta, "region",
+							(json_int_t)req->tail->off,
+							(json_int_t)req->tail->len);
+				if (place)
+					json_object_set(hdr, "place", place);
+				e = bt_frame_encode(&frames, hdr, req->payload,
+						    req->len - req->tail->len);
+				json_decref(hdr);
+			}
+		} else if (fd < 0 && c->dec.fast && !place) {
 			/* Frames that carry a descriptor keep the JSON header. */
 			e = bt_frame_encode_fast(&frames, BT_FAST_REQ, 0, req->idstr, req->meta,
 						 req->payload, req->len);
 		} else {
 			json_t *hdr = json_pack("{s:s, s:s, s:O}", "t", "req", "id", req->idstr,
 						"meta", req->meta);
+			if (place)
+				json_object_set(hdr, "place", place);
 			if (fd >= 0) {
 				json_object_set_new(hdr, "memfd", json_integer((json_int_t)req->len));
 				e = bt_frame_encode(&frames, hdr, NULL, 0);
@@ -1273,16 +1363,37 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		}
 		if (fd >= 0 && e)
 			close(fd);
-		else if (fd >= 0) {
-			if (!fds)
-				fds = bt_malloc((size_t)n * sizeof(*fds));
-			fds[nfds++] = (struct bt_sendfd){at, fd};
+		else if (fd >= 0)
+			add_fd(&fds, &nfds, &capfds, at, fd);
+		if (place && !e) {
+			/* After the payload's, one byte apart: one descriptor per write. */
+			size_t k = fd >= 0 ? 1 : 0;
+			for (size_t j = 0; j < req->places->n && !e; j++) {
+				int pfd = fcntl(req->places->v[j].fd, F_DUPFD_CLOEXEC, 0);
+				if (pfd < 0) {
+					e = -errno;
+					snprintf(why, sizeof(why), "cannot pass a shared memory output on: %s",
+						 bt_strerror(e));
+				} else {
+					add_fd(&fds, &nfds, &capfds, at + k++, pfd);
+				}
+			}
+			if (e) { /* the frame is in frames already: take it and its descriptors back */
+				while (nfds && fds[nfds - 1].pos >= at)
+					close(fds[--nfds].fd);
+				frames.len = at;
+				frames.data[at] = '\0';
+			}
 		}
+		json_decref(place);
+		if (req->places)
+			req->places->handed = place && !e;
 		if (e) {
 			/* Failed alone, once the rest of the batch is on its way. */
 			if (!unsendable)
 				unsendable = bt_malloc((size_t)n * sizeof(*unsendable));
-			unsendable[nunsendable++] = req;
+			unsendable[nunsendable].req = req;
+			snprintf(unsendable[nunsendable++].why, sizeof(why), "%s", why);
 			continue;
 		}
 		req->batch_slot = b;
@@ -1313,8 +1424,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	free(fds);
 	bt_buf_release(&frames);
 	for (int i = 0; i < nunsendable; i++)
-		bt_stage_unsendable(unsendable[i],
-				    "request metadata does not fit in a 64 KiB header");
+		bt_stage_unsendable(unsendable[i].req, unsendable[i].why);
 	free(unsendable);
 	return sent;
 }

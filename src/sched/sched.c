@@ -6,6 +6,7 @@
  */
 #include "sched.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,12 +54,14 @@ void bt_request_free(struct bt_request *req)
 	BT_ASSERT(!bt_qlink_queued(&req->qlink) && !bt_heap_contains(&req->deadline));
 	json_decref(req->meta);
 	bt_payload_free(req->payload, req->len, req->payload_fd);
+	bt_payload_tail_free(req->tail);
 	free(req->error);
 	free(req->timings);
 	if (req->check_free)
 		req->check_free(req->check_data);
 	else
 		free(req->check_data);
+	bt_out_places_free(req->places); /* after check_data, which may point to it */
 	free(req);
 }
 
@@ -190,7 +193,9 @@ static void enqueue_remote(struct bt_request *req)
 			d->cfg->queue.claim_after_ms;
 	bt_heap_update(&d->deadlines, &req->deadline,
 		       cap_deadline(req, req->enqueued_us / 1000 + wait));
-	if (st->remote->submit(st->remote->arg, st, req, why, sizeof(why))) {
+	/* Another node cannot see this machine's shared memory. */
+	if (bt_request_flatten(req, why, sizeof(why)) ||
+	    st->remote->submit(st->remote->arg, st, req, why, sizeof(why))) {
 		finish(req, BT_STAGE_FAILED, st->cfg->name, "%s", why);
 		return;
 	}
@@ -577,8 +582,44 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
 	bt_stage_result_fd(req, payload, len, -1, result_meta, error, retry);
 }
 
+int bt_request_flatten(struct bt_request *req, char *why, size_t whylen)
+{
+	if (!req->tail)
+		return 0;
+	size_t hlen = req->len - req->tail->len;
+	char *map = NULL;
+	int fd;
+	int e = bt_payload_flatten(req->payload, hlen, req->tail, &fd, &map);
+	if (e) {
+		snprintf(why, whylen, "cannot read the request's shared memory input: %s",
+			 e == -ENODATA ? "the client's object is shorter than when the request came"
+				       : bt_strerror(e));
+		return e;
+	}
+	bt_payload_free(req->payload, hlen, req->payload_fd);
+	bt_payload_tail_free(req->tail);
+	req->tail = NULL;
+	req->payload = map;
+	req->payload_fd = fd;
+	return 0;
+}
+
+static void apply_result(struct bt_request *req, int same, char *payload, size_t len, int fd,
+			 json_t *result_meta, const char *error, int retry);
+
+void bt_stage_result_same(struct bt_request *req, json_t *result_meta)
+{
+	apply_result(req, 1, NULL, 0, -1, result_meta, NULL, 0);
+}
+
 void bt_stage_result_fd(struct bt_request *req, char *payload, size_t len, int fd,
 			json_t *result_meta, const char *error, int retry)
+{
+	apply_result(req, 0, payload, len, fd, result_meta, error, retry);
+}
+
+static void apply_result(struct bt_request *req, int same, char *payload, size_t len, int fd,
+			 json_t *result_meta, const char *error, int retry)
 {
 	struct bt_stage *st = stage_of(req);
 	left_replica(req);
@@ -598,13 +639,18 @@ void bt_stage_result_fd(struct bt_request *req, char *payload, size_t len, int f
 		       error);
 		return;
 	}
-	bt_payload_free(req->payload, req->len, req->payload_fd);
-	req->payload = payload;
-	req->len = len;
-	req->payload_fd = fd;
+	if (!same) {
+		bt_payload_free(req->payload, req->len - (req->tail ? req->tail->len : 0),
+				req->payload_fd);
+		bt_payload_tail_free(req->tail);
+		req->tail = NULL;
+		req->payload = payload;
+		req->len = len;
+		req->payload_fd = fd;
+	}
 	/*
-	 * These keys describe the payload, which was just replaced: only the
-	 * answer that produced it may say what it is.
+	 * These keys describe the payload, which was just replaced (or passed
+	 * on, "same"): only the answer that produced it may say what it is.
 	 */
 	json_object_del(req->meta, "content_type");
 	json_object_del(req->meta, "v2_header_length");
@@ -617,6 +663,12 @@ void bt_stage_result_fd(struct bt_request *req, char *payload, size_t len, int f
 	}
 	int last = req->step + 1 == req->nroute;
 	char bad[512];
+	/* An answer leaves baton as one payload: the client reads it whole. */
+	if (last && bt_request_flatten(req, bad, sizeof(bad))) {
+		st->errors++;
+		finish(req, BT_WORKER_ERROR, st->cfg->name, "%s", bad);
+		return;
+	}
 	if (last && req->check && req->check(req, bad, sizeof(bad))) {
 		/* The worker answered, but not what the client's protocol needs. */
 		st->errors++;

@@ -47,6 +47,14 @@ struct bt_request {
 	char *payload; /* current payload (owned): malloc'd, or a mapping of payload_fd */
 	size_t len;
 	int payload_fd; /* a sealed memfd holding the payload, or -1 (bt_payload_free) */
+	/*
+	 * Or NULL: the payload's last tail->len bytes are in a client's
+	 * shared-memory object, not in payload (which holds len - tail->len
+	 * bytes).  Only a worker that takes it sees it as is; bt_request_flatten
+	 * makes one ordinary payload of the two for everyone else.
+	 */
+	struct bt_payload_tail *tail;
+	struct bt_out_places *places; /* or NULL: outputs the last stage may write itself */
 	int attempts; /* dispatches in the current stage */
 	int priority; /* queue level, 0 = served first */
 	uint64_t client_deadline_ms; /* absolute, 0 = none */
@@ -221,6 +229,17 @@ void bt_stage_result(struct bt_request *req, char *payload, size_t len,
  */
 void bt_stage_result_fd(struct bt_request *req, char *payload, size_t len, int fd,
 			json_t *result_meta, const char *error, int retry);
+/*
+ * From proc/: the worker answered req with its own payload, unchanged
+ * ("same", docs/protocol.md): only result_meta (borrowed) is new.
+ */
+void bt_stage_result_same(struct bt_request *req, json_t *result_meta);
+/*
+ * Copies a payload's tail (see struct bt_request) into one sealed memfd
+ * with the rest.  0 (also when there is none), or -errno with a sentence
+ * in why; req is unchanged then.
+ */
+int bt_request_flatten(struct bt_request *req, char *why, size_t whylen);
 /*
  * Hands req's payload to the caller as *fd (a sealed memfd, or -1 when the
  * payload is malloc'd) and returns its bytes; req keeps none of it.  Free

@@ -9,6 +9,14 @@ begin with a command choose something else:
   crash      SIGKILL itself while holding the request (and its memfd)
   unsealed   answer with a memfd that is not sealed (a protocol violation)
 SHM_GATE=PATH holds every request until the file PATH exists.
+SHM_CRASH_ONCE=PATH: SIGKILL itself holding the first request, unless the
+file PATH exists (it makes it first), so that the request is retried.
+SHM_V2_LAST=1 answers a v2 request of one binary input x with the binary
+output out_x holding x's bytes, and rejects a payload whose length is not
+exactly its JSON header plus x (more bytes would mean a worker sees memory
+beyond its range). It also records, in the output's parameters, what this
+process holds of the client's object (SHM_KEY): its descriptors (none: the
+SDK closes them) and its mappings (r--s: read-only, and their size).
 SHM_VIEWS=1 runs with bw.run(..., views=True); RAW=1 speaks protocol v1
 without the SDK and never announces memfds (an old worker).
 """
@@ -40,6 +48,37 @@ def unsealed_answer(rid, payload):
     os.close(fd)
 
 
+def v2_last(payload, meta):
+    import baton_worker as bw
+    hl = meta["v2_header_length"]
+    req = json.loads(bytes(payload[:hl]))
+    size = req["inputs"][0]["parameters"]["binary_data_size"]
+    if len(payload) != hl + size:
+        raise bw.Reject("payload of %d bytes, not %d + %d" % (len(payload), hl, size))
+    key = os.environ.get("SHM_KEY", "")
+    maps = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if key and line.rstrip().endswith("/dev/shm" + key):
+                span, perms = line.split()[:2]
+                lo, hi = (int(x, 16) for x in span.split("-"))
+                maps.append([perms, hi - lo])
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if key and os.readlink("/proc/self/fd/" + fd).endswith(key):
+                fds.append(fd)
+        except OSError:
+            pass
+    head = json.dumps({"outputs": [{"name": "out_x", "datatype": "UINT8", "shape": [size],
+                                    "parameters": {"binary_data_size": size, "maps": maps,
+                                                   "fds": fds,
+                                                   "view": isinstance(payload, memoryview)}}]}
+                      ).encode()
+    return b"".join((head, payload[hl:])), {"content_type": "application/octet-stream",
+                                            "v2_header_length": len(head)}
+
+
 def run_sdk():
     import baton_worker as bw
 
@@ -54,11 +93,21 @@ def run_sdk():
                     break
                 time.sleep(0.01)
             head = bytes(r.payload[:8])
+            once = os.environ.get("SHM_CRASH_ONCE")
+            if once and not os.path.exists(once):
+                open(once, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
             if head.startswith(b"crash"):
                 os.kill(os.getpid(), signal.SIGKILL)
             if head.startswith(b"unsealed"):
                 unsealed_answer(r.id, r.payload)
                 signal.pause()      # baton kills us for it
+            if os.environ.get("SHM_V2_LAST") == "1":
+                try:
+                    out.append(v2_last(r.payload, r.meta))
+                except bw.Reject as e:
+                    out.append(e)
+                continue
             out.append((r.payload, kind_meta(r.payload, r.meta)))
         return out
 

@@ -21,8 +21,9 @@ C_WORKER = os.path.join(BUILD, "tests", "c_echo_worker")
 SIZE = 6 * 1024 * 1024
 
 
-def py_stage(name, views=True, raw=False, gate=None, **extra):
+def py_stage(name, views=True, raw=False, gate=None, env_extra=None, **extra):
     env = {"PYTHONPATH": SDK_PY, "SHM_VIEWS": "1" if views else "0", "RAW": "1" if raw else "0"}
+    env.update(env_extra or {})
     if gate:
         env["SHM_GATE"] = gate
     lines = ["  %s:" % name, "    command: [%s, %s]" % (PYTHON, WORKER),
@@ -331,5 +332,166 @@ def test_shm_budget_and_an_output_over_its_slot(baton, tmp_path):
         # A 64-byte output does not fit its 63-byte slot: an error, and nothing written.
         assert r.status == 500 and "more than its shared_memory_byte_size" in r.json()["error"], r
         assert region.read(64, 64) == b"\xee" * 64
+        # A last stage that says it wrote an output it was never given a place for
+        # (the slot is not an object of its own) is not believed.
+        claim = {"outputs": [{"name": "out_x", "parameters": {"baton_placed": 10}}]}
+        doc = {"inputs": [shm_input("in", 64)], "outputs": [out],
+               "parameters": {"raw_answer": json.dumps(claim)}}
+        r = b.request("POST", "/v2/models/m/infer", json.dumps(doc).encode(),
+                      {"Content-Type": "application/json"})
+        assert r.status == 500 and "not given" in r.json()["error"], r
     finally:
         region.close()
+
+
+def test_shm_whole_object_input_reaches_workers_without_a_copy(baton, tmp_path):
+    """A 6 MB input that is a client's whole object crosses three stages
+    (Python, C, Python) with no copy: baton reads none of it, and each
+    worker maps exactly the object, read-only, from a descriptor the SDK
+    has already closed."""
+    region = Region(tmp_path, SIZE)
+    env = {"SHM_KEY": region.key, "SHM_V2_LAST": "1"}
+    gate = os.path.join(str(tmp_path), "gate")
+    open(gate, "w").close()
+    b = baton(config(py_stage("a", gate=gate) + c_stage("b") +
+                     py_stage("c", env_extra=env), {}) +
+              "  m:\n    stages: [a, b, c]\n" + IO)
+    other = Region(tmp_path / "other", SIZE)  # another client's, never named
+    outr = Region(tmp_path / "out", SIZE)
+    try:
+        data = frame(b"whole")
+        region.write(0, data)
+        other.write(0, b"\xaa" * SIZE)
+        for name, r in (("in", region), ("other", other), ("out", outr)):
+            assert b.request("POST", "/v2/systemsharedmemory/region/%s/register" % name,
+                             json.dumps({"key": r.key, "byte_size": SIZE}).encode()
+                             ).status == 200
+        # The output into a region of its own: the last stage writes it there.
+        out_x = {"name": "out_x", "parameters": {"shared_memory_region": "out",
+                                                 "shared_memory_byte_size": SIZE}}
+        r0, w0 = io(b.proc.pid)
+        r = shm_infer(b, [shm_input("in", SIZE)], [out_x])
+        r1, w1 = io(b.proc.pid)
+        assert r.status == 200, r
+        out = r.json()["outputs"][0]["parameters"]
+        assert out["shared_memory_region"] == "out" and out["shared_memory_byte_size"] == SIZE
+        assert "baton_placed" not in out, out
+        assert outr.read(0, SIZE) == data  # exactly the range's bytes, through three stages
+        # Mapped read-only and shared (the client's pages), only the object's size,
+        # and no descriptor left behind by the SDK.
+        assert out["view"] and out["fds"] == [], out
+        assert out["maps"] and all(p == "r--s" for p, _ in out["maps"]), out
+        assert sum(n for _, n in out["maps"]) == SIZE, out
+        # baton read nothing of the input and copied nothing of the output (either
+        # would be SIZE in rchar and wchar).
+        assert r1 - r0 < SIZE // 8 and w1 - w0 < SIZE // 8, (r1 - r0, w1 - w0)
+        # The output in the answer's body instead: still no copy of the input.
+        r0, w0 = io(b.proc.pid)
+        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        r1, w1 = io(b.proc.pid)
+        assert r.status == 200, r
+        hl = int(r.headers["inference-header-content-length"])
+        assert r.body[hl:] == data
+        assert r1 - r0 < SIZE // 8, (r1 - r0, w1 - w0)
+        # Not the whole object (the descriptor would show more than the range):
+        # copied as before, and still exactly the range's bytes.
+        for off, n in ((0, SIZE - 4096), (4096, SIZE - 4096)):
+            r0, _ = io(b.proc.pid)
+            r = shm_infer(b, [shm_input("in", n, offset=off)], [])
+            r1, _ = io(b.proc.pid)
+            assert r.status == 200, r
+            hl = int(r.headers["inference-header-content-length"])
+            assert r.body[hl:] == data[off:off + n]
+            assert json.loads(r.body[:hl])["outputs"][0]["parameters"]["maps"] == []
+            assert r1 - r0 >= n, r1 - r0
+        # A range outside the region is refused before anything runs.
+        r = shm_infer(b, [shm_input("in", SIZE, offset=1)], [])
+        assert r.status == 400 and "outside" in r.json()["error"], r
+        # Unregistered, and the object grown, while a request holds its
+        # descriptor: it completes with the bytes it came with, later stages get
+        # them copied (the descriptor would now show more), and the next request
+        # is refused.
+        os.unlink(gate)
+        replies = []
+        t = threading.Thread(target=lambda: replies.append(
+            shm_infer(b, [shm_input("in", SIZE)], [])))
+        t.start()
+        try:
+            wait_for(lambda: b.status()["stages"]["a"]["running"] == 1, 10,
+                     what="the request held by the gated stage")
+            assert b.request("POST", "/v2/systemsharedmemory/region/in/unregister"
+                             ).status == 200
+            os.ftruncate(region.fd, 2 * SIZE)
+        finally:
+            open(gate, "w").close()
+        t.join(30 * SLOW)
+        assert replies and replies[0].status == 200, replies
+        hl = int(replies[0].headers["inference-header-content-length"])
+        assert replies[0].body[hl:] == data
+        assert json.loads(replies[0].body[:hl])["outputs"][0]["parameters"]["maps"] == []
+        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        assert r.status == 400 and "unknown shared memory region 'in'" in r.json()["error"]
+        wait_for(lambda: not [l for l in fd_links(b.proc.pid) if region.key in l], 10,
+                 what="baton to close the unregistered region")
+    finally:
+        region.close()
+        other.close()
+        outr.close()
+
+
+def test_shm_whole_object_input_to_a_worker_that_does_not_take_regions(baton, tmp_path):
+    """A worker that never announced "region" (an old one) gets the input
+    copied, as before, and a handler that takes bytes gets them from the
+    object (one copy, in the worker)."""
+    region = Region(tmp_path, SIZE)
+    b = baton(config(py_stage("bytes", views=False) + py_stage("old", raw=True) +
+                     py_stage("c", env_extra={"SHM_V2_LAST": "1"}), {}) +
+              "  m:\n    stages: [bytes, old, c]\n" + IO)
+    try:
+        data = frame(b"old")
+        region.write(0, data)
+        assert b.request("POST", "/v2/systemsharedmemory/region/in/register",
+                         json.dumps({"key": region.key, "byte_size": SIZE}).encode()
+                         ).status == 200
+        r = shm_infer(b, [shm_input("in", SIZE)], [])
+        assert r.status == 200, r
+        hl = int(r.headers["inference-header-content-length"])
+        assert r.body[hl:] == data
+    finally:
+        region.close()
+
+
+def test_shm_whole_object_output_written_by_a_c_last_stage(baton, tmp_path):
+    """The C SDK writes a binary output into the client's object it was
+    handed: baton copies neither the input nor the output. The first stage
+    dies holding the request once: the retry gets the object again."""
+    region, outr = Region(tmp_path, SIZE), Region(tmp_path / "out", SIZE)
+    crashed = os.path.join(str(tmp_path), "crashed")
+    b = baton(config(py_stage("a", env_extra={"SHM_CRASH_ONCE": crashed}, retries=2) +
+                     "  c:\n    command: [%s]\n    env: {C_V2_LAST: \"1\"}\n" % C_WORKER, {}) +
+              "  m:\n    stages: [a, c]\n" + IO)
+    try:
+        data = frame(b"c-out")
+        region.write(0, data)
+        for name, r in (("in", region), ("out", outr)):
+            assert b.request("POST", "/v2/systemsharedmemory/region/%s/register" % name,
+                             json.dumps({"key": r.key, "byte_size": SIZE}).encode()
+                             ).status == 200
+        out_x = {"name": "out_x", "parameters": {"shared_memory_region": "out",
+                                                 "shared_memory_byte_size": SIZE}}
+        r = shm_infer(b, [shm_input("in", SIZE)], [out_x])
+        assert r.status == 200, r
+        assert os.path.exists(crashed)  # it was the retry that answered
+        out = r.json()["outputs"][0]["parameters"]
+        assert out == {"shared_memory_region": "out", "shared_memory_byte_size": SIZE}, out
+        assert outr.read(0, SIZE) == data
+        # Once more, counted (a crash makes baton read /proc, which counts).
+        outr.write(0, bytes(SIZE))
+        r0, w0 = io(b.proc.pid)
+        r = shm_infer(b, [shm_input("in", SIZE)], [out_x])
+        r1, w1 = io(b.proc.pid)
+        assert r.status == 200 and outr.read(0, SIZE) == data, r
+        assert r1 - r0 < SIZE // 8 and w1 - w0 < SIZE // 8, (r1 - r0, w1 - w0)
+    finally:
+        region.close()
+        outr.close()
