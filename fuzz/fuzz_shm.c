@@ -99,7 +99,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct bt_shm_outputs *outs = NULL;
 	struct bt_payload_tail *tail = NULL;
 	struct bt_out_places *places = NULL;
-	int r = bt_shm_rewrite_infer(shm, body, len, hl, (data[0] & 2) ? 64 : 0, &out, &outlen,
+	int r = bt_shm_rewrite_infer(shm, body, len, hl, (data[0] & 2) ? 64 : 0, (size_t)1 << 26,
+				     &out, &outlen,
 				     &outfd, &tail, &places, &out_hl, &outs, err, sizeof(err));
 	if (r == 1) {
 		/* A tail left in the object: only the head is in memory. */

@@ -680,7 +680,7 @@ static enum MHD_Result start_infer(struct conn *cn)
 	size_t nlen;
 	int nfd;
 	r = bt_shm_rewrite_infer(cn->h->shm, body ? body : "", len, hl,
-				 cn->h->d->cfg->memfd_min_bytes, &nbody, &nlen, &nfd, &cn->shm_tail,
+				 cn->h->d->cfg->memfd_min_bytes, cn->h->d->cfg->max_request_bytes, &nbody, &nlen, &nfd, &cn->shm_tail,
 				 &cn->shm_places, &hl, &outs, err, sizeof(err));
 	if (r < 0)
 		return send_v2_error(cn->mc, 400, err);

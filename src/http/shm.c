@@ -425,7 +425,7 @@ static struct bt_payload_tail *tail_of(const struct piece *pc, size_t n, size_t 
 }
 
 int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long long hl,
-			 size_t memfd_min, char **out, size_t *outlen, int *outfd,
+			 size_t memfd_min, size_t max_bytes, char **out, size_t *outlen, int *outfd,
 			 struct bt_payload_tail **tail, struct bt_out_places **places,
 			 long long *out_hl, struct bt_shm_outputs **outs, char *err, size_t errlen)
 {
@@ -515,8 +515,14 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 	hdr = json_dumps(root, JSON_COMPACT);
 	hlen = strlen(hdr);
 	total = hlen;
-	for (size_t i = 0; i < npieces; i++)
+	for (size_t i = 0; i < npieces; i++) {
+		if (total > max_bytes || pc[i].size > max_bytes - total) {
+			fail(err, errlen, "the request with its shared-memory inputs is over "
+			     "max_request_bytes (%zu)", max_bytes);
+			goto done;
+		}
 		total += pc[i].size;
+	}
 	*out_hl = npieces ? (long long)hlen : -1;
 	if ((*tail = tail_of(pc, npieces, memfd_min))) {
 		/* The head in memory; the rest stays in the client's object. */

@@ -50,10 +50,12 @@ int bt_shm_unregister(struct bt_shm *s, const char *name, char *err, size_t errl
  * (NULL, or outputs whose slot is a whole object, which the last stage may
  * write itself; *outs refers to it, so it must outlive *outs), its header
  * length in *out_hl (-1: JSON only) and *outs (NULL when no output names
- * a region); -1 with a sentence in err (a 400 answer).
+ * a region); -1 with a sentence in err (a 400 answer), also when the
+ * request with its regions' bytes would be over max_bytes (a region named
+ * many times would otherwise be copied as many times).
  */
 int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long long hl,
-			 size_t memfd_min, char **out, size_t *outlen, int *outfd,
+			 size_t memfd_min, size_t max_bytes, char **out, size_t *outlen, int *outfd,
 			 struct bt_payload_tail **tail, struct bt_out_places **places,
 			 long long *out_hl, struct bt_shm_outputs **outs, char *err, size_t errlen);
 /*

@@ -340,6 +340,15 @@ def test_shm_budget_and_an_output_over_its_slot(baton, tmp_path):
         r = b.request("POST", "/v2/models/m/infer", json.dumps(doc).encode(),
                       {"Content-Type": "application/json"})
         assert r.status == 500 and "not given" in r.json()["error"], r
+        # One region named again and again is copied again and again: the
+        # request with its regions' bytes counts against max_request_bytes.
+        assert reg("big", 1024, 600 * 1024).status == 200
+        one = dict(shm_input("big", 600 * 1024), name="a")
+        r = shm_infer(b, [one], [])
+        assert r.status == 200, r
+        r = shm_infer(b, [one, dict(one, name="b")], [])
+        assert r.status == 400 and "over max_request_bytes" in r.json()["error"], r
+        assert b.status()["requests"]["in_flight"] == 0
     finally:
         region.close()
 
