@@ -1,0 +1,663 @@
+/*
+ * HTTP/1.1 connections on the loop (h1conn.h).  Each connection is in one
+ * state at a time: reading a head, reading a body, waiting for the caller's
+ * answer, sending it, or lingering after its last answer.  Input that
+ * arrives while an answer is awaited is kept (pipelined requests, up to
+ * PIPELINE_MAX, then reading pauses) and parsed once the answer is out.
+ * Bytes are parsed straight from the read buffer; only what a read leaves
+ * incomplete is copied into the connection's own.
+ */
+#include "h1conn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/common.h"
+#include "../config/config.h"
+
+/* Input kept while a request runs; past it, reading pauses. */
+#define PIPELINE_MAX (64 * 1024)
+/* How long a closing connection's input is drained, so that its last answer is not reset. */
+#define LINGER_MS 2000
+#define SWEEP_MS 500
+#define READ_BUF (64 * 1024)
+
+enum state {
+	S_HEAD, /* waiting for a request's head */
+	S_BODY, /* reading its body */
+	S_APP, /* the body is in; the caller has not answered yet */
+	S_SEND, /* the answer is being written */
+	S_LINGER, /* the write side is shut; input is read and dropped until EOF */
+};
+
+struct bt_h1_server {
+	uv_loop_t *loop;
+	struct bt_config *const *cfgp;
+	const struct bt_h1_ops *ops;
+	void *arg;
+	uv_tcp_t listener;
+	uv_timer_t sweep;
+	int port;
+	int handles; /* open: the listener, the sweep timer */
+	int closing;
+	int deferred; /* a connection waits in libuv to be accepted (the limit was reached) */
+	unsigned nconns;
+	struct bt_h1_conn *conns;
+	struct bt_h1_conn *ready; /* answered outside advance(): bt_h1_flush moves them on */
+	char rbuf[READ_BUF];
+	char date[40]; /* "Date: ...\r\n" for date_s */
+	time_t date_s;
+};
+
+struct bt_h1_conn {
+	struct bt_h1_server *s;
+	uv_tcp_t tcp;
+	struct bt_h1_conn *next, *prev; /* s->conns */
+	struct bt_h1_conn *rnext; /* s->ready */
+	int in_ready;
+	enum state state;
+	struct bt_buf in; /* received, not yet parsed */
+	size_t scanned; /* how far bt_h1_head_end looked in in */
+	struct bt_h1_head head;
+	struct bt_h1_body body;
+	void *ctx; /* the current request's, from ops->head */
+	int busy; /* inside advance() */
+	int reading;
+	int eof; /* the client shut its side */
+	int broken; /* a write failed: close at the next chance */
+	int close_after; /* no request after the one being answered */
+	int closing;
+	uint64_t active_ms; /* the last read, or write progress */
+	uint64_t linger_ms;
+	size_t queued; /* libuv's write queue at the last sweep */
+	/* The answer going out. */
+	struct bt_buf out; /* its status line and header fields */
+	char *answer;
+	size_t answer_len;
+	void (*release)(void *, char *, size_t);
+	void *rarg;
+	unsigned nwrites; /* uv_write requests not yet done */
+	uv_write_t wr, wr100;
+	uv_shutdown_t sd;
+};
+
+#define CFG(s) (*(s)->cfgp)
+
+static void advance(struct bt_h1_conn *c, const char *extra, size_t n);
+
+/* ---- closing -------------------------------------------------------------- */
+
+static void release_body(struct bt_h1_conn *c)
+{
+	if (c->release)
+		c->release(c->rarg, c->answer, c->answer_len);
+	c->release = NULL;
+	c->answer = NULL;
+	c->answer_len = 0;
+}
+
+static void accept_one(struct bt_h1_server *s);
+
+static void conn_closed_cb(uv_handle_t *h)
+{
+	struct bt_h1_conn *c = h->data;
+	/* Pending writes were cancelled before this: the body is no longer read. */
+	release_body(c);
+	bt_buf_release(&c->in);
+	bt_buf_release(&c->out);
+	bt_h1_head_release(&c->head);
+	free(c);
+}
+
+static void ready_remove(struct bt_h1_conn *c)
+{
+	if (!c->in_ready)
+		return;
+	for (struct bt_h1_conn **p = &c->s->ready; *p; p = &(*p)->rnext)
+		if (*p == c) {
+			*p = c->rnext;
+			break;
+		}
+	c->in_ready = 0;
+}
+
+/* Closes at once; the request's ended is called before this returns. */
+static void conn_close(struct bt_h1_conn *c)
+{
+	struct bt_h1_server *s = c->s;
+	if (c->closing)
+		return;
+	c->closing = 1;
+	ready_remove(c);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->nconns--;
+	void *ctx = c->ctx;
+	c->ctx = NULL;
+	if (ctx)
+		s->ops->ended(ctx);
+	uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+	if (s->deferred && !s->closing && s->nconns < CFG(s)->http_max_connections) {
+		s->deferred = 0;
+		accept_one(s);
+	}
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+	(void)req;
+	(void)status;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
+
+static void start_reading(struct bt_h1_conn *c)
+{
+	if (!c->reading && !c->eof && !c->closing) {
+		c->reading = 1;
+		uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+	}
+}
+
+static void stop_reading(struct bt_h1_conn *c)
+{
+	if (c->reading) {
+		c->reading = 0;
+		uv_read_stop((uv_stream_t *)&c->tcp);
+	}
+}
+
+/*
+ * The last answer is out (or there was none to give): the write side is
+ * shut and input drained until the client closes, because closing a
+ * socket with unread input resets it and the client could lose the answer.
+ */
+static void linger(struct bt_h1_conn *c)
+{
+	if (c->eof) {
+		conn_close(c);
+		return;
+	}
+	c->state = S_LINGER;
+	c->linger_ms = bt_now_ms();
+	if (uv_shutdown(&c->sd, (uv_stream_t *)&c->tcp, shutdown_cb) < 0) {
+		conn_close(c);
+		return;
+	}
+	start_reading(c);
+}
+
+/* ---- answers -------------------------------------------------------------- */
+
+static const char *date_line(struct bt_h1_server *s)
+{
+	time_t now = time(NULL);
+	if (now != s->date_s) {
+		struct tm tm;
+		gmtime_r(&now, &tm);
+		strftime(s->date, sizeof(s->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+		s->date_s = now;
+	}
+	return s->date;
+}
+
+static void write_done_cb(uv_write_t *w, int status)
+{
+	struct bt_h1_conn *c = w->data;
+	c->nwrites--;
+	if (c->closing)
+		return;
+	if (status < 0) {
+		conn_close(c);
+		return;
+	}
+	c->active_ms = bt_now_ms();
+	advance(c, NULL, 0);
+}
+
+/* Writes bufs, as much as the socket takes now and the rest queued. */
+static void send_bufs(struct bt_h1_conn *c, uv_write_t *w, uv_buf_t *b, unsigned nb)
+{
+	size_t total = 0;
+	for (unsigned i = 0; i < nb; i++)
+		total += b[i].len;
+	int k = c->nwrites ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, b, nb);
+	if (k < 0 && k != UV_EAGAIN) {
+		c->broken = 1;
+		return;
+	}
+	size_t done = k > 0 ? (size_t)k : 0;
+	if (done == total)
+		return;
+	while (nb && done >= b->len) {
+		done -= b->len;
+		b++;
+		nb--;
+	}
+	b->base += done;
+	b->len -= done;
+	w->data = c;
+	if (uv_write(w, (uv_stream_t *)&c->tcp, b, nb, write_done_cb) < 0) {
+		c->broken = 1;
+		return;
+	}
+	c->nwrites++;
+}
+
+static void schedule(struct bt_h1_conn *c)
+{
+	if (c->busy || c->in_ready)
+		return;
+	c->in_ready = 1;
+	c->rnext = c->s->ready;
+	c->s->ready = c;
+	c->s->ops->wake(c->s->arg);
+}
+
+void bt_h1_answer(struct bt_h1_conn *c, int status, const char *ctype,
+		  const char *const *headers, char *body, size_t len,
+		  void (*release)(void *rarg, char *body, size_t len), void *rarg)
+{
+	struct bt_h1_server *s = c->s;
+	if (c->closing || c->state == S_SEND || c->state == S_LINGER) {
+		/* Gone, or answered twice (a bug): the body is still given back. */
+		if (release)
+			release(rarg, body, len);
+		return;
+	}
+	/* A body not read to its end leaves the connection unframed. */
+	if (c->state == S_HEAD || (c->state == S_BODY && !c->body.done) || !c->head.keep_alive ||
+	    c->eof || s->closing)
+		c->close_after = 1;
+	c->state = S_SEND;
+	c->answer = body;
+	c->answer_len = len;
+	c->release = release;
+	c->rarg = rarg;
+	struct bt_buf *o = &c->out;
+	o->len = 0;
+	bt_buf_printf(o, "HTTP/1.1 %d %s\r\n", status, bt_h1_reason(status));
+	if (ctype) {
+		bt_buf_puts(o, "Content-Type: ");
+		bt_buf_puts(o, ctype);
+		bt_buf_puts(o, "\r\n");
+	}
+	for (int i = 0; headers && headers[i]; i += 2) {
+		if (!headers[i + 1])
+			continue;
+		bt_buf_puts(o, headers[i]);
+		bt_buf_puts(o, ": ");
+		bt_buf_puts(o, headers[i + 1]);
+		bt_buf_puts(o, "\r\n");
+	}
+	bt_buf_printf(o, "Content-Length: %zu\r\n", len);
+	bt_buf_puts(o, date_line(s));
+	if (c->close_after)
+		bt_buf_puts(o, "Connection: close\r\n");
+	else if (c->head.minor == 0)
+		bt_buf_puts(o, "Connection: keep-alive\r\n");
+	bt_buf_puts(o, "\r\n");
+	uv_buf_t b[2] = {uv_buf_init(o->data, (unsigned)o->len), uv_buf_init(body, (unsigned)len)};
+	/* HEAD: the length the body would have, without it. */
+	int head_only = c->head.method && !strcmp(c->head.method, "HEAD");
+	send_bufs(c, &c->wr, b, head_only || !len ? 1 : 2);
+	schedule(c);
+}
+
+void bt_h1_abort(struct bt_h1_conn *c)
+{
+	conn_close(c);
+}
+
+/* ---- reading requests ----------------------------------------------------- */
+
+/* Skips the empty lines a request may follow (RFC 9112 §2.2). */
+static size_t skip_empty_lines(const char *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		if (p[i] == '\n')
+			i++;
+		else if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
+			i += 2;
+		else
+			break;
+	}
+	return i;
+}
+
+static void refuse(struct bt_h1_conn *c, int status, const char *why)
+{
+	if (c->state == S_HEAD) {
+		/* What the parser left of the head is not this request's. */
+		c->head.method = NULL;
+		c->head.keep_alive = 0;
+	}
+	c->s->ops->refuse(c->s->arg, c, status, why);
+	if (c->state != S_SEND) /* not answered after all */
+		linger(c);
+}
+
+/*
+ * One step for c in its state, over input p[0..n): returns how much of it
+ * was used, or -1 when c must wait (for input, the caller or the socket).
+ */
+static long step(struct bt_h1_conn *c, const char *p, size_t n)
+{
+	struct bt_h1_server *s = c->s;
+	const char *why;
+	switch (c->state) {
+	case S_HEAD: {
+		size_t skip = c->scanned ? 0 : skip_empty_lines(p, n);
+		if (skip)
+			return (long)skip;
+		size_t end = bt_h1_head_end(p, n, &c->scanned);
+		if (!end) {
+			if (n > BT_H1_HEAD_MAX) {
+				refuse(c, 431, "the request's line and headers are over the 32 KiB limit");
+				return (long)n;
+			}
+			if (c->eof && !c->closing)
+				conn_close(c); /* ended, or cut off halfway */
+			return -1;
+		}
+		c->scanned = 0;
+		int st = bt_h1_parse_head(&c->head, p, end, &why);
+		if (st < 0) {
+			linger(c); /* not HTTP: nothing to answer */
+			return (long)end;
+		}
+		if (st > 0) {
+			refuse(c, st, why);
+			return (long)end;
+		}
+		bt_h1_body_init(&c->body, &c->head);
+		c->state = S_BODY;
+		c->close_after = 0;
+		c->ctx = s->ops->head(s->arg, c, &c->head);
+		if (c->state == S_BODY && !c->body.done && c->head.expect_continue && end == n) {
+			static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+			uv_buf_t b = uv_buf_init(cont, sizeof(cont) - 1);
+			send_bufs(c, &c->wr100, &b, 1);
+		}
+		return (long)end;
+	}
+	case S_BODY: {
+		if (c->body.done) {
+			c->state = S_APP;
+			s->ops->complete(c->ctx);
+			return 0;
+		}
+		if (!n) {
+			if (c->eof)
+				conn_close(c); /* the body was cut off */
+			return -1;
+		}
+		const char *data;
+		size_t dlen;
+		long k = bt_h1_body_step(&c->body, p, n, &data, &dlen, &why);
+		if (k < 0) {
+			refuse(c, 400, why);
+			return (long)n;
+		}
+		if (dlen)
+			s->ops->body(c->ctx, data, dlen);
+		return k;
+	}
+	case S_APP:
+		return -1;
+	case S_SEND: {
+		if (c->broken) {
+			conn_close(c);
+			return -1;
+		}
+		if (c->nwrites)
+			return -1;
+		release_body(c);
+		void *ctx = c->ctx;
+		c->ctx = NULL;
+		if (ctx)
+			s->ops->ended(ctx);
+		if (c->close_after) {
+			linger(c);
+			return -1;
+		}
+		c->state = S_HEAD;
+		return 0;
+	}
+	case S_LINGER:
+		return n ? (long)n : -1; /* dropped */
+	}
+	return -1;
+}
+
+/*
+ * Moves c on as far as its input allows.  extra is new input (the shared
+ * read buffer): parsed in place when nothing is kept from before, and what
+ * is left of it is kept.
+ */
+static void advance(struct bt_h1_conn *c, const char *extra, size_t n)
+{
+	if (c->busy) {
+		if (n)
+			bt_buf_append(&c->in, extra, n);
+		return;
+	}
+	const char *p;
+	int own = !n || c->in.len;
+	if (own) {
+		if (n)
+			bt_buf_append(&c->in, extra, n);
+		p = c->in.data;
+		n = c->in.len;
+	} else {
+		p = extra;
+	}
+	c->busy = 1;
+	size_t off = 0;
+	while (!c->closing) {
+		long k = step(c, p + off, n - off);
+		if (k < 0)
+			break;
+		off += (size_t)k;
+	}
+	c->busy = 0;
+	if (c->closing)
+		return;
+	if (own)
+		bt_buf_consume(&c->in, off);
+	else if (off < n)
+		bt_buf_append(&c->in, p + off, n - off);
+	if (c->state == S_LINGER)
+		c->in.len = 0;
+	/* Pipelined input waits; past PIPELINE_MAX, so does the client. */
+	if (c->in.len > PIPELINE_MAX && (c->state == S_APP || c->state == S_SEND))
+		stop_reading(c);
+	else
+		start_reading(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct bt_h1_conn *c = h->data;
+	(void)suggested;
+	buf->base = c->s->rbuf;
+	buf->len = sizeof(c->s->rbuf);
+}
+
+static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+	struct bt_h1_conn *c = st->data;
+	if (n == 0)
+		return;
+	if (n == UV_EOF) {
+		c->eof = 1;
+		c->reading = 0; /* libuv stopped reading */
+		if (c->state == S_LINGER)
+			conn_close(c);
+		else
+			advance(c, NULL, 0);
+		return;
+	}
+	if (n < 0) {
+		conn_close(c);
+		return;
+	}
+	c->active_ms = bt_now_ms();
+	advance(c, buf->base, (size_t)n);
+}
+
+/* ---- the server ----------------------------------------------------------- */
+
+static void accept_one(struct bt_h1_server *s)
+{
+	struct bt_h1_conn *c = bt_calloc(1, sizeof(*c));
+	c->s = s;
+	uv_tcp_init(s->loop, &c->tcp);
+	c->tcp.data = c;
+	if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) < 0) {
+		uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+		return;
+	}
+	uv_tcp_nodelay(&c->tcp, 1);
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	s->nconns++;
+	c->active_ms = bt_now_ms();
+	start_reading(c);
+}
+
+static void connection_cb(uv_stream_t *server, int status)
+{
+	struct bt_h1_server *s = server->data;
+	if (status < 0 || s->closing)
+		return;
+	/*
+	 * At the limit the connection is left unaccepted: libuv then stops
+	 * watching the listener, and the rest wait in the kernel's backlog
+	 * until a connection closes.
+	 */
+	if (s->nconns >= CFG(s)->http_max_connections) {
+		s->deferred = 1;
+		return;
+	}
+	accept_one(s);
+}
+
+/* Idle connections, and those lingering too long. */
+static void sweep_cb(uv_timer_t *t)
+{
+	struct bt_h1_server *s = t->data;
+	uint64_t now = bt_now_ms(), idle = (uint64_t)CFG(s)->http_idle_timeout_s * 1000;
+	struct bt_h1_conn *next;
+	for (struct bt_h1_conn *c = s->conns; c; c = next) {
+		next = c->next;
+		size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+		if (q != c->queued) {
+			c->queued = q; /* the client is taking its answer */
+			c->active_ms = now;
+		}
+		if (c->state == S_LINGER) {
+			if (now - c->linger_ms >= LINGER_MS)
+				conn_close(c);
+		} else if (c->state != S_APP && idle && now - c->active_ms >= idle) {
+			conn_close(c);
+		}
+	}
+	s->ops->tick(s->arg);
+}
+
+void bt_h1_flush(struct bt_h1_server *s)
+{
+	if (!s)
+		return;
+	while (s->ready) {
+		struct bt_h1_conn *c = s->ready;
+		s->ready = c->rnext;
+		c->in_ready = 0;
+		advance(c, NULL, 0);
+	}
+}
+
+int bt_h1_port(const struct bt_h1_server *s)
+{
+	return s->port;
+}
+
+unsigned bt_h1_connections(const struct bt_h1_server *s)
+{
+	return s ? s->nconns : 0;
+}
+
+int bt_h1_listen(uv_loop_t *loop, struct bt_config *const *cfgp, const struct bt_h1_ops *ops,
+		 void *arg, struct bt_h1_server **out, char *err, size_t errlen)
+{
+	const struct bt_config *cfg = *cfgp;
+	struct sockaddr_storage ss;
+	unsigned flags = 0;
+	if (uv_ip4_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in *)&ss)) {
+		/* Never fall back to the any-address: that would publish baton. */
+		if (uv_ip6_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in6 *)&ss)) {
+			snprintf(err, errlen, "cannot listen on '%s': not an IP address",
+				 cfg->listen_host);
+			return -EINVAL;
+		}
+		flags = UV_TCP_IPV6ONLY;
+	}
+	struct bt_h1_server *s = bt_calloc(1, sizeof(*s));
+	s->loop = loop;
+	s->cfgp = cfgp;
+	s->ops = ops;
+	s->arg = arg;
+	uv_tcp_init(loop, &s->listener);
+	uv_timer_init(loop, &s->sweep);
+	s->listener.data = s;
+	s->sweep.data = s;
+	s->handles = 2;
+	int e = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, flags);
+	if (!e)
+		e = uv_listen((uv_stream_t *)&s->listener, 1024, connection_cb);
+	if (e) {
+		snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host,
+			 cfg->listen_port, uv_strerror(e));
+		bt_h1_close(s);
+		return e;
+	}
+	struct sockaddr_storage bound;
+	int blen = sizeof(bound);
+	uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &blen);
+	s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+						    : ((struct sockaddr_in *)&bound)->sin_port);
+	uv_timer_start(&s->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
+	*out = s;
+	return 0;
+}
+
+static void server_closed_cb(uv_handle_t *h)
+{
+	struct bt_h1_server *s = h->data;
+	if (--s->handles == 0)
+		free(s);
+}
+
+void bt_h1_close(struct bt_h1_server *s)
+{
+	if (!s || s->closing)
+		return;
+	s->closing = 1;
+	while (s->conns)
+		conn_close(s->conns);
+	s->ready = NULL;
+	uv_close((uv_handle_t *)&s->listener, server_closed_cb);
+	uv_close((uv_handle_t *)&s->sweep, server_closed_cb);
+}
