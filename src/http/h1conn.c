@@ -5,15 +5,21 @@
  * arrives while an answer is awaited is kept (pipelined requests, up to
  * PIPELINE_MAX, then reading pauses) and parsed once the answer is out.
  * Bytes are parsed straight from the read buffer; only what a read leaves
- * incomplete is copied into the connection's own.
+ * incomplete is copied into the connection's own.  Sockets are watched
+ * with uv_poll and read and written with recv and sendmsg (one call for
+ * the answer's head and body, the body never copied).
  */
 #include "h1conn.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/common.h"
 #include "../config/config.h"
@@ -38,12 +44,13 @@ struct bt_h1_server {
 	struct bt_config *const *cfgp;
 	const struct bt_h1_ops *ops;
 	void *arg;
-	uv_tcp_t listener;
+	int lfd; /* the listening socket */
+	uv_poll_t listener;
 	uv_timer_t sweep;
 	int port;
 	int handles; /* open: the listener, the sweep timer */
 	int closing;
-	int deferred; /* a connection waits in libuv to be accepted (the limit was reached) */
+	int accepting; /* the listener is watched (not at the connection limit) */
 	unsigned nconns;
 	struct bt_h1_conn *conns;
 	struct bt_h1_conn *ready; /* answered outside advance(): bt_h1_flush moves them on */
@@ -54,7 +61,9 @@ struct bt_h1_server {
 
 struct bt_h1_conn {
 	struct bt_h1_server *s;
-	uv_tcp_t tcp;
+	int fd;
+	uv_poll_t poll;
+	int events; /* what poll watches: UV_READABLE, UV_WRITABLE */
 	struct bt_h1_conn *next, *prev; /* s->conns */
 	struct bt_h1_conn *rnext; /* s->ready */
 	int in_ready;
@@ -72,16 +81,15 @@ struct bt_h1_conn {
 	int closing;
 	uint64_t active_ms; /* the last read, or write progress */
 	uint64_t linger_ms;
-	size_t queued; /* libuv's write queue at the last sweep */
 	/* The answer going out. */
-	struct bt_buf out; /* its status line and header fields */
-	char *answer;
+	struct bt_buf out; /* its status line and header fields (and a 100 Continue) */
+	size_t out_off; /* of out, sent */
+	char *answer; /* its body */
 	size_t answer_len;
+	size_t send_len; /* of the body, to send (0 for HEAD) */
+	size_t answer_off; /* of that, sent */
 	void (*release)(void *, char *, size_t);
 	void *rarg;
-	unsigned nwrites; /* uv_write requests not yet done */
-	uv_write_t wr, wr100;
-	uv_shutdown_t sd;
 };
 
 #define CFG(s) (*(s)->cfgp)
@@ -99,12 +107,12 @@ static void release_body(struct bt_h1_conn *c)
 	c->answer_len = 0;
 }
 
-static void accept_one(struct bt_h1_server *s);
+static void watch_listener(struct bt_h1_server *s);
 
 static void conn_closed_cb(uv_handle_t *h)
 {
 	struct bt_h1_conn *c = h->data;
-	/* Pending writes were cancelled before this: the body is no longer read. */
+	close(c->fd);
 	release_body(c);
 	bt_buf_release(&c->in);
 	bt_buf_release(&c->out);
@@ -143,27 +151,35 @@ static void conn_close(struct bt_h1_conn *c)
 	c->ctx = NULL;
 	if (ctx)
 		s->ops->ended(ctx);
-	uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
-	if (s->deferred && !s->closing && s->nconns < CFG(s)->http_max_connections) {
-		s->deferred = 0;
-		accept_one(s);
-	}
+	uv_close((uv_handle_t *)&c->poll, conn_closed_cb);
+	watch_listener(s);
 }
 
-static void shutdown_cb(uv_shutdown_t *req, int status)
+static size_t unsent(const struct bt_h1_conn *c)
 {
-	(void)req;
-	(void)status;
+	return c->out.len - c->out_off + c->send_len - c->answer_off;
 }
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
-static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
+static void poll_cb(uv_poll_t *p, int status, int events);
+
+/* Watches what c waits for: input while reading, writability while output waits. */
+static void set_events(struct bt_h1_conn *c)
+{
+	int want = (c->reading ? UV_READABLE : 0) | (unsent(c) ? UV_WRITABLE : 0);
+	if (c->closing || want == c->events)
+		return;
+	c->events = want;
+	if (want)
+		uv_poll_start(&c->poll, want, poll_cb);
+	else
+		uv_poll_stop(&c->poll);
+}
 
 static void start_reading(struct bt_h1_conn *c)
 {
 	if (!c->reading && !c->eof && !c->closing) {
 		c->reading = 1;
-		uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+		set_events(c);
 	}
 }
 
@@ -171,7 +187,7 @@ static void stop_reading(struct bt_h1_conn *c)
 {
 	if (c->reading) {
 		c->reading = 0;
-		uv_read_stop((uv_stream_t *)&c->tcp);
+		set_events(c);
 	}
 }
 
@@ -188,7 +204,7 @@ static void linger(struct bt_h1_conn *c)
 	}
 	c->state = S_LINGER;
 	c->linger_ms = bt_now_ms();
-	if (uv_shutdown(&c->sd, (uv_stream_t *)&c->tcp, shutdown_cb) < 0) {
+	if (shutdown(c->fd, SHUT_WR) < 0) {
 		conn_close(c);
 		return;
 	}
@@ -209,47 +225,38 @@ static const char *date_line(struct bt_h1_server *s)
 	return s->date;
 }
 
-static void write_done_cb(uv_write_t *w, int status)
+/*
+ * Sends what is unsent, as far as the socket takes it; the rest waits for
+ * writability.  sendmsg, not writev: MSG_NOSIGNAL, and it is the socket
+ * call (a socket's bytes are not file I/O in /proc/PID/io).
+ */
+static void flush_out(struct bt_h1_conn *c)
 {
-	struct bt_h1_conn *c = w->data;
-	c->nwrites--;
-	if (c->closing)
-		return;
-	if (status < 0) {
-		conn_close(c);
-		return;
+	while (!c->broken && unsent(c)) {
+		struct iovec iov[2];
+		int n = 0;
+		if (c->out_off < c->out.len)
+			iov[n++] = (struct iovec){c->out.data + c->out_off, c->out.len - c->out_off};
+		if (c->answer_off < c->send_len)
+			iov[n++] = (struct iovec){c->answer + c->answer_off, c->send_len - c->answer_off};
+		struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		ssize_t k = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (k < 0) {
+			c->broken = 1;
+			break;
+		}
+		c->active_ms = bt_now_ms();
+		size_t done = (size_t)k, a = BT_MIN(done, c->out.len - c->out_off);
+		c->out_off += a;
+		c->answer_off += done - a;
 	}
-	c->active_ms = bt_now_ms();
-	advance(c, NULL, 0);
-}
-
-/* Writes bufs, as much as the socket takes now and the rest queued. */
-static void send_bufs(struct bt_h1_conn *c, uv_write_t *w, uv_buf_t *b, unsigned nb)
-{
-	size_t total = 0;
-	for (unsigned i = 0; i < nb; i++)
-		total += b[i].len;
-	int k = c->nwrites ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, b, nb);
-	if (k < 0 && k != UV_EAGAIN) {
-		c->broken = 1;
-		return;
-	}
-	size_t done = k > 0 ? (size_t)k : 0;
-	if (done == total)
-		return;
-	while (nb && done >= b->len) {
-		done -= b->len;
-		b++;
-		nb--;
-	}
-	b->base += done;
-	b->len -= done;
-	w->data = c;
-	if (uv_write(w, (uv_stream_t *)&c->tcp, b, nb, write_done_cb) < 0) {
-		c->broken = 1;
-		return;
-	}
-	c->nwrites++;
+	if (c->out_off == c->out.len)
+		c->out.len = c->out_off = 0;
+	set_events(c);
 }
 
 static void schedule(struct bt_h1_conn *c)
@@ -283,7 +290,6 @@ void bt_h1_answer(struct bt_h1_conn *c, int status, const char *ctype,
 	c->release = release;
 	c->rarg = rarg;
 	struct bt_buf *o = &c->out;
-	o->len = 0;
 	bt_buf_printf(o, "HTTP/1.1 %d %s\r\n", status, bt_h1_reason(status));
 	if (ctype) {
 		bt_buf_puts(o, "Content-Type: ");
@@ -305,10 +311,11 @@ void bt_h1_answer(struct bt_h1_conn *c, int status, const char *ctype,
 	else if (c->head.minor == 0)
 		bt_buf_puts(o, "Connection: keep-alive\r\n");
 	bt_buf_puts(o, "\r\n");
-	uv_buf_t b[2] = {uv_buf_init(o->data, (unsigned)o->len), uv_buf_init(body, (unsigned)len)};
 	/* HEAD: the length the body would have, without it. */
 	int head_only = c->head.method && !strcmp(c->head.method, "HEAD");
-	send_bufs(c, &c->wr, b, head_only || !len ? 1 : 2);
+	c->send_len = head_only ? 0 : len;
+	c->answer_off = 0;
+	flush_out(c);
 	schedule(c);
 }
 
@@ -384,9 +391,8 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 		c->close_after = 0;
 		c->ctx = s->ops->head(s->arg, c, &c->head);
 		if (c->state == S_BODY && !c->body.done && c->head.expect_continue && end == n) {
-			static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-			uv_buf_t b = uv_buf_init(cont, sizeof(cont) - 1);
-			send_bufs(c, &c->wr100, &b, 1);
+			bt_buf_puts(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+			flush_out(c);
 		}
 		return (long)end;
 	}
@@ -419,7 +425,7 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 			conn_close(c);
 			return -1;
 		}
-		if (c->nwrites)
+		if (unsent(c))
 			return -1;
 		release_body(c);
 		void *ctx = c->ctx;
@@ -464,6 +470,10 @@ static void advance(struct bt_h1_conn *c, const char *extra, size_t n)
 	c->busy = 1;
 	size_t off = 0;
 	while (!c->closing) {
+		if (c->broken) {
+			conn_close(c); /* a write failed: the client is gone */
+			break;
+		}
 		long k = step(c, p + off, n - off);
 		if (k < 0)
 			break;
@@ -485,73 +495,113 @@ static void advance(struct bt_h1_conn *c, const char *extra, size_t n)
 		start_reading(c);
 }
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* Reads what has arrived: one read, or a few while they fill the buffer. */
+static void read_input(struct bt_h1_conn *c)
 {
-	struct bt_h1_conn *c = h->data;
-	(void)suggested;
-	buf->base = c->s->rbuf;
-	buf->len = sizeof(c->s->rbuf);
+	struct bt_h1_server *s = c->s;
+	for (int i = 0; i < 8 && c->reading && !c->closing; i++) {
+		ssize_t n = recv(c->fd, s->rbuf, sizeof(s->rbuf), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n < 0) {
+			conn_close(c);
+			return;
+		}
+		if (n == 0) {
+			c->eof = 1;
+			stop_reading(c);
+			if (c->state == S_LINGER)
+				conn_close(c);
+			else
+				advance(c, NULL, 0);
+			return;
+		}
+		c->active_ms = bt_now_ms();
+		advance(c, s->rbuf, (size_t)n);
+		if ((size_t)n < sizeof(s->rbuf))
+			return; /* most likely all there was: no read just to hear EAGAIN */
+	}
 }
 
-static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+static void poll_cb(uv_poll_t *p, int status, int events)
 {
-	struct bt_h1_conn *c = st->data;
-	if (n == 0)
-		return;
-	if (n == UV_EOF) {
-		c->eof = 1;
-		c->reading = 0; /* libuv stopped reading */
-		if (c->state == S_LINGER)
-			conn_close(c);
-		else
-			advance(c, NULL, 0);
-		return;
-	}
-	if (n < 0) {
+	struct bt_h1_conn *c = p->data;
+	if (status < 0) {
 		conn_close(c);
 		return;
 	}
-	c->active_ms = bt_now_ms();
-	advance(c, buf->base, (size_t)n);
+	if (events & UV_WRITABLE) {
+		flush_out(c);
+		if (!unsent(c))
+			advance(c, NULL, 0);
+	}
+	if ((events & UV_READABLE) && !c->closing)
+		read_input(c);
 }
 
 /* ---- the server ----------------------------------------------------------- */
 
-static void accept_one(struct bt_h1_server *s)
+static void accept_cb(uv_poll_t *p, int status, int events);
+
+/*
+ * The listener is watched while connections may be added: at the limit
+ * the rest wait in the kernel's backlog until one closes.
+ */
+static void watch_listener(struct bt_h1_server *s)
 {
-	struct bt_h1_conn *c = bt_calloc(1, sizeof(*c));
-	c->s = s;
-	uv_tcp_init(s->loop, &c->tcp);
-	c->tcp.data = c;
-	if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) < 0) {
-		uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+	int want = !s->closing && s->nconns < CFG(s)->http_max_connections;
+	if (want == s->accepting)
 		return;
-	}
-	uv_tcp_nodelay(&c->tcp, 1);
-	c->next = s->conns;
-	if (s->conns)
-		s->conns->prev = c;
-	s->conns = c;
-	s->nconns++;
-	c->active_ms = bt_now_ms();
-	start_reading(c);
+	s->accepting = want;
+	if (want)
+		uv_poll_start(&s->listener, UV_READABLE, accept_cb);
+	else
+		uv_poll_stop(&s->listener);
 }
 
-static void connection_cb(uv_stream_t *server, int status)
+static void accept_cb(uv_poll_t *p, int status, int events)
 {
-	struct bt_h1_server *s = server->data;
-	if (status < 0 || s->closing)
-		return;
-	/*
-	 * At the limit the connection is left unaccepted: libuv then stops
-	 * watching the listener, and the rest wait in the kernel's backlog
-	 * until a connection closes.
-	 */
-	if (s->nconns >= CFG(s)->http_max_connections) {
-		s->deferred = 1;
-		return;
+	struct bt_h1_server *s = p->data;
+	(void)events;
+	while (status == 0 && !s->closing && s->nconns < CFG(s)->http_max_connections) {
+		int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK) {
+				/*
+				 * Out of descriptors or memory: the listener rests until
+				 * the next sweep, or it would wake the loop over and over.
+				 */
+				bt_debug("http", "accept=%s", BT_LOGQ(strerror(errno)));
+				s->accepting = 0;
+				uv_poll_stop(&s->listener);
+				return;
+			}
+			break;
+		}
+		struct bt_h1_conn *c = bt_calloc(1, sizeof(*c));
+		c->s = s;
+		c->fd = fd;
+		if (uv_poll_init_socket(s->loop, &c->poll, fd) < 0) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		c->poll.data = c;
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		c->next = s->conns;
+		if (s->conns)
+			s->conns->prev = c;
+		s->conns = c;
+		s->nconns++;
+		c->active_ms = bt_now_ms();
+		start_reading(c);
 	}
-	accept_one(s);
+	watch_listener(s);
 }
 
 /* Idle connections, and those lingering too long. */
@@ -562,11 +612,6 @@ static void sweep_cb(uv_timer_t *t)
 	struct bt_h1_conn *next;
 	for (struct bt_h1_conn *c = s->conns; c; c = next) {
 		next = c->next;
-		size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-		if (q != c->queued) {
-			c->queued = q; /* the client is taking its answer */
-			c->active_ms = now;
-		}
 		if (c->state == S_LINGER) {
 			if (now - c->linger_ms >= LINGER_MS)
 				conn_close(c);
@@ -574,6 +619,7 @@ static void sweep_cb(uv_timer_t *t)
 			conn_close(c);
 		}
 	}
+	watch_listener(s); /* after a rest for want of descriptors */
 	s->ops->tick(s->arg);
 }
 
@@ -604,7 +650,7 @@ int bt_h1_listen(uv_loop_t *loop, struct bt_config *const *cfgp, const struct bt
 {
 	const struct bt_config *cfg = *cfgp;
 	struct sockaddr_storage ss;
-	unsigned flags = 0;
+	socklen_t sslen = sizeof(struct sockaddr_in);
 	if (uv_ip4_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in *)&ss)) {
 		/* Never fall back to the any-address: that would publish baton. */
 		if (uv_ip6_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in6 *)&ss)) {
@@ -612,32 +658,40 @@ int bt_h1_listen(uv_loop_t *loop, struct bt_config *const *cfgp, const struct bt
 				 cfg->listen_host);
 			return -EINVAL;
 		}
-		flags = UV_TCP_IPV6ONLY;
+		sslen = sizeof(struct sockaddr_in6);
+	}
+	int one = 1;
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int e = fd < 0 ? -errno : 0;
+	if (!e && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+		   (ss.ss_family == AF_INET6 &&
+		    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one))) ||
+		   bind(fd, (struct sockaddr *)&ss, sslen) || listen(fd, 1024)))
+		e = -errno;
+	if (e) {
+		snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host,
+			 cfg->listen_port, strerror(-e));
+		if (fd >= 0)
+			close(fd);
+		return e;
 	}
 	struct bt_h1_server *s = bt_calloc(1, sizeof(*s));
 	s->loop = loop;
 	s->cfgp = cfgp;
 	s->ops = ops;
 	s->arg = arg;
-	uv_tcp_init(loop, &s->listener);
+	s->lfd = fd;
+	uv_poll_init_socket(loop, &s->listener, fd);
 	uv_timer_init(loop, &s->sweep);
 	s->listener.data = s;
 	s->sweep.data = s;
 	s->handles = 2;
-	int e = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, flags);
-	if (!e)
-		e = uv_listen((uv_stream_t *)&s->listener, 1024, connection_cb);
-	if (e) {
-		snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host,
-			 cfg->listen_port, uv_strerror(e));
-		bt_h1_close(s);
-		return e;
-	}
 	struct sockaddr_storage bound;
-	int blen = sizeof(bound);
-	uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &blen);
+	socklen_t blen = sizeof(bound);
+	getsockname(fd, (struct sockaddr *)&bound, &blen);
 	s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
 						    : ((struct sockaddr_in *)&bound)->sin_port);
+	watch_listener(s);
 	uv_timer_start(&s->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
 	*out = s;
 	return 0;
@@ -646,8 +700,10 @@ int bt_h1_listen(uv_loop_t *loop, struct bt_config *const *cfgp, const struct bt
 static void server_closed_cb(uv_handle_t *h)
 {
 	struct bt_h1_server *s = h->data;
-	if (--s->handles == 0)
+	if (--s->handles == 0) {
+		close(s->lfd);
 		free(s);
+	}
 }
 
 void bt_h1_close(struct bt_h1_server *s)
