@@ -14,8 +14,25 @@
 /* A chunk-size line with its extensions; longer is not a client's mistake. */
 #define CHUNK_LINE_MAX 4096
 
+size_t bt_h1_skip_empty(const char *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		if (p[i] == '\n')
+			i++;
+		else if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
+			i += 2;
+		else
+			break;
+	}
+	return i;
+}
+
 size_t bt_h1_head_end(const char *p, size_t n, size_t *scanned)
 {
+	/* A lone CR may yet be an empty line to skip: not scanned past. */
+	if (n < 2)
+		return 0;
 	for (size_t i = *scanned; i < n; i++) {
 		if (p[i] != '\n')
 			continue;
@@ -203,7 +220,7 @@ static int framing(struct bt_h1_head *h, const char **why)
 		uint64_t v = 0;
 		const char *d = cl;
 		for (; *d >= '0' && *d <= '9'; d++) {
-			if (v > (uint64_t)(INT64_MAX - 9) / 10) {
+			if (v > ((uint64_t)INT64_MAX - (uint64_t)(*d - '0')) / 10) {
 				*why = "Content-Length is too large";
 				return 400;
 			}

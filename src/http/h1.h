@@ -41,6 +41,12 @@ struct bt_h1_head {
 };
 
 /*
+ * How many bytes of empty lines p starts with: a request may follow a
+ * CRLF (RFC 9112 §2.2), and these are skipped before its line.
+ */
+size_t bt_h1_skip_empty(const char *p, size_t n);
+
+/*
  * Where the head at p ends: its length up to and including the empty line,
  * or 0 when that has not arrived.  *scanned (0 at first) is how far an
  * earlier call looked, so that a head that trickles in is scanned once.

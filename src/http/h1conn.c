@@ -326,21 +326,6 @@ void bt_h1_abort(struct bt_h1_conn *c)
 
 /* ---- reading requests ----------------------------------------------------- */
 
-/* Skips the empty lines a request may follow (RFC 9112 §2.2). */
-static size_t skip_empty_lines(const char *p, size_t n)
-{
-	size_t i = 0;
-	while (i < n) {
-		if (p[i] == '\n')
-			i++;
-		else if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
-			i += 2;
-		else
-			break;
-	}
-	return i;
-}
-
 static void refuse(struct bt_h1_conn *c, int status, const char *why)
 {
 	if (c->state == S_HEAD) {
@@ -363,7 +348,7 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 	const char *why;
 	switch (c->state) {
 	case S_HEAD: {
-		size_t skip = c->scanned ? 0 : skip_empty_lines(p, n);
+		size_t skip = c->scanned ? 0 : bt_h1_skip_empty(p, n);
 		if (skip)
 			return (long)skip;
 		size_t end = bt_h1_head_end(p, n, &c->scanned);
