@@ -318,7 +318,7 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 	bt_h1_unescape(target);
 	h->path = target;
 	query_args(h, q);
-	h->args = h->fields + h->nfields;
+	h->args = h->fields ? h->fields + h->nfields : NULL; /* NULL: none at all */
 	return 0;
 }
 
