@@ -467,7 +467,7 @@ static void advance(struct bt_h1_conn *c, const char *extra, size_t n)
 	c->busy = 0;
 	if (c->closing)
 		return;
-	if (own)
+	if (own && off)
 		bt_buf_consume(&c->in, off);
 	else if (off < n)
 		bt_buf_append(&c->in, p + off, n - off);
