@@ -187,7 +187,8 @@ static void cut_slow_readers(struct bt_http *h)
 		struct conn *cn = h->sending;
 		bt_warn("client did not take its answer in time: dropped",
 			"bytes=%zu write_timeout_s=%u", cn->charged, h->d->cfg->http_write_timeout_s);
-		bt_h1_abort(cn->mc); /* takes cn off the list */
+		sending_remove(cn);
+		bt_h1_abort(cn->mc); /* ends the request: ended_cb frees cn */
 	}
 }
 
