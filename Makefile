@@ -6,7 +6,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 PY         := /usr/bin/python3
 
-BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev libmicrohttpd-dev \
+BUILD_PKGS := gcc pkg-config meson ninja-build libuv1-dev \
               libjansson-dev libyaml-dev libcriterion-dev python3 python3-venv \
               libtesseract-dev libleptonica-dev libpq-dev libnghttp2-dev \
               libprotobuf-c-dev protobuf-c-compiler libhiredis-dev

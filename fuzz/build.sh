@@ -3,8 +3,8 @@
 # fuzz_frame (worker protocol frames), fuzz_config (the YAML loader) and
 # fuzz_v2 (KServe v2 requests and answers), fuzz_grpc (gRPC message
 # framing and the v2 protobuf messages) and fuzz_shm (the shared-memory
-# extension's register bodies and request rewriting), with ASan, UBSan and
-# libFuzzer.  Needs clang and its fuzzer runtime (Debian: clang,
+# extension's register bodies and request rewriting) and fuzz_h1 (the HTTP/1.1
+# request parser), with ASan, UBSan and libFuzzer.  Needs clang and its fuzzer runtime (Debian: clang,
 # libclang-rt-14-dev), protobuf-c (libprotobuf-c-dev, protobuf-c-compiler).
 #
 #   sh fuzz/build.sh            # CC=clang-15 sh fuzz/build.sh for another clang
@@ -69,6 +69,7 @@ compile wire src/grpc/wire.c
 compile inference_pb build-fuzz/gen/inference.pb-c.c
 compile memfd src/common/memfd.c
 compile shm src/http/shm.c
+compile h1 src/http/h1.c
 # The loader's fopen goes through fuzz_config.c's bt_fuzz_fopen, which
 # refuses writes and reads of anything but small regular files.
 compile config src/config/config.c -Dfopen=bt_fuzz_fopen
@@ -91,4 +92,5 @@ target config config common
 target v2 v2 common
 target grpc wire inference_pb v2 common
 target shm shm memfd common
-echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_grpc $out/fuzz_shm"
+target h1 h1 common
+echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_grpc $out/fuzz_shm $out/fuzz_h1"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the fuzz targets and runs the five at once for SECONDS each
+# Builds the fuzz targets and runs the six at once for SECONDS each
 # (default 60), every one on a scratch copy of its seed corpus under
 # build-fuzz/run/TARGET/ (the inputs it finds accumulate there across runs;
 # fuzz/corpus/ is never written).  Exits 1 if a target crashed, leaked,
@@ -41,10 +41,11 @@ max_len() {
 	v2) echo 8192 ;;
 	grpc) echo 16384 ;;
 	shm) echo 8192 ;;
+	h1) echo 40000 ;;
 	esac
 }
 
-targets="frame config v2 grpc shm"
+targets="frame config v2 grpc shm h1"
 for t in $targets; do
 	dir="$out/run/$t"
 	mkdir -p "$dir/corpus" "$dir/artifacts"
@@ -62,7 +63,7 @@ for t in $targets; do
 		echo $? >"$dir/rc"
 	) &
 done
-echo "fuzzing frame, config, v2, grpc and shm for ${secs}s each (logs: build-fuzz/run/*/fuzz.log)"
+echo "fuzzing frame, config, v2, grpc, shm and h1 for ${secs}s each (logs: build-fuzz/run/*/fuzz.log)"
 wait
 
 failed=0

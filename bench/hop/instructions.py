@@ -7,7 +7,8 @@ One Python echo stage; N sequential 1 KiB requests over one keep-alive
 connection; baton runs under valgrind --tool=callgrind twice (SMALL and
 LARGE requests) and the difference, divided by LARGE - SMALL, is the cost of
 one request without start-up and shutdown. libc's memset is shown apart:
-libmicrohttpd clears its 64 KiB connection pool per request with
+libmicrohttpd (baton's HTTP server before its own, and still in older
+--baseline builds) cleared its 64 KiB connection pool per request with
 `rep stosb`, which valgrind counts per byte, not per instruction.
 
     /usr/bin/python3 bench/hop/instructions.py --build build [--baseline OTHER_BUILD]

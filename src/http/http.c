@@ -1,10 +1,9 @@
 /*
- * libmicrohttpd glue and the HTTP routes.  MHD runs in external mode with
- * its own epoll fd, which a uv_poll_t watches; MHD_run() is called when it
- * is readable, when MHD's own timeout expires, and once per loop turn
- * after connections were resumed.  A pipeline request suspends its
- * connection; the request's done callback resumes it, and MHD then calls
- * the access handler again, which queues the answer.
+ * The HTTP routes, on h1conn.h's connections.  A request's head routes it
+ * (and answers at once when it can), its body is gathered, and a pipeline
+ * request then runs while its connection waits; the request's done
+ * callback puts it on a list that bt_http_flush answers from, once per
+ * loop turn.
  */
 #include "http.h"
 
@@ -13,7 +12,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
-#include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +24,7 @@
 #include "../metrics/metrics.h"
 #include "../proc/proc.h"
 #include "../stream/stream.h"
+#include "h1conn.h"
 #include "shm.h"
 #include "v2.h"
 
@@ -33,25 +32,14 @@
 #define BATON_VERSION "0.0.0"
 #endif
 
-/*
- * libmicrohttpd keeps a connection's request headers and the answer's
- * headers in one memory pool.  Headers are refused past HEADERS_MAX, half
- * the pool, so that an answer always fits: otherwise a request whose
- * headers nearly filled the pool would run and then lose its answer.
- */
-#define HEADERS_MAX (32 * 1024)
-#define CONN_MEMORY (64 * 1024)
 /* A worker's content_type longer than this is not a media type. */
 #define CONTENT_TYPE_MAX 256
 
 struct bt_http {
 	struct bt_daemon *d;
 	struct bt_shm *shm; /* clients' shared-memory regions (shm.h) */
-	struct MHD_Daemon *mhd;
-	uv_poll_t poll;
-	uv_timer_t timer;
-	int port;
-	int need_run; /* a connection was resumed */
+	struct bt_h1_server *srv;
+	struct conn *resumed; /* requests whose outcome came: bt_http_flush answers */
 	unsigned pending; /* pipeline answers not yet fully sent */
 	unsigned polls; /* results long polls waiting (suspended connections) */
 	int closing;
@@ -80,14 +68,15 @@ enum route {
 
 struct conn {
 	struct bt_http *h;
-	struct MHD_Connection *mc;
+	struct bt_h1_conn *mc;
+	const struct bt_h1_head *hd; /* the request's line and header fields */
 	enum route route;
 	struct bt_pipeline *pl;
 	char stage[72]; /* for R_STAGE_RESTART and R_STAGE_SCALE */
 	char *region; /* for R_SHM_REGISTER */
 	struct bt_buf body;
 	int too_big; /* body went over max_request_bytes: dropped */
-	int waiting; /* suspended while the request runs */
+	int waiting; /* the connection waits while the request runs */
 	int counted; /* included in h->pending */
 	struct bt_request *req; /* in flight, or finished and not yet answered */
 	int finished;
@@ -99,7 +88,7 @@ struct conn {
 	int over_budget; /* the body would not fit in http.max_buffered_bytes: dropped */
 	size_t charged; /* bytes counted in h->buffered for this connection */
 	uint64_t send_deadline_ms; /* while in h->sending */
-	int in_sending, cut; /* in h->sending; its socket was shut down */
+	int in_sending; /* in h->sending */
 	/*
 	 * The body when it is not in body: received into a memfd (body_fd,
 	 * then sealed and mapped here), or rewritten for shared memory (shm.h).
@@ -112,6 +101,8 @@ struct conn {
 	int body_fd; /* a large body being received into a memfd, or -1 */
 	size_t body_fd_len;
 	struct conn *snext, *sprev;
+	struct conn *rnext, *rprev; /* h->resumed */
+	int in_resumed;
 };
 
 /* ---- the buffer budget ---------------------------------------------------- */
@@ -187,109 +178,59 @@ static void sending_add(struct conn *cn, size_t answer_len)
 }
 
 /*
- * Drops clients that did not take their answer within http.write_timeout_s.
- * libmicrohttpd has no call to close a connection, so its socket is shut
- * down: the next send fails and MHD ends the connection, freeing the answer.
- * Returns 1 when one was cut (MHD must run to notice).
+ * Drops clients that did not take their answer within http.write_timeout_s:
+ * closing the connection ends the request (ended_cb), which frees the answer.
  */
-static int cut_slow_readers(struct bt_http *h)
+static void cut_slow_readers(struct bt_http *h)
 {
 	uint64_t now = bt_now_ms();
-	int cut = 0;
 	/* Deadlines grow along the list: stop at the first one not yet due. */
-	for (struct conn *cn = h->sending; cn && cn->send_deadline_ms <= now; cn = cn->snext) {
-		if (cn->cut)
-			continue;
-		const union MHD_ConnectionInfo *ci =
-			MHD_get_connection_info(cn->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-		cn->cut = 1;
-		if (!ci)
-			continue;
+	while (h->sending && h->sending->send_deadline_ms <= now) {
+		struct conn *cn = h->sending;
 		bt_warn("client did not take its answer in time: dropped",
 			"bytes=%zu write_timeout_s=%u", cn->charged, h->d->cfg->http_write_timeout_s);
-		shutdown(ci->connect_fd, SHUT_RDWR);
-		cut = 1;
+		sending_remove(cn);
+		bt_h1_abort(cn->mc); /* ends the request: ended_cb frees cn */
 	}
-	return cut;
 }
 
 /* ---- answers -------------------------------------------------------------- */
 
-/* A payload in a memfd, answered straight from its mapping. */
-struct mapped {
-	char *p;
-	size_t len;
-	int fd;
-};
-
-static void mapped_free_cb(void *cls)
+/* The answer's body once it is sent: malloc'd, or a memfd's mapping (rarg the fd + 1). */
+static void release_body(void *rarg, char *body, size_t len)
 {
-	struct mapped *m = cls;
-	bt_payload_free(m->p, m->len, m->fd);
-	free(m);
-}
-
-/* body is malloc'd, or fd's mapping when fd >= 0; the response owns both. */
-static struct MHD_Response *make_response(char *body, size_t len, int fd)
-{
-	struct MHD_Response *resp;
-	if (fd >= 0 && len > 0) {
-		/*
-		 * Sent from the mapping, with no copy in baton.  Not as an fd
-		 * response: libmicrohttpd reads those through its connection
-		 * buffer, a few KiB per loop turn.
-		 */
-		struct mapped *m = bt_malloc(sizeof(*m));
-		*m = (struct mapped){body, len, fd};
-		bt_memfd_prefault(body, len);
-		resp = MHD_create_response_from_buffer_with_free_callback_cls(len, body,
-									       mapped_free_cb, m);
-		if (!resp)
-			mapped_free_cb(m);
-		return resp;
-	}
-	if (fd >= 0) {
+	int fd = (int)(intptr_t)rarg - 1;
+	if (fd >= 0)
 		bt_payload_free(body, len, fd);
-		body = NULL;
-	}
-	resp = MHD_create_response_from_buffer(
-		len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-	if (!resp)
+	else
 		free(body);
-	return resp;
 }
 
-static enum MHD_Result send_answer_fd(struct MHD_Connection *mc, int status,
+static int send_answer_fd(struct bt_h1_conn *mc, int status,
 				      const char *ctype, char *body, size_t len, int fd,
 				      const char *const *headers);
 
 /* Queues an answer; headers are name/value pairs, NULL-terminated. */
-static enum MHD_Result send_answer(struct MHD_Connection *mc, int status,
+static int send_answer(struct bt_h1_conn *mc, int status,
 				   const char *ctype, char *body, size_t len,
 				   const char *const *headers)
 {
 	return send_answer_fd(mc, status, ctype, body, len, -1, headers);
 }
 
-/* The same with a payload that may be in a memfd (fd >= 0, body its mapping). */
-static enum MHD_Result send_answer_fd(struct MHD_Connection *mc, int status,
+/*
+ * The same with a payload that may be in a memfd (fd >= 0, body its
+ * mapping): sent from the mapping, with no copy in baton.
+ */
+static int send_answer_fd(struct bt_h1_conn *mc, int status,
 				      const char *ctype, char *body, size_t len, int fd,
 				      const char *const *headers)
 {
-	struct MHD_Response *resp = make_response(body, len, fd);
-	if (!resp)
-		return MHD_NO;
-	if (ctype)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-	for (int i = 0; headers && headers[i]; i += 2)
-		if (headers[i + 1])
-			MHD_add_response_header(resp, headers[i], headers[i + 1]);
-	enum MHD_Result r = MHD_queue_response(mc, (unsigned)status, resp);
-	MHD_destroy_response(resp);
-	if (r != MHD_YES)
-		bt_warn("an answer could not be queued: the connection is closed",
-			"status=%d bytes=%zu", status, len);
-	return r;
+	if (fd >= 0 && len > 0)
+		bt_memfd_prefault(body, len);
+	bt_h1_answer(mc, status, ctype, headers, body, len, release_body,
+		     (void *)(intptr_t)(fd >= 0 ? fd + 1 : 0));
+	return 0;
 }
 
 static char *dump_line(json_t *doc, size_t *len)
@@ -304,7 +245,7 @@ static char *dump_line(json_t *doc, size_t *len)
 	return body;
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *mc, int status,
+static int send_json(struct bt_h1_conn *mc, int status,
 				 json_t *doc, const char *const *headers)
 {
 	size_t len;
@@ -326,13 +267,13 @@ static json_t *error_doc(enum bt_code code, const char *stage, const char *reque
 	return doc;
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *mc, enum bt_code code,
+static int send_error(struct bt_h1_conn *mc, enum bt_code code,
 				  const char *msg)
 {
 	return send_json(mc, bt_code_http_status(code), error_doc(code, NULL, NULL, msg), NULL);
 }
 
-static enum MHD_Result send_overloaded(struct conn *cn)
+static int send_overloaded(struct conn *cn)
 {
 	char msg[200];
 	cn->route = R_NONE;
@@ -344,14 +285,14 @@ static enum MHD_Result send_overloaded(struct conn *cn)
 }
 
 /* The v2 protocol's error body is {"error": "..."} alone. */
-static enum MHD_Result send_v2_error(struct MHD_Connection *mc, int status, const char *msg)
+static int send_v2_error(struct bt_h1_conn *mc, int status, const char *msg)
 {
 	char clean[1024];
 	snprintf(clean, sizeof(clean), "%s", msg);
 	return send_json(mc, status, json_pack("{s:s}", "error", bt_utf8_clean(clean)), NULL);
 }
 
-static enum MHD_Result send_empty(struct MHD_Connection *mc, int status)
+static int send_empty(struct bt_h1_conn *mc, int status)
 {
 	return send_answer(mc, status, NULL, NULL, 0, NULL);
 }
@@ -485,7 +426,7 @@ static void v2_shm_ctx_free(char *data)
 	free(x);
 }
 
-static enum MHD_Result answer_v2(struct conn *cn, struct bt_request *req,
+static int answer_v2(struct conn *cn, struct bt_request *req,
 				 const char *timing)
 {
 	json_t *jhl = json_object_get(req->meta, "v2_header_length");
@@ -515,10 +456,10 @@ static int valid_content_type(json_t *v)
 	return 1;
 }
 
-static enum MHD_Result answer_request(struct conn *cn)
+static int answer_request(struct conn *cn)
 {
 	struct bt_request *req = cn->req;
-	enum MHD_Result r;
+	int r;
 	char timing[1024];
 	cn->req = NULL;
 	server_timing(req, timing, sizeof(timing));
@@ -553,6 +494,35 @@ static enum MHD_Result answer_request(struct conn *cn)
 
 /* ---- pipeline requests ----------------------------------------------------- */
 
+/* A waiting request's outcome came: it is answered from bt_http_flush. */
+static void resume(struct conn *cn)
+{
+	struct bt_http *h = cn->h;
+	if (!cn->waiting)
+		return;
+	cn->waiting = 0;
+	cn->in_resumed = 1;
+	cn->rprev = NULL;
+	cn->rnext = h->resumed;
+	if (h->resumed)
+		h->resumed->rprev = cn;
+	h->resumed = cn;
+	bt_daemon_wake(h->d);
+}
+
+static void resumed_remove(struct conn *cn)
+{
+	if (!cn->in_resumed)
+		return;
+	if (cn->rprev)
+		cn->rprev->rnext = cn->rnext;
+	else
+		cn->h->resumed = cn->rnext;
+	if (cn->rnext)
+		cn->rnext->rprev = cn->rprev;
+	cn->in_resumed = 0;
+}
+
 static void request_done_cb(struct bt_request *req, void *arg)
 {
 	struct conn *cn = arg;
@@ -562,12 +532,7 @@ static void request_done_cb(struct bt_request *req, void *arg)
 		return;
 	}
 	cn->finished = 1;
-	if (cn->waiting) {
-		cn->waiting = 0;
-		MHD_resume_connection(cn->mc);
-		cn->h->need_run = 1;
-		bt_daemon_wake(cn->h->d);
-	}
+	resume(cn);
 }
 
 /* check and check_data: see struct bt_request (NULL for plain requests). */
@@ -604,18 +569,17 @@ static void submit(struct conn *cn, json_t *meta, int priority, long long timeou
 	bt_pipeline_submit(cn->req, request_done_cb, cn);
 }
 
-static enum MHD_Result wait_or_answer(struct conn *cn)
+static int wait_or_answer(struct conn *cn)
 {
 	if (cn->finished)
 		return answer_request(cn);
 	cn->waiting = 1;
-	MHD_suspend_connection(cn->mc);
-	return MHD_YES;
+	return 0;
 }
 
 static const char *header(struct conn *cn, const char *name)
 {
-	return MHD_lookup_connection_value(cn->mc, MHD_HEADER_KIND, name);
+	return bt_h1_field(cn->hd, name);
 }
 
 /* Parses an optional integer header; -1 when it is there but not a number. */
@@ -630,7 +594,7 @@ static int int_header(struct conn *cn, const char *name, long long *out)
 	return (errno || end == v || *end || *out < 0) ? -1 : 1;
 }
 
-static enum MHD_Result start_pipeline_request(struct conn *cn)
+static int start_pipeline_request(struct conn *cn)
 {
 	char msg[256];
 	json_t *meta = NULL;
@@ -654,7 +618,7 @@ static enum MHD_Result start_pipeline_request(struct conn *cn)
 	}
 	if (!meta)
 		meta = json_object();
-	const char *ctype = header(cn, MHD_HTTP_HEADER_CONTENT_TYPE);
+	const char *ctype = header(cn, "Content-Type");
 	if (ctype && !json_object_get(meta, "content_type"))
 		json_object_set_new(meta, "content_type", json_string(ctype));
 	submit(cn, meta, bt_v2_priority_level(priority),
@@ -662,7 +626,7 @@ static enum MHD_Result start_pipeline_request(struct conn *cn)
 	return wait_or_answer(cn);
 }
 
-static enum MHD_Result start_infer(struct conn *cn)
+static int start_infer(struct conn *cn)
 {
 	struct bt_v2_request v2;
 	char err[512];
@@ -719,7 +683,7 @@ static enum MHD_Result start_infer(struct conn *cn)
 
 /* ---- other routes ---------------------------------------------------------- */
 
-static enum MHD_Result restart_stage(struct conn *cn)
+static int restart_stage(struct conn *cn)
 {
 	struct bt_stage *st = bt_daemon_stage(cn->h->d, cn->stage);
 	char msg[200];
@@ -742,7 +706,7 @@ static enum MHD_Result restart_stage(struct conn *cn)
 			 NULL);
 }
 
-static enum MHD_Result scale_stage(struct conn *cn)
+static int scale_stage(struct conn *cn)
 {
 	struct bt_daemon *d = cn->h->d;
 	struct bt_stage *st = bt_daemon_stage(d, cn->stage);
@@ -759,7 +723,7 @@ static enum MHD_Result scale_stage(struct conn *cn)
 	json_t *doc = json_loadb(cn->body.data ? cn->body.data : "", cn->body.len, 0, &jerr);
 	json_t *n = json_object_get(doc, "replicas");
 	int max = st->cfg->replicas_max, from = bt_stage_active(st);
-	enum MHD_Result r;
+	int r;
 	if (json_is_string(n) && !strcmp(json_string_value(n), "auto")) {
 		st->manual = 0;
 		memset(&st->scale_state, 0, sizeof(st->scale_state));
@@ -787,7 +751,7 @@ static enum MHD_Result scale_stage(struct conn *cn)
 	return r;
 }
 
-static enum MHD_Result send_metrics(struct MHD_Connection *mc, struct bt_daemon *d)
+static int send_metrics(struct bt_h1_conn *mc, struct bt_daemon *d)
 {
 	struct bt_buf out = BT_BUF_INIT;
 	bt_metrics_write(d, &out);
@@ -824,7 +788,7 @@ static int has_prefix(const char *s, const char *prefix, const char **rest)
 	return 1;
 }
 
-static enum MHD_Result method_not_allowed(struct MHD_Connection *mc,
+static int method_not_allowed(struct bt_h1_conn *mc,
 					  const char *allow)
 {
 	const char *hdrs[] = {"Allow", allow, NULL};
@@ -866,12 +830,12 @@ static int split_model_url(const char *rest, char *name, size_t nlen,
  * /v2/systemsharedmemory.  Register reads a body (*answered = 0); status
  * and unregister answer at once.
  */
-static enum MHD_Result route_shm(struct conn *cn, const char *rest, int get, int post,
+static int route_shm(struct conn *cn, const char *rest, int get, int post,
 				 int *answered)
 {
 	char name[160], err[400];
 	const char *action = rest;
-	struct MHD_Connection *mc = cn->mc;
+	struct bt_h1_conn *mc = cn->mc;
 	int one = 0;
 	if (!strncmp(rest, "/region/", 8)) {
 		const char *slash = strchr(rest + 8, '/');
@@ -903,12 +867,12 @@ static enum MHD_Result route_shm(struct conn *cn, const char *rest, int get, int
 		cn->route = R_SHM_REGISTER;
 		cn->region = bt_strdup(name);
 		*answered = 0;
-		return MHD_YES;
+		return 0;
 	}
 	return send_v2_error(mc, 404, "no such route");
 }
 
-static enum MHD_Result shm_register(struct conn *cn)
+static int shm_register(struct conn *cn)
 {
 	struct bt_http *h = cn->h;
 	char err[400];
@@ -922,12 +886,12 @@ static enum MHD_Result shm_register(struct conn *cn)
 }
 
 /* GET and POST under /v2/models/; sets *answered = 0 for an infer to run. */
-static enum MHD_Result route_v2_model(struct conn *cn, const char *rest, int get, int post,
+static int route_v2_model(struct conn *cn, const char *rest, int get, int post,
 				      int *answered)
 {
 	char name[128], msg[300];
 	const char *version, *action;
-	struct MHD_Connection *mc = cn->mc;
+	struct bt_h1_conn *mc = cn->mc;
 	if (!split_model_url(rest, name, sizeof(name), &version, &action))
 		return send_v2_error(mc, 404, "no such route");
 	cn->pl = bt_daemon_pipeline(cn->h->d, name);
@@ -954,7 +918,7 @@ static enum MHD_Result route_v2_model(struct conn *cn, const char *rest, int get
 			return method_not_allowed(mc, "POST");
 		cn->route = R_INFER;
 		*answered = 0;
-		return MHD_YES;
+		return 0;
 	}
 	return send_v2_error(mc, 404, "no such route");
 }
@@ -977,21 +941,17 @@ static void results_watch_cb(void *arg)
 	cn->watch = NULL;
 	cn->woken = 1;
 	poll_done(cn);
-	if (cn->waiting) {
-		cn->waiting = 0;
-		MHD_resume_connection(cn->mc);
-		cn->h->need_run = 1;
-		bt_daemon_wake(cn->h->d);
-	}
+	resume(cn);
 }
 
 /* Answers with what is newer than `after`, or waits up to wait_ms for it. */
-static enum MHD_Result stream_results(struct conn *cn)
+static int stream_results(struct conn *cn)
 {
 	uint64_t next;
 	json_t *res = bt_stream_results(cn->stream, cn->after, &next);
 	/*
-	 * A suspended connection does not notice its client leave: long polls
+	 * A waiting connection cannot tell a client that left from one that
+	 * only shut its sending side, so it is kept: long polls
 	 * may hold only a quarter of the connections, or clients that gave up
 	 * waiting could lock everyone out until their wait_ms ran out.  Past
 	 * that, a poll is answered at once (the client simply polls again).
@@ -1008,18 +968,17 @@ static enum MHD_Result stream_results(struct conn *cn)
 	cn->h->polls++;
 	cn->watch = bt_stream_watch(cn->stream, cn->after, cn->wait_ms, results_watch_cb, cn);
 	cn->waiting = 1;
-	MHD_suspend_connection(cn->mc);
-	return MHD_YES;
+	return 0;
 }
 
-static enum MHD_Result add_station(struct conn *cn)
+static int add_station(struct conn *cn)
 {
 	json_error_t jerr;
 	json_t *doc = json_loadb(cn->body.data ? cn->body.data : "", cn->body.len, 0, &jerr);
 	const char *name = json_string_value(json_object_get(doc, "name"));
 	const char *url = json_string_value(json_object_get(doc, "url"));
 	char msg[300];
-	enum MHD_Result r;
+	int r;
 	if (!json_is_object(doc) || !name || !url) {
 		r = send_error(cn->mc, BT_BAD_REQUEST,
 			       "the body must be {\"name\": \"station3\", \"url\": \"rtsp://…\"}");
@@ -1039,10 +998,10 @@ static enum MHD_Result add_station(struct conn *cn)
 }
 
 /* /v1/streams/{s}/… : rest is what follows /v1/streams/. */
-static enum MHD_Result route_stream(struct conn *cn, const char *rest, const char *method,
+static int route_stream(struct conn *cn, const char *rest, const char *method,
 				    int *answered)
 {
-	struct MHD_Connection *mc = cn->mc;
+	struct bt_h1_conn *mc = cn->mc;
 	int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
 	char name[72], msg[300];
 	const char *slash = strchr(rest, '/');
@@ -1057,8 +1016,8 @@ static enum MHD_Result route_stream(struct conn *cn, const char *rest, const cha
 	if (slash && !strcmp(slash, "/results")) {
 		if (!get)
 			return method_not_allowed(mc, "GET");
-		const char *a = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "after");
-		const char *w = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "wait_ms");
+		const char *a = bt_h1_arg(cn->hd, "after");
+		const char *w = bt_h1_arg(cn->hd, "wait_ms");
 		char *end;
 		if (a) {
 			errno = 0;
@@ -1075,14 +1034,14 @@ static enum MHD_Result route_stream(struct conn *cn, const char *rest, const cha
 		}
 		cn->route = R_STREAM_RESULTS;
 		*answered = 0;
-		return MHD_YES;
+		return 0;
 	}
 	if (slash && !strcmp(slash, "/stations")) {
 		if (strcmp(method, "POST"))
 			return method_not_allowed(mc, "POST");
 		cn->route = R_STATION_ADD;
 		*answered = 0;
-		return MHD_YES;
+		return 0;
 	}
 	if (slash && has_prefix(slash, "/stations/", &station)) {
 		if (strcmp(method, "DELETE"))
@@ -1106,7 +1065,7 @@ static int authorized(struct conn *cn, const char *url)
 	const char *token = cn->h->d->cfg->auth_token;
 	if (!token || !strncmp(url, "/v2/health/", 11) || bt_dashboard_is_route(url))
 		return 1; /* the dashboard page holds no data; what it fetches needs the token */
-	const char *v = header(cn, MHD_HTTP_HEADER_AUTHORIZATION);
+	const char *v = header(cn, "Authorization");
 	/* RFC 7235: the scheme is case-insensitive, then one or more spaces. */
 	if (!v || strncasecmp(v, "Bearer", 6) || v[6] != ' ')
 		return 0;
@@ -1117,11 +1076,11 @@ static int authorized(struct conn *cn, const char *url)
 }
 
 /* First call for a request: route it; answers right away when it can. */
-static enum MHD_Result route(struct conn *cn, const char *url, const char *method,
+static int route(struct conn *cn, const char *url, const char *method,
 			     int *answered)
 {
 	struct bt_daemon *d = cn->h->d;
-	struct MHD_Connection *mc = cn->mc;
+	struct bt_h1_conn *mc = cn->mc;
 	int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
 	int post = !strcmp(method, "POST");
 	const char *rest;
@@ -1154,7 +1113,7 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 	if (has_prefix(url, "/v2/systemsharedmemory", &rest))
 		return route_shm(cn, rest, get, post, answered);
 	if (bt_dashboard_is_route(url))
-		return get ? (enum MHD_Result)bt_dashboard_send(mc) : method_not_allowed(mc, "GET");
+		return get ? bt_dashboard_send(mc) : method_not_allowed(mc, "GET");
 	if (!strcmp(url, "/v1/status"))
 		return get ? send_json(mc, 200, bt_daemon_status(d), NULL)
 			   : method_not_allowed(mc, "GET");
@@ -1179,7 +1138,7 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 			return method_not_allowed(mc, "POST");
 		cn->route = R_PIPELINE;
 		*answered = 0;
-		return MHD_YES;
+		return 0;
 	}
 	if (has_prefix(url, "/v1/stages/", &rest)) {
 		const char *slash = strchr(rest, '/');
@@ -1190,14 +1149,14 @@ static enum MHD_Result route(struct conn *cn, const char *url, const char *metho
 				 (int)BT_MIN((size_t)(slash - rest), sizeof(cn->stage) - 1), rest);
 			cn->route = !strcmp(slash, "/restart") ? R_STAGE_RESTART : R_STAGE_SCALE;
 			*answered = 0;
-			return MHD_YES;
+			return 0;
 		}
 	}
 	snprintf(msg, sizeof(msg), "no route for %.16s %.200s", method, url);
 	return send_error(mc, BT_NOT_FOUND, msg);
 }
 
-static enum MHD_Result too_big(struct conn *cn, const char *announced)
+static int too_big(struct conn *cn, const char *announced)
 {
 	char msg[200];
 	size_t max = cn->h->d->cfg->max_request_bytes;
@@ -1208,59 +1167,6 @@ static enum MHD_Result too_big(struct conn *cn, const char *announced)
 	else
 		snprintf(msg, sizeof(msg), "request body is over max_request_bytes (%zu)", max);
 	return send_json(cn->mc, 413, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
-}
-
-static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind,
-				       const char *key, const char *value)
-{
-	size_t *total = cls;
-	(void)kind;
-	/* The text, and what libmicrohttpd keeps for each value besides. */
-	*total += strlen(key) + (value ? strlen(value) : 0) + 64;
-	return MHD_YES;
-}
-
-struct lengths {
-	int n;
-	int differ;
-	const char *first;
-};
-
-static enum MHD_Result add_content_length(void *cls, enum MHD_ValueKind kind,
-					  const char *key, const char *value)
-{
-	struct lengths *l = cls;
-	(void)kind;
-	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
-		return MHD_YES;
-	if (l->n++ == 0)
-		l->first = value;
-	else if (!value || !l->first || strcmp(value, l->first) != 0)
-		l->differ = 1;
-	return MHD_YES;
-}
-
-/*
- * How the body is framed must be beyond doubt, or a proxy in front of
- * baton could frame it differently (request smuggling): NULL when it is.
- * Sets *status to the answer's status otherwise.
- */
-static const char *framing_error(struct MHD_Connection *mc, int *status)
-{
-	struct lengths l = {0, 0, NULL};
-	MHD_get_connection_values(mc, MHD_HEADER_KIND, add_content_length, &l);
-	const char *te = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
-						     MHD_HTTP_HEADER_TRANSFER_ENCODING);
-	*status = 400;
-	if (l.differ)
-		return "the request has Content-Length headers that disagree";
-	if (te && l.n)
-		return "the request has both Transfer-Encoding and Content-Length";
-	if (te && strcasecmp(te, "chunked") != 0) {
-		*status = 501;
-		return "Transfer-Encoding other than chunked is not supported";
-	}
-	return NULL;
 }
 
 /* Appends to the body being received: 0, or -errno (the memfd could not grow). */
@@ -1311,129 +1217,104 @@ static int body_seal(struct conn *cn)
 	return 0;
 }
 
-static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc,
-				 const char *url, const char *method,
-				 const char *version, const char *upload_data,
-				 size_t *upload_data_size, void **con_cls)
+/* ---- requests, as h1conn.h hands them over -------------------------------- */
+
+/* A request's head: routed, and answered at once when it can be. */
+static void *head_cb(void *arg, struct bt_h1_conn *c, const struct bt_h1_head *hd)
 {
-	struct bt_http *h = cls;
-	struct conn *cn = *con_cls;
-	(void)version;
-	if (!cn) {
-		cn = bt_calloc(1, sizeof(*cn));
-		cn->shm_fd = -1;
-		cn->body_fd = -1;
-		cn->h = h;
-		cn->mc = mc;
-		*con_cls = cn;
-		/* Everything of the request the pool holds: line, arguments, headers. */
-		size_t headers = strlen(url) + strlen(method);
-		MHD_get_connection_values(mc, MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND | MHD_COOKIE_KIND,
-					  add_header_size, &headers);
-		if (headers > HEADERS_MAX) {
-			char msg[160];
-			snprintf(msg, sizeof(msg),
-				 "the request's line, arguments and headers take %zu bytes (64 more "
-				 "for each value), over the %d KiB limit",
-				 headers, HEADERS_MAX / 1024);
-			cn->route = R_NONE;
-			return send_json(mc, 431, error_doc(BT_BAD_REQUEST, NULL, NULL, msg), NULL);
-		}
-		int status;
-		const char *framing = framing_error(mc, &status);
-		if (framing) {
-			cn->route = R_NONE;
-			return send_json(mc, status, error_doc(BT_BAD_REQUEST, NULL, NULL, framing),
-					 NULL);
-		}
-		int answered;
-		enum MHD_Result r = route(cn, url, method, &answered);
-		if (answered) {
-			cn->route = R_NONE;
-			return r;
-		}
-		const char *clen = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
-							       MHD_HTTP_HEADER_CONTENT_LENGTH);
-		/* Refused before reading: MHD closes the connection afterwards. */
-		if (cn->route != R_STAGE_RESTART && clen &&
-		    strtoull(clen, NULL, 10) > h->d->cfg->max_request_bytes)
-			return too_big(cn, clen);
-		if ((cn->route == R_PIPELINE || cn->route == R_INFER) &&
-		    over_budget(h, clen ? strtoull(clen, NULL, 10) : 1))
-			return send_overloaded(cn);
-		size_t min = h->d->cfg->memfd_min_bytes;
-		if ((cn->route == R_PIPELINE || cn->route == R_INFER) && min && clen &&
-		    strtoull(clen, NULL, 10) >= min) {
-			/* Received straight into the memfd the stages will share: no copy. */
-			cn->body_fd = memfd_create("baton-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-		}
-		return MHD_YES;
-	}
-	if (cn->route == R_NONE) {
-		/* Already answered: drop whatever body follows. */
-		*upload_data_size = 0;
-		return MHD_YES;
-	}
-	if (*upload_data_size) {
-		if (cn->route != R_STAGE_RESTART && !cn->too_big && !cn->over_budget) {
-			size_t have = cn->body.len + cn->body_fd_len;
-			if (have + *upload_data_size > h->d->cfg->max_request_bytes) {
-				cn->too_big = 1;
-				body_drop(cn);
-				uncharge(cn);
-			} else if (over_budget(h, *upload_data_size) ||
-				   body_add(cn, upload_data, *upload_data_size)) {
-				cn->over_budget = 1; /* also: no memory left for the memfd */
-				body_drop(cn);
-				uncharge(cn);
-			} else {
-				charge(cn, *upload_data_size);
-			}
-		}
-		*upload_data_size = 0;
-		return MHD_YES;
-	}
-	if (cn->route == R_STAGE_RESTART) {
+	struct bt_http *h = arg;
+	struct conn *cn = bt_calloc(1, sizeof(*cn));
+	cn->shm_fd = -1;
+	cn->body_fd = -1;
+	cn->h = h;
+	cn->mc = c;
+	cn->hd = hd;
+	int answered;
+	route(cn, hd->path, hd->method, &answered);
+	if (answered) {
 		cn->route = R_NONE;
-		return restart_stage(cn);
+		return cn;
 	}
-	if (cn->route == R_STAGE_SCALE) {
-		cn->route = R_NONE;
-		return cn->too_big ? too_big(cn, NULL)
-		       : cn->over_budget ? send_overloaded(cn) : scale_stage(cn);
+	const char *clen = header(cn, "Content-Length");
+	size_t announced = hd->length > 0 ? (size_t)hd->length : 0;
+	/* Refused before reading: the connection closes after the answer. */
+	if (cn->route != R_STAGE_RESTART && announced > h->d->cfg->max_request_bytes) {
+		too_big(cn, clen);
+		return cn;
 	}
-	if (cn->route == R_STATION_ADD) {
-		cn->route = R_NONE;
-		return cn->too_big ? too_big(cn, NULL) : add_station(cn);
+	if ((cn->route == R_PIPELINE || cn->route == R_INFER) &&
+	    over_budget(h, hd->length >= 0 ? announced : 1)) {
+		send_overloaded(cn);
+		return cn;
 	}
-	if (cn->route == R_SHM_REGISTER) {
-		cn->route = R_NONE;
-		return cn->too_big ? too_big(cn, NULL) : shm_register(cn);
+	size_t min = h->d->cfg->memfd_min_bytes;
+	if ((cn->route == R_PIPELINE || cn->route == R_INFER) && min && hd->length >= 0 &&
+	    announced >= min) {
+		/* Received straight into the memfd the stages will share: no copy. */
+		cn->body_fd = memfd_create("baton-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	}
-	if (cn->route == R_STREAM_RESULTS)
-		return stream_results(cn);
-	if (cn->req)
-		return wait_or_answer(cn); /* resumed with its outcome */
-	if (cn->too_big)
-		return too_big(cn, NULL);
-	if (cn->over_budget || body_seal(cn))
-		return send_overloaded(cn);
-	return cn->route == R_INFER ? start_infer(cn) : start_pipeline_request(cn);
+	return cn;
 }
 
-static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
-			 enum MHD_RequestTerminationCode toe)
+static void body_cb(void *ctx, const char *p, size_t n)
 {
-	struct bt_http *h = cls;
-	struct conn *cn = *con_cls;
-	(void)mc;
-	(void)toe;
-	if (!cn)
+	struct conn *cn = ctx;
+	struct bt_http *h = cn->h;
+	/* Already answered, or past a limit: the rest is dropped. */
+	if (cn->route == R_NONE || cn->route == R_STAGE_RESTART || cn->too_big || cn->over_budget)
 		return;
-	*con_cls = NULL;
+	size_t have = cn->body.len + cn->body_fd_len;
+	if (have + n > h->d->cfg->max_request_bytes) {
+		cn->too_big = 1;
+		body_drop(cn);
+		uncharge(cn);
+	} else if (over_budget(h, n) || body_add(cn, p, n)) {
+		cn->over_budget = 1; /* also: no memory left for the memfd */
+		body_drop(cn);
+		uncharge(cn);
+	} else {
+		charge(cn, n);
+	}
+}
+
+/* The body is in: the request runs, or is answered. */
+static void complete_cb(void *ctx)
+{
+	struct conn *cn = ctx;
+	enum route r = cn->route;
+	if (r == R_NONE)
+		return;
+	if (r != R_STREAM_RESULTS && r != R_PIPELINE && r != R_INFER)
+		cn->route = R_NONE;
+	if (r == R_STAGE_RESTART)
+		restart_stage(cn);
+	else if (r == R_STAGE_SCALE)
+		cn->too_big ? too_big(cn, NULL) : cn->over_budget ? send_overloaded(cn) : scale_stage(cn);
+	else if (r == R_STATION_ADD)
+		cn->too_big ? too_big(cn, NULL) : add_station(cn);
+	else if (r == R_SHM_REGISTER)
+		cn->too_big ? too_big(cn, NULL) : shm_register(cn);
+	else if (r == R_STREAM_RESULTS)
+		stream_results(cn);
+	else if (cn->too_big)
+		too_big(cn, NULL);
+	else if (cn->over_budget || body_seal(cn))
+		send_overloaded(cn);
+	else if (r == R_INFER)
+		start_infer(cn);
+	else
+		start_pipeline_request(cn);
+}
+
+/* The answer is out, or the connection gone: the request's state goes. */
+static void ended_cb(void *ctx)
+{
+	struct conn *cn = ctx;
+	struct bt_http *h = cn->h;
 	if (cn->watch)
 		bt_stream_unwatch(cn->watch);
 	poll_done(cn);
+	resumed_remove(cn);
 	if (cn->req) {
 		if (cn->finished)
 			bt_request_free(cn->req);
@@ -1454,94 +1335,46 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
 	free(cn);
 }
 
-static int hexval(char c)
+/* A request the parser refused: the connection closes after this answer. */
+static void refuse_cb(void *arg, struct bt_h1_conn *c, int status, const char *why)
 {
-	return c >= '0' && c <= '9' ? c - '0'
-	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
-	       : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+	(void)arg;
+	bt_debug("http", "status=%d detail=%s", status, BT_LOGQ(why));
+	send_json(c, status, error_doc(BT_BAD_REQUEST, NULL, NULL, why), NULL);
 }
 
-/*
- * Percent-decoding of URLs, in place.  Unlike libmicrohttpd's own, "%00"
- * stays as it is: a decoded NUL would cut the path short, and "p%00x"
- * would name pipeline "p".
- */
-static size_t unescape_cb(void *cls, struct MHD_Connection *c, char *s)
+static void wake_cb(void *arg)
 {
-	char *w = s;
-	(void)cls;
-	(void)c;
-	for (const char *r = s; *r; r++) {
-		int hi, lo;
-		if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 &&
-		    (hi || lo)) {
-			*w++ = (char)(hi * 16 + lo);
-			r += 2;
-		} else {
-			*w++ = *r;
-		}
-	}
-	*w = '\0';
-	return (size_t)(w - s);
+	struct bt_http *h = arg;
+	bt_daemon_wake(h->d);
 }
 
-static void mhd_logger(void *cls, const char *fmt, va_list ap)
+static void tick_cb(void *arg)
 {
-	char msg[512];
-	(void)cls;
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	size_t n = strlen(msg);
-	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-		msg[--n] = '\0';
-	bt_debug("http", "detail=%s", BT_LOGQ(msg));
-}
-
-/* ---- loop glue ---------------------------------------------------------------- */
-
-static void arm(struct bt_http *h);
-
-static void run(struct bt_http *h)
-{
-	h->need_run = 0;
-	MHD_run(h->mhd);
-	if (cut_slow_readers(h))
-		MHD_run(h->mhd);
+	struct bt_http *h = arg;
+	cut_slow_readers(h);
 	trim_after_spike(h);
-	arm(h);
 }
 
-static void timer_cb(uv_timer_t *t)
-{
-	run(t->data);
-}
+static const struct bt_h1_ops h1_ops = {head_cb, body_cb, complete_cb, ended_cb,
+					refuse_cb, wake_cb, tick_cb};
 
-static void poll_cb(uv_poll_t *p, int status, int events)
-{
-	(void)status;
-	(void)events;
-	run(p->data);
-}
-
-static void arm(struct bt_http *h)
-{
-	MHD_UNSIGNED_LONG_LONG to;
-	if (h->closing)
-		return;
-	/*
-	 * At its connection limit libmicrohttpd takes the listen socket out of
-	 * its epoll set and puts it back only during a later MHD_run(); when
-	 * that limit is left by idle connections timing out, nothing else would
-	 * wake us.  So MHD_run() happens at least twice a second.
-	 */
-	if (MHD_get_timeout(h->mhd, &to) != MHD_YES || to > 500)
-		to = 500;
-	uv_timer_start(&h->timer, timer_cb, to, 0);
-}
+/* ---- the server ------------------------------------------------------------- */
 
 void bt_http_flush(struct bt_http *h)
 {
-	if (h && !h->closing && h->need_run)
-		run(h);
+	if (!h)
+		return;
+	/* Answers for requests whose outcome came; a long poll may wait again. */
+	while (h->resumed) {
+		struct conn *cn = h->resumed;
+		resumed_remove(cn);
+		if (cn->route == R_STREAM_RESULTS)
+			stream_results(cn);
+		else if (cn->req)
+			wait_or_answer(cn);
+	}
+	bt_h1_flush(h->srv);
 }
 
 unsigned bt_http_pending(const struct bt_http *h)
@@ -1556,83 +1389,30 @@ size_t bt_http_buffered(const struct bt_http *h)
 
 int bt_http_port(const struct bt_http *h)
 {
-	return h->port;
+	return bt_h1_port(h->srv);
 }
 
 int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 		  size_t errlen)
 {
-	const struct bt_config *cfg = d->cfg;
-	struct sockaddr_in a4;
-	struct sockaddr_in6 a6;
-	struct sockaddr *sa;
-	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-	memset(&a4, 0, sizeof(a4));
-	memset(&a6, 0, sizeof(a6));
-	if (inet_pton(AF_INET, cfg->listen_host, &a4.sin_addr) == 1) {
-		a4.sin_family = AF_INET;
-		a4.sin_port = htons((uint16_t)cfg->listen_port);
-		sa = (struct sockaddr *)&a4;
-	} else if (inet_pton(AF_INET6, cfg->listen_host, &a6.sin6_addr) == 1) {
-		a6.sin6_family = AF_INET6;
-		a6.sin6_port = htons((uint16_t)cfg->listen_port);
-		sa = (struct sockaddr *)&a6;
-		flags |= MHD_USE_IPv6;
-	} else {
-		/* Never fall back to the any-address: that would publish baton. */
-		snprintf(err, errlen, "cannot listen on '%s': not an IP address", cfg->listen_host);
-		return -EINVAL;
-	}
 	struct bt_http *h = bt_calloc(1, sizeof(*h));
 	h->d = d;
 	h->shm = bt_shm_new();
-	h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->listen_port, NULL, NULL,
-				  access_cb, h, MHD_OPTION_SOCK_ADDR, sa,
-				  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,
-				  MHD_OPTION_CONNECTION_LIMIT, cfg->http_max_connections,
-				  MHD_OPTION_CONNECTION_TIMEOUT, cfg->http_idle_timeout_s,
-				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
-				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-				  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h,
-				  MHD_OPTION_UNESCAPE_CALLBACK, unescape_cb, h,
-				  MHD_OPTION_END);
-	if (!h->mhd) {
-		snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host,
-			 cfg->listen_port, errno ? strerror(errno) : "libmicrohttpd refused");
+	int e = bt_h1_listen(d->loop, &d->cfg, &h1_ops, h, &h->srv, err, errlen);
+	if (e) {
 		bt_shm_free(h->shm);
 		free(h);
-		return -EADDRINUSE;
+		return e;
 	}
-	const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-	int epfd = info->epoll_fd;
-	info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
-	h->port = info ? info->port : cfg->listen_port;
-	uv_poll_init(d->loop, &h->poll, epfd);
-	uv_timer_init(d->loop, &h->timer);
-	h->poll.data = h;
-	h->timer.data = h;
-	uv_poll_start(&h->poll, UV_READABLE, poll_cb);
-	arm(h);
 	*out = h;
 	return 0;
-}
-
-static void closed_cb(uv_handle_t *handle)
-{
-	struct bt_http *h = handle->data;
-	if (++h->closing == 3) {
-		bt_shm_free(h->shm);
-		free(h);
-	}
 }
 
 void bt_http_close(struct bt_http *h)
 {
 	h->closing = 1;
-	uv_poll_stop(&h->poll);
-	uv_close((uv_handle_t *)&h->poll, closed_cb);
-	uv_close((uv_handle_t *)&h->timer, closed_cb);
-	/* Closes the epoll fd the poll watched: after uv_poll_stop, not before. */
-	MHD_stop_daemon(h->mhd);
-	h->mhd = NULL;
+	/* Every connection's ended_cb runs in there: nothing refers to h after. */
+	bt_h1_close(h->srv);
+	bt_shm_free(h->shm);
+	free(h);
 }

@@ -1,7 +1,7 @@
 /*
- * HTTP ingress: libmicrohttpd in external-epoll mode inside the libuv loop
- * (one thread, no locks).  Routes requests to pipelines, suspends the
- * connection while a request runs and resumes it with the outcome.  It
+ * HTTP ingress: baton's own HTTP/1.1 server (h1conn.h) on the libuv loop
+ * (one thread, no locks).  Routes requests to pipelines; a connection
+ * waits while its request runs and is answered with the outcome.  It
  * knows the daemon's public functions, not how requests are scheduled.
  */
 #ifndef BT_HTTP_H
@@ -18,7 +18,7 @@ struct bt_http;
  */
 int bt_http_start(struct bt_daemon *d, struct bt_http **out, char *err,
 		  size_t errlen);
-/* Lets libmicrohttpd work on resumed connections; re-arms its timer. */
+/* Answers the requests whose outcome came since the last call (once per loop turn). */
 void bt_http_flush(struct bt_http *h);
 /* Answers accepted but not yet completely sent. */
 unsigned bt_http_pending(const struct bt_http *h);
@@ -29,9 +29,9 @@ void bt_http_close(struct bt_http *h);
 int bt_http_port(const struct bt_http *h);
 
 /* dashboard.c: GET / (the page; it fetches /v1/status itself). */
-struct MHD_Connection;
+struct bt_h1_conn;
 int bt_dashboard_is_route(const char *url);
-/* Queues the page; returns libmicrohttpd's MHD_YES or MHD_NO. */
-int bt_dashboard_send(struct MHD_Connection *mc);
+/* Answers c's request with the page; returns 0. */
+int bt_dashboard_send(struct bt_h1_conn *c);
 
 #endif

@@ -92,12 +92,12 @@ def test_wrong_content_length_and_garbage_requests_get_4xx(baton):
     b = baton(config(fake_stage("w"), {"p": ["w"]}))
     # More bytes than declared: the body is what was declared; the rest is a
     # second request, here a malformed one, which is dropped with the
-    # connection (libmicrohttpd does not answer a request line it cannot parse).
+    # connection (a request line that is not HTTP is not answered).
     out = raw(b, b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
               b"abcdef\r\n\r\n", until_closed=True)
     assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\nabc"), out
     assert out.count(b"HTTP/1.1") == 1, out
-    # libmicrohttpd answers what it can parse as HTTP and closes the rest.
+    # What can be parsed as HTTP is answered; the rest is closed.
     for junk, want in ((b"POST / HTTP/9.9\r\n\r\n", b"HTTP/1.1 505"),
                        (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
                         b"HTTP/1.1 400")):
@@ -124,8 +124,8 @@ def test_huge_headers_are_refused(baton):
 
 
 def test_headers_near_the_limit_get_exactly_one_answer(baton):
-    # Headers and the answer's headers share libmicrohttpd's per-connection
-    # memory: a request whose headers nearly filled it used to run, be
+    # When libmicrohttpd served HTTP, headers and the answer's headers shared
+    # its per-connection memory: a request whose headers nearly filled it used to run, be
     # counted a success, and lose its answer. Every size either runs and is
     # answered, or is refused with 431 before it runs.
     b = baton(config(fake_stage("w"), {"p": ["w"]}))
@@ -145,9 +145,9 @@ def test_headers_near_the_limit_get_exactly_one_answer(baton):
     st = b.status()["requests"]
     assert st["accepted"] == st["succeeded"] == ran, st
     # Many small headers, or many query arguments, fill the pool as surely
-    # (libmicrohttpd keeps a record for each): every count either runs and
-    # is answered, or is refused before it runs (431, or closed by
-    # libmicrohttpd when it cannot even parse the arguments).
+    # (libmicrohttpd kept a record for each): every count either runs and
+    # is answered, or is refused before it runs (431, or closed when it
+    # cannot even be parsed).
     requests = [b"".join(b"a%d:\r\n" % i for i in range(n)) for n in range(100, 1001, 25)]
     requests += [b"X-Pad: " + b"a" * 4000 + b"\r\n" + b"Q:" + b"&".join(b"q%d" % i for i in range(n))
                  for n in range(100, 1001, 25)]

@@ -1,0 +1,124 @@
+"""baton's own HTTP/1.1 server (src/http/h1.c, h1conn.c) over raw sockets:
+pipelined requests answered in order, keep-alive, chunked request bodies,
+Expect: 100-continue, HEAD, and HTTP/1.0's one request per connection."""
+import socket
+
+from conftest import SLOW, config, fake_stage
+
+
+def connect(b):
+    return socket.create_connection(("127.0.0.1", b.port), timeout=20 * SLOW)
+
+
+class Reader:
+    """Reads answers off one connection, each framed by its Content-Length."""
+
+    def __init__(self, s):
+        self.s = s
+        self.buf = b""
+
+    def fill(self):
+        chunk = self.s.recv(65536)
+        if not chunk:
+            raise EOFError("closed with %r unread" % self.buf[:200])
+        self.buf += chunk
+
+    def answer(self, head_only=False):
+        while b"\r\n\r\n" not in self.buf:
+            self.fill()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = 0 if head_only or status == 100 else int(headers["content-length"])
+        while len(self.buf) < n:
+            self.fill()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return status, headers, body
+
+    def closed(self):
+        """True when baton closes the connection with nothing more sent."""
+        try:
+            return self.s.recv(1) == b"" and self.buf == b""
+        except ConnectionResetError:
+            return self.buf == b""
+
+
+def post(path, body, extra=b""):
+    return (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n" %
+            (path, len(body), extra)) + body
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(baton):
+    b = baton(config(fake_stage("w", replicas="{initial: 2}"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    # The first runs longest: answers must still come in the order asked.
+    s.sendall(post(b"/v1/pipelines/p", b"slow:300") + post(b"/v1/pipelines/p", b"second") +
+              b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" +
+              post(b"/v1/pipelines/p", b"fourth"))
+    got = [r.answer() for _ in range(4)]
+    assert [g[0] for g in got] == [200] * 4, got
+    assert [g[2] for g in got] == [b"slow:300", b"second", b"", b"fourth"], got
+    assert all(g[1].get("connection") != "close" for g in got), got
+    # The same connection serves on, request after request.
+    for i in range(30):
+        s.sendall(post(b"/v1/pipelines/p", b"n%d" % i))
+        assert r.answer()[2] == b"n%d" % i
+    s.close()
+    assert b.status()["requests"]["succeeded"] == 33
+    assert b.stop() == 0
+
+
+def test_chunked_bodies_and_their_errors(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-Field: dropped\r\n\r\n")
+    status, headers, body = r.answer()
+    assert status == 200 and body == b"hello world", (status, body)
+    # A chunk longer than its size: 400 with a sentence, and the connection ends.
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhelloEXTRA\r\n0\r\n\r\n")
+    status, headers, body = r.answer()
+    assert status == 400 and b"longer than its size" in body, (status, body)
+    assert headers["connection"] == "close"
+    assert r.closed()
+    assert b.status()["requests"]["accepted"] == 1
+    assert b.stop() == 0
+
+
+def test_expect_continue_head_and_http10(baton):
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+              b"Content-Length: 5\r\n\r\n")
+    assert r.answer()[0] == 100  # asked for before the body is sent
+    s.sendall(b"hello")
+    status, _, body = r.answer()
+    assert status == 200 and body == b"hello"
+    # HEAD: the headers GET would get, no body; the connection goes on.
+    s.sendall(b"HEAD /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, _ = r.answer(head_only=True)
+    assert status == 200 and int(headers["content-length"]) > 100, headers
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.answer()[0] == 200
+    s.close()
+    # HTTP/1.0: one request, then closed; with keep-alive asked for, more.
+    s = connect(b)
+    r = Reader(s)
+    s.sendall(b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert r.answer()[0] == 200 and r.closed()
+    s = connect(b)
+    r = Reader(s)
+    for _ in range(2):
+        s.sendall(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = r.answer()
+        assert status == 200 and headers["connection"] == "keep-alive", headers
+    s.close()
+    assert b.stop() == 0
