@@ -643,8 +643,9 @@ static int start_infer(struct conn *cn)
 	char *nbody;
 	size_t nlen;
 	int nfd;
-	r = bt_shm_rewrite_infer(cn->h->shm, body ? body : "", len, hl,
-				 cn->h->d->cfg->memfd_min_bytes, cn->h->d->cfg->max_request_bytes, &nbody, &nlen, &nfd, &cn->shm_tail,
+	const struct bt_config *cfg = cn->h->d->cfg;
+	r = bt_shm_rewrite_infer(cn->h->shm, body ? body : "", len, hl, cfg->memfd_min_bytes,
+				 cfg->max_request_bytes, &nbody, &nlen, &nfd, &cn->shm_tail,
 				 &cn->shm_places, &hl, &outs, err, sizeof(err));
 	if (r < 0)
 		return send_v2_error(cn->mc, 400, err);
