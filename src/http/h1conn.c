@@ -515,7 +515,14 @@ static void read_input(struct bt_h1_conn *c)
 		if (n == 0) {
 			c->eof = 1;
 			stop_reading(c);
-			if (c->state == S_LINGER)
+			/*
+			 * A client that closes while its request waits has gone,
+			 * as nginx takes it (499): the request is ended (ended),
+			 * which takes it out of its queue.  A client that only
+			 * shut its writing side would lose its answer; HTTP
+			 * clients do not do that.
+			 */
+			if (c->state == S_LINGER || c->state == S_APP)
 				conn_close(c);
 			else
 				advance(c, NULL, 0);

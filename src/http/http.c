@@ -1317,10 +1317,13 @@ static void ended_cb(void *ctx)
 	poll_done(cn);
 	resumed_remove(cn);
 	if (cn->req) {
-		if (cn->finished)
+		if (cn->finished) {
 			bt_request_free(cn->req);
-		else
-			cn->req->done_arg = NULL; /* still running: it frees itself */
+		} else {
+			/* Waiting in a queue, it ends now; running, it frees itself. */
+			cn->req->done_arg = NULL;
+			bt_request_cancel(cn->req);
+		}
 	}
 	if (cn->counted) {
 		h->pending--;

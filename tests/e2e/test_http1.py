@@ -122,3 +122,36 @@ def test_expect_continue_head_and_http10(baton):
         assert status == 200 and headers["connection"] == "keep-alive", headers
     s.close()
     assert b.stop() == 0
+
+
+def test_a_request_whose_client_closes_while_it_waits_never_runs(baton, tmp_path):
+    # The replica is held; six clients post and close their sockets while
+    # their requests wait in the queue: the requests leave the queue then
+    # (cancelled, as nginx's 499), instead of running for nobody later.
+    from conftest import Gate, wait_for
+    b = baton(config(fake_stage("w", max_ongoing=1), {"p": ["w"]}))
+    with Gate(tmp_path) as gate:
+        held = []
+        threads = gate.hold(b, 1, held)
+        wait_for(lambda: b.status()["stages"]["w"]["running"] == 1, 30 * SLOW)
+        socks = []
+        for i in range(6):
+            s = connect(b)
+            s.sendall(post(b"/v1/pipelines/p", b"gone-%d" % i))
+            socks.append(s)
+        wait_for(lambda: b.status()["stages"]["w"]["queued"] == 6, 30 * SLOW, what="6 queued")
+        for s in socks:
+            s.close()
+        wait_for(lambda: b.status()["stages"]["w"]["queued"] == 0, 30 * SLOW,
+                 what="the closed clients' requests to leave the queue")
+        st = b.status()
+        assert st["stages"]["w"]["running"] == 1, st["stages"]["w"]
+        assert st["pipelines"]["p"]["failures"].get("cancelled") == 6, st["pipelines"]["p"]
+    for t in threads:
+        t.join(30 * SLOW)
+    assert held and held[0].status == 200, held
+    # Only the held request ran; an honest one after it is served.
+    assert b.post("p", "after").status == 200
+    assert b.status()["stages"]["w"]["completed"] == 2
+    r = b.status()["requests"]
+    assert r["accepted"] == r["succeeded"] + r["failed"] + r["in_flight"] == 8, r
