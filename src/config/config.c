@@ -1345,7 +1345,7 @@ static int parse_queue(struct ctx *c, const yaml_node_t *n)
 	     !r && p < n->data.mapping.pairs.top; p++) {
 		const char *k = scalar(node(c, p->key));
 		yaml_node_t *v = node(c, p->value);
-		char key[48], why[128];
+		char key[48], why[256];
 		snprintf(key, sizeof(key), "queue.%s", k);
 		if (!strcmp(k, "backend")) {
 			r = get_backend(c, v, key, &q->backend);

@@ -187,8 +187,15 @@ Test(queue_config, mistakes_name_the_line_and_the_key)
 	    load("queue: {url: \"redis://h:0\"}\n" STAGE PIPE),
 	    "/tmp/b.yaml:1:14: 'queue.url' has a bad port (1 to 65535): 'redis://h:0'");
 	cr_assert_str_eq(load("queue: {url: \"redis://u:pw@h\"}\n" STAGE PIPE),
-			 "/tmp/b.yaml:1:14: 'queue.url' has a user or password (not supported): "
-			 "'redis://u:pw@h'");
+			 "/tmp/b.yaml:1:14: 'queue.url' has a user or password: put the password "
+			 "in queue.password_file and an ACL user in queue.user, out of the url "
+			 "that logs and status show: 'redis://u:pw@h'");
+	cr_assert_str_eq(load("queue: {url: \"redis://h\", user: alice}\n" STAGE PIPE),
+			 "/tmp/b.yaml:1:8: 'queue.user' needs 'queue.password_file' (the user's "
+			 "password)");
+	cr_assert_str_eq(load("queue: {url: \"redis://h\", user: \"a b\"}\n" STAGE PIPE),
+			 "/tmp/b.yaml:1:33: 'queue.user' must be a Redis user name (no spaces), "
+			 "not 'a b'");
 	cr_assert_str_eq(
 	    load("queue: {url: \"redis://h/x\"}\n" STAGE PIPE),
 	    "/tmp/b.yaml:1:14: 'queue.url' has a bad database number after '/': 'redis://h/x'");
