@@ -99,7 +99,8 @@ static int drain(struct feeder *f)
 		}
 		cr_assert_gt(k, 0, "no progress over %zu bytes", n);
 		cr_assert_leq(f->dlen + dl, sizeof(f->data));
-		memcpy(f->data + f->dlen, d, dl);
+		if (dl) /* d may be NULL when no data came (memcpy from NULL is UB) */
+			memcpy(f->data + f->dlen, d, dl);
 		f->dlen += dl;
 		off += (size_t)k;
 	}
@@ -370,7 +371,8 @@ static char *chunked(const char *body, const char **why, size_t *used)
 			free(out);
 			return NULL;
 		}
-		memcpy(out + out_len, d, dl);
+		if (dl)
+			memcpy(out + out_len, d, dl);
 		out_len += dl;
 		off += (size_t)k;
 	}
