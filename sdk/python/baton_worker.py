@@ -188,6 +188,20 @@ _SEALS = (_fcntl.F_SEAL_SEAL | _fcntl.F_SEAL_SHRINK | _fcntl.F_SEAL_GROW
           | _fcntl.F_SEAL_WRITE) if hasattr(_fcntl, "F_ADD_SEALS") else 0
 
 
+def _result_header(rid, meta, **fields):
+    """The JSON header line of a result for rid: fields, then meta when there is
+    any; a header over the protocol's limit is refused here, not by baton."""
+    head = {"t": "res", "id": rid}
+    head.update(fields)
+    if meta:
+        head["meta"] = meta
+    head = _encode_header(head)
+    if len(head) >= _MAX_HEADER:
+        raise ValueError("result meta is %d bytes encoded; the header limit is %d"
+                         % (len(head), _MAX_HEADER))
+    return head + b"\n"
+
+
 def _memfd_min():
     """Size from which answers go to baton as memfds, or 0 when baton takes none.
 
@@ -648,14 +662,8 @@ class _Worker:
                             "None or (body, meta)" % type(result).__name__)
         size = body.nbytes if type(body) is memoryview else len(body)
         if same_fd is not None or (self.memfd_min and size >= self.memfd_min):
-            head = {"t": "res", "id": rid, "memfd": size}
-            if meta:
-                head["meta"] = meta
-            head = _encode_header(head)
-            if len(head) >= _MAX_HEADER:
-                raise ValueError("result meta is %d bytes encoded; the header limit is %d"
-                                 % (len(head), _MAX_HEADER))
-            return _Memfd(head + b"\n", same_fd if same_fd is not None else _sealed_memfd(body))
+            head = _result_header(rid, meta, memfd=size)
+            return _Memfd(head, same_fd if same_fd is not None else _sealed_memfd(body))
         if self.fast and type(rid) is str and 0 < len(rid) < 64:
             mtext = _encode_header(meta) if meta else b""
             if len(mtext) + 80 >= _MAX_HEADER:
@@ -666,11 +674,7 @@ class _Worker:
             if mtext:
                 head += mtext
         elif meta:
-            head = _encode_header({"t": "res", "id": rid, "len": len(body), "meta": meta})
-            if len(head) >= _MAX_HEADER:
-                raise ValueError("result meta is %d bytes encoded; the header limit is %d"
-                                 % (len(head), _MAX_HEADER))
-            head += b"\n"
+            head = _result_header(rid, meta, len=len(body))
         else:
             head = b'{"t":"res","id":%b,"len":%d}\n' % (_json_id(rid), len(body))
         if not body:
@@ -685,14 +689,7 @@ class _Worker:
         meta = result[1] if type(result) is tuple else None
         if meta is not None and not isinstance(meta, dict):
             raise TypeError("result meta must be a dict, not %s" % type(meta).__name__)
-        head = {"t": "res", "id": rid, "same": True}
-        if meta:
-            head["meta"] = meta
-        head = _encode_header(head)
-        if len(head) >= _MAX_HEADER:
-            raise ValueError("result meta is %d bytes encoded; the header limit is %d"
-                             % (len(head), _MAX_HEADER))
-        return head + b"\n"
+        return _result_header(rid, meta, same=True)
 
     def failure(self, rid, exc, log=True):
         """Frame failing rid with exc; prints the traceback of an unexpected exc."""
