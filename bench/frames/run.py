@@ -105,7 +105,7 @@ def load(port, pipeline, body, concurrency, duration):
             out = r.read()
             dt = time.monotonic() - t0
             if r.status != 200 or len(out) != len(body):
-                errors.append(r.status)
+                errors.append((r.status, out[:200]))
                 return
             with lock:
                 lat.append(dt)
@@ -122,14 +122,16 @@ def load(port, pipeline, body, concurrency, duration):
     return len(lat), time.monotonic() - t0, lat
 
 
-def load_shm(port, body, concurrency, duration, whole=False):
+def load_shm(port, body, concurrency, duration, whole=False, rate=None):
     """Closed loop over KServe v2 with Triton's system shared memory: each
     client writes its frame into its input region (as a camera client
     would, every time), posts a small JSON request naming the regions, and
     reads the answer from its output region. whole: each region is an
     object of its own, as Triton's clients make them (baton then hands the
     input's object to the workers instead of copying it); else one object
-    holds a client's input and output regions (the input is copied)."""
+    holds a client's input and output regions (the input is copied).
+    rate: requests per second over all clients, paced (else as fast as the
+    answers come)."""
     lat, errors = [], []
     lock = threading.Lock()
     regions = []
@@ -171,7 +173,11 @@ def load_shm(port, body, concurrency, duration, whole=False):
             "outputs": [{"name": "out_x", "parameters": {
                 "shared_memory_region": "out%d" % i, "shared_memory_byte_size": n}}]}).encode()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        due = time.monotonic() + (i / rate if rate else 0)
         while time.monotonic() < stop_at:
+            if rate:
+                time.sleep(max(0.0, due - time.monotonic()))
+                due += concurrency / rate
             t0 = time.monotonic()
             os.pwrite(fd, body, 0)
             conn.request("POST", "/v2/models/m/infer", body=doc,

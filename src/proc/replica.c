@@ -28,6 +28,8 @@
  * this, it is flooding baton's descriptor table.
  */
 #define BT_RECV_FDS 4
+/* Descriptors sent with one message: the Python SDK receives up to 4 at once. */
+#define BT_SEND_FDS 4
 
 struct bt_child {
 	struct bt_replica *replica; /* NULL once detached */
@@ -65,7 +67,8 @@ struct bt_child {
 	int region; /* it said "region": true too: it takes shared-memory tails and answers "same" */
 	int place; /* and "place": true: it writes outputs into shared memory itself */
 	uint64_t wout; /* bytes of the channel written so far */
-	struct bt_sendfd { uint64_t pos; int fd; } *sendq; /* descriptors to send, by position */
+	/* Descriptors to send, by position; borrowed ones are the request's, never closed here. */
+	struct bt_sendfd { uint64_t pos; int fd; int borrowed; } *sendq;
 	int nsend, capsend;
 	uv_pipe_t *sending; /* the descriptor the current write carries, closed after it */
 	int recvq[BT_RECV_FDS]; /* descriptors received, not yet claimed by a header */
@@ -199,7 +202,8 @@ static void child_free_if_done(struct bt_child *c)
 	}
 	bt_frame_decoder_release(&c->dec);
 	for (int i = 0; i < c->nsend; i++)
-		close(c->sendq[i].fd);
+		if (c->sendq[i].fd >= 0 && !c->sendq[i].borrowed)
+			close(c->sendq[i].fd);
 	free(c->sendq);
 	for (int i = 0; i < c->nrecv; i++)
 		if (c->recvq[i] >= 0)
@@ -934,29 +938,92 @@ static void start_busy_write(struct bt_child *c)
 		child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
 }
 
-static void child_write(struct bt_child *c)
+/*
+ * Writes up to chunk bytes of wbuf with the descriptors whose headers
+ * start within them (at most BT_SEND_FDS: what a receiver takes in one
+ * recvmsg) attached to the first byte, as uv_try_write would: the bytes
+ * written, or UV_EAGAIN. A descriptor may so arrive before its header,
+ * never after (docs/protocol.md); once a byte is written, every attached
+ * one has gone. *chunk is cut where a descriptor that did not fit starts.
+ */
+static int try_write_fds(struct bt_child *c, size_t *chunk)
 {
-	if (c->writing || !c->wbuf.len || !c->replica ||
-	    uv_is_closing((uv_handle_t *)&c->chan))
-		return;
-	int n, with_fd;
+	int fds[BT_SEND_FDS], k = 0, sock;
+	while (k < c->nsend && k < BT_SEND_FDS && c->sendq[k].pos < c->wout + *chunk) {
+		fds[k] = c->sendq[k].fd;
+		if (fds[k++] < 0)
+			return UV_EMFILE; /* one that could not be kept (own_fds) */
+	}
+	if (k < c->nsend && c->sendq[k].pos < c->wout + *chunk)
+		*chunk = (size_t)(c->sendq[k].pos - c->wout);
+	if (uv_fileno((uv_handle_t *)&c->chan, &sock))
+		return UV_EBADF;
+	union {
+		struct cmsghdr h;
+		char space[CMSG_SPACE(sizeof(int) * BT_SEND_FDS)];
+	} ctl;
+	memset(&ctl, 0, sizeof(ctl));
+	struct iovec iov = {c->wbuf.data, *chunk};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space,
+			     .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)k)};
+	struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
+	h->cmsg_level = SOL_SOCKET;
+	h->cmsg_type = SCM_RIGHTS;
+	h->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)k);
+	memcpy(CMSG_DATA(h), fds, sizeof(int) * (size_t)k);
+	ssize_t n;
+	do
+		n = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+	/* Sent: the worker has its own copies. */
+	for (int i = 0; i < k; i++)
+		if (!c->sendq[i].borrowed)
+			close(fds[i]);
+	c->nsend -= k;
+	memmove(c->sendq, c->sendq + k, (size_t)c->nsend * sizeof(*c->sendq));
+	return (int)n;
+}
+
+/*
+ * Writes what the channel takes now of wbuf, with its descriptors: 0, or
+ * a libuv error the channel cannot recover from.
+ */
+static int write_some(struct bt_child *c)
+{
+	int n;
 	size_t chunk;
 	do {
-		/* A descriptor's header goes through start_busy_write, which can send it. */
-		chunk = next_chunk(c, c->wbuf.len, &with_fd);
-		if (with_fd)
-			break;
-		uv_buf_t b = uv_buf_init(c->wbuf.data, (unsigned)chunk);
-		n = uv_try_write((uv_stream_t *)&c->chan, &b, 1);
-		if (n < 0 && n != UV_EAGAIN) {
-			child_kill(c, BT_FAIL_CRASH, "cannot write to its channel");
-			return;
+		chunk = BT_MIN(c->wbuf.len, WRITE_CHUNK);
+		if (c->nsend && c->sendq[0].pos < c->wout + chunk) {
+			n = try_write_fds(c, &chunk);
+		} else {
+			uv_buf_t b = uv_buf_init(c->wbuf.data, (unsigned)chunk);
+			n = uv_try_write((uv_stream_t *)&c->chan, &b, 1);
 		}
+		if (n < 0 && n != UV_EAGAIN)
+			return n;
 		if (n > 0) {
 			bt_buf_consume(&c->wbuf, (size_t)n);
 			c->wout += (size_t)n;
 		}
 	} while (c->wbuf.len && n == (int)chunk);
+	return 0;
+}
+
+static void child_write(struct bt_child *c)
+{
+	if (c->writing || !c->wbuf.len || !c->replica ||
+	    uv_is_closing((uv_handle_t *)&c->chan))
+		return;
+	int e = write_some(c);
+	if (e) {
+		child_kill(c, BT_FAIL_CRASH, e == UV_EMFILE
+						     ? "cannot pass a descriptor on: out of descriptors"
+						     : "cannot write to its channel");
+		return;
+	}
 	if (!c->wbuf.len)
 		return;
 	struct bt_buf tmp = c->wbusy;
@@ -1204,13 +1271,35 @@ void bt_replica_revive(struct bt_replica *r)
 /* ---- requests ------------------------------------------------------------ */
 
 /* Appends a descriptor to send with the frame byte at pos. */
-static void add_fd(struct bt_sendfd **fds, int *n, int *cap, size_t pos, int fd)
+static void add_fd(struct bt_sendfd **fds, int *n, int *cap, size_t pos, int fd, int borrowed)
 {
 	if (*n == *cap) {
 		*cap = *cap ? 2 * *cap : 4;
 		*fds = bt_realloc(*fds, (size_t)*cap * sizeof(**fds));
 	}
-	(*fds)[(*n)++] = (struct bt_sendfd){pos, fd};
+	(*fds)[(*n)++] = (struct bt_sendfd){pos, fd, borrowed};
+}
+
+/* fd itself when borrowed (sent before this turn ends), else a copy of it to queue. */
+static int fd_to_send(int fd, int borrow)
+{
+	return borrow ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+}
+
+/*
+ * The borrowed descriptors the channel did not take at once become copies
+ * of their own: their requests may end before they go. One that cannot be
+ * copied is marked -1, and the channel's next write ends the worker (its
+ * requests go elsewhere, as after a crash).
+ */
+static void own_fds(struct bt_child *c)
+{
+	for (int i = 0; i < c->nsend; i++) {
+		if (!c->sendq[i].borrowed)
+			continue;
+		c->sendq[i].fd = fcntl(c->sendq[i].fd, F_DUPFD_CLOEXEC, 0);
+		c->sendq[i].borrowed = 0;
+	}
 }
 
 /*
@@ -1233,7 +1322,7 @@ static json_t *place_for(struct bt_child *c, const struct bt_request *req)
  * A descriptor of req's payload to send to c (a copy of the request's
  * sealed memfd, made at the first hop that can use one), or -1: send bytes.
  */
-static int memfd_for(struct bt_child *c, struct bt_request *req)
+static int memfd_for(struct bt_child *c, struct bt_request *req, int borrow)
 {
 	size_t min = c->d->cfg->memfd_min_bytes;
 	if (!c->memfd || !min || req->len < min)
@@ -1251,7 +1340,7 @@ static int memfd_for(struct bt_child *c, struct bt_request *req)
 		req->payload = map;
 		req->payload_fd = fd;
 	}
-	return fcntl(req->payload_fd, F_DUPFD_CLOEXEC, 0);
+	return fd_to_send(req->payload_fd, borrow);
 }
 
 int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
@@ -1310,6 +1399,11 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 	} *unsendable = NULL;
 	struct bt_sendfd *fds = NULL; /* positions within frames */
 	int sent = 0, nunsendable = 0, nfds = 0, capfds = 0;
+	/*
+	 * A channel with nothing queued is written before this returns: its
+	 * descriptors can be the requests' own, not copies (no dup, no close).
+	 */
+	int borrow = !c->writing && !c->wbuf.len && !c->nsend;
 	for (int i = 0; i < n; i++) {
 		struct bt_request *req = reqs[i];
 		char why[256] = "request metadata does not fit in a 64 KiB header";
@@ -1320,8 +1414,8 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 		int e = req->tail && !(c->region && bt_payload_tail_confined(req->tail))
 				? bt_request_flatten(req, why, sizeof(why))
 				: 0;
-		int fd = e ? -1 : req->tail ? fcntl(req->tail->fd, F_DUPFD_CLOEXEC, 0)
-					    : memfd_for(c, req);
+		int fd = e ? -1 : req->tail ? fd_to_send(req->tail->fd, borrow)
+					    : memfd_for(c, req, borrow);
 		size_t at = frames.len;
 		/* The last stage may write outputs into their regions itself. */
 		json_t *place = place_for(c, req);
@@ -1361,26 +1455,29 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 			}
 			json_decref(hdr);
 		}
-		if (fd >= 0 && e)
-			close(fd);
-		else if (fd >= 0)
-			add_fd(&fds, &nfds, &capfds, at, fd);
+		if (fd >= 0 && e) {
+			if (!borrow)
+				close(fd);
+		} else if (fd >= 0) {
+			add_fd(&fds, &nfds, &capfds, at, fd, borrow);
+		}
 		if (place && !e) {
 			/* After the payload's, one byte apart: one descriptor per write. */
 			size_t k = fd >= 0 ? 1 : 0;
 			for (size_t j = 0; j < req->places->n && !e; j++) {
-				int pfd = fcntl(req->places->v[j].fd, F_DUPFD_CLOEXEC, 0);
+				int pfd = fd_to_send(req->places->v[j].fd, borrow);
 				if (pfd < 0) {
 					e = -errno;
 					snprintf(why, sizeof(why), "cannot pass a shared memory output on: %s",
 						 bt_strerror(e));
 				} else {
-					add_fd(&fds, &nfds, &capfds, at + k++, pfd);
+					add_fd(&fds, &nfds, &capfds, at + k++, pfd, borrow);
 				}
 			}
 			if (e) { /* the frame is in frames already: take it and its descriptors back */
 				while (nfds && fds[nfds - 1].pos >= at)
-					close(fds[--nfds].fd);
+					if (!fds[--nfds].borrowed)
+						close(fds[nfds].fd);
 				frames.len = at;
 				frames.data[at] = '\0';
 			}
@@ -1416,9 +1513,16 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 				c->capsend = c->capsend ? 2 * c->capsend : 4;
 				c->sendq = bt_realloc(c->sendq, (size_t)c->capsend * sizeof(*c->sendq));
 			}
-			c->sendq[c->nsend++] = (struct bt_sendfd){base + fds[i].pos, fds[i].fd};
+			c->sendq[c->nsend++] = (struct bt_sendfd){base + fds[i].pos, fds[i].fd,
+								  fds[i].borrowed};
 		}
 		bt_buf_append(&c->wbuf, frames.data, frames.len);
+		if (borrow && nfds) {
+			/* A failed write is found again, and acted on, by the next. */
+			if (c->replica && !uv_is_closing((uv_handle_t *)&c->chan))
+				(void)write_some(c);
+			own_fds(c);
+		}
 		mark_dirty(c);
 	}
 	free(fds);
