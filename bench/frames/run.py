@@ -9,7 +9,7 @@ anywhere); and over KServe v2 with Triton's system shared memory, with a
 client's input and output regions in one object (baton copies the input
 in and the output out) or each region an object of its own (baton copies
 neither: workers get the objects). Then baton's own CPU per request
-(utime + stime from /proc; its idle rate shown apart and taken out) at
+(the scheduler's nanoseconds from /proc; its idle rate shown apart and taken out) at
 1 KiB and at 6 MB through three stages. Prints figures, never pass/fail.
 
     /usr/bin/python3 bench/frames/run.py --build build [--duration 8]
@@ -32,7 +32,6 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = "/usr/bin/python3"
 MB6 = 6 * 1024 * 1024
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -57,7 +56,7 @@ class Daemon:
         stage = ("    command: [%s, %s]\n    env: {FRAMES_VIEWS: \"%d\"}\n"
                  % (PY, os.path.join(HERE, "echo.py"), views))
         with open(cfg, "w") as f:
-            f.write("log_level: warn\nmax_request_bytes: 16777216\n")
+            f.write("log_level: warn\nmax_request_bytes: 67108864\n")
             if not memfd:
                 f.write("memfd_min_bytes: 0\n")
             f.write("stages:\n")
@@ -79,9 +78,17 @@ class Daemon:
             time.sleep(0.1)
 
     def cpu_s(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(") ", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        """baton's CPU time so far, all its threads: the scheduler's
+        nanoseconds (/proc/PID/task/*/schedstat), not utime + stime's 10 ms
+        ticks, which a few hundred requests would round to a tick."""
+        total = 0
+        for tid in os.listdir("/proc/%d/task" % self.proc.pid):
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (self.proc.pid, tid)) as f:
+                    total += int(f.read().split()[0])
+            except FileNotFoundError:  # a thread that ended meanwhile
+                pass
+        return total / 1e9
 
     def stop(self):
         self.proc.terminate()
@@ -211,10 +218,12 @@ def load_shm(port, body, concurrency, duration, whole=False, rate=None):
     return len(lat), secs, lat
 
 
-def sizes(build, duration):
+def sizes(build, duration, rate):
     """baton's CPU and bytes read and written per request against the
     frame's size, client shm with an object per region (above
-    memfd_min_bytes nothing is copied through baton)."""
+    memfd_min_bytes nothing is copied through baton): as fast as the
+    answers come (larger frames: fewer requests per loop wake-up), and
+    paced at the same rate for every size, which isolates the size."""
     tmp = tempfile.mkdtemp(prefix="bench-frames-")
     d = Daemon(build, tmp, True, 1)
 
@@ -223,18 +232,24 @@ def sizes(build, duration):
             v = dict(line.split(": ") for line in f.read().splitlines())
         return int(v["rchar"]) + int(v["wchar"])
 
+    def measure(body, pace):
+        c0, b0 = d.cpu_s(), io()
+        reqs, secs, _ = load_shm(d.port, body, 2, duration, True, pace)
+        return reqs / secs, (d.cpu_s() - c0) / reqs * 1e6, (io() - b0) / reqs
+
     print("client shm, an object per region, three stages, concurrency 2, %.0f s each"
           % duration)
-    print("%10s %8s %14s %16s" % ("frame", "req/s", "CPU us/req", "read+written/req"))
+    print("%10s %8s %11s %16s   %s" % ("frame", "req/s", "CPU us/req", "read+written/req",
+                                        "paced at %g req/s: CPU us/req" % rate))
     try:
         for size in (1024, 512 * 1024, 6 * 1024 * 1024, 24 * 1024 * 1024):
             body = os.urandom(size)
             load_shm(d.port, body, 2, 1, True)
-            c0, b0 = d.cpu_s(), io()
-            reqs, secs, _ = load_shm(d.port, body, 2, duration, True)
-            cpu, moved = d.cpu_s() - c0, io() - b0
-            print("%9.0fK %8.1f %14.0f %16.0f" % (size / 1024, reqs / secs, cpu / reqs * 1e6,
-                                                  moved / reqs), flush=True)
+            got, cpu, moved = measure(body, None)
+            pgot, pcpu, _ = measure(body, rate)
+            print("%9.0fK %8.1f %11.0f %16.0f   %8.0f%s" % (
+                size / 1024, got, cpu, moved, pcpu,
+                "" if pgot > 0.9 * rate else "  (reached %.1f req/s only)" % pgot), flush=True)
     finally:
         d.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,10 +266,12 @@ def main():
     ap.add_argument("--sizes", action="store_true",
                     help="only baton's CPU per request of client shm with an object per "
                          "region, from 1 KiB to 24 MB")
+    ap.add_argument("--rate", type=float, default=20,
+                    help="with --sizes: the paced rate, the same for every size")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     if args.sizes:
-        return sizes(build, args.duration)
+        return sizes(build, args.duration, args.rate)
     body = os.urandom(MB6)
     small = os.urandom(1024)
     tmp = tempfile.mkdtemp(prefix="bench-frames-")
