@@ -98,6 +98,9 @@ struct bt_daemon {
 	struct bt_cpu_counters cpu_prev;
 	double cpu_percent; /* system, last tick */
 	uint64_t last_tick_ms;
+	/* Giving freed memory back (tick.c): when last looked, what had come, a spike seen. */
+	uint64_t mem_looked_ms, mem_seen_request_id;
+	int mem_spike;
 	struct bt_sampler *sampler; /* tick.c: the /proc scan, run off the loop */
 	int policies; /* some stage has an autoscale policy: read system CPU every tick */
 	uint64_t signals_wanted_until_ms; /* status or metrics were read: sample until then */

@@ -7,6 +7,7 @@
  * recorded in a history.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -452,6 +453,36 @@ static void stage_signals(struct bt_stage *st, double secs)
 	st->entered_at_tick = st->entered;
 }
 
+/*
+ * Large blocks come from glibc's heap (cmd-serve.c), where a freed one is
+ * reused at once by the next large payload (a fresh mapping costs a page
+ * fault per 4 KiB written: on this project's VM, ~25 ms per 6 MB), and
+ * stays in baton until given back here, at most once a second: when the
+ * heap holds 8 MiB or more unused and no request came since the last
+ * look, or 64 MiB or more unused and over twice what is in use at two
+ * looks in a row (a spike followed by a light load). docs/operations.md,
+ * "Memory".
+ */
+#define GIVE_BACK_QUIET ((size_t)8 << 20)
+#define GIVE_BACK_SPIKE ((size_t)64 << 20)
+
+static void give_back_memory(struct bt_daemon *d, uint64_t now)
+{
+	if (now - d->mem_looked_ms < 1000)
+		return;
+	d->mem_looked_ms = now;
+	struct mallinfo2 mi = mallinfo2();
+	size_t unused = mi.fordblks, used = mi.uordblks + mi.hblkhd;
+	int quiet = d->next_request_id == d->mem_seen_request_id;
+	int spike = unused >= GIVE_BACK_SPIKE && unused / 2 > used;
+	d->mem_seen_request_id = d->next_request_id;
+	if ((quiet && unused >= GIVE_BACK_QUIET) || (spike && d->mem_spike)) {
+		malloc_trim(0);
+		spike = 0;
+	}
+	d->mem_spike = spike;
+}
+
 static void housekeeping(struct bt_daemon *d)
 {
 	for (int i = 0; i < d->nstages; i++) {
@@ -561,6 +592,7 @@ static void tick_cb(uv_timer_t *t)
 				autoscale(d, &d->stages[i], overrides);
 	}
 	json_decref(overrides);
+	give_back_memory(d, now);
 }
 
 void bt_tick_start(struct bt_daemon *d)

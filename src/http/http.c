@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <malloc.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,8 +48,6 @@ struct bt_http {
 	 * or absent readers cannot grow baton without bound.
 	 */
 	size_t buffered;
-	size_t peak; /* highest buffered since memory was last given back */
-	uint64_t trimmed_ms; /* when it was */
 	struct conn *sending; /* answers queued, oldest first: the write timeout */
 	struct conn *sending_tail;
 };
@@ -111,7 +108,6 @@ static void charge(struct conn *cn, size_t n)
 {
 	cn->charged += n;
 	cn->h->buffered += n;
-	cn->h->peak = BT_MAX(cn->h->peak, cn->h->buffered);
 }
 
 static void uncharge(struct conn *cn)
@@ -119,21 +115,6 @@ static void uncharge(struct conn *cn)
 	struct bt_http *h = cn->h;
 	h->buffered -= cn->charged;
 	cn->charged = 0;
-}
-
-/*
- * After a spike, glibc keeps the freed heap for reuse: give it back once
- * what is held is small again, so that RSS falls with the load.  At most
- * once a second, from the loop: trimming costs page faults afterwards.
- */
-static void trim_after_spike(struct bt_http *h)
-{
-	uint64_t now = bt_now_ms();
-	if (h->peak >= (32u << 20) && h->buffered < h->peak / 8 && now - h->trimmed_ms >= 1000) {
-		malloc_trim(0);
-		h->peak = h->buffered;
-		h->trimmed_ms = now;
-	}
 }
 
 static int over_budget(const struct bt_http *h, size_t more)
@@ -1357,7 +1338,6 @@ static void tick_cb(void *arg)
 {
 	struct bt_http *h = arg;
 	cut_slow_readers(h);
-	trim_after_spike(h);
 }
 
 static const struct bt_h1_ops h1_ops = {head_cb, body_cb, complete_cb, ended_cb,

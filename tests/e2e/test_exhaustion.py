@@ -242,6 +242,54 @@ def test_slow_readers_are_bounded_by_the_budget_and_dropped_after_the_write_time
     assert b.stop() == 0
 
 
+@pytest.mark.skipif(SANITIZED, reason="ASan's allocator keeps freed memory in quarantine")
+def test_freed_memory_goes_back_when_quiet_and_after_a_spike_under_a_light_load(baton):
+    """Large blocks come from the heap and are reused (no page faults per
+    payload); the daemon gives freed memory back once a second when no
+    request came since its last look, or when 64 MiB or more lie unused,
+    over twice what is in use, at two looks in a row (docs/operations.md,
+    "Memory")."""
+    mib = 1 << 20
+    b = baton(config(fake_stage("work", replicas="{initial: 6}", max_ongoing=1), {"p": ["work"]},
+                     top="max_request_bytes: %d\nmemfd_min_bytes: 0\n" % (16 * mib)))
+    base = rss_kb(b.proc.pid)
+    # One 4 MiB echo, then nothing: its blocks (well under 64 MiB) go back.
+    body = b"Q" * (4 * mib)
+    assert b.post("p", body).body == body
+    wait_for(lambda: rss_kb(b.proc.pid) < base + 2 * 1024, 15 * SLOW, interval=0.2,
+             what="RSS back after a quiet second (base %d KiB)" % base)
+    # A small request every 100 ms (never a quiet second), and six 12 MiB
+    # echoes at once among them: the spike still goes back.
+    stop = threading.Event()
+    small, peak = [], [0]
+
+    def trickle():
+        while not stop.is_set():
+            small.append(b.post("p", "tiny").status)
+            peak[0] = max(peak[0], rss_kb(b.proc.pid))
+            stop.wait(0.1)
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        body = b"S" * (12 * mib)
+        got = []
+        posts = [threading.Thread(target=lambda: got.append(b.post("p", body).body == body))
+                 for _ in range(6)]
+        for p in posts:
+            p.start()
+        for p in posts:
+            p.join(60 * SLOW)
+        assert got == [True] * 6
+        assert peak[0] - base >= 32 * 1024, "the spike was not held (%d KiB)" % (peak[0] - base)
+        wait_for(lambda: rss_kb(b.proc.pid) < base + 16 * 1024, 20 * SLOW, interval=0.2,
+                 what="RSS back under a light load (base %d KiB, peak %d)" % (base, peak[0]))
+    finally:
+        stop.set()
+        t.join(10 * SLOW)
+    assert len(small) >= 5 and set(small) == {200}, small
+    assert b.stop() == 0
+
+
 # --- item 4: SIGHUP reloads the config ---------------------------------------------
 
 def reload(b, text, expect):
