@@ -8,6 +8,10 @@
  * incomplete is copied into the connection's own.  Sockets are watched
  * with uv_poll and read and written with recv and sendmsg (one call for
  * the answer's head and body, the body never copied).
+ *
+ * A head must be all in within http.idle_timeout_s of its first byte: a
+ * client that trickles one byte now and then is never idle, and enough of
+ * them would hold every connection (slowloris).
  */
 #include "h1conn.h"
 
@@ -80,6 +84,7 @@ struct bt_h1_conn {
 	int close_after; /* no request after the one being answered */
 	int closing;
 	uint64_t active_ms; /* the last read, or write progress */
+	uint64_t head_ms; /* the first byte of the head being read came then (0: none yet) */
 	uint64_t linger_ms;
 	/* The answer going out. */
 	struct bt_buf out; /* its status line and header fields (and a 100 Continue) */
@@ -380,6 +385,7 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 			return -1;
 		}
 		c->scanned = 0;
+		c->head_ms = 0;
 		int st = bt_h1_parse_head(&c->head, p, end, &why);
 		if (st < 0) {
 			linger(c); /* not HTTP: nothing to answer */
@@ -491,6 +497,8 @@ static void advance(struct bt_h1_conn *c, const char *extra, size_t n)
 		bt_buf_append(&c->in, p + off, n - off);
 	if (c->state == S_LINGER)
 		c->in.len = 0;
+	if (c->state == S_HEAD && c->in.len && !c->head_ms)
+		c->head_ms = bt_now_ms();
 	/* Pipelined input waits; past PIPELINE_MAX, so does the client. */
 	if (c->in.len > PIPELINE_MAX && (c->state == S_APP || c->state == S_SEND))
 		stop_reading(c);
@@ -614,7 +622,7 @@ static void accept_cb(uv_poll_t *p, int status, int events)
 	watch_listener(s);
 }
 
-/* Idle connections, and those lingering too long. */
+/* Idle connections, heads too slow to come, and connections lingering too long. */
 static void sweep_cb(uv_timer_t *t)
 {
 	struct bt_h1_server *s = t->data;
@@ -625,6 +633,9 @@ static void sweep_cb(uv_timer_t *t)
 		if (c->state == S_LINGER) {
 			if (now - c->linger_ms >= LINGER_MS)
 				conn_close(c);
+		} else if (c->state == S_HEAD && c->head_ms && now - c->head_ms >= idle) {
+			refuse(c, 408, "the request's line and headers did not all arrive "
+				       "within http.idle_timeout_s");
 		} else if (c->state != S_APP && idle && now - c->active_ms >= idle) {
 			conn_close(c);
 		}

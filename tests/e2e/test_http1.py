@@ -155,3 +155,35 @@ def test_a_request_whose_client_closes_while_it_waits_never_runs(baton, tmp_path
     assert b.status()["stages"]["w"]["completed"] == 2
     r = b.status()["requests"]
     assert r["accepted"] == r["succeeded"] + r["failed"] + r["in_flight"] == 8, r
+
+
+def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
+    # Slowloris: one byte of the head at a time, never idle for long. The
+    # head must all be in within idle_timeout_s of its first byte: 408, and
+    # the connection's slot is freed (max_connections is 1 here).
+    b = baton("http: {max_connections: 1, idle_timeout_s: 1}\n" +
+              config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 400
+    got = None
+    for i in range(len(head)):  # at 0.2 s a byte: 16 s in all, far over 1 s
+        try:
+            s.send(head[i:i + 1])
+        except OSError:
+            break  # closed after its answer
+        s.settimeout(0.2)
+        try:
+            got = r.answer()
+            break
+        except socket.timeout:
+            pass
+    assert got and got[0] == 408 and b"did not all arrive" in got[2], got
+    s.settimeout(20 * SLOW)
+    assert r.closed()
+    # The one connection allowed is free again.
+    s = connect(b)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert Reader(s).answer()[0] == 200
+    s.close()
+    assert b.stop() == 0
