@@ -30,6 +30,7 @@ struct bt_h1_ops {
 	 * before the body is all read closes the connection after it.
 	 */
 	void *(*head)(void *arg, struct bt_h1_conn *c, const struct bt_h1_head *h);
+	/* Some of the body; may answer too (a body over a limit), as head may. */
 	void (*body)(void *ctx, const char *p, size_t n);
 	/* The body is all in: answer now or later. */
 	void (*complete)(void *ctx);

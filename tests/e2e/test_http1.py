@@ -187,3 +187,31 @@ def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
     assert Reader(s).answer()[0] == 200
     s.close()
     assert b.stop() == 0
+
+
+def test_a_chunked_body_over_max_request_bytes_is_refused_before_its_end(baton):
+    # Chunked, the size is not known up front: the 413 must come as soon as
+    # the body passes the limit, not after a body that may never end.
+    import threading
+    b = baton("max_request_bytes: 65536\n" + config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"4000\r\n" + b"z" * 0x4000 + b"\r\n"
+
+    def pump():  # 16 MiB at most, and never the last chunk
+        try:
+            for _ in range(1024):
+                s.sendall(chunk)
+        except OSError:
+            pass  # baton closed after its answer
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    status, headers, body = r.answer()
+    assert status == 413 and b"max_request_bytes (65536)" in body, (status, body)
+    assert headers["connection"] == "close"
+    s.close()
+    t.join(30 * SLOW)
+    assert b.post("p", "after").status == 200
+    assert b.status()["requests"]["accepted"] == 1
+    assert b.stop() == 0
