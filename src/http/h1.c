@@ -351,7 +351,8 @@ const char *bt_h1_arg(const struct bt_h1_head *h, const char *name)
 
 enum {
 	CH_SIZE, /* the chunk size's hex digits */
-	CH_EXT, /* after them: extensions, up to the line's end */
+	CH_BWS, /* whitespace after them, before ';' or the line's end */
+	CH_EXT, /* extensions, up to the line's end */
 	CH_SIZE_LF, /* a CR ended the size line */
 	CH_DATA,
 	CH_DATA_CR, /* the CRLF after a chunk's data */
@@ -371,6 +372,21 @@ void bt_h1_body_init(struct bt_h1_body *b, const struct bt_h1_head *h)
 		b->left = h->length > 0 ? (uint64_t)h->length : 0;
 		b->done = b->left == 0;
 	}
+}
+
+/*
+ * Lines of the chunked framing end in CRLF only, unlike the head's: a proxy
+ * in front that took a bare LF for part of an extension or a trailer, or
+ * skipped any two bytes after a chunk's data, would see another end of the
+ * body than baton does, and bytes after it as a request of its own.
+ */
+static const char bare_lf[] = "a line of the chunked framing ends in a bare LF, not CRLF";
+
+/* A control character (but HTAB), as no extension or trailer holds. */
+static int ctl(char c)
+{
+	unsigned char u = (unsigned char)c;
+	return (u < 0x20 && u != '\t') || u == 0x7f;
 }
 
 static long fail(const char **why, const char *msg)
@@ -411,60 +427,70 @@ long bt_h1_body_step(struct bt_h1_body *b, const char *p, size_t n, const char *
 		case CH_SIZE: {
 			int v = hexval(c);
 			if (v >= 0) {
-				/* 15 hex digits: under 2^60, far past any body baton takes. */
-				if (++b->line > 15)
+				/* Under 2^60, far past any body baton takes; leading zeros are fine. */
+				if (b->left >> 56)
 					return fail(why, "a chunk size is too large");
+				if (++b->line > CHUNK_LINE_MAX)
+					return fail(why, "a chunk's size line is too long");
 				b->left = b->left * 16 + (uint64_t)v;
 				break;
 			}
 			if (b->line == 0)
 				return fail(why, "a chunk size must be hexadecimal");
-			if (c == ';' || c == ' ' || c == '\t')
+			if (c == ';')
 				b->state = CH_EXT;
+			else if (c == ' ' || c == '\t')
+				b->state = CH_BWS;
 			else if (c == '\r')
 				b->state = CH_SIZE_LF;
 			else if (c == '\n')
-				goto size_done;
+				return fail(why, bare_lf);
 			else
 				return fail(why, "a chunk size must be hexadecimal");
 			break;
 		}
-		case CH_EXT:
-			if (c == '\r') {
+		case CH_BWS:
+			if (c == ';')
+				b->state = CH_EXT;
+			else if (c == '\r')
 				b->state = CH_SIZE_LF;
-			} else if (c == '\n') {
-				goto size_done;
-			} else if (++b->line > CHUNK_LINE_MAX) {
+			else if (c != ' ' && c != '\t')
+				return fail(why, "a chunk size is followed by something other than "
+						 "an extension");
+			else if (++b->line > CHUNK_LINE_MAX)
 				return fail(why, "a chunk's extensions are too long");
-			}
+			break;
+		case CH_EXT:
+			if (c == '\r')
+				b->state = CH_SIZE_LF;
+			else if (c == '\n')
+				return fail(why, bare_lf);
+			else if (ctl(c))
+				return fail(why, "a chunk extension holds a control character");
+			else if (++b->line > CHUNK_LINE_MAX)
+				return fail(why, "a chunk's extensions are too long");
 			break;
 		case CH_SIZE_LF:
 			if (c != '\n')
 				return fail(why, "a chunk's size line holds a bare CR");
-		size_done:
 			b->line = 0;
 			b->state = b->left ? CH_DATA : CH_TRAILER;
 			break;
 		case CH_DATA_CR:
-			if (c == '\r')
-				b->state = CH_DATA_LF;
-			else if (c == '\n')
-				b->state = CH_SIZE;
-			else
-				return fail(why, "a chunk's data is longer than its size");
+			if (c != '\r')
+				return fail(why, "a chunk's data is longer than its size, or not "
+						 "followed by CRLF");
+			b->state = CH_DATA_LF;
 			break;
 		case CH_DATA_LF:
 			if (c != '\n')
-				return fail(why, "a chunk's data is longer than its size");
+				return fail(why, "a chunk's data is longer than its size, or not "
+						 "followed by CRLF");
 			b->state = CH_SIZE;
 			break;
 		case CH_TRAILER:
 			if (c == '\r') {
 				b->state = CH_END_LF;
-				break;
-			}
-			if (c == '\n') {
-				b->done = 1;
 				break;
 			}
 			b->state = CH_TRAILER_LINE;
@@ -476,7 +502,9 @@ long bt_h1_body_step(struct bt_h1_body *b, const char *p, size_t n, const char *
 			if (c == '\r')
 				b->state = CH_TRAILER_LF;
 			else if (c == '\n')
-				b->state = CH_TRAILER;
+				return fail(why, bare_lf);
+			else if (ctl(c))
+				return fail(why, "a trailer field holds a control character");
 			break;
 		case CH_TRAILER_LF:
 			if (c != '\n')

@@ -392,7 +392,7 @@ Test(h1, chunked_bodies_with_extensions_and_trailers)
 	cr_assert_eq(used, strlen("5;a=b;c=\"quoted; value\"\r\nhello\r\n1 ; x\r\n!\r\n"
 				  "0;last=1\r\nTrailer: yes\r\nT2:\r\n\r\n"));
 	free(d);
-	d = chunked("A\nabcdefghij\n0\n\n", &why, &used); /* bare LFs, uppercase hex */
+	d = chunked("000A\r\nabcdefghij\r\n0\r\n\r\n", &why, &used); /* leading zeros, uppercase */
 	cr_assert_not_null(d, "%s", why);
 	cr_assert_str_eq(d, "abcdefghij");
 	free(d);
@@ -412,6 +412,16 @@ Test(h1, chunked_bodies_with_extensions_and_trailers)
 		{"1000000000000000\r\n", "too large"},
 		{"0\r\nTrailer\rX", "bare CR"},
 		{"0\r\n\rX", "empty line"},
+		/* Only CRLF ends a line of the framing (what a proxy may take). */
+		{"5\nhello\r\n", "bare LF"},
+		{"5;a\nhello\r\n", "bare LF"},
+		{"5\r\nhello\n0\r\n\r\n", "not followed by CRLF"},
+		{"5\r\nhello\r\n0\r\n\n", "bare LF"},
+		{"0\r\nT: v\n\r\n", "bare LF"},
+		{"5 junk\r\n", "other than an extension"},
+		{"5;a\x01b\r\n", "control character"},
+		{"0\r\nT: a\x7f\r\n\r\n", "control character"},
+		{"00000000000000000000000000000000000000000000000001000000000000000\r\n", "too large"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		why = NULL;
