@@ -491,10 +491,13 @@ static void advance(struct bt_h1_conn *c, const char *extra, size_t n)
 	c->busy = 0;
 	if (c->closing)
 		return;
-	if (own && off)
-		bt_buf_consume(&c->in, off);
-	else if (off < n)
+	/* Kept input stays, less what was used; what is left of new input is kept. */
+	if (own) {
+		if (off)
+			bt_buf_consume(&c->in, off);
+	} else if (off < n) {
 		bt_buf_append(&c->in, p + off, n - off);
+	}
 	if (c->state == S_LINGER)
 		c->in.len = 0;
 	if (c->state == S_HEAD && c->in.len && !c->head_ms)

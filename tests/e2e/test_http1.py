@@ -73,6 +73,33 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(baton):
     assert b.stop() == 0
 
 
+def test_requests_that_arrive_in_many_pieces_are_read_once(baton):
+    # A head cut into pieces, each its own read, some while the request
+    # before runs: what is kept between reads is kept once (it was appended
+    # to itself when a read used none of it, and the request was garbled).
+    import time
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    r = Reader(s)
+    data = (post(b"/v1/pipelines/p", b"slow:200") + post(b"/v1/pipelines/p", b"in pieces") +
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    for i in range(0, len(data), 9):
+        s.sendall(data[i:i + 9])
+        time.sleep(0.01)  # apart, so that each is a read of its own
+    got = [r.answer() for _ in range(3)]
+    assert [(g[0], g[2]) for g in got] == [(200, b"slow:200"), (200, b"in pieces"), (200, b"")], got
+    s.settimeout(0.5)
+    try:
+        extra = s.recv(100)
+    except socket.timeout:
+        extra = b""
+    assert extra == b"", extra
+    s.close()
+    assert b.status()["requests"]["accepted"] == 2
+    assert b.stop() == 0
+
+
 def test_chunked_bodies_and_their_errors(baton):
     b = baton(config(fake_stage("w"), {"p": ["w"]}))
     s = connect(b)
