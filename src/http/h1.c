@@ -205,6 +205,11 @@ static int framing(struct bt_h1_head *h, const char **why)
 			ntes++;
 		}
 	}
+	/* RFC 9112 §6.1: an HTTP/1.0 hop may have passed it on unframed. */
+	if (te && h->minor == 0) {
+		*why = "Transfer-Encoding in an HTTP/1.0 request: its body's length is in doubt";
+		return 400;
+	}
 	if (te && cl) {
 		*why = "the request has both Transfer-Encoding and Content-Length";
 		return 400;
