@@ -313,8 +313,16 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 	h->keep_alive = !close && (h->minor == 1 || (conn && has_token(conn, "keep-alive")));
 	const char *expect = bt_h1_field(h, "Expect");
 	h->expect_continue = h->minor == 1 && expect && !strcasecmp(expect, "100-continue");
-	if (h->minor == 1 && !bt_h1_field(h, "Host")) {
+	int hosts = 0;
+	for (int i = 0; i < h->nfields; i++)
+		hosts += !strcasecmp(h->fields[i].name, "Host");
+	if (h->minor == 1 && !hosts) {
 		*why = "an HTTP/1.1 request must have a Host header";
+		return 400;
+	}
+	/* RFC 9112 §3.2: which one a proxy went by is not known. */
+	if (hosts > 1) {
+		*why = "a request must have one Host header, not several";
 		return 400;
 	}
 	char *q = strchr(target, '?');

@@ -270,6 +270,8 @@ Test(h1, malformed_heads_get_their_status_and_sentence)
 		/* Bad fields. */
 		{"GET / HTTP/1.1\r\n\r\n", 400, "Host"},
 		{"GET / HTTP/1.1\r\nHost: x\r\nNo colon\r\n\r\n", 400, "'name: value'"},
+		{"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n", 400, "one Host"},
+		{"GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n", 400, "one Host"},
 		{"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400, "'name: value'"},
 		{"GET / HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", 400, "'name: value'"},
 		{"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n folded\r\n\r\n", 400, "folding"},
