@@ -240,6 +240,28 @@ static int framing(struct bt_h1_head *h, const char **why)
 	return 0;
 }
 
+/*
+ * The target in absolute-form ("http://host:port/path?q", which a server
+ * must take, RFC 9112 §3.2.2) as origin-form ("/path?q"), in place; any
+ * other target as it is.
+ */
+static char *origin_form(char *t)
+{
+	char *a;
+	if (!strncasecmp(t, "http://", 7))
+		a = t + 7;
+	else if (!strncasecmp(t, "https://", 8))
+		a = t + 8;
+	else
+		return t;
+	char *end = a + strcspn(a, "/?");
+	if (*end == '/')
+		return end;
+	/* No path: "/" over the authority's last byte (with none, "//"'s second). */
+	end[-1] = '/';
+	return end - 1;
+}
+
 /* "a=1&b=%20x": the arguments, decoded in place, after the fields. */
 static void query_args(struct bt_h1_head *h, char *q)
 {
@@ -325,6 +347,7 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 		*why = "a request must have one Host header, not several";
 		return 400;
 	}
+	target = origin_form(target);
 	char *q = strchr(target, '?');
 	if (q)
 		*q++ = '\0';

@@ -220,6 +220,36 @@ Test(h1, fields_are_looked_up_case_insensitively_and_trimmed)
 	bt_h1_head_release(&h);
 }
 
+Test(h1, absolute_form_targets_are_taken_as_their_path)
+{
+	static const struct {
+		const char *target, *path, *arg;
+	} cases[] = {
+		{"http://localhost:8080/v1/status", "/v1/status", NULL},
+		{"HTTPS://h/a%20b?x=1", "/a b", "1"},
+		{"http://h", "/", NULL},
+		{"http://h?x=2", "/", "2"},
+		{"http:///p", "/p", NULL},
+		{"http://?x=3", "/", "3"},
+		{"/http://h/p", "/http://h/p", NULL}, /* origin-form: as it is */
+		{"ftp://h/p", "ftp://h/p", NULL},
+	};
+	struct bt_h1_head h = {0};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char req[200];
+		const char *why;
+		snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", cases[i].target);
+		cr_assert_eq(parse(req, &h, &why), 0, "%s: %s", cases[i].target, why);
+		cr_assert_str_eq(h.path, cases[i].path, "%s", cases[i].target);
+		const char *x = bt_h1_arg(&h, "x");
+		if (cases[i].arg)
+			cr_assert(x && !strcmp(x, cases[i].arg), "%s: x=%s", cases[i].target, x);
+		else
+			cr_assert_null(x, "%s", cases[i].target);
+	}
+	bt_h1_head_release(&h);
+}
+
 Test(h1, keep_alive_follows_the_version_and_connection)
 {
 	struct bt_h1_head h = {0};
