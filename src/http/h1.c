@@ -309,8 +309,12 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 	}
 	memcpy(h->text, p, len);
 	h->text[len] = '\0';
-	/* A NUL would end the text early, and what follows would go unchecked. */
-	if (memchr(h->text, '\0', len) || !memchr(h->text, '\n', len))
+	/*
+	 * A NUL would end the text early, and what follows would go unchecked:
+	 * in the request line, it is not HTTP; after it, a request refused.
+	 */
+	const char *lf = memchr(h->text, '\n', len), *nul = memchr(h->text, '\0', len);
+	if (!lf || (nul && nul < lf))
 		return -1;
 	char *line = h->text, *next, *target;
 	if (next_line(line, &next))
@@ -318,6 +322,10 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 	int st = request_line(h, line, &target, why);
 	if (st)
 		return st;
+	if (nul) {
+		*why = "a header line holds a NUL byte";
+		return 400;
+	}
 	for (line = next; *line; line = next) {
 		if (!strchr(line, '\n') || next_line(line, &next)) {
 			*why = "a header line holds a bare CR";

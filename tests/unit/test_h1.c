@@ -354,6 +354,20 @@ Test(h1, malformed_heads_get_their_status_and_sentence)
 	bt_h1_head_release(&h);
 }
 
+Test(h1, a_nul_byte_after_the_request_line_gets_400_and_in_it_no_answer)
+{
+	static const char in_field[] = "GET / HTTP/1.1\r\nHost: x\r\nA: b\0c\r\n\r\n";
+	static const char in_name[] = "GET / HTTP/1.1\r\nHost: x\r\nA\0: bc\r\n\r\n";
+	static const char in_line[] = "GET /a\0b HTTP/1.1\r\nHost: x\r\n\r\n";
+	struct bt_h1_head h = {0};
+	const char *why = "";
+	cr_assert_eq(bt_h1_parse_head(&h, in_field, sizeof(in_field) - 1, &why), 400);
+	cr_assert(strstr(why, "NUL"), "%s", why);
+	cr_assert_eq(bt_h1_parse_head(&h, in_name, sizeof(in_name) - 1, &why), 400);
+	cr_assert_eq(bt_h1_parse_head(&h, in_line, sizeof(in_line) - 1, &why), -1);
+	bt_h1_head_release(&h);
+}
+
 Test(h1, heads_over_32_kib_are_refused_and_up_to_it_pass)
 {
 	struct bt_h1_head h = {0};
