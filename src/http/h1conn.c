@@ -11,7 +11,9 @@
  *
  * A head must be all in within http.idle_timeout_s of its first byte: a
  * client that trickles one byte now and then is never idle, and enough of
- * them would hold every connection (slowloris).
+ * them would hold every connection (slowloris).  A body gets as long, and
+ * a second more for every BODY_MIN_RATE bytes that came (Apache's
+ * mod_reqtimeout does the same): a slow upload goes on, a trickle does not.
  */
 #include "h1conn.h"
 
@@ -34,6 +36,8 @@
 #define LINGER_MS 2000
 #define SWEEP_MS 500
 #define READ_BUF (64 * 1024)
+/* Bytes a second a body must average once http.idle_timeout_s has passed. */
+#define BODY_MIN_RATE 500
 
 enum state {
 	S_HEAD, /* waiting for a request's head */
@@ -85,6 +89,8 @@ struct bt_h1_conn {
 	int closing;
 	uint64_t active_ms; /* the last read, or write progress */
 	uint64_t head_ms; /* the first byte of the head being read came then (0: none yet) */
+	uint64_t body_ms; /* the body being read began then */
+	uint64_t body_got; /* bytes of it (framing included) so far */
 	uint64_t linger_ms;
 	/* The answer going out. */
 	struct bt_buf out; /* its status line and header fields (and a 100 Continue) */
@@ -396,6 +402,8 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 			return (long)end;
 		}
 		bt_h1_body_init(&c->body, &c->head);
+		c->body_ms = bt_now_ms();
+		c->body_got = 0;
 		c->state = S_BODY;
 		c->close_after = 0;
 		c->ctx = s->ops->head(s->arg, c, &c->head);
@@ -423,6 +431,7 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 			refuse(c, 400, why);
 			return (long)n;
 		}
+		c->body_got += (uint64_t)k;
 		if (dlen)
 			s->ops->body(c->ctx, data, dlen);
 		return k;
@@ -625,7 +634,7 @@ static void accept_cb(uv_poll_t *p, int status, int events)
 	watch_listener(s);
 }
 
-/* Idle connections, heads too slow to come, and connections lingering too long. */
+/* Idle connections, heads and bodies too slow to come, connections lingering too long. */
 static void sweep_cb(uv_timer_t *t)
 {
 	struct bt_h1_server *s = t->data;
@@ -639,6 +648,10 @@ static void sweep_cb(uv_timer_t *t)
 		} else if (c->state == S_HEAD && c->head_ms && now - c->head_ms >= idle) {
 			refuse(c, 408, "the request's line and headers did not all arrive "
 				       "within http.idle_timeout_s");
+		} else if (c->state == S_BODY && !c->body.done &&
+			   now - c->body_ms >= idle + c->body_got * 1000 / BODY_MIN_RATE) {
+			refuse(c, 408, "the request's body came slower than 500 bytes a second "
+				       "once http.idle_timeout_s had passed");
 		} else if (c->state != S_APP && idle && now - c->active_ms >= idle) {
 			conn_close(c);
 		}

@@ -216,6 +216,42 @@ def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
     assert b.stop() == 0
 
 
+def test_a_body_that_trickles_in_is_cut_off_and_a_slow_one_is_not(baton):
+    # A body gets idle_timeout_s, and a second more per 500 bytes that came:
+    # 5 bytes a second is cut off (408), a body faster than 500 is not.
+    import time
+    b = baton("http: {idle_timeout_s: 1}\n" + config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    got = None
+    for _ in range(int(150 * SLOW)):  # at 0.2 s a byte: 30 s at most
+        try:
+            s.send(b"z")
+        except OSError:
+            break  # closed after its answer
+        s.settimeout(0.2)
+        try:
+            got = r.answer()
+            break
+        except socket.timeout:
+            pass
+    assert got and got[0] == 408 and b"500 bytes a second" in got[2], got
+    s.close()
+    # 1000 bytes at once, then 1000 every 0.5 s (2000 a second): 2 s, past
+    # idle_timeout_s, and each 1000 bytes buys 2 s more.
+    s = connect(b)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" +
+              b"y" * 1000)
+    for _ in range(4):
+        time.sleep(0.5)
+        s.sendall(b"y" * 1000)
+    status, _, body = Reader(s).answer()
+    assert status == 200 and body == b"y" * 5000, (status, body[:100])
+    s.close()
+    assert b.stop() == 0
+
+
 def test_a_chunked_body_over_max_request_bytes_is_refused_before_its_end(baton):
     # Chunked, the size is not known up front: the 413 must come as soon as
     # the body passes the limit, not after a body that may never end.
