@@ -278,3 +278,20 @@ def test_a_chunked_body_over_max_request_bytes_is_refused_before_its_end(baton):
     assert b.post("p", "after").status == 200
     assert b.status()["requests"]["accepted"] == 1
     assert b.stop() == 0
+
+
+def test_a_half_closed_client_gets_answers_given_at_once_and_not_those_that_wait(baton):
+    # shutdown(SHUT_WR) after a request, as docs/operations.md says: taken as
+    # gone (nginx's 499) when the request waits for a worker.
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    r = Reader(s)
+    assert r.answer()[0] == 200 and r.closed()
+    s = connect(b)
+    s.sendall(post(b"/v1/pipelines/p", b"slow:300"))
+    s.shutdown(socket.SHUT_WR)
+    assert Reader(s).closed()
+    assert b.post("p", "after").status == 200
+    assert b.stop() == 0
