@@ -5,7 +5,8 @@
  * bt_h1_ops, and writes the answers, one request at a time per connection,
  * pipelined ones in order.  Idle connections are closed after
  * http.idle_timeout_s, and so are (with a 408) those whose request head
- * takes longer than that to arrive.  What a request means is the caller's (http.c).
+ * takes longer than that to arrive, or whose body comes slower (h1conn.c).
+ * What a request means is the caller's (http.c).
  */
 #ifndef BT_H1CONN_H
 #define BT_H1CONN_H
@@ -38,9 +39,8 @@ struct bt_h1_ops {
 	void (*ended)(void *ctx);
 	/*
 	 * A request refused by the parser (status 400, 431, 501, 505; why says
-	 * why), or whose head did not all come within http.idle_timeout_s of
-	 * its first byte (408): the caller answers it with bt_h1_answer.  The
-	 * connection closes after that answer.
+	 * why), or whose head or body came too slowly (408): the caller answers
+	 * it with bt_h1_answer.  The connection closes after that answer.
 	 */
 	void (*refuse)(void *arg, struct bt_h1_conn *c, int status, const char *why);
 	/* Asks for bt_h1_flush within this loop turn. */
