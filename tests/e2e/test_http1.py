@@ -208,6 +208,7 @@ def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
     assert got and got[0] == 408 and b"did not all arrive" in got[2], got
     s.settimeout(20 * SLOW)
     assert r.closed()
+    s.close()
     # The one connection allowed is free again.
     s = connect(b)
     s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
