@@ -549,6 +549,9 @@ static void read_input(struct bt_h1_conn *c)
 			return;
 		}
 		c->active_ms = bt_now_ms();
+		/* Empty lines before a request count as its head's first bytes. */
+		if (c->state == S_HEAD && !c->head_ms)
+			c->head_ms = c->active_ms;
 		advance(c, s->rbuf, (size_t)n);
 		if ((size_t)n < sizeof(s->rbuf))
 			return; /* most likely all there was: no read just to hear EAGAIN */

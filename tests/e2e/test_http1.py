@@ -185,29 +185,34 @@ def test_a_request_whose_client_closes_while_it_waits_never_runs(baton, tmp_path
 
 
 def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
-    # Slowloris: one byte of the head at a time, never idle for long. The
-    # head must all be in within idle_timeout_s of its first byte: 408, and
-    # the connection's slot is freed (max_connections is 1 here).
+    # Slowloris: one byte of the head at a time, never idle for long; then
+    # empty lines (which may come before a request) one at a time. The head
+    # must all be in within idle_timeout_s of its first byte: 408, and the
+    # connection's slot is freed (max_connections is 1 here).
     b = baton("http: {max_connections: 1, idle_timeout_s: 1}\n" +
               config(fake_stage("w"), {"p": ["w"]}))
     s = connect(b)
     r = Reader(s)
     head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 400
-    got = None
-    for i in range(int(100 * SLOW)):  # at 0.2 s a byte: 20 s at most, far over 1 s
-        try:
-            s.send(head[i:i + 1])
-        except OSError:
-            break  # closed after its answer
-        s.settimeout(0.2)
-        try:
-            got = r.answer()
-            break
-        except socket.timeout:
-            pass
-    assert got and got[0] == 408 and b"did not all arrive" in got[2], got
-    s.settimeout(20 * SLOW)
-    assert r.closed()
+    for trickle in ([head[i:i + 1] for i in range(len(head))], [b"\r\n"] * len(head)):
+        got = None
+        for piece in trickle[:int(100 * SLOW)]:  # at 0.2 s each: 20 s at most, far over 1 s
+            try:
+                s.send(piece)
+            except OSError:
+                break  # closed after its answer
+            s.settimeout(0.2)
+            try:
+                got = r.answer()
+                break
+            except socket.timeout:
+                pass
+        assert got and got[0] == 408 and b"did not all arrive" in got[2], got
+        s.settimeout(20 * SLOW)
+        assert r.closed()
+        s.close()
+        s = connect(b)
+        r = Reader(s)
     s.close()
     # The one connection allowed is free again.
     s = connect(b)
