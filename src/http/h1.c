@@ -205,6 +205,11 @@ static int framing(struct bt_h1_head *h, const char **why)
 			ntes++;
 		}
 	}
+	/* RFC 9112 §6.1: an HTTP/1.0 hop may have passed it on unframed. */
+	if (te && h->minor == 0) {
+		*why = "Transfer-Encoding in an HTTP/1.0 request: its body's length is in doubt";
+		return 400;
+	}
 	if (te && cl) {
 		*why = "the request has both Transfer-Encoding and Content-Length";
 		return 400;
@@ -233,6 +238,28 @@ static int framing(struct bt_h1_head *h, const char **why)
 		h->length = (int64_t)v;
 	}
 	return 0;
+}
+
+/*
+ * The target in absolute-form ("http://host:port/path?q", which a server
+ * must take, RFC 9112 §3.2.2) as origin-form ("/path?q"), in place; any
+ * other target as it is.
+ */
+static char *origin_form(char *t)
+{
+	char *a;
+	if (!strncasecmp(t, "http://", 7))
+		a = t + 7;
+	else if (!strncasecmp(t, "https://", 8))
+		a = t + 8;
+	else
+		return t;
+	char *end = a + strcspn(a, "/?");
+	if (*end == '/')
+		return end;
+	/* No path: "/" over the authority's last byte (with none, "//"'s second). */
+	end[-1] = '/';
+	return end - 1;
 }
 
 /* "a=1&b=%20x": the arguments, decoded in place, after the fields. */
@@ -282,8 +309,12 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 	}
 	memcpy(h->text, p, len);
 	h->text[len] = '\0';
-	/* A NUL would end the text early, and what follows would go unchecked. */
-	if (memchr(h->text, '\0', len) || !memchr(h->text, '\n', len))
+	/*
+	 * A NUL would end the text early, and what follows would go unchecked:
+	 * in the request line, it is not HTTP; after it, a request refused.
+	 */
+	const char *lf = memchr(h->text, '\n', len), *nul = memchr(h->text, '\0', len);
+	if (!lf || (nul && nul < lf))
 		return -1;
 	char *line = h->text, *next, *target;
 	if (next_line(line, &next))
@@ -291,6 +322,10 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 	int st = request_line(h, line, &target, why);
 	if (st)
 		return st;
+	if (nul) {
+		*why = "a header line holds a NUL byte";
+		return 400;
+	}
 	for (line = next; *line; line = next) {
 		if (!strchr(line, '\n') || next_line(line, &next)) {
 			*why = "a header line holds a bare CR";
@@ -308,10 +343,19 @@ int bt_h1_parse_head(struct bt_h1_head *h, const char *p, size_t len, const char
 	h->keep_alive = !close && (h->minor == 1 || (conn && has_token(conn, "keep-alive")));
 	const char *expect = bt_h1_field(h, "Expect");
 	h->expect_continue = h->minor == 1 && expect && !strcasecmp(expect, "100-continue");
-	if (h->minor == 1 && !bt_h1_field(h, "Host")) {
+	int hosts = 0;
+	for (int i = 0; i < h->nfields; i++)
+		hosts += !strcasecmp(h->fields[i].name, "Host");
+	if (h->minor == 1 && !hosts) {
 		*why = "an HTTP/1.1 request must have a Host header";
 		return 400;
 	}
+	/* RFC 9112 §3.2: which one a proxy went by is not known. */
+	if (hosts > 1) {
+		*why = "a request must have one Host header, not several";
+		return 400;
+	}
+	target = origin_form(target);
 	char *q = strchr(target, '?');
 	if (q)
 		*q++ = '\0';
@@ -351,7 +395,8 @@ const char *bt_h1_arg(const struct bt_h1_head *h, const char *name)
 
 enum {
 	CH_SIZE, /* the chunk size's hex digits */
-	CH_EXT, /* after them: extensions, up to the line's end */
+	CH_BWS, /* whitespace after them, before ';' or the line's end */
+	CH_EXT, /* extensions, up to the line's end */
 	CH_SIZE_LF, /* a CR ended the size line */
 	CH_DATA,
 	CH_DATA_CR, /* the CRLF after a chunk's data */
@@ -371,6 +416,21 @@ void bt_h1_body_init(struct bt_h1_body *b, const struct bt_h1_head *h)
 		b->left = h->length > 0 ? (uint64_t)h->length : 0;
 		b->done = b->left == 0;
 	}
+}
+
+/*
+ * Lines of the chunked framing end in CRLF only, unlike the head's: a proxy
+ * in front that took a bare LF for part of an extension or a trailer, or
+ * skipped any two bytes after a chunk's data, would see another end of the
+ * body than baton does, and bytes after it as a request of its own.
+ */
+static const char bare_lf[] = "a line of the chunked framing ends in a bare LF, not CRLF";
+
+/* A control character (but HTAB), as no extension or trailer holds. */
+static int ctl(char c)
+{
+	unsigned char u = (unsigned char)c;
+	return (u < 0x20 && u != '\t') || u == 0x7f;
 }
 
 static long fail(const char **why, const char *msg)
@@ -411,60 +471,70 @@ long bt_h1_body_step(struct bt_h1_body *b, const char *p, size_t n, const char *
 		case CH_SIZE: {
 			int v = hexval(c);
 			if (v >= 0) {
-				/* 15 hex digits: under 2^60, far past any body baton takes. */
-				if (++b->line > 15)
+				/* Under 2^60, far past any body baton takes; leading zeros are fine. */
+				if (b->left >> 56)
 					return fail(why, "a chunk size is too large");
+				if (++b->line > CHUNK_LINE_MAX)
+					return fail(why, "a chunk's size line is too long");
 				b->left = b->left * 16 + (uint64_t)v;
 				break;
 			}
 			if (b->line == 0)
 				return fail(why, "a chunk size must be hexadecimal");
-			if (c == ';' || c == ' ' || c == '\t')
+			if (c == ';')
 				b->state = CH_EXT;
+			else if (c == ' ' || c == '\t')
+				b->state = CH_BWS;
 			else if (c == '\r')
 				b->state = CH_SIZE_LF;
 			else if (c == '\n')
-				goto size_done;
+				return fail(why, bare_lf);
 			else
 				return fail(why, "a chunk size must be hexadecimal");
 			break;
 		}
-		case CH_EXT:
-			if (c == '\r') {
+		case CH_BWS:
+			if (c == ';')
+				b->state = CH_EXT;
+			else if (c == '\r')
 				b->state = CH_SIZE_LF;
-			} else if (c == '\n') {
-				goto size_done;
-			} else if (++b->line > CHUNK_LINE_MAX) {
+			else if (c != ' ' && c != '\t')
+				return fail(why, "a chunk size is followed by something other than "
+						 "an extension");
+			else if (++b->line > CHUNK_LINE_MAX)
 				return fail(why, "a chunk's extensions are too long");
-			}
+			break;
+		case CH_EXT:
+			if (c == '\r')
+				b->state = CH_SIZE_LF;
+			else if (c == '\n')
+				return fail(why, bare_lf);
+			else if (ctl(c))
+				return fail(why, "a chunk extension holds a control character");
+			else if (++b->line > CHUNK_LINE_MAX)
+				return fail(why, "a chunk's extensions are too long");
 			break;
 		case CH_SIZE_LF:
 			if (c != '\n')
 				return fail(why, "a chunk's size line holds a bare CR");
-		size_done:
 			b->line = 0;
 			b->state = b->left ? CH_DATA : CH_TRAILER;
 			break;
 		case CH_DATA_CR:
-			if (c == '\r')
-				b->state = CH_DATA_LF;
-			else if (c == '\n')
-				b->state = CH_SIZE;
-			else
-				return fail(why, "a chunk's data is longer than its size");
+			if (c != '\r')
+				return fail(why, "a chunk's data is longer than its size, or not "
+						 "followed by CRLF");
+			b->state = CH_DATA_LF;
 			break;
 		case CH_DATA_LF:
 			if (c != '\n')
-				return fail(why, "a chunk's data is longer than its size");
+				return fail(why, "a chunk's data is longer than its size, or not "
+						 "followed by CRLF");
 			b->state = CH_SIZE;
 			break;
 		case CH_TRAILER:
 			if (c == '\r') {
 				b->state = CH_END_LF;
-				break;
-			}
-			if (c == '\n') {
-				b->done = 1;
 				break;
 			}
 			b->state = CH_TRAILER_LINE;
@@ -476,7 +546,9 @@ long bt_h1_body_step(struct bt_h1_body *b, const char *p, size_t n, const char *
 			if (c == '\r')
 				b->state = CH_TRAILER_LF;
 			else if (c == '\n')
-				b->state = CH_TRAILER;
+				return fail(why, bare_lf);
+			else if (ctl(c))
+				return fail(why, "a trailer field holds a control character");
 			break;
 		case CH_TRAILER_LF:
 			if (c != '\n')

@@ -5,8 +5,10 @@
  * allocation but the head's own storage.  The connection that feeds it is
  * h1conn.h's; what a request means is http.c's.
  *
- * Lines may end in CRLF or in a bare LF (RFC 9112 §2.2 lets a recipient
- * accept that); a bare CR anywhere in the head is an error.
+ * The head's lines may end in CRLF or in a bare LF (RFC 9112 §2.2 lets a
+ * recipient accept that); a bare CR anywhere in the head is an error.  The
+ * lines of a chunked body's framing (sizes, extensions, trailers) end in
+ * CRLF only (§7.1), as a proxy in front may read them.
  */
 #ifndef BT_H1_H
 #define BT_H1_H

@@ -8,6 +8,12 @@
  * incomplete is copied into the connection's own.  Sockets are watched
  * with uv_poll and read and written with recv and sendmsg (one call for
  * the answer's head and body, the body never copied).
+ *
+ * A head must be all in within http.idle_timeout_s of its first byte: a
+ * client that trickles one byte now and then is never idle, and enough of
+ * them would hold every connection (slowloris).  A body gets as long, and
+ * a second more for every BODY_MIN_RATE bytes that came (Apache's
+ * mod_reqtimeout does the same): a slow upload goes on, a trickle does not.
  */
 #include "h1conn.h"
 
@@ -30,6 +36,8 @@
 #define LINGER_MS 2000
 #define SWEEP_MS 500
 #define READ_BUF (64 * 1024)
+/* Bytes a second a body must average once http.idle_timeout_s has passed. */
+#define BODY_MIN_RATE 500
 
 enum state {
 	S_HEAD, /* waiting for a request's head */
@@ -80,6 +88,9 @@ struct bt_h1_conn {
 	int close_after; /* no request after the one being answered */
 	int closing;
 	uint64_t active_ms; /* the last read, or write progress */
+	uint64_t head_ms; /* the first byte of the head being read came then (0: none yet) */
+	uint64_t body_ms; /* the body being read began then */
+	uint64_t body_got; /* bytes of it (framing included) so far */
 	uint64_t linger_ms;
 	/* The answer going out. */
 	struct bt_buf out; /* its status line and header fields (and a 100 Continue) */
@@ -380,6 +391,7 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 			return -1;
 		}
 		c->scanned = 0;
+		c->head_ms = 0;
 		int st = bt_h1_parse_head(&c->head, p, end, &why);
 		if (st < 0) {
 			linger(c); /* not HTTP: nothing to answer */
@@ -390,6 +402,8 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 			return (long)end;
 		}
 		bt_h1_body_init(&c->body, &c->head);
+		c->body_ms = bt_now_ms();
+		c->body_got = 0;
 		c->state = S_BODY;
 		c->close_after = 0;
 		c->ctx = s->ops->head(s->arg, c, &c->head);
@@ -417,6 +431,7 @@ static long step(struct bt_h1_conn *c, const char *p, size_t n)
 			refuse(c, 400, why);
 			return (long)n;
 		}
+		c->body_got += (uint64_t)k;
 		if (dlen)
 			s->ops->body(c->ctx, data, dlen);
 		return k;
@@ -485,12 +500,17 @@ static void advance(struct bt_h1_conn *c, const char *extra, size_t n)
 	c->busy = 0;
 	if (c->closing)
 		return;
-	if (own && off)
-		bt_buf_consume(&c->in, off);
-	else if (off < n)
+	/* Kept input stays, less what was used; what is left of new input is kept. */
+	if (own) {
+		if (off)
+			bt_buf_consume(&c->in, off);
+	} else if (off < n) {
 		bt_buf_append(&c->in, p + off, n - off);
+	}
 	if (c->state == S_LINGER)
 		c->in.len = 0;
+	if (c->state == S_HEAD && c->in.len && !c->head_ms)
+		c->head_ms = bt_now_ms();
 	/* Pipelined input waits; past PIPELINE_MAX, so does the client. */
 	if (c->in.len > PIPELINE_MAX && (c->state == S_APP || c->state == S_SEND))
 		stop_reading(c);
@@ -529,6 +549,9 @@ static void read_input(struct bt_h1_conn *c)
 			return;
 		}
 		c->active_ms = bt_now_ms();
+		/* Empty lines before a request count as its head's first bytes. */
+		if (c->state == S_HEAD && !c->head_ms)
+			c->head_ms = c->active_ms;
 		advance(c, s->rbuf, (size_t)n);
 		if ((size_t)n < sizeof(s->rbuf))
 			return; /* most likely all there was: no read just to hear EAGAIN */
@@ -614,7 +637,7 @@ static void accept_cb(uv_poll_t *p, int status, int events)
 	watch_listener(s);
 }
 
-/* Idle connections, and those lingering too long. */
+/* Idle connections, heads and bodies too slow to come, connections lingering too long. */
 static void sweep_cb(uv_timer_t *t)
 {
 	struct bt_h1_server *s = t->data;
@@ -625,6 +648,13 @@ static void sweep_cb(uv_timer_t *t)
 		if (c->state == S_LINGER) {
 			if (now - c->linger_ms >= LINGER_MS)
 				conn_close(c);
+		} else if (c->state == S_HEAD && c->head_ms && now - c->head_ms >= idle) {
+			refuse(c, 408, "the request's line and headers did not all arrive "
+				       "within http.idle_timeout_s");
+		} else if (c->state == S_BODY && !c->body.done &&
+			   now - c->body_ms >= idle + c->body_got * 1000 / BODY_MIN_RATE) {
+			refuse(c, 408, "the request's body came slower than 500 bytes a second "
+				       "once http.idle_timeout_s had passed");
 		} else if (c->state != S_APP && idle && now - c->active_ms >= idle) {
 			conn_close(c);
 		}

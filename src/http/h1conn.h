@@ -4,7 +4,9 @@
  * reads requests with h1.h's parser, hands each to the caller through
  * bt_h1_ops, and writes the answers, one request at a time per connection,
  * pipelined ones in order.  Idle connections are closed after
- * http.idle_timeout_s.  What a request means is the caller's (http.c).
+ * http.idle_timeout_s, and so are (with a 408) those whose request head
+ * takes longer than that to arrive, or whose body comes slower (h1conn.c).
+ * What a request means is the caller's (http.c).
  */
 #ifndef BT_H1CONN_H
 #define BT_H1CONN_H
@@ -29,6 +31,7 @@ struct bt_h1_ops {
 	 * before the body is all read closes the connection after it.
 	 */
 	void *(*head)(void *arg, struct bt_h1_conn *c, const struct bt_h1_head *h);
+	/* Some of the body; may answer too (a body over a limit), as head may. */
 	void (*body)(void *ctx, const char *p, size_t n);
 	/* The body is all in: answer now or later. */
 	void (*complete)(void *ctx);
@@ -36,8 +39,8 @@ struct bt_h1_ops {
 	void (*ended)(void *ctx);
 	/*
 	 * A request refused by the parser (status 400, 431, 501, 505; why says
-	 * why): the caller answers it with bt_h1_answer.  The connection closes
-	 * after that answer.
+	 * why), or whose head or body came too slowly (408): the caller answers
+	 * it with bt_h1_answer.  The connection closes after that answer.
 	 */
 	void (*refuse)(void *arg, struct bt_h1_conn *c, int status, const char *why);
 	/* Asks for bt_h1_flush within this loop turn. */

@@ -72,7 +72,6 @@ struct conn {
 	char stage[72]; /* for R_STAGE_RESTART and R_STAGE_SCALE */
 	char *region; /* for R_SHM_REGISTER */
 	struct bt_buf body;
-	int too_big; /* body went over max_request_bytes: dropped */
 	int waiting; /* the connection waits while the request runs */
 	int counted; /* included in h->pending */
 	struct bt_request *req; /* in flight, or finished and not yet answered */
@@ -82,7 +81,6 @@ struct conn {
 	struct bt_stream_watch *watch; /* a long poll waiting for results */
 	int woken;
 	int polling; /* counted in h->polls */
-	int over_budget; /* the body would not fit in http.max_buffered_bytes: dropped */
 	size_t charged; /* bytes counted in h->buffered for this connection */
 	uint64_t send_deadline_ms; /* while in h->sending */
 	int in_sending; /* in h->sending */
@@ -1242,18 +1240,23 @@ static void body_cb(void *ctx, const char *p, size_t n)
 {
 	struct conn *cn = ctx;
 	struct bt_http *h = cn->h;
-	/* Already answered, or past a limit: the rest is dropped. */
-	if (cn->route == R_NONE || cn->route == R_STAGE_RESTART || cn->too_big || cn->over_budget)
+	/* Already answered (the rest is dropped), or a route that reads no body. */
+	if (cn->route == R_NONE || cn->route == R_STAGE_RESTART)
 		return;
 	size_t have = cn->body.len + cn->body_fd_len;
+	/*
+	 * Past a limit (a chunked body says nothing up front): answered now,
+	 * as nginx does, and the connection closes after the answer, the rest
+	 * unread; a body of any length would otherwise be read to its end.
+	 */
 	if (have + n > h->d->cfg->max_request_bytes) {
-		cn->too_big = 1;
 		body_drop(cn);
 		uncharge(cn);
+		too_big(cn, NULL);
 	} else if (over_budget(h, n) || body_add(cn, p, n)) {
-		cn->over_budget = 1; /* also: no memory left for the memfd */
-		body_drop(cn);
+		body_drop(cn); /* also: no memory left for the memfd */
 		uncharge(cn);
+		send_overloaded(cn);
 	} else {
 		charge(cn, n);
 	}
@@ -1271,16 +1274,14 @@ static void complete_cb(void *ctx)
 	if (r == R_STAGE_RESTART)
 		restart_stage(cn);
 	else if (r == R_STAGE_SCALE)
-		cn->too_big ? too_big(cn, NULL) : cn->over_budget ? send_overloaded(cn) : scale_stage(cn);
+		scale_stage(cn);
 	else if (r == R_STATION_ADD)
-		cn->too_big ? too_big(cn, NULL) : add_station(cn);
+		add_station(cn);
 	else if (r == R_SHM_REGISTER)
-		cn->too_big ? too_big(cn, NULL) : shm_register(cn);
+		shm_register(cn);
 	else if (r == R_STREAM_RESULTS)
 		stream_results(cn);
-	else if (cn->too_big)
-		too_big(cn, NULL);
-	else if (cn->over_budget || body_seal(cn))
+	else if (body_seal(cn))
 		send_overloaded(cn);
 	else if (r == R_INFER)
 		start_infer(cn);

@@ -73,6 +73,33 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(baton):
     assert b.stop() == 0
 
 
+def test_requests_that_arrive_in_many_pieces_are_read_once(baton):
+    # A head cut into pieces, each its own read, some while the request
+    # before runs: what is kept between reads is kept once (it was appended
+    # to itself when a read used none of it, and the request was garbled).
+    import time
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    r = Reader(s)
+    data = (post(b"/v1/pipelines/p", b"slow:200") + post(b"/v1/pipelines/p", b"in pieces") +
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    for i in range(0, len(data), 9):
+        s.sendall(data[i:i + 9])
+        time.sleep(0.01)  # apart, so that each is a read of its own
+    got = [r.answer() for _ in range(3)]
+    assert [(g[0], g[2]) for g in got] == [(200, b"slow:200"), (200, b"in pieces"), (200, b"")], got
+    s.settimeout(0.5)
+    try:
+        extra = s.recv(100)
+    except socket.timeout:
+        extra = b""
+    assert extra == b"", extra
+    s.close()
+    assert b.status()["requests"]["accepted"] == 2
+    assert b.stop() == 0
+
+
 def test_chunked_bodies_and_their_errors(baton):
     b = baton(config(fake_stage("w"), {"p": ["w"]}))
     s = connect(b)
@@ -155,3 +182,122 @@ def test_a_request_whose_client_closes_while_it_waits_never_runs(baton, tmp_path
     assert b.status()["stages"]["w"]["completed"] == 2
     r = b.status()["requests"]
     assert r["accepted"] == r["succeeded"] + r["failed"] + r["in_flight"] == 8, r
+
+
+def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
+    # Slowloris: one byte of the head at a time, never idle for long; then
+    # empty lines (which may come before a request) one at a time. The head
+    # must all be in within idle_timeout_s of its first byte: 408, and the
+    # connection's slot is freed (max_connections is 1 here).
+    b = baton("http: {max_connections: 1, idle_timeout_s: 1}\n" +
+              config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 400
+    for trickle in ([head[i:i + 1] for i in range(len(head))], [b"\r\n"] * len(head)):
+        got = None
+        for piece in trickle[:int(100 * SLOW)]:  # at 0.2 s each: 20 s at most, far over 1 s
+            try:
+                s.send(piece)
+            except OSError:
+                break  # closed after its answer
+            s.settimeout(0.2)
+            try:
+                got = r.answer()
+                break
+            except socket.timeout:
+                pass
+        assert got and got[0] == 408 and b"did not all arrive" in got[2], got
+        s.settimeout(20 * SLOW)
+        assert r.closed()
+        s.close()
+        s = connect(b)
+        r = Reader(s)
+    s.close()
+    # The one connection allowed is free again.
+    s = connect(b)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert Reader(s).answer()[0] == 200
+    s.close()
+    assert b.stop() == 0
+
+
+def test_a_body_that_trickles_in_is_cut_off_and_a_slow_one_is_not(baton):
+    # A body gets idle_timeout_s, and a second more per 500 bytes that came:
+    # 5 bytes a second is cut off (408), a body faster than 500 is not.
+    import time
+    b = baton("http: {idle_timeout_s: 1}\n" + config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    got = None
+    for _ in range(int(150 * SLOW)):  # at 0.2 s a byte: 30 s at most
+        try:
+            s.send(b"z")
+        except OSError:
+            break  # closed after its answer
+        s.settimeout(0.2)
+        try:
+            got = r.answer()
+            break
+        except socket.timeout:
+            pass
+    assert got and got[0] == 408 and b"500 bytes a second" in got[2], got
+    s.close()
+    # 1000 bytes at once, then 1000 every 0.5 s (2000 a second): 2 s, past
+    # idle_timeout_s, and each 1000 bytes buys 2 s more.
+    s = connect(b)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" +
+              b"y" * 1000)
+    for _ in range(4):
+        time.sleep(0.5)
+        s.sendall(b"y" * 1000)
+    status, _, body = Reader(s).answer()
+    assert status == 200 and body == b"y" * 5000, (status, body[:100])
+    s.close()
+    assert b.stop() == 0
+
+
+def test_a_chunked_body_over_max_request_bytes_is_refused_before_its_end(baton):
+    # Chunked, the size is not known up front: the 413 must come as soon as
+    # the body passes the limit, not after a body that may never end.
+    import threading
+    b = baton("max_request_bytes: 65536\n" + config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    r = Reader(s)
+    s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"4000\r\n" + b"z" * 0x4000 + b"\r\n"
+
+    def pump():  # 16 MiB at most, and never the last chunk
+        try:
+            for _ in range(1024):
+                s.sendall(chunk)
+        except OSError:
+            pass  # baton closed after its answer
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    status, headers, body = r.answer()
+    assert status == 413 and b"max_request_bytes (65536)" in body, (status, body)
+    assert headers["connection"] == "close"
+    s.close()
+    t.join(30 * SLOW)
+    assert b.post("p", "after").status == 200
+    assert b.status()["requests"]["accepted"] == 1
+    assert b.stop() == 0
+
+
+def test_a_half_closed_client_gets_answers_given_at_once_and_not_those_that_wait(baton):
+    # shutdown(SHUT_WR) after a request, as docs/operations.md says: taken as
+    # gone (nginx's 499) when the request waits for a worker.
+    b = baton(config(fake_stage("w"), {"p": ["w"]}))
+    s = connect(b)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    r = Reader(s)
+    assert r.answer()[0] == 200 and r.closed()
+    s = connect(b)
+    s.sendall(post(b"/v1/pipelines/p", b"slow:1000"))  # its EOF is read long before
+    s.shutdown(socket.SHUT_WR)
+    assert Reader(s).closed()
+    assert b.post("p", "after").status == 200
+    assert b.stop() == 0

@@ -220,6 +220,36 @@ Test(h1, fields_are_looked_up_case_insensitively_and_trimmed)
 	bt_h1_head_release(&h);
 }
 
+Test(h1, absolute_form_targets_are_taken_as_their_path)
+{
+	static const struct {
+		const char *target, *path, *arg;
+	} cases[] = {
+		{"http://localhost:8080/v1/status", "/v1/status", NULL},
+		{"HTTPS://h/a%20b?x=1", "/a b", "1"},
+		{"http://h", "/", NULL},
+		{"http://h?x=2", "/", "2"},
+		{"http:///p", "/p", NULL},
+		{"http://?x=3", "/", "3"},
+		{"/http://h/p", "/http://h/p", NULL}, /* origin-form: as it is */
+		{"ftp://h/p", "ftp://h/p", NULL},
+	};
+	struct bt_h1_head h = {0};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char req[200];
+		const char *why;
+		snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", cases[i].target);
+		cr_assert_eq(parse(req, &h, &why), 0, "%s: %s", cases[i].target, why);
+		cr_assert_str_eq(h.path, cases[i].path, "%s", cases[i].target);
+		const char *x = bt_h1_arg(&h, "x");
+		if (cases[i].arg)
+			cr_assert(x && !strcmp(x, cases[i].arg), "%s: x=%s", cases[i].target, x);
+		else
+			cr_assert_null(x, "%s", cases[i].target);
+	}
+	bt_h1_head_release(&h);
+}
+
 Test(h1, keep_alive_follows_the_version_and_connection)
 {
 	struct bt_h1_head h = {0};
@@ -270,6 +300,8 @@ Test(h1, malformed_heads_get_their_status_and_sentence)
 		/* Bad fields. */
 		{"GET / HTTP/1.1\r\n\r\n", 400, "Host"},
 		{"GET / HTTP/1.1\r\nHost: x\r\nNo colon\r\n\r\n", 400, "'name: value'"},
+		{"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n", 400, "one Host"},
+		{"GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n", 400, "one Host"},
 		{"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400, "'name: value'"},
 		{"GET / HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", 400, "'name: value'"},
 		{"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n folded\r\n\r\n", 400, "folding"},
@@ -291,6 +323,9 @@ Test(h1, malformed_heads_get_their_status_and_sentence)
 		 400, "both Transfer-Encoding and Content-Length"},
 		{"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\n",
 		 400, "both"},
+		{"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "HTTP/1.0"},
+		{"POST / HTTP/1.0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400,
+		 "HTTP/1.0"},
 		{"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501,
 		 "other than chunked"},
 		{"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
@@ -316,6 +351,20 @@ Test(h1, malformed_heads_get_their_status_and_sentence)
 	cr_assert_eq(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n",
 			   &h, &why), 0, "%s", why);
 	cr_assert_eq(h.chunked, 1);
+	bt_h1_head_release(&h);
+}
+
+Test(h1, a_nul_byte_after_the_request_line_gets_400_and_in_it_no_answer)
+{
+	static const char in_field[] = "GET / HTTP/1.1\r\nHost: x\r\nA: b\0c\r\n\r\n";
+	static const char in_name[] = "GET / HTTP/1.1\r\nHost: x\r\nA\0: bc\r\n\r\n";
+	static const char in_line[] = "GET /a\0b HTTP/1.1\r\nHost: x\r\n\r\n";
+	struct bt_h1_head h = {0};
+	const char *why = "";
+	cr_assert_eq(bt_h1_parse_head(&h, in_field, sizeof(in_field) - 1, &why), 400);
+	cr_assert(strstr(why, "NUL"), "%s", why);
+	cr_assert_eq(bt_h1_parse_head(&h, in_name, sizeof(in_name) - 1, &why), 400);
+	cr_assert_eq(bt_h1_parse_head(&h, in_line, sizeof(in_line) - 1, &why), -1);
 	bt_h1_head_release(&h);
 }
 
@@ -392,7 +441,7 @@ Test(h1, chunked_bodies_with_extensions_and_trailers)
 	cr_assert_eq(used, strlen("5;a=b;c=\"quoted; value\"\r\nhello\r\n1 ; x\r\n!\r\n"
 				  "0;last=1\r\nTrailer: yes\r\nT2:\r\n\r\n"));
 	free(d);
-	d = chunked("A\nabcdefghij\n0\n\n", &why, &used); /* bare LFs, uppercase hex */
+	d = chunked("000A\r\nabcdefghij\r\n0\r\n\r\n", &why, &used); /* leading zeros, uppercase */
 	cr_assert_not_null(d, "%s", why);
 	cr_assert_str_eq(d, "abcdefghij");
 	free(d);
@@ -412,6 +461,16 @@ Test(h1, chunked_bodies_with_extensions_and_trailers)
 		{"1000000000000000\r\n", "too large"},
 		{"0\r\nTrailer\rX", "bare CR"},
 		{"0\r\n\rX", "empty line"},
+		/* Only CRLF ends a line of the framing (what a proxy may take). */
+		{"5\nhello\r\n", "bare LF"},
+		{"5;a\nhello\r\n", "bare LF"},
+		{"5\r\nhello\n0\r\n\r\n", "not followed by CRLF"},
+		{"5\r\nhello\r\n0\r\n\n", "bare LF"},
+		{"0\r\nT: v\n\r\n", "bare LF"},
+		{"5 junk\r\n", "other than an extension"},
+		{"5;a\x01b\r\n", "control character"},
+		{"0\r\nT: a\x7f\r\n\r\n", "control character"},
+		{"00000000000000000000000000000000000000000000000001000000000000000\r\n", "too large"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		why = NULL;
