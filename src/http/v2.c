@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "jscan.h"
 
 enum kind { K_BOOL, K_INT, K_UINT, K_FLOAT, K_BYTES };
 
@@ -578,20 +579,69 @@ static int put_string(struct bt_buf *b, const char *s)
 	return 0;
 }
 
+/* What completing an answer needs to know of its top level. */
+struct top {
+	int object;	    /* the document is an object */
+	size_t members;	    /* its members */
+	int model;	    /* 1 + the bt_jtype of its "model_name", 0 without one */
+	int id;		    /* it has an "id" */
+};
+
+static int top_member(void *ctx, const struct bt_jvalue *v)
+{
+	struct top *t = ctx;
+
+	if (v->end)
+		return 0;
+	if (v->depth == 1)
+		t->object = v->type == BT_J_OBJECT;
+	if (v->depth != 2 || !t->object)
+		return 0;
+	t->members++;
+	if (v->keylen == 10 && !memcmp(v->key, "model_name", 10))
+		t->model = 1 + (int)v->type;
+	else if (v->keylen == 2 && !memcmp(v->key, "id", 2))
+		t->id = 1;
+	return 0;
+}
+
+/* How an error sentence names a scanned value's type. */
+static const char *jwhat(enum bt_jtype t)
+{
+	switch (t) {
+	case BT_J_OBJECT:
+		return "an object";
+	case BT_J_ARRAY:
+		return "an array";
+	case BT_J_STRING:
+		return "a string";
+	case BT_J_INTEGER:
+	case BT_J_REAL:
+		return "a number";
+	case BT_J_TRUE:
+	case BT_J_FALSE:
+		return "a boolean";
+	default:
+		return "null";
+	}
+}
+
 /*
  * The members are spliced in before the closing brace instead of dumping
  * the parsed object again: a re-dump would print 0.1 as
  * 0.10000000000000001 and could not print the UINT64 values above
- * LLONG_MAX that we parse as reals, so the worker's text is kept as is.
- * Appending at the end gives the key order a jansson re-dump would give.
+ * LLONG_MAX, so the worker's text is kept as is.  Appending at the end
+ * gives the key order a jansson re-dump would give.  The answer is checked
+ * by the scanner, never loaded: a tensor of millions of numbers as a
+ * jansson tree took 13 times its text (docs/benchmarks.md, bench/v2json).
  */
 int bt_v2_finish_response(const char *body, size_t len, long long header_len, const char *model,
 			  const char *id, char **out, size_t *outlen, long long *out_header_len,
 			  char *err, size_t errlen)
 {
 	struct bt_buf b = BT_BUF_INIT;
-	json_error_t jerr;
-	json_t *root, *mn;
+	struct top top = {0};
+	char why[160];
 	size_t jlen, end;
 	int add_model, add_id;
 
@@ -606,28 +656,18 @@ int bt_v2_finish_response(const char *body, size_t len, long long header_len, co
 		    header_len, len);
 	jlen = header_len < 0 ? len : (size_t)header_len;
 
-	/*
-	 * Integers as reals, so that a UINT64 output above LLONG_MAX parses;
-	 * nothing here reads a number's value.
-	 */
-	root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &jerr);
-	if (!root)
-		return fail(err, errlen, "worker answer is not JSON: %s at position %d", jerr.text,
-			    jerr.position);
-	if (!json_is_object(root)) {
-		fail(err, errlen, "worker answer must be a JSON object, not %s", what(root));
-		goto fail;
-	}
-	mn = json_object_get(root, "model_name");
-	if (mn && !json_is_string(mn)) {
-		fail(err, errlen, "worker answer: \"model_name\" must be a string, not %s",
-		     json_is_number(mn) ? "a number" : what(mn));
-		goto fail;
-	}
-	add_model = !mn && model;
-	add_id = id && !json_object_get(root, "id");
+	/* Integers as reals, so that a UINT64 output above LLONG_MAX passes. */
+	if (bt_jscan_check(body, jlen, BT_JSCAN_INT_AS_REAL, top_member, &top, why, sizeof(why)))
+		return fail(err, errlen, "worker answer is not JSON: %s", why);
+	if (!top.object)
+		return fail(err, errlen, "worker answer must be a JSON object, not an array");
+	if (top.model && top.model - 1 != BT_J_STRING)
+		return fail(err, errlen, "worker answer: \"model_name\" must be a string, not %s",
+			    jwhat((enum bt_jtype)(top.model - 1)));
+	add_model = !top.model && model;
+	add_id = id && !top.id;
 
-	/* The parser took the text, so its last non-blank byte is the '}'. */
+	/* The scanner took the text, so its last non-blank byte is the '}'. */
 	end = jlen;
 	while (end > 0 && (body[end - 1] == ' ' || body[end - 1] == '\t' || body[end - 1] == '\r' ||
 			   body[end - 1] == '\n'))
@@ -638,27 +678,25 @@ int bt_v2_finish_response(const char *body, size_t len, long long header_len, co
 	bt_buf_reserve(&b, len + 64);
 	bt_buf_append(&b, body, end);
 	if (add_model) {
-		bt_buf_puts(&b, json_object_size(root) ? ",\"model_name\":" : "\"model_name\":");
+		bt_buf_puts(&b, top.members ? ",\"model_name\":" : "\"model_name\":");
 		if (put_string(&b, model) < 0) {
 			fail(err, errlen, "model name is not valid UTF-8");
 			goto fail;
 		}
 	}
 	if (add_id) {
-		bt_buf_puts(&b, json_object_size(root) || add_model ? ",\"id\":" : "\"id\":");
+		bt_buf_puts(&b, top.members || add_model ? ",\"id\":" : "\"id\":");
 		if (put_string(&b, id) < 0) {
 			fail(err, errlen, "request id is not valid UTF-8");
 			goto fail;
 		}
 	}
 	bt_buf_append(&b, body + end, len - end);
-	json_decref(root);
 	if (header_len >= 0)
 		*out_header_len = (long long)(jlen + (b.len - len));
 	*out = bt_buf_detach(&b, outlen);
 	return 0;
 fail:
 	bt_buf_release(&b);
-	json_decref(root);
 	return -1;
 }
