@@ -46,6 +46,8 @@ static const struct dtype dtypes[] = {
     {"BF16", K_FLOAT, 2, 0, 0},
 };
 
+size_t bt_v2_scan_min = 64 * 1024;
+
 /* What the binary pass needs to know of each input, in request order. */
 struct input {
 	const char *name; /* borrowed from the parsed JSON */
@@ -119,6 +121,25 @@ static char *shape_text(const json_t *shape)
 	return bt_buf_detach(&b, NULL);
 }
 
+/* Where the text of an input's "data" array is, when it is not loaded. */
+struct span {
+	size_t start, stop; /* stop 0: loaded as usual */
+};
+
+/*
+ * The "data" arrays of the inputs, found by scanning a large request:
+ * loaded, a tensor of millions of numbers took 21 times its text
+ * (bench/v2json), so they are left out of the tree and checked from their
+ * text by walk_scanned.
+ */
+struct spans {
+	struct span *v; /* by input index */
+	size_t n;
+	int in_inputs;	/* inside the top-level "inputs" array */
+	size_t input;	/* inputs seen so far */
+	size_t start;	/* of the "data" array being scanned, or SIZE_MAX */
+};
+
 /* The context of one input while its "data" is walked. */
 struct walk {
 	const char *name;
@@ -128,37 +149,81 @@ struct walk {
 	size_t errlen;
 };
 
-static int check_element(struct walk *w, const json_t *v)
+/* How an error sentence names a scanned value, as what() names a loaded one. */
+static const char *scanned(enum bt_jtype t)
+{
+	switch (t) {
+	case BT_J_OBJECT:
+		return "an object";
+	case BT_J_ARRAY:
+		return "an array";
+	case BT_J_STRING:
+		return "a string";
+	case BT_J_INTEGER:
+		return "an integer";
+	case BT_J_REAL:
+		return "a real number";
+	case BT_J_TRUE:
+	case BT_J_FALSE:
+		return "a boolean";
+	default:
+		return "null";
+	}
+}
+
+/* The scanned type of a loaded value. */
+static enum bt_jtype jtype(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		return BT_J_OBJECT;
+	case JSON_ARRAY:
+		return BT_J_ARRAY;
+	case JSON_STRING:
+		return BT_J_STRING;
+	case JSON_INTEGER:
+		return BT_J_INTEGER;
+	case JSON_REAL:
+		return BT_J_REAL;
+	case JSON_TRUE:
+		return BT_J_TRUE;
+	case JSON_FALSE:
+		return BT_J_FALSE;
+	default:
+		return BT_J_NULL;
+	}
+}
+
+/* Checks one element of "data", loaded or scanned: its type and integer value. */
+static int check_element(struct walk *w, enum bt_jtype t, long long x)
 {
 	const struct dtype *dt = w->dt;
-	long long x;
 
 	switch (dt->kind) {
 	case K_BOOL:
-		if (json_is_boolean(v))
+		if (t == BT_J_TRUE || t == BT_J_FALSE)
 			return 0;
 		return fail(w->err, w->errlen,
 			    "input '%s': data element %llu is %s, BOOL takes true or false",
-			    w->name, (unsigned long long)w->n, what(v));
+			    w->name, (unsigned long long)w->n, scanned(t));
 	case K_FLOAT:
-		if (json_is_number(v))
+		if (t == BT_J_INTEGER || t == BT_J_REAL)
 			return 0;
 		return fail(w->err, w->errlen,
 			    "input '%s': data element %llu is %s, %s takes numbers", w->name,
-			    (unsigned long long)w->n, what(v), dt->name);
+			    (unsigned long long)w->n, scanned(t), dt->name);
 	case K_BYTES:
-		if (json_is_string(v))
+		if (t == BT_J_STRING)
 			return 0;
 		return fail(w->err, w->errlen,
 			    "input '%s': data element %llu is %s, BYTES takes strings", w->name,
-			    (unsigned long long)w->n, what(v));
+			    (unsigned long long)w->n, scanned(t));
 	case K_INT:
 	case K_UINT:
-		if (!json_is_integer(v))
+		if (t != BT_J_INTEGER)
 			return fail(w->err, w->errlen,
 				    "input '%s': data element %llu is %s, %s takes integers",
-				    w->name, (unsigned long long)w->n, what(v), dt->name);
-		x = json_integer_value(v);
+				    w->name, (unsigned long long)w->n, scanned(t), dt->name);
 		if (x < dt->min || x > dt->max)
 			return fail(w->err, w->errlen,
 				    "input '%s': data element %llu is %lld, outside the %s range "
@@ -167,6 +232,19 @@ static int check_element(struct walk *w, const json_t *v)
 				    dt->max);
 		return 0;
 	}
+	return 0;
+}
+
+/* Each scanned value of a large "data" array, as walk_data does for a loaded one. */
+static int walk_scanned(void *ctx, const struct bt_jvalue *v)
+{
+	struct walk *w = ctx;
+
+	if (v->type == BT_J_ARRAY)
+		return 0;
+	if (check_element(w, v->type, v->integer) < 0)
+		return -1;
+	w->n++;
 	return 0;
 }
 
@@ -184,7 +262,7 @@ static int walk_data(struct walk *w, const json_t *v)
 				return -1;
 		return 0;
 	}
-	if (check_element(w, v) < 0)
+	if (check_element(w, jtype(v), json_is_integer(v) ? json_integer_value(v) : 0) < 0)
 		return -1;
 	w->n++;
 	return 0;
@@ -213,8 +291,8 @@ static int param_count(const json_t *params, const char *key, int *has, long lon
 }
 
 /* Checks one element of "inputs" and fills *in for the binary pass. */
-static int check_input(const json_t *o, size_t idx, json_t *seen, struct input *in, char *err,
-		       size_t errlen)
+static int check_input(const json_t *o, size_t idx, json_t *seen, const struct span *span,
+		       const char *body, struct input *in, char *err, size_t errlen)
 {
 	json_t *name, *dt, *shape, *params, *data, *d;
 	struct walk w;
@@ -328,8 +406,14 @@ static int check_input(const json_t *o, size_t idx, json_t *seen, struct input *
 			    idx);
 
 	w = (struct walk){in->name, in->dt, 0, err, errlen};
-	if (walk_data(&w, data) < 0)
+	if (span && span->stop) {
+		/* Left out of the loaded skeleton: checked from its text. */
+		if (bt_jscan_check(body + span->start, span->stop - span->start, 0, walk_scanned, &w,
+				   NULL, 0))
+			return -1;
+	} else if (walk_data(&w, data) < 0) {
 		return -1;
+	}
 	r = 0;
 	if (w.n != in->count) {
 		st = shape_text(shape);
@@ -452,8 +536,9 @@ static int check_binary(const struct input *ins, size_t n, const char *body, siz
 	return 0;
 }
 
-static int check_request(const json_t *root, struct bt_v2_request *r, const char *body, size_t len,
-			 long long header_len, char *err, size_t errlen)
+static int check_request(const json_t *root, const struct spans *sp, struct bt_v2_request *r,
+			 const char *body, size_t len, long long header_len, char *err,
+			 size_t errlen)
 {
 	json_t *id, *params, *inputs, *outputs, *bo, *seen;
 	struct input *ins;
@@ -502,7 +587,8 @@ static int check_request(const json_t *root, struct bt_v2_request *r, const char
 	ins = bt_calloc(n, sizeof(*ins));
 	seen = json_object();
 	for (i = 0; i < n; i++)
-		if (check_input(json_array_get(inputs, i), i, seen, &ins[i], err, errlen) < 0)
+		if (check_input(json_array_get(inputs, i), i, seen, i < sp->n ? &sp->v[i] : NULL,
+				body, &ins[i], err, errlen) < 0)
 			goto out;
 	if (check_binary(ins, n, body, len, header_len, err, errlen) < 0)
 		goto out;
@@ -517,12 +603,71 @@ out:
 	return ret;
 }
 
+static int find_data(void *ctx, const struct bt_jvalue *v)
+{
+	struct spans *sp = ctx;
+
+	if (v->depth == 2) {
+		sp->in_inputs = !v->end && v->type == BT_J_ARRAY && v->keylen == 6 &&
+				!memcmp(v->key, "inputs", 6);
+		sp->start = SIZE_MAX;
+		return 0;
+	}
+	if (!sp->in_inputs)
+		return 0;
+	if (v->depth == 3 && !v->end)
+		sp->input++;
+	if (v->depth != 4 || v->type != BT_J_ARRAY)
+		return 0;
+	if (!v->end && v->keylen == 4 && !memcmp(v->key, "data", 4)) {
+		sp->start = v->start;
+	} else if (v->end && sp->start != SIZE_MAX) {
+		if (sp->n < sp->input) {
+			sp->v = bt_realloc(sp->v, sp->input * sizeof(*sp->v));
+			memset(sp->v + sp->n, 0, (sp->input - sp->n) * sizeof(*sp->v));
+			sp->n = sp->input;
+		}
+		sp->v[sp->input - 1] = (struct span){sp->start, v->stop};
+		sp->start = SIZE_MAX;
+	}
+	return 0;
+}
+
+/*
+ * Loads the request with each found "data" array as []: the scanner took
+ * the text, so jansson takes this too, and a NULL here would be a scanner
+ * that takes more than jansson (the caller answers "not JSON", and lives).
+ */
+static json_t *load_skeleton(const char *body, size_t len, const struct spans *sp,
+			     json_error_t *jerr)
+{
+	struct bt_buf b = BT_BUF_INIT;
+	size_t at = 0;
+	json_t *root;
+
+	for (size_t i = 0; i < sp->n; i++) {
+		if (!sp->v[i].stop)
+			continue;
+		bt_buf_append(&b, body + at, sp->v[i].start - at);
+		bt_buf_puts(&b, "[]");
+		at = sp->v[i].stop;
+	}
+	bt_buf_append(&b, body + at, len - at);
+	root = json_loadb(b.data ? b.data : "", b.len, JSON_REJECT_DUPLICATES, jerr);
+	bt_buf_release(&b);
+	return root;
+}
+
 int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct bt_v2_request *out,
 		      char *err, size_t errlen)
 {
+	static const char header_text[] =
+	    "header (the first Inference-Header-Content-Length bytes)";
 	struct bt_v2_request r = {0};
+	struct spans sp = {0};
 	json_error_t jerr;
 	json_t *root;
+	char why[160];
 	size_t jlen;
 	int ret;
 
@@ -538,16 +683,28 @@ int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct
 			    header_len, len);
 	jlen = header_len < 0 ? len : (size_t)header_len;
 
-	root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
-	if (!root)
-		return fail(err, errlen, "request %s is not JSON: %s at position %d",
-			    header_len < 0
-				? "body"
-				: "header (the first Inference-Header-Content-Length bytes)",
-			    jerr.text, jerr.position);
+	if (jlen < bt_v2_scan_min) {
+		root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
+		if (!root)
+			return fail(err, errlen, "request %s is not JSON: %s at position %d",
+				    header_len < 0 ? "body" : header_text, jerr.text, jerr.position);
+	} else {
+		if (bt_jscan_check(body, jlen, 0, find_data, &sp, why, sizeof(why))) {
+			free(sp.v);
+			return fail(err, errlen, "request %s is not JSON: %s",
+				    header_len < 0 ? "body" : header_text, why);
+		}
+		root = load_skeleton(body, jlen, &sp, &jerr);
+		if (!root) {
+			free(sp.v);
+			return fail(err, errlen, "request %s is not JSON: %s",
+				    header_len < 0 ? "body" : header_text, jerr.text);
+		}
+	}
 	r.header_len = jlen;
-	ret = check_request(root, &r, body, len, header_len, err, errlen);
+	ret = check_request(root, &sp, &r, body, len, header_len, err, errlen);
 	json_decref(root);
+	free(sp.v);
 	if (ret < 0) {
 		bt_v2_request_release(&r);
 		return -1;
@@ -605,27 +762,6 @@ static int top_member(void *ctx, const struct bt_jvalue *v)
 	return 0;
 }
 
-/* How an error sentence names a scanned value's type. */
-static const char *jwhat(enum bt_jtype t)
-{
-	switch (t) {
-	case BT_J_OBJECT:
-		return "an object";
-	case BT_J_ARRAY:
-		return "an array";
-	case BT_J_STRING:
-		return "a string";
-	case BT_J_INTEGER:
-	case BT_J_REAL:
-		return "a number";
-	case BT_J_TRUE:
-	case BT_J_FALSE:
-		return "a boolean";
-	default:
-		return "null";
-	}
-}
-
 /*
  * The members are spliced in before the closing brace instead of dumping
  * the parsed object again: a re-dump would print 0.1 as
@@ -663,7 +799,8 @@ int bt_v2_finish_response(const char *body, size_t len, long long header_len, co
 		return fail(err, errlen, "worker answer must be a JSON object, not an array");
 	if (top.model && top.model - 1 != BT_J_STRING)
 		return fail(err, errlen, "worker answer: \"model_name\" must be a string, not %s",
-			    jwhat((enum bt_jtype)(top.model - 1)));
+			    top.model - 1 == BT_J_REAL ? "a number"
+							: scanned((enum bt_jtype)(top.model - 1)));
 	add_model = !top.model && model;
 	add_id = id && !top.id;
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/common.h"
 #include "http/v2.h"
 
 TestSuite(v2json, .timeout = 60);
@@ -297,26 +298,42 @@ Test(v2json, answer_nesting_limit_matches_jansson)
 	}
 }
 
-/* The request side: what is "not JSON" is what jansson refuses. */
-static void same_verdict_on_request(const char *b, size_t len)
+/* Checks a request the given way: loaded (scan_min SIZE_MAX) or scanned (0). */
+static int parse_way(const char *b, size_t len, size_t scan_min, char *why, size_t whylen)
 {
-	json_t *v = json_loadb(b, len, JSON_REJECT_DUPLICATES, NULL);
 	struct bt_v2_request r;
 	char *copy = malloc(len ? len : 1);
 	int ret;
 
 	memcpy(copy, b, len);
-	err[0] = '\0';
-	ret = bt_v2_parse_infer(copy, len, -1, &r, err, sizeof(err));
+	bt_v2_scan_min = scan_min;
+	ret = bt_v2_parse_infer(copy, len, -1, &r, why, whylen);
+	bt_v2_scan_min = 64 * 1024;
 	free(copy);
-	if (!v)
-		cr_assert(ret == -1 && strstr(err, "request body is not JSON"),
-			  "'%.*s': jansson refuses it, baton says %d (%s)", (int)len, b, ret, err);
-	else
-		cr_assert(!strstr(err, "is not JSON"), "'%.*s': jansson takes it, baton: %s",
-			  (int)len, b, err);
 	if (!ret)
 		bt_v2_request_release(&r);
+	return ret;
+}
+
+/*
+ * The request side: what is "not JSON" is what jansson refuses, and every
+ * other verdict and sentence is the same whether the inputs' data was
+ * loaded or scanned.
+ */
+static void same_verdict_on_request(const char *b, size_t len)
+{
+	json_t *v = json_loadb(b, len, JSON_REJECT_DUPLICATES, NULL);
+	char loaded[512] = "", scanned[512] = "";
+	int rl = parse_way(b, len, SIZE_MAX, loaded, sizeof(loaded));
+	int rs = parse_way(b, len, 0, scanned, sizeof(scanned));
+
+	cr_assert_eq(rl, rs, "'%.*s': loaded %d (%s), scanned %d (%s)", (int)len, b, rl, loaded,
+		     rs, scanned);
+	if (!v)
+		cr_assert(rs == -1 && strstr(scanned, "request body is not JSON"),
+			  "'%.*s': jansson refuses it, baton says %d (%s)", (int)len, b, rs, scanned);
+	else
+		cr_assert_str_eq(loaded, scanned, "'%.*s'", (int)len, b);
 	json_decref(v);
 }
 
@@ -329,13 +346,16 @@ Test(v2json, request_verdicts_match_jansson_on_mutated_documents)
 	    "\"data\":[\"\\u00e9\\ud83d\\ude00\",\"\xc3\xa9\"]},{\"name\":\"b\",\"datatype\":"
 	    "\"BOOL\",\"shape\":[2],\"data\":[true,false]}],\"outputs\":[{\"name\":\"o\"}]}",
 	    "{\"inputs\":[{\"name\":\"u\",\"datatype\":\"UINT64\",\"shape\":[3],"
-	    "\"data\":[0,9223372036854775807,1]}]}",
+	    "\"data\":[0,9223372036854775807,1]},{\"name\":\"i\",\"datatype\":\"INT8\","
+	    "\"shape\":[1,3],\"data\":[[-128,127,[0]]]}]}",
+	    "{\"inputs\":[{\"data\":[1,2],\"name\":\"u\",\"datatype\":\"UINT16\",\"shape\":[2]},"
+	    "{\"name\":\"f\",\"datatype\":\"FP16\",\"shape\":[],\"data\":7}]}",
 	};
 	char buf[512];
 
 	for (size_t s = 0; s < sizeof(reqs) / sizeof(reqs[0]); s++) {
 		same_verdict_on_request(reqs[s], strlen(reqs[s]));
-		for (int i = 0; i < 6000; i++) {
+		for (int i = 0; i < 5000; i++) {
 			size_t len = strlen(reqs[s]);
 
 			memcpy(buf, reqs[s], len);
@@ -343,4 +363,26 @@ Test(v2json, request_verdicts_match_jansson_on_mutated_documents)
 			same_verdict_on_request(buf, len);
 		}
 	}
+}
+
+/* A data array of a million elements is checked from its text, element by element. */
+Test(v2json, large_request_data_is_checked_from_its_text)
+{
+	size_t n = 1000000, len;
+	struct bt_buf b = BT_BUF_INIT;
+	char why[512];
+
+	bt_buf_printf(&b, "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"INT8\",\"shape\":[%zu],"
+		      "\"data\":[", n);
+	for (size_t i = 0; i < n; i++)
+		bt_buf_puts(&b, i ? ",7" : "7");
+	bt_buf_puts(&b, "]}]}");
+	len = b.len;
+	cr_assert_eq(parse_way(b.data, len, 64 * 1024, why, sizeof(why)), 0, "%s", why);
+	/* "...,7,7]}]}" becomes "...,7,128]}]}": its last element is out of range. */
+	memcpy(b.data + len - 7, "128", 3);
+	cr_assert_eq(parse_way(b.data, len, 64 * 1024, why, sizeof(why)), -1);
+	cr_assert_not_null(strstr(why, "data element 999998 is 128, outside the INT8 range"),
+			   "%s", why);
+	bt_buf_release(&b);
 }
