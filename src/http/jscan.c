@@ -38,6 +38,7 @@ struct scan {
 	struct level *lv; /* lv[0] is the document's own value */
 	int depth, maxdepth;
 	struct bt_buf key, other; /* decoded key, and one to compare it with */
+	struct bt_buf val;	  /* a decoded string value (BT_JSCAN_VALUES) */
 	uint64_t hash;		  /* of the last decoded key */
 	char *err;
 	size_t errlen;
@@ -346,7 +347,7 @@ static int number(struct scan *s, struct bt_jvalue *v)
 	} else {
 		v->type = BT_J_REAL;
 		/* Only an exponent or 309 digits can go past DBL_MAX: strtod then. */
-		if (exp || digits > 300) {
+		if (exp || digits > 300 || (s->flags & BT_JSCAN_VALUES)) {
 			size_t n = s->pos - at;
 			char small[64], *t = n < sizeof(small) ? small : bt_malloc(n + 1);
 			double d;
@@ -359,6 +360,7 @@ static int number(struct scan *s, struct bt_jvalue *v)
 				free(t);
 			if (errno == ERANGE && isinf(d))
 				return fault(s, at, "real number overflow");
+			v->real = d;
 		}
 	}
 	after_token(s);
@@ -507,8 +509,10 @@ int bt_jscan_check(const char *text, size_t len, int flags, bt_jscan_cb cb, void
 			} else {
 				if (c == '"') {
 					v.type = BT_J_STRING;
-					r = string(&s, NULL);
+					r = string(&s, flags & BT_JSCAN_VALUES ? &s.val : NULL);
 					v.stop = s.pos;
+					v.str = s.val.data ? s.val.data : "";
+					v.strlen = s.val.len;
 				} else if (c == '-' || (c >= '0' && c <= '9')) {
 					r = number(&s, &v);
 				} else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
@@ -592,5 +596,71 @@ out:
 	free(s.lv);
 	bt_buf_release(&s.key);
 	bt_buf_release(&s.other);
+	bt_buf_release(&s.val);
 	return r;
+}
+
+static int find_data(void *ctx, const struct bt_jvalue *v)
+{
+	struct bt_jspans *sp = ctx;
+
+	if (v->depth == 2) {
+		sp->in_list = !v->end && v->type == BT_J_ARRAY && v->keylen == strlen(sp->list) &&
+			      !memcmp(v->key, sp->list, v->keylen);
+		sp->start = SIZE_MAX;
+		return 0;
+	}
+	if (!sp->in_list)
+		return 0;
+	if (v->depth == 3 && !v->end)
+		sp->item++;
+	if (v->depth != 4 || v->type != BT_J_ARRAY)
+		return 0;
+	if (!v->end && v->keylen == 4 && !memcmp(v->key, "data", 4)) {
+		sp->start = v->start;
+	} else if (v->end && sp->start != SIZE_MAX) {
+		if (sp->n < sp->item) {
+			sp->v = bt_realloc(sp->v, sp->item * sizeof(*sp->v));
+			memset(sp->v + sp->n, 0, (sp->item - sp->n) * sizeof(*sp->v));
+			sp->n = sp->item;
+		}
+		sp->v[sp->item - 1] = (struct bt_jspan){sp->start, v->stop};
+		sp->start = SIZE_MAX;
+	}
+	return 0;
+}
+
+int bt_jscan_find_data(const char *text, size_t len, int flags, const char *list,
+		       struct bt_jspans *sp, char *err, size_t errlen)
+{
+	sp->list = list;
+	sp->start = SIZE_MAX;
+	return bt_jscan_check(text, len, flags, find_data, sp, err, errlen);
+}
+
+void bt_jscan_spans_release(struct bt_jspans *sp)
+{
+	free(sp->v);
+	sp->v = NULL;
+	sp->n = 0;
+}
+
+json_t *bt_jscan_load_without_data(const char *text, size_t len, const struct bt_jspans *sp,
+				   size_t jflags, json_error_t *jerr)
+{
+	struct bt_buf b = BT_BUF_INIT;
+	size_t at = 0;
+	json_t *root;
+
+	for (size_t i = 0; i < sp->n; i++) {
+		if (!sp->v[i].stop)
+			continue;
+		bt_buf_append(&b, text + at, sp->v[i].start - at);
+		bt_buf_puts(&b, "[]");
+		at = sp->v[i].stop;
+	}
+	bt_buf_append(&b, text + at, len - at);
+	root = json_loadb(b.data ? b.data : "", b.len, jflags, jerr);
+	bt_buf_release(&b);
+	return root;
 }

@@ -7,10 +7,13 @@
 #ifndef BT_HTTP_JSCAN_H
 #define BT_HTTP_JSCAN_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 /* What jansson's flags change: integers are read as reals (no range). */
 #define BT_JSCAN_INT_AS_REAL 1
+/* Give each value: reals in bt_jvalue.real, strings decoded in .str. */
+#define BT_JSCAN_VALUES 2
 
 /* jansson's JSON_PARSER_MAX_DEPTH: values nested deeper are refused. */
 #define BT_JSCAN_MAX_DEPTH 2048
@@ -35,6 +38,9 @@ struct bt_jvalue {
 	const char *key;   /* the member's name, decoded and NUL-terminated, or NULL */
 	size_t keylen;	   /* (outside an object, and at an end) */
 	long long integer; /* BT_J_INTEGER without BT_JSCAN_INT_AS_REAL */
+	double real;	   /* BT_J_REAL with BT_JSCAN_VALUES */
+	const char *str;   /* BT_J_STRING with BT_JSCAN_VALUES: decoded, */
+	size_t strlen;	   /* NUL-terminated */
 };
 
 /*
@@ -54,5 +60,39 @@ typedef int (*bt_jscan_cb)(void *ctx, const struct bt_jvalue *v);
  */
 int bt_jscan_check(const char *text, size_t len, int flags, bt_jscan_cb cb, void *ctx, char *err,
 		   size_t errlen);
+
+/* Where the text of one "data" array is; stop 0 when there is none. */
+struct bt_jspan {
+	size_t start, stop;
+};
+
+struct bt_jspans {
+	struct bt_jspan *v; /* by index in the list */
+	size_t n;
+	/* The search's own state. */
+	const char *list;
+	int in_list;
+	size_t item, start;
+};
+
+/*
+ * Checks text as bt_jscan_check does (flags the same) and finds the "data"
+ * arrays of the objects in the document's top-level array named list
+ * ("inputs" of a request, "outputs" of an answer): sp->v[i] is where the
+ * i-th object's is.  The caller zeroes *sp first and releases it after,
+ * also after an error.
+ */
+int bt_jscan_find_data(const char *text, size_t len, int flags, const char *list,
+		       struct bt_jspans *sp, char *err, size_t errlen);
+void bt_jscan_spans_release(struct bt_jspans *sp);
+
+/*
+ * Loads text with json_loadb (jflags) with each found "data" array read as
+ * [], so that the tree holds everything but the tensors.  After
+ * bt_jscan_find_data took the text this fails only if the scanner took
+ * something jansson would not; NULL then, with jerr filled.
+ */
+json_t *bt_jscan_load_without_data(const char *text, size_t len, const struct bt_jspans *sp,
+				   size_t jflags, json_error_t *jerr);
 
 #endif

@@ -121,25 +121,6 @@ static char *shape_text(const json_t *shape)
 	return bt_buf_detach(&b, NULL);
 }
 
-/* Where the text of an input's "data" array is, when it is not loaded. */
-struct span {
-	size_t start, stop; /* stop 0: loaded as usual */
-};
-
-/*
- * The "data" arrays of the inputs, found by scanning a large request:
- * loaded, a tensor of millions of numbers took 21 times its text
- * (bench/v2json), so they are left out of the tree and checked from their
- * text by walk_scanned.
- */
-struct spans {
-	struct span *v; /* by input index */
-	size_t n;
-	int in_inputs;	/* inside the top-level "inputs" array */
-	size_t input;	/* inputs seen so far */
-	size_t start;	/* of the "data" array being scanned, or SIZE_MAX */
-};
-
 /* The context of one input while its "data" is walked. */
 struct walk {
 	const char *name;
@@ -291,7 +272,7 @@ static int param_count(const json_t *params, const char *key, int *has, long lon
 }
 
 /* Checks one element of "inputs" and fills *in for the binary pass. */
-static int check_input(const json_t *o, size_t idx, json_t *seen, const struct span *span,
+static int check_input(const json_t *o, size_t idx, json_t *seen, const struct bt_jspan *span,
 		       const char *body, struct input *in, char *err, size_t errlen)
 {
 	json_t *name, *dt, *shape, *params, *data, *d;
@@ -536,7 +517,7 @@ static int check_binary(const struct input *ins, size_t n, const char *body, siz
 	return 0;
 }
 
-static int check_request(const json_t *root, const struct spans *sp, struct bt_v2_request *r,
+static int check_request(const json_t *root, const struct bt_jspans *sp, struct bt_v2_request *r,
 			 const char *body, size_t len, long long header_len, char *err,
 			 size_t errlen)
 {
@@ -603,68 +584,13 @@ out:
 	return ret;
 }
 
-static int find_data(void *ctx, const struct bt_jvalue *v)
-{
-	struct spans *sp = ctx;
-
-	if (v->depth == 2) {
-		sp->in_inputs = !v->end && v->type == BT_J_ARRAY && v->keylen == 6 &&
-				!memcmp(v->key, "inputs", 6);
-		sp->start = SIZE_MAX;
-		return 0;
-	}
-	if (!sp->in_inputs)
-		return 0;
-	if (v->depth == 3 && !v->end)
-		sp->input++;
-	if (v->depth != 4 || v->type != BT_J_ARRAY)
-		return 0;
-	if (!v->end && v->keylen == 4 && !memcmp(v->key, "data", 4)) {
-		sp->start = v->start;
-	} else if (v->end && sp->start != SIZE_MAX) {
-		if (sp->n < sp->input) {
-			sp->v = bt_realloc(sp->v, sp->input * sizeof(*sp->v));
-			memset(sp->v + sp->n, 0, (sp->input - sp->n) * sizeof(*sp->v));
-			sp->n = sp->input;
-		}
-		sp->v[sp->input - 1] = (struct span){sp->start, v->stop};
-		sp->start = SIZE_MAX;
-	}
-	return 0;
-}
-
-/*
- * Loads the request with each found "data" array as []: the scanner took
- * the text, so jansson takes this too, and a NULL here would be a scanner
- * that takes more than jansson (the caller answers "not JSON", and lives).
- */
-static json_t *load_skeleton(const char *body, size_t len, const struct spans *sp,
-			     json_error_t *jerr)
-{
-	struct bt_buf b = BT_BUF_INIT;
-	size_t at = 0;
-	json_t *root;
-
-	for (size_t i = 0; i < sp->n; i++) {
-		if (!sp->v[i].stop)
-			continue;
-		bt_buf_append(&b, body + at, sp->v[i].start - at);
-		bt_buf_puts(&b, "[]");
-		at = sp->v[i].stop;
-	}
-	bt_buf_append(&b, body + at, len - at);
-	root = json_loadb(b.data ? b.data : "", b.len, JSON_REJECT_DUPLICATES, jerr);
-	bt_buf_release(&b);
-	return root;
-}
-
 int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct bt_v2_request *out,
 		      char *err, size_t errlen)
 {
 	static const char header_text[] =
 	    "header (the first Inference-Header-Content-Length bytes)";
 	struct bt_v2_request r = {0};
-	struct spans sp = {0};
+	struct bt_jspans sp = {0};
 	json_error_t jerr;
 	json_t *root;
 	char why[160];
@@ -689,14 +615,18 @@ int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct
 			return fail(err, errlen, "request %s is not JSON: %s at position %d",
 				    header_len < 0 ? "body" : header_text, jerr.text, jerr.position);
 	} else {
-		if (bt_jscan_check(body, jlen, 0, find_data, &sp, why, sizeof(why))) {
-			free(sp.v);
+		/*
+		 * The inputs' "data" arrays are checked from their text: loaded, a
+		 * tensor of millions of numbers took 21 times its text (bench/v2json).
+		 */
+		if (bt_jscan_find_data(body, jlen, 0, "inputs", &sp, why, sizeof(why))) {
+			bt_jscan_spans_release(&sp);
 			return fail(err, errlen, "request %s is not JSON: %s",
 				    header_len < 0 ? "body" : header_text, why);
 		}
-		root = load_skeleton(body, jlen, &sp, &jerr);
+		root = bt_jscan_load_without_data(body, jlen, &sp, JSON_REJECT_DUPLICATES, &jerr);
 		if (!root) {
-			free(sp.v);
+			bt_jscan_spans_release(&sp);
 			return fail(err, errlen, "request %s is not JSON: %s",
 				    header_len < 0 ? "body" : header_text, jerr.text);
 		}
@@ -704,7 +634,7 @@ int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct
 	r.header_len = jlen;
 	ret = check_request(root, &sp, &r, body, len, header_len, err, errlen);
 	json_decref(root);
-	free(sp.v);
+	bt_jscan_spans_release(&sp);
 	if (ret < 0) {
 		bt_v2_request_release(&r);
 		return -1;
