@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/common.h"
+#include "grpc/wire.h"
 #include "http/v2.h"
 
 TestSuite(v2json, .timeout = 60);
@@ -385,4 +386,100 @@ Test(v2json, large_request_data_is_checked_from_its_text)
 	cr_assert_not_null(strstr(why, "data element 999998 is 128, outside the INT8 range"),
 			   "%s", why);
 	bt_buf_release(&b);
+}
+
+/* --- the gRPC side: a worker's JSON outputs become raw_output_contents ---- */
+
+/* Encodes an answer loaded (scan_min SIZE_MAX) or scanned (0). */
+static int grpc_way(const char *b, size_t len, size_t scan_min, uint8_t **out, size_t *outlen,
+		    char *why, size_t whylen)
+{
+	char *copy = malloc(len ? len : 1);
+	int r;
+
+	memcpy(copy, b, len);
+	why[0] = '\0';
+	bt_v2_scan_min = scan_min;
+	r = bt_grpc_response_encode(copy, len, -1, "m", "r1", out, outlen, why, whylen);
+	bt_v2_scan_min = 64 * 1024;
+	free(copy);
+	return r;
+}
+
+/* The same message, or the same refusal, whichever way the data goes. */
+static void grpc_same(const char *b, size_t len)
+{
+	char wl[512], ws[512];
+	uint8_t *ol = NULL, *os = NULL;
+	size_t ll = 0, ls = 0;
+	int rl = grpc_way(b, len, SIZE_MAX, &ol, &ll, wl, sizeof(wl));
+	int rs = grpc_way(b, len, 0, &os, &ls, ws, sizeof(ws));
+
+	cr_assert_eq(rl, rs, "'%.*s': loaded %d (%s), scanned %d (%s)", (int)len, b, rl, wl, rs,
+		     ws);
+	if (!rl) {
+		cr_assert_eq(ll, ls, "'%.*s'", (int)len, b);
+		cr_assert_arr_eq(ol, os, ll, "'%.*s'", (int)len, b);
+	} else if (!strstr(wl, "not a JSON object")) {
+		cr_assert_str_eq(wl, ws, "'%.*s'", (int)len, b);
+	} else {
+		cr_assert_not_null(strstr(ws, "not a JSON object"), "'%.*s': %s", (int)len, b, ws);
+	}
+	free(ol);
+	free(os);
+}
+
+static const char *const grpc_answers[] = {
+    "{\"outputs\":[{\"name\":\"b\",\"datatype\":\"BOOL\",\"shape\":[3],\"data\":[true,false,[true]]},"
+    "{\"name\":\"i8\",\"datatype\":\"INT8\",\"shape\":[2],\"data\":[-128,127]},"
+    "{\"name\":\"u16\",\"datatype\":\"UINT16\",\"shape\":[2],\"data\":[[0],[65535]]}]}",
+    "{\"outputs\":[{\"name\":\"i64\",\"datatype\":\"INT64\",\"shape\":[2],"
+    "\"data\":[-9223372036854775808,9223372036854775807]},{\"name\":\"u64\",\"datatype\":"
+    "\"UINT64\",\"shape\":[1],\"data\":[9223372036854775807]},{\"name\":\"u32\",\"datatype\":"
+    "\"UINT32\",\"shape\":[1],\"data\":[4294967295]}],\"id\":\"w\",\"model_name\":\"x\"}",
+    "{\"outputs\":[{\"name\":\"f\",\"datatype\":\"FP32\",\"shape\":[4],"
+    "\"data\":[0.1,3.4028234663852886e+38,-1e-45,7]},{\"name\":\"d\",\"datatype\":\"FP64\","
+    "\"shape\":[4],\"data\":[1.7976931348623157e308,5e-324,-0.0,2]}]}",
+    "{\"outputs\":[{\"name\":\"s\",\"datatype\":\"BYTES\",\"shape\":[3],"
+    "\"data\":[\"\",\"a\\\"\\u00e9\\ud83d\\ude00\",\"\xc3\xa9\\n\"]}],\"parameters\":{\"k\":1}}",
+    "{\"outputs\":[{\"name\":\"bad\",\"datatype\":\"INT8\",\"shape\":[1],\"data\":[128]}]}",
+    "{\"outputs\":[{\"name\":\"h\",\"datatype\":\"FP16\",\"shape\":[1],\"data\":[1.0]}]}",
+    "{\"outputs\":[{\"name\":\"o\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[{}]}]}",
+    "{\"outputs\":[{\"name\":\"n\",\"datatype\":\"FP64\",\"shape\":[1],\"data\":[null]}]}",
+};
+
+Test(v2json, grpc_answers_convert_the_same_loaded_or_scanned)
+{
+	char buf[640];
+
+	for (size_t s = 0; s < sizeof(grpc_answers) / sizeof(grpc_answers[0]); s++) {
+		grpc_same(grpc_answers[s], strlen(grpc_answers[s]));
+		for (int i = 0; i < 3000; i++) {
+			size_t len = strlen(grpc_answers[s]);
+
+			memcpy(buf, grpc_answers[s], len);
+			len = mutate(buf, len, sizeof(buf));
+			grpc_same(buf, len);
+		}
+	}
+}
+
+/* data_walk's limit of 64 nested levels holds in the scanned way too. */
+Test(v2json, grpc_answer_data_nesting_limit_is_the_same)
+{
+	char doc[512];
+
+	for (int depth = 62; depth <= 68; depth++) {
+		size_t n = (size_t)snprintf(doc, sizeof(doc),
+					    "{\"outputs\":[{\"name\":\"y\",\"datatype\":\"INT8\","
+					    "\"shape\":[1],\"data\":");
+
+		for (int i = 0; i < depth; i++)
+			doc[n++] = '[';
+		doc[n++] = '1';
+		for (int i = 0; i < depth; i++)
+			doc[n++] = ']';
+		memcpy(doc + n, "}]}", 3);
+		grpc_same(doc, n + 3);
+	}
 }
