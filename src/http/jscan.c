@@ -664,3 +664,44 @@ json_t *bt_jscan_load_without_data(const char *text, size_t len, const struct bt
 	bt_buf_release(&b);
 	return root;
 }
+
+char *bt_jscan_dump_with_data(json_t *root, const char *list, const char *text,
+			      const struct bt_jspans *sp, size_t dflags, size_t *outlen)
+{
+	/*
+	 * A string holding one NUL marks each array: jansson dumps it as
+	 * "\u0000", a text no loaded string can dump to (jansson refuses
+	 * \u0000 on load), so each marker found is one of ours, in order.
+	 */
+	static const char mark[] = "\"\\u0000\"";
+	json_t *items = json_object_get(root, list);
+	struct bt_buf b = BT_BUF_INIT;
+	char *d, *at, *m;
+	size_t i, next = 0, n;
+
+	for (i = 0; i < sp->n; i++) {
+		json_t *o = json_array_get(items, i);
+
+		if (sp->v[i].stop && json_is_object(o))
+			json_object_set_new(o, "data", json_stringn("", 1));
+	}
+	d = json_dumps(root, dflags);
+	if (!d)
+		return NULL;
+	n = strlen(d);
+	at = d;
+	while ((m = memmem(at, n - (size_t)(at - d), mark, sizeof(mark) - 1))) {
+		while (next < sp->n && !sp->v[next].stop)
+			next++;
+		BT_ASSERT(next < sp->n);
+		bt_buf_append(&b, at, (size_t)(m - at));
+		bt_buf_append(&b, text + sp->v[next].start, sp->v[next].stop - sp->v[next].start);
+		next++;
+		at = m + sizeof(mark) - 1;
+	}
+	bt_buf_append(&b, at, n - (size_t)(at - d));
+	free(d);
+	bt_buf_append(&b, "", 1);
+	b.len--;
+	return bt_buf_detach(&b, outlen);
+}

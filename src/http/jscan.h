@@ -95,4 +95,14 @@ void bt_jscan_spans_release(struct bt_jspans *sp);
 json_t *bt_jscan_load_without_data(const char *text, size_t len, const struct bt_jspans *sp,
 				   size_t jflags, json_error_t *jerr);
 
+/*
+ * Dumps root (a tree from bt_jscan_load_without_data of text, since
+ * changed) with jansson's dflags, each found "data" array back as its
+ * original text: the objects of root's list keep their order.  Returns a
+ * malloc'd text of *outlen bytes (NUL-terminated), or NULL when jansson
+ * cannot dump root.
+ */
+char *bt_jscan_dump_with_data(json_t *root, const char *list, const char *text,
+			      const struct bt_jspans *sp, size_t dflags, size_t *outlen);
+
 #endif

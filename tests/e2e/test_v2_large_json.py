@@ -6,6 +6,8 @@ json_t per element took 13x (answers) and 21x (requests) the text
 import json
 import os
 
+import pytest
+
 from conftest import fake_stage
 
 # Elements: 2 bytes of JSON text each ("7,"), ~48 bytes each as a jansson tree.
@@ -51,12 +53,15 @@ def test_large_json_answer_stays_within_a_few_times_its_text(baton):
     assert b.stop() == 0
 
 
-def test_large_json_request_stays_within_a_few_times_its_text(baton):
+# A request that names shared memory is rewritten first, by another path.
+@pytest.mark.parametrize("params", [{}, {"shared_memory_note": "none used"}],
+                         ids=["plain", "mentions_shared_memory"])
+def test_large_json_request_stays_within_a_few_times_its_text(baton, params):
     b = baton(v2_config())
     values = [i % 10 for i in range(N)]
     body = json.dumps({"inputs": [{"name": "x", "datatype": "INT8", "shape": [N],
                                    "data": values}],
-                       "parameters": {"binary_data_output": True}},
+                       "parameters": dict(params, binary_data_output=True)},
                       separators=(",", ":")).encode()
     before = kib(b.proc.pid, "VmRSS")
     r = b.request("POST", "/v2/models/m/infer", body, {"Content-Type": "application/json"},

@@ -14,6 +14,7 @@
 
 #include "common/common.h"
 #include "grpc/wire.h"
+#include "http/jscan.h"
 #include "http/v2.h"
 
 TestSuite(v2json, .timeout = 60);
@@ -482,4 +483,43 @@ Test(v2json, grpc_answer_data_nesting_limit_is_the_same)
 		memcpy(doc + n, "}]}", 3);
 		grpc_same(doc, n + 3);
 	}
+}
+
+/* --- shared memory rewrites a tree without the data, then puts it back ---- */
+
+Test(v2json, rewritten_document_gets_its_data_text_back)
+{
+	static const char text[] =
+	    "{\"inputs\":[{\"name\":\"a\",\"data\":[1,2,[3]],\"parameters\":{\"k\":1}},"
+	    "{\"name\":\"b\",\"shape\":[1]},{\"name\":\"c\",\"data\":[\"\\u00e9\", 1.50, 1E2 ]}],"
+	    "\"x\":\"\\u00e9\",\"outputs\":[{\"name\":\"o\",\"data\":[9]}]}";
+	static const char want[] =
+	    "{\"inputs\":[{\"name\":\"a\",\"data\":[1,2,[3]],\"parameters\":{\"k\":1,"
+	    "\"binary_data_size\":4}},{\"name\":\"b\",\"shape\":[1]},{\"name\":\"c\","
+	    "\"data\":[\"\\u00e9\", 1.50, 1E2 ]}],\"x\":\"\xc3\xa9\",\"outputs\":[{\"name\":\"o\","
+	    "\"data\":[9]}]}";
+	struct bt_jspans sp = {0};
+	json_t *root;
+	char *out;
+	size_t len;
+
+	cr_assert_eq(bt_jscan_find_data(text, strlen(text), 0, "inputs", &sp, err, sizeof(err)), 0,
+		     "%s", err);
+	cr_assert_eq(sp.n, 3);
+	cr_assert(sp.v[0].stop && !sp.v[1].stop && sp.v[2].stop);
+	root = bt_jscan_load_without_data(text, strlen(text), &sp, JSON_REJECT_DUPLICATES, NULL);
+	cr_assert_not_null(root);
+	cr_assert_eq(json_array_size(json_object_get(json_array_get(json_object_get(root, "inputs"),
+								    0), "data")), 0);
+	/* What the shared-memory rewrite does to an input. */
+	json_object_set_new(json_object_get(json_array_get(json_object_get(root, "inputs"), 0),
+					    "parameters"),
+			    "binary_data_size", json_integer(4));
+	out = bt_jscan_dump_with_data(root, "inputs", text, &sp, JSON_COMPACT, &len);
+	cr_assert_not_null(out);
+	cr_assert_eq(len, strlen(want), "got %s", out);
+	cr_assert_str_eq(out, want);
+	free(out);
+	json_decref(root);
+	bt_jscan_spans_release(&sp);
 }
