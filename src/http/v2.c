@@ -72,28 +72,6 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 	return -1;
 }
 
-/* How an error sentence names the JSON value that was found instead. */
-static const char *what(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "an object";
-	case JSON_ARRAY:
-		return "an array";
-	case JSON_STRING:
-		return "a string";
-	case JSON_INTEGER:
-		return "an integer";
-	case JSON_REAL:
-		return "a real number";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "a boolean";
-	default:
-		return "null";
-	}
-}
-
 static const struct dtype *dtype_find(const char *name)
 {
 	for (size_t i = 0; i < BT_ARRAY_SIZE(dtypes); i++)
@@ -173,6 +151,12 @@ static enum bt_jtype jtype(const json_t *v)
 	default:
 		return BT_J_NULL;
 	}
+}
+
+/* How an error sentence names the JSON value that was found instead. */
+static const char *what(const json_t *v)
+{
+	return scanned(jtype(v));
 }
 
 /* Checks one element of "data", loaded or scanned: its type and integer value. */
