@@ -604,6 +604,8 @@ static int find_data(void *ctx, const struct bt_jvalue *v)
 {
 	struct bt_jspans *sp = ctx;
 
+	if (!v->end && sp->start == SIZE_MAX)
+		sp->values++;
 	if (v->depth == 2) {
 		sp->in_list = !v->end && v->type == BT_J_ARRAY && v->keylen == strlen(sp->list) &&
 			      !memcmp(v->key, sp->list, v->keylen);

@@ -69,6 +69,7 @@ struct bt_jspan {
 struct bt_jspans {
 	struct bt_jspan *v; /* by index in the list */
 	size_t n;
+	size_t values; /* JSON values outside the data arrays (each array counts 1) */
 	/* The search's own state. */
 	const char *list;
 	int in_list;

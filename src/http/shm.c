@@ -444,7 +444,8 @@ int bt_shm_rewrite_infer(struct bt_shm *s, const char *body, size_t len, long lo
 	struct bt_jspans sp = {0};
 	json_t *root = jlen < bt_v2_scan_min
 			   ? json_loadb(body, jlen, JSON_REJECT_DUPLICATES, NULL)
-		       : bt_jscan_find_data(body, jlen, 0, "inputs", &sp, NULL, 0)
+		       : bt_jscan_find_data(body, jlen, 0, "inputs", &sp, NULL, 0) ||
+				 sp.values > BT_V2_MAX_VALUES
 			   ? NULL
 			   : bt_jscan_load_without_data(body, jlen, &sp, JSON_REJECT_DUPLICATES, NULL);
 	json_t *inputs = json_object_get(root, "inputs");

@@ -608,6 +608,15 @@ int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct
 			return fail(err, errlen, "request %s is not JSON: %s",
 				    header_len < 0 ? "body" : header_text, why);
 		}
+		/* Bulk outside the data arrays would be a tree again: bounded. */
+		if (sp.values > BT_V2_MAX_VALUES) {
+			fail(err, errlen,
+			     "request %s holds %zu JSON values outside its inputs' \"data\" "
+			     "arrays; at most %d are read",
+			     header_len < 0 ? "body" : header_text, sp.values, BT_V2_MAX_VALUES);
+			bt_jscan_spans_release(&sp);
+			return -1;
+		}
 		root = bt_jscan_load_without_data(body, jlen, &sp, JSON_REJECT_DUPLICATES, &jerr);
 		if (!root) {
 			bt_jscan_spans_release(&sp);

@@ -85,3 +85,28 @@ def test_large_json_request_stays_within_a_few_times_its_text(baton, params):
     assert ("input 'x': data element %d is 128, outside the INT8 range" % (N - 3)
             in r.json()["error"]), r
     assert b.stop() == 0
+
+
+def test_large_request_with_bulk_outside_its_data_is_refused_within_bounds(baton):
+    """Values outside the inputs' data arrays are loaded as a tree: past
+    65,536 of them the request is refused (400) before any is loaded."""
+    b = baton(v2_config())
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1],
+                                   "data": [1]}],
+                       "junk": [0] * N}, separators=(",", ":")).encode()
+    before = kib(b.proc.pid, "VmRSS")
+    r = b.request("POST", "/v2/models/m/infer", body, {"Content-Type": "application/json"},
+                  timeout=120)
+    peak = kib(b.proc.pid, "VmHWM")
+    assert r.status == 400, r
+    assert r.json()["error"] == ("request body holds %d JSON values outside its inputs' "
+                                 "\"data\" arrays; at most 65536 are read" % (N + 9)), r
+    grew = (peak - before) * 1024
+    assert grew < FACTOR * len(body), \
+        "baton grew by %d bytes for a %d-byte JSON request" % (grew, len(body))
+    # A small request is served as before.
+    r = b.request("POST", "/v2/models/m/infer", json.dumps(
+        {"inputs": [{"name": "x", "datatype": "INT8", "shape": [2], "data": [1, 2]}]}),
+        {"Content-Type": "application/json"})
+    assert r.status == 200 and r.json()["outputs"][0]["data"] == [1, 2], r
+    assert b.stop() == 0

@@ -523,3 +523,32 @@ Test(v2json, rewritten_document_gets_its_data_text_back)
 	json_decref(root);
 	bt_jscan_spans_release(&sp);
 }
+
+/*
+ * Values outside the data arrays are loaded as a tree: a large request may
+ * hold at most BT_V2_MAX_VALUES of them (9 here besides the junk's).
+ */
+static int with_junk(size_t k, char *why, size_t whylen)
+{
+	struct bt_buf b = BT_BUF_INIT;
+	int r;
+
+	bt_buf_puts(&b, "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"INT8\",\"shape\":[1],"
+			"\"data\":[1]}],\"junk\":[");
+	for (size_t i = 0; i < k; i++)
+		bt_buf_puts(&b, i ? ",0" : "0");
+	bt_buf_puts(&b, "]}");
+	r = parse_way(b.data, b.len, 64 * 1024, why, whylen);
+	bt_buf_release(&b);
+	return r;
+}
+
+Test(v2json, large_request_values_outside_data_are_bounded)
+{
+	char why[512] = "";
+
+	cr_assert_eq(with_junk(BT_V2_MAX_VALUES - 9, why, sizeof(why)), 0, "%s", why);
+	cr_assert_eq(with_junk(BT_V2_MAX_VALUES - 8, why, sizeof(why)), -1);
+	cr_assert_str_eq(why, "request body holds 65537 JSON values outside its inputs' \"data\" "
+			      "arrays; at most 65536 are read");
+}
