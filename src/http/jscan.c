@@ -186,8 +186,8 @@ static int string(struct scan *s, struct bt_buf *out)
 	for (;;) {
 		/* The plain bytes up to the next quote, escape or other byte. */
 		run = s->pos;
-		while (s->pos < s->len && p[s->pos] >= 0x20 && p[s->pos] < 0x80 && p[s->pos] != '"' &&
-		       p[s->pos] != '\\')
+		while (s->pos < s->len && p[s->pos] >= 0x20 && p[s->pos] < 0x80 &&
+		       p[s->pos] != '"' && p[s->pos] != '\\')
 			s->pos++;
 		if (out)
 			bt_buf_append(out, p + run, s->pos - run);
@@ -246,8 +246,8 @@ static int string(struct scan *s, struct bt_buf *out)
 					return fault(s, s->pos, "invalid Unicode '\\u%04X'", v);
 				lo = hex4(s->p + s->pos + 8);
 				if (lo < 0xdc00 || lo > 0xdfff)
-					return fault(s, s->pos, "invalid Unicode '\\u%04X\\u%04X'", v,
-						     lo);
+					return fault(s, s->pos, "invalid Unicode '\\u%04X\\u%04X'",
+						     v, lo);
 				v = ((v - 0xd800) << 10) + (lo - 0xdc00) + 0x10000;
 				s->pos += 6;
 			}

@@ -215,11 +215,11 @@ static void same_verdict_on_answer(const char *b, size_t len)
 	size_t outlen;
 	int r = finish(b, len, &out, &outlen);
 
-	cr_assert_eq(r == 0, want == 1, "'%.*s': jansson says %d, baton %d (%s)", (int)len, b,
-		     want, r, err);
+	cr_assert_eq(r == 0, want == 1, "'%.*s': jansson says %d, baton %d (%s)", (int)len, b, want,
+		     r, err);
 	if (want < 0)
-		cr_assert_not_null(strstr(err, "worker answer is not JSON"), "'%.*s': %s",
-				   (int)len, b, err);
+		cr_assert_not_null(strstr(err, "worker answer is not JSON"), "'%.*s': %s", (int)len,
+				   b, err);
 	free(out);
 }
 
@@ -243,28 +243,96 @@ Test(v2json, answer_verdicts_match_jansson_on_mutated_documents)
 Test(v2json, answer_verdicts_match_jansson_on_edge_cases)
 {
 	static const char *const cases[] = {
-	    "", " ", "{", "}", "{}", "[]", "{} x", "{}{}", "{},", "\"s\"", "1", "null", "true",
-	    "{\"a\":1,}", "{,}", "{\"a\"}", "{\"a\":}", "{a:1}", "{'a':1}", "{\"a\":1 \"b\":2}",
-	    "{\"a\":1,\"a\":2}", "{\"a\":{\"b\":1,\"b\":1}}", "{\"a\":1,\"\\u0061\":2}",
-	    "{\"\":1,\"\":2}", "{\"a\":[1,,2]}", "{\"a\":[1 2]}", "{\"a\":[,]}", "{\"a\":[1,]}",
-	    "{\"a\":tru}", "{\"a\":truee}", "{\"a\":True}", "{\"a\":nul}", "{\"a\":-0}",
-	    "{\"a\":-01}", "{\"a\":1.5e+}", "{\"a\":1.5e+5}", "{\"a\":1.5E-05}",
-	    "{\"a\":\"\\u0000\"}", "{\"a\":\"\\ud800\"}", "{\"a\":\"\\udc00\"}",
-	    "{\"a\":\"\\ud800\\u0041\"}", "{\"a\":\"\\ud800x\"}", "{\"a\":\"\\uD83D\\uDE00\"}",
-	    "{\"a\":\"\\u12\"}", "{\"a\":\"\\u12g4\"}", "{\"a\":\"\\x41\"}", "{\"a\":\"\\'\"}",
-	    "{\"a\":\"\t\"}", "{\"a\":\"\n\"}", "{\"a\":\"\x1f\"}", "{\"a\":\"\x7f\"}",
-	    "{\"a\":\"\xc0\x80\"}", "{\"a\":\"\xc1\xbf\"}", "{\"a\":\"\xc2\x80\"}",
-	    "{\"a\":\"\xe0\x80\x80\"}", "{\"a\":\"\xe0\xa0\x80\"}", "{\"a\":\"\xed\xa0\x80\"}",
-	    "{\"a\":\"\xed\x9f\xbf\"}", "{\"a\":\"\xf0\x80\x80\x80\"}", "{\"a\":\"\xf0\x90\x80\x80\"}",
-	    "{\"a\":\"\xf4\x8f\xbf\xbf\"}", "{\"a\":\"\xf4\x90\x80\x80\"}", "{\"a\":\"\xf5\"}",
-	    "{\"a\":\"\xff\"}", "{\"a\":\"\x80\"}", "{\"a\":\"\xc3\"}", "{\"a\":\"\xe2\x82\"}",
-	    "{\"\xc3\":1}", "{\"a\":1}\xef\xbb\xbf", "\xef\xbb\xbf{}", "{\"a\":1}\x00",
-	    "\x00{}", "{\"a\":\"x\x00y\"}", "{\"a\":1}\r\n\t ", "\v{}", "{}\f",
-	    "{\"a\":1e309}", "{\"a\":-1e309}", "{\"a\":1e-400}", "{\"a\":4.9e-324}",
-	    "{\"a\":1.7976931348623157e308}", "{\"a\":1.7976931348623159e308}",
-	    "{\"a\":[[[[[[[[[[]]]]]]]]]]}", "{\"a\":[[[[[[[[[[]]]]]]]]]}", "{\"a\":[]]}",
-	    "{\"model_name\":null}", "{\"model_name\":\"\"}", "{\"model_name\":[]}",
-	    "{\"x\":{\"model_name\":1}}", "{\"model_name\":\"a\",\"model_name\":\"a\"}",
+	    "",
+	    " ",
+	    "{",
+	    "}",
+	    "{}",
+	    "[]",
+	    "{} x",
+	    "{}{}",
+	    "{},",
+	    "\"s\"",
+	    "1",
+	    "null",
+	    "true",
+	    "{\"a\":1,}",
+	    "{,}",
+	    "{\"a\"}",
+	    "{\"a\":}",
+	    "{a:1}",
+	    "{'a':1}",
+	    "{\"a\":1 \"b\":2}",
+	    "{\"a\":1,\"a\":2}",
+	    "{\"a\":{\"b\":1,\"b\":1}}",
+	    "{\"a\":1,\"\\u0061\":2}",
+	    "{\"\":1,\"\":2}",
+	    "{\"a\":[1,,2]}",
+	    "{\"a\":[1 2]}",
+	    "{\"a\":[,]}",
+	    "{\"a\":[1,]}",
+	    "{\"a\":tru}",
+	    "{\"a\":truee}",
+	    "{\"a\":True}",
+	    "{\"a\":nul}",
+	    "{\"a\":-0}",
+	    "{\"a\":-01}",
+	    "{\"a\":1.5e+}",
+	    "{\"a\":1.5e+5}",
+	    "{\"a\":1.5E-05}",
+	    "{\"a\":\"\\u0000\"}",
+	    "{\"a\":\"\\ud800\"}",
+	    "{\"a\":\"\\udc00\"}",
+	    "{\"a\":\"\\ud800\\u0041\"}",
+	    "{\"a\":\"\\ud800x\"}",
+	    "{\"a\":\"\\uD83D\\uDE00\"}",
+	    "{\"a\":\"\\u12\"}",
+	    "{\"a\":\"\\u12g4\"}",
+	    "{\"a\":\"\\x41\"}",
+	    "{\"a\":\"\\'\"}",
+	    "{\"a\":\"\t\"}",
+	    "{\"a\":\"\n\"}",
+	    "{\"a\":\"\x1f\"}",
+	    "{\"a\":\"\x7f\"}",
+	    "{\"a\":\"\xc0\x80\"}",
+	    "{\"a\":\"\xc1\xbf\"}",
+	    "{\"a\":\"\xc2\x80\"}",
+	    "{\"a\":\"\xe0\x80\x80\"}",
+	    "{\"a\":\"\xe0\xa0\x80\"}",
+	    "{\"a\":\"\xed\xa0\x80\"}",
+	    "{\"a\":\"\xed\x9f\xbf\"}",
+	    "{\"a\":\"\xf0\x80\x80\x80\"}",
+	    "{\"a\":\"\xf0\x90\x80\x80\"}",
+	    "{\"a\":\"\xf4\x8f\xbf\xbf\"}",
+	    "{\"a\":\"\xf4\x90\x80\x80\"}",
+	    "{\"a\":\"\xf5\"}",
+	    "{\"a\":\"\xff\"}",
+	    "{\"a\":\"\x80\"}",
+	    "{\"a\":\"\xc3\"}",
+	    "{\"a\":\"\xe2\x82\"}",
+	    "{\"\xc3\":1}",
+	    "{\"a\":1}\xef\xbb\xbf",
+	    "\xef\xbb\xbf{}",
+	    "{\"a\":1}\x00",
+	    "\x00{}",
+	    "{\"a\":\"x\x00y\"}",
+	    "{\"a\":1}\r\n\t ",
+	    "\v{}",
+	    "{}\f",
+	    "{\"a\":1e309}",
+	    "{\"a\":-1e309}",
+	    "{\"a\":1e-400}",
+	    "{\"a\":4.9e-324}",
+	    "{\"a\":1.7976931348623157e308}",
+	    "{\"a\":1.7976931348623159e308}",
+	    "{\"a\":[[[[[[[[[[]]]]]]]]]]}",
+	    "{\"a\":[[[[[[[[[[]]]]]]]]]}",
+	    "{\"a\":[]]}",
+	    "{\"model_name\":null}",
+	    "{\"model_name\":\"\"}",
+	    "{\"model_name\":[]}",
+	    "{\"x\":{\"model_name\":1}}",
+	    "{\"model_name\":\"a\",\"model_name\":\"a\"}",
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -329,11 +397,12 @@ static void same_verdict_on_request(const char *b, size_t len)
 	int rl = parse_way(b, len, SIZE_MAX, loaded, sizeof(loaded));
 	int rs = parse_way(b, len, 0, scanned, sizeof(scanned));
 
-	cr_assert_eq(rl, rs, "'%.*s': loaded %d (%s), scanned %d (%s)", (int)len, b, rl, loaded,
-		     rs, scanned);
+	cr_assert_eq(rl, rs, "'%.*s': loaded %d (%s), scanned %d (%s)", (int)len, b, rl, loaded, rs,
+		     scanned);
 	if (!v)
 		cr_assert(rs == -1 && strstr(scanned, "request body is not JSON"),
-			  "'%.*s': jansson refuses it, baton says %d (%s)", (int)len, b, rs, scanned);
+			  "'%.*s': jansson refuses it, baton says %d (%s)", (int)len, b, rs,
+			  scanned);
 	else
 		cr_assert_str_eq(loaded, scanned, "'%.*s'", (int)len, b);
 	json_decref(v);
@@ -374,8 +443,10 @@ Test(v2json, large_request_data_is_checked_from_its_text)
 	struct bt_buf b = BT_BUF_INIT;
 	char why[512];
 
-	bt_buf_printf(&b, "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"INT8\",\"shape\":[%zu],"
-		      "\"data\":[", n);
+	bt_buf_printf(&b,
+		      "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"INT8\",\"shape\":[%zu],"
+		      "\"data\":[",
+		      n);
 	for (size_t i = 0; i < n; i++)
 		bt_buf_puts(&b, i ? ",7" : "7");
 	bt_buf_puts(&b, "]}]}");
@@ -384,8 +455,8 @@ Test(v2json, large_request_data_is_checked_from_its_text)
 	/* "...,7,7]}]}" becomes "...,7,128]}]}": its last element is out of range. */
 	memcpy(b.data + len - 7, "128", 3);
 	cr_assert_eq(parse_way(b.data, len, 64 * 1024, why, sizeof(why)), -1);
-	cr_assert_not_null(strstr(why, "data element 999998 is 128, outside the INT8 range"),
-			   "%s", why);
+	cr_assert_not_null(strstr(why, "data element 999998 is 128, outside the INT8 range"), "%s",
+			   why);
 	bt_buf_release(&b);
 }
 
@@ -431,7 +502,8 @@ static void grpc_same(const char *b, size_t len)
 }
 
 static const char *const grpc_answers[] = {
-    "{\"outputs\":[{\"name\":\"b\",\"datatype\":\"BOOL\",\"shape\":[3],\"data\":[true,false,[true]]},"
+    "{\"outputs\":[{\"name\":\"b\",\"datatype\":\"BOOL\",\"shape\":[3],\"data\":[true,false,[true]]"
+    "},"
     "{\"name\":\"i8\",\"datatype\":\"INT8\",\"shape\":[2],\"data\":[-128,127]},"
     "{\"name\":\"u16\",\"datatype\":\"UINT16\",\"shape\":[2],\"data\":[[0],[65535]]}]}",
     "{\"outputs\":[{\"name\":\"i64\",\"datatype\":\"INT64\",\"shape\":[2],"
@@ -509,12 +581,13 @@ Test(v2json, rewritten_document_gets_its_data_text_back)
 	cr_assert(sp.v[0].stop && !sp.v[1].stop && sp.v[2].stop);
 	root = bt_jscan_load_without_data(text, strlen(text), &sp, JSON_REJECT_DUPLICATES, NULL);
 	cr_assert_not_null(root);
-	cr_assert_eq(json_array_size(json_object_get(json_array_get(json_object_get(root, "inputs"),
-								    0), "data")), 0);
+	cr_assert_eq(json_array_size(json_object_get(
+			 json_array_get(json_object_get(root, "inputs"), 0), "data")),
+		     0);
 	/* What the shared-memory rewrite does to an input. */
-	json_object_set_new(json_object_get(json_array_get(json_object_get(root, "inputs"), 0),
-					    "parameters"),
-			    "binary_data_size", json_integer(4));
+	json_object_set_new(
+	    json_object_get(json_array_get(json_object_get(root, "inputs"), 0), "parameters"),
+	    "binary_data_size", json_integer(4));
 	out = bt_jscan_dump_with_data(root, "inputs", text, &sp, JSON_COMPACT, &len);
 	cr_assert_not_null(out);
 	cr_assert_eq(len, strlen(want), "got %s", out);
