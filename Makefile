@@ -129,6 +129,7 @@ bench: build test-deps
 	$(call apt_install,$(BENCH_PKGS))
 	$(PY) bench/hop/run.py --build $(abspath $(BUILD))
 	$(PY) bench/grpc/run.py --build $(abspath $(BUILD))
+	$(PY) bench/v2json/run.py --build $(abspath $(BUILD))
 	$(PY) bench/frames/run.py --build $(abspath $(BUILD))
 	$(PY) bench/batching/run.py --build $(abspath $(BUILD))
 	$(PY) bench/persistent-vs-spawn/run.py --build $(abspath $(BUILD))

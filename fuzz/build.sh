@@ -65,6 +65,7 @@ compile() {
 compile common src/common/common.c
 compile frame src/proto/frame.c
 compile v2 src/http/v2.c
+compile jscan src/http/jscan.c
 compile wire src/grpc/wire.c
 compile inference_pb build-fuzz/gen/inference.pb-c.c
 compile memfd src/common/memfd.c
@@ -89,8 +90,8 @@ target() {
 
 target frame frame common
 target config config common
-target v2 v2 common
-target grpc wire inference_pb v2 common
-target shm shm memfd common
+target v2 v2 jscan wire inference_pb common
+target grpc wire inference_pb v2 jscan common
+target shm shm memfd v2 jscan common
 target h1 h1 common
 echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_grpc $out/fuzz_shm $out/fuzz_h1"

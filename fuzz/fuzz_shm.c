@@ -21,6 +21,7 @@
 
 #include "common/common.h"
 #include "http/shm.h"
+#include "http/v2.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -99,6 +100,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct bt_shm_outputs *outs = NULL;
 	struct bt_payload_tail *tail = NULL;
 	struct bt_out_places *places = NULL;
+	/* Bit 2: the data arrays kept as text and put back (v2.h), as large documents are. */
+	bt_v2_scan_min = (data[0] & 4) ? 0 : 64 * 1024;
 	int r = bt_shm_rewrite_infer(shm, body, len, hl, (data[0] & 2) ? 64 : 0, (size_t)1 << 26,
 				     &out, &outlen,
 				     &outfd, &tail, &places, &out_hl, &outs, err, sizeof(err));

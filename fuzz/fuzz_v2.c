@@ -4,6 +4,9 @@
  * memory safety it checks what callers rely on: an accepted request's
  * header length lies inside the body, and a completed answer is the
  * worker's JSON with "model_name" and "id" added, its binary tail intact.
+ * And that the tree-less scanner (src/http/jscan.c) decides as jansson
+ * does: an answer is taken exactly when jansson takes it, and a request
+ * gets the same verdict and sentence whether its data is scanned or loaded.
  */
 #include <jansson.h>
 #include <limits.h>
@@ -12,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grpc/wire.h"
 #include "http/v2.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -109,6 +113,63 @@ static void finish(const char *body, size_t len, long long header_len, const cha
 	free(out);
 }
 
+/* The answer's verdict is jansson's (what bt_v2_finish_response took before). */
+static void same_as_jansson(const char *body, size_t len, long long header_len)
+{
+	char *out = NULL, err[256] = "";
+	size_t outlen, jlen = header_len < 0 ? len : (size_t)header_len;
+	long long out_hl;
+	int r;
+
+	if (header_len == 0 || header_len < -1 || (header_len > 0 && (size_t)header_len > len))
+		return;
+	r = bt_v2_finish_response(body, len, header_len, "m", "r", &out, &outlen, &out_hl, err,
+				  sizeof(err));
+	free(out);
+	json_t *v = json_loadb(body, jlen, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, NULL);
+	json_t *mn = json_object_get(v, "model_name");
+	int ok = json_is_object(v) && (!mn || json_is_string(mn));
+	json_decref(v);
+	if ((r == 0) != ok)
+		broken(ok ? "the scanner refused an answer jansson takes"
+			  : "the scanner took an answer jansson refuses",
+		       err);
+}
+
+/* A request's verdict and sentence do not depend on scanning or loading. */
+static void same_both_ways(const char *body, size_t len, long long header_len)
+{
+	struct bt_v2_request a, b;
+	char ea[256] = "", eb[256] = "";
+	size_t keep = bt_v2_scan_min;
+
+	bt_v2_scan_min = 0;
+	int rs = bt_v2_parse_infer(body, len, header_len, &a, ea, sizeof(ea));
+	bt_v2_scan_min = SIZE_MAX;
+	int rl = bt_v2_parse_infer(body, len, header_len, &b, eb, sizeof(eb));
+	bt_v2_scan_min = keep;
+	if (rs != rl)
+		broken("a request's verdict depends on scanning", rs ? ea : eb);
+	if (rs && strcmp(ea, eb) && !(strstr(ea, "is not JSON") && strstr(eb, "is not JSON")))
+		broken("a request's sentence depends on scanning", ea);
+	if (!rs) {
+		bt_v2_request_release(&a);
+		bt_v2_request_release(&b);
+	}
+	/* The gRPC side converts the same outputs either way. */
+	uint8_t *oa = NULL, *ob = NULL;
+	size_t la = 0, lb = 0;
+	bt_v2_scan_min = 0;
+	rs = bt_grpc_response_encode(body, len, header_len, "m", "r", &oa, &la, ea, sizeof(ea));
+	bt_v2_scan_min = SIZE_MAX;
+	rl = bt_grpc_response_encode(body, len, header_len, "m", "r", &ob, &lb, eb, sizeof(eb));
+	bt_v2_scan_min = keep;
+	if (rs != rl || (!rs && (la != lb || memcmp(oa, ob, la))))
+		broken("a gRPC answer depends on scanning", rs ? ea : eb);
+	free(oa);
+	free(ob);
+}
+
 /*
  * Input: 4 bytes choosing the header length (see header_len_of), then the
  * body.  The body is read both as a request and as a worker's answer.
@@ -127,6 +188,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char *body = malloc(len ? len : 1);
 	memcpy(body, data + 4, len);
 	long long hl = header_len_of(sel, len);
+
+	same_as_jansson(body, len, hl);
+	same_both_ways(body, len, hl);
 
 	int r = bt_v2_parse_infer(body, len, hl, &req, err, sizeof(err));
 	if (verbose)

@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../http/jscan.h"
+#include "../http/v2.h"
 #include "inference.pb-c.h"
 
 static const char *const status_names[BT_GRPC_STATUS_COUNT] = {
@@ -645,51 +647,88 @@ static int json_param(json_t *v, Inference__InferParameter *p)
 	return 0;
 }
 
-/* Appends one JSON element of an output's "data" in the datatype's layout. */
-static int data_element(struct bt_buf *b, int ti, json_t *v)
+/*
+ * Appends one element of an output's "data" in the datatype's layout, from
+ * a loaded value or a scanned one (v2 answers of 64 KiB or more).
+ */
+static int element(struct bt_buf *b, int ti, const struct bt_jvalue *v)
 {
+	int is_int = v->type == BT_J_INTEGER, is_num = is_int || v->type == BT_J_REAL;
+
 	switch (types[ti].field) {
 	case F_BOOL:
-		if (!json_is_boolean(v))
+		if (v->type != BT_J_TRUE && v->type != BT_J_FALSE)
 			return -1;
-		put_le(b, json_is_true(v), 1);
+		put_le(b, v->type == BT_J_TRUE, 1);
 		return 0;
 	case F_INT:
 	case F_UINT:
-		if (!json_is_integer(v) || json_integer_value(v) < types[ti].min ||
-		    json_integer_value(v) > types[ti].max)
+		if (!is_int || v->integer < types[ti].min || v->integer > types[ti].max)
 			return -1;
-		put_le(b, (uint64_t)json_integer_value(v), types[ti].size);
+		put_le(b, (uint64_t)v->integer, types[ti].size);
 		return 0;
 	case F_INT64:
 	case F_UINT64:
-		if (!json_is_integer(v) ||
-		    (types[ti].field == F_UINT64 && json_integer_value(v) < 0))
+		if (!is_int || (types[ti].field == F_UINT64 && v->integer < 0))
 			return -1;
-		put_le(b, (uint64_t)json_integer_value(v), 8);
+		put_le(b, (uint64_t)v->integer, 8);
 		return 0;
 	case F_FP32: {
-		if (!json_is_number(v))
+		if (!is_num)
 			return -1;
-		float f = (float)json_number_value(v);
+		float f = (float)(is_int ? (double)v->integer : v->real);
 		bt_buf_append(b, &f, 4);
 		return 0;
 	}
 	case F_FP64: {
-		if (!json_is_number(v))
+		if (!is_num)
 			return -1;
-		double d = json_number_value(v);
+		double d = is_int ? (double)v->integer : v->real;
 		bt_buf_append(b, &d, 8);
 		return 0;
 	}
 	case F_BYTES:
-		if (!json_is_string(v))
+		if (v->type != BT_J_STRING)
 			return -1;
-		put_bytes(b, json_string_value(v), json_string_length(v));
+		put_bytes(b, v->str, v->strlen);
 		return 0;
 	default:
 		return -1;
 	}
+}
+
+static int data_element(struct bt_buf *b, int ti, json_t *j)
+{
+	struct bt_jvalue v = {.type = BT_J_NULL};
+
+	if (json_is_true(j))
+		v.type = BT_J_TRUE;
+	else if (json_is_false(j))
+		v.type = BT_J_FALSE;
+	else if (json_is_integer(j))
+		v.type = BT_J_INTEGER, v.integer = json_integer_value(j);
+	else if (json_is_real(j))
+		v.type = BT_J_REAL, v.real = json_real_value(j);
+	else if (json_is_string(j))
+		v.type = BT_J_STRING, v.str = json_string_value(j), v.strlen = json_string_length(j);
+	else if (json_is_object(j))
+		v.type = BT_J_OBJECT;
+	return element(b, ti, &v);
+}
+
+/* A scanned "data" array, converted as data_walk converts a loaded one. */
+struct scanned {
+	struct bt_buf *b;
+	int ti;
+};
+
+static int scanned_element(void *ctx, const struct bt_jvalue *v)
+{
+	struct scanned *x = ctx;
+
+	if (v->type == BT_J_ARRAY)
+		return v->depth > 65 && !v->end ? -1 : 0; /* data_walk's 64 levels */
+	return element(x->b, x->ti, v);
 }
 
 /* Flattens nested "data" arrays as the v2 JSON form allows. */
@@ -737,7 +776,20 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 			    header_len, len);
 	size_t jlen = header_len < 0 ? len : (size_t)header_len;
 	size_t off = jlen; /* where the next binary output starts */
-	json_t *root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
+	struct bt_jspans sp = {0};
+	json_t *root;
+	/*
+	 * An answer's outputs in JSON form: their "data" arrays are converted
+	 * from their text, never loaded (13 times their text as a tree).
+	 */
+	if (jlen < bt_v2_scan_min) {
+		root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
+	} else if (bt_jscan_find_data(body, jlen, BT_JSCAN_VALUES, "outputs", &sp, jerr.text,
+				      sizeof(jerr.text))) {
+		root = NULL;
+	} else {
+		root = bt_jscan_load_without_data(body, jlen, &sp, JSON_REJECT_DUPLICATES, &jerr);
+	}
 	if (!json_is_object(root)) {
 		fail(err, errlen, "the answer is not a JSON object%s%s", root ? "" : ": ",
 		     root ? "" : jerr.text);
@@ -825,7 +877,12 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 			off += r.raw[i].len;
 		} else {
 			int ti = type_find(t->datatype);
-			if (ti < 0 || !data || data_walk(&r.converted[i], ti, data, 0)) {
+			struct scanned x = {&r.converted[i], ti};
+			const struct bt_jspan *span = i < sp.n && sp.v[i].stop ? &sp.v[i] : NULL;
+			if (ti < 0 || !data ||
+			    (span ? bt_jscan_check(body + span->start, span->stop - span->start,
+						   BT_JSCAN_VALUES, scanned_element, &x, NULL, 0)
+				  : data_walk(&r.converted[i], ti, data, 0))) {
 				fail(err, errlen,
 				     "output '%.64s': its \"data\" is missing or not %s elements",
 				     t->name, t->datatype);
@@ -850,6 +907,7 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 done:
 	resp_release(&r);
 	json_decref(root);
+	bt_jscan_spans_release(&sp);
 	return rc;
 }
 

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "jscan.h"
 
 enum kind { K_BOOL, K_INT, K_UINT, K_FLOAT, K_BYTES };
 
@@ -45,6 +46,8 @@ static const struct dtype dtypes[] = {
     {"BF16", K_FLOAT, 2, 0, 0},
 };
 
+size_t bt_v2_scan_min = 64 * 1024;
+
 /* What the binary pass needs to know of each input, in request order. */
 struct input {
 	const char *name; /* borrowed from the parsed JSON */
@@ -67,28 +70,6 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 		va_end(ap);
 	}
 	return -1;
-}
-
-/* How an error sentence names the JSON value that was found instead. */
-static const char *what(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "an object";
-	case JSON_ARRAY:
-		return "an array";
-	case JSON_STRING:
-		return "a string";
-	case JSON_INTEGER:
-		return "an integer";
-	case JSON_REAL:
-		return "a real number";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "a boolean";
-	default:
-		return "null";
-	}
 }
 
 static const struct dtype *dtype_find(const char *name)
@@ -127,37 +108,87 @@ struct walk {
 	size_t errlen;
 };
 
-static int check_element(struct walk *w, const json_t *v)
+/* How an error sentence names a scanned value, as what() names a loaded one. */
+static const char *scanned(enum bt_jtype t)
+{
+	switch (t) {
+	case BT_J_OBJECT:
+		return "an object";
+	case BT_J_ARRAY:
+		return "an array";
+	case BT_J_STRING:
+		return "a string";
+	case BT_J_INTEGER:
+		return "an integer";
+	case BT_J_REAL:
+		return "a real number";
+	case BT_J_TRUE:
+	case BT_J_FALSE:
+		return "a boolean";
+	default:
+		return "null";
+	}
+}
+
+/* The scanned type of a loaded value. */
+static enum bt_jtype jtype(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		return BT_J_OBJECT;
+	case JSON_ARRAY:
+		return BT_J_ARRAY;
+	case JSON_STRING:
+		return BT_J_STRING;
+	case JSON_INTEGER:
+		return BT_J_INTEGER;
+	case JSON_REAL:
+		return BT_J_REAL;
+	case JSON_TRUE:
+		return BT_J_TRUE;
+	case JSON_FALSE:
+		return BT_J_FALSE;
+	default:
+		return BT_J_NULL;
+	}
+}
+
+/* How an error sentence names the JSON value that was found instead. */
+static const char *what(const json_t *v)
+{
+	return scanned(jtype(v));
+}
+
+/* Checks one element of "data", loaded or scanned: its type and integer value. */
+static int check_element(struct walk *w, enum bt_jtype t, long long x)
 {
 	const struct dtype *dt = w->dt;
-	long long x;
 
 	switch (dt->kind) {
 	case K_BOOL:
-		if (json_is_boolean(v))
+		if (t == BT_J_TRUE || t == BT_J_FALSE)
 			return 0;
 		return fail(w->err, w->errlen,
 			    "input '%s': data element %llu is %s, BOOL takes true or false",
-			    w->name, (unsigned long long)w->n, what(v));
+			    w->name, (unsigned long long)w->n, scanned(t));
 	case K_FLOAT:
-		if (json_is_number(v))
+		if (t == BT_J_INTEGER || t == BT_J_REAL)
 			return 0;
 		return fail(w->err, w->errlen,
 			    "input '%s': data element %llu is %s, %s takes numbers", w->name,
-			    (unsigned long long)w->n, what(v), dt->name);
+			    (unsigned long long)w->n, scanned(t), dt->name);
 	case K_BYTES:
-		if (json_is_string(v))
+		if (t == BT_J_STRING)
 			return 0;
 		return fail(w->err, w->errlen,
 			    "input '%s': data element %llu is %s, BYTES takes strings", w->name,
-			    (unsigned long long)w->n, what(v));
+			    (unsigned long long)w->n, scanned(t));
 	case K_INT:
 	case K_UINT:
-		if (!json_is_integer(v))
+		if (t != BT_J_INTEGER)
 			return fail(w->err, w->errlen,
 				    "input '%s': data element %llu is %s, %s takes integers",
-				    w->name, (unsigned long long)w->n, what(v), dt->name);
-		x = json_integer_value(v);
+				    w->name, (unsigned long long)w->n, scanned(t), dt->name);
 		if (x < dt->min || x > dt->max)
 			return fail(w->err, w->errlen,
 				    "input '%s': data element %llu is %lld, outside the %s range "
@@ -166,6 +197,19 @@ static int check_element(struct walk *w, const json_t *v)
 				    dt->max);
 		return 0;
 	}
+	return 0;
+}
+
+/* Each scanned value of a large "data" array, as walk_data does for a loaded one. */
+static int walk_scanned(void *ctx, const struct bt_jvalue *v)
+{
+	struct walk *w = ctx;
+
+	if (v->type == BT_J_ARRAY)
+		return 0;
+	if (check_element(w, v->type, v->integer) < 0)
+		return -1;
+	w->n++;
 	return 0;
 }
 
@@ -183,7 +227,7 @@ static int walk_data(struct walk *w, const json_t *v)
 				return -1;
 		return 0;
 	}
-	if (check_element(w, v) < 0)
+	if (check_element(w, jtype(v), json_is_integer(v) ? json_integer_value(v) : 0) < 0)
 		return -1;
 	w->n++;
 	return 0;
@@ -212,8 +256,8 @@ static int param_count(const json_t *params, const char *key, int *has, long lon
 }
 
 /* Checks one element of "inputs" and fills *in for the binary pass. */
-static int check_input(const json_t *o, size_t idx, json_t *seen, struct input *in, char *err,
-		       size_t errlen)
+static int check_input(const json_t *o, size_t idx, json_t *seen, const struct bt_jspan *span,
+		       const char *body, struct input *in, char *err, size_t errlen)
 {
 	json_t *name, *dt, *shape, *params, *data, *d;
 	struct walk w;
@@ -327,8 +371,14 @@ static int check_input(const json_t *o, size_t idx, json_t *seen, struct input *
 			    idx);
 
 	w = (struct walk){in->name, in->dt, 0, err, errlen};
-	if (walk_data(&w, data) < 0)
+	if (span && span->stop) {
+		/* Left out of the loaded skeleton: checked from its text. */
+		if (bt_jscan_check(body + span->start, span->stop - span->start, 0, walk_scanned, &w,
+				   NULL, 0))
+			return -1;
+	} else if (walk_data(&w, data) < 0) {
 		return -1;
+	}
 	r = 0;
 	if (w.n != in->count) {
 		st = shape_text(shape);
@@ -451,8 +501,9 @@ static int check_binary(const struct input *ins, size_t n, const char *body, siz
 	return 0;
 }
 
-static int check_request(const json_t *root, struct bt_v2_request *r, const char *body, size_t len,
-			 long long header_len, char *err, size_t errlen)
+static int check_request(const json_t *root, const struct bt_jspans *sp, struct bt_v2_request *r,
+			 const char *body, size_t len, long long header_len, char *err,
+			 size_t errlen)
 {
 	json_t *id, *params, *inputs, *outputs, *bo, *seen;
 	struct input *ins;
@@ -501,7 +552,8 @@ static int check_request(const json_t *root, struct bt_v2_request *r, const char
 	ins = bt_calloc(n, sizeof(*ins));
 	seen = json_object();
 	for (i = 0; i < n; i++)
-		if (check_input(json_array_get(inputs, i), i, seen, &ins[i], err, errlen) < 0)
+		if (check_input(json_array_get(inputs, i), i, seen, i < sp->n ? &sp->v[i] : NULL,
+				body, &ins[i], err, errlen) < 0)
 			goto out;
 	if (check_binary(ins, n, body, len, header_len, err, errlen) < 0)
 		goto out;
@@ -519,9 +571,13 @@ out:
 int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct bt_v2_request *out,
 		      char *err, size_t errlen)
 {
+	static const char header_text[] =
+	    "header (the first Inference-Header-Content-Length bytes)";
 	struct bt_v2_request r = {0};
+	struct bt_jspans sp = {0};
 	json_error_t jerr;
 	json_t *root;
+	char why[160];
 	size_t jlen;
 	int ret;
 
@@ -537,16 +593,41 @@ int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct
 			    header_len, len);
 	jlen = header_len < 0 ? len : (size_t)header_len;
 
-	root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
-	if (!root)
-		return fail(err, errlen, "request %s is not JSON: %s at position %d",
-			    header_len < 0
-				? "body"
-				: "header (the first Inference-Header-Content-Length bytes)",
-			    jerr.text, jerr.position);
+	if (jlen < bt_v2_scan_min) {
+		root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
+		if (!root)
+			return fail(err, errlen, "request %s is not JSON: %s at position %d",
+				    header_len < 0 ? "body" : header_text, jerr.text, jerr.position);
+	} else {
+		/*
+		 * The inputs' "data" arrays are checked from their text: loaded, a
+		 * tensor of millions of numbers took 21 times its text (bench/v2json).
+		 */
+		if (bt_jscan_find_data(body, jlen, 0, "inputs", &sp, why, sizeof(why))) {
+			bt_jscan_spans_release(&sp);
+			return fail(err, errlen, "request %s is not JSON: %s",
+				    header_len < 0 ? "body" : header_text, why);
+		}
+		/* Bulk outside the data arrays would be a tree again: bounded. */
+		if (sp.values > BT_V2_MAX_VALUES) {
+			fail(err, errlen,
+			     "request %s holds %zu JSON values outside its inputs' \"data\" "
+			     "arrays; at most %d are read",
+			     header_len < 0 ? "body" : header_text, sp.values, BT_V2_MAX_VALUES);
+			bt_jscan_spans_release(&sp);
+			return -1;
+		}
+		root = bt_jscan_load_without_data(body, jlen, &sp, JSON_REJECT_DUPLICATES, &jerr);
+		if (!root) {
+			bt_jscan_spans_release(&sp);
+			return fail(err, errlen, "request %s is not JSON: %s",
+				    header_len < 0 ? "body" : header_text, jerr.text);
+		}
+	}
 	r.header_len = jlen;
-	ret = check_request(root, &r, body, len, header_len, err, errlen);
+	ret = check_request(root, &sp, &r, body, len, header_len, err, errlen);
 	json_decref(root);
+	bt_jscan_spans_release(&sp);
 	if (ret < 0) {
 		bt_v2_request_release(&r);
 		return -1;
@@ -578,20 +659,48 @@ static int put_string(struct bt_buf *b, const char *s)
 	return 0;
 }
 
+/* What completing an answer needs to know of its top level. */
+struct top {
+	int object;	    /* the document is an object */
+	size_t members;	    /* its members */
+	int model;	    /* 1 + the bt_jtype of its "model_name", 0 without one */
+	int id;		    /* it has an "id" */
+};
+
+static int top_member(void *ctx, const struct bt_jvalue *v)
+{
+	struct top *t = ctx;
+
+	if (v->end)
+		return 0;
+	if (v->depth == 1)
+		t->object = v->type == BT_J_OBJECT;
+	if (v->depth != 2 || !t->object)
+		return 0;
+	t->members++;
+	if (v->keylen == 10 && !memcmp(v->key, "model_name", 10))
+		t->model = 1 + (int)v->type;
+	else if (v->keylen == 2 && !memcmp(v->key, "id", 2))
+		t->id = 1;
+	return 0;
+}
+
 /*
  * The members are spliced in before the closing brace instead of dumping
  * the parsed object again: a re-dump would print 0.1 as
  * 0.10000000000000001 and could not print the UINT64 values above
- * LLONG_MAX that we parse as reals, so the worker's text is kept as is.
- * Appending at the end gives the key order a jansson re-dump would give.
+ * LLONG_MAX, so the worker's text is kept as is.  Appending at the end
+ * gives the key order a jansson re-dump would give.  The answer is checked
+ * by the scanner, never loaded: a tensor of millions of numbers as a
+ * jansson tree took 13 times its text (docs/benchmarks.md, bench/v2json).
  */
 int bt_v2_finish_response(const char *body, size_t len, long long header_len, const char *model,
 			  const char *id, char **out, size_t *outlen, long long *out_header_len,
 			  char *err, size_t errlen)
 {
 	struct bt_buf b = BT_BUF_INIT;
-	json_error_t jerr;
-	json_t *root, *mn;
+	struct top top = {0};
+	char why[160];
 	size_t jlen, end;
 	int add_model, add_id;
 
@@ -606,28 +715,19 @@ int bt_v2_finish_response(const char *body, size_t len, long long header_len, co
 		    header_len, len);
 	jlen = header_len < 0 ? len : (size_t)header_len;
 
-	/*
-	 * Integers as reals, so that a UINT64 output above LLONG_MAX parses;
-	 * nothing here reads a number's value.
-	 */
-	root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &jerr);
-	if (!root)
-		return fail(err, errlen, "worker answer is not JSON: %s at position %d", jerr.text,
-			    jerr.position);
-	if (!json_is_object(root)) {
-		fail(err, errlen, "worker answer must be a JSON object, not %s", what(root));
-		goto fail;
-	}
-	mn = json_object_get(root, "model_name");
-	if (mn && !json_is_string(mn)) {
-		fail(err, errlen, "worker answer: \"model_name\" must be a string, not %s",
-		     json_is_number(mn) ? "a number" : what(mn));
-		goto fail;
-	}
-	add_model = !mn && model;
-	add_id = id && !json_object_get(root, "id");
+	/* Integers as reals, so that a UINT64 output above LLONG_MAX passes. */
+	if (bt_jscan_check(body, jlen, BT_JSCAN_INT_AS_REAL, top_member, &top, why, sizeof(why)))
+		return fail(err, errlen, "worker answer is not JSON: %s", why);
+	if (!top.object)
+		return fail(err, errlen, "worker answer must be a JSON object, not an array");
+	if (top.model && top.model - 1 != BT_J_STRING)
+		return fail(err, errlen, "worker answer: \"model_name\" must be a string, not %s",
+			    top.model - 1 == BT_J_REAL ? "a number"
+							: scanned((enum bt_jtype)(top.model - 1)));
+	add_model = !top.model && model;
+	add_id = id && !top.id;
 
-	/* The parser took the text, so its last non-blank byte is the '}'. */
+	/* The scanner took the text, so its last non-blank byte is the '}'. */
 	end = jlen;
 	while (end > 0 && (body[end - 1] == ' ' || body[end - 1] == '\t' || body[end - 1] == '\r' ||
 			   body[end - 1] == '\n'))
@@ -638,27 +738,25 @@ int bt_v2_finish_response(const char *body, size_t len, long long header_len, co
 	bt_buf_reserve(&b, len + 64);
 	bt_buf_append(&b, body, end);
 	if (add_model) {
-		bt_buf_puts(&b, json_object_size(root) ? ",\"model_name\":" : "\"model_name\":");
+		bt_buf_puts(&b, top.members ? ",\"model_name\":" : "\"model_name\":");
 		if (put_string(&b, model) < 0) {
 			fail(err, errlen, "model name is not valid UTF-8");
 			goto fail;
 		}
 	}
 	if (add_id) {
-		bt_buf_puts(&b, json_object_size(root) || add_model ? ",\"id\":" : "\"id\":");
+		bt_buf_puts(&b, top.members || add_model ? ",\"id\":" : "\"id\":");
 		if (put_string(&b, id) < 0) {
 			fail(err, errlen, "request id is not valid UTF-8");
 			goto fail;
 		}
 	}
 	bt_buf_append(&b, body + end, len - end);
-	json_decref(root);
 	if (header_len >= 0)
 		*out_header_len = (long long)(jlen + (b.len - len));
 	*out = bt_buf_detach(&b, outlen);
 	return 0;
 fail:
 	bt_buf_release(&b);
-	json_decref(root);
 	return -1;
 }

@@ -33,6 +33,21 @@ struct bt_v2_request {
 };
 
 /*
+ * From this many bytes of request JSON on, the inputs' "data" arrays are
+ * checked from their text, never loaded as a jansson tree (21 bytes of tree
+ * for each byte of a tensor's text).  Below it, loading is faster.  A
+ * variable so that the unit tests can run every check through both ways.
+ */
+extern size_t bt_v2_scan_min;
+
+/*
+ * The most JSON values a request may hold outside its inputs' "data"
+ * arrays (names, shapes, parameters: what baton loads as a tree, about 100
+ * bytes each).  A request under bt_v2_scan_min cannot hold so many.
+ */
+#define BT_V2_MAX_VALUES 65536
+
+/*
  * Validates an infer request body.  header_len is the value of the
  * Inference-Header-Content-Length header, or -1 when absent.  Returns 0
  * and fills *out, or -1 with one sentence in err (for a 400 answer).
