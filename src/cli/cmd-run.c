@@ -100,8 +100,8 @@ const struct bt_cmd bt_cmd_run = {
 	"CONFIG [--pipeline P --input PATH... --output DIR] [--include GLOB] [--exclude GLOB] [--jobs N] [--force] [--progress | --no-progress]",
 	"run a pipeline over files, or over the config's run: source and sink (resumable)", run,
 	"Starts the pipeline's stages as serve would (no HTTP), sends every input file\n"
-	"through it and writes each result atomically to DIR/RELPATH.EXT (EXT from the\n"
-	"result's content type).  Failures go to DIR/_failed.jsonl, the log to\n"
+	"through it and writes each result atomically to DIR/RELPATH.EXT (EXT is the\n"
+	"result's meta.ext, default .out).  Failures go to DIR/_failed.jsonl, the log to\n"
 	"DIR/_baton.log.  Running it again skips inputs whose output exists: a crash or\n"
 	"Ctrl-C loses nothing.  Directories are walked recursively in sorted order,\n"
 	"skipping dot files and DIR itself.\n"
@@ -129,4 +129,4 @@ const struct bt_cmd bt_cmd_run = {
 	"\n"
 	"examples:\n"
 	"  baton run examples/documents/baton.yaml --pipeline documents --input samples/ --include '*.png' --include '*.pdf' --output out/\n"
-	"  baton run examples/echo/baton.yaml --pipeline echo --input docs/ --exclude '*.svg' --output /tmp/echo-out\n"};
+	"  baton run examples/echo/baton.yaml --pipeline echo --input docs/ --include '*.md' --output /tmp/echo-out\n"};

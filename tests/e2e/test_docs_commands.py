@@ -175,3 +175,33 @@ def listening(port, proc):
         return True
     except OSError:
         return False
+
+
+def help_examples(name):
+    """The example lines of `baton NAME --help` that run the echo example."""
+    page = usage_of(name).split("\nexamples:\n", 1)[1]
+    return [ln.strip() for ln in page.splitlines()
+            if ln.strip().startswith("baton %s examples/echo/" % name) and "--scenarios" not in ln]
+
+
+@pytest.mark.parametrize("name", ["run", "bench"])
+def test_the_help_pages_echo_examples_run_as_written(tmp_path, name):
+    """A newcomer pastes the examples of `baton run --help` and `baton bench
+    --help` at the top of a checkout: they must succeed (exit 0), not fail
+    on files the example did not mean to send."""
+    echo_layout(tmp_path)
+    for rel in ("docs", "README.md"):
+        os.symlink(os.path.join(ROOT, rel), tmp_path / rel)
+    setup = subprocess.run([BATON, "env", "setup", "examples/echo/baton.yaml"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120 * SLOW)
+    assert setup.returncode == 0, setup.stdout
+    examples = help_examples(name)
+    assert examples, usage_of(name)
+    for line in examples:
+        argv = [BATON] + shlex.split(line)[1:]
+        argv = [str(tmp_path / "out") if a == "/tmp/echo-out" else a for a in argv]
+        out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120 * SLOW)
+        failed = tmp_path / "out" / "_failed.jsonl"
+        assert out.returncode == 0, (line, out.stdout, out.stderr,
+                                     failed.read_text() if failed.exists() else "")
