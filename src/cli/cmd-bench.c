@@ -140,8 +140,16 @@ static int run(int argc, char **argv)
 				opt.inputs[opt.ninputs++] = argv[++i];
 		else if (a[0] != '-' && !path)
 			path = a;
-		else
-			bad = 1;
+		else {
+			free(opt.inputs);
+			return bt_cli_bad_arg(&bt_cmd_bench, argc, argv, i);
+		}
+		if (bad) {
+			fprintf(stderr, "baton bench: bad value '%s' for %s (see 'baton bench --help')\n",
+				argv[i], a);
+			free(opt.inputs);
+			return BT_EXIT_USAGE;
+		}
 	}
 	if (!bad && scenarios && (path || url)) {
 		int code = run_scenarios(path, scenarios, &opt, url, out, token_file, warmup,
@@ -151,7 +159,8 @@ static int run(int argc, char **argv)
 	}
 	if (bad || !path || !opt.pipeline || opt.ninputs == 0 || url || out) {
 		free(opt.inputs);
-		if (bad || url || out) {
+		if (url || out) {
+			fprintf(stderr, "baton bench: %s is only for --scenarios\n", url ? "--url" : "--out");
 			bt_cli_usage(&bt_cmd_bench, stderr);
 			return BT_EXIT_USAGE;
 		}

@@ -50,20 +50,21 @@ static void warn_unplaceable(const struct bt_config *cfg, const char *path)
 static int run(int argc, char **argv)
 {
 	/* --connect: also reach the run: section's databases and check the query and table. */
-	int connect = argc == 3 && !strcmp(argv[1], "--connect");
-	if (connect) {
-		argv++;
-		argc--;
+	int connect = 0;
+	const char *path = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--connect"))
+			connect = 1;
+		else if (argv[i][0] != '-' && !path)
+			path = argv[i];
+		else
+			return bt_cli_bad_arg(&bt_cmd_check, argc, argv, i);
 	}
-	if (argc < 2)
+	if (!path)
 		return bt_cli_missing(&bt_cmd_check, "CONFIG");
-	if (argc != 2 || argv[1][0] == '-') {
-		bt_cli_usage(&bt_cmd_check, stderr);
-		return BT_EXIT_USAGE;
-	}
 	struct bt_config cfg;
 	char err[1024];
-	if (bt_config_load(argv[1], &cfg, err, sizeof(err))) {
+	if (bt_config_load(path, &cfg, err, sizeof(err))) {
 		fprintf(stderr, "%s\n", err);
 		return BT_EXIT_USAGE;
 	}
@@ -81,9 +82,9 @@ static int run(int argc, char **argv)
 	for (int i = 0; i < cfg.nstages; i++)
 		if (cfg.stages[i].venv_missing)
 			fprintf(stderr, "%s:%d:%d: warning: venv '%s' of stage '%s' does not exist yet\n",
-				argv[1], cfg.stages[i].line, cfg.stages[i].col, cfg.stages[i].venv,
+				path, cfg.stages[i].line, cfg.stages[i].col, cfg.stages[i].venv,
 				cfg.stages[i].name);
-	warn_unplaceable(&cfg, argv[1]);
+	warn_unplaceable(&cfg, path);
 	for (int i = 0; i < cfg.nstages; i++) {
 		const struct bt_stage_config *st = &cfg.stages[i];
 		/* Requests waiting for their batch to fill count against queue_max. */
@@ -92,7 +93,7 @@ static int run(int argc, char **argv)
 				"%s:%d:%d: warning: stage '%s' has queue_max %zu below batch.max_size "
 				"%d: its batches can never fill, and requests beyond %zu waiting get "
 				"503\n",
-				argv[1], st->line, st->col, st->name, st->queue_max, st->batch_max_size,
+				path, st->line, st->col, st->name, st->queue_max, st->batch_max_size,
 				st->queue_max);
 	}
 	if (cfg.run.present) {
@@ -122,7 +123,7 @@ static int run(int argc, char **argv)
 		bt_pg_sink_plan_release(&plan);
 	} else if (connect) {
 		fprintf(stderr, "%s: warning: --connect: no 'run:' section, nothing to connect to\n",
-			argv[1]);
+			path);
 	}
 	printf("\nok\n");
 	bt_config_release(&cfg);

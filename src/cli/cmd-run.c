@@ -32,8 +32,15 @@ static int run(int argc, char **argv)
 			errno = 0;
 			long n = strtol(argv[++i], &end, 10);
 			opt.jobs = n >= 1 && n <= 1000000 && !errno && end != argv[i] && !*end ? (int)n : 0;
-			if (opt.jobs < 1)
-				path = NULL, i = argc, opt.pipeline = NULL;
+			if (opt.jobs < 1) {
+				fprintf(stderr, "baton run: --jobs must be an integer from 1 to 1000000, not '%s'\n",
+					argv[i]);
+				bt_cli_usage(&bt_cmd_run, stderr);
+				free(opt.inputs);
+				free(opt.include);
+				free(opt.exclude);
+				return BT_EXIT_USAGE;
+			}
 		} else if (!strcmp(a, "--include") && i + 1 < argc) {
 			opt.include[opt.ninclude++] = argv[++i];
 		} else if (!strcmp(a, "--exclude") && i + 1 < argc) {
@@ -50,9 +57,10 @@ static int run(int argc, char **argv)
 		} else if (a[0] != '-' && !path) {
 			path = a;
 		} else {
-			fprintf(stderr, "baton run: unknown argument '%s'\n", a);
-			path = NULL;
-			break;
+			free(opt.inputs);
+			free(opt.include);
+			free(opt.exclude);
+			return bt_cli_bad_arg(&bt_cmd_run, argc, argv, i);
 		}
 	}
 	/* Without --input, the config's `run:` section says what to read (checked once loaded). */

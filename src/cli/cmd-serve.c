@@ -112,10 +112,10 @@ static int run(int argc, char **argv)
 		else if (argv[i][0] != '-' && !path)
 			path = argv[i];
 		else
-			path = NULL, i = argc;
+			return bt_cli_bad_arg(&bt_cmd_serve, argc, argv, i);
 	}
 	if (!path)
-		return bt_cli_missing(&bt_cmd_serve, argc > 1 ? "CONFIG (or a bad argument)" : "CONFIG");
+		return bt_cli_missing(&bt_cmd_serve, "CONFIG");
 	struct bt_config cfg;
 	char err[1024];
 	if (bt_config_load(path, &cfg, err, sizeof(err))) {

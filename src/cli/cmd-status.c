@@ -295,8 +295,7 @@ static int run(int argc, char **argv)
 				return BT_EXIT_USAGE;
 			}
 		} else {
-			bt_cli_usage(&bt_cmd_status, stderr);
-			return BT_EXIT_USAGE;
+			return bt_cli_bad_arg(&bt_cmd_status, argc, argv, i);
 		}
 	}
 	if (!url)
