@@ -43,9 +43,15 @@ def test_bearer_token_is_required_except_for_health(baton, tmp_path):
                           "--token-file", str(tmp_path / "token")],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "STAGE" in out.stdout
+    env = {k: v for k, v in os.environ.items() if k != "BATON_TOKEN_FILE"}
     out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % b.port],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 1 and "needs a token: --token-file" in out.stderr, out.stderr
+    (tmp_path / "wrong").write_text("wrong-token-0123456789\n")
+    out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % b.port,
+                          "--token-file", str(tmp_path / "wrong")],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 1 and "the token was refused" in out.stderr, out.stderr
     b.token = token
     assert b.stop() == 0
 
