@@ -194,8 +194,9 @@ const struct bt_cmd bt_cmd_serve = {
 	run,
 	"Starts every stage's replicas, supervises them (restarts with backoff) and\n"
 	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
-	"new ones get 503.  SIGHUP reloads CONFIG (docs/operations.md).  With streams:, it also runs the stations and their\n"
-	"sessions (docs/streams.md); each station finishes its open session first.\n"
+	"new ones get 503.  SIGHUP reloads CONFIG (docs/operations.md).  With\n"
+	"streams:, it also runs the stations and their sessions (docs/streams.md);\n"
+	"each station finishes its open session first.\n"
 	"With grpc: {listen: HOST:PORT} it also serves the KServe v2 gRPC service\n"
 	"(inference.GRPCInferenceService, docs/grpc.md) on that address.\n"
 	"With queue: {backend: redis, url: redis://HOST:PORT/DB, namespace: NAME} its\n"
