@@ -205,3 +205,33 @@ def test_the_help_pages_echo_examples_run_as_written(tmp_path, name):
         failed = tmp_path / "out" / "_failed.jsonl"
         assert out.returncode == 0, (line, out.stdout, out.stderr,
                                      failed.read_text() if failed.exists() else "")
+
+
+def heading_anchors(path):
+    """The anchors GitHub makes of a Markdown file's headings."""
+    found = set()
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"#+ (.*)", line)
+            if m:
+                text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+                found.add(text.replace(" ", "-"))
+    return found
+
+
+def test_every_relative_link_and_anchor_of_the_docs_resolves():
+    problems = []
+    for doc in DOCS:
+        with open(doc) as f:
+            text = f.read()
+        for m in re.finditer(r"\]\(([^)#\s]*)(#[^)\s]+)?\)", text):
+            target, anchor = m.group(1), m.group(2)
+            if re.match(r"[a-z]+:", target):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(doc), target)) if target else doc
+            where = "%s: (%s%s)" % (os.path.relpath(doc, ROOT), target, anchor or "")
+            if not os.path.exists(path):
+                problems.append(where + ": no such file")
+            elif anchor and path.endswith(".md") and anchor[1:] not in heading_anchors(path):
+                problems.append(where + ": no such heading")
+    assert not problems, "\n".join(problems)
