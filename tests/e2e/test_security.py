@@ -3,6 +3,7 @@ started as another user, loopback by default, names that cannot escape."""
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -227,6 +228,29 @@ def test_listen_flag_binds_only_the_address_given(tmp_path, host, expect):
     try:
         wait_for(lambda: listening_sockets(proc.pid), 20, what="baton to listen")
         assert listening_sockets(proc.pid) == [(expect, port)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_an_ipv6_listen_address_is_logged_as_a_url_takes_it(tmp_path):
+    """`[::1]:PORT`, not `::1:PORT`: the logged address pastes into curl."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        cannot_run("no IPv6 on this machine")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config(fake_stage("w"), {"p": ["w"]}))
+    log = tmp_path / "serve.log"
+    port = free_port()
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([BATON, "serve", str(cfg), "--listen", "[::1]:%d" % port],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        want = b"msg=listening addr=[::1]:%d " % port
+        wait_for(lambda: proc.poll() is not None or want in log.read_bytes(), 20,
+                 what="baton to log that it listens")
+        assert want in log.read_bytes(), log.read_text()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
