@@ -96,6 +96,19 @@ static int run(int argc, char **argv)
 				path, st->line, st->col, st->name, st->queue_max, st->batch_max_size,
 				st->queue_max);
 	}
+	for (int i = 0; i < cfg.nstages; i++) {
+		const struct bt_stage_config *st = &cfg.stages[i];
+		int used = st->source;
+		for (int j = 0; j < cfg.npipelines && !used; j++)
+			for (int k = 0; k < cfg.pipelines[j].nstages && !used; k++)
+				used = cfg.pipelines[j].stages[k] == i;
+		/* Its replicas would start (and hold their models) for nothing. */
+		if (!used)
+			fprintf(stderr,
+				"%s:%d:%d: warning: stage '%s' is in no pipeline or stream: its "
+				"replicas would start and never get a request\n",
+				path, st->line, st->col, st->name);
+	}
 	if (cfg.run.present) {
 		const struct bt_run_config *rc = &cfg.run;
 		printf("\nrun %s: postgresql query by key '%s', pages of %d rows, one request per %s\n"
@@ -137,8 +150,8 @@ const struct bt_cmd bt_cmd_check = {
 	"Loads CONFIG as serve would, without starting anything, and prints each stage's\n"
 	"absolute argv, workdir, environment changes and policies, then the pipelines.\n"
 	"Errors name FILE:LINE:COL and the key.  Warnings (on stderr) cover venvs that\n"
-	"do not exist yet, stages no declared GPU could hold, and queue_max below\n"
-	"batch.max_size.\n"
+	"do not exist yet, stages no declared GPU could hold, queue_max below\n"
+	"batch.max_size, and stages that no pipeline or stream uses.\n"
 	"\n"
 	"options:\n"
 	"  --connect  also connect to the run: section's databases: the query runs and\n"

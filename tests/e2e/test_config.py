@@ -104,6 +104,16 @@ def test_a_bad_argument_is_named_in_the_first_line(args, first):
     assert out.stderr.splitlines()[0].startswith(first), out.stderr
 
 
+def test_check_warns_of_a_stage_no_pipeline_uses(tmp_path):
+    path = tmp_path / "baton.yaml"
+    path.write_text(GOOD_STAGE + "  spare:\n    command: [/bin/true]\npipelines: {p: [w]}\n")
+    out = subprocess.run([BATON, "check", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("%s:5:3: warning: stage 'spare' is in no pipeline" % path), \
+        out.stderr
+    assert "'w'" not in out.stderr, out.stderr
+
+
 def test_version_and_help():
     out = subprocess.run([BATON, "version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("baton ")
