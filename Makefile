@@ -141,8 +141,9 @@ bench: build test-deps
 	$(PY) bench/scaleout/run.py --build $(abspath $(BUILD))
 	$(PY) bench/stations/run.py --build $(abspath $(BUILD))
 
-# libFuzzer on the frame decoder, the config loader, the v2 checks and the
-# gRPC framing + protobuf decoding, all four at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.
+# libFuzzer on the frame decoder, the config loader, the v2 checks, the gRPC
+# framing + protobuf decoding, the HTTP/1.1 parser and the shared-memory
+# requests, all six at once for FUZZ_SECONDS; fails on a crash, a leak or a hang.
 fuzz:
 	$(call apt_install,$(FUZZ_PKGS))
 	sh fuzz/run.sh $(FUZZ_SECONDS)

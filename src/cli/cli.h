@@ -43,4 +43,12 @@ void bt_cli_help(const struct bt_cmd *cmd, FILE *f);
 /* Prints "baton NAME: missing WHAT" and the usage to stderr; returns BT_EXIT_USAGE. */
 int bt_cli_missing(const struct bt_cmd *cmd, const char *what);
 
+/*
+ * For argv[i], an argument cmd could not take: prints what is wrong with it
+ * ("unknown option", "needs a value" for an option of cmd's usage given
+ * last, "unexpected argument") and the usage to stderr; returns
+ * BT_EXIT_USAGE.
+ */
+int bt_cli_bad_arg(const struct bt_cmd *cmd, int argc, char **argv, int i);
+
 #endif

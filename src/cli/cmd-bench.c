@@ -46,7 +46,7 @@ static int read_payload(const char *path, struct bt_scenario_set *set)
 /* --scenarios FILE|standard [--url URL] [--out PREFIX] */
 static int run_scenarios(const char *path, const char *scenarios, const struct bt_bench_options *b,
 			 const char *url, const char *out, const char *token_file, double warmup,
-			 int duration_set)
+			 int duration_set, int warmup_set)
 {
 	struct bt_config cfg;
 	struct bt_scenario_set set;
@@ -81,6 +81,13 @@ static int run_scenarios(const char *path, const char *scenarios, const struct b
 		code = BT_EXIT_USAGE;
 		goto out;
 	}
+	/* What the command line says wins over the file, in every scenario. */
+	for (int i = 0; i < set.n; i++) {
+		if (duration_set)
+			set.s[i].duration_s = b->seconds;
+		if (warmup_set)
+			set.s[i].warmup_s = warmup;
+	}
 	for (int i = 0; i < b->ninputs; i++)
 		if (read_payload(b->inputs[i], &set)) {
 			code = BT_EXIT_USAGE;
@@ -103,7 +110,7 @@ static int run(int argc, char **argv)
 {
 	const char *scenarios = NULL, *url = NULL, *out = NULL, *token_file = NULL;
 	double warmup = 2;
-	int duration_set = 0;
+	int duration_set = 0, warmup_set = 0;
 	struct bt_bench_options opt;
 	const char *path = NULL;
 	int bad = 0;
@@ -120,7 +127,7 @@ static int run(int argc, char **argv)
 		else if (!strcmp(a, "--duration") && i + 1 < argc)
 			bad = (int)(opt.seconds = (unsigned)atoi(argv[++i])) < 1, duration_set = 1;
 		else if (!strcmp(a, "--warmup") && i + 1 < argc)
-			bad = (warmup = atof(argv[++i])) < 0;
+			bad = (warmup = atof(argv[++i])) < 0, warmup_set = 1;
 		else if (!strcmp(a, "--scenarios") && i + 1 < argc)
 			scenarios = argv[++i];
 		else if (!strcmp(a, "--url") && i + 1 < argc)
@@ -140,18 +147,27 @@ static int run(int argc, char **argv)
 				opt.inputs[opt.ninputs++] = argv[++i];
 		else if (a[0] != '-' && !path)
 			path = a;
-		else
-			bad = 1;
+		else {
+			free(opt.inputs);
+			return bt_cli_bad_arg(&bt_cmd_bench, argc, argv, i);
+		}
+		if (bad) {
+			fprintf(stderr, "baton bench: bad value '%s' for %s (see 'baton bench --help')\n",
+				argv[i], a);
+			free(opt.inputs);
+			return BT_EXIT_USAGE;
+		}
 	}
 	if (!bad && scenarios && (path || url)) {
 		int code = run_scenarios(path, scenarios, &opt, url, out, token_file, warmup,
-					 duration_set);
+					 duration_set, warmup_set);
 		free(opt.inputs);
 		return code;
 	}
 	if (bad || !path || !opt.pipeline || opt.ninputs == 0 || url || out) {
 		free(opt.inputs);
-		if (bad || url || out) {
+		if (url || out) {
+			fprintf(stderr, "baton bench: %s is only for --scenarios\n", url ? "--url" : "--out");
 			bt_cli_usage(&bt_cmd_bench, stderr);
 			return BT_EXIT_USAGE;
 		}
@@ -193,17 +209,20 @@ const struct bt_cmd bt_cmd_bench = {
 	"an .svg chart (docs/benchmarks.md, baton bench --scenarios).\n"
 	"\n"
 	"options:\n"
-	"  --pipeline P       the pipeline to measure (required)\n"
+	"  --pipeline P       the pipeline to measure (required; with --scenarios only\n"
+	"                     for 'standard': a FILE names its own)\n"
 	"  --input FILE...    payload files, sent in turn (required)\n"
-	"  --concurrency N    requests in flight (default 8)\n"
-	"  --duration S       seconds of sending (default 10)\n"
+	"  --concurrency N    requests in flight (default 8; a scenario FILE sets its own)\n"
+	"  --duration S       seconds of sending (default 10); with --scenarios, the\n"
+	"                     measured window of every scenario, over the FILE's\n"
 	"  --requests N       send N requests instead of a duration\n"
 	"  --json F           write the figures as JSON to F\n"
 	"  --csv F            append one row per run to F\n"
 	"  --scenarios FILE   run the scenarios of FILE, or 'standard'\n"
 	"  --url URL          with --scenarios: a running daemon instead of CONFIG\n"
 	"  --out PREFIX       with --scenarios: output files (default baton-bench)\n"
-	"  --warmup S         with --scenarios: seconds before measuring\n"
+	"  --warmup S         with --scenarios: seconds before measuring (default 2),\n"
+	"                     in every scenario, over the FILE's\n"
 	"  --token-file F     with --url: bearer token\n"
 	"\n"
 	"exit status: 0, 1 if nothing succeeded, 2 on a usage or configuration error.\n"

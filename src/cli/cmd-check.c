@@ -50,20 +50,21 @@ static void warn_unplaceable(const struct bt_config *cfg, const char *path)
 static int run(int argc, char **argv)
 {
 	/* --connect: also reach the run: section's databases and check the query and table. */
-	int connect = argc == 3 && !strcmp(argv[1], "--connect");
-	if (connect) {
-		argv++;
-		argc--;
+	int connect = 0;
+	const char *path = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--connect"))
+			connect = 1;
+		else if (argv[i][0] != '-' && !path)
+			path = argv[i];
+		else
+			return bt_cli_bad_arg(&bt_cmd_check, argc, argv, i);
 	}
-	if (argc < 2)
+	if (!path)
 		return bt_cli_missing(&bt_cmd_check, "CONFIG");
-	if (argc != 2 || argv[1][0] == '-') {
-		bt_cli_usage(&bt_cmd_check, stderr);
-		return BT_EXIT_USAGE;
-	}
 	struct bt_config cfg;
 	char err[1024];
-	if (bt_config_load(argv[1], &cfg, err, sizeof(err))) {
+	if (bt_config_load(path, &cfg, err, sizeof(err))) {
 		fprintf(stderr, "%s\n", err);
 		return BT_EXIT_USAGE;
 	}
@@ -81,9 +82,9 @@ static int run(int argc, char **argv)
 	for (int i = 0; i < cfg.nstages; i++)
 		if (cfg.stages[i].venv_missing)
 			fprintf(stderr, "%s:%d:%d: warning: venv '%s' of stage '%s' does not exist yet\n",
-				argv[1], cfg.stages[i].line, cfg.stages[i].col, cfg.stages[i].venv,
+				path, cfg.stages[i].line, cfg.stages[i].col, cfg.stages[i].venv,
 				cfg.stages[i].name);
-	warn_unplaceable(&cfg, argv[1]);
+	warn_unplaceable(&cfg, path);
 	for (int i = 0; i < cfg.nstages; i++) {
 		const struct bt_stage_config *st = &cfg.stages[i];
 		/* Requests waiting for their batch to fill count against queue_max. */
@@ -92,8 +93,21 @@ static int run(int argc, char **argv)
 				"%s:%d:%d: warning: stage '%s' has queue_max %zu below batch.max_size "
 				"%d: its batches can never fill, and requests beyond %zu waiting get "
 				"503\n",
-				argv[1], st->line, st->col, st->name, st->queue_max, st->batch_max_size,
+				path, st->line, st->col, st->name, st->queue_max, st->batch_max_size,
 				st->queue_max);
+	}
+	for (int i = 0; i < cfg.nstages; i++) {
+		const struct bt_stage_config *st = &cfg.stages[i];
+		int used = st->source;
+		for (int j = 0; j < cfg.npipelines && !used; j++)
+			for (int k = 0; k < cfg.pipelines[j].nstages && !used; k++)
+				used = cfg.pipelines[j].stages[k] == i;
+		/* Its replicas would start (and hold their models) for nothing. */
+		if (!used)
+			fprintf(stderr,
+				"%s:%d:%d: warning: stage '%s' is in no pipeline or stream: its "
+				"replicas would start and never get a request\n",
+				path, st->line, st->col, st->name);
 	}
 	if (cfg.run.present) {
 		const struct bt_run_config *rc = &cfg.run;
@@ -122,7 +136,7 @@ static int run(int argc, char **argv)
 		bt_pg_sink_plan_release(&plan);
 	} else if (connect) {
 		fprintf(stderr, "%s: warning: --connect: no 'run:' section, nothing to connect to\n",
-			argv[1]);
+			path);
 	}
 	printf("\nok\n");
 	bt_config_release(&cfg);
@@ -136,8 +150,8 @@ const struct bt_cmd bt_cmd_check = {
 	"Loads CONFIG as serve would, without starting anything, and prints each stage's\n"
 	"absolute argv, workdir, environment changes and policies, then the pipelines.\n"
 	"Errors name FILE:LINE:COL and the key.  Warnings (on stderr) cover venvs that\n"
-	"do not exist yet, stages no declared GPU could hold, and queue_max below\n"
-	"batch.max_size.\n"
+	"do not exist yet, stages no declared GPU could hold, queue_max below\n"
+	"batch.max_size, and stages that no pipeline or stream uses.\n"
 	"\n"
 	"options:\n"
 	"  --connect  also connect to the run: section's databases: the query runs and\n"

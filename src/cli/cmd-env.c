@@ -381,15 +381,19 @@ static int run(int argc, char **argv)
 		else if (argv[i][0] != '-' && !path)
 			path = argv[i];
 		else
-			sub = NULL;
+			return bt_cli_bad_arg(&bt_cmd_env, argc, argv, i);
 	}
-	if (!sub)
+	if (!sub || sub[0] == '-')
 		return bt_cli_missing(&bt_cmd_env, "setup or check");
-	if ((!strcmp(sub, "setup") || !strcmp(sub, "check")) && argc == 2)
-		return bt_cli_missing(&bt_cmd_env, "CONFIG");
-	if (!sub || !path || (strcmp(sub, "setup") && strcmp(sub, "check")) ||
-	    (force && strcmp(sub, "setup"))) {
+	if (strcmp(sub, "setup") && strcmp(sub, "check")) {
+		fprintf(stderr, "baton env: unknown subcommand '%s': setup or check\n", sub);
 		bt_cli_usage(&bt_cmd_env, stderr);
+		return BT_EXIT_USAGE;
+	}
+	if (!path)
+		return bt_cli_missing(&bt_cmd_env, "CONFIG");
+	if (force && strcmp(sub, "setup")) {
+		fprintf(stderr, "baton env: --force-recreate is only for 'baton env setup'\n");
 		return BT_EXIT_USAGE;
 	}
 	struct bt_config cfg;

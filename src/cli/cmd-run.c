@@ -32,8 +32,15 @@ static int run(int argc, char **argv)
 			errno = 0;
 			long n = strtol(argv[++i], &end, 10);
 			opt.jobs = n >= 1 && n <= 1000000 && !errno && end != argv[i] && !*end ? (int)n : 0;
-			if (opt.jobs < 1)
-				path = NULL, i = argc, opt.pipeline = NULL;
+			if (opt.jobs < 1) {
+				fprintf(stderr, "baton run: --jobs must be an integer from 1 to 1000000, not '%s'\n",
+					argv[i]);
+				bt_cli_usage(&bt_cmd_run, stderr);
+				free(opt.inputs);
+				free(opt.include);
+				free(opt.exclude);
+				return BT_EXIT_USAGE;
+			}
 		} else if (!strcmp(a, "--include") && i + 1 < argc) {
 			opt.include[opt.ninclude++] = argv[++i];
 		} else if (!strcmp(a, "--exclude") && i + 1 < argc) {
@@ -50,9 +57,10 @@ static int run(int argc, char **argv)
 		} else if (a[0] != '-' && !path) {
 			path = a;
 		} else {
-			fprintf(stderr, "baton run: unknown argument '%s'\n", a);
-			path = NULL;
-			break;
+			free(opt.inputs);
+			free(opt.include);
+			free(opt.exclude);
+			return bt_cli_bad_arg(&bt_cmd_run, argc, argv, i);
 		}
 	}
 	/* Without --input, the config's `run:` section says what to read (checked once loaded). */
@@ -100,8 +108,8 @@ const struct bt_cmd bt_cmd_run = {
 	"CONFIG [--pipeline P --input PATH... --output DIR] [--include GLOB] [--exclude GLOB] [--jobs N] [--force] [--progress | --no-progress]",
 	"run a pipeline over files, or over the config's run: source and sink (resumable)", run,
 	"Starts the pipeline's stages as serve would (no HTTP), sends every input file\n"
-	"through it and writes each result atomically to DIR/RELPATH.EXT (EXT from the\n"
-	"result's content type).  Failures go to DIR/_failed.jsonl, the log to\n"
+	"through it and writes each result atomically to DIR/RELPATH.EXT (EXT is the\n"
+	"result's meta.ext, default .out).  Failures go to DIR/_failed.jsonl, the log to\n"
 	"DIR/_baton.log.  Running it again skips inputs whose output exists: a crash or\n"
 	"Ctrl-C loses nothing.  Directories are walked recursively in sorted order,\n"
 	"skipping dot files and DIR itself.\n"
@@ -129,4 +137,4 @@ const struct bt_cmd bt_cmd_run = {
 	"\n"
 	"examples:\n"
 	"  baton run examples/documents/baton.yaml --pipeline documents --input samples/ --include '*.png' --include '*.pdf' --output out/\n"
-	"  baton run examples/echo/baton.yaml --pipeline echo --input docs/ --exclude '*.svg' --output /tmp/echo-out\n"};
+	"  baton run examples/echo/baton.yaml --pipeline echo --input docs/ --include '*.md' --output /tmp/echo-out\n"};

@@ -113,10 +113,10 @@ static int run(int argc, char **argv)
 		else if (argv[i][0] != '-' && !path)
 			path = argv[i];
 		else
-			path = NULL, i = argc;
+			return bt_cli_bad_arg(&bt_cmd_serve, argc, argv, i);
 	}
 	if (!path)
-		return bt_cli_missing(&bt_cmd_serve, argc > 1 ? "CONFIG (or a bad argument)" : "CONFIG");
+		return bt_cli_missing(&bt_cmd_serve, "CONFIG");
 	struct bt_config cfg;
 	char err[1024];
 	if (bt_config_load(path, &cfg, err, sizeof(err))) {
@@ -197,8 +197,9 @@ const struct bt_cmd bt_cmd_serve = {
 	run,
 	"Starts every stage's replicas, supervises them (restarts with backoff) and\n"
 	"answers HTTP until SIGTERM or SIGINT, then drains: requests in flight finish,\n"
-	"new ones get 503.  SIGHUP reloads CONFIG (docs/operations.md).  With streams:, it also runs the stations and their\n"
-	"sessions (docs/streams.md); each station finishes its open session first.\n"
+	"new ones get 503.  SIGHUP reloads CONFIG (docs/operations.md).  With\n"
+	"streams:, it also runs the stations and their sessions (docs/streams.md);\n"
+	"each station finishes its open session first.\n"
 	"With grpc: {listen: HOST:PORT} it also serves the KServe v2 gRPC service\n"
 	"(inference.GRPCInferenceService, docs/grpc.md) on that address.\n"
 	"With queue: {backend: redis, url: redis://HOST:PORT/DB, namespace: NAME} its\n"

@@ -246,7 +246,10 @@ static int show(const char *url, const char *token, int as_json, double watching
 	json_error_t jerr;
 	json_t *doc = rep.status == 200 ? json_loadb(rep.body, rep.len, 0, &jerr) : NULL;
 	if (!doc) {
-		fprintf(errf, "baton: %s answered %d, not a status document\n", url, rep.status);
+		fprintf(errf, "baton: %s answered %d, not a status document%s\n", url, rep.status,
+			rep.status != 401 ? ""
+			: token[0]	  ? " (the token was refused)"
+					  : " (it needs a token: --token-file F or $BATON_TOKEN_FILE)");
 		bt_client_reply_release(&rep);
 		return BT_EXIT_FAIL;
 	}
@@ -295,8 +298,7 @@ static int run(int argc, char **argv)
 				return BT_EXIT_USAGE;
 			}
 		} else {
-			bt_cli_usage(&bt_cmd_status, stderr);
-			return BT_EXIT_USAGE;
+			return bt_cli_bad_arg(&bt_cmd_status, argc, argv, i);
 		}
 	}
 	if (!url)

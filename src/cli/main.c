@@ -31,6 +31,30 @@ int bt_cli_missing(const struct bt_cmd *cmd, const char *what)
 	return BT_EXIT_USAGE;
 }
 
+/* True when the usage line of cmd names option opt (a whole word). */
+static int usage_names(const struct bt_cmd *cmd, const char *opt)
+{
+	size_t n = strlen(opt);
+	for (const char *p = cmd->usage; (p = strstr(p, opt)); p += n)
+		if ((p == cmd->usage || strchr(" [|", p[-1])) && strchr(" ]|", p[n] ? p[n] : ' '))
+			return 1;
+	return 0;
+}
+
+int bt_cli_bad_arg(const struct bt_cmd *cmd, int argc, char **argv, int i)
+{
+	const char *a = argv[i];
+	if (a[0] == '-' && i + 1 == argc && usage_names(cmd, a))
+		fprintf(stderr, "baton %s: option '%s' needs a value\n", cmd->name, a);
+	else if (a[0] == '-' && a[1])
+		fprintf(stderr, "baton %s: unknown option '%s'\n", cmd->name, a);
+	else
+		fprintf(stderr, "baton %s: unexpected argument '%s'\n", cmd->name, a);
+	bt_cli_usage(cmd, stderr);
+	fprintf(stderr, "(see 'baton %s --help')\n", cmd->name);
+	return BT_EXIT_USAGE;
+}
+
 /* True when args (up to a "--") ask for help. */
 static int asks_help(int argc, char **argv)
 {

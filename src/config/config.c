@@ -101,15 +101,19 @@ static int get_string(struct ctx *c, const yaml_node_t *n, const char *key,
 static int get_int(struct ctx *c, const yaml_node_t *n, const char *key,
 		   long long min, long long max, long long *out)
 {
-	if (n->type != YAML_SCALAR_NODE ||
-	    n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE || is_null(n))
-		return fail(c, n, "'%s' must be an integer", key);
+	if (n->type != YAML_SCALAR_NODE || is_null(n))
+		return fail(c, n, "'%s' must be an integer, not %s", key,
+			    is_null(n) ? "empty" : type_name(n));
 	const char *s = scalar(n);
 	char *end;
 	errno = 0;
 	long long v = strtoll(s, &end, 10);
 	if (errno || end == s || *end)
 		return fail(c, n, "'%s' must be an integer, not '%s'", key, s);
+	/* "2" reads as a number to a person: say why it is refused. */
+	if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+		return fail(c, n, "'%s' must be an integer, not the quoted string '%s' (drop the quotes)",
+			    key, s);
 	if (v < min || v > max)
 		return fail(c, n, "'%s' must be between %lld and %lld, not %lld", key,
 			    min, max, v);
@@ -1152,6 +1156,11 @@ static int parse_pipeline(struct ctx *c, const yaml_node_t *key,
 			    pl->name);
 	if (n->type == YAML_SEQUENCE_NODE)
 		return parse_stage_list(c, n, pl);
+	if (n->type != YAML_MAPPING_NODE)
+		return fail(c, n,
+			    "pipeline '%s' must be a list of stages ([a, b]) or a mapping with "
+			    "'stages', not %s",
+			    pl->name, is_null(n) ? "empty" : type_name(n));
 	snprintf(what, sizeof(what), "pipeline '%s'", pl->name);
 	if ((r = check_mapping(c, n, what, pipeline_keys)))
 		return r;

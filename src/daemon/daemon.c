@@ -216,6 +216,17 @@ static int cluster_draining(void *arg)
 	return d->state != BT_DAEMON_RUNNING;
 }
 
+/* An IPv6 address goes in brackets in the logged HOST:PORT, so that it pastes into a URL. */
+static const char *v6(const char *host)
+{
+	return strchr(host, ':') ? "[" : "";
+}
+
+static const char *v6_end(const char *host)
+{
+	return strchr(host, ':') ? "]" : "";
+}
+
 int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 {
 	int fe = fd_budget(d, err, errlen);
@@ -249,16 +260,17 @@ int bt_daemon_start(struct bt_daemon *d, char *err, size_t errlen)
 		int e = bt_grpc_start(d->loop, &d->cfg, &grpc_ops, d, &d->grpc, err, errlen);
 		if (e)
 			return e;
-		bt_info("listening for gRPC", "addr=%s:%d", d->cfg->grpc_listen_host,
+		bt_info("listening for gRPC", "addr=%s%s%s:%d", v6(d->cfg->grpc_listen_host),
+			d->cfg->grpc_listen_host, v6_end(d->cfg->grpc_listen_host),
 			bt_grpc_port(d->grpc));
 	}
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&d->sigint, signal_cb, SIGINT);
 	uv_signal_start(&d->sighup, sighup_cb, SIGHUP);
 	if (d->http)
-		bt_info("listening", "addr=%s:%d pid=%d stages=%d pipelines=%d",
-			d->cfg->listen_host, bt_http_port(d->http), (int)getpid(), d->nstages,
-			d->npipelines);
+		bt_info("listening", "addr=%s%s%s:%d pid=%d stages=%d pipelines=%d",
+			v6(d->cfg->listen_host), d->cfg->listen_host, v6_end(d->cfg->listen_host),
+			bt_http_port(d->http), (int)getpid(), d->nstages, d->npipelines);
 	bt_tick_start(d);
 	starter_cb(&d->starter);
 	bt_streams_start(d->streams);

@@ -589,11 +589,15 @@ static int start_pipeline_request(struct conn *cn)
 		}
 	}
 	long long priority = 0, timeout_ms = 0;
-	if (int_header(cn, "Baton-Priority", &priority) < 0 ||
-	    int_header(cn, "Baton-Timeout-Ms", &timeout_ms) < 0) {
+	const char *bad = NULL;
+	if (int_header(cn, "Baton-Priority", &priority) < 0)
+		bad = "Baton-Priority";
+	else if (int_header(cn, "Baton-Timeout-Ms", &timeout_ms) < 0)
+		bad = "Baton-Timeout-Ms";
+	if (bad) {
 		json_decref(meta);
-		return send_error(cn->mc, BT_BAD_REQUEST,
-				  "Baton-Priority and Baton-Timeout-Ms must be non-negative integers");
+		snprintf(msg, sizeof(msg), "the %s header must be a non-negative integer", bad);
+		return send_error(cn->mc, BT_BAD_REQUEST, msg);
 	}
 	if (!meta)
 		meta = json_object();

@@ -225,6 +225,10 @@ def test_absurd_client_timeouts_are_clamped_not_overflowed(baton):
     assert r.status == 200 and r.body == b"x", r
     r = b.post("p", "x", headers={"Baton-Timeout-Ms": str(2 ** 63)})
     assert r.status == 400, r
+    # The sentence names the header that is wrong, not both.
+    assert b"the Baton-Timeout-Ms header must be" in r.body, r.body
+    r = b.post("p", "x", headers={"Baton-Priority": "high", "Baton-Timeout-Ms": "5"})
+    assert r.status == 400 and b"the Baton-Priority header must be" in r.body, r.body
     body = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}],
             "parameters": {"timeout": 2 ** 63 - 1}}
     r = b.request("POST", "/v2/models/p/infer", json.dumps(body).encode())

@@ -125,6 +125,26 @@ scenarios:
     assert s["latency_ms"]["p50"] > 500, s["latency_ms"]
 
 
+def test_duration_and_warmup_on_the_command_line_win_over_the_file(tmp_path):
+    """`--duration 1 --warmup 0` on a file that says 30 s each: 20 arrivals a
+    second for one second, none held back for a warm-up (the file's values
+    would make the run last a minute)."""
+    cfg = work_config(tmp_path)
+    sc = write(tmp_path, "sc.yaml", """\
+pipeline: p
+payload: x
+duration_s: 30
+warmup_s: 30
+scenarios:
+  - {name: short, load: open, rate: 20}
+""")
+    out = str(tmp_path / "res")
+    r = bench(cfg, "--scenarios", sc, "--out", out, "--duration", "1", "--warmup", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.load(open(out + ".json"))["scenarios"][0]
+    assert s["sent"] == s["succeeded"] == 20, s
+
+
 def test_scenario_against_a_running_daemon_scales_it_through_the_api(baton, tmp_path):
     b = baton(config(fake_stage("work", replicas="{initial: 1, max: 4}"), {"p": ["work"]}))
     sc = write(tmp_path, "sc.yaml", """\

@@ -81,6 +81,39 @@ def test_usage_errors_exit_2():
         assert out.returncode == 2, args
 
 
+USAGE_ERRORS = [
+    (["serve", "a.yaml", "--bogus"], "baton serve: unknown option '--bogus'"),
+    (["serve", "--listen"], "baton serve: option '--listen' needs a value"),
+    (["check", "a.yaml", "b.yaml"], "baton check: unexpected argument 'b.yaml'"),
+    (["run", "a.yaml", "--bogus"], "baton run: unknown option '--bogus'"),
+    (["run", "a.yaml", "--jobs", "zero"], "baton run: --jobs must be an integer"),
+    (["env", "setup", "a.yaml", "--stag", "s"], "baton env: unknown option '--stag'"),
+    (["env", "bogus", "a.yaml"], "baton env: unknown subcommand 'bogus'"),
+    (["env", "check", "a.yaml", "--force-recreate"], "baton env: --force-recreate is only for 'baton env setup'"),
+    (["bench", "a.yaml", "--concurrency", "0"], "baton bench: bad value '0' for --concurrency"),
+    (["status", "--interval"], "baton status: option '--interval' needs a value"),
+]
+
+
+@pytest.mark.parametrize("args,first", USAGE_ERRORS, ids=["-".join(w.strip("-") for w in a) for a, _ in USAGE_ERRORS])
+def test_a_bad_argument_is_named_in_the_first_line(args, first):
+    """A mistyped option gets a sentence naming it, not a bare usage line
+    or a 'missing CONFIG' when the config was given."""
+    out = subprocess.run([BATON] + args, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, (args, out.stderr)
+    assert out.stderr.splitlines()[0].startswith(first), out.stderr
+
+
+def test_check_warns_of_a_stage_no_pipeline_uses(tmp_path):
+    path = tmp_path / "baton.yaml"
+    path.write_text(GOOD_STAGE + "  spare:\n    command: [/bin/true]\npipelines: {p: [w]}\n")
+    out = subprocess.run([BATON, "check", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("%s:5:3: warning: stage 'spare' is in no pipeline" % path), \
+        out.stderr
+    assert "'w'" not in out.stderr, out.stderr
+
+
 def test_version_and_help():
     out = subprocess.run([BATON, "version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("baton ")

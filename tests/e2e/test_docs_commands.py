@@ -175,3 +175,63 @@ def listening(port, proc):
         return True
     except OSError:
         return False
+
+
+def help_examples(name):
+    """The example lines of `baton NAME --help` that run the echo example."""
+    page = usage_of(name).split("\nexamples:\n", 1)[1]
+    return [ln.strip() for ln in page.splitlines()
+            if ln.strip().startswith("baton %s examples/echo/" % name) and "--scenarios" not in ln]
+
+
+@pytest.mark.parametrize("name", ["run", "bench"])
+def test_the_help_pages_echo_examples_run_as_written(tmp_path, name):
+    """A newcomer pastes the examples of `baton run --help` and `baton bench
+    --help` at the top of a checkout: they must succeed (exit 0), not fail
+    on files the example did not mean to send."""
+    echo_layout(tmp_path)
+    for rel in ("docs", "README.md"):
+        os.symlink(os.path.join(ROOT, rel), tmp_path / rel)
+    setup = subprocess.run([BATON, "env", "setup", "examples/echo/baton.yaml"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120 * SLOW)
+    assert setup.returncode == 0, setup.stdout
+    examples = help_examples(name)
+    assert examples, usage_of(name)
+    for line in examples:
+        argv = [BATON] + shlex.split(line)[1:]
+        argv = [str(tmp_path / "out") if a == "/tmp/echo-out" else a for a in argv]
+        out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120 * SLOW)
+        failed = tmp_path / "out" / "_failed.jsonl"
+        assert out.returncode == 0, (line, out.stdout, out.stderr,
+                                     failed.read_text() if failed.exists() else "")
+
+
+def heading_anchors(path):
+    """The anchors GitHub makes of a Markdown file's headings."""
+    found = set()
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"#+ (.*)", line)
+            if m:
+                text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+                found.add(text.replace(" ", "-"))
+    return found
+
+
+def test_every_relative_link_and_anchor_of_the_docs_resolves():
+    problems = []
+    for doc in DOCS:
+        with open(doc) as f:
+            text = f.read()
+        for m in re.finditer(r"\]\(([^)#\s]*)(#[^)\s]+)?\)", text):
+            target, anchor = m.group(1), m.group(2)
+            if re.match(r"[a-z]+:", target):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(doc), target)) if target else doc
+            where = "%s: (%s%s)" % (os.path.relpath(doc, ROOT), target, anchor or "")
+            if not os.path.exists(path):
+                problems.append(where + ": no such file")
+            elif anchor and path.endswith(".md") and anchor[1:] not in heading_anchors(path):
+                problems.append(where + ": no such heading")
+    assert not problems, "\n".join(problems)

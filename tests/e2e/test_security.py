@@ -3,6 +3,7 @@ started as another user, loopback by default, names that cannot escape."""
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -43,9 +44,15 @@ def test_bearer_token_is_required_except_for_health(baton, tmp_path):
                           "--token-file", str(tmp_path / "token")],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "STAGE" in out.stdout
+    env = {k: v for k, v in os.environ.items() if k != "BATON_TOKEN_FILE"}
     out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % b.port],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 1 and "needs a token: --token-file" in out.stderr, out.stderr
+    (tmp_path / "wrong").write_text("wrong-token-0123456789\n")
+    out = subprocess.run([BATON, "status", "--url", "http://127.0.0.1:%d" % b.port,
+                          "--token-file", str(tmp_path / "wrong")],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 1 and "the token was refused" in out.stderr, out.stderr
     b.token = token
     assert b.stop() == 0
 
@@ -221,6 +228,29 @@ def test_listen_flag_binds_only_the_address_given(tmp_path, host, expect):
     try:
         wait_for(lambda: listening_sockets(proc.pid), 20, what="baton to listen")
         assert listening_sockets(proc.pid) == [(expect, port)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_an_ipv6_listen_address_is_logged_as_a_url_takes_it(tmp_path):
+    """`[::1]:PORT`, not `::1:PORT`: the logged address pastes into curl."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        cannot_run("no IPv6 on this machine")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config(fake_stage("w"), {"p": ["w"]}))
+    log = tmp_path / "serve.log"
+    port = free_port()
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([BATON, "serve", str(cfg), "--listen", "[::1]:%d" % port],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        want = b"msg=listening addr=[::1]:%d " % port
+        wait_for(lambda: proc.poll() is not None or want in log.read_bytes(), 20,
+                 what="baton to log that it listens")
+        assert want in log.read_bytes(), log.read_text()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -152,7 +152,8 @@ def run(cmd, log, timeout=None, **kw):
 # What the end-to-end tests run besides baton; the examples, benchmarks and
 # the rest are not built (a test that needs one fails the baseline run).
 E2E_TARGETS = ["baton", "tests/c_batch_worker", "tests/c_echo_worker", "tests/c_source",
-               "examples/stations/ocr_order", "tests/fake-nvml/libnvidia-ml.so.1"]
+               "examples/stations/ocr_order", "examples/echo/rev",
+               "tests/fake-nvml/libnvidia-ml.so.1"]
 
 
 def targets_for(tests):

@@ -520,6 +520,19 @@ Test(config, quoted_string_for_an_integer_is_an_error_at_the_value)
 			4, 17, "'timeout_ms'", "integer", NULL);
 }
 
+Test(config, quoted_number_for_an_integer_says_to_drop_the_quotes)
+{
+	expect_error_at("stages:\n  s:\n    command: [true]\n    retries: \"2\"\n" PIPELINE_P,
+			4, 14, "'retries' must be an integer", "quoted", "'2'", "drop the quotes",
+			NULL);
+}
+
+Test(config, pipeline_that_is_a_scalar_names_both_forms)
+{
+	expect_error_at("stages:\n  s:\n    command: [true]\npipelines:\n  p: s\n", 5, 6,
+			"pipeline 'p'", "list of stages", "mapping with 'stages'", "a scalar", NULL);
+}
+
 Test(config, word_for_an_integer_is_an_error_at_the_value)
 {
 	expect_error_at("stages:\n  s:\n    command: [true]\n    timeout_ms: abc\n" PIPELINE_P,
