@@ -1,8 +1,10 @@
 """bench/frames' v2 stage for the shared-memory figures: a request of one
 UINT8 tensor "x" in binary passes through unchanged (a view of its memfd,
 handed back), and the last stage (FRAMES_V2_LAST=1) answers it as the
-binary output "out_x": one copy, to put the answer's header before it."""
-import json
+binary output "out_x" through the SDK's v2 helpers: x's bytes are a view
+of the input (views=True), and v2.response writes them into the client's
+output region itself when the output has one (else it joins them behind
+the answer's header: one copy)."""
 import os
 import sys
 
@@ -14,15 +16,11 @@ LAST = os.environ.get("FRAMES_V2_LAST") == "1"
 
 
 def handle(payload, meta):
-    hl = meta["v2_header_length"]
     if not LAST:
-        return payload, {"v2_header_length": hl}
-    req = json.loads(bytes(payload[:hl]))
-    size = req["inputs"][0]["parameters"]["binary_data_size"]
-    head = json.dumps({"outputs": [{"name": "out_x", "datatype": "UINT8", "shape": [size],
-                                    "parameters": {"binary_data_size": size}}]}).encode()
-    return b"".join((head, payload[hl:hl + size])), {
-        "content_type": "application/octet-stream", "v2_header_length": len(head)}
+        return payload, {"v2_header_length": meta["v2_header_length"]}
+    req = bw.v2.parse(payload, meta)
+    x = req.input("x")
+    return bw.v2.response([bw.v2.Tensor("out_x", "UINT8", x.shape, raw=x.raw)], req)
 
 
 bw.run(handle, views=True)

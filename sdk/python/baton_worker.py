@@ -106,9 +106,12 @@ binary (Triton's binary tensor extension), without numpy:
         list of bool/int/float, or bytes (str is encoded UTF-8) for BYTES; or
         raw=bytes in binary form; or a numpy ndarray (shape None: the
         array's). A tensor has .name .datatype .shape .data (flat list),
-        .raw (its bytes when it arrived binary, else None), .binary,
-        .parameters, and .numpy() (imports numpy). Binary inputs are decoded
-        to .data only when .data is first read.
+        .raw (its bytes when it arrived binary, else None; a read-only
+        memoryview of the payload, not a copy, when the handler takes views),
+        .binary, .parameters, and .numpy() (imports numpy). Binary inputs are
+        decoded to .data only when .data is first read. raw= keeps bytes and
+        read-only memoryviews as they are (no copy): what such a view shows
+        must not change until the answer is sent.
     bw.v2.response(outputs, request=None, parameters=None, model_version=None)
         -> (payload, meta) to return as is. With request: its id is echoed,
         only the outputs it asks for are sent (all if it names none), and an
@@ -216,6 +219,9 @@ def _memfd_min():
 
 _MAP_FIXED = 0x10              # Linux; the mmap module does not export it
 _libc = None
+# While a handler runs: id(payload) -> the outputs it may write into shared
+# memory itself ({name: (fd, bytes)}, docs/protocol.md), for v2.response.
+_placing = {}
 
 
 def _joined_view(head, fd, off, n):
@@ -560,14 +566,24 @@ class _Worker:
 
     def handle_one(self, rid, payload, meta):
         began = _now()
+        places = self.req_place.get(rid) if self.req_place else None
+        if places:
+            _placing[id(payload)] = places
         try:
             frames = self.success(rid, self.handler(payload, meta, *self.extra))
         except Exception as e:
             frames = self.failure(rid, e)
+        finally:
+            if places:
+                _placing.clear()
         self.queue(frames, began)
 
     def handle_batch(self, reqs):
         began = _now()
+        for r in reqs:
+            places = self.req_place.get(r.id) if self.req_place else None
+            if places:
+                _placing[id(r.payload)] = places
         try:
             results = self.handler(reqs, *self.extra)
             if type(results) is not list:
@@ -581,6 +597,8 @@ class _Worker:
                 _print_error("batch of %d requests failed" % len(reqs))
             self.queue([self.failure(r.id, e, log=False) for r in reqs], began)
             return
+        finally:
+            _placing.clear()
         # Queued together: the answers of one batch share a write even when the
         # batch took long enough for each to be flushed on its own.
         parts = []
@@ -1599,7 +1617,9 @@ class _V2Tensor:
         elif not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError("v2.Tensor %s: raw must be bytes, not %s"
                             % (name, type(raw).__name__))
-        else:
+        elif type(raw) is memoryview and raw.readonly:
+            raw = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
+        elif type(raw) is not bytes:
             raw = bytes(raw)
         if parameters is not None and not isinstance(parameters, dict):
             raise TypeError("v2.Tensor %s: parameters must be a dict" % name)
@@ -1677,7 +1697,8 @@ class _V2Request:
     .wants_binary(output_name)  whether that output should be sent binary
     """
 
-    __slots__ = ("id", "parameters", "inputs", "outputs", "model_name", "_header_length")
+    __slots__ = ("id", "parameters", "inputs", "outputs", "model_name", "_header_length",
+                 "_places")
 
     def __init__(self, id=None, parameters=None, inputs=(), outputs=(), model_name=None):
         self.id = id
@@ -1686,6 +1707,7 @@ class _V2Request:
         self.outputs = list(outputs)
         self.model_name = model_name
         self._header_length = None   # the request's meta v2_header_length
+        self._places = None          # outputs the handler may write into shared memory
 
     def input(self, name):
         for t in self.inputs:
@@ -1774,7 +1796,10 @@ def _v2_parse(payload, meta=None):
             if type(size) is not int or size < 0 or size > len(rest) - pos:
                 raise bad("input %s: binary_data_size %s, %d bytes of binary data left"
                           % (name, _encode(size), len(rest) - pos))
-            raw = bytes(rest[pos:pos + size])
+            # A read-only view (views=True: a memfd's or the client's mapping)
+            # is sliced, not copied; other payloads are copied, as they may change.
+            raw = rest[pos:pos + size] if view.readonly and type(payload) is memoryview \
+                else bytes(rest[pos:pos + size])
             pos += size
             params = {k: v for k, v in params.items() if k != "binary_data_size"}
             t = _V2Tensor._make(name, dt, shape, None, raw, params, True)
@@ -1798,6 +1823,7 @@ def _v2_parse(payload, meta=None):
                   % (len(rest) - pos))
     req = _V2Request(rid, parameters, tensors, outputs, meta.get("model_name"))
     req._header_length = hlen
+    req._places = _placing.get(id(payload)) if _placing else None
     return req
 
 
@@ -1825,6 +1851,7 @@ def _v2_response(outputs, request=None, parameters=None, model_version=None):
     if parameters:
         body["parameters"] = dict(parameters)
     outs, blobs, seen = [], [], set()
+    places = getattr(request, "_places", None)
     for t in outputs:
         if not isinstance(t, _V2Tensor):
             raise TypeError("v2.response: outputs must be v2.Tensor, not %s"
@@ -1846,8 +1873,18 @@ def _v2_response(outputs, request=None, parameters=None, model_version=None):
                 raw = _v2_encode(t, t._data)
             else:
                 _v2_check_raw(t, raw, count, ValueError)
-            params["binary_data_size"] = len(raw)
-            blobs.append(raw)
+            where = places.get(t.name) if places else None
+            if where is not None and len(raw) <= where[1]:
+                # Into the client's output region, from where it is: no copy
+                # into the answer (docs/protocol.md, "places").
+                view, done = memoryview(raw).cast("B"), 0
+                while done < len(view):
+                    done += os.pwrite(where[0], view[done:], done)
+                params.pop("binary_data_size", None)
+                params["baton_placed"] = len(view)
+            else:
+                params["binary_data_size"] = len(raw)
+                blobs.append(raw)
         else:
             params.pop("binary_data_size", None)
             if t._data is None:

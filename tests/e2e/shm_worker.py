@@ -17,6 +17,8 @@ exactly its JSON header plus x (more bytes would mean a worker sees memory
 beyond its range). It also records, in the output's parameters, what this
 process holds of the client's object (SHM_KEY): its descriptors (none: the
 SDK closes them) and its mappings (r--s: read-only, and their size).
+SHM_V2_SDK=1 answers the same through bw.v2.parse and bw.v2.response, and
+records the anonymous memory that cost (SHM_RSS_FILE).
 SHM_VIEWS=1 runs with bw.run(..., views=True); RAW=1 speaks protocol v1
 without the SDK and never announces memfds (an old worker).
 """
@@ -79,6 +81,28 @@ def v2_last(payload, meta):
                                             "v2_header_length": len(head)}
 
 
+def rss_anon_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def v2_sdk(payload, meta):
+    """The last stage through the SDK's v2 helpers: x back as out_x. Appends
+    to SHM_RSS_FILE how much anonymous memory the answer made this process
+    hold (a copy of x in parse or in response would show as x's size)."""
+    import baton_worker as bw
+    before = rss_anon_kb()
+    req = bw.v2.parse(payload, meta)
+    x = req.input("x")
+    result = bw.v2.response([bw.v2.Tensor("out_x", "UINT8", x.shape, raw=x.raw)], req)
+    with open(os.environ["SHM_RSS_FILE"], "a") as f:
+        f.write("%d %s\n" % (rss_anon_kb() - before, type(x.raw).__name__))
+    return result
+
+
 def run_sdk():
     import baton_worker as bw
 
@@ -102,6 +126,9 @@ def run_sdk():
             if head.startswith(b"unsealed"):
                 unsealed_answer(r.id, r.payload)
                 signal.pause()      # baton kills us for it
+            if os.environ.get("SHM_V2_SDK") == "1":
+                out.append(v2_sdk(r.payload, r.meta))
+                continue
             if os.environ.get("SHM_V2_LAST") == "1":
                 try:
                     out.append(v2_last(r.payload, r.meta))

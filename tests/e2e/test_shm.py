@@ -504,3 +504,41 @@ def test_shm_whole_object_output_written_by_a_c_last_stage(baton, tmp_path):
     finally:
         region.close()
         outr.close()
+
+
+def test_shm_whole_object_output_written_by_v2_response_without_a_copy(baton, tmp_path):
+    """A last stage written with the SDK's v2 helpers (views=True) answers a
+    client whose input and output are objects of their own: v2.parse hands
+    out x as a view of the input's object, and v2.response writes out_x into
+    the output's object from it. Neither makes a copy: the worker's
+    anonymous memory does not grow by the tensor's size."""
+    size = 32 * 1024 * 1024
+    region, outr = Region(tmp_path, size), Region(tmp_path / "out", size)
+    rss = os.path.join(str(tmp_path), "rss")
+    b = baton(config(py_stage("w", env_extra={"SHM_V2_SDK": "1", "SHM_RSS_FILE": rss}), {},
+                     top="max_request_bytes: %d\n" % (2 * size)) +
+              "  m:\n    stages: [w]\n" + IO)
+    try:
+        data = (hashlib.sha256(b"v2-sdk").digest() * 2048) * (size // 65536)
+        region.write(0, data)
+        for name, r in (("in", region), ("out", outr)):
+            assert b.request("POST", "/v2/systemsharedmemory/region/%s/register" % name,
+                             json.dumps({"key": r.key, "byte_size": size}).encode()
+                             ).status == 200
+        out_x = {"name": "out_x", "parameters": {"shared_memory_region": "out",
+                                                 "shared_memory_byte_size": size}}
+        for _ in range(2):
+            outr.write(0, bytes(size))
+            r = shm_infer(b, [shm_input("in", size)], [out_x])
+            assert r.status == 200, r
+            out = r.json()["outputs"][0]["parameters"]
+            assert out == {"shared_memory_region": "out", "shared_memory_byte_size": size}, out
+            assert outr.read(0, size) == data
+        with open(rss) as f:
+            grew = [line.split() for line in f.read().splitlines()]
+        assert len(grew) == 2 and all(kind == "memoryview" for _, kind in grew), grew
+        assert all(int(kb) < size // 1024 // 4 for kb, _ in grew), grew
+    finally:
+        region.close()
+        outr.close()
+
