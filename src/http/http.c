@@ -252,13 +252,25 @@ static int send_error(struct bt_h1_conn *mc, enum bt_code code,
 	return send_json(mc, bt_code_http_status(code), error_doc(code, NULL, NULL, msg), NULL);
 }
 
-static int send_overloaded(struct conn *cn)
+/* why: NULL for the buffer budget, else what kept baton from holding the body. */
+static int send_overloaded(struct conn *cn, const char *why)
 {
-	char msg[200];
+	char msg[256];
+	size_t shm = bt_shm_bytes(cn->h->shm);
 	cn->route = R_NONE;
-	snprintf(msg, sizeof(msg),
-		 "baton holds %zu bytes for clients, at its http.max_buffered_bytes (%zu): try again later",
-		 cn->h->buffered, cn->h->d->cfg->http_max_buffered_bytes);
+	if (why)
+		snprintf(msg, sizeof(msg), "baton cannot hold the request's body now (%s): try again later",
+			 why);
+	else if (shm)
+		snprintf(msg, sizeof(msg),
+			 "baton holds %zu bytes for clients and %zu in shared memory regions, at its "
+			 "http.max_buffered_bytes (%zu): try again later",
+			 cn->h->buffered, shm, cn->h->d->cfg->http_max_buffered_bytes);
+	else
+		snprintf(msg, sizeof(msg),
+			 "baton holds %zu bytes for clients, at its http.max_buffered_bytes (%zu): try "
+			 "again later",
+			 cn->h->buffered, cn->h->d->cfg->http_max_buffered_bytes);
 	const char *hdrs[] = {"Retry-After", "1", NULL};
 	return send_json(cn->mc, 503, error_doc(BT_OVERLOADED, NULL, NULL, msg), hdrs);
 }
@@ -1181,7 +1193,7 @@ static void body_drop(struct conn *cn)
 	cn->body_fd_len = 0;
 }
 
-/* A body received into a memfd, complete: sealed and mapped as shm_body. */
+/* A body received into a memfd, complete: sealed and mapped as shm_body; else -errno. */
 static int body_seal(struct conn *cn)
 {
 	if (cn->body_fd < 0)
@@ -1192,8 +1204,9 @@ static int body_seal(struct conn *cn)
 	cn->body_fd_len = 0;
 	char *p = NULL;
 	if (fcntl(fd, F_ADD_SEALS, BT_MEMFD_SEALS) < 0 || (len && !(p = bt_memfd_map(fd, len)))) {
+		int e = -errno;
 		close(fd);
-		return -1;
+		return e ? e : -ENOMEM;
 	}
 	cn->shm_body = p;
 	cn->shm_len = len;
@@ -1228,7 +1241,7 @@ static void *head_cb(void *arg, struct bt_h1_conn *c, const struct bt_h1_head *h
 	}
 	if ((cn->route == R_PIPELINE || cn->route == R_INFER) &&
 	    over_budget(h, hd->length >= 0 ? announced : 1)) {
-		send_overloaded(cn);
+		send_overloaded(cn, NULL);
 		return cn;
 	}
 	size_t min = h->d->cfg->memfd_min_bytes;
@@ -1248,6 +1261,7 @@ static void body_cb(void *ctx, const char *p, size_t n)
 	if (cn->route == R_NONE || cn->route == R_STAGE_RESTART)
 		return;
 	size_t have = cn->body.len + cn->body_fd_len;
+	int e;
 	/*
 	 * Past a limit (a chunked body says nothing up front): answered now,
 	 * as nginx does, and the connection closes after the answer, the rest
@@ -1257,10 +1271,16 @@ static void body_cb(void *ctx, const char *p, size_t n)
 		body_drop(cn);
 		uncharge(cn);
 		too_big(cn, NULL);
-	} else if (over_budget(h, n) || body_add(cn, p, n)) {
-		body_drop(cn); /* also: no memory left for the memfd */
+	} else if (over_budget(h, n)) {
+		body_drop(cn);
 		uncharge(cn);
-		send_overloaded(cn);
+		send_overloaded(cn, NULL);
+	} else if ((e = body_add(cn, p, n))) {
+		/* No memory left for the memfd, most likely: said as it is. */
+		bt_warn("cannot hold a request body", "error=%s", BT_LOGQ(bt_strerror(e)));
+		body_drop(cn);
+		uncharge(cn);
+		send_overloaded(cn, bt_strerror(e));
 	} else {
 		charge(cn, n);
 	}
@@ -1271,6 +1291,7 @@ static void complete_cb(void *ctx)
 {
 	struct conn *cn = ctx;
 	enum route r = cn->route;
+	int e;
 	if (r == R_NONE)
 		return;
 	if (r != R_STREAM_RESULTS && r != R_PIPELINE && r != R_INFER)
@@ -1285,8 +1306,8 @@ static void complete_cb(void *ctx)
 		shm_register(cn);
 	else if (r == R_STREAM_RESULTS)
 		stream_results(cn);
-	else if (body_seal(cn))
-		send_overloaded(cn);
+	else if ((e = body_seal(cn)))
+		send_overloaded(cn, bt_strerror(e));
 	else if (r == R_INFER)
 		start_infer(cn);
 	else
