@@ -202,7 +202,7 @@ def main():
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
     tmp = tempfile.mkdtemp(prefix="baton-soak-")
-    proc, port, logpath = start(a.build, tmp)
+    proc, port, logpath = start(os.path.abspath(a.build), tmp)
     rss = {"before": rss_mib(proc.pid)}
     clients = Clients(port, 4)
     time.sleep(a.seconds)
