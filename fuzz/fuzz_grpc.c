@@ -56,11 +56,25 @@ static void requests(const uint8_t *data, size_t size)
 		    0) {
 			if (!in.body || in.header_len > in.len || !in.model || !in.version)
 				broken("a decoded request is a body with its header inside");
-			struct bt_v2_request v2;
-			if (bt_v2_parse_infer(in.body, in.len,
-					      in.binary ? (long long)in.header_len : -1, &v2, err,
-					      sizeof(err)) == 0)
+			/* The tree gRPC checks decides as its text would. */
+			struct bt_v2_request v2, t2;
+			char terr[512];
+			long long hl = in.binary ? (long long)in.header_len : -1;
+			int rt = bt_v2_parse_infer(in.body, in.len, hl, &v2, err, sizeof(err));
+			int rc = bt_v2_check_infer(in.doc, in.body, in.len, hl, &t2, terr,
+						   sizeof(terr));
+			if (rt != rc || (rt && strcmp(err, terr)))
+				broken("the built tree is checked as its text is");
+			if (!rt && (v2.binary != t2.binary || v2.binary_output != t2.binary_output ||
+				    v2.header_len != t2.header_len ||
+				    v2.has_priority != t2.has_priority ||
+				    v2.has_timeout != t2.has_timeout || !v2.id != !t2.id ||
+				    (v2.id && strcmp(v2.id, t2.id))))
+				broken("the built tree reads as its text does");
+			if (!rt) {
 				bt_v2_request_release(&v2);
+				bt_v2_request_release(&t2);
+			}
 		}
 		bt_grpc_infer_release(&in);
 		off += BT_GRPC_PREFIX + n;

@@ -427,8 +427,9 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 				 in.version);
 		}
 	}
-	if (!st && bt_v2_parse_infer(in.body, in.len, in.binary ? (long long)in.header_len : -1,
-				     &v2, err, sizeof(err)))
+	/* The header is checked as the tree it was built as, not reloaded from its text. */
+	if (!st && bt_v2_check_infer(in.doc, in.body, in.len,
+				     in.binary ? (long long)in.header_len : -1, &v2, err, sizeof(err)))
 		st = BT_GRPC_INVALID_ARGUMENT;
 	if (st) {
 		if (!stream) {

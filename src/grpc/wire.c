@@ -520,6 +520,8 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 	out->binary = m->n_inputs > 0;
 	bt_buf_append(&body, tensors.data, tensors.len);
 	out->body = bt_buf_detach(&body, &out->len);
+	out->doc = root;
+	root = NULL;
 	r = 0;
 done:
 	json_decref(root);
@@ -607,6 +609,7 @@ void bt_grpc_infer_release(struct bt_grpc_infer *in)
 	free(in->version);
 	free(in->id);
 	free(in->body);
+	json_decref(in->doc);
 	memset(in, 0, sizeof(*in));
 }
 

@@ -78,6 +78,7 @@ struct bt_grpc_infer {
 	size_t len;
 	size_t header_len; /* JSON bytes at the start of body */
 	int binary;	   /* tensors follow the JSON */
+	struct json_t *doc; /* that JSON as the tree it was built as */
 };
 
 /*

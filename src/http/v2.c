@@ -636,6 +636,27 @@ int bt_v2_parse_infer(const char *body, size_t len, long long header_len, struct
 	return 0;
 }
 
+int bt_v2_check_infer(const json_t *root, const char *body, size_t len, long long header_len,
+		      struct bt_v2_request *out, char *err, size_t errlen)
+{
+	struct bt_v2_request r = {0};
+	struct bt_jspans sp = {0};
+
+	/* Lengths out of range, and headers the text path scans, go that way. */
+	if (header_len == 0 || header_len < -1 ||
+	    (header_len > 0 && (unsigned long long)header_len > len) ||
+	    (header_len < 0 ? len : (size_t)header_len) >= bt_v2_scan_min)
+		return bt_v2_parse_infer(body, len, header_len, out, err, errlen);
+	memset(out, 0, sizeof(*out));
+	r.header_len = header_len < 0 ? len : (size_t)header_len;
+	if (check_request(root, &sp, &r, body, len, header_len, err, errlen) < 0) {
+		bt_v2_request_release(&r);
+		return -1;
+	}
+	*out = r;
+	return 0;
+}
+
 void bt_v2_request_release(struct bt_v2_request *r)
 {
 	free(r->id);

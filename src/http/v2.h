@@ -55,6 +55,14 @@ extern size_t bt_v2_scan_min;
 int bt_v2_parse_infer(const char *body, size_t len, long long header_len,
 		      struct bt_v2_request *out, char *err, size_t errlen);
 void bt_v2_request_release(struct bt_v2_request *r);
+/*
+ * bt_v2_parse_infer for a header its caller loaded or built already (root,
+ * the JSON at the start of body): the same checks and answer, without a
+ * round trip through text. gRPC's decoder builds the header as a tree.
+ */
+struct json_t;
+int bt_v2_check_infer(const struct json_t *root, const char *body, size_t len,
+		      long long header_len, struct bt_v2_request *out, char *err, size_t errlen);
 
 /*
  * Completes a worker's v2 answer (JSON, followed by binary tensors when

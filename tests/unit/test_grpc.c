@@ -102,6 +102,13 @@ Test(grpc, typed_contents_become_the_binary_body_the_v2_checks_accept)
 	    "%s", err);
 	cr_expect(v2.binary_output);
 	bt_v2_request_release(&v2);
+	/* gRPC checks the tree it built: the same verdict as its text. */
+	cr_expect_eq(bt_v2_check_infer(in.doc, in.body, in.len, (long long)in.header_len, &v2, err,
+				       sizeof(err)),
+		     0, "%s", err);
+	cr_expect(v2.binary_output && v2.binary && v2.header_len == in.header_len);
+	cr_expect_str_eq(v2.id, "r9");
+	bt_v2_request_release(&v2);
 	bt_grpc_infer_release(&in);
 	free(msg);
 	msg = typed_request(128, &len);
