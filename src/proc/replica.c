@@ -1469,7 +1469,7 @@ int bt_replica_send(struct bt_replica *r, struct bt_request **reqs, int n)
 			add_fd(&fds, &nfds, &capfds, at, fd, borrow);
 		}
 		if (place && !e) {
-			/* After the payload's, one byte apart: one descriptor per write. */
+			/* After the payload's, one byte apart: in order, each no later than the header. */
 			size_t k = fd >= 0 ? 1 : 0;
 			for (size_t j = 0; j < req->places->n && !e; j++) {
 				int pfd = fd_to_send(req->places->v[j].fd, borrow);
