@@ -35,7 +35,9 @@ Payload commands (text; anything else is echoed back):
                     the inputs renamed "out_<name>", binary when asked for; with
                     parameters.raw_answer, that text instead (not a v2 response);
                     parameters.fake: one of crash, hang, slow:MS, gate:PATH,
-                    reject:TEXT first (the same commands for v2 clients)
+                    reject:TEXT first (the same commands for v2 clients);
+                    parameters.echo_deadline: the answer's parameters.deadline_ms
+                    is the request's meta.deadline_ms
 
 With FAKE_BATCH=1 the worker uses a batch handler, and each answer is the
 JSON {"echo": answer, "batch_size": n, "batch_pipelines": [...], "batch": id}
@@ -125,7 +127,10 @@ def v2_echo(payload, meta):
         return req.parameters["raw_answer"].encode()
     outs = [bw.v2.Tensor("out_" + t.name, t.datatype, t.shape, t.data) for t in req.inputs]
     V2_SERVED[0] += 1   # the order this replica served v2 requests in
-    return bw.v2.response(outs, request=req, parameters={"served": V2_SERVED[0]})
+    params = {"served": V2_SERVED[0]}
+    if "echo_deadline" in req.parameters:   # what baton said is left of the time
+        params["deadline_ms"] = meta.get("deadline_ms")
+    return bw.v2.response(outs, request=req, parameters=params)
 
 
 SEEN = [0]

@@ -268,6 +268,11 @@ def test_grpc_timeouts_expire_in_the_queue(baton, pb, tmp_path):
                  what="the request to leave the queue at its grpc-timeout")
         assert b.status()["stages"]["w"]["running"] == 1
     assert busy.result(30).raw_output_contents
+    # Where nobody gives up, the grpc-timeout still reaches the worker as what
+    # is left of it (deadline_ms), not the stage's timeout_ms: the queue
+    # deadline above could also be the client's reset cancelling its call.
+    r = c.stub.ModelInfer(c.request(echo_deadline=True, **one), timeout=5 * SLOW)
+    assert 0 < r.parameters["deadline_ms"].int64_param <= 6000 * SLOW, r.parameters
     c.close()
     assert b.stop() == 0
 
