@@ -263,6 +263,22 @@ def _joined_view(head, fd, off, n):
     return memoryview(arr).cast("B").toreadonly()
 
 
+def _place(params, where, data):
+    """Writes data (bytes-like) into a place (fd, bytes) the client gave an
+    output, from offset 0, when it fits: its params then say "baton_placed"
+    instead of "binary_data_size". False when it does not fit (left to
+    carry in the answer)."""
+    view = memoryview(data).cast("B")
+    if where is None or len(view) > where[1]:
+        return False
+    done = 0
+    while done < len(view):
+        done += os.pwrite(where[0], view[done:], done)
+    params.pop("binary_data_size", None)
+    params["baton_placed"] = len(view)
+    return True
+
+
 def _place_outputs(result, places):
     """result with the binary outputs that places names written into their
     objects (from offset 0) instead of carried: each becomes
@@ -289,13 +305,7 @@ def _place_outputs(result, places):
         size = params.get("binary_data_size") if type(params) is dict else None
         if type(size) is not int or size < 0 or pos + size > len(view):
             return result      # baton says what is wrong with it
-        where = places.get(o.get("name"))
-        if where is not None and size <= where[1]:
-            chunk, done = view[pos:pos + size], 0
-            while done < size:
-                done += os.pwrite(where[0], chunk[done:], done)
-            del params["binary_data_size"]
-            params["baton_placed"] = size
+        if _place(params, places.get(o.get("name")), view[pos:pos + size]):
             placed = True
         else:
             parts.append(view[pos:pos + size])
@@ -1617,7 +1627,7 @@ class _V2Tensor:
         elif not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError("v2.Tensor %s: raw must be bytes, not %s"
                             % (name, type(raw).__name__))
-        elif type(raw) is memoryview and raw.readonly:
+        elif type(raw) is memoryview and raw.readonly and raw.c_contiguous:
             raw = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
         elif type(raw) is not bytes:
             raw = bytes(raw)
@@ -1873,16 +1883,9 @@ def _v2_response(outputs, request=None, parameters=None, model_version=None):
                 raw = _v2_encode(t, t._data)
             else:
                 _v2_check_raw(t, raw, count, ValueError)
-            where = places.get(t.name) if places else None
-            if where is not None and len(raw) <= where[1]:
-                # Into the client's output region, from where it is: no copy
-                # into the answer (docs/protocol.md, "places").
-                view, done = memoryview(raw).cast("B"), 0
-                while done < len(view):
-                    done += os.pwrite(where[0], view[done:], done)
-                params.pop("binary_data_size", None)
-                params["baton_placed"] = len(view)
-            else:
+            # Into the client's output region, from where it is: no copy
+            # into the answer (docs/protocol.md, "places").
+            if not (places and _place(params, places.get(t.name), raw)):
                 params["binary_data_size"] = len(raw)
                 blobs.append(raw)
         else:
