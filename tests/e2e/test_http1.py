@@ -184,6 +184,22 @@ def test_a_request_whose_client_closes_while_it_waits_never_runs(baton, tmp_path
     assert r["accepted"] == r["succeeded"] + r["failed"] + r["in_flight"] == 8, r
 
 
+def trickle(s, r, pieces):
+    """Sends pieces one at a time, 0.2 s apart, until baton answers (the
+    answer) or closes the connection (None)."""
+    for piece in pieces:
+        try:
+            s.send(piece)
+        except OSError:
+            return None  # closed after its answer
+        s.settimeout(0.2)
+        try:
+            return r.answer()
+        except socket.timeout:
+            pass
+    return None
+
+
 def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
     # Slowloris: one byte of the head at a time, never idle for long; then
     # empty lines (which may come before a request) one at a time. The head
@@ -194,19 +210,8 @@ def test_a_head_that_trickles_in_is_cut_off_after_idle_timeout_s(baton):
     s = connect(b)
     r = Reader(s)
     head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 400
-    for trickle in ([head[i:i + 1] for i in range(len(head))], [b"\r\n"] * len(head)):
-        got = None
-        for piece in trickle[:int(100 * SLOW)]:  # at 0.2 s each: 20 s at most, far over 1 s
-            try:
-                s.send(piece)
-            except OSError:
-                break  # closed after its answer
-            s.settimeout(0.2)
-            try:
-                got = r.answer()
-                break
-            except socket.timeout:
-                pass
+    for pieces in ([head[i:i + 1] for i in range(len(head))], [b"\r\n"] * len(head)):
+        got = trickle(s, r, pieces[:int(100 * SLOW)])  # at 0.2 s each: 20 s at most, far over 1 s
         assert got and got[0] == 408 and b"did not all arrive" in got[2], got
         s.settimeout(20 * SLOW)
         assert r.closed()
@@ -230,18 +235,7 @@ def test_a_body_that_trickles_in_is_cut_off_and_a_slow_one_is_not(baton):
     s = connect(b)
     r = Reader(s)
     s.sendall(b"POST /v1/pipelines/p HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
-    got = None
-    for _ in range(int(150 * SLOW)):  # at 0.2 s a byte: 30 s at most
-        try:
-            s.send(b"z")
-        except OSError:
-            break  # closed after its answer
-        s.settimeout(0.2)
-        try:
-            got = r.answer()
-            break
-        except socket.timeout:
-            pass
+    got = trickle(s, r, [b"z"] * int(150 * SLOW))  # at 0.2 s a byte: 30 s at most
     assert got and got[0] == 408 and b"500 bytes a second" in got[2], got
     s.close()
     # 1000 bytes at once, then 1000 every 0.5 s (2000 a second): 2 s, past
