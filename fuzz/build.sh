@@ -90,8 +90,8 @@ target() {
 
 target frame frame common
 target config config common
-target v2 v2 jscan wire inference_pb common
-target grpc wire inference_pb v2 jscan common
+target v2 v2 jscan wire inference_pb frame common
+target grpc wire inference_pb v2 jscan frame common
 target shm shm memfd v2 jscan common
 target h1 h1 common
 echo "built: $out/fuzz_frame $out/fuzz_config $out/fuzz_v2 $out/fuzz_grpc $out/fuzz_shm $out/fuzz_h1"

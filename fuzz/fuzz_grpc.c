@@ -10,13 +10,17 @@
  *   mode even: a call's DATA, split into messages (max 64 KiB each), each
  *              decoded as a ModelInferRequest and checked as the HTTP path does;
  *   mode odd:  4 bytes of JSON header length (little-endian, 0xffffffff =
- *              none), then a worker's v2 answer, encoded as a response.
+ *              none), then a worker's v2 answer, encoded as a response both
+ *              by the tree-less scan and through a jansson tree, which must
+ *              agree byte for byte and sentence for sentence.
  * The first 12 data bytes are also read as a grpc-timeout value.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "grpc/wire.h"
 #include "http/v2.h"
@@ -56,6 +60,12 @@ static void requests(const uint8_t *data, size_t size)
 		    0) {
 			if (!in.body || in.header_len > in.len || !in.model || !in.version)
 				broken("a decoded request is a body with its header inside");
+			/* The header's text is jansson's compact dump of the tree. */
+			char *dump = json_dumps(in.doc, JSON_COMPACT);
+			if (!dump || strlen(dump) != in.header_len ||
+			    memcmp(dump, in.body, in.header_len))
+				broken("a request's header is written as jansson dumps its tree");
+			free(dump);
 			/* The tree gRPC checks decides as its text would. */
 			struct bt_v2_request v2, t2;
 			char terr[512];
@@ -95,8 +105,22 @@ static void answer(const uint8_t *data, size_t size)
 	/* A copy of exactly len bytes, so that ASan sees any read past the answer. */
 	char *body = malloc(len ? len : 1);
 	memcpy(body, data + 4, len);
-	if (bt_grpc_response_encode(body, len, hl, "m", "id", &out, &outlen, err, sizeof(err)) ==
-	    0) {
+	/* The tree-less conversion answers as the loaded one, sentence for sentence. */
+	uint8_t *ref;
+	size_t reflen;
+	char referr[256];
+	int rr = bt_grpc_response_encode_loaded(body, len, hl, "m", "id", &ref, &reflen, referr,
+						sizeof(referr));
+	int rc = bt_grpc_response_encode(body, len, hl, "m", "id", &out, &outlen, err, sizeof(err));
+	if (rr != rc)
+		broken("the scanned answer is taken exactly when the loaded one is");
+	if (rc && len < bt_v2_scan_min && strcmp(err, referr))
+		broken("the scanned answer is refused with the loaded one's sentence");
+	if (!rc && (outlen != reflen || memcmp(out, ref, outlen)))
+		broken("the scanned answer encodes as the loaded one");
+	if (!rr)
+		free(ref);
+	if (rc == 0) {
 		Inference__ModelInferResponse *m =
 		    inference__model_infer_response__unpack(NULL, outlen, out);
 		if (!m || m->n_outputs != m->n_raw_output_contents)

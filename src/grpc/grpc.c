@@ -668,13 +668,13 @@ static void headers_done(struct call *call)
 }
 
 /* Takes every whole message out of call->in. */
-static void messages(struct call *call)
+/* Takes the whole messages at the start of buf; returns the bytes they held. */
+static size_t take_messages(struct call *call, const uint8_t *buf, size_t len)
 {
 	struct bt_grpc *g = call->c->g;
 	size_t max = CFG(g)->max_request_bytes, n, off = 0;
 	int r;
-	while (!call->discard && (r = bt_grpc_frame_next((uint8_t *)call->in.data + off,
-							 call->in.len - off, max, &n))) {
+	while (!call->discard && (r = bt_grpc_frame_next(buf + off, len - off, max, &n))) {
 		if (r == -1) {
 			finish(call, BT_GRPC_RESOURCE_EXHAUSTED,
 			       "a message of %zu bytes is over max_request_bytes (%zu)", n, max);
@@ -686,7 +686,7 @@ static void messages(struct call *call)
 			       "identity)");
 			break;
 		}
-		const uint8_t *msg = (uint8_t *)call->in.data + off + BT_GRPC_PREFIX;
+		const uint8_t *msg = buf + off + BT_GRPC_PREFIX;
 		off += BT_GRPC_PREFIX + n;
 		call->messages++;
 		if (call->method == M_MODEL_STREAM_INFER) {
@@ -706,6 +706,12 @@ static void messages(struct call *call)
 			simple_rpc(call, msg, n);
 		}
 	}
+	return off;
+}
+
+static void messages(struct call *call)
+{
+	size_t off = take_messages(call, (uint8_t *)call->in.data, call->in.len);
 	if (call->discard) {
 		bt_buf_release(&call->in);
 		uncharge_in(call);
@@ -857,6 +863,14 @@ static int data_chunk_cb(nghttp2_session *s, uint8_t flags, int32_t id, const ui
 		       "try again later",
 		       g->buffered, CFG(g)->http_max_buffered_bytes);
 		return 0;
+	}
+	if (!call->in.len) {
+		/* Whole messages are decoded where nghttp2 holds them, never copied. */
+		size_t used = take_messages(call, data, len);
+		if (call->discard || used == len)
+			return 0;
+		data += used;
+		len -= used;
 	}
 	bt_buf_append(&call->in, data, len);
 	call->charged_in += len;

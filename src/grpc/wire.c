@@ -17,6 +17,7 @@
 #include "../common/common.h"
 #include "../http/jscan.h"
 #include "../http/v2.h"
+#include "../proto/proto.h"
 #include "inference.pb-c.h"
 
 static const char *const status_names[BT_GRPC_STATUS_COUNT] = {
@@ -275,18 +276,24 @@ struct param_entry {
 	Inference__InferParameter *value;
 };
 
-static int params_json(struct param_entry **entries, size_t n, json_t *into, const char *where,
-		       char *err, size_t errlen)
+/* kind "input" or "output" and its name, or NULL for the request's own. */
+static int params_json(struct param_entry **entries, size_t n, json_t *into, const char *kind,
+		       const char *name, char *err, size_t errlen)
 {
+	char where[96] = "";
 	for (size_t i = 0; i < n; i++) {
 		json_t *v = param_json(entries[i]->value);
-		if (!v)
-			return fail(err, errlen,
-				    "%sparameter '%.64s' has no value, or one JSON cannot hold (a "
-				    "string not UTF-8, a uint64 over 2^63-1, a double not finite)",
-				    where, entries[i]->key);
-		if (json_object_set_new(into, entries[i]->key, v))
+		int bad_key = v && json_object_set_new(into, entries[i]->key, v);
+		if (v && !bad_key)
+			continue;
+		if (kind)
+			snprintf(where, sizeof(where), "%s '%.64s': ", kind, name);
+		if (bad_key)
 			return fail(err, errlen, "%sparameter name is not UTF-8", where);
+		return fail(err, errlen,
+			    "%sparameter '%.64s' has no value, or one JSON cannot hold (a "
+			    "string not UTF-8, a uint64 over 2^63-1, a double not finite)",
+			    where, entries[i]->key);
 	}
 	return 0;
 }
@@ -434,8 +441,8 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 	json_t *root = json_object(), *inputs = json_array(), *params = json_object();
 	struct bt_buf tensors = BT_BUF_INIT;
 	int r = -1;
-	char where[96];
 	int raw = m->n_raw_input_contents > 0;
+	size_t raw_bytes = 0;
 
 	if (raw && m->n_raw_input_contents != m->n_inputs) {
 		fail(err, errlen, "raw_input_contents has %zu entries for %zu inputs",
@@ -446,8 +453,8 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 		fail(err, errlen, "the request id is not UTF-8");
 		goto done;
 	}
-	if (params_json((struct param_entry **)m->parameters, m->n_parameters, params, "", err,
-			errlen))
+	if (params_json((struct param_entry **)m->parameters, m->n_parameters, params, NULL, NULL,
+			err, errlen))
 		goto done;
 	/* Every output comes back binary: nothing to parse twice. */
 	json_object_set_new(params, "binary_data_output", json_true());
@@ -458,17 +465,18 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 		json_t *in = json_object(), *ip = json_object();
 		json_array_append_new(inputs, in);
 		json_object_set_new(in, "parameters", ip);
-		snprintf(where, sizeof(where), "input '%.64s': ", t->name);
 		if (json_object_set_new(in, "name", jstr(t->name)) ||
 		    json_object_set_new(in, "datatype", jstr(t->datatype))) {
 			fail(err, errlen, "inputs[%zu]: its name or datatype is not UTF-8", i);
 			goto done;
 		}
 		json_object_set_new(in, "shape", shape_json(t->shape, t->n_shape));
-		if (params_json((struct param_entry **)t->parameters, t->n_parameters, ip, where,
-				err, errlen))
+		if (params_json((struct param_entry **)t->parameters, t->n_parameters, ip, "input",
+				t->name, err, errlen))
 			goto done;
+		/* Typed contents only: raw ones go straight to the body. */
 		size_t before = tensors.len;
+		size_t size = 0;
 		if (raw) {
 			if (t->contents) {
 				fail(err, errlen,
@@ -476,8 +484,8 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 				     t->name);
 				goto done;
 			}
-			bt_buf_append(&tensors, m->raw_input_contents[i].data,
-				      m->raw_input_contents[i].len);
+			size = m->raw_input_contents[i].len;
+			raw_bytes += size;
 		} else {
 			int ti = type_find(t->datatype);
 			if (!t->contents) {
@@ -487,9 +495,9 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 			/* An unknown datatype is left to the v2 checks, which name it. */
 			if (ti >= 0 && contents_binary(t, ti, &tensors, err, errlen))
 				goto done;
+			size = tensors.len - before;
 		}
-		json_object_set_new(ip, "binary_data_size",
-				    json_integer((json_int_t)(tensors.len - before)));
+		json_object_set_new(ip, "binary_data_size", json_integer((json_int_t)size));
 	}
 	json_object_set_new(root, "inputs", inputs);
 	inputs = NULL;
@@ -504,21 +512,25 @@ static int build_request(const Inference__ModelInferRequest *m, struct bt_grpc_i
 				fail(err, errlen, "outputs[%zu]: its name is not UTF-8", i);
 				goto done;
 			}
-			snprintf(where, sizeof(where), "output '%.64s': ", m->outputs[i]->name);
 			if (params_json((struct param_entry **)m->outputs[i]->parameters,
-					m->outputs[i]->n_parameters, op, where, err, errlen))
+					m->outputs[i]->n_parameters, op, "output",
+					m->outputs[i]->name, err, errlen))
 				goto done;
 			json_object_set_new(op, "binary_data", json_true());
 		}
 	}
-	char *text = json_dumps(root, JSON_COMPACT);
 	struct bt_buf body = BT_BUF_INIT;
-	bt_buf_reserve(&body, strlen(text) + tensors.len);
-	bt_buf_puts(&body, text);
-	free(text);
+	bt_buf_reserve(&body, 256 + tensors.len + raw_bytes);
+	if (bt_json_append(&body, root)) {
+		bt_buf_release(&body);
+		fail(err, errlen, "the request header cannot be written as JSON");
+		goto done;
+	}
 	out->header_len = body.len;
 	out->binary = m->n_inputs > 0;
 	bt_buf_append(&body, tensors.data, tensors.len);
+	for (size_t i = 0; raw && i < m->n_inputs; i++)
+		bt_buf_append(&body, m->raw_input_contents[i].data, m->raw_input_contents[i].len);
 	out->body = bt_buf_detach(&body, &out->len);
 	out->doc = root;
 	root = NULL;
@@ -622,10 +634,29 @@ struct resp {
 	ProtobufCBinaryData *raw;
 	struct bt_buf *converted; /* bytes of outputs the worker sent as JSON data */
 	size_t nconverted;
+	int borrowed_shapes; /* the outputs' shapes are not theirs to free */
 	Inference__ModelInferResponse__ParametersEntry *pe;
 	Inference__ModelInferResponse__ParametersEntry **pep;
 	Inference__InferParameter *pv;
 };
+
+/* The arrays of n outputs and np parameters, in one zeroed block (at outs). */
+static void resp_alloc(struct resp *r, size_t n, size_t np)
+{
+	/* Every element holds a pointer: the offsets below stay aligned. */
+	size_t so = n * sizeof(*r->outs), sp = n * sizeof(*r->outp), sr = n * sizeof(*r->raw),
+	       sc = n * sizeof(*r->converted), se = np * sizeof(*r->pe), sep = np * sizeof(*r->pep),
+	       sv = np * sizeof(*r->pv);
+	char *b = bt_calloc(1, so + sp + sr + sc + se + sep + sv + 1);
+	r->outs = (void *)b;
+	r->outp = (void *)(b += so);
+	r->raw = (void *)(b += sp);
+	r->converted = (void *)(b += sr);
+	r->pe = (void *)(b += sc);
+	r->pep = (void *)(b += se);
+	r->pv = (void *)(b + sep);
+	r->nconverted = n;
+}
 
 static int json_param(json_t *v, Inference__InferParameter *p)
 {
@@ -751,20 +782,15 @@ static void resp_release(struct resp *r)
 {
 	for (size_t i = 0; i < r->nconverted; i++)
 		bt_buf_release(&r->converted[i]);
-	free(r->converted);
-	if (r->outs)
+	if (r->outs && !r->borrowed_shapes)
 		for (size_t i = 0; i < r->m.n_outputs; i++)
 			free(r->outs[i].shape);
 	free(r->outs);
-	free(r->outp);
-	free(r->raw);
-	free(r->pe);
-	free(r->pep);
-	free(r->pv);
 }
 
-int bt_grpc_response_encode(const char *body, size_t len, long long header_len, const char *model,
-			    const char *id, uint8_t **out, size_t *outlen, char *err, size_t errlen)
+int bt_grpc_response_encode_loaded(const char *body, size_t len, long long header_len,
+				   const char *model, const char *id, uint8_t **out, size_t *outlen,
+				   char *err, size_t errlen)
 {
 	struct resp r;
 	json_error_t jerr;
@@ -813,9 +839,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 
 	json_t *params = json_object_get(root, "parameters");
 	size_t np = json_is_object(params) ? json_object_size(params) : 0;
-	r.pe = bt_calloc(np, sizeof(*r.pe));
-	r.pep = bt_calloc(np, sizeof(*r.pep));
-	r.pv = bt_calloc(np, sizeof(*r.pv));
+	size_t n = json_array_size(outputs);
+	resp_alloc(&r, n, np);
 	const char *key;
 	json_t *val;
 	if (np)
@@ -832,12 +857,6 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 		}
 	r.m.parameters = r.pep;
 
-	size_t n = json_array_size(outputs);
-	r.outs = bt_calloc(n, sizeof(*r.outs));
-	r.outp = bt_calloc(n, sizeof(*r.outp));
-	r.raw = bt_calloc(n, sizeof(*r.raw));
-	r.converted = bt_calloc(n, sizeof(*r.converted));
-	r.nconverted = n;
 	for (size_t i = 0; i < n; i++) {
 		json_t *o = json_array_get(outputs, i);
 		json_t *name = json_object_get(o, "name"), *dt = json_object_get(o, "datatype");
@@ -911,6 +930,309 @@ done:
 	resp_release(&r);
 	json_decref(root);
 	bt_jscan_spans_release(&sp);
+	return rc;
+}
+
+/*
+ * The same conversion from one scan of the answer's text, without a tree:
+ * loading a 1 KiB answer as a jansson tree cost as much as all of baton's
+ * HTTP/2 framing.  The scan keeps what the checks need of each output, in
+ * the answer's order; the checks then run as the loaded conversion runs
+ * them, so that both refuse the same answers with the same sentence.
+ */
+enum { TOP_OTHER, TOP_OUTPUTS, TOP_PARAMS };
+enum { SUB_OTHER, SUB_SHAPE, SUB_DATA, SUB_PARAMS };
+
+struct scanned_out {
+	size_t name, datatype; /* 1 + offset in strs; 0: missing or not a string */
+	int object, shape_array;
+	size_t shape_at, n_shape; /* in dims */
+	long long bad_dim;	  /* the first dimension that is not an integer, or -1 */
+	int data;		  /* 0: none; 1: a scalar; 2: an array or object */
+	struct bt_jvalue scalar;  /* a scalar "data" (its string: scalar_str) */
+	size_t scalar_str;
+	size_t data_start, data_stop;
+	int has_bsize, bsize_int;
+	long long bsize;
+};
+
+struct scanned_param {
+	size_t key, str; /* 1 + offset in strs */
+	enum bt_jtype type;
+	long long integer;
+	double real;
+};
+
+struct answer_scan {
+	struct bt_buf strs, outs, dims, params;
+	int object, outputs; /* outputs: 0 missing, 1 an array, -1 something else */
+	size_t model_name, model_version, id;
+	int top, sub;
+};
+
+static size_t keep_str(struct answer_scan *a, const struct bt_jvalue *v)
+{
+	size_t at = a->strs.len;
+	bt_buf_append(&a->strs, v->str, v->strlen + 1);
+	return at + 1;
+}
+
+static const char *kept(const struct answer_scan *a, size_t at)
+{
+	return at ? a->strs.data + at - 1 : NULL;
+}
+
+static struct scanned_out *current_out(struct answer_scan *a)
+{
+	size_t n = a->outs.len / sizeof(struct scanned_out);
+	return n ? (struct scanned_out *)a->outs.data + n - 1 : NULL;
+}
+
+static void keep_param(struct answer_scan *a, const struct bt_jvalue *v)
+{
+	struct scanned_param p = {.type = v->type, .integer = v->integer, .real = v->real};
+	if (v->type == BT_J_OBJECT || v->type == BT_J_ARRAY || v->type == BT_J_NULL)
+		return; /* no InferParameter holds them */
+	p.key = keep_str(a, &(struct bt_jvalue){.str = v->key, .strlen = v->keylen});
+	if (v->type == BT_J_STRING)
+		p.str = keep_str(a, v);
+	bt_buf_append(&a->params, &p, sizeof(p));
+}
+
+/* A member of an output object (depth 4) or of its shape or parameters (5). */
+static void output_value(struct answer_scan *a, struct scanned_out *o, const struct bt_jvalue *v)
+{
+	int container = v->type == BT_J_OBJECT || v->type == BT_J_ARRAY;
+	if (v->depth == 4 && v->end) {
+		if (a->sub == SUB_DATA)
+			o->data_stop = v->stop;
+		a->sub = SUB_OTHER;
+	} else if (v->depth == 4) {
+		if (!strcmp(v->key, "name") && v->type == BT_J_STRING) {
+			o->name = keep_str(a, v);
+		} else if (!strcmp(v->key, "datatype") && v->type == BT_J_STRING) {
+			o->datatype = keep_str(a, v);
+		} else if (!strcmp(v->key, "shape")) {
+			o->shape_array = v->type == BT_J_ARRAY;
+			o->shape_at = a->dims.len / sizeof(int64_t);
+			a->sub = o->shape_array ? SUB_SHAPE : SUB_OTHER;
+		} else if (!strcmp(v->key, "data")) {
+			o->data = container ? 2 : 1;
+			o->data_start = v->start;
+			o->scalar = *v;
+			o->scalar_str = v->type == BT_J_STRING ? keep_str(a, v) : 0;
+			a->sub = container ? SUB_DATA : SUB_OTHER;
+		} else if (!strcmp(v->key, "parameters")) {
+			a->sub = v->type == BT_J_OBJECT ? SUB_PARAMS : SUB_OTHER;
+		} /* a member's container ends at depth 4, and puts sub back */
+	} else if (v->depth == 5 && !v->end && a->sub == SUB_SHAPE && o->bad_dim < 0) {
+		if (v->type != BT_J_INTEGER) {
+			o->bad_dim = (long long)o->n_shape;
+		} else {
+			int64_t d = v->integer;
+			bt_buf_append(&a->dims, &d, sizeof(d));
+			o->n_shape++;
+		}
+	} else if (v->depth == 5 && !v->end && a->sub == SUB_PARAMS &&
+		   !strcmp(v->key, "binary_data_size")) {
+		o->has_bsize = 1;
+		o->bsize_int = v->type == BT_J_INTEGER;
+		o->bsize = v->integer;
+	}
+}
+
+static int answer_value(void *ctx, const struct bt_jvalue *v)
+{
+	struct answer_scan *a = ctx;
+	if (v->depth == 1) {
+		a->object = v->type == BT_J_OBJECT;
+	} else if (!a->object) {
+		return 0; /* refused after the scan, which still looks for a fault */
+	} else if (v->depth == 2 && v->end) {
+		a->top = TOP_OTHER;
+	} else if (v->depth == 2) {
+		if (!strcmp(v->key, "outputs")) {
+			a->outputs = v->type == BT_J_ARRAY ? 1 : -1;
+			a->top = a->outputs > 0 ? TOP_OUTPUTS : TOP_OTHER;
+		} else if (!strcmp(v->key, "parameters") && v->type == BT_J_OBJECT) {
+			a->top = TOP_PARAMS;
+		} else if (v->type == BT_J_STRING && !strcmp(v->key, "model_name")) {
+			a->model_name = keep_str(a, v);
+		} else if (v->type == BT_J_STRING && !strcmp(v->key, "model_version")) {
+			a->model_version = keep_str(a, v);
+		} else if (v->type == BT_J_STRING && !strcmp(v->key, "id")) {
+			a->id = keep_str(a, v);
+		}
+	} else if (v->depth == 3 && !v->end && a->top == TOP_PARAMS) {
+		keep_param(a, v);
+	} else if (v->depth == 3 && !v->end && a->top == TOP_OUTPUTS) {
+		struct scanned_out o = {.object = v->type == BT_J_OBJECT, .bad_dim = -1};
+		bt_buf_append(&a->outs, &o, sizeof(o));
+		a->sub = SUB_OTHER;
+	} else if (v->depth >= 4 && a->top == TOP_OUTPUTS && current_out(a)->object) {
+		output_value(a, current_out(a), v);
+	}
+	return 0;
+}
+
+static void scanned_param_set(const struct answer_scan *a, const struct scanned_param *sp,
+			      Inference__InferParameter *p)
+{
+	inference__infer_parameter__init(p);
+	switch (sp->type) {
+	case BT_J_TRUE:
+	case BT_J_FALSE:
+		p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+		p->bool_param = sp->type == BT_J_TRUE;
+		break;
+	case BT_J_INTEGER:
+		p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
+		p->int64_param = sp->integer;
+		break;
+	case BT_J_REAL:
+		p->parameter_choice_case =
+		    INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+		p->double_param = sp->real;
+		break;
+	default:
+		p->parameter_choice_case =
+		    INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
+		p->string_param = (char *)kept(a, sp->str);
+	}
+}
+
+/* One output's bytes, from its binary part or its "data"; -1 with err set. */
+static int output_bytes(const char *body, size_t len, size_t jlen, size_t *off,
+			const struct answer_scan *a, struct scanned_out *o,
+			Inference__ModelInferResponse__InferOutputTensor *t,
+			ProtobufCBinaryData *raw, struct bt_buf *converted, char *err,
+			size_t errlen)
+{
+	if (o->has_bsize) {
+		if (!o->bsize_int || o->bsize < 0 || (unsigned long long)o->bsize > len - *off)
+			return fail(err, errlen,
+				    "output '%.64s': binary_data_size is not within the answer's "
+				    "%zu binary bytes",
+				    t->name, len - jlen);
+		raw->data = (uint8_t *)body + *off;
+		raw->len = (size_t)o->bsize;
+		*off += raw->len;
+		return 0;
+	}
+	int ti = type_find(t->datatype);
+	struct scanned x = {converted, ti};
+	if (o->data == 1 && o->scalar.type == BT_J_STRING)
+		o->scalar.str = kept(a, o->scalar_str);
+	if (ti < 0 || !o->data ||
+	    (o->data == 1 ? element(converted, ti, &o->scalar)
+			  : bt_jscan_check(body + o->data_start, o->data_stop - o->data_start,
+					   BT_JSCAN_VALUES, scanned_element, &x, NULL, 0)))
+		return fail(err, errlen,
+			    "output '%.64s': its \"data\" is missing or not %s elements", t->name,
+			    t->datatype);
+	raw->data = (uint8_t *)(converted->data ? converted->data : "");
+	raw->len = converted->len;
+	return 0;
+}
+
+int bt_grpc_response_encode(const char *body, size_t len, long long header_len, const char *model,
+			    const char *id, uint8_t **out, size_t *outlen, char *err, size_t errlen)
+{
+	struct resp r;
+	struct answer_scan a;
+	char why[JSON_ERROR_TEXT_LENGTH];
+	int rc = -1;
+	memset(&r, 0, sizeof(r));
+	memset(&a, 0, sizeof(a));
+	*out = NULL;
+	*outlen = 0;
+	if (header_len == 0 || header_len < -1 ||
+	    (header_len > 0 && (unsigned long long)header_len > len))
+		return fail(err, errlen,
+			    "JSON header length %lld is out of range for a %zu-byte answer",
+			    header_len, len);
+	size_t jlen = header_len < 0 ? len : (size_t)header_len;
+	size_t off = jlen; /* where the next binary output starts */
+	if (bt_jscan_check(body, jlen, BT_JSCAN_VALUES, answer_value, &a, why, sizeof(why))) {
+		/* jansson's own sentence, as the loaded conversion gives it. */
+		json_error_t jerr;
+		json_t *root = jlen < bt_v2_scan_min
+				   ? json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr)
+				   : NULL;
+		fail(err, errlen, "the answer is not a JSON object: %s", root ? why : jerr.text);
+		json_decref(root);
+		goto done;
+	}
+	if (!a.object) {
+		fail(err, errlen, "the answer is not a JSON object");
+		goto done;
+	}
+	if (a.outputs <= 0) {
+		fail(err, errlen, "the answer has no \"outputs\" array");
+		goto done;
+	}
+	inference__model_infer_response__init(&r.m);
+	r.m.model_name = (char *)(kept(&a, a.model_name) ?: model ? model : "");
+	r.m.model_version = (char *)(kept(&a, a.model_version) ?: "1");
+	r.m.id = (char *)(kept(&a, a.id) ?: id ? id : "");
+
+	size_t np = a.params.len / sizeof(struct scanned_param);
+	size_t n = a.outs.len / sizeof(struct scanned_out);
+	resp_alloc(&r, n, np);
+	r.borrowed_shapes = 1; /* in a.dims */
+	for (size_t i = 0; i < np; i++) {
+		const struct scanned_param *sp = (const struct scanned_param *)a.params.data + i;
+		scanned_param_set(&a, sp, &r.pv[i]);
+		inference__model_infer_response__parameters_entry__init(&r.pe[i]);
+		r.pe[i].key = (char *)kept(&a, sp->key);
+		r.pe[i].value = &r.pv[i];
+		r.pep[i] = &r.pe[i];
+	}
+	r.m.n_parameters = np;
+	r.m.parameters = r.pep;
+
+	for (size_t i = 0; i < n; i++) {
+		struct scanned_out *o = (struct scanned_out *)a.outs.data + i;
+		Inference__ModelInferResponse__InferOutputTensor *t = &r.outs[i];
+		inference__model_infer_response__infer_output_tensor__init(t);
+		r.outp[i] = t;
+		r.m.n_outputs = i + 1;
+		if (!o->object || !o->name || !o->datatype || !o->shape_array) {
+			fail(err, errlen,
+			     "outputs[%zu] needs a string name and datatype and a shape array", i);
+			goto done;
+		}
+		t->name = (char *)kept(&a, o->name);
+		t->datatype = (char *)kept(&a, o->datatype);
+		if (o->bad_dim >= 0) {
+			fail(err, errlen, "output '%.64s': shape[%lld] is not an integer", t->name,
+			     o->bad_dim);
+			goto done;
+		}
+		t->n_shape = o->n_shape;
+		t->shape = o->n_shape ? (int64_t *)a.dims.data + o->shape_at : NULL;
+		if (output_bytes(body, len, jlen, &off, &a, o, t, &r.raw[i], &r.converted[i], err,
+				 errlen))
+			goto done;
+	}
+	if (off != len) {
+		fail(err, errlen, "the answer has %zu binary bytes that no output claims",
+		     len - off);
+		goto done;
+	}
+	r.m.outputs = r.outp;
+	r.m.n_raw_output_contents = n;
+	r.m.raw_output_contents = r.raw;
+	*outlen = inference__model_infer_response__get_packed_size(&r.m);
+	*out = bt_malloc(*outlen);
+	inference__model_infer_response__pack(&r.m, *out);
+	rc = 0;
+done:
+	resp_release(&r);
+	bt_buf_release(&a.strs);
+	bt_buf_release(&a.outs);
+	bt_buf_release(&a.dims);
+	bt_buf_release(&a.params);
 	return rc;
 }
 

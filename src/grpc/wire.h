@@ -103,6 +103,14 @@ void bt_grpc_infer_release(struct bt_grpc_infer *in);
 int bt_grpc_response_encode(const char *body, size_t len, long long header_len, const char *model,
 			    const char *id, uint8_t **out, size_t *outlen, char *err,
 			    size_t errlen);
+/*
+ * The same conversion through a jansson tree of the answer (its "data"
+ * arrays scanned from bt_v2_scan_min bytes on): the reference the tests and
+ * fuzz_grpc hold bt_grpc_response_encode to, message for message.
+ */
+int bt_grpc_response_encode_loaded(const char *body, size_t len, long long header_len,
+				   const char *model, const char *id, uint8_t **out, size_t *outlen,
+				   char *err, size_t errlen);
 
 /*
  * Wraps a serialized ModelInferResponse and, when error is not NULL, an

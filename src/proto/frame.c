@@ -388,7 +388,7 @@ static void put_integer(struct bt_buf *out, json_int_t v)
 	bt_buf_append(out, d + i, sizeof(d) - (size_t)i);
 }
 
-static int put_json(struct bt_buf *out, json_t *v)
+int bt_json_append(struct bt_buf *out, json_t *v)
 {
 	switch (json_typeof(v)) {
 	case JSON_OBJECT: {
@@ -403,7 +403,7 @@ static int put_json(struct bt_buf *out, json_t *v)
 			first = 0;
 			put_string(out, key, klen);
 			bt_buf_append(out, ":", 1);
-			if (put_json(out, item))
+			if (bt_json_append(out, item))
 				return -1;
 		}
 		bt_buf_append(out, "}", 1);
@@ -414,7 +414,7 @@ static int put_json(struct bt_buf *out, json_t *v)
 		for (size_t i = 0; i < json_array_size(v); i++) {
 			if (i)
 				bt_buf_append(out, ",", 1);
-			if (put_json(out, json_array_get(v, i)))
+			if (bt_json_append(out, json_array_get(v, i)))
 				return -1;
 		}
 		bt_buf_append(out, "]", 1);
@@ -463,7 +463,7 @@ int bt_frame_encode_fast(struct bt_buf *out, int kind, int flags, const char *id
 	out->len += BT_FAST_HEADER;
 	bt_buf_append(out, id, idlen);
 	size_t mstart = out->len;
-	if (meta && put_json(out, meta) != 0)
+	if (meta && bt_json_append(out, meta) != 0)
 		return rollback(out, start, BT_ETOOBIG);
 	size_t metalen = out->len - mstart;
 	if (BT_FAST_HEADER + idlen + metalen > BT_PROTO_MAX_HEADER)

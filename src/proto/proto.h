@@ -98,4 +98,12 @@ int bt_frame_encode(struct bt_buf *out, json_t *hdr, const void *payload,
 int bt_frame_encode_fast(struct bt_buf *out, int kind, int flags, const char *id,
 			 json_t *meta, const void *payload, size_t len);
 
+/*
+ * Appends v as compact JSON text to out: the bytes json_dumps(v,
+ * JSON_COMPACT) gives, key order included, in one pass and without its
+ * per-character checks.  Returns 0, or -1 when jansson cannot dump a value
+ * (out then holds part of the text).
+ */
+int bt_json_append(struct bt_buf *out, json_t *v);
+
 #endif

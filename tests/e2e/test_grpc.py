@@ -399,6 +399,45 @@ def closed_within(s, timeout):
     return eof
 
 
+def test_grpc_stream_messages_split_anyhow_across_data_frames(baton, pb):
+    """gRPC messages need not line up with DATA frames: a frame that ends one
+    message and begins the next, or holds a message's middle, loses nothing;
+    each request is answered once, with its id and its own output."""
+    cfg, port = grpc_config()
+    b = baton(cfg)
+    c = Client(pb, port)
+    msgs = [c.request(id="m%d" % i, inputs=[("x", "FP32", [1], fp32(i))]).SerializeToString()
+            for i in range(3)]
+    body = b"".join(b"\x00" + struct.pack(">I", len(m)) + m for m in msgs)
+    first, second = 5 + len(msgs[0]), 5 + len(msgs[1])
+    # Message 0 and 3 bytes of 1; the rest of 1 and 7 bytes of 2; the rest of 2.
+    cuts = [0, first + 3, first + second + 7, len(body)]
+    hdrs = headers_block([(b":method", b"POST"), (b":scheme", b"http"),
+                          (b":path", b"/inference.GRPCInferenceService/ModelStreamInfer"),
+                          (b":authority", b"x"), (b"content-type", b"application/grpc"),
+                          (b"te", b"trailers")])
+    data = b"".join(frame(0, 0x1 if i == 2 else 0, 1, body[cuts[i]:cuts[i + 1]]) for i in range(3))
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0x4, 1, hdrs) + data)
+    # Until the call's trailers (HEADERS with END_STREAM on stream 1).
+    frames, eof = read_frames(s, lambda t, fl, st, p: t == 1 and st == 1 and fl & 0x1, 30 * SLOW)
+    s.close()
+    assert frames and frames[-1][0] == 1 and frames[-1][2] == 1, (eof, frames)
+    out = b"".join(p for t, fl, st, p in frames if t == 0 and st == 1)
+    answers = []
+    while out:
+        n = struct.unpack(">I", out[1:5])[0]
+        answers.append(pb[0].ModelStreamInferResponse.FromString(out[5:5 + n]))
+        out = out[5 + n:]
+    assert sorted(a.infer_response.id for a in answers) == ["m0", "m1", "m2"], answers
+    for a in answers:
+        assert not a.error_message, a.error_message
+        assert struct.unpack("<f", a.infer_response.raw_output_contents[0])[0] == \
+            int(a.infer_response.id[1:])
+    c.close()
+    assert b.stop() == 0
+
+
 def test_grpc_abusive_peers_are_bounded(baton, pb):
     cfg, port = grpc_config(top="max_request_bytes: 65536\n", pipeline_extra="")
     cfg = cfg.replace("  listen:", "  max_connections: 3\n  max_streams: 4\n  listen:")

@@ -462,7 +462,11 @@ Test(v2json, large_request_data_is_checked_from_its_text)
 
 /* --- the gRPC side: a worker's JSON outputs become raw_output_contents ---- */
 
-/* Encodes an answer loaded (scan_min SIZE_MAX) or scanned (0). */
+/*
+ * Encodes an answer: loaded as a tree (scan_min SIZE_MAX), loaded with its
+ * "data" arrays scanned (0), or by the tree-less scan (SCANNED).
+ */
+#define SCANNED 1
 static int grpc_way(const char *b, size_t len, size_t scan_min, uint8_t **out, size_t *outlen,
 		    char *why, size_t whylen)
 {
@@ -471,34 +475,49 @@ static int grpc_way(const char *b, size_t len, size_t scan_min, uint8_t **out, s
 
 	memcpy(copy, b, len);
 	why[0] = '\0';
-	bt_v2_scan_min = scan_min;
-	r = bt_grpc_response_encode(copy, len, -1, "m", "r1", out, outlen, why, whylen);
-	bt_v2_scan_min = 64 * 1024;
+	if (scan_min == SCANNED) {
+		r = bt_grpc_response_encode(copy, len, -1, "m", "r1", out, outlen, why, whylen);
+	} else {
+		bt_v2_scan_min = scan_min;
+		r = bt_grpc_response_encode_loaded(copy, len, -1, "m", "r1", out, outlen, why,
+						   whylen);
+		bt_v2_scan_min = 64 * 1024;
+	}
 	free(copy);
 	return r;
 }
 
-/* The same message, or the same refusal, whichever way the data goes. */
+/*
+ * The same message, or the same refusal, whichever way the answer goes;
+ * the tree-less scan gives jansson's own sentence for text that is not
+ * JSON, the tree with scanned data arrays the scanner's.
+ */
 static void grpc_same(const char *b, size_t len)
 {
+	static const size_t ways[] = {0, SCANNED};
 	char wl[512], ws[512];
 	uint8_t *ol = NULL, *os = NULL;
 	size_t ll = 0, ls = 0;
 	int rl = grpc_way(b, len, SIZE_MAX, &ol, &ll, wl, sizeof(wl));
-	int rs = grpc_way(b, len, 0, &os, &ls, ws, sizeof(ws));
 
-	cr_assert_eq(rl, rs, "'%.*s': loaded %d (%s), scanned %d (%s)", (int)len, b, rl, wl, rs,
-		     ws);
-	if (!rl) {
-		cr_assert_eq(ll, ls, "'%.*s'", (int)len, b);
-		cr_assert_arr_eq(ol, os, ll, "'%.*s'", (int)len, b);
-	} else if (!strstr(wl, "not a JSON object")) {
-		cr_assert_str_eq(wl, ws, "'%.*s'", (int)len, b);
-	} else {
-		cr_assert_not_null(strstr(ws, "not a JSON object"), "'%.*s': %s", (int)len, b, ws);
+	for (size_t w = 0; w < 2; w++) {
+		int rs = grpc_way(b, len, ways[w], &os, &ls, ws, sizeof(ws));
+
+		cr_assert_eq(rl, rs, "'%.*s': loaded %d (%s), way %zu %d (%s)", (int)len, b, rl, wl,
+			     w, rs, ws);
+		if (!rl) {
+			cr_assert_eq(ll, ls, "'%.*s'", (int)len, b);
+			cr_assert_arr_eq(ol, os, ll, "'%.*s'", (int)len, b);
+		} else if (ways[w] == SCANNED || !strstr(wl, "not a JSON object")) {
+			cr_assert_str_eq(wl, ws, "'%.*s'", (int)len, b);
+		} else {
+			cr_assert_not_null(strstr(ws, "not a JSON object"), "'%.*s': %s", (int)len,
+					   b, ws);
+		}
+		free(os);
+		os = NULL;
 	}
 	free(ol);
-	free(os);
 }
 
 static const char *const grpc_answers[] = {
@@ -519,6 +538,25 @@ static const char *const grpc_answers[] = {
     "{\"outputs\":[{\"name\":\"h\",\"datatype\":\"FP16\",\"shape\":[1],\"data\":[1.0]}]}",
     "{\"outputs\":[{\"name\":\"o\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[{}]}]}",
     "{\"outputs\":[{\"name\":\"n\",\"datatype\":\"FP64\",\"shape\":[1],\"data\":[null]}]}",
+    /* What the tree-less scan keeps apart: members in any order, scalars
+       and containers where others are expected, parameters of every kind. */
+    "{\"parameters\":{\"b\":true,\"f\":false,\"i\":-3,\"r\":2.5,\"s\":\"x\\u00e9\",\"o\":{},"
+    "\"a\":[1],\"z\":null},\"model_version\":\"7\",\"outputs\":[{\"data\":[1,2],\"shape\":"
+    "[2],\"datatype\":\"INT32\",\"parameters\":{\"x\":[{}]},\"name\":\"late\"},{\"name\":"
+    "\"z\",\"datatype\":\"UINT8\",\"shape\":[],\"data\":5,\"extra\":[[1]]}],\"id\":7}",
+    "{\"outputs\":[{\"name\":\"e\",\"datatype\":\"INT8\",\"shape\":[0],\"data\":[],"
+    "\"parameters\":{\"binary_data_size\":0}},{\"name\":\"s\",\"datatype\":\"BYTES\","
+    "\"shape\":[1],\"data\":\"one\"}]}",
+    "{\"outputs\":[{\"name\":\"d\",\"datatype\":\"INT8\",\"shape\":[1,[2],3],\"data\":[1]}]}",
+    "{\"outputs\":[{\"name\":\"d\",\"datatype\":\"INT8\",\"shape\":[1,2.0],\"data\":[1]}]}",
+    "{\"outputs\":[{\"name\":\"p\",\"datatype\":\"INT8\",\"shape\":[1],"
+    "\"parameters\":{\"binary_data_size\":\"1\"}}]}",
+    "{\"outputs\":[{\"name\":\"p\",\"datatype\":\"INT8\",\"shape\":[1],"
+    "\"parameters\":[{\"binary_data_size\":1}],\"data\":{\"a\":1}}]}",
+    "{\"outputs\":[[{\"name\":\"a\",\"datatype\":\"INT8\",\"shape\":[1],\"data\":[1]}]]}",
+    "{\"outputs\":{\"name\":\"a\"},\"model_name\":\"q\"}",
+    "[{\"outputs\":[]}]",
+    "{\"outputs\":[],\"outputs\":[]}",
 };
 
 Test(v2json, grpc_answers_convert_the_same_loaded_or_scanned)
