@@ -5,7 +5,8 @@
  * safety: how the stream is cut into reads does not change the frames
  * decoded, the decoder keeps its contract (progress, NUL-terminated
  * payloads), and every decoded frame encodes to bytes that decode back to
- * the same frame.  A broken property aborts, which the fuzzer reports.
+ * the same frame; and the input read as a fast meta loads as json_loadb
+ * loads it.  A broken property aborts, which the fuzzer reports.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -240,12 +241,35 @@ static int decode_stream(const uint8_t *buf, size_t len, unsigned chunk_seed, in
  * whose low 7 bits choose the read sizes (0: the whole stream at once, N:
  * reads of 1..N bytes), then the bytes a worker sends.
  */
+/* The input, read as a fast meta: the flat path's tree is json_loadb's, or its refusal. */
+static void meta_load(const uint8_t *data, size_t size)
+{
+	json_error_t je, jf;
+	json_t *want =
+	    json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+	json_t *got = bt_frame_meta_load((const char *)data, size, &jf);
+	if (!want != !got)
+		broken("a meta is taken exactly when json_loadb takes it", NULL);
+	if (!want && strcmp(je.text, jf.text))
+		broken("a refused meta gets json_loadb's sentence", je.text);
+	if (want) {
+		char *a = json_dumps(want, JSON_COMPACT), *b = json_dumps(got, JSON_COMPACT);
+		if (!a || !b || strcmp(a, b))
+			broken("a meta loads as json_loadb's tree, key order included", a);
+		free(a);
+		free(b);
+	}
+	json_decref(want);
+	json_decref(got);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct bt_buf split = BT_BUF_INIT, whole = BT_BUF_INIT;
 
 	if (size < 1)
 		return 0;
+	meta_load(data + 1, size - 1);
 	int fast = data[0] & 0x80;
 	unsigned chunk = data[0] & 0x7f;
 	decode_stream(data + 1, size - 1, chunk, fast, &split);

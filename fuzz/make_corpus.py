@@ -99,6 +99,10 @@ def frames():
         "fast-bad-kind": (0x80, fast("x", "r1", b"x")),
         "fast-bad-meta": (0x80, fast("r", "r1", b"x", [1, 2])),
         "fast-unoffered": (0, fast("r", "r1", b"x")),
+        # The input read as a fast meta (bt_frame_meta_load against json_loadb).
+        "meta-flat": (0, b'{"content_type":"application/json","v2_header_length":123}'),
+        "meta-flat-literals": (0, b' { "a" : -17 , "b":true,"c":false,"d":null,"":"" } '),
+        "meta-flat-edges": (0, b'{"n":999999999999999999,"z":-0,"l":01,"r":1.5,"a":1,"a":2}'),
         # The 64 KiB header limit is left to the unit tests and to -max_len:
         # a 64 KiB seed makes every mutation that long and fuzzing 3x slower.
     }

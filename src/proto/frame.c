@@ -192,6 +192,108 @@ static ssize_t parse_fast_fixed(struct bt_frame_decoder *dec)
 	return 0;
 }
 
+/* A byte a JSON string may hold as it is, that needs no check of jansson's. */
+static int plain(unsigned char c)
+{
+	return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+}
+
+static size_t skip_ws(const char *p, size_t i, size_t n)
+{
+	while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* A value of a flat meta at p[*i]; NULL for what only json_loadb may judge. */
+static json_t *flat_value(const char *p, size_t *i, size_t n)
+{
+	size_t at = *i, k = at;
+	if (p[at] == '"') {
+		for (k = at + 1; k < n && plain((unsigned char)p[k]); k++)
+			;
+		if (k >= n || p[k] != '"')
+			return NULL;
+		*i = k + 1;
+		return json_stringn_nocheck(p + at + 1, k - at - 1);
+	}
+	static const struct {
+		const char *word;
+		size_t len;
+	} words[] = {{"true", 4}, {"false", 5}, {"null", 4}};
+	for (size_t w = 0; w < BT_ARRAY_SIZE(words); w++)
+		if (n - at > words[w].len && !memcmp(p + at, words[w].word, words[w].len) &&
+		    !(p[at + words[w].len] >= 'a' && p[at + words[w].len] <= 'z')) {
+			*i = at + words[w].len;
+			return w == 0 ? json_true() : w == 1 ? json_false() : json_null();
+		}
+	/* Integers of at most 18 digits, which no long long overflows; no "-0", "01". */
+	k += p[at] == '-';
+	size_t digits = k;
+	long long v = 0;
+	while (k < n && p[k] >= '0' && p[k] <= '9' && k - digits < 18)
+		v = v * 10 + (p[k++] - '0');
+	if (k == digits || k >= n || (p[digits] == '0' && (k - digits > 1 || p[at] == '-')) ||
+	    (p[k] >= '0' && p[k] <= '9') || p[k] == '.' || p[k] == 'e' || p[k] == 'E')
+		return NULL;
+	*i = k;
+	return json_integer(p[at] == '-' ? -v : v);
+}
+
+/*
+ * A fast answer's meta is nearly always a flat object of short ASCII
+ * strings, integers and literals ({"content_type":"application/json",
+ * "v2_header_length":123}): built here straight into a tree, it costs a
+ * fraction of json_loadb's lexer.  Anything else (nesting, escapes, bytes
+ * over 0x7f, reals, a repeated key, trailing bytes) goes to json_loadb,
+ * which takes or refuses it, and words the refusal, as it always did.
+ */
+json_t *bt_frame_meta_load(const char *p, size_t n, json_error_t *jerr)
+{
+	json_t *o = json_object();
+	size_t i = skip_ws(p, 0, n);
+	if (i >= n || p[i] != '{')
+		goto slow;
+	i = skip_ws(p, i + 1, n);
+	if (i < n && p[i] == '}')
+		goto end;
+	for (;;) {
+		size_t k = i + 1;
+		if (i >= n || p[i] != '"')
+			goto slow;
+		while (k < n && plain((unsigned char)p[k]))
+			k++;
+		if (k >= n || p[k] != '"')
+			goto slow;
+		const char *key = p + i + 1;
+		size_t keylen = k - i - 1;
+		i = skip_ws(p, k + 1, n);
+		if (i >= n || p[i] != ':')
+			goto slow;
+		i = skip_ws(p, i + 1, n);
+		json_t *v = NULL;
+		if (i < n && !json_object_getn(o, key, keylen))
+			v = flat_value(p, &i, n);
+		if (!v)
+			goto slow;
+		json_object_setn_new_nocheck(o, key, keylen, v);
+		i = skip_ws(p, i, n);
+		if (i < n && p[i] == ',') {
+			i = skip_ws(p, i + 1, n);
+			continue;
+		}
+		if (i < n && p[i] == '}')
+			goto end;
+		goto slow;
+	}
+end:
+	if (skip_ws(p, i + 1, n) == n)
+		return o;
+slow:
+	json_decref(o);
+	return json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, jerr);
+}
+
 /* A fast frame's id and meta are in dec->line too: take them. */
 static ssize_t parse_fast_rest(struct bt_frame_decoder *dec)
 {
@@ -204,8 +306,7 @@ static ssize_t parse_fast_rest(struct bt_frame_decoder *dec)
 		return violation(dec, "\"t\" or \"id\" contains a NUL character", NULL);
 	if (metalen) {
 		json_error_t jerr;
-		f->meta = json_loadb(id + idlen, metalen, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
-				     &jerr);
+		f->meta = bt_frame_meta_load(id + idlen, metalen, &jerr);
 		if (!f->meta)
 			return violation(dec, "fast header's meta is not JSON", jerr.text);
 		if (!json_is_object(f->meta)) {

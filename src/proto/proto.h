@@ -99,6 +99,14 @@ int bt_frame_encode_fast(struct bt_buf *out, int kind, int flags, const char *id
 			 json_t *meta, const void *payload, size_t len);
 
 /*
+ * Loads a fast frame's meta text as json_loadb(JSON_REJECT_DUPLICATES |
+ * JSON_ALLOW_NUL) does, the same tree (key order included) or the same
+ * refusal in *jerr; flat objects of plain strings, integers and literals
+ * without jansson's lexer.
+ */
+json_t *bt_frame_meta_load(const char *text, size_t len, json_error_t *jerr);
+
+/*
  * Appends v as compact JSON text to out: the bytes json_dumps(v,
  * JSON_COMPACT) gives, key order included, in one pass and without its
  * per-character checks.  Returns 0, or -1 when jansson cannot dump a value

@@ -771,3 +771,88 @@ Test(frame, memfd_over_max_payload_is_rejected, .init = dec_setup, .fini = dec_t
 	const char big[] = "{\"t\":\"res\",\"id\":\"r1\",\"memfd\":4294967296}\n";
 	decode_bad(big, sizeof(big) - 1, "memfd payload over the limit");
 }
+
+/* --- a fast meta: the flat path builds json_loadb's tree, or defers to it ---- */
+
+static void meta_same(const char *text, size_t len)
+{
+	json_error_t je, jf;
+	json_t *want = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+	json_t *got = bt_frame_meta_load(text, len, &jf);
+
+	cr_assert_eq(!want, !got, "'%.*s': json_loadb %s, meta_load %s", (int)len, text,
+		     want ? "takes it" : je.text, got ? "takes it" : jf.text);
+	if (want) {
+		/* The same tree, key order included: compact dumps keep insertion order. */
+		char *a = json_dumps(want, JSON_COMPACT | JSON_ENCODE_ANY);
+		char *b = json_dumps(got, JSON_COMPACT | JSON_ENCODE_ANY);
+		cr_assert_str_eq(a, b, "'%.*s'", (int)len, text);
+		free(a);
+		free(b);
+	} else {
+		cr_assert_str_eq(je.text, jf.text, "'%.*s'", (int)len, text);
+	}
+	json_decref(want);
+	json_decref(got);
+}
+
+static const char *const metas[] = {
+    "{\"content_type\":\"application/json\",\"v2_header_length\":123}",
+    " {\r\n\t\"a\" : 1 , \"b\":-17,\"c\":true,\"d\":false,\"e\":null , \"\":\"\"}\n ",
+    "{}",
+    " { } ",
+    "{\"n\":999999999999999999,\"m\":-999999999999999999}",
+    "{\"n\":9223372036854775807}",
+    "{\"n\":9223372036854775808}",
+    "{\"n\":0,\"z\":-0,\"l\":01}",
+    "{\"r\":1.5,\"e\":1e3,\"E\":2E-1}",
+    "{\"s\":\"a\\\"b\\u00e9\\u0000\"}",
+    "{\"u\":\"\xc3\xa9\",\"bad\":\"\xc3\"}",
+    "{\"a\":1,\"a\":2}",
+    "{\"o\":{\"x\":[1,2]},\"a\":[]}",
+    "{\"t\":truex}",
+    "{\"t\":true1}",
+    "{\"t\":tru}",
+    "{\"a\":1}x",
+    "{\"a\":1,}",
+    "{\"a\" 1}",
+    "[1,2]",
+    "",
+    "{\"tab\":\"a\tb\"}",
+    "{\"del\":\"\x7f\"}",
+};
+
+Test(frame, fast_meta_loads_as_json_loadb_does)
+{
+	char buf[256];
+	unsigned long long seed = 88172645463325252ull;
+
+	for (size_t m = 0; m < sizeof(metas) / sizeof(metas[0]); m++) {
+		size_t len = strlen(metas[m]);
+
+		meta_same(metas[m], len);
+		/* And a few thousand edits of it: bytes deleted, replaced, inserted. */
+		for (int i = 0; i < 2000; i++) {
+			static const char alphabet[] =
+			    "{}[]\":,-.0123456789eEtrufalsn \\x\x7f\xc3\xa9";
+			size_t n = len;
+			memcpy(buf, metas[m], len);
+			for (int e = 0; e < 1 + i % 3; e++) {
+				seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+				size_t at = n ? seed % (n + 1) : 0;
+				char c = alphabet[(seed >> 20) % (sizeof(alphabet) - 1)];
+				if ((seed >> 40) % 3 == 0 && at < n) {
+					memmove(buf + at, buf + at + 1, n - at - 1);
+					n--;
+				} else if ((seed >> 40) % 3 == 1 && at < n) {
+					buf[at] = c;
+				} else if (n < sizeof(buf)) {
+					memmove(buf + at + 1, buf + at, n - at);
+					buf[at] = c;
+					n++;
+				}
+			}
+			meta_same(buf, n);
+		}
+	}
+}
