@@ -19,6 +19,7 @@ process holds of the client's object (SHM_KEY): its descriptors (none: the
 SDK closes them) and its mappings (r--s: read-only, and their size).
 SHM_V2_SDK=1 answers the same through bw.v2.parse and bw.v2.response, and
 records the anonymous memory that cost (SHM_RSS_FILE).
+SHM_V2_FANOUT=N answers x as N outputs out_0 ... out_{N-1} the same way.
 SHM_VIEWS=1 runs with bw.run(..., views=True); RAW=1 speaks protocol v1
 without the SDK and never announces memfds (an old worker).
 """
@@ -103,6 +104,17 @@ def v2_sdk(payload, meta):
     return result
 
 
+def v2_fanout(payload, meta):
+    """x back as out_0 ... out_{N-1} (SHM_V2_FANOUT=N) through the SDK's v2
+    helpers, each into the place the request gave it, if any."""
+    import baton_worker as bw
+    req = bw.v2.parse(payload, meta)
+    x = req.input("x")
+    n = int(os.environ["SHM_V2_FANOUT"])
+    return bw.v2.response([bw.v2.Tensor("out_%d" % i, "UINT8", x.shape, raw=x.raw)
+                           for i in range(n)], req)
+
+
 def run_sdk():
     import baton_worker as bw
 
@@ -126,6 +138,9 @@ def run_sdk():
             if head.startswith(b"unsealed"):
                 unsealed_answer(r.id, r.payload)
                 signal.pause()      # baton kills us for it
+            if os.environ.get("SHM_V2_FANOUT"):
+                out.append(v2_fanout(r.payload, r.meta))
+                continue
             if os.environ.get("SHM_V2_SDK") == "1":
                 out.append(v2_sdk(r.payload, r.meta))
                 continue

@@ -542,3 +542,42 @@ def test_shm_whole_object_output_written_by_v2_response_without_a_copy(baton, tm
         region.close()
         outr.close()
 
+
+def test_shm_six_descriptors_of_one_request_all_reach_a_python_worker(baton, tmp_path):
+    """An input and five outputs that are client objects of their own give one
+    request six descriptors. baton sends at most four with one message
+    (docs/protocol.md), what the SDKs take in one receive; all six reach the
+    last stage, which writes x into each output's object."""
+    size, n = 1024 * 1024, 5
+    io_outs = ", ".join("{name: out_%d, datatype: UINT8, shape: [-1]}" % i for i in range(n))
+    b = baton(config(py_stage("w", env_extra={"SHM_V2_FANOUT": str(n)}), {}) +
+              "  m:\n    stages: [w]\n    io:\n"
+              "      inputs: [{name: x, datatype: UINT8, shape: [-1]}]\n"
+              "      outputs: [%s]\n" % io_outs)
+    inr = Region(tmp_path, size)
+    outs = [Region(tmp_path / ("out%d" % i), size) for i in range(n)]
+    try:
+        data = (hashlib.sha256(b"six").digest() * 2048) * (size // 65536)
+        inr.write(0, data)
+        for name, r in [("in", inr)] + [("out%d" % i, o) for i, o in enumerate(outs)]:
+            assert b.request("POST", "/v2/systemsharedmemory/region/%s/register" % name,
+                             json.dumps({"key": r.key, "byte_size": size}).encode()
+                             ).status == 200
+        wanted = [{"name": "out_%d" % i, "parameters": {"shared_memory_region": "out%d" % i,
+                                                        "shared_memory_byte_size": size}}
+                  for i in range(n)]
+        for _ in range(2):
+            for o in outs:
+                o.write(0, bytes(size))
+            r = shm_infer(b, [shm_input("in", size)], wanted)
+            assert r.status == 200, r
+            got = {o["name"]: o["parameters"] for o in r.json()["outputs"]}
+            for i, o in enumerate(outs):
+                assert got["out_%d" % i] == {"shared_memory_region": "out%d" % i,
+                                             "shared_memory_byte_size": size}, got
+                assert o.read(0, size) == data, "out_%d" % i
+    finally:
+        inr.close()
+        for o in outs:
+            o.close()
+
