@@ -445,9 +445,23 @@ static int dump_into(struct bt_buf *out, json_t *doc)
 static void put_string(struct bt_buf *out, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789ABCDEF";
-	size_t run = 0;
-	bt_buf_append(out, "\"", 1);
-	for (size_t i = 0; i < n; i++) {
+	size_t run = 0, i = 0;
+	/* Nearly every string needs no escape: copied as it is checked. */
+	bt_buf_reserve(out, n + 2);
+	char *d = out->data + out->len;
+	*d++ = '"';
+	while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') {
+		d[i] = s[i];
+		i++;
+	}
+	if (i == n) {
+		d[n] = '"';
+		out->len += n + 2;
+		out->data[out->len] = '\0';
+		return;
+	}
+	out->len++; /* the opening quote; the rest as it comes */
+	for (; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (c >= 0x20 && c != '"' && c != '\\')
 			continue;
