@@ -449,13 +449,7 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 		bt_grpc_infer_release(&in);
 		return;
 	}
-	json_t *meta = json_pack("{s:s, s:s, s:s}", "content_type", "application/json", "protocol",
-				 "v2", "model_name", pl->cfg->name);
-	if (v2.binary)
-		json_object_set_new(meta, "v2_header_length",
-				    json_integer((json_int_t)v2.header_len));
-	if (v2.binary_output)
-		json_object_set_new(meta, "v2_binary_output", json_true());
+	json_t *meta = bt_v2_meta(&v2, pl->cfg->name);
 	struct bt_request *req = bt_request_new(pl, in.body, in.len, meta);
 	in.body = NULL; /* the request's now */
 	bt_grpc_infer_release(&in);

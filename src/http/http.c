@@ -656,12 +656,7 @@ static int start_infer(struct conn *cn)
 		bt_shm_outputs_free(outs);
 		return send_v2_error(cn->mc, 400, err);
 	}
-	json_t *meta = json_pack("{s:s, s:s, s:s}", "content_type", "application/json",
-				 "protocol", "v2", "model_name", cn->pl->cfg->name);
-	if (v2.binary)
-		json_object_set_new(meta, "v2_header_length", json_integer((json_int_t)v2.header_len));
-	if (v2.binary_output)
-		json_object_set_new(meta, "v2_binary_output", json_true());
+	json_t *meta = bt_v2_meta(&v2, cn->pl->cfg->name);
 	if (outs) {
 		struct v2_shm_ctx *x = bt_calloc(1, sizeof(*x));
 		x->id = v2.id;

@@ -657,6 +657,21 @@ int bt_v2_check_infer(const json_t *root, const char *body, size_t len, long lon
 	return 0;
 }
 
+json_t *bt_v2_meta(const struct bt_v2_request *r, const char *model)
+{
+	/* Built by hand: json_pack read its format again for every request. */
+	json_t *m = json_object();
+	json_object_set_new_nocheck(m, "content_type", json_stringn_nocheck("application/json", 16));
+	json_object_set_new_nocheck(m, "protocol", json_stringn_nocheck("v2", 2));
+	json_object_set_new_nocheck(m, "model_name", json_string(model));
+	if (r->binary)
+		json_object_set_new_nocheck(m, "v2_header_length",
+					    json_integer((json_int_t)r->header_len));
+	if (r->binary_output)
+		json_object_set_new_nocheck(m, "v2_binary_output", json_true());
+	return m;
+}
+
 void bt_v2_request_release(struct bt_v2_request *r)
 {
 	free(r->id);

@@ -65,6 +65,13 @@ int bt_v2_check_infer(const struct json_t *root, const char *body, size_t len,
 		      long long header_len, struct bt_v2_request *out, char *err, size_t errlen);
 
 /*
+ * The metadata a checked request r of pipeline model goes to the workers
+ * with, for HTTP and gRPC alike: content_type, protocol "v2", model_name,
+ * and v2_header_length and v2_binary_output when they apply.
+ */
+struct json_t *bt_v2_meta(const struct bt_v2_request *r, const char *model);
+
+/*
  * Completes a worker's v2 answer (JSON, followed by binary tensors when
  * header_len >= 0): sets "model_name" and "id" when the worker left them
  * out.  Returns 0 with a new malloc'd body in *out (and the new JSON
