@@ -11,6 +11,12 @@ system time over the run), the figure that a shared machine disturbs least.  Pri
 
     /usr/bin/python3 bench/grpc/run.py --build build [--requests 20000] [--runs 3] [--kib 1]
                                        [--json out.json]
+    /usr/bin/python3 bench/grpc/run.py --build build --instructions 3000
+
+--instructions N counts instead, with callgrind, the instructions baton
+itself runs per request (by object file: baton, libc, jansson, nghttp2, ...)
+over N requests at c32 of each protocol: a figure that other load on the
+machine barely moves, unlike CPU time.
 """
 import argparse
 import json
@@ -139,18 +145,9 @@ def metric(url, name):
                if line.startswith(name))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--requests", type=int, default=20000, help="per run at c32 (a tenth at c1)")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--replicas", type=int, default=2)
-    ap.add_argument("--kib", type=int, default=1, help="tensor size in KiB")
-    ap.add_argument("--json", help="also write the figures to this file")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    tmp = tempfile.mkdtemp(prefix="bench-grpc-")
-    grpc_body, http_body, hlen = bodies(tmp, args.kib)
+def start(build, tmp, replicas, wrapper=()):
+    """baton with the echo pipeline, HTTP and gRPC listening: (process, HTTP
+    URL, {protocol: (URL, body file, headers, h1)}) once it is ready."""
     hport, gport = free_port(), free_port()
     cfg = os.path.join(tmp, "baton.yaml")
     with open(cfg, "w") as f:
@@ -158,25 +155,118 @@ def main():
                 "stages:\n  echo:\n    command: [%s, %s]\n    env: {PYTHONPATH: %s}\n"
                 "    replicas: %d\n    max_ongoing: 8\n" % (
                     PY, os.path.join(HERE, "v2_echo.py"), os.path.join(ROOT, "sdk", "python"),
-                    args.replicas) +
+                    replicas) +
                 "pipelines:\n  echo: [echo]\n")
-    logf = open(os.path.join(tmp, "baton.log"), "wb")
-    proc = subprocess.Popen([os.path.join(build, "baton"), "serve", cfg, "--listen",
-                             "127.0.0.1:%d" % hport], stdout=logf, stderr=subprocess.STDOUT)
+    logf = open(os.path.join(tmp, "baton.log"), "ab")
+    proc = subprocess.Popen(list(wrapper) + [os.path.join(build, "baton"), "serve", cfg, "--listen",
+                                             "127.0.0.1:%d" % hport],
+                            stdout=logf, stderr=subprocess.STDOUT)
     hurl = "http://127.0.0.1:%d" % hport
+    end = time.monotonic() + (300 if wrapper else 60)
+    while not ready(hurl + "/v2/health/ready"):
+        if time.monotonic() > end or proc.poll() is not None:
+            proc.kill()
+            sys.exit("baton did not become ready (log: %s)" % logf.name)
+        time.sleep(0.1)
+    return proc, hurl, gport
+
+
+def kinds_of(hurl, gport, grpc_body, http_body, hlen):
+    return {
+        "grpc": ("http://127.0.0.1:%d/inference.GRPCInferenceService/ModelInfer" % gport,
+                 grpc_body, ["content-type: application/grpc", "te: trailers"], False),
+        "http": (hurl + "/v2/models/echo/infer", http_body,
+                 ["Inference-Header-Content-Length: %d" % hlen,
+                  "Content-Type: application/octet-stream"], True),
+    }
+
+
+def self_cost_by_object(path):
+    """Instructions (Ir) each object file spent in its own code, read from
+    a callgrind dump: cost lines count for the current ob=, except the one
+    after a calls= line (a call's inclusive cost)."""
+    names, costs, ob, after_call = {}, {}, None, False
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("ob=", "cob=")):
+                m = re.match(r"c?ob=(?:\((\d+)\))?\s*(.*)", line.strip())
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                if line.startswith("ob="):
+                    ob = os.path.basename(names.get(m.group(1), m.group(2)))
+            elif line.startswith("calls="):
+                after_call = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if after_call:
+                    after_call = False
+                    continue
+                parts = line.split()
+                if len(parts) > 1:
+                    costs[ob] = costs.get(ob, 0) + int(parts[1])
+    return costs
+
+
+def instructions(args, build, tmp, grpc_body, http_body, hlen):
+    """baton's user-space instructions per request at c32 over 32 connections,
+    counted by callgrind: unlike CPU time, nearly the same on a quiet
+    machine and a busy one (under valgrind baton serves about one request
+    per loop turn, so per-turn costs weigh more than at full speed)."""
+    n = args.instructions
+    out = {}
+    for kind in ("grpc", "http"):
+        dump = os.path.join(tmp, "callgrind.%s" % kind)
+        proc, hurl, gport = start(build, tmp, args.replicas,
+                                  ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + dump])
+        try:
+            url, body, hdrs, h1 = kinds_of(hurl, gport, grpc_body, http_body, hlen)[kind]
+            h2load(url, body, hdrs, 32, 500, h1, tmp, proc.pid)
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True,
+                           check=True)
+            h2load(url, body, hdrs, 32, n, h1, tmp, proc.pid)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True,
+                           check=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        # h2load's own warm-up (200) ran after the zeroing too.
+        costs = self_cost_by_object(dump + ".1")
+        out[kind] = {ob: c / (n + 200) for ob, c in costs.items()}
+    print("bench/grpc --instructions: baton's user-space instructions per 1 KiB request, c32 "
+          "(32 connections), %d requests under callgrind" % n)
+    obs = sorted({ob for k in out.values() for ob in k}, key=lambda o: -out["grpc"].get(o, 0))
+    print("  %-28s %10s %10s" % ("object", "gRPC", "HTTP/1.1"))
+    for ob in obs:
+        if max(out["grpc"].get(ob, 0), out["http"].get(ob, 0)) >= 100:
+            print("  %-28s %10.0f %10.0f" % (ob, out["grpc"].get(ob, 0), out["http"].get(ob, 0)))
+    print("  %-28s %10.0f %10.0f" % ("total", sum(out["grpc"].values()),
+                                     sum(out["http"].values())))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--requests", type=int, default=20000, help="per run at c32 (a tenth at c1)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--kib", type=int, default=1, help="tensor size in KiB")
+    ap.add_argument("--instructions", type=int, metavar="N",
+                    help="instead: count baton's instructions per request over N requests "
+                         "of each protocol with callgrind (valgrind)")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    build = os.path.abspath(args.build)
+    tmp = tempfile.mkdtemp(prefix="bench-grpc-")
+    grpc_body, http_body, hlen = bodies(tmp, args.kib)
+    if args.instructions:
+        out = instructions(args, build, tmp, grpc_body, http_body, hlen)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return
+    proc, hurl, gport = start(build, tmp, args.replicas)
     try:
-        end = time.monotonic() + 60
-        while not ready(hurl + "/v2/health/ready"):
-            if time.monotonic() > end or proc.poll() is not None:
-                sys.exit("baton did not become ready (log: %s)" % logf.name)
-            time.sleep(0.1)
-        grpc_url = "http://127.0.0.1:%d/inference.GRPCInferenceService/ModelInfer" % gport
-        http_url = hurl + "/v2/models/echo/infer"
-        kinds = {
-            "grpc": (grpc_url, grpc_body, ["content-type: application/grpc", "te: trailers"], False),
-            "http": (http_url, http_body, ["Inference-Header-Content-Length: %d" % hlen,
-                                           "Content-Type: application/octet-stream"], True),
-        }
+        kinds = kinds_of(hurl, gport, grpc_body, http_body, hlen)
         # (protocol, label, connections, streams per connection); the multiplexed
         # cases are how gRPC clients work: one channel (grpcio's and Triton's
         # client: one connection) or a few, many calls multiplexed on each.
