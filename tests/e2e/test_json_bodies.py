@@ -1,0 +1,91 @@
+"""JSON bodies outside the v2 routes: baton's memory stays bounded.
+
+A control route (scale, stations, shared-memory register) takes a document
+of a few fields, and jansson's tree of a body costs about 21 times its text,
+so such a body is refused past 64 KiB with 413, before it is read."""
+import json
+import os
+import socket
+import threading
+
+from conftest import SLOW, fake_stage
+
+CONTROL_MAX = 65536
+
+
+def kib(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
+
+
+def padded(doc, size):
+    """doc as JSON text of exactly size bytes (spaces after it)."""
+    text = json.dumps(doc).encode()
+    return text + b" " * (size - len(text))
+
+
+def chunked_answer(b, path, total):
+    """POSTs path a chunked body that would be `total` bytes of one JSON
+    document (never its end), and returns (status, body) of the answer."""
+    s = socket.create_connection(("127.0.0.1", b.port), timeout=20 * SLOW)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode())
+    piece = b"4000\r\n" + b" " * 0x4000 + b"\r\n"
+
+    def pump():
+        try:
+            s.sendall(b"5\r\n[0,0,\r\n")
+            for _ in range(total // 0x4000):
+                s.sendall(piece)
+        except OSError:
+            pass  # baton closed after its answer
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "closed with %r" % data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
+                  if ln.lower().startswith(b"content-length:")][0])
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        assert chunk, "closed with %r" % rest
+        rest += chunk
+    s.close()
+    t.join(30)
+    return int(head.split()[1]), rest[:length]
+
+
+def test_control_route_bodies_over_64_kib_are_refused_before_they_are_read(baton, tmp_path):
+    b = baton("max_request_bytes: 67108864\nstages:\n" +
+              fake_stage("w", replicas="{min: 1, max: 2}") + "pipelines:\n  m: [w]\n")
+    # At the limit, as before: taken and answered.
+    r = b.request("POST", "/v1/stages/w/scale", padded({"replicas": 2}, CONTROL_MAX))
+    assert r.status == 200 and r.json() == {"stage": "w", "replicas": 2}, r
+    before = kib(b.proc.pid, "VmRSS")
+    # One byte past it, and far past it: 413 by the announced length.
+    for path, doc, size in [
+            ("/v1/stages/w/scale", {"replicas": 1}, CONTROL_MAX + 1),
+            ("/v1/stages/w/scale", {"replicas": 1, "pad": [0] * (4 << 20)}, None),
+            ("/v2/systemsharedmemory/region/r/register",
+             {"key": "/baton-none", "byte_size": 1, "pad": [0] * (4 << 20)}, None)]:
+        body = padded(doc, size) if size else json.dumps(doc).encode()
+        r = b.request("POST", path, body)
+        assert r.status == 413, (path, r)
+        assert r.json()["error"] == ("request body of %d bytes is over 65536 bytes, the most a "
+                                     "control route reads" % len(body)), r
+    # Chunked (no length up front): as soon as the body passes the limit.
+    status, body = chunked_answer(b, "/v1/stages/w/scale", 8 << 20)
+    assert status == 413, body
+    assert json.loads(body)["error"] == \
+        "request body is over 65536 bytes, the most a control route reads"
+    # Nothing of those bodies was loaded: a tree of the 8 MiB ones is ~170 MiB.
+    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    assert grew < (16 << 20), "baton grew by %d bytes" % grew
+    # Still serving, and the stage is where the first request put it.
+    assert b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 1})).status == 200
+    assert b.stop() == 0
