@@ -28,6 +28,13 @@
 #include "../sched/sched.h"
 
 #define RING 1000 /* results kept in memory for HTTP */
+/*
+ * A session's result longer than this is written beside its items, not
+ * into its line: the last RING lines are kept in memory as JSON trees
+ * (about 21 times their text: a 50 MiB result held 1 GiB), and each is
+ * a line of the results file and of every results answer.
+ */
+#define RESULT_INLINE_MAX (1u << 20)
 
 enum item_state { ITEM_QUEUED, ITEM_RUNNING, ITEM_READY, ITEM_DROPPED, ITEM_EOS };
 
@@ -334,7 +341,23 @@ static void record_result(struct closed *c, struct bt_request *req)
 				 "closed_unix_ms", (json_int_t)c->closed_unix_ms, "latency_ms",
 				 (json_int_t)(now > c->closed_unix_ms ? now - c->closed_unix_ms : 0),
 				 "code", bt_code_name(req->code));
-	if (req->code == BT_OK) {
+	if (req->code == BT_OK && req->len > RESULT_INLINE_MAX) {
+		char name[32];
+		snprintf(name, sizeof(name), "result.%s",
+			 bt_spool_ext(json_string_value(json_object_get(req->meta, "content_type"))));
+		int e = bt_spool_write_atomic(c->dir, name, req->payload, req->len);
+		if (e) {
+			/* Not done, as when its line cannot be appended. */
+			bt_error("cannot write a session's result", "stream=%s dir=\"%s\" error=\"%s\"",
+				 s->cfg->name, c->dir, bt_strerror(e));
+			json_decref(line);
+			return;
+		}
+		char *path = bt_asprintf("%s/%s", c->dir, name);
+		json_object_set_new(line, "result_file", json_string(path));
+		json_object_set_new(line, "result_bytes", json_integer((json_int_t)req->len));
+		free(path);
+	} else if (req->code == BT_OK) {
 		json_t *res = json_loadb(req->payload ? req->payload : "", req->len,
 					 JSON_DECODE_ANY, NULL);
 		if (!res) {

@@ -89,3 +89,33 @@ def test_control_route_bodies_over_64_kib_are_refused_before_they_are_read(baton
     # Still serving, and the stage is where the first request put it.
     assert b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 1})).status == 200
     assert b.stop() == 0
+
+
+# Sanitizers add redzones and keep freed blocks in quarantine for a while.
+FACTOR = 16 if os.environ.get("BATON_SANITIZED") else 8
+
+
+def test_a_stream_result_over_1_mib_is_kept_beside_its_session_not_loaded(baton, tmp_path):
+    from test_streams import stream_config, wait_results
+    pad = 4 << 20  # zeros, "0, " each: 12 MiB of JSON, a ~250 MiB tree
+    b = baton(stream_config(tmp_path, {"s1": [{"emit": "A", "n": 2}, {"eos": True}]},
+                            session_env={"STREAM_SESSION_PAD": str(pad)}))
+    before = kib(b.proc.pid, "VmRSS")
+    res = wait_results(b, 1, timeout=60)[0]
+    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    # Checked first: loaded into its line, the result would still be shown.
+    assert grew < FACTOR * 3 * pad, \
+        "baton grew by %d bytes for a result of ~%d bytes" % (grew, 3 * pad)
+    assert res["code"] == "ok" and res["session"] == "A" and "result" not in res, \
+        {k: v for k, v in res.items() if k != "result"}
+    path = res["result_file"]
+    assert path == str(tmp_path / "spool" / "s1" / "A" / "result.json")
+    with open(path, "rb") as f:
+        text = f.read()
+    assert res["result_bytes"] == len(text) > (1 << 20)
+    doc = json.loads(text)
+    assert doc["session"] == "A" and doc["items"] == ["n=1", "n=2"] and len(doc["pad"]) == pad
+    # The line on disk says the same, and is short.
+    line = (tmp_path / "spool" / "results.jsonl").read_bytes()
+    assert len(line) < 4096 and json.loads(line)["result_file"] == path
+    assert b.stop() == 0
