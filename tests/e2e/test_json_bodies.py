@@ -119,3 +119,37 @@ def test_a_stream_result_over_1_mib_is_kept_beside_its_session_not_loaded(baton,
     line = (tmp_path / "spool" / "results.jsonl").read_bytes()
     assert len(line) < 4096 and json.loads(line)["result_file"] == path
     assert b.stop() == 0
+
+
+SPAWN_SCRIPT = '''import json, sys
+ask = json.load(sys.stdin)
+doc = {ask["key"]: ask["status"], "message": "page %d is unreadable" % ask["n"], "pad": [0] * ask["n"]}
+sys.stdout.write(json.dumps(doc))
+'''
+
+
+def test_a_large_json_answer_of_a_spawned_script_is_scanned_not_loaded(baton, tmp_path):
+    from conftest import PYTHON
+    script = tmp_path / "script.py"
+    script.write_text(SPAWN_SCRIPT)
+    b = baton("stages:\n  s:\n    mode: spawn\n    command: [%s, %s]\n"
+              "    spawn: {status_key: status}\n    timeout_ms: 60000\n"
+              "pipelines:\n  p: [s]\n" % (PYTHON, script))
+    n = 4 << 20  # zeros, "0, " each: 12 MiB of JSON, a ~250 MiB tree
+    before = kib(b.proc.pid, "VmRSS")
+    r = b.post("p", json.dumps({"key": "status", "status": "ok", "n": n}), timeout=120)
+    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    # Checked first: loaded, the answer would still be right.
+    assert grew < FACTOR * len(r.body), \
+        "baton grew by %d bytes for a %d-byte answer" % (grew, len(r.body))
+    assert r.status == 200 and r.headers["content-type"] == "application/json", r.headers
+    doc = json.loads(r.body)
+    assert doc["status"] == "ok" and len(doc["pad"]) == n
+    # Its status_key read from the scan: "error" is a rejection with the
+    # script's words, as for a short answer; another key is not the status.
+    for n in (8, 1 << 16):
+        r = b.post("p", json.dumps({"key": "status", "status": "error", "n": n}))
+        assert r.status == 422 and r.json()["error"] == "page %d is unreadable" % n, r
+        r = b.post("p", json.dumps({"key": "state", "status": "error", "n": n}))
+        assert r.status == 200 and r.headers["content-type"] == "application/json", r
+    assert b.stop() == 0
