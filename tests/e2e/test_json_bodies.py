@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 
-from conftest import SLOW, fake_stage
+from conftest import SLOW, fake_stage, wait_for
 
 CONTROL_MAX = 65536
 
@@ -152,4 +152,31 @@ def test_a_large_json_answer_of_a_spawned_script_is_scanned_not_loaded(baton, tm
         assert r.status == 422 and r.json()["error"] == "page %d is unreadable" % n, r
         r = b.post("p", json.dumps({"key": "state", "status": "error", "n": n}))
         assert r.status == 200 and r.headers["content-type"] == "application/json", r
+    assert b.stop() == 0
+
+
+def test_the_results_ring_keeps_only_the_newest_results_that_fit_its_bytes(baton, tmp_path):
+    from test_streams import stream_config, wait_results
+    sessions, pad = 16, 300000  # each ~0.9 MiB of JSON, ~20 MB as the ring reckons
+    steps = [{"emit": "K%d" % i, "n": 1} for i in range(1, sessions + 1)] + [{"eos": True}]
+    b = baton(stream_config(tmp_path, {"s1": steps},
+                            session_env={"STREAM_SESSION_PAD": str(pad)}))
+    before = kib(b.proc.pid, "VmRSS")
+    path = tmp_path / "spool" / "results.jsonl"
+    wait_for(lambda: path.exists() and path.read_bytes().count(b"\n") == sessions, 120,
+             interval=0.1, what="%d results\n%s" % (sessions, b.log_tail()))
+    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    # The file has every result, inline (each is under 1 MiB).
+    lines = [json.loads(x) for x in path.read_bytes().splitlines()]
+    assert [x["session"] for x in lines] == ["K%d" % i for i in range(1, sessions + 1)]
+    assert all(len(x["result"]["pad"]) == pad for x in lines)
+    # In memory: the newest three (64 MiB of tree, as the ring reckons).
+    res = wait_results(b, 1)
+    assert [r["seq"] for r in res] == [sessions - 2, sessions - 1, sessions], \
+        [r["seq"] for r in res]
+    assert [r["session"] for r in res] == ["K%d" % i for i in range(sessions - 2, sessions + 1)]
+    status = b.status()["streams"]["orders"]
+    assert status["results_total"] == sessions and len(status["results"]) == 3
+    assert grew < (2 if not os.environ.get("BATON_SANITIZED") else 4) * (64 << 20), \
+        "baton grew by %d bytes" % grew
     assert b.stop() == 0
