@@ -1154,9 +1154,9 @@ static int route(struct conn *cn, const char *url, const char *method,
 
 /*
  * The most a control route (scale, stations, shared-memory register, and
- * the GET routes) reads: its document is a few fields, and jansson's tree
- * of a body costs about 21 times its text, 1 GiB for one of
- * max_request_bytes (docs/config.md).
+ * the results poll, which ignores it) reads: its document is a few
+ * fields, and jansson's tree of a body costs about 21 times its text,
+ * 1.3 GiB for one of max_request_bytes (docs/config.md).
  */
 #define CONTROL_BODY_MAX 65536
 
