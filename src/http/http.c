@@ -1178,9 +1178,12 @@ static int too_big(struct conn *cn, const char *announced)
 	size_t max = cn->h->d->cfg->max_request_bytes;
 	int control = body_max(cn) < max;
 	cn->route = R_NONE;
-	if (control)
-		snprintf(msg, sizeof(msg), "request body%s%.24s%s is over %d bytes, the most a control route reads",
-			 announced ? " of " : "", announced ? announced : "", announced ? " bytes" : "",
+	if (control && announced)
+		snprintf(msg, sizeof(msg),
+			 "request body of %.24s bytes is over %d bytes, the most a control route reads",
+			 announced, CONTROL_BODY_MAX);
+	else if (control)
+		snprintf(msg, sizeof(msg), "request body is over %d bytes, the most a control route reads",
 			 CONTROL_BODY_MAX);
 	else if (announced)
 		snprintf(msg, sizeof(msg), "request body of %.24s bytes is over max_request_bytes (%zu)",
