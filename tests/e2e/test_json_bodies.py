@@ -118,6 +118,10 @@ def test_a_stream_result_over_1_mib_is_kept_beside_its_session_not_loaded(baton,
     # The line on disk says the same, and is short.
     line = (tmp_path / "spool" / "results.jsonl").read_bytes()
     assert len(line) < 4096 and json.loads(line)["result_file"] == path
+    # Adding a station is a control route too: its body is at most 64 KiB.
+    body = padded({"name": "s9", "url": str(tmp_path / "none.json")}, CONTROL_MAX + 1)
+    r = b.request("POST", "/v1/streams/orders/stations", body)
+    assert r.status == 413 and "the most a control route reads" in r.json()["error"], r
     assert b.stop() == 0
 
 
