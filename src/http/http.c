@@ -1147,12 +1147,40 @@ static int route(struct conn *cn, const char *url, const char *method,
 	return send_error(mc, BT_NOT_FOUND, msg);
 }
 
+/*
+ * The most a control route (scale, stations, shared-memory register, and
+ * the results poll, which ignores it) reads: its document is a few
+ * fields, and jansson's tree of a body costs about 21 times its text,
+ * 1.3 GiB for one of max_request_bytes (docs/config.md).
+ */
+#define CONTROL_BODY_MAX 65536
+
+static int control_route(const struct conn *cn)
+{
+	return cn->route != R_PIPELINE && cn->route != R_INFER;
+}
+
+/* The longest body cn's route reads. */
+static size_t body_max(const struct conn *cn)
+{
+	size_t max = cn->h->d->cfg->max_request_bytes;
+	return control_route(cn) ? BT_MIN(max, (size_t)CONTROL_BODY_MAX) : max;
+}
+
 static int too_big(struct conn *cn, const char *announced)
 {
 	char msg[200];
 	size_t max = cn->h->d->cfg->max_request_bytes;
+	int control = body_max(cn) < max;
 	cn->route = R_NONE;
-	if (announced)
+	if (control && announced)
+		snprintf(msg, sizeof(msg),
+			 "request body of %.24s bytes is over %d bytes, the most a control route reads",
+			 announced, CONTROL_BODY_MAX);
+	else if (control)
+		snprintf(msg, sizeof(msg), "request body is over %d bytes, the most a control route reads",
+			 CONTROL_BODY_MAX);
+	else if (announced)
 		snprintf(msg, sizeof(msg), "request body of %.24s bytes is over max_request_bytes (%zu)",
 			 announced, max);
 	else
@@ -1230,7 +1258,7 @@ static void *head_cb(void *arg, struct bt_h1_conn *c, const struct bt_h1_head *h
 	const char *clen = header(cn, "Content-Length");
 	size_t announced = hd->length > 0 ? (size_t)hd->length : 0;
 	/* Refused before reading: the connection closes after the answer. */
-	if (cn->route != R_STAGE_RESTART && announced > h->d->cfg->max_request_bytes) {
+	if (cn->route != R_STAGE_RESTART && announced > body_max(cn)) {
 		too_big(cn, clen);
 		return cn;
 	}
@@ -1262,7 +1290,7 @@ static void body_cb(void *ctx, const char *p, size_t n)
 	 * as nginx does, and the connection closes after the answer, the rest
 	 * unread; a body of any length would otherwise be read to its end.
 	 */
-	if (have + n > h->d->cfg->max_request_bytes) {
+	if (have + n > body_max(cn)) {
 		body_drop(cn);
 		uncharge(cn);
 		too_big(cn, NULL);

@@ -16,9 +16,19 @@
 #include <unistd.h>
 
 #include "../daemon/daemon.h"
+#include "../http/jscan.h"
 #include "../io/io.h"
 
 #define COMMIT_MAX_PAGES 64 /* pages in one transaction at most */
+/*
+ * A result may hold at most this many JSON values per row it answers: it
+ * is loaded as a tree (about 21 times its text: a 50 MiB result of
+ * numbers grew `baton run` by 1 GiB) and kept until its page commits.
+ * Counted, without a tree, only from RESULT_SCAN_MIN bytes (fewer cannot
+ * hold so many values).
+ */
+#define RESULT_VALUES_PER_ROW 65536
+#define RESULT_SCAN_MIN (64 * 1024)
 
 struct dbjob;
 
@@ -261,6 +271,43 @@ static void take_result(struct ref *r, json_t *obj)
 	json_array_append(pg->results, obj);
 }
 
+struct value_count {
+	size_t n, max;
+};
+
+static int count_value(void *ctx, const struct bt_jvalue *v)
+{
+	struct value_count *c = ctx;
+	return !v->end && ++c->n > c->max;
+}
+
+/*
+ * Whether a large result holds more values than rows rows may: 0, or 1
+ * with why in msg.  An object or array the scanner does not take is said
+ * as it says (with JSON_REJECT_DUPLICATES: jansson's tree would keep the
+ * last of a duplicate key).
+ */
+static int too_many_values(const char *text, size_t len, size_t rows, char *msg, size_t size)
+{
+	if (len < RESULT_SCAN_MIN)
+		return 0;
+	size_t i = 0;
+	while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r'))
+		i++;
+	/* A scalar is one value, however long: loaded as before. */
+	if (i == len || (text[i] != '[' && text[i] != '{'))
+		return 0;
+	struct value_count c = {0, rows * RESULT_VALUES_PER_ROW};
+	char err[200];
+	int r = bt_jscan_check(text, len, 0, count_value, &c, err, sizeof(err));
+	if (r > 0)
+		snprintf(msg, size, "the result holds more than %zu JSON values (%d per row it answers)",
+			 c.max, RESULT_VALUES_PER_ROW);
+	else if (r < 0)
+		snprintf(msg, size, "the result is not JSON: %s", err);
+	return r != 0;
+}
+
 static void request_done(struct bt_request *req, void *arg)
 {
 	struct ref *r = arg;
@@ -295,10 +342,14 @@ static void request_done(struct bt_request *req, void *arg)
 			    req->attempts, req->error_stage);
 	} else {
 		json_error_t jerr;
-		json_t *out = json_loadb(req->payload ? req->payload : "", req->len,
-					 JSON_DECODE_ANY, &jerr);
-		if (!out) {
-			char msg[300];
+		char msg[300];
+		json_t *out = NULL;
+		if (too_many_values(req->payload, req->len, r->row >= 0 ? 1 : pg->nrows, msg,
+				    sizeof(msg))) {
+			add_failure(pg, ref_key(r, buf, sizeof(buf)), "invalid_result", msg,
+				    req->attempts, NULL);
+		} else if (!(out = json_loadb(req->payload ? req->payload : "", req->len,
+					      JSON_DECODE_ANY, &jerr))) {
 			snprintf(msg, sizeof(msg), "the result is not JSON: %s", jerr.text);
 			add_failure(pg, ref_key(r, buf, sizeof(buf)), "invalid_result", msg,
 				    req->attempts, NULL);

@@ -28,6 +28,21 @@
 #include "../sched/sched.h"
 
 #define RING 1000 /* results kept in memory for HTTP */
+/*
+ * A session's result longer than this is written beside its items, not
+ * into its line: the last RING lines are kept in memory as JSON trees
+ * (about 21 times their text: a 50 MiB result held 1 GiB), and each is
+ * a line of the results file and of every results answer.
+ */
+#define RESULT_INLINE_MAX (1u << 20)
+/*
+ * The ring keeps the newest results that fit in this many bytes of tree,
+ * reckoned as their text plus RING_VALUE_BYTES per JSON value (what
+ * jansson spends on one, with malloc's own): 1000 results of 1 MiB of
+ * small numbers would otherwise hold 21 GiB.  The file has them all.
+ */
+#define RING_BYTES (64u << 20)
+#define RING_VALUE_BYTES 64
 
 enum item_state { ITEM_QUEUED, ITEM_RUNNING, ITEM_READY, ITEM_DROPPED, ITEM_EOS };
 
@@ -117,6 +132,8 @@ struct bt_stream {
 	int results_fd;
 	uint64_t results_seq; /* lines in the results file */
 	json_t *ring[RING]; /* the last results; seq of ring[i % RING] is i + 1 */
+	size_t ring_cost[RING]; /* what each costs, as RING_BYTES reckons */
+	size_t ring_bytes; /* their sum */
 	struct closed *inflight; /* closed sessions being processed */
 	struct closed *recovered; /* found at start, not yet submitted */
 	struct bt_stream_watch *watches;
@@ -322,6 +339,42 @@ static void closed_free(struct closed *c)
 
 static void watches_fire(struct bt_stream *s);
 
+static size_t json_values(json_t *v)
+{
+	size_t n = 1;
+	const char *key;
+	json_t *m;
+	size_t i;
+	if (json_is_object(v))
+		json_object_foreach(v, key, m)
+			n += json_values(m);
+	else if (json_is_array(v))
+		json_array_foreach(v, i, m)
+			n += json_values(m);
+	return n;
+}
+
+/* Keeps line (a reference taken), the result of seq results_seq, len bytes of text. */
+static void ring_put(struct bt_stream *s, json_t *line, size_t len)
+{
+	uint64_t seq = s->results_seq;
+	size_t k = (seq - 1) % RING;
+	json_decref(s->ring[k]);
+	s->ring_bytes -= s->ring_cost[k];
+	s->ring[k] = line;
+	s->ring_cost[k] = len + RING_VALUE_BYTES * json_values(line);
+	s->ring_bytes += s->ring_cost[k];
+	/* The oldest go first; the newest stays, whatever it costs. */
+	for (uint64_t old = seq > RING ? seq - RING + 1 : 1; s->ring_bytes > RING_BYTES && old < seq;
+	     old++) {
+		size_t j = (old - 1) % RING;
+		json_decref(s->ring[j]);
+		s->ring[j] = NULL;
+		s->ring_bytes -= s->ring_cost[j];
+		s->ring_cost[j] = 0;
+	}
+}
+
 /* Appends the session's result line, then marks it done. */
 static void record_result(struct closed *c, struct bt_request *req)
 {
@@ -334,7 +387,23 @@ static void record_result(struct closed *c, struct bt_request *req)
 				 "closed_unix_ms", (json_int_t)c->closed_unix_ms, "latency_ms",
 				 (json_int_t)(now > c->closed_unix_ms ? now - c->closed_unix_ms : 0),
 				 "code", bt_code_name(req->code));
-	if (req->code == BT_OK) {
+	if (req->code == BT_OK && req->len > RESULT_INLINE_MAX) {
+		char name[32];
+		snprintf(name, sizeof(name), "result.%s",
+			 bt_spool_ext(json_string_value(json_object_get(req->meta, "content_type"))));
+		int e = bt_spool_write_atomic(c->dir, name, req->payload, req->len);
+		if (e) {
+			/* Not done, as when its line cannot be appended. */
+			bt_error("cannot write a session's result", "stream=%s dir=\"%s\" error=\"%s\"",
+				 s->cfg->name, c->dir, bt_strerror(e));
+			json_decref(line);
+			return;
+		}
+		char *path = bt_asprintf("%s/%s", c->dir, name);
+		json_object_set_new(line, "result_file", json_string(path));
+		json_object_set_new(line, "result_bytes", json_integer((json_int_t)req->len));
+		free(path);
+	} else if (req->code == BT_OK) {
 		json_t *res = json_loadb(req->payload ? req->payload : "", req->len,
 					 JSON_DECODE_ANY, NULL);
 		if (!res) {
@@ -370,9 +439,7 @@ static void record_result(struct closed *c, struct bt_request *req)
 		bt_error("cannot mark a session done", "stream=%s dir=\"%s\" error=\"%s\"",
 			 s->cfg->name, c->dir, bt_strerror(e));
 	free(text);
-	json_t **slot = &s->ring[(s->results_seq - 1) % RING];
-	json_decref(*slot);
-	*slot = line;
+	ring_put(s, line, n);
 	double secs = now > c->closed_unix_ms ? (double)(now - c->closed_unix_ms) / 1000.0 : 0;
 	bt_hist_observe(&s->latency, secs);
 	/* The source stage's latency is its orders': what `headroom` scales stations on. */
@@ -1005,9 +1072,7 @@ static void read_results(struct bt_stream *s)
 				p = &c->next;
 			}
 		}
-		json_t **slot = &s->ring[(s->results_seq - 1) % RING];
-		json_decref(*slot);
-		*slot = doc;
+		ring_put(s, doc, (size_t)len);
 	}
 	free(line);
 	if (f)

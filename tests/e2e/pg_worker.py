@@ -2,7 +2,8 @@
 list of rows) as JSON and answers {id, score: 2*v}.  The row's `tag`
 chooses a failure: "reject" (the worker refuses it), "badvalue" (a score the
 sink's double precision column cannot take), "nokey" (a result without the
-key field).  ROW_DELAY_MS slows each row, so a test can kill a run midway."""
+key field), "big:N" (N zeros more in the result, as "pad").  ROW_DELAY_MS
+slows each row, so a test can kill a run midway."""
 import os
 import time
 
@@ -22,6 +23,8 @@ def one(row):
         out["score"] = "not a number"
     if tag == "nokey":
         del out["id"]
+    if tag.startswith("big:"):
+        out["pad"] = [0] * int(tag[4:])
     return out
 
 

@@ -11,7 +11,8 @@ session:  reads the manifest of a closed session, checks that every item
           STREAM_SESSION_GATE: while that file does not exist, wait (a test
           holds sessions in the process stage).  STREAM_SESSION_LOG: append
           "station/session_id" of every session processed (to count
-          processings, not results).
+          processings, not results).  STREAM_SESSION_PAD: N zeros more in
+          the answer, as "pad" (a large result).
 """
 import json
 import os
@@ -60,6 +61,9 @@ def session(payload, meta):
     answer = {"session": doc["session"], "station": doc["station"],
               "close_reason": doc["close_reason"], "items": names,
               "meta_items": meta.get("items")}
+    pad = int(os.environ.get("STREAM_SESSION_PAD", "0"))
+    if pad:
+        answer["pad"] = [0] * pad
     return json.dumps(answer).encode(), {"content_type": "application/json"}
 
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -177,6 +178,48 @@ def test_pg_pages_go_as_one_request_and_jsonb_takes_the_whole_result(tmp_path, d
     assert all(float(x[1]) == float(x[2]) == 2 * int(x[0]) for x in rows)
     assert all(x[3].startswith("pid ") for x in rows)
     assert db.written_twice() == []
+
+
+def peak_kib(p):
+    """Follows p's VmHWM until it exits; returns a dict whose "kib" is the last read."""
+    box = {"kib": 0}
+
+    def follow():
+        while p.poll() is None:
+            try:
+                with open("/proc/%d/status" % p.pid) as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            box["kib"] = int(line.split()[1])
+            except OSError:
+                pass
+            time.sleep(0.02)
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    box["thread"] = t
+    return box
+
+
+def test_pg_a_result_of_too_many_values_fails_its_row_without_being_loaded(tmp_path, db):
+    # 4 Mi zeros: 12 MiB of JSON, a tree of ~250 MiB; 60,000 are within the cap.
+    big = 4 << 20
+    db.fill(20, {5: "big:%d" % big, 9: "big:60000"})
+    p = start(write_config(tmp_path, page_rows=10), db)
+    peak = peak_kib(p)
+    out, log = finish(p, 120)
+    peak["thread"].join(10)
+    # Checked first: loaded, the result would also have been written.
+    sanitized = os.environ.get("BATON_SANITIZED")
+    assert peak["kib"] > 0, "baton run ended before its memory was read"
+    assert peak["kib"] * 1024 < (16 if sanitized else 8) * 3 * big, \
+        "baton run peaked at %d KiB for a result of ~%d bytes" % (peak["kib"], 3 * big)
+    assert p.returncode == 1, log
+    assert "written 19   failed 1" in out, out
+    assert db.rows("SELECT key, code, error FROM baton_failures") == [
+        ["5", "invalid_result",
+         "the result holds more than 65536 JSON values (65536 per row it answers)"]]
+    assert [int(x[0]) for x in db.rows("SELECT id FROM dst ORDER BY id")] == \
+        [i for i in range(1, 21) if i != 5]
 
 
 def test_pg_kill9_midrun_then_rerun_writes_every_key_once(tmp_path, db):
