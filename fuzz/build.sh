@@ -65,7 +65,7 @@ compile() {
 compile common src/common/common.c
 compile frame src/proto/frame.c
 compile v2 src/http/v2.c
-compile jscan src/http/jscan.c
+compile jscan src/common/jscan.c
 compile wire src/grpc/wire.c
 compile inference_pb build-fuzz/gen/inference.pb-c.c
 compile memfd src/common/memfd.c

@@ -4,7 +4,7 @@
  * memory safety it checks what callers rely on: an accepted request's
  * header length lies inside the body, and a completed answer is the
  * worker's JSON with "model_name" and "id" added, its binary tail intact.
- * And that the tree-less scanner (src/http/jscan.c) decides as jansson
+ * And that the tree-less scanner (src/common/jscan.c) decides as jansson
  * does: an answer is taken exactly when jansson takes it, and a request
  * gets the same verdict and sentence whether its data is scanned or loaded.
  */

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "../common/common.h"
-#include "../http/jscan.h"
+#include "../common/jscan.h"
 #include "../http/v2.h"
 #include "../proto/proto.h"
 #include "inference.pb-c.h"

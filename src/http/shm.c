@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "../common/common.h"
-#include "jscan.h"
+#include "../common/jscan.h"
 #include "v2.h"
 
 #define MAX_REGIONS 256

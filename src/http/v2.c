@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "../common/common.h"
-#include "jscan.h"
+#include "../common/jscan.h"
 
 enum kind { K_BOOL, K_INT, K_UINT, K_FLOAT, K_BYTES };
 

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "../daemon/daemon.h"
-#include "../http/jscan.h"
+#include "../common/jscan.h"
 #include "../io/io.h"
 
 #define COMMIT_MAX_PAGES 64 /* pages in one transaction at most */

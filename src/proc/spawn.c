@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "../daemon/daemon.h"
-#include "../http/jscan.h"
+#include "../common/jscan.h"
 #include "../sched/sched.h"
 #include "proc.h"
 

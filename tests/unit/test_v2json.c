@@ -14,7 +14,7 @@
 
 #include "common/common.h"
 #include "grpc/wire.h"
-#include "http/jscan.h"
+#include "common/jscan.h"
 #include "http/v2.h"
 
 TestSuite(v2json, .timeout = 60);

@@ -4,8 +4,8 @@
  * the nesting depth plus the keys of the objects open at one time, so a
  * tensor of millions of numbers costs nothing.  Pure: no sockets, no libuv.
  */
-#ifndef BT_HTTP_JSCAN_H
-#define BT_HTTP_JSCAN_H
+#ifndef BT_COMMON_JSCAN_H
+#define BT_COMMON_JSCAN_H
 
 #include <jansson.h>
 #include <stddef.h>
