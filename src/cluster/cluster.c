@@ -103,6 +103,12 @@ struct bt_cluster {
 	struct bt_request *table[BUCKETS];
 	uint64_t waiting;
 	uint64_t submitted, answered, duplicates, outcomes_dropped, outcomes_lost, reconnects;
+	/*
+	 * Entries and replies that could not be read: counted, and logged at
+	 * most BAD_LOGS_PER_S a second; the rest are summed in one line.
+	 */
+	uint64_t bad, bad_window_ms;
+	unsigned bad_logged, bad_unlogged;
 	uint64_t files;
 	json_t *nodes; /* the live nodes' heartbeats, from the last tick */
 	char down_why[256];
@@ -722,6 +728,38 @@ static int entry_fields(const redisReply *fields, const char **argv, size_t *len
 	return (int)fields->elements;
 }
 
+#define BAD_LOGS_PER_S 10
+
+/* Says how many warnings about bad entries were left out, if any. */
+static void bad_summary(struct bt_cluster *cl)
+{
+	if (cl->bad_unlogged)
+		bt_warn("left out warnings about bad entries and replies", "count=%u total=%llu",
+			cl->bad_unlogged, (unsigned long long)cl->bad);
+	cl->bad_unlogged = 0;
+}
+
+/*
+ * Counts one bad entry or reply; 1 when it may be logged.  A writer that
+ * floods a stream with garbage must not flood the log too (nor its disk).
+ */
+static int bad_entry(struct bt_cluster *cl)
+{
+	uint64_t now = bt_now_ms();
+	cl->bad++;
+	if (now - cl->bad_window_ms >= 1000) {
+		bad_summary(cl);
+		cl->bad_window_ms = now;
+		cl->bad_logged = 0;
+	}
+	if (cl->bad_logged < BAD_LOGS_PER_S) {
+		cl->bad_logged++;
+		return 1;
+	}
+	cl->bad_unlogged++;
+	return 0;
+}
+
 #define MAX_FIELDS 64
 
 static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
@@ -761,9 +799,10 @@ static void replies_cb(redisAsyncContext *ac, void *r, void *priv)
 			}
 			int n = entry_fields(en->element[1], argv, lens, MAX_FIELDS);
 			if (n < 0 || bt_entry_decode(&e, 1, argv, lens, n, why, sizeof(why))) {
-				bt_warn("ignored a bad reply", "stream=%s id=%s error=%s",
-					cl->reply_key, en->element[0]->str,
-					BT_LOGQ(n < 0 ? "not fields" : why));
+				if (bad_entry(cl))
+					bt_warn("ignored a bad reply", "stream=%s id=%s error=%s",
+						cl->reply_key, en->element[0]->str,
+						BT_LOGQ(n < 0 ? "not fields" : why));
 				continue;
 			}
 			if (refuse_foreign_ref(cl, &e, cl->reply_key, en->element[0]->str) &&
@@ -1020,8 +1059,9 @@ static struct held *take_entry(struct shared *sh, const redisReply *en)
 	snprintf(h->id, sizeof(h->id), "%s", id);
 	int n = entry_fields(en->element[1], argv, lens, MAX_FIELDS);
 	if (n < 0 || bt_entry_decode(&h->e, 0, argv, lens, n, why, sizeof(why))) {
-		bt_warn("dropped a bad entry", "stream=%s id=%s error=%s", sh->key, id,
-			BT_LOGQ(n < 0 ? "not fields" : why));
+		if (bad_entry(cl))
+			bt_warn("dropped a bad entry", "stream=%s id=%s error=%s", sh->key, id,
+				BT_LOGQ(n < 0 ? "not fields" : why));
 		/* Its origin, if it can be read, gets an answer rather than a timeout. */
 		for (int i = 0; n > 0 && i + 1 < n; i += 2) {
 			if (!strcmp(argv[i], "o") && !memchr(argv[i + 1], '\0', lens[i + 1])) {
@@ -1355,6 +1395,8 @@ static void tick_cb(uv_timer_t *t)
 		pump_cb(&cl->sh[i], cl->sh[i].st);
 	}
 	uint64_t now = bt_now_ms();
+	if (cl->bad_unlogged && now - cl->bad_window_ms >= 1000)
+		bad_summary(cl);
 	if (now - cl->last_beat_ms >= cl->cfg->interval_ms) {
 		cl->last_beat_ms = now;
 		heartbeat(cl);
@@ -1464,6 +1506,8 @@ void bt_cluster_metrics(const struct bt_cluster *cl, struct bt_buf *out)
 	     "outcomes not recorded because Redis was unreachable", cl->outcomes_lost},
 	    {"baton_cluster_reconnects_total", "connections to Redis made again after a loss",
 	     cl->reconnects},
+	    {"baton_cluster_bad_entries_total",
+	     "entries of a shared queue or replies this node could not read (dropped)", cl->bad},
 	};
 	for (size_t f = 0; f < sizeof(counters) / sizeof(counters[0]); f++)
 		bt_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counters[f].name,

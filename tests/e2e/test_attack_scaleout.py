@@ -114,3 +114,29 @@ def test_scaleout_redis_losing_its_data_leaves_no_shared_files(cluster, redis, t
     # The origin answered them: no entry will ever name their files again.
     assert os.listdir(str(shared)) == []
     wait_for(lambda: post(n1.port, b"again")[0] == 200, 20 * SLOW, what="the node to reconnect")
+
+
+def test_scaleout_a_flood_of_garbage_entries_is_counted_not_logged_line_by_line(cluster, redis):
+    """A writer that floods a stage's stream with entries no node can read:
+    each is dropped and counted (baton_cluster_bad_entries_total), but the
+    log gets at most ten lines a second about them and one that says how
+    many it left out; honest requests are served meanwhile."""
+    (n1,) = cluster(1, a_replicas=1, pipeline=("a",))
+    script = "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'foo', 'bar') end"
+    redis.cli("EVAL", script, "1", "t:q:a", "400")
+
+    def bad():
+        m = re.search(r"^baton_cluster_bad_entries_total (\d+)$", n1.get("/metrics").body.decode(),
+                      re.M)
+        return int(m.group(1)) if m else 0
+    wait_for(lambda: bad() >= 400, 30 * SLOW, what="the 400 bad entries counted")
+    wait_for(lambda: "left out warnings about bad entries" in n1.log(), 10 * SLOW,
+             what="the line that sums up the warnings left out")
+    log = n1.log().splitlines()
+    dropped = [line for line in log if "dropped a bad entry" in line]
+    left_out = sum(int(re.search(r"count=(\d+)", line).group(1))
+                   for line in log if "left out warnings about bad entries" in line)
+    assert 1 <= len(dropped) < 100, len(dropped)
+    assert len(dropped) + left_out == 400, (len(dropped), left_out)
+    status, body = post(n1.port, b"after")
+    assert status == 200 and body.startswith(b"after n1:a:"), body
