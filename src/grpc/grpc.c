@@ -667,7 +667,6 @@ static void headers_done(struct call *call)
 		    (BT_MIN(call->timeout_us, (uint64_t)BT_V2_TIMEOUT_MAX_US) + 999) / 1000;
 }
 
-/* Takes every whole message out of call->in. */
 /* Takes the whole messages at the start of buf; returns the bytes they held. */
 static size_t take_messages(struct call *call, const uint8_t *buf, size_t len)
 {
@@ -709,6 +708,7 @@ static size_t take_messages(struct call *call, const uint8_t *buf, size_t len)
 	return off;
 }
 
+/* Takes every whole message out of call->in. */
 static void messages(struct call *call)
 {
 	size_t off = take_messages(call, (uint8_t *)call->in.data, call->in.len);

@@ -97,3 +97,46 @@ def test_grpc_calls_reset_while_queued_leave_the_queue_and_never_run(baton, pb, 
     assert 'code="cancelled"} 6' in metrics, [l for l in metrics.splitlines() if "cancel" in l]
     c.close()
     assert b.stop() == 0
+
+
+def _vm_kib(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
+
+
+def test_grpc_answer_of_countless_outputs_is_refused_within_bounds(baton, pb, tmp_path):
+    # A worker's answer of millions of empty outputs ("{}", 3 bytes each):
+    # what the conversion keeps of each output once took 68 times the text
+    # (1.7 GB for 25 MB).  Past 65,536 outputs, dimensions and parameters,
+    # as in a request, the answer is refused and nothing more is kept.
+    import os
+    cfg, port = grpc_config()
+    b = baton(cfg)
+    c = Client(pb, port)
+    n = 3 << 20
+    path = tmp_path / "answer.json"
+    path.write_bytes(b'{"outputs":[' + b"{}," * (n - 1) + b"{}]}")
+    size = os.path.getsize(path)
+    factor = 16 if os.environ.get("BATON_SANITIZED") else 8
+    before = _vm_kib(b.proc.pid, "VmRSS")
+    code, details = code_of(lambda: c.infer(inputs=[("x", "FP32", [1], fp32(1))],
+                                            raw_answer_file=str(path), timeout=120))
+    grew = (_vm_kib(b.proc.pid, "VmHWM") - before) * 1024
+    assert code == grpc.StatusCode.INTERNAL, details
+    assert ("worker_error: the pipeline's last stage did not answer a v2 response: the answer "
+            "has %d outputs, shape dimensions and parameters; at most 65536 are taken" % n
+            in details), details
+    assert grew < factor * size, "baton grew by %d bytes for a %d-byte answer" % (grew, size)
+    # An empty answer is refused with the JSON parser's sentence ("wrong
+    # arguments", jansson's word for a NULL text, said nothing).
+    code, details = code_of(lambda: c.infer(inputs=[("x", "FP32", [1], fp32(1))],
+                                            raw_answer=""))
+    assert code == grpc.StatusCode.INTERNAL, details
+    assert details.endswith("the answer is not a JSON object: '[' or '{' expected near end "
+                            "of file"), details
+    assert c.infer(inputs=[("x", "FP32", [1], fp32(5))]).raw_output_contents[0] == fp32(5)
+    c.close()
+    assert b.stop() == 0
