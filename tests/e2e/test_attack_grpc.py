@@ -2,11 +2,17 @@
 wire that unpack into far more memory than they weigh (an empty tensor is
 two bytes of protobuf and hundreds of bytes once unpacked and turned into
 JSON) are refused by their field count before protobuf-c unpacks them; a
-stream's refused requests are answered with their ids."""
+stream's refused requests are answered with their ids; a worker's answer
+of countless outputs is refused within bounds; messages cut at any byte, on
+streams interleaved on one connection, are each answered once."""
+import socket
+import struct
+
 import pytest
 
-from conftest import free_port  # noqa: F401  (conftest's fixtures: baton)
-from test_grpc import Client, code_of, fp32, grpc_config, pb  # noqa: F401  (pb: a fixture)
+from conftest import SLOW, free_port  # noqa: F401  (conftest's fixtures: baton)
+from test_grpc import (PREFACE, Client, code_of, fp32, frame, grpc_config, headers_block,  # noqa: F401
+                       pb, read_frames)  # (pb: a fixture)
 
 grpc = pytest.importorskip("grpc")
 
@@ -138,5 +144,59 @@ def test_grpc_answer_of_countless_outputs_is_refused_within_bounds(baton, pb, tm
     assert details.endswith("the answer is not a JSON object: '[' or '{' expected near end "
                             "of file"), details
     assert c.infer(inputs=[("x", "FP32", [1], fp32(5))]).raw_output_contents[0] == fp32(5)
+    c.close()
+    assert b.stop() == 0
+
+
+def test_grpc_messages_cut_at_every_byte_on_interleaved_streams_are_each_answered_once(baton, pb):
+    # Two requests on a ModelStreamInfer call, its DATA cut in two at every
+    # byte (an empty frame included), one call per cut, all on one
+    # connection with their frames interleaved; and one call fed a byte per
+    # frame among them.  A call's bytes wait in its own buffer, never
+    # another's, and nghttp2's chunk is decoded in place only when its call
+    # holds nothing.
+    cfg, port = grpc_config(replicas=2)
+    b = baton(cfg)
+    c = Client(pb, port)
+    body = b""
+    for i in (1, 2):
+        m = c.request(id="%d" % i, inputs=[("x", "FP32", [1], fp32(i))]).SerializeToString()
+        body += b"\x00" + struct.pack(">I", len(m)) + m
+    hdrs = headers_block([(b":method", b"POST"), (b":scheme", b"http"),
+                          (b":path", b"/inference.GRPCInferenceService/ModelStreamInfer"),
+                          (b":authority", b"x"), (b"content-type", b"application/grpc"),
+                          (b"te", b"trailers")])
+    wide = frame(4, 0, 0, struct.pack(">HI", 4, 1 << 24)) + frame(8, 0, 0, struct.pack(">I", 1 << 24))
+    cuts = list(range(len(body) + 1))
+    for start in range(0, len(cuts), 48):
+        streams = {1 + 2 * k: [body[:p], body[p:]] for k, p in enumerate(cuts[start:start + 48])}
+        if start == 0:
+            streams[99] = [body[i:i + 1] for i in range(len(body))]
+        out = PREFACE + wide + b"".join(frame(1, 0x4, sid, hdrs) for sid in streams)
+        for n in range(max(len(p) for p in streams.values())):
+            out += b"".join(frame(0, 0x1 if n == len(p) - 1 else 0, sid, p[n])
+                            for sid, p in streams.items() if n < len(p))
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(out)
+        ended = set()
+
+        def all_ended(t, fl, st, p):
+            if t == 1 and fl & 0x1:  # trailers
+                ended.add(st)
+            return ended == set(streams)
+        frames, eof = read_frames(s, all_ended, 60 * SLOW)
+        s.close()
+        assert ended == set(streams) and not eof, (sorted(set(streams) - ended), frames[-3:])
+        assert not [f for f in frames if f[0] in (3, 7)], "reset or GOAWAY: %r" % frames
+        for sid in streams:
+            data = b"".join(p for t, fl, st, p in frames if t == 0 and st == sid)
+            answers = []
+            while data:
+                n = struct.unpack(">I", data[1:5])[0]
+                answers.append(pb[0].ModelStreamInferResponse.FromString(data[5:5 + n]))
+                data = data[5 + n:]
+            got = sorted((a.infer_response.id, a.error_message,
+                          a.infer_response.raw_output_contents[0]) for a in answers)
+            assert got == [("1", "", fp32(1)), ("2", "", fp32(2))], (sid, got)
     c.close()
     assert b.stop() == 0
