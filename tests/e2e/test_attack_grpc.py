@@ -4,7 +4,8 @@ two bytes of protobuf and hundreds of bytes once unpacked and turned into
 JSON) are refused by their field count before protobuf-c unpacks them; a
 stream's refused requests are answered with their ids; a worker's answer
 of countless outputs is refused within bounds; messages cut at any byte, on
-streams interleaved on one connection, are each answered once."""
+streams interleaved on one connection, are each answered once; an error
+message cut inside a character still reaches the client as UTF-8."""
 import socket
 import struct
 
@@ -198,5 +199,36 @@ def test_grpc_messages_cut_at_every_byte_on_interleaved_streams_are_each_answere
             got = sorted((a.infer_response.id, a.error_message,
                           a.infer_response.raw_output_contents[0]) for a in answers)
             assert got == [("1", "", fp32(1)), ("2", "", fp32(2))], (sid, got)
+    c.close()
+    assert b.stop() == 0
+
+
+def test_grpc_error_messages_cut_inside_a_character_stay_utf8(baton, pb):
+    # A worker's long reason cut at the stream answer's 600 bytes, a model
+    # name cut by the sentence's %.100s, a request whose id is not UTF-8: a
+    # protobuf string that is not UTF-8 made the client give up the whole
+    # stream ("Exception deserializing response!"), losing the answers after.
+    cfg, port = grpc_config()
+    b = baton(cfg)
+    c = Client(pb, port)
+    P = c.pb
+    one = dict(inputs=[("x", "FP32", [1], fp32(1))])
+    reqs = [c.request(id="rej", fake="reject:" + "\u00e9" * 400, **one).SerializeToString(),
+            c.request(id="nf", model="a" + "\u00e9" * 60, **one).SerializeToString(),
+            b"\x0a\x01m\x1a\x02\xffx",  # model_name "m", id "\xffx"
+            c.request(id="ok", **one).SerializeToString()]
+    call = c.channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                   response_deserializer=P.ModelStreamInferResponse.FromString)
+    by_id = {a.infer_response.id: a for a in call(iter(reqs), timeout=30)}
+    assert sorted(by_id) == ["?x", "nf", "ok", "rej"], by_id
+    assert by_id["rej"].error_message.startswith("rejected: " + "\u00e9" * 200), by_id["rej"]
+    assert "unknown model 'a" + "\u00e9" * 49 in by_id["nf"].error_message, by_id["nf"]
+    assert "the request id is not UTF-8" in by_id["?x"].error_message, by_id["?x"]
+    assert by_id["ok"].infer_response.raw_output_contents[0] == fp32(1)
+    # The status message of a unary call too (grpc-message: UTF-8, then
+    # percent-encoded); a cut character turned all of it into mojibake.
+    code, details = code_of(lambda: c.infer(fake="reject:" + "\u00e9" * 400, **one))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("rejected: " + "\u00e9" * 100), details
     c.close()
     assert b.stop() == 0
