@@ -812,7 +812,8 @@ int bt_grpc_response_encode_loaded(const char *body, size_t len, long long heade
 			    "JSON header length %lld is out of range for a %zu-byte answer",
 			    header_len, len);
 	size_t jlen = header_len < 0 ? len : (size_t)header_len;
-	body = body ? body : ""; /* an empty answer; json_loadb says "wrong arguments" to NULL */
+	/* An empty answer may come as NULL, which json_loadb calls "wrong arguments". */
+	body = body ? body : "";
 	size_t off = jlen; /* where the next binary output starts */
 	struct bt_jspans sp = {0};
 	json_t *root;
@@ -1187,7 +1188,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 			    "JSON header length %lld is out of range for a %zu-byte answer",
 			    header_len, len);
 	size_t jlen = header_len < 0 ? len : (size_t)header_len;
-	body = body ? body : ""; /* an empty answer; json_loadb says "wrong arguments" to NULL */
+	/* An empty answer may come as NULL, which json_loadb calls "wrong arguments". */
+	body = body ? body : "";
 	size_t off = jlen; /* where the next binary output starts */
 	if (bt_jscan_check(body, jlen, BT_JSCAN_VALUES, answer_value, &a, why, sizeof(why))) {
 		/* jansson's own sentence, as the loaded conversion gives it. */

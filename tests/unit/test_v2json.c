@@ -600,8 +600,7 @@ Test(v2json, grpc_answer_data_nesting_limit_is_the_same)
  * request's fields; one more is refused, also by the scan, which keeps
  * nothing past the bound ("{}" outputs took 68 times their text).
  */
-static char *repeated(const char *head, const char *item, size_t n, const char *tail,
-		      size_t *len)
+static char *repeated(const char *head, const char *item, size_t n, const char *tail, size_t *len)
 {
 	size_t hl = strlen(head), il = strlen(item) + 24, tl = strlen(tail), at = hl;
 	char *doc = malloc(hl + n * (il + 1) + tl + 1);
@@ -632,8 +631,8 @@ Test(v2json, grpc_answer_fields_are_bounded_the_same_loaded_or_scanned)
 	     "]}]}", 65536, 1},
 	    {"{\"outputs\":[{\"name\":\"o\",\"datatype\":\"INT8\",\"data\":[1],\"shape\":[", "1",
 	     "]}]}", 65535, 0},
-	    {"{\"outputs\":[{\"name\":\"o\",\"datatype\":\"INT8\",\"shape\":[1.5,", "[1]",
-	     "]}]}", 65536, 1},
+	    {"{\"outputs\":[{\"name\":\"o\",\"datatype\":\"INT8\",\"shape\":[1.5,", "[1]", "]}]}",
+	     65536, 1},
 	    {"{\"outputs\":[],\"parameters\":{\"a\":1,", "\"k%zu\":null", "}}", 65535, 0},
 	    {"{\"outputs\":[],\"parameters\":{\"a\":1,", "\"k%zu\":null", "}}", 65536, 1},
 	    {"{\"outputs\":[", "{\"name\":\"b\",\"datatype\":\"BOOL\",\"shape\":[],\"data\":true}",
@@ -653,8 +652,9 @@ Test(v2json, grpc_answer_fields_are_bounded_the_same_loaded_or_scanned)
 		if (cases[c].over < 2)
 			grpc_same(doc, len);
 		int r = grpc_way(doc, len, SCANNED, &out, &outlen, why, sizeof(why));
-		cr_assert_eq(cases[c].over == 1, r && strstr(why, "at most 65536 are taken") != NULL,
-			     "case %zu: %d %s", c, r, why);
+		cr_assert_eq(cases[c].over == 1,
+			     r && strstr(why, "at most 65536 are taken") != NULL, "case %zu: %d %s",
+			     c, r, why);
 		cr_assert_eq(cases[c].over == 2, r && strstr(why, "not a JSON object: ") != NULL,
 			     "case %zu: %d %s", c, r, why);
 		free(out);
