@@ -228,6 +228,8 @@ static void finish(struct call *call, int status, const char *fmt, ...)
 		va_start(ap, fmt);
 		vsnprintf(call->message, sizeof(call->message), fmt, ap);
 		va_end(ap);
+		/* The cut (and a name cut with %.64s) may split a character. */
+		bt_utf8_clean(call->message);
 	}
 	if (call->method != M_MODEL_STREAM_INFER || status != BT_GRPC_OK)
 		count(call, status);
@@ -352,7 +354,8 @@ static void request_done_cb(struct bt_request *req, void *arg)
 								      req->check_data, &sl);
 				snprintf(msg, sizeof(msg), "%s: %s", bt_code_name(req->code),
 					 req->error ? req->error : "");
-				m = bt_grpc_stream_wrap(stub, sl, msg, &n);
+				/* Cut short, it may end inside a character. */
+				m = bt_grpc_stream_wrap(stub, sl, bt_utf8_clean(msg), &n);
 				free(stub);
 			}
 			send_message(call, m, n);
@@ -435,12 +438,18 @@ static void infer(struct call *call, const uint8_t *msg, size_t len)
 		if (!stream) {
 			finish(call, st, "%s", err);
 		} else {
-			/* As a worker's failure: "code: sentence", with the request's id. */
+			/*
+			 * As a worker's failure: "code: sentence", with the request's
+			 * id; both are protobuf strings, which must be UTF-8 or the
+			 * client cannot read the stream (a refused id may be none).
+			 */
 			size_t n, sl;
 			char msg[sizeof(err) + 32];
-			uint8_t *stub = bt_grpc_response_stub(in.model, in.id, &sl);
+			uint8_t *stub =
+			    bt_grpc_response_stub(in.model ? bt_utf8_clean(in.model) : NULL,
+						  in.id ? bt_utf8_clean(in.id) : NULL, &sl);
 			snprintf(msg, sizeof(msg), "%s: %s", bt_code_name(BT_BAD_REQUEST), err);
-			uint8_t *m = bt_grpc_stream_wrap(stub, sl, msg, &n);
+			uint8_t *m = bt_grpc_stream_wrap(stub, sl, bt_utf8_clean(msg), &n);
 			free(stub);
 			count(call, st);
 			send_message(call, m, n);
@@ -661,7 +670,6 @@ static void headers_done(struct call *call)
 		    (BT_MIN(call->timeout_us, (uint64_t)BT_V2_TIMEOUT_MAX_US) + 999) / 1000;
 }
 
-/* Takes every whole message out of call->in. */
 /* Takes the whole messages at the start of buf; returns the bytes they held. */
 static size_t take_messages(struct call *call, const uint8_t *buf, size_t len)
 {
@@ -703,6 +711,7 @@ static size_t take_messages(struct call *call, const uint8_t *buf, size_t len)
 	return off;
 }
 
+/* Takes every whole message out of call->in. */
 static void messages(struct call *call)
 {
 	size_t off = take_messages(call, (uint8_t *)call->in.data, call->in.len);

@@ -640,6 +640,14 @@ struct resp {
 	Inference__InferParameter *pv;
 };
 
+/*
+ * Each output, shape dimension and parameter of an answer costs a hundred
+ * bytes or more in the message and its checks, whatever it weighs in the
+ * text, as in a request (BT_GRPC_MAX_FIELDS).
+ */
+#define ANSWER_FIELDS_OVER                                                                         \
+	"the answer has %zu outputs, shape dimensions and parameters; at most %d are taken"
+
 /* The arrays of n outputs and np parameters, in one zeroed block (at outs). */
 static void resp_alloc(struct resp *r, size_t n, size_t np)
 {
@@ -804,6 +812,8 @@ int bt_grpc_response_encode_loaded(const char *body, size_t len, long long heade
 			    "JSON header length %lld is out of range for a %zu-byte answer",
 			    header_len, len);
 	size_t jlen = header_len < 0 ? len : (size_t)header_len;
+	/* An empty answer may come as NULL, which json_loadb calls "wrong arguments". */
+	body = body ? body : "";
 	size_t off = jlen; /* where the next binary output starts */
 	struct bt_jspans sp = {0};
 	json_t *root;
@@ -829,6 +839,14 @@ int bt_grpc_response_encode_loaded(const char *body, size_t len, long long heade
 		fail(err, errlen, "the answer has no \"outputs\" array");
 		goto done;
 	}
+	json_t *params = json_object_get(root, "parameters");
+	size_t n = json_array_size(outputs), np = json_object_size(params), fields = n + np;
+	for (size_t i = 0; i < n; i++)
+		fields += json_array_size(json_object_get(json_array_get(outputs, i), "shape"));
+	if (fields > BT_GRPC_MAX_FIELDS) {
+		fail(err, errlen, ANSWER_FIELDS_OVER, fields, BT_GRPC_MAX_FIELDS);
+		goto done;
+	}
 	inference__model_infer_response__init(&r.m);
 	json_t *mn = json_object_get(root, "model_name"),
 	       *mv = json_object_get(root, "model_version");
@@ -837,9 +855,6 @@ int bt_grpc_response_encode_loaded(const char *body, size_t len, long long heade
 	r.m.model_version = (char *)(json_is_string(mv) ? json_string_value(mv) : "1");
 	r.m.id = (char *)(json_is_string(jid) ? json_string_value(jid) : id ? id : "");
 
-	json_t *params = json_object_get(root, "parameters");
-	size_t np = json_is_object(params) ? json_object_size(params) : 0;
-	size_t n = json_array_size(outputs);
 	resp_alloc(&r, n, np);
 	const char *key;
 	json_t *val;
@@ -967,12 +982,25 @@ struct answer_scan {
 	struct bt_buf strs, outs, dims, params;
 	int object, outputs; /* outputs: 0 missing, 1 an array, -1 something else */
 	size_t model_name, model_version, id;
+	size_t fields; /* outputs, shape dimensions and parameters, kept or not */
 	int top, sub;
 };
+
+/*
+ * Past BT_GRPC_MAX_FIELDS the answer is refused: the scan goes on to find
+ * a fault in the text, counting, and keeps nothing more (a 3-byte "{}"
+ * output took 200 bytes of what the checks need).
+ */
+static int full(const struct answer_scan *a)
+{
+	return a->fields > BT_GRPC_MAX_FIELDS;
+}
 
 static size_t keep_str(struct answer_scan *a, const struct bt_jvalue *v)
 {
 	size_t at = a->strs.len;
+	if (full(a))
+		return 0;
 	bt_buf_append(&a->strs, v->str, v->strlen + 1);
 	return at + 1;
 }
@@ -988,10 +1016,12 @@ static struct scanned_out *current_out(struct answer_scan *a)
 	return n ? (struct scanned_out *)a->outs.data + n - 1 : NULL;
 }
 
+/* Counts a member of the answer's parameters, and keeps it if it is a scalar. */
 static void keep_param(struct answer_scan *a, const struct bt_jvalue *v)
 {
 	struct scanned_param p = {.type = v->type, .integer = v->integer, .real = v->real};
-	if (v->type == BT_J_OBJECT || v->type == BT_J_ARRAY || v->type == BT_J_NULL)
+	a->fields++;
+	if (full(a) || v->type == BT_J_OBJECT || v->type == BT_J_ARRAY || v->type == BT_J_NULL)
 		return; /* no InferParameter holds them */
 	p.key = keep_str(a, &(struct bt_jvalue){.str = v->key, .strlen = v->keylen});
 	if (v->type == BT_J_STRING)
@@ -1025,8 +1055,10 @@ static void output_value(struct answer_scan *a, struct scanned_out *o, const str
 		} else if (!strcmp(v->key, "parameters")) {
 			a->sub = v->type == BT_J_OBJECT ? SUB_PARAMS : SUB_OTHER;
 		} /* a member's container ends at depth 4, and puts sub back */
-	} else if (v->depth == 5 && !v->end && a->sub == SUB_SHAPE && o->bad_dim < 0) {
-		if (v->type != BT_J_INTEGER) {
+	} else if (v->depth == 5 && !v->end && a->sub == SUB_SHAPE) {
+		if (++a->fields > BT_GRPC_MAX_FIELDS || o->bad_dim >= 0) {
+			/* counted only */
+		} else if (v->type != BT_J_INTEGER) {
 			o->bad_dim = (long long)o->n_shape;
 		} else {
 			int64_t d = v->integer;
@@ -1067,7 +1099,11 @@ static int answer_value(void *ctx, const struct bt_jvalue *v)
 		keep_param(a, v);
 	} else if (v->depth == 3 && !v->end && a->top == TOP_OUTPUTS) {
 		struct scanned_out o = {.object = v->type == BT_J_OBJECT, .bad_dim = -1};
-		bt_buf_append(&a->outs, &o, sizeof(o));
+		a->fields++;
+		if (full(a) && current_out(a))
+			*current_out(a) = o; /* one slot serves the outputs that are only counted */
+		else
+			bt_buf_append(&a->outs, &o, sizeof(o));
 		a->sub = SUB_OTHER;
 	} else if (v->depth >= 4 && a->top == TOP_OUTPUTS && current_out(a)->object) {
 		output_value(a, current_out(a), v);
@@ -1152,6 +1188,8 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 			    "JSON header length %lld is out of range for a %zu-byte answer",
 			    header_len, len);
 	size_t jlen = header_len < 0 ? len : (size_t)header_len;
+	/* An empty answer may come as NULL, which json_loadb calls "wrong arguments". */
+	body = body ? body : "";
 	size_t off = jlen; /* where the next binary output starts */
 	if (bt_jscan_check(body, jlen, BT_JSCAN_VALUES, answer_value, &a, why, sizeof(why))) {
 		/* jansson's own sentence, as the loaded conversion gives it. */
@@ -1169,6 +1207,10 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 	}
 	if (a.outputs <= 0) {
 		fail(err, errlen, "the answer has no \"outputs\" array");
+		goto done;
+	}
+	if (full(&a)) {
+		fail(err, errlen, ANSWER_FIELDS_OVER, a.fields, BT_GRPC_MAX_FIELDS);
 		goto done;
 	}
 	inference__model_infer_response__init(&r.m);

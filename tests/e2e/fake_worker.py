@@ -34,6 +34,7 @@ Payload commands (text; anything else is echoed back):
                     how many v2 requests this replica has served) whose outputs are
                     the inputs renamed "out_<name>", binary when asked for; with
                     parameters.raw_answer, that text instead (not a v2 response);
+                    parameters.raw_answer_file, the bytes of that file instead;
                     parameters.fake: one of crash, hang, slow:MS, gate:PATH,
                     reject:TEXT first (the same commands for v2 clients);
                     parameters.echo_deadline: the answer's parameters.deadline_ms
@@ -125,6 +126,9 @@ def v2_echo(payload, meta):
         v2_fake(req.parameters["fake"])
     if "raw_answer" in req.parameters:   # a worker that does not answer v2
         return req.parameters["raw_answer"].encode()
+    if "raw_answer_file" in req.parameters:   # the same, too big for a parameter
+        with open(req.parameters["raw_answer_file"], "rb") as f:
+            return f.read()
     outs = [bw.v2.Tensor("out_" + t.name, t.datatype, t.shape, t.data) for t in req.inputs]
     V2_SERVED[0] += 1   # the order this replica served v2 requests in
     params = {"served": V2_SERVED[0]}

@@ -595,6 +595,73 @@ Test(v2json, grpc_answer_data_nesting_limit_is_the_same)
 	}
 }
 
+/*
+ * An answer's outputs, shape dimensions and parameters: 65,536 in all, as a
+ * request's fields; one more is refused, also by the scan, which keeps
+ * nothing past the bound ("{}" outputs took 68 times their text).
+ */
+static char *repeated(const char *head, const char *item, size_t n, const char *tail, size_t *len)
+{
+	size_t hl = strlen(head), il = strlen(item) + 24, tl = strlen(tail), at = hl;
+	char *doc = malloc(hl + n * (il + 1) + tl + 1);
+
+	memcpy(doc, head, hl);
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			doc[at++] = ',';
+		at += (size_t)snprintf(doc + at, il, item, i); /* an item may number itself */
+	}
+	memcpy(doc + at, tail, tl + 1);
+	*len = at + tl;
+	return doc;
+}
+
+Test(v2json, grpc_answer_fields_are_bounded_the_same_loaded_or_scanned)
+{
+	static const struct {
+		const char *head, *item, *tail;
+		size_t n;
+		int over; /* 1: over the bound; 2: not JSON */
+	} cases[] = {
+	    {"{\"outputs\":[", "{}", "]}", 65536, 0},
+	    {"{\"outputs\":[", "{}", "]}", 65537, 1},
+	    {"{\"outputs\":[", "[]", "]}", 65537, 1},
+	    {"{\"parameters\":{\"p\":1},\"outputs\":[", "{}", "]}", 65536, 1},
+	    {"{\"outputs\":[{\"name\":\"o\",\"datatype\":\"INT8\",\"data\":[1],\"shape\":[", "1",
+	     "]}]}", 65536, 1},
+	    {"{\"outputs\":[{\"name\":\"o\",\"datatype\":\"INT8\",\"data\":[1],\"shape\":[", "1",
+	     "]}]}", 65535, 0},
+	    {"{\"outputs\":[{\"name\":\"o\",\"datatype\":\"INT8\",\"shape\":[1.5,", "[1]", "]}]}",
+	     65536, 1},
+	    {"{\"outputs\":[],\"parameters\":{\"a\":1,", "\"k%zu\":null", "}}", 65535, 0},
+	    {"{\"outputs\":[],\"parameters\":{\"a\":1,", "\"k%zu\":null", "}}", 65536, 1},
+	    {"{\"outputs\":[", "{\"name\":\"b\",\"datatype\":\"BOOL\",\"shape\":[],\"data\":true}",
+	     "]}", 65536, 0},
+	    {"{\"outputs\":[", "{\"name\":\"b\",\"datatype\":\"BOOL\",\"shape\":[],\"data\":true}",
+	     "]}", 65537, 1},
+	    /* Text that is not JSON is refused as such, however many fields before. */
+	    {"{\"outputs\":[", "{}", "]", 65537, 2},
+	};
+	char why[512];
+
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		size_t len, outlen;
+		uint8_t *out = NULL;
+		char *doc = repeated(cases[c].head, cases[c].item, cases[c].n, cases[c].tail, &len);
+		/* (Large text that is not JSON gets the scanner's sentence, not jansson's.) */
+		if (cases[c].over < 2)
+			grpc_same(doc, len);
+		int r = grpc_way(doc, len, SCANNED, &out, &outlen, why, sizeof(why));
+		cr_assert_eq(cases[c].over == 1,
+			     r && strstr(why, "at most 65536 are taken") != NULL, "case %zu: %d %s",
+			     c, r, why);
+		cr_assert_eq(cases[c].over == 2, r && strstr(why, "not a JSON object: ") != NULL,
+			     "case %zu: %d %s", c, r, why);
+		free(out);
+		free(doc);
+	}
+}
+
 /* --- shared memory rewrites a tree without the data, then puts it back ---- */
 
 Test(v2json, rewritten_document_gets_its_data_text_back)
