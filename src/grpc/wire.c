@@ -786,6 +786,22 @@ static int data_walk(struct bt_buf *b, int ti, json_t *v, int depth)
 	return 0;
 }
 
+/* The answer's message, once every binary byte (left unclaimed: none) has its output. */
+static int resp_pack(struct resp *r, size_t n, size_t left, uint8_t **out, size_t *outlen,
+		     char *err, size_t errlen)
+{
+	if (left)
+		return fail(err, errlen, "the answer has %zu binary bytes that no output claims",
+			    left);
+	r->m.outputs = r->outp;
+	r->m.n_raw_output_contents = n;
+	r->m.raw_output_contents = r->raw;
+	*outlen = inference__model_infer_response__get_packed_size(&r->m);
+	*out = bt_malloc(*outlen);
+	inference__model_infer_response__pack(&r->m, *out);
+	return 0;
+}
+
 static void resp_release(struct resp *r)
 {
 	for (size_t i = 0; i < r->nconverted; i++)
@@ -929,18 +945,7 @@ int bt_grpc_response_encode_loaded(const char *body, size_t len, long long heade
 			r.raw[i].len = r.converted[i].len;
 		}
 	}
-	if (off != len) {
-		fail(err, errlen, "the answer has %zu binary bytes that no output claims",
-		     len - off);
-		goto done;
-	}
-	r.m.outputs = r.outp;
-	r.m.n_raw_output_contents = n;
-	r.m.raw_output_contents = r.raw;
-	*outlen = inference__model_infer_response__get_packed_size(&r.m);
-	*out = bt_malloc(*outlen);
-	inference__model_infer_response__pack(&r.m, *out);
-	rc = 0;
+	rc = resp_pack(&r, n, len - off, out, outlen, err, errlen);
 done:
 	resp_release(&r);
 	json_decref(root);
@@ -1257,18 +1262,7 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 				 errlen))
 			goto done;
 	}
-	if (off != len) {
-		fail(err, errlen, "the answer has %zu binary bytes that no output claims",
-		     len - off);
-		goto done;
-	}
-	r.m.outputs = r.outp;
-	r.m.n_raw_output_contents = n;
-	r.m.raw_output_contents = r.raw;
-	*outlen = inference__model_infer_response__get_packed_size(&r.m);
-	*out = bt_malloc(*outlen);
-	inference__model_infer_response__pack(&r.m, *out);
-	rc = 0;
+	rc = resp_pack(&r, n, len - off, out, outlen, err, errlen);
 done:
 	resp_release(&r);
 	bt_buf_release(&a.strs);

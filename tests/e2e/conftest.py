@@ -83,6 +83,15 @@ def free_port():
     return port
 
 
+def status_kib(pid, key):
+    """A kB figure of /proc/PID/status: VmRSS, VmHWM (the peak), ..."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
+
+
 def pid_alive(pid):
     try:
         os.kill(pid, 0)

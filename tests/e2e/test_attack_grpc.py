@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from conftest import SLOW, free_port  # noqa: F401  (conftest's fixtures: baton)
+from conftest import SLOW, free_port, status_kib  # noqa: F401  (conftest's fixtures: baton)
 from test_grpc import (PREFACE, Client, code_of, fp32, frame, grpc_config, headers_block,  # noqa: F401
                        pb, read_frames)  # (pb: a fixture)
 
@@ -106,14 +106,6 @@ def test_grpc_calls_reset_while_queued_leave_the_queue_and_never_run(baton, pb, 
     assert b.stop() == 0
 
 
-def _vm_kib(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
-
-
 def test_grpc_answer_of_countless_outputs_is_refused_within_bounds(baton, pb, tmp_path):
     # A worker's answer of millions of empty outputs ("{}", 3 bytes each):
     # what the conversion keeps of each output once took 68 times the text
@@ -128,10 +120,10 @@ def test_grpc_answer_of_countless_outputs_is_refused_within_bounds(baton, pb, tm
     path.write_bytes(b'{"outputs":[' + b"{}," * (n - 1) + b"{}]}")
     size = os.path.getsize(path)
     factor = 16 if os.environ.get("BATON_SANITIZED") else 8
-    before = _vm_kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     code, details = code_of(lambda: c.infer(inputs=[("x", "FP32", [1], fp32(1))],
                                             raw_answer_file=str(path), timeout=120))
-    grew = (_vm_kib(b.proc.pid, "VmHWM") - before) * 1024
+    grew = (status_kib(b.proc.pid, "VmHWM") - before) * 1024
     assert code == grpc.StatusCode.INTERNAL, details
     assert ("worker_error: the pipeline's last stage did not answer a v2 response: the answer "
             "has %d outputs, shape dimensions and parameters; at most 65536 are taken" % n

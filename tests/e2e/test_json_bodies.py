@@ -8,17 +8,9 @@ import os
 import socket
 import threading
 
-from conftest import SLOW, fake_stage, wait_for
+from conftest import SLOW, fake_stage, status_kib, wait_for
 
 CONTROL_MAX = 65536
-
-
-def kib(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
 
 
 def padded(doc, size):
@@ -66,7 +58,7 @@ def test_control_route_bodies_over_64_kib_are_refused_before_they_are_read(baton
     # At the limit, as before: taken and answered.
     r = b.request("POST", "/v1/stages/w/scale", padded({"replicas": 2}, CONTROL_MAX))
     assert r.status == 200 and r.json() == {"stage": "w", "replicas": 2}, r
-    before = kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     # One byte past it, and far past it: 413 by the announced length.
     for path, doc, size in [
             ("/v1/stages/w/scale", {"replicas": 1}, CONTROL_MAX + 1),
@@ -84,7 +76,7 @@ def test_control_route_bodies_over_64_kib_are_refused_before_they_are_read(baton
     assert json.loads(body)["error"] == \
         "request body is over 65536 bytes, the most a control route reads"
     # Nothing of those bodies was loaded: a tree of the 8 MiB ones is ~170 MiB.
-    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    grew = (status_kib(b.proc.pid, "VmHWM") - before) * 1024
     assert grew < (16 << 20), "baton grew by %d bytes" % grew
     # Still serving, and the stage is where the first request put it.
     assert b.request("POST", "/v1/stages/w/scale", json.dumps({"replicas": 1})).status == 200
@@ -100,9 +92,9 @@ def test_a_stream_result_over_1_mib_is_kept_beside_its_session_not_loaded(baton,
     pad = 4 << 20  # zeros, "0, " each: 12 MiB of JSON, a ~250 MiB tree
     b = baton(stream_config(tmp_path, {"s1": [{"emit": "A", "n": 2}, {"eos": True}]},
                             session_env={"STREAM_SESSION_PAD": str(pad)}))
-    before = kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     res = wait_results(b, 1, timeout=60)[0]
-    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    grew = (status_kib(b.proc.pid, "VmHWM") - before) * 1024
     # Checked first: loaded into its line, the result would still be shown.
     assert grew < FACTOR * 3 * pad, \
         "baton grew by %d bytes for a result of ~%d bytes" % (grew, 3 * pad)
@@ -140,9 +132,9 @@ def test_a_large_json_answer_of_a_spawned_script_is_scanned_not_loaded(baton, tm
               "    spawn: {status_key: status}\n    timeout_ms: 60000\n"
               "pipelines:\n  p: [s]\n" % (PYTHON, script))
     n = 4 << 20  # zeros, "0, " each: 12 MiB of JSON, a ~250 MiB tree
-    before = kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     r = b.post("p", json.dumps({"key": "status", "status": "ok", "n": n}), timeout=120)
-    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    grew = (status_kib(b.proc.pid, "VmHWM") - before) * 1024
     # Checked first: loaded, the answer would still be right.
     assert grew < FACTOR * len(r.body), \
         "baton grew by %d bytes for a %d-byte answer" % (grew, len(r.body))
@@ -165,11 +157,11 @@ def test_the_results_ring_keeps_only_the_newest_results_that_fit_its_bytes(baton
     steps = [{"emit": "K%d" % i, "n": 1} for i in range(1, sessions + 1)] + [{"eos": True}]
     b = baton(stream_config(tmp_path, {"s1": steps},
                             session_env={"STREAM_SESSION_PAD": str(pad)}))
-    before = kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     path = tmp_path / "spool" / "results.jsonl"
     wait_for(lambda: path.exists() and path.read_bytes().count(b"\n") == sessions, 120,
              interval=0.1, what="%d results\n%s" % (sessions, b.log_tail()))
-    grew = (kib(b.proc.pid, "VmHWM") - before) * 1024
+    grew = (status_kib(b.proc.pid, "VmHWM") - before) * 1024
     # The file has every result, inline (each is under 1 MiB).
     lines = [json.loads(x) for x in path.read_bytes().splitlines()]
     assert [x["session"] for x in lines] == ["K%d" % i for i in range(1, sessions + 1)]

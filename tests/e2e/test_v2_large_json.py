@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import fake_stage
+from conftest import fake_stage, status_kib
 
 # Elements: 2 bytes of JSON text each ("7,"), ~48 bytes each as a jansson tree.
 N = 2 * 1024 * 1024
@@ -21,25 +21,17 @@ def v2_config():
             "pipelines:\n  m:\n    stages: [w]\n")
 
 
-def kib(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
-
-
 def test_large_json_answer_stays_within_a_few_times_its_text(baton):
     b = baton(v2_config())
     tensor = bytes(range(10)) * (N // 10)
     header = json.dumps({"id": "big", "inputs": [
         {"name": "x", "datatype": "UINT8", "shape": [len(tensor)],
          "parameters": {"binary_data_size": len(tensor)}}]}).encode()
-    before = kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     r = b.request("POST", "/v2/models/m/infer", header + tensor,
                   {"Inference-Header-Content-Length": str(len(header)),
                    "Content-Type": "application/octet-stream"}, timeout=120)
-    peak = kib(b.proc.pid, "VmHWM")
+    peak = status_kib(b.proc.pid, "VmHWM")
     assert r.status == 200, r
     assert r.headers["content-type"] == "application/json"
     doc = json.loads(r.body)
@@ -63,10 +55,10 @@ def test_large_json_request_stays_within_a_few_times_its_text(baton, params):
                                    "data": values}],
                        "parameters": dict(params, binary_data_output=True)},
                       separators=(",", ":")).encode()
-    before = kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     r = b.request("POST", "/v2/models/m/infer", body, {"Content-Type": "application/json"},
                   timeout=120)
-    peak = kib(b.proc.pid, "VmHWM")
+    peak = status_kib(b.proc.pid, "VmHWM")
     assert r.status == 200, r
     hl = int(r.headers["inference-header-content-length"])
     out = json.loads(r.body[:hl])["outputs"][0]
@@ -94,10 +86,10 @@ def test_large_request_with_bulk_outside_its_data_is_refused_within_bounds(baton
     body = json.dumps({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1],
                                    "data": [1]}],
                        "junk": [0] * N}, separators=(",", ":")).encode()
-    before = kib(b.proc.pid, "VmRSS")
+    before = status_kib(b.proc.pid, "VmRSS")
     r = b.request("POST", "/v2/models/m/infer", body, {"Content-Type": "application/json"},
                   timeout=120)
-    peak = kib(b.proc.pid, "VmHWM")
+    peak = status_kib(b.proc.pid, "VmHWM")
     assert r.status == 400, r
     assert r.json()["error"] == ("request body holds %d JSON values outside its inputs' "
                                  "\"data\" arrays; at most 65536 are read" % (N + 9)), r
