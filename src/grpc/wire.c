@@ -786,6 +786,23 @@ static int data_walk(struct bt_buf *b, int ti, json_t *v, int depth)
 	return 0;
 }
 
+/* Where an answer's JSON ends (*jlen), when header_len is in range; no message yet. */
+static int answer_start(const char **body, size_t len, long long header_len, size_t *jlen,
+			uint8_t **out, size_t *outlen, char *err, size_t errlen)
+{
+	*out = NULL;
+	*outlen = 0;
+	if (header_len == 0 || header_len < -1 ||
+	    (header_len > 0 && (unsigned long long)header_len > len))
+		return fail(err, errlen,
+			    "JSON header length %lld is out of range for a %zu-byte answer",
+			    header_len, len);
+	*jlen = header_len < 0 ? len : (size_t)header_len;
+	/* An empty answer may come as NULL, which json_loadb calls "wrong arguments". */
+	*body = *body ? *body : "";
+	return 0;
+}
+
 /* The answer's message, once every binary byte (left unclaimed: none) has its output. */
 static int resp_pack(struct resp *r, size_t n, size_t left, uint8_t **out, size_t *outlen,
 		     char *err, size_t errlen)
@@ -820,16 +837,9 @@ int bt_grpc_response_encode_loaded(const char *body, size_t len, long long heade
 	json_error_t jerr;
 	int rc = -1;
 	memset(&r, 0, sizeof(r));
-	*out = NULL;
-	*outlen = 0;
-	if (header_len == 0 || header_len < -1 ||
-	    (header_len > 0 && (unsigned long long)header_len > len))
-		return fail(err, errlen,
-			    "JSON header length %lld is out of range for a %zu-byte answer",
-			    header_len, len);
-	size_t jlen = header_len < 0 ? len : (size_t)header_len;
-	/* An empty answer may come as NULL, which json_loadb calls "wrong arguments". */
-	body = body ? body : "";
+	size_t jlen = 0;
+	if (answer_start(&body, len, header_len, &jlen, out, outlen, err, errlen))
+		return -1;
 	size_t off = jlen; /* where the next binary output starts */
 	struct bt_jspans sp = {0};
 	json_t *root;
@@ -1185,16 +1195,9 @@ int bt_grpc_response_encode(const char *body, size_t len, long long header_len, 
 	int rc = -1;
 	memset(&r, 0, sizeof(r));
 	memset(&a, 0, sizeof(a));
-	*out = NULL;
-	*outlen = 0;
-	if (header_len == 0 || header_len < -1 ||
-	    (header_len > 0 && (unsigned long long)header_len > len))
-		return fail(err, errlen,
-			    "JSON header length %lld is out of range for a %zu-byte answer",
-			    header_len, len);
-	size_t jlen = header_len < 0 ? len : (size_t)header_len;
-	/* An empty answer may come as NULL, which json_loadb calls "wrong arguments". */
-	body = body ? body : "";
+	size_t jlen = 0;
+	if (answer_start(&body, len, header_len, &jlen, out, outlen, err, errlen))
+		return -1;
 	size_t off = jlen; /* where the next binary output starts */
 	if (bt_jscan_check(body, jlen, BT_JSCAN_VALUES, answer_value, &a, why, sizeof(why))) {
 		/* jansson's own sentence, as the loaded conversion gives it. */
