@@ -12,8 +12,9 @@ import struct
 import pytest
 
 from conftest import SLOW, free_port, status_kib  # noqa: F401  (conftest's fixtures: baton)
-from test_grpc import (PREFACE, Client, code_of, fp32, frame, grpc_config, headers_block,  # noqa: F401
-                       pb, read_frames)  # (pb: a fixture)
+from test_grpc import (PREFACE, Client, call_headers, code_of, fp32, frame,  # noqa: F401
+                       grpc_config, grpc_message, pb, read_frames,  # (pb: a fixture)
+                       stream_answers)
 
 grpc = pytest.importorskip("grpc")
 
@@ -154,11 +155,8 @@ def test_grpc_messages_cut_at_every_byte_on_interleaved_streams_are_each_answere
     body = b""
     for i in (1, 2):
         m = c.request(id="%d" % i, inputs=[("x", "FP32", [1], fp32(i))]).SerializeToString()
-        body += b"\x00" + struct.pack(">I", len(m)) + m
-    hdrs = headers_block([(b":method", b"POST"), (b":scheme", b"http"),
-                          (b":path", b"/inference.GRPCInferenceService/ModelStreamInfer"),
-                          (b":authority", b"x"), (b"content-type", b"application/grpc"),
-                          (b"te", b"trailers")])
+        body += grpc_message(m)
+    hdrs = call_headers(b"ModelStreamInfer")
     wide = frame(4, 0, 0, struct.pack(">HI", 4, 1 << 24)) + frame(8, 0, 0, struct.pack(">I", 1 << 24))
     cuts = list(range(len(body) + 1))
     for start in range(0, len(cuts), 48):
@@ -182,14 +180,9 @@ def test_grpc_messages_cut_at_every_byte_on_interleaved_streams_are_each_answere
         assert ended == set(streams) and not eof, (sorted(set(streams) - ended), frames[-3:])
         assert not [f for f in frames if f[0] in (3, 7)], "reset or GOAWAY: %r" % frames
         for sid in streams:
-            data = b"".join(p for t, fl, st, p in frames if t == 0 and st == sid)
-            answers = []
-            while data:
-                n = struct.unpack(">I", data[1:5])[0]
-                answers.append(pb[0].ModelStreamInferResponse.FromString(data[5:5 + n]))
-                data = data[5 + n:]
             got = sorted((a.infer_response.id, a.error_message,
-                          a.infer_response.raw_output_contents[0]) for a in answers)
+                          a.infer_response.raw_output_contents[0])
+                         for a in stream_answers(pb, frames, sid))
             assert got == [("1", "", fp32(1)), ("2", "", fp32(2))], (sid, got)
     c.close()
     assert b.stop() == 0

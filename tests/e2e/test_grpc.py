@@ -354,12 +354,33 @@ def headers_block(pairs):
     return out
 
 
-def grpc_call_frames(stream, method, message, extra=()):
-    hdrs = headers_block([(b":method", b"POST"), (b":scheme", b"http"),
+def grpc_message(message):
+    """A serialized message with gRPC's 5-byte prefix (uncompressed, its length)."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def call_headers(method, extra=()):
+    """The HPACK block that opens a call of the inference service."""
+    return headers_block([(b":method", b"POST"), (b":scheme", b"http"),
                           (b":path", b"/inference.GRPCInferenceService/" + method),
                           (b":authority", b"x"), (b"content-type", b"application/grpc"),
                           (b"te", b"trailers")] + list(extra))
-    body = b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def stream_answers(pb, frames, stream):
+    """The ModelStreamInferResponses in the DATA frames of one stream."""
+    data = b"".join(p for t, fl, st, p in frames if t == 0 and st == stream)
+    answers = []
+    while data:
+        n = struct.unpack(">I", data[1:5])[0]
+        answers.append(pb[0].ModelStreamInferResponse.FromString(data[5:5 + n]))
+        data = data[5 + n:]
+    return answers
+
+
+def grpc_call_frames(stream, method, message, extra=()):
+    hdrs = call_headers(method, extra)
+    body = grpc_message(message)
     out = frame(1, 0x4, stream, hdrs)
     for i in range(0, len(body), 16384):
         last = i + 16384 >= len(body)
@@ -408,14 +429,11 @@ def test_grpc_stream_messages_split_anyhow_across_data_frames(baton, pb):
     c = Client(pb, port)
     msgs = [c.request(id="m%d" % i, inputs=[("x", "FP32", [1], fp32(i))]).SerializeToString()
             for i in range(3)]
-    body = b"".join(b"\x00" + struct.pack(">I", len(m)) + m for m in msgs)
+    body = b"".join(grpc_message(m) for m in msgs)
     first, second = 5 + len(msgs[0]), 5 + len(msgs[1])
     # Message 0 and 3 bytes of 1; the rest of 1 and 7 bytes of 2; the rest of 2.
     cuts = [0, first + 3, first + second + 7, len(body)]
-    hdrs = headers_block([(b":method", b"POST"), (b":scheme", b"http"),
-                          (b":path", b"/inference.GRPCInferenceService/ModelStreamInfer"),
-                          (b":authority", b"x"), (b"content-type", b"application/grpc"),
-                          (b"te", b"trailers")])
+    hdrs = call_headers(b"ModelStreamInfer")
     data = b"".join(frame(0, 0x1 if i == 2 else 0, 1, body[cuts[i]:cuts[i + 1]]) for i in range(3))
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0x4, 1, hdrs) + data)
@@ -423,12 +441,7 @@ def test_grpc_stream_messages_split_anyhow_across_data_frames(baton, pb):
     frames, eof = read_frames(s, lambda t, fl, st, p: t == 1 and st == 1 and fl & 0x1, 30 * SLOW)
     s.close()
     assert frames and frames[-1][0] == 1 and frames[-1][2] == 1, (eof, frames)
-    out = b"".join(p for t, fl, st, p in frames if t == 0 and st == 1)
-    answers = []
-    while out:
-        n = struct.unpack(">I", out[1:5])[0]
-        answers.append(pb[0].ModelStreamInferResponse.FromString(out[5:5 + n]))
-        out = out[5 + n:]
+    answers = stream_answers(pb, frames, 1)
     assert sorted(a.infer_response.id for a in answers) == ["m0", "m1", "m2"], answers
     for a in answers:
         assert not a.error_message, a.error_message
